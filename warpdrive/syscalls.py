@@ -1,0 +1,155 @@
+"""The one thin syscall layer: libc through ctypes, errno turned into the project's errors.
+
+Why ctypes `ioctl` rather than `fcntl.ioctl`: with an immutable argument `fcntl.ioctl` returns the
+buffer copy and drops the integer result (so a returned fd, e.g. VFIO_GROUP_GET_DEVICE_FD, would leak);
+calling libc directly keeps both the return value and in-place updates of the struct.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from typing import Any
+
+from .errors import WarpdriveError, from_errno
+
+libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+libc.ioctl.restype = ctypes.c_int
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_long]
+libc.mmap.restype = ctypes.c_void_p
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+libc.munmap.restype = ctypes.c_int
+libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.madvise.restype = ctypes.c_int
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.mprotect.restype = ctypes.c_int
+libc.eventfd.argtypes = [ctypes.c_uint, ctypes.c_int]
+libc.eventfd.restype = ctypes.c_int
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+# <sys/mman.h>
+PROT_NONE = 0x0
+PROT_READ = 0x1
+PROT_WRITE = 0x2
+MAP_SHARED = 0x01
+MAP_PRIVATE = 0x02
+MAP_FIXED = 0x10
+MAP_ANONYMOUS = 0x20
+MAP_NORESERVE = 0x4000
+MAP_POPULATE = 0x8000
+MAP_HUGETLB = 0x40000
+MAP_FIXED_NOREPLACE = 0x100000
+MAP_HUGE_SHIFT = 26
+MAP_HUGE_2MB = 21 << MAP_HUGE_SHIFT
+MAP_HUGE_1GB = 30 << MAP_HUGE_SHIFT
+MADV_DONTFORK = 10
+MADV_DOFORK = 11
+MAP_FAILED = ctypes.c_void_p(-1).value
+
+# <sys/eventfd.h>
+EFD_SEMAPHORE = 0o1
+EFD_NONBLOCK = os.O_NONBLOCK
+EFD_CLOEXEC = os.O_CLOEXEC
+
+
+def _raise(what: str, hint: str | None = None) -> None:
+    raise from_errno(ctypes.get_errno(), what, hint)
+
+
+def ioctl(fd: int, request: int, arg: Any = None, *, what: str, hint: str | None = None,
+          hints: dict[int, str] | None = None) -> int:
+    """Issue `request` on `fd`. `arg` is None, an int (passed by value), a ctypes object (passed by
+    reference and updated in place) or a bytearray (likewise). Returns the ioctl's int result.
+
+    `hints` maps an errno to advice specific to this call; `hint` applies to any errno."""
+    ptr: Any
+    if arg is None:
+        ptr = None
+    elif isinstance(arg, int):
+        ptr = ctypes.c_void_p(arg)
+    elif isinstance(arg, bytearray):
+        ptr = ctypes.addressof(ctypes.c_char.from_buffer(arg))
+    else:
+        ptr = ctypes.addressof(arg)
+    ret: int = libc.ioctl(fd, request, ptr)
+    if ret < 0:
+        err = ctypes.get_errno()
+        h = (hints or {}).get(err, hint)
+        raise from_errno(err, what, h)
+    return ret
+
+
+def mmap(length: int, prot: int, flags: int, fd: int = -1, offset: int = 0, addr: int = 0, *,
+         what: str = "mmap", hint: str | None = None) -> int:
+    """Map memory and return its address (an int); raises on MAP_FAILED."""
+    res = libc.mmap(addr or None, length, prot, flags, fd, offset)
+    if res is None or res == MAP_FAILED:
+        _raise(what, hint)
+    return int(res)
+
+
+def munmap(addr: int, length: int) -> None:
+    if libc.munmap(addr, length) != 0:
+        _raise(f"munmap of {length:#x} bytes at {addr:#x}")
+
+
+def madvise(addr: int, length: int, advice: int, *, what: str = "madvise") -> None:
+    if libc.madvise(addr, length, advice) != 0:
+        _raise(what)
+
+
+def mprotect(addr: int, length: int, prot: int) -> None:
+    if libc.mprotect(addr, length, prot) != 0:
+        _raise(f"mprotect of {length:#x} bytes at {addr:#x}")
+
+
+def eventfd(initval: int = 0, flags: int = EFD_CLOEXEC) -> int:
+    fd: int = libc.eventfd(initval, flags | EFD_CLOEXEC)
+    if fd < 0:
+        _raise("eventfd")
+    return fd
+
+
+def memfd_create(name: str, flags: int = 0) -> int:
+    try:
+        return os.memfd_create(name, flags | os.MFD_CLOEXEC)
+    except OSError as e:
+        raise from_errno(e.errno or 0, f"memfd_create({name!r})") from None
+
+
+def open_dev(path: str, flags: int = os.O_RDWR, *, what: str | None = None,
+             hints: dict[int, str] | None = None) -> int:
+    """open(2) a device node with O_CLOEXEC, mapping errno to a clear error naming the path."""
+    try:
+        return os.open(path, flags | os.O_CLOEXEC)
+    except OSError as e:
+        err = e.errno or 0
+        raise from_errno(err, what or f"open {path}", (hints or {}).get(err)) from None
+
+
+def pread(fd: int, size: int, offset: int, *, what: str) -> bytes:
+    try:
+        data = os.pread(fd, size, offset)
+    except OSError as e:
+        raise from_errno(e.errno or 0, what) from None
+    if len(data) != size:
+        raise WarpdriveError(f"{what}: short read ({len(data)} of {size} bytes)")
+    return data
+
+
+def pwrite(fd: int, data: bytes, offset: int, *, what: str) -> None:
+    try:
+        n = os.pwrite(fd, data, offset)
+    except OSError as e:
+        raise from_errno(e.errno or 0, what) from None
+    if n != len(data):
+        raise WarpdriveError(f"{what}: short write ({n} of {len(data)} bytes)")
+
+
+def page_align_up(n: int, page: int = PAGE_SIZE) -> int:
+    return (n + page - 1) & ~(page - 1)
