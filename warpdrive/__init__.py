@@ -1,0 +1,49 @@
+"""warpdrive: a pure-Python user-space driver runtime for Linux accelerators.
+
+    import warpdrive
+    with warpdrive.open("0000:00:03.0") as dev:      # iommufd or legacy VFIO, picked automatically
+        bar = dev.map_bar(0)
+        buf = dev.dma.alloc(4096)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .device import Device, Interrupt, IrqInfo, RegionInfo
+from .dma import DmaMapping, DmaSpace
+from .errors import WarpdriveError
+from .iova import IovaRange
+from .memory import DmaBuffer, MemoryKind, check_dma_memory
+from .mmio import Doorbell, Mmio
+
+__version__ = "0.1.0"
+
+
+def open(name: str, backend: str = "auto", dma_mask: int | None = None,
+         **options: Any) -> Device:
+    """Open a device: a PCI address bound to vfio-pci, ``vfio-user:/path.sock`` or ``emu:<model>``.
+
+    `backend` is ``"auto"`` (iommufd when available, else legacy VFIO), ``"iommufd"``, ``"vfio"``
+    or ``"vfio-user"``. `dma_mask` limits the IOVAs handed out (plugins narrow it further)."""
+    from .backends import open_device
+
+    return open_device(name, backend=backend, dma_mask=dma_mask, **options)
+
+
+__all__ = [
+    "Device",
+    "DmaBuffer",
+    "DmaMapping",
+    "DmaSpace",
+    "Doorbell",
+    "Interrupt",
+    "IovaRange",
+    "IrqInfo",
+    "MemoryKind",
+    "Mmio",
+    "RegionInfo",
+    "WarpdriveError",
+    "check_dma_memory",
+    "open",
+]

@@ -54,7 +54,7 @@ class GroupNotViableError(WarpdriveError):
 
 
 class BindingRefusedError(WarpdriveError):
-    """`warpdrive bind` refused to move a device, e.g. a network interface that is up with routes."""
+    """`warpdrive bind` refused to move a device (e.g. a network interface that is up)."""
 
 
 class UnsafeMemoryError(WarpdriveError):
@@ -63,6 +63,10 @@ class UnsafeMemoryError(WarpdriveError):
 
 class MemlockLimitError(WarpdriveError):
     """Pinning would exceed RLIMIT_MEMLOCK."""
+
+
+class ResourceExhaustedError(WarpdriveError):
+    """Out of IOVA space, queue slots, DMA map entries or similar finite resources."""
 
 
 class DeviceTimeoutError(WarpdriveError):

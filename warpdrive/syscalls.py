@@ -1,8 +1,8 @@
 """The one thin syscall layer: libc through ctypes, errno turned into the project's errors.
 
 Why ctypes `ioctl` rather than `fcntl.ioctl`: with an immutable argument `fcntl.ioctl` returns the
-buffer copy and drops the integer result (so a returned fd, e.g. VFIO_GROUP_GET_DEVICE_FD, would leak);
-calling libc directly keeps both the return value and in-place updates of the struct.
+buffer copy and drops the integer result (a returned fd, e.g. from VFIO_GROUP_GET_DEVICE_FD,
+would leak); calling libc directly keeps both the return value and in-place updates of the struct.
 """
 
 from __future__ import annotations

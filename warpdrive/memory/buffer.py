@@ -1,0 +1,215 @@
+"""DMA buffers: page-aligned memory the runtime owns, pre-faulted and excluded from fork.
+
+Kinds:
+- ``anonymous``: private anonymous pages (the default for kernel backends).
+- ``hugetlb``: private anonymous huge pages (2 MiB, or 1 GiB where the system has them) for IOTLB
+  reach; needs pages reserved in /proc/sys/vm/nr_hugepages.
+- ``memfd``: a sealed-size memfd mapped shared; the fd can be passed to another process (vfio-user
+  servers map client memory this way), optionally on huge pages.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+from .. import syscalls as sc
+from ..errors import DeviceBusyError, InvalidArgumentError, MemlockLimitError, WarpdriveError
+from ..forkguard import ForkSafe, close_fd_quietly
+from .check import MemoryKind
+
+_PyMemoryView_FromMemory = ctypes.pythonapi.PyMemoryView_FromMemory
+_PyMemoryView_FromMemory.restype = ctypes.py_object
+_PyMemoryView_FromMemory.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int]
+_PyBUF_WRITE = 0x200
+
+HUGE_2M = 2 << 20
+HUGE_1G = 1 << 30
+_HUGE_FLAGS = {HUGE_2M: sc.MAP_HUGE_2MB, HUGE_1G: sc.MAP_HUGE_1GB}
+_MFD_HUGE = {HUGE_2M: 21 << 26, HUGE_1G: 30 << 26}
+_MFD_HUGETLB = 0x0004
+
+
+def writable_view(addr: int, size: int) -> memoryview:
+    """A writable byte memoryview over raw memory the caller keeps mapped."""
+    view: memoryview = _PyMemoryView_FromMemory(addr, size, _PyBUF_WRITE)
+    return view
+
+
+def hugepage_sizes() -> list[int]:
+    """Huge page sizes this kernel offers, smallest first."""
+    root = Path("/sys/kernel/mm/hugepages")
+    sizes = []
+    if root.is_dir():
+        for d in root.iterdir():
+            if d.name.startswith("hugepages-") and d.name.endswith("kB"):
+                sizes.append(int(d.name[len("hugepages-"):-2]) * 1024)
+    return sorted(sizes)
+
+
+def free_hugepages(page_size: int) -> int:
+    p = Path(f"/sys/kernel/mm/hugepages/hugepages-{page_size // 1024}kB/free_hugepages")
+    try:
+        return int(p.read_text())
+    except OSError:
+        return 0
+
+
+def _hugepage_error(page_size: int, npages: int, err: WarpdriveError) -> WarpdriveError:
+    mib = page_size >> 20
+    return MemlockLimitError(
+        f"could not allocate {npages} huge page(s) of {mib} MiB "
+        f"({free_hugepages(page_size)} free): {err.what}",
+        errno=err.errno,
+        hint=f"reserve huge pages first, e.g. `echo {max(npages, 8)} > /sys/kernel/mm/hugepages/"
+        f"hugepages-{page_size // 1024}kB/nr_hugepages` (as root), or use kind='anonymous'",
+    )
+
+
+class DmaBuffer(ForkSafe):
+    """Memory for DMA. `addr`/`size` describe the mapping; `view` is a writable memoryview;
+    `iova` is set while a DmaSpace has it mapped; `fd`/`fd_offset` are set for memfd buffers."""
+
+    def __init__(self, addr: int, size: int, kind: MemoryKind, *, page_size: int,
+                 fd: int = -1, fd_offset: int = 0) -> None:
+        self.addr = addr
+        self.size = size
+        self.kind = kind
+        self.page_size = page_size
+        self.fd = fd
+        self.fd_offset = fd_offset
+        self.iova: int | None = None
+        self._view: memoryview | None = writable_view(addr, size)
+        self._mapped_by: object | None = None  # the DmaSpace holding a mapping of this buffer
+        self._closed = False
+        self._fork_register()
+
+    # -- allocation -------------------------------------------------------------------------
+    @classmethod
+    def allocate(cls, size: int, kind: str | MemoryKind = MemoryKind.ANONYMOUS, *,
+                 page_size: int | None = None, name: str = "warpdrive-dma") -> DmaBuffer:
+        """Allocate `size` bytes (rounded up to the page size) of pre-faulted DMA memory."""
+        if size <= 0:
+            raise InvalidArgumentError(f"DMA buffer size must be positive, got {size}")
+        try:
+            kind = MemoryKind(kind)
+        except ValueError:
+            raise InvalidArgumentError(
+                f"unknown DMA memory kind {kind!r}; choose anonymous, hugetlb or memfd"
+            ) from None
+        if kind is MemoryKind.HUGETLB and page_size is None:
+            page_size = HUGE_2M
+        page = page_size or sc.PAGE_SIZE
+        if page != sc.PAGE_SIZE and page not in _HUGE_FLAGS:
+            raise InvalidArgumentError(
+                f"page size {page} is not supported; use {sc.PAGE_SIZE}, 2 MiB or 1 GiB")
+        if page != sc.PAGE_SIZE and page not in hugepage_sizes():
+            raise InvalidArgumentError(f"this kernel has no {page >> 20} MiB huge pages")
+        length = sc.page_align_up(size, page)
+        rw = sc.PROT_READ | sc.PROT_WRITE
+        fd = -1
+        try:
+            if kind is MemoryKind.MEMFD:
+                flags = 0
+                if page != sc.PAGE_SIZE:
+                    flags = _MFD_HUGETLB | _MFD_HUGE[page]
+                fd = sc.memfd_create(name, flags)
+                os.ftruncate(fd, length)
+                addr = sc.mmap(length, rw, sc.MAP_SHARED | sc.MAP_POPULATE, fd, 0,
+                               what=f"mmap of a {length}-byte memfd DMA buffer")
+                result_kind = MemoryKind.HUGETLB if page != sc.PAGE_SIZE else MemoryKind.MEMFD
+            elif kind in (MemoryKind.ANONYMOUS, MemoryKind.HUGETLB):
+                flags = sc.MAP_PRIVATE | sc.MAP_ANONYMOUS | sc.MAP_POPULATE
+                if page != sc.PAGE_SIZE:
+                    flags |= sc.MAP_HUGETLB | _HUGE_FLAGS[page]
+                addr = sc.mmap(length, rw, flags, what=f"mmap of a {length}-byte DMA buffer")
+                result_kind = MemoryKind.HUGETLB if page != sc.PAGE_SIZE else MemoryKind.ANONYMOUS
+            else:
+                raise InvalidArgumentError(f"cannot allocate memory of kind {kind.value}")
+        except WarpdriveError as e:
+            close_fd_quietly(fd)
+            if page != sc.PAGE_SIZE:
+                raise _hugepage_error(page, length // page, e) from None
+            raise
+        except OSError as e:
+            close_fd_quietly(fd)
+            raise WarpdriveError(f"allocating a {length}-byte DMA buffer", errno=e.errno) from None
+        # Not in the child after fork: the device writes the parent's pages, never a COW copy.
+        # (hugetlb mappings reserve their pages at mmap time, so a short pool fails above with
+        # ENOMEM rather than later with SIGBUS.)
+        sc.madvise(addr, length, sc.MADV_DONTFORK, what="madvise(MADV_DONTFORK) on a DMA buffer")
+        return cls(addr, length, result_kind, page_size=page, fd=fd)
+
+    # -- access -----------------------------------------------------------------------------
+    @property
+    def view(self) -> memoryview:
+        self._check_alive()
+        if self._view is None:
+            raise WarpdriveError("DMA buffer is closed")
+        return self._view
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        n = len(data)
+        if offset < 0 or offset + n > self.size:
+            raise InvalidArgumentError(
+                f"write of {n} bytes at offset {offset} overruns the {self.size}-byte buffer")
+        self.view[offset:offset + n] = data
+
+    def read(self, offset: int = 0, n: int | None = None) -> bytes:
+        if n is None:
+            n = self.size - offset
+        if offset < 0 or n < 0 or offset + n > self.size:
+            raise InvalidArgumentError(
+                f"read of {n} bytes at offset {offset} overruns the {self.size}-byte buffer")
+        return bytes(self.view[offset:offset + n])
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Unmap the memory. Refused while a DmaSpace still maps it (unmap it there first)."""
+        if self._closed:
+            return
+        if self._forked_dead:
+            return
+        if self._mapped_by is not None:
+            raise DeviceBusyError(
+                f"DMA buffer at {self.addr:#x} is still mapped for DMA (IOVA {self.iova:#x})",
+                hint="call dma.unmap(buffer) first; the device could still write to it",
+            )
+        if self._view is not None:
+            try:
+                self._view.release()
+            except BufferError:
+                raise DeviceBusyError(
+                    f"DMA buffer at {self.addr:#x} still has exported views",
+                    hint="release memoryviews/arrays made from buffer.view before closing it",
+                ) from None
+            self._view = None
+        sc.munmap(self.addr, self.size)
+        close_fd_quietly(self.fd)
+        self.fd = -1
+        self._closed = True
+        self._fork_unregister()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _fork_describe(self) -> str:
+        return f"DMA buffer at {self.addr:#x}"
+
+    def _fork_invalidate(self) -> None:
+        # The pages are not mapped in the child (MADV_DONTFORK): drop the dangling view.
+        self._view = None
+        close_fd_quietly(self.fd)
+        self.fd = -1
+
+    def __enter__(self) -> DmaBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        iova = f" iova={self.iova:#x}" if self.iova is not None else ""
+        return f"<DmaBuffer {self.kind.value} addr={self.addr:#x} size={self.size:#x}{iova}>"

@@ -1,0 +1,223 @@
+"""Explicit-width MMIO: 8/16/32/64-bit loads and stores at byte offsets, bounds-checked.
+
+Device registers are touched only through these accessors, never with memcpy or slice assignment:
+emulated MMIO (QEMU, KVM) cannot decode vector instructions, and real devices latch registers at
+exact widths. A ctypes scalar read or write of a mapped address compiles to one load or store of
+that width (ctypes copies fixed-size scalars with a single fixed-size memcpy, which the C compiler
+emits as one move).
+
+A `Mmio` may be made of mapped windows (fast: a load/store into the process's mapping) and trapped
+holes (slow: each access is a pread/pwrite on the VFIO device fd or a vfio-user message), as when
+a BAR's sparse-mmap capability leaves the MSI-X table unmappable.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from .errors import ClosedError, InvalidArgumentError, UnsupportedError
+from .forkguard import DeadAccessor, ForkSafe
+
+if sys.byteorder != "little":  # pragma: no cover - every supported host is little-endian
+    raise UnsupportedError("warpdrive's MMIO accessors assume a little-endian CPU")
+
+_CTYPES = {1: ctypes.c_uint8, 2: ctypes.c_uint16, 4: ctypes.c_uint32, 8: ctypes.c_uint64}
+_MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
+
+
+class RegionAccess(Protocol):
+    """The slow path for registers that are not mapped: one access per syscall or message."""
+
+    def read(self, offset: int, width: int) -> int: ...
+
+    def write(self, offset: int, width: int, value: int) -> None: ...
+
+
+@dataclass
+class MmioWindow:
+    """A mapped piece [offset, offset+size) of the region, at process address `addr`."""
+
+    offset: int
+    size: int
+    addr: int
+
+    def __post_init__(self) -> None:
+        # One typed array per width over the window; indexing one is a single load/store.
+        self.u8 = (ctypes.c_uint8 * self.size).from_address(self.addr)
+        self.u16 = (ctypes.c_uint16 * (self.size // 2)).from_address(self.addr)
+        self.u32 = (ctypes.c_uint32 * (self.size // 4)).from_address(self.addr)
+        self.u64 = (ctypes.c_uint64 * (self.size // 8)).from_address(self.addr)
+
+    def array(self, width: int) -> ctypes.Array[ctypes.c_uint64]:
+        arr: ctypes.Array[ctypes.c_uint64] = {1: self.u8, 2: self.u16, 4: self.u32,
+                                              8: self.u64}[width]  # type: ignore[assignment]
+        return arr
+
+
+class Doorbell(ForkSafe):
+    """One register written on the hot path: `ring(value)` is a single store of `width` bits into
+    the mapping (no syscall), or one trapped write when the register is not mapped."""
+
+    def __init__(self, offset: int, width: int, addr: int | None, trap: RegionAccess | None,
+                 name: str) -> None:
+        self.offset = offset
+        self.width = width
+        self.mapped = addr is not None
+        self._name = name
+        self._cell: ctypes._SimpleCData[int] | None = (
+            _CTYPES[width].from_address(addr) if addr is not None else None)
+        self._trap = trap
+        if self._cell is not None:
+            self.ring = self._ring_mapped  # type: ignore[method-assign]
+        self._fork_register()
+
+    def ring(self, value: int) -> None:
+        assert self._trap is not None
+        self._trap.write(self.offset, self.width, value)
+
+    def _ring_mapped(self, value: int) -> None:
+        self._cell.value = value  # type: ignore[union-attr]
+
+    def read(self) -> int:
+        if self._cell is not None:
+            return int(self._cell.value)
+        assert self._trap is not None
+        return self._trap.read(self.offset, self.width)
+
+    def _fork_describe(self) -> str:
+        return f"doorbell {self._name}+{self.offset:#x}"
+
+    def _fork_invalidate(self) -> None:
+        dead = DeadAccessor(self._fork_describe, self._owner_pid)
+        self._cell = dead  # type: ignore[assignment]
+        self._trap = dead  # type: ignore[assignment]
+
+
+class Mmio(ForkSafe):
+    """Registers of one device region (usually a BAR), `size` bytes long."""
+
+    def __init__(self, name: str, size: int, windows: list[MmioWindow],
+                 trap: RegionAccess | None = None,
+                 on_close: Callable[[], None] | None = None) -> None:
+        self.name = name
+        self.size = size
+        self._windows = sorted(windows, key=lambda w: w.offset)
+        self._trap = trap
+        self._on_close = on_close
+        self._closed = False
+        self._fork_register()
+
+    @property
+    def mapped_windows(self) -> list[tuple[int, int]]:
+        """(offset, size) of each directly mapped piece."""
+        return [(w.offset, w.size) for w in self._windows]
+
+    def is_mapped(self, offset: int, width: int = 4) -> bool:
+        return self._find(offset, width) is not None
+
+    def _find(self, offset: int, width: int) -> MmioWindow | None:
+        for w in self._windows:
+            if w.offset <= offset and offset + width <= w.offset + w.size:
+                return w
+        return None
+
+    def _check(self, offset: int, width: int) -> None:
+        if self._closed:
+            raise ClosedError(f"MMIO region {self.name} is closed")
+        if offset < 0 or offset + width > self.size:
+            raise InvalidArgumentError(
+                f"{width * 8}-bit MMIO access at {offset:#x} is outside {self.name} "
+                f"(size {self.size:#x})")
+        if offset % width:
+            raise InvalidArgumentError(
+                f"{width * 8}-bit MMIO access at {offset:#x} in {self.name} is not "
+                f"{width}-byte aligned")
+
+    def read(self, offset: int, width: int) -> int:
+        self._check(offset, width)
+        w = self._find(offset, width)
+        if w is not None:
+            return int(w.array(width)[(offset - w.offset) // width])
+        if self._trap is None:
+            raise InvalidArgumentError(f"{self.name}+{offset:#x} is neither mapped nor trappable")
+        return self._trap.read(offset, width)
+
+    def write(self, offset: int, width: int, value: int) -> None:
+        self._check(offset, width)
+        if not 0 <= value <= _MASK[width]:
+            raise InvalidArgumentError(
+                f"value {value:#x} does not fit a {width * 8}-bit register at "
+                f"{self.name}+{offset:#x}")
+        w = self._find(offset, width)
+        if w is not None:
+            w.array(width)[(offset - w.offset) // width] = value
+            return
+        if self._trap is None:
+            raise InvalidArgumentError(f"{self.name}+{offset:#x} is neither mapped nor trappable")
+        self._trap.write(offset, width, value)
+
+    def read8(self, offset: int) -> int:
+        return self.read(offset, 1)
+
+    def read16(self, offset: int) -> int:
+        return self.read(offset, 2)
+
+    def read32(self, offset: int) -> int:
+        return self.read(offset, 4)
+
+    def read64(self, offset: int) -> int:
+        return self.read(offset, 8)
+
+    def write8(self, offset: int, value: int) -> None:
+        self.write(offset, 1, value)
+
+    def write16(self, offset: int, value: int) -> None:
+        self.write(offset, 2, value)
+
+    def write32(self, offset: int, value: int) -> None:
+        self.write(offset, 4, value)
+
+    def write64(self, offset: int, value: int) -> None:
+        self.write(offset, 8, value)
+
+    def doorbell(self, offset: int, width: int = 64) -> Doorbell:
+        """A hot-path handle on the register at `offset` (width in bits: 16, 32 or 64)."""
+        nbytes = width // 8
+        if nbytes not in (2, 4, 8):
+            raise InvalidArgumentError(f"doorbell width must be 16, 32 or 64 bits, got {width}")
+        self._check(offset, nbytes)
+        w = self._find(offset, nbytes)
+        addr = w.addr + (offset - w.offset) if w is not None else None
+        if addr is None and self._trap is None:
+            raise InvalidArgumentError(f"{self.name}+{offset:#x} is neither mapped nor trappable")
+        return Doorbell(offset, nbytes, addr, self._trap, self.name)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._windows = []
+        if self._on_close is not None and not self._forked_dead:
+            self._on_close()
+        self._fork_unregister()
+
+    def _fork_describe(self) -> str:
+        return f"MMIO region {self.name}"
+
+    def _fork_invalidate(self) -> None:
+        # The mapping carries MADV_DONTFORK: nothing is mapped at these addresses in the child.
+        self._windows = []
+        self._trap = DeadAccessor(self._fork_describe, self._owner_pid)  # type: ignore[assignment]
+
+    def __enter__(self) -> Mmio:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Mmio {self.name} size={self.size:#x} mapped={self.mapped_windows}>"
