@@ -11,6 +11,7 @@ Kinds:
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 from pathlib import Path
 
@@ -71,16 +72,21 @@ class DmaBuffer(ForkSafe):
     """Memory for DMA. `addr`/`size` describe the mapping; `view` is a writable memoryview;
     `iova` is set while a DmaSpace has it mapped; `fd`/`fd_offset` are set for memfd buffers."""
 
-    def __init__(self, addr: int, size: int, kind: MemoryKind, *, page_size: int,
+    def __init__(self, memory: mmap.mmap, kind: MemoryKind, *, page_size: int,
                  fd: int = -1, fd_offset: int = 0) -> None:
-        self.addr = addr
-        self.size = size
+        # A Python mmap object owns the mapping because it counts exports: close() is refused
+        # while any memoryview of it is alive, so no view can outlive the pages.
+        self._mmap = memory
+        anchor = ctypes.c_char.from_buffer(memory)
+        self.addr = ctypes.addressof(anchor)
+        del anchor  # drop the export again; only the address was needed
+        self.size = len(memory)
         self.kind = kind
         self.page_size = page_size
         self.fd = fd
         self.fd_offset = fd_offset
         self.iova: int | None = None
-        self._view: memoryview | None = writable_view(addr, size)
+        self._view: memoryview | None = memoryview(memory)
         self._mapped_by: object | None = None  # the DmaSpace holding a mapping of this buffer
         self._closed = False
         self._fork_register()
@@ -107,39 +113,38 @@ class DmaBuffer(ForkSafe):
         if page != sc.PAGE_SIZE and page not in hugepage_sizes():
             raise InvalidArgumentError(f"this kernel has no {page >> 20} MiB huge pages")
         length = sc.page_align_up(size, page)
-        rw = sc.PROT_READ | sc.PROT_WRITE
         fd = -1
         try:
             if kind is MemoryKind.MEMFD:
-                flags = 0
+                mflags = 0
                 if page != sc.PAGE_SIZE:
-                    flags = _MFD_HUGETLB | _MFD_HUGE[page]
-                fd = sc.memfd_create(name, flags)
+                    mflags = _MFD_HUGETLB | _MFD_HUGE[page]
+                fd = sc.memfd_create(name, mflags)
                 os.ftruncate(fd, length)
-                addr = sc.mmap(length, rw, sc.MAP_SHARED | sc.MAP_POPULATE, fd, 0,
-                               what=f"mmap of a {length}-byte memfd DMA buffer")
+                m = mmap.mmap(fd, length, flags=mmap.MAP_SHARED | sc.MAP_POPULATE)
                 result_kind = MemoryKind.HUGETLB if page != sc.PAGE_SIZE else MemoryKind.MEMFD
             elif kind in (MemoryKind.ANONYMOUS, MemoryKind.HUGETLB):
-                flags = sc.MAP_PRIVATE | sc.MAP_ANONYMOUS | sc.MAP_POPULATE
+                flags = mmap.MAP_PRIVATE | sc.MAP_POPULATE
                 if page != sc.PAGE_SIZE:
                     flags |= sc.MAP_HUGETLB | _HUGE_FLAGS[page]
-                addr = sc.mmap(length, rw, flags, what=f"mmap of a {length}-byte DMA buffer")
+                m = mmap.mmap(-1, length, flags=flags)
                 result_kind = MemoryKind.HUGETLB if page != sc.PAGE_SIZE else MemoryKind.ANONYMOUS
             else:
                 raise InvalidArgumentError(f"cannot allocate memory of kind {kind.value}")
-        except WarpdriveError as e:
-            close_fd_quietly(fd)
-            if page != sc.PAGE_SIZE:
-                raise _hugepage_error(page, length // page, e) from None
-            raise
         except OSError as e:
             close_fd_quietly(fd)
-            raise WarpdriveError(f"allocating a {length}-byte DMA buffer", errno=e.errno) from None
+            err = WarpdriveError(f"mmap of a {length}-byte {kind.value} DMA buffer", errno=e.errno)
+            if page != sc.PAGE_SIZE:
+                raise _hugepage_error(page, length // page, err) from None
+            raise err from None
+        except WarpdriveError:
+            close_fd_quietly(fd)
+            raise
         # Not in the child after fork: the device writes the parent's pages, never a COW copy.
         # (hugetlb mappings reserve their pages at mmap time, so a short pool fails above with
         # ENOMEM rather than later with SIGBUS.)
-        sc.madvise(addr, length, sc.MADV_DONTFORK, what="madvise(MADV_DONTFORK) on a DMA buffer")
-        return cls(addr, length, result_kind, page_size=page, fd=fd)
+        m.madvise(mmap.MADV_DONTFORK)
+        return cls(m, result_kind, page_size=page, fd=fd)
 
     # -- access -----------------------------------------------------------------------------
     @property
@@ -177,15 +182,16 @@ class DmaBuffer(ForkSafe):
                 hint="call dma.unmap(buffer) first; the device could still write to it",
             )
         if self._view is not None:
-            try:
-                self._view.release()
-            except BufferError:
-                raise DeviceBusyError(
-                    f"DMA buffer at {self.addr:#x} still has exported views",
-                    hint="release memoryviews/arrays made from buffer.view before closing it",
-                ) from None
+            self._view.release()
             self._view = None
-        sc.munmap(self.addr, self.size)
+        try:
+            self._mmap.close()
+        except BufferError:
+            self._view = memoryview(self._mmap)
+            raise DeviceBusyError(
+                f"DMA buffer at {self.addr:#x} still has exported views",
+                hint="release memoryviews/arrays made from buffer.view before closing it",
+            ) from None
         close_fd_quietly(self.fd)
         self.fd = -1
         self._closed = True
@@ -199,8 +205,15 @@ class DmaBuffer(ForkSafe):
         return f"DMA buffer at {self.addr:#x}"
 
     def _fork_invalidate(self) -> None:
-        # The pages are not mapped in the child (MADV_DONTFORK): drop the dangling view.
+        # The pages are not mapped in the child (MADV_DONTFORK). Park an inaccessible placeholder
+        # at the address so the child cannot place another mapping there (the mmap object's
+        # eventual munmap must not unmap something else), and drop the dangling view.
         self._view = None
+        try:
+            sc.mmap(self.size, sc.PROT_NONE,
+                    sc.MAP_PRIVATE | sc.MAP_ANONYMOUS | sc.MAP_FIXED_NOREPLACE, addr=self.addr)
+        except WarpdriveError:
+            pass
         close_fd_quietly(self.fd)
         self.fd = -1
 
