@@ -1,0 +1,1 @@
+"""uacce: SVA accelerator queues (the WarpDrive kernel framework, merged in Linux 5.7)."""
