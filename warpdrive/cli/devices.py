@@ -1,0 +1,84 @@
+"""`warpdrive devices [BDF...] [--json]`: PCI functions, IOMMU groups, VFIO nodes, uacce devices."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ._common import add_root_options, print_json, table
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "devices", help="list PCI functions (driver, IOMMU group, VFIO nodes) and uacce devices",
+        description="List every PCI function with its ids, class, driver, IOMMU group (and the "
+        "group's other members), VFIO nodes, NUMA node, network/block/uacce children and the "
+        "warpdrive plugin that drives it; then the uacce devices. Reads sysfs only.")
+    p.add_argument("bdf", nargs="*", help="only these functions (e.g. 00:03.0)")
+    p.add_argument("--json", action="store_true", help="machine-readable output, same facts")
+    add_root_options(p)
+    p.set_defaults(func=run)
+
+
+def _uses(fn: Any) -> str:
+    parts = [f"net:{n}" for n in fn.net_interfaces]
+    parts += [f"blk:{b}" for b in fn.block_devices]
+    parts += [f"uacce:{u}" for u in fn.uacce_devices]
+    return ",".join(parts) or "-"
+
+
+def _group(fn: Any) -> str:
+    if fn.iommu_group is None:
+        return "-"
+    return f"{fn.iommu_group}+{len(fn.group_members)}" if fn.group_members else str(fn.iommu_group)
+
+
+def _vfio(fn: Any) -> str:
+    nodes = [n for n in (fn.vfio_group_node, fn.vfio_cdev_node) if n]
+    return ",".join(nodes) or "-"
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import pci
+    from ..uacce import sysfs as uacce_sysfs
+
+    status = pci.iommu_status(args.sysfs_root, args.dev_root)
+    if args.bdf:
+        fns = [pci.read_function(b, args.sysfs_root, args.dev_root) for b in args.bdf]
+    else:
+        fns = pci.devices(args.sysfs_root, args.dev_root)
+    uacce = uacce_sysfs.devices(args.sysfs_root, args.dev_root)
+
+    if args.json:
+        print_json({"iommu": status.to_dict(), "pci": [f.to_dict() for f in fns],
+                    "uacce": [u.to_dict() for u in uacce]})
+        return 0
+
+    print(status.summary())
+    print()
+    rows = [[f.bdf, f.ids, f.class_name, f.driver or "-", _group(f), _vfio(f),
+             str(f.numa_node) if f.numa_node is not None else "-", _uses(f), f.plugin or "-"]
+            for f in fns]
+    print(table(rows, ["BDF", "ID", "CLASS", "DRIVER", "GROUP", "VFIO", "NUMA", "USES",
+                       "PLUGIN"]))
+    shared = [f for f in fns if f.group_members]
+    if shared:
+        print()
+        for f in shared:
+            members = ", ".join(f"{m.bdf} ({m.driver or 'no driver'}"
+                                + (", blocks VFIO" if not m.vfio_viable else "") + ")"
+                                for m in f.group_members)
+            print(f"group {f.iommu_group} of {f.bdf} also holds: {members}")
+    print()
+    if not uacce:
+        print("uacce: none (no /sys/class/uacce entries: kernel without CONFIG_UACCE, or no "
+              "uacce driver loaded, e.g. hisi_zip needs uacce_mode=1)")
+        return 0
+    urows = [[u.name, u.dev_path, u.api or "-", "yes" if u.sva else "no",
+              str(u.available_instances) if u.available_instances is not None else "-",
+              ",".join(u.algorithms) or "-", u.parent_bdf or "-",
+              str(u.numa_node) if u.numa_node is not None else "-",
+              "ISOLATED" if u.isolated else "-"] for u in uacce]
+    print(table(urows, ["UACCE", "NODE", "API", "SVA", "FREE", "ALGORITHMS", "PARENT", "NUMA",
+                        "STATE"]))
+    return 0
