@@ -1,0 +1,222 @@
+"""The model side of DMA: the client's memory, as the client mapped it with VFIO_USER_DMA_MAP.
+
+Each map arrives with a memfd (SCM_RIGHTS) which the server mmaps MAP_SHARED; `ClientMemory` keeps
+the IOVA table and gives the model bounds- and permission-checked access, like an IOMMU would.
+Access outside the table is a `DmaFault` (the model reports it as an error status), never a crash.
+
+Unmap revokes access before the reply is sent. Python's `mmap` object counts exported buffers, so
+the table knows whether the model still holds a view; if it does, the pages are replaced in place
+(MAP_FIXED) by private zero pages: the stale view keeps working but no longer reaches the client,
+and the memfd is closed. The mmap object is kept until its views are gone, then closed.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import errno
+import mmap
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .. import syscalls as sc
+from ..errors import WarpdriveError
+
+
+class DmaFault(WarpdriveError):
+    """The model touched client memory it may not: unmapped IOVA, wrong permission, or bus
+    mastering disabled. Report it as the device would report an IOMMU fault."""
+
+    def __init__(self, iova: int, size: int, write: bool, reason: str) -> None:
+        self.iova = iova
+        self.size = size
+        self.write = write
+        self.reason = reason
+        kind = "write" if write else "read"
+        super().__init__(f"DMA {kind} of {size} bytes at IOVA {iova:#x}: {reason}")
+
+
+@dataclass
+class DmaRegion:
+    """One client DMA map. `mm` maps the client's fd from the page below `offset`; `delta` is
+    where the region starts inside it."""
+
+    iova: int
+    size: int
+    readable: bool
+    writable: bool
+    mm: mmap.mmap
+    delta: int
+    addr: int  # process address of mm (for revocation in place)
+
+    @property
+    def end(self) -> int:
+        return self.iova + self.size
+
+
+class ClientMemory:
+    """IOVA -> client memory, for the model's DMA (`DeviceModel.dma`)."""
+
+    def __init__(self, max_maps: int = 65535,
+                 bus_master: Callable[[], bool] | None = None) -> None:
+        self.max_maps = max_maps
+        self._bus_master = bus_master
+        self._regions: list[DmaRegion] = []  # sorted by iova, non-overlapping
+        self._starts: list[int] = []
+        self._zombies: list[mmap.mmap] = []  # revoked maps whose views the model still holds
+        self.faults = 0
+
+    # -- table management (server side) -----------------------------------------------------
+    def add(self, iova: int, size: int, fd: int, offset: int, readable: bool,
+            writable: bool) -> None:
+        """Map `size` bytes of `fd` at `offset` as IOVA [iova, iova+size). Raises OSError with the
+        errno to reply (EEXIST overlap, ENOSPC too many maps, EINVAL bad range)."""
+        if size <= 0 or iova < 0 or offset < 0 or iova + size > 1 << 64:
+            raise OSError(errno.EINVAL, f"invalid DMA range IOVA {iova:#x} size {size:#x}")
+        if len(self._regions) >= self.max_maps:
+            raise OSError(errno.ENOSPC, f"more than {self.max_maps} DMA maps")
+        i = bisect.bisect_right(self._starts, iova)
+        if (i > 0 and self._regions[i - 1].end > iova) or (
+                i < len(self._regions) and self._regions[i].iova < iova + size):
+            raise OSError(errno.EEXIST, f"DMA map at IOVA {iova:#x} overlaps an existing map")
+        st = os.fstat(fd)
+        if st.st_size < offset + size:
+            raise OSError(errno.EINVAL, f"DMA map of {size:#x} bytes at file offset {offset:#x} "
+                          f"runs past the end of the {st.st_size:#x}-byte file")
+        base = offset & ~(sc.PAGE_SIZE - 1)
+        delta = offset - base
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        mm = mmap.mmap(fd, delta + size, flags=mmap.MAP_SHARED, prot=prot, offset=base)
+        addr = _buffer_address(mm)
+        region = DmaRegion(iova, size, readable, writable, mm, delta, addr)
+        self._regions.insert(i, region)
+        self._starts.insert(i, iova)
+
+    def remove(self, iova: int, size: int) -> DmaRegion:
+        """Drop the map that is exactly [iova, iova+size) and revoke every reference to it."""
+        i = bisect.bisect_left(self._starts, iova)
+        if i >= len(self._regions) or self._regions[i].iova != iova or \
+                self._regions[i].size != size:
+            raise OSError(errno.ENOENT, f"no DMA map is exactly IOVA {iova:#x} size {size:#x}")
+        region = self._regions.pop(i)
+        self._starts.pop(i)
+        self._revoke(region)
+        return region
+
+    def clear(self) -> None:
+        """Drop every map (client disconnected)."""
+        while self._regions:
+            self._starts.pop()
+            self._revoke(self._regions.pop())
+
+    def _revoke(self, region: DmaRegion) -> None:
+        try:
+            region.mm.close()
+            return
+        except BufferError:
+            pass
+        # The model still holds a view: swap the pages under it for private zero pages, so the
+        # client's memory is out of reach once we reply, then close the mmap when it is free.
+        length = region.delta + region.size
+        sc.mmap(sc.page_align_up(length), sc.PROT_READ | sc.PROT_WRITE,
+                sc.MAP_PRIVATE | sc.MAP_ANONYMOUS | sc.MAP_FIXED | sc.MAP_NORESERVE,
+                addr=region.addr, what="revoking a DMA map the model still references")
+        self._zombies.append(region.mm)
+
+    def reap(self) -> int:
+        """Close revoked maps whose views are gone; returns how many are still held."""
+        still = []
+        for mm in self._zombies:
+            try:
+                mm.close()
+            except BufferError:
+                still.append(mm)
+        self._zombies = still
+        return len(still)
+
+    @property
+    def held_after_unmap(self) -> int:
+        return len(self._zombies)
+
+    def mappings(self) -> list[tuple[int, int, bool, bool]]:
+        """(iova, size, readable, writable) of each live map, by IOVA."""
+        return [(r.iova, r.size, r.readable, r.writable) for r in self._regions]
+
+    # -- access (model side) ----------------------------------------------------------------
+    def _find(self, iova: int, size: int, write: bool) -> list[tuple[DmaRegion, int, int]]:
+        """Pieces (region, offset in region, length) covering [iova, iova+size)."""
+        if size <= 0:
+            raise ValueError(f"DMA size must be positive, got {size}")
+        if self._bus_master is not None and not self._bus_master():
+            self.faults += 1
+            raise DmaFault(iova, size, write, "bus mastering is disabled (PCI_COMMAND)")
+        pieces = []
+        pos, end = iova, iova + size
+        i = bisect.bisect_right(self._starts, pos) - 1
+        while pos < end:
+            if i < 0 or i >= len(self._regions) or not (
+                    self._regions[i].iova <= pos < self._regions[i].end):
+                self.faults += 1
+                raise DmaFault(iova, size, write, f"IOVA {pos:#x} is not mapped by the client")
+            r = self._regions[i]
+            if (write and not r.writable) or (not write and not r.readable):
+                self.faults += 1
+                raise DmaFault(iova, size, write,
+                               f"the client mapped IOVA {r.iova:#x} "
+                               f"{'read-only' if write else 'write-only'}")
+            n = min(end, r.end) - pos
+            pieces.append((r, pos - r.iova, n))
+            pos += n
+            i += 1
+        return pieces
+
+    def read(self, iova: int, size: int) -> bytes:
+        """Copy `size` bytes of client memory at `iova`."""
+        out = bytearray()
+        for r, off, n in self._find(iova, size, write=False):
+            start = r.delta + off
+            out += r.mm[start:start + n]
+        return bytes(out)
+
+    def write(self, iova: int, data: bytes | bytearray | memoryview) -> None:
+        """Copy `data` into client memory at `iova`."""
+        mv = memoryview(data).cast("B")
+        pos = 0
+        for r, off, n in self._find(iova, len(mv), write=True):
+            start = r.delta + off
+            r.mm[start:start + n] = mv[pos:pos + n]
+            pos += n
+
+    def view(self, iova: int, size: int, write: bool = False) -> memoryview:
+        """Zero-copy view of client memory (read-only unless `write`). Must lie in one map.
+        Release it (`view.release()` or drop it) when done; see `DeviceModel.on_dma_unmap`."""
+        pieces = self._find(iova, size, write)
+        if len(pieces) != 1:
+            self.faults += 1
+            raise DmaFault(iova, size, write, "the range spans more than one client DMA map")
+        r, off, n = pieces[0]
+        start = r.delta + off
+        mv = memoryview(r.mm)[start:start + n]
+        return mv if write else mv.toreadonly()
+
+
+def _buffer_address(obj: object) -> int:
+    """Address of a (possibly read-only) buffer such as an mmap, via the buffer protocol."""
+    buf = ctypes.py_object(obj)
+    pybuf = _Py_buffer()
+    if ctypes.pythonapi.PyObject_GetBuffer(buf, ctypes.byref(pybuf), 0) != 0:
+        raise OSError(errno.EINVAL, "cannot take the address of a DMA map")
+    try:
+        return int(pybuf.buf or 0)
+    finally:
+        ctypes.pythonapi.PyBuffer_Release(ctypes.byref(pybuf))
+
+
+class _Py_buffer(ctypes.Structure):
+    _fields_ = [
+        ("buf", ctypes.c_void_p), ("obj", ctypes.py_object), ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p),
+    ]
