@@ -1,0 +1,128 @@
+"""A legacy VFIO container (/dev/vfio/vfio) with the type1v2 IOMMU, and its DMA space.
+
+The container is the DMA context: groups are attached to it, then the IOMMU model is chosen
+(VFIO_SET_IOMMU is refused until at least one group is attached), then mappings are made with
+VFIO_IOMMU_MAP_DMA. warpdrive uses one container per group (each `open_legacy` makes its own);
+sharing a container across groups is possible in VFIO but not offered yet.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+
+from .. import syscalls as sc
+from ..dma import DmaMapping, DmaSpace
+from ..errors import ClosedError, KernelError, UnsupportedError, WarpdriveError
+from ..forkguard import close_fd_quietly
+from ..iova import IovaRange
+from . import caps
+from . import uapi as U
+
+CONTAINER_PATH = "/dev/vfio/vfio"
+
+# Without the IOVA_RANGE capability (kernels before 5.4) assume a 39-bit IOMMU, the narrowest
+# common VT-d width, minus the x86 MSI window the IOMMU reserves.
+_FALLBACK_RANGES = (IovaRange(0, 0xFEDF_FFFF), IovaRange(0xFEF0_0000, (1 << 39) - 1))
+
+
+class Container:
+    """An open /dev/vfio/vfio. `fd` is -1 once closed."""
+
+    def __init__(self, path: str = CONTAINER_PATH) -> None:
+        self.fd = sc.open_dev(path, what=f"open {path} (the VFIO container)", hints={
+            errno.ENOENT: "the kernel has no legacy VFIO container (CONFIG_VFIO_CONTAINER); "
+                          "use backend='iommufd'"})
+        self.iommu_set = False
+        try:
+            version = sc.ioctl(self.fd, U.VFIO_GET_API_VERSION, None, what="VFIO_GET_API_VERSION")
+            if version != U.VFIO_API_VERSION:
+                raise UnsupportedError(
+                    f"VFIO API version {version}, warpdrive speaks {U.VFIO_API_VERSION}")
+            if sc.ioctl(self.fd, U.VFIO_CHECK_EXTENSION, U.VFIO_TYPE1v2_IOMMU,
+                        what="VFIO_CHECK_EXTENSION(VFIO_TYPE1v2_IOMMU)") <= 0:
+                raise UnsupportedError(
+                    "the VFIO container does not offer the type1v2 IOMMU",
+                    hint="the kernel needs CONFIG_VFIO_IOMMU_TYPE1 and an IOMMU (intel_iommu=on "
+                    "or amd_iommu=on)")
+        except BaseException:
+            self.close()
+            raise
+
+    def _ioctl(self, request: int, arg: object, what: str) -> int:
+        if self.fd < 0:
+            raise ClosedError("the VFIO container is closed")
+        return sc.ioctl(self.fd, request, arg, what=what)
+
+    def set_iommu(self) -> None:
+        """Choose type1v2 once the first group is attached (the kernel refuses it before)."""
+        if not self.iommu_set:
+            self._ioctl(U.VFIO_SET_IOMMU, U.VFIO_TYPE1v2_IOMMU,
+                        "VFIO_SET_IOMMU(VFIO_TYPE1v2_IOMMU)")
+            self.iommu_set = True
+
+    def iommu_info(self) -> caps.Type1Info:
+        """VFIO_IOMMU_GET_INFO with its capabilities (asks twice: size, then contents)."""
+        size = ctypes.sizeof(U.vfio_iommu_type1_info)
+        for _ in range(4):
+            buf = bytearray(size)
+            hdr = U.vfio_iommu_type1_info.from_buffer(buf)
+            hdr.argsz = size
+            self._ioctl(U.VFIO_IOMMU_GET_INFO, buf, "VFIO_IOMMU_GET_INFO")
+            if not caps.iommu_info_needs_second_call(hdr):
+                del hdr
+                return caps.parse_iommu_info(bytes(buf))
+            size = int(hdr.argsz)
+            del hdr
+        raise WarpdriveError("VFIO_IOMMU_GET_INFO: the capability chain kept growing")
+
+    def map_dma(self, vaddr: int, iova: int, size: int, writable: bool) -> None:
+        flags = U.VFIO_DMA_MAP_FLAG_READ | (U.VFIO_DMA_MAP_FLAG_WRITE if writable else 0)
+        arg = U.vfio_iommu_type1_dma_map(argsz=ctypes.sizeof(U.vfio_iommu_type1_dma_map),
+                                         flags=flags, vaddr=vaddr, iova=iova, size=size)
+        self._ioctl(U.VFIO_IOMMU_MAP_DMA, arg,
+                    f"VFIO_IOMMU_MAP_DMA of {size:#x} bytes at {vaddr:#x} to IOVA {iova:#x}")
+
+    def unmap_dma(self, iova: int, size: int) -> int:
+        """Unmap and return the number of bytes the kernel says it unmapped."""
+        arg = U.vfio_iommu_type1_dma_unmap(argsz=ctypes.sizeof(U.vfio_iommu_type1_dma_unmap),
+                                           iova=iova, size=size)
+        self._ioctl(U.VFIO_IOMMU_UNMAP_DMA, arg,
+                    f"VFIO_IOMMU_UNMAP_DMA of {size:#x} bytes at IOVA {iova:#x}")
+        return int(arg.size)
+
+    def close(self) -> None:
+        close_fd_quietly(self.fd)
+        self.fd = -1
+
+
+class Type1DmaSpace(DmaSpace):
+    """DMA through a type1v2 container: our allocator picks IOVAs inside the kernel's ranges."""
+
+    def __init__(self, name: str, container: Container, dma_mask: int | None = None) -> None:
+        self.container = container
+        info = container.iommu_info()
+        page = max(info.min_page_size or sc.PAGE_SIZE, sc.PAGE_SIZE)
+        super().__init__(name, dma_mask, page_size=page)
+        self.pgsizes = info.pgsizes
+
+    def _query_ranges(self) -> list[IovaRange]:
+        info = self.container.iommu_info()
+        return list(info.ranges if info.ranges is not None else _FALLBACK_RANGES)
+
+    @property
+    def dma_avail(self) -> int | None:
+        """How many more mappings the container allows (the kernel's dma_entry_limit), if known."""
+        return self.container.iommu_info().dma_avail
+
+    def _do_map(self, mapping: DmaMapping) -> None:
+        self.container.map_dma(mapping.addr, mapping.iova, mapping.size, mapping.writable)
+
+    def _do_unmap(self, mapping: DmaMapping) -> None:
+        done = self.container.unmap_dma(mapping.iova, mapping.size)
+        if done != mapping.size:
+            raise KernelError(
+                f"VFIO_IOMMU_UNMAP_DMA at IOVA {mapping.iova:#x} unmapped {done:#x} bytes, "
+                f"expected {mapping.size:#x}",
+                hint="the container's mappings no longer match warpdrive's records; close the "
+                "device")
