@@ -13,7 +13,7 @@ import os
 import select
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import pci_regs as R
@@ -434,6 +434,14 @@ class Device(ForkSafe, ABC):
         finally:
             for irq in irqs:
                 irq.close()
+
+    # -- IOMMU faults -----------------------------------------------------------------------
+    def iommu_faults(self) -> Sequence[object]:
+        """IOMMU faults the kernel reported for this device since the last call (each has a
+        readable `str()`). Kernel backends read them from the kernel log; backends that cannot
+        see any return an empty list. Plugins call this after a DMA that a device reports as
+        complete but that may have been blocked (some devices ignore a failed DMA)."""
+        return []
 
     # -- reset ------------------------------------------------------------------------------
     def reset(self) -> None:

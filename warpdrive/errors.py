@@ -73,6 +73,13 @@ class DeviceTimeoutError(WarpdriveError):
     """The device did not answer in time (lost interrupt, IOMMU fault, wedged device)."""
 
 
+class DmaFaultError(DeviceTimeoutError):
+    """The IOMMU blocked a DMA of the device (the kernel logged a translation fault naming it).
+
+    A DeviceTimeoutError because on most devices the symptom is a request that never completes;
+    some (QEMU's edu) report completion anyway, and the kernel's fault log is how we know."""
+
+
 class DeviceError(WarpdriveError):
     """The device reported an error status for a request."""
 
