@@ -212,7 +212,8 @@ def test_plugin_claims() -> None:
     assert plugins.claim(0x19E5, 0xA251) == "zip"
     assert plugins.claim(0x1AF4, 0x1041) is None
     assert plugins.claim(0x19E5, 0xA255, 0x100000) is None
-    assert plugins.get("zip") is not None and plugins.get("zip").module == "warpdrive.devices.zip"
+    z = plugins.get("zip")
+    assert z is not None and z.module == "warpdrive.devices.zip"
 
 
 def test_discovery_imports_stay_light() -> None:

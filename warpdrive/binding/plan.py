@@ -47,8 +47,9 @@ class Step:
 
     def describe(self) -> str:
         if self.action == "write":
-            shown = f"'{self.value}'" if self.value else "''  # empty: clears it"
-            return f"echo {shown} > {self.path}"
+            if not self.value:
+                return f"echo '' > {self.path}  # empty: clears the override"
+            return f"echo '{self.value}' > {self.path}"
         if self.action == "modprobe":
             return f"modprobe {self.value}"
         if self.action == "fallback-bind":

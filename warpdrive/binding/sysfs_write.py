@@ -45,7 +45,7 @@ def sysfs_write(path: str, value: str) -> None:
     if os.path.basename(path) not in WRITABLE_NAMES:
         raise ValueError(f"sysfs_write is only for PCI binding files, not {path}")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)  # as `echo >` does
     except OSError as e:
         raise from_errno(e.errno or 0, f"open {path} for writing",
                          hint="binding needs root (run with sudo)" if e.errno in (1, 13) else None

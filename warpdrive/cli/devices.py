@@ -61,14 +61,18 @@ def run(args: argparse.Namespace) -> int:
             for f in fns]
     print(table(rows, ["BDF", "ID", "CLASS", "DRIVER", "GROUP", "VFIO", "NUMA", "USES",
                        "PLUGIN"]))
-    shared = [f for f in fns if f.group_members]
-    if shared:
+    groups: dict[int, Any] = {}
+    for f in fns:
+        if f.group_members and f.iommu_group is not None and f.iommu_group not in groups:
+            groups[f.iommu_group] = f
+    if groups:
         print()
-        for f in shared:
-            members = ", ".join(f"{m.bdf} ({m.driver or 'no driver'}"
-                                + (", blocks VFIO" if not m.vfio_viable else "") + ")"
-                                for m in f.group_members)
-            print(f"group {f.iommu_group} of {f.bdf} also holds: {members}")
+        for num, f in sorted(groups.items()):
+            def one(bdf: str, driver: str | None, viable: bool) -> str:
+                return f"{bdf} ({driver or 'no driver'}{'' if viable else ', blocks VFIO'})"
+            members = [one(f.bdf, f.driver, True)] + [one(m.bdf, m.driver, m.vfio_viable)
+                                                      for m in f.group_members]
+            print(f"IOMMU group {num}: {', '.join(sorted(members))}")
     print()
     if not uacce:
         print("uacce: none (no /sys/class/uacce entries: kernel without CONFIG_UACCE, or no "

@@ -1,0 +1,233 @@
+"""The `warpdrive` CLI on the host: `devices` on this real machine, `bind --dry-run` against the
+real host NIC (refused, nothing written), and the rest on a FAKE sysfs tree
+(warpdrive.pci.fake.FakeSysfs under tmp_path, via the hidden --sysfs-root/--dev-root options),
+which stands in for a machine with IOMMU groups, vfio-pci and uacce. WARPDRIVE_FORBID_SYSFS_WRITES=1
+is set for every test, in-process and in the subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from warpdrive import pci
+from warpdrive.cli import (
+    EXIT_PERMISSION,
+    EXIT_REFUSED,
+    OPTIONAL_SUBCOMMAND_MODULES,
+    SUBCOMMAND_MODULES,
+    _load,
+    build_parser,
+    main,
+)
+from warpdrive.pci.fake import FakeSysfs
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _no_binding_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WARPDRIVE_FORBID_SYSFS_WRITES", "1")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real console entry point in a fresh interpreter (as `warpdrive ...` runs)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), WARPDRIVE_FORBID_SYSFS_WRITES="1")
+    return subprocess.run([sys.executable, "-m", "warpdrive.cli", *args], capture_output=True,
+                          text=True, cwd=REPO, env=env, timeout=120)
+
+
+def fake_tree(tmp_path: Path) -> FakeSysfs:
+    """FAKE machine: edu on vfio-pci (group 5, /dev/vfio/5, vfio0), virtio-crypto sharing group 6
+    with an audio function, a ZIP PF with a uacce device."""
+    f = FakeSysfs(tmp_path / "fake")
+    f.add_iommu()
+    f.add_function("0000:00:03.0", 0x1234, 0x11E8, 0xFF00, driver="vfio-pci", group=5)
+    f.add_vfio_node(5)
+    f.add_vfio_cdev("0000:00:03.0", "vfio0")
+    f.add_function("0000:00:04.0", 0x1AF4, 0x1054, 0x100000, driver="virtio-pci", group=6)
+    f.add_function("0000:00:04.1", 0x8086, 0x293E, 0x040300, driver="snd_hda_intel", group=6)
+    f.add_function("0000:00:06.0", 0x19E5, 0xA250, 0x120000, driver="hisi_zip", group=8, numa=0)
+    f.add_uacce("hisi_zip-0", "0000:00:06.0", {"api": "hisi_qm_v2", "flags": "1",
+                                               "available_instances": "62",
+                                               "algorithms": "zlib\ngzip"})
+    return f
+
+
+def roots(f: FakeSysfs) -> list[str]:
+    return ["--sysfs-root", f.sysfs_root, "--dev-root", f.dev_root]
+
+
+# ------------------------------------------------------------------------------------ real host
+
+
+def test_devices_real_host_table() -> None:
+    """Real host: every PCI function in sysfs is listed; no IOMMU is stated plainly."""
+    proc = cli("devices")
+    assert proc.returncode == 0, proc.stderr
+    for bdf in os.listdir("/sys/bus/pci/devices"):
+        assert bdf in proc.stdout
+    if not os.listdir("/sys/kernel/iommu_groups"):
+        assert "no IOMMU: VFIO unavailable on this machine" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_devices_real_host_json() -> None:
+    """Real host: --json carries the same facts as the library."""
+    proc = cli("devices", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    lib = {f.bdf: f for f in pci.devices()}
+    assert sorted(d["bdf"] for d in data["pci"]) == sorted(lib)
+    for d in data["pci"]:
+        f = lib[d["bdf"]]
+        assert (d["ids"], d["driver"], d["iommu_group"]) == (f.ids, f.driver, f.iommu_group)
+        assert d["net_interfaces"] == list(f.net_interfaces)
+    assert data["iommu"]["available"] == pci.iommu_status().available
+    assert isinstance(data["uacce"], list)
+
+
+def _default_route_ifname() -> str:
+    with open("/proc/net/route") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == "00000000" and fields[7] == "00000000":
+                return fields[0]
+    pytest.skip("no IPv4 default route on this machine")
+
+
+def test_bind_dry_run_real_host_nic_refuses_and_writes_nothing() -> None:
+    """Real host NIC (BDF found from /sys/class/net/<default-route iface>/device): `bind
+    --dry-run` says it would refuse, names the interface and its default route, exits 3, and
+    driver_override and the driver link are unchanged afterwards."""
+    ifname = _default_route_ifname()
+    bdf = pci.netdev_function(ifname)
+    if bdf is None:
+        pytest.skip(f"{ifname} is not a PCI function")
+    dev = f"/sys/bus/pci/devices/{bdf}"
+    before = (Path(dev, "driver_override").read_text(), os.readlink(f"{dev}/driver"))
+    proc = cli("bind", bdf, "--dry-run")
+    assert proc.returncode == EXIT_REFUSED, proc.stdout + proc.stderr
+    assert f"{ifname} is up" in proc.stdout
+    assert "default via" in proc.stdout and "DEFAULT ROUTE" in proc.stdout
+    assert "result: REFUSED" in proc.stdout and "nothing was written" in proc.stdout
+    assert (Path(dev, "driver_override").read_text(), os.readlink(f"{dev}/driver")) == before
+
+
+def test_bind_dry_run_json_real_host_nic() -> None:
+    ifname = _default_route_ifname()
+    bdf = pci.netdev_function(ifname)
+    if bdf is None:
+        pytest.skip(f"{ifname} is not a PCI function")
+    proc = cli("bind", bdf, "--dry-run", "--json")
+    assert proc.returncode == EXIT_REFUSED
+    data = json.loads(proc.stdout)
+    assert data["dry_run"] and data["plan"]["refused"]
+    net = [c for c in data["plan"]["checks"] if c["name"] == "network"]
+    assert net[0]["status"] == "refuse" and ifname in net[0]["detail"]
+    assert any(s.endswith("/driver_override") for s in data["plan"]["steps"])
+
+
+# ------------------------------------------------------------------------------------ fake tree
+
+
+def test_devices_fake_tree_table(tmp_path: Path, capsys) -> None:
+    f = fake_tree(tmp_path)
+    assert main(["devices", *roots(f)]) == 0
+    out = capsys.readouterr().out
+    assert "IOMMU: dmar0; 3 groups" in out
+    assert f"{f.dev_root}/vfio/5,{f.dev_root}/vfio/devices/vfio0" in out
+    assert ("IOMMU group 6: 0000:00:04.0 (virtio-pci), 0000:00:04.1 (snd_hda_intel, blocks VFIO)"
+            in out)
+    assert "uacce:hisi_zip-0" in out and "zip" in out
+    uline = next(line for line in out.splitlines() if line.startswith("hisi_zip-0"))
+    assert "hisi_qm_v2" in uline and "yes" in uline and "62" in uline and "zlib,gzip" in uline
+
+
+def test_devices_fake_tree_filter_and_json(tmp_path: Path, capsys) -> None:
+    f = fake_tree(tmp_path)
+    assert main(["devices", "00:04.0", "--json", *roots(f)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    (d,) = data["pci"]
+    assert d["bdf"] == "0000:00:04.0" and d["plugin"] == "crypto"
+    assert d["group_members"] == [{"bdf": "0000:00:04.1", "driver": "snd_hda_intel",
+                                   "class_code": "0x040300"}]
+    assert data["uacce"][0]["parent_bdf"] == "0000:00:06.0" and data["uacce"][0]["sva"]
+
+
+def test_bind_group_refusal_exit_code(tmp_path: Path, capsys) -> None:
+    f = fake_tree(tmp_path)
+    assert main(["bind", "00:04.0", "--dry-run", *roots(f)]) == EXIT_REFUSED
+    out = capsys.readouterr().out
+    assert "REFUSE  group" in out and "0000:00:04.1 (driver snd_hda_intel)" in out
+    assert main(["bind", "00:04.0", "--dry-run", "--group", *roots(f)]) == 0
+    out = capsys.readouterr().out
+    assert "drivers/snd_hda_intel/unbind" in out and "would proceed" in out
+
+
+def test_bind_real_run_blocked_by_guard(tmp_path: Path, capsys) -> None:
+    """FAKE tree, no --dry-run: the checks pass, then the write guard refuses (exit 3) before
+    anything is written."""
+    f = fake_tree(tmp_path)
+    override = f.fn_dir("0000:00:04.0") / "driver_override"
+    before = override.read_text()
+    rc = main(["bind", "00:04.0", "--group", *roots(f)])
+    err = capsys.readouterr().err
+    assert rc == EXIT_REFUSED
+    assert "WARPDRIVE_FORBID_SYSFS_WRITES" in err and "Traceback" not in err
+    assert override.read_text() == before
+    assert pci.read_function("00:04.0", f.sysfs_root).driver == "virtio-pci"
+
+
+def test_bind_non_root_exit_code(tmp_path: Path, monkeypatch, capsys) -> None:
+    f = fake_tree(tmp_path)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert main(["bind", "00:04.0", "--group", "--dry-run", *roots(f)]) == EXIT_PERMISSION
+    assert "sudo warpdrive bind 0000:00:04.0" in capsys.readouterr().out
+    assert main(["bind", "00:04.0", "--group", *roots(f)]) == EXIT_PERMISSION
+    assert "needs root" in capsys.readouterr().err
+
+
+def test_unbind_nothing_to_do(tmp_path: Path, capsys) -> None:
+    f = fake_tree(tmp_path)
+    assert main(["unbind", "00:04.0", *roots(f)]) == 0
+    assert "on its kernel driver virtio-pci: nothing to unbind" in capsys.readouterr().out
+
+
+def test_already_bound_nothing_to_do(tmp_path: Path, capsys) -> None:
+    f = fake_tree(tmp_path)
+    assert main(["bind", "00:03.0", *roots(f)]) == 0
+    assert "already bound to vfio-pci" in capsys.readouterr().out
+
+
+# -------------------------------------------------------------------------------- usage, errors
+
+
+def test_usage_errors() -> None:
+    assert main([]) == 2
+    assert main(["no-such-command"]) == 2
+    assert main(["bind"]) == 2
+    assert main(["--help"]) == 0
+
+
+def test_bad_address_is_an_error_not_a_traceback() -> None:
+    proc = cli("bind", "eth0", "--dry-run")
+    assert proc.returncode == 1
+    assert "not a PCI address" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cli("devices", "0000:7f:1f.7")
+    assert proc.returncode == 1
+    assert "no PCI function 0000:7f:1f.7" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_subcommand_registry() -> None:
+    names = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr, arg-type]
+    assert {"devices", "bind", "unbind"} <= names
+    for mod in SUBCOMMAND_MODULES:
+        assert callable(_load(mod, optional=False).register)
+    assert _load("warpdrive.cli.not_written_yet", optional=True) is None
+    assert all(m.startswith("warpdrive.cli.") for m in OPTIONAL_SUBCOMMAND_MODULES)
