@@ -104,6 +104,10 @@ class ProtocolError(WarpdriveError):
     """A vfio-user peer sent something malformed or unexpected."""
 
 
+class ConnectionLostError(WarpdriveError):
+    """The vfio-user server closed the connection (it exited or crashed)."""
+
+
 _BY_ERRNO: dict[int, type[WarpdriveError]] = {
     _errno.EPERM: PermissionDeniedError,
     _errno.EACCES: PermissionDeniedError,

@@ -1,0 +1,212 @@
+"""Start a bundled device model in its own process and open it over vfio-user.
+
+    dev = open_emulated("testdev")          # or warpdrive.open("emu:testdev")
+    ...
+    dev.close()                             # unmaps, disconnects, then stops the model process
+
+The model runs as `python -m warpdrive.emu <model> --socket <private dir>/model.sock
+--exit-on-disconnect --ready-fd N`: the socket lives in a fresh 0700 directory, the child writes
+"ready" on an inherited pipe once it listens (bounded wait here), and it exits by itself when its
+client disconnects, on SIGTERM, or if nobody connects within a minute, so no model outlives its
+user. Its stdout and stderr go to a log file in that directory; when the model dies, errors quote
+the log's tail.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DeviceError, DeviceTimeoutError, InvalidArgumentError
+from ..forkguard import ForkSafe
+
+if TYPE_CHECKING:
+    from ..vfiouser.client import VfioUserDevice
+
+_live: weakref.WeakSet[ModelProcess] = weakref.WeakSet()
+_live_lock = threading.Lock()
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class ModelProcess(ForkSafe):
+    """A running device-model server process and its private socket."""
+
+    def __init__(self, model: str, *, options: dict[str, Any] | None = None,
+                 startup_timeout: float = 15.0, accept_timeout: float = 60.0,
+                 spin_us: float | None = None, idle_us: float | None = None,
+                 python: str | None = None) -> None:
+        self.model = model
+        self.dir = tempfile.mkdtemp(prefix=f"warpdrive-emu-{model}-")
+        self.socket_path = os.path.join(self.dir, "model.sock")
+        self.log_path = os.path.join(self.dir, "model.log")
+        argv = [python or sys.executable, "-m", "warpdrive.emu", model, "--socket",
+                self.socket_path, "--exit-on-disconnect", "--accept-timeout",
+                str(accept_timeout)]
+        for key, value in (options or {}).items():
+            argv += ["--set", f"{key}={value}"]
+        if spin_us is not None:
+            argv += ["--spin-us", str(spin_us)]
+        if idle_us is not None:
+            argv += ["--idle-us", str(idle_us)]
+        env = dict(os.environ)
+        # The child must import this very warpdrive, wherever it was imported from.
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
+        r, w = os.pipe2(os.O_CLOEXEC)
+        log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child
+        try:
+            self.proc = subprocess.Popen(
+                [*argv, "--ready-fd", str(w)], pass_fds=(w,), stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        except OSError as e:
+            os.close(r)
+            os.close(w)
+            log.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise DeviceError(f"starting device model {model!r}", errno=e.errno) from None
+        finally:
+            log.close()
+        os.close(w)
+        self._stopped = False
+        self._fork_register()
+        with _live_lock:
+            _live.add(self)
+        try:
+            self._wait_ready(r, startup_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            os.close(r)
+
+    def _wait_ready(self, r: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        got = b""
+        while b"\n" not in got:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeviceTimeoutError(
+                    f"device model {self.model!r} did not start serving within {timeout} s"
+                    + self._tail_note(),
+                    hint="the machine may be overloaded; pass a larger startup_timeout")
+            ready, _, _ = select.select([r], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(r, 64)
+            if not chunk:  # the child closed the pipe without saying ready: it exited
+                status = self._wait_exit(2.0)
+                raise DeviceError(
+                    f"device model {self.model!r} exited with status {status} before serving"
+                    + self._tail_note(),
+                    hint="see the model's message above; `python -m warpdrive.emu --list` "
+                    "shows the bundled models")
+            got += chunk
+
+    def _wait_exit(self, timeout: float) -> int | None:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 8192))
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def _tail_note(self) -> str:
+        tail = self.log_tail()
+        return f"; its output ended with:\n{tail}\n" if tail else ""
+
+    def status(self) -> str | None:
+        """Why the model is gone (exit status and log tail), or None while it runs."""
+        code = self.proc.poll()
+        if code is None:
+            return None
+        how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        return f"device model {self.model!r} (pid {self.proc.pid}) {how}" + self._tail_note()
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, grace: float = 1.0) -> int | None:
+        """Stop the process (it normally exits by itself once its client disconnected): wait
+        `grace` seconds, then SIGTERM, then SIGKILL. Returns its exit status."""
+        if self._stopped or self._forked_dead:
+            return self.proc.returncode
+        self._stopped = True
+        code = self._wait_exit(grace)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if code is not None:
+                break
+            try:
+                self.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+            code = self._wait_exit(2.0)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        with _live_lock:
+            _live.discard(self)
+        self._fork_unregister()
+        return code
+
+    def _fork_describe(self) -> str:
+        return f"device model process {self.proc.pid} ({self.model})"
+
+    def _fork_invalidate(self) -> None:
+        self._stopped = True  # the child must never stop (or reap) the parent's model
+
+    def __repr__(self) -> str:
+        return f"<ModelProcess {self.model} pid={self.proc.pid} socket={self.socket_path}>"
+
+
+def open_emulated(model_name: str, dma_mask: int | None = None, **opts: Any) -> VfioUserDevice:
+    """Start device model `model_name` (e.g. "testdev", "zip") and open it over vfio-user.
+
+    Options for the model process: `model_options` (dict of `--set key=value`),
+    `startup_timeout` (s), `spin_us`/`idle_us` (poll loop, see warpdrive.vfiouser.server).
+    Everything else goes to `open_vfio_user` (`mmap_doorbells`, `timeout`, `posted_writes`).
+    The returned device's `emulator` attribute is the `ModelProcess`; closing the device stops it.
+    """
+    from ..vfiouser.client import open_vfio_user
+
+    if not isinstance(model_name, str) or not model_name:
+        raise InvalidArgumentError(f"{model_name!r} is not a device model name")
+    proc_opts = {k: opts.pop(k) for k in ("model_options", "startup_timeout", "spin_us",
+                                          "idle_us") if k in opts}
+    options = proc_opts.pop("model_options", None)
+    proc = ModelProcess(model_name, options=options, **proc_opts)
+    try:
+        dev = open_vfio_user(proc.socket_path, dma_mask=dma_mask,
+                             name=opts.pop("name", f"emu:{model_name}"),
+                             peer_status=proc.status, **opts)
+    except BaseException:
+        proc.stop(grace=0.2)
+        raise
+    dev.emulator = proc
+    dev.on_disconnect(lambda: None if proc.stop() else None)
+    return dev
+
+
+@atexit.register
+def _stop_all() -> None:
+    with _live_lock:
+        procs = list(_live)
+    for p in procs:
+        if p._owner_pid == os.getpid():
+            p.stop(grace=0.2)

@@ -1,0 +1,85 @@
+"""Command-line serving of a device model: shared by `python -m warpdrive.emu` and `warpdrive emu`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..errors import InvalidArgumentError, WarpdriveError
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", help="device model to serve (see --list)")
+    parser.add_argument("--socket", metavar="PATH",
+                        help="UNIX socket to listen on (must not exist)")
+    parser.add_argument("--set", dest="options", metavar="KEY=VALUE", action="append", default=[],
+                        help="model option (repeatable)")
+    parser.add_argument("--list", action="store_true", help="list the bundled models and exit")
+    parser.add_argument("--exit-on-disconnect", action="store_true",
+                        help="exit when the first client disconnects (default: serve the next)")
+    parser.add_argument("--accept-timeout", type=float, metavar="SECONDS",
+                        help="exit if no client connects within this time")
+    parser.add_argument("--spin-us", type=float, metavar="US",
+                        help="keep polling doorbells this long after the last activity")
+    parser.add_argument("--idle-us", type=float, metavar="US",
+                        help="when idle, poll doorbells at least this often")
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # launcher handshake
+
+
+def parse_options(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidArgumentError(f"model option {pair!r} is not KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from .registry import available_models, load_model
+
+    if args.list:
+        for name in available_models():
+            print(name)
+        return 0
+    if not args.model or not args.socket:
+        raise InvalidArgumentError("give a model name and --socket PATH",
+                                   hint=f"models: {', '.join(available_models())}")
+    cls = load_model(args.model)
+    try:
+        model = cls(**parse_options(args.options))
+    except (TypeError, ValueError) as e:
+        raise InvalidArgumentError(f"model {args.model}: {e}") from None
+    from ..vfiouser.server import VfioUserServer
+
+    try:
+        server = VfioUserServer(
+            model, os.path.abspath(args.socket), exit_on_disconnect=args.exit_on_disconnect,
+            accept_timeout=args.accept_timeout,
+            spin_s=None if args.spin_us is None else args.spin_us / 1e6,
+            idle_s=None if args.idle_us is None else args.idle_us / 1e6,
+            ready_fd=args.ready_fd)
+        server.serve_forever()
+    except OSError as e:
+        raise WarpdriveError(f"serving model {args.model} on {args.socket}", errno=e.errno,
+                             hint=str(e.strerror or e)) from None
+    except ValueError as e:  # a model that describes an impossible device
+        raise InvalidArgumentError(str(e)) from None
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m warpdrive.emu",
+                                     description="Serve a device model over vfio-user.")
+    add_serve_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_serve(args)
+    except WarpdriveError as e:
+        print(f"warpdrive emu: {e}", file=sys.stderr)
+        return 2 if isinstance(e, InvalidArgumentError) else 1
+    except KeyboardInterrupt:
+        return 130
