@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from warpdrive import binding, pci
-from warpdrive.binding import apply, planner, state
+from warpdrive.binding import apply, netuse, planner, state
 from warpdrive.binding.holders import Targets, find_holders
 from warpdrive.binding.sysfs_write import (
     FORBID_ENV,
@@ -544,3 +544,42 @@ def test_planner_never_imports_the_write_function() -> None:
     for mod in (planner, plan, holders, netuse, blockuse):
         src = inspect.getsource(mod)
         assert "sysfs_write" not in src and "modprobe(" not in src, mod.__name__
+
+
+def _fake_nic(tmp_path: Path) -> FakeSysfs:
+    f = fake_machine(tmp_path)
+    f.add_function("0000:00:08.0", 0x1AF4, 0x1041, 0x020000, driver="virtio-pci", group=8)
+    f.add_child("0000:00:08.0", "virtio3/net/wdfake9", "net")
+    return f
+
+
+def test_netlink_failure_refuses(tmp_path: Path, monkeypatch) -> None:
+    """FAKE NIC, netlink query made to fail: the check refuses (cannot prove it unused)."""
+    f = _fake_nic(tmp_path)
+
+    def boom(ifname: str) -> None:
+        raise OSError(errno.EACCES, "denied")
+
+    monkeypatch.setattr(netuse, "interface_use", boom)
+    (r,) = plan_for(f, "00:08.0").refusals
+    assert r.name == "network" and r.overridable and "wdfake9" in r.detail
+
+
+def test_force_is_loud_and_only_lifts_network(tmp_path: Path, monkeypatch, capsys) -> None:
+    """FAKE NIC reported in use (fake netlink answer): without --force the CLI refuses; with it,
+    a WARNING naming the interface goes to stderr before any write (here the guard stops it)."""
+    from warpdrive.cli import main
+
+    f = _fake_nic(tmp_path)
+    use = netuse.InterfaceUse("wdfake9", 9, True, "UP", ("198.51.100.7/24",),
+                              ("default via 198.51.100.1",), True)
+    monkeypatch.setattr(netuse, "interface_use", lambda ifname: use)
+    roots = ["--sysfs-root", f.sysfs_root, "--dev-root", f.dev_root]
+    assert main(["bind", "00:08.0", *roots]) == 3
+    err = capsys.readouterr().err
+    assert "wdfake9 is up" in err and "default via 198.51.100.1" in err and "WARNING" not in err
+    assert main(["bind", "00:08.0", "--force", *roots]) == 3  # the write guard, not the check
+    err = capsys.readouterr().err
+    assert "WARNING: --force overrides a safety check" in err and "wdfake9" in err
+    assert FORBID_ENV in err
+    assert pci.read_function("00:08.0", f.sysfs_root).driver == "virtio-pci"

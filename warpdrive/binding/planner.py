@@ -100,7 +100,15 @@ def _check_holders(plan: Plan, fns: list[PciFunction]) -> None:
 def _check_in_use(plan: Plan, fn: PciFunction) -> None:
     """Network interfaces with addresses/routes and mounted disks: the ways to cut off a host."""
     for ifname in fn.net_interfaces:
-        use = netuse.interface_use(ifname)
+        try:
+            use = netuse.interface_use(ifname)
+        except Exception as e:  # netlink unavailable/denied: cannot prove the NIC is unused
+            plan.checks.append(Check(
+                "network", "forced" if plan.force else "refuse",
+                f"could not ask the kernel whether {ifname} is in use ({e!r})", fn.bdf,
+                overridable=True, hint="check `ip addr show` / `ip route` yourself; --force "
+                "skips this check"))
+            continue
         if use is None:
             plan.checks.append(Check("network", "warn", f"{ifname} is not in this network "
                                      "namespace; could not check its routes", fn.bdf))
