@@ -229,16 +229,18 @@ class DeviceModel(ABC):
         return self._attached().raise_irq(index, vector)
 
     def irq_enabled(self, index: int, vector: int = 0) -> bool:
+        """The client routed this vector to an eventfd and has not masked it."""
         return self._attached().irq_enabled(index, vector)
 
     def notify(self, vector: int = 0) -> bool:
         """Raise `vector` on whichever interrupt type the client enabled: MSI-X, else MSI, else
         INTx (vector 0). Returns False if none is enabled."""
+        server = self._attached()
         for index in (VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX):
-            if self.irq_enabled(index, vector):
+            if server.irq_assigned(index, vector):
                 return self.raise_irq(index, vector)
-        if vector == 0 and self.irq_enabled(VFIO_PCI_INTX_IRQ_INDEX, 0):
-            return self.raise_irq(VFIO_PCI_INTX_IRQ_INDEX, 0)
+        if vector == 0 and server.irq_assigned(VFIO_PCI_INTX_IRQ_INDEX, 0):
+            return self.raise_irq(VFIO_PCI_INTX_IRQ_INDEX, 0)  # left pending while masked
         return False
 
     def bus_master_enabled(self) -> bool:

@@ -10,11 +10,17 @@ memfd-backed memory can be mapped: `needs_fd`); interrupts are eventfds passed w
 Doorbells. With `mmap_doorbells=True` (default) a doorbell in a mapped area is one store into
 shared memory that the server polls: no syscall, no message. `mmap_doorbells=False` maps nothing,
 so every register access is a message ("message doorbell", the syscall path, for comparison).
-Trapped writes to BARs are *posted* (the No_reply flag; one sendmsg, no wait) by default: a store to
-MMIO is a posted write on PCI too, and QEMU's vfio-user client posts BAR writes the same way, so
-this is the fair comparison. The cost: a failed posted write is only logged by the server. Ordering
-is kept (the server handles messages in order, so a later read sees the write). Config-space writes
-always wait for the reply. `posted_writes=False` makes every write wait.
+
+Posted writes. In message-doorbell mode trapped BAR writes are *posted* (the No_reply flag: one
+sendmsg, no wait for a reply). That is the fair comparison: a store to MMIO is a posted write on
+PCI too, and QEMU's vfio-user client posts BAR writes the same way. Ordering still holds because
+every access travels the same socket and the server handles messages in order (a later read sees
+the write). With mapped doorbells the trapped writes wait for their reply instead: a posted
+message can be overtaken by a later store into the mapped page (the server may poll the page
+before it reads the socket), which would let a doorbell reach the model before the register
+writes that set up the work -- PCI never reorders posted writes, so the driver must not see that.
+The cost of posting: a failed posted write is only logged by the server. Config-space writes
+always wait. `posted_writes=True/False` overrides the choice.
 
 Replies are awaited at most `timeout` seconds; a server that dies or hangs is a clear error
 (`ConnectionLostError` / `DeviceTimeoutError`), never a hang, and the connection is then closed.
@@ -279,10 +285,11 @@ class VfioUserDevice(Device):
     emulator: Any = None  # the launcher's ModelProcess, when the device is a bundled model
 
     def __init__(self, conn: VfioUserConnection, name: str, dma_mask: int | None, *,
-                 mmap_doorbells: bool = True, posted_writes: bool = True) -> None:
+                 mmap_doorbells: bool = True, posted_writes: bool | None = None) -> None:
         self.conn = conn
         self.mmap_doorbells = mmap_doorbells
-        self.posted_writes = posted_writes
+        # Posting is only safe when nothing is mapped (see the module docstring).
+        self.posted_writes = (not mmap_doorbells) if posted_writes is None else posted_writes
         self._regions: dict[int, RegionInfo] = {}
         self._region_fds: dict[int, int] = {}
         self._irq_infos: dict[int, IrqInfo] = {}
@@ -513,9 +520,9 @@ def open_vfio_user(socket_path: str, dma_mask: int | None = None, mmap_doorbells
                    **opts: Any) -> VfioUserDevice:
     """Connect to the vfio-user server on `socket_path` and return its device.
 
-    Options: `timeout` (seconds to wait for each reply, default 5), `posted_writes` (default
-    True: trapped BAR writes do not wait for a reply), `name` (for messages), `peer_status`
-    (a callable describing why the server died, used by the launcher)."""
+    Options: `timeout` (seconds to wait for each reply, default 5), `posted_writes` (default:
+    posted when `mmap_doorbells=False`, see the module docstring), `name` (for messages),
+    `peer_status` (a callable describing why the server died, used by the launcher)."""
     allowed = {"timeout", "posted_writes", "name", "peer_status"}
     unknown = set(opts) - allowed
     if unknown:
@@ -529,7 +536,7 @@ def open_vfio_user(socket_path: str, dma_mask: int | None = None, mmap_doorbells
         conn.negotiate()
         return VfioUserDevice(conn, str(opts.get("name") or f"vfio-user:{path}"), dma_mask,
                               mmap_doorbells=mmap_doorbells,
-                              posted_writes=bool(opts.get("posted_writes", True)))
+                              posted_writes=opts.get("posted_writes"))
     except BaseException:
         conn.close()
         raise

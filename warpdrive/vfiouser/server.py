@@ -204,6 +204,10 @@ class VfioUserServer:
                              "(declare mmap_areas in its RegionSpec)")
         return r.addr
 
+    def irq_assigned(self, index: int, vector: int) -> bool:
+        irq = self.irqs.get(index)
+        return irq is not None and 0 <= vector < irq.count and irq.fds[vector] >= 0
+
     def irq_enabled(self, index: int, vector: int) -> bool:
         irq = self.irqs.get(index)
         return irq is not None and 0 <= vector < irq.count and irq.fds[vector] >= 0 \
@@ -422,6 +426,7 @@ class VfioUserServer:
                 raise OSError(errno.EINVAL, "the first message must be VFIO_USER_VERSION")
             payload, fds = handler(self, msg)
         except OSError as e:
+            msg.close_fds()  # before replying: the client may check that nothing is left open
             err = e.errno or errno.EIO
             self._log(f"{P.command_name(msg.command)} (id {msg.msg_id}) failed: "
                       f"{e.strerror or e}" + (" [posted: no reply]" if msg.no_reply else ""))
@@ -431,11 +436,13 @@ class VfioUserServer:
                 raise _Disconnect() from None  # spec: close if the version is unacceptable
             return
         except Exception:
+            msg.close_fds()
             self._log(f"{P.command_name(msg.command)} (id {msg.msg_id}) crashed:\n"
                       + traceback.format_exc())
             if not msg.no_reply:
                 self._send_error(msg.msg_id, msg.command, errno.EIO)
             return
+        msg.close_fds()  # fds a handler did not keep are ours to close, before the reply
         if not msg.no_reply:
             assert self._chan is not None
             self._chan.send(msg.msg_id, msg.command, P.VFIO_USER_F_TYPE_REPLY, payload, fds,

@@ -81,6 +81,11 @@ class TestDevice(DeviceModel):
     subsystem_vendor_id = 0x1234
     subsystem_id = 0x0001
 
+    def __init__(self, **options: str) -> None:
+        super().__init__(**options)
+        if options:  # testdev has no options; refusing them lets tests see a failing start
+            raise ValueError(f"testdev takes no options, got {', '.join(sorted(options))}")
+
     def regions(self) -> list[RegionSpec]:
         return [RegionSpec(0, BAR0_SIZE, mmap_areas=((0x1000, 0x1000),)),
                 RegionSpec(2, BAR2_SIZE)]

@@ -1,0 +1,197 @@
+"""Device-model framework pieces that need no server: config-space emulation, the client-memory
+DMA table (on real memfds and real mmaps) and the model registry."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from warpdrive import pci_regs as R
+from warpdrive.emu.dma import ClientMemory, DmaFault
+from warpdrive.emu.pci_config import ConfigBuilder, PciConfig, bar_size
+from warpdrive.emu.registry import available_models, load_model
+from warpdrive.errors import DeviceNotFoundError, InvalidArgumentError
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _cfg() -> PciConfig:
+    b = ConfigBuilder(vendor_id=0x1234, device_id=0xABCD, revision=3, class_code=0x120000)
+    b.set_bar(0, 0x3000)
+    b.set_bar(2, 0x100000, mem64=True, prefetchable=True)
+    b.set_interrupt_pin(1)
+    msi = b.add_msi(vectors=4, maskable=True)
+    msix = b.add_msix(8, table_bar=0, table_offset=0x2000, pba_bar=0, pba_offset=0x2800)
+    assert (msi, msix) == (0x40, 0x58)
+    return PciConfig(b.build(), {0: (0x3000, False), 2: (0x100000, True)})
+
+
+def rd(cfg: PciConfig, off: int, width: int) -> int:
+    return int.from_bytes(cfg.read(off, width), "little")
+
+
+def wr(cfg: PciConfig, off: int, width: int, value: int) -> None:
+    cfg.write(off, value.to_bytes(width, "little"))
+
+
+def test_config_header_and_capability_list() -> None:
+    cfg = _cfg()
+    assert rd(cfg, R.PCI_VENDOR_ID, 2) == 0x1234 and rd(cfg, R.PCI_DEVICE_ID, 2) == 0xABCD
+    assert rd(cfg, R.PCI_CLASS_REVISION, 4) == 0x12000003
+    assert rd(cfg, R.PCI_STATUS, 2) & R.PCI_STATUS_CAP_LIST
+    assert rd(cfg, R.PCI_CAPABILITY_LIST, 1) == 0x40
+    assert cfg.read(0x40, 2) == bytes([R.PCI_CAP_ID_MSI, 0x58])
+    assert cfg.read(0x58, 2) == bytes([R.PCI_CAP_ID_MSIX, 0])
+    assert cfg.msix is not None and cfg.msix.vectors == 8 and cfg.msix.table_offset == 0x2000
+    assert rd(cfg, R.PCI_BASE_ADDRESS_2, 4) == (R.PCI_BASE_ADDRESS_MEM_TYPE_64
+                                                | R.PCI_BASE_ADDRESS_MEM_PREFETCH)
+
+
+def test_config_write_masks() -> None:
+    cfg = _cfg()
+    wr(cfg, R.PCI_VENDOR_ID, 4, 0xFFFF_FFFF)  # read-only
+    assert rd(cfg, R.PCI_VENDOR_ID, 2) == 0x1234
+    wr(cfg, R.PCI_COMMAND, 2, 0xFFFF)  # only the defined command bits stick
+    assert rd(cfg, R.PCI_COMMAND, 2) == 0x0547 and cfg.bus_master_enabled
+    cfg.data[R.PCI_STATUS + 1] |= 0x20  # received master abort, set by the "device"
+    wr(cfg, R.PCI_STATUS, 2, 0x2000)  # write 1 to clear
+    assert not rd(cfg, R.PCI_STATUS, 2) & 0x2000
+    assert rd(cfg, R.PCI_STATUS, 2) & R.PCI_STATUS_CAP_LIST  # not write-1-to-clear
+    wr(cfg, R.PCI_INTERRUPT_LINE, 1, 11)
+    assert rd(cfg, R.PCI_INTERRUPT_LINE, 1) == 11 and rd(cfg, R.PCI_INTERRUPT_PIN, 1) == 1
+
+
+def test_config_bar_sizing() -> None:
+    cfg = _cfg()
+    wr(cfg, R.PCI_BASE_ADDRESS_0, 4, 0xFFFF_FFFF)
+    assert rd(cfg, R.PCI_BASE_ADDRESS_0, 4) == (~(bar_size(0x3000) - 1)) & 0xFFFF_FFF0
+    assert bar_size(0x3000) == 0x4000
+    wr(cfg, R.PCI_BASE_ADDRESS_2, 4, 0xFFFF_FFFF)
+    wr(cfg, R.PCI_BASE_ADDRESS_3, 4, 0xFFFF_FFFF)
+    lo = rd(cfg, R.PCI_BASE_ADDRESS_2, 4)
+    assert lo == 0xFFF0_0000 | R.PCI_BASE_ADDRESS_MEM_TYPE_64 | R.PCI_BASE_ADDRESS_MEM_PREFETCH
+    assert rd(cfg, R.PCI_BASE_ADDRESS_3, 4) == 0xFFFF_FFFF
+    wr(cfg, R.PCI_BASE_ADDRESS_1, 4, 0xFFFF_FFFF)  # not implemented: stays 0
+    assert rd(cfg, R.PCI_BASE_ADDRESS_1, 4) == 0
+    cfg.reset()
+    assert rd(cfg, R.PCI_BASE_ADDRESS_0, 4) == 0
+
+
+def test_config_msi_and_msix_enables() -> None:
+    cfg = _cfg()
+    wr(cfg, 0x40 + R.PCI_MSI_ADDRESS_LO, 4, 0xFEE0_0003)
+    assert rd(cfg, 0x40 + R.PCI_MSI_ADDRESS_LO, 4) == 0xFEE0_0000  # low two bits reserved
+    cfg.set_msi_enabled(True, 4)
+    flags = rd(cfg, 0x40 + R.PCI_MSI_FLAGS, 2)
+    assert flags & R.PCI_MSI_FLAGS_ENABLE and (flags & R.PCI_MSI_FLAGS_QSIZE) >> 4 == 2
+    assert (flags & R.PCI_MSI_FLAGS_QMASK) >> 1 == 2  # capable of 4: read-only
+    cfg.set_msix_enabled(True)
+    assert rd(cfg, 0x58 + R.PCI_MSIX_FLAGS, 2) & R.PCI_MSIX_FLAGS_ENABLE
+    assert rd(cfg, 0x58 + R.PCI_MSIX_FLAGS, 2) & R.PCI_MSIX_FLAGS_QSIZE == 7
+
+
+def test_config_builder_refuses_bad_input() -> None:
+    b = ConfigBuilder(vendor_id=1, device_id=2)
+    with pytest.raises(ValueError):
+        b.add_msi(vectors=3)
+    with pytest.raises(ValueError):
+        b.set_bar(5, 0x1000, mem64=True)
+    with pytest.raises(ValueError):
+        ConfigBuilder(vendor_id=1, device_id=2, size=512)
+
+
+# -- client memory (the model's DMA) ---------------------------------------------------------
+@pytest.fixture
+def memfd():
+    fd = os.memfd_create("test-dma", os.MFD_CLOEXEC)
+    os.ftruncate(fd, 4 * PAGE)
+    yield fd
+    os.close(fd)
+
+
+def test_dma_read_write_view(memfd: int) -> None:
+    mem = ClientMemory()
+    mem.add(0x10000, 2 * PAGE, memfd, PAGE, readable=True, writable=True)
+    mem.write(0x10000 + 8, b"hello")
+    assert os.pread(memfd, 5, PAGE + 8) == b"hello"  # reached the client's file
+    os.pwrite(memfd, b"world", PAGE + 100)
+    assert mem.read(0x10000 + 100, 5) == b"world"
+    v = mem.view(0x10000, 16, write=True)
+    v[0:4] = b"abcd"
+    assert os.pread(memfd, 4, PAGE) == b"abcd"
+    ro = mem.view(0x10000, 16)
+    assert ro.readonly
+    v.release()
+    ro.release()
+    assert mem.mappings() == [(0x10000, 2 * PAGE, True, True)]
+
+
+def test_dma_faults(memfd: int) -> None:
+    master = [True]
+    mem = ClientMemory(bus_master=lambda: master[0])
+    mem.add(0x10000, PAGE, memfd, 0, readable=True, writable=False)
+    with pytest.raises(DmaFault, match="not mapped"):
+        mem.read(0x20000, 4)
+    with pytest.raises(DmaFault, match="not mapped"):
+        mem.read(0x10000 + PAGE - 2, 4)  # runs off the end
+    with pytest.raises(DmaFault, match="read-only"):
+        mem.write(0x10000, b"x")
+    with pytest.raises(DmaFault, match="read-only"):
+        mem.view(0x10000, 4, write=True)
+    master[0] = False
+    with pytest.raises(DmaFault, match="bus mastering"):
+        mem.read(0x10000, 4)
+    assert mem.faults == 5
+
+
+def test_dma_table_rules(memfd: int) -> None:
+    mem = ClientMemory(max_maps=2)
+    mem.add(0x10000, PAGE, memfd, 0, True, True)
+    with pytest.raises(OSError) as ei:
+        mem.add(0x10000 + PAGE - 0x100, PAGE, memfd, PAGE, True, True)
+    assert ei.value.errno == errno.EEXIST
+    mem.add(0x10000 + PAGE, PAGE, memfd, PAGE, True, True)  # adjacent is fine
+    with pytest.raises(OSError) as ei:
+        mem.add(0x90000, PAGE, memfd, 0, True, True)
+    assert ei.value.errno == errno.ENOSPC
+    with pytest.raises(OSError) as ei:
+        ClientMemory().add(0, 8 * PAGE, memfd, 0, True, True)  # past the end of the file
+    assert ei.value.errno == errno.EINVAL
+    # reads may cross adjacent maps; views may not
+    mem.write(0x10000 + PAGE - 2, b"ABCD")
+    assert mem.read(0x10000 + PAGE - 2, 4) == b"ABCD"
+    with pytest.raises(DmaFault, match="more than one"):
+        mem.view(0x10000 + PAGE - 2, 4)
+    with pytest.raises(OSError) as ei:
+        mem.remove(0x10000, 2 * PAGE)  # must match a map exactly
+    assert ei.value.errno == errno.ENOENT
+
+
+def test_dma_unmap_revokes_a_held_view(memfd: int) -> None:
+    mem = ClientMemory()
+    mem.add(0x10000, PAGE, memfd, 0, True, True)
+    held = mem.view(0x10000, 8, write=True)
+    held[:4] = b"1111"
+    assert os.pread(memfd, 4, 0) == b"1111"
+    mem.remove(0x10000, PAGE)
+    assert mem.held_after_unmap == 1
+    held[:4] = b"2222"  # the stale view still works, but no longer reaches the client
+    assert os.pread(memfd, 4, 0) == b"1111"
+    assert bytes(held[:4]) == b"2222"
+    with pytest.raises(DmaFault):
+        mem.read(0x10000, 4)
+    held.release()
+    assert mem.reap() == 0 and mem.held_after_unmap == 0
+
+
+def test_registry() -> None:
+    names = available_models()
+    assert "testdev" in names
+    cls = load_model("testdev")
+    assert cls.name == "testdev" and (cls.vendor_id, cls.device_id) == (0x1234, 0x7E57)
+    with pytest.raises(DeviceNotFoundError, match="no device model named 'nosuch'"):
+        load_model("nosuch")
+    with pytest.raises(InvalidArgumentError):
+        load_model("../etc")
