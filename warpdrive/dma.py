@@ -128,6 +128,10 @@ class DmaSpace(ForkSafe, ABC):
         return self._allocator
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def mappings(self) -> list[DmaMapping]:
         return sorted(self._mappings.values(), key=lambda m: m.iova)
 

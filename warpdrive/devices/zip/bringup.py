@@ -1,0 +1,424 @@
+"""Bring up a HiSilicon QM virtual function from user space, over any `Device` backend.
+
+What the kernel's hisi_qm does for a VF (hisi_qm_init -> hisi_qm_start -> hisi_qm_start_qp), done
+here through `Device`/`DmaSpace`/`Mmio` so it works the same on a real VF bound to vfio-pci
+(legacy VFIO or iommufd) and on the bundled model over vfio-user:
+
+1. bus mastering on; map BAR2 (the doorbell page directly, or everything trapped for
+   `doorbell="message"`); QM version = PCI revision; capability registers on V3+, the kernel's V2
+   defaults otherwise (V2 has no capability registers).
+2. Mailbox SQC_VFT_V2 (read) -> the VF's queue base and count (0x304/0x308).
+3. One DMA block: EQ and AEQ rings, the SQC and CQC tables, a mailbox scratch context.
+4. Mailbox EQC, AEQC, SQC_BT, CQC_BT.
+5. Interrupts: MSI vectors (EQ 0, AEQ 1) to eventfds; EQ/AEQ doorbells with head 0; unmask.
+6. Per queue (`start_queue`): queue memory (SQ, CQ, status page), mailbox SQC then CQC.
+Close: set the queues' stop flags, drain, (V3: STOP_QP), mask interrupts, reset the function
+so no DMA can be in flight, then release the memory.
+
+A PF needs more (memory init, VFT programming, engine setup) and is refused.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from dataclasses import dataclass
+
+from ...device import Device, Interrupt
+from ...dma import DmaBuffer, DmaSpace
+from ...errors import (
+    DeviceBusyError,
+    DeviceError,
+    DeviceTimeoutError,
+    InvalidArgumentError,
+    UnsupportedError,
+    WarpdriveError,
+)
+from ...mmio import Mmio
+from ...vfio.uapi import VFIO_PCI_MSI_IRQ_INDEX
+from . import hw
+from .qm import QmQueue
+
+
+@dataclass(frozen=True)
+class QmCaps:
+    version: int
+    sq_depth: int
+    cq_depth: int
+    eq_depth: int
+    aeq_depth: int
+    eq_vector: int | None
+    aeq_vector: int | None
+    func_caps: int
+    db_isolation: bool
+
+    @property
+    def stop_qp(self) -> bool:
+        return bool(self.func_caps & hw.QM_CAP_STOP_QP)
+
+
+def _align(n: int, a: int = hw.XQC_ALIGN) -> int:
+    return -(-n // a) * a
+
+
+class QmDevice:
+    """A QM function brought up over a `Device`. Hands out started `QmQueue`s."""
+
+    MAILBOX_TIMEOUT_S = 0.5  # trapped registers are slow on an emulated device
+
+    def __init__(self, dev: Device, *, doorbell: str = "mmap", interrupts: bool = True) -> None:
+        if doorbell not in ("mmap", "message"):
+            raise InvalidArgumentError(f"doorbell must be 'mmap' or 'message', not {doorbell!r}")
+        self.dev = dev
+        self.name = dev.name
+        self.backend = dev.backend
+        vendor, device = dev.vendor_id, dev.device_id
+        if vendor != hw.PCI_VENDOR_ID_HUAWEI or device not in hw.ZIP_DEVICE_IDS:
+            raise UnsupportedError(
+                f"{dev.name} is {vendor:04x}:{device:04x}, not a HiSilicon ZIP function "
+                f"({hw.PCI_VENDOR_ID_HUAWEI:04x}:{hw.ZIP_VF_DEVICE_ID:04x})")
+        if device == hw.ZIP_PF_DEVICE_ID:
+            raise UnsupportedError(
+                f"{dev.name} is a ZIP physical function; warpdrive brings up virtual functions "
+                "only (the PF needs memory init, VFT programming and engine setup)",
+                hint="create VFs with the kernel driver (echo N > /sys/bus/pci/devices/<PF>/"
+                "sriov_numvfs) and bind a VF to vfio-pci")
+        self._lock = threading.Lock()
+        self._queues: dict[int, tuple[QmQueue, DmaBuffer]] = {}
+        self._block: DmaBuffer | None = None
+        self._irqs: list[Interrupt] = []
+        self._closed = False
+        self.doorbell_mode = doorbell
+        try:
+            self._bring_up(doorbell, interrupts)
+        except BaseException:
+            self._teardown(reset=True)
+            raise
+        dev.on_close(self.close)
+
+    # -- bring-up ---------------------------------------------------------------------------
+    def _bring_up(self, doorbell: str, interrupts: bool) -> None:
+        dev = self.dev
+        dev.enable_bus_master()
+        self.bar: Mmio = dev.map_bar(hw.QM_BAR, trap_only=doorbell == "message")
+        self.caps = self._read_caps(dev.revision)
+        if self.caps.version < hw.QM_HW_V2:
+            raise UnsupportedError(f"{dev.name} is QM V1 (revision {self.caps.version:#x}); "
+                                   "only V2 and later are supported")
+        if self.caps.db_isolation:
+            raise UnsupportedError(
+                f"{dev.name} uses per-queue doorbell pages (BAR4, doorbell isolation); not "
+                "supported yet")
+        self.db_offset = hw.QM_DOORBELL_SQ_CQ_BASE_V2
+        self.eq_db = self.bar.doorbell(hw.QM_DOORBELL_EQ_AEQ_BASE_V2)
+
+        self.mailbox(hw.QM_MB_CMD_SQC_VFT_V2, 0, 0, op=1)
+        vft = self.bar.read32(hw.QM_MB_CMD_DATA_ADDR_L) | \
+            self.bar.read32(hw.QM_MB_CMD_DATA_ADDR_H) << 32
+        self.qp_base, self.qp_num = hw.vft_decode_v2(vft)
+        if self.qp_num < 1:
+            raise DeviceError(f"{dev.name} has no queues assigned (VFT {vft:#x})",
+                              hint="the PF driver assigns VF queues; check its vfs_num/pf_q_num")
+
+        # One block: EQE ring, AEQE ring, SQC table, CQC table, mailbox scratch (32-B aligned).
+        c = self.caps
+        self.eq_off = 0
+        self.aeq_off = _align(c.eq_depth * hw.EQE_SIZE)
+        self.sqc_off = self.aeq_off + _align(c.aeq_depth * hw.AEQE_SIZE)
+        self.cqc_off = self.sqc_off + self.qp_num * hw.XQC_SIZE
+        self.scratch_off = self.cqc_off + self.qp_num * hw.XQC_SIZE
+        self._block = dev.dma.alloc(self.scratch_off + hw.XQC_SIZE)
+        blk = self._block
+        blk.view[:] = bytes(blk.size)
+        dev.dma.hold(blk, self, f"QM context tables of {dev.name}")
+        iova = self._iova(blk)
+
+        self.mailbox_ctx(hw.QM_MB_CMD_EQC, 0, hw.EQC.pack(
+            0, 0, (iova + self.eq_off) & 0xFFFF_FFFF, (iova + self.eq_off) >> 32,
+            0, 0, 0, (c.eq_depth - 1) | hw.EQC_DW6_PHASE))
+        self.mailbox_ctx(hw.QM_MB_CMD_AEQC, 0, hw.EQC.pack(
+            0, 0, (iova + self.aeq_off) & 0xFFFF_FFFF, (iova + self.aeq_off) >> 32,
+            0, 0, 0, (c.aeq_depth - 1) | hw.EQC_DW6_PHASE))
+        self.eq_head = self.aeq_head = 0
+        self.eq_phase = self.aeq_phase = 1
+        self.mailbox(hw.QM_MB_CMD_SQC_BT, 0, iova + self.sqc_off)
+        self.mailbox(hw.QM_MB_CMD_CQC_BT, 0, iova + self.cqc_off)
+
+        if interrupts:
+            self._enable_interrupts()
+
+    def _read_caps(self, revision: int) -> QmCaps:
+        if revision >= hw.QM_HW_V3:
+            rd = self.bar.read32
+            xeq, qp = rd(hw.QM_XEQ_DEPTH_CAP), rd(hw.QM_QP_DEPTH_CAP)
+            eq_irq, aeq_irq = rd(hw.QM_EQ_IRQ_TYPE_CAP), rd(hw.QM_AEQ_IRQ_TYPE_CAP)
+            func = rd(hw.QM_FUNC_CAPS_REG)
+            iso = bool(rd(hw.QM_QUE_ISO_CFG_V) & 1)
+        else:
+            xeq, qp = hw.V2_XEQ_DEPTH, hw.V2_QP_DEPTH
+            eq_irq, aeq_irq, func, iso = hw.V2_EQ_IRQ, hw.V2_AEQ_IRQ, 0, False
+
+        def vec(v: int) -> int | None:
+            return v & 0xFFFF if v & hw.QM_IRQ_TYPE_PRESENT else None
+
+        caps = QmCaps(version=revision, sq_depth=qp & 0xFFFF, cq_depth=qp >> 16,
+                      eq_depth=xeq & 0xFFFF, aeq_depth=xeq >> 16, eq_vector=vec(eq_irq),
+                      aeq_vector=vec(aeq_irq), func_caps=func, db_isolation=iso)
+        for what, d in (("SQ", caps.sq_depth), ("CQ", caps.cq_depth), ("EQ", caps.eq_depth),
+                        ("AEQ", caps.aeq_depth)):
+            if not 2 <= d <= 0x10000:
+                raise DeviceError(f"{self.name} reports an {what} depth of {d}",
+                                  hint="the capability registers look wrong; reset the device")
+        return caps
+
+    def _enable_interrupts(self) -> None:
+        dev = self.dev
+        try:
+            info = dev.irq_info(VFIO_PCI_MSI_IRQ_INDEX)
+        except WarpdriveError:
+            return
+        wanted = max(v for v in (self.caps.eq_vector, self.caps.aeq_vector, 0)
+                     if v is not None) + 1
+        if info.count < wanted:
+            return  # polling only
+        self._irqs = dev.enable_irqs(VFIO_PCI_MSI_IRQ_INDEX, wanted)
+        self.eq_db.ring(hw.doorbell_v2(0, hw.QM_DB_CMD_AEQ, 0))
+        self.eq_db.ring(hw.doorbell_v2(0, hw.QM_DB_CMD_EQ, 0))
+        self.bar.write32(hw.QM_VF_EQ_INT_MASK, 0)
+        self.bar.write32(hw.QM_VF_AEQ_INT_MASK, 0)
+
+    @staticmethod
+    def _iova(buf: DmaBuffer) -> int:
+        if buf.iova is None:
+            raise DeviceError("DMA buffer is not mapped")
+        return buf.iova
+
+    @property
+    def version(self) -> int:
+        return self.caps.version
+
+    @property
+    def dma(self) -> DmaSpace:
+        return self.dev.dma
+
+    # -- mailbox ----------------------------------------------------------------------------
+    def _mb_wait(self, what: str) -> int:
+        deadline = time.monotonic() + self.MAILBOX_TIMEOUT_S
+        while True:
+            w = self.bar.read32(hw.QM_MB_CMD_SEND_BASE)
+            if not w & hw.QM_MB_BUSY:
+                return w
+            if time.monotonic() > deadline:
+                raise DeviceTimeoutError(
+                    f"QM mailbox of {self.name} stayed busy for {self.MAILBOX_TIMEOUT_S} s "
+                    f"({what})", hint="the function is wedged; reset it (close and reopen)")
+            time.sleep(hw.MB_POLL_INTERVAL_S)
+
+    def mailbox(self, cmd: int, queue: int, base: int, op: int = 0) -> None:
+        """One mailbox command. The hardware wants one 128-bit store; Python has none, so the
+        high qword goes first and the low qword (command + busy bit) last."""
+        name = hw.MB_CMD_NAMES.get(cmd, f"cmd {cmd:#x}")
+        what = f"mailbox {name} queue {queue}" + (" (read)" if op else "")
+        with self._lock:
+            self._mb_wait(what)
+            lo, hi = hw.mailbox_words(cmd, queue, base, op)
+            self.bar.write64(hw.QM_MB_CMD_SEND_BASE + 8, hi)
+            self.bar.write64(hw.QM_MB_CMD_SEND_BASE, lo)
+            w = self._mb_wait(what)
+        status = w >> hw.QM_MB_STATUS_SHIFT & hw.QM_MB_STATUS_MASK
+        if status:
+            raise DeviceError(f"{what} on {self.name} failed with status {status}",
+                              hint="the context was rejected (bad depth, size or address)")
+
+    def mailbox_ctx(self, cmd: int, queue: int, ctx: bytes) -> None:
+        """Write a 32-byte context through the scratch buffer."""
+        assert self._block is not None
+        self._block.view[self.scratch_off:self.scratch_off + len(ctx)] = ctx
+        self.mailbox(cmd, queue, self._iova(self._block) + self.scratch_off)
+
+    def read_ctx(self, cmd: int, queue: int) -> bytes:
+        """Read a context back (op = 1)."""
+        assert self._block is not None
+        self.mailbox(cmd, queue, self._iova(self._block) + self.scratch_off, op=1)
+        return bytes(self._block.view[self.scratch_off:self.scratch_off + hw.XQC_SIZE])
+
+    # -- queues -----------------------------------------------------------------------------
+    def start_queue(self, qc_type: int, *, depth: int | None = None, irq: bool = False,
+                    qn: int | None = None, priority: int = 0) -> QmQueue:
+        """Allocate and start a queue of alg type `qc_type` (ZIP: 0 compress, 1 decompress)."""
+        if self._closed:
+            raise DeviceError(f"QM of {self.name} is closed")
+        if qn is None:
+            free = [i for i in range(self.qp_num) if i not in self._queues]
+            if not free:
+                raise DeviceBusyError(f"all {self.qp_num} queues of {self.name} are in use",
+                                      hint="close a session first")
+            qn = free[0]
+        elif qn in self._queues or not 0 <= qn < self.qp_num:
+            raise InvalidArgumentError(f"queue {qn} of {self.name} is in use or out of range")
+        sq_depth = min(depth or self.caps.sq_depth, self.caps.sq_depth)
+        cq_depth = min(depth or self.caps.cq_depth, self.caps.cq_depth)
+        layout = hw.QueueLayout(sq_depth, cq_depth, hw.SQE_SIZE, self.dev.dma.page_size)
+        mem = self.dev.dma.alloc(layout.size)
+        try:
+            mem.view[:] = bytes(mem.size)
+            self.dev.dma.hold(mem, self, f"queue {qn} of {self.name}")
+            base = self._iova(mem)
+            sq_iova, cq_iova = base + layout.sq_offset, base + layout.cq_offset
+            w13 = (priority & hw.SQC_W13_PRIORITY_MASK) | 1 << hw.SQC_W13_ORDERS_SHIFT \
+                | qc_type << hw.SQC_W13_ALG_SHIFT
+            sqc = hw.SQC.pack(0, 0, sq_iova & 0xFFFF_FFFF, sq_iova >> 32,
+                              (sq_depth - 1) | (hw.SQE_SIZE.bit_length() - 1)
+                              << hw.SQC_SQE_SIZE_SHIFT, 0, 0, 0, 0, qn, w13, 0)
+            dw6 = hw.CQC_DW6_PHASE | (hw.CQC_DW6_IRQ if irq and self._irqs else 0)
+            cqc = hw.CQC.pack(0, 0, cq_iova & 0xFFFF_FFFF, cq_iova >> 32,
+                              (cq_depth - 1) | 4 << hw.CQC_CQE_SIZE_SHIFT, 0, 0, 0, 0, dw6, 0)
+            self.mailbox_ctx(hw.QM_MB_CMD_SQC, qn, sqc)
+            self.mailbox_ctx(hw.QM_MB_CMD_CQC, qn, cqc)
+            db = self.bar.doorbell(self.db_offset)
+            q = QmQueue(name=f"{self.name}/q{qn}", qn=qn, mem=mem.view, layout=layout,
+                        doorbell=db, db_version=2)
+        except BaseException:
+            self.dev.dma.release(mem, self)
+            self.dev.dma.unmap(mem)
+            mem.close()
+            raise
+        self._queues[qn] = (q, mem)
+        return q
+
+    @property
+    def interrupt(self) -> Interrupt | None:
+        """The EQ (completion) interrupt, if MSI is enabled."""
+        v = self.caps.eq_vector
+        return self._irqs[v] if self._irqs and v is not None else None
+
+    def ack_events(self) -> int:
+        """Drain EQ entries after an interrupt and ring the EQ doorbell; returns how many."""
+        assert self._block is not None
+        view = self._block.view
+        n = 0
+        depth = self.caps.eq_depth
+        while True:
+            (eqe,) = struct.unpack_from("<I", view, self.eq_off + self.eq_head * hw.EQE_SIZE)
+            if (eqe >> 16 & 1) != self.eq_phase:
+                break
+            n += 1
+            self.eq_head += 1
+            if self.eq_head == depth:
+                self.eq_head, self.eq_phase = 0, self.eq_phase ^ 1
+        if n:
+            self.eq_db.ring(hw.doorbell_v2(0, hw.QM_DB_CMD_EQ, self.eq_head))
+        return n
+
+    def wait_interrupt(self, timeout: float) -> None:
+        """Block until the EQ interrupt fires (or `timeout`), then acknowledge events."""
+        irq = self.interrupt
+        if irq is None:
+            time.sleep(min(timeout, 1e-3))
+            return
+        try:
+            irq.wait(min(timeout, 0.05))
+        except DeviceTimeoutError:
+            pass
+        self.ack_events()
+
+    def block(self, q: QmQueue, remaining: float) -> None:
+        """How a waiter sleeps once it stops spinning: on the EQ interrupt when the queue has
+        completion interrupts, else a short sleep."""
+        if self._irqs:
+            self.wait_interrupt(min(remaining, 0.05))
+        else:
+            time.sleep(50e-6)
+
+    def stop_queue(self, q: QmQueue, timeout: float = 2.0) -> None:
+        """Drain and stop one queue, then free its memory."""
+        entry = self._queues.pop(q.qn, None)
+        if entry is None:
+            return
+        _, mem = entry
+        err: BaseException | None = None
+        try:
+            q.drain(timeout)
+        except WarpdriveError as e:
+            err = e
+        q.set_stopped()
+        try:
+            if self.caps.stop_qp:
+                self.mailbox(hw.QM_MB_CMD_STOP_QP, q.qn, 0)
+        except WarpdriveError as e:
+            err = err or e
+        if err is not None:
+            # Jobs may still be in flight: only a reset makes freeing their memory safe.
+            self._queues[q.qn] = entry
+            raise err
+        q.release()
+        self.dev.dma.release(mem, self)
+        if not self.dev.closed:
+            self.dev.dma.unmap(mem)
+        mem.close()
+
+    # -- close ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop every queue, mask interrupts and reset the function (no DMA in flight), then
+        free the memory. Runs from `Device.close()` too (registered with `on_close`)."""
+        if self._closed:
+            return
+        errors: list[BaseException] = []
+        for q, _mem in list(self._queues.values()):
+            try:
+                self.stop_queue(q)
+            except WarpdriveError as e:
+                errors.append(e)
+        self._teardown(reset=True)
+        if errors:
+            raise errors[0]
+
+    def _teardown(self, reset: bool) -> None:
+        self._closed = True
+        dev = self.dev
+        if dev.closed:
+            return
+        for write in (lambda: self.bar.write32(hw.QM_VF_EQ_INT_MASK, 1),
+                      lambda: self.bar.write32(hw.QM_VF_AEQ_INT_MASK, 1)):
+            try:
+                write()
+            except (WarpdriveError, AttributeError):
+                pass
+        if reset and dev.reset_supported:
+            try:
+                dev.reset()  # FLR: the function forgets every context and stops all DMA
+            except WarpdriveError:
+                pass
+        for q, mem in self._queues.values():
+            q.set_stopped()
+            q.release()
+            dev.dma.release(mem, self)
+            try:
+                dev.dma.unmap(mem)
+                mem.close()
+            except WarpdriveError:
+                pass
+        self._queues.clear()
+        if self._block is not None:
+            dev.dma.release(self._block, self)
+            try:
+                dev.dma.unmap(self._block)
+                self._block.close()
+            except WarpdriveError:
+                pass
+            self._block = None
+        if self._irqs:
+            try:
+                dev.disable_irqs(VFIO_PCI_MSI_IRQ_INDEX)
+            except WarpdriveError:
+                pass
+            self._irqs = []
+
+    @property
+    def queues(self) -> list[QmQueue]:
+        return [q for q, _ in self._queues.values()]
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._queues)} queue(s)"
+        return f"<QmDevice {self.name} v{self.caps.version:#x} qps={self.qp_num} {state}>"

@@ -1,0 +1,229 @@
+"""The QM queue layer: one SQ/CQ pair in memory plus its doorbell, as the CPU drives it.
+
+Backend-independent: it is given the queue memory (a VFIO/vfio-user DMA buffer the driver brought
+up itself, or the DUS region of a uacce queue the kernel set up) and a `Doorbell`. Reused by every
+QM engine (ZIP here; SEC and HPRE share the queue format).
+
+Submission: write SQEs at the tail, then **one 64-bit doorbell store** carrying the new absolute
+tail, however many SQEs were written (batching). Completion: the device writes results back into
+the SQE slot and then a CQE whose phase bit flips every lap; the CPU polls the phase bit in
+memory (no syscall), reads the CQE's `sq_head` to find the slot, and after draining a batch stores
+one CQ doorbell with the new CQ head.
+
+Invariants the device model relies on (see `warpdrive.emu.models.zip`):
+- at most `depth - 1` jobs are un-reaped, so the CQ can never overflow even if the device never
+  sees a CQ doorbell;
+- the SQ doorbell carries the absolute tail, so storing it again is idempotent; it is re-stored
+  after every CQ doorbell while work is outstanding (SQ and CQ share one register address, and a
+  polled register only shows the latest store), and every `REFRESH_S` while a waiter sees no
+  progress (other queues of the function share the address too).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from ...errors import ClosedError, DeviceBusyError, DeviceError, DeviceTimeoutError
+from ...mmio import Doorbell
+from . import hw
+
+
+class QueueStoppedError(DeviceBusyError):
+    """The queue's TX/RX-stop flag is set (device reset, FLR, or a hardware error isolated it)."""
+
+
+class QmQueue:
+    """One QM queue pair. Not thread-safe: one owner (a session) at a time, or hold `lock`."""
+
+    REFRESH_S = 200e-6  # re-store the SQ doorbell this often while waiting without progress
+
+    def __init__(self, *, name: str, qn: int, mem: memoryview, layout: hw.QueueLayout,
+                 doorbell: Doorbell, db_version: int = 2,
+                 cq_doorbell_priority: int = 0) -> None:
+        if layout.sqe_size % 4:
+            raise ValueError(f"SQE size {layout.sqe_size} is not a multiple of 4")
+        if len(mem) < layout.size:
+            raise ValueError(f"queue memory is {len(mem)} bytes; the layout needs {layout.size}")
+        self.name = name
+        self.qn = qn
+        self.layout = layout
+        self.sqe_size = layout.sqe_size
+        self.sq_depth = layout.sq_depth
+        self.cq_depth = layout.cq_depth
+        # One slot stays empty (as in UADK), and the CQ must never overflow: see module doc.
+        self.capacity = min(layout.sq_depth, layout.cq_depth) - 1
+        self.mem = mem
+        self.sq = mem[layout.sq_offset:layout.sq_offset + layout.sqe_size * layout.sq_depth]
+        self.sq32 = self.sq.cast("I")
+        cq = mem[layout.cq_offset:layout.cq_offset + hw.CQE_SIZE * layout.cq_depth]
+        self.cq16 = cq.cast("H")
+        self._flags = mem[layout.rx_stop_offset:layout.rx_stop_offset + 8].cast("I")
+        self.doorbell = doorbell
+        self._ring = doorbell.ring
+        encode = hw.doorbell_v2 if db_version >= 2 else hw.doorbell_v1
+        self._sq_db = encode(qn, hw.QM_DB_CMD_SQ, 0)
+        self._cq_db = encode(qn, hw.QM_DB_CMD_CQ, 0, cq_doorbell_priority)
+        self.lock = threading.Lock()
+        self.jobs: list[object | None] = [None] * layout.sq_depth
+        self.reset_state()
+
+    def reset_state(self) -> None:
+        """Software state of a freshly started queue (head = tail = 0, phase 1)."""
+        self.tail = 0  # next SQ slot to fill
+        self.rung_tail = 0  # tail carried by the last SQ doorbell
+        self.cq_head = 0
+        self.phase = 1
+        self.outstanding = 0  # posted and not reaped (rung or not)
+        self.unrung = 0
+        self.jobs = [None] * self.sq_depth
+        self.closed = False
+
+    # -- submission -------------------------------------------------------------------------
+    @property
+    def space(self) -> int:
+        return self.capacity - self.outstanding
+
+    def post(self, job: object) -> int:
+        """Reserve the tail slot for `job` and return its byte offset in `self.sq`; the caller
+        writes the SQE there, then calls `ring()` (once per batch)."""
+        if self.outstanding >= self.capacity:
+            raise DeviceBusyError(
+                f"queue {self.name} has {self.outstanding} jobs in flight (its limit)",
+                hint="reap completions (poll) before submitting more")
+        slot = self.tail
+        self.jobs[slot] = job
+        self.tail = slot + 1 if slot + 1 < self.sq_depth else 0
+        self.outstanding += 1
+        self.unrung += 1
+        return slot * self.sqe_size
+
+    def unpost(self) -> None:
+        """Take back the most recent `post` (its SQE could not be built)."""
+        if not self.unrung:
+            raise DeviceError(f"queue {self.name}: nothing to take back")
+        self.tail = (self.tail - 1) % self.sq_depth
+        self.jobs[self.tail] = None
+        self.outstanding -= 1
+        self.unrung -= 1
+
+    def ring(self) -> None:
+        """One SQ doorbell for everything posted since the last one."""
+        if not self.unrung:
+            return
+        if self._flags[1]:  # TX-stop (last u32 of the queue memory)
+            raise QueueStoppedError(
+                f"queue {self.name} is stopped (TX-stop flag set: reset or hardware error)",
+                hint="close the session and open a new one")
+        self._ring(self._sq_db | self.tail << 32)
+        self.rung_tail = self.tail
+        self.unrung = 0
+
+    def refresh(self) -> None:
+        """Store the last SQ doorbell again (same absolute tail: no new work on hardware)."""
+        if self.outstanding > self.unrung:
+            self._ring(self._sq_db | self.rung_tail << 32)
+
+    # -- completion -------------------------------------------------------------------------
+    def completed(self) -> bool:
+        """True if a CQE is waiting (one load; no side effect)."""
+        return (self.cq16[self.cq_head * 8 + hw.CQE_W7_U16] & 1) == self.phase
+
+    def reap(self, limit: int = 1 << 30) -> list[object]:
+        """Collect finished jobs (in completion order) and ring the CQ doorbell once."""
+        cq16 = self.cq16
+        head, phase, depth = self.cq_head, self.phase, self.cq_depth
+        jobs = self.jobs
+        done: list[object] = []
+        while len(done) < limit and (cq16[head * 8 + hw.CQE_W7_U16] & 1) == phase:
+            slot = cq16[head * 8 + hw.CQE_SQ_HEAD_U16]
+            job = jobs[slot] if slot < self.sq_depth else None
+            if job is None:
+                raise DeviceError(
+                    f"queue {self.name}: CQE {head} names SQ slot {slot}, which holds no job",
+                    hint="the device (or model) is misbehaving; close and reset it")
+            jobs[slot] = None
+            done.append(job)
+            head += 1
+            if head == depth:
+                head, phase = 0, phase ^ 1
+        if done:
+            self.cq_head, self.phase = head, phase
+            self.outstanding -= len(done)
+            if self._flags[0]:  # RX-stop
+                raise QueueStoppedError(
+                    f"queue {self.name} is stopped (RX-stop flag set: reset or hardware error)",
+                    hint="close the session and open a new one")
+            self._ring(self._cq_db | head << 32)
+            if self.outstanding > self.unrung:
+                self._ring(self._sq_db | self.rung_tail << 32)
+        return done
+
+    def wait(self, timeout: float, *, spin_s: float = float("inf"),
+             block: Callable[[float], None] | None = None) -> list[object]:
+        """Reap at least one job. Busy-polls the CQ in memory (no syscall) for `spin_s`, then
+        calls `block(remaining)` between polls (an interrupt wait or a short sleep).
+        Raises DeviceTimeoutError when nothing completes within `timeout` seconds."""
+        done = self.reap()
+        if done:
+            return done
+        if self.outstanding == 0:
+            raise DeviceError(f"queue {self.name}: waiting with no job in flight")
+        if self.unrung:
+            self.ring()
+        clock = time.perf_counter
+        start = clock()
+        refresh_at = start + self.REFRESH_S
+        ph_index = hw.CQE_W7_U16
+        cq16 = self.cq16
+        while True:
+            if (cq16[self.cq_head * 8 + ph_index] & 1) == self.phase:
+                return self.reap()
+            now = clock()
+            if now >= refresh_at:
+                if self.closed:
+                    raise ClosedError(f"queue {self.name} was closed while waiting")
+                self.refresh()
+                refresh_at = now + self.REFRESH_S
+                if now - start > timeout:
+                    raise DeviceTimeoutError(
+                        f"queue {self.name}: {self.outstanding} job(s) did not complete within "
+                        f"{timeout} s",
+                        hint="the device may be wedged or its DMA blocked by the IOMMU; close "
+                        "the device (it is reset on close) and check the kernel log")
+                if block is not None and now - start > spin_s:
+                    block(timeout - (now - start))
+
+    def drain(self, timeout: float) -> list[object]:
+        """Wait for every outstanding job (used before stopping the queue)."""
+        out: list[object] = []
+        deadline = time.monotonic() + timeout
+        while self.outstanding:
+            self.ring()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeviceTimeoutError(
+                    f"queue {self.name}: {self.outstanding} job(s) still in flight after "
+                    f"{timeout} s", hint="the device will be reset")
+            out += self.wait(left, spin_s=1e-3, block=lambda _left: time.sleep(50e-6))
+        return out
+
+    # -- stop flags (the driver sets them itself on VFIO; the kernel does on uacce) ----------
+    @property
+    def stopped(self) -> bool:
+        return bool(self._flags[0] or self._flags[1])
+
+    def set_stopped(self, stopped: bool = True) -> None:
+        self._flags[1] = int(stopped)
+        self._flags[0] = int(stopped)
+
+    def release(self) -> None:
+        """Drop the views on the queue memory (before the memory is unmapped)."""
+        self.closed = True
+        for v in (self.sq32, self.cq16, self._flags, self.sq):
+            v.release()
+
+    def __repr__(self) -> str:
+        return (f"<QmQueue {self.name} qn={self.qn} depth={self.sq_depth} "
+                f"outstanding={self.outstanding}>")

@@ -1,0 +1,304 @@
+"""Stream mode: inputs of any size as a chain of stateful jobs sharing one stream context.
+
+Each job carries the new-stream flag on the first SQE, the running checksum (dw31) and length
+(dw30) from the previous job's result, and the 64 KiB hardware context buffer (the engine is
+handed `ctx + 64`, as UADK does). Jobs of one stream are strictly sequential. Compression
+sync-flushes every non-final job, so all output so far is decodable and byte aligned; a final
+flush with no pending input is finished in software (empty final block + trailer).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from ...errors import ClosedError
+from ...memory import DmaBuffer
+from . import hw
+from .errors import ZipBufferError, ZipDataError, ZipError
+from .session import (
+    COMPRESS,
+    COMPRESS_JOB_MAX,
+    DECOMPRESS,
+    DECOMPRESS_JOB_MAX,
+    Job,
+    ZipEngine,
+    compress_bound,
+)
+from .sqe import (
+    EMPTY_FINAL_BLOCK,
+    EMPTY_SYNC_BLOCK,
+    Format,
+    header,
+    initial_checksum,
+    parse_header,
+    read_result,
+    read_stream_words,
+    status_error,
+    trailer,
+    trailer_size,
+)
+
+Z_NO_FLUSH, Z_SYNC_FLUSH, Z_FULL_FLUSH, Z_FINISH = (zlib.Z_NO_FLUSH, zlib.Z_SYNC_FLUSH,
+                                                     zlib.Z_FULL_FLUSH, zlib.Z_FINISH)
+
+
+class _StreamBase:
+    def __init__(self, engine: ZipEngine, direction: int) -> None:
+        engine._check_open()
+        self.engine = engine
+        self.lane = engine.lanes[direction]
+        self.ctx = engine.pool.get(hw.HW_CTX_SIZE)
+        self._bufs: list[DmaBuffer] = [self.ctx]
+        self._new = True
+        self._closed = False
+        self.checksum = 0
+        self.isize = 0
+
+    def _buf(self, attr: str, size: int) -> DmaBuffer:
+        """A per-stream buffer of at least `size` bytes (kept between jobs)."""
+        cur: DmaBuffer | None = getattr(self, attr, None)
+        if cur is not None and cur.size >= size:
+            return cur
+        if cur is not None:
+            self._bufs.remove(cur)
+            self.engine.pool.put(cur)
+        buf = self.engine.pool.get(size)
+        self._bufs.append(buf)
+        setattr(self, attr, buf)
+        return buf
+
+    def _complete(self, job: Job) -> None:
+        sq = self.lane.q.sq
+        job.consumed, job.produced, job.status = read_result(sq, job.slot_off)
+        ctx_dw0, _, _, job.isize, job.checksum = read_stream_words(sq, job.slot_off)
+        job.tag = ctx_dw0  # reused to carry ctx_dw0 back (a stream job needs no tag check)
+        job.done = True
+
+    def _run(self, fmt: Format, src: DmaBuffer, n: int, dst: DmaBuffer, avail: int,
+             finish: bool) -> Job:
+        assert src.iova is not None and dst.iova is not None and self.ctx.iova is not None
+        lane = self.lane
+        tmpl = lane.template(fmt)
+        job = Job(self, src, 0, n, dst, 0, avail)
+        with lane.lock:
+            job.sqe = tmpl.build(
+                src=src.iova, in_len=n, dst=dst.iova, avail=avail, tag=lane.next_tag(),
+                finish=finish, stateful=True, new_stream=self._new,
+                ctx=self.ctx.iova + hw.HW_CTX_RSV_OFFSET, isize=self.isize,
+                checksum=self.checksum)
+            off = lane.post(job)
+            lane.q.sq[off:off + hw.SQE_SIZE] = job.sqe
+            lane.q.ring()
+            lane.wait_until(lambda: job.done, locked=True)
+        return job
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedError("the ZIP stream is closed")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for buf in self._bufs:
+            self.engine.pool.put(buf)
+        self._bufs.clear()
+
+    def __enter__(self) -> _StreamBase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Deflater(_StreamBase):
+    """Stream compression (`compressobj`). Input is gathered into jobs of `chunk` bytes."""
+
+    def __init__(self, engine: ZipEngine, fmt: Format, level: int = -1, *,
+                 chunk: int = 1 << 20) -> None:
+        super().__init__(engine, COMPRESS)
+        if not 1 <= chunk <= COMPRESS_JOB_MAX:
+            raise ZipError(f"chunk must be 1..{COMPRESS_JOB_MAX} bytes")
+        self.fmt = fmt
+        self.alg = fmt.alg
+        self.chunk = chunk
+        self.checksum = initial_checksum(self.alg)
+        self._hdr = header(fmt, level)
+        self._pending = bytearray()
+        self._finished = False
+
+    def _emit(self, body: bytes) -> bytes:
+        if self._hdr:
+            body, self._hdr = self._hdr + body, b""
+        return body
+
+    def _job(self, data: memoryview, finish: bool) -> bytes:
+        n = len(data)
+        if n == 0:
+            if finish:
+                out = EMPTY_FINAL_BLOCK + trailer(self.alg, self.checksum, self.isize)
+            else:
+                out = EMPTY_SYNC_BLOCK
+            return self._emit(out)
+        src = self._buf("_src", n)
+        src.view[:n] = data
+        avail = min(compress_bound(n), hw.HZ_MAX_SIZE)
+        dst = self._buf("_dst", avail)
+        job = self._run(self.fmt, src, n, dst, avail, finish)
+        st = job.status & hw.STATUS_MASK
+        if st == hw.STATUS_DST_TOO_SMALL and n > 1:
+            half = n // 2  # cannot happen with >= 1.125x room; split rather than fail
+            return self._job(data[:half], False) + self._job(data[half:], finish)
+        if st not in (hw.STATUS_OK, hw.STATUS_NEGACOMPRESS):
+            raise status_error(st, compress=True) or ZipBufferError(
+                "the engine found no room for a stream block")
+        if job.consumed != n:
+            raise ZipError(f"the engine consumed {job.consumed} of {n} input bytes")
+        self._new = False
+        self.checksum, self.isize = job.checksum, job.isize
+        return self._emit(bytes(dst.view[:job.produced]))
+
+    def compress(self, data: bytes | bytearray | memoryview) -> bytes:
+        self._check()
+        if self._finished:
+            raise ZipError("Error -2 while compressing data: inconsistent stream state",
+                           hint="the stream was finished; start a new compressobj()")
+        mv = memoryview(data).cast("B")
+        out = []
+        if self._pending:
+            take = min(self.chunk - len(self._pending), len(mv))
+            self._pending += mv[:take]
+            mv = mv[take:]
+            if len(self._pending) < self.chunk:
+                return b""
+            out.append(self._job(memoryview(self._pending), False))
+            self._pending = bytearray()
+        while len(mv) >= self.chunk:
+            out.append(self._job(mv[:self.chunk], False))
+            mv = mv[self.chunk:]
+        self._pending += mv
+        return b"".join(out)
+
+    def flush(self, mode: int = Z_FINISH) -> bytes:
+        self._check()
+        if mode == Z_NO_FLUSH:
+            return b""
+        if self._finished:
+            return b""
+        pending, self._pending = self._pending, bytearray()
+        if mode == Z_FINISH:
+            self._finished = True
+            return self._job(memoryview(pending), True)
+        if mode in (Z_SYNC_FLUSH, Z_FULL_FLUSH):
+            # A full flush would also reset the history; the engine cannot, so it is a sync flush
+            # (the output stays valid; only random access points are lost).
+            return self._job(memoryview(pending), False)
+        raise ZipError(f"invalid flush mode {mode}")
+
+    def finish(self) -> bytes:
+        return self.flush(Z_FINISH)
+
+
+class Inflater(_StreamBase):
+    """Stream decompression (`decompressobj`): any input size, any output size."""
+
+    OUT_START = 256 << 10
+
+    def __init__(self, engine: ZipEngine, fmt: Format) -> None:
+        super().__init__(engine, DECOMPRESS)
+        self.fmt = fmt
+        self._in = bytearray()
+        self._header_done = fmt.container == "deflate"
+        self._pending_out = False
+        self._spill = b""
+        self._out_size = self.OUT_START
+        self.eof = False
+        self.unused_data = b""
+        self.unconsumed_tail = b""
+        if self._header_done:
+            self.alg = fmt.alg
+            self.checksum = initial_checksum(self.alg)
+
+    def decompress(self, data: bytes | bytearray | memoryview, max_length: int = 0) -> bytes:
+        self._check()
+        if max_length < 0:
+            raise ValueError("max_length must be non-negative")
+        if self.eof:
+            self.unused_data += bytes(data)
+            return b""
+        self._in += data
+        out = bytearray(self._spill)
+        self._spill = b""
+        if not self._header_done:
+            parsed = parse_header(self._in, self.fmt)
+            if parsed is None:
+                return b""
+            hlen, self.fmt = parsed
+            del self._in[:hlen]
+            self._header_done = True
+            self.alg = self.fmt.alg
+            self.checksum = initial_checksum(self.alg)
+        limited = False
+        while not self.eof:
+            if max_length and len(out) >= max_length:
+                limited = True
+                break
+            if not self._in and not self._pending_out:
+                break
+            if not self._step(out):
+                break
+        if max_length and len(out) > max_length:
+            self._spill = bytes(out[max_length:])
+            del out[max_length:]
+            limited = True
+        if limited and self._in:
+            self.unconsumed_tail = bytes(self._in)
+            self._in.clear()
+        else:
+            self.unconsumed_tail = b""
+        return bytes(out)
+
+    def _step(self, out: bytearray) -> bool:
+        """One job; False when the engine needs more input to make progress."""
+        n = min(len(self._in), DECOMPRESS_JOB_MAX)
+        src = self._buf("_src", max(n, 1))
+        src.view[:n] = self._in[:n]
+        dst = self._buf("_dst", self._out_size)
+        avail = min(dst.size, hw.HZ_MAX_SIZE)
+        job = self._run(self.fmt, src, n, dst, avail, finish=False)
+        st = job.status & hw.STATUS_MASK
+        err = status_error(st, compress=False)
+        if err is not None:
+            self._closed_by_error()
+            raise err
+        self._new = False
+        self.checksum, self.isize = job.checksum, job.isize
+        out += dst.view[:job.produced]
+        del self._in[:job.consumed]
+        self._pending_out = (job.tag & hw.CTX_ST_MASK) in (hw.CTX_ST_DECOMP_NO_SPACE,
+                                                            hw.CTX_ST_DECOMPING_NO_SPACE)
+        if self._pending_out and self._out_size < hw.HZ_MAX_SIZE:
+            self._out_size = min(self._out_size * 4, hw.HZ_MAX_SIZE)
+        if st == hw.STATUS_DECOMP_END:
+            tlen = trailer_size(self.alg)
+            if tlen and job.consumed >= tlen:
+                got = bytes(src.view[job.consumed - tlen:job.consumed])
+                if got != trailer(self.alg, job.checksum, job.isize):
+                    self._closed_by_error()
+                    raise ZipDataError("Error -3 while decompressing data: incorrect data check")
+            self.eof = True
+            self.unused_data = bytes(self._in)
+            self._in.clear()
+            return False
+        return bool(job.consumed or job.produced or self._pending_out)
+
+    def _closed_by_error(self) -> None:
+        self._in.clear()
+        self._pending_out = False
+
+    def flush(self, length: int = 0) -> bytes:
+        """Remaining output (zlib's `Decompress.flush`): pending output is produced; input
+        that does not finish the stream stays unfinished (check `eof`)."""
+        self._check()
+        tail, self.unconsumed_tail = self.unconsumed_tail, b""
+        return self.decompress(tail, length)
