@@ -219,6 +219,7 @@ class VirtioCrypto(ForkSafe):
         self._slot_len = [0] * nslots
         self.nslots = nslots
         self._staged = 0
+        self.doorbells = 0  # data-queue notifications sent (one per batch)
 
     @property
     def free_slots(self) -> int:
@@ -259,6 +260,7 @@ class VirtioCrypto(ForkSafe):
         n = self._staged
         if n:
             self._staged = 0
+            self.doorbells += 1
             self.dataq.kick()  # type: ignore[union-attr]
         return n
 
