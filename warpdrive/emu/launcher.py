@@ -108,7 +108,7 @@ class ModelProcess(ForkSafe):
                 raise DeviceError(
                     f"device model {self.model!r} exited with status {status} before serving"
                     + self._tail_note(),
-                    hint="see the model's message above; `python -m warpdrive.emu --list` "
+                    hint="see the model's output above; `python -m warpdrive.emu --list` "
                     "shows the bundled models")
             got += chunk
 
@@ -199,7 +199,11 @@ def open_emulated(model_name: str, dma_mask: int | None = None, **opts: Any) -> 
         proc.stop(grace=0.2)
         raise
     dev.emulator = proc
-    dev.on_disconnect(lambda: None if proc.stop() else None)
+
+    def stop_model() -> None:
+        proc.stop()
+
+    dev.on_disconnect(stop_model)
     return dev
 
 

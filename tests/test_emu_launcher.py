@@ -1,0 +1,146 @@
+"""The model launcher and the `warpdrive emu` / `python -m warpdrive.emu` entry points, with real
+processes: start, failure reports with the model's output, stop on close, no orphans."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+
+import warpdrive
+from warpdrive.cli import main as cli_main
+from warpdrive.emu.launcher import ModelProcess, open_emulated
+from warpdrive.emu.models import testdev as T
+from warpdrive.errors import DeviceError, InvalidArgumentError
+from warpdrive.vfiouser.client import open_vfio_user
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def gone(pid: int, timeout: float = 10.0) -> bool:
+    """True once `pid` has exited (reaped, or a zombie nobody reaps here)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_open_emulated_and_close_stops_the_model() -> None:
+    dev = open_emulated("testdev")
+    proc = dev.emulator
+    assert proc.running and os.path.exists(proc.socket_path)
+    assert oct(os.stat(proc.dir).st_mode & 0o777) == "0o700"  # a private socket directory
+    assert dev.region_read(0, T.REG_ID, 4) == T.ID_VALUE.to_bytes(4, "little")
+    dev.close()
+    assert proc.proc.returncode == 0  # it exited by itself on disconnect
+    assert not os.path.exists(proc.dir)
+
+
+def test_warpdrive_open_emu_name() -> None:
+    with warpdrive.open("emu:testdev") as dev:
+        assert dev.backend == "vfio-user" and dev.device_id == 0x7E57
+
+
+def test_unknown_model_is_reported_with_its_output() -> None:
+    with pytest.raises(DeviceError) as ei:
+        open_emulated("nosuchmodel")
+    msg = str(ei.value)
+    assert "exited with status 1 before serving" in msg
+    assert "no device model named 'nosuchmodel'" in msg and "testdev" in msg
+
+
+def test_model_that_fails_to_start_shows_its_stderr_tail() -> None:
+    with pytest.raises(DeviceError, match="testdev takes no options, got bogus"):
+        open_emulated("testdev", model_options={"bogus": 1})
+
+
+def test_bad_client_option_stops_the_model() -> None:
+    proc_before = set(os.listdir("/tmp"))
+    with pytest.raises(InvalidArgumentError, match="unknown vfio-user option"):
+        open_emulated("testdev", frobnicate=True)
+    leftovers = [d for d in set(os.listdir("/tmp")) - proc_before
+                 if d.startswith("warpdrive-emu-testdev-")]
+    assert leftovers == []
+
+
+def test_model_exits_when_nobody_connects() -> None:
+    proc = ModelProcess("testdev", accept_timeout=0.3)
+    assert proc.proc.wait(10) == 0
+    assert "no client connected" in proc.log_tail()
+    proc.stop()
+
+
+def test_model_exits_when_its_client_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "client.py"
+    script.write_text(
+        "import sys, time\n"
+        "from warpdrive.emu.launcher import open_emulated\n"
+        "dev = open_emulated('testdev')\n"
+        "print(dev.emulator.proc.pid, flush=True)\n"
+        "time.sleep(60)\n")
+    client = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert client.stdout is not None
+    model_pid = int(client.stdout.readline())
+    assert not gone(model_pid, 0.2)
+    client.kill()
+    client.wait(5)
+    client.stdout.close()
+    assert gone(model_pid), "the model outlived its client"
+
+
+def test_cli_serves_clients_one_after_another(tmp_path: Path) -> None:
+    sock = str(tmp_path / "d.sock")
+    server = subprocess.Popen([sys.executable, "-m", "warpdrive.cli", "emu", "testdev",
+                               "--socket", sock], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                              stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(sock):
+            assert server.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        assert oct(os.stat(sock).st_mode & 0o777) == "0o600"
+        with open_vfio_user(sock) as dev:
+            dev.region_write(0, T.REG_SCRATCH, (0x5EED).to_bytes(4, "little"))
+            buf = dev.dma.alloc(4096)
+            assert buf.iova is not None
+        # spec: on disconnect the server drops the client's memory and eventfds but keeps the
+        # device state, so a second client sees the first one's register writes
+        with open_vfio_user(sock) as dev:
+            assert dev.region_read(0, T.REG_SCRATCH, 4) == (0x5EED).to_bytes(4, "little")
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(10) == 0
+        assert not os.path.exists(sock)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        if server.stderr:
+            server.stderr.close()
+
+
+def test_cli_lists_models_and_rejects_bad_usage() -> None:
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert cli_main(["emu", "--list"]) == 0
+    assert "testdev" in out.getvalue().split()
+    assert cli_main(["emu", "testdev"]) == 1  # no --socket: a clear error, not a traceback
+    res = subprocess.run([sys.executable, "-m", "warpdrive.emu", "testdev", "--socket",
+                          "/nonexistent-dir/x.sock"], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 1
+    assert "cannot listen on /nonexistent-dir/x.sock" in res.stderr
+    assert "Traceback" not in res.stderr
