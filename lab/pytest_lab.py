@@ -1,0 +1,342 @@
+"""pytest plugin: `lab`-marked tests run inside one lab guest boot per session.
+
+On the host, the selected lab items are collected as usual; at the first one, the guest boots once
+and runs pytest on exactly those node ids, writing each test report (the same serialization
+pytest-xdist uses) as a JSON line into the results share. Every host lab item then passes, fails or
+skips by name with the guest's report: traceback, captured output and duration included. If the
+lab cannot run (no QEMU, kernel build failure, boot timeout), every lab item fails with the reason.
+`WARPDRIVE_LAB=skip` skips them instead, loudly, for developers without the lab.
+
+In the guest (WARPDRIVE_IN_LAB=1) non-lab items are deselected and lab items run normally.
+
+Fixtures (all fail outside the guest, except lab_kernel_headers/lab_kernel_dir):
+    iommu_mode          "vfio" (legacy group + container) or "iommufd" (cdev + /dev/iommu);
+                        a test taking it runs once per mode, node ids end in [vfio] / [iommufd]
+    edu_bdf             BDF of QEMU's edu device (1234:11e8), found in the guest's sysfs
+    crypto_bdf          BDF of the virtio-crypto function (1af4:1054)
+    nic_bdf, nic_ifname the guest's virtio-net function and its interface (up, default route)
+    lab_kernel_dir      the lab kernel's cache dir (bzImage, config, release, headers/)
+    lab_kernel_headers  the lab kernel's installed uAPI headers (…/headers/include)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pytest import TestReport
+
+IN_LAB = os.environ.get("WARPDRIVE_IN_LAB") == "1"
+IOMMU_MODES = ("vfio", "iommufd")
+IOMMU_MODE_NODES = {"vfio": "/dev/vfio/vfio", "iommufd": "/dev/iommu"}
+PCI_DEVICES = Path("/sys/bus/pci/devices")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("warpdrive-lab", "warpdrive lab guest")
+    g.addoption("--lab-report", metavar="PATH",
+                help="(in the guest) append each test report to PATH as a JSON line")
+    g.addoption("--lab-timeout", type=float, metavar="S",
+                default=float(os.environ.get("WARPDRIVE_LAB_TIMEOUT", "1800")),
+                help="seconds for the whole guest run (default 1800, or $WARPDRIVE_LAB_TIMEOUT)")
+    g.addoption("--lab-keep-log", action="store_true",
+                help="keep the guest's results dir (console.log, dmesg, report) and print it")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    plugin: _GuestSide | _HostSide = _GuestSide(config) if IN_LAB else _HostSide(config)
+    config.pluginmanager.register(plugin, "warpdrive-lab-side")
+
+
+# ---------------------------------------------------------------------------------------- guest
+
+
+class _GuestSide:
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        path = config.getoption("lab_report")
+        self.report = open(path, "a", buffering=1) if path else None  # noqa: SIM115
+
+    def _write(self, kind: str, report: Any) -> None:
+        if self.report is None:
+            return
+        data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
+        self.report.write(json.dumps({"kind": kind, "data": data}) + "\n")
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config: pytest.Config,
+                                      items: list[pytest.Item]) -> None:
+        drop = [i for i in items if i.get_closest_marker("lab") is None]
+        if drop:
+            items[:] = [i for i in items if i.get_closest_marker("lab") is not None]
+            config.hook.pytest_deselected(items=drop)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self._write("collect", report)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self._write("test", report)
+
+    def pytest_sessionfinish(self, exitstatus: int) -> None:
+        if self.report is not None:
+            self.report.write(json.dumps({"kind": "finish", "exitstatus": int(exitstatus)}) + "\n")
+            self.report.close()
+            self.report = None
+
+    def pytest_report_header(self) -> str:
+        return f"warpdrive lab guest: kernel {os.uname().release}"
+
+
+# ----------------------------------------------------------------------------------------- host
+
+
+class _HostSide:
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.lab_items: list[pytest.Item] = []
+        self.ran = False
+        self.failure: str | None = None  # why the guest produced no (or partial) results
+        self.reports: dict[str, list[TestReport]] = {}
+        self.collect_errors: list[str] = []
+        self.summary: list[str] = []
+        self.results: Path | None = None
+
+    @pytest.hookimpl(trylast=True)  # after -k/-m deselection: boot only for what will run
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        self.lab_items = [i for i in items if i.get_closest_marker("lab") is not None]
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item,
+                                nextitem: pytest.Item | None) -> bool | None:
+        if item.get_closest_marker("lab") is None:
+            return None
+        item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        reps = self._reports_for(item)
+        # The host ran no setup for this item, but the host item before it left its module/class
+        # set up (nextitem was this one): tear down what nextitem does not share, as
+        # runtestprotocol would, and report a failure there as this item's teardown.
+        call = pytest.CallInfo.from_call(
+            lambda: item.session._setupstate.teardown_exact(nextitem), "teardown")
+        if call.excinfo is not None:
+            reps = [r for r in reps if r.when != "teardown"]
+            reps.append(pytest.TestReport.from_item_and_call(item, call))
+        for rep in reps:
+            item.ihook.pytest_runtest_logreport(report=rep)
+        item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+        return True
+
+    def _reports_for(self, item: pytest.Item) -> list[TestReport]:
+        skip = os.environ.get("WARPDRIVE_LAB", "").lower() == "skip"
+        if skip:
+            path, line, _ = item.location
+            reason = "WARPDRIVE_LAB=skip: lab test NOT run (unset it to run it in the QEMU guest)"
+            return [_report(item, "setup", "skipped", (path, (line or 0) + 1, reason)),
+                    _report(item, "teardown", "passed")]
+        if not self.ran:
+            self.ran = True
+            self._run_guest()
+        reps = self.reports.get(item.nodeid, [])
+        if not reps:
+            why = self.failure or "the guest's pytest did not run this test (not collected there?)"
+            text = f"lab: this test did not run in the guest: {why}"
+            if self.collect_errors:
+                text += "\n\nguest collection errors:\n" + "\n".join(self.collect_errors)
+            return [_report(item, "setup", "passed"), _report(item, "call", "failed", text),
+                    _report(item, "teardown", "passed")]
+        if reps[-1].when != "teardown":  # the guest died inside this test
+            why = self.failure or "the guest stopped before this test finished"
+            reps = [*reps, _report(item, "teardown", "failed", f"lab: {why}")]
+        return reps
+
+    def _say(self, msg: str) -> None:
+        tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None:
+            tr.write_line(msg)
+        else:
+            print(msg, file=sys.stderr)
+
+    def _run_guest(self) -> None:
+        from lab import vm  # host only: the guest never boots a guest
+
+        capman = self.config.pluginmanager.get_plugin("capturemanager")
+        stream = self.config.getoption("capture") == "no"
+        nodeids = [i.nodeid for i in self.lab_items]
+        try:
+            results = vm.new_results_dir()
+        except vm.LabError as e:
+            self.failure = f"cannot run the lab: {e}"
+            return
+        self.results = results
+        report = results / "pytest-report.jsonl"
+        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--color=no",
+                f"--lab-report={report}", f"--rootdir={self.config.rootpath}",
+                f"--tb={self.config.getoption('tbstyle')}"]
+        argv += ["-v"] * max(self.config.getoption("verbose"), 0)
+        if self.config.getoption("showlocals"):
+            argv.append("-l")
+        argv += nodeids
+        with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+            self._say(f"\nwarpdrive lab: running {len(nodeids)} lab test(s) in one QEMU guest "
+                      f"boot{' (guest console below)' if stream else ''} ...")
+            try:
+                res = vm.run_in_lab(argv, results, cwd=self.config.rootpath,
+                                    timeout=self.config.getoption("lab_timeout"),
+                                    output=sys.stdout.buffer if stream else None,
+                                    boot_output=None)
+            except vm.LabError as e:
+                self.failure = f"cannot run the lab: {e}"
+                self._say(f"warpdrive lab: {self.failure}")
+                return
+        boot = "n/a" if res.boot_seconds is None else f"{res.boot_seconds:.1f} s"
+        self.summary.append(f"guest: boot-to-command {boot}, total {res.total_seconds:.1f} s")
+        finished = False
+        try:
+            lines = report.read_text().splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a guest crash
+            if rec["kind"] == "finish":
+                finished = True
+                continue
+            rep = self.config.hook.pytest_report_from_serializable(config=self.config,
+                                                                   data=rec["data"])
+            if isinstance(rep.longrepr, list):  # a skip's (path, line, reason), listified by JSON
+                rep.longrepr = tuple(rep.longrepr)
+            if rec["kind"] == "collect":
+                self.collect_errors.append(f"{rep.nodeid}:\n{rep.longreprtext}")
+            else:
+                self.reports.setdefault(rep.nodeid, []).append(rep)
+        if res.error is not None or not finished:
+            why = res.error or f"the guest's pytest exited {res.returncode} before finishing"
+            self.failure = f"{why}\n\nguest console (last lines):\n{res.console_tail()}"
+        if res.kernel_problems:
+            self.summary.append("guest kernel reported problems (dmesg):")
+            self.summary += [f"  {ln}" for ln in res.kernel_problems]
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.ran and os.environ.get("WARPDRIVE_LAB", "").lower() == "skip" \
+                and self.lab_items:
+            terminalreporter.write_sep("=", "warpdrive lab", yellow=True)
+            terminalreporter.write_line(f"WARPDRIVE_LAB=skip: {len(self.lab_items)} lab test(s) "
+                                        "were NOT run")
+            return
+        if not self.ran:
+            return
+        terminalreporter.write_sep("-", "warpdrive lab")
+        for line in self.summary:
+            terminalreporter.write_line(line)
+        if self.failure:
+            terminalreporter.write_line(f"lab failure: {self.failure.splitlines()[0]}")
+
+    def pytest_unconfigure(self) -> None:
+        if self.results is None:
+            return
+        if self.failure or self.config.getoption("lab_keep_log"):
+            print(f"warpdrive lab: guest logs kept in {self.results}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.results, ignore_errors=True)
+
+
+def _report(item: pytest.Item, when: str, outcome: str, longrepr: Any = None) -> TestReport:
+    return TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords}, outcome,
+                      longrepr, when)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------- fixtures
+
+
+def _require_lab(name: str) -> None:
+    if not IN_LAB:
+        pytest.fail(f"fixture {name!r} only exists inside the lab guest: mark the test "
+                    "@pytest.mark.lab so it runs there", pytrace=False)
+
+
+def find_pci(vendor: int, *devices: int) -> list[str]:
+    """BDFs of the PCI functions with this vendor and one of these device ids, sorted."""
+    found = []
+    for dev in sorted(PCI_DEVICES.iterdir()):
+        try:
+            v = int((dev / "vendor").read_text(), 16)
+            d = int((dev / "device").read_text(), 16)
+        except (OSError, ValueError):
+            continue
+        if v == vendor and d in devices:
+            found.append(dev.name)
+    return found
+
+
+def _one_pci(name: str, vendor: int, *devices: int) -> str:
+    _require_lab(name)
+    found = find_pci(vendor, *devices)
+    if not found:
+        ids = "/".join(f"{vendor:04x}:{d:04x}" for d in devices)
+        pytest.fail(f"no PCI function {ids} in the lab guest (is it on lab/vm.py's QEMU line?)",
+                    pytrace=False)
+    return found[0]
+
+
+@pytest.fixture(params=IOMMU_MODES)
+def iommu_mode(request: pytest.FixtureRequest) -> str:
+    """"vfio" (legacy group/container, type1v2) or "iommufd" (VFIO cdev bound to /dev/iommu)."""
+    _require_lab("iommu_mode")
+    mode: str = request.param
+    node = IOMMU_MODE_NODES[mode]
+    if not os.path.exists(node):
+        pytest.fail(f"{node} is missing in the lab guest, so {mode} mode cannot be tested; "
+                    "check lab/kernel.config", pytrace=False)
+    return mode
+
+
+@pytest.fixture(scope="session")
+def edu_bdf() -> str:
+    return _one_pci("edu_bdf", 0x1234, 0x11E8)
+
+
+@pytest.fixture(scope="session")
+def crypto_bdf() -> str:
+    return _one_pci("crypto_bdf", 0x1AF4, 0x1054)
+
+
+@pytest.fixture(scope="session")
+def nic_bdf() -> str:
+    return _one_pci("nic_bdf", 0x1AF4, 0x1041, 0x1000)  # modern or transitional virtio-net
+
+
+@pytest.fixture(scope="session")
+def nic_ifname(nic_bdf: str) -> str:
+    names = sorted(p.name for p in (PCI_DEVICES / nic_bdf).glob("virtio*/net/*"))
+    if not names:
+        pytest.fail(f"{nic_bdf} has no network interface (not bound to virtio-pci/virtio_net?)",
+                    pytrace=False)
+    return names[0]
+
+
+@pytest.fixture(scope="session")
+def lab_kernel_dir() -> Path:
+    """In the guest: the kernel it booted. On the host: built (or reused) on demand."""
+    env = os.environ.get("WARPDRIVE_LAB_KERNEL")
+    if env:
+        return Path(env)
+    from lab import kernel
+
+    try:
+        return kernel.ensure_kernel()
+    except kernel.KernelBuildError as e:
+        pytest.fail(f"cannot build the lab kernel: {e}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def lab_kernel_headers(lab_kernel_dir: Path) -> Path:
+    return lab_kernel_dir / "headers" / "include"
+

@@ -1,0 +1,81 @@
+"""lab.pytest_lab end to end: an inner pytest on lab_selftest_cases.py, read back via JUnit XML."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CASES = "tests/lab/lab_selftest_cases.py"
+
+
+def inner_pytest(tmp_path: Path, *args: str, **env: str) -> tuple[int, str, dict[str, ET.Element]]:
+    junit = tmp_path / "junit.xml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", f"--junitxml={junit}",
+         *args, CASES],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, **env}, timeout=900)
+    cases = {tc.get("name", ""): tc for tc in ET.parse(junit).iter("testcase")}
+    return proc.returncode, proc.stdout + proc.stderr, cases
+
+
+def outcome(tc: ET.Element) -> str:
+    for child in tc:
+        if child.tag in ("failure", "error", "skipped"):
+            return child.tag
+    return "passed"
+
+
+@pytest.mark.slow
+def test_guest_outcomes_are_reported_by_name(tmp_path: Path) -> None:
+    rc, out, cases = inner_pytest(tmp_path)
+    assert rc == 1, out
+    assert {n: outcome(tc) for n, tc in cases.items()} == {
+        "test_guest_passes": "passed",
+        "test_guest_fails": "failure",
+        "test_guest_skips": "skipped",
+        "test_modes[vfio]": "passed",
+        "test_modes[iommufd]": "passed",
+        "test_host_only": "passed",
+    }, out
+    failure = cases["test_guest_fails"].find("failure")
+    assert failure is not None
+    assert "failure-text-from-the-guest" in (failure.text or "")
+    assert "captured-in-the-guest" in out  # the guest's captured stdout, in the host's report
+    assert "skip-reason-from-the-guest" in out
+    assert "one QEMU guest boot" in out
+
+
+def test_lab_items_fail_with_the_reason_when_the_lab_cannot_run(tmp_path: Path) -> None:
+    rc, out, cases = inner_pytest(tmp_path, WARPDRIVE_LAB_QEMU="/nonexistent/qemu-system-x86_64")
+    assert rc == 1, out
+    lab = {n: tc for n, tc in cases.items() if n != "test_host_only"}
+    assert all(outcome(tc) == "failure" for tc in lab.values()), out
+    for tc in lab.values():
+        failure = tc.find("failure")
+        assert failure is not None and "/nonexistent/qemu-system-x86_64 not found" in (
+            failure.text or failure.get("message", ""))
+    assert outcome(cases["test_host_only"]) == "passed"
+
+
+def test_warpdrive_lab_skip_skips_loudly(tmp_path: Path) -> None:
+    rc, out, cases = inner_pytest(tmp_path, WARPDRIVE_LAB="skip")
+    assert rc == 0, out
+    assert outcome(cases["test_host_only"]) == "passed"
+    assert all(outcome(tc) == "skipped" for n, tc in cases.items() if n != "test_host_only")
+    assert "WARPDRIVE_LAB=skip: 5 lab test(s) were NOT run" in out
+
+
+@pytest.mark.slow
+def test_guest_timeout_fails_every_lab_item(tmp_path: Path) -> None:
+    rc, out, cases = inner_pytest(tmp_path, "--lab-timeout=2")
+    assert rc == 1, out
+    for name, tc in cases.items():
+        if name != "test_host_only":
+            failure = tc.find("failure")
+            assert failure is not None and "timed out after 2 s" in (failure.text or ""), out
