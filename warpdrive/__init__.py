@@ -20,6 +20,17 @@ from .mmio import Doorbell, Mmio
 __version__ = "0.1.0"
 
 
+def list_devices(sysfs_root: str = "/sys", dev_root: str = "/dev") -> list[Any]:
+    """Every PCI function in sysfs with its ids, driver, IOMMU group, VFIO nodes and plugin.
+    Also reachable as `warpdrive.devices()`."""
+    from .pci import devices as _devices
+
+    return list(_devices(sysfs_root=sysfs_root, dev_root=dev_root))
+
+
+from . import devices  # noqa: E402  (callable package: warpdrive.devices() lists PCI functions)
+
+
 def open(name: str, backend: str = "auto", dma_mask: int | None = None,
          **options: Any) -> Device:
     """Open a device: a PCI address bound to vfio-pci, ``vfio-user:/path.sock`` or ``emu:<model>``.
@@ -45,5 +56,7 @@ __all__ = [
     "RegionInfo",
     "WarpdriveError",
     "check_dma_memory",
+    "devices",
+    "list_devices",
     "open",
 ]

@@ -14,23 +14,13 @@ Backend modules are imported lazily so that `import warpdrive` stays cheap.
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 from .device import Device
 from .errors import DeviceNotFoundError, InvalidArgumentError, NotBoundError, UnsupportedError
+from .pci.names import normalize_bdf
 
 BACKENDS = ("auto", "iommufd", "vfio", "vfio-user")
-_BDF = re.compile(r"^(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
-
-
-def normalise_bdf(name: str) -> str:
-    m = _BDF.match(name.strip())
-    if not m:
-        raise InvalidArgumentError(
-            f"{name!r} is not a PCI address", hint="use the form 0000:03:00.0 (domain optional)")
-    dom = m.group(1) or "0000"
-    return f"{dom}:{m.group(2)}:{m.group(3)}.{m.group(4)}".lower()
 
 
 def kernel_backend_for(bdf: str, sysfs_root: str = "/sys", dev_root: str = "/dev") -> str:
@@ -64,7 +54,7 @@ def open_device(name: str, backend: str = "auto", dma_mask: int | None = None,
         from .vfiouser.client import open_vfio_user
 
         return open_vfio_user(name.removeprefix("vfio-user:"), dma_mask=dma_mask, **options)
-    bdf = normalise_bdf(name)
+    bdf = normalize_bdf(name)
     chosen = kernel_backend_for(bdf) if backend == "auto" else backend
     if chosen == "iommufd":
         if not os.path.exists("/dev/iommu"):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import resource
 
-import psutil
-
 from ..errors import MemlockLimitError
 
 CAP_IPC_LOCK = 14
@@ -44,6 +42,8 @@ def locked_bytes() -> int:
 
 def memlock_limit() -> int:
     """The soft RLIMIT_MEMLOCK in bytes (resource.RLIM_INFINITY when unlimited)."""
+    import psutil  # imported here: `import warpdrive` should not pay for it
+
     soft, _hard = psutil.Process().rlimit(psutil.RLIMIT_MEMLOCK)
     return int(soft)
 
