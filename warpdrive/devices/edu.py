@@ -23,6 +23,8 @@ The device (QEMU hw/misc/edu.c, docs/specs/edu.rst):
 * On a DMA the IOMMU blocks, edu completes as if nothing happened (clears RUN, raises its IRQ; a
   blocked read leaves zeros in its buffer). The only evidence is the IOMMU fault the kernel logs,
   so after every transfer we ask `Device.iommu_faults()` and raise DmaFaultError if there is one.
+  (The kernel rate-limits those reports, to about three per 5 s on VT-d: a fault beyond that goes
+  unseen and the transfer looks complete.)
 * One MSI vector (no MSI-X); the interrupt status must be acknowledged at 0x64 even with MSI.
 """
 

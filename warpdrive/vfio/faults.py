@@ -7,8 +7,9 @@ ignores the result of its DMA and reports completion anyway (reads of a blocked 
 buffer with zeros, writes are dropped), so without the log a faulted transfer looks successful.
 
 Reading /dev/kmsg needs root or CAP_SYSLOG when `kernel.dmesg_restrict=1`; without access the
-watch is simply unavailable. The fault printouts are rate-limited by the kernel (VT-d: 10 lines per
-5 s, shared with its "DRHD: handling fault" lines), so a burst of faults may show only partly.
+watch is simply unavailable. The fault printouts are rate-limited by the kernel: VT-d's handler
+spends 3 of its 10 tokens per 5 s on each fault (the "DRHD: handling fault" line, the record, and
+the end-of-records check), so only about three faults per 5 s are logged; later ones go unseen.
 VT-d names the requester as bus:dev.fn without the PCI domain, so on multi-segment machines a
 fault on another segment's function with the same bus:dev.fn would be attributed here too.
 """
