@@ -1,0 +1,56 @@
+"""Syscalls the client makes per doorbell, counted with strace on a real client process driving
+the real testdev model: a mapped doorbell costs none, a message doorbell exactly one sendmsg
+(a posted REGION_WRITE). Uses the benchmark's worker (benchmarks/vfiouser_doorbell.py), which
+brackets its hot loop with two stat() markers; only the client process is traced."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks" / "vfiouser_doorbell.py"
+JOBS = 200
+
+
+def _syscalls_in_hot_loop(mode: str, tmp_path: Path) -> Counter[str]:
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed")
+    out = tmp_path / f"{mode}.trace"
+    res = subprocess.run([strace, "-o", str(out), sys.executable, str(BENCH), "--worker", mode,
+                          "--jobs", str(JOBS), "--idle-jobs", "0"],
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
+                         text=True, timeout=120)
+    if res.returncode and "ptrace" in res.stderr:
+        pytest.skip(f"strace cannot trace here: {res.stderr.strip()}")
+    assert res.returncode == 0, res.stderr
+    lines = out.read_text().splitlines()
+    begin = next(i for i, ln in enumerate(lines) if "@@wd-hot-begin@@" in ln)
+    end = next(i for i, ln in enumerate(lines) if "@@wd-hot-end@@" in ln)
+    names: Counter[str] = Counter()
+    for ln in lines[begin + 1:end]:
+        m = re.match(r"(\w+)\(", ln)
+        if m:
+            names[m.group(1)] += 1
+    return names
+
+
+def test_mapped_doorbell_makes_no_syscall(tmp_path: Path) -> None:
+    names = _syscalls_in_hot_loop("mapped", tmp_path)
+    # zero in practice; a stray allocator call (brk/mmap) must stay far below one per doorbell
+    assert sum(names.values()) <= JOBS // 50, names
+    assert "sendmsg" not in names and "write" not in names
+
+
+def test_message_doorbell_is_one_sendmsg(tmp_path: Path) -> None:
+    names = _syscalls_in_hot_loop("message", tmp_path)
+    assert names["sendmsg"] == JOBS, names
+    assert sum(names.values()) - names["sendmsg"] <= JOBS // 50, names  # nothing else per job
