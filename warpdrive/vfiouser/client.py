@@ -219,6 +219,10 @@ class VfioUserConnection(ForkSafe):
                 f"vfio-user server {self.path} answered VERSION {major}.{minor} with "
                 f"{smajor}.{sminor}", hint="the spec requires the same major and a minor no "
                 "higher than proposed"))
+        if not caps.pgsizes & sc.PAGE_SIZE:
+            raise self._fail(UnsupportedError(
+                f"vfio-user server {self.path} supports DMA page sizes {caps.pgsizes:#x}, not "
+                f"this host's {sc.PAGE_SIZE:#x}"))
         self.server_version = (smajor, sminor)
         self.server_caps = caps
 

@@ -367,7 +367,7 @@ class VfioUserServer:
             self._poll_error(f"unhandled DMA fault in poll(): {e}")
         except Exception:
             self._poll_error("poll() raised:\n" + traceback.format_exc())
-        return True
+        return False  # a failing poll() is not work: do not keep a core spinning on it
 
     def _poll_error(self, text: str) -> None:
         self._poll_errors += 1
