@@ -161,10 +161,14 @@ def open(device: Device | ZipEngine | str | None = None, *, doorbell: str = "mma
         return ZipEngine(UacceQueues(device), **opts)
     from . import open as open_device
 
+    # vfio-user: a message-doorbell client maps nothing, which lets trapped writes be posted.
+    vu: dict[str, Any] = {"mmap_doorbells": doorbell == "mmap"}
     if device in ("emu", "emu:zip"):
-        dev = open_device("emu:zip", model_options=model_options or {})
+        dev = open_device("emu:zip", model_options=model_options or {}, **vu)
     elif device.startswith("emu:"):
         raise DeviceNotFoundError(f"{device!r} is not the ZIP model", hint="use 'emu'")
+    elif device.startswith("vfio-user:"):
+        dev = open_device(device, **vu)
     else:
         dev = open_device(device, backend=backend)
     try:
@@ -256,11 +260,11 @@ def decompress(data: bytes | bytearray | memoryview, /, wbits: int = MAX_WBITS,
 class Compress:
     """A compression stream (from `compressobj`)."""
 
-    def __init__(self, engine: ZipEngine, level: int, wbits: int) -> None:
+    def __init__(self, engine: ZipEngine, level: int, wbits: int, chunk_size: int) -> None:
         from .devices.zip.stream import Deflater
 
         self._d: Deflater | None = Deflater(engine, Format.from_wbits(wbits, decompress=False),
-                                            level)
+                                            level, chunk=chunk_size)
 
     def compress(self, data: bytes | bytearray | memoryview) -> bytes:
         if self._d is None:
@@ -340,15 +344,17 @@ class Decompress:
 def compressobj(level: int = Z_DEFAULT_COMPRESSION, method: int = DEFLATED,
                 wbits: int = MAX_WBITS, memLevel: int = DEF_MEM_LEVEL,
                 strategy: int = Z_DEFAULT_STRATEGY, zdict: bytes | None = None, *,
-                device: Device | ZipEngine | str | None = None) -> Compress:
+                device: Device | ZipEngine | str | None = None,
+                chunk_size: int = 1 << 20) -> Compress:
     """A compression stream. `memLevel` and `strategy` are accepted and ignored (the engine has
-    its own); `zdict` is not supported."""
+    its own); `zdict` is not supported. Input is gathered into jobs of `chunk_size` bytes (at
+    most 7 MiB): `compress()` returns output once a job's worth has arrived."""
     _check_level(level)
     if method != DEFLATED:
         raise ZipError("Invalid initialization option", hint="method must be DEFLATED")
     if zdict:
         raise ZipError("preset dictionaries are not supported by the ZIP engine")
-    return Compress(_engine(device), level, wbits)
+    return Compress(_engine(device), level, wbits, chunk_size)
 
 
 def decompressobj(wbits: int = MAX_WBITS, zdict: bytes = b"", *,

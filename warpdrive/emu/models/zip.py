@@ -92,6 +92,7 @@ DBG_DOORBELLS_POLLED = 0x20  # u64 doorbell values seen in the mapped page
 DBG_DMA_FAULTS = 0x28  # u64 jobs failed with a DMA fault
 DBG_MSIS = 0x30  # u64 MSIs raised
 DBG_MB_COUNT = 0x38  # u32 mailbox commands executed (all of them)
+DBG_MESSAGES = 0x40  # u64 vfio-user messages the server has received (this read included)
 DBG_MB_LOG = 0x100  # u32 per command: cmd | op << 8 | status << 12 | queue << 16
 DBG_MB_LOG_LEN = (DBG_SIZE - DBG_MB_LOG) // 4
 
@@ -745,8 +746,9 @@ class QmFunction:
             del self.engine.streams[key]
 
     # -- introspection window --------------------------------------------------------------
-    def debug_read(self, offset: int, size: int) -> bytes:
+    def debug_read(self, offset: int, size: int, messages: int = 0) -> bytes:
         win = bytearray(DBG_SIZE)
+        _U64.pack_into(win, DBG_MESSAGES, messages)
         _U32.pack_into(win, DBG_MAGIC_OFF, DBG_MAGIC)
         _U32.pack_into(win, DBG_VERSION_OFF, 1)
         for off, key in ((DBG_JOBS, "jobs"), (DBG_TRAPPED_READS, "trapped_reads"),
@@ -842,7 +844,8 @@ class ZipModel(DeviceModel):
 
     def region_read(self, index: int, offset: int, size: int) -> bytes:
         if index == DBG_BAR:
-            return self._qm().debug_read(offset, size)
+            messages = self._attached().framework_stats()["messages"]
+            return self._qm().debug_read(offset, size, messages)
         if index == hw.QM_BAR:
             return self._qm().read(offset, size)
         return bytes(size)
