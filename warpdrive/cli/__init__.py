@@ -31,6 +31,7 @@ SUBCOMMAND_MODULES: list[str] = [
 ]
 OPTIONAL_SUBCOMMAND_MODULES: list[str] = [
     "warpdrive.cli.compress",
+    "warpdrive.cli.zip",
     "warpdrive.cli.emu",
 ]
 
