@@ -117,6 +117,7 @@ class VfioUserServer:
         self.stats: collections.Counter[int] = collections.Counter()
         self.messages = 0
         self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)  # stop() from a thread
         self._chan: Channel | None = None
         self._negotiated = False
         self._listener: socket.socket | None = None
@@ -240,7 +241,13 @@ class VfioUserServer:
 
     # -- lifecycle --------------------------------------------------------------------------
     def stop(self) -> None:
+        """Make `serve_forever` return (callable from another thread)."""
         self._stop.set()
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
 
     def serve_forever(self) -> None:
         handlers_installed = threading.current_thread() is threading.main_thread()
@@ -285,7 +292,9 @@ class VfioUserServer:
         first = True
         while not self._stop.is_set():
             timeout = self.accept_timeout if first else None
-            r, _, _ = select.select([self._listener], [], [], timeout)
+            r, _, _ = select.select([self._listener.fileno(), self._wake_r], [], [], timeout)
+            if self._stop.is_set():
+                return
             if not r:
                 self._log(f"no client connected within {timeout} s; exiting")
                 return
@@ -321,10 +330,23 @@ class VfioUserServer:
             self.model.close()
         except Exception:
             self._log("model close() failed:\n" + traceback.format_exc())
+        for r in self.regions.values():
+            if r.mm is not None:
+                try:
+                    r.mm.close()
+                except BufferError:
+                    pass  # the model still exports a view; the process is ending anyway
+            close_fd_quietly(r.memfd)
+            r.memfd = -1
+        wake = (self._wake_r, self._wake_w)
+        self._wake_r = self._wake_w = -1
+        for fd in wake:
+            close_fd_quietly(fd)
 
     # -- one connection ---------------------------------------------------------------------
     def _serve_connection(self, conn: socket.socket) -> None:
         self._chan = Channel(conn, max_msg_size=self.max_data_xfer_size + 4096)
+        chan_fd = self._chan.fileno()
         self._negotiated = False
         last_activity = time.monotonic()
         try:
@@ -336,8 +358,8 @@ class VfioUserServer:
                     timeout: float | None = 0.0 if spinning else self.idle_s
                 else:
                     timeout = None
-                r, _, _ = select.select([self._chan], [], [], timeout)
-                if r:
+                r, _, _ = select.select([chan_fd, self._wake_r], [], [], timeout)
+                if chan_fd in r:
                     self._handle_one()
                     last_activity = time.monotonic()
                     if self.model.dma.held_after_unmap:
