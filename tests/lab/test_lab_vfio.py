@@ -14,6 +14,7 @@ from warpdrive import binding
 from warpdrive import pci_regs as R
 from warpdrive.devices import edu as E
 from warpdrive.errors import (
+    ClosedError,
     DeviceBusyError,
     ForkedContextError,
     NotBoundError,
@@ -215,3 +216,63 @@ def test_legacy_container_accounting(edu_dev: str, iommu_mode: str) -> None:
         assert dev.dma.dma_avail == before
         assert dev.dma.pgsizes & 0x1000
         assert dev.iommu_info is None
+
+
+def test_auto_backend_prefers_iommufd(edu_dev: str) -> None:
+    assert os.path.exists("/dev/iommu") and os.path.isdir(
+        f"/sys/bus/pci/devices/{edu_dev}/vfio-dev")
+    with warpdrive.open(edu_dev) as dev:
+        assert dev.backend == "iommufd"
+    with warpdrive.open(edu_dev, backend="vfio") as dev:
+        assert dev.backend == "vfio"
+
+
+def test_legacy_container_shared_across_groups(edu_dev: str, crypto_bdf: str,
+                                               iommu_mode: str) -> None:
+    """Two functions in different IOMMU groups, one container: one DMA space for both; the
+    container outlives the first device closed."""
+    if iommu_mode != "vfio":
+        pytest.skip("containers are legacy VFIO")
+    with binding.bound_to(crypto_bdf):
+        a = warpdrive.open(edu_dev, backend="vfio")
+        try:
+            b = warpdrive.open(crypto_bdf, backend="vfio", share_with=a)
+            try:
+                assert b.dma is a.dma and b.container.fd == a.container.fd
+                assert a.group.group != b.group.group
+                edu = E.Edu(a)
+                buf = a.dma.alloc(4096)
+                data = os.urandom(4096)
+                buf.write(0, data)
+                edu.dma_to_device(buf)
+                a.close()
+                assert b.config_read16(R.PCI_VENDOR_ID) == 0x1AF4
+                assert b.dma.find(buf.addr) is not None  # the shared mapping is still there
+                extra = b.dma.alloc(4096)
+                assert extra.iova is not None
+            finally:
+                b.close()
+        finally:
+            a.close()
+    with warpdrive.open(edu_dev, backend="vfio") as again:  # everything was released
+        assert again.dma.mappings == []
+
+
+def test_close_releases_everything(edu_dev: str, iommu_mode: str) -> None:
+    dev = warpdrive.open(edu_dev, backend=iommu_mode)
+    with dev:
+        bufs = [dev.dma.alloc(4096) for _ in range(3)]
+        mapped_elsewhere = warpdrive.DmaBuffer.allocate(4096)
+        dev.dma.map(mapped_elsewhere)
+        bar = dev.map_bar(0)
+        (irq,) = dev.enable_irqs(U.VFIO_PCI_MSI_IRQ_INDEX, 1)
+    assert dev.closed and all(b.closed for b in bufs)
+    assert mapped_elsewhere.iova is None and not mapped_elsewhere.closed  # unmapped, still ours
+    mapped_elsewhere.close()
+    assert irq.fileno() == -1 and all(fd == -1 for fd in dev.fds().values())
+    with pytest.raises(ClosedError):
+        bar.read32(0)
+    with pytest.raises(ClosedError):
+        dev.config_read16(0)
+    with warpdrive.open(edu_dev, backend=iommu_mode) as again:
+        assert again.dma.mappings == []

@@ -2,8 +2,9 @@
 
 The container is the DMA context: groups are attached to it, then the IOMMU model is chosen
 (VFIO_SET_IOMMU is refused until at least one group is attached), then mappings are made with
-VFIO_IOMMU_MAP_DMA. warpdrive uses one container per group (each `open_legacy` makes its own);
-sharing a container across groups is possible in VFIO but not offered yet.
+VFIO_IOMMU_MAP_DMA. Each `open_legacy` makes its own container unless told to share one with an
+open device (`share_with=`): then both devices see the same mappings through one `Type1DmaSpace`,
+which is only torn down when its last device closes.
 """
 
 from __future__ import annotations
@@ -105,6 +106,20 @@ class Type1DmaSpace(DmaSpace):
         page = max(info.min_page_size or sc.PAGE_SIZE, sc.PAGE_SIZE)
         super().__init__(name, dma_mask, page_size=page)
         self.pgsizes = info.pgsizes
+        self.sharers = 1  # devices using this space; the last close unmaps everything
+
+    def share(self) -> None:
+        with self._lock:
+            self._check_open()
+            self.sharers += 1
+
+    def close(self) -> None:
+        with self._lock:
+            if self.sharers > 1:
+                self.sharers -= 1
+                return
+            self.sharers = 0
+        super().close()
 
     def _query_ranges(self) -> list[IovaRange]:
         info = self.container.iommu_info()
