@@ -77,18 +77,64 @@ class QueueSource(Protocol):
     def close(self) -> None: ...
 
 
+class Chunk:
+    """`size` bytes at `off` in a mapped DMA buffer."""
+
+    __slots__ = ("buf", "off", "size", "whole")
+
+    def __init__(self, buf: DmaBuffer, off: int, size: int, whole: bool = False) -> None:
+        self.buf, self.off, self.size, self.whole = buf, off, size, whole
+
+    @property
+    def iova(self) -> int:
+        assert self.buf.iova is not None
+        return self.buf.iova + self.off
+
+    @property
+    def view(self) -> memoryview:
+        return self.buf.view[self.off:self.off + self.size]
+
+
 class BufferPool:
-    """DMA buffers kept mapped for reuse: a map costs a syscall (or a vfio-user message)."""
+    """DMA memory kept mapped for reuse: a map costs syscalls (or vfio-user messages) and a
+    memory check, so small pieces are cut from 4 MiB slabs and large buffers are recycled."""
 
     MIN = 64 << 10
+    SLAB = 4 << 20
+    SLAB_MAX = 512 << 10
+    CHUNK_MIN = 16 << 10
 
     def __init__(self, dma: DmaSpace, max_idle: int = 96 << 20) -> None:
         self.dma = dma
         self.max_idle = max_idle
         self._free: dict[int, list[DmaBuffer]] = {}
+        self._chunks: dict[int, list[Chunk]] = {}
+        self._slabs: list[DmaBuffer] = []
         self._idle = 0
         self._lock = threading.Lock()
-        self._all: set[int] = set()
+
+    def take(self, size: int) -> Chunk:
+        """A piece of at least `size` bytes (a slab piece, or a whole pooled buffer)."""
+        c = self.CHUNK_MIN
+        while c < size:
+            c <<= 1
+        if c > self.SLAB_MAX:
+            buf = self.get(size)
+            return Chunk(buf, 0, buf.size, whole=True)
+        with self._lock:
+            free = self._chunks.setdefault(c, [])
+            if not free:
+                slab = self.dma.alloc(self.SLAB)
+                self._slabs.append(slab)
+                free.extend(Chunk(slab, off, c) for off in range(self.SLAB - c, -1, -c))
+            return free.pop()
+
+    def give(self, chunk: Chunk) -> None:
+        if chunk.whole:
+            self.put(chunk.buf)
+            return
+        with self._lock:
+            self._chunks.setdefault(chunk.size, []).append(chunk)
 
     @classmethod
     def size_class(cls, size: int) -> int:
@@ -100,15 +146,14 @@ class BufferPool:
         return -(-size // (1 << 20)) << 20
 
     def get(self, size: int) -> DmaBuffer:
+        """A whole DMA buffer of at least `size` bytes."""
         c = self.size_class(max(size, 1))
         with self._lock:
             free = self._free.get(c)
             if free:
                 self._idle -= c
                 return free.pop()
-        buf = self.dma.alloc(c)
-        self._all.add(id(buf))
-        return buf
+        return self.dma.alloc(c)
 
     def put(self, buf: DmaBuffer) -> None:
         with self._lock:
@@ -119,7 +164,6 @@ class BufferPool:
         self._drop(buf)
 
     def _drop(self, buf: DmaBuffer) -> None:
-        self._all.discard(id(buf))
         try:
             if not self.dma.closed and buf.iova is not None:
                 self.dma.unmap(buf)
@@ -129,8 +173,10 @@ class BufferPool:
 
     def close(self) -> None:
         with self._lock:
-            bufs = [b for lst in self._free.values() for b in lst]
+            bufs = [b for lst in self._free.values() for b in lst] + self._slabs
             self._free.clear()
+            self._chunks.clear()
+            self._slabs = []
             self._idle = 0
         for b in bufs:
             self._drop(b)
@@ -140,9 +186,9 @@ class Job:
     """One request. Jobs from `Session.submit(data)` own pooled buffers (released by `result()`);
     prepared jobs (`Session.prepare`) use the caller's buffers and can be submitted again."""
 
-    __slots__ = ("checksum", "consumed", "done", "dst", "dst_len", "dst_off", "error", "hdr",
-                 "isize", "owner", "owns", "prepared", "produced", "slot_off", "sqe", "src",
-                 "src_len", "src_off", "status", "tag", "user_data")
+    __slots__ = ("checksum", "chunks", "consumed", "done", "dst", "dst_len", "dst_off", "error",
+                 "hdr", "isize", "owner", "owns", "prepared", "produced", "slot_off", "sqe",
+                 "src", "src_len", "src_off", "status", "tag", "user_data")
 
     def __init__(self, owner: JobOwner, src: DmaBuffer | None, src_off: int, src_len: int,
                  dst: DmaBuffer | None, dst_off: int, dst_len: int, hdr: bytes = b"",
@@ -152,6 +198,7 @@ class Job:
         self.dst, self.dst_off, self.dst_len = dst, dst_off, dst_len
         self.hdr = hdr
         self.owns = owns
+        self.chunks: list[Chunk] = []
         self.prepared = prepared
         self.sqe: bytes = b""
         self.tag = 0
@@ -187,9 +234,9 @@ class Job:
         if self.owns:
             self.owns = False
             pool = self.owner.engine.pool
-            for buf in (self.src, self.dst):
-                if buf is not None:
-                    pool.put(buf)
+            for chunk in self.chunks:
+                pool.give(chunk)
+            self.chunks = []
             self.src = self.dst = None
 
     def __repr__(self) -> str:
@@ -569,13 +616,13 @@ class Session:
                 job = Job(self, None, 0, 0, None, 0, 0, self._empty_output())
                 job.done = True
                 return job
-            src = pool.get(n)
-            src.view[:n] = mv
-            out = len(self._hdr) + compress_bound(n)
-            dst = pool.get(out)
-            job = Job(self, src, 0, n, dst, 0, min(dst.size, hw.HZ_MAX_SIZE), self._hdr,
-                      owns=True)
-            dst.view[:len(self._hdr)] = self._hdr
+            src = pool.take(n)
+            src.buf.view[src.off:src.off + n] = mv
+            dst = pool.take(len(self._hdr) + compress_bound(n))
+            job = Job(self, src.buf, src.off, n, dst.buf, dst.off,
+                      min(dst.size, hw.HZ_MAX_SIZE), self._hdr, owns=True)
+            job.chunks = [src, dst]
+            dst.buf.view[dst.off:dst.off + len(self._hdr)] = self._hdr
             self._build(job, self.fmt)
             return job
         parsed = parse_header(mv, self.fmt)
@@ -588,10 +635,12 @@ class Session:
             raise InvalidArgumentError(
                 f"a job takes at most {DECOMPRESS_JOB_MAX} compressed bytes; got {len(body)}",
                 hint="use warpdrive.zip.decompress() or decompressobj() (stream mode)")
-        src = pool.get(max(len(body), 1))
-        src.view[:len(body)] = body
-        dst = pool.get(_decompress_guess(mv, fmt))
-        job = Job(self, src, 0, len(body), dst, 0, min(dst.size, hw.HZ_MAX_SIZE), owns=True)
+        src = pool.take(max(len(body), 1))
+        src.buf.view[src.off:src.off + len(body)] = body
+        dst = pool.take(_decompress_guess(mv, fmt))
+        job = Job(self, src.buf, src.off, len(body), dst.buf, dst.off,
+                  min(dst.size, hw.HZ_MAX_SIZE), owns=True)
+        job.chunks = [src, dst]
         self._build(job, fmt)
         return job
 
@@ -669,11 +718,12 @@ class Session:
         if not job.owns or job.dst_len >= hw.HZ_MAX_SIZE or job.dst is None:
             return False
         pool = self.engine.pool
-        new = pool.get(min(hw.HZ_MAX_SIZE, job.dst_len * 4))
+        new = pool.take(min(hw.HZ_MAX_SIZE, job.dst_len * 4))
         if job.hdr:
-            new.view[:len(job.hdr)] = job.hdr
-        pool.put(job.dst)
-        job.dst, job.dst_len = new, min(new.size, hw.HZ_MAX_SIZE)
+            new.buf.view[new.off:new.off + len(job.hdr)] = job.hdr
+        pool.give(job.chunks[1])
+        job.chunks[1] = new
+        job.dst, job.dst_off, job.dst_len = new.buf, new.off, min(new.size, hw.HZ_MAX_SIZE)
         fmt = self.fmt
         if not self.compress_mode:
             assert job.src is not None
@@ -780,12 +830,13 @@ class _OneShot:
         if n == 0:
             return hdr + EMPTY_FINAL_BLOCK + trailer(fmt.alg, initial_checksum(fmt.alg), 0)
         pool = self.engine.pool
-        src = pool.get(n)
-        dst = pool.get(compress_bound(n))
+        src = pool.take(n)
+        dst = pool.take(compress_bound(n))
         try:
-            src.view[:n] = mv
+            src.buf.view[src.off:src.off + n] = mv
             tmpl = self.lane.template(fmt)
-            job = Job(self, src, 0, n, dst, 0, min(dst.size, hw.HZ_MAX_SIZE))
+            job = Job(self, src.buf, src.off, n, dst.buf, dst.off,
+                      min(dst.size, hw.HZ_MAX_SIZE))
             job.sqe = tmpl.build(src=src.iova, in_len=n, dst=dst.iova, avail=job.dst_len,
                                  tag=self.lane.next_tag())
             self._run(job)
@@ -793,10 +844,10 @@ class _OneShot:
             if st not in (hw.STATUS_OK, hw.STATUS_NEGACOMPRESS) or not job.status & _LAST:
                 raise status_error(st, compress=True) or ZipError(
                     f"compression job ended without its final block (status {st:#x})")
-            return hdr + bytes(dst.view[:job.produced])
+            return hdr + bytes(dst.buf.view[dst.off:dst.off + job.produced])
         finally:
-            pool.put(src)
-            pool.put(dst)
+            pool.give(src)
+            pool.give(dst)
 
     def decompress(self, mv: memoryview, fmt: Format, bufsize: int) -> bytes | None:
         """One stateless job; None means "use stream mode" (output over 8 MiB)."""
@@ -812,15 +863,15 @@ class _OneShot:
                                "stream")
         pool = self.engine.pool
         out = max(bufsize, _decompress_guess(mv, fmt))
-        src = pool.get(n)
+        src = pool.take(n)
         try:
-            src.view[:n] = body
+            src.buf.view[src.off:src.off + n] = body
             tmpl = self.lane.template(fmt)
             while True:
-                dst = pool.get(min(out, hw.HZ_MAX_SIZE))
+                dst = pool.take(min(out, hw.HZ_MAX_SIZE))
                 try:
                     avail = min(dst.size, hw.HZ_MAX_SIZE)
-                    job = Job(self, src, 0, n, dst, 0, avail)
+                    job = Job(self, src.buf, src.off, n, dst.buf, dst.off, avail)
                     job.sqe = tmpl.build(src=src.iova, in_len=n, dst=dst.iova, avail=avail,
                                          tag=self.lane.next_tag())
                     self._run(job)
@@ -842,8 +893,8 @@ class _OneShot:
                             tmpl.alg, job.checksum, job.isize)):
                         raise ZipDataError("Error -3 while decompressing data: incorrect data "
                                            "check")
-                    return bytes(dst.view[:job.produced])
+                    return bytes(dst.buf.view[dst.off:dst.off + job.produced])
                 finally:
-                    pool.put(dst)
+                    pool.give(dst)
         finally:
-            pool.put(src)
+            pool.give(src)

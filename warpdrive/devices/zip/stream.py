@@ -12,7 +12,6 @@ from __future__ import annotations
 import zlib
 
 from ...errors import ClosedError
-from ...memory import DmaBuffer
 from . import hw
 from .errors import ZipBufferError, ZipDataError, ZipError
 from .session import (
@@ -20,6 +19,7 @@ from .session import (
     COMPRESS_JOB_MAX,
     DECOMPRESS,
     DECOMPRESS_JOB_MAX,
+    Chunk,
     Job,
     ZipEngine,
     compress_bound,
@@ -47,25 +47,25 @@ class _StreamBase:
         engine._check_open()
         self.engine = engine
         self.lane = engine.lanes[direction]
-        self.ctx = engine.pool.get(hw.HW_CTX_SIZE)
-        self._bufs: list[DmaBuffer] = [self.ctx]
+        self.ctx = engine.pool.take(hw.HW_CTX_SIZE)
+        self._bufs: list[Chunk] = [self.ctx]
         self._new = True
         self._closed = False
         self.checksum = 0
         self.isize = 0
 
-    def _buf(self, attr: str, size: int) -> DmaBuffer:
+    def _buf(self, attr: str, size: int) -> Chunk:
         """A per-stream buffer of at least `size` bytes (kept between jobs)."""
-        cur: DmaBuffer | None = getattr(self, attr, None)
+        cur: Chunk | None = getattr(self, attr, None)
         if cur is not None and cur.size >= size:
             return cur
         if cur is not None:
             self._bufs.remove(cur)
-            self.engine.pool.put(cur)
-        buf = self.engine.pool.get(size)
-        self._bufs.append(buf)
-        setattr(self, attr, buf)
-        return buf
+            self.engine.pool.give(cur)
+        chunk = self.engine.pool.take(size)
+        self._bufs.append(chunk)
+        setattr(self, attr, chunk)
+        return chunk
 
     def _complete(self, job: Job) -> None:
         sq = self.lane.q.sq
@@ -74,12 +74,11 @@ class _StreamBase:
         job.tag = ctx_dw0  # reused to carry ctx_dw0 back (a stream job needs no tag check)
         job.done = True
 
-    def _run(self, fmt: Format, src: DmaBuffer, n: int, dst: DmaBuffer, avail: int,
+    def _run(self, fmt: Format, src: Chunk, n: int, dst: Chunk, avail: int,
              finish: bool) -> Job:
-        assert src.iova is not None and dst.iova is not None and self.ctx.iova is not None
         lane = self.lane
         tmpl = lane.template(fmt)
-        job = Job(self, src, 0, n, dst, 0, avail)
+        job = Job(self, src.buf, src.off, n, dst.buf, dst.off, avail)
         with lane.lock:
             job.sqe = tmpl.build(
                 src=src.iova, in_len=n, dst=dst.iova, avail=avail, tag=lane.next_tag(),
@@ -100,8 +99,8 @@ class _StreamBase:
         if self._closed:
             return
         self._closed = True
-        for buf in self._bufs:
-            self.engine.pool.put(buf)
+        for chunk in self._bufs:
+            self.engine.pool.give(chunk)
         self._bufs.clear()
 
     def __enter__(self) -> _StreamBase:

@@ -93,6 +93,7 @@ DBG_DMA_FAULTS = 0x28  # u64 jobs failed with a DMA fault
 DBG_MSIS = 0x30  # u64 MSIs raised
 DBG_MB_COUNT = 0x38  # u32 mailbox commands executed (all of them)
 DBG_MESSAGES = 0x40  # u64 vfio-user messages the server has received (this read included)
+DBG_RESETS = 0x48  # u64 device resets (VFIO_USER_DEVICE_RESET)
 DBG_MB_LOG = 0x100  # u32 per command: cmd | op << 8 | status << 12 | queue << 16
 DBG_MB_LOG_LEN = (DBG_SIZE - DBG_MB_LOG) // 4
 
@@ -381,7 +382,7 @@ class QmFunction:
         self.engine = ZipEngine(level)
         self.mb_log: list[tuple[int, int, int, int]] = []  # (cmd, op, queue, status)
         self.stats = {"jobs": 0, "trapped_reads": 0, "trapped_writes": 0, "doorbells": 0,
-                      "dma_faults": 0, "msis": 0}
+                      "dma_faults": 0, "msis": 0, "resets": 0}
         self.reset()
 
     # -- state -----------------------------------------------------------------------------
@@ -754,12 +755,23 @@ class QmFunction:
         for off, key in ((DBG_JOBS, "jobs"), (DBG_TRAPPED_READS, "trapped_reads"),
                          (DBG_TRAPPED_WRITES, "trapped_writes"),
                          (DBG_DOORBELLS_POLLED, "doorbells"), (DBG_DMA_FAULTS, "dma_faults"),
-                         (DBG_MSIS, "msis")):
+                         (DBG_MSIS, "msis"), (DBG_RESETS, "resets")):
             _U64.pack_into(win, off, self.stats[key])
         _U32.pack_into(win, DBG_MB_COUNT, len(self.mb_log))
         for i, (cmd, op, queue, status) in enumerate(self.mb_log[:DBG_MB_LOG_LEN]):
             _U32.pack_into(win, DBG_MB_LOG + 4 * i, cmd | op << 8 | status << 12 | queue << 16)
         return bytes(win[offset:offset + size])
+
+
+def decode_stats(window: bytes) -> dict[str, int]:
+    """The counters of a BAR0 dump."""
+    names = {"jobs": DBG_JOBS, "trapped_reads": DBG_TRAPPED_READS,
+             "trapped_writes": DBG_TRAPPED_WRITES, "doorbells": DBG_DOORBELLS_POLLED,
+             "dma_faults": DBG_DMA_FAULTS, "msis": DBG_MSIS, "messages": DBG_MESSAGES,
+             "resets": DBG_RESETS}
+    out = {k: int(_U64.unpack_from(window, off)[0]) for k, off in names.items()}
+    out["mailbox_commands"] = int(_U32.unpack_from(window, DBG_MB_COUNT)[0])
+    return out
 
 
 def decode_mailbox_log(window: bytes) -> list[tuple[str, int, int, int]]:
@@ -865,6 +877,7 @@ class ZipModel(DeviceModel):
 
     def reset(self) -> None:
         self._qm().reset()
+        self._qm().stats["resets"] += 1
         self._bell.value = IDLE_DOORBELL
         self._last_db = IDLE_DOORBELL
 
