@@ -72,6 +72,10 @@ class IrqInfo:
         return IRQ_INDEX_NAMES.get(self.index, f"irq index {self.index}")
 
 
+_IRQ_TIMEOUT_HINT = ("the device did not complete (a DMA fault in the IOMMU, or a lost "
+                     "interrupt); check the kernel log (dmesg) for DMAR faults")
+
+
 class Interrupt(ForkSafe):
     """One interrupt vector delivered through an eventfd: poll-able (`fileno`), or wait on it."""
 
@@ -106,8 +110,7 @@ class Interrupt(ForkSafe):
                 raise DeviceTimeoutError(
                     f"no {IRQ_INDEX_NAMES.get(self.index, 'interrupt')} vector {self.vector} from "
                     f"{self.device.name} within {timeout} s",
-                    hint="the device did not complete (a DMA fault in the IOMMU, or a lost "
-                    "interrupt); check the kernel log (dmesg) for DMAR faults")
+                    hint=self.device.irq_timeout_hint)
             select.select([self.fd], [], [], left)
 
     def unmask(self) -> None:
@@ -142,6 +145,8 @@ class Device(ForkSafe, ABC):
     """A PCI function opened through some backend. Use as a context manager or call `close()`."""
 
     backend: str = "?"
+    # What to check when an interrupt does not arrive; backends without a kernel IOMMU override.
+    irq_timeout_hint: str = _IRQ_TIMEOUT_HINT
 
     def __init__(self, name: str, dma: DmaSpace) -> None:
         self.name = name

@@ -11,6 +11,7 @@ Kinds:
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import mmap
 import os
 from pathlib import Path
@@ -30,6 +31,7 @@ HUGE_1G = 1 << 30
 _HUGE_FLAGS = {HUGE_2M: sc.MAP_HUGE_2MB, HUGE_1G: sc.MAP_HUGE_1GB}
 _MFD_HUGE = {HUGE_2M: 21 << 26, HUGE_1G: 30 << 26}
 _MFD_HUGETLB = 0x0004
+_MFD_ALLOW_SEALING = 0x0002
 
 
 def writable_view(addr: int, size: int) -> memoryview:
@@ -119,8 +121,12 @@ class DmaBuffer(ForkSafe):
                 mflags = 0
                 if page != sc.PAGE_SIZE:
                     mflags = _MFD_HUGETLB | _MFD_HUGE[page]
-                fd = sc.memfd_create(name, mflags)
+                fd = sc.memfd_create(name, mflags | _MFD_ALLOW_SEALING)
                 os.ftruncate(fd, length)
+                # Whoever we pass the fd to (a vfio-user server) maps it; a later shrink would
+                # turn its accesses into SIGBUS, so fix the size for good.
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                            fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
                 m = mmap.mmap(fd, length, flags=mmap.MAP_SHARED | sc.MAP_POPULATE)
                 result_kind = MemoryKind.HUGETLB if page != sc.PAGE_SIZE else MemoryKind.MEMFD
             elif kind in (MemoryKind.ANONYMOUS, MemoryKind.HUGETLB):

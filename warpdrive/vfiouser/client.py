@@ -286,6 +286,8 @@ class VfioUserDevice(Device):
     """A PCI function served by a vfio-user server."""
 
     backend = "vfio-user"
+    irq_timeout_hint = ("the device model did not complete or did not signal; check that the "
+                        "model process is alive and read its log (stderr)")
     emulator: Any = None  # the launcher's ModelProcess, when the device is a bundled model
 
     def __init__(self, conn: VfioUserConnection, name: str, dma_mask: int | None, *,
