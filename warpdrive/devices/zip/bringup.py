@@ -338,20 +338,24 @@ class QmDevice:
             return
         _, mem = entry
         err: BaseException | None = None
-        try:
-            q.drain(timeout)
-        except WarpdriveError as e:
-            err = e
+        if not q.wedged:
+            try:
+                q.drain(timeout)
+            except WarpdriveError as e:
+                err = e
+                q.wedged = True  # do not wait again: only the reset in close() can help
         q.set_stopped()
         try:
             if self.caps.stop_qp:
                 self.mailbox(hw.QM_MB_CMD_STOP_QP, q.qn, 0)
         except WarpdriveError as e:
             err = err or e
-        if err is not None:
+        if err is not None or q.wedged:
             # Jobs may still be in flight: only a reset makes freeing their memory safe.
             self._queues[q.qn] = entry
-            raise err
+            if err is not None:
+                raise err
+            return
         q.release()
         self.dev.dma.release(mem, self)
         if not self.dev.closed:

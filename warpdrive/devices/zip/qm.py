@@ -77,6 +77,7 @@ class QmQueue:
         self.phase = 1
         self.outstanding = 0  # posted and not reaped (rung or not)
         self.unrung = 0
+        self.wedged = False  # jobs never completed; the queue waits for a device reset
         self.jobs = [None] * self.sq_depth
         self.closed = False
 
