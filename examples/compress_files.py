@@ -20,8 +20,8 @@ import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import warpdrive.zip as wz  # noqa: E402
-from warpdrive.devices.zip.session import COMPRESS_JOB_MAX  # noqa: E402
+import warpdrive.zip as wz
+from warpdrive.devices.zip.session import COMPRESS_JOB_MAX
 
 WBITS = {"gzip": 31, "zlib": 15, "deflate": -15}
 SUFFIX = {"gzip": ".gz", "zlib": ".zz", "deflate": ".deflate"}

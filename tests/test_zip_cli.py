@@ -22,7 +22,8 @@ GZIP = shutil.which("gzip")
 needs_gzip = pytest.mark.skipif(GZIP is None, reason="the gzip command is not installed")
 
 
-def cli(*args: str, stdin: bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def cli(*args: str, stdin: bytes | None = None,
+        cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "warpdrive.cli", *args], input=stdin,
                           capture_output=True, env=env, cwd=cwd, timeout=300)
