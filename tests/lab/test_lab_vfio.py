@@ -203,9 +203,8 @@ def test_held_mapping_cannot_be_unmapped(edu_dev: str, iommu_mode: str) -> None:
         assert buf.iova is None
 
 
-def test_legacy_container_accounting(edu_dev: str, iommu_mode: str) -> None:
-    if iommu_mode != "vfio":
-        pytest.skip("type1 container facts (DMA_AVAIL, page sizes) exist only in legacy mode")
+def test_legacy_container_accounting(edu_dev: str) -> None:
+    """type1 container facts (DMA_AVAIL, page sizes) exist only in legacy mode."""
     with warpdrive.open(edu_dev, backend="vfio") as dev:
         before = dev.dma.dma_avail
         assert isinstance(before, int) and before > 0
@@ -227,12 +226,9 @@ def test_auto_backend_prefers_iommufd(edu_dev: str) -> None:
         assert dev.backend == "vfio"
 
 
-def test_legacy_container_shared_across_groups(edu_dev: str, crypto_bdf: str,
-                                               iommu_mode: str) -> None:
-    """Two functions in different IOMMU groups, one container: one DMA space for both; the
-    container outlives the first device closed."""
-    if iommu_mode != "vfio":
-        pytest.skip("containers are legacy VFIO")
+def test_legacy_container_shared_across_groups(edu_dev: str, crypto_bdf: str) -> None:
+    """Two functions in different IOMMU groups, one (legacy) container: one DMA space for both;
+    the container outlives the first device closed."""
     with binding.bound_to(crypto_bdf):
         a = warpdrive.open(edu_dev, backend="vfio")
         try:

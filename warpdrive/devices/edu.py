@@ -96,7 +96,8 @@ class Edu:
         self._in_flight: DmaBuffer | None = None
         dev.dma.set_dma_mask(DMA_MASK)  # IOVAs above 28 bits would be silently truncated
         self.bar = dev.map_bar(0)
-        dev.enable_bus_master()
+        self.bar.write32(REG_IRQ_ACK, 0xFFFFFFFF)  # no interrupt status left by a previous user
+        dev.enable_bus_master()  # DMA, and MSI too: an MSI is a memory write by the device
         self.irq: Interrupt | None = None
         if use_irq:
             self.irq = dev.enable_irqs(VFIO_PCI_MSI_IRQ_INDEX, 1)[0]
