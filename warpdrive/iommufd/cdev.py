@@ -28,8 +28,9 @@ from ..vfio.legacy import vfio_function
 from .ctx import HwInfo, IommufdContext
 from .ioas import IoasDmaSpace
 
-_BUSY = ("{bdf} is already open: its VFIO cdev is bound to an iommufd by another fd (this or "
-         "another process), or its IOMMU group is open through legacy VFIO")
+_BUSY = ("{bdf} is busy, already open: its VFIO cdev is bound to an iommufd by another fd (this "
+         "or another process; the kernel answers a second bind with EINVAL), or its IOMMU group "
+         "is open through legacy VFIO (EBUSY)")
 
 
 class IommufdDevice(VfioDevice):

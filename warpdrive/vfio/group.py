@@ -29,9 +29,10 @@ class Group:
         self.group = group
         path = group_path(group)
         self.fd = sc.open_dev(path, what=f"open {path} (IOMMU group {group})", hints={
-            errno.EBUSY: f"IOMMU group {group} is already open (by this process, another process, "
-                         "or through its VFIO cdev with iommufd); close that user first, e.g. find "
-                         f"it with `fuser -v {path} /dev/vfio/devices/*`",
+            errno.EBUSY: f"the device is busy: IOMMU group {group} is already open (by this "
+                         "process, another process, or through its VFIO cdev with iommufd); close "
+                         f"that user first, e.g. find it with `fuser -v {path} "
+                         "/dev/vfio/devices/*`",
             errno.ENOENT: f"{path} does not exist: bind the device to vfio-pci first "
                           "(`warpdrive bind <bdf>`)",
         })
