@@ -449,10 +449,15 @@ class VirtioCrypto(ForkSafe):
     def _teardown(self) -> None:
         self._closed = True
         dma = self.device.dma
+        self._view = None  # type: ignore[assignment]
         for buf in (self._slots_buf, self._ctrl_buf):
             if buf is not None and not dma._closed and not buf.closed:
                 dma.release(buf, self)
-        self._view = None  # type: ignore[assignment]
+                try:  # the device is reset (or never started): nothing reaches these any more
+                    dma.unmap(buf)
+                    buf.close()
+                except WarpdriveError:
+                    pass  # DmaSpace.close() frees it with the device
         for q in (self.dataq, self.ctrlq):
             if q is not None:
                 q.close()
