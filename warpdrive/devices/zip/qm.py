@@ -13,10 +13,17 @@ one CQ doorbell with the new CQ head.
 Invariants the device model relies on (see `warpdrive.emu.models.zip`):
 - at most `depth - 1` jobs are un-reaped, so the CQ can never overflow even if the device never
   sees a CQ doorbell;
-- the SQ doorbell carries the absolute tail, so storing it again is idempotent; it is re-stored
-  after every CQ doorbell while work is outstanding (SQ and CQ share one register address, and a
-  polled register only shows the latest store), and every `REFRESH_S` while a waiter sees no
-  progress (other queues of the function share the address too).
+- the SQ doorbell carries the absolute tail, so storing it again is idempotent. When the doorbell
+  is a *mapped* register that the device may sample (a polled page), it is re-stored after every
+  CQ doorbell while work is outstanding (SQ and CQ share one register address, and a polled word
+  only shows the latest store), and every `REFRESH_S` while a waiter sees no progress (other
+  queues of the function share the address too). A trapped doorbell (a syscall or a message per
+  store) is delivered write by write, so it is never repeated.
+
+CQ doorbells: with `lazy_cq` (queues without completion interrupts) the CQ head is sent only
+when it has moved by half the ring or the queue went idle, and always before the device's view
+of the CQ (un-reaped jobs + head not yet sent) could reach the ring size. The kernel and UADK
+ring it after every drain; that costs a message per reap on a trapped doorbell.
 """
 
 from __future__ import annotations
@@ -40,8 +47,8 @@ class QmQueue:
     REFRESH_S = 200e-6  # re-store the SQ doorbell this often while waiting without progress
 
     def __init__(self, *, name: str, qn: int, mem: memoryview, layout: hw.QueueLayout,
-                 doorbell: Doorbell, db_version: int = 2,
-                 cq_doorbell_priority: int = 0) -> None:
+                 doorbell: Doorbell, db_version: int = 2, cq_doorbell_priority: int = 0,
+                 lazy_cq: bool = False) -> None:
         if layout.sqe_size % 4:
             raise ValueError(f"SQE size {layout.sqe_size} is not a multiple of 4")
         if len(mem) < layout.size:
@@ -62,6 +69,9 @@ class QmQueue:
         self._flags = mem[layout.rx_stop_offset:layout.rx_stop_offset + 8].cast("I")
         self.doorbell = doorbell
         self._ring = doorbell.ring
+        self.mapped = doorbell.mapped  # re-store the SQ doorbell (see the module docstring)
+        self.lazy_cq = lazy_cq
+        self._cq_lazy_limit = max(1, min(layout.sq_depth, layout.cq_depth) // 2)
         encode = hw.doorbell_v2 if db_version >= 2 else hw.doorbell_v1
         self._sq_db = encode(qn, hw.QM_DB_CMD_SQ, 0)
         self._cq_db = encode(qn, hw.QM_DB_CMD_CQ, 0, cq_doorbell_priority)
@@ -74,6 +84,7 @@ class QmQueue:
         self.tail = 0  # next SQ slot to fill
         self.rung_tail = 0  # tail carried by the last SQ doorbell
         self.cq_head = 0
+        self.cq_lag = 0  # CQ entries consumed but not yet announced by a CQ doorbell
         self.phase = 1
         self.outstanding = 0  # posted and not reaped (rung or not)
         self.unrung = 0
@@ -93,6 +104,8 @@ class QmQueue:
             raise DeviceBusyError(
                 f"queue {self.name} has {self.outstanding} jobs in flight (its limit)",
                 hint="reap completions (poll) before submitting more")
+        if self.cq_lag and self.outstanding + self.cq_lag >= self.capacity:
+            self.ring_cq()  # the device must see room in the CQ for this job
         slot = self.tail
         self.jobs[slot] = job
         self.tail = slot + 1 if slot + 1 < self.sq_depth else 0
@@ -122,8 +135,20 @@ class QmQueue:
         self.unrung = 0
 
     def refresh(self) -> None:
-        """Store the last SQ doorbell again (same absolute tail: no new work on hardware)."""
-        if self.outstanding > self.unrung:
+        """Store the last SQ doorbell again (same absolute tail: no new work on hardware);
+        only for a mapped doorbell, which a device may sample rather than latch."""
+        if self.mapped and self.outstanding > self.unrung:
+            self._ring(self._sq_db | self.rung_tail << 32)
+
+    def ring_cq(self) -> None:
+        """Announce the CQ head (RX-stop checked first, as UADK does)."""
+        if self._flags[0]:  # RX-stop
+            raise QueueStoppedError(
+                f"queue {self.name} is stopped (RX-stop flag set: reset or hardware error)",
+                hint="close the session and open a new one")
+        self._ring(self._cq_db | self.cq_head << 32)
+        self.cq_lag = 0
+        if self.mapped and self.outstanding > self.unrung:
             self._ring(self._sq_db | self.rung_tail << 32)
 
     # -- completion -------------------------------------------------------------------------
@@ -152,13 +177,9 @@ class QmQueue:
         if done:
             self.cq_head, self.phase = head, phase
             self.outstanding -= len(done)
-            if self._flags[0]:  # RX-stop
-                raise QueueStoppedError(
-                    f"queue {self.name} is stopped (RX-stop flag set: reset or hardware error)",
-                    hint="close the session and open a new one")
-            self._ring(self._cq_db | head << 32)
-            if self.outstanding > self.unrung:
-                self._ring(self._sq_db | self.rung_tail << 32)
+            self.cq_lag += len(done)
+            if not self.lazy_cq or self.cq_lag >= self._cq_lazy_limit or not self.outstanding:
+                self.ring_cq()
         return done
 
     def wait(self, timeout: float, *, spin_s: float = float("inf"),

@@ -188,7 +188,7 @@ class Job:
 
     __slots__ = ("checksum", "chunks", "consumed", "done", "dst", "dst_len", "dst_off", "error",
                  "hdr", "isize", "owner", "owns", "prepared", "produced", "slot_off", "sqe",
-                 "src", "src_len", "src_off", "status", "tag", "user_data")
+                 "src", "src_len", "src_off", "status", "tag", "tag_dw", "user_data")
 
     def __init__(self, owner: JobOwner, src: DmaBuffer | None, src_off: int, src_len: int,
                  dst: DmaBuffer | None, dst_off: int, dst_len: int, hdr: bytes = b"",
@@ -202,6 +202,7 @@ class Job:
         self.prepared = prepared
         self.sqe: bytes = b""
         self.tag = 0
+        self.tag_dw = hw.DW_TAG_V3  # where the SQE type keeps the tag
         self.slot_off = -1
         self.status = -1
         self.consumed = self.produced = 0
@@ -573,9 +574,36 @@ class Session:
         assert job.src is not None and job.dst is not None
         assert job.src.iova is not None and job.dst.iova is not None
         hl = len(job.hdr)
+        job.tag_dw = tmpl.tag_dw
         job.sqe = tmpl.build(
             src=job.src.iova + job.src_off, in_len=job.src_len,
             dst=job.dst.iova + job.dst_off + hl, avail=job.dst_len - hl, tag=job.tag)
+
+    def submit_many(self, jobs: list[Job], *, flush: bool = True) -> None:
+        """Queue prepared jobs under one lock and, by default, one doorbell (the hot path:
+        one 128-byte copy per job into the ring, no syscall)."""
+        self._check()
+        for job in jobs:
+            if job.owner is not self or not job.prepared or (job.slot_off >= 0
+                                                             and not job.done):
+                raise InvalidArgumentError("submit_many() takes prepared jobs of this session "
+                                           "that are not in flight")
+        lane = self.lane
+        q = lane.q
+        size = hw.SQE_SIZE
+        with lane.lock:
+            sq = q.sq
+            fast = q.space >= len(jobs)
+            post = q.post if fast else lane.post
+            for job in jobs:
+                off = post(job)
+                sq[off:off + size] = job.sqe
+                job.slot_off = off
+                job.done = False
+                job.error = None
+                self.in_flight += 1
+            if flush:
+                q.ring()
 
     def submit(self, data: bytes | bytearray | memoryview | Job, *, flush: bool = True,
                user_data: object = None) -> Job:
@@ -664,7 +692,7 @@ class Session:
         consumed, produced, dw3 = read_result(sq, off)
         st = dw3 & hw.STATUS_MASK
         job.consumed, job.produced, job.status = consumed, produced, st
-        if q.sq32[(off >> 2) + _tag_dw(job)] != job.tag:
+        if q.sq32[(off >> 2) + job.tag_dw] != job.tag:
             job.error = ZipError(f"{q.name}: completion for the wrong job (tag mismatch)",
                                  hint="the device is misbehaving; close and reset it")
         elif self.compress_mode:
@@ -739,7 +767,8 @@ class Session:
     def poll(self) -> list[Job]:
         """Completed jobs of this session (never blocks, no syscall)."""
         lane = self.lane
-        if lane.started and lane.q.completed():
+        q = lane._q
+        if q is not None and q.completed():
             with lane.lock:
                 lane.reap()
         done, self._done = self._done, []
@@ -780,12 +809,6 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _tag_dw(job: Job) -> int:
-    """Where the job's SQE type keeps the tag."""
-    v1 = (job.sqe[4 * hw.DW_IN_SGE_FLAGS + 3] >> 4) == hw.SQE_TYPE_V1
-    return hw.DW_TAG_V1 if v1 else hw.DW_TAG_V3
 
 
 def _alg_of_job(job: Job) -> int:

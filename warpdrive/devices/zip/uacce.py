@@ -106,7 +106,7 @@ class UacceQueues:
                 version = 2
             uq.start()
             q = QmQueue(name=f"{self.name}/q{ctx.id}", qn=ctx.id, mem=dus, layout=layout,
-                        doorbell=db, db_version=version, cq_doorbell_priority=0)
+                        doorbell=db, db_version=version, lazy_cq=not irq)
         except BaseException:
             uq.close()
             raise

@@ -1,0 +1,334 @@
+"""ZIP compression jobs: in-process zlib vs warpdrive on the ZIP engine, mapped vs message doorbell.
+
+    python benchmarks/zip_bench.py [--quick]
+
+Runs on the host against the bundled ZIP device model (no hardware here). Rows: job sizes 4 KiB,
+64 KiB and 1 MiB of text-like data, batches of 1 and 32 jobs, three modes:
+
+* `zlib`    - `zlib.compress(data, 6, 15)` in this process (the reference; batch is irrelevant).
+* `mmap`    - warpdrive zlib-format jobs, the SQ doorbell a 64-bit store into the mapped doorbell
+              page the model polls: no syscall, no message.
+* `message` - the same, but every doorbell (SQ and CQ) is a posted VFIO_USER_REGION_WRITE.
+
+Both warpdrive modes use prepared zero-copy jobs (`Session.prepare`: the SQE is built once, the
+data sits in DMA buffers) and busy-poll completions in memory (`wait="spin"`). A batch is
+`batch` jobs under one doorbell; two batches are kept in flight, and a batch is resubmitted as
+soon as its jobs have completed. The client is pinned to CPU 0 and the model process to CPU 1.
+
+Metrics per row (hot loop only; setup, warm-up and checks excluded):
+* `mb_s`, `jobs_s`: input bytes and jobs per second of wall time.
+* `cpu_us_per_job`: client process CPU (getrusage, user+system) per job. With busy polling this
+  includes the time spent spinning while the engine works, so it equals wall time per job.
+* `work_us_per_job`: client thread CPU time inside the polls that found completions and the
+  resubmissions (submit_many: one doorbell per batch): the driver's own cost per job, without
+  the spinning. Taken only in the timed run (reading a CPU clock is a syscall).
+* `model_cpu_us_per_job`: the model process's CPU per job (/proc/<pid>/stat).
+* `syscalls_per_job`: a separate run of the same hot loop under `strace` (the worker process only,
+  not -f: the model is a child process and is not traced; the worker is single-threaded). The loop
+  of each row is marked by two stat() calls of impossible paths; every syscall strace logs
+  between a row's two markers is counted and divided by that loop's jobs. strace slows syscalls,
+  so timing comes from the untraced run.
+
+The machine is shared and has 2 cores: numbers move with load. Output: a table, then the last
+line: one JSON list of rows (keys: mode, size, batch, mb_s, jobs_s, cpu_us_per_job,
+syscalls_per_job, plus work_us_per_job and model_cpu_us_per_job).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SIZES = (4 << 10, 64 << 10, 1 << 20)
+BATCHES = (1, 32)
+MODES = ("zlib", "mmap", "message")
+LEVEL = 6
+
+
+def _mark(tag: str) -> None:
+    try:
+        os.stat(f"/@@wd-zip-{tag}@@")
+    except OSError:
+        pass
+
+
+def sample(size: int) -> bytes:
+    words = (b"the queue engine doorbell stream window deflate accelerator of and to in is "
+             b"compression job batch ring phase completion mapped message kernel").split()
+    out = bytearray()
+    i = 7
+    while len(out) < size:
+        i = (i * 1103515245 + 12345) & 0x7FFFFFFF
+        out += words[i % len(words)] + (b"\n" if i % 11 == 0 else b" ")
+    return bytes(out[:size])
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pin(pid: int, cpu: int) -> None:
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > cpu:
+        try:
+            os.sched_setaffinity(pid, {cpu})
+        except OSError:
+            pass
+
+
+# ------------------------------------------------------------------------------- worker side
+def zlib_rows(duration: float, count: int | None, mark: bool) -> list[dict[str, Any]]:
+    rows = []
+    for size in SIZES:
+        data = sample(size)
+        assert zlib.decompress(zlib.compress(data, LEVEL)) == data
+        for batch in BATCHES:
+            n = 0
+            compress = zlib.compress
+            need = jobs_needed(count, size, batch)
+            c0, t0 = _cpu(), time.perf_counter()
+            end = t0 + duration
+            if mark:
+                _mark(f"begin-zlib-{size}-{batch}")
+            while n < need or (not count and time.perf_counter() < end):
+                for _ in range(batch):
+                    compress(data, LEVEL)
+                n += batch
+            if mark:
+                _mark(f"end-zlib-{size}-{batch}")
+            wall, cpu = time.perf_counter() - t0, _cpu() - c0
+            rows.append({"mode": "zlib", "size": size, "batch": batch, "jobs": n, "wall": wall,
+                         "cpu": cpu, "work": wall, "model_cpu": 0.0})
+    return rows
+
+
+def engine_rows(mode: str, duration: float, count: int | None,
+                mark: bool) -> list[dict[str, Any]]:
+    import warpdrive.zip as wz
+
+    eng = wz.open("emu", doorbell=mode, wait="spin", announce=False,
+                  model_options={"level": str(LEVEL)})
+    rows = []
+    try:
+        model_pid = eng.source.dev.emulator.proc.pid
+        _pin(0, 0)
+        _pin(model_pid, 1)
+        s = eng.session("compress", wbits=15)
+        for size in SIZES:
+            data = sample(size)
+            for batch in BATCHES:
+                jobs = []
+                for _ in range(2 * batch):
+                    buf = s.buffer(size)
+                    buf.view[:size] = data
+                    jobs.append(s.prepare(buf, size))
+                rows.append(_hot_loop(s, jobs, batch, size, mode, duration, count, mark,
+                                      model_pid))
+                out = bytes(jobs[0].output)
+                assert zlib.decompress(out) == data, "engine output does not decompress"
+                for j in jobs:
+                    assert j.src is not None and j.dst is not None
+                    s.release_buffer(j.src)
+                    s.release_buffer(j.dst)
+        s.close()
+    finally:
+        eng.close()
+    return rows
+
+
+def jobs_needed(count: int | None, size: int, batch: int) -> int:
+    """Jobs a row must run at least: two batches; with a fixed count (the strace run), that
+    count scaled to the job size (128 jobs of 4 KiB -> 8 of 64 KiB)."""
+    if not count:
+        return 2 * batch
+    return max(2 * batch, count * 4096 // size)
+
+
+def _hot_loop(s: Any, jobs: list[Any], batch: int, size: int, mode: str, duration: float,
+              count: int | None, mark: bool, model_pid: int) -> dict[str, Any]:
+    submit_many, poll = s.submit_many, s.poll
+    clock = time.perf_counter
+    # Work time is thread CPU time (immune to preemption on a busy machine); reading it is a
+    # syscall, so the strace run (mark) does not take it.
+    tclock = (lambda: 0.0) if mark else time.thread_time
+    completed = s.lane.q.completed  # one load: is a CQE waiting?
+
+    def cycle(need: int, until: float) -> tuple[int, float]:
+        submit_many(jobs)
+        work = 0.0
+        pending: list[Any] = []
+        n = 0
+        while n < need or clock() < until:
+            if not completed():
+                continue
+            t0 = tclock()
+            got = poll()
+            n += len(got)
+            pending += got
+            if len(pending) >= batch:
+                submit_many(pending)  # one doorbell for the batch
+                pending = []
+            work += tclock() - t0
+        for j in s.drain():  # the jobs still in flight, outside the measurement
+            if j.error is not None:
+                raise j.error
+        return n, work
+
+    submit_many(jobs[:2])  # warm up: queue started, model spinning
+    s.drain()
+    need = jobs_needed(count, size, batch)
+    c0, m0, t0 = _cpu(), _proc_cpu(model_pid), clock()
+    if mark:
+        _mark(f"begin-{mode}-{size}-{batch}")
+    n, work = cycle(need, 0.0 if count else t0 + duration)
+    if mark:
+        _mark(f"end-{mode}-{size}-{batch}")
+    wall = clock() - t0
+    cpu, mcpu = _cpu() - c0, _proc_cpu(model_pid) - m0
+    for j in jobs:
+        if j.error is not None:
+            raise j.error
+    return {"mode": mode, "size": size, "batch": batch, "jobs": n, "wall": wall, "cpu": cpu,
+            "work": work, "model_cpu": mcpu}
+
+
+def worker(mode: str, duration: float, count: int | None, mark: bool) -> None:
+    rows = zlib_rows(duration, count, mark) if mode == "zlib" else \
+        engine_rows(mode, duration, count, mark)
+    print(json.dumps(rows))
+
+
+# ------------------------------------------------------------------------------- driver side
+def run_worker(mode: str, duration: float, count: int | None,
+               strace: bool) -> tuple[list[dict[str, Any]], str | None]:
+    cmd = [sys.executable, __file__, "--worker", mode, "--duration", str(duration)]
+    if count:
+        cmd += ["--count", str(count)]
+    trace = None
+    if strace:
+        fd, trace = tempfile.mkstemp(prefix="wd-zip-strace-", suffix=".txt")
+        os.close(fd)
+        cmd = ["strace", "-qq", "-o", trace, *cmd, "--mark"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    if r.returncode != 0:
+        raise SystemExit(f"worker {mode} failed:\n{r.stderr[-3000:]}")
+    rows = json.loads(r.stdout.strip().splitlines()[-1])
+    text = None
+    if trace is not None:
+        text = Path(trace).read_text()
+        os.unlink(trace)
+    return rows, text
+
+
+def count_syscalls(trace: str, mode: str, size: int, batch: int) -> int:
+    row = f"{mode}-{size}-{batch}"
+    begin, end = f"/@@wd-zip-begin-{row}@@", f"/@@wd-zip-end-{row}@@"
+    n, inside = 0, False
+    for line in trace.splitlines():
+        if begin in line:
+            inside = True
+            continue
+        if end in line:
+            return n
+        if inside and not re.match(r"^(\d+\s+)?<\.\.\. \w+ resumed>", line) and \
+                not line.startswith(("+++", "---")):
+            n += 1
+    raise SystemExit(f"strace markers for {mode}/{size}/{batch} not found")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="ZIP engine benchmark")
+    ap.add_argument("--quick", action="store_true", help="short runs (under a minute)")
+    ap.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    ap.add_argument("--duration", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--mark", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.duration, args.count or None, args.mark)
+        return
+    if shutil.which("strace") is None:
+        raise SystemExit("strace is not installed (needed for the syscall counts)")
+    duration = 0.5 if args.quick else 2.5
+    strace_jobs = 128 if args.quick else 512
+    out_rows = []
+    for mode in MODES:
+        timed, _ = run_worker(mode, duration, None, strace=False)
+        traced, trace = run_worker(mode, duration, strace_jobs, strace=True)
+        assert trace is not None
+        for r, t in zip(timed, traced):
+            sc = count_syscalls(trace, mode, r["size"], r["batch"])
+            jobs = r["jobs"]
+            out_rows.append({
+                "mode": mode, "size": r["size"], "batch": r["batch"],
+                "mb_s": round(jobs * r["size"] / r["wall"] / 1e6, 2),
+                "jobs_s": round(jobs / r["wall"], 1),
+                "cpu_us_per_job": round(r["cpu"] / jobs * 1e6, 2),
+                "syscalls_per_job": round(sc / t["jobs"], 3),
+                "work_us_per_job": round(r["work"] / jobs * 1e6, 2),
+                "model_cpu_us_per_job": round(r["model_cpu"] / jobs * 1e6, 2),
+            })
+    hdr = ["mode", "size", "batch", "MB/s", "jobs/s", "cpu us/job", "work us/job",
+           "model cpu us/job", "syscalls/job"]
+    lines = [hdr]
+    for r in out_rows:
+        lines.append([r["mode"], _size(r["size"]), str(r["batch"]), f"{r['mb_s']:.1f}",
+                      f"{r['jobs_s']:.0f}", f"{r['cpu_us_per_job']:.1f}",
+                      f"{r['work_us_per_job']:.1f}", f"{r['model_cpu_us_per_job']:.1f}",
+                      f"{r['syscalls_per_job']:.3f}"])
+    widths = [max(len(row[i]) for row in lines) for i in range(len(hdr))]
+    for row in lines:
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+    print(_verdict(out_rows))
+    print(json.dumps(out_rows))
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
+
+
+def _verdict(rows: list[dict[str, Any]]) -> str:
+    def get(mode: str, size: int, batch: int) -> dict[str, Any]:
+        return next(r for r in rows if (r["mode"], r["size"], r["batch"]) == (mode, size, batch))
+
+    notes = []
+    mm_sys = max(r["syscalls_per_job"] for r in rows if r["mode"] == "mmap")
+    notes.append(f"mmap syscalls/job max {mm_sys:.3f} (target 0)")
+    w = [get("mmap", s, 32)["work_us_per_job"] for s in SIZES]
+    c = [get("mmap", s, 32)["cpu_us_per_job"] for s in SIZES]
+    notes.append(f"mmap batch-32 client work {min(w):.1f}-{max(w):.1f} us/job, CPU incl. "
+                 f"spinning {min(c):.1f}-{max(c):.1f} us/job (target <= 2)")
+    for s in SIZES[1:]:
+        best = max(get("mmap", s, b)["mb_s"] for b in BATCHES)
+        ref = max(get("zlib", s, b)["mb_s"] for b in BATCHES)
+        notes.append(f"{_size(s)}: mmap {best / ref * 100:.0f}% of in-process zlib MB/s "
+                     "(target >= 90%)")
+    for b in BATCHES:
+        ratio = get("mmap", 4096, b)["jobs_s"] / get("message", 4096, b)["jobs_s"]
+        notes.append(f"4 KiB batch {b}: mmap/message jobs/s = {ratio:.2f}x (target >= 3x)")
+    return "\n".join(notes)
+
+
+if __name__ == "__main__":
+    main()
