@@ -142,3 +142,28 @@ def test_dead_device_is_a_timeout_not_a_hang() -> None:
         except WarpdriveError:
             pass
     assert eng.lanes[COMPRESS]._q is None
+
+
+def test_forked_child_cannot_use_the_parents_engine(engine) -> None:
+    """The child's copy of an engine is dead (its rings are not mapped there): a clear error,
+    never a fault; the parent keeps working."""
+    import os
+
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            from warpdrive.errors import ForkedContextError
+
+            try:
+                wz.compress(b"child", device=engine)
+            except ForkedContextError:
+                code = 0
+            s = engine.lanes[COMPRESS]
+            if s._q is not None:
+                code = 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert zlib.decompress(wz.compress(b"parent", device=engine)) == b"parent"

@@ -198,7 +198,7 @@ def default_engine() -> ZipEngine:
     """The process-wide engine used when no `device=` is given (opened on first use)."""
     global _default
     with _default_lock:
-        if _default is None or _default.closed:
+        if _default is None or _default.closed or _default._forked_dead:
             _default = open()
             atexit.register(_close_default)
         return _default
@@ -222,7 +222,7 @@ def _engine(device: Device | ZipEngine | str | None) -> ZipEngine:
     key: object = id(device) if isinstance(device, Device) else device
     with _default_lock:
         eng = _engines.get(key)
-        if eng is None or eng.closed:
+        if eng is None or eng.closed or eng._forked_dead:
             eng = _engines[key] = open(device)
             if isinstance(device, Device):
                 def forget() -> None:

@@ -63,9 +63,16 @@ def _align(n: int, a: int = hw.XQC_ALIGN) -> int:
 
 
 class QmDevice:
-    """A QM function brought up over a `Device`. Hands out started `QmQueue`s."""
+    """A QM function brought up over a `Device`. Hands out started `QmQueue`s. Plugin shape:
+    `probe(dev)`, the constructor (bring-up), `remove()` (= `close()`, also run when the device
+    closes)."""
 
     MAILBOX_TIMEOUT_S = 0.5  # trapped registers are slow on an emulated device
+
+    @staticmethod
+    def probe(dev: Device) -> bool:
+        """A HiSilicon ZIP virtual function (the only kind this driver brings up)."""
+        return dev.vendor_id == hw.PCI_VENDOR_ID_HUAWEI and dev.device_id == hw.ZIP_VF_DEVICE_ID
 
     def __init__(self, dev: Device, *, doorbell: str = "mmap", interrupts: bool = True) -> None:
         if doorbell not in ("mmap", "message"):
@@ -418,6 +425,9 @@ class QmDevice:
             except WarpdriveError:
                 pass
             self._irqs = []
+
+    def remove(self) -> None:
+        self.close()
 
     @property
     def queues(self) -> list[QmQueue]:

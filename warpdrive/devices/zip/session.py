@@ -19,6 +19,7 @@ from typing import Protocol
 
 from ...dma import DmaSpace
 from ...errors import ClosedError, DeviceTimeoutError, InvalidArgumentError, WarpdriveError
+from ...forkguard import ForkSafe
 from ...memory import DmaBuffer
 from . import hw
 from .errors import ZipBufferError, ZipDataError, ZipError
@@ -367,8 +368,12 @@ class Lane:
             self.engine.source.stop_queue(q)
 
 
-class ZipEngine:
-    """A ZIP function: one queue per direction, a buffer pool, sessions and streams on top."""
+class ZipEngine(ForkSafe):
+    """A ZIP function: one queue per direction, a buffer pool, sessions and streams on top.
+
+    Fork: the queue memory and doorbells are not mapped in a forked child (MADV_DONTFORK), so the
+    child's copy of an engine is dead: every entry point raises ForkedContextError and `poll`
+    finds nothing. Open a new engine in the child."""
 
     def __init__(self, source: QueueSource, *, depth: int | None = None, wait: str = "auto",
                  spin_us: float = 100.0, timeout: float = 30.0,
@@ -387,10 +392,22 @@ class ZipEngine:
         self._on_close = on_close
         self._closed = False
         self._sessions: list[Session] = []
+        self._fork_register()
 
     def _check_open(self) -> None:
+        self._check_alive()
         if self._closed:
             raise ClosedError(f"ZIP engine {self.name} is closed")
+
+    def _fork_describe(self) -> str:
+        return f"ZIP engine {self.name}"
+
+    def _fork_invalidate(self) -> None:
+        # Drop the child's references to rings that are not mapped here (touching them would
+        # fault); the parent still owns the queues.
+        for lane in self.lanes:
+            lane._q = None
+        self._closed = True
 
     @property
     def backend(self) -> str:
@@ -454,6 +471,7 @@ class ZipEngine:
         if self._closed:
             return
         errors: list[BaseException] = []
+        self._fork_unregister()
         for s in list(self._sessions):
             try:
                 s.close()
