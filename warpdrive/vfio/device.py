@@ -53,13 +53,20 @@ class VfioDevice(Device):
         self._regions: dict[int, RegionInfo] = {}
         self._faults = KmsgFaultWatch.open(bdf)
         super().__init__(bdf, dma)
-        info = U.vfio_device_info(argsz=ctypes.sizeof(U.vfio_device_info))
-        self._ioctl(U.VFIO_DEVICE_GET_INFO, info, "VFIO_DEVICE_GET_INFO")
-        self.device_flags = int(info.flags)
-        self._num_regions = int(info.num_regions)
-        self._num_irqs = int(info.num_irqs)
-        if not self.device_flags & U.VFIO_DEVICE_FLAGS_PCI:
-            raise UnsupportedError(f"{bdf} is not a VFIO PCI device (flags {self.device_flags:#x})")
+        try:
+            info = U.vfio_device_info(argsz=ctypes.sizeof(U.vfio_device_info))
+            self._ioctl(U.VFIO_DEVICE_GET_INFO, info, "VFIO_DEVICE_GET_INFO")
+            self.device_flags = int(info.flags)
+            self._num_regions = int(info.num_regions)
+            self._num_irqs = int(info.num_irqs)
+            if not self.device_flags & U.VFIO_DEVICE_FLAGS_PCI:
+                raise UnsupportedError(
+                    f"{bdf} is not a VFIO PCI device (flags {self.device_flags:#x})")
+        except BaseException:
+            if self._faults is not None:
+                self._faults.close()
+            self._fork_unregister()
+            raise
 
     # -- plumbing ---------------------------------------------------------------------------
     def _ioctl(self, request: int, arg: object, name: str,
