@@ -211,59 +211,72 @@ class Inflater(_StreamBase):
         self._pending_out = False
         self._spill = b""
         self._out_size = self.OUT_START
-        self.eof = False
+        self._ended = False  # the engine reported the end of the stream
         self.unused_data = b""
         self.unconsumed_tail = b""
         if self._header_done:
             self.alg = fmt.alg
             self.checksum = initial_checksum(self.alg)
 
+    @property
+    def eof(self) -> bool:
+        """True once the end of the stream was reached and all its output returned (as zlib)."""
+        return self._ended and not self._spill
+
+    def _take_spill(self, max_length: int) -> bytes:
+        n = max_length or len(self._spill)
+        out, self._spill = self._spill[:n], self._spill[n:]
+        return out
+
     def decompress(self, data: bytes | bytearray | memoryview, max_length: int = 0) -> bytes:
-        self._check()
         if max_length < 0:
             raise ValueError("max_length must be non-negative")
-        if self.eof:
-            self.unused_data += bytes(data)
-            return b""
+        if self._ended:  # as zlib: more input after the end is unused data (buffers may be gone)
+            if data:
+                self.unused_data += bytes(data)
+            self.unconsumed_tail = b""
+            return self._take_spill(max_length)
+        self._check()
         self._in += data
-        out = bytearray(self._spill)
-        self._spill = b""
+        out = bytearray(self._take_spill(max_length))
         if not self._header_done:
             parsed = parse_header(self._in, self.fmt)
             if parsed is None:
-                return b""
+                return bytes(out)
             hlen, self.fmt = parsed
             del self._in[:hlen]
             self._header_done = True
             self.alg = self.fmt.alg
             self.checksum = initial_checksum(self.alg)
         limited = False
-        while not self.eof:
+        while not self._ended:
             if max_length and len(out) >= max_length:
                 limited = True
                 break
             if not self._in and not self._pending_out:
                 break
-            if not self._step(out):
+            room = max(max_length - len(out), 4096) if max_length else 0
+            if not self._step(out, room):
                 break
         if max_length and len(out) > max_length:
-            self._spill = bytes(out[max_length:])
+            self._spill += bytes(out[max_length:])
             del out[max_length:]
             limited = True
-        if limited and self._in:
+        if limited and self._in and not self._ended:
             self.unconsumed_tail = bytes(self._in)
             self._in.clear()
         else:
             self.unconsumed_tail = b""
         return bytes(out)
 
-    def _step(self, out: bytearray) -> bool:
-        """One job; False when the engine needs more input to make progress."""
+    def _step(self, out: bytearray, room: int = 0) -> bool:
+        """One job (output capped at `room` if given); False when the engine needs more input
+        to make progress."""
         n = min(len(self._in), DECOMPRESS_JOB_MAX)
         src = self._buf("_src", max(n, 1))
         src.view[:n] = self._in[:n]
         dst = self._buf("_dst", self._out_size)
-        avail = min(dst.size, hw.HZ_MAX_SIZE)
+        avail = min(dst.size, hw.HZ_MAX_SIZE, room or hw.HZ_MAX_SIZE)
         job = self._run(self.fmt, src, n, dst, avail, finish=False)
         st = job.status & hw.STATUS_MASK
         err = status_error(st, compress=False)
@@ -276,7 +289,7 @@ class Inflater(_StreamBase):
         del self._in[:job.consumed]
         self._pending_out = (job.tag & hw.CTX_ST_MASK) in (hw.CTX_ST_DECOMP_NO_SPACE,
                                                             hw.CTX_ST_DECOMPING_NO_SPACE)
-        if self._pending_out and self._out_size < hw.HZ_MAX_SIZE:
+        if self._pending_out and not room and self._out_size < hw.HZ_MAX_SIZE:
             self._out_size = min(self._out_size * 4, hw.HZ_MAX_SIZE)
         if st == hw.STATUS_DECOMP_END:
             tlen = trailer_size(self.alg)
@@ -285,7 +298,7 @@ class Inflater(_StreamBase):
                 if got != trailer(self.alg, job.checksum, job.isize):
                     self._closed_by_error()
                     raise ZipDataError("Error -3 while decompressing data: incorrect data check")
-            self.eof = True
+            self._ended = True
             self.unused_data = bytes(self._in)
             self._in.clear()
             return False
