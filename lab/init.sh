@@ -81,7 +81,7 @@ addr=${net%,*}
 gw=${net#*,}
 for dev in /sys/class/net/*; do
     ifname=${dev##*/}
-    [ "$ifname" = lo ] && continue
+    [ -e "$dev/device" ] || continue  # lo, sit0: not a NIC
     ip addr add "$addr" dev "$ifname" && ip link set "$ifname" up \
         && ip route add default via "$gw" dev "$ifname" || die "cannot configure $ifname"
     break

@@ -27,7 +27,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from pytest import TestReport
@@ -221,7 +221,8 @@ class _HostSide:
             why = res.error or f"the guest's pytest exited {res.returncode} before finishing"
             self.failure = f"{why}\n\nguest console (last lines):\n{res.console_tail()}"
         if res.kernel_problems:
-            self.summary.append("guest kernel reported problems (dmesg):")
+            self.summary.append("guest kernel messages (dmesg: warnings, BUGs, IOMMU faults; "
+                                "expected only where a test provokes them):")
             self.summary += [f"  {ln}" for ln in res.kernel_problems]
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -248,9 +249,10 @@ class _HostSide:
             shutil.rmtree(self.results, ignore_errors=True)
 
 
-def _report(item: pytest.Item, when: str, outcome: str, longrepr: Any = None) -> TestReport:
-    return TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords}, outcome,
-                      longrepr, when)  # type: ignore[arg-type]
+def _report(item: pytest.Item, when: Literal["setup", "call", "teardown"],
+            outcome: Literal["passed", "failed", "skipped"], longrepr: Any = None) -> TestReport:
+    return TestReport(item.nodeid, item.location, dict.fromkeys(item.keywords, 1), outcome,
+                      longrepr, when)
 
 
 # ------------------------------------------------------------------------------------- fixtures

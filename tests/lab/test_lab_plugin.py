@@ -59,7 +59,7 @@ def test_lab_items_fail_with_the_reason_when_the_lab_cannot_run(tmp_path: Path) 
     for tc in lab.values():
         failure = tc.find("failure")
         assert failure is not None and "/nonexistent/qemu-system-x86_64 not found" in (
-            failure.text or failure.get("message", ""))
+            failure.text or failure.get("message") or "")
     assert outcome(cases["test_host_only"]) == "passed"
 
 
