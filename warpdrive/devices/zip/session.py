@@ -48,6 +48,7 @@ DIRECTIONS = {"compress": COMPRESS, "decompress": DECOMPRESS}
 COMPRESS_JOB_MAX = 7 << 20
 DECOMPRESS_JOB_MAX = hw.HZ_MAX_SIZE
 _LAST = hw.STATUS_LAST_BLOCK
+_RESULT = hw.SQE_RESULT.unpack_from
 
 
 def compress_bound(n: int) -> int:
@@ -704,23 +705,32 @@ class Session:
     # -- completion -------------------------------------------------------------------------
     def _complete(self, job: Job) -> None:
         """Called by the lane for each reaped job of this session (lane lock held)."""
-        q = self.lane.q
+        q = self.lane._q
+        assert q is not None
         off = job.slot_off
+        consumed, produced, _, dw3 = _RESULT(q.sq, off)
+        job.consumed = consumed
+        job.produced = produced
+        st = job.status = dw3 & 0xFF
+        # Fast path: a finished compression job with the right tag.
+        if self.compress_mode and (st == 0 or st == 0x0D) and dw3 & _LAST and \
+                q.sq32[(off >> 2) + job.tag_dw] == job.tag:
+            job.done = True
+            self.in_flight -= 1
+            self._done.append(job)
+            return
+        self._complete_slow(job, q, off, st, dw3)
+
+    def _complete_slow(self, job: Job, q: QmQueue, off: int, st: int, dw3: int) -> None:
         sq = q.sq
-        consumed, produced, dw3 = read_result(sq, off)
-        st = dw3 & hw.STATUS_MASK
-        job.consumed, job.produced, job.status = consumed, produced, st
         if q.sq32[(off >> 2) + job.tag_dw] != job.tag:
             job.error = ZipError(f"{q.name}: completion for the wrong job (tag mismatch)",
                                  hint="the device is misbehaving; close and reset it")
         elif self.compress_mode:
-            if (st == hw.STATUS_OK or st == hw.STATUS_NEGACOMPRESS) and dw3 & _LAST:
-                pass
-            elif st == hw.STATUS_DST_TOO_SMALL and self._grow(job):
+            if st == hw.STATUS_DST_TOO_SMALL and self._grow(job):
                 return
-            else:
-                job.error = status_error(st, compress=True) or ZipError(
-                    f"compression job ended without its final block (status {st:#x})")
+            job.error = status_error(st, compress=True) or ZipError(
+                f"compression job ended without its final block (status {st:#x})")
         else:
             self._check_decompressed(job, sq, off, st, dw3)
             if job.error is None and job.status == hw.STATUS_DST_TOO_SMALL:
