@@ -198,9 +198,10 @@ class SqeTemplate:
 
     def fill(self, buf: memoryview | bytearray, off: int, *, src: int, in_len: int, dst: int,
              avail: int, tag: int, finish: bool = True, stateful: bool = False,
-             new_stream: bool = False, ctx: int = 0, ctx_dw0: int = 0, ctx_dw1: int = 0,
+             new_stream: bool = True, ctx: int = 0, ctx_dw0: int = 0, ctx_dw1: int = 0,
              ctx_dw2: int = 0, isize: int = 0, checksum: int = 0) -> None:
-        """Write a whole SQE (all 32 dwords, result words zeroed) at `buf[off:off+128]`."""
+        """Write a whole SQE (all 32 dwords, result words zeroed) at `buf[off:off+128]`.
+        Defaults describe a stateless job as UADK sends one: new stream, flush = finish."""
         dw7 = hw.sqe_dw7(finish=finish, stateful=stateful, new_stream=new_stream,
                          sqe_type=self.sqe_type)
         dw9 = hw.sqe_dw9(self.alg, self.window)
