@@ -13,7 +13,8 @@ Runs on the host against the bundled ZIP device model (no hardware here). Rows: 
 Both warpdrive modes use prepared zero-copy jobs (`Session.prepare`: the SQE is built once, the
 data sits in DMA buffers) and busy-poll completions in memory (`wait="spin"`). A batch is
 `batch` jobs under one doorbell; two batches are kept in flight, and a batch is resubmitted as
-soon as its jobs have completed. The client is pinned to CPU 0 and the model process to CPU 1.
+soon as its jobs have completed; at the end of a row the jobs in flight are waited for (and
+counted). The client is pinned to CPU 0 and the model process to CPU 1.
 
 Metrics per row (hot loop only; setup, warm-up and checks excluded):
 * `mb_s`, `jobs_s`: input bytes and jobs per second of wall time.
@@ -28,6 +29,8 @@ Metrics per row (hot loop only; setup, warm-up and checks excluded):
   of each row is marked by two stat() calls of impossible paths; every syscall strace logs
   between a row's two markers is counted and divided by that loop's jobs. strace slows syscalls,
   so timing comes from the untraced run.
+* Each timed row is the best of 3 runs (1 with --quick): other work on a shared machine only
+  ever makes a run slower.
 
 The machine is shared and has 2 cores: numbers move with load. Output: a table, then the last
 line: one JSON list of rows (keys: mode, size, batch, mb_s, jobs_s, cpu_us_per_job,
@@ -138,7 +141,7 @@ def engine_rows(mode: str, duration: float, count: int | None,
             data = sample(size)
             for batch in BATCHES:
                 jobs = []
-                for _ in range(2 * batch):
+                for _ in range(2 * batch):  # two batches in flight
                     buf = s.buffer(size)
                     buf.view[:size] = data
                     jobs.append(s.prepare(buf, size))
@@ -158,7 +161,7 @@ def engine_rows(mode: str, duration: float, count: int | None,
 
 def jobs_needed(count: int | None, size: int, batch: int) -> int:
     """Jobs a row must run at least: two batches; with a fixed count (the strace run), that
-    count scaled to the job size (128 jobs of 4 KiB -> 8 of 64 KiB)."""
+    count scaled to the job size (128 jobs of 4 KiB -> 8 of 64 KiB), at least two batches."""
     if not count:
         return 2 * batch
     return max(2 * batch, count * 4096 // size)
@@ -174,24 +177,23 @@ def _hot_loop(s: Any, jobs: list[Any], batch: int, size: int, mode: str, duratio
     completed = s.lane.q.completed  # one load: is a CQE waiting?
 
     def cycle(need: int, until: float) -> tuple[int, float]:
+        """Keep two batches in flight until `need` jobs were submitted and `until` passed,
+        then let the ones in flight finish; returns (jobs completed, work seconds)."""
         submit_many(jobs)
-        work = 0.0
+        submitted, n, work = len(jobs), 0, 0.0
         pending: list[Any] = []
-        n = 0
-        while n < need or clock() < until:
+        while n < submitted:
             if not completed():
                 continue
             t0 = tclock()
             got = poll()
             n += len(got)
             pending += got
-            if len(pending) >= batch:
+            if len(pending) >= batch and (submitted < need or clock() < until):
                 submit_many(pending)  # one doorbell for the batch
+                submitted += len(pending)
                 pending = []
             work += tclock() - t0
-        for j in s.drain():  # the jobs still in flight, outside the measurement
-            if j.error is not None:
-                raise j.error
         return n, work
 
     submit_many(jobs[:2])  # warm up: queue started, model spinning
@@ -270,14 +272,24 @@ def main() -> None:
         return
     if shutil.which("strace") is None:
         raise SystemExit("strace is not installed (needed for the syscall counts)")
-    duration = 0.5 if args.quick else 2.5
+    duration = 0.3 if args.quick else 1.5
+    reps = 1 if args.quick else 3
     strace_jobs = 128 if args.quick else 512
+    load0 = os.getloadavg()[0]
+    best: dict[tuple[str, int, int], dict[str, Any]] = {}
+    for _ in range(reps):  # best of `reps` per row: the machine is shared
+        for mode in MODES:
+            for r in run_worker(mode, duration, None, strace=False)[0]:
+                key = (mode, r["size"], r["batch"])
+                if key not in best or r["jobs"] / r["wall"] > best[key]["jobs"] / \
+                        best[key]["wall"]:
+                    best[key] = r
     out_rows = []
     for mode in MODES:
-        timed, _ = run_worker(mode, duration, None, strace=False)
         traced, trace = run_worker(mode, duration, strace_jobs, strace=True)
         assert trace is not None
-        for r, t in zip(timed, traced):
+        for t in traced:
+            r = best[(mode, t["size"], t["batch"])]
             sc = count_syscalls(trace, mode, r["size"], r["batch"])
             jobs = r["jobs"]
             out_rows.append({
@@ -300,6 +312,8 @@ def main() -> None:
     widths = [max(len(row[i]) for row in lines) for i in range(len(hdr))]
     for row in lines:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+    print(f"load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end "
+          f"({os.cpu_count()} CPUs); best of {reps} timed run(s) per row")
     print(_verdict(out_rows))
     print(json.dumps(out_rows))
 
@@ -322,8 +336,11 @@ def _verdict(rows: list[dict[str, Any]]) -> str:
     for s in SIZES[1:]:
         best = max(get("mmap", s, b)["mb_s"] for b in BATCHES)
         ref = max(get("zlib", s, b)["mb_s"] for b in BATCHES)
+        eff = min(get("zlib", s, b)["cpu_us_per_job"] for b in BATCHES) / \
+            min(get("mmap", s, b)["model_cpu_us_per_job"] for b in BATCHES)
         notes.append(f"{_size(s)}: mmap {best / ref * 100:.0f}% of in-process zlib MB/s "
-                     "(target >= 90%)")
+                     f"(target >= 90%); zlib CPU / model CPU per job = {eff * 100:.0f}% (the "
+                     "engine's own efficiency, independent of how much CPU it got)")
     for b in BATCHES:
         ratio = get("mmap", 4096, b)["jobs_s"] / get("message", 4096, b)["jobs_s"]
         notes.append(f"4 KiB batch {b}: mmap/message jobs/s = {ratio:.2f}x (target >= 3x)")
