@@ -20,6 +20,13 @@ Invariants the device model relies on (see `warpdrive.emu.models.zip`):
   queues of the function share the address too). A trapped doorbell (a syscall or a message per
   store) is delivered write by write, so it is never repeated.
 
+Ordering: an SQE is written (a copy through a memoryview) before the doorbell store (a separate
+ctypes store), and CQE fields are read only after the phase word. x86-64 keeps stores in order
+and loads in order (TSO), which is all this needs. On arm64, where HiSilicon parts live, the
+kernel puts dma_wmb() before the doorbell's writeq and dma_rmb() after the phase check; Python
+has no barrier instruction, so a mapped doorbell there is UNTESTED (a trapped doorbell, being a
+syscall, orders by itself).
+
 CQ doorbells: with `lazy_cq` (queues without completion interrupts) the CQ head is sent only
 when it has moved by half the ring or the queue went idle, and always before the device's view
 of the CQ (un-reaped jobs + head not yet sent) could reach the ring size. The kernel and UADK
