@@ -13,12 +13,15 @@ Runs in the lab guest, in one boot, on the same virtio-crypto function:
      kernel path's pattern).
   3. the function is moved back to virtio-pci and the kernel driver is checked again.
 
-Each (path, size) runs twice in a fresh worker process: once timed (ops/s over the hot loop,
-setup excluded), once under `strace -f` for the syscall count. The worker marks the hot loop with
-two stat() calls of impossible paths (`/@@wd-hot-begin@@`, `/@@wd-hot-end@@`); every syscall line
-strace records between the two markers, in any thread of the worker, is counted, and divided by
-the ops in that loop. Timing calls sit outside the markers. strace slows syscalls down, which is
-why the timed run is separate.
+The two phases alternate for three rounds (the function is rebound each time), so both paths see
+the same background load on the shared host; each (path, size) is a fresh worker process timed
+over its hot loop only (setup excluded), and the median of the rounds is reported with min/max.
+In the first round each (path, size) also runs once under `strace -f` for the syscall count.
+Both paths write results into preallocated buffers (recv_into / Cipher.submit(out=...)).
+The worker marks the hot loop with two stat() calls of impossible paths (`/@@wd-hot-begin@@`,
+`/@@wd-hot-end@@`); every syscall line strace records between the two markers, in any thread of
+the worker, is counted and divided by the ops in that loop. Timing calls sit outside the markers.
+strace slows syscalls down, which is why the timed runs are separate.
 
 Both paths run under TCG in the lab, so absolute numbers mean little: the ratio is the result.
 Output: a table, then one JSON line (`{"bench": "crypto", "rows": [...], "ratio_4k": ...}`).
@@ -46,6 +49,7 @@ KERNEL_DRIVER = "virtio_crypto_aes_cbc"
 MARK_BEGIN = "/@@wd-hot-begin@@"
 MARK_END = "/@@wd-hot-end@@"
 SIZES = (64, 4096, 65536)
+ROUNDS = 3  # kernel phase + warpdrive phase, alternated; the median is reported (1: --quick)
 KEY = bytes(range(32))
 IV = bytes(range(16, 32))
 
@@ -89,8 +93,10 @@ def _warpdrive_loop(bdf: str, backend: str, size: int, ops: int, batch: int,
 
     with warpdrive.open(bdf, backend=backend) as dev, Cipher("aes-cbc", KEY, device=dev) as c:
         data = os.urandom(size)
-        for _ in range(batch):  # warm-up: every slot once
-            c.submit(IV, data)
+        # results land in preallocated buffers, as the kernel path's recv_into does
+        outs = [bytearray(size) for _ in range(batch)]
+        for i in range(batch):  # warm-up
+            c.submit(IV, data, out=outs[i])
         c.wait()
         t0 = time.perf_counter()
         if mark:
@@ -98,8 +104,8 @@ def _warpdrive_loop(bdf: str, backend: str, size: int, ops: int, batch: int,
         done = 0
         while done < ops:
             n = min(batch, ops - done)
-            for _ in range(n):
-                c.submit(IV, data)
+            for i in range(n):
+                c.submit(IV, data, out=outs[i])
             for comp in c.wait():
                 if comp.data is None:
                     raise SystemExit(f"request failed: status {comp.status}")
@@ -187,16 +193,24 @@ def count_hot_syscalls(trace: str) -> int:
     raise SystemExit("strace: hot-loop markers not found in the trace")
 
 
-def measure(path: str, size: int, ops: int, trace_ops: int, extra: list[str],
-            label: str | None = None) -> dict:  # type: ignore[type-arg]
-    base = ["--worker", path, "--size", str(size), *extra]
-    timed, _ = run_worker([*base, "--ops", str(ops)], strace=False)
-    _, count = run_worker([*base, "--ops", str(trace_ops)], strace=True)
+def timed(path: str, size: int, ops: int, extra: list[str]) -> float:
+    base = ["--worker", path, "--size", str(size), "--ops", str(ops), *extra]
+    return float(run_worker(base, strace=False)[0]["seconds"])
+
+
+def traced(path: str, size: int, ops: int, extra: list[str]) -> float:
+    base = ["--worker", path, "--size", str(size), "--ops", str(ops), *extra]
+    count = run_worker(base, strace=True)[1]
     assert count is not None
-    return {"path": label or path, "size": size, "ops": ops,
-            "ops_s": round(ops / timed["seconds"], 1),
-            "MiB_s": round(ops * size / timed["seconds"] / 2**20, 3),
-            "syscalls_per_op": round(count / trace_ops, 3)}
+    return round(count / ops, 3)
+
+
+def row(label: str, size: int, ops: int, seconds: list[float], per_op: float) -> dict:  # type: ignore[type-arg]
+    rates = sorted(ops / s for s in seconds)
+    med = rates[len(rates) // 2]
+    return {"path": label, "size": size, "ops": ops, "ops_s": round(med, 1),
+            "ops_s_min": round(rates[0], 1), "ops_s_max": round(rates[-1], 1),
+            "MiB_s": round(med * size / 2**20, 3), "syscalls_per_op": per_op}
 
 
 def main() -> None:
@@ -230,42 +244,62 @@ def main() -> None:
     trace_ops = {64: 200, 4096: 200, 65536: 40}
     if args.quick:
         trace_ops = {64: 64, 4096: 64, 65536: 16}
+        global ROUNDS
+        ROUNDS = 1
 
     start_driver = driver_of(bdf)
     if start_driver != "virtio-pci":
         raise SystemExit(f"{bdf} is on {start_driver}, expected virtio-pci at the start")
-    wait_for(lambda: proc_crypto_has(KERNEL_DRIVER), f"{KERNEL_DRIVER} in /proc/crypto")
-    rows = []
-    for size in SIZES:
-        rows.append(measure("kernel", size, base_ops[size], trace_ops[size], []))
-    with binding.bound_to(bdf):
-        if proc_crypto_has(KERNEL_DRIVER):
-            raise SystemExit(f"{KERNEL_DRIVER} still registered after moving {bdf} to vfio-pci")
-        extra = ["--bdf", bdf, "--backend", args.backend, "--batch", str(args.batch)]
+    extra = ["--bdf", bdf, "--backend", args.backend, "--batch", str(args.batch)]
+    extra1 = ["--bdf", bdf, "--backend", args.backend, "--batch", "1"]
+    # (label, worker path, extra args, ops factor): warpdrive-b1 is one request per doorbell,
+    # each waited for before the next -- the kernel path's pattern.
+    paths = [("warpdrive", "warpdrive", extra, 1), ("warpdrive-b1", "warpdrive", extra1, 2)]
+    seconds: dict[tuple[str, int], list[float]] = {}
+    per_op: dict[tuple[str, int], float] = {}
+    for rnd in range(ROUNDS):
+        # kernel phase: the function on virtio-pci, driven by virtio_crypto
+        wait_for(lambda: driver_of(bdf) == "virtio-pci", f"{bdf} on virtio-pci")
+        wait_for(lambda: proc_crypto_has(KERNEL_DRIVER), f"{KERNEL_DRIVER} in /proc/crypto")
         for size in SIZES:
-            rows.append(measure("warpdrive", size, base_ops[size], trace_ops[size], extra))
-        # One request per doorbell, waited for before the next: the kernel path's pattern.
-        extra1 = ["--bdf", bdf, "--backend", args.backend, "--batch", "1"]
-        for size in SIZES:
-            rows.append(measure("warpdrive", size, base_ops[size] // 2, trace_ops[size], extra1,
-                                label="warpdrive-b1"))
+            seconds.setdefault(("kernel", size), []).append(
+                timed("kernel", size, base_ops[size], []))
+            if rnd == 0:
+                per_op["kernel", size] = traced("kernel", size, trace_ops[size], [])
+        # warpdrive phase: the same function on vfio-pci
+        with binding.bound_to(bdf):
+            if proc_crypto_has(KERNEL_DRIVER):
+                raise SystemExit(f"{KERNEL_DRIVER} still registered with {bdf} on vfio-pci")
+            for label, worker_path, wextra, div in paths:
+                for size in SIZES:
+                    seconds.setdefault((label, size), []).append(
+                        timed(worker_path, size, base_ops[size] // div, wextra))
+                    if rnd == 0:
+                        per_op[label, size] = traced(worker_path, size, trace_ops[size], wextra)
     wait_for(lambda: driver_of(bdf) == "virtio-pci", f"{bdf} back on virtio-pci")
     wait_for(lambda: proc_crypto_has(KERNEL_DRIVER), f"{KERNEL_DRIVER} back in /proc/crypto")
+    rows = []
+    for label, div in (("kernel", 1), ("warpdrive", 1), ("warpdrive-b1", 2)):
+        for size in SIZES:
+            rows.append(row(label, size, base_ops[size] // div, seconds[label, size],
+                            per_op[label, size]))
 
     by = {(r["path"], r["size"]): r for r in rows}
     ratios = {size: round(by["warpdrive", size]["ops_s"] / by["kernel", size]["ops_s"], 2)
               for size in SIZES}
     print(f"AES-256-CBC on virtio-crypto {bdf} (QEMU builtin backend, TCG guest); "
           f"warpdrive batch {args.batch}, backend {args.backend}")
-    print(f"{'path':<10} {'size':>6} {'ops':>6} {'ops/s':>10} {'MiB/s':>9} {'syscalls/op':>12}"
-          f" {'x kernel':>9}")
+    print(f"{'path':<13} {'size':>6} {'ops':>6} {'ops/s':>10} {'(min-max)':>19} {'MiB/s':>9} "
+          f"{'syscalls/op':>12} {'x kernel':>9}")
     for r in rows:
         kr = by["kernel", r["size"]]["ops_s"]
         ratio = f"{r['ops_s'] / kr:.2f}" if r["path"] != "kernel" else ""
-        print(f"{r['path']:<10} {r['size']:>6} {r['ops']:>6} {r['ops_s']:>10.1f} "
+        spread = f"({r['ops_s_min']:.0f}-{r['ops_s_max']:.0f})"
+        print(f"{r['path']:<13} {r['size']:>6} {r['ops']:>6} {r['ops_s']:>10.1f} {spread:>19} "
               f"{r['MiB_s']:>9.3f} {r['syscalls_per_op']:>12.3f} {ratio:>9}")
     print(json.dumps({"bench": "crypto", "device": bdf, "algorithm": "aes-256-cbc",
-                      "batch": args.batch, "backend": args.backend, "rows": rows,
+                      "batch": args.batch, "backend": args.backend, "rounds": ROUNDS,
+                      "rows": rows,
                       "ratio": {str(k): v for k, v in ratios.items()},
                       "ratio_4k": ratios[4096],
                       "ratio_b1": {str(k): round(by["warpdrive-b1", k]["ops_s"]

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import overload
 
 from .device import Device
 from .devices.crypto.algorithms import ALGORITHMS, CipherAlgorithm, lookup
@@ -68,17 +69,29 @@ class Completion:
 
     id: int
     status: int
-    data: bytes | None
+    data: bytes | bytearray | memoryview | None  # the caller's `out` buffer when one was given
 
     @property
     def ok(self) -> bool:
         return self.status == U.VIRTIO_CRYPTO_OK
 
-    def result(self) -> bytes:
-        """The output bytes; raises DeviceError if the device failed the request."""
+    def result(self) -> bytes | bytearray | memoryview:
+        """The output; raises DeviceError if the device failed the request."""
         if self.data is None:
             raise DeviceError(f"crypto request {self.id} failed: {status_name(self.status)}")
         return self.data
+
+
+def _check_out(out: object, n: int) -> None:
+    if isinstance(out, bytearray):
+        size = len(out)
+    elif isinstance(out, memoryview) and not out.readonly and out.contiguous:
+        size = out.nbytes
+    else:
+        raise InvalidArgumentError(
+            f"out must be a writable bytearray or memoryview, not {type(out).__name__}")
+    if size < n:
+        raise InvalidArgumentError(f"out holds {size} bytes; the result needs {n}")
 
 
 class Cipher:
@@ -135,9 +148,11 @@ class Cipher:
         return sid
 
     def submit(self, iv: bytes | None, data: bytes | bytearray | memoryview, *,
-               decrypt: bool = False) -> int:
+               decrypt: bool = False, out: bytearray | memoryview | None = None) -> int:
         """Stage one request; returns its id. Nothing is sent until `poll`/`wait`/`flush`,
-        which publish every staged request with a single doorbell."""
+        which publish every staged request with a single doorbell. With `out` (a writable
+        buffer of at least len(data) bytes) the result is copied there, allocating nothing;
+        the caller must not touch `out` until the request completes."""
         if self._closed:
             raise ClosedError(f"{self.name} cipher is closed", hint="create a new Cipher")
         alg = self.algorithm
@@ -145,15 +160,20 @@ class Cipher:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise InvalidArgumentError(f"data must be bytes-like, not {type(data).__name__}")
         alg.check_data(len(data), self._engine.max_request)
+        if out is not None:
+            _check_out(out, len(data))
+            if isinstance(out, memoryview) and out.format != "B":
+                out = out.cast("B")
         sid = self._session(not decrypt)
         rid = self._next_id
         self._next_id += 1
         opcode = U.VIRTIO_CRYPTO_CIPHER_DECRYPT if decrypt else U.VIRTIO_CRYPTO_CIPHER_ENCRYPT
-        self._engine.submit(self, rid, opcode, alg.virtio_algo, sid, ivb, data)
+        self._engine.submit(self, rid, opcode, alg.virtio_algo, sid, ivb, data, out)
         self._pending.add(rid)
         return rid
 
-    def _deliver(self, tag: int, status: int, data: bytes | None) -> None:
+    def _deliver(self, tag: int, status: int,
+                 data: bytes | bytearray | memoryview | None) -> None:
         self._pending.discard(tag)
         self._done.append(Completion(tag, status, data))
 
@@ -175,8 +195,9 @@ class Cipher:
         self._engine.wait_until(lambda: not self._pending, timeout)
         return self.poll()
 
-    def _run(self, iv: bytes | None, data: bytes | bytearray | memoryview, decrypt: bool) -> bytes:
-        rid = self.submit(iv, data, decrypt=decrypt)
+    def _run(self, iv: bytes | None, data: bytes | bytearray | memoryview, decrypt: bool,
+             out: bytearray | memoryview | None) -> bytes | bytearray | memoryview:
+        rid = self.submit(iv, data, decrypt=decrypt, out=out)
         eng = self._engine
 
         def finished() -> bool:
@@ -194,13 +215,29 @@ class Cipher:
                 return c.data
         raise AssertionError("completion vanished")  # pragma: no cover
 
-    def encrypt(self, iv: bytes | None, data: bytes | bytearray | memoryview) -> bytes:
-        """Encrypt `data` (a multiple of 16 bytes) and wait for the result."""
-        return self._run(iv, data, False)
+    @overload
+    def encrypt(self, iv: bytes | None, data: bytes | bytearray | memoryview) -> bytes: ...
+    @overload
+    def encrypt(self, iv: bytes | None, data: bytes | bytearray | memoryview,
+                out: bytearray | memoryview) -> bytearray | memoryview: ...
 
-    def decrypt(self, iv: bytes | None, data: bytes | bytearray | memoryview) -> bytes:
-        """Decrypt `data` (a multiple of 16 bytes) and wait for the result."""
-        return self._run(iv, data, True)
+    def encrypt(self, iv: bytes | None, data: bytes | bytearray | memoryview,
+                out: bytearray | memoryview | None = None) -> bytes | bytearray | memoryview:
+        """Encrypt `data` (a multiple of 16 bytes) and wait for the result (into `out` if
+        given, which is then returned)."""
+        return self._run(iv, data, False, out)
+
+    @overload
+    def decrypt(self, iv: bytes | None, data: bytes | bytearray | memoryview) -> bytes: ...
+    @overload
+    def decrypt(self, iv: bytes | None, data: bytes | bytearray | memoryview,
+                out: bytearray | memoryview) -> bytearray | memoryview: ...
+
+    def decrypt(self, iv: bytes | None, data: bytes | bytearray | memoryview,
+                out: bytearray | memoryview | None = None) -> bytes | bytearray | memoryview:
+        """Decrypt `data` (a multiple of 16 bytes) and wait for the result (into `out` if
+        given, which is then returned)."""
+        return self._run(iv, data, True, out)
 
     # -- lifetime --------------------------------------------------------------------------
     def close(self) -> None:

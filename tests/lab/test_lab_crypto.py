@@ -142,6 +142,21 @@ def test_batch_many_in_flight_one_doorbell_each(dev: warpdrive.Device) -> None:
         assert all(done[i].result() == want for i in ids)
 
 
+def test_results_into_caller_buffers(dev: warpdrive.Device) -> None:
+    with Cipher("aes-cbc", K256, device=dev) as c:
+        out = bytearray(80)
+        assert c.encrypt(IV, PT, out) is out
+        assert out[:64] == H(NIST[3][4]) and out[64:] == bytes(16)
+        words = memoryview(bytearray(64)).cast("I")  # any writable contiguous buffer
+        c.decrypt(IV, H(NIST[3][4]), words)
+        assert words.tobytes() == PT
+        outs = [bytearray(64) for _ in range(8)]
+        ids = [c.submit(IV, PT, out=o) for o in outs]
+        done = {x.id: x for x in c.wait()}
+        assert all(done[i].data is outs[k] and outs[k] == H(NIST[3][4])
+                   for k, i in enumerate(ids))
+
+
 def test_two_ciphers_share_the_queue(dev: warpdrive.Device) -> None:
     with Cipher("aes-cbc", K128, device=dev) as a, Cipher("aes-ctr", K256, device=dev) as b:
         ia = a.submit(IV, PT)
@@ -170,7 +185,8 @@ def test_sessions_per_direction_and_cleanup(dev: warpdrive.Device) -> None:
 
 @pytest.mark.parametrize("case", [
     "wrong-key-size", "xts-equal-halves", "misaligned-cbc", "misaligned-ctr", "empty",
-    "wrong-iv", "missing-iv", "too-large", "unknown-algorithm", "not-bytes",
+    "wrong-iv", "missing-iv", "too-large", "unknown-algorithm", "not-bytes", "out-too-small",
+    "out-read-only",
 ])
 def test_bad_input_is_refused_and_the_device_keeps_working(dev: warpdrive.Device,
                                                            case: str) -> None:
@@ -186,6 +202,8 @@ def test_bad_input_is_refused_and_the_device_keeps_working(dev: warpdrive.Device
             "too-large": lambda: c.encrypt(IV, bytes(c.max_request + 16)),
             "unknown-algorithm": lambda: Cipher("aes-ocb", K128, device=dev),
             "not-bytes": lambda: c.encrypt(IV, "sixteen chars!!!"),  # type: ignore[arg-type]
+            "out-too-small": lambda: c.encrypt(IV, PT, bytearray(32)),
+            "out-read-only": lambda: c.encrypt(IV, PT, memoryview(bytes(64))),
         }[case]
         with pytest.raises(InvalidArgumentError) as ei:
             bad()

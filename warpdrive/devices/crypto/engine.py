@@ -116,7 +116,8 @@ def _read_config(win: object) -> CryptoConfig:
 class Receiver(Protocol):
     """Whoever submitted a data request gets its completion: (tag, status, output or None)."""
 
-    def _deliver(self, tag: int, status: int, data: bytes | None) -> None: ...
+    def _deliver(self, tag: int, status: int,
+                 data: bytes | bytearray | memoryview | None) -> None: ...
 
 
 _engines: weakref.WeakKeyDictionary[Device, VirtioCrypto] = weakref.WeakKeyDictionary()
@@ -217,6 +218,7 @@ class VirtioCrypto(ForkSafe):
         self._slot_owner: list[Receiver | None] = [None] * nslots
         self._slot_tag = [0] * nslots
         self._slot_len = [0] * nslots
+        self._slot_out: list[bytearray | memoryview | None] = [None] * nslots
         self.nslots = nslots
         self._staged = 0
         self.doorbells = 0  # data-queue notifications sent (one per batch)
@@ -226,8 +228,10 @@ class VirtioCrypto(ForkSafe):
         return len(self._free_slots)
 
     def submit(self, owner: Receiver, tag: int, opcode: int, algo: int, session_id: int,
-               iv: bytes, data: bytes | bytearray | memoryview) -> None:
+               iv: bytes, data: bytes | bytearray | memoryview,
+               out: bytearray | memoryview | None = None) -> None:
         """Stage one cipher request (checked by the caller). Visible to the device at `kick`.
+        The result is copied into `out` when given (no allocation), else into new bytes.
         When every slot is busy, kicks and reaps until one frees up."""
         self._check_alive()
         if self._closed:
@@ -252,6 +256,7 @@ class VirtioCrypto(ForkSafe):
         self._slot_owner[slot] = owner
         self._slot_tag[slot] = tag
         self._slot_len[slot] = n
+        self._slot_out[slot] = out
         self.dataq.submit_chain(self._heads[slot], slot)  # type: ignore[union-attr]
         self._staged += 1
 
@@ -277,9 +282,17 @@ class VirtioCrypto(ForkSafe):
             n = self._slot_len[s]
             base = s * stride + in_off
             status = view[base + n]
-            data = bytes(view[base:base + n]) if status == U.VIRTIO_CRYPTO_OK else None
+            out = self._slot_out[s]
+            data: bytes | bytearray | memoryview | None = None
+            if status == U.VIRTIO_CRYPTO_OK:
+                if out is None:
+                    data = bytes(view[base:base + n])
+                else:
+                    out[:n] = view[base:base + n]
+                    data = out
             owner = self._slot_owner[s]
             self._slot_owner[s] = None
+            self._slot_out[s] = None
             self._free_slots.append(s)
             if owner is not None:
                 owner._deliver(self._slot_tag[s], status, data)
