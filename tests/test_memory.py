@@ -264,3 +264,18 @@ def test_hugetlb_without_reserved_pages_says_how_to_reserve() -> None:
     with pytest.raises(Exception, match="nr_hugepages") as ei:
         DmaBuffer.allocate(HUGE_1G, "hugetlb", page_size=HUGE_1G)
     assert "1024 MiB" in str(ei.value)
+
+
+def test_range_read_of_smaps_matches_a_full_parse() -> None:
+    from warpdrive.memory.smaps import mappings_in_range, read_smaps, read_smaps_range
+
+    bufs = [DmaBuffer.allocate(64 * 1024) for _ in range(5)]
+    try:
+        for b in bufs:
+            full, _ = mappings_in_range(read_smaps(), b.addr - PAGE, b.size + 2 * PAGE)
+            part = read_smaps_range(b.addr - PAGE, b.size + 2 * PAGE)
+            assert [(m.start, m.end, m.path, m.vm_flags) for m in part] == \
+                [(m.start, m.end, m.path, m.vm_flags) for m in full]
+    finally:
+        for b in bufs:
+            b.close()

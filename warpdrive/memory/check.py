@@ -16,7 +16,7 @@ import enum
 from dataclasses import dataclass
 
 from ..errors import InvalidArgumentError, UnsafeMemoryError
-from .smaps import Mapping, filesystem_types, mappings_in_range, read_smaps
+from .smaps import Mapping, filesystem_types, mappings_in_range, read_smaps_range
 
 _SHMEM_FS = {"tmpfs", "ramfs", "shm", "devshm"}
 _ANON_NAMES = ("", "[heap]", "[stack]")
@@ -90,7 +90,7 @@ def inspect_dma_memory(addr: int, length: int, writable: bool = True,
     if addr <= 0:
         raise InvalidArgumentError(f"DMA address must be a valid user address, got {addr:#x}")
     if maps is None:
-        maps = read_smaps()
+        maps = read_smaps_range(addr, length)
     covered, hole = mappings_in_range(maps, addr, length)
     if hole is not None:
         raise UnsafeMemoryError(

@@ -6,6 +6,7 @@ shows whether MADV_DONTFORK took effect, so the smaps file is read instead.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -79,6 +80,40 @@ def parse_smaps(text: str) -> list[Mapping]:
 def read_smaps(pid: int | str = "self") -> list[Mapping]:
     with open(f"/proc/{pid}/smaps") as f:
         return parse_smaps(f.read())
+
+
+_HEADER_START = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) ", re.M)
+
+
+def read_smaps_range(addr: int, length: int, pid: int | str = "self") -> list[Mapping]:
+    """The smaps entries overlapping [addr, addr+length), cheaply: the kernel generates smaps one
+    VMA at a time in address order, so reading stops at the first VMA past the range, and only
+    the overlapping entries are parsed (a full parse of a large process costs milliseconds)."""
+    end = addr + length
+    chunks: list[str] = []
+    fd = os.open(f"/proc/{pid}/smaps", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while True:
+            chunk = os.read(fd, 1 << 16).decode(errors="replace")
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if any(int(m.group(1), 16) >= end for m in _HEADER_START.finditer(chunk)):
+                break
+    finally:
+        os.close(fd)
+    text = "".join(chunks)
+    heads = list(_HEADER_START.finditer(text))
+    out: list[Mapping] = []
+    for i, m in enumerate(heads):
+        start, stop = int(m.group(1), 16), int(m.group(2), 16)
+        if stop <= addr:
+            continue
+        if start >= end:
+            break
+        block_end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
+        out.extend(parse_smaps(text[m.start():block_end]))
+    return out
 
 
 def mappings_in_range(maps: list[Mapping], addr: int,
