@@ -44,7 +44,9 @@ def test_run_false_exits_nonzero() -> None:
 
 @pytest.mark.slow
 def test_run_streams_both_streams_and_exact_status() -> None:
-    proc = run_lab("-q", "--", "sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 7")
+    # An error-level kernel message during the command must not land in its output.
+    script = "echo to-stdout; echo '<3>wd-kmsg-probe' > /dev/kmsg; echo to-stderr >&2; exit 7"
+    proc = run_lab("-q", "--", "sh", "-c", script)
     assert proc.returncode == 7, proc.stderr
     # The guest command's stdout and stderr share the serial console, so both arrive on stdout.
     assert proc.stdout == "to-stdout\nto-stderr\n"
