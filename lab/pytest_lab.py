@@ -193,6 +193,8 @@ class _HostSide:
             except vm.LabError as e:
                 self.failure = f"cannot run the lab: {e}"
                 self._say(f"warpdrive lab: {self.failure}")
+                shutil.rmtree(results, ignore_errors=True)  # no guest ran: nothing to keep
+                self.results = None
                 return
         boot = "n/a" if res.boot_seconds is None else f"{res.boot_seconds:.1f} s"
         self.summary.append(f"guest: boot-to-command {boot}, total {res.total_seconds:.1f} s")

@@ -20,8 +20,11 @@ RUN = [sys.executable, str(ROOT / "lab" / "run.py")]
 BOOT_TIMEOUT = 300  # generous: TCG on a loaded 2-core machine
 
 
-def run_lab(*args: str, timeout: float = BOOT_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*RUN, *args], capture_output=True, text=True, timeout=timeout + 60)
+def run_lab(*args: str, timeout: float = BOOT_TIMEOUT,
+            tmpdir: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TMPDIR": str(tmpdir)} if tmpdir else None
+    return subprocess.run([*RUN, *args], capture_output=True, text=True, timeout=timeout + 60,
+                          env=env)
 
 
 # ------------------------------------------------------------------------------ host: lab/run.py
@@ -53,10 +56,13 @@ def test_run_streams_both_streams_and_exact_status() -> None:
 
 
 @pytest.mark.slow
-def test_run_timeout_kills_qemu() -> None:
-    proc = run_lab("-q", "--timeout", "3", "--", "sleep", "600", timeout=3)
+def test_run_timeout_kills_qemu(tmp_path: Path) -> None:
+    # TMPDIR: the logs a timeout keeps land in pytest's tmp dir, not in /tmp on every run.
+    proc = run_lab("-q", "--timeout", "3", "--", "sleep", "600", timeout=3, tmpdir=tmp_path)
     assert proc.returncode == 124
     assert "timed out after 3 s" in proc.stderr
+    kept = list(tmp_path.glob("warpdrive-lab-*/console.log"))
+    assert len(kept) == 1 and f"logs kept in {kept[0].parent}" in proc.stderr
 
 
 @pytest.mark.slow

@@ -19,7 +19,9 @@ def inner_pytest(tmp_path: Path, *args: str, **env: str) -> tuple[int, str, dict
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", f"--junitxml={junit}",
          *args, CASES],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, **env}, timeout=900)
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        # TMPDIR: guest logs the plugin keeps after a failure stay inside this test's tmp dir.
+        env={**os.environ, "TMPDIR": str(tmp_path), **env})
     cases = {tc.get("name", ""): tc for tc in ET.parse(junit).iter("testcase")}
     return proc.returncode, proc.stdout + proc.stderr, cases
 
