@@ -107,6 +107,7 @@ class _HostSide:
         self.collect_errors: list[str] = []
         self.summary: list[str] = []
         self.results: Path | None = None
+        self.keep_log = False
 
     @pytest.hookimpl(trylast=True)  # after -k/-m deselection: boot only for what will run
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
@@ -190,6 +191,18 @@ class _HostSide:
                                     timeout=self.config.getoption("lab_timeout"),
                                     output=sys.stdout.buffer if stream else None,
                                     boot_output=None)
+                if res.boot_seconds is None and not res.timed_out:
+                    # The guest died before pytest started (a TCG boot flake, not a test
+                    # result): boot once more rather than fail the whole session's lab tests.
+                    os.replace(results / "console.log", results / "console.failed-boot.log")
+                    self.summary.append(f"first boot failed ({res.error}); retried once, see "
+                                        f"{results}/console.failed-boot.log")
+                    self.keep_log = True
+                    self._say("warpdrive lab: the guest failed to boot; retrying once")
+                    res = vm.run_in_lab(argv, results, cwd=self.config.rootpath,
+                                        timeout=self.config.getoption("lab_timeout"),
+                                        output=sys.stdout.buffer if stream else None,
+                                        boot_output=None)
             except vm.LabError as e:
                 self.failure = f"cannot run the lab: {e}"
                 self._say(f"warpdrive lab: {self.failure}")
@@ -245,7 +258,7 @@ class _HostSide:
     def pytest_unconfigure(self) -> None:
         if self.results is None:
             return
-        if self.failure or self.config.getoption("lab_keep_log"):
+        if self.failure or self.keep_log or self.config.getoption("lab_keep_log"):
             print(f"warpdrive lab: guest logs kept in {self.results}", file=sys.stderr)
         else:
             shutil.rmtree(self.results, ignore_errors=True)

@@ -122,7 +122,8 @@ def qemu_command(kernel_dir: Path, initrd: Path, results: Path, *, smp: int = 2,
               f"wd.hugepages={hugepages}"]
     if expose:
         append.append("wd.expose=" + ":".join(map(str, expose)))
-    append += kernel_args
+    # $WARPDRIVE_LAB_APPEND reaches guests booted by the pytest plugin too (e.g. iommu.strict=1).
+    append += [*os.environ.get("WARPDRIVE_LAB_APPEND", "").split(), *kernel_args]
     return [
         qemu_binary(),
         "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",

@@ -81,3 +81,17 @@ def test_guest_timeout_fails_every_lab_item(tmp_path: Path) -> None:
         if name != "test_host_only":
             failure = tc.find("failure")
             assert failure is not None and "timed out after 2 s" in (failure.text or ""), out
+
+
+@pytest.mark.slow
+def test_boot_failure_is_retried_once_then_fails_every_lab_item(tmp_path: Path) -> None:
+    # A kernel that cannot find its init panics before pytest starts, on both boots.
+    rc, out, cases = inner_pytest(tmp_path, WARPDRIVE_LAB_APPEND="rdinit=/nonexistent")
+    assert rc == 1, out
+    assert "the guest failed to boot; retrying once" in out
+    for name, tc in cases.items():
+        if name != "test_host_only":
+            failure = tc.find("failure")
+            assert failure is not None, out
+            assert "the guest stopped before the command started" in (failure.text or ""), out
+    assert len(list(tmp_path.glob("warpdrive-lab-*/console.failed-boot.log"))) == 1
