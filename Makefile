@@ -4,10 +4,20 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint lab-deps kernel lab-pytest
+.PHONY: demo test lint lab-deps kernel lab-pytest
+
+DEMO_OUT ?= /tmp/warpdrive-demo-README.md.gz
+
+# The main job on a fresh machine: install, then compress on the bundled ZIP device model
+# (no hardware needed), check the result with gzip(1), and compress a directory as jobs in flight.
+demo: $(STAMP)
+	$(VENV)/bin/warpdrive compress README.md -o $(DEMO_OUT) -f
+	gzip -dc $(DEMO_OUT) | cmp - README.md && echo "demo: gzip -d of our output matches README.md"
+	$(PY) examples/compress_files.py warpdrive
 
 # Host tests run here; `lab`-marked tests run inside one QEMU guest boot (lab/pytest_lab.py).
-test: $(STAMP)
+# lab-deps is a no-op once QEMU 10 and linux-source-6.12 are installed (installing needs root).
+test: lab-deps $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Reinstall when the package metadata changes; otherwise the venv is reused as is.

@@ -16,6 +16,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -143,10 +144,24 @@ def qemu_command(kernel_dir: Path, initrd: Path, results: Path, *, smp: int = 2,
     ]
 
 
+def _guest_path() -> str:
+    """The host's PATH with the project's venv first, so `python` and `warpdrive` in a guest
+    command are the venv's (which has the runtime deps), as `python lab/run.py -- python x.py`
+    promises."""
+    path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+    if sys.prefix != sys.base_prefix:
+        venv_bin = Path(sys.prefix) / "bin"
+    else:
+        venv_bin = Path(__file__).resolve().parent.parent / ".venv" / "bin"
+    if (venv_bin / "python").exists():
+        path = f"{venv_bin}:{path}"
+    return path
+
+
 def guest_env(results: Path, kernel_dir: Path, extra: Mapping[str, str] = {}) -> dict[str, str]:
     """The command's whole environment in the guest (init runs it under `env -i`)."""
     env = {
-        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"),
+        "PATH": _guest_path(),
         "HOME": "/root",
         "USER": "root",
         "LOGNAME": "root",
@@ -160,7 +175,10 @@ def guest_env(results: Path, kernel_dir: Path, extra: Mapping[str, str] = {}) ->
     }
     # Developer knobs (WARPDRIVE_DEBUG=...) follow the command in; the host-only skip switch not.
     for k, v in os.environ.items():
-        if k.startswith("WARPDRIVE_") and k not in env and k != "WARPDRIVE_LAB":
+        # Not the host-only switches: the lab skip, and the host's ban on sysfs binding writes
+        # (binding is real, and allowed, in the guest).
+        if k.startswith("WARPDRIVE_") and k not in env and k not in (
+                "WARPDRIVE_LAB", "WARPDRIVE_FORBID_SYSFS_WRITES"):
             env[k] = v
     env.update(extra)
     return env
