@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 from ..errors import InvalidArgumentError, WarpdriveError
@@ -159,113 +160,111 @@ def _progress_enabled(args: argparse.Namespace, total: int | None) -> bool:
     return sys.stderr.isatty() and (total is None or total >= PROGRESS_MIN)
 
 
-def run_compress(args: argparse.Namespace) -> int:
-    from .. import zip as wz
-
-    fmt = _format_for(args, compress=True)
-    out_path = args.output or _default_output(args, True, fmt)
+def _run_job(args: argparse.Namespace, compress: bool, fmt: str,
+             body: Callable[[Any, Any, Any, _Progress], tuple[int, int]]) -> int:
+    """Open input/output and an engine, run `body(src, dst, engine, progress) -> (in, out)`,
+    print the summary; on any failure remove the partial output (nothing half-written stays)."""
+    verb = "compress" if compress else "decompress"
+    out_path = args.output or _default_output(args, compress, fmt)
     src, dst, total = _open_io(args, out_path)
     ok = False
     try:
         eng = _engine(args)
         try:
             start = time.monotonic()
-            c = wz.compressobj(args.level, wz.DEFLATED, WBITS[fmt], device=eng,
-                               chunk_size=READ_CHUNK)
-            prog = _Progress(total, _progress_enabled(args, total), "compress")
-            n_in = n_out = 0
-            while True:
-                block = src.read(READ_CHUNK)
-                if not block:
-                    break
-                n_in += len(block)
-                out = c.compress(block)
-                dst.write(out)
-                n_out += len(out)
-                prog.update(len(block))
-            out = c.flush()
-            dst.write(out)
-            n_out += len(out)
+            prog = _Progress(total, _progress_enabled(args, total), verb)
+            n_in, n_out = body(src, dst, eng, prog)
             dst.flush()
             prog.finish()
             secs = time.monotonic() - start
             if not args.quiet:
-                print(_summary("compressed", n_in, n_out, secs, eng), file=sys.stderr)
+                print(_summary(verb + "ed", n_in, n_out, secs, eng), file=sys.stderr)
             ok = True
         finally:
             eng.close()
     finally:
         _close(src, dst, out_path, ok)
     return 0
+
+
+def run_compress(args: argparse.Namespace) -> int:
+    from .. import zip as wz
+
+    fmt = _format_for(args, compress=True)
+
+    def body(src: Any, dst: Any, eng: Any, prog: _Progress) -> tuple[int, int]:
+        c = wz.compressobj(args.level, wz.DEFLATED, WBITS[fmt], device=eng,
+                           chunk_size=READ_CHUNK)
+        n_in = n_out = 0
+        while True:
+            block = src.read(READ_CHUNK)
+            if not block:
+                break
+            n_in += len(block)
+            out = c.compress(block)
+            dst.write(out)
+            n_out += len(out)
+            prog.update(len(block))
+        out = c.flush()
+        dst.write(out)
+        return n_in, n_out + len(out)
+
+    return _run_job(args, True, fmt, body)
 
 
 def run_decompress(args: argparse.Namespace) -> int:
     from .. import zip as wz
 
     fmt = _format_for(args, compress=False)
-    out_path = args.output or _default_output(args, False, fmt)
     wbits = {"auto": 47, **WBITS}[fmt]
-    src, dst, total = _open_io(args, out_path)
-    ok = False
-    try:
-        eng = _engine(args)
-        try:
-            start = time.monotonic()
-            prog = _Progress(total, _progress_enabled(args, total), "decompress")
-            n_in = n_out = 0
-            d = wz.decompressobj(wbits, device=eng)
-            fed = False  # this member's decoder has seen input
-            buf = b""
-            while True:
+
+    def body(src: Any, dst: Any, eng: Any, prog: _Progress) -> tuple[int, int]:
+        n_in = n_out = 0
+        d = wz.decompressobj(wbits, device=eng)
+        fed = False  # this member's decoder has seen input
+        buf = b""
+        while True:
+            if not buf:
+                buf = src.read(READ_CHUNK)
                 if not buf:
-                    buf = src.read(READ_CHUNK)
-                    if not buf:
+                    break
+                n_in += len(buf)
+                prog.update(len(buf))
+            out = d.decompress(buf)
+            fed, buf = True, b""
+            dst.write(out)
+            n_out += len(out)
+            if not d.eof:
+                continue
+            # End of a member. gzip files may hold more members; anything else ends here.
+            rest = d.unused_data
+            gzip_member = _container(d) == "gzip"
+            if not rest:
+                rest = src.read(READ_CHUNK)
+                n_in += len(rest)
+                prog.update(len(rest))
+            if not rest:
+                break
+            if not gzip_member or rest[:2] != b"\x1f\x8b":
+                zeros = not rest.strip(b"\x00")
+                while zeros:
+                    more = src.read(READ_CHUNK)
+                    if not more:
                         break
-                    n_in += len(buf)
-                    prog.update(len(buf))
-                out = d.decompress(buf)
-                fed, buf = True, b""
-                dst.write(out)
-                n_out += len(out)
-                if not d.eof:
-                    continue
-                # End of a member. gzip files may hold more members; anything else ends here.
-                rest = d.unused_data
-                gzip_member = _container(d) == "gzip"
-                if not rest:
-                    rest = src.read(READ_CHUNK)
-                    n_in += len(rest)
-                    prog.update(len(rest))
-                if not rest:
-                    break
-                if not gzip_member or rest[:2] != b"\x1f\x8b":
-                    zeros = not rest.strip(b"\x00")
-                    while zeros:
-                        more = src.read(READ_CHUNK)
-                        if not more:
-                            break
-                        n_in += len(more)
-                        zeros = not more.strip(b"\x00")
-                    what = "trailing zero bytes" if zeros else "trailing garbage"
-                    print(f"warpdrive: {args.input}: decompression OK, {what} ignored",
-                          file=sys.stderr)
-                    break
-                d = wz.decompressobj(wbits, device=eng)
-                fed, buf = False, rest
-            if not d.eof and (fed or n_in == 0):
-                raise wz.ZipDataError(
-                    f"{args.input}: unexpected end of file (the compressed stream is truncated)")
-            dst.flush()
-            prog.finish()
-            secs = time.monotonic() - start
-            if not args.quiet:
-                print(_summary("decompressed", n_in, n_out, secs, eng), file=sys.stderr)
-            ok = True
-        finally:
-            eng.close()
-    finally:
-        _close(src, dst, out_path, ok)
-    return 0
+                    n_in += len(more)
+                    zeros = not more.strip(b"\x00")
+                what = "trailing zero bytes" if zeros else "trailing garbage"
+                print(f"warpdrive: {args.input}: decompression OK, {what} ignored",
+                      file=sys.stderr)
+                break
+            d = wz.decompressobj(wbits, device=eng)
+            fed, buf = False, rest
+        if not d.eof and (fed or n_in == 0):
+            raise wz.ZipDataError(
+                f"{args.input}: unexpected end of file (the compressed stream is truncated)")
+        return n_in, n_out
+
+    return _run_job(args, False, fmt, body)
 
 
 def _container(d: Any) -> str:
