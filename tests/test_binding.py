@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from tests.fakesysfs import FakeSysfs
+from tests.hostnet import default_route_ifname
 from warpdrive import binding, pci
 from warpdrive.binding import apply, netuse, planner, state
 from warpdrive.binding.holders import Targets, find_holders
@@ -42,7 +44,6 @@ from warpdrive.errors import (
     UnsupportedError,
     from_errno,
 )
-from warpdrive.pci.fake import FakeSysfs
 
 
 @pytest.fixture(autouse=True)
@@ -53,13 +54,6 @@ def _no_binding_writes(monkeypatch: pytest.MonkeyPatch) -> None:
 # ------------------------------------------------------------------------------ real host, dry run
 
 
-def default_route_ifname() -> str:
-    with open("/proc/net/route") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            if fields[1] == "00000000" and fields[7] == "00000000":
-                return fields[0]
-    pytest.skip("no IPv4 default route on this machine")
 
 
 def host_nic() -> tuple[str, str]:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakesysfs import FakeSysfs
+from tests.hostnet import default_route_ifname
 from warpdrive import pci
 from warpdrive.cli import (
     EXIT_PERMISSION,
@@ -25,7 +27,6 @@ from warpdrive.cli import (
     build_parser,
     main,
 )
-from warpdrive.pci.fake import FakeSysfs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -92,20 +93,13 @@ def test_devices_real_host_json() -> None:
     assert isinstance(data["uacce"], list)
 
 
-def _default_route_ifname() -> str:
-    with open("/proc/net/route") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            if fields[1] == "00000000" and fields[7] == "00000000":
-                return fields[0]
-    pytest.skip("no IPv4 default route on this machine")
 
 
 def test_bind_dry_run_real_host_nic_refuses_and_writes_nothing() -> None:
     """Real host NIC (BDF found from /sys/class/net/<default-route iface>/device): `bind
     --dry-run` says it would refuse, names the interface and its default route, exits 3, and
     driver_override and the driver link are unchanged afterwards."""
-    ifname = _default_route_ifname()
+    ifname = default_route_ifname()
     bdf = pci.netdev_function(ifname)
     if bdf is None:
         pytest.skip(f"{ifname} is not a PCI function")
@@ -120,7 +114,7 @@ def test_bind_dry_run_real_host_nic_refuses_and_writes_nothing() -> None:
 
 
 def test_bind_dry_run_json_real_host_nic() -> None:
-    ifname = _default_route_ifname()
+    ifname = default_route_ifname()
     bdf = pci.netdev_function(ifname)
     if bdf is None:
         pytest.skip(f"{ifname} is not a PCI function")

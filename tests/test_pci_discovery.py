@@ -16,9 +16,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.fakesysfs import FakeSysfs
+from tests.hostnet import default_route_ifname
 from warpdrive import pci, plugins
 from warpdrive.errors import DeviceNotFoundError, InvalidArgumentError
-from warpdrive.pci.fake import FakeSysfs
 from warpdrive.uacce import sysfs as uacce_sysfs
 
 
@@ -261,11 +262,3 @@ def test_real_host_nic_and_iommu() -> None:
         assert all(f.iommu_group is None for f in pci.devices())
 
 
-def default_route_ifname() -> str:
-    """The interface carrying the IPv4 default route, from /proc/net/route (real)."""
-    with open("/proc/net/route") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            if fields[1] == "00000000" and fields[7] == "00000000":
-                return fields[0]
-    pytest.skip("no IPv4 default route on this machine")

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 import warpdrive.zip as wz
+from tests.fakesysfs import FakeSysfs
 from warpdrive.devices.zip import hw
 from warpdrive.devices.zip.uacce import UacceQueues, api_version, zip_uacce_devices
 from warpdrive.errors import DeviceNotFoundError, UnsupportedError, WarpdriveError
-from warpdrive.pci.fake import FakeSysfs
 
 ATTRS = {"api": "hisi_qm_v2", "flags": "1", "available_instances": "60",
          "algorithms": "zlib\ngzip\ndeflate", "region_mmio_size": "8192",
