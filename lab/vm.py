@@ -278,7 +278,9 @@ def run_in_lab(argv: Sequence[str], results: Path, *, cwd: Path = CHECKOUT,
     if not cwd.is_absolute():
         cwd = cwd.resolve()
     write_job(results, argv, cwd, guest_env(results, kernel_dir, env))
-    expose = _hidden_in_guest([CHECKOUT, cwd, Path(argv[0]).parent] if argv else [CHECKOUT, cwd])
+    # The kernel's cache dir too: guest tests read its `release` and uAPI headers.
+    seen = [CHECKOUT, cwd, kernel_dir] + ([Path(argv[0]).parent] if argv else [])
+    expose = _hidden_in_guest(seen)
     cmd = qemu_command(kernel_dir, initrd, results, expose=expose, kernel_args=kernel_args,
                        qemu_args=qemu_args)
     (results / "qemu.cmdline").write_text(shlex.join(cmd) + "\n")
