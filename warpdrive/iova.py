@@ -12,6 +12,7 @@ import bisect
 from dataclasses import dataclass
 
 from .errors import DeviceBusyError, InvalidArgumentError, ResourceExhaustedError
+from .syscalls import align_up
 
 U64_MAX = (1 << 64) - 1
 
@@ -44,10 +45,6 @@ def normalise_ranges(ranges: list[IovaRange], dma_mask: int = U64_MAX,
         else:
             out.append(IovaRange(start, last))
     return out
-
-
-def _align_up(x: int, a: int) -> int:
-    return (x + a - 1) & ~(a - 1)
 
 
 class IovaAllocator:
@@ -98,7 +95,7 @@ class IovaAllocator:
     def _check_size(self, size: int) -> int:
         if size <= 0:
             raise InvalidArgumentError(f"IOVA size must be positive, got {size}")
-        return _align_up(size, self.page_size)
+        return align_up(size, self.page_size)
 
     def alloc(self, size: int, align: int | None = None) -> int:
         size = self._check_size(size)
@@ -106,7 +103,7 @@ class IovaAllocator:
         if align & (align - 1):
             raise InvalidArgumentError(f"IOVA alignment {align:#x} is not a power of two")
         for i, (fs, fe) in enumerate(self._free):
-            a = _align_up(fs, align)
+            a = align_up(fs, align)
             if a + size <= fe:
                 pieces = [p for p in ((fs, a), (a + size, fe)) if p[0] < p[1]]
                 self._free[i:i + 1] = pieces

@@ -151,5 +151,31 @@ def pwrite(fd: int, data: bytes, offset: int, *, what: str) -> None:
         raise WarpdriveError(f"{what}: short write ({n} of {len(data)} bytes)")
 
 
+def align_up(n: int, alignment: int) -> int:
+    """Round `n` up to a multiple of `alignment`, a power of two."""
+    return (n + alignment - 1) & ~(alignment - 1)
+
+
 def page_align_up(n: int, page: int = PAGE_SIZE) -> int:
-    return (n + page - 1) & ~(page - 1)
+    return align_up(n, page)
+
+
+class _Py_buffer(ctypes.Structure):
+    _fields_ = [
+        ("buf", ctypes.c_void_p), ("obj", ctypes.py_object), ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p),
+    ]
+
+
+def buffer_address(obj: object) -> int:
+    """Address of an object's memory (an mmap, even a read-only one) via the buffer protocol.
+    The buffer is released at once, so it leaves no export behind that would block mmap.close()."""
+    pybuf = _Py_buffer()
+    if ctypes.pythonapi.PyObject_GetBuffer(ctypes.py_object(obj), ctypes.byref(pybuf), 0) != 0:
+        raise WarpdriveError(f"cannot take the address of a {type(obj).__name__}")
+    try:
+        return int(pybuf.buf or 0)
+    finally:
+        ctypes.pythonapi.PyBuffer_Release(ctypes.byref(pybuf))

@@ -13,7 +13,6 @@ and the memfd is closed. The mmap object is kept until its views are gone, then 
 from __future__ import annotations
 
 import bisect
-import ctypes
 import errno
 import mmap
 import os
@@ -88,7 +87,7 @@ class ClientMemory:
         delta = offset - base
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         mm = mmap.mmap(fd, delta + size, flags=mmap.MAP_SHARED, prot=prot, offset=base)
-        addr = _buffer_address(mm)
+        addr = sc.buffer_address(mm)
         region = DmaRegion(iova, size, readable, writable, mm, delta, addr)
         self._regions.insert(i, region)
         self._starts.insert(i, iova)
@@ -199,24 +198,3 @@ class ClientMemory:
         start = r.delta + off
         mv = memoryview(r.mm)[start:start + n]
         return mv if write else mv.toreadonly()
-
-
-def _buffer_address(obj: object) -> int:
-    """Address of a (possibly read-only) buffer such as an mmap, via the buffer protocol."""
-    buf = ctypes.py_object(obj)
-    pybuf = _Py_buffer()
-    if ctypes.pythonapi.PyObject_GetBuffer(buf, ctypes.byref(pybuf), 0) != 0:
-        raise OSError(errno.EINVAL, "cannot take the address of a DMA map")
-    try:
-        return int(pybuf.buf or 0)
-    finally:
-        ctypes.pythonapi.PyBuffer_Release(ctypes.byref(pybuf))
-
-
-class _Py_buffer(ctypes.Structure):
-    _fields_ = [
-        ("buf", ctypes.c_void_p), ("obj", ctypes.py_object), ("len", ctypes.c_ssize_t),
-        ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
-        ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
-        ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p),
-    ]

@@ -1,6 +1,6 @@
 """DMA memory: allocation, the memory-kind check every DMA map passes, memlock preflight."""
 
-from .buffer import DmaBuffer, hugepage_sizes, writable_view
+from .buffer import DmaBuffer, hugepage_sizes
 from .check import DmaMemoryInfo, MemoryKind, check_dma_memory, inspect_dma_memory
 from .memlock import check_memlock, has_cap_ipc_lock, memlock_limit
 
@@ -14,5 +14,4 @@ __all__ = [
     "hugepage_sizes",
     "inspect_dma_memory",
     "memlock_limit",
-    "writable_view",
 ]

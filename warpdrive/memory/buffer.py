@@ -10,7 +10,6 @@ Kinds:
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import mmap
 import os
@@ -21,23 +20,12 @@ from ..errors import DeviceBusyError, InvalidArgumentError, MemlockLimitError, W
 from ..forkguard import ForkSafe, close_fd_quietly
 from .check import MemoryKind
 
-_PyMemoryView_FromMemory = ctypes.pythonapi.PyMemoryView_FromMemory
-_PyMemoryView_FromMemory.restype = ctypes.py_object
-_PyMemoryView_FromMemory.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int]
-_PyBUF_WRITE = 0x200
-
 HUGE_2M = 2 << 20
 HUGE_1G = 1 << 30
 _HUGE_FLAGS = {HUGE_2M: sc.MAP_HUGE_2MB, HUGE_1G: sc.MAP_HUGE_1GB}
 _MFD_HUGE = {HUGE_2M: 21 << 26, HUGE_1G: 30 << 26}
 _MFD_HUGETLB = 0x0004
 _MFD_ALLOW_SEALING = 0x0002
-
-
-def writable_view(addr: int, size: int) -> memoryview:
-    """A writable byte memoryview over raw memory the caller keeps mapped."""
-    view: memoryview = _PyMemoryView_FromMemory(addr, size, _PyBUF_WRITE)
-    return view
 
 
 def hugepage_sizes() -> list[int]:
@@ -79,9 +67,7 @@ class DmaBuffer(ForkSafe):
         # A Python mmap object owns the mapping because it counts exports: close() is refused
         # while any memoryview of it is alive, so no view can outlive the pages.
         self._mmap = memory
-        anchor = ctypes.c_char.from_buffer(memory)
-        self.addr = ctypes.addressof(anchor)
-        del anchor  # drop the export again; only the address was needed
+        self.addr = sc.buffer_address(memory)
         self.size = len(memory)
         self.kind = kind
         self.page_size = page_size

@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any
 
 from .. import syscalls as sc
 from ..emu.dma import ClientMemory, DmaFault
-from ..emu.dma import _buffer_address as buffer_address
 from ..emu.pci_config import MsixInfo, PciConfig
 from ..forkguard import close_fd_quietly
 from ..vfio.uapi import (
@@ -168,7 +167,7 @@ class VfioUserServer:
                 r.memfd = sc.memfd_create(f"warpdrive-{model.name}-region{r.spec.index}")
                 os.ftruncate(r.memfd, length)
                 r.mm = mmap.mmap(r.memfd, length, flags=mmap.MAP_SHARED)
-                r.addr = buffer_address(r.mm)
+                r.addr = sc.buffer_address(r.mm)
         self.polled = model.polled if model.polled is not None else any(
             r.mm is not None for r in self.regions.values())
         model._server = self
