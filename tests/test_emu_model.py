@@ -165,8 +165,28 @@ def test_dma_table_rules(memfd: int) -> None:
     with pytest.raises(DmaFault, match="more than one"):
         mem.view(0x10000 + PAGE - 2, 4)
     with pytest.raises(OSError) as ei:
-        mem.remove(0x10000, 2 * PAGE)  # must match a map exactly
-    assert ei.value.errno == errno.ENOENT
+        mem.covered(0x10000, PAGE + 1)  # an unmap may not split a map
+    assert ei.value.errno == errno.EINVAL
+    with pytest.raises(OSError) as ei:
+        mem.covered(0x10000 + PAGE // 2, PAGE)
+    assert ei.value.errno == errno.EINVAL
+    assert mem.covered(0x50000, PAGE) == []  # nothing there: nothing to unmap
+    mem.remove(mem.covered(0x10000, 2 * PAGE))  # one unmap, both maps
+    assert mem.mappings() == []
+
+
+def test_dma_map_without_fd_is_recorded_but_unreachable(memfd: int) -> None:
+    mem = ClientMemory()
+    mem.add(0xFFFC0000, 0x40000, None, 0, True, False)  # QEMU's BIOS range: no fd
+    mem.add(0x10000, PAGE, memfd, 0, True, True)
+    with pytest.raises(OSError) as ei:
+        mem.add(0xFFFD0000, PAGE, memfd, 0, True, True)
+    assert ei.value.errno == errno.EEXIST
+    with pytest.raises(DmaFault, match="without shared memory"):
+        mem.read(0xFFFC0000, 4)
+    assert mem.mappings() == [(0x10000, PAGE, True, True), (0xFFFC0000, 0x40000, True, False)]
+    mem.remove(mem.covered(0, 1 << 64))
+    assert mem.mappings() == []
 
 
 def test_dma_unmap_revokes_a_held_view(memfd: int) -> None:
@@ -175,7 +195,7 @@ def test_dma_unmap_revokes_a_held_view(memfd: int) -> None:
     held = mem.view(0x10000, 8, write=True)
     held[:4] = b"1111"
     assert os.pread(memfd, 4, 0) == b"1111"
-    mem.remove(0x10000, PAGE)
+    mem.remove(mem.covered(0x10000, PAGE))
     assert mem.held_after_unmap == 1
     held[:4] = b"2222"  # the stale view still works, but no longer reaches the client
     assert os.pread(memfd, 4, 0) == b"1111"

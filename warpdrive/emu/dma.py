@@ -4,10 +4,18 @@ Each map arrives with a memfd (SCM_RIGHTS) which the server mmaps MAP_SHARED; `C
 the IOVA table and gives the model bounds- and permission-checked access, like an IOMMU would.
 Access outside the table is a `DmaFault` (the model reports it as an error status), never a crash.
 
-Unmap revokes access before the reply is sent. Python's `mmap` object counts exported buffers, so
-the table knows whether the model still holds a view; if it does, the pages are replaced in place
-(MAP_FIXED) by private zero pages: the stale view keeps working but no longer reaches the client,
-and the memfd is closed. The mmap object is kept until its views are gone, then closed.
+A map may also come without an fd (QEMU maps its ROM, BIOS and BAR ranges that way: they are not
+in a shareable file): it is recorded, so unmaps and overlaps behave as in the kernel's type1, but
+the model cannot reach it (access is a `DmaFault`; the DMA_READ/DMA_WRITE messages that would
+reach it are not implemented).
+
+Unmap follows the kernel's type1 (v2) semantics that QEMU's client relies on: one unmap may cover
+many maps (every map inside the range goes), a range that covers none succeeds, and a range that
+would split a map is refused with EINVAL. Unmap revokes access before the reply is sent. Python's
+`mmap` object counts exported buffers, so the table knows whether the model still holds a view; if
+it does, the pages are replaced in place (MAP_FIXED) by private zero pages: the stale view keeps
+working but no longer reaches the client, and the memfd is closed. The mmap object is kept until
+its views are gone, then closed.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ class DmaRegion:
     size: int
     readable: bool
     writable: bool
-    mm: mmap.mmap
+    mm: mmap.mmap | None  # None: the client sent no fd, the model cannot reach this map
     delta: int
     addr: int  # process address of mm (for revocation in place)
 
@@ -67,10 +75,11 @@ class ClientMemory:
         self.faults = 0
 
     # -- table management (server side) -----------------------------------------------------
-    def add(self, iova: int, size: int, fd: int, offset: int, readable: bool,
+    def add(self, iova: int, size: int, fd: int | None, offset: int, readable: bool,
             writable: bool) -> None:
-        """Map `size` bytes of `fd` at `offset` as IOVA [iova, iova+size). Raises OSError with the
-        errno to reply (EEXIST overlap, ENOSPC too many maps, EINVAL bad range)."""
+        """Map `size` bytes of `fd` at `offset` as IOVA [iova, iova+size) (fd None: record the
+        range only). Raises OSError with the errno to reply (EEXIST overlap, ENOSPC too many maps,
+        EINVAL bad range)."""
         if size <= 0 or iova < 0 or offset < 0 or iova + size > 1 << 64:
             raise OSError(errno.EINVAL, f"invalid DMA range IOVA {iova:#x} size {size:#x}")
         if len(self._regions) >= self.max_maps:
@@ -79,6 +88,10 @@ class ClientMemory:
         if (i > 0 and self._regions[i - 1].end > iova) or (
                 i < len(self._regions) and self._regions[i].iova < iova + size):
             raise OSError(errno.EEXIST, f"DMA map at IOVA {iova:#x} overlaps an existing map")
+        if fd is None:
+            self._regions.insert(i, DmaRegion(iova, size, readable, writable, None, 0, 0))
+            self._starts.insert(i, iova)
+            return
         st = os.fstat(fd)
         if st.st_size < offset + size:
             raise OSError(errno.EINVAL, f"DMA map of {size:#x} bytes at file offset {offset:#x} "
@@ -92,16 +105,32 @@ class ClientMemory:
         self._regions.insert(i, region)
         self._starts.insert(i, iova)
 
-    def remove(self, iova: int, size: int) -> DmaRegion:
-        """Drop the map that is exactly [iova, iova+size) and revoke every reference to it."""
-        i = bisect.bisect_left(self._starts, iova)
-        if i >= len(self._regions) or self._regions[i].iova != iova or \
-                self._regions[i].size != size:
-            raise OSError(errno.ENOENT, f"no DMA map is exactly IOVA {iova:#x} size {size:#x}")
-        region = self._regions.pop(i)
-        self._starts.pop(i)
-        self._revoke(region)
-        return region
+    def covered(self, iova: int, size: int) -> list[DmaRegion]:
+        """The maps inside [iova, iova+size); OSError(EINVAL) if the range would split one."""
+        end = iova + size
+        if size <= 0 or iova < 0 or end > 1 << 64 or (iova | size) % sc.PAGE_SIZE:
+            raise OSError(errno.EINVAL, f"invalid DMA range IOVA {iova:#x} size {size:#x} "
+                          "(empty, unaligned or wrapping)")
+        lo = bisect.bisect_right(self._starts, iova) - 1
+        if lo >= 0 and self._regions[lo].iova < iova < self._regions[lo].end:
+            r = self._regions[lo]
+            raise OSError(errno.EINVAL, f"unmap at IOVA {iova:#x} would split the DMA map "
+                          f"{r.iova:#x}+{r.size:#x}")
+        hi = bisect.bisect_left(self._starts, end)
+        if hi > 0 and self._regions[hi - 1].end > end:
+            r = self._regions[hi - 1]
+            raise OSError(errno.EINVAL, f"unmap ending at IOVA {end:#x} would split the DMA map "
+                          f"{r.iova:#x}+{r.size:#x}")
+        return self._regions[bisect.bisect_left(self._starts, iova):hi]
+
+    def remove(self, regions: list[DmaRegion]) -> None:
+        """Drop these maps (from `covered`) and revoke every reference to them."""
+        for region in regions:
+            i = bisect.bisect_left(self._starts, region.iova)
+            assert self._regions[i] is region
+            self._regions.pop(i)
+            self._starts.pop(i)
+            self._revoke(region)
 
     def clear(self) -> None:
         """Drop every map (client disconnected)."""
@@ -110,6 +139,8 @@ class ClientMemory:
             self._revoke(self._regions.pop())
 
     def _revoke(self, region: DmaRegion) -> None:
+        if region.mm is None:
+            return
         try:
             region.mm.close()
             return
@@ -122,6 +153,7 @@ class ClientMemory:
                 sc.MAP_PRIVATE | sc.MAP_ANONYMOUS | sc.MAP_FIXED | sc.MAP_NORESERVE,
                 addr=region.addr, what="revoking a DMA map the model still references")
         self._zombies.append(region.mm)
+        region.mm = None
 
     def reap(self) -> int:
         """Close revoked maps whose views are gone; returns how many are still held."""
@@ -143,8 +175,8 @@ class ClientMemory:
         return [(r.iova, r.size, r.readable, r.writable) for r in self._regions]
 
     # -- access (model side) ----------------------------------------------------------------
-    def _find(self, iova: int, size: int, write: bool) -> list[tuple[DmaRegion, int, int]]:
-        """Pieces (region, offset in region, length) covering [iova, iova+size)."""
+    def _find(self, iova: int, size: int, write: bool) -> list[tuple[mmap.mmap, int, int]]:
+        """Pieces (mmap, offset in it, length) covering [iova, iova+size)."""
         if size <= 0:
             raise ValueError(f"DMA size must be positive, got {size}")
         if self._bus_master is not None and not self._bus_master():
@@ -164,8 +196,12 @@ class ClientMemory:
                 raise DmaFault(iova, size, write,
                                f"the client mapped IOVA {r.iova:#x} "
                                f"{'read-only' if write else 'write-only'}")
+            if r.mm is None:
+                self.faults += 1
+                raise DmaFault(iova, size, write, f"the client mapped IOVA {r.iova:#x} without "
+                               "shared memory (no fd), which this server cannot reach")
             n = min(end, r.end) - pos
-            pieces.append((r, pos - r.iova, n))
+            pieces.append((r.mm, r.delta + pos - r.iova, n))
             pos += n
             i += 1
         return pieces
@@ -173,18 +209,16 @@ class ClientMemory:
     def read(self, iova: int, size: int) -> bytes:
         """Copy `size` bytes of client memory at `iova`."""
         out = bytearray()
-        for r, off, n in self._find(iova, size, write=False):
-            start = r.delta + off
-            out += r.mm[start:start + n]
+        for mm, start, n in self._find(iova, size, write=False):
+            out += mm[start:start + n]
         return bytes(out)
 
     def write(self, iova: int, data: bytes | bytearray | memoryview) -> None:
         """Copy `data` into client memory at `iova`."""
         mv = memoryview(data).cast("B")
         pos = 0
-        for r, off, n in self._find(iova, len(mv), write=True):
-            start = r.delta + off
-            r.mm[start:start + n] = mv[pos:pos + n]
+        for mm, start, n in self._find(iova, len(mv), write=True):
+            mm[start:start + n] = mv[pos:pos + n]
             pos += n
 
     def view(self, iova: int, size: int, write: bool = False) -> memoryview:
@@ -194,7 +228,6 @@ class ClientMemory:
         if len(pieces) != 1:
             self.faults += 1
             raise DmaFault(iova, size, write, "the range spans more than one client DMA map")
-        r, off, n = pieces[0]
-        start = r.delta + off
-        mv = memoryview(r.mm)[start:start + n]
+        mm, start, n = pieces[0]
+        mv = memoryview(mm)[start:start + n]
         return mv if write else mv.toreadonly()

@@ -344,7 +344,9 @@ class VfioUserDevice(Device):
                 for fd in fds:
                     close_fd_quietly(fd)
                 raise ProtocolError(f"vfio-user server {self.conn.path}: {e}") from None
-            if reply.argsz > argsz and reply.flags & P.VFIO_REGION_INFO_FLAG_CAPS:
+            # A larger argsz asks for a second call; the CAPS flag may come with it (as from the
+            # kernel) or only once the capabilities fit (servers that QEMU's client accepts).
+            if reply.argsz > argsz:
                 for fd in fds:
                     close_fd_quietly(fd)
                 argsz = reply.argsz

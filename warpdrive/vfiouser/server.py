@@ -41,6 +41,7 @@ from ..emu.dma import ClientMemory, DmaFault
 from ..emu.pci_config import MsixInfo, PciConfig
 from ..forkguard import close_fd_quietly
 from ..vfio.uapi import (
+    VFIO_DMA_UNMAP_FLAG_ALL,
     VFIO_PCI_CONFIG_REGION_INDEX,
     VFIO_PCI_INTX_IRQ_INDEX,
     VFIO_PCI_MSI_IRQ_INDEX,
@@ -489,11 +490,19 @@ class VfioUserServer:
             raise OSError(errno.ENOTSUP, f"client proposes protocol {major}.{minor}; this server "
                           f"speaks {P.VFIO_USER_MAJOR}.{P.VFIO_USER_MINOR}")
         self.client_caps = caps
-        ours = P.Capabilities(max_msg_fds=self.max_msg_fds,
-                              max_data_xfer_size=self.max_data_xfer_size,
-                              max_dma_maps=self.max_dma_maps, pgsizes=sc.PAGE_SIZE)
-        # The reply's capabilities must be a subset of those proposed.
+        # The reply's capabilities must be a subset of those proposed, and its limits no larger
+        # than the client's (QEMU refuses a max_msg_fds above the 16 it offers as "malformed",
+        # and a max_dma_maps above its 65535).
         proposed = set(P.unpack_version_keys(msg.payload))
+
+        def limit(name: str, ours: int) -> int:
+            return min(ours, getattr(caps, name)) if name in proposed else ours
+
+        ours = P.Capabilities(max_msg_fds=limit("max_msg_fds", self.max_msg_fds),
+                              max_data_xfer_size=limit("max_data_xfer_size",
+                                                       self.max_data_xfer_size),
+                              max_dma_maps=limit("max_dma_maps", self.max_dma_maps),
+                              pgsizes=sc.PAGE_SIZE)
         reply = P.pack_version(P.VFIO_USER_MAJOR, min(minor, P.VFIO_USER_MINOR),
                                ours if proposed else None, keys=proposed)
         self._negotiated = True
@@ -518,7 +527,7 @@ class VfioUserServer:
         flags = (P.VFIO_REGION_INFO_FLAG_READ if r.spec.readable else 0) | \
             (P.VFIO_REGION_INFO_FLAG_WRITE if r.spec.writable else 0)
         if r.mm is not None:
-            flags |= P.VFIO_REGION_INFO_FLAG_MMAP | P.VFIO_REGION_INFO_FLAG_CAPS
+            flags |= P.VFIO_REGION_INFO_FLAG_MMAP
         return flags, r.spec.size, r.spec.mmap_areas, r.memfd
 
     def _device_get_region_info(self, msg: Message) -> tuple[bytes, list[int]]:
@@ -541,10 +550,14 @@ class VfioUserServer:
         info = P.vfio_region_info(argsz=32 + len(caps), flags=flags, index=req.index,
                                   cap_offset=0, size=size, offset=0)
         if caps and req.argsz >= info.argsz:
+            info.flags |= P.VFIO_REGION_INFO_FLAG_CAPS
             info.cap_offset = 32
             payload = bytes(info) + caps
         else:
-            payload = bytes(info)  # argsz says how much to ask for next time
+            # argsz says how much to ask for next time. No CAPS flag without the caps: the
+            # kernel sets it with cap_offset 0, but QEMU's vfio-user client rejects a CAPS flag
+            # whose cap_offset lies outside the reply before it would retry.
+            payload = bytes(info)
         return payload, ([fd] if fd >= 0 else [])
 
     def _device_get_irq_info(self, msg: Message) -> tuple[bytes, list[int]]:
@@ -736,30 +749,39 @@ class VfioUserServer:
         req = self._unpack(P.vfio_user_dma_map, msg)
         if req.flags & ~(P.VFIO_USER_F_DMA_REGION_READ | P.VFIO_USER_F_DMA_REGION_WRITE):
             raise OSError(errno.EINVAL, f"unknown DMA_MAP flags {req.flags:#x}")
-        if len(msg.fds) != 1:
-            raise OSError(errno.ENOTSUP if not msg.fds else errno.EINVAL,
-                          "this server needs exactly one file descriptor with each DMA_MAP "
-                          f"(got {len(msg.fds)}); DMA_READ/DMA_WRITE are not implemented")
-        self.model.dma.add(req.addr, req.size, msg.fds[0], req.offset,
+        if len(msg.fds) > 1:
+            raise OSError(errno.EINVAL, f"DMA_MAP carries {len(msg.fds)} file descriptors; at "
+                          "most one")
+        # Without an fd (QEMU's ROM, BIOS and BAR ranges) the range is recorded but the model
+        # cannot reach it: DMA_READ/DMA_WRITE are not implemented.
+        self.model.dma.add(req.addr, req.size, msg.fds[0] if msg.fds else None, req.offset,
                            bool(req.flags & P.VFIO_USER_F_DMA_REGION_READ),
                            bool(req.flags & P.VFIO_USER_F_DMA_REGION_WRITE))
         return b"", []  # the fd is closed by the caller: the mmap keeps the memory
 
     def _dma_unmap(self, msg: Message) -> tuple[bytes, list[int]]:
         req = self._unpack(P.vfio_user_dma_unmap, msg)
-        if req.flags:
+        dma = self.model.dma
+        # As the kernel's type1: FLAG_ALL (with IOVA 0, size 0) drops every map; a range drops
+        # every map inside it (QEMU unmaps whole sections and vIOMMU invalidations at once),
+        # succeeds when it covers none and fails with EINVAL when it would split one.
+        if req.flags == VFIO_DMA_UNMAP_FLAG_ALL:
+            if req.addr or req.size:
+                raise OSError(errno.EINVAL, "DMA_UNMAP with FLAG_ALL needs IOVA 0 and size 0")
+            regions = dma.covered(0, 1 << 64)
+        elif req.flags:
             raise OSError(errno.ENOTSUP, f"DMA_UNMAP flags {req.flags:#x} (dirty bitmaps) are not "
                           "supported")
-        if not any(iova == req.addr and size == req.size
-                   for iova, size, _, _ in self.model.dma.mappings()):
-            raise OSError(errno.ENOENT, f"no DMA map is exactly IOVA {req.addr:#x} size "
-                          f"{req.size:#x}")
-        self._call_model(self.model.on_dma_unmap, req.addr, req.size)
-        region = self.model.dma.remove(req.addr, req.size)
-        if self.model.dma.held_after_unmap:
-            self._log(f"model still holds a view of IOVA {region.iova:#x}+{region.size:#x} after "
+        else:
+            regions = dma.covered(req.addr, req.size)
+        held = dma.held_after_unmap
+        for r in regions:
+            self._call_model(self.model.on_dma_unmap, r.iova, r.size)
+        dma.remove(regions)
+        if dma.held_after_unmap > held:
+            self._log(f"model still holds a view of IOVA {req.addr:#x}+{req.size:#x} after "
                       "DMA_UNMAP: access revoked (it now sees zero pages)")
-        return bytes(P.vfio_user_dma_unmap(24, 0, req.addr, req.size)), []
+        return bytes(P.vfio_user_dma_unmap(24, req.flags, req.addr, req.size)), []
 
     def _device_reset(self, msg: Message) -> tuple[bytes, list[int]]:
         self.model.config.reset()
