@@ -1,0 +1,87 @@
+"""lab/install-deps.sh's plan per Debian release (its --dry-run), and how the lab finds its QEMU.
+
+The dry run changes nothing and needs no root, so both releases' plans are checked on any host:
+the host's apt only ever sees its own release's suites; QEMU and linux-source-7.3 come from a
+trixie root, never from the host's sources.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lab import emu, qemu
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "lab" / "install-deps.sh"
+
+
+def plan(*args: str) -> list[str]:
+    proc = subprocess.run(["bash", str(SCRIPT), "--dry-run", *args], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+@pytest.mark.parametrize(("release", "own", "foreign"), [
+    ("12", {"bookworm", "bookworm-backports"}, "trixie"),
+    ("13", {"trixie"}, "bookworm"),
+])
+def test_host_apt_uses_only_its_own_release(release: str, own: set[str], foreign: str) -> None:
+    lines = plan("--release", release)
+    assert lines[0].startswith(f"host: Debian {release} ")
+    host_apt = [ln for ln in lines if ln.startswith("host apt:")]
+    suites = {re.match(r"host apt: install from ([a-z-]+)", ln).group(1)  # type: ignore[union-attr]
+              for ln in host_apt}
+    assert suites == own
+    assert not any(foreign in ln for ln in host_apt)
+    assert any("linux-source-6.12" in ln for ln in host_apt)
+    assert not any("qemu" in ln for ln in host_apt)  # QEMU lives in the trixie root only
+
+
+@pytest.mark.parametrize("release", ["12", "13"])
+def test_qemu_and_linux_73_come_from_the_pinned_trixie_root(release: str) -> None:
+    lines = plan("--release", release)
+    root = next(ln for ln in lines if ln.startswith("qemu root:"))
+    assert "--variant=apt trixie" in root and "trixie-backports main" in root
+    assert f"qemu-system-x86={qemu.pinned_version()}" in root
+    assert str(qemu.root_dir()) in root
+    src = next(ln for ln in lines if ln.startswith("linux-source-7.3:"))
+    assert "qemu root" in src and "dpkg-deb -x" in src
+
+
+def test_release_detection_refuses_unknown_values() -> None:
+    proc = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--release", "11"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "lab/install-deps.sh: --release wants 12 or 13, not '11'"
+
+
+def test_qemu_override_and_missing_root_errors(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    monkeypatch.setenv("WARPDRIVE_LAB_QEMU", "/bin/true")
+    assert qemu.command() == ["/bin/true"]
+    monkeypatch.setenv("WARPDRIVE_LAB_QEMU", "/nonexistent/qemu")
+    with pytest.raises(qemu.QemuMissing, match="/nonexistent/qemu not found"):
+        qemu.command()
+    monkeypatch.delenv("WARPDRIVE_LAB_QEMU")
+    monkeypatch.setattr(qemu, "CACHE_ROOT", tmp_path)
+    with pytest.raises(qemu.QemuMissing, match=r"run `bash lab/install-deps.sh`"):
+        qemu.command()
+
+
+def test_vfio_user_devices_are_attached_with_json_device_options(tmp_path: Path) -> None:
+    server = emu.EmuServer(emu.EmuDevice("x", "testdev", slot=0x1A, vendor=1, devices=(2,)),
+                           tmp_path)
+    flag, spec = server.qemu_args()
+    assert flag == "-device"
+    assert json.loads(spec) == {"driver": "vfio-user-pci", "id": "emu-x", "addr": "1a.0",
+                                "socket": {"type": "unix", "path": str(tmp_path / "emu-x.sock")}}
+    with pytest.raises(emu.EmuError, match="longer than 107 bytes"):
+        emu.EmuServer(emu.EMU_DEVICES[0], tmp_path / ("d" * 120))
+    with pytest.raises(emu.EmuError, match="unknown lab device model"):
+        emu.by_name(["nosuch"])
