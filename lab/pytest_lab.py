@@ -15,6 +15,8 @@ Fixtures (all fail outside the guest, except lab_kernel_headers/lab_kernel_dir):
     edu_bdf             BDF of QEMU's edu device (1234:11e8), found in the guest's sysfs
     crypto_bdf          BDF of the virtio-crypto function (1af4:1054)
     nic_bdf, nic_ifname the guest's virtio-net function and its interface (up, default route)
+    zip_bdf             the ZIP model (19e5:a251/a250) served on the host over vfio-user and
+                        attached with QEMU's vfio-user-pci (one fixture per lab/emu.py device)
     lab_kernel_dir      the lab kernel's cache dir (bzImage, config, release, headers/)
     lab_kernel_headers  the lab kernel's installed uAPI headers (…/headers/include)
 """
@@ -31,6 +33,8 @@ from typing import Any, Literal
 
 import pytest
 from pytest import TestReport
+
+from lab.emu import EMU_DEVICES, EmuDevice
 
 IN_LAB = os.environ.get("WARPDRIVE_IN_LAB") == "1"
 IOMMU_MODES = ("vfio", "iommufd")
@@ -235,6 +239,10 @@ class _HostSide:
         if res.error is not None or not finished:
             why = res.error or f"the guest's pytest exited {res.returncode} before finishing"
             self.failure = f"{why}\n\nguest console (last lines):\n{res.console_tail()}"
+        if res.server_problems:
+            self.summary.append("device model servers (vfio-user, host side) complained:")
+            self.summary += [f"  {ln}" for ln in res.server_problems]
+            self.keep_log = True
         if res.kernel_problems:
             self.summary.append("guest kernel messages (dmesg: warnings, BUGs, IOMMU faults; "
                                 "expected only where a test provokes them):")
@@ -295,7 +303,8 @@ def find_pci(vendor: int, *devices: int) -> list[str]:
 
 def _one_pci(name: str, vendor: int, *devices: int) -> str:
     _require_lab(name)
-    found = find_pci(vendor, *devices)
+    emu_slots = {d.bdf for d in EMU_DEVICES}  # a model of the same ids is not QEMU's device
+    found = [b for b in find_pci(vendor, *devices) if b not in emu_slots]
     if not found:
         ids = "/".join(f"{vendor:04x}:{d:04x}" for d in devices)
         pytest.fail(f"no PCI function {ids} in the lab guest (is it on lab/vm.py's QEMU line?)",
@@ -328,6 +337,35 @@ def crypto_bdf() -> str:
 @pytest.fixture(scope="session")
 def nic_bdf() -> str:
     return _one_pci("nic_bdf", 0x1AF4, 0x1041, 0x1000)  # modern or transitional virtio-net
+
+
+def _emu_fixture(device: EmuDevice) -> Any:
+    """`<name>_bdf` for a device model the lab serves over vfio-user (lab/emu.py EMU_DEVICES):
+    at its fixed slot, with its ids checked."""
+
+    @pytest.fixture(scope="session", name=f"{device.name}_bdf")
+    def fixture() -> str:
+        _require_lab(f"{device.name}_bdf")
+        path = PCI_DEVICES / device.bdf
+        try:
+            ids = (int((path / "vendor").read_text(), 16), int((path / "device").read_text(), 16))
+        except (OSError, ValueError):
+            pytest.fail(f"no PCI function at {device.bdf} in the lab guest: the {device.model} "
+                        "model over vfio-user is missing (see emu-*.log in the results)",
+                        pytrace=False)
+        if ids[0] != device.vendor or ids[1] not in device.devices:
+            pytest.fail(f"{device.bdf} is {ids[0]:04x}:{ids[1]:04x}, not the {device.model} model",
+                        pytrace=False)
+        return device.bdf
+
+    fixture.__doc__ = f"BDF of the {device.model} model served over vfio-user"
+    return fixture
+
+
+for _device in EMU_DEVICES:
+    if f"{_device.name}_bdf" in globals():
+        raise RuntimeError(f"lab/emu.py: device name {_device.name!r} clashes with a fixture")
+    globals()[f"{_device.name}_bdf"] = _emu_fixture(_device)
 
 
 @pytest.fixture(scope="session")

@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for line in res.kernel_problems:
             print(f"lab: guest kernel: {line}", file=sys.stderr)
+        for line in res.server_problems:
+            print(f"lab: {line}", file=sys.stderr)
         if res.error is not None:
             keep = True
             print(f"lab: {res.error}\nlab: console log tail:\n{res.console_tail()}",

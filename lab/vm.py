@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from lab import initramfs, kernel
+from lab import emu, initramfs, kernel, qemu
 
 LAB_DIR = Path(__file__).resolve().parent
 CHECKOUT = LAB_DIR.parent
@@ -67,6 +67,7 @@ class LabResult:
     total_seconds: float = 0.0
     error: str | None = None  # why returncode is None
     kernel_problems: list[str] = field(default_factory=list)
+    server_problems: list[str] = field(default_factory=list)  # from the vfio-user model servers
 
     def console_tail(self, lines: int = 40) -> str:
         try:
@@ -76,14 +77,12 @@ class LabResult:
         return "\n".join(text.replace("\r\n", "\n").splitlines()[-lines:])
 
 
-def qemu_binary() -> str:
-    """$WARPDRIVE_LAB_QEMU (e.g. a QEMU >= 10.1 for vfio-user), else qemu-system-x86_64 on PATH."""
-    want = os.environ.get("WARPDRIVE_LAB_QEMU", "qemu-system-x86_64")
-    qemu = shutil.which(want)
-    if qemu is None:
-        raise LabError(f"{want} not found: run `bash lab/install-deps.sh` "
-                       "(QEMU 10 from bookworm-backports) or fix $WARPDRIVE_LAB_QEMU")
-    return qemu
+def qemu_argv() -> list[str]:
+    """How to start the lab's QEMU (lab/qemu.py: the pinned 11.1, or $WARPDRIVE_LAB_QEMU)."""
+    try:
+        return qemu.command()
+    except qemu.QemuMissing as e:
+        raise LabError(str(e)) from None
 
 
 def new_results_dir() -> Path:
@@ -126,9 +125,11 @@ def qemu_command(kernel_dir: Path, initrd: Path, results: Path, *, smp: int = 2,
     # $WARPDRIVE_LAB_APPEND reaches guests booted by the pytest plugin too (e.g. iommu.strict=1).
     append += [*os.environ.get("WARPDRIVE_LAB_APPEND", "").split(), *kernel_args]
     return [
-        qemu_binary(),
+        *qemu_argv(),
         "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
-        "-machine", "q35,kernel-irqchip=split",
+        # Guest RAM in a shared memfd: vfio-user servers map it (QEMU passes its fd in DMA_MAP).
+        "-object", f"memory-backend-memfd,id=ram,size={memory},share=on",
+        "-machine", "q35,kernel-irqchip=split,memory-backend=ram",
         "-accel", "tcg,thread=multi",
         "-cpu", "max", "-smp", str(smp), "-m", memory,
         # Serial console on QEMU's stdout; stdin is /dev/null, so the host terminal is untouched.
@@ -262,6 +263,7 @@ def run_in_lab(argv: Sequence[str], results: Path, *, cwd: Path = CHECKOUT,
                timeout: float = 600.0, output: BinaryIO | None = None,
                boot_output: BinaryIO | None = None, env: Mapping[str, str] = {},
                kernel_args: Sequence[str] = (), qemu_args: Sequence[str] = (),
+               emu_devices: Sequence[emu.EmuDevice] = emu.EMU_DEVICES,
                verbose_build: bool = True) -> LabResult:
     """Boot the guest, run argv in cwd, stream its output to `output`, and power off.
 
@@ -269,7 +271,7 @@ def run_in_lab(argv: Sequence[str], results: Path, *, cwd: Path = CHECKOUT,
     LabError only when the guest cannot be started; a guest that crashes or times out is reported
     in the result (returncode None, error set) with its console log kept in `results`.
     """
-    qemu_binary()  # fail before a 5-minute kernel build, not after
+    qemu_argv()  # fail before a 5-minute kernel build, not after
     try:
         kernel_dir = kernel.ensure_kernel(verbose=verbose_build)
         initrd = initramfs.ensure_initramfs()
@@ -281,6 +283,22 @@ def run_in_lab(argv: Sequence[str], results: Path, *, cwd: Path = CHECKOUT,
     # The kernel's cache dir too: guest tests read its `release` and uAPI headers.
     seen = [CHECKOUT, cwd, kernel_dir] + ([Path(argv[0]).parent] if argv else [])
     expose = _hidden_in_guest(seen)
+    try:
+        servers = emu.start_servers(emu_devices, results)
+    except emu.EmuError as e:
+        raise LabError(str(e)) from e
+    try:
+        return _boot(argv, results, kernel_dir, initrd, expose, timeout, output, boot_output,
+                     kernel_args, [*(a for s in servers for a in s.qemu_args()), *qemu_args],
+                     servers)
+    finally:
+        emu.stop_servers(servers)
+
+
+def _boot(argv: Sequence[str], results: Path, kernel_dir: Path, initrd: Path,
+          expose: Sequence[Path], timeout: float, output: BinaryIO | None,
+          boot_output: BinaryIO | None, kernel_args: Sequence[str], qemu_args: Sequence[str],
+          servers: Sequence[emu.EmuServer]) -> LabResult:
     cmd = qemu_command(kernel_dir, initrd, results, expose=expose, kernel_args=kernel_args,
                        qemu_args=qemu_args)
     (results / "qemu.cmdline").write_text(shlex.join(cmd) + "\n")
@@ -321,6 +339,7 @@ def run_in_lab(argv: Sequence[str], results: Path, *, cwd: Path = CHECKOUT,
                 proc.wait()
             proc.stdout.close()
     t_end = time.monotonic()
+    emu.stop_servers(servers)  # QEMU is gone: they exit on its disconnect
 
     rc: int | None = None
     try:
@@ -349,4 +368,5 @@ def run_in_lab(argv: Sequence[str], results: Path, *, cwd: Path = CHECKOUT,
         command_seconds=(None if demux.begin_t is None or demux.end_t is None
                          else demux.end_t - demux.begin_t),
         total_seconds=t_end - t0, error=error, kernel_problems=problems,
+        server_problems=[p for s in servers for p in s.problems()],
     )
