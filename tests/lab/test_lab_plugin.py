@@ -15,15 +15,23 @@ CASES = "tests/lab/lab_selftest_cases.py"
 
 
 def inner_pytest(tmp_path: Path, *args: str, **env: str) -> tuple[int, str, dict[str, ET.Element]]:
+    # The inner run decides about the lab itself: an outer WARPDRIVE_LAB=skip must not leak in
+    # (only tests that pass it explicitly get it).
+    outer = {k: v for k, v in os.environ.items() if k != "WARPDRIVE_LAB"}
     junit = tmp_path / "junit.xml"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", f"--junitxml={junit}",
          *args, CASES],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
         # TMPDIR: guest logs the plugin keeps after a failure stay inside this test's tmp dir.
-        env={**os.environ, "TMPDIR": str(tmp_path), **env})
+        env={**outer, "TMPDIR": str(tmp_path), **env})
     cases = {tc.get("name", ""): tc for tc in ET.parse(junit).iter("testcase")}
     return proc.returncode, proc.stdout + proc.stderr, cases
+
+
+# These host tests boot guests of their own: a host-only run (WARPDRIVE_LAB=skip) skips them too.
+boots_a_guest = pytest.mark.skipif(os.environ.get("WARPDRIVE_LAB", "").lower() == "skip",
+                                   reason="WARPDRIVE_LAB=skip: this test boots a lab guest")
 
 
 def outcome(tc: ET.Element) -> str:
@@ -34,6 +42,7 @@ def outcome(tc: ET.Element) -> str:
 
 
 @pytest.mark.slow
+@boots_a_guest
 def test_guest_outcomes_are_reported_by_name(tmp_path: Path) -> None:
     rc, out, cases = inner_pytest(tmp_path)
     assert rc == 1, out
@@ -74,6 +83,7 @@ def test_warpdrive_lab_skip_skips_loudly(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@boots_a_guest
 def test_guest_timeout_fails_every_lab_item(tmp_path: Path) -> None:
     rc, out, cases = inner_pytest(tmp_path, "--lab-timeout=2")
     assert rc == 1, out
@@ -84,6 +94,7 @@ def test_guest_timeout_fails_every_lab_item(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@boots_a_guest
 def test_boot_failure_is_retried_once_then_fails_every_lab_item(tmp_path: Path) -> None:
     # A kernel that cannot find its init panics before pytest starts, on both boots.
     rc, out, cases = inner_pytest(tmp_path, WARPDRIVE_LAB_APPEND="rdinit=/nonexistent")
