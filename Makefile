@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(PY) examples/compress_files.py warpdrive
 
 # Host tests run here; `lab`-marked tests run inside one QEMU guest boot (lab/pytest_lab.py).
-# lab-deps is a no-op once QEMU 10 and linux-source-6.12 are installed (installing needs root).
+# lab-deps is a quick no-op once the lab's packages, QEMU root and sources are there (else root).
 test: lab-deps $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
