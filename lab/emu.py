@@ -1,29 +1,28 @@
 """Device models served on the host over vfio-user and attached to the lab guest as PCI functions.
 
-Before QEMU starts, each model in EMU_DEVICES runs as `warpdrive emu <model> --socket PATH` on
-the host (PATH in the run's results dir); QEMU's own `vfio-user-pci` client connects to it and
-the guest sees a PCI function at a fixed slot behind intel-iommu, which its kernel drivers
-(vfio-pci, hisi_zip) bind like real hardware. The servers exit when QEMU disconnects at
-power-off (or are stopped after it); their logs (`emu-<name>.log`) stay in the results dir and
-problems in them are reported.
+Before QEMU starts, each model in EMU_DEVICES runs on the host as `python -m warpdrive.emu <model>
+--socket PATH` (warpdrive's model launcher: a private socket directory, a ready handshake); QEMU's
+own `vfio-user-pci` client connects to it and the guest sees a PCI function at a fixed slot behind
+intel-iommu, which its kernel drivers (vfio-pci, hisi_zip) bind like real hardware. The servers
+exit when QEMU disconnects at power-off (or are stopped after it); their logs (`emu-<name>.log`)
+stay in the results dir and problems in them are reported.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import select
-import signal
+import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from warpdrive.emu.launcher import ModelProcess
+from warpdrive.errors import WarpdriveError
+
 CHECKOUT = Path(__file__).resolve().parent.parent
-SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the NUL
 
 
 @dataclass(frozen=True)
@@ -59,93 +58,51 @@ def _python() -> str:
 
 
 class EmuServer:
-    """One model server process for one guest boot."""
+    """One model server process for one guest boot (warpdrive's own model launcher: a private
+    socket directory, a ready handshake, exit on the client's disconnect)."""
 
     def __init__(self, device: EmuDevice, results: Path) -> None:
         self.device = device
-        self.socket = results / f"emu-{device.name}.sock"
         self.log = results / f"emu-{device.name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: ModelProcess | None = None
         self.returncode: int | None = None
-        if len(str(self.socket)) > SUN_PATH_MAX:
-            raise EmuError(f"socket path {self.socket} is longer than {SUN_PATH_MAX} bytes; "
-                           "set TMPDIR to a shorter directory")
+
+    @property
+    def socket(self) -> str:
+        assert self.proc is not None
+        return self.proc.socket_path
 
     def qemu_args(self) -> list[str]:
         d = self.device
         # JSON: `socket` is a SocketAddress object, which key=value syntax cannot express.
         return ["-device", json.dumps({
             "driver": "vfio-user-pci", "id": f"emu-{d.name}", "addr": f"{d.slot:02x}.0",
-            "socket": {"type": "unix", "path": str(self.socket)}})]
+            "socket": {"type": "unix", "path": self.socket}})]
 
     def start(self, timeout: float = 30.0) -> None:
         d = self.device
-        argv = [_python(), "-m", "warpdrive.cli", "emu", d.model, "--socket", str(self.socket),
-                "--exit-on-disconnect", "--accept-timeout", "120"]
-        for opt in d.options:
-            argv += ["--set", opt]
-        r, w = os.pipe2(os.O_CLOEXEC)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (str(CHECKOUT), os.environ.get("PYTHONPATH", "")) if p)}
+        options = dict(opt.split("=", 1) for opt in d.options)
         try:
-            with open(self.log, "wb") as log:
-                self.proc = subprocess.Popen([*argv, "--ready-fd", str(w)], pass_fds=(w,),
-                                             stdin=subprocess.DEVNULL, stdout=log,
-                                             stderr=subprocess.STDOUT, env=env,
-                                             start_new_session=True)
-        except OSError as e:
-            os.close(r)
+            # QEMU connects as soon as it starts; the server gives up if it never does.
+            self.proc = ModelProcess(d.model, options=options, startup_timeout=timeout,
+                                     accept_timeout=120, python=_python())
+        except WarpdriveError as e:
             raise EmuError(f"cannot start `warpdrive emu {d.model}`: {e}") from None
-        finally:
-            os.close(w)
-        try:
-            self._wait_ready(r, timeout)
-        except BaseException:
-            self.stop(grace=0)
-            raise
-        finally:
-            os.close(r)
-
-    def _wait_ready(self, r: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        got = b""
-        while b"\n" not in got:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise EmuError(f"`warpdrive emu {self.device.model}` did not listen within "
-                               f"{timeout:.0f} s; log: {self.tail()}")
-            if select.select([r], [], [], left)[0]:
-                chunk = os.read(r, 64)
-                if not chunk:
-                    assert self.proc is not None
-                    raise EmuError(f"`warpdrive emu {self.device.model}` exited with status "
-                                   f"{self.proc.wait()} before listening; log: {self.tail()}")
-                got += chunk
 
     def stop(self, grace: float = 3.0) -> None:
-        """Wait for the server to leave by itself (QEMU disconnected), then TERM, then KILL."""
+        """Wait for the server to leave by itself (QEMU disconnected), keep its log, then make
+        sure it is gone (TERM, then KILL)."""
         if self.proc is None or self.returncode is not None:
             return
-        for sig in (None, signal.SIGTERM, signal.SIGKILL):
-            if sig is not None:
-                try:
-                    os.killpg(self.proc.pid, sig)
-                except ProcessLookupError:
-                    pass
-            try:
-                self.returncode = self.proc.wait(grace if sig is None else 3.0)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        if self.returncode is None:
-            self.returncode = self.proc.wait()
-
-    def tail(self, lines: int = 10) -> str:
         try:
-            text = self.log.read_text(errors="replace")
+            self.proc.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            shutil.copyfile(self.proc.log_path, self.log)
         except OSError:
-            return "(no log)"
-        return " | ".join(text.strip().splitlines()[-lines:]) or "(empty)"
+            pass
+        self.returncode = self.proc.stop(grace=0)
 
     def problems(self) -> list[str]:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -74,14 +75,24 @@ def test_qemu_override_and_missing_root_errors(monkeypatch: pytest.MonkeyPatch,
         qemu.command()
 
 
-def test_vfio_user_devices_are_attached_with_json_device_options(tmp_path: Path) -> None:
+def test_vfio_user_model_servers_start_attach_and_stop(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     server = emu.EmuServer(emu.EmuDevice("x", "testdev", slot=0x1A, vendor=1, devices=(2,)),
                            tmp_path)
-    flag, spec = server.qemu_args()
-    assert flag == "-device"
-    assert json.loads(spec) == {"driver": "vfio-user-pci", "id": "emu-x", "addr": "1a.0",
-                                "socket": {"type": "unix", "path": str(tmp_path / "emu-x.sock")}}
-    with pytest.raises(emu.EmuError, match="longer than 107 bytes"):
-        emu.EmuServer(emu.EMU_DEVICES[0], tmp_path / ("d" * 120))
+    server.start()
+    try:
+        flag, spec = server.qemu_args()
+        assert flag == "-device"
+        assert json.loads(spec) == {"driver": "vfio-user-pci", "id": "emu-x", "addr": "1a.0",
+                                    "socket": {"type": "unix", "path": server.socket}}
+        assert Path(server.socket).is_socket()
+    finally:
+        server.stop(grace=0)  # no client ever came: TERM
+    assert server.returncode is not None and server.log.is_file()
+    assert not Path(server.socket).exists()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / ("d" * 120)))
+    (tmp_path / ("d" * 120)).mkdir()
+    with pytest.raises(emu.EmuError, match=r"cannot start `warpdrive emu zip`(.|\n)*cannot listen"):
+        emu.start_servers([emu.EMU_DEVICES[0]], tmp_path)
     with pytest.raises(emu.EmuError, match="unknown lab device model"):
         emu.by_name(["nosuch"])
