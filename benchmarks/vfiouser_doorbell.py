@@ -59,7 +59,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def worker(mode: str, hot_jobs: int, idle_jobs: int) -> dict[str, object]:
-    from warpdrive.emu.launcher import open_emulated
+    from warpdrive.backends.vfiouser.launcher import open_emulated
     from warpdrive.emu.models import testdev as T
 
     dev = open_emulated("testdev", mmap_doorbells=(mode == "mapped"))

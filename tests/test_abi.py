@@ -222,7 +222,7 @@ def test_all_lists_every_uapi_name(spec: ModuleSpec) -> None:
                 and name not in exported:
             unlisted.append(name)
     untested = [f for f in mf.functions
-                if spec.module != "warpdrive.ioctl_numbers"  # has its own test below
+                if spec.module != "warpdrive.uapi.ioctl"  # has its own test below
                 and not any(call.startswith(f + "(") for call, _ in spec.func_macros)]
     assert not untested, f"{spec.module}: functions mirroring C macros with no probe: {untested}"
     assert not unlisted, f"{spec.module}: public uAPI names missing from __all__: {unlisted}"
@@ -231,9 +231,9 @@ def test_all_lists_every_uapi_name(spec: ModuleSpec) -> None:
 
 # -- the ioctl encoders themselves (host headers) --------------------------------------------------
 def test_ioctl_encoders_match_c_macros(request: pytest.FixtureRequest) -> None:
-    """warpdrive.ioctl_numbers against <linux/ioctl.h>'s macros, evaluated by the compiler."""
-    from warpdrive import ioctl_numbers as io
-    from warpdrive.uacce.uapi import hisi_qp_ctx, hisi_qp_info
+    """warpdrive.uapi.ioctl against <linux/ioctl.h>'s macros, evaluated by the compiler."""
+    from warpdrive.uapi import ioctl as io
+    from warpdrive.uapi.uacce import hisi_qp_ctx, hisi_qp_info
 
     cases: list[tuple[str, int, str]] = [
         ("_IO(';', 100)", io._IO(";", 100), "_IO(';', 100)"),
@@ -253,7 +253,7 @@ def test_ioctl_encoders_match_c_macros(request: pytest.FixtureRequest) -> None:
             cases.append((f"{fn}({word:#x})", getattr(io, fn)(word), f"{fn}({word:#x}U)"))
     facts = [Fact(label, "macro", value, c_expr) for label, value, c_expr in cases]
     hs = header_set("host", request)
-    spec = ModuleSpec("warpdrive.ioctl_numbers", ("linux/ioctl.h", "misc/uacce/hisi_qm.h"))
+    spec = ModuleSpec("warpdrive.uapi.ioctl", ("linux/ioctl.h", "misc/uacce/hisi_qm.h"))
     result = _probe_or_fail(lambda: run_probe(hs, (), spec.headers, facts))
     problems = _compare(facts, result, hs, spec)
     if problems:

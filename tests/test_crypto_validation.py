@@ -12,8 +12,8 @@ import pytest
 from warpdrive.crypto import Cipher
 from warpdrive.devices.crypto import engine
 from warpdrive.devices.crypto.algorithms import ALGORITHMS, advertised, lookup
-from warpdrive.devices.virtio import uapi as U
 from warpdrive.errors import InvalidArgumentError, WarpdriveError
+from warpdrive.uapi import virtio as U
 
 
 def test_known_algorithms() -> None:

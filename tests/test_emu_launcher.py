@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 import warpdrive
+from warpdrive.backends.vfiouser.client import open_vfio_user
+from warpdrive.backends.vfiouser.launcher import ModelProcess, open_emulated
 from warpdrive.cli import main as cli_main
-from warpdrive.emu.launcher import ModelProcess, open_emulated
 from warpdrive.emu.models import testdev as T
 from warpdrive.errors import DeviceError, InvalidArgumentError
-from warpdrive.vfiouser.client import open_vfio_user
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,7 +87,7 @@ def test_model_exits_when_its_client_is_killed(tmp_path: Path) -> None:
     script = tmp_path / "client.py"
     script.write_text(
         "import sys, time\n"
-        "from warpdrive.emu.launcher import open_emulated\n"
+        "from warpdrive.backends.vfiouser.launcher import open_emulated\n"
         "dev = open_emulated('testdev')\n"
         "print(dev.emulator.proc.pid, flush=True)\n"
         "time.sleep(60)\n")

@@ -8,11 +8,11 @@ import os
 
 import pytest
 
-from warpdrive import pci_regs as R
 from warpdrive.emu.dma import ClientMemory, DmaFault
 from warpdrive.emu.pci_config import ConfigBuilder, PciConfig, bar_size
 from warpdrive.emu.registry import available_models, load_model
 from warpdrive.errors import DeviceNotFoundError, InvalidArgumentError
+from warpdrive.uapi import pci_regs as R
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

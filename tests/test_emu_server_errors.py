@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from warpdrive.backends.vfiouser.client import VfioUserDevice, open_vfio_user
 from warpdrive.emu.model import VFIO_PCI_MSIX_IRQ_INDEX, DeviceModel, RegionSpec
+from warpdrive.emu.server import VfioUserServer
 from warpdrive.errors import ConnectionLostError, KernelError, PermissionDeniedError
-from warpdrive.vfiouser.client import VfioUserDevice, open_vfio_user
-from warpdrive.vfiouser.server import VfioUserServer
 
 
 class Buggy(DeviceModel):

@@ -3,10 +3,10 @@ register decoding. The kernel paths are lab tests (tests/lab/test_lab_iommufd*.p
 
 from __future__ import annotations
 
-from warpdrive.iommufd.ctx import HwInfo
-from warpdrive.iommufd.ioas import intersect
-from warpdrive.iommufd.uapi import IOMMU_HW_CAP_DIRTY_TRACKING, IOMMU_HW_INFO_TYPE_INTEL_VTD
+from warpdrive.backends.iommufd.ctx import HwInfo
+from warpdrive.backends.iommufd.ioas import intersect
 from warpdrive.iova import IovaAllocator, IovaRange
+from warpdrive.uapi.iommufd import IOMMU_HW_CAP_DIRTY_TRACKING, IOMMU_HW_INFO_TYPE_INTEL_VTD
 
 
 def test_intersect_with_allowed_window():

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import warpdrive.syscalls as sc
+from warpdrive.backends.uacce.queue import SvaDmaSpace, UacceQueue
 from warpdrive.errors import (
     DeviceBusyError,
     DeviceNotFoundError,
@@ -21,7 +22,6 @@ from warpdrive.errors import (
     UnsupportedError,
 )
 from warpdrive.memory import DmaBuffer, inspect_dma_memory
-from warpdrive.uacce.queue import SvaDmaSpace, UacceQueue
 
 
 def test_sva_map_is_identity_and_still_checks_memory(tmp_path: Path) -> None:

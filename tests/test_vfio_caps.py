@@ -1,6 +1,6 @@
 """Capability-chain parsing of VFIO info buffers.
 
-Pure logic on bytes: each buffer is laid out with the real uAPI structs from warpdrive.vfio.uapi
+Pure logic on bytes: each buffer is laid out with the real uAPI structs from warpdrive.uapi.vfio
 the way the kernel fills it (fixed struct, then capabilities linked by `next` offsets from the
 buffer start). The kernel itself is exercised by the lab tests (tests/lab/test_lab_vfio*.py).
 """
@@ -11,10 +11,10 @@ import ctypes
 
 import pytest
 
+from warpdrive.backends.vfiodev import caps
 from warpdrive.errors import KernelError
 from warpdrive.iova import IovaRange
-from warpdrive.vfio import caps
-from warpdrive.vfio import uapi as U
+from warpdrive.uapi import vfio as U
 
 
 def _put(buf: bytearray, off: int, obj: ctypes.Structure) -> None:

@@ -7,7 +7,7 @@ real guest kernel prints them for a blocked edu DMA is checked in tests/lab/test
 
 from __future__ import annotations
 
-from warpdrive.vfio.faults import kmsg_message, parse_fault_line
+from warpdrive.backends.vfiodev.faults import kmsg_message, parse_fault_line
 
 VTD_FMT = ("DMAR: [{kind} NO_PASID] Request device [{bus:02x}:{dev:02x}.{fn}] fault addr "
            "0x{addr:x} [fault reason 0x{reason:02x}] {text}")

@@ -3,8 +3,8 @@ as warpdrive.pci reads them from sysfs; the VFIO_GROUP_GET_STATUS call itself is
 
 from __future__ import annotations
 
+from warpdrive.backends.vfio.group import describe_blockers
 from warpdrive.pci import GroupMember
-from warpdrive.vfio.group import describe_blockers
 
 
 def test_only_host_driver_members_are_named():

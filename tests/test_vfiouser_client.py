@@ -14,9 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from warpdrive import pci_regs as R
+from warpdrive.backends.vfiouser.client import VfioUserDevice
+from warpdrive.backends.vfiouser.launcher import open_emulated
 from warpdrive.device import Device
-from warpdrive.emu.launcher import open_emulated
 from warpdrive.emu.models import testdev as T
 from warpdrive.errors import (
     ConnectionLostError,
@@ -28,14 +28,14 @@ from warpdrive.errors import (
 )
 from warpdrive.memory import DmaBuffer, MemoryKind
 from warpdrive.mmio import Mmio
-from warpdrive.vfio.uapi import (
+from warpdrive.uapi import pci_regs as R
+from warpdrive.uapi import vfio_user as P
+from warpdrive.uapi.vfio import (
     VFIO_PCI_CONFIG_REGION_INDEX,
     VFIO_PCI_INTX_IRQ_INDEX,
     VFIO_PCI_MSI_IRQ_INDEX,
     VFIO_PCI_MSIX_IRQ_INDEX,
 )
-from warpdrive.vfiouser import protocol as P
-from warpdrive.vfiouser.client import VfioUserDevice
 
 
 @pytest.fixture

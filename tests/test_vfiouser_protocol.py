@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from warpdrive.backends.vfiouser.client import VfioUserConnection
+from warpdrive.backends.vfiouser.wire import Channel, Message, PeerClosed
 from warpdrive.errors import UnsupportedError
-from warpdrive.vfio.uapi import VFIO_DMA_UNMAP_FLAG_ALL
-from warpdrive.vfiouser import protocol as P
-from warpdrive.vfiouser.client import VfioUserConnection
-from warpdrive.vfiouser.wire import Channel, Message, PeerClosed
+from warpdrive.uapi import vfio_user as P
+from warpdrive.uapi.vfio import VFIO_DMA_UNMAP_FLAG_ALL
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPS = json.dumps({"capabilities": {"max_msg_fds": 8, "max_data_xfer_size": 1 << 20,

@@ -14,9 +14,9 @@ import pytest
 
 import warpdrive
 import warpdrive.zip as wz
+from warpdrive.devices.hisi_qm.bringup import QmDevice
+from warpdrive.devices.hisi_qm.queue import QueueStoppedError
 from warpdrive.devices.zip import hw
-from warpdrive.devices.zip.bringup import QmDevice
-from warpdrive.devices.zip.qm import QueueStoppedError
 from warpdrive.devices.zip.session import COMPRESS, DECOMPRESS
 from warpdrive.emu.models.zip import DBG_BAR, DBG_SIZE, decode_mailbox_log, decode_stats
 from warpdrive.errors import UnsupportedError

@@ -14,8 +14,8 @@ import pytest
 
 import warpdrive.zip as wz
 from tests.fakesysfs import FakeSysfs
+from warpdrive.devices.hisi_qm.uacce import UacceQueues, api_version, zip_uacce_devices
 from warpdrive.devices.zip import hw
-from warpdrive.devices.zip.uacce import UacceQueues, api_version, zip_uacce_devices
 from warpdrive.errors import DeviceNotFoundError, UnsupportedError, WarpdriveError
 
 ATTRS = {"api": "hisi_qm_v2", "flags": "1", "available_instances": "60",

@@ -41,8 +41,8 @@ from typing import overload
 from .device import Device
 from .devices.crypto.algorithms import ALGORITHMS, CipherAlgorithm, lookup
 from .devices.crypto.engine import VirtioCrypto, status_name
-from .devices.virtio import uapi as U
 from .errors import ClosedError, DeviceError, InvalidArgumentError, UnsupportedError
+from .uapi import virtio as U
 
 __all__ = ["ALGORITHMS", "Cipher", "Completion", "VirtioCrypto", "algorithms", "engine"]
 

@@ -16,7 +16,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from . import pci_regs as R
 from . import syscalls as sc
 from .dma import DmaSpace
 from .errors import (
@@ -29,9 +28,10 @@ from .errors import (
 )
 from .forkguard import ForkSafe, close_fd_quietly
 from .mmio import Mmio, MmioWindow
+from .uapi import pci_regs as R
 
 # PCI region and IRQ indexes shared by VFIO and vfio-user (linux/vfio.h).
-from .vfio.uapi import (
+from .uapi.vfio import (
     VFIO_PCI_CONFIG_REGION_INDEX,
     VFIO_PCI_INTX_IRQ_INDEX,
     VFIO_PCI_MSI_IRQ_INDEX,

@@ -101,7 +101,7 @@ EMU_NOTE = ("warpdrive.zip: no HiSilicon ZIP hardware found (no hisi_zip uacce d
 def find_hardware(sysfs_root: str = "/sys") -> str | None:
     """The first usable ZIP device: a hisi_zip uacce device name, else the address of a ZIP VF
     bound to vfio-pci; None when there is neither."""
-    from .devices.zip.uacce import zip_uacce_devices
+    from .devices.hisi_qm.uacce import zip_uacce_devices
 
     names = zip_uacce_devices(sysfs_root)
     if names:
@@ -140,7 +140,7 @@ def open(device: Device | ZipEngine | str | None = None, *, doorbell: str = "mma
     trapped write: a syscall on VFIO, a message on vfio-user; for comparisons). `wait`: "auto"
     (spin briefly, then sleep on the completion interrupt), "spin" (busy-poll only: no
     syscalls, one busy core) or "block"."""
-    from .devices.zip.bringup import QmDevice
+    from .devices.hisi_qm.bringup import QmDevice
 
     if isinstance(device, ZipEngine):
         return device
@@ -156,7 +156,7 @@ def open(device: Device | ZipEngine | str | None = None, *, doorbell: str = "mma
             f"device must be a Device, a PCI address, a uacce name or 'emu', not "
             f"{type(device).__name__}")
     if device.startswith("hisi_zip-"):
-        from .devices.zip.uacce import UacceQueues
+        from .devices.hisi_qm.uacce import UacceQueues
 
         return ZipEngine(UacceQueues(device), **opts)
     from . import open as open_device

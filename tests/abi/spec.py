@@ -22,11 +22,11 @@ class ModuleSpec:
 
 
 MODULES: tuple[ModuleSpec, ...] = (
-    ModuleSpec("warpdrive.ioctl_numbers", ("linux/ioctl.h",)),
-    ModuleSpec("warpdrive.vfio.uapi", ("linux/vfio.h",)),
-    ModuleSpec("warpdrive.iommufd.uapi", ("linux/iommufd.h",)),
+    ModuleSpec("warpdrive.uapi.ioctl", ("linux/ioctl.h",)),
+    ModuleSpec("warpdrive.uapi.vfio", ("linux/vfio.h",)),
+    ModuleSpec("warpdrive.uapi.iommufd", ("linux/iommufd.h",)),
     ModuleSpec(
-        "warpdrive.uacce.uapi",
+        "warpdrive.uapi.uacce",
         ("misc/uacce/uacce.h", "misc/uacce/hisi_qm.h"),
         # uacce.h defines UACCE_DEV_SVA as BIT(0), but BIT() is a kernel-internal macro that no uapi
         # header provides, so the header cannot be used as is from user space. Provide the kernel's
@@ -38,7 +38,7 @@ MODULES: tuple[ModuleSpec, ...] = (
         ),
     ),
     ModuleSpec(
-        "warpdrive.pci_regs",
+        "warpdrive.uapi.pci_regs",
         ("linux/pci_regs.h",),
         func_macros=(
             ("PCI_EXT_CAP_ID(0x1234ABCD)", "PCI_EXT_CAP_ID(0x1234ABCDu)"),
@@ -48,7 +48,7 @@ MODULES: tuple[ModuleSpec, ...] = (
         ),
     ),
     ModuleSpec(
-        "warpdrive.devices.virtio.uapi",
+        "warpdrive.uapi.virtio",
         (
             "linux/virtio_ids.h",
             "linux/virtio_config.h",

@@ -15,13 +15,13 @@ import warpdrive
 from warpdrive import binding
 from warpdrive.crypto import Cipher, algorithms, engine
 from warpdrive.devices.crypto.algorithms import CipherAlgorithm
-from warpdrive.devices.virtio import uapi as U
 from warpdrive.errors import (
     ClosedError,
     InvalidArgumentError,
     UnsupportedError,
     WarpdriveError,
 )
+from warpdrive.uapi import virtio as U
 
 pytestmark = pytest.mark.lab
 

@@ -9,9 +9,9 @@ import pytest
 
 import warpdrive
 from warpdrive import binding
+from warpdrive.backends.iommufd.cdev import IommufdDevice
 from warpdrive.devices.edu import Edu
-from warpdrive.iommufd.cdev import IommufdDevice
-from warpdrive.iommufd.uapi import IOMMU_HW_INFO_TYPE_INTEL_VTD
+from warpdrive.uapi.iommufd import IOMMU_HW_INFO_TYPE_INTEL_VTD
 
 pytestmark = pytest.mark.lab
 

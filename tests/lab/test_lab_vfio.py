@@ -11,7 +11,6 @@ import pytest
 
 import warpdrive
 from warpdrive import binding
-from warpdrive import pci_regs as R
 from warpdrive.devices import edu as E
 from warpdrive.errors import (
     ClosedError,
@@ -21,7 +20,8 @@ from warpdrive.errors import (
     UnsupportedError,
 )
 from warpdrive.memory.smaps import read_smaps
-from warpdrive.vfio import uapi as U
+from warpdrive.uapi import pci_regs as R
+from warpdrive.uapi import vfio as U
 
 pytestmark = pytest.mark.lab
 

@@ -10,10 +10,10 @@ import pytest
 
 import warpdrive
 from warpdrive import binding
-from warpdrive.devices.virtio import uapi as U
 from warpdrive.devices.virtio.pci import VirtioPciTransport
 from warpdrive.devices.virtio.virtqueue import SplitVirtqueue
 from warpdrive.errors import InvalidArgumentError
+from warpdrive.uapi import virtio as U
 
 pytestmark = pytest.mark.lab
 

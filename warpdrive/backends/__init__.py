@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .device import Device
-from .errors import DeviceNotFoundError, InvalidArgumentError, NotBoundError, UnsupportedError
-from .pci.names import normalize_bdf
+from ..device import Device
+from ..errors import DeviceNotFoundError, InvalidArgumentError, NotBoundError, UnsupportedError
+from ..pci.names import normalize_bdf
 
 BACKENDS = ("auto", "iommufd", "vfio", "vfio-user")
 
@@ -47,7 +47,7 @@ def open_device(name: str, backend: str = "auto", dma_mask: int | None = None,
     if backend not in BACKENDS:
         raise InvalidArgumentError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if name.startswith("emu:"):
-        from .emu.launcher import open_emulated
+        from .vfiouser.launcher import open_emulated
 
         return open_emulated(name[4:], dma_mask=dma_mask, **options)
     if name.startswith("vfio-user:") or backend == "vfio-user":

@@ -40,7 +40,7 @@ def _vfio(fn: Any) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from .. import pci
-    from ..uacce import sysfs as uacce_sysfs
+    from ..backends.uacce import sysfs as uacce_sysfs
 
     status = pci.iommu_status(args.sysfs_root, args.dev_root)
     if args.bdf:

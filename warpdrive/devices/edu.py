@@ -42,7 +42,7 @@ from ..errors import (
     InvalidArgumentError,
 )
 from ..memory import DmaBuffer
-from ..vfio.uapi import VFIO_PCI_MSI_IRQ_INDEX
+from ..uapi.vfio import VFIO_PCI_MSI_IRQ_INDEX
 
 VENDOR_ID = 0x1234
 DEVICE_ID = 0x11E8

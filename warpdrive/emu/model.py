@@ -1,7 +1,7 @@
 """The device-model base class: subclass `DeviceModel` once per emulated device.
 
 A model runs in its own process (`python -m warpdrive.emu <model> --socket PATH`) behind the generic
-vfio-user server (`warpdrive.vfiouser.server`). The framework owns the protocol, the PCI config
+vfio-user server (`warpdrive.emu.server`). The framework owns the protocol, the PCI config
 space (BAR sizing, command register, MSI/MSI-X enable bits, the MSI-X table), the client's DMA maps,
 the interrupt eventfds and the shared memory behind mmap-able areas. The model supplies identity,
 regions, register behaviour and the work itself:
@@ -54,7 +54,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from ..vfio.uapi import (
+from ..uapi.vfio import (
     VFIO_PCI_INTX_IRQ_INDEX,
     VFIO_PCI_MSI_IRQ_INDEX,
     VFIO_PCI_MSIX_IRQ_INDEX,
@@ -63,7 +63,7 @@ from .dma import ClientMemory, DmaFault
 from .pci_config import ConfigBuilder, PciConfig
 
 if TYPE_CHECKING:  # the server attaches itself; imported for types only (no import cycle)
-    from ..vfiouser.server import VfioUserServer
+    from .server import VfioUserServer
 
 __all__ = [
     "VFIO_PCI_INTX_IRQ_INDEX",
@@ -114,7 +114,7 @@ class DeviceModel(ABC):
     # master-abort. Plugins call Device.enable_bus_master() (again after a reset).
     require_bus_master: ClassVar[bool] = True
 
-    # Poll loop (see warpdrive.vfiouser.server): after the last sign of work the server keeps
+    # Poll loop (see warpdrive.emu.server): after the last sign of work the server keeps
     # calling poll() back to back for `poll_spin_s` (a store into a mapped doorbell is seen within
     # microseconds, at the cost of one busy core), then sleeps in select() for at most
     # `poll_idle_s` between polls (a doorbell rung while idle waits up to that long; an idle model

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import pci_regs as R
+from ..uapi import pci_regs as R
 
 _CAP_START = 0x40
 _COMMAND_WMASK = (R.PCI_COMMAND_IO | R.PCI_COMMAND_MEMORY | R.PCI_COMMAND_MASTER

@@ -53,7 +53,7 @@ def run_serve(args: argparse.Namespace) -> int:
         model = cls(**parse_options(args.options))
     except (TypeError, ValueError) as e:
         raise InvalidArgumentError(f"model {args.model}: {e}") from None
-    from ..vfiouser.server import VfioUserServer
+    from .server import VfioUserServer
 
     try:
         server = VfioUserServer(

@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import syscalls as sc
-from ..emu.dma import ClientMemory, DmaFault
-from ..emu.pci_config import MsixInfo, PciConfig
+from ..backends.vfiouser.wire import Channel, FrameError, Message, PeerClosed, WireTimeout
 from ..forkguard import close_fd_quietly
-from ..vfio.uapi import (
+from ..uapi import vfio_user as P
+from ..uapi.vfio import (
     VFIO_DMA_UNMAP_FLAG_ALL,
     VFIO_PCI_CONFIG_REGION_INDEX,
     VFIO_PCI_INTX_IRQ_INDEX,
@@ -49,11 +49,11 @@ from ..vfio.uapi import (
     VFIO_PCI_NUM_IRQS,
     VFIO_PCI_NUM_REGIONS,
 )
-from . import protocol as P
-from .wire import Channel, FrameError, Message, PeerClosed, WireTimeout
+from .dma import ClientMemory, DmaFault
+from .pci_config import MsixInfo, PciConfig
 
 if TYPE_CHECKING:
-    from ..emu.model import DeviceModel, RegionSpec
+    from .model import DeviceModel, RegionSpec
 
 _MESSAGE_TIMEOUT = 5.0  # a peer that starts a message must finish it within this
 
@@ -308,7 +308,7 @@ class VfioUserServer:
                 return
 
     def _peer_allowed(self, conn: socket.socket) -> bool:
-        from .wire import sock_peer_creds
+        from ..backends.vfiouser.wire import sock_peer_creds
 
         pid, uid, _ = sock_peer_creds(conn)
         if uid not in (os.getuid(), 0):

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .. import plugins
+from ..devices import registry as plugins
 from ..errors import DeviceNotFoundError
 from .names import class_name, is_bdf, is_bridge, normalize_bdf
 

@@ -14,7 +14,7 @@ import ctypes
 import platform
 from typing import Any
 
-from .errors import InvalidArgumentError, UnsupportedError
+from ..errors import InvalidArgumentError, UnsupportedError
 
 __all__ = [
     "IOCSIZE_MASK",
@@ -52,7 +52,7 @@ _NON_GENERIC = ("ppc", "powerpc", "mips", "sparc", "alpha", "parisc")
 _machine = platform.machine().lower()
 if _machine.startswith(_NON_GENERIC):
     raise UnsupportedError(
-        f"warpdrive.ioctl_numbers: architecture {_machine!r} does not use the generic Linux ioctl "
+        f"warpdrive.uapi.ioctl: architecture {_machine!r} does not use the generic Linux ioctl "
         "encoding",
         hint="only x86, arm64, riscv and other asm-generic/ioctl.h architectures are supported",
     )

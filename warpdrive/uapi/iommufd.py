@@ -2,7 +2,7 @@
 
 Every command is `_IO(IOMMUFD_TYPE, IOMMUFD_CMD_x)` on `/dev/iommu`; the first `__u32` of each
 argument is `size` (set it to `ctypes.sizeof(struct)`). All reserved fields must be zero.
-Layout conventions as in `warpdrive.vfio.uapi`: default ctypes alignment, `__aligned_u64` and user
+Layout conventions as in `warpdrive.uapi.vfio`: default ctypes alignment, `__aligned_u64` and user
 pointers as `c_uint64`, checked against the real header by tests/test_abi.py.
 
 The 6.12 header has no `IOMMU_HWPT_ALLOC_PASID`, `IOMMU_IOAS_MAP_FILE`, vIOMMU/vDEVICE/vEVENTQ or
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ctypes
 
-from ..ioctl_numbers import _IO
+from .ioctl import _IO
 
 __all__ = [
     "IOMMUFD_CMD_BASE",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ctypes
 
-from ..ioctl_numbers import _IO, _IOWR
+from .ioctl import _IO, _IOWR
 
 __all__ = [
     "HISI_QM_API_VER2_BASE",

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import ctypes
 
-from ..ioctl_numbers import _IO
+from .ioctl import _IO
 
 __all__ = [
     "VFIO_API_VERSION",

@@ -3,7 +3,7 @@
 All data is in host byte order. Every message is a 16-byte header followed by a command-specific
 payload; replies echo the message id and command. Structures the protocol shares with the kernel
 (`vfio_region_info` and its capability chain, `vfio_irq_info`, `vfio_irq_set`) are taken from
-`warpdrive.vfio.uapi`; the ones below exist only in vfio-user. Names follow the spec (`vfio_user_`
+`warpdrive.uapi.vfio`; the ones below exist only in vfio-user. Names follow the spec (`vfio_user_`
 prefix); layouts have no padding, so ctypes' natural alignment reproduces them (checked by size
 assertions at import).
 """
@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..vfio.uapi import (
+from .vfio import (
     VFIO_DEVICE_FLAGS_PCI,
     VFIO_DEVICE_FLAGS_RESET,
     VFIO_IRQ_INFO_AUTOMASKED,

@@ -5,7 +5,7 @@ device (`<linux/virtio_crypto.h>`).
 
 All virtio fields are little endian (`__le*` / `__virtio*` for a VERSION_1 device), so the structs
 are `ctypes.LittleEndianStructure`/`LittleEndianUnion` (plain `Structure`/`Union` on x86 and arm64).
-Layout conventions as in `warpdrive.vfio.uapi`: default alignment, flexible array members named in
+Layout conventions as in `warpdrive.uapi.vfio`: default alignment, flexible array members named in
 `_flexible_` instead of `_fields_`. The C `union { ... } u;` members of the crypto requests are
 private unions (they have no C tag) reached through the field `u`, as in C. The request structs are
 the fixed-size (non-REVISION_1) layouts QEMU parses: `virtio_crypto_op_ctrl_req` and

@@ -18,13 +18,13 @@ import errno
 import os
 from typing import Any
 
-from .. import syscalls as sc
-from ..errors import DeviceBusyError, InvalidArgumentError, UnsupportedError, WarpdriveError
-from ..forkguard import close_fd_quietly
-from ..iova import IovaRange
-from ..vfio import uapi as V
-from ..vfio.device import VfioDevice
+from ... import syscalls as sc
+from ...errors import DeviceBusyError, InvalidArgumentError, UnsupportedError, WarpdriveError
+from ...forkguard import close_fd_quietly
+from ...iova import IovaRange
+from ...uapi import vfio as V
 from ..vfio.legacy import vfio_function
+from ..vfiodev.device import VfioDevice
 from .ctx import HwInfo, IommufdContext
 from .ioas import IoasDmaSpace
 

@@ -10,11 +10,11 @@ import ctypes
 import errno
 from dataclasses import dataclass
 
-from .. import syscalls as sc
-from ..errors import ClosedError, WarpdriveError
-from ..forkguard import close_fd_quietly
-from ..iova import IovaRange
-from . import uapi as U
+from ... import syscalls as sc
+from ...errors import ClosedError, WarpdriveError
+from ...forkguard import close_fd_quietly
+from ...iova import IovaRange
+from ...uapi import iommufd as U
 
 IOMMU_PATH = "/dev/iommu"
 U64_MAX = (1 << 64) - 1

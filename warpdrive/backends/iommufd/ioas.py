@@ -9,10 +9,10 @@ kernel's own IOVA choice and is not reflected in IOVA_RANGES, so we apply it our
 
 from __future__ import annotations
 
-from .. import syscalls as sc
-from ..dma import DmaMapping, DmaSpace
-from ..errors import KernelError
-from ..iova import IovaRange, normalise_ranges
+from ... import syscalls as sc
+from ...dma import DmaMapping, DmaSpace
+from ...errors import KernelError
+from ...iova import IovaRange, normalise_ranges
 from .ctx import IommufdContext
 
 

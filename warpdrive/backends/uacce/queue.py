@@ -18,19 +18,25 @@ import select
 from pathlib import Path
 from typing import Any
 
-from .. import syscalls as sc
-from ..dma import DmaMapping, DmaSpace
-from ..errors import (
+from ... import syscalls as sc
+from ...dma import DmaMapping, DmaSpace
+from ...errors import (
     ClosedError,
     DeviceBusyError,
     DeviceNotFoundError,
     DeviceTimeoutError,
     UnsupportedError,
 )
-from ..forkguard import ForkSafe, close_fd_quietly
-from ..iova import IovaRange
-from ..mmio import Mmio, MmioWindow
-from .uapi import UACCE_CMD_PUT_Q, UACCE_CMD_START_Q, UACCE_DEV_SVA, UACCE_QFRT_DUS, UACCE_QFRT_MMIO
+from ...forkguard import ForkSafe, close_fd_quietly
+from ...iova import IovaRange
+from ...mmio import Mmio, MmioWindow
+from ...uapi.uacce import (
+    UACCE_CMD_PUT_Q,
+    UACCE_CMD_START_Q,
+    UACCE_DEV_SVA,
+    UACCE_QFRT_DUS,
+    UACCE_QFRT_MMIO,
+)
 
 # x86-64 and arm64 (48-bit VA) user address space: the device sees exactly this.
 _USER_VA_LAST = (1 << 47) - 1

@@ -1,8 +1,7 @@
-"""Legacy VFIO (group + type1v2 container) and the VFIO device-fd code shared with iommufd.
+"""Legacy VFIO: IOMMU group + type1v2 container.
 
-    from warpdrive.vfio.legacy import open_legacy      # usually via warpdrive.open(bdf, "vfio")
+    from warpdrive.backends.vfio.legacy import open_legacy     # or warpdrive.open(bdf, "vfio")
 
-Modules: `uapi` (linux/vfio.h in ctypes), `caps` (info-buffer capability chains), `device` (the
-`Device` hooks over a VFIO device fd), `container` / `group` / `legacy` (the legacy path), `faults`
-(IOMMU faults from the kernel log).
+Modules: `container` / `group` / `legacy` (the legacy path). The uAPI is `warpdrive.uapi.vfio`;
+the device fd code shared with iommufd is `warpdrive.backends.vfiodev`.
 """

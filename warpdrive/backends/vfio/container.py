@@ -12,13 +12,13 @@ from __future__ import annotations
 import ctypes
 import errno
 
-from .. import syscalls as sc
-from ..dma import DmaMapping, DmaSpace
-from ..errors import ClosedError, KernelError, UnsupportedError, WarpdriveError
-from ..forkguard import close_fd_quietly
-from ..iova import IovaRange
-from . import caps
-from . import uapi as U
+from ... import syscalls as sc
+from ...dma import DmaMapping, DmaSpace
+from ...errors import ClosedError, KernelError, UnsupportedError, WarpdriveError
+from ...forkguard import close_fd_quietly
+from ...iova import IovaRange
+from ...uapi import vfio as U
+from ..vfiodev import caps
 
 CONTAINER_PATH = "/dev/vfio/vfio"
 

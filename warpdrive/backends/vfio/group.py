@@ -5,11 +5,11 @@ from __future__ import annotations
 import ctypes
 import errno
 
-from .. import syscalls as sc
-from ..errors import ClosedError, DeviceBusyError, GroupNotViableError
-from ..forkguard import close_fd_quietly
-from ..pci import GroupMember
-from . import uapi as U
+from ... import syscalls as sc
+from ...errors import ClosedError, DeviceBusyError, GroupNotViableError
+from ...forkguard import close_fd_quietly
+from ...pci import GroupMember
+from ...uapi import vfio as U
 from .container import Container
 
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import InvalidArgumentError, NotBoundError, UnsupportedError
-from ..forkguard import close_fd_quietly
-from ..pci import PciFunction, read_function
+from ...errors import InvalidArgumentError, NotBoundError, UnsupportedError
+from ...forkguard import close_fd_quietly
+from ...pci import PciFunction, read_function
+from ..vfiodev.device import VfioDevice, ensure_cloexec
 from .container import Container, Type1DmaSpace
-from .device import VfioDevice, ensure_cloexec
 from .group import Group
 
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass
 
-from ..errors import KernelError
-from ..iova import IovaRange
-from . import uapi as U
+from ...errors import KernelError
+from ...iova import IovaRange
+from ...uapi import vfio as U
 
 _HDR = ctypes.sizeof(U.vfio_info_cap_header)
 
@@ -41,7 +41,7 @@ def walk_caps(buf: bytes | bytearray, first: int, fixed_size: int, what: str) ->
             raise KernelError(
                 f"malformed capability chain in {what}: header at offset {off} "
                 f"(buffer {len(buf)} bytes, fixed part {fixed_size}, seen {sorted(seen)})",
-                hint="the kernel's VFIO structs do not match warpdrive.vfio.uapi; report this "
+                hint="the kernel's VFIO structs do not match warpdrive.uapi.vfio; report this "
                 "with `uname -r`")
         seen.add(off)
         hdr = U.vfio_info_cap_header.from_buffer_copy(buf, off)

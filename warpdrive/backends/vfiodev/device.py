@@ -15,18 +15,18 @@ import struct
 from dataclasses import dataclass
 from functools import cached_property
 
-from .. import syscalls as sc
-from ..device import Device, IrqInfo, RegionInfo
-from ..dma import DmaSpace
-from ..errors import (
+from ... import syscalls as sc
+from ...device import Device, IrqInfo, RegionInfo
+from ...dma import DmaSpace
+from ...errors import (
     ClosedError,
     InvalidArgumentError,
     UnsupportedError,
     WarpdriveError,
 )
-from ..forkguard import close_fd_quietly
+from ...forkguard import close_fd_quietly
+from ...uapi import vfio as U
 from . import caps
-from . import uapi as U
 from .faults import FaultRecord, KmsgFaultWatch
 
 

@@ -20,7 +20,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from ..forkguard import close_fd_quietly
+from ...forkguard import close_fd_quietly
 
 # drivers/iommu/intel/dmar.c: "[DMA Read NO_PASID] Request device [00:03.0] fault addr 0x...
 # [fault reason 0x06] PTE Read access is not set" (prefixed "DMAR: ").

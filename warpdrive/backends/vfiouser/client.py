@@ -37,10 +37,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import syscalls as sc
-from ..device import Device, IrqInfo, RegionInfo
-from ..dma import DmaMapping, DmaSpace
-from ..errors import (
+from ... import syscalls as sc
+from ...device import Device, IrqInfo, RegionInfo
+from ...dma import DmaMapping, DmaSpace
+from ...errors import (
     ConnectionLostError,
     DeviceNotFoundError,
     DeviceTimeoutError,
@@ -50,18 +50,18 @@ from ..errors import (
     WarpdriveError,
     from_errno,
 )
-from ..forkguard import ForkSafe, close_fd_quietly
-from ..iova import U64_MAX, IovaRange
-from ..memory import MemoryKind
-from ..mmio import Mmio
-from ..vfio.uapi import (
+from ...forkguard import ForkSafe, close_fd_quietly
+from ...iova import U64_MAX, IovaRange
+from ...memory import MemoryKind
+from ...mmio import Mmio
+from ...uapi import vfio_user as P
+from ...uapi.vfio import (
     VFIO_PCI_CONFIG_REGION_INDEX,
     VFIO_PCI_NUM_REGIONS,
     VFIO_REGION_INFO_CAP_MSIX_MAPPABLE,
     VFIO_REGION_INFO_CAP_TYPE,
     vfio_region_info_cap_type,
 )
-from . import protocol as P
 from .wire import Channel, FrameError, PeerClosed, WireTimeout
 
 DEFAULT_TIMEOUT = 5.0  # seconds; QEMU's client uses the same default (x-msg-timeout)

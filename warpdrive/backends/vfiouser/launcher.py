@@ -27,15 +27,17 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DeviceError, DeviceTimeoutError, InvalidArgumentError
-from ..forkguard import ForkSafe
+from ...errors import DeviceError, DeviceTimeoutError, InvalidArgumentError
+from ...forkguard import ForkSafe
 
 if TYPE_CHECKING:
-    from ..vfiouser.client import VfioUserDevice
+    from .client import VfioUserDevice
 
 _live: weakref.WeakSet[ModelProcess] = weakref.WeakSet()
 _live_lock = threading.Lock()
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The directory holding the `warpdrive` package (this file is warpdrive/backends/vfiouser/...).
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
 
 
 class ModelProcess(ForkSafe):
@@ -179,11 +181,11 @@ def open_emulated(model_name: str, dma_mask: int | None = None, **opts: Any) -> 
     """Start device model `model_name` (e.g. "testdev", "zip") and open it over vfio-user.
 
     Options for the model process: `model_options` (dict of `--set key=value`),
-    `startup_timeout` (s), `spin_us`/`idle_us` (poll loop, see warpdrive.vfiouser.server).
+    `startup_timeout` (s), `spin_us`/`idle_us` (poll loop, see warpdrive.emu.server).
     Everything else goes to `open_vfio_user` (`mmap_doorbells`, `timeout`, `posted_writes`).
     The returned device's `emulator` attribute is the `ModelProcess`; closing the device stops it.
     """
-    from ..vfiouser.client import open_vfio_user
+    from .client import open_vfio_user
 
     if not isinstance(model_name, str) or not model_name:
         raise InvalidArgumentError(f"{model_name!r} is not a device model name")

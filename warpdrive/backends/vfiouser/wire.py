@@ -19,8 +19,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from ..forkguard import close_fd_quietly
-from .protocol import (
+from ...forkguard import close_fd_quietly
+from ...uapi.vfio_user import (
     HEADER_SIZE,
     SCM_MAX_FD,
     VFIO_USER_F_ERROR,

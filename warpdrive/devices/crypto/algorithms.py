@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import InvalidArgumentError
-from ..virtio import uapi as U
+from ...uapi import virtio as U
 
 AES_BLOCK = 16
 

@@ -39,7 +39,7 @@ from ...errors import (
 )
 from ...forkguard import ForkSafe
 from ...memory import DmaBuffer
-from ..virtio import uapi as U
+from ...uapi import virtio as U
 from ..virtio.pci import VirtioPciTransport
 from ..virtio.virtqueue import SplitVirtqueue
 from .algorithms import ALGORITHMS, CipherAlgorithm, advertised

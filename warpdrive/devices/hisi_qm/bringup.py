@@ -36,9 +36,9 @@ from ...errors import (
     WarpdriveError,
 )
 from ...mmio import Mmio
-from ...vfio.uapi import VFIO_PCI_MSI_IRQ_INDEX
-from . import hw
-from .qm import QmQueue
+from ...uapi.vfio import VFIO_PCI_MSI_IRQ_INDEX
+from ..zip import hw
+from .queue import QmQueue
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from collections.abc import Callable
 
 from ...errors import ClosedError, DeviceBusyError, DeviceError, DeviceTimeoutError
 from ...mmio import Doorbell
-from . import hw
+from ..zip import hw
 
 
 class QueueStoppedError(DeviceBusyError):

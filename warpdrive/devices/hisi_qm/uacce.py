@@ -17,18 +17,18 @@ from __future__ import annotations
 import errno
 
 from ... import syscalls as sc
+from ...backends.uacce import sysfs as uacce_sysfs
+from ...backends.uacce.queue import SvaDmaSpace, UacceQueue
 from ...dma import DmaSpace
 from ...errors import DeviceNotFoundError, KernelError, UnsupportedError, WarpdriveError
-from ...uacce import sysfs as uacce_sysfs
-from ...uacce.queue import SvaDmaSpace, UacceQueue
-from ...uacce.uapi import (
+from ...uapi.uacce import (
     UACCE_CMD_QM_SET_QP_CTX,
     UACCE_CMD_QM_SET_QP_INFO,
     hisi_qp_ctx,
     hisi_qp_info,
 )
-from . import hw
-from .qm import QmQueue
+from ..zip import hw
+from .queue import QmQueue
 
 ZIP_UACCE_DRIVER = "hisi_zip"
 _FALLBACK_DEPTH = 1024  # UADK's default when SET_QP_INFO is missing

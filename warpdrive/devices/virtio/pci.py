@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ... import pci_regs as R
 from ...device import Device, Interrupt
 from ...errors import (
     DeviceError,
@@ -25,8 +24,9 @@ from ...errors import (
     UnsupportedError,
 )
 from ...mmio import Doorbell, Mmio
-from ...vfio.uapi import VFIO_PCI_MSIX_IRQ_INDEX
-from . import uapi as U
+from ...uapi import pci_regs as R
+from ...uapi import virtio as U
+from ...uapi.vfio import VFIO_PCI_MSIX_IRQ_INDEX
 
 VIRTIO_PCI_VENDOR_ID = 0x1AF4
 VIRTIO_PCI_MODERN_DEVICE_BASE = 0x1040  # modern device id = 0x1040 + virtio device id

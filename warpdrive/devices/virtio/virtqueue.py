@@ -37,7 +37,7 @@ from ...device import Interrupt
 from ...errors import InvalidArgumentError, ResourceExhaustedError
 from ...forkguard import ForkSafe
 from ...memory import DmaBuffer
-from . import uapi as U
+from ...uapi import virtio as U
 from .pci import VirtioPciTransport
 
 Segment = tuple[int, int, bool]  # (iova, length, device-writable)

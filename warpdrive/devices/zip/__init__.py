@@ -11,9 +11,9 @@ is the driver under it:
 - `session`: the engine, batched stateless jobs, buffer pool; `stream`: stream mode
 """
 
-from .bringup import QmCaps, QmDevice
+from ..hisi_qm.bringup import QmCaps, QmDevice
+from ..hisi_qm.queue import QmQueue, QueueStoppedError
 from .errors import ZipBufferError, ZipDataError, ZipDeviceError, ZipError
-from .qm import QmQueue, QueueStoppedError
 from .session import Job, Session, ZipEngine
 from .stream import Deflater, Inflater
 

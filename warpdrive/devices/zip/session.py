@@ -21,9 +21,9 @@ from ...dma import DmaSpace
 from ...errors import ClosedError, DeviceTimeoutError, InvalidArgumentError, WarpdriveError
 from ...forkguard import ForkSafe
 from ...memory import DmaBuffer
+from ..hisi_qm.queue import QmQueue
 from . import hw
 from .errors import ZipBufferError, ZipDataError, ZipError
-from .qm import QmQueue
 from .sqe import (
     EMPTY_FINAL_BLOCK,
     GZIP,
