@@ -21,7 +21,7 @@ import zlib
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import warpdrive.zip as wz
-from warpdrive.devices.zip.session import COMPRESS_JOB_MAX
+from warpdrive.devices.zip.job import COMPRESS_JOB_MAX
 
 WBITS = {"gzip": 31, "zlib": 15, "deflate": -15}
 SUFFIX = {"gzip": ".gz", "zlib": ".zz", "deflate": ".deflate"}

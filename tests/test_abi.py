@@ -233,7 +233,7 @@ def test_all_lists_every_uapi_name(spec: ModuleSpec) -> None:
 def test_ioctl_encoders_match_c_macros(request: pytest.FixtureRequest) -> None:
     """warpdrive.uapi.ioctl against <linux/ioctl.h>'s macros, evaluated by the compiler."""
     from warpdrive.uapi import ioctl as io
-    from warpdrive.uapi.uacce import hisi_qp_ctx, hisi_qp_info
+    from warpdrive.uapi.hisi_qm import hisi_qp_ctx, hisi_qp_info
 
     cases: list[tuple[str, int, str]] = [
         ("_IO(';', 100)", io._IO(";", 100), "_IO(';', 100)"),

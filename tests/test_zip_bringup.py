@@ -14,10 +14,11 @@ import pytest
 
 import warpdrive
 import warpdrive.zip as wz
+from warpdrive.devices.hisi_qm import regs as qmr
 from warpdrive.devices.hisi_qm.bringup import QmDevice
 from warpdrive.devices.hisi_qm.queue import QueueStoppedError
 from warpdrive.devices.zip import hw
-from warpdrive.devices.zip.session import COMPRESS, DECOMPRESS
+from warpdrive.devices.zip.job import COMPRESS, DECOMPRESS
 from warpdrive.emu.models.zip import DBG_BAR, DBG_SIZE, decode_mailbox_log, decode_stats
 from warpdrive.errors import UnsupportedError
 
@@ -29,9 +30,9 @@ def model_view(dev: warpdrive.Device) -> tuple[list[tuple[str, int, int, int]], 
 
 def test_bringup_mailbox_order_and_contexts() -> None:
     with warpdrive.open("emu:zip") as dev:
-        qm = QmDevice(dev)
+        qm = QmDevice(dev, hw.ZIP)
         assert (qm.qp_base, qm.qp_num) == (0, 2)
-        assert qm.caps.version == hw.QM_HW_V2 and qm.caps.sq_depth == 1024
+        assert qm.caps.version == qmr.QM_HW_V2 and qm.caps.sq_depth == 1024
         q0 = qm.start_queue(COMPRESS)
         q1 = qm.start_queue(DECOMPRESS)
         log, stats = model_view(dev)
@@ -42,16 +43,16 @@ def test_bringup_mailbox_order_and_contexts() -> None:
         # The model copied each context into the client's tables, as the driver sent them.
         assert qm._block is not None
         for q, alg in ((q0, COMPRESS), (q1, DECOMPRESS)):
-            sqc = hw.SQC.unpack_from(qm._block.view, qm.sqc_off + q.qn * 32)
+            sqc = qmr.SQC.unpack_from(qm._block.view, qm.sqc_off + q.qn * 32)
             mem = qm._queues[q.qn][1]
             assert sqc[3] << 32 | sqc[2] == mem.iova
             assert sqc[4] == 1023 | 7 << 12 and sqc[10] >> 8 & 0xF == alg and sqc[9] == q.qn
-            cqc = hw.CQC.unpack_from(qm._block.view, qm.cqc_off + q.qn * 32)
+            cqc = qmr.CQC.unpack_from(qm._block.view, qm.cqc_off + q.qn * 32)
             assert cqc[3] << 32 | cqc[2] == mem.iova + 1024 * 128 and cqc[4] == 1023 | 4 << 12
         # MSI was routed and the EQ/AEQ interrupts unmasked.
         assert qm.interrupt is not None
-        assert qm.bar.read32(hw.QM_VF_EQ_INT_MASK) == 0
-        assert qm.bar.read32(hw.QM_VF_AEQ_INT_MASK) == 0
+        assert qm.bar.read32(qmr.QM_VF_EQ_INT_MASK) == 0
+        assert qm.bar.read32(qmr.QM_VF_AEQ_INT_MASK) == 0
         assert stats["resets"] == 0
         qm.close()
         _, stats = model_view(dev)
@@ -61,8 +62,8 @@ def test_bringup_mailbox_order_and_contexts() -> None:
 
 def test_v3_reads_capabilities_and_stops_queues_by_mailbox() -> None:
     with warpdrive.open("emu:zip", model_options={"revision": "0x30", "queues": "4"}) as dev:
-        qm = QmDevice(dev)
-        assert qm.caps.version == hw.QM_HW_V3 and qm.caps.stop_qp and qm.qp_num == 4
+        qm = QmDevice(dev, hw.ZIP)
+        assert qm.caps.version == qmr.QM_HW_V3 and qm.caps.stop_qp and qm.qp_num == 4
         q = qm.start_queue(COMPRESS, depth=64)
         assert q.sq_depth == 64
         qm.stop_queue(q)
@@ -73,12 +74,12 @@ def test_v3_reads_capabilities_and_stops_queues_by_mailbox() -> None:
 
 def test_pf_is_refused_and_wrong_device_is_refused() -> None:
     with warpdrive.open("emu:testdev") as dev, pytest.raises(UnsupportedError):
-        QmDevice(dev)
+        QmDevice(dev, hw.ZIP)
 
 
 def test_queue_restart_ignores_a_stale_doorbell() -> None:
     with warpdrive.open("emu:zip") as dev:
-        qm = QmDevice(dev)
+        qm = QmDevice(dev, hw.ZIP)
         eng = wz.ZipEngine(qm)
         data = b"restart " * 1000
         for _ in range(3):  # same queue number each time; the old tail must not be replayed
@@ -105,13 +106,13 @@ def test_batch_rings_one_sq_doorbell() -> None:
         jobs = [s.submit(b, flush=False) for b in blocks]
         assert stores == []  # nothing rung before flush()
         s.flush()
-        assert len(stores) == 1 and hw.doorbell_decode_v2(stores[0])[1:3] == (hw.QM_DB_CMD_SQ, 32)
+        assert len(stores) == 1 and qmr.doorbell_decode_v2(stores[0])[1:3] == (qmr.QM_DB_CMD_SQ, 32)
         done = s.drain()
         assert len(done) == 32
         assert [zlib.decompress(j.result(), -15) for j in jobs] == blocks
-        sq_stores = [v for v in stores if hw.doorbell_decode_v2(v)[1] == hw.QM_DB_CMD_SQ]
+        sq_stores = [v for v in stores if qmr.doorbell_decode_v2(v)[1] == qmr.QM_DB_CMD_SQ]
         # Later SQ stores only repeat tail 32 (after CQ doorbells while work was outstanding).
-        assert {hw.doorbell_decode_v2(v)[2] for v in sq_stores} == {32}
+        assert {qmr.doorbell_decode_v2(v)[2] for v in sq_stores} == {32}
 
 
 @pytest.mark.parametrize("doorbell", ["mmap", "message"])
@@ -172,11 +173,11 @@ def test_tx_stop_flag_refuses_submission() -> None:
 
 def test_eq_entries_are_acknowledged() -> None:
     with warpdrive.open("emu:zip") as dev:
-        qm = QmDevice(dev)
+        qm = QmDevice(dev, hw.ZIP)
         eng = wz.ZipEngine(qm, wait="block")
         eng.compress(b"a" * 10000)
         qm.ack_events()
-        eqc = struct.unpack("<7I", dev.region_read(hw.QM_BAR, hw.QM_EQC_DW0, 28))
+        eqc = struct.unpack("<7I", dev.region_read(qmr.QM_BAR, qmr.QM_EQC_DW0, 28))
         assert eqc[0] & 0xFFFF == eqc[0] >> 16  # head caught up with tail
         eng.close()
 

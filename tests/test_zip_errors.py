@@ -10,7 +10,7 @@ import zlib
 import pytest
 
 import warpdrive.zip as wz
-from warpdrive.devices.zip.session import COMPRESS
+from warpdrive.devices.zip.job import COMPRESS
 from warpdrive.errors import ConnectionLostError, DeviceTimeoutError, WarpdriveError
 
 TEXT = b"".join(b"record %06d: the engine compresses this line\n" % i for i in range(6000))

@@ -15,6 +15,7 @@ import zlib
 
 import pytest
 
+from warpdrive.devices.hisi_qm import regs as qm
 from warpdrive.devices.zip import hw
 from warpdrive.devices.zip.sqe import Format, SqeTemplate
 from warpdrive.emu.dma import ClientMemory
@@ -60,34 +61,34 @@ class Client:
         return struct.unpack("<I", self.qm.read(off, 4))[0]
 
     def mailbox(self, cmd: int, queue: int = 0, base: int = 0, op: int = 0) -> int:
-        lo, hi = hw.mailbox_words(cmd, queue, base, op)
-        self.w64(hw.QM_MB_CMD_SEND_BASE + 8, hi)
-        self.w64(hw.QM_MB_CMD_SEND_BASE, lo)
-        w = self.r32(hw.QM_MB_CMD_SEND_BASE)
-        assert not w & hw.QM_MB_BUSY
-        return w >> hw.QM_MB_STATUS_SHIFT & hw.QM_MB_STATUS_MASK
+        lo, hi = qm.mailbox_words(cmd, queue, base, op)
+        self.w64(qm.QM_MB_CMD_SEND_BASE + 8, hi)
+        self.w64(qm.QM_MB_CMD_SEND_BASE, lo)
+        w = self.r32(qm.QM_MB_CMD_SEND_BASE)
+        assert not w & qm.QM_MB_BUSY
+        return w >> qm.QM_MB_STATUS_SHIFT & qm.QM_MB_STATUS_MASK
 
     def ctx(self, cmd: int, queue: int, data: bytes) -> int:
         self.mem[CTX:CTX + len(data)] = data
         return self.mailbox(cmd, queue, IOVA + CTX)
 
     def bring_up(self, alg_type: int = hw.ZIP_QC_COMPRESS, irq: bool = False) -> None:
-        assert self.mailbox(hw.QM_MB_CMD_SQC_VFT_V2, op=1) == 0
+        assert self.mailbox(qm.QM_MB_CMD_SQC_VFT_V2, op=1) == 0
         eq = IOVA + EQ
-        assert self.ctx(hw.QM_MB_CMD_EQC, 0, hw.EQC.pack(0, 0, eq, 0, 0, 0, 0,
-                                                         255 | hw.EQC_DW6_PHASE)) == 0
-        assert self.mailbox(hw.QM_MB_CMD_SQC_BT, 0, IOVA + SQC_T) == 0
-        assert self.mailbox(hw.QM_MB_CMD_CQC_BT, 0, IOVA + CQC_T) == 0
+        assert self.ctx(qm.QM_MB_CMD_EQC, 0, qm.EQC.pack(0, 0, eq, 0, 0, 0, 0,
+                                                         255 | qm.EQC_DW6_PHASE)) == 0
+        assert self.mailbox(qm.QM_MB_CMD_SQC_BT, 0, IOVA + SQC_T) == 0
+        assert self.mailbox(qm.QM_MB_CMD_CQC_BT, 0, IOVA + CQC_T) == 0
         self.start_queue(0, alg_type, irq)
-        self.qm.write(hw.QM_VF_EQ_INT_MASK, struct.pack("<I", 0))
+        self.qm.write(qm.QM_VF_EQ_INT_MASK, struct.pack("<I", 0))
 
     def start_queue(self, qn: int, alg_type: int, irq: bool = False) -> None:
-        sqc = hw.SQC.pack(0, 0, IOVA + SQ, 0, (DEPTH - 1) | 7 << 12, 0, 0, 0, 0, qn,
+        sqc = qm.SQC.pack(0, 0, IOVA + SQ, 0, (DEPTH - 1) | 7 << 12, 0, 0, 0, 0, qn,
                           1 << 4 | alg_type << 8, 0)
-        cqc = hw.CQC.pack(0, 0, IOVA + CQ, 0, (DEPTH - 1) | 4 << 12, 0, 0, 0, 0,
+        cqc = qm.CQC.pack(0, 0, IOVA + CQ, 0, (DEPTH - 1) | 4 << 12, 0, 0, 0, 0,
                           1 | (2 if irq else 0), 0)
-        assert self.ctx(hw.QM_MB_CMD_SQC, qn, sqc) == 0
-        assert self.ctx(hw.QM_MB_CMD_CQC, qn, cqc) == 0
+        assert self.ctx(qm.QM_MB_CMD_SQC, qn, sqc) == 0
+        assert self.ctx(qm.QM_MB_CMD_CQC, qn, cqc) == 0
         self.tail = 0
         self.cq_head = 0
         self.phase = 1
@@ -95,16 +96,16 @@ class Client:
     def job(self, fmt: Format, data: bytes, avail: int = 1 << 20, **kw: object) -> tuple:
         """Submit one SQE, run the engine, return (consumed, produced, status, last, output)."""
         self.mem[SRC:SRC + len(data)] = data
-        tmpl = SqeTemplate.for_format(fmt, hw.QM_HW_V2)
+        tmpl = SqeTemplate.for_format(fmt, qm.QM_HW_V2)
         off = SQ + self.tail * hw.SQE_SIZE
         kw.setdefault("src", IOVA + SRC)
         tmpl.fill(self.mem, off, in_len=len(data), dst=IOVA + DST, avail=avail,  # type: ignore
                   tag=0x1234 + self.tail, **kw)
         slot = self.tail
         self.tail = (self.tail + 1) % DEPTH
-        self.qm.doorbell(hw.doorbell_v2(0, hw.QM_DB_CMD_SQ, self.tail))
+        self.qm.doorbell(qm.doorbell_v2(0, qm.QM_DB_CMD_SQ, self.tail))
         assert self.qm.process() == 1
-        cqe = hw.CQE.unpack_from(self.mem, CQ + self.cq_head * 16)
+        cqe = qm.CQE.unpack_from(self.mem, CQ + self.cq_head * 16)
         assert cqe[6] & 1 == self.phase and cqe[3] == slot  # phase, sq_head
         self.cq_head = (self.cq_head + 1) % DEPTH
         if self.cq_head == 0:
@@ -119,29 +120,29 @@ class Client:
 
 def test_vft_caps_and_mailbox_status() -> None:
     c = Client({"qp_num": 3, "qp_base": 64})
-    assert c.mailbox(hw.QM_MB_CMD_SQC_VFT_V2, op=1) == 0
-    vft = c.r32(hw.QM_MB_CMD_DATA_ADDR_L) | c.r32(hw.QM_MB_CMD_DATA_ADDR_H) << 32
-    assert hw.vft_decode_v2(vft) == (64, 3)
-    assert c.r32(hw.QM_QP_DEPTH_CAP) == 0x04000400
+    assert c.mailbox(qm.QM_MB_CMD_SQC_VFT_V2, op=1) == 0
+    vft = c.r32(qm.QM_MB_CMD_DATA_ADDR_L) | c.r32(qm.QM_MB_CMD_DATA_ADDR_H) << 32
+    assert qm.vft_decode_v2(vft) == (64, 3)
+    assert c.r32(qm.QM_QP_DEPTH_CAP) == 0x04000400
     # An SQC before the table base is set, a queue out of range, an unknown command: status != 0
-    assert c.ctx(hw.QM_MB_CMD_SQC, 0, bytes(32)) != 0
-    assert c.mailbox(hw.QM_MB_CMD_SQC_BT, 0, IOVA + SQC_T) == 0
-    assert c.ctx(hw.QM_MB_CMD_SQC, 5, bytes(32)) != 0
+    assert c.ctx(qm.QM_MB_CMD_SQC, 0, bytes(32)) != 0
+    assert c.mailbox(qm.QM_MB_CMD_SQC_BT, 0, IOVA + SQC_T) == 0
+    assert c.ctx(qm.QM_MB_CMD_SQC, 5, bytes(32)) != 0
     assert c.mailbox(0xB) != 0
     # A context address outside the client's maps is a failed command, not a crash.
-    assert c.mailbox(hw.QM_MB_CMD_EQC, 0, 0xDEAD0000) != 0
-    assert [e[0] for e in c.qm.mb_log] == [hw.QM_MB_CMD_SQC_VFT_V2, hw.QM_MB_CMD_SQC,
-                                           hw.QM_MB_CMD_SQC_BT, hw.QM_MB_CMD_SQC, 0xB,
-                                           hw.QM_MB_CMD_EQC]
+    assert c.mailbox(qm.QM_MB_CMD_EQC, 0, 0xDEAD0000) != 0
+    assert [e[0] for e in c.qm.mb_log] == [qm.QM_MB_CMD_SQC_VFT_V2, qm.QM_MB_CMD_SQC,
+                                           qm.QM_MB_CMD_SQC_BT, qm.QM_MB_CMD_SQC, 0xB,
+                                           qm.QM_MB_CMD_EQC]
 
 
 def test_contexts_are_written_back_and_read_back() -> None:
     c = Client()
     c.bring_up()
     sqc = bytes(c.mem[SQC_T:SQC_T + 32])
-    assert hw.SQC.unpack(sqc)[2] == IOVA + SQ  # the model wrote the SQC into the table
+    assert qm.SQC.unpack(sqc)[2] == IOVA + SQ  # the model wrote the SQC into the table
     c.job(Format("deflate", 15), b"x" * 1000)
-    assert c.mailbox(hw.QM_MB_CMD_SQC, 0, IOVA + CTX, op=1) == 0
+    assert c.mailbox(qm.QM_MB_CMD_SQC, 0, IOVA + CTX, op=1) == 0
     head, tail = struct.unpack_from("<HH", c.mem, CTX)
     assert head == tail == 1
 
@@ -239,25 +240,25 @@ def test_completion_interrupt_writes_eq_and_raises_msi() -> None:
     assert c.irqs == [0]
     (eqe,) = struct.unpack_from("<I", c.mem, EQ)
     assert eqe & 0xFFFF == 0 and eqe >> 16 & 1 == 1  # CQ 0, phase 1
-    c.w64(hw.QM_DOORBELL_EQ_AEQ_BASE_V2, hw.doorbell_v2(0, hw.QM_DB_CMD_EQ, 1))
-    assert c.r32(hw.QM_VF_EQ_INT_SOURCE) == 0
+    c.w64(qm.QM_DOORBELL_EQ_AEQ_BASE_V2, qm.doorbell_v2(0, qm.QM_DB_CMD_EQ, 1))
+    assert c.r32(qm.QM_VF_EQ_INT_SOURCE) == 0
 
 
 def test_level_triggered_doorbell_and_reset() -> None:
     c = Client()
     c.bring_up()
     fmt = Format("deflate", 15)
-    tmpl = SqeTemplate.for_format(fmt, hw.QM_HW_V2)
+    tmpl = SqeTemplate.for_format(fmt, qm.QM_HW_V2)
     c.mem[SRC:SRC + 10] = b"0123456789"
     for slot in range(3):
         tmpl.fill(c.mem, SQ + slot * 128, src=IOVA + SRC, in_len=10, dst=IOVA + DST + slot * 4096,
                   avail=4096, tag=slot)
     # SQ doorbell (tail 3), then a CQ doorbell hides it in the polled word: the model still
     # knows tail 3 from the first value it saw, and a re-stored SQ doorbell is harmless.
-    c.qm.doorbell(hw.doorbell_v2(0, hw.QM_DB_CMD_SQ, 3))
-    c.qm.doorbell(hw.doorbell_v2(0, hw.QM_DB_CMD_CQ, 0))
+    c.qm.doorbell(qm.doorbell_v2(0, qm.QM_DB_CMD_SQ, 3))
+    c.qm.doorbell(qm.doorbell_v2(0, qm.QM_DB_CMD_CQ, 0))
     assert c.qm.process() == 3
-    c.qm.doorbell(hw.doorbell_v2(0, hw.QM_DB_CMD_SQ, 3))
+    c.qm.doorbell(qm.doorbell_v2(0, qm.QM_DB_CMD_SQ, 3))
     assert c.qm.process() == 0
     c.qm.reset()
     assert not c.qm.queues[0].running and c.qm.process() == 0

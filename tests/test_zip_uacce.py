@@ -14,7 +14,8 @@ import pytest
 
 import warpdrive.zip as wz
 from tests.fakesysfs import FakeSysfs
-from warpdrive.devices.hisi_qm.uacce import UacceQueues, api_version, zip_uacce_devices
+from warpdrive.devices.hisi_qm import regs as qm
+from warpdrive.devices.hisi_qm.uacce import UacceQueues, api_version, uacce_devices
 from warpdrive.devices.zip import hw
 from warpdrive.errors import DeviceNotFoundError, UnsupportedError, WarpdriveError
 
@@ -39,7 +40,7 @@ def test_uacce_devices_filter(tmp_path: Path) -> None:
     fs.add_uacce("hisi_zip-2", "0000:75:00.0", {**ATTRS, "available_instances": "0"})
     fs.add_uacce("hisi_zip-3", "0000:75:00.0", {**ATTRS, "flags": "0"})  # no SVA
     fs.add_uacce("hisi_sec2-0", "0000:75:00.0", ATTRS)
-    assert zip_uacce_devices(fs.sysfs_root) == ["hisi_zip-0"]
+    assert uacce_devices(hw.ZIP, fs.sysfs_root) == ["hisi_zip-0"]
     assert wz.find_hardware(fs.sysfs_root) == "hisi_zip-0"
 
 
@@ -56,10 +57,10 @@ def test_vfio_pci_vf_is_found_and_others_are_not(tmp_path: Path) -> None:
 
 
 def test_api_versions() -> None:
-    assert api_version("hisi_qm_v1") == hw.QM_HW_V1
-    assert api_version("hisi_qm_v2") == hw.QM_HW_V2
-    assert api_version("hisi_qm_v3") == hw.QM_HW_V3
-    assert api_version("hisi_qm_v5") == hw.QM_HW_V3
+    assert api_version("hisi_qm_v1") == qm.QM_HW_V1
+    assert api_version("hisi_qm_v2") == qm.QM_HW_V2
+    assert api_version("hisi_qm_v3") == qm.QM_HW_V3
+    assert api_version("hisi_qm_v5") == qm.QM_HW_V3
     with pytest.raises(UnsupportedError):
         api_version("virtio")
 
@@ -67,12 +68,12 @@ def test_api_versions() -> None:
 def test_uacce_refusals(tmp_path: Path) -> None:
     fs = tree(tmp_path)
     with pytest.raises(DeviceNotFoundError, match="hisi_zip"):
-        UacceQueues("hisi_sec2-0", sysfs_root=fs.sysfs_root, dev_root=fs.dev_root)
+        UacceQueues("hisi_sec2-0", hw.ZIP, sysfs_root=fs.sysfs_root, dev_root=fs.dev_root)
     fs.add_function("0000:75:00.0", hw.PCI_VENDOR_ID_HUAWEI, hw.ZIP_PF_DEVICE_ID, 0x120000,
                     driver="hisi_zip")
     fs.add_uacce("hisi_zip-0", "0000:75:00.0", ATTRS)
-    src = UacceQueues("hisi_zip-0", sysfs_root=fs.sysfs_root, dev_root=fs.dev_root)
-    assert src.version == hw.QM_HW_V2
+    src = UacceQueues("hisi_zip-0", hw.ZIP, sysfs_root=fs.sysfs_root, dev_root=fs.dev_root)
+    assert src.version == qm.QM_HW_V2
     # /dev/hisi_zip-0 in the fake tree is a plain file: the first queue ioctl must fail cleanly.
     with pytest.raises(WarpdriveError, match="UACCE_CMD_QM_SET_QP_CTX"):
         src.start_queue(hw.ZIP_QC_COMPRESS)

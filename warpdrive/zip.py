@@ -41,8 +41,10 @@ from typing import Any
 
 from .device import Device
 from .devices.zip import hw as _hw
+from .devices.zip.engine import ZipEngine
 from .devices.zip.errors import ZipBufferError, ZipDataError, ZipDeviceError, ZipError
-from .devices.zip.session import Job, Session, ZipEngine
+from .devices.zip.job import Job
+from .devices.zip.session import Session
 from .devices.zip.sqe import Format
 from .errors import DeviceNotFoundError, InvalidArgumentError
 
@@ -101,9 +103,9 @@ EMU_NOTE = ("warpdrive.zip: no HiSilicon ZIP hardware found (no hisi_zip uacce d
 def find_hardware(sysfs_root: str = "/sys") -> str | None:
     """The first usable ZIP device: a hisi_zip uacce device name, else the address of a ZIP VF
     bound to vfio-pci; None when there is neither."""
-    from .devices.hisi_qm.uacce import zip_uacce_devices
+    from .devices.hisi_qm.uacce import uacce_devices
 
-    names = zip_uacce_devices(sysfs_root)
+    names = uacce_devices(_hw.ZIP, sysfs_root)
     if names:
         return names[0]
     base = os.path.join(sysfs_root, "bus/pci/devices")
@@ -146,7 +148,8 @@ def open(device: Device | ZipEngine | str | None = None, *, doorbell: str = "mma
         return device
     opts: dict[str, Any] = {"depth": depth, "wait": wait, "timeout": timeout}
     if isinstance(device, Device):
-        return ZipEngine(QmDevice(device, doorbell=doorbell, interrupts=wait != "spin"), **opts)
+        return ZipEngine(QmDevice(device, _hw.ZIP, doorbell=doorbell, interrupts=wait != "spin"),
+                         **opts)
     if device is None:
         device = find_hardware() or "emu"
         if device == "emu" and announce:
@@ -158,7 +161,7 @@ def open(device: Device | ZipEngine | str | None = None, *, doorbell: str = "mma
     if device.startswith("hisi_zip-"):
         from .devices.hisi_qm.uacce import UacceQueues
 
-        return ZipEngine(UacceQueues(device), **opts)
+        return ZipEngine(UacceQueues(device, _hw.ZIP), **opts)
     from . import open as open_device
 
     # vfio-user: a message-doorbell client maps nothing, which lets trapped writes be posted.
@@ -172,7 +175,7 @@ def open(device: Device | ZipEngine | str | None = None, *, doorbell: str = "mma
     else:
         dev = open_device(device, backend=backend)
     try:
-        src = QmDevice(dev, doorbell=doorbell, interrupts=wait != "spin")
+        src = QmDevice(dev, _hw.ZIP, doorbell=doorbell, interrupts=wait != "spin")
         return ZipEngine(src, on_close=dev.close, **opts)
     except BaseException:
         dev.close()

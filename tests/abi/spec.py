@@ -26,8 +26,15 @@ MODULES: tuple[ModuleSpec, ...] = (
     ModuleSpec("warpdrive.uapi.vfio", ("linux/vfio.h",)),
     ModuleSpec("warpdrive.uapi.iommufd", ("linux/iommufd.h",)),
     ModuleSpec(
+        "warpdrive.uapi.hisi_qm",
+        ("misc/uacce/hisi_qm.h",),
+        # hisi_qm.h uses _IOWR without including <linux/ioctl.h> (it relied on uacce.h coming
+        # first); include it ahead so the header compiles on its own.
+        preamble=("#include <linux/ioctl.h>",),
+    ),
+    ModuleSpec(
         "warpdrive.uapi.uacce",
-        ("misc/uacce/uacce.h", "misc/uacce/hisi_qm.h"),
+        ("misc/uacce/uacce.h",),
         # uacce.h defines UACCE_DEV_SVA as BIT(0), but BIT() is a kernel-internal macro that no uapi
         # header provides, so the header cannot be used as is from user space. Provide the kernel's
         # definition (include/vdso/bits.h) so the value can be taken from the header at all.

@@ -17,7 +17,6 @@ from ...iova import IovaRange
 from ...uapi import iommufd as U
 
 IOMMU_PATH = "/dev/iommu"
-U64_MAX = (1 << 64) - 1
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-UACCE_DEV_SVA = 0x1
+from ...uapi.uacce import UACCE_DEV_SVA
+
 _BDF = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
 

@@ -37,7 +37,7 @@ from ...errors import (
 )
 from ...mmio import Mmio
 from ...uapi.vfio import VFIO_PCI_MSI_IRQ_INDEX
-from ..zip import hw
+from . import regs as hw
 from .queue import QmQueue
 
 
@@ -70,25 +70,27 @@ class QmDevice:
     MAILBOX_TIMEOUT_S = 0.5  # trapped registers are slow on an emulated device
 
     @staticmethod
-    def probe(dev: Device) -> bool:
-        """A HiSilicon ZIP virtual function (the only kind this driver brings up)."""
-        return dev.vendor_id == hw.PCI_VENDOR_ID_HUAWEI and dev.device_id == hw.ZIP_VF_DEVICE_ID
+    def probe(dev: Device, accel: hw.QmAccelerator) -> bool:
+        """A virtual function of `accel` (the only kind this driver brings up)."""
+        return dev.vendor_id == accel.vendor_id and dev.device_id == accel.vf_device_id
 
-    def __init__(self, dev: Device, *, doorbell: str = "mmap", interrupts: bool = True) -> None:
+    def __init__(self, dev: Device, accel: hw.QmAccelerator, *, doorbell: str = "mmap",
+                 interrupts: bool = True) -> None:
         if doorbell not in ("mmap", "message"):
             raise InvalidArgumentError(f"doorbell must be 'mmap' or 'message', not {doorbell!r}")
         self.dev = dev
+        self.accel = accel
         self.name = dev.name
         self.backend = dev.backend
         vendor, device = dev.vendor_id, dev.device_id
-        if vendor != hw.PCI_VENDOR_ID_HUAWEI or device not in hw.ZIP_DEVICE_IDS:
+        if vendor != accel.vendor_id or device not in accel.device_ids:
             raise UnsupportedError(
-                f"{dev.name} is {vendor:04x}:{device:04x}, not a HiSilicon ZIP function "
-                f"({hw.PCI_VENDOR_ID_HUAWEI:04x}:{hw.ZIP_VF_DEVICE_ID:04x})")
-        if device == hw.ZIP_PF_DEVICE_ID:
+                f"{dev.name} is {vendor:04x}:{device:04x}, not a HiSilicon {accel.name} function "
+                f"({accel.vendor_id:04x}:{accel.vf_device_id:04x})")
+        if device == accel.pf_device_id:
             raise UnsupportedError(
-                f"{dev.name} is a ZIP physical function; warpdrive brings up virtual functions "
-                "only (the PF needs memory init, VFT programming and engine setup)",
+                f"{dev.name} is a {accel.name} physical function; warpdrive brings up virtual "
+                "functions only (the PF needs memory init, VFT programming and engine setup)",
                 hint="create VFs with the kernel driver (echo N > /sys/bus/pci/devices/<PF>/"
                 "sriov_numvfs) and bind a VF to vfio-pci")
         self._lock = threading.Lock()
@@ -266,7 +268,8 @@ class QmDevice:
             raise InvalidArgumentError(f"queue {qn} of {self.name} is in use or out of range")
         sq_depth = min(depth or self.caps.sq_depth, self.caps.sq_depth)
         cq_depth = min(depth or self.caps.cq_depth, self.caps.cq_depth)
-        layout = hw.QueueLayout(sq_depth, cq_depth, hw.SQE_SIZE, self.dev.dma.page_size)
+        layout = hw.QueueLayout(sq_depth, cq_depth, self.accel.sqe_size,
+                                self.dev.dma.page_size)
         mem = self.dev.dma.alloc(layout.size)
         try:
             mem.view[:] = bytes(mem.size)
@@ -276,7 +279,7 @@ class QmDevice:
             w13 = (priority & hw.SQC_W13_PRIORITY_MASK) | 1 << hw.SQC_W13_ORDERS_SHIFT \
                 | qc_type << hw.SQC_W13_ALG_SHIFT
             sqc = hw.SQC.pack(0, 0, sq_iova & 0xFFFF_FFFF, sq_iova >> 32,
-                              (sq_depth - 1) | (hw.SQE_SIZE.bit_length() - 1)
+                              (sq_depth - 1) | (self.accel.sqe_size.bit_length() - 1)
                               << hw.SQC_SQE_SIZE_SHIFT, 0, 0, 0, 0, qn, w13, 0)
             dw6 = hw.CQC_DW6_PHASE | (hw.CQC_DW6_IRQ if irq and self._irqs else 0)
             cqc = hw.CQC.pack(0, 0, cq_iova & 0xFFFF_FFFF, cq_iova >> 32,

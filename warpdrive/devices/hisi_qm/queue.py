@@ -41,7 +41,7 @@ from collections.abc import Callable
 
 from ...errors import ClosedError, DeviceBusyError, DeviceError, DeviceTimeoutError
 from ...mmio import Doorbell
-from ..zip import hw
+from . import regs as hw
 
 
 class QueueStoppedError(DeviceBusyError):

@@ -1,6 +1,6 @@
-"""ZIP queues through uacce (`/dev/hisi_zip-N`): the kernel's hisi_zip driver (uacce_mode=1) did
-the function bring-up; each open() of the char device is one hardware queue bound to this
-process's address space (SVA), so DMA addresses are plain virtual addresses.
+"""QM queues through uacce (e.g. `/dev/hisi_zip-N`): the kernel's driver (hisi_zip with
+uacce_mode=1) did the function bring-up; each open() of the char device is one hardware queue
+bound to this process's address space (SVA), so DMA addresses are plain virtual addresses.
 
 Per queue, as UADK's hisi_qm_alloc_qp does it: open, UACCE_CMD_QM_SET_QP_CTX (qc_type 0 compress /
 1 decompress; returns the qp id used in doorbells), UACCE_CMD_QM_SET_QP_INFO (depths and SQE size;
@@ -8,7 +8,7 @@ older kernels lack it: 1024/128 then), mmap the MMIO doorbell page and the DUS q
 UACCE_CMD_START_Q. The doorbell is at +0x340 in the V1 format for api `hisi_qm_v1`, else at
 +0x1000 in the V2 format. SQ at DUS offset 0, CQ after it, TX/RX-stop flags in the last two u32s.
 
-Untested on hardware: this machine (and the QEMU lab) has no HiSilicon ZIP device, so this path
+Untested on hardware: this machine (and the QEMU lab) has no HiSilicon QM device, so this path
 has only been checked for what can be checked without one (the uAPI layout, discovery errors).
 """
 
@@ -21,24 +21,23 @@ from ...backends.uacce import sysfs as uacce_sysfs
 from ...backends.uacce.queue import SvaDmaSpace, UacceQueue
 from ...dma import DmaSpace
 from ...errors import DeviceNotFoundError, KernelError, UnsupportedError, WarpdriveError
-from ...uapi.uacce import (
+from ...uapi.hisi_qm import (
     UACCE_CMD_QM_SET_QP_CTX,
     UACCE_CMD_QM_SET_QP_INFO,
     hisi_qp_ctx,
     hisi_qp_info,
 )
-from ..zip import hw
+from . import regs as hw
 from .queue import QmQueue
 
-ZIP_UACCE_DRIVER = "hisi_zip"
 _FALLBACK_DEPTH = 1024  # UADK's default when SET_QP_INFO is missing
 
 
-def zip_uacce_devices(sysfs_root: str = "/sys") -> list[str]:
-    """Usable hisi_zip uacce devices (SVA, not isolated, queues available), by name."""
+def uacce_devices(accel: hw.QmAccelerator, sysfs_root: str = "/sys") -> list[str]:
+    """Usable uacce devices of `accel`'s driver (SVA, not isolated, queues available), by name."""
     out = []
     for d in uacce_sysfs.devices(sysfs_root):
-        if d.driver == ZIP_UACCE_DRIVER and d.sva and not d.isolated and \
+        if d.driver == accel.uacce_driver and d.sva and not d.isolated and \
                 (d.available_instances is None or d.available_instances > 0):
             out.append(d.name)
     return out
@@ -54,15 +53,19 @@ def api_version(api: str) -> int:
 
 
 class UacceQueues:
-    """A `QueueSource` over one hisi_zip uacce device: one uacce queue per engine queue."""
+    """A `QueueSource` over one uacce device of a QM accelerator (e.g. hisi_zip-0): one uacce
+    queue per engine queue."""
 
     backend = "uacce"
 
-    def __init__(self, name: str, *, sysfs_root: str = "/sys", dev_root: str = "/dev") -> None:
-        if not name.startswith(ZIP_UACCE_DRIVER + "-"):
-            raise DeviceNotFoundError(f"{name!r} is not a {ZIP_UACCE_DRIVER} uacce device",
-                                      hint="names look like hisi_zip-0 (see `warpdrive devices`)")
+    def __init__(self, name: str, accel: hw.QmAccelerator, *, sysfs_root: str = "/sys",
+                 dev_root: str = "/dev") -> None:
+        driver = accel.uacce_driver
+        if not name.startswith(driver + "-"):
+            raise DeviceNotFoundError(f"{name!r} is not a {driver} uacce device",
+                                      hint=f"names look like {driver}-0 (see `warpdrive devices`)")
         self.name = name
+        self.accel = accel
         self._sysfs_root, self._dev_root = sysfs_root, dev_root
         info = uacce_sysfs.read_device(name, sysfs_root, dev_root)
         self.version = api_version(info.api or "")
@@ -87,10 +90,10 @@ class UacceQueues:
                 if e.errno != errno.EINVAL:
                     raise
                 sq_depth = cq_depth = _FALLBACK_DEPTH
-                sqe_size = hw.SQE_SIZE
-            if sqe_size != hw.SQE_SIZE:
-                raise UnsupportedError(f"{self.name} reports {sqe_size}-byte SQEs; ZIP uses "
-                                       f"{hw.SQE_SIZE}")
+                sqe_size = self.accel.sqe_size
+            if sqe_size != self.accel.sqe_size:
+                raise UnsupportedError(f"{self.name} reports {sqe_size}-byte SQEs; "
+                                       f"{self.accel.name} uses {self.accel.sqe_size}")
             mmio = uq.map_mmio()
             dus = uq.map_dus()
             layout = hw.QueueLayout(sq_depth, cq_depth, sqe_size, sc.PAGE_SIZE, len(dus))

@@ -14,6 +14,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from ..hisi_qm import regs as qm
 from . import hw
 from .errors import ZipDataError, ZipError
 
@@ -189,7 +190,7 @@ class SqeTemplate:
     @classmethod
     def for_format(cls, fmt: Format, qm_version: int) -> SqeTemplate:
         # UADK: on QM V2 zlib/gzip use the "v1" SQE type (tag in dw13); everything else type 3.
-        v1 = qm_version < hw.QM_HW_V3 and fmt.alg in (hw.ALG_ZLIB, hw.ALG_GZIP)
+        v1 = qm_version < qm.QM_HW_V3 and fmt.alg in (hw.ALG_ZLIB, hw.ALG_GZIP)
         return cls(fmt.alg, fmt.window_code, hw.SQE_TYPE_V1 if v1 else hw.SQE_TYPE_V3)
 
     @property

@@ -12,18 +12,11 @@ from __future__ import annotations
 import zlib
 
 from ...errors import ClosedError
+from ...pool import Chunk
 from . import hw
 from .errors import ZipBufferError, ZipDataError, ZipError
-from .session import (
-    COMPRESS,
-    COMPRESS_JOB_MAX,
-    DECOMPRESS,
-    DECOMPRESS_JOB_MAX,
-    Chunk,
-    Job,
-    ZipEngine,
-    compress_bound,
-)
+from .job import COMPRESS, COMPRESS_JOB_MAX, DECOMPRESS, DECOMPRESS_JOB_MAX, Job, compress_bound
+from .lane import EngineParts
 from .sqe import (
     EMPTY_FINAL_BLOCK,
     EMPTY_SYNC_BLOCK,
@@ -43,11 +36,12 @@ Z_NO_FLUSH, Z_SYNC_FLUSH, Z_FULL_FLUSH, Z_FINISH = (zlib.Z_NO_FLUSH, zlib.Z_SYNC
 
 
 class _StreamBase:
-    def __init__(self, engine: ZipEngine, direction: int) -> None:
-        engine._check_open()
+    def __init__(self, engine: EngineParts, direction: int) -> None:
+        engine.check_open()
         self.engine = engine
+        self.pool = engine.pool
         self.lane = engine.lanes[direction]
-        self.ctx = engine.pool.take(hw.HW_CTX_SIZE)
+        self.ctx = self.pool.take(hw.HW_CTX_SIZE)
         self._bufs: list[Chunk] = [self.ctx]
         self._new = True
         self._closed = False
@@ -61,13 +55,13 @@ class _StreamBase:
             return cur
         if cur is not None:
             self._bufs.remove(cur)
-            self.engine.pool.give(cur)
-        chunk = self.engine.pool.take(size)
+            self.pool.give(cur)
+        chunk = self.pool.take(size)
         self._bufs.append(chunk)
         setattr(self, attr, chunk)
         return chunk
 
-    def _complete(self, job: Job) -> None:
+    def on_complete(self, job: Job) -> None:
         sq = self.lane.q.sq
         job.consumed, job.produced, job.status = read_result(sq, job.slot_off)
         ctx_dw0, _, _, job.isize, job.checksum = read_stream_words(sq, job.slot_off)
@@ -100,7 +94,7 @@ class _StreamBase:
             return
         self._closed = True
         for chunk in self._bufs:
-            self.engine.pool.give(chunk)
+            self.pool.give(chunk)
         self._bufs.clear()
 
     def __enter__(self) -> _StreamBase:
@@ -113,7 +107,7 @@ class _StreamBase:
 class Deflater(_StreamBase):
     """Stream compression (`compressobj`). Input is gathered into jobs of `chunk` bytes."""
 
-    def __init__(self, engine: ZipEngine, fmt: Format, level: int = -1, *,
+    def __init__(self, engine: EngineParts, fmt: Format, level: int = -1, *,
                  chunk: int = 1 << 20) -> None:
         super().__init__(engine, COMPRESS)
         if not 1 <= chunk <= COMPRESS_JOB_MAX:
@@ -203,7 +197,7 @@ class Inflater(_StreamBase):
 
     OUT_START = 256 << 10
 
-    def __init__(self, engine: ZipEngine, fmt: Format) -> None:
+    def __init__(self, engine: EngineParts, fmt: Format) -> None:
         super().__init__(engine, DECOMPRESS)
         self.fmt = fmt
         self._in = bytearray()

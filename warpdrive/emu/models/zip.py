@@ -67,6 +67,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ...devices.hisi_qm import regs as qm
 from ...devices.zip import hw
 from ..model import VFIO_PCI_MSI_IRQ_INDEX, DeviceModel, DmaFault, RegionSpec
 
@@ -77,7 +78,7 @@ _U16 = struct.Struct("<H")
 _RES = struct.Struct("<4I")  # dw0..3
 _TAIL = struct.Struct("<4I")  # dw28..31
 
-IDLE_DOORBELL = 0xF << hw.QM_DB_CMD_SHIFT_V2  # reserved command 15: "nothing to do"
+IDLE_DOORBELL = 0xF << qm.QM_DB_CMD_SHIFT_V2  # reserved command 15: "nothing to do"
 
 # -- BAR0 introspection window (model only) -----------------------------------------------------
 DBG_BAR = 0
@@ -364,7 +365,7 @@ class QmFunction:
 
     JOB_BUDGET = 256  # jobs per process() call, so the server keeps answering messages
 
-    def __init__(self, dma: Dma, *, revision: int = hw.QM_HW_V2, qp_base: int = 0,
+    def __init__(self, dma: Dma, *, revision: int = qm.QM_HW_V2, qp_base: int = 0,
                  qp_num: int = 2, sq_depth: int = 1024, cq_depth: int = 1024, level: int = 6,
                  notify: Callable[[int], bool] | None = None) -> None:
         if not 1 <= qp_num <= 1024:
@@ -388,7 +389,7 @@ class QmFunction:
     # -- state -----------------------------------------------------------------------------
     def reset(self) -> None:
         self.regs: dict[int, int] = {
-            hw.QM_VF_AEQ_INT_MASK: 1, hw.QM_VF_EQ_INT_MASK: 1, hw.QM_IFC_INT_MASK: 1,
+            qm.QM_VF_AEQ_INT_MASK: 1, qm.QM_VF_EQ_INT_MASK: 1, qm.QM_IFC_INT_MASK: 1,
         }
         self.mailbox = bytearray(16)
         self.sqc_bt = 0
@@ -403,16 +404,16 @@ class QmFunction:
     def caps(self, offset: int) -> int | None:
         """Capability registers: V3 values on a V3 model; on V2 (which has none) the defaults the
         kernel assumes for V2, so a driver that reads them anyway sees consistent values."""
-        v3 = self.revision >= hw.QM_HW_V3
+        v3 = self.revision >= qm.QM_HW_V3
         table = {
-            hw.QM_FUNC_CAPS_REG: (hw.QM_CAP_STOP_QP | hw.QM_CAP_STOP_FUNC | 0x3) if v3 else 0,
-            hw.QM_XEQ_DEPTH_CAP: hw.V2_XEQ_DEPTH,
-            hw.QM_QP_DEPTH_CAP: (self.cq_depth_cap << 16) | self.sq_depth_cap,
-            hw.QM_EQ_IRQ_TYPE_CAP: hw.V2_EQ_IRQ,
-            hw.QM_AEQ_IRQ_TYPE_CAP: hw.V2_AEQ_IRQ,
-            hw.QM_ABN_IRQ_TYPE_CAP: 0,
-            hw.QM_PF2VF_IRQ_TYPE_CAP: (hw.QM_IRQ_TYPE_PRESENT | 2) if v3 else 0,
-            hw.QM_IRQ_NUM_CAP: 3 if v3 else hw.V2_VF_IRQ_NUM,
+            qm.QM_FUNC_CAPS_REG: (qm.QM_CAP_STOP_QP | qm.QM_CAP_STOP_FUNC | 0x3) if v3 else 0,
+            qm.QM_XEQ_DEPTH_CAP: qm.V2_XEQ_DEPTH,
+            qm.QM_QP_DEPTH_CAP: (self.cq_depth_cap << 16) | self.sq_depth_cap,
+            qm.QM_EQ_IRQ_TYPE_CAP: qm.V2_EQ_IRQ,
+            qm.QM_AEQ_IRQ_TYPE_CAP: qm.V2_AEQ_IRQ,
+            qm.QM_ABN_IRQ_TYPE_CAP: 0,
+            qm.QM_PF2VF_IRQ_TYPE_CAP: (qm.QM_IRQ_TYPE_PRESENT | 2) if v3 else 0,
+            qm.QM_IRQ_NUM_CAP: 3 if v3 else qm.V2_VF_IRQ_NUM,
         }
         return table.get(offset)
 
@@ -427,38 +428,38 @@ class QmFunction:
         return bytes(out[start:start + size])
 
     def _read32(self, off: int) -> int:
-        if hw.QM_MB_CMD_SEND_BASE <= off < hw.QM_MB_CMD_SEND_BASE + 16:
-            return int(_U32.unpack_from(self.mailbox, off - hw.QM_MB_CMD_SEND_BASE)[0])
+        if qm.QM_MB_CMD_SEND_BASE <= off < qm.QM_MB_CMD_SEND_BASE + 16:
+            return int(_U32.unpack_from(self.mailbox, off - qm.QM_MB_CMD_SEND_BASE)[0])
         cap = self.caps(off)
         if cap is not None:
             return cap
-        if off == hw.QM_VF_EQ_INT_SOURCE:
+        if off == qm.QM_VF_EQ_INT_SOURCE:
             return int(self.eq_pending)
-        if off == hw.QM_VF_AEQ_INT_SOURCE:
+        if off == qm.QM_VF_AEQ_INT_SOURCE:
             return int(self.aeq_pending)
-        if off == hw.QM_CACHE_WB_DONE:
+        if off == qm.QM_CACHE_WB_DONE:
             return 1
-        if hw.QM_EQC_DW0 <= off < hw.QM_EQC_DW0 + 28:
-            return int(_U32.unpack_from(self._eqc_bytes(self.eq), off - hw.QM_EQC_DW0)[0])
-        if hw.QM_AEQC_DW0 <= off < hw.QM_AEQC_DW0 + 28:
-            return int(_U32.unpack_from(self._eqc_bytes(self.aeq), off - hw.QM_AEQC_DW0)[0])
+        if qm.QM_EQC_DW0 <= off < qm.QM_EQC_DW0 + 28:
+            return int(_U32.unpack_from(self._eqc_bytes(self.eq), off - qm.QM_EQC_DW0)[0])
+        if qm.QM_AEQC_DW0 <= off < qm.QM_AEQC_DW0 + 28:
+            return int(_U32.unpack_from(self._eqc_bytes(self.aeq), off - qm.QM_AEQC_DW0)[0])
         return self.regs.get(off, 0)
 
     def write(self, offset: int, data: bytes) -> None:
         self.stats["trapped_writes"] += 1
         end = offset + len(data)
-        mb = hw.QM_MB_CMD_SEND_BASE
+        mb = qm.QM_MB_CMD_SEND_BASE
         if offset < mb + 16 and end > mb:
             lo, hi = max(offset, mb), min(end, mb + 16)
             self.mailbox[lo - mb:hi - mb] = data[lo - offset:hi - offset]
             # The command executes when the word holding w0 (busy bit) is written.
-            if offset <= mb < end and self.mailbox[1] & (hw.QM_MB_BUSY >> 8):
+            if offset <= mb < end and self.mailbox[1] & (qm.QM_MB_BUSY >> 8):
                 self._mailbox_execute()
             return
-        if offset == hw.QM_DOORBELL_EQ_AEQ_BASE_V2 and len(data) == 8:
+        if offset == qm.QM_DOORBELL_EQ_AEQ_BASE_V2 and len(data) == 8:
             self._eq_doorbell(_U64.unpack(data)[0])
             return
-        if offset == hw.QM_DOORBELL_SQ_CQ_BASE_V2 and len(data) == 8:
+        if offset == qm.QM_DOORBELL_SQ_CQ_BASE_V2 and len(data) == 8:
             # Reached only if a framework traps the doorbell page instead of applying the write
             # to the shared memory; treat it as latched.
             self.doorbell(_U64.unpack(data)[0])
@@ -467,103 +468,103 @@ class QmFunction:
             self._write32(offset + i, int(_U32.unpack_from(data, i)[0]))
 
     def _write32(self, off: int, value: int) -> None:
-        if off in (hw.QM_VF_EQ_INT_MASK, hw.QM_VF_AEQ_INT_MASK, hw.QM_IFC_INT_MASK,
-                   hw.QM_PAGE_SIZE, hw.QM_VF_STATE):
+        if off in (qm.QM_VF_EQ_INT_MASK, qm.QM_VF_AEQ_INT_MASK, qm.QM_IFC_INT_MASK,
+                   qm.QM_PAGE_SIZE, qm.QM_VF_STATE):
             self.regs[off] = value
-        elif off == hw.QM_CACHE_WB_START:
+        elif off == qm.QM_CACHE_WB_START:
             pass  # contexts are always written back at once; WB_DONE reads 1
         # everything else: read-as-zero / write-ignored, like reserved registers
 
     # -- mailbox ---------------------------------------------------------------------------
     def _mailbox_execute(self) -> None:
-        w0, queue, base_l, base_h, _ = hw.MAILBOX.unpack(self.mailbox)
-        cmd = w0 & hw.QM_MB_CMD_MASK  # bits 9-12 status, 13 busy, 14 op lie above
-        op = (w0 >> hw.QM_MB_OP_SHIFT) & 1
+        w0, queue, base_l, base_h, _ = qm.MAILBOX.unpack(self.mailbox)
+        cmd = w0 & qm.QM_MB_CMD_MASK  # bits 9-12 status, 13 busy, 14 op lie above
+        op = (w0 >> qm.QM_MB_OP_SHIFT) & 1
         base = base_h << 32 | base_l
         try:
             status = self._mailbox_command(cmd, op, queue, base)
         except DmaFault:
             status = 2
         self.mb_log.append((cmd, op, queue, status))
-        w0 = (w0 & ~(hw.QM_MB_BUSY | hw.QM_MB_STATUS_MASK << hw.QM_MB_STATUS_SHIFT)
-              | (status & hw.QM_MB_STATUS_MASK) << hw.QM_MB_STATUS_SHIFT)
+        w0 = (w0 & ~(qm.QM_MB_BUSY | qm.QM_MB_STATUS_MASK << qm.QM_MB_STATUS_SHIFT)
+              | (status & qm.QM_MB_STATUS_MASK) << qm.QM_MB_STATUS_SHIFT)
         struct.pack_into("<H", self.mailbox, 0, w0)
 
     def _mailbox_command(self, cmd: int, op: int, queue: int, base: int) -> int:
-        if cmd == hw.QM_MB_CMD_SQC_VFT_V2:
+        if cmd == qm.QM_MB_CMD_SQC_VFT_V2:
             if op != 1:
                 return 1  # a VF may only read its VFT; the PF programs it
-            vft = hw.vft_encode_v2(self.qp_base, self.qp_num)
+            vft = qm.vft_encode_v2(self.qp_base, self.qp_num)
             struct.pack_into("<II", self.mailbox, 4, vft & 0xFFFF_FFFF, vft >> 32)
             return 0
-        if cmd in (hw.QM_MB_CMD_EQC, hw.QM_MB_CMD_AEQC):
-            eq = self.eq if cmd == hw.QM_MB_CMD_EQC else self.aeq
+        if cmd in (qm.QM_MB_CMD_EQC, qm.QM_MB_CMD_AEQC):
+            eq = self.eq if cmd == qm.QM_MB_CMD_EQC else self.aeq
             if op:
                 self.dma.write(base, self._eqc_bytes(eq))
                 return 0
-            ctx = self.dma.read(base, hw.EQC.size)
-            head, tail, bl, bh, _dw3, _r0, _r1, dw6 = hw.EQC.unpack(ctx)
+            ctx = self.dma.read(base, qm.EQC.size)
+            head, tail, bl, bh, _dw3, _r0, _r1, dw6 = qm.EQC.unpack(ctx)
             eq.base, eq.depth = bh << 32 | bl, (dw6 & 0xFFFF) + 1
-            eq.phase = 1 if dw6 & hw.EQC_DW6_PHASE else 0
+            eq.phase = 1 if dw6 & qm.EQC_DW6_PHASE else 0
             eq.head, eq.tail, eq.ctx, eq.ok = head, tail, ctx, True
             return 0
-        if cmd in (hw.QM_MB_CMD_SQC_BT, hw.QM_MB_CMD_CQC_BT):
+        if cmd in (qm.QM_MB_CMD_SQC_BT, qm.QM_MB_CMD_CQC_BT):
             if op:
                 return 1
-            if cmd == hw.QM_MB_CMD_SQC_BT:
+            if cmd == qm.QM_MB_CMD_SQC_BT:
                 self.sqc_bt = base
             else:
                 self.cqc_bt = base
             return 0
-        if cmd in (hw.QM_MB_CMD_SQC, hw.QM_MB_CMD_CQC):
+        if cmd in (qm.QM_MB_CMD_SQC, qm.QM_MB_CMD_CQC):
             if queue >= self.qp_num:
                 return 1
             q = self.queues[queue]
-            is_sq = cmd == hw.QM_MB_CMD_SQC
+            is_sq = cmd == qm.QM_MB_CMD_SQC
             table = self.sqc_bt if is_sq else self.cqc_bt
             if not table:
                 return 1  # the context table base was never set
             if op:
                 self.dma.write(base, self._sqc_bytes(q) if is_sq else self._cqc_bytes(q))
                 return 0
-            ctx = self.dma.read(base, hw.XQC_SIZE)
+            ctx = self.dma.read(base, qm.XQC_SIZE)
             ok = self._load_sqc(q, ctx) if is_sq else self._load_cqc(q, ctx)
             if not ok:
                 return 1
-            self.dma.write(table + queue * hw.XQC_SIZE, ctx)  # the context cache's write-back
+            self.dma.write(table + queue * qm.XQC_SIZE, ctx)  # the context cache's write-back
             return 0
-        if cmd == hw.QM_MB_CMD_STOP_QP:
+        if cmd == qm.QM_MB_CMD_STOP_QP:
             if queue >= self.qp_num:
                 return 1
             self.queues[queue].stopped = True
             return 0
-        if cmd == hw.QM_MB_CMD_FLUSH_QM:
+        if cmd == qm.QM_MB_CMD_FLUSH_QM:
             self.process(budget=1 << 30)
             return 0
         return 1
 
     def _load_sqc(self, q: _QueueState, ctx: bytes) -> bool:
-        head, tail, bl, bh, dw3, _w8, _r0, _pasid, _w11, _cq_num, w13, _r1 = hw.SQC.unpack(ctx)
-        depth = (dw3 & hw.SQC_DEPTH_MASK) + 1
-        sqe_size = 1 << (dw3 >> hw.SQC_SQE_SIZE_SHIFT & 0xF)
+        head, tail, bl, bh, dw3, _w8, _r0, _pasid, _w11, _cq_num, w13, _r1 = qm.SQC.unpack(ctx)
+        depth = (dw3 & qm.SQC_DEPTH_MASK) + 1
+        sqe_size = 1 << (dw3 >> qm.SQC_SQE_SIZE_SHIFT & 0xF)
         if sqe_size != hw.SQE_SIZE or depth > self.sq_depth_cap or head >= depth or \
                 tail >= depth:
             return False
         q.sq_base, q.sq_depth, q.sqe_size = bh << 32 | bl, depth, sqe_size
-        q.alg = w13 >> hw.SQC_W13_ALG_SHIFT & 0xF
+        q.alg = w13 >> qm.SQC_W13_ALG_SHIFT & 0xF
         q.head = q.tail = head
         q.sqc, q.sqc_ok, q.stopped, q.broken = ctx, True, False, ""
         self.forget_doorbell(q.qn)
         return True
 
     def _load_cqc(self, q: _QueueState, ctx: bytes) -> bool:
-        head, tail, bl, bh, dw3, _w8, _r0, _pasid, _w11, dw6, _r1 = hw.CQC.unpack(ctx)
-        depth = (dw3 & hw.SQC_DEPTH_MASK) + 1
-        if (dw3 >> hw.CQC_CQE_SIZE_SHIFT & 0xF) != 4 or depth > self.cq_depth_cap:
+        head, tail, bl, bh, dw3, _w8, _r0, _pasid, _w11, dw6, _r1 = qm.CQC.unpack(ctx)
+        depth = (dw3 & qm.SQC_DEPTH_MASK) + 1
+        if (dw3 >> qm.CQC_CQE_SIZE_SHIFT & 0xF) != 4 or depth > self.cq_depth_cap:
             return False
         q.cq_base, q.cq_depth = bh << 32 | bl, depth
-        q.cq_phase = dw6 & hw.CQC_DW6_PHASE
-        q.cq_irq = bool(dw6 & hw.CQC_DW6_IRQ)
+        q.cq_phase = dw6 & qm.CQC_DW6_PHASE
+        q.cq_irq = bool(dw6 & qm.CQC_DW6_IRQ)
         q.cq_head, q.cq_tail = head, tail
         q.cqc, q.cqc_ok, q.broken = ctx, True, ""
         return True
@@ -576,9 +577,9 @@ class QmFunction:
     def _cqc_bytes(self, q: _QueueState) -> bytes:
         ctx = bytearray(q.cqc)
         struct.pack_into("<HH", ctx, 0, q.cq_head, q.cq_tail)
-        fields = list(hw.CQC.unpack(ctx))
-        fields[9] = (fields[9] & ~hw.CQC_DW6_PHASE) | q.cq_phase
-        return hw.CQC.pack(*fields)
+        fields = list(qm.CQC.unpack(ctx))
+        fields[9] = (fields[9] & ~qm.CQC_DW6_PHASE) | q.cq_phase
+        return qm.CQC.pack(*fields)
 
     @staticmethod
     def _eqc_bytes(eq: _EventQueue) -> bytes:
@@ -592,22 +593,22 @@ class QmFunction:
 
     def doorbell(self, value: int) -> None:
         """An SQ/CQ doorbell value (V2 format), latched or found in the polled page."""
-        qn, cmd, index, _prio = hw.doorbell_decode_v2(value)
+        qn, cmd, index, _prio = qm.doorbell_decode_v2(value)
         if qn >= self.qp_num:
             return
         q = self.queues[qn]
-        if cmd == hw.QM_DB_CMD_SQ:
+        if cmd == qm.QM_DB_CMD_SQ:
             if q.sqc_ok and index < q.sq_depth:
                 q.tail = index
-        elif cmd == hw.QM_DB_CMD_CQ and q.cqc_ok and index < q.cq_depth:
+        elif cmd == qm.QM_DB_CMD_CQ and q.cqc_ok and index < q.cq_depth:
             q.cq_head = index
 
     def _eq_doorbell(self, value: int) -> None:
-        _qn, cmd, index, _prio = hw.doorbell_decode_v2(value)
-        if cmd == hw.QM_DB_CMD_EQ and self.eq.ok and index < self.eq.depth:
+        _qn, cmd, index, _prio = qm.doorbell_decode_v2(value)
+        if cmd == qm.QM_DB_CMD_EQ and self.eq.ok and index < self.eq.depth:
             self.eq.head = index
             self.eq_pending = self.eq.head != self.eq.tail
-        elif cmd == hw.QM_DB_CMD_AEQ and self.aeq.ok and index < self.aeq.depth:
+        elif cmd == qm.QM_DB_CMD_AEQ and self.aeq.ok and index < self.aeq.depth:
             self.aeq.head = index
             self.aeq_pending = self.aeq.head != self.aeq.tail
 
@@ -652,12 +653,12 @@ class QmFunction:
             return 0
         try:
             sq = self.dma.view(q.sq_base, q.sq_depth * q.sqe_size, write=True)
-            cq = self.dma.view(q.cq_base, q.cq_depth * hw.CQE_SIZE, write=True)
+            cq = self.dma.view(q.cq_base, q.cq_depth * qm.CQE_SIZE, write=True)
         except DmaFault as e:
             q.broken = str(e)
-            self._post_event(self.aeq, q.qn | hw.AEQE_TYPE_CQE_ERROR << hw.AEQE_TYPE_SHIFT)
+            self._post_event(self.aeq, q.qn | qm.AEQE_TYPE_CQE_ERROR << qm.AEQE_TYPE_SHIFT)
             self.aeq_pending = True
-            if self.regs.get(hw.QM_VF_AEQ_INT_MASK, 1) == 0:
+            if self.regs.get(qm.QM_VF_AEQ_INT_MASK, 1) == 0:
                 self.notify(1)
             return 0
         try:
@@ -665,7 +666,7 @@ class QmFunction:
                 off = q.head * q.sqe_size
                 self._run_sqe(q, sq, off)
                 # CQE: body first, then the phase word, so a poller never sees a half CQE.
-                coff = q.cq_tail * hw.CQE_SIZE
+                coff = q.cq_tail * qm.CQE_SIZE
                 _CQE_BODY.pack_into(cq, coff, 0, 0, 0, q.head, q.qn, 0)
                 _U16.pack_into(cq, coff + 14, q.cq_phase)
                 q.cq_tail += 1
@@ -738,7 +739,7 @@ class QmFunction:
         for qn in qns:
             self._post_event(self.eq, qn)
         self.eq_pending = True
-        if self.regs.get(hw.QM_VF_EQ_INT_MASK, 1) == 0 and self.notify(0):
+        if self.regs.get(qm.QM_VF_EQ_INT_MASK, 1) == 0 and self.notify(0):
             self.stats["msis"] += 1
 
     def abandon(self, iova: int, size: int) -> None:
@@ -781,7 +782,7 @@ def decode_mailbox_log(window: bytes) -> list[tuple[str, int, int, int]]:
     for i in range(count):
         v = _U32.unpack_from(window, DBG_MB_LOG + 4 * i)[0]
         cmd = v & 0xFF
-        out.append((hw.MB_CMD_NAMES.get(cmd, f"cmd{cmd:#x}"), v >> 8 & 0xF, v >> 16,
+        out.append((qm.MB_CMD_NAMES.get(cmd, f"cmd{cmd:#x}"), v >> 8 & 0xF, v >> 16,
                     v >> 12 & 0xF))
     return out
 
@@ -792,8 +793,8 @@ class ZipModel(DeviceModel):
     name = "zip"
     vendor_id = hw.PCI_VENDOR_ID_HUAWEI
     device_id = hw.ZIP_VF_DEVICE_ID
-    revision = hw.QM_HW_V2
-    class_code = hw.PCI_CLASS_PROCESSING_ACCEL
+    revision = qm.QM_HW_V2
+    class_code = qm.PCI_CLASS_PROCESSING_ACCEL
     subsystem_vendor_id = hw.PCI_VENDOR_ID_HUAWEI
     subsystem_id = 0
     # A mapped doorbell is seen within microseconds while jobs flow; idle for longer than this
@@ -808,12 +809,12 @@ class ZipModel(DeviceModel):
         try:
             self.qp_num = int(opts.pop("queues", "2"), 0)
             self.depth = int(opts.pop("depth", "1024"), 0)
-            rev = int(opts.pop("revision", str(hw.QM_HW_V2)), 0)
+            rev = int(opts.pop("revision", str(qm.QM_HW_V2)), 0)
             self.level = int(opts.pop("level", "6"), 0)
         except ValueError as e:
             raise ValueError(f"zip model: bad option value: {e}") from None
-        if rev not in (hw.QM_HW_V2, hw.QM_HW_V3):
-            raise ValueError(f"zip model: revision must be {hw.QM_HW_V2:#x} or {hw.QM_HW_V3:#x}")
+        if rev not in (qm.QM_HW_V2, qm.QM_HW_V3):
+            raise ValueError(f"zip model: revision must be {qm.QM_HW_V2:#x} or {qm.QM_HW_V3:#x}")
         if not -1 <= self.level <= 9:
             raise ValueError("zip model: level must be -1..9")
         if opts:
@@ -826,23 +827,23 @@ class ZipModel(DeviceModel):
     def regions(self) -> list[RegionSpec]:
         return [
             RegionSpec(DBG_BAR, DBG_SIZE, writable=False),
-            RegionSpec(hw.QM_BAR, hw.QM_VF_BAR_SIZE, mem64=True,
-                       mmap_areas=((hw.QM_DOORBELL_SQ_CQ_BASE_V2, 0x1000),)),
+            RegionSpec(qm.QM_BAR, qm.QM_VF_BAR_SIZE, mem64=True,
+                       mmap_areas=((qm.QM_DOORBELL_SQ_CQ_BASE_V2, 0x1000),)),
         ]
 
     def irq_counts(self) -> dict[int, int]:
-        return {VFIO_PCI_MSI_IRQ_INDEX: hw.V2_VF_IRQ_NUM}
+        return {VFIO_PCI_MSI_IRQ_INDEX: qm.V2_VF_IRQ_NUM}
 
     def build_config_space(self) -> bytearray:
         cfg = self.config_builder()
-        cfg.add_msi(vectors=hw.V2_VF_IRQ_NUM)
+        cfg.add_msi(vectors=qm.V2_VF_IRQ_NUM)
         return cfg.build()
 
     def setup(self) -> None:
         self.qm = QmFunction(self.dma, revision=self.revision, qp_num=self.qp_num,
                              sq_depth=self.depth, cq_depth=self.depth, level=self.level,
                              notify=self.notify)
-        self._bell = self.region_u64(hw.QM_BAR, hw.QM_DOORBELL_SQ_CQ_BASE_V2)
+        self._bell = self.region_u64(qm.QM_BAR, qm.QM_DOORBELL_SQ_CQ_BASE_V2)
         self.qm.forget_doorbell = self._forget_doorbell  # type: ignore[method-assign]
         self._bell.value = IDLE_DOORBELL
 
@@ -858,12 +859,12 @@ class ZipModel(DeviceModel):
         if index == DBG_BAR:
             messages = self._attached().framework_stats()["messages"]
             return self._qm().debug_read(offset, size, messages)
-        if index == hw.QM_BAR:
+        if index == qm.QM_BAR:
             return self._qm().read(offset, size)
         return bytes(size)
 
     def region_write(self, index: int, offset: int, data: bytes) -> None:
-        if index == hw.QM_BAR:
+        if index == qm.QM_BAR:
             self._qm().write(offset, data)
 
     def poll(self) -> bool:

@@ -1,0 +1,165 @@
+"""The ZIP engine: a compress and a decompress queue on one function, a buffer pool, and the
+sessions, one-shot jobs and streams built on them.
+
+The engine does not know its backend: it is handed a `QueueSource` (a VF brought up over a
+`Device` by `hisi_qm.bringup.QmDevice`, or uacce queues the kernel set up,
+`hisi_qm.uacce.UacceQueues`) and only uses its DMA space, its queues and its way of blocking.
+Imports go one way: this module builds lanes, sessions, one-shot jobs and streams; they see it
+only through `lane.EngineParts`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ...errors import ClosedError, InvalidArgumentError, WarpdriveError
+from ...forkguard import ForkSafe
+from ...pool import BufferPool
+from ..hisi_qm.source import QueueSource
+from .errors import ZipDataError
+from .job import COMPRESS, COMPRESS_JOB_MAX, DECOMPRESS, DECOMPRESS_JOB_MAX, DIRECTIONS
+from .lane import Lane
+from .oneshot import OneShot
+from .session import Session
+from .sqe import Format
+from .stream import Deflater, Inflater
+
+
+class ZipEngine(ForkSafe):
+    """A ZIP function: one queue per direction, a buffer pool, sessions and streams on top.
+
+    Fork: the queue memory and doorbells are not mapped in a forked child (MADV_DONTFORK), so the
+    child's copy of an engine is dead: every entry point raises ForkedContextError and `poll`
+    finds nothing. Open a new engine in the child."""
+
+    def __init__(self, source: QueueSource, *, depth: int | None = None, wait: str = "auto",
+                 spin_us: float = 100.0, timeout: float = 30.0,
+                 on_close: Callable[[], None] | None = None) -> None:
+        if wait not in ("auto", "spin", "block"):
+            raise InvalidArgumentError(f"wait must be auto, spin or block, not {wait!r}")
+        self.source = source
+        self.name = source.name
+        self.depth = depth
+        self.wait_mode = wait
+        self.spin_s = float("inf") if wait == "spin" else 0.0 if wait == "block" else \
+            spin_us * 1e-6
+        self.timeout = timeout
+        self.pool = BufferPool(source.dma)
+        self.lanes = (Lane(self, COMPRESS), Lane(self, DECOMPRESS))
+        self._on_close = on_close
+        self._closed = False
+        self._sessions: list[Session] = []
+        self._fork_register()
+
+    def check_open(self) -> None:
+        """Raise if the engine is closed or was inherited through fork()."""
+        self._check_alive()
+        if self._closed:
+            raise ClosedError(f"ZIP engine {self.name} is closed")
+
+    def _fork_describe(self) -> str:
+        return f"ZIP engine {self.name}"
+
+    def _fork_invalidate(self) -> None:
+        # Drop the child's references to rings that are not mapped here (touching them would
+        # fault); the parent still owns the queues.
+        for lane in self.lanes:
+            lane.forget()
+        self._closed = True
+
+    @property
+    def backend(self) -> str:
+        return self.source.backend
+
+    def session(self, direction: str = "compress", *, wbits: int = 15, level: int = -1,
+                format: str | None = None) -> Session:
+        """A batch session: many stateless jobs in flight, one doorbell per `flush()`."""
+        self.check_open()
+        if direction not in DIRECTIONS:
+            raise InvalidArgumentError(f"direction must be compress or decompress, not "
+                                       f"{direction!r}")
+        decompress = direction == "decompress"
+        fmt = Format.named(format) if format else Format.from_wbits(wbits,
+                                                                     decompress=decompress)
+        s = Session(self, DIRECTIONS[direction], fmt, level, on_close=self._forget_session)
+        self._sessions.append(s)
+        return s
+
+    # -- one-shot helpers (zlib-shaped API lives in warpdrive.zip) --------------------------
+    def compress(self, data: bytes | bytearray | memoryview, level: int = -1,
+                 wbits: int = 15) -> bytes:
+        fmt = Format.from_wbits(wbits, decompress=False)
+        mv = memoryview(data).cast("B")
+        if len(mv) > COMPRESS_JOB_MAX:
+            d = Deflater(self, fmt, level, chunk=COMPRESS_JOB_MAX)
+            try:
+                return d.compress(mv) + d.finish()
+            finally:
+                d.close()
+        lane = self.lanes[COMPRESS]
+        with lane.lock:
+            s = OneShot(self, lane)
+            return s.compress(mv, fmt, level)
+
+    def decompress(self, data: bytes | bytearray | memoryview, wbits: int = 15,
+                   bufsize: int = 0) -> bytes:
+        fmt = Format.from_wbits(wbits, decompress=True)
+        mv = memoryview(data).cast("B")
+        lane = self.lanes[DECOMPRESS]
+        if len(mv) <= DECOMPRESS_JOB_MAX:
+            with lane.lock:
+                out = OneShot(self, lane).decompress(mv, fmt, bufsize)
+            if out is not None:
+                return out
+        inf = Inflater(self, fmt)
+        try:
+            out = inf.decompress(mv)
+            if not inf.eof:
+                raise ZipDataError("Error -5 while decompressing data: incomplete or truncated "
+                                   "stream")
+            return out
+        finally:
+            inf.close()
+
+    def _forget_session(self, session: Session) -> None:
+        if session in self._sessions:
+            self._sessions.remove(session)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        errors: list[BaseException] = []
+        self._fork_unregister()
+        for s in list(self._sessions):
+            try:
+                s.close()
+            except WarpdriveError as e:
+                errors.append(e)
+        self._closed = True
+        for lane in self.lanes:
+            try:
+                lane.close()
+            except WarpdriveError as e:
+                errors.append(e)
+        self.pool.close()
+        try:
+            self.source.close()
+        except WarpdriveError as e:
+            errors.append(e)
+        if self._on_close is not None:
+            self._on_close()
+        if errors:
+            raise errors[0]
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> ZipEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<ZipEngine {self.name} backend={self.backend}{' closed' if self._closed else ''}>"

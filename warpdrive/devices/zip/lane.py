@@ -1,0 +1,176 @@
+"""One direction of a ZIP engine (`Lane`): its QM queue, started on first use, its lock, its job
+tags, and how a waiter reaps completions.
+
+The lane sees its engine only through `EngineParts`: the engine module imports the lane (and the
+sessions and streams built on it), never the reverse.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol, cast
+
+from ...errors import DeviceTimeoutError
+from ...pool import BufferPool
+from ..hisi_qm.queue import QmQueue
+from ..hisi_qm.source import QueueSource
+from .errors import ZipError
+from .job import Job
+from .sqe import Format, SqeTemplate
+
+
+class EngineParts(Protocol):
+    """What lanes, sessions, one-shot jobs and streams use of their engine."""
+
+    @property
+    def source(self) -> QueueSource: ...
+
+    @property
+    def pool(self) -> BufferPool: ...
+
+    @property
+    def lanes(self) -> tuple[Lane, Lane]: ...
+
+    @property
+    def depth(self) -> int | None: ...
+
+    @property
+    def wait_mode(self) -> str: ...
+
+    @property
+    def spin_s(self) -> float: ...
+
+    @property
+    def timeout(self) -> float: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def check_open(self) -> None: ...
+
+
+class Lane:
+    """One direction of the engine: its queue (started on first use), lock and tags."""
+
+    def __init__(self, engine: EngineParts, qc_type: int) -> None:
+        self.engine = engine
+        self.qc_type = qc_type
+        self.lock = threading.RLock()
+        self._q: QmQueue | None = None
+        self._tag = 0
+        self.resubmitted = False
+        self._templates: dict[tuple[str, int], SqeTemplate] = {}
+
+    @property
+    def q(self) -> QmQueue:
+        q = self._q
+        if q is None:
+            with self.lock:
+                if self._q is None:
+                    eng = self.engine
+                    eng.check_open()
+                    self._q = eng.source.start_queue(self.qc_type, depth=eng.depth,
+                                                     irq=eng.wait_mode != "spin")
+                q = self._q
+        return q
+
+    @property
+    def started(self) -> bool:
+        return self._q is not None
+
+    @property
+    def current(self) -> QmQueue | None:
+        """The queue if it was started, without starting it."""
+        return self._q
+
+    def forget(self) -> None:
+        """Drop the queue without stopping it (a forked child: the rings are not mapped here)."""
+        self._q = None
+
+    def template(self, fmt: Format) -> SqeTemplate:
+        key = (fmt.container, fmt.window_bits)
+        t = self._templates.get(key)
+        if t is None:
+            t = self._templates[key] = SqeTemplate.for_format(fmt, self.engine.source.version)
+        return t
+
+    def next_tag(self) -> int:
+        self._tag = (self._tag + 1) & 0xFFFF_FFFF
+        return self._tag
+
+    def post(self, job: Job) -> int:
+        """Reserve a slot for `job` (waiting for room if the queue is full); caller holds lock."""
+        q = self.q
+        if q.space <= 0:
+            self.reap()
+            if q.space <= 0:
+                q.ring()
+                self.wait_until(lambda: q.space > 0, locked=True)
+        off = q.post(job)
+        job.slot_off = off
+        job.done = False
+        job.error = None
+        return off
+
+    def reap(self) -> int:
+        """Collect completions and hand each job to its owner (caller holds `lock`)."""
+        q = self._q
+        if q is None:
+            return 0
+        jobs = cast("list[Job]", q.reap())  # the queue hands back what `post` was given
+        for job in jobs:
+            job.owner.on_complete(job)
+        if self.resubmitted:
+            self.resubmitted = False
+            q.ring()
+        return len(jobs)
+
+    def wait_until(self, done: Callable[[], bool], timeout: float | None = None, *,
+                   locked: bool = False) -> None:
+        """Reap until `done()` is true: busy-poll the CQ in memory (no syscall) for the engine's
+        spin time, then block in the source's way (interrupt, or short sleeps)."""
+        eng = self.engine
+        q = self.q
+        timeout = eng.timeout if timeout is None else timeout
+        clock = time.perf_counter
+        start = clock()
+        refresh_at = start + QmQueue.REFRESH_S
+        lock = self.lock
+        while True:
+            if q.completed():
+                with lock:
+                    self.reap()
+            if done():
+                return
+            now = clock()
+            if now >= refresh_at:
+                with lock:
+                    q.ring()
+                    q.refresh()
+                    self.reap()
+                if done():
+                    return
+                if q.outstanding == 0:
+                    raise ZipError(f"{q.name}: waiting for a job that is not in flight")
+                refresh_at = now + QmQueue.REFRESH_S
+                waited = now - start
+                if waited > timeout:
+                    raise DeviceTimeoutError(
+                        f"{q.name}: {q.outstanding} ZIP job(s) did not complete within "
+                        f"{timeout} s", hint="the engine may be wedged or its DMA blocked; close "
+                        "it (the function is reset) and check the kernel log")
+                if waited > eng.spin_s:
+                    if locked:
+                        lock.release()
+                    try:
+                        eng.source.block(q, timeout - waited)
+                    finally:
+                        if locked:
+                            lock.acquire()
+
+    def close(self) -> None:
+        q, self._q = self._q, None
+        if q is not None:
+            self.engine.source.stop_queue(q)

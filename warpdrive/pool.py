@@ -1,0 +1,119 @@
+"""DMA memory kept mapped for reuse, for plugins that move data through a device.
+
+A map costs syscalls (or vfio-user messages) and a memory check per buffer, so a plugin that
+submits many jobs takes its buffers from a `BufferPool`: small pieces (`Chunk`) are cut from
+4 MiB slabs and large buffers are recycled whole. Everything stays mapped until the pool closes.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from .dma import DmaSpace
+from .errors import WarpdriveError
+from .memory import DmaBuffer
+
+
+class Chunk:
+    """`size` bytes at `off` in a mapped DMA buffer."""
+
+    __slots__ = ("buf", "off", "size", "whole")
+
+    def __init__(self, buf: DmaBuffer, off: int, size: int, whole: bool = False) -> None:
+        self.buf, self.off, self.size, self.whole = buf, off, size, whole
+
+    @property
+    def iova(self) -> int:
+        assert self.buf.iova is not None
+        return self.buf.iova + self.off
+
+    @property
+    def view(self) -> memoryview:
+        return self.buf.view[self.off:self.off + self.size]
+
+
+class BufferPool:
+    """DMA memory kept mapped for reuse: a map costs syscalls (or vfio-user messages) and a
+    memory check, so small pieces are cut from 4 MiB slabs and large buffers are recycled."""
+
+    MIN = 64 << 10
+    SLAB = 4 << 20
+    SLAB_MAX = 512 << 10
+    CHUNK_MIN = 16 << 10
+
+    def __init__(self, dma: DmaSpace, max_idle: int = 96 << 20) -> None:
+        self.dma = dma
+        self.max_idle = max_idle
+        self._free: dict[int, list[DmaBuffer]] = {}
+        self._chunks: dict[int, list[Chunk]] = {}
+        self._slabs: list[DmaBuffer] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> Chunk:
+        """A piece of at least `size` bytes (a slab piece, or a whole pooled buffer)."""
+        c = self.CHUNK_MIN
+        while c < size:
+            c <<= 1
+        if c > self.SLAB_MAX:
+            buf = self.get(size)
+            return Chunk(buf, 0, buf.size, whole=True)
+        with self._lock:
+            free = self._chunks.setdefault(c, [])
+            if not free:
+                slab = self.dma.alloc(self.SLAB)
+                self._slabs.append(slab)
+                free.extend(Chunk(slab, off, c) for off in range(self.SLAB - c, -1, -c))
+            return free.pop()
+
+    def give(self, chunk: Chunk) -> None:
+        if chunk.whole:
+            self.put(chunk.buf)
+            return
+        with self._lock:
+            self._chunks.setdefault(chunk.size, []).append(chunk)
+
+    @classmethod
+    def size_class(cls, size: int) -> int:
+        if size <= 1 << 20:
+            c = cls.MIN
+            while c < size:
+                c <<= 1
+            return c
+        return -(-size // (1 << 20)) << 20
+
+    def get(self, size: int) -> DmaBuffer:
+        """A whole DMA buffer of at least `size` bytes."""
+        c = self.size_class(max(size, 1))
+        with self._lock:
+            free = self._free.get(c)
+            if free:
+                self._idle -= c
+                return free.pop()
+        return self.dma.alloc(c)
+
+    def put(self, buf: DmaBuffer) -> None:
+        with self._lock:
+            if buf.size + self._idle <= self.max_idle and not self.dma.closed:
+                self._free.setdefault(buf.size, []).append(buf)
+                self._idle += buf.size
+                return
+        self._drop(buf)
+
+    def _drop(self, buf: DmaBuffer) -> None:
+        try:
+            if not self.dma.closed and buf.iova is not None:
+                self.dma.unmap(buf)
+            buf.close()
+        except WarpdriveError:
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            bufs = [b for lst in self._free.values() for b in lst] + self._slabs
+            self._free.clear()
+            self._chunks.clear()
+            self._slabs = []
+            self._idle = 0
+        for b in bufs:
+            self._drop(b)
