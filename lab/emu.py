@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from warpdrive.emu.launcher import ModelProcess
+from warpdrive.backends.vfiouser.launcher import ModelProcess
 from warpdrive.errors import WarpdriveError
 
 CHECKOUT = Path(__file__).resolve().parent.parent
