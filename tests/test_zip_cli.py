@@ -5,8 +5,6 @@ the `gzip` command in both directions."""
 from __future__ import annotations
 
 import gzip
-import os
-import random
 import shutil
 import subprocess
 import sys
@@ -16,27 +14,10 @@ from pathlib import Path
 import pytest
 
 import warpdrive.zip as wz
+from tests.ziputil import ROOT, cli, sample
 
-ROOT = Path(__file__).resolve().parent.parent
 GZIP = shutil.which("gzip")
 needs_gzip = pytest.mark.skipif(GZIP is None, reason="the gzip command is not installed")
-
-
-def cli(*args: str, stdin: bytes | None = None,
-        cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "warpdrive.cli", *args], input=stdin,
-                          capture_output=True, env=env, cwd=cwd, timeout=300)
-
-
-def sample(size: int, seed: int = 1) -> bytes:
-    rng = random.Random(seed)
-    words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
-             for _ in range(500)]
-    out = bytearray()
-    while len(out) < size:
-        out += b" ".join(rng.choice(words) for _ in range(12)) + b"\n"
-    return bytes(out[:size])
 
 
 @needs_gzip

@@ -71,7 +71,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_fatal_signal = 0  # set when a run ends because of a signal: `entry` then dies by it
+
+
+def entry() -> None:
+    """The console script: `main`, then, if a signal ended the run, die by that signal (after
+    cleanup), as gzip does, so a calling shell or make sees what happened."""
+    code = main()
+    if _fatal_signal:
+        import os
+        import signal
+
+        signal.signal(_fatal_signal, signal.SIG_DFL)
+        os.kill(os.getpid(), _fatal_signal)
+    sys.exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    global _fatal_signal
+    from .output import Interrupted
+
+    _fatal_signal = 0
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -86,10 +106,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WarpdriveError as e:
         print(f"warpdrive: {e}", file=sys.stderr)
         return exit_code_for(e)
+    except Interrupted as e:
+        _fatal_signal = e.signum
+        print(f"warpdrive: interrupted by {e}" + (f"; {e.note}" if e.note else ""),
+              file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `warpdrive devices | head`: not an error worth a traceback
+    except BrokenPipeError:  # `warpdrive ... | head`: quiet, and death by SIGPIPE like others
         import os
+        import signal
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
+        _fatal_signal = signal.SIGPIPE
+        return 128 + signal.SIGPIPE

@@ -1,7 +1,5 @@
 """`python -m warpdrive.cli ...` (same as the `warpdrive` console script)."""
 
-import sys
+from . import entry
 
-from . import main
-
-sys.exit(main())
+entry()

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from ..errors import InvalidArgumentError, WarpdriveError
+from .output import Interrupted, Output, io_error, signals_raise
 
 SUFFIX = {"gzip": ".gz", "zlib": ".zz", "deflate": ".deflate"}
 WBITS = {"gzip": 31, "zlib": 15, "deflate": -15}
@@ -112,27 +113,28 @@ class _Progress:
             sys.stderr.flush()
 
 
-def _open_io(args: argparse.Namespace, out_path: str) -> tuple[IO[bytes], IO[bytes], int | None]:
-    if args.input == "-":
-        src: IO[bytes] = sys.stdin.buffer
-        total = None
-    else:
+class _Input:
+    """Reads that fail with a one-line error naming the input."""
+
+    def __init__(self, file: IO[bytes], name: str) -> None:
+        self.file, self.name = file, name
+
+    def read(self, n: int) -> bytes:
         try:
-            src = open(args.input, "rb")  # noqa: SIM115 - closed by the caller
+            return self.file.read(n)
         except OSError as e:
-            raise WarpdriveError(f"cannot read {args.input}", errno=e.errno) from None
-        total = os.fstat(src.fileno()).st_size
-    if out_path == "-":
-        return src, sys.stdout.buffer, total
-    if os.path.exists(out_path) and not args.force:
-        src.close()
-        raise InvalidArgumentError(f"{out_path} already exists", hint="use -f to overwrite")
+            raise io_error("cannot read", e, self.name) from None
+
+
+def _open_input(args: argparse.Namespace) -> tuple[IO[bytes], os.stat_result | None]:
+    """The input and, for a file, its stat (for the same-file check and the output's mode)."""
+    if args.input == "-":
+        return sys.stdin.buffer, None
     try:
-        dst = open(out_path, "wb")  # noqa: SIM115 - closed by the caller
+        src = open(args.input, "rb")  # noqa: SIM115 - closed by the caller
     except OSError as e:
-        src.close()
-        raise WarpdriveError(f"cannot write {out_path}", errno=e.errno) from None
-    return src, dst, total
+        raise io_error("cannot read", e, args.input) from None
+    return src, os.fstat(src.fileno())
 
 
 def _summary(verb: str, n_in: int, n_out: int, secs: float, engine: Any) -> str:
@@ -151,7 +153,7 @@ def _summary(verb: str, n_in: int, n_out: int, secs: float, engine: Any) -> str:
 def _engine(args: argparse.Namespace) -> Any:
     from .. import zip as wz
 
-    return wz.open(args.device, doorbell=args.doorbell)
+    return wz.open(args.device, doorbell=args.doorbell, announce=not args.quiet)
 
 
 def _progress_enabled(args: argparse.Namespace, total: int | None) -> bool:
@@ -161,29 +163,46 @@ def _progress_enabled(args: argparse.Namespace, total: int | None) -> bool:
 
 
 def _run_job(args: argparse.Namespace, compress: bool, fmt: str,
-             body: Callable[[Any, Any, Any, _Progress], tuple[int, int]]) -> int:
-    """Open input/output and an engine, run `body(src, dst, engine, progress) -> (in, out)`,
-    print the summary; on any failure remove the partial output (nothing half-written stays)."""
+             body: Callable[[Any, Output, Any, _Progress], tuple[int, int]]) -> int:
+    """Open input, output and an engine, run `body(src, out, engine, progress) -> (in, out)`,
+    print the summary. The output becomes visible only when complete (see `output`); on any
+    failure or signal nothing is left under its name and the input is untouched."""
     verb = "compress" if compress else "decompress"
     out_path = args.output or _default_output(args, compress, fmt)
-    src, dst, total = _open_io(args, out_path)
-    ok = False
+    src, in_stat = _open_input(args)
+    out: Output | None = None
     try:
-        eng = _engine(args)
-        try:
-            start = time.monotonic()
-            prog = _Progress(total, _progress_enabled(args, total), verb)
-            n_in, n_out = body(src, dst, eng, prog)
-            dst.flush()
-            prog.finish()
-            secs = time.monotonic() - start
-            if not args.quiet:
-                print(_summary(verb + "ed", n_in, n_out, secs, eng), file=sys.stderr)
-            ok = True
-        finally:
-            eng.close()
+        with signals_raise(lambda: out.discard() if out is not None else None):
+            try:
+                out = Output(out_path, force=args.force,
+                             inputs=[in_stat] if in_stat is not None else [])
+                eng = _engine(args)
+                try:
+                    start = time.monotonic()
+                    total = in_stat.st_size if in_stat is not None and \
+                        stat.S_ISREG(in_stat.st_mode) else None
+                    prog = _Progress(total, _progress_enabled(args, total), verb)
+                    n_in, n_out = body(_Input(src, args.input), out, eng, prog)
+                    prog.finish()
+                    regular = in_stat is not None and stat.S_ISREG(in_stat.st_mode)
+                    out.commit(like=in_stat if regular else None)
+                    secs = time.monotonic() - start
+                finally:
+                    eng.close()
+            except Interrupted as e:
+                if out is not None:
+                    e.note = ("the output was complete" if out.committed else
+                              "output incomplete" if out.direct else
+                              f"nothing was written under {out_path}") + "; input untouched"
+                    out.discard()
+                raise
     finally:
-        _close(src, dst, out_path, ok)
+        if out is not None:
+            out.discard()
+        if src is not sys.stdin.buffer:
+            src.close()
+    if not args.quiet:
+        print(_summary(verb + "ed", n_in, n_out, secs, eng), file=sys.stderr)
     return 0
 
 
@@ -192,7 +211,7 @@ def run_compress(args: argparse.Namespace) -> int:
 
     fmt = _format_for(args, compress=True)
 
-    def body(src: Any, dst: Any, eng: Any, prog: _Progress) -> tuple[int, int]:
+    def body(src: Any, dst: Output, eng: Any, prog: _Progress) -> tuple[int, int]:
         c = wz.compressobj(args.level, wz.DEFLATED, WBITS[fmt], device=eng,
                            chunk_size=READ_CHUNK)
         n_in = n_out = 0
@@ -218,7 +237,7 @@ def run_decompress(args: argparse.Namespace) -> int:
     fmt = _format_for(args, compress=False)
     wbits = {"auto": 47, **WBITS}[fmt]
 
-    def body(src: Any, dst: Any, eng: Any, prog: _Progress) -> tuple[int, int]:
+    def body(src: Any, dst: Output, eng: Any, prog: _Progress) -> tuple[int, int]:
         n_in = n_out = 0
         d = wz.decompressobj(wbits, device=eng)
         fed = False  # this member's decoder has seen input
@@ -270,15 +289,3 @@ def run_decompress(args: argparse.Namespace) -> int:
 def _container(d: Any) -> str:
     """The container a decoder found (auto-detection resolves to gzip or zlib)."""
     return str(d._i.fmt.container)
-
-
-def _close(src: IO[bytes], dst: IO[bytes], out_path: str, ok: bool) -> None:
-    if src is not sys.stdin.buffer:
-        src.close()
-    if dst is not sys.stdout.buffer:
-        dst.close()
-        if not ok:
-            try:
-                os.unlink(out_path)  # never leave a partial output behind
-            except OSError:
-                pass

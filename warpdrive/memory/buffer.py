@@ -10,6 +10,7 @@ Kinds:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import mmap
 import os
@@ -125,7 +126,11 @@ class DmaBuffer(ForkSafe):
                 raise InvalidArgumentError(f"cannot allocate memory of kind {kind.value}")
         except OSError as e:
             close_fd_quietly(fd)
-            err = WarpdriveError(f"mmap of a {length}-byte {kind.value} DMA buffer", errno=e.errno)
+            # A memfd is a file: RLIMIT_FSIZE (`ulimit -f`) caps its size too.
+            hint = ("the file size limit (ulimit -f) is below this buffer's size; raise it"
+                    if e.errno == errno.EFBIG else None)
+            err = WarpdriveError(f"mmap of a {length}-byte {kind.value} DMA buffer",
+                                 errno=e.errno, hint=hint)
             if page != sc.PAGE_SIZE:
                 raise _hugepage_error(page, length // page, err) from None
             raise err from None
