@@ -8,6 +8,7 @@ submits many jobs takes its buffers from a `BufferPool`: small pieces (`Chunk`) 
 from __future__ import annotations
 
 import threading
+from collections import deque
 
 from .dma import DmaSpace
 from .errors import WarpdriveError
@@ -34,7 +35,13 @@ class Chunk:
 
 class BufferPool:
     """DMA memory kept mapped for reuse: a map costs syscalls (or vfio-user messages) and a
-    memory check, so small pieces are cut from 4 MiB slabs and large buffers are recycled."""
+    memory check, so small pieces are cut from 4 MiB slabs and large buffers are recycled.
+
+    Giving memory back (`give`, `put`) takes no lock and does no I/O: it appends to a queue
+    (`deque.append` is atomic) that the next `take`/`get` drains under the lock. So a finalizer
+    may give back from anywhere, even from a garbage collection that runs inside `take` while
+    the lock is held, and it can neither deadlock nor see the pool half-updated; buffers over
+    the idle limit are unmapped later, by a caller in ordinary context."""
 
     MIN = 64 << 10
     SLAB = 4 << 20
@@ -49,6 +56,7 @@ class BufferPool:
         self._slabs: list[DmaBuffer] = []
         self._idle = 0
         self._lock = threading.Lock()
+        self._returned: deque[Chunk] = deque()
 
     def take(self, size: int) -> Chunk:
         """A piece of at least `size` bytes (a slab piece, or a whole pooled buffer)."""
@@ -59,19 +67,40 @@ class BufferPool:
             buf = self.get(size)
             return Chunk(buf, 0, buf.size, whole=True)
         with self._lock:
+            drop = self._reclaim()
             free = self._chunks.setdefault(c, [])
             if not free:
                 slab = self.dma.alloc(self.SLAB)
                 self._slabs.append(slab)
-                free.extend(Chunk(slab, off, c) for off in range(self.SLAB - c, -1, -c))
-            return free.pop()
+                free.extend([Chunk(slab, off, c) for off in range(self.SLAB - c, -1, -c)])
+            chunk = free.pop()
+        self._drop_all(drop)
+        return chunk
 
     def give(self, chunk: Chunk) -> None:
-        if chunk.whole:
-            self.put(chunk.buf)
-            return
-        with self._lock:
-            self._chunks.setdefault(chunk.size, []).append(chunk)
+        """Return a piece from `take` (lock-free; see the class docstring)."""
+        self._returned.append(chunk)
+
+    def put(self, buf: DmaBuffer) -> None:
+        """Return a buffer from `get` (lock-free)."""
+        self._returned.append(Chunk(buf, 0, buf.size, whole=True))
+
+    def _reclaim(self) -> list[DmaBuffer]:
+        """File what was given back (lock held); returns the buffers to unmap after unlocking."""
+        drop: list[DmaBuffer] = []
+        returned = self._returned
+        while returned:
+            chunk = returned.popleft()
+            if not chunk.whole:
+                self._chunks.setdefault(chunk.size, []).append(chunk)
+                continue
+            buf = chunk.buf
+            if buf.size + self._idle <= self.max_idle and not self.dma.closed:
+                self._free.setdefault(buf.size, []).append(buf)
+                self._idle += buf.size
+            else:
+                drop.append(buf)
+        return drop
 
     @classmethod
     def size_class(cls, size: int) -> int:
@@ -86,34 +115,29 @@ class BufferPool:
         """A whole DMA buffer of at least `size` bytes."""
         c = self.size_class(max(size, 1))
         with self._lock:
+            drop = self._reclaim()
             free = self._free.get(c)
-            if free:
+            buf = free.pop() if free else None
+            if buf is not None:
                 self._idle -= c
-                return free.pop()
-        return self.dma.alloc(c)
+        self._drop_all(drop)
+        return buf if buf is not None else self.dma.alloc(c)
 
-    def put(self, buf: DmaBuffer) -> None:
-        with self._lock:
-            if buf.size + self._idle <= self.max_idle and not self.dma.closed:
-                self._free.setdefault(buf.size, []).append(buf)
-                self._idle += buf.size
-                return
-        self._drop(buf)
-
-    def _drop(self, buf: DmaBuffer) -> None:
-        try:
-            if not self.dma.closed and buf.iova is not None:
-                self.dma.unmap(buf)
-            buf.close()
-        except WarpdriveError:
-            pass
+    def _drop_all(self, bufs: list[DmaBuffer]) -> None:
+        for buf in bufs:
+            try:
+                if not self.dma.closed and buf.iova is not None:
+                    self.dma.unmap(buf)
+                buf.close()
+            except WarpdriveError:
+                pass
 
     def close(self) -> None:
         with self._lock:
-            bufs = [b for lst in self._free.values() for b in lst] + self._slabs
+            drop = self._reclaim()  # whole buffers only: slab pieces go with their slab
+            drop += [b for lst in self._free.values() for b in lst] + self._slabs
             self._free.clear()
             self._chunks.clear()
             self._slabs = []
             self._idle = 0
-        for b in bufs:
-            self._drop(b)
+        self._drop_all(drop)

@@ -102,9 +102,9 @@ class OneShot:
                             return None
                         out = avail * 4
                         continue
-                    err = status_error(st, compress=False)
-                    if err is not None:
-                        raise err
+                    if st not in (hw.STATUS_OK, hw.STATUS_NEGACOMPRESS, hw.STATUS_DECOMP_END):
+                        # Raised unbound: a local would make this frame and the error a cycle.
+                        raise status_error(st, compress=False) or ZipDataError(f"status {st:#x}")
                     if st != hw.STATUS_DECOMP_END or not job.status & _LAST:
                         raise ZipDataError("Error -5 while decompressing data: incomplete or "
                                            "truncated stream")

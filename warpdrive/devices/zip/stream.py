@@ -10,6 +10,7 @@ flush with no pending input is finished in software (empty final block + trailer
 from __future__ import annotations
 
 import zlib
+from typing import NoReturn
 
 from ...errors import ClosedError
 from ...pool import Chunk
@@ -35,6 +36,14 @@ Z_NO_FLUSH, Z_SYNC_FLUSH, Z_FULL_FLUSH, Z_FINISH = (zlib.Z_NO_FLUSH, zlib.Z_SYNC
                                                      zlib.Z_FULL_FLUSH, zlib.Z_FINISH)
 
 
+def _again(err: ZipError) -> ZipError:
+    """A fresh exception like `err` (same class and message, no traceback) to raise again."""
+    new = type(err).__new__(type(err))
+    new.__dict__.update(err.__dict__)
+    new.args = err.args
+    return new
+
+
 class _StreamBase:
     def __init__(self, engine: EngineParts, direction: int) -> None:
         engine.check_open()
@@ -45,6 +54,7 @@ class _StreamBase:
         self._bufs: list[Chunk] = [self.ctx]
         self._new = True
         self._closed = False
+        self._failed: ZipError | None = None  # the error that ended the stream, re-raised
         self.checksum = 0
         self.isize = 0
 
@@ -86,8 +96,22 @@ class _StreamBase:
         return job
 
     def _check(self) -> None:
+        if self._failed is not None:
+            raise _again(self._failed)
         if self._closed:
             raise ClosedError("the ZIP stream is closed")
+
+    def _fail(self, err: ZipError) -> NoReturn:
+        """End the stream with `err`: the buffers go back to the pool now, later calls raise
+        the same error again (as a zlib stream stays in its error state), and no reference
+        cycle is left behind (the exception's traceback holds this frame; this frame must not
+        hold the exception), so the stream is freed as soon as its owner lets go of it."""
+        self._failed = _again(err)
+        self.close()
+        try:
+            raise err
+        finally:
+            del err
 
     def close(self) -> None:
         if self._closed:
@@ -143,10 +167,10 @@ class Deflater(_StreamBase):
             half = n // 2  # cannot happen with >= 1.125x room; split rather than fail
             return self._job(data[:half], False) + self._job(data[half:], finish)
         if st not in (hw.STATUS_OK, hw.STATUS_NEGACOMPRESS):
-            raise status_error(st, compress=True) or ZipBufferError(
-                "the engine found no room for a stream block")
+            self._fail(status_error(st, compress=True) or ZipBufferError(
+                "the engine found no room for a stream block"))
         if job.consumed != n:
-            raise ZipError(f"the engine consumed {job.consumed} of {n} input bytes")
+            self._fail(ZipError(f"the engine consumed {job.consumed} of {n} input bytes"))
         self._new = False
         self.checksum, self.isize = job.checksum, job.isize
         return self._emit(bytes(dst.view[:job.produced]))
@@ -273,10 +297,10 @@ class Inflater(_StreamBase):
         avail = min(dst.size, hw.HZ_MAX_SIZE, room or hw.HZ_MAX_SIZE)
         job = self._run(self.fmt, src, n, dst, avail, finish=False)
         st = job.status & hw.STATUS_MASK
-        err = status_error(st, compress=False)
-        if err is not None:
+        if st not in (hw.STATUS_OK, hw.STATUS_NEGACOMPRESS, hw.STATUS_DECOMP_END):
             self._closed_by_error()
-            raise err
+            # Not bound to a local here: this frame would hold its own exception (a cycle).
+            self._fail(status_error(st, compress=False) or ZipError(f"status {st:#x}"))
         self._new = False
         self.checksum, self.isize = job.checksum, job.isize
         out += dst.view[:job.produced]
@@ -291,7 +315,8 @@ class Inflater(_StreamBase):
                 got = bytes(src.view[job.consumed - tlen:job.consumed])
                 if got != trailer(self.alg, job.checksum, job.isize):
                     self._closed_by_error()
-                    raise ZipDataError("Error -3 while decompressing data: incorrect data check")
+                    self._fail(ZipDataError("Error -3 while decompressing data: incorrect data "
+                                            "check"))
             self._ended = True
             self.unused_data = bytes(self._in)
             self._in.clear()
@@ -304,7 +329,10 @@ class Inflater(_StreamBase):
 
     def flush(self, length: int = 0) -> bytes:
         """Remaining output (zlib's `Decompress.flush`): pending output is produced; input
-        that does not finish the stream stays unfinished (check `eof`)."""
+        that does not finish the stream stays unfinished (check `eof`). After a data error
+        there is nothing more (as zlib)."""
+        if self._failed is not None:
+            return b""
         self._check()
         tail, self.unconsumed_tail = self.unconsumed_tail, b""
         return self.decompress(tail, length)
