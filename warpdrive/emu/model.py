@@ -4,7 +4,8 @@ A model runs in its own process (`python -m warpdrive.emu <model> --socket PATH`
 vfio-user server (`warpdrive.emu.server`). The framework owns the protocol, the PCI config
 space (BAR sizing, command register, MSI/MSI-X enable bits, the MSI-X table), the client's DMA maps,
 the interrupt eventfds and the shared memory behind mmap-able areas. The model supplies identity,
-regions, register behaviour and the work itself:
+regions, register behaviour and the work itself, and reaches the framework only through the
+`DeviceHost` it is given in `attach()` (`warpdrive.emu.host`; the helpers below wrap it):
 
     class MyDev(DeviceModel):
         name = "mydev"
@@ -52,24 +53,24 @@ import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar
 
+from ..errors import InvalidArgumentError, UnsupportedError
 from ..uapi.vfio import (
     VFIO_PCI_INTX_IRQ_INDEX,
     VFIO_PCI_MSI_IRQ_INDEX,
     VFIO_PCI_MSIX_IRQ_INDEX,
 )
 from .dma import ClientMemory, DmaFault
+from .host import DeviceHost
 from .pci_config import ConfigBuilder, PciConfig
-
-if TYPE_CHECKING:  # the server attaches itself; imported for types only (no import cycle)
-    from .server import VfioUserServer
 
 __all__ = [
     "VFIO_PCI_INTX_IRQ_INDEX",
     "VFIO_PCI_MSIX_IRQ_INDEX",
     "VFIO_PCI_MSI_IRQ_INDEX",
     "ConfigBuilder",
+    "DeviceHost",
     "DeviceModel",
     "DmaFault",
     "RegionSpec",
@@ -124,12 +125,9 @@ class DeviceModel(ABC):
     poll_idle_s: ClassVar[float] = 0.001
     polled: ClassVar[bool | None] = None
 
-    # Filled in by the framework before `setup()`; class defaults so that a subclass which
-    # overrides __init__ without calling super() still works.
+    # Class defaults so that a subclass which overrides __init__ without calling super() works.
     options: Mapping[str, str] = {}
-    dma: ClientMemory
-    config: PciConfig
-    _server: VfioUserServer | None = None
+    host: DeviceHost | None = None  # given by `attach()`
 
     def __init__(self, **options: str) -> None:
         """`options` are the `--set key=value` strings from the command line (or `model_options`
@@ -165,8 +163,14 @@ class DeviceModel(ABC):
         return self.config_builder().build()
 
     # -- what a model does ------------------------------------------------------------------
+    def attach(self, host: DeviceHost) -> None:
+        """Called once by whoever hosts the model, before any other hook but the descriptions
+        above (`regions`, `irq_counts`, `build_config_space`); then `setup()` runs."""
+        self.host = host
+        self.setup()
+
     def setup(self) -> None:
-        """Called once the framework is attached (dma, region memory, config exist)."""
+        """Called once the host is attached (dma, region memory, config exist)."""
         return None  # optional hook
 
     @abstractmethod
@@ -203,7 +207,16 @@ class DeviceModel(ABC):
         """The server is exiting."""
         return None  # optional hook
 
-    # -- provided by the framework ----------------------------------------------------------
+    # -- provided by the host ---------------------------------------------------------------
+    @property
+    def dma(self) -> ClientMemory:
+        """The client's memory: `read`, `write`, `view`, each raising `DmaFault`."""
+        return self._attached().dma
+
+    @property
+    def config(self) -> PciConfig:
+        return self._attached().config
+
     def region_memory(self, index: int) -> memoryview:
         """Writable view of the shared memory behind region `index` (regions with mmap areas)."""
         return self._attached().region_memory(index)
@@ -215,12 +228,14 @@ class DeviceModel(ABC):
     def region_u64(self, index: int, offset: int) -> ctypes.c_uint64:
         """A ctypes 64-bit cell over shared region memory: `.value` is one 8-byte load/store."""
         if offset % 8:
-            raise ValueError(f"64-bit cell at {offset:#x} is not 8-byte aligned")
+            raise InvalidArgumentError(f"model {self.name}: 64-bit cell at {offset:#x} of region "
+                                       f"{index} is not 8-byte aligned")
         return ctypes.c_uint64.from_address(self.region_address(index) + offset)
 
     def region_u32(self, index: int, offset: int) -> ctypes.c_uint32:
         if offset % 4:
-            raise ValueError(f"32-bit cell at {offset:#x} is not 4-byte aligned")
+            raise InvalidArgumentError(f"model {self.name}: 32-bit cell at {offset:#x} of region "
+                                       f"{index} is not 4-byte aligned")
         return ctypes.c_uint32.from_address(self.region_address(index) + offset)
 
     def raise_irq(self, index: int, vector: int = 0) -> bool:
@@ -235,23 +250,31 @@ class DeviceModel(ABC):
     def notify(self, vector: int = 0) -> bool:
         """Raise `vector` on whichever interrupt type the client enabled: MSI-X, else MSI, else
         INTx (vector 0). Returns False if none is enabled."""
-        server = self._attached()
+        host = self._attached()
         for index in (VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX):
-            if server.irq_assigned(index, vector):
+            if host.irq_assigned(index, vector):
                 return self.raise_irq(index, vector)
-        if vector == 0 and server.irq_assigned(VFIO_PCI_INTX_IRQ_INDEX, 0):
+        if vector == 0 and host.irq_assigned(VFIO_PCI_INTX_IRQ_INDEX, 0):
             return self.raise_irq(VFIO_PCI_INTX_IRQ_INDEX, 0)  # left pending while masked
         return False
+
+    def host_stats(self) -> dict[str, Any]:
+        """The host's counters (messages handled, DMA faults, ...), for debug registers."""
+        return self._attached().stats()
 
     def bus_master_enabled(self) -> bool:
         return self.config.bus_master_enabled
 
     def log(self, msg: str) -> None:
         """A line on the model process's stderr (the launcher shows its tail when a model dies)."""
-        print(f"[{self.name}] {msg}", file=sys.stderr, flush=True)
+        if self.host is not None:
+            self.host.log(msg)
+        else:
+            print(f"[{self.name}] {msg}", file=sys.stderr, flush=True)
 
-    def _attached(self) -> VfioUserServer:
-        if self._server is None:
-            raise RuntimeError(f"model {self.name} is not attached to a server yet "
-                               "(use these in setup() or later, not in __init__)")
-        return self._server
+    def _attached(self) -> DeviceHost:
+        if self.host is None:
+            raise UnsupportedError(f"model {self.name} is not attached to a host yet",
+                                   hint="use the host's services in setup() or later, not in "
+                                   "__init__")
+        return self.host

@@ -34,7 +34,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import syscalls as sc
 from ..backends.vfiouser.wire import Channel, FrameError, Message, PeerClosed, WireTimeout
@@ -50,10 +50,9 @@ from ..uapi.vfio import (
     VFIO_PCI_NUM_REGIONS,
 )
 from .dma import ClientMemory, DmaFault
+from .host import DeviceHost
+from .model import DeviceModel, RegionSpec
 from .pci_config import MsixInfo, PciConfig
-
-if TYPE_CHECKING:
-    from .model import DeviceModel, RegionSpec
 
 _MESSAGE_TIMEOUT = 5.0  # a peer that starts a message must finish it within this
 
@@ -142,13 +141,13 @@ class VfioUserServer:
                                      f"region {spec.index} is not page-aligned inside the region")
             self.regions[spec.index] = _Region(spec)
         bars = {s.index: (s.size, s.mem64) for s in specs if s.index < 6}
-        model.config = PciConfig(model.build_config_space(), bars)
-        model.dma = ClientMemory(self.max_dma_maps, bus_master=self._bus_master)
+        self.config = PciConfig(model.build_config_space(), bars)
+        self.dma = ClientMemory(self.max_dma_maps, bus_master=self._bus_master)
         self.num_regions = max([VFIO_PCI_NUM_REGIONS, *[i + 1 for i in self.regions]])
         counts = model.irq_counts()
         self.num_irqs = max([VFIO_PCI_NUM_IRQS, *[i + 1 for i in counts]])
         self.irqs = {i: _Irq(counts.get(i, 0)) for i in range(self.num_irqs)}
-        msix = model.config.msix
+        msix = self.config.msix
         if msix is not None and counts.get(VFIO_PCI_MSIX_IRQ_INDEX, 0) != msix.vectors:
             raise ValueError(f"model {model.name}: MSI-X capability has {msix.vectors} vectors "
                              f"but irq_counts() says {counts.get(VFIO_PCI_MSIX_IRQ_INDEX, 0)}")
@@ -171,8 +170,7 @@ class VfioUserServer:
                 r.addr = sc.buffer_address(r.mm)
         self.polled = model.polled if model.polled is not None else any(
             r.mm is not None for r in self.regions.values())
-        model._server = self
-        model.setup()
+        model.attach(_ModelHost(self))
 
     def _setup_msix(self, msix: MsixInfo) -> None:
         for bar, off, size, kind in ((msix.table_bar, msix.table_offset, msix.table_size,
@@ -188,9 +186,9 @@ class VfioUserServer:
             self.msix_table[v * 16 + 12] = 1
 
     def _bus_master(self) -> bool:
-        return not self.model.require_bus_master or self.model.config.bus_master_enabled
+        return not self.model.require_bus_master or self.config.bus_master_enabled
 
-    # -- services for the model -------------------------------------------------------------
+    # -- services for the model (through _ModelHost) ----------------------------------------
     def region_memory(self, index: int) -> memoryview:
         r = self.regions.get(index)
         if r is None or r.mm is None:
@@ -234,9 +232,9 @@ class VfioUserServer:
         return {
             "messages": self.messages,
             "by_command": {P.COMMAND_NAMES.get(c, str(c)): n for c, n in self.stats.items()},
-            "dma_faults": self.model.dma.faults,
-            "dma_maps": len(self.model.dma.mappings()),
-            "views_held_after_unmap": self.model.dma.held_after_unmap,
+            "dma_faults": self.dma.faults,
+            "dma_maps": len(self.dma.mappings()),
+            "views_held_after_unmap": self.dma.held_after_unmap,
         }
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -362,8 +360,8 @@ class VfioUserServer:
                 if chan_fd in r:
                     self._handle_one()
                     last_activity = time.monotonic()
-                    if self.model.dma.held_after_unmap:
-                        self.model.dma.reap()
+                    if self.dma.held_after_unmap:
+                        self.dma.reap()
         except (PeerClosed, _Disconnect):
             pass
         finally:
@@ -372,9 +370,9 @@ class VfioUserServer:
     def _disconnect(self) -> None:
         """Client gone: drop its memory and eventfds; the device state is kept (spec)."""
         model = self.model
-        for iova, size, _, _ in model.dma.mappings():
+        for iova, size, _, _ in self.dma.mappings():
             self._call_model(model.on_dma_unmap, iova, size)
-        model.dma.clear()
+        self.dma.clear()
         for index, irq in self.irqs.items():
             irq.close_all()
             self._mirror_irq_enable(index)
@@ -520,7 +518,7 @@ class VfioUserServer:
         """(flags, size, sparse areas, fd) of region `index`."""
         if index == VFIO_PCI_CONFIG_REGION_INDEX:
             return (P.VFIO_REGION_INFO_FLAG_READ | P.VFIO_REGION_INFO_FLAG_WRITE,
-                    self.model.config.size, (), -1)
+                    self.config.size, (), -1)
         r = self.regions.get(index)
         if r is None:
             return 0, 0, (), -1
@@ -640,9 +638,9 @@ class VfioUserServer:
             return
         active = [fd for fd in irq.fds if fd >= 0]
         if index == VFIO_PCI_MSI_IRQ_INDEX:
-            self.model.config.set_msi_enabled(bool(active), len(irq.fds) if active else 0)
+            self.config.set_msi_enabled(bool(active), len(irq.fds) if active else 0)
         elif index == VFIO_PCI_MSIX_IRQ_INDEX:
-            self.model.config.set_msix_enabled(bool(active))
+            self.config.set_msix_enabled(bool(active))
 
     def _check_access(self, index: int, offset: int, count: int, write: bool) -> None:
         if count == 0 or count > self.max_data_xfer_size:
@@ -696,15 +694,15 @@ class VfioUserServer:
             assert mm is not None
             return mm[off:off + n]
         if kind == "msix_table":
-            assert self.model.config.msix is not None
-            base = off - self.model.config.msix.table_offset
+            assert self.config.msix is not None
+            base = off - self.config.msix.table_offset
             return bytes(self.msix_table[base:base + n])
         if kind == "msix_pba":
             return self._pba_bytes(off, n)
         return bytes(self.model.region_read(index, off, n))
 
     def _pba_bytes(self, off: int, n: int) -> bytes:
-        msix = self.model.config.msix
+        msix = self.config.msix
         assert msix is not None
         bits = 0
         for v, pending in enumerate(self.irqs[VFIO_PCI_MSIX_IRQ_INDEX].pending):
@@ -734,8 +732,8 @@ class VfioUserServer:
                     mm[off:off + n] = chunk
                     touched_memory = True
                 elif kind == "msix_table":
-                    assert self.model.config.msix is not None
-                    base = off - self.model.config.msix.table_offset
+                    assert self.config.msix is not None
+                    base = off - self.config.msix.table_offset
                     self.msix_table[base:base + n] = chunk
                 elif kind == "msix_pba":
                     pass  # read-only
@@ -754,14 +752,14 @@ class VfioUserServer:
                           "most one")
         # Without an fd (QEMU's ROM, BIOS and BAR ranges) the range is recorded but the model
         # cannot reach it: DMA_READ/DMA_WRITE are not implemented.
-        self.model.dma.add(req.addr, req.size, msg.fds[0] if msg.fds else None, req.offset,
+        self.dma.add(req.addr, req.size, msg.fds[0] if msg.fds else None, req.offset,
                            bool(req.flags & P.VFIO_USER_F_DMA_REGION_READ),
                            bool(req.flags & P.VFIO_USER_F_DMA_REGION_WRITE))
         return b"", []  # the fd is closed by the caller: the mmap keeps the memory
 
     def _dma_unmap(self, msg: Message) -> tuple[bytes, list[int]]:
         req = self._unpack(P.vfio_user_dma_unmap, msg)
-        dma = self.model.dma
+        dma = self.dma
         # As the kernel's type1: FLAG_ALL (with IOVA 0, size 0) drops every map; a range drops
         # every map inside it (QEMU unmaps whole sections and vIOMMU invalidations at once),
         # succeeds when it covers none and fails with EINVAL when it would split one.
@@ -784,12 +782,12 @@ class VfioUserServer:
         return bytes(P.vfio_user_dma_unmap(24, req.flags, req.addr, req.size)), []
 
     def _device_reset(self, msg: Message) -> tuple[bytes, list[int]]:
-        self.model.config.reset()
+        self.config.reset()
         for index, irq in self.irqs.items():
             irq.masked = [False] * irq.count
             irq.pending = [False] * irq.count
             self._mirror_irq_enable(index)
-        if self.model.config.msix is not None:
+        if self.config.msix is not None:
             self._setup_msix_table_only()
         for r in self.regions.values():
             if r.mm is not None:
@@ -820,3 +818,39 @@ class VfioUserServer:
         P.VFIO_USER_REGION_WRITE: _region_write,
         P.VFIO_USER_DEVICE_RESET: _device_reset,
     }
+
+
+class _ModelHost(DeviceHost):
+    """The server's side of the one-way host interface: the only object its model sees."""
+
+    def __init__(self, server: VfioUserServer) -> None:
+        self._server = server
+
+    @property
+    def dma(self) -> ClientMemory:
+        return self._server.dma
+
+    @property
+    def config(self) -> PciConfig:
+        return self._server.config
+
+    def region_memory(self, index: int) -> memoryview:
+        return self._server.region_memory(index)
+
+    def region_address(self, index: int) -> int:
+        return self._server.region_address(index)
+
+    def raise_irq(self, index: int, vector: int) -> bool:
+        return self._server.raise_irq(index, vector)
+
+    def irq_assigned(self, index: int, vector: int) -> bool:
+        return self._server.irq_assigned(index, vector)
+
+    def irq_enabled(self, index: int, vector: int) -> bool:
+        return self._server.irq_enabled(index, vector)
+
+    def stats(self) -> dict[str, Any]:
+        return self._server.framework_stats()
+
+    def log(self, msg: str) -> None:
+        print(f"[{self._server.model.name}] {msg}", file=sys.stderr, flush=True)

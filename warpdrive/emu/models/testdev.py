@@ -128,7 +128,7 @@ class TestDevice(DeviceModel):
     def region_read(self, index: int, offset: int, size: int) -> bytes:
         if index == 2:
             return bytes(self.sram[offset:offset + size])
-        stats = self._attached().framework_stats()
+        stats = self.host_stats()
         self._put(REG_STATUS, 4, int(self.error_latched))
         self._put(REG_ERROR_CODE, 4, self.error_code)
         self._put(REG_COMPLETED, 8, self.completed)

@@ -857,7 +857,7 @@ class ZipModel(DeviceModel):
 
     def region_read(self, index: int, offset: int, size: int) -> bytes:
         if index == DBG_BAR:
-            messages = self._attached().framework_stats()["messages"]
+            messages = self.host_stats()["messages"]
             return self._qm().debug_read(offset, size, messages)
         if index == qm.QM_BAR:
             return self._qm().read(offset, size)
