@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import warpdrive
 from tests.fakesysfs import FakeSysfs
 from tests.hostnet import default_route_ifname
 from warpdrive import pci
@@ -122,9 +123,15 @@ def test_fake_tree_children(tmp_path) -> None:
 
 
 def test_fake_tree_plugins_claimed(tmp_path) -> None:
-    """Fake tree: the plugin table claims edu, virtio-crypto and the ZIP PF, nothing else."""
-    claimed = {b: f.plugin for b, f in by_bdf(build_fake(tmp_path)).items() if f.plugin}
+    """Fake tree: the plugin table claims edu, virtio-crypto and the ZIP PF, nothing else; bare
+    discovery (the core, below the plugins) names none."""
+    fake = build_fake(tmp_path)
+    fns = warpdrive.list_devices(fake.sysfs_root, fake.dev_root)
+    claimed = {f.bdf: f.plugin for f in fns if f.plugin}
     assert claimed == {"0000:00:03.0": "edu", "0000:00:04.0": "crypto", "0000:00:06.0": "zip"}
+    assert [f.bdf for f in warpdrive.devices(fake.sysfs_root, fake.dev_root)] == \
+        [f.bdf for f in fns]
+    assert not any(f.plugin for f in by_bdf(fake).values())
 
 
 def test_fake_tree_iommu_status(tmp_path) -> None:
@@ -213,9 +220,10 @@ def test_plugin_claims() -> None:
     assert plugins.claim(0x19E5, 0xA250) == "zip"
     assert plugins.claim(0x19E5, 0xA251) == "zip"
     assert plugins.claim(0x1AF4, 0x1041) is None
-    assert plugins.claim(0x19E5, 0xA255, 0x100000) is None
+    assert plugins.claim(0x19E5, 0xA255) is None
     z = plugins.get("zip")
-    assert z is not None and z.module == "warpdrive.devices.zip"
+    assert z is not None and z.driver == "warpdrive.devices.zip.driver:ZipDriver"
+    assert z.load().probe.__qualname__ == "ZipDriver.probe"
 
 
 def test_discovery_imports_stay_light() -> None:

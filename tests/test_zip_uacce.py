@@ -14,8 +14,10 @@ import pytest
 
 import warpdrive.zip as wz
 from tests.fakesysfs import FakeSysfs
+from warpdrive.backends import open_uacce
+from warpdrive.backends.uacce.sysfs import usable_devices
 from warpdrive.devices.hisi_qm import regs as qm
-from warpdrive.devices.hisi_qm.uacce import UacceQueues, api_version, uacce_devices
+from warpdrive.devices.hisi_qm.uacce import UacceQueues, api_version
 from warpdrive.devices.zip import hw
 from warpdrive.errors import DeviceNotFoundError, UnsupportedError, WarpdriveError
 
@@ -40,7 +42,7 @@ def test_uacce_devices_filter(tmp_path: Path) -> None:
     fs.add_uacce("hisi_zip-2", "0000:75:00.0", {**ATTRS, "available_instances": "0"})
     fs.add_uacce("hisi_zip-3", "0000:75:00.0", {**ATTRS, "flags": "0"})  # no SVA
     fs.add_uacce("hisi_sec2-0", "0000:75:00.0", ATTRS)
-    assert uacce_devices(hw.ZIP, fs.sysfs_root) == ["hisi_zip-0"]
+    assert usable_devices(hw.ZIP.uacce_driver, fs.sysfs_root) == ["hisi_zip-0"]
     assert wz.find_hardware(fs.sysfs_root) == "hisi_zip-0"
 
 
@@ -67,12 +69,18 @@ def test_api_versions() -> None:
 
 def test_uacce_refusals(tmp_path: Path) -> None:
     fs = tree(tmp_path)
-    with pytest.raises(DeviceNotFoundError, match="hisi_zip"):
-        UacceQueues("hisi_sec2-0", hw.ZIP, sysfs_root=fs.sysfs_root, dev_root=fs.dev_root)
+    with pytest.raises(DeviceNotFoundError, match="hisi_sec2-0"):
+        open_uacce("hisi_sec2-0", sysfs_root=fs.sysfs_root, dev_root=fs.dev_root)
     fs.add_function("0000:75:00.0", hw.PCI_VENDOR_ID_HUAWEI, hw.ZIP_PF_DEVICE_ID, 0x120000,
                     driver="hisi_zip")
+    fs.add_uacce("hisi_sec2-0", "0000:75:00.0", ATTRS)
+    sec = open_uacce("hisi_sec2-0", sysfs_root=fs.sysfs_root, dev_root=fs.dev_root)
+    with pytest.raises(DeviceNotFoundError, match="hisi_zip"):
+        UacceQueues(sec, hw.ZIP)  # a QM device, but not a ZIP one
+    sec.close()
     fs.add_uacce("hisi_zip-0", "0000:75:00.0", ATTRS)
-    src = UacceQueues("hisi_zip-0", hw.ZIP, sysfs_root=fs.sysfs_root, dev_root=fs.dev_root)
+    src = UacceQueues(open_uacce("hisi_zip-0", sysfs_root=fs.sysfs_root, dev_root=fs.dev_root),
+                      hw.ZIP)
     assert src.version == qm.QM_HW_V2
     # /dev/hisi_zip-0 in the fake tree is a plain file: the first queue ioctl must fail cleanly.
     with pytest.raises(WarpdriveError, match="UACCE_CMD_QM_SET_QP_CTX"):

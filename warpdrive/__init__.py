@@ -23,9 +23,10 @@ __version__ = "0.1.0"
 def list_devices(sysfs_root: str = "/sys", dev_root: str = "/dev") -> list[Any]:
     """Every PCI function in sysfs with its ids, driver, IOMMU group, VFIO nodes and plugin.
     Also reachable as `warpdrive.devices()`."""
+    from .devices.registry import claim
     from .pci import devices as _devices
 
-    return list(_devices(sysfs_root=sysfs_root, dev_root=dev_root))
+    return list(_devices(sysfs_root=sysfs_root, dev_root=dev_root, claim=claim))
 
 
 from . import devices  # noqa: E402  (callable package: warpdrive.devices() lists PCI functions)

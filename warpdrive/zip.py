@@ -32,8 +32,6 @@ smallest window the engine uses is 4 KiB, so raw streams should be read with |wb
 from __future__ import annotations
 
 import atexit
-import builtins
-import os
 import sys
 import threading
 import zlib as _zlib
@@ -103,32 +101,17 @@ EMU_NOTE = ("warpdrive.zip: no HiSilicon ZIP hardware found (no hisi_zip uacce d
 def find_hardware(sysfs_root: str = "/sys") -> str | None:
     """The first usable ZIP device: a hisi_zip uacce device name, else the address of a ZIP VF
     bound to vfio-pci; None when there is neither."""
-    from .devices.hisi_qm.uacce import uacce_devices
+    from . import pci
+    from .backends.uacce.sysfs import usable_devices
+    from .devices.registry import claim
 
-    names = uacce_devices(_hw.ZIP, sysfs_root)
+    names = usable_devices(_hw.ZIP.uacce_driver, sysfs_root)
     if names:
         return names[0]
-    base = os.path.join(sysfs_root, "bus/pci/devices")
-    try:
-        bdfs = sorted(os.listdir(base))
-    except OSError:
-        return None
-    for bdf in bdfs:
-        d = os.path.join(base, bdf)
-        try:
-            with builtins.open(os.path.join(d, "vendor")) as f:
-                vendor = int(f.read(), 16)
-            with builtins.open(os.path.join(d, "device")) as f:
-                device = int(f.read(), 16)
-        except (OSError, ValueError):
-            continue
-        if vendor != _hw.PCI_VENDOR_ID_HUAWEI or device != _hw.ZIP_VF_DEVICE_ID:
-            continue
-        drv = os.path.join(d, "driver")
-        if os.path.islink(drv) and os.path.basename(os.readlink(drv)) == "vfio-pci":
-            return bdf
+    for fn in pci.devices(sysfs_root, claim=claim):
+        if fn.plugin == "zip" and fn.device == _hw.ZIP.vf_device_id and fn.driver == "vfio-pci":
+            return fn.bdf
     return None
-
 
 
 def open(device: Device | ZipEngine | str | None = None, *, doorbell: str = "mmap",
@@ -142,14 +125,15 @@ def open(device: Device | ZipEngine | str | None = None, *, doorbell: str = "mma
     trapped write: a syscall on VFIO, a message on vfio-user; for comparisons). `wait`: "auto"
     (spin briefly, then sleep on the completion interrupt), "spin" (busy-poll only: no
     syscalls, one busy core) or "block"."""
-    from .devices.hisi_qm.bringup import QmDevice
+    from .backends import open_device, open_uacce, parse_name
+    from .devices.hisi_qm.uacce import UacceQueues
+    from .devices.zip.driver import ZipDriver
 
     if isinstance(device, ZipEngine):
         return device
     opts: dict[str, Any] = {"depth": depth, "wait": wait, "timeout": timeout}
     if isinstance(device, Device):
-        return ZipEngine(QmDevice(device, _hw.ZIP, doorbell=doorbell, interrupts=wait != "spin"),
-                         **opts)
+        return ZipDriver(device, doorbell=doorbell, **opts).engine
     if device is None:
         device = find_hardware() or "emu"
         if device == "emu" and announce:
@@ -158,25 +142,26 @@ def open(device: Device | ZipEngine | str | None = None, *, doorbell: str = "mma
         raise InvalidArgumentError(
             f"device must be a Device, a PCI address, a uacce name or 'emu', not "
             f"{type(device).__name__}")
-    if device.startswith("hisi_zip-"):
-        from .devices.hisi_qm.uacce import UacceQueues
-
-        return ZipEngine(UacceQueues(device, _hw.ZIP), **opts)
-    from . import open as open_device
-
+    name = parse_name(device)
+    if name.kind == "uacce":
+        sva = open_uacce(name.target)
+        try:
+            return ZipEngine(UacceQueues(sva, _hw.ZIP), **opts)
+        except BaseException:
+            sva.close()
+            raise
     # vfio-user: a message-doorbell client maps nothing, which lets trapped writes be posted.
     vu: dict[str, Any] = {"mmap_doorbells": doorbell == "mmap"}
-    if device in ("emu", "emu:zip"):
+    if name.kind == "emu":
+        if name.target not in ("", "zip"):
+            raise DeviceNotFoundError(f"{device!r} is not the ZIP model", hint="use 'emu'")
         dev = open_device("emu:zip", model_options=model_options or {}, **vu)
-    elif device.startswith("emu:"):
-        raise DeviceNotFoundError(f"{device!r} is not the ZIP model", hint="use 'emu'")
-    elif device.startswith("vfio-user:"):
+    elif name.kind == "vfio-user":
         dev = open_device(device, **vu)
     else:
         dev = open_device(device, backend=backend)
     try:
-        src = QmDevice(dev, _hw.ZIP, doorbell=doorbell, interrupts=wait != "spin")
-        return ZipEngine(src, on_close=dev.close, **opts)
+        return ZipDriver(dev, doorbell=doorbell, on_close=dev.close, **opts).engine
     except BaseException:
         dev.close()
         raise

@@ -1,12 +1,16 @@
-"""Pick and open a backend for a device name.
+"""Backends, and the one place a device name is parsed.
 
-Names:
+Names (`parse_name`):
 - ``0000:03:00.0`` (or ``03:00.0``): a PCI function bound to vfio-pci. ``backend="auto"`` prefers
   iommufd + the VFIO cdev when ``/dev/iommu`` and ``/sys/bus/pci/devices/<bdf>/vfio-dev/`` exist,
   else the legacy group + type1v2 container; ``"iommufd"`` or ``"vfio"`` force one.
 - ``vfio-user:/path/to.sock``: a device model (or any vfio-user server) on a UNIX socket.
 - ``emu:<model>``: start the bundled device model (e.g. ``emu:zip``) and open it over vfio-user;
-  closing the device stops the model.
+  closing the device stops the model. ``emu`` alone leaves the model to the caller (the zip API
+  means its ZIP model).
+- ``<driver>-<n>`` (e.g. ``hisi_zip-0``): a uacce device; its SVA queues open with `open_uacce`
+  (a uacce device is not a PCI `Device`).
+- ``broker:/path.sock``: reserved for `warpdrive serve` (not implemented yet).
 
 Backend modules are imported lazily so that `import warpdrive` stays cheap.
 """
@@ -14,55 +18,109 @@ Backend modules are imported lazily so that `import warpdrive` stays cheap.
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from ..device import Device
-from ..errors import DeviceNotFoundError, InvalidArgumentError, NotBoundError, UnsupportedError
-from ..pci.names import normalize_bdf
+from ..errors import InvalidArgumentError, UnsupportedError
+from ..pci.names import is_bdf, normalize_bdf
+from ..sva import SvaDevice
 
 BACKENDS = ("auto", "iommufd", "vfio", "vfio-user")
+KINDS = ("pci", "vfio-user", "emu", "uacce", "broker")
+_UACCE = re.compile(r"^[a-z][a-z0-9_]*-[0-9]+$")
+
+
+@dataclass(frozen=True)
+class DeviceName:
+    """A parsed device name: `kind` is one of KINDS; `target` is the normalized PCI address,
+    the socket path, the model name ("" = the caller's default model) or the uacce name."""
+
+    kind: str
+    target: str
+
+
+def parse_name(name: str) -> DeviceName:
+    """What `name` designates (see the module docstring); InvalidArgumentError if nothing."""
+    if not isinstance(name, str) or not name:
+        raise InvalidArgumentError(f"{name!r} is not a device name",
+                                   hint="give a PCI address, vfio-user:PATH, emu:MODEL or a "
+                                   "uacce name such as hisi_zip-0")
+    for prefix, kind in (("vfio-user:", "vfio-user"), ("broker:", "broker"), ("emu:", "emu")):
+        if name.startswith(prefix):
+            target = name[len(prefix):]
+            if not target:
+                what = "model" if kind == "emu" else "socket"
+                raise InvalidArgumentError(f"{name!r} names no {what}")
+            return DeviceName(kind, target)
+    if name == "emu":
+        return DeviceName("emu", "")
+    if is_bdf(name):
+        return DeviceName("pci", normalize_bdf(name))
+    if _UACCE.match(name):
+        return DeviceName("uacce", name)
+    raise InvalidArgumentError(
+        f"{name!r} is not a device name",
+        hint="give a PCI address (0000:03:00.0), vfio-user:PATH, emu:MODEL or a uacce name "
+        "such as hisi_zip-0; `warpdrive devices` lists what this machine has")
 
 
 def kernel_backend_for(bdf: str, sysfs_root: str = "/sys", dev_root: str = "/dev") -> str:
-    """'iommufd' when /dev/iommu and the device's VFIO cdev exist, else 'vfio' (legacy)."""
-    devdir = os.path.join(sysfs_root, "bus/pci/devices", bdf)
-    if not os.path.isdir(devdir):
-        raise DeviceNotFoundError(f"no PCI function {bdf}",
-                                  hint="list devices with `warpdrive devices`")
-    driver = os.path.join(devdir, "driver")
-    drv = os.path.basename(os.readlink(driver)) if os.path.islink(driver) else None
-    if drv != "vfio-pci":
-        raise NotBoundError(
-            f"{bdf} is bound to {drv or 'no driver'}, not vfio-pci",
-            hint=f"bind it first: `warpdrive bind {bdf}` (as root)")
+    """'iommufd' when /dev/iommu and the device's VFIO cdev exist, else 'vfio' (legacy). Refuses
+    a function that is missing or not bound to vfio-pci."""
+    from .vfiodev.bound import vfio_function
+
+    fn = vfio_function(bdf, sysfs_root, dev_root)
     if os.path.exists(os.path.join(dev_root, "iommu")) and os.path.isdir(
-            os.path.join(devdir, "vfio-dev")):
+            os.path.join(sysfs_root, "bus/pci/devices", fn.bdf, "vfio-dev")):
         return "iommufd"
     return "vfio"
 
 
 def open_device(name: str, backend: str = "auto", dma_mask: int | None = None,
                 **options: Any) -> Device:
-    """Open `name` (see module docstring) and return a `Device`."""
+    """Open `name` (see the module docstring) and return a `Device`."""
     if backend not in BACKENDS:
         raise InvalidArgumentError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    if name.startswith("emu:"):
+    if backend == "vfio-user" and not name.startswith("vfio-user:"):
+        name = "vfio-user:" + name  # a bare socket path with the backend named explicitly
+    dn = parse_name(name)
+    if dn.kind == "emu":
+        if not dn.target:
+            raise InvalidArgumentError("emu: names no model", hint="e.g. emu:zip or emu:testdev")
         from .vfiouser.launcher import open_emulated
 
-        return open_emulated(name[4:], dma_mask=dma_mask, **options)
-    if name.startswith("vfio-user:") or backend == "vfio-user":
+        return open_emulated(dn.target, dma_mask=dma_mask, **options)
+    if dn.kind == "vfio-user":
         from .vfiouser.client import open_vfio_user
 
-        return open_vfio_user(name.removeprefix("vfio-user:"), dma_mask=dma_mask, **options)
-    bdf = normalize_bdf(name)
-    chosen = kernel_backend_for(bdf) if backend == "auto" else backend
+        return open_vfio_user(dn.target, dma_mask=dma_mask, **options)
+    if dn.kind == "uacce":
+        raise InvalidArgumentError(
+            f"{name} is a uacce device: it hands out SVA queues, not a PCI function",
+            hint="open it with warpdrive.backends.open_uacce(), or use warpdrive.zip.open()")
+    if dn.kind == "broker":
+        raise UnsupportedError(f"{name}: the broker (`warpdrive serve`) is not implemented yet")
+    chosen = kernel_backend_for(dn.target) if backend == "auto" else backend
     if chosen == "iommufd":
         if not os.path.exists("/dev/iommu"):
             raise UnsupportedError("/dev/iommu does not exist: this kernel has no iommufd",
                                    hint="use backend='vfio' (legacy container) or 'auto'")
         from .iommufd.cdev import open_iommufd
 
-        return open_iommufd(bdf, dma_mask=dma_mask, **options)
+        return open_iommufd(dn.target, dma_mask=dma_mask, **options)
     from .vfio.legacy import open_legacy
 
-    return open_legacy(bdf, dma_mask=dma_mask, **options)
+    return open_legacy(dn.target, dma_mask=dma_mask, **options)
+
+
+def open_uacce(name: str, *, sysfs_root: str = "/sys", dev_root: str = "/dev") -> SvaDevice:
+    """Open uacce device `name` (e.g. ``hisi_zip-0``) for SVA queues."""
+    dn = parse_name(name)
+    if dn.kind != "uacce":
+        raise InvalidArgumentError(f"{name!r} is not a uacce device name",
+                                   hint="uacce devices are named <driver>-<n>, e.g. hisi_zip-0")
+    from .uacce.queue import open_uacce as _open
+
+    return _open(dn.target, sysfs_root=sysfs_root, dev_root=dev_root)

@@ -145,12 +145,13 @@ def _move_steps(plan: Plan, fn: PciFunction, driver: str) -> list[Step]:
 
 def plan_bind(bdf: str, driver: str = VFIO_PCI, *, group: bool = False, force: bool = False,
               timeout: float = DEFAULT_TIMEOUT, sysfs_root: str = "/sys",
-              dev_root: str = "/dev") -> Plan:
+              dev_root: str = "/dev", claim: pci.Claim | None = None) -> Plan:
     """Every check and write for moving `bdf` (and with `group`, its blocking group members)
-    to `driver`. Reads sysfs, netlink and /proc; writes nothing."""
+    to `driver`. Reads sysfs, netlink and /proc; writes nothing. `claim` names the plugin in the
+    plan's description (`warpdrive.devices.registry.claim`)."""
     if not re.fullmatch(r"[A-Za-z0-9_.+-]+", driver):
         raise InvalidArgumentError(f"{driver!r} is not a driver name")
-    fn = pci.read_function(bdf, sysfs_root, dev_root)
+    fn = pci.read_function(bdf, sysfs_root, dev_root, claim=claim)
     plan = Plan("bind", fn.bdf, driver, force, timeout=timeout, sysfs_root=sysfs_root,
                 dev_root=dev_root)
     plan.checks.append(Check("device", "info", _describe(fn), fn.bdf))
@@ -221,13 +222,13 @@ def plan_bind(bdf: str, driver: str = VFIO_PCI, *, group: bool = False, force: b
 
 def plan_unbind(bdf: str, *, group: bool = False, timeout: float = DEFAULT_TIMEOUT,
                 sysfs_root: str = "/sys", dev_root: str = "/dev",
-                state_directory: str | None = None) -> Plan:
+                state_directory: str | None = None, claim: pci.Claim | None = None) -> Plan:
     """Every check and write for handing `bdf` back to its original (or native) driver.
 
     Only releases functions on vfio-pci / pci-stub, or left with an override and no driver: a
     function on its native driver is left alone ("nothing to do"), so `unbind` can never take a
     NIC or disk away from the host."""
-    fn = pci.read_function(bdf, sysfs_root, dev_root)
+    fn = pci.read_function(bdf, sysfs_root, dev_root, claim=claim)
     plan = Plan("unbind", fn.bdf, None, False, timeout=timeout, sysfs_root=sysfs_root,
                 dev_root=dev_root)
     plan.checks.append(Check("device", "info", _describe(fn), fn.bdf))

@@ -114,15 +114,18 @@ def _finish(plan: Any, args: argparse.Namespace) -> int:
 
 def run_bind(args: argparse.Namespace) -> int:
     from ..binding import plan_bind
+    from ..devices.registry import claim
 
     plan = plan_bind(args.bdf, args.driver, group=args.group, force=args.force,
-                     timeout=args.timeout, sysfs_root=args.sysfs_root, dev_root=args.dev_root)
+                     timeout=args.timeout, sysfs_root=args.sysfs_root, dev_root=args.dev_root,
+                     claim=claim)
     return _finish(plan, args)
 
 
 def run_unbind(args: argparse.Namespace) -> int:
     from ..binding import plan_unbind
+    from ..devices.registry import claim
 
     plan = plan_unbind(args.bdf, group=args.group, timeout=args.timeout,
-                       sysfs_root=args.sysfs_root, dev_root=args.dev_root)
+                       sysfs_root=args.sysfs_root, dev_root=args.dev_root, claim=claim)
     return _finish(plan, args)

@@ -41,12 +41,14 @@ def _vfio(fn: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     from .. import pci
     from ..backends.uacce import sysfs as uacce_sysfs
+    from ..devices.registry import claim
 
     status = pci.iommu_status(args.sysfs_root, args.dev_root)
     if args.bdf:
-        fns = [pci.read_function(b, args.sysfs_root, args.dev_root) for b in args.bdf]
+        fns = [pci.read_function(b, args.sysfs_root, args.dev_root, claim=claim)
+               for b in args.bdf]
     else:
-        fns = pci.devices(args.sysfs_root, args.dev_root)
+        fns = pci.devices(args.sysfs_root, args.dev_root, claim=claim)
     uacce = uacce_sysfs.devices(args.sysfs_root, args.dev_root)
 
     if args.json:

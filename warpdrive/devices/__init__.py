@@ -1,26 +1,28 @@
-"""Device plugins (edu, zip, virtio, crypto), and `warpdrive.devices()`, the PCI discovery call.
+"""Device plugins (edu, zip, virtio, crypto, hisi_qm), their registry (the plugin contract), and
+`warpdrive.devices()`, the PCI discovery call.
 
 `warpdrive.devices` is both this package and a function: calling it lists every PCI function
-(`warpdrive.pci.devices`). A module cannot be called, so the module's class is swapped for a
-callable subclass; plugin submodules import as usual (`warpdrive.devices.edu`). Typed code can use
-`warpdrive.list_devices`, the same function.
+(`warpdrive.pci.devices`, each function's plugin named by the registry). A module cannot be
+called, so the module's class is swapped for a callable subclass; plugin submodules import as
+usual (`warpdrive.devices.edu`). Typed code can use `warpdrive.list_devices`, the same function.
 """
 
 from __future__ import annotations
 
 import sys
 import types
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..pci.sysfs import PciFunction
 
 
 class _DevicesModule(types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> list[PciFunction]:
+    def __call__(self, sysfs_root: str = "/sys", dev_root: str = "/dev") -> list[PciFunction]:
         from ..pci import devices
+        from .registry import claim
 
-        return devices(*args, **kwargs)
+        return devices(sysfs_root, dev_root, claim=claim)
 
 
 sys.modules[__name__].__class__ = _DevicesModule

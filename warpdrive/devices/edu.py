@@ -1,9 +1,10 @@
 """QEMU's `edu` teaching device (PCI 1234:11e8): the reference plugin to copy.
 
-A plugin has the shape of the kernel vfio selftests' driver ops: `probe` (is this my device?),
-init (the constructor: DMA mask, BAR, bus master, interrupts, a close hook) and `remove` (stop
-using the device; runs first when the device closes). It uses only `Device`, `DmaSpace` and `Mmio`
-and never imports a backend, so it runs unchanged over legacy VFIO, iommufd or vfio-user.
+A plugin has the shape of the kernel vfio selftests' driver ops, as `warpdrive.devices.registry`
+defines the contract: `probe` (is this my device?), init (the constructor: DMA mask, BAR, bus
+master, interrupts, a close hook) and `remove` (stop using the device; runs first when the device
+closes). It uses only `Device`, `DmaSpace` and `Mmio` and never imports a backend, so it runs
+unchanged over legacy VFIO and iommufd (docs/plugins.md walks through it).
 
     import warpdrive
     from warpdrive.devices.edu import Edu
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 from ..device import Device, Interrupt
 from ..errors import (
@@ -103,18 +103,6 @@ class Edu:
             self.irq = dev.enable_irqs(VFIO_PCI_MSI_IRQ_INDEX, 1)[0]
         dev.on_close(self.remove)
 
-    @classmethod
-    def open(cls, name: str, backend: str = "auto", **kwargs: Any) -> Edu:
-        """Open the device and bind the plugin; `edu.close()` closes the device too."""
-        import warpdrive
-
-        dev = warpdrive.open(name, backend=backend)
-        try:
-            return cls(dev, **kwargs)
-        except BaseException:
-            dev.close()
-            raise
-
     def remove(self) -> None:
         """Stop using the device: let a DMA in flight finish so its buffer can be unmapped."""
         if self._removed:
@@ -126,15 +114,6 @@ class Edu:
             finally:
                 self.dev.dma.release(self._in_flight, self)
                 self._in_flight = None
-
-    def close(self) -> None:
-        self.dev.close()
-
-    def __enter__(self) -> Edu:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- simple registers -------------------------------------------------------------------
     @property

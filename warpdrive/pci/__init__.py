@@ -2,7 +2,9 @@
 
     import warpdrive.pci
     for fn in warpdrive.pci.devices():
-        print(fn.bdf, fn.ids, fn.driver, fn.iommu_group, fn.plugin)
+        print(fn.bdf, fn.ids, fn.driver, fn.iommu_group)
+
+`warpdrive.devices()` is the same list with each function's plugin named (`fn.plugin`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from .sysfs import (
     BRIDGE_DRIVERS,
     VFIO_FRIENDLY_DRIVERS,
     ChildDevice,
+    Claim,
     GroupMember,
     IommuStatus,
     PciFunction,
@@ -25,6 +28,7 @@ __all__ = [
     "BRIDGE_DRIVERS",
     "VFIO_FRIENDLY_DRIVERS",
     "ChildDevice",
+    "Claim",
     "GroupMember",
     "IommuStatus",
     "PciFunction",

@@ -7,13 +7,15 @@ be exercised on a fake tree; nothing here writes anything.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..devices import registry as plugins
 from ..errors import DeviceNotFoundError
 from .names import class_name, is_bdf, is_bridge, normalize_bdf
+
+# Names the plugin that drives a function, from (vendor, device); None if no plugin does.
+Claim = Callable[[int, int], "str | None"]
 
 # Drivers that leave an IOMMU group viable for VFIO (besides "no driver" and bridges).
 VFIO_FRIENDLY_DRIVERS = frozenset({"vfio-pci", "pci-stub"})
@@ -247,8 +249,11 @@ def _group_members(sysfs_root: str, group: int, bdf: str) -> tuple[GroupMember, 
     return tuple(members)
 
 
-def read_function(bdf: str, sysfs_root: str = "/sys", dev_root: str = "/dev") -> PciFunction:
-    """One function by address (`00:03.0` accepted); DeviceNotFoundError if sysfs has no such."""
+def read_function(bdf: str, sysfs_root: str = "/sys", dev_root: str = "/dev", *,
+                  claim: Claim | None = None) -> PciFunction:
+    """One function by address (`00:03.0` accepted); DeviceNotFoundError if sysfs has no such.
+    `claim(vendor, device)` names the plugin that drives it: the plugin registry lives above
+    discovery, so callers that want the name pass `warpdrive.devices.registry.claim`."""
     bdf = normalize_bdf(bdf)
     path = f"{sysfs_root}/bus/pci/devices/{bdf}"
     vendor = _read_int(f"{path}/vendor", 16)
@@ -305,13 +310,14 @@ def read_function(bdf: str, sysfs_root: str = "/sys", dev_root: str = "/dev") ->
         sriov_numvfs=_read_int(f"{path}/sriov_numvfs"),
         physfn=_link_name(f"{path}/physfn"),
         boot_vga=_read(f"{path}/boot_vga") == "1",
-        plugin=plugins.claim(vendor, device, class_code),
+        plugin=claim(vendor, device) if claim is not None else None,
         sysfs_path=path,
     )
 
 
-def devices(sysfs_root: str = "/sys", dev_root: str = "/dev") -> list[PciFunction]:
-    """Every PCI function the kernel knows, sorted by address."""
+def devices(sysfs_root: str = "/sys", dev_root: str = "/dev", *,
+            claim: Claim | None = None) -> list[PciFunction]:
+    """Every PCI function the kernel knows, sorted by address (`claim` as in read_function)."""
     base = f"{sysfs_root}/bus/pci/devices"
     try:
         names = sorted(n for n in os.listdir(base) if is_bdf(n))
@@ -320,7 +326,7 @@ def devices(sysfs_root: str = "/sys", dev_root: str = "/dev") -> list[PciFunctio
     out = []
     for name in names:
         try:
-            out.append(read_function(name, sysfs_root, dev_root))
+            out.append(read_function(name, sysfs_root, dev_root, claim=claim))
         except DeviceNotFoundError:
             continue  # hot-unplugged between listdir and read
     return out

@@ -23,7 +23,7 @@ from ...errors import DeviceBusyError, InvalidArgumentError, UnsupportedError, W
 from ...forkguard import close_fd_quietly
 from ...iova import IovaRange
 from ...uapi import vfio as V
-from ..vfio.legacy import vfio_function
+from ..vfiodev.bound import vfio_function
 from ..vfiodev.device import VfioDevice
 from .ctx import HwInfo, IommufdContext
 from .ioas import IoasDmaSpace

@@ -6,8 +6,9 @@ process page table: DMA addresses are process virtual addresses, nothing is pinn
 driver has already brought the function up. What remains for user space is to map the queue's
 regions (MMIO doorbell page, DUS queue memory), start it, and ring doorbells.
 
-Driver-specific ioctls (e.g. hisi_qm's SET_QP_CTX) go through `UacceQueue.ioctl`; plugins such as
-the zip driver build their queue layer on `mmio`, `dus` and `dma` from here.
+Driver-specific ioctls (e.g. hisi_qm's SET_QP_CTX) go through `UacceQueue.ioctl`. Plugins see
+these classes only as the core's `warpdrive.sva.SvaDevice` / `SvaQueue`; `open_uacce(name)`
+(also `warpdrive.backends.open_uacce`) opens a device.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ...errors import (
 from ...forkguard import ForkSafe, close_fd_quietly
 from ...iova import IovaRange
 from ...mmio import Mmio, MmioWindow
+from ...sva import SvaDevice, SvaQueue
 from ...uapi.uacce import (
     UACCE_CMD_PUT_Q,
     UACCE_CMD_START_Q,
@@ -37,6 +39,7 @@ from ...uapi.uacce import (
     UACCE_QFRT_DUS,
     UACCE_QFRT_MMIO,
 )
+from .sysfs import read_device
 
 # x86-64 and arm64 (48-bit VA) user address space: the device sees exactly this.
 _USER_VA_LAST = (1 << 47) - 1
@@ -72,10 +75,12 @@ def _read_attr(path: Path) -> str:
         return ""
 
 
-class UacceQueue(ForkSafe):
-    """One queue of a uacce device. Open, map regions, `start()`, use, `close()`."""
+class UacceQueue(SvaQueue, ForkSafe):
+    """One queue of a uacce device. Open, map regions, `start()`, use, `close()`. With `dma`
+    (the device's shared SVA space) the queue uses it and leaves closing it to its owner."""
 
-    def __init__(self, name: str, *, sysfs_root: str = "/sys", dev_root: str = "/dev") -> None:
+    def __init__(self, name: str, *, sysfs_root: str = "/sys", dev_root: str = "/dev",
+                 dma: SvaDmaSpace | None = None) -> None:
         self.name = name
         attrs = Path(sysfs_root) / "class" / "uacce" / name
         if not attrs.is_dir():
@@ -101,7 +106,8 @@ class UacceQueue(ForkSafe):
         }
         self.fd = sc.open_dev(os.path.join(dev_root, name), os.O_RDWR,
                               what=f"open uacce queue /dev/{name}")
-        self.dma = SvaDmaSpace(f"uacce:{name}")
+        self._own_dma = dma is None
+        self.dma = SvaDmaSpace(f"uacce:{name}") if dma is None else dma
         self._mmio: Mmio | None = None
         self._dus: mmap.mmap | None = None
         self._started = False
@@ -178,7 +184,8 @@ class UacceQueue(ForkSafe):
                 # Stop the hardware queue now rather than at the last fd reference's release.
                 sc.ioctl(self.fd, UACCE_CMD_PUT_Q, what=f"UACCE_CMD_PUT_Q on /dev/{self.name}")
         finally:
-            self.dma.close()
+            if self._own_dma:
+                self.dma.close()
             if self._mmio is not None:
                 self._mmio.close()
             if self._dus is not None:
@@ -199,3 +206,40 @@ class UacceQueue(ForkSafe):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class UacceSva(SvaDevice):
+    """A uacce device opened for SVA queues: one DMA space (this process's page table) that
+    every queue shares, and `open_queue()` for each hardware queue."""
+
+    def __init__(self, name: str, *, sysfs_root: str = "/sys", dev_root: str = "/dev") -> None:
+        if not (Path(sysfs_root) / "class" / "uacce" / name).is_dir():
+            raise DeviceNotFoundError(
+                f"no uacce device {name!r} (nothing at {sysfs_root}/class/uacce/{name})",
+                hint="list accelerators with `warpdrive devices`; HiSilicon drivers register "
+                "uacce devices only with uacce_mode=1")
+        info = read_device(name, sysfs_root, dev_root)
+        self.name = name
+        self.driver = info.driver
+        self.api = info.api or ""
+        self._roots = (sysfs_root, dev_root)
+        self._dma = SvaDmaSpace(f"uacce:{name}")
+
+    @property
+    def dma(self) -> SvaDmaSpace:
+        return self._dma
+
+    def open_queue(self) -> UacceQueue:
+        return UacceQueue(self.name, sysfs_root=self._roots[0], dev_root=self._roots[1],
+                          dma=self._dma)
+
+    def close(self) -> None:
+        self._dma.close()
+
+    def __repr__(self) -> str:
+        return f"<UacceSva {self.name} api={self.api}>"
+
+
+def open_uacce(name: str, *, sysfs_root: str = "/sys", dev_root: str = "/dev") -> UacceSva:
+    """Open uacce device `name` (e.g. hisi_zip-0) for SVA queues."""
+    return UacceSva(name, sysfs_root=sysfs_root, dev_root=dev_root)

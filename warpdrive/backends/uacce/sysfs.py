@@ -101,6 +101,14 @@ def read_device(name: str, sysfs_root: str = "/sys", dev_root: str = "/dev") -> 
     )
 
 
+def usable_devices(driver: str, sysfs_root: str = "/sys") -> list[str]:
+    """Names of `driver`'s uacce devices a process can take a queue from now: SVA, not isolated
+    after hardware errors, queues available."""
+    return [d.name for d in devices(sysfs_root)
+            if d.driver == driver and d.sva and not d.isolated
+            and (d.available_instances is None or d.available_instances > 0)]
+
+
 def devices(sysfs_root: str = "/sys", dev_root: str = "/dev") -> list[UacceDevice]:
     """Every uacce device, sorted by name; empty when the class does not exist (no CONFIG_UACCE,
     or no uacce driver loaded — hisi drivers register only with uacce_mode=1)."""

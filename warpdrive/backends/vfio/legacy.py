@@ -16,21 +16,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...errors import InvalidArgumentError, NotBoundError, UnsupportedError
+from ...errors import InvalidArgumentError, UnsupportedError
 from ...forkguard import close_fd_quietly
-from ...pci import PciFunction, read_function
+from ...pci import PciFunction
+from ..vfiodev.bound import vfio_function
 from ..vfiodev.device import VfioDevice, ensure_cloexec
 from .container import Container, Type1DmaSpace
 from .group import Group
-
-
-def vfio_function(bdf: str) -> PciFunction:
-    """sysfs facts about `bdf`, refusing a function that is not on vfio-pci."""
-    fn = read_function(bdf)
-    if fn.driver != "vfio-pci":
-        raise NotBoundError(f"{fn.bdf} is bound to {fn.driver or 'no driver'}, not vfio-pci",
-                            hint=f"bind it first: `warpdrive bind {fn.bdf}` (as root)")
-    return fn
 
 
 class LegacyContext:

@@ -40,7 +40,11 @@ from ...errors import (
 from ...forkguard import ForkSafe
 from ...memory import DmaBuffer
 from ...uapi import virtio as U
-from ..virtio.pci import VirtioPciTransport
+from ..virtio.pci import (
+    VIRTIO_PCI_MODERN_DEVICE_BASE,
+    VIRTIO_PCI_VENDOR_ID,
+    VirtioPciTransport,
+)
 from ..virtio.virtqueue import SplitVirtqueue
 from .algorithms import ALGORITHMS, CipherAlgorithm, advertised
 
@@ -127,7 +131,19 @@ class VirtioCrypto(ForkSafe):
     """The virtio-crypto function behind a `Device`: one data queue of reusable request slots
     (many requests in flight, one doorbell per batch) and the control queue for sessions.
 
-    Get the engine of a device with `VirtioCrypto.of(device)`; it closes with the device."""
+    The crypto plugin's driver class (the contract of `warpdrive.devices.registry`): `probe`
+    by IDs; init (the constructor) enables bus mastering and brings the virtio device up (it
+    polls its rings: no interrupts); `remove()` destroys the sessions and resets the device, so
+    no DMA is in flight, then frees the rings. Get the engine of a device with
+    `VirtioCrypto.of(device)`; it is removed when the device closes."""
+
+    name = "crypto"
+
+    @staticmethod
+    def probe(dev: Device) -> bool:
+        """A modern virtio-crypto function (there is no transitional one)."""
+        return (dev.vendor_id == VIRTIO_PCI_VENDOR_ID
+                and dev.device_id == VIRTIO_PCI_MODERN_DEVICE_BASE + U.VIRTIO_ID_CRYPTO)
 
     def __init__(self, device: Device, *, ring_size: int = 256, max_request: int = 65536,
                  timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -425,6 +441,10 @@ class VirtioCrypto(ForkSafe):
         return dict(self._sessions)
 
     # -- lifetime --------------------------------------------------------------------------
+    def remove(self) -> None:
+        """The plugin contract's remove: the same as `close()`."""
+        self.close()
+
     def close(self) -> None:
         """Destroy our sessions, reset the device (it stops touching the rings), free the
         rings. Runs first when the device closes."""

@@ -17,10 +17,9 @@ from __future__ import annotations
 import errno
 
 from ... import syscalls as sc
-from ...backends.uacce import sysfs as uacce_sysfs
-from ...backends.uacce.queue import SvaDmaSpace, UacceQueue
 from ...dma import DmaSpace
 from ...errors import DeviceNotFoundError, KernelError, UnsupportedError, WarpdriveError
+from ...sva import SvaDevice, SvaQueue
 from ...uapi.hisi_qm import (
     UACCE_CMD_QM_SET_QP_CTX,
     UACCE_CMD_QM_SET_QP_INFO,
@@ -33,16 +32,6 @@ from .queue import QmQueue
 _FALLBACK_DEPTH = 1024  # UADK's default when SET_QP_INFO is missing
 
 
-def uacce_devices(accel: hw.QmAccelerator, sysfs_root: str = "/sys") -> list[str]:
-    """Usable uacce devices of `accel`'s driver (SVA, not isolated, queues available), by name."""
-    out = []
-    for d in uacce_sysfs.devices(sysfs_root):
-        if d.driver == accel.uacce_driver and d.sva and not d.isolated and \
-                (d.available_instances is None or d.available_instances > 0):
-            out.append(d.name)
-    return out
-
-
 def api_version(api: str) -> int:
     """QM version from the sysfs `api` string (`hisi_qm_v2` -> 0x21 ...)."""
     prefix = "hisi_qm_v"
@@ -53,32 +42,30 @@ def api_version(api: str) -> int:
 
 
 class UacceQueues:
-    """A `QueueSource` over one uacce device of a QM accelerator (e.g. hisi_zip-0): one uacce
-    queue per engine queue."""
+    """A `QueueSource` over one uacce device of a QM accelerator (e.g. hisi_zip-0), opened by
+    the uacce backend (`warpdrive.backends.open_uacce`): one uacce queue per engine queue. It
+    owns the device from here on (closes it)."""
 
     backend = "uacce"
 
-    def __init__(self, name: str, accel: hw.QmAccelerator, *, sysfs_root: str = "/sys",
-                 dev_root: str = "/dev") -> None:
+    def __init__(self, sva: SvaDevice, accel: hw.QmAccelerator) -> None:
         driver = accel.uacce_driver
-        if not name.startswith(driver + "-"):
-            raise DeviceNotFoundError(f"{name!r} is not a {driver} uacce device",
+        if sva.driver != driver:
+            raise DeviceNotFoundError(f"{sva.name!r} is not a {driver} uacce device",
                                       hint=f"names look like {driver}-0 (see `warpdrive devices`)")
-        self.name = name
+        self.name = sva.name
         self.accel = accel
-        self._sysfs_root, self._dev_root = sysfs_root, dev_root
-        info = uacce_sysfs.read_device(name, sysfs_root, dev_root)
-        self.version = api_version(info.api or "")
-        self._dma = SvaDmaSpace(f"uacce:{name}")
-        self._queues: dict[int, UacceQueue] = {}
+        self.version = api_version(sva.api)
+        self._sva = sva
+        self._queues: dict[int, SvaQueue] = {}
 
     @property
     def dma(self) -> DmaSpace:
-        return self._dma
+        return self._sva.dma
 
     def start_queue(self, qc_type: int, *, depth: int | None = None,
                     irq: bool = False) -> QmQueue:
-        uq = UacceQueue(self.name, sysfs_root=self._sysfs_root, dev_root=self._dev_root)
+        uq = self._sva.open_queue()
         try:
             ctx = hisi_qp_ctx(id=0, qc_type=qc_type)
             uq.ioctl(UACCE_CMD_QM_SET_QP_CTX, ctx, what="UACCE_CMD_QM_SET_QP_CTX")
@@ -146,6 +133,6 @@ class UacceQueues:
             except WarpdriveError as e:
                 errors.append(e)
         self._queues.clear()
-        self._dma.close()
+        self._sva.close()
         if errors:
             raise errors[0]
