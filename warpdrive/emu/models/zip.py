@@ -2,8 +2,8 @@
 
 This is the embedded default behind `warpdrive.open("emu:zip")` and `warpdrive.zip` when no ZIP
 hardware is present. It speaks the register interface the kernel's hisi_qm driver and Linaro UADK
-program (see `warpdrive.devices.zip.hw` and /work/shared/research/hisi-zip-uacce.md) and does the
-real compression with Python's `zlib`.
+program (docs/research/hisi-qm-zip.md; the model's own transcription is `_zip_layout`, it never
+imports a driver module) and does the real compression with Python's `zlib`.
 
 What it models:
 - PCI identity of a ZIP VF (19e5:a251, revision 0x21 = QM V2), MSI with two vectors (EQ 0, AEQ 1).
@@ -67,9 +67,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ...devices.hisi_qm import regs as qm
-from ...devices.zip import hw
 from ..model import VFIO_PCI_MSI_IRQ_INDEX, DeviceModel, DmaFault, RegionSpec
+from . import _zip_layout as L
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -78,7 +77,7 @@ _U16 = struct.Struct("<H")
 _RES = struct.Struct("<4I")  # dw0..3
 _TAIL = struct.Struct("<4I")  # dw28..31
 
-IDLE_DOORBELL = 0xF << qm.QM_DB_CMD_SHIFT_V2  # reserved command 15: "nothing to do"
+IDLE_DOORBELL = 0xF << L.QM_DB_CMD_SHIFT_V2  # reserved command 15: "nothing to do"
 
 # -- BAR0 introspection window (model only) -----------------------------------------------------
 DBG_BAR = 0
@@ -109,8 +108,8 @@ class Dma(Protocol):
     def view(self, iova: int, size: int, write: bool = False) -> memoryview: ...
 
 
-_WINDOW_WBITS = {hw.WINDOW_4K: 12, hw.WINDOW_8K: 13, hw.WINDOW_16K: 14, hw.WINDOW_24K: 14,
-                 hw.WINDOW_32K: 15}
+_WINDOW_WBITS = {L.WINDOW_4K: 12, L.WINDOW_8K: 13, L.WINDOW_16K: 14, L.WINDOW_24K: 14,
+                 L.WINDOW_32K: 15}
 
 
 @dataclass
@@ -139,34 +138,34 @@ class _Stream:
 
 
 def _initial_checksum(alg: int) -> int:
-    return 1 if alg == hw.ALG_ZLIB else 0
+    return 1 if alg == L.ALG_ZLIB else 0
 
 
 def _update_checksum(alg: int, data: bytes | memoryview, value: int) -> int:
-    if alg == hw.ALG_ZLIB:
+    if alg == L.ALG_ZLIB:
         return zlib.adler32(data, value)
-    if alg == hw.ALG_GZIP:
+    if alg == L.ALG_GZIP:
         return zlib.crc32(data, value)
     return 0
 
 
 def _trailer(alg: int, checksum: int, isize: int) -> bytes:
-    if alg == hw.ALG_ZLIB:
+    if alg == L.ALG_ZLIB:
         return checksum.to_bytes(4, "big")
-    if alg == hw.ALG_GZIP:
+    if alg == L.ALG_GZIP:
         return checksum.to_bytes(4, "little") + (isize & 0xFFFF_FFFF).to_bytes(4, "little")
     return b""
 
 
 def _trailer_len(alg: int) -> int:
-    return {hw.ALG_ZLIB: 4, hw.ALG_GZIP: 8}.get(alg, 0)
+    return {L.ALG_ZLIB: 4, L.ALG_GZIP: 8}.get(alg, 0)
 
 
 def _check_trailer(alg: int, trailer: bytes | bytearray, checksum: int, isize: int) -> bool:
     return bytes(trailer) == _trailer(alg, checksum, isize)
 
 
-class ZipEngine:
+class DeflateUnit:
     """The compression engine: executes one SQE's request against input/output memory views.
     Stream state is kept here, keyed by the stream-context address."""
 
@@ -185,11 +184,11 @@ class ZipEngine:
         n = len(src)
         if finish:
             # zlib writes the whole container; software owns the header, so skip it.
-            if alg == hw.ALG_ZLIB:
+            if alg == L.ALG_ZLIB:
                 full = zlib.compress(src, self.level, wbits)
                 body = memoryview(full)[2:]
                 checksum = int.from_bytes(full[-4:], "big")
-            elif alg == hw.ALG_GZIP:
+            elif alg == L.ALG_GZIP:
                 full = zlib.compress(src, self.level, 16 + wbits)
                 body = memoryview(full)[10:]
                 checksum = int.from_bytes(full[-8:-4], "little")
@@ -203,9 +202,9 @@ class ZipEngine:
             checksum = _update_checksum(alg, src, _initial_checksum(alg))
         m = len(body)
         if m > len(dst):
-            return JobResult(hw.STATUS_DST_TOO_SMALL)
+            return JobResult(L.STATUS_DST_TOO_SMALL)
         dst[:m] = body
-        status = hw.STATUS_NEGACOMPRESS if m > n else hw.STATUS_OK
+        status = L.STATUS_NEGACOMPRESS if m > n else L.STATUS_OK
         return JobResult(status, n, m, finish, checksum, n)
 
     def decompress_stateless(self, alg: int, src: memoryview, dst: memoryview) -> JobResult:
@@ -214,25 +213,25 @@ class ZipEngine:
         try:
             out = d.decompress(src, avail)
         except zlib.error:
-            return JobResult(hw.STATUS_BAD_DATA)
+            return JobResult(L.STATUS_BAD_DATA)
         m = len(out)
         dst[:m] = out
         checksum = _update_checksum(alg, out, _initial_checksum(alg))
         if not d.eof:
             if d.unconsumed_tail or m == avail:
-                return JobResult(hw.STATUS_DST_TOO_SMALL)
+                return JobResult(L.STATUS_DST_TOO_SMALL)
             # Input ended before the end of the stream: a partial result, no end flag.
-            return JobResult(hw.STATUS_OK, len(src), m, False, checksum, m)
+            return JobResult(L.STATUS_OK, len(src), m, False, checksum, m)
         used = len(src) - len(d.unused_data)
         tlen = _trailer_len(alg)
         if tlen:
             trailer = d.unused_data[:tlen]
             if len(trailer) < tlen:
-                return JobResult(hw.STATUS_OK, len(src), m, False, checksum, m)
+                return JobResult(L.STATUS_OK, len(src), m, False, checksum, m)
             if not _check_trailer(alg, trailer, checksum, m):
-                return JobResult(hw.STATUS_CRC_ERR, used, m, True, checksum, m)
+                return JobResult(L.STATUS_CRC_ERR, used, m, True, checksum, m)
             used += tlen
-        return JobResult(hw.STATUS_DECOMP_END, used, m, True, checksum, m)
+        return JobResult(L.STATUS_DECOMP_END, used, m, True, checksum, m)
 
     # -- stateful ---------------------------------------------------------------------------
     def _stream(self, key: int, new: bool, compress: bool, alg: int,
@@ -256,7 +255,7 @@ class ZipEngine:
                           isize_in: int) -> JobResult:
         st = self._stream(key, new, True, alg, wbits)
         if st is None or not st.compress or st.done:
-            return JobResult(hw.STATUS_BAD_REQUEST)
+            return JobResult(L.STATUS_BAD_REQUEST)
         n = len(src)
         if not new:  # the running values travel in the SQE (dw31/dw30)
             st.checksum, st.isize = checksum_in, isize_in
@@ -270,22 +269,22 @@ class ZipEngine:
             body += _trailer(alg, checksum, isize)
         m = len(body)
         if m > len(dst):
-            return JobResult(hw.STATUS_DST_TOO_SMALL, 0, 0, False, st.checksum, st.isize)
+            return JobResult(L.STATUS_DST_TOO_SMALL, 0, 0, False, st.checksum, st.isize)
         dst[:m] = body
         st.obj, st.checksum, st.isize = obj, checksum, isize
         if finish:
             st.done = True
             self.streams.pop(key, None)
-        status = hw.STATUS_NEGACOMPRESS if m > n else hw.STATUS_OK
+        status = L.STATUS_NEGACOMPRESS if m > n else L.STATUS_OK
         return JobResult(status, n, m, finish, checksum, isize)
 
     def decompress_stateful(self, key: int, new: bool, alg: int, src: memoryview,
                             dst: memoryview) -> JobResult:
         st = self._stream(key, new, False, alg, 15)
         if st is None or st.compress:
-            return JobResult(hw.STATUS_BAD_REQUEST)
+            return JobResult(L.STATUS_BAD_REQUEST)
         if st.done:
-            return JobResult(hw.STATUS_DECOMP_END, 0, 0, True, st.checksum, st.isize)
+            return JobResult(L.STATUS_DECOMP_END, 0, 0, True, st.checksum, st.isize)
         n = len(src)
         avail = len(dst)
         out = b""
@@ -297,15 +296,15 @@ class ZipEngine:
                 out = d.decompress(src, avail)
             except zlib.error:
                 st.done = True
-                return JobResult(hw.STATUS_BAD_DATA, 0, 0, False, st.checksum, st.isize)
+                return JobResult(L.STATUS_BAD_DATA, 0, 0, False, st.checksum, st.isize)
             dst[:len(out)] = out
             st.checksum = _update_checksum(alg, out, st.checksum)
             st.isize = (st.isize + len(out)) & 0xFFFF_FFFF
             if not d.eof:
                 used = n - len(d.unconsumed_tail)
                 more = len(out) == avail  # output full: more may be pending inside zlib
-                return JobResult(hw.STATUS_OK, used, len(out), False, st.checksum, st.isize,
-                                 hw.CTX_ST_DECOMPING_NO_SPACE if more else 0)
+                return JobResult(L.STATUS_OK, used, len(out), False, st.checksum, st.isize,
+                                 L.CTX_ST_DECOMPING_NO_SPACE if more else 0)
             st.body_done = True
             rest = d.unused_data
             used = n - len(rest)
@@ -314,11 +313,11 @@ class ZipEngine:
         st.trailer += bytes(rest[:take])
         used += take
         if len(st.trailer) < tlen:
-            return JobResult(hw.STATUS_OK, used, len(out), False, st.checksum, st.isize)
+            return JobResult(L.STATUS_OK, used, len(out), False, st.checksum, st.isize)
         st.done = True
         if tlen and not _check_trailer(alg, st.trailer, st.checksum, st.isize):
-            return JobResult(hw.STATUS_CRC_ERR, used, len(out), True, st.checksum, st.isize)
-        return JobResult(hw.STATUS_DECOMP_END, used, len(out), True, st.checksum, st.isize)
+            return JobResult(L.STATUS_CRC_ERR, used, len(out), True, st.checksum, st.isize)
+        return JobResult(L.STATUS_DECOMP_END, used, len(out), True, st.checksum, st.isize)
 
 
 @dataclass
@@ -326,7 +325,7 @@ class _QueueState:
     qn: int
     sq_base: int = 0
     sq_depth: int = 0
-    sqe_size: int = hw.SQE_SIZE
+    sqe_size: int = L.SQE_SIZE
     alg: int = 0  # SQC alg type: 0 compress, 1 decompress
     sqc: bytes = bytes(32)
     sqc_ok: bool = False
@@ -365,7 +364,7 @@ class QmFunction:
 
     JOB_BUDGET = 256  # jobs per process() call, so the server keeps answering messages
 
-    def __init__(self, dma: Dma, *, revision: int = qm.QM_HW_V2, qp_base: int = 0,
+    def __init__(self, dma: Dma, *, revision: int = L.QM_HW_V2, qp_base: int = 0,
                  qp_num: int = 2, sq_depth: int = 1024, cq_depth: int = 1024, level: int = 6,
                  notify: Callable[[int], bool] | None = None) -> None:
         if not 1 <= qp_num <= 1024:
@@ -380,7 +379,7 @@ class QmFunction:
         self.sq_depth_cap = sq_depth
         self.cq_depth_cap = cq_depth
         self.notify = notify or (lambda vector: False)
-        self.engine = ZipEngine(level)
+        self.engine = DeflateUnit(level)
         self.mb_log: list[tuple[int, int, int, int]] = []  # (cmd, op, queue, status)
         self.stats = {"jobs": 0, "trapped_reads": 0, "trapped_writes": 0, "doorbells": 0,
                       "dma_faults": 0, "msis": 0, "resets": 0}
@@ -389,7 +388,7 @@ class QmFunction:
     # -- state -----------------------------------------------------------------------------
     def reset(self) -> None:
         self.regs: dict[int, int] = {
-            qm.QM_VF_AEQ_INT_MASK: 1, qm.QM_VF_EQ_INT_MASK: 1, qm.QM_IFC_INT_MASK: 1,
+            L.QM_VF_AEQ_INT_MASK: 1, L.QM_VF_EQ_INT_MASK: 1, L.QM_IFC_INT_MASK: 1,
         }
         self.mailbox = bytearray(16)
         self.sqc_bt = 0
@@ -404,16 +403,16 @@ class QmFunction:
     def caps(self, offset: int) -> int | None:
         """Capability registers: V3 values on a V3 model; on V2 (which has none) the defaults the
         kernel assumes for V2, so a driver that reads them anyway sees consistent values."""
-        v3 = self.revision >= qm.QM_HW_V3
+        v3 = self.revision >= L.QM_HW_V3
         table = {
-            qm.QM_FUNC_CAPS_REG: (qm.QM_CAP_STOP_QP | qm.QM_CAP_STOP_FUNC | 0x3) if v3 else 0,
-            qm.QM_XEQ_DEPTH_CAP: qm.V2_XEQ_DEPTH,
-            qm.QM_QP_DEPTH_CAP: (self.cq_depth_cap << 16) | self.sq_depth_cap,
-            qm.QM_EQ_IRQ_TYPE_CAP: qm.V2_EQ_IRQ,
-            qm.QM_AEQ_IRQ_TYPE_CAP: qm.V2_AEQ_IRQ,
-            qm.QM_ABN_IRQ_TYPE_CAP: 0,
-            qm.QM_PF2VF_IRQ_TYPE_CAP: (qm.QM_IRQ_TYPE_PRESENT | 2) if v3 else 0,
-            qm.QM_IRQ_NUM_CAP: 3 if v3 else qm.V2_VF_IRQ_NUM,
+            L.QM_FUNC_CAPS_REG: (L.QM_CAP_STOP_QP | L.QM_CAP_STOP_FUNC | 0x3) if v3 else 0,
+            L.QM_XEQ_DEPTH_CAP: L.V2_XEQ_DEPTH,
+            L.QM_QP_DEPTH_CAP: (self.cq_depth_cap << 16) | self.sq_depth_cap,
+            L.QM_EQ_IRQ_TYPE_CAP: L.V2_EQ_IRQ,
+            L.QM_AEQ_IRQ_TYPE_CAP: L.V2_AEQ_IRQ,
+            L.QM_ABN_IRQ_TYPE_CAP: 0,
+            L.QM_PF2VF_IRQ_TYPE_CAP: (L.QM_IRQ_TYPE_PRESENT | 2) if v3 else 0,
+            L.QM_IRQ_NUM_CAP: 3 if v3 else L.V2_VF_IRQ_NUM,
         }
         return table.get(offset)
 
@@ -428,38 +427,38 @@ class QmFunction:
         return bytes(out[start:start + size])
 
     def _read32(self, off: int) -> int:
-        if qm.QM_MB_CMD_SEND_BASE <= off < qm.QM_MB_CMD_SEND_BASE + 16:
-            return int(_U32.unpack_from(self.mailbox, off - qm.QM_MB_CMD_SEND_BASE)[0])
+        if L.QM_MB_CMD_SEND_BASE <= off < L.QM_MB_CMD_SEND_BASE + 16:
+            return int(_U32.unpack_from(self.mailbox, off - L.QM_MB_CMD_SEND_BASE)[0])
         cap = self.caps(off)
         if cap is not None:
             return cap
-        if off == qm.QM_VF_EQ_INT_SOURCE:
+        if off == L.QM_VF_EQ_INT_SOURCE:
             return int(self.eq_pending)
-        if off == qm.QM_VF_AEQ_INT_SOURCE:
+        if off == L.QM_VF_AEQ_INT_SOURCE:
             return int(self.aeq_pending)
-        if off == qm.QM_CACHE_WB_DONE:
+        if off == L.QM_CACHE_WB_DONE:
             return 1
-        if qm.QM_EQC_DW0 <= off < qm.QM_EQC_DW0 + 28:
-            return int(_U32.unpack_from(self._eqc_bytes(self.eq), off - qm.QM_EQC_DW0)[0])
-        if qm.QM_AEQC_DW0 <= off < qm.QM_AEQC_DW0 + 28:
-            return int(_U32.unpack_from(self._eqc_bytes(self.aeq), off - qm.QM_AEQC_DW0)[0])
+        if L.QM_EQC_DW0 <= off < L.QM_EQC_DW0 + 28:
+            return int(_U32.unpack_from(self._eqc_bytes(self.eq), off - L.QM_EQC_DW0)[0])
+        if L.QM_AEQC_DW0 <= off < L.QM_AEQC_DW0 + 28:
+            return int(_U32.unpack_from(self._eqc_bytes(self.aeq), off - L.QM_AEQC_DW0)[0])
         return self.regs.get(off, 0)
 
     def write(self, offset: int, data: bytes) -> None:
         self.stats["trapped_writes"] += 1
         end = offset + len(data)
-        mb = qm.QM_MB_CMD_SEND_BASE
+        mb = L.QM_MB_CMD_SEND_BASE
         if offset < mb + 16 and end > mb:
             lo, hi = max(offset, mb), min(end, mb + 16)
             self.mailbox[lo - mb:hi - mb] = data[lo - offset:hi - offset]
             # The command executes when the word holding w0 (busy bit) is written.
-            if offset <= mb < end and self.mailbox[1] & (qm.QM_MB_BUSY >> 8):
+            if offset <= mb < end and self.mailbox[1] & (L.QM_MB_BUSY >> 8):
                 self._mailbox_execute()
             return
-        if offset == qm.QM_DOORBELL_EQ_AEQ_BASE_V2 and len(data) == 8:
+        if offset == L.QM_DOORBELL_EQ_AEQ_BASE_V2 and len(data) == 8:
             self._eq_doorbell(_U64.unpack(data)[0])
             return
-        if offset == qm.QM_DOORBELL_SQ_CQ_BASE_V2 and len(data) == 8:
+        if offset == L.QM_DOORBELL_SQ_CQ_BASE_V2 and len(data) == 8:
             # Reached only if a framework traps the doorbell page instead of applying the write
             # to the shared memory; treat it as latched.
             self.doorbell(_U64.unpack(data)[0])
@@ -468,103 +467,103 @@ class QmFunction:
             self._write32(offset + i, int(_U32.unpack_from(data, i)[0]))
 
     def _write32(self, off: int, value: int) -> None:
-        if off in (qm.QM_VF_EQ_INT_MASK, qm.QM_VF_AEQ_INT_MASK, qm.QM_IFC_INT_MASK,
-                   qm.QM_PAGE_SIZE, qm.QM_VF_STATE):
+        if off in (L.QM_VF_EQ_INT_MASK, L.QM_VF_AEQ_INT_MASK, L.QM_IFC_INT_MASK,
+                   L.QM_PAGE_SIZE, L.QM_VF_STATE):
             self.regs[off] = value
-        elif off == qm.QM_CACHE_WB_START:
+        elif off == L.QM_CACHE_WB_START:
             pass  # contexts are always written back at once; WB_DONE reads 1
         # everything else: read-as-zero / write-ignored, like reserved registers
 
     # -- mailbox ---------------------------------------------------------------------------
     def _mailbox_execute(self) -> None:
-        w0, queue, base_l, base_h, _ = qm.MAILBOX.unpack(self.mailbox)
-        cmd = w0 & qm.QM_MB_CMD_MASK  # bits 9-12 status, 13 busy, 14 op lie above
-        op = (w0 >> qm.QM_MB_OP_SHIFT) & 1
+        w0, queue, base_l, base_h, _ = L.MAILBOX.unpack(self.mailbox)
+        cmd = w0 & L.QM_MB_CMD_MASK  # bits 9-12 status, 13 busy, 14 op lie above
+        op = (w0 >> L.QM_MB_OP_SHIFT) & 1
         base = base_h << 32 | base_l
         try:
             status = self._mailbox_command(cmd, op, queue, base)
         except DmaFault:
             status = 2
         self.mb_log.append((cmd, op, queue, status))
-        w0 = (w0 & ~(qm.QM_MB_BUSY | qm.QM_MB_STATUS_MASK << qm.QM_MB_STATUS_SHIFT)
-              | (status & qm.QM_MB_STATUS_MASK) << qm.QM_MB_STATUS_SHIFT)
+        w0 = (w0 & ~(L.QM_MB_BUSY | L.QM_MB_STATUS_MASK << L.QM_MB_STATUS_SHIFT)
+              | (status & L.QM_MB_STATUS_MASK) << L.QM_MB_STATUS_SHIFT)
         struct.pack_into("<H", self.mailbox, 0, w0)
 
     def _mailbox_command(self, cmd: int, op: int, queue: int, base: int) -> int:
-        if cmd == qm.QM_MB_CMD_SQC_VFT_V2:
+        if cmd == L.QM_MB_CMD_SQC_VFT_V2:
             if op != 1:
                 return 1  # a VF may only read its VFT; the PF programs it
-            vft = qm.vft_encode_v2(self.qp_base, self.qp_num)
+            vft = L.vft_encode_v2(self.qp_base, self.qp_num)
             struct.pack_into("<II", self.mailbox, 4, vft & 0xFFFF_FFFF, vft >> 32)
             return 0
-        if cmd in (qm.QM_MB_CMD_EQC, qm.QM_MB_CMD_AEQC):
-            eq = self.eq if cmd == qm.QM_MB_CMD_EQC else self.aeq
+        if cmd in (L.QM_MB_CMD_EQC, L.QM_MB_CMD_AEQC):
+            eq = self.eq if cmd == L.QM_MB_CMD_EQC else self.aeq
             if op:
                 self.dma.write(base, self._eqc_bytes(eq))
                 return 0
-            ctx = self.dma.read(base, qm.EQC.size)
-            head, tail, bl, bh, _dw3, _r0, _r1, dw6 = qm.EQC.unpack(ctx)
+            ctx = self.dma.read(base, L.EQC.size)
+            head, tail, bl, bh, _dw3, _r0, _r1, dw6 = L.EQC.unpack(ctx)
             eq.base, eq.depth = bh << 32 | bl, (dw6 & 0xFFFF) + 1
-            eq.phase = 1 if dw6 & qm.EQC_DW6_PHASE else 0
+            eq.phase = 1 if dw6 & L.EQC_DW6_PHASE else 0
             eq.head, eq.tail, eq.ctx, eq.ok = head, tail, ctx, True
             return 0
-        if cmd in (qm.QM_MB_CMD_SQC_BT, qm.QM_MB_CMD_CQC_BT):
+        if cmd in (L.QM_MB_CMD_SQC_BT, L.QM_MB_CMD_CQC_BT):
             if op:
                 return 1
-            if cmd == qm.QM_MB_CMD_SQC_BT:
+            if cmd == L.QM_MB_CMD_SQC_BT:
                 self.sqc_bt = base
             else:
                 self.cqc_bt = base
             return 0
-        if cmd in (qm.QM_MB_CMD_SQC, qm.QM_MB_CMD_CQC):
+        if cmd in (L.QM_MB_CMD_SQC, L.QM_MB_CMD_CQC):
             if queue >= self.qp_num:
                 return 1
             q = self.queues[queue]
-            is_sq = cmd == qm.QM_MB_CMD_SQC
+            is_sq = cmd == L.QM_MB_CMD_SQC
             table = self.sqc_bt if is_sq else self.cqc_bt
             if not table:
                 return 1  # the context table base was never set
             if op:
                 self.dma.write(base, self._sqc_bytes(q) if is_sq else self._cqc_bytes(q))
                 return 0
-            ctx = self.dma.read(base, qm.XQC_SIZE)
+            ctx = self.dma.read(base, L.XQC_SIZE)
             ok = self._load_sqc(q, ctx) if is_sq else self._load_cqc(q, ctx)
             if not ok:
                 return 1
-            self.dma.write(table + queue * qm.XQC_SIZE, ctx)  # the context cache's write-back
+            self.dma.write(table + queue * L.XQC_SIZE, ctx)  # the context cache's write-back
             return 0
-        if cmd == qm.QM_MB_CMD_STOP_QP:
+        if cmd == L.QM_MB_CMD_STOP_QP:
             if queue >= self.qp_num:
                 return 1
             self.queues[queue].stopped = True
             return 0
-        if cmd == qm.QM_MB_CMD_FLUSH_QM:
+        if cmd == L.QM_MB_CMD_FLUSH_QM:
             self.process(budget=1 << 30)
             return 0
         return 1
 
     def _load_sqc(self, q: _QueueState, ctx: bytes) -> bool:
-        head, tail, bl, bh, dw3, _w8, _r0, _pasid, _w11, _cq_num, w13, _r1 = qm.SQC.unpack(ctx)
-        depth = (dw3 & qm.SQC_DEPTH_MASK) + 1
-        sqe_size = 1 << (dw3 >> qm.SQC_SQE_SIZE_SHIFT & 0xF)
-        if sqe_size != hw.SQE_SIZE or depth > self.sq_depth_cap or head >= depth or \
+        head, tail, bl, bh, dw3, _w8, _r0, _pasid, _w11, _cq_num, w13, _r1 = L.SQC.unpack(ctx)
+        depth = (dw3 & L.SQC_DEPTH_MASK) + 1
+        sqe_size = 1 << (dw3 >> L.SQC_SQE_SIZE_SHIFT & 0xF)
+        if sqe_size != L.SQE_SIZE or depth > self.sq_depth_cap or head >= depth or \
                 tail >= depth:
             return False
         q.sq_base, q.sq_depth, q.sqe_size = bh << 32 | bl, depth, sqe_size
-        q.alg = w13 >> qm.SQC_W13_ALG_SHIFT & 0xF
+        q.alg = w13 >> L.SQC_W13_ALG_SHIFT & 0xF
         q.head = q.tail = head
         q.sqc, q.sqc_ok, q.stopped, q.broken = ctx, True, False, ""
         self.forget_doorbell(q.qn)
         return True
 
     def _load_cqc(self, q: _QueueState, ctx: bytes) -> bool:
-        head, tail, bl, bh, dw3, _w8, _r0, _pasid, _w11, dw6, _r1 = qm.CQC.unpack(ctx)
-        depth = (dw3 & qm.SQC_DEPTH_MASK) + 1
-        if (dw3 >> qm.CQC_CQE_SIZE_SHIFT & 0xF) != 4 or depth > self.cq_depth_cap:
+        head, tail, bl, bh, dw3, _w8, _r0, _pasid, _w11, dw6, _r1 = L.CQC.unpack(ctx)
+        depth = (dw3 & L.SQC_DEPTH_MASK) + 1
+        if (dw3 >> L.CQC_CQE_SIZE_SHIFT & 0xF) != 4 or depth > self.cq_depth_cap:
             return False
         q.cq_base, q.cq_depth = bh << 32 | bl, depth
-        q.cq_phase = dw6 & qm.CQC_DW6_PHASE
-        q.cq_irq = bool(dw6 & qm.CQC_DW6_IRQ)
+        q.cq_phase = dw6 & L.CQC_DW6_PHASE
+        q.cq_irq = bool(dw6 & L.CQC_DW6_IRQ)
         q.cq_head, q.cq_tail = head, tail
         q.cqc, q.cqc_ok, q.broken = ctx, True, ""
         return True
@@ -577,9 +576,9 @@ class QmFunction:
     def _cqc_bytes(self, q: _QueueState) -> bytes:
         ctx = bytearray(q.cqc)
         struct.pack_into("<HH", ctx, 0, q.cq_head, q.cq_tail)
-        fields = list(qm.CQC.unpack(ctx))
-        fields[9] = (fields[9] & ~qm.CQC_DW6_PHASE) | q.cq_phase
-        return qm.CQC.pack(*fields)
+        fields = list(L.CQC.unpack(ctx))
+        fields[9] = (fields[9] & ~L.CQC_DW6_PHASE) | q.cq_phase
+        return L.CQC.pack(*fields)
 
     @staticmethod
     def _eqc_bytes(eq: _EventQueue) -> bytes:
@@ -593,22 +592,22 @@ class QmFunction:
 
     def doorbell(self, value: int) -> None:
         """An SQ/CQ doorbell value (V2 format), latched or found in the polled page."""
-        qn, cmd, index, _prio = qm.doorbell_decode_v2(value)
+        qn, cmd, index, _prio = L.doorbell_decode_v2(value)
         if qn >= self.qp_num:
             return
         q = self.queues[qn]
-        if cmd == qm.QM_DB_CMD_SQ:
+        if cmd == L.QM_DB_CMD_SQ:
             if q.sqc_ok and index < q.sq_depth:
                 q.tail = index
-        elif cmd == qm.QM_DB_CMD_CQ and q.cqc_ok and index < q.cq_depth:
+        elif cmd == L.QM_DB_CMD_CQ and q.cqc_ok and index < q.cq_depth:
             q.cq_head = index
 
     def _eq_doorbell(self, value: int) -> None:
-        _qn, cmd, index, _prio = qm.doorbell_decode_v2(value)
-        if cmd == qm.QM_DB_CMD_EQ and self.eq.ok and index < self.eq.depth:
+        _qn, cmd, index, _prio = L.doorbell_decode_v2(value)
+        if cmd == L.QM_DB_CMD_EQ and self.eq.ok and index < self.eq.depth:
             self.eq.head = index
             self.eq_pending = self.eq.head != self.eq.tail
-        elif cmd == qm.QM_DB_CMD_AEQ and self.aeq.ok and index < self.aeq.depth:
+        elif cmd == L.QM_DB_CMD_AEQ and self.aeq.ok and index < self.aeq.depth:
             self.aeq.head = index
             self.aeq_pending = self.aeq.head != self.aeq.tail
 
@@ -653,12 +652,12 @@ class QmFunction:
             return 0
         try:
             sq = self.dma.view(q.sq_base, q.sq_depth * q.sqe_size, write=True)
-            cq = self.dma.view(q.cq_base, q.cq_depth * qm.CQE_SIZE, write=True)
+            cq = self.dma.view(q.cq_base, q.cq_depth * L.CQE_SIZE, write=True)
         except DmaFault as e:
             q.broken = str(e)
-            self._post_event(self.aeq, q.qn | qm.AEQE_TYPE_CQE_ERROR << qm.AEQE_TYPE_SHIFT)
+            self._post_event(self.aeq, q.qn | L.AEQE_TYPE_CQE_ERROR << L.AEQE_TYPE_SHIFT)
             self.aeq_pending = True
-            if self.regs.get(qm.QM_VF_AEQ_INT_MASK, 1) == 0:
+            if self.regs.get(L.QM_VF_AEQ_INT_MASK, 1) == 0:
                 self.notify(1)
             return 0
         try:
@@ -666,7 +665,7 @@ class QmFunction:
                 off = q.head * q.sqe_size
                 self._run_sqe(q, sq, off)
                 # CQE: body first, then the phase word, so a poller never sees a half CQE.
-                coff = q.cq_tail * qm.CQE_SIZE
+                coff = q.cq_tail * L.CQE_SIZE
                 _CQE_BODY.pack_into(cq, coff, 0, 0, 0, q.head, q.qn, 0)
                 _U16.pack_into(cq, coff + 14, q.cq_phase)
                 q.cq_tail += 1
@@ -682,45 +681,45 @@ class QmFunction:
         return todo
 
     def _run_sqe(self, q: _QueueState, sq: memoryview, off: int) -> None:
-        w = hw.SQE.unpack_from(sq, off)
+        w = L.SQE.unpack_from(sq, off)
         res = self._execute(q, w)
         _RES.pack_into(sq, off, res.consumed, res.produced, 0,
-                       (res.status & hw.STATUS_MASK) | (hw.STATUS_LAST_BLOCK if res.last else 0))
-        struct.pack_into("<I", sq, off + 4 * hw.DW_CTX_DW0,
-                         (w[hw.DW_CTX_DW0] & ~hw.CTX_ST_MASK) | res.ctx_st)
-        _TAIL.pack_into(sq, off + 4 * hw.DW_CTX_DW1, w[hw.DW_CTX_DW1], w[hw.DW_CTX_DW2],
+                       (res.status & L.STATUS_MASK) | (L.STATUS_LAST_BLOCK if res.last else 0))
+        struct.pack_into("<I", sq, off + 4 * L.DW_CTX_DW0,
+                         (w[L.DW_CTX_DW0] & ~L.CTX_ST_MASK) | res.ctx_st)
+        _TAIL.pack_into(sq, off + 4 * L.DW_CTX_DW1, w[L.DW_CTX_DW1], w[L.DW_CTX_DW2],
                         res.isize & 0xFFFF_FFFF, res.checksum & 0xFFFF_FFFF)
 
     def _execute(self, q: _QueueState, w: tuple[int, ...]) -> JobResult:
-        dw7, dw9 = w[hw.DW_IN_SGE_FLAGS], w[hw.DW_REQ]
+        dw7, dw9 = w[L.DW_IN_SGE_FLAGS], w[L.DW_REQ]
         alg = dw9 & 0xFF
-        sqe_type = dw7 >> hw.SQE_TYPE_SHIFT
-        buf_type = dw9 >> hw.SQE_BUF_TYPE_SHIFT & 0xF
-        window = dw9 >> hw.SQE_WINDOW_SHIFT & 0xF
-        in_len, avail = w[hw.DW_INPUT_LENGTH], w[hw.DW_DEST_AVAIL_OUT]
-        if (alg not in hw.ALG_NAMES or sqe_type not in (hw.SQE_TYPE_V1, hw.SQE_TYPE_V3)
-                or buf_type != hw.SQE_BUF_FLAT or window not in _WINDOW_WBITS
-                or in_len > hw.HZ_MAX_SIZE or avail > hw.HZ_MAX_SIZE
-                or q.alg not in (hw.ZIP_QC_COMPRESS, hw.ZIP_QC_DECOMPRESS)):
-            return JobResult(hw.STATUS_BAD_REQUEST)
-        src_addr = w[hw.DW_SRC_H] << 32 | w[hw.DW_SRC_L]
-        dst_addr = w[hw.DW_DST_H] << 32 | w[hw.DW_DST_L]
-        finish = bool(dw7 & hw.SQE_FLUSH_FINISH)
-        stateful = bool(dw7 & hw.SQE_STATEFUL)
-        new = bool(dw7 & hw.SQE_NEW_STREAM)
-        compress = q.alg == hw.ZIP_QC_COMPRESS
+        sqe_type = dw7 >> L.SQE_TYPE_SHIFT
+        buf_type = dw9 >> L.SQE_BUF_TYPE_SHIFT & 0xF
+        window = dw9 >> L.SQE_WINDOW_SHIFT & 0xF
+        in_len, avail = w[L.DW_INPUT_LENGTH], w[L.DW_DEST_AVAIL_OUT]
+        if (alg not in L.ALG_NAMES or sqe_type not in (L.SQE_TYPE_V1, L.SQE_TYPE_V3)
+                or buf_type != L.SQE_BUF_FLAT or window not in _WINDOW_WBITS
+                or in_len > L.HZ_MAX_SIZE or avail > L.HZ_MAX_SIZE
+                or q.alg not in (L.ZIP_QC_COMPRESS, L.ZIP_QC_DECOMPRESS)):
+            return JobResult(L.STATUS_BAD_REQUEST)
+        src_addr = w[L.DW_SRC_H] << 32 | w[L.DW_SRC_L]
+        dst_addr = w[L.DW_DST_H] << 32 | w[L.DW_DST_L]
+        finish = bool(dw7 & L.SQE_FLUSH_FINISH)
+        stateful = bool(dw7 & L.SQE_STATEFUL)
+        new = bool(dw7 & L.SQE_NEW_STREAM)
+        compress = q.alg == L.ZIP_QC_COMPRESS
         src = dst = None
         try:
             # The source address must be valid even for an empty input (as on the hardware).
             src = self.dma.view(src_addr, max(in_len, 1))[:in_len]
             dst = self.dma.view(dst_addr, max(avail, 1), write=True)[:avail]
             if stateful:
-                ctx_addr = w[hw.DW_CTX_ADDR_H] << 32 | w[hw.DW_CTX_ADDR_L]
+                ctx_addr = w[L.DW_CTX_ADDR_H] << 32 | w[L.DW_CTX_ADDR_L]
                 self.dma.view(ctx_addr, 64, write=True).release()
                 if compress:
                     return self.engine.compress_stateful(
                         ctx_addr, new, alg, _WINDOW_WBITS[window], src, dst, finish,
-                        w[hw.DW_CHECKSUM], w[hw.DW_ISIZE])
+                        w[L.DW_CHECKSUM], w[L.DW_ISIZE])
                 return self.engine.decompress_stateful(ctx_addr, new, alg, src, dst)
             if compress:
                 return self.engine.compress_stateless(alg, _WINDOW_WBITS[window], src, dst,
@@ -728,7 +727,7 @@ class QmFunction:
             return self.engine.decompress_stateless(alg, src, dst)
         except DmaFault:
             self.stats["dma_faults"] += 1
-            return JobResult(hw.STATUS_DMA_FAULT)
+            return JobResult(L.STATUS_DMA_FAULT)
         finally:
             if src is not None:
                 src.release()
@@ -739,7 +738,7 @@ class QmFunction:
         for qn in qns:
             self._post_event(self.eq, qn)
         self.eq_pending = True
-        if self.regs.get(qm.QM_VF_EQ_INT_MASK, 1) == 0 and self.notify(0):
+        if self.regs.get(L.QM_VF_EQ_INT_MASK, 1) == 0 and self.notify(0):
             self.stats["msis"] += 1
 
     def abandon(self, iova: int, size: int) -> None:
@@ -782,7 +781,7 @@ def decode_mailbox_log(window: bytes) -> list[tuple[str, int, int, int]]:
     for i in range(count):
         v = _U32.unpack_from(window, DBG_MB_LOG + 4 * i)[0]
         cmd = v & 0xFF
-        out.append((qm.MB_CMD_NAMES.get(cmd, f"cmd{cmd:#x}"), v >> 8 & 0xF, v >> 16,
+        out.append((L.MB_CMD_NAMES.get(cmd, f"cmd{cmd:#x}"), v >> 8 & 0xF, v >> 16,
                     v >> 12 & 0xF))
     return out
 
@@ -791,11 +790,11 @@ class ZipModel(DeviceModel):
     """The ZIP VF served over vfio-user (see the module docstring)."""
 
     name = "zip"
-    vendor_id = hw.PCI_VENDOR_ID_HUAWEI
-    device_id = hw.ZIP_VF_DEVICE_ID
-    revision = qm.QM_HW_V2
-    class_code = qm.PCI_CLASS_PROCESSING_ACCEL
-    subsystem_vendor_id = hw.PCI_VENDOR_ID_HUAWEI
+    vendor_id = L.PCI_VENDOR_ID_HUAWEI
+    device_id = L.ZIP_VF_DEVICE_ID
+    revision = L.QM_HW_V2
+    class_code = L.PCI_CLASS_PROCESSING_ACCEL
+    subsystem_vendor_id = L.PCI_VENDOR_ID_HUAWEI
     subsystem_id = 0
     # A mapped doorbell is seen within microseconds while jobs flow; idle for longer than this
     # and the first doorbell waits up to poll_idle_s.
@@ -809,12 +808,12 @@ class ZipModel(DeviceModel):
         try:
             self.qp_num = int(opts.pop("queues", "2"), 0)
             self.depth = int(opts.pop("depth", "1024"), 0)
-            rev = int(opts.pop("revision", str(qm.QM_HW_V2)), 0)
+            rev = int(opts.pop("revision", str(L.QM_HW_V2)), 0)
             self.level = int(opts.pop("level", "6"), 0)
         except ValueError as e:
             raise ValueError(f"zip model: bad option value: {e}") from None
-        if rev not in (qm.QM_HW_V2, qm.QM_HW_V3):
-            raise ValueError(f"zip model: revision must be {qm.QM_HW_V2:#x} or {qm.QM_HW_V3:#x}")
+        if rev not in (L.QM_HW_V2, L.QM_HW_V3):
+            raise ValueError(f"zip model: revision must be {L.QM_HW_V2:#x} or {L.QM_HW_V3:#x}")
         if not -1 <= self.level <= 9:
             raise ValueError("zip model: level must be -1..9")
         if opts:
@@ -827,23 +826,23 @@ class ZipModel(DeviceModel):
     def regions(self) -> list[RegionSpec]:
         return [
             RegionSpec(DBG_BAR, DBG_SIZE, writable=False),
-            RegionSpec(qm.QM_BAR, qm.QM_VF_BAR_SIZE, mem64=True,
-                       mmap_areas=((qm.QM_DOORBELL_SQ_CQ_BASE_V2, 0x1000),)),
+            RegionSpec(L.QM_BAR, L.QM_VF_BAR_SIZE, mem64=True,
+                       mmap_areas=((L.QM_DOORBELL_SQ_CQ_BASE_V2, 0x1000),)),
         ]
 
     def irq_counts(self) -> dict[int, int]:
-        return {VFIO_PCI_MSI_IRQ_INDEX: qm.V2_VF_IRQ_NUM}
+        return {VFIO_PCI_MSI_IRQ_INDEX: L.V2_VF_IRQ_NUM}
 
     def build_config_space(self) -> bytearray:
         cfg = self.config_builder()
-        cfg.add_msi(vectors=qm.V2_VF_IRQ_NUM)
+        cfg.add_msi(vectors=L.V2_VF_IRQ_NUM)
         return cfg.build()
 
     def setup(self) -> None:
         self.qm = QmFunction(self.dma, revision=self.revision, qp_num=self.qp_num,
                              sq_depth=self.depth, cq_depth=self.depth, level=self.level,
                              notify=self.notify)
-        self._bell = self.region_u64(qm.QM_BAR, qm.QM_DOORBELL_SQ_CQ_BASE_V2)
+        self._bell = self.region_u64(L.QM_BAR, L.QM_DOORBELL_SQ_CQ_BASE_V2)
         self.qm.forget_doorbell = self._forget_doorbell  # type: ignore[method-assign]
         self._bell.value = IDLE_DOORBELL
 
@@ -859,12 +858,12 @@ class ZipModel(DeviceModel):
         if index == DBG_BAR:
             messages = self.host_stats()["messages"]
             return self._qm().debug_read(offset, size, messages)
-        if index == qm.QM_BAR:
+        if index == L.QM_BAR:
             return self._qm().read(offset, size)
         return bytes(size)
 
     def region_write(self, index: int, offset: int, data: bytes) -> None:
-        if index == qm.QM_BAR:
+        if index == L.QM_BAR:
             self._qm().write(offset, data)
 
     def poll(self) -> bool:
