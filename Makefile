@@ -26,9 +26,11 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# lint-imports checks the layer contracts in .importlinter (tests/test_layers.py runs it in make test).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy warpdrive
+	$(VENV)/bin/lint-imports --no-logo
 
 lab-deps:
 	bash lab/install-deps.sh
