@@ -213,6 +213,16 @@ class Device(ForkSafe, ABC):
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def mapped_bars(self) -> tuple[int, ...]:
+        """Indexes of the BARs mapped with `map_bar` and not closed."""
+        return tuple(sorted(i for i, m in self._bars.items() if not m._closed))
+
+    @property
+    def enabled_irqs(self) -> dict[int, int]:
+        """IRQ index -> number of vectors routed to eventfds by `enable_irqs`."""
+        return {index: len(irqs) for index, irqs in self._irqs.items()}
+
     def on_close(self, hook: Callable[[], None]) -> None:
         """Run `hook` first when the device closes (plugins stop their queues here)."""
         self._close_hooks.append(hook)
