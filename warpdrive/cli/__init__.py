@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .. import __version__
 from ..errors import BindingRefusedError, GroupNotViableError, PermissionDeniedError, WarpdriveError
 
 EXIT_OK = 0
@@ -27,6 +28,7 @@ EXIT_PERMISSION = 4
 
 SUBCOMMAND_MODULES: list[str] = [
     "warpdrive.cli.devices",
+    "warpdrive.cli.plugins",
     "warpdrive.cli.bind",
 ]
 OPTIONAL_SUBCOMMAND_MODULES: list[str] = [
@@ -61,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 ok, 1 failed, 2 usage, 3 refused by a safety check (nothing "
         "written), 4 permission denied",
     )
+    parser.add_argument("--version", action="version", version=f"warpdrive {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         _load(name, optional=False).register(subparsers)
