@@ -1,7 +1,5 @@
-"""`python -m warpdrive ...`: the `warpdrive` command."""
+"""`python -m warpdrive ...`: the `warpdrive` command (the console script's entry point)."""
 
-import sys
+from .cli import entry
 
-from .cli import main
-
-sys.exit(main())
+entry()
