@@ -6,7 +6,7 @@ What is real and what is fake, per test:
   * holder tests use REAL processes (started here) holding REAL fds and mmaps; the files they hold
     are FAKE stand-ins under tmp_path for /dev/vfio/N and a BAR's resource0 file (plus the real
     /dev/null standing in for a device's char node, matched by its real device number).
-  * planner/executor tests run on a FAKE sysfs tree (warpdrive.pci.fake.FakeSysfs) and, for
+  * planner/executor tests run on a FAKE sysfs tree (tests/fakesysfs.py FakeSysfs) and, for
     execution, a FAKE kernel (`FakeKernel` below) that reacts to binding writes the way the PCI
     core does. They test the logic (order of writes, rollback, records); the real kernel's
     behaviour is tested in the lab guest (tests/lab/test_lab_binding.py).

@@ -1,6 +1,6 @@
 """The `warpdrive` CLI on the host: `devices` on this real machine, `bind --dry-run` against the
 real host NIC (refused, nothing written), and the rest on a FAKE sysfs tree
-(warpdrive.pci.fake.FakeSysfs under tmp_path, via the hidden --sysfs-root/--dev-root options),
+(tests/fakesysfs.py FakeSysfs under tmp_path, via the hidden --sysfs-root/--dev-root options),
 which stands in for a machine with IOMMU groups, vfio-pci and uacce. WARPDRIVE_FORBID_SYSFS_WRITES=1
 is set for every test, in-process and in the subprocesses.
 """

@@ -94,11 +94,12 @@ def test_config_msi_and_msix_enables() -> None:
 
 def test_config_builder_refuses_bad_input() -> None:
     b = ConfigBuilder(vendor_id=1, device_id=2)
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidArgumentError, match="3 vectors") as info:
         b.add_msi(vectors=3)
-    with pytest.raises(ValueError):
+    assert info.value.hint == "give 1, 2, 4, 8, 16 or 32"
+    with pytest.raises(InvalidArgumentError):
         b.set_bar(5, 0x1000, mem64=True)
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidArgumentError):
         ConfigBuilder(vendor_id=1, device_id=2, size=512)
 
 

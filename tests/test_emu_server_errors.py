@@ -17,7 +17,12 @@ import pytest
 from warpdrive.backends.vfiouser.client import VfioUserDevice, open_vfio_user
 from warpdrive.emu.model import VFIO_PCI_MSIX_IRQ_INDEX, DeviceModel, RegionSpec
 from warpdrive.emu.server import VfioUserServer
-from warpdrive.errors import ConnectionLostError, KernelError, PermissionDeniedError
+from warpdrive.errors import (
+    ConnectionLostError,
+    InvalidArgumentError,
+    KernelError,
+    PermissionDeniedError,
+)
 
 
 class Buggy(DeviceModel):
@@ -178,5 +183,6 @@ class _Spec(DeviceModel):
 ])
 def test_impossible_devices_are_refused(tmp_path: Path, attrs: dict, message: str) -> None:
     model = type("Bad", (_Spec,), attrs)()
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InvalidArgumentError, match=message) as info:
         VfioUserServer(model, str(tmp_path / "x.sock"))
+    assert info.value.what.startswith("model ") and "build_config_space" in (info.value.hint or "")

@@ -1,6 +1,6 @@
 """PCI and uacce discovery: parsing on a FAKE sysfs tree, plus read-only checks on this real host.
 
-The fake tree (warpdrive.pci.fake.FakeSysfs, under pytest's tmp_path) stands in for the kernel's
+The fake tree (tests/fakesysfs.py FakeSysfs, under pytest's tmp_path) stands in for the kernel's
 /sys/bus/pci, /sys/kernel/iommu_groups, /sys/class/{net,block,uacce,vfio-dev} and /dev/vfio layout;
 it tests parsing only. The `real_host` tests read this machine's own /sys (no IOMMU here) and
 write nothing.

@@ -2,7 +2,7 @@
 
 No HiSilicon ZIP device exists on this machine or in the QEMU lab, so the uacce queue bring-up
 (SET_QP_CTX / SET_QP_INFO / mmap / START_Q) cannot run anywhere here. These tests use a FAKE sysfs
-tree (a temp dir; warpdrive.pci.fake) only to check the *parsing*: which uacce devices and which
+tree (a temp dir; tests/fakesysfs.py) only to check the *parsing*: which uacce devices and which
 PCI functions count as usable ZIP hardware, and that a path that is not a hisi_zip queue is
 refused with a clear error."""
 

@@ -241,7 +241,7 @@ def decompress(data: bytes | bytearray | memoryview, /, wbits: int = MAX_WBITS,
     """Decompress one complete stream; trailing data after it is ignored (as zlib does).
     Corrupt or truncated input raises `error`."""
     if bufsize < 0:
-        raise ValueError("bufsize must be non-negative")
+        raise InvalidArgumentError("bufsize must be non-negative")  # a ValueError, as zlib
     return _engine(device).decompress(data, wbits, bufsize)
 
 
@@ -312,7 +312,7 @@ class Decompress:
 
     def flush(self, length: int = DEF_BUF_SIZE) -> bytes:
         if length <= 0:
-            raise ValueError("length must be greater than zero")
+            raise InvalidArgumentError("length must be greater than zero")  # as zlib
         if self._i.eof:
             return b""
         return self._i.flush()

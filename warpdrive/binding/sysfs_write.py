@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from ..errors import BindingRefusedError, KernelError, from_errno
+from ..errors import BindingRefusedError, InvalidArgumentError, KernelError, from_errno
 
 FORBID_ENV = "WARPDRIVE_FORBID_SYSFS_WRITES"
 
@@ -43,7 +43,8 @@ def sysfs_write(path: str, value: str) -> None:
     data = (value or "\n").encode()
     ensure_writes_allowed(f"write {value!r} to {path}")
     if os.path.basename(path) not in WRITABLE_NAMES:
-        raise ValueError(f"sysfs_write is only for PCI binding files, not {path}")
+        raise InvalidArgumentError(f"sysfs_write is only for PCI binding files, not {path}",
+                                   hint=f"writable names: {', '.join(sorted(WRITABLE_NAMES))}")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)  # as `echo >` does
     except OSError as e:

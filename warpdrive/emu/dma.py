@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import syscalls as sc
-from ..errors import WarpdriveError
+from ..errors import InvalidArgumentError, WarpdriveError
 
 
 class DmaFault(WarpdriveError):
@@ -178,7 +178,8 @@ class ClientMemory:
     def _find(self, iova: int, size: int, write: bool) -> list[tuple[mmap.mmap, int, int]]:
         """Pieces (mmap, offset in it, length) covering [iova, iova+size)."""
         if size <= 0:
-            raise ValueError(f"DMA size must be positive, got {size}")
+            raise InvalidArgumentError(f"DMA of {size} bytes at IOVA {iova:#x}: the size must be "
+                                       "positive", hint="the model computed a bad length")
         if self._bus_master is not None and not self._bus_master():
             self.faults += 1
             raise DmaFault(iova, size, write, "bus mastering is disabled (PCI_COMMAND)")

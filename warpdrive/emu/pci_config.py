@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import InvalidArgumentError
 from ..uapi import pci_regs as R
+
+_HINT = "fix the model's build_config_space()"
 
 _CAP_START = 0x40
 _COMMAND_WMASK = (R.PCI_COMMAND_IO | R.PCI_COMMAND_MEMORY | R.PCI_COMMAND_MASTER
@@ -44,7 +47,8 @@ class ConfigBuilder:
                  class_code: int = 0xFF0000, subsystem_vendor_id: int = 0, subsystem_id: int = 0,
                  size: int = R.PCI_CFG_SPACE_SIZE) -> None:
         if size not in (R.PCI_CFG_SPACE_SIZE, R.PCI_CFG_SPACE_EXP_SIZE):
-            raise ValueError(f"config space is 256 or 4096 bytes, not {size}")
+            raise InvalidArgumentError(f"config space is 256 or 4096 bytes, not {size}",
+                                       hint=_HINT)
         self.data = bytearray(size)
         _put(self.data, R.PCI_VENDOR_ID, 2, vendor_id)
         _put(self.data, R.PCI_DEVICE_ID, 2, device_id)
@@ -60,7 +64,8 @@ class ConfigBuilder:
                 prefetchable: bool = False) -> None:
         """Declare memory BAR `index` (address 0; the client sizes it by writing all-ones)."""
         if not 0 <= index < R.PCI_STD_NUM_BARS or (mem64 and index == 5):
-            raise ValueError(f"BAR {index} cannot be a {'64' if mem64 else '32'}-bit BAR")
+            raise InvalidArgumentError(f"BAR {index} cannot be a {'64' if mem64 else '32'}-bit "
+                                       "BAR", hint="a 64-bit BAR takes two slots: index 0-4")
         flags = R.PCI_BASE_ADDRESS_SPACE_MEMORY
         flags |= R.PCI_BASE_ADDRESS_MEM_TYPE_64 if mem64 else R.PCI_BASE_ADDRESS_MEM_TYPE_32
         flags |= R.PCI_BASE_ADDRESS_MEM_PREFETCH if prefetchable else 0
@@ -76,7 +81,8 @@ class ConfigBuilder:
         length = (2 + len(body) + 3) & ~3
         pos = self._next_cap
         if pos + length > R.PCI_CFG_SPACE_SIZE:
-            raise ValueError("standard capabilities do not fit in the first 256 bytes")
+            raise InvalidArgumentError("standard capabilities do not fit in the first 256 bytes",
+                                       hint=_HINT)
         self.data[pos] = cap_id
         self.data[pos + 1] = 0
         self.data[pos + 2:pos + 2 + len(body)] = body
@@ -93,7 +99,8 @@ class ConfigBuilder:
     def add_msi(self, vectors: int = 1, *, addr64: bool = True, maskable: bool = False) -> int:
         """MSI capability offering `vectors` (1, 2, 4, 8, 16 or 32) messages."""
         if vectors not in (1, 2, 4, 8, 16, 32):
-            raise ValueError(f"MSI offers a power of two up to 32 vectors, not {vectors}")
+            raise InvalidArgumentError(f"MSI cannot offer {vectors} vectors",
+                                       hint="give 1, 2, 4, 8, 16 or 32")
         flags = (vectors.bit_length() - 1) << 1  # Multiple Message Capable
         flags |= R.PCI_MSI_FLAGS_64BIT if addr64 else 0
         flags |= R.PCI_MSI_FLAGS_MASKBIT if maskable else 0
@@ -107,9 +114,11 @@ class ConfigBuilder:
         """MSI-X capability; the framework emulates the table and PBA at those BAR offsets
         (they must lie outside the BAR's mmap areas)."""
         if not 1 <= vectors <= 2048:
-            raise ValueError(f"MSI-X offers 1..2048 vectors, not {vectors}")
+            raise InvalidArgumentError(f"MSI-X cannot offer {vectors} vectors",
+                                       hint="give 1..2048")
         if table_offset % 8 or pba_offset % 8:
-            raise ValueError("MSI-X table and PBA offsets must be 8-byte aligned")
+            raise InvalidArgumentError("MSI-X table and PBA offsets must be 8-byte aligned",
+                                       hint=_HINT)
         body = bytearray(10)
         _put(body, 0, 2, vectors - 1)
         _put(body, 2, 4, table_offset | table_bar)
@@ -144,7 +153,8 @@ class PciConfig:
     def __init__(self, data: bytes | bytearray, bars: dict[int, tuple[int, bool]]) -> None:
         """`bars`: BAR index -> (region size, mem64) of each implemented memory BAR."""
         if len(data) not in (R.PCI_CFG_SPACE_SIZE, R.PCI_CFG_SPACE_EXP_SIZE):
-            raise ValueError(f"config space must be 256 or 4096 bytes, got {len(data)}")
+            raise InvalidArgumentError(f"config space must be 256 or 4096 bytes, got "
+                                       f"{len(data)}", hint=_HINT)
         self.data = bytearray(data)
         self.size = len(data)
         self.wmask = bytearray(self.size)

@@ -51,6 +51,8 @@ def run_serve(args: argparse.Namespace) -> int:
     cls = load_model(args.model)
     try:
         model = cls(**parse_options(args.options))
+    except WarpdriveError:
+        raise  # the model's own refusal, with its hint
     except (TypeError, ValueError) as e:
         raise InvalidArgumentError(f"model {args.model}: {e}") from None
     from .server import VfioUserServer
@@ -66,8 +68,6 @@ def run_serve(args: argparse.Namespace) -> int:
     except OSError as e:
         raise WarpdriveError(f"serving model {args.model} on {args.socket}", errno=e.errno,
                              hint=str(e.strerror or e)) from None
-    except ValueError as e:  # a model that describes an impossible device
-        raise InvalidArgumentError(str(e)) from None
     return 0
 
 

@@ -38,6 +38,7 @@ from typing import Any
 
 from .. import syscalls as sc
 from ..backends.vfiouser.wire import Channel, FrameError, Message, PeerClosed, WireTimeout
+from ..errors import InvalidArgumentError, ProtocolError
 from ..forkguard import close_fd_quietly
 from ..uapi import vfio_user as P
 from ..uapi.vfio import (
@@ -94,6 +95,13 @@ class _Region:
     special: list[tuple[int, int, str]] = field(default_factory=list)  # (start, end, kind)
 
 
+def _bad_model(model: DeviceModel, what: str) -> InvalidArgumentError:
+    """A model that describes an impossible device: the server refuses to serve it."""
+    return InvalidArgumentError(f"model {model.name}: {what}",
+                                hint="fix the model's regions(), build_config_space() or "
+                                "irq_counts()")
+
+
 class VfioUserServer:
     """Serve `model` on `socket_path`. `serve_forever()` runs until SIGTERM/SIGINT, `stop()`, or
     (with `exit_on_disconnect`) the first client leaving."""
@@ -130,15 +138,15 @@ class VfioUserServer:
         self.regions: dict[int, _Region] = {}
         for spec in specs:
             if spec.index in self.regions or spec.index == VFIO_PCI_CONFIG_REGION_INDEX:
-                raise ValueError(f"model {model.name}: region {spec.index} defined twice or "
-                                 "clashes with config space (index 7)")
+                raise _bad_model(model, f"region {spec.index} is defined twice or clashes with "
+                                 "config space (index 7)")
             if spec.size <= 0:
-                raise ValueError(f"model {model.name}: region {spec.index} has size {spec.size}")
+                raise _bad_model(model, f"region {spec.index} has size {spec.size}")
             for off, size in spec.mmap_areas:
                 if off % sc.PAGE_SIZE or size % sc.PAGE_SIZE or size <= 0 or \
                         off + size > sc.page_align_up(spec.size):
-                    raise ValueError(f"model {model.name}: mmap area ({off:#x}, {size:#x}) of "
-                                     f"region {spec.index} is not page-aligned inside the region")
+                    raise _bad_model(model, f"mmap area ({off:#x}, {size:#x}) of region "
+                                     f"{spec.index} is not page-aligned inside the region")
             self.regions[spec.index] = _Region(spec)
         bars = {s.index: (s.size, s.mem64) for s in specs if s.index < 6}
         self.config = PciConfig(model.build_config_space(), bars)
@@ -149,8 +157,8 @@ class VfioUserServer:
         self.irqs = {i: _Irq(counts.get(i, 0)) for i in range(self.num_irqs)}
         msix = self.config.msix
         if msix is not None and counts.get(VFIO_PCI_MSIX_IRQ_INDEX, 0) != msix.vectors:
-            raise ValueError(f"model {model.name}: MSI-X capability has {msix.vectors} vectors "
-                             f"but irq_counts() says {counts.get(VFIO_PCI_MSIX_IRQ_INDEX, 0)}")
+            raise _bad_model(model, f"its MSI-X capability has {msix.vectors} vectors but "
+                             f"irq_counts() says {counts.get(VFIO_PCI_MSIX_IRQ_INDEX, 0)}")
         self.msix_table = bytearray()
         if msix is not None:
             self._setup_msix(msix)
@@ -160,8 +168,8 @@ class VfioUserServer:
             r.special.sort()
             for (_, e1, _), (s2, _, _) in zip(r.special, r.special[1:]):
                 if s2 < e1:
-                    raise ValueError(f"model {model.name}: region {r.spec.index} has overlapping "
-                                     "mmap areas / MSI-X structures")
+                    raise _bad_model(model, f"region {r.spec.index} has overlapping mmap areas / "
+                                     "MSI-X structures")
             if r.spec.mmap_areas:
                 length = sc.page_align_up(r.spec.size)
                 r.memfd = sc.memfd_create(f"warpdrive-{model.name}-region{r.spec.index}")
@@ -178,8 +186,8 @@ class VfioUserServer:
                                      (msix.pba_bar, msix.pba_offset, msix.pba_size, "msix_pba")):
             region = self.regions.get(bar)
             if region is None or off + size > region.spec.size:
-                raise ValueError(f"model {self.model.name}: MSI-X {kind[5:]} at BAR {bar} "
-                                 f"+{off:#x} lies outside the BAR")
+                raise _bad_model(self.model, f"its MSI-X {kind[5:]} at BAR {bar} +{off:#x} lies "
+                                 "outside the BAR")
             region.special.append((off, off + size, kind))
         self.msix_table = bytearray(msix.table_size)
         for v in range(msix.vectors):  # every vector starts masked
@@ -189,19 +197,18 @@ class VfioUserServer:
         return not self.model.require_bus_master or self.config.bus_master_enabled
 
     # -- services for the model (through _ModelHost) ----------------------------------------
-    def region_memory(self, index: int) -> memoryview:
+    def _shared(self, index: int) -> tuple[mmap.mmap, int]:
         r = self.regions.get(index)
         if r is None or r.mm is None:
-            raise ValueError(f"region {index} of {self.model.name} has no shared memory "
-                             "(declare mmap_areas in its RegionSpec)")
-        return memoryview(r.mm)
+            raise InvalidArgumentError(f"region {index} of model {self.model.name} has no shared "
+                                       "memory", hint="declare mmap_areas in its RegionSpec")
+        return r.mm, r.addr
+
+    def region_memory(self, index: int) -> memoryview:
+        return memoryview(self._shared(index)[0])
 
     def region_address(self, index: int) -> int:
-        r = self.regions.get(index)
-        if r is None or r.mm is None:
-            raise ValueError(f"region {index} of {self.model.name} has no shared memory "
-                             "(declare mmap_areas in its RegionSpec)")
-        return r.addr
+        return self._shared(index)[1]
 
     def irq_assigned(self, index: int, vector: int) -> bool:
         irq = self.irqs.get(index)
@@ -482,8 +489,8 @@ class VfioUserServer:
             raise OSError(errno.EINVAL, "VERSION was already negotiated on this connection")
         try:
             major, minor, caps = P.unpack_version(msg.payload)
-        except ValueError as e:
-            raise OSError(errno.EINVAL, str(e)) from None
+        except ProtocolError as e:
+            raise OSError(errno.EINVAL, e.what) from None
         if major != P.VFIO_USER_MAJOR:
             raise OSError(errno.ENOTSUP, f"client proposes protocol {major}.{minor}; this server "
                           f"speaks {P.VFIO_USER_MAJOR}.{P.VFIO_USER_MINOR}")
@@ -803,8 +810,8 @@ class VfioUserServer:
     def _unpack(cls: type[Any], msg: Message) -> Any:
         try:
             return P.unpack(cls, msg.payload, P.command_name(msg.command))
-        except ValueError as e:
-            raise OSError(errno.EINVAL, str(e)) from None
+        except ProtocolError as e:
+            raise OSError(errno.EINVAL, e.what) from None
 
     _HANDLERS: dict[int, Callable[[VfioUserServer, Message], tuple[bytes, list[int]]]] = {
         P.VFIO_USER_VERSION: _version,

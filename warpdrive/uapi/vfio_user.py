@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import ProtocolError
 from .vfio import (
     VFIO_DEVICE_FLAGS_PCI,
     VFIO_DEVICE_FLAGS_RESET,
@@ -250,23 +251,23 @@ class Capabilities:
 
     @classmethod
     def from_json(cls, obj: Any) -> Capabilities:
-        """Parse a VERSION JSON object; raises ValueError naming the bad field."""
+        """Parse a VERSION JSON object; raises ProtocolError naming the bad field."""
         if not isinstance(obj, dict):
-            raise ValueError("version data is not a JSON object")
+            raise ProtocolError("version data is not a JSON object")
         caps = obj.get("capabilities", {})
         if not isinstance(caps, dict):
-            raise ValueError("'capabilities' is not a JSON object")
+            raise ProtocolError("'capabilities' is not a JSON object")
         out = cls()
         for name in ("max_msg_fds", "max_data_xfer_size", "max_dma_maps", "pgsizes"):
             if name in caps:
                 value = caps[name]
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise ValueError(f"capability {name!r} must be a non-negative integer, "
-                                     f"got {value!r}")
+                    raise ProtocolError(f"capability {name!r} must be a non-negative "
+                                        f"integer, got {value!r}")
                 setattr(out, name, value)
         if "write_multiple" in caps:
             if not isinstance(caps["write_multiple"], bool):
-                raise ValueError("capability 'write_multiple' must be a boolean")
+                raise ProtocolError("capability 'write_multiple' must be a boolean")
             out.write_multiple = caps["write_multiple"]
         known = {"max_msg_fds", "max_data_xfer_size", "max_dma_maps", "pgsizes", "write_multiple"}
         out.extra = {k: v for k, v in caps.items() if k not in known}
@@ -292,9 +293,9 @@ def unpack_version_keys(payload: bytes) -> list[str]:
 
 
 def unpack_version(payload: bytes) -> tuple[int, int, Capabilities]:
-    """(major, minor, capabilities) of a VERSION payload; ValueError if malformed."""
+    """(major, minor, capabilities) of a VERSION payload; ProtocolError if malformed."""
     if len(payload) < ctypes.sizeof(vfio_user_version):
-        raise ValueError(f"VERSION payload is {len(payload)} bytes, needs at least 4")
+        raise ProtocolError(f"VERSION payload is {len(payload)} bytes, needs at least 4")
     v = vfio_user_version.from_buffer_copy(payload)
     data = payload[ctypes.sizeof(vfio_user_version):]
     if not data:
@@ -303,13 +304,13 @@ def unpack_version(payload: bytes) -> tuple[int, int, Capabilities]:
     try:
         obj = json.loads(text.decode("utf-8")) if text.strip() else {}
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"version data is not UTF-8 JSON: {e}") from None
+        raise ProtocolError(f"version data is not UTF-8 JSON: {e}") from None
     return v.major, v.minor, Capabilities.from_json(obj)
 
 
 def unpack(cls: type[ctypes.Structure], payload: bytes, what: str) -> Any:
-    """Parse a fixed-size structure at the start of `payload`; ValueError if it is too short."""
+    """Parse a fixed-size structure at the start of `payload`; ProtocolError if too short."""
     need = ctypes.sizeof(cls)
     if len(payload) < need:
-        raise ValueError(f"{what} payload is {len(payload)} bytes, needs {need}")
+        raise ProtocolError(f"{what} payload is {len(payload)} bytes, needs {need}")
     return cls.from_buffer_copy(payload[:need])

@@ -211,9 +211,9 @@ class VfioUserConnection(ForkSafe):
             close_fd_quietly(fd)
         try:
             smajor, sminor, caps = P.unpack_version(payload)
-        except ValueError as e:
+        except ProtocolError as e:
             raise self._fail(ProtocolError(
-                f"vfio-user server {self.path} sent a malformed VERSION reply: {e}")) from None
+                f"vfio-user server {self.path} sent a malformed VERSION reply: {e.what}")) from None
         if smajor != major or sminor > minor:
             raise self._fail(ProtocolError(
                 f"vfio-user server {self.path} answered VERSION {major}.{minor} with "
@@ -305,8 +305,8 @@ class VfioUserDevice(Device):
                                   bytes(P.vfio_user_device_info(argsz=16)), what="device info")
         try:
             info = P.unpack(P.vfio_user_device_info, payload, "DEVICE_GET_INFO reply")
-        except ValueError as e:
-            raise ProtocolError(f"vfio-user server {conn.path}: {e}") from None
+        except ProtocolError as e:
+            raise ProtocolError(f"vfio-user server {conn.path}: {e.what}") from None
         if not info.flags & P.VFIO_DEVICE_FLAGS_PCI:
             raise UnsupportedError(f"{name} is not a PCI device (flags {info.flags:#x})",
                                    hint="warpdrive drives PCI functions only")
@@ -340,10 +340,10 @@ class VfioUserDevice(Device):
                                              what=f"region {index}")
             try:
                 reply = P.unpack(P.vfio_region_info, payload, "DEVICE_GET_REGION_INFO reply")
-            except ValueError as e:
+            except ProtocolError as e:
                 for fd in fds:
                     close_fd_quietly(fd)
-                raise ProtocolError(f"vfio-user server {self.conn.path}: {e}") from None
+                raise ProtocolError(f"vfio-user server {self.conn.path}: {e.what}") from None
             # A larger argsz asks for a second call; the CAPS flag may come with it (as from the
             # kernel) or only once the capabilities fit (servers that QEMU's client accepts).
             if reply.argsz > argsz:
@@ -458,8 +458,8 @@ class VfioUserDevice(Device):
             close_fd_quietly(fd)
         try:
             r = P.unpack(P.vfio_irq_info, payload, "DEVICE_GET_IRQ_INFO reply")
-        except ValueError as e:
-            raise ProtocolError(f"vfio-user server {self.conn.path}: {e}") from None
+        except ProtocolError as e:
+            raise ProtocolError(f"vfio-user server {self.conn.path}: {e.what}") from None
         info = IrqInfo(index=index, count=int(r.count),
                        eventfd=bool(r.flags & P.VFIO_IRQ_INFO_EVENTFD),
                        maskable=bool(r.flags & P.VFIO_IRQ_INFO_MASKABLE),

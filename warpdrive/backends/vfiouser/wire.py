@@ -19,6 +19,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from ...errors import InvalidArgumentError
 from ...forkguard import close_fd_quietly
 from ...uapi.vfio_user import (
     HEADER_SIZE,
@@ -129,7 +130,8 @@ class Channel:
              fds: list[int] | tuple[int, ...] = (), error_no: int = 0,
              deadline: float | None = None) -> None:
         if len(fds) > SCM_MAX_FD:
-            raise ValueError(f"{len(fds)} fds in one message (the kernel allows {SCM_MAX_FD})")
+            raise InvalidArgumentError(f"{len(fds)} fds in one message; the kernel allows "
+                                       f"{SCM_MAX_FD}", hint="send them in several messages")
         hdr = vfio_user_header(msg_id & 0xFFFF, command, HEADER_SIZE + len(payload), flags,
                                error_no)
         data = memoryview(bytes(hdr) + payload)

@@ -39,7 +39,13 @@ import threading
 import time
 from collections.abc import Callable
 
-from ...errors import ClosedError, DeviceBusyError, DeviceError, DeviceTimeoutError
+from ...errors import (
+    ClosedError,
+    DeviceBusyError,
+    DeviceError,
+    DeviceTimeoutError,
+    InvalidArgumentError,
+)
 from ...mmio import Doorbell
 from . import regs as hw
 
@@ -57,9 +63,11 @@ class QmQueue:
                  doorbell: Doorbell, db_version: int = 2, cq_doorbell_priority: int = 0,
                  lazy_cq: bool = False) -> None:
         if layout.sqe_size % 4:
-            raise ValueError(f"SQE size {layout.sqe_size} is not a multiple of 4")
+            raise InvalidArgumentError(f"queue {name}: SQE size {layout.sqe_size} is not a "
+                                       "multiple of 4")
         if len(mem) < layout.size:
-            raise ValueError(f"queue memory is {len(mem)} bytes; the layout needs {layout.size}")
+            raise InvalidArgumentError(f"queue {name}: its memory is {len(mem)} bytes; the layout "
+                                       f"needs {layout.size}")
         self.name = name
         self.qn = qn
         self.layout = layout

@@ -12,7 +12,7 @@ from __future__ import annotations
 import zlib
 from typing import NoReturn
 
-from ...errors import ClosedError
+from ...errors import ClosedError, InvalidArgumentError
 from ...pool import Chunk
 from . import hw
 from .errors import ZipBufferError, ZipDataError, ZipError
@@ -248,7 +248,7 @@ class Inflater(_StreamBase):
 
     def decompress(self, data: bytes | bytearray | memoryview, max_length: int = 0) -> bytes:
         if max_length < 0:
-            raise ValueError("max_length must be non-negative")
+            raise InvalidArgumentError("max_length must be non-negative")  # a ValueError, as zlib
         if self._ended:  # as zlib: more input after the end is unused data (buffers may be gone)
             if data:
                 self.unused_data += bytes(data)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import struct
 
+from ...errors import InvalidArgumentError
 from ..model import (
     VFIO_PCI_INTX_IRQ_INDEX,
     VFIO_PCI_MSI_IRQ_INDEX,
@@ -84,7 +85,9 @@ class TestDevice(DeviceModel):
     def __init__(self, **options: str) -> None:
         super().__init__(**options)
         if options:  # testdev has no options; refusing them lets tests see a failing start
-            raise ValueError(f"testdev takes no options, got {', '.join(sorted(options))}")
+            raise InvalidArgumentError(f"testdev takes no options, got "
+                                       f"{', '.join(sorted(options))}",
+                                       hint="start it without --set / model_options")
 
     def regions(self) -> list[RegionSpec]:
         return [RegionSpec(0, BAR0_SIZE, mmap_areas=((0x1000, 0x1000),)),

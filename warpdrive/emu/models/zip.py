@@ -67,6 +67,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ...errors import InvalidArgumentError
 from ..model import VFIO_PCI_MSI_IRQ_INDEX, DeviceModel, DmaFault, RegionSpec
 from . import _zip_layout as L
 
@@ -368,10 +369,12 @@ class QmFunction:
                  qp_num: int = 2, sq_depth: int = 1024, cq_depth: int = 1024, level: int = 6,
                  notify: Callable[[int], bool] | None = None) -> None:
         if not 1 <= qp_num <= 1024:
-            raise ValueError(f"qp_num {qp_num} out of range 1..1024")
+            raise InvalidArgumentError(f"zip model: {qp_num} queues is out of range",
+                                       hint="give queues=1..1024")
         for d in (sq_depth, cq_depth):
             if not 2 <= d <= 4096:  # power of two not required by the QM, but keep sane
-                raise ValueError(f"queue depth {d} out of range 2..4096")
+                raise InvalidArgumentError(f"zip model: queue depth {d} is out of range",
+                                           hint="give depth=2..4096")
         self.dma = dma
         self.revision = revision
         self.qp_base = qp_base
@@ -811,14 +814,17 @@ class ZipModel(DeviceModel):
             rev = int(opts.pop("revision", str(L.QM_HW_V2)), 0)
             self.level = int(opts.pop("level", "6"), 0)
         except ValueError as e:
-            raise ValueError(f"zip model: bad option value: {e}") from None
+            raise InvalidArgumentError(f"zip model: bad option value: {e}",
+                                       hint="options are integers (0x.. for hex)") from None
         if rev not in (L.QM_HW_V2, L.QM_HW_V3):
-            raise ValueError(f"zip model: revision must be {L.QM_HW_V2:#x} or {L.QM_HW_V3:#x}")
+            raise InvalidArgumentError(f"zip model: revision {rev:#x} is not modelled",
+                                       hint=f"give revision={L.QM_HW_V2:#x} or {L.QM_HW_V3:#x}")
         if not -1 <= self.level <= 9:
-            raise ValueError("zip model: level must be -1..9")
+            raise InvalidArgumentError(f"zip model: level {self.level} is out of range",
+                                       hint="give level=-1..9")
         if opts:
-            raise ValueError(f"zip model: unknown option(s) {', '.join(sorted(opts))}; "
-                             "known: queues, depth, revision, level")
+            raise InvalidArgumentError(f"zip model: unknown option(s) {', '.join(sorted(opts))}",
+                                       hint="known: queues, depth, revision, level")
         self.revision = rev  # type: ignore[misc]  # instance override of the class default
         self.qm: QmFunction | None = None
         self._last_db = IDLE_DOORBELL
