@@ -240,3 +240,21 @@ def test_broken_entry_points_are_reported_not_fatal(tmp_path: Path,
         monkeypatch.undo()
         registry.refresh()
     assert os.sep  # untouched
+
+
+def test_readme_claims_exactly_the_matrix() -> None:
+    """README's plugin table claims a backend for a plugin iff the registry does (and so this
+    test runs it)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    header = "| plugin | legacy VFIO (`vfio`) | iommufd | vfio-user |"
+    assert header in readme
+    lines = readme[readme.index(header):].splitlines()[2:]
+    claimed: dict[str, set[str]] = {}
+    for line in lines:
+        if not line.startswith("| `"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        name = cells[0].split("`")[1]
+        claimed[name] = {b for b, c in zip(("vfio", "iommufd", "vfio-user"), cells[1:])
+                         if c != "—"}
+    assert claimed == {p.name: set(p.backends) for p in registry.BUILTIN}
