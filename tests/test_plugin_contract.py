@@ -196,16 +196,20 @@ class TestdevDriver:
 '''
 
 
+def _install(where: Path, monkeypatch: pytest.MonkeyPatch, dist: str, entries: str) -> None:
+    """A distribution `dist` on sys.path whose warpdrive.plugins entry points are `entries`."""
+    info = where / f"{dist}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[warpdrive.plugins]\n{entries}\n")
+    monkeypatch.syspath_prepend(str(where))
+    registry.refresh()
+
+
 def test_third_party_plugin_through_entry_points(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "wdexample_plugin.py").write_text(EXAMPLE_PLUGIN)
-    dist = tmp_path / "wdexample-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: wdexample\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[warpdrive.plugins]\nwdexample = wdexample_plugin:PLUGIN\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    registry.refresh()
+    _install(tmp_path, monkeypatch, "wdexample", "wdexample = wdexample_plugin:PLUGIN")
     try:
         plugin = registry.get("wdexample")
         assert plugin is not None and plugin in registry.plugins()
@@ -223,13 +227,8 @@ def test_third_party_plugin_through_entry_points(tmp_path: Path,
 
 def test_broken_entry_points_are_reported_not_fatal(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    dist = tmp_path / "wdbroken-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: wdbroken\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[warpdrive.plugins]\nedu = os:sep\nmissing = wd_no_such_module:PLUGIN\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    registry.refresh()
+    _install(tmp_path, monkeypatch, "wdbroken",
+             "edu = os:sep\nmissing = wd_no_such_module:PLUGIN")
     try:
         names = [p.name for p in registry.plugins()]
         assert names == [p.name for p in registry.BUILTIN]  # the built-ins still work
