@@ -26,6 +26,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-us", type=float, metavar="US",
                         help="when idle, poll doorbells at least this often")
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # launcher handshake
+    # The launcher's private directory (socket + log): if the launcher is gone when we exit
+    # (killed, or it left without stopping us), nobody else will remove it.
+    parser.add_argument("--private-dir", help=argparse.SUPPRESS)
 
 
 def parse_options(pairs: list[str]) -> dict[str, str]:
@@ -57,6 +60,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"model {args.model}: {e}") from None
     from .server import VfioUserServer
 
+    launcher = os.getppid()
     try:
         server = VfioUserServer(
             model, os.path.abspath(args.socket), exit_on_disconnect=args.exit_on_disconnect,
@@ -68,7 +72,28 @@ def run_serve(args: argparse.Namespace) -> int:
     except OSError as e:
         raise WarpdriveError(f"serving model {args.model} on {args.socket}", errno=e.errno,
                              hint=str(e.strerror or e)) from None
+    finally:
+        if args.private_dir and os.getppid() != launcher:
+            remove_private_dir(args.private_dir)
     return 0
+
+
+PRIVATE_FILES = ("model.sock", "model.log")  # what the launcher puts in its private directory
+
+
+def remove_private_dir(path: str) -> None:
+    """Remove the launcher's files and then its directory; anything else keeps it in place."""
+    for name in PRIVATE_FILES:
+        try:
+            os.unlink(os.path.join(path, name))
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,8 @@ The model runs as `python -m warpdrive.emu <model> --socket <private dir>/model.
 "ready" on an inherited pipe once it listens (bounded wait here), and it exits by itself when its
 client disconnects, on SIGTERM, or if nobody connects within a minute, so no model outlives its
 user. Its stdout and stderr go to a log file in that directory; when the model dies, errors quote
-the log's tail.
+the log's tail. The directory is removed by `stop()`, or, when the launching process died without
+stopping the model (killed, `os._exit`), by the model itself as it exits.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class ModelProcess(ForkSafe):
         self.log_path = os.path.join(self.dir, "model.log")
         argv = [python or sys.executable, "-m", "warpdrive.emu", model, "--socket",
                 self.socket_path, "--exit-on-disconnect", "--accept-timeout",
-                str(accept_timeout)]
+                str(accept_timeout), "--private-dir", self.dir]
         for key, value in (options or {}).items():
             argv += ["--set", f"{key}={value}"]
         if spin_us is not None:
