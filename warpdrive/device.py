@@ -450,6 +450,13 @@ class Device(ForkSafe, ABC):
             for irq in irqs:
                 irq.close()
 
+    # -- liveness ---------------------------------------------------------------------------
+    def watchdog(self) -> None:
+        """Called by drivers while they wait on shared memory for the device (no syscall on that
+        path): raises `ConnectionLostError` if the backend knows the device is gone. It costs
+        nothing per call on kernel backends; see the vfio-user backend for how it checks."""
+        return None
+
     # -- IOMMU faults -----------------------------------------------------------------------
     def iommu_faults(self) -> Sequence[object]:
         """IOMMU faults the kernel reported for this device since the last call (each has a

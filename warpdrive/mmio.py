@@ -60,10 +60,13 @@ class MmioWindow:
 
 class Doorbell(ForkSafe):
     """One register written on the hot path: `ring(value)` is a single store of `width` bits into
-    the mapping (no syscall), or one trapped write when the register is not mapped."""
+    the mapping (no syscall), or one trapped write when the register is not mapped.
+
+    `wake`, for a mapped register whose reader polls it (a vfio-user server), runs after every
+    store: it tells the reader about the store only if the reader said it stopped polling."""
 
     def __init__(self, offset: int, width: int, addr: int | None, trap: RegionAccess | None,
-                 name: str) -> None:
+                 name: str, wake: Callable[[], None] | None = None) -> None:
         self.offset = offset
         self.width = width
         self.mapped = addr is not None
@@ -71,8 +74,10 @@ class Doorbell(ForkSafe):
         self._cell: ctypes._SimpleCData[int] | None = (
             _CTYPES[width].from_address(addr) if addr is not None else None)
         self._trap = trap
+        self._wake = wake
         if self._cell is not None:
-            self.ring = self._ring_mapped  # type: ignore[method-assign]
+            self.ring = (  # type: ignore[method-assign]
+                self._ring_mapped if wake is None else self._ring_mapped_wake)
         self._fork_register()
 
     def ring(self, value: int) -> None:
@@ -81,6 +86,10 @@ class Doorbell(ForkSafe):
 
     def _ring_mapped(self, value: int) -> None:
         self._cell.value = value  # type: ignore[union-attr]
+
+    def _ring_mapped_wake(self, value: int) -> None:
+        self._cell.value = value  # type: ignore[union-attr]
+        self._wake()  # type: ignore[misc]
 
     def read(self) -> int:
         if self._cell is not None:
@@ -95,6 +104,7 @@ class Doorbell(ForkSafe):
         dead = DeadAccessor(self._fork_describe, self._owner_pid)
         self._cell = dead  # type: ignore[assignment]
         self._trap = dead  # type: ignore[assignment]
+        self._wake = None
 
 
 class Mmio(ForkSafe):
@@ -109,7 +119,12 @@ class Mmio(ForkSafe):
         self._trap = trap
         self._on_close = on_close
         self._closed = False
+        self._wake: Callable[[], None] | None = None
         self._fork_register()
+
+    def set_wake(self, wake: Callable[[], None] | None) -> None:
+        """Run `wake` after each store of doorbells made from now on (see `Doorbell`)."""
+        self._wake = wake
 
     @property
     def mapped_windows(self) -> list[tuple[int, int]]:
@@ -194,7 +209,8 @@ class Mmio(ForkSafe):
         addr = w.addr + (offset - w.offset) if w is not None else None
         if addr is None and self._trap is None:
             raise InvalidArgumentError(f"{self.name}+{offset:#x} is neither mapped nor trappable")
-        return Doorbell(offset, nbytes, addr, self._trap, self.name)
+        return Doorbell(offset, nbytes, addr, self._trap, self.name,
+                        self._wake if addr is not None else None)
 
     def close(self) -> None:
         if self._closed:

@@ -31,11 +31,13 @@ from .vfio import (
     VFIO_IRQ_SET_DATA_EVENTFD,
     VFIO_IRQ_SET_DATA_NONE,
     VFIO_IRQ_SET_DATA_TYPE_MASK,
+    VFIO_PCI_NUM_REGIONS,
     VFIO_REGION_INFO_CAP_SPARSE_MMAP,
     VFIO_REGION_INFO_FLAG_CAPS,
     VFIO_REGION_INFO_FLAG_MMAP,
     VFIO_REGION_INFO_FLAG_READ,
     VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_REGION_TYPE_PCI_VENDOR_TYPE,
     vfio_info_cap_header,
     vfio_irq_info,
     vfio_irq_set,
@@ -211,6 +213,26 @@ class vfio_user_dma_region_access(ctypes.Structure):
         ("count", _u64),
     ]
 
+
+# -- warpdrive extension: the server control region ---------------------------------------------
+# A device-specific region (index >= VFIO_PCI_NUM_REGIONS) that warpdrive's server adds to every
+# device it serves, found by its TYPE capability. Page 0 is mmap-able shared memory the server
+# writes: a heartbeat it bumps while its poll loop runs (a client waiting on shared memory can
+# tell a dead server from a busy one without a syscall) and a need-wakeup flag it sets before it
+# stops polling (SQPOLL-style: only then does a client that stored a doorbell kick the server,
+# with one posted REGION_WRITE to the KICK register in page 1, trapped). Peers that do not know
+# the region (QEMU) never look at it. The type uses the invalid PCI vendor id 0xffff, so no real
+# vendor-type region can collide with it.
+WARPDRIVE_CTL_REGION_TYPE = VFIO_REGION_TYPE_PCI_VENDOR_TYPE | 0xFFFF
+WARPDRIVE_CTL_REGION_SUBTYPE = 1
+WARPDRIVE_CTL_REGION_SIZE = 0x2000
+WARPDRIVE_CTL_MAGIC = 0x50434457  # "WDCP" (u32 at CTL_MAGIC)
+WARPDRIVE_CTL_MAGIC_OFF = 0x00  # u32
+WARPDRIVE_CTL_IDLE_US = 0x04  # u32: longest the server sleeps between polls once idle (us)
+WARPDRIVE_CTL_HEARTBEAT = 0x08  # u64: bumped by every pass of the server's loop
+WARPDRIVE_CTL_NEED_WAKEUP = 0x10  # u32: 1 = the server stopped polling; kick after a doorbell
+WARPDRIVE_CTL_KICK = 0x1000  # trapped: any write wakes the server's loop
+FIRST_DEVICE_SPECIFIC_REGION = VFIO_PCI_NUM_REGIONS
 
 HEADER_SIZE = 16
 for _cls, _size in ((vfio_user_header, 16), (vfio_user_version, 4), (vfio_user_dma_map, 32),

@@ -24,6 +24,17 @@ always wait. `posted_writes=True/False` overrides the choice.
 
 Replies are awaited at most `timeout` seconds; a server that dies or hangs is a clear error
 (`ConnectionLostError` / `DeviceTimeoutError`), never a hang, and the connection is then closed.
+
+Shared memory carries no error. On the mapped-doorbell path nothing is sent, so a dead server
+would only show as work that never completes. warpdrive's server offers a control region
+(`WARPDRIVE_CTL_*` in `warpdrive.uapi.vfio_user`): a heartbeat its loop bumps, and a need-wakeup
+flag. `watchdog()`, which drivers call while they wait, reads the heartbeat (no syscall) and only
+when it has stood still for a while asks the socket whether the peer hung up (one poll()), so a
+dead server is a `ConnectionLostError` within tens of milliseconds, at no cost per job. After every
+store into a mapped doorbell the device reads the need-wakeup flag (after a full memory barrier,
+so the store and the server's setting of the flag cannot both be missed) and, when the server
+has stopped polling, wakes it with one posted write to the region's KICK register: the only
+syscall a client pays, and only after the server went idle (io_uring's SQPOLL does the same).
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import select
 import socket
 import threading
 import time
@@ -53,7 +65,7 @@ from ...errors import (
 from ...forkguard import ForkSafe, close_fd_quietly
 from ...iova import U64_MAX, IovaRange
 from ...memory import MemoryKind
-from ...mmio import Mmio
+from ...mmio import Doorbell, Mmio
 from ...uapi import vfio_user as P
 from ...uapi.vfio import (
     VFIO_PCI_CONFIG_REGION_INDEX,
@@ -66,6 +78,11 @@ from .wire import Channel, FrameError, PeerClosed, WireTimeout
 
 DEFAULT_TIMEOUT = 5.0  # seconds; QEMU's client uses the same default (x-msg-timeout)
 _CLIENT_MAX_FDS = 16  # what we accept in one reply (we expect at most one)
+_PEER_STALE_S = 0.03  # heartbeat unchanged this long (or no heartbeat): ask the socket
+# An uncontended lock's acquire/release is an atomic read-modify-write (LOCK-prefixed on x86): the
+# full barrier between a doorbell store and the load of the need-wakeup flag (Python has no
+# fence instruction of its own).
+_FENCE = threading.Lock()
 
 
 class VfioUserConnection(ForkSafe):
@@ -171,6 +188,15 @@ class VfioUserConnection(ForkSafe):
             raise from_errno(err, f"vfio-user server {self.path} refused {name} ({what})",
                              hint="the server's stderr says why")
         return reply.payload, reply.take_fds()
+
+    def check_peer(self, why: str) -> None:
+        """Raise ConnectionLostError if the server hung up (one poll(); nothing is read)."""
+        self._check_usable()
+        p = select.poll()
+        p.register(self.chan.sock, select.POLLRDHUP)  # POLLHUP and POLLERR are always reported
+        for _, ev in p.poll(0):
+            if ev & (select.POLLHUP | select.POLLERR | select.POLLRDHUP | select.POLLNVAL):
+                raise self._fail(self._lost(why))
 
     def post(self, command: int, payload: bytes, *, what: str) -> None:
         """Send a command with No_reply (a posted write): one sendmsg, no wait."""
@@ -311,6 +337,34 @@ class VfioUserDevice(Device):
             raise UnsupportedError(f"{name} is not a PCI device (flags {info.flags:#x})",
                                    hint="warpdrive drives PCI functions only")
         self._info = info
+        self._hb: Doorbell | None = None  # the control region's heartbeat and wake-up cells
+        self._need_wakeup: Doorbell | None = None
+        self._kick = b""
+        self._hb_value = -1
+        self._hb_at = time.monotonic()
+        self._stale_s = _PEER_STALE_S
+        if mmap_doorbells:
+            self._map_control()
+
+    def _map_control(self) -> None:
+        """Map warpdrive's server control region if the server offers one (module docstring)."""
+        wanted = (P.WARPDRIVE_CTL_REGION_TYPE, P.WARPDRIVE_CTL_REGION_SUBTYPE)
+        for index in range(P.FIRST_DEVICE_SPECIFIC_REGION, self.num_regions):
+            info = self.region_info(index)
+            if info.type != wanted or not info.mappable or \
+                    info.size < P.WARPDRIVE_CTL_REGION_SIZE:
+                continue
+            ctl = self.map_bar(index)
+            if not ctl.is_mapped(P.WARPDRIVE_CTL_HEARTBEAT, 8) or \
+                    ctl.read32(P.WARPDRIVE_CTL_MAGIC_OFF) != P.WARPDRIVE_CTL_MAGIC:
+                return
+            idle_s = ctl.read32(P.WARPDRIVE_CTL_IDLE_US) / 1e6
+            self._stale_s = max(_PEER_STALE_S, 3 * idle_s)
+            self._hb = ctl.doorbell(P.WARPDRIVE_CTL_HEARTBEAT, 64)
+            self._need_wakeup = ctl.doorbell(P.WARPDRIVE_CTL_NEED_WAKEUP, 32)
+            self._kick = bytes(P.vfio_user_region_access(P.WARPDRIVE_CTL_KICK, index, 4)) + \
+                bytes(4)
+            return
 
     # -- Device hooks -----------------------------------------------------------------------
     @property
@@ -442,7 +496,33 @@ class VfioUserDevice(Device):
                 what=f"mmap of region {info.index}+{offset:#x} ({size:#x} bytes) of {self.name}")
 
     def map_bar(self, index: int, *, trap_only: bool = False) -> Mmio:
-        return super().map_bar(index, trap_only=trap_only or not self.mmap_doorbells)
+        mmio = super().map_bar(index, trap_only=trap_only or not self.mmap_doorbells)
+        if self._need_wakeup is not None:
+            mmio.set_wake(self._wake_server)
+        return mmio
+
+    def _wake_server(self) -> None:
+        """After a store into a mapped doorbell: kick the server if it stopped polling."""
+        with _FENCE:
+            pass
+        flag = self._need_wakeup
+        if flag is not None and flag.read():
+            self.conn.post(P.VFIO_USER_REGION_WRITE, self._kick, what="a wake-up kick")
+
+    def watchdog(self) -> None:
+        """ConnectionLostError if the server is gone; a load of its heartbeat while it runs, one
+        poll() of the socket once the heartbeat stood still for a while (module docstring)."""
+        now = time.monotonic()
+        hb = self._hb
+        if hb is not None:
+            value = hb.read()
+            if value != self._hb_value:
+                self._hb_value, self._hb_at = value, now
+                return
+        if now - self._hb_at < self._stale_s:
+            return
+        self._hb_at = now
+        self.conn.check_peer("noticed while waiting for the device to complete work")
 
     def irq_info(self, index: int) -> IrqInfo:
         self._check_open()

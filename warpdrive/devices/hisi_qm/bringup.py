@@ -288,7 +288,8 @@ class QmDevice:
             self.mailbox_ctx(hw.QM_MB_CMD_CQC, qn, cqc)
             db = self.bar.doorbell(self.db_offset)
             q = QmQueue(name=f"{self.name}/q{qn}", qn=qn, mem=mem.view, layout=layout,
-                        doorbell=db, db_version=2, lazy_cq=not dw6 & hw.CQC_DW6_IRQ)
+                        doorbell=db, db_version=2, lazy_cq=not dw6 & hw.CQC_DW6_IRQ,
+                        watchdog=self.dev.watchdog)
         except BaseException:
             self.dev.dma.release(mem, self)
             self.dev.dma.unmap(mem)

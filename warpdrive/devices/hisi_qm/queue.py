@@ -50,6 +50,10 @@ from ...mmio import Doorbell
 from . import regs as hw
 
 
+def _no_watchdog() -> None:
+    return None
+
+
 class QueueStoppedError(DeviceBusyError):
     """The queue's TX/RX-stop flag is set (device reset, FLR, or a hardware error isolated it)."""
 
@@ -61,7 +65,7 @@ class QmQueue:
 
     def __init__(self, *, name: str, qn: int, mem: memoryview, layout: hw.QueueLayout,
                  doorbell: Doorbell, db_version: int = 2, cq_doorbell_priority: int = 0,
-                 lazy_cq: bool = False) -> None:
+                 lazy_cq: bool = False, watchdog: Callable[[], None] | None = None) -> None:
         if layout.sqe_size % 4:
             raise InvalidArgumentError(f"queue {name}: SQE size {layout.sqe_size} is not a "
                                        "multiple of 4")
@@ -86,6 +90,9 @@ class QmQueue:
         self._ring = doorbell.ring
         self.mapped = doorbell.mapped  # re-store the SQ doorbell (see the module docstring)
         self.lazy_cq = lazy_cq
+        # Called on every refresh tick of a wait: raises if the device is known to be gone
+        # (`Device.watchdog`: a vfio-user server that died while we polled shared memory).
+        self.watchdog: Callable[[], None] = watchdog or _no_watchdog
         self._cq_lazy_limit = max(1, min(layout.sq_depth, layout.cq_depth) // 2)
         encode = hw.doorbell_v2 if db_version >= 2 else hw.doorbell_v1
         self._sq_db = encode(qn, hw.QM_DB_CMD_SQ, 0)
@@ -221,6 +228,7 @@ class QmQueue:
             if now >= refresh_at:
                 if self.closed:
                     raise ClosedError(f"queue {self.name} was closed while waiting")
+                self.watchdog()
                 self.refresh()
                 refresh_at = now + self.REFRESH_S
                 if now - start > timeout:

@@ -146,6 +146,7 @@ class Lane:
                 return
             now = clock()
             if now >= refresh_at:
+                q.watchdog()
                 with lock:
                     q.ring()
                     q.refresh()
