@@ -101,7 +101,7 @@ def buggy(tmp_path: Path) -> Iterator[tuple[VfioUserDevice, Buggy]]:
     assert not thread.is_alive()
 
 
-def test_model_exceptions_become_error_replies(buggy, capfd) -> None:
+def test_model_exceptions_become_error_replies(buggy, caplog) -> None:
     dev, _ = buggy
     with pytest.raises(KernelError) as ei:
         dev.region_read(0, 0, 4)
@@ -114,11 +114,11 @@ def test_model_exceptions_become_error_replies(buggy, capfd) -> None:
     with pytest.raises(KernelError):
         dev.region_write(0, 0, b"\0\0\0\0")  # mapped device: trapped writes wait for the reply
     assert dev.region_read(0, 16, 4) == b"\0" * 4  # still serving
-    err = capfd.readouterr().err
+    err = caplog.text
     assert "RuntimeError: model bug" in err and "ValueError: bad write" in err
 
 
-def test_poll_exceptions_are_logged_not_fatal(buggy, capfd) -> None:
+def test_poll_exceptions_are_logged_not_fatal(buggy, caplog) -> None:
     dev, model = buggy
     bar = dev.map_bar(0)
     bar.write64(0x1000, 1)  # the model's poll() now raises
@@ -130,7 +130,7 @@ def test_poll_exceptions_are_logged_not_fatal(buggy, capfd) -> None:
     time.sleep(0.1)
     bar.write64(0x1000, 0)
     assert dev.region_read(0, 16, 4) == b"\0" * 4
-    err = capfd.readouterr().err
+    err = caplog.text
     assert "poll() raised" in err and "RuntimeError: poll bug" in err
     assert "unhandled DMA fault in poll()" in err and "0xdead000" in err
 

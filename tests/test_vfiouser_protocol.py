@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import signal
@@ -310,8 +311,9 @@ def test_irq_info_and_bad_set_irqs(server: str) -> None:
 def test_dma_map_rules(server: str) -> None:
     raw = Raw(server)
     raw.version()
-    fd = os.memfd_create("dma", os.MFD_CLOEXEC)
+    fd = os.memfd_create("dma", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     os.ftruncate(fd, 0x4000)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)  # or refused
     rw = P.VFIO_USER_F_DMA_REGION_READ | P.VFIO_USER_F_DMA_REGION_WRITE
     try:
         req = bytes(P.vfio_user_dma_map(32, rw, 0, 0x100000, 0x2000))
@@ -356,8 +358,11 @@ def test_qemu_version_reply_stays_within_the_clients_limits(server: str) -> None
 def test_qemu_dma_traffic_maps_without_fd_and_unmaps_ranges(server: str) -> None:
     raw = Raw(server)
     raw.version()
-    fd = os.memfd_create("guest-ram", os.MFD_CLOEXEC)
+    fd = os.memfd_create("guest-ram", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     os.ftruncate(fd, 0x100000)
+    # QEMU's memory-backend-memfd seals its RAM by default (property seal=on); the server
+    # refuses an unsealed one.
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
     rw = P.VFIO_USER_F_DMA_REGION_READ | P.VFIO_USER_F_DMA_REGION_WRITE
 
     def dma_map(iova: int, size: int, offset: int = 0, fds: tuple[int, ...] = ()) -> Message:

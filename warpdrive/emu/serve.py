@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -25,10 +26,23 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep polling doorbells this long after the last activity")
     parser.add_argument("--idle-us", type=float, metavar="US",
                         help="when idle, poll doorbells at least this often")
+    parser.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="close a connection that has not negotiated VERSION by then "
+                        "(default %(default)s)")
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # launcher handshake
     # The launcher's private directory (socket + log): if the launcher is gone when we exit
     # (killed, or it left without stopping us), nobody else will remove it.
     parser.add_argument("--private-dir", help=argparse.SUPPRESS)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Server logs (connections, refusals, model messages) as lines on stderr."""
+    root = logging.getLogger("warpdrive")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        root.addHandler(handler)
+    root.setLevel(level)
 
 
 def parse_options(pairs: list[str]) -> dict[str, str]:
@@ -60,6 +74,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"model {args.model}: {e}") from None
     from .server import VfioUserServer
 
+    configure_logging()
     launcher = os.getppid()
     try:
         server = VfioUserServer(
@@ -67,15 +82,31 @@ def run_serve(args: argparse.Namespace) -> int:
             accept_timeout=args.accept_timeout,
             spin_s=None if args.spin_us is None else args.spin_us / 1e6,
             idle_s=None if args.idle_us is None else args.idle_us / 1e6,
-            ready_fd=args.ready_fd)
+            handshake_timeout=args.handshake_timeout, ready_fd=args.ready_fd)
         server.serve_forever()
     except OSError as e:
         raise WarpdriveError(f"serving model {args.model} on {args.socket}", errno=e.errno,
                              hint=str(e.strerror or e)) from None
     finally:
-        if args.private_dir and os.getppid() != launcher:
+        if args.private_dir and _gone(launcher):
             remove_private_dir(args.private_dir)
     return 0
+
+
+_PF_EXITING = 0x4  # include/linux/sched.h: the task is in do_exit()
+
+
+def _gone(pid: int) -> bool:
+    """The process exited or is exiting (its fds close before it becomes a zombie, so seeing
+    our client's socket close can come before the zombie state)."""
+    if os.getppid() != pid:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return True
+    return fields[0] in (b"Z", b"X", b"x") or bool(int(fields[6]) & _PF_EXITING)
 
 
 PRIVATE_FILES = ("model.sock", "model.log")  # what the launcher puts in its private directory

@@ -1,248 +1,290 @@
-"""The generic vfio-user server: hosts one `DeviceModel` on a UNIX socket, one client at a time.
+"""The generic vfio-user server: hosts device models on a UNIX socket for many clients at once.
 
-The framework side of every message lives here (VERSION negotiation, DMA map table, region info
-with the sparse-mmap capability and a region fd, config space, the MSI-X table, IRQ eventfds,
-reset); the model supplies register behaviour and work (`warpdrive.emu.model`).
+The protocol's framework side lives here and in `warpdrive.emu.function` (VERSION negotiation,
+DMA map table, region info with the sparse-mmap capability and a region fd, config space, the
+MSI-X table, IRQ eventfds, reset); the model supplies register behaviour and work
+(`warpdrive.emu.model`).
+
+Two ways to serve:
+- `VfioUserServer(model, path)`: one device. One client owns it at a time (the one whose VERSION
+  was accepted); another client is told EBUSY at once. When the owner leaves, the device keeps
+  its state (spec) and the next client may take it.
+- `VfioUserServer(None, path, factory=make_model)`: every client gets its own function, made when
+  its VERSION is accepted and closed when it leaves (the broker, `warpdrive serve`).
+
+The server is a trust boundary between processes: one event loop (epoll) over non-blocking
+sockets, a state machine per connection, and nothing that waits on one client:
+- a message is read as it arrives; a client that starts one and stalls is dropped after
+  `message_timeout`, a connection that never negotiates after `handshake_timeout`;
+- replies go out through a bounded per-client queue; a client that does not read them is
+  dropped (more than `max_pending_out` bytes queued, or no progress for `message_timeout`);
+- fds a client hands over are checked before use (sealed memfds, real eventfds: see
+  `warpdrive.emu.function`), and the memory the server hands out is sealed;
+- malformed or unknown messages get error replies carrying an errno; a message whose size
+  cannot be trusted gets an error reply and the connection is closed; exceptions from a model
+  become EIO replies (with the traceback in the log); the server keeps serving the others.
 
 Poll loop. A client's store into a mapped doorbell page changes shared memory and sends nothing,
-so the server must look. After the last sign of activity (work found by `poll()`, or a message)
-it calls `model.poll()` back to back for `spin_s` seconds, checking the socket without blocking in
-between; then it sleeps in select() for at most `idle_s` between polls. Socket traffic always wakes
-it at once. Trade-off: while spinning a doorbell is seen within microseconds but the server burns
-a core; an idle server wakes 1/idle_s times a second (cheap, ~1-2 % of a core at 1 ms) and a
-doorbell rung while idle waits up to `idle_s`. Models without mmap areas are not polled at all:
-the server blocks until a message arrives. A write that arrives as a REGION_WRITE message into a
-mapped area (a client that maps nothing) is applied to the shared memory and polled at once.
+so the server must look. After the last sign of activity (work found by a model's `poll()`, or a
+message) it polls every attached function back to back for `spin_s` seconds, checking sockets
+without blocking in between; then it sets need-wakeup in each function's control page, polls once
+more (so a doorbell stored just before is not missed) and sleeps in epoll for at most `idle_s`
+between polls, or up to `idle_max_s` when every client reads the control page and so kicks the
+server after a doorbell (see `warpdrive.uapi.vfio_user`, WARPDRIVE_CTL_*). Every pass bumps each
+function's heartbeat, by which a client waiting on shared memory knows the server is alive.
+Models without mmap areas are not polled at all: the server blocks until a message arrives.
 
-Robustness: malformed or unknown messages get error replies carrying an errno; a message whose
-size cannot be trusted gets an error reply and the connection is closed; exceptions from the
-model become EIO replies (with the traceback on stderr); the server itself keeps serving.
+Access: the socket is created with `socket_mode` (0600 by default) and `socket_group`, bound and
+listening under a private name and then published with link(2), so it never appears with wider
+permissions or before it accepts. A stale socket left by a crashed server (nothing accepts on it)
+is replaced; a live one, or anything that is not a socket, is never touched. Every connection is
+checked with SO_PEERCRED against `allow` (default: our uid or root) and logged.
 """
 
 from __future__ import annotations
 
 import collections
 import errno
-import mmap
+import logging
 import os
 import select
 import signal
 import socket
-import sys
+import stat
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from .. import syscalls as sc
-from ..backends.vfiouser.wire import Channel, FrameError, Message, PeerClosed, WireTimeout
+from ..backends.vfiouser.wire import FrameError, Message, PeerClosed, sock_peer_creds
 from ..errors import InvalidArgumentError, ProtocolError
 from ..forkguard import close_fd_quietly
 from ..uapi import vfio_user as P
-from ..uapi.vfio import (
-    VFIO_DMA_UNMAP_FLAG_ALL,
-    VFIO_PCI_CONFIG_REGION_INDEX,
-    VFIO_PCI_INTX_IRQ_INDEX,
-    VFIO_PCI_MSI_IRQ_INDEX,
-    VFIO_PCI_MSIX_IRQ_INDEX,
-    VFIO_PCI_NUM_IRQS,
-    VFIO_PCI_NUM_REGIONS,
-)
-from .dma import ClientMemory, DmaFault
-from .host import DeviceHost
-from .model import DeviceModel, RegionSpec
-from .pci_config import MsixInfo, PciConfig
+from .function import Function
+from .model import DeviceModel
 
-_MESSAGE_TIMEOUT = 5.0  # a peer that starts a message must finish it within this
+log = logging.getLogger("warpdrive.emu.server")
+
+_ANC_SIZE = socket.CMSG_SPACE(P.SCM_MAX_FD * 4)
+_MSG_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0x40000000)
+_MESSAGES_PER_TURN = 32  # per client per loop pass, so one chatty client cannot starve others
+_FENCE = threading.Lock()  # see warpdrive.backends.vfiouser.client: a full memory barrier
+
+Creds = tuple[int, int, int]  # (pid, uid, gid) of a peer, from SO_PEERCRED
 
 
 class _Stop(Exception):
     """Raised by the signal handler to leave the loop."""
 
 
-class _Disconnect(Exception):
-    """Close the current connection (after an unrecoverable protocol error)."""
+class _Drop(Exception):
+    """Close this client's connection (after an unrecoverable protocol error)."""
 
 
-@dataclass
-class _Irq:
-    count: int
-    fds: list[int] = field(default_factory=list)
-    masked: list[bool] = field(default_factory=list)
-    pending: list[bool] = field(default_factory=list)
+def default_allow(creds: Creds) -> str | None:
+    """The default policy: our own uid and root may connect. Returns why not, or None."""
+    _, uid, _ = creds
+    return None if uid in (os.getuid(), 0) else f"uid {uid} is neither ours nor root"
 
-    def __post_init__(self) -> None:
-        self.fds = [-1] * self.count
-        self.masked = [False] * self.count
-        self.pending = [False] * self.count
 
-    def close_all(self) -> None:
-        for i, fd in enumerate(self.fds):
+class _Session:
+    """One client connection: non-blocking reads into a message state machine, a bounded queue
+    of replies, and the function it talks to once VERSION is accepted."""
+
+    def __init__(self, sock: socket.socket, creds: Creds, now: float) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.creds = creds
+        self.name = f"client pid {creds[0]} uid {creds[1]}"
+        self.accepted_at = now
+        self.hdr = bytearray()
+        self.header: P.vfio_user_header | None = None
+        self.payload = bytearray()
+        self.got = 0
+        self.fds: list[int] = []
+        self.msg_started: float | None = None
+        self.out: collections.deque[tuple[memoryview, list[int]]] = collections.deque()
+        self.out_bytes = 0
+        self.out_progress = now
+        self.function: Function | None = None
+        self.negotiated = False
+        self.closing = False  # close once the queued replies are out (a refused VERSION)
+        self.client_caps = P.Capabilities()
+
+    # -- receive ----------------------------------------------------------------------------
+    def read_message(self, max_size: int, now: float) -> Message | None:
+        """The next complete message if one arrived; None when the socket has no more for now.
+        Raises PeerClosed or FrameError."""
+        while True:
+            if self.header is None:
+                try:
+                    data, anc, flags, _ = self.sock.recvmsg(
+                        16 - len(self.hdr), _ANC_SIZE, _MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    return None
+                except (ConnectionResetError, OSError) as e:
+                    raise PeerClosed(str(e)) from None
+                for level, kind, cdata in anc:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        n = len(cdata) // 4
+                        self.fds.extend(int.from_bytes(cdata[4 * i:4 * i + 4], "little",
+                                                       signed=True) for i in range(n))
+                if flags & socket.MSG_CTRUNC:
+                    raise FrameError("too many file descriptors in one message (truncated)",
+                                     None, fatal=True)
+                if not data:
+                    raise PeerClosed("connection closed" + (
+                        f" after {len(self.hdr)} of 16 header bytes" if self.hdr else ""))
+                if self.msg_started is None:
+                    self.msg_started = now
+                self.hdr += data
+                if len(self.hdr) < 16:
+                    continue
+                hdr = P.vfio_user_header.from_buffer_copy(bytes(self.hdr))
+                self.hdr.clear()
+                if hdr.msg_size < P.HEADER_SIZE:
+                    self._reset()
+                    raise FrameError(f"message size {hdr.msg_size} is smaller than the 16-byte "
+                                     "header", hdr, fatal=False)
+                if hdr.msg_size > max_size:
+                    self._reset()
+                    raise FrameError(f"message size {hdr.msg_size} exceeds the limit of "
+                                     f"{max_size} bytes", hdr, fatal=True, errno_=errno.E2BIG)
+                self.header = hdr
+                self.payload = bytearray(hdr.msg_size - P.HEADER_SIZE)
+                self.got = 0
+            if self.got < len(self.payload):
+                try:
+                    k = self.sock.recv_into(memoryview(self.payload)[self.got:],
+                                            len(self.payload) - self.got, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    return None
+                except (ConnectionResetError, OSError) as e:
+                    raise PeerClosed(str(e)) from None
+                if k == 0:
+                    raise PeerClosed(f"connection closed after {self.got} of "
+                                     f"{len(self.payload)} payload bytes")
+                self.got += k
+                if self.got < len(self.payload):
+                    continue
+            hdr = self.header
+            msg = Message(hdr.msg_id, hdr.command, hdr.flags, hdr.error_no, bytes(self.payload),
+                          self.fds)
+            self.fds = []
+            self._reset()
+            return msg
+
+    def _reset(self) -> None:
+        self.header = None
+        self.payload = bytearray()
+        self.got = 0
+        self.msg_started = None
+        for fd in self.fds:  # only a dropped message leaves fds here
             close_fd_quietly(fd)
-            self.fds[i] = -1
-            self.masked[i] = False
-            self.pending[i] = False
+        self.fds = []
 
+    # -- send -------------------------------------------------------------------------------
+    def queue(self, data: bytes, fds: list[int], now: float) -> None:
+        if not self.out:
+            self.out_progress = now
+        self.out.append((memoryview(data), fds))
+        self.out_bytes += len(data)
+        self.flush(now)
 
-@dataclass
-class _Region:
-    spec: RegionSpec
-    memfd: int = -1
-    mm: mmap.mmap | None = None
-    addr: int = 0
-    special: list[tuple[int, int, str]] = field(default_factory=list)  # (start, end, kind)
+    def flush(self, now: float) -> None:
+        """Send what the socket takes now (never waits)."""
+        while self.out:
+            data, fds = self.out[0]
+            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                    b"".join(fd.to_bytes(4, "little") for fd in fds))] if fds else []
+            try:
+                n = self.sock.sendmsg([data], anc, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                raise PeerClosed(str(e)) from None
+            self.out_progress = now
+            self.out_bytes -= n
+            if n < len(data):
+                self.out[0] = (data[n:], [])  # the fds went with the first byte
+                continue
+            self.out.popleft()
 
-
-def _bad_model(model: DeviceModel, what: str) -> InvalidArgumentError:
-    """A model that describes an impossible device: the server refuses to serve it."""
-    return InvalidArgumentError(f"model {model.name}: {what}",
-                                hint="fix the model's regions(), build_config_space() or "
-                                "irq_counts()")
+    def close(self) -> None:
+        self._reset()
+        self.out.clear()
+        self.sock.close()
 
 
 class VfioUserServer:
-    """Serve `model` on `socket_path`. `serve_forever()` runs until SIGTERM/SIGINT, `stop()`, or
-    (with `exit_on_disconnect`) the first client leaving."""
+    """Serve `model` (or one model per client from `factory`) on `socket_path`. `serve_forever()`
+    runs until SIGTERM/SIGINT, `stop()`, or (with `exit_on_disconnect`) the first client that
+    had a device leaving. See the module docstring for the rest."""
 
-    def __init__(self, model: DeviceModel, socket_path: str, *, exit_on_disconnect: bool = False,
-                 accept_timeout: float | None = None, spin_s: float | None = None,
-                 idle_s: float | None = None, max_data_xfer_size: int = 1 << 20,
-                 max_msg_fds: int = 64, max_dma_maps: int = 65535,
-                 ready_fd: int | None = None) -> None:
-        self.model = model
+    def __init__(self, model: DeviceModel | None, socket_path: str, *,
+                 factory: Callable[[Creds], DeviceModel] | None = None,
+                 exit_on_disconnect: bool = False, accept_timeout: float | None = None,
+                 spin_s: float | None = None, idle_s: float | None = None,
+                 idle_max_s: float = 0.01, max_data_xfer_size: int = 1 << 20,
+                 max_msg_fds: int = 64, max_dma_maps: int = 65535, ready_fd: int | None = None,
+                 max_clients: int = 64, handshake_timeout: float = 10.0,
+                 message_timeout: float = 5.0, max_pending_out: int = 4 << 20,
+                 socket_mode: int = 0o600, socket_group: int | None = None,
+                 allow: Callable[[Creds], str | None] = default_allow,
+                 on_poll: Callable[[], bool] | None = None) -> None:
+        if (model is None) == (factory is None):
+            raise InvalidArgumentError("give the server a model (one shared device) or a "
+                                       "factory (one device per client), not both")
         self.socket_path = socket_path
+        self.factory = factory
         self.exit_on_disconnect = exit_on_disconnect
         self.accept_timeout = accept_timeout
-        self.spin_s = model.poll_spin_s if spin_s is None else spin_s
-        self.idle_s = model.poll_idle_s if idle_s is None else idle_s
+        proto = model if model is not None else None
+        self.spin_s = spin_s if spin_s is not None else (proto.poll_spin_s if proto else 0.02)
+        self.idle_s = idle_s if idle_s is not None else (proto.poll_idle_s if proto else 0.001)
+        self.idle_max_s = max(idle_max_s, self.idle_s)
         self.max_data_xfer_size = max_data_xfer_size
         self.max_msg_fds = max_msg_fds
         self.max_dma_maps = max_dma_maps
         self.ready_fd = ready_fd
-        self.stats: collections.Counter[int] = collections.Counter()
+        self.max_clients = max_clients
+        self.handshake_timeout = handshake_timeout
+        self.message_timeout = message_timeout
+        self.max_pending_out = max(max_pending_out, 2 * (max_data_xfer_size + 4096))
+        self.socket_mode = socket_mode
+        self.socket_group = socket_group
+        self.allow = allow
+        self.on_poll = on_poll
         self.messages = 0
+        self.stats: collections.Counter[int] = collections.Counter()
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)  # stop() from a thread
-        self._chan: Channel | None = None
-        self._negotiated = False
         self._listener: socket.socket | None = None
-        self._poll_errors = 0
-        self._setup_device()
+        self._sessions: dict[int, _Session] = {}
+        self._ep: Any = None
+        self._asleep = False
+        self._ever_connected = False
+        self.shared: Function | None = None
+        self._owner: _Session | None = None
+        if model is not None:
+            self.shared = self._make_function(model, model.name)
 
-    # -- device setup -----------------------------------------------------------------------
-    def _setup_device(self) -> None:
-        model = self.model
-        specs = model.regions()
-        self.regions: dict[int, _Region] = {}
-        for spec in specs:
-            if spec.index in self.regions or spec.index == VFIO_PCI_CONFIG_REGION_INDEX:
-                raise _bad_model(model, f"region {spec.index} is defined twice or clashes with "
-                                 "config space (index 7)")
-            if spec.size <= 0:
-                raise _bad_model(model, f"region {spec.index} has size {spec.size}")
-            for off, size in spec.mmap_areas:
-                if off % sc.PAGE_SIZE or size % sc.PAGE_SIZE or size <= 0 or \
-                        off + size > sc.page_align_up(spec.size):
-                    raise _bad_model(model, f"mmap area ({off:#x}, {size:#x}) of region "
-                                     f"{spec.index} is not page-aligned inside the region")
-            self.regions[spec.index] = _Region(spec)
-        bars = {s.index: (s.size, s.mem64) for s in specs if s.index < 6}
-        self.config = PciConfig(model.build_config_space(), bars)
-        self.dma = ClientMemory(self.max_dma_maps, bus_master=self._bus_master)
-        self.num_regions = max([VFIO_PCI_NUM_REGIONS, *[i + 1 for i in self.regions]])
-        counts = model.irq_counts()
-        self.num_irqs = max([VFIO_PCI_NUM_IRQS, *[i + 1 for i in counts]])
-        self.irqs = {i: _Irq(counts.get(i, 0)) for i in range(self.num_irqs)}
-        msix = self.config.msix
-        if msix is not None and counts.get(VFIO_PCI_MSIX_IRQ_INDEX, 0) != msix.vectors:
-            raise _bad_model(model, f"its MSI-X capability has {msix.vectors} vectors but "
-                             f"irq_counts() says {counts.get(VFIO_PCI_MSIX_IRQ_INDEX, 0)}")
-        self.msix_table = bytearray()
-        if msix is not None:
-            self._setup_msix(msix)
-        for r in self.regions.values():
-            for off, size in r.spec.mmap_areas:
-                r.special.append((off, off + size, "mem"))
-            r.special.sort()
-            for (_, e1, _), (s2, _, _) in zip(r.special, r.special[1:]):
-                if s2 < e1:
-                    raise _bad_model(model, f"region {r.spec.index} has overlapping mmap areas / "
-                                     "MSI-X structures")
-            if r.spec.mmap_areas:
-                length = sc.page_align_up(r.spec.size)
-                r.memfd = sc.memfd_create(f"warpdrive-{model.name}-region{r.spec.index}")
-                os.ftruncate(r.memfd, length)
-                r.mm = mmap.mmap(r.memfd, length, flags=mmap.MAP_SHARED)
-                r.addr = sc.buffer_address(r.mm)
-        self.polled = model.polled if model.polled is not None else any(
-            r.mm is not None for r in self.regions.values())
-        model.attach(_ModelHost(self))
+    def _make_function(self, model: DeviceModel, label: str) -> Function:
+        return Function(model, max_dma_maps=self.max_dma_maps,
+                        max_data_xfer_size=self.max_data_xfer_size, logger=log, label=label,
+                        idle_max_s=self.idle_max_s)
 
-    def _setup_msix(self, msix: MsixInfo) -> None:
-        for bar, off, size, kind in ((msix.table_bar, msix.table_offset, msix.table_size,
-                                      "msix_table"),
-                                     (msix.pba_bar, msix.pba_offset, msix.pba_size, "msix_pba")):
-            region = self.regions.get(bar)
-            if region is None or off + size > region.spec.size:
-                raise _bad_model(self.model, f"its MSI-X {kind[5:]} at BAR {bar} +{off:#x} lies "
-                                 "outside the BAR")
-            region.special.append((off, off + size, kind))
-        self.msix_table = bytearray(msix.table_size)
-        for v in range(msix.vectors):  # every vector starts masked
-            self.msix_table[v * 16 + 12] = 1
+    # compatibility: the single-device server's function state, for tests and tools
+    @property
+    def model(self) -> DeviceModel | None:
+        return self.shared.model if self.shared is not None else None
 
-    def _bus_master(self) -> bool:
-        return not self.model.require_bus_master or self.config.bus_master_enabled
-
-    # -- services for the model (through _ModelHost) ----------------------------------------
-    def _shared(self, index: int) -> tuple[mmap.mmap, int]:
-        r = self.regions.get(index)
-        if r is None or r.mm is None:
-            raise InvalidArgumentError(f"region {index} of model {self.model.name} has no shared "
-                                       "memory", hint="declare mmap_areas in its RegionSpec")
-        return r.mm, r.addr
-
-    def region_memory(self, index: int) -> memoryview:
-        return memoryview(self._shared(index)[0])
-
-    def region_address(self, index: int) -> int:
-        return self._shared(index)[1]
-
-    def irq_assigned(self, index: int, vector: int) -> bool:
-        irq = self.irqs.get(index)
-        return irq is not None and 0 <= vector < irq.count and irq.fds[vector] >= 0
-
-    def irq_enabled(self, index: int, vector: int) -> bool:
-        irq = self.irqs.get(index)
-        return irq is not None and 0 <= vector < irq.count and irq.fds[vector] >= 0 \
-            and not irq.masked[vector]
-
-    def raise_irq(self, index: int, vector: int) -> bool:
-        irq = self.irqs.get(index)
-        if irq is None or not 0 <= vector < irq.count or irq.fds[vector] < 0:
-            return False
-        if irq.masked[vector]:
-            irq.pending[vector] = True
-            return False
-        try:
-            os.write(irq.fds[vector], (1).to_bytes(8, "little"))
-        except OSError as e:
-            self._log(f"signalling IRQ {index} vector {vector} failed: {e}")
-            return False
-        if index == VFIO_PCI_INTX_IRQ_INDEX:
-            irq.masked[vector] = True  # INTx is automasked until the client unmasks it
-        return True
-
-    def framework_stats(self) -> dict[str, Any]:
-        return {
-            "messages": self.messages,
-            "by_command": {P.COMMAND_NAMES.get(c, str(c)): n for c, n in self.stats.items()},
-            "dma_faults": self.dma.faults,
-            "dma_maps": len(self.dma.mappings()),
-            "views_held_after_unmap": self.dma.held_after_unmap,
-        }
+    @property
+    def clients(self) -> int:
+        return len(self._sessions)
 
     # -- lifecycle --------------------------------------------------------------------------
     def stop(self) -> None:
@@ -262,7 +304,7 @@ class VfioUserServer:
                 old[signum] = signal.signal(signum, self._on_signal)
         try:
             self._listen()
-            self._accept_loop()
+            self._loop()
         except _Stop:
             pass
         finally:
@@ -276,15 +318,47 @@ class VfioUserServer:
         raise _Stop()
 
     def _listen(self) -> None:
+        path = self.socket_path
+        _clear_stale_socket(path)
+        # Bound, restricted and listening under a private name, then published with link(2),
+        # which fails if the path exists again (another server won a race): a client that sees
+        # the path can connect at once, and never finds it with wider permissions.
+        tmp = os.path.join(os.path.dirname(path) or ".", f".wd{os.getpid():x}")
+        if len(os.fsencode(tmp)) > len(os.fsencode(path)):
+            tmp = path  # a very short name: publish it directly (the name is the limit)
         lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            lst.bind(self.socket_path)
+            if tmp != path:
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+            lst.bind(tmp)
+            try:
+                os.chmod(tmp, self.socket_mode)
+                if self.socket_group is not None:
+                    os.chown(tmp, -1, self.socket_group)
+                lst.listen(64)
+                if tmp != path:
+                    os.link(tmp, path)
+            except BaseException:
+                if tmp == path:
+                    os.unlink(path)
+                raise
+            finally:
+                if tmp != path:
+                    os.unlink(tmp)
         except OSError as e:
             lst.close()
-            raise OSError(e.errno, f"cannot listen on {self.socket_path}: {e.strerror}") from None
-        os.chmod(self.socket_path, 0o600)  # the protocol has no authentication: file perms do it
-        lst.listen(4)
+            if e.errno == errno.EEXIST:
+                raise OSError(errno.EADDRINUSE, f"cannot listen on {path}: another server "
+                              "created it meanwhile") from None
+            raise OSError(e.errno or errno.ENAMETOOLONG,
+                          f"cannot listen on {path}: {e.strerror or e}") from None
+        lst.setblocking(False)
         self._listener = lst
+        log.info("listening on %s (mode %#o%s)", path, self.socket_mode,
+                 f", group {self.socket_group}" if self.socket_group is not None else "")
         if self.ready_fd is not None:
             try:
                 os.write(self.ready_fd, b"ready\n")
@@ -292,38 +366,9 @@ class VfioUserServer:
                 close_fd_quietly(self.ready_fd)
                 self.ready_fd = None
 
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
-        first = True
-        while not self._stop.is_set():
-            timeout = self.accept_timeout if first else None
-            r, _, _ = select.select([self._listener.fileno(), self._wake_r], [], [], timeout)
-            if self._stop.is_set():
-                return
-            if not r:
-                self._log(f"no client connected within {timeout} s; exiting")
-                return
-            conn, _ = self._listener.accept()
-            first = False
-            if not self._peer_allowed(conn):
-                conn.close()
-                continue
-            self._serve_connection(conn)
-            if self.exit_on_disconnect:
-                return
-
-    def _peer_allowed(self, conn: socket.socket) -> bool:
-        from ..backends.vfiouser.wire import sock_peer_creds
-
-        pid, uid, _ = sock_peer_creds(conn)
-        if uid not in (os.getuid(), 0):
-            self._log(f"refusing client pid {pid}: uid {uid} is not ours")
-            return False
-        return True
-
     def _shutdown(self) -> None:
-        if self._chan is not None:
-            self._disconnect()
+        for s in list(self._sessions.values()):
+            self._drop(s, "the server is stopping", quiet=True)
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -331,161 +376,292 @@ class VfioUserServer:
                 os.unlink(self.socket_path)
             except OSError:
                 pass
-        try:
-            self.model.close()
-        except Exception:
-            self._log("model close() failed:\n" + traceback.format_exc())
-        for r in self.regions.values():
-            if r.mm is not None:
-                try:
-                    r.mm.close()
-                except BufferError:
-                    pass  # the model still exports a view; the process is ending anyway
-            close_fd_quietly(r.memfd)
-            r.memfd = -1
+        if self.shared is not None:
+            self.shared.close()
+        if self._ep is not None:
+            self._ep.close()
+            self._ep = None
         wake = (self._wake_r, self._wake_w)
         self._wake_r = self._wake_w = -1
         for fd in wake:
             close_fd_quietly(fd)
 
-    # -- one connection ---------------------------------------------------------------------
-    def _serve_connection(self, conn: socket.socket) -> None:
-        self._chan = Channel(conn, max_msg_size=self.max_data_xfer_size + 4096)
-        chan_fd = self._chan.fileno()
-        self._negotiated = False
-        last_activity = time.monotonic()
-        try:
-            while not self._stop.is_set():
-                if self.polled:
-                    if self._poll_model():
-                        last_activity = time.monotonic()
-                    spinning = time.monotonic() - last_activity < self.spin_s
-                    timeout: float | None = 0.0 if spinning else self.idle_s
-                else:
-                    timeout = None
-                r, _, _ = select.select([chan_fd, self._wake_r], [], [], timeout)
-                if chan_fd in r:
-                    self._handle_one()
-                    last_activity = time.monotonic()
-                    if self.dma.held_after_unmap:
-                        self.dma.reap()
-        except (PeerClosed, _Disconnect):
+    # -- the loop ---------------------------------------------------------------------------
+    def _functions(self) -> list[Function]:
+        return [s.function for s in self._sessions.values() if s.function is not None]
+
+    def _poll(self) -> bool:
+        worked = False
+        for fn in self._functions():
+            fn.heartbeat()
+            if fn.polled and fn.poll():
+                worked = True
+        if self.on_poll is not None and self.on_poll():
+            worked = True
+        return worked
+
+    def _loop(self) -> None:
+        assert self._listener is not None
+        ep = self._ep = select.epoll()
+        ep.register(self._listener.fileno(), select.EPOLLIN)
+        ep.register(self._wake_r, select.EPOLLIN)
+        started = last_activity = time.monotonic()
+        while not self._stop.is_set():
+            fns = self._functions()
+            polled = any(fn.polled for fn in fns) or self.on_poll is not None
+            if polled and self._poll():
+                last_activity = time.monotonic()
+                self._wake_up(fns)
+            now = time.monotonic()
+            timeout: float | None
+            if polled and now - last_activity < self.spin_s:
+                timeout = 0.0
+            elif polled:
+                if not self._asleep and self._fall_asleep(fns):
+                    last_activity = now
+                    continue
+                aware = all(fn.control_aware for fn in fns if fn.polled)
+                timeout = self.idle_max_s if aware and self._asleep else self.idle_s
+            else:
+                timeout = None
+            deadline = self._next_deadline(started)
+            if deadline is not None:
+                left = max(0.0, deadline - now)
+                timeout = left if timeout is None else min(timeout, left)
+            events = ep.poll(-1 if timeout is None else timeout)
+            now = time.monotonic()
+            if events:
+                for fd, ev in events:
+                    if fd == self._wake_r:
+                        try:
+                            os.read(self._wake_r, 64)
+                        except OSError:
+                            pass
+                    elif self._listener is not None and fd == self._listener.fileno():
+                        self._accept(now)
+                    else:
+                        s = self._sessions.get(fd)
+                        if s is not None and self._service(s, ev, now):
+                            last_activity = now
+                            self._wake_up(self._functions())
+                if self._stop.is_set():
+                    return
+            self._check_deadlines(now, started)
+
+    def _fall_asleep(self, fns: list[Function]) -> bool:
+        """Tell clients we stop polling, then look once more: True if there was work after all
+        (a doorbell stored before the client could see the flag)."""
+        for fn in fns:
+            fn.set_need_wakeup(True)
+        with _FENCE:
             pass
-        finally:
-            self._disconnect()
+        self._asleep = True
+        if self._poll():
+            self._wake_up(fns)
+            return True
+        return False
 
-    def _disconnect(self) -> None:
-        """Client gone: drop its memory and eventfds; the device state is kept (spec)."""
-        model = self.model
-        for iova, size, _, _ in self.dma.mappings():
-            self._call_model(model.on_dma_unmap, iova, size)
-        self.dma.clear()
-        for index, irq in self.irqs.items():
-            irq.close_all()
-            self._mirror_irq_enable(index)
-        if self._chan is not None:
-            self._chan.close()
-            self._chan = None
+    def _wake_up(self, fns: list[Function]) -> None:
+        if self._asleep:
+            self._asleep = False
+            for fn in fns:
+                fn.set_need_wakeup(False)
 
-    def _poll_model(self) -> bool:
+    def _next_deadline(self, started: float) -> float | None:
+        times: list[float] = []
+        if self.accept_timeout is not None and not self._ever_connected:
+            times.append(started + self.accept_timeout)
+        for s in self._sessions.values():
+            if not s.negotiated:
+                times.append(s.accepted_at + self.handshake_timeout)
+            if s.msg_started is not None:
+                times.append(s.msg_started + self.message_timeout)
+            if s.out:
+                times.append(s.out_progress + self.message_timeout)
+        return min(times) if times else None
+
+    def _check_deadlines(self, now: float, started: float) -> None:
+        if self.accept_timeout is not None and not self._ever_connected and \
+                now - started >= self.accept_timeout:
+            log.info("no client connected within %s s; exiting", self.accept_timeout)
+            self._stop.set()
+            return
+        for s in list(self._sessions.values()):
+            if s.out and now - s.out_progress >= self.message_timeout:
+                self._drop(s, f"it is not reading its replies ({s.out_bytes} bytes waiting for "
+                           f"{self.message_timeout} s)")
+            elif s.msg_started is not None and now - s.msg_started >= self.message_timeout:
+                self._drop(s, "it started a message and did not finish it within "
+                           f"{self.message_timeout} s")
+            elif not s.negotiated and now - s.accepted_at >= self.handshake_timeout:
+                self._drop(s, f"it did not negotiate VERSION within {self.handshake_timeout} s")
+
+    # -- connections ------------------------------------------------------------------------
+    def _accept(self, now: float) -> None:
+        assert self._listener is not None
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE and friends: leave it queued, say why
+                log.warning("accept on %s failed: %s", self.socket_path, e)
+                return
+            try:
+                creds = sock_peer_creds(conn)
+            except OSError:
+                conn.close()
+                continue
+            pid, uid, gid = creds
+            why = self.allow(creds)
+            if why is None and len(self._sessions) >= self.max_clients:
+                why = f"the server already has {self.max_clients} clients"
+            if why is not None:
+                log.warning("refusing client pid %d uid %d gid %d: %s", pid, uid, gid, why)
+                conn.close()
+                continue
+            self._ever_connected = True
+            s = _Session(conn, creds, now)
+            self._sessions[s.fd] = s
+            assert self._ep is not None
+            self._ep.register(s.fd, select.EPOLLIN)
+            log.info("accepted client pid %d uid %d gid %d", pid, uid, gid)
+
+    def _drop(self, s: _Session, reason: str, quiet: bool = False) -> None:
+        if self._sessions.pop(s.fd, None) is None:
+            return
+        if not quiet:
+            log.info("closing the connection of %s: %s", s.name, reason)
+        if self._ep is not None:
+            try:
+                self._ep.unregister(s.fd)
+            except OSError:
+                pass
+        s.close()
+        fn, s.function = s.function, None
+        if fn is not None:
+            if fn is self.shared:
+                fn.detach_client()
+                self._owner = None
+            else:
+                fn.close()
+            if self.exit_on_disconnect:
+                self._stop.set()
+
+    def _service(self, s: _Session, ev: int, now: float) -> bool:
+        """Handle what epoll reported for one client; True if a message was handled."""
+        handled = False
         try:
-            return bool(self.model.poll())
-        except DmaFault as e:
-            self._poll_error(f"unhandled DMA fault in poll(): {e}")
-        except Exception:
-            self._poll_error("poll() raised:\n" + traceback.format_exc())
-        return False  # a failing poll() is not work: do not keep a core spinning on it
+            if ev & select.EPOLLOUT:
+                s.flush(now)
+            if ev & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+                for _ in range(_MESSAGES_PER_TURN):
+                    if s.closing:
+                        break
+                    try:
+                        msg = s.read_message(self.max_data_xfer_size + 4096, now)
+                    except FrameError as e:
+                        self._frame_error(s, e, now)
+                        continue
+                    if msg is None:
+                        break
+                    handled = True
+                    self._handle(s, msg, now)
+        except PeerClosed as e:
+            self._drop(s, f"{e}")
+            return handled
+        except _Drop as e:
+            self._drop(s, str(e))
+            return handled
+        if s.closing and not s.out:
+            self._drop(s, "its VERSION was refused")
+        elif s.out_bytes > self.max_pending_out:
+            self._drop(s, f"it is not reading its replies ({s.out_bytes} bytes waiting)")
+        elif self._ep is not None and s.fd in self._sessions:
+            self._ep.modify(s.fd, select.EPOLLIN | (select.EPOLLOUT if s.out else 0))
+        return handled
 
-    def _poll_error(self, text: str) -> None:
-        self._poll_errors += 1
-        if self._poll_errors <= 10 or self._poll_errors % 1000 == 0:
-            self._log(f"{text} (error #{self._poll_errors})")
-
-    def _call_model(self, fn: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except Exception:
-            self._log(f"{getattr(fn, '__name__', fn)}() raised:\n" + traceback.format_exc())
-            return None
-
-    def _log(self, msg: str) -> None:
-        print(f"[vfio-user {self.model.name}] {msg}", file=sys.stderr, flush=True)
+    def _frame_error(self, s: _Session, e: FrameError, now: float) -> None:
+        self.messages += 1
+        log.warning("bad message from %s: %s", s.name, e.reason)
+        if e.header is not None and not (e.header.flags & P.VFIO_USER_F_NO_REPLY):
+            self._reply_error(s, e.header.msg_id, e.header.command, e.errno, now)
+        if e.fatal:
+            raise _Drop(f"malformed message ({e.reason})")
 
     # -- messages ---------------------------------------------------------------------------
-    def _handle_one(self) -> None:
-        chan = self._chan
-        assert chan is not None
-        try:
-            msg = chan.recv(deadline=time.monotonic() + _MESSAGE_TIMEOUT)
-        except FrameError as e:
-            self.messages += 1
-            self._log(f"bad message: {e.reason}")
-            if e.header is not None and not (e.header.flags & P.VFIO_USER_F_NO_REPLY):
-                self._send_error(e.header.msg_id, e.header.command, e.errno)
-            if e.fatal:
-                raise _Disconnect() from None
-            return
-        except WireTimeout:
-            self._log("client started a message and did not finish it within "
-                      f"{_MESSAGE_TIMEOUT} s; closing the connection")
-            raise _Disconnect() from None
+    def _handle(self, s: _Session, msg: Message, now: float) -> None:
         self.messages += 1
         self.stats[msg.command] += 1
+        fn = s.function
+        if fn is not None:
+            fn.messages += 1
+            fn.by_command[msg.command] += 1
+            if fn.polled:
+                # Doorbells the client stored before it sent this message take effect first,
+                # as a PCI read or write is ordered after the posted writes before it.
+                fn.poll()
         try:
-            self._dispatch(msg)
+            self._dispatch(s, msg, now)
         finally:
             msg.close_fds()
+        if fn is not None:
+            fn.after_message()
+            if fn.kicked:
+                fn.kicked = False
+                if fn.polled:
+                    fn.poll()  # a doorbell that came as a message: act on it now
 
-    def _dispatch(self, msg: Message) -> None:
+    def _dispatch(self, s: _Session, msg: Message, now: float) -> None:
         if not msg.is_command:
-            self._log(f"ignoring a {'reply' if msg.is_reply else f'type-{msg.type}'} message "
-                      f"(id {msg.msg_id}, {P.command_name(msg.command)}): this server sends no "
-                      "commands")
+            log.info("ignoring a %s message (id %d, %s) from %s: this server sends no commands",
+                     "reply" if msg.is_reply else f"type-{msg.type}", msg.msg_id,
+                     P.command_name(msg.command), s.name)
             return
-        handler = self._HANDLERS.get(msg.command)
+        name = P.command_name(msg.command)
         try:
-            if handler is None:
-                known = msg.command in P.COMMAND_NAMES
-                raise OSError(errno.ENOTSUP if known else errno.ENOSYS,
-                              f"{P.command_name(msg.command)} is not "
-                              f"{'supported by this server' if known else 'a vfio-user command'}")
-            if not self._negotiated and msg.command != P.VFIO_USER_VERSION:
-                raise OSError(errno.EINVAL, "the first message must be VFIO_USER_VERSION")
-            payload, fds = handler(self, msg)
+            if msg.command == P.VFIO_USER_VERSION:
+                payload, fds = self._version(s, msg)
+            else:
+                handler = Function.HANDLERS.get(msg.command)
+                if handler is None:
+                    known = msg.command in P.COMMAND_NAMES
+                    what = "supported by this server" if known else "a vfio-user command"
+                    raise OSError(errno.ENOTSUP if known else errno.ENOSYS,
+                                  f"{name} is not {what}")
+                if s.function is None:
+                    raise OSError(errno.EINVAL, "the first message must be VFIO_USER_VERSION")
+                payload, fds = handler(s.function, msg)
         except OSError as e:
             msg.close_fds()  # before replying: the client may check that nothing is left open
             err = e.errno or errno.EIO
-            self._log(f"{P.command_name(msg.command)} (id {msg.msg_id}) failed: "
-                      f"{e.strerror or e}" + (" [posted: no reply]" if msg.no_reply else ""))
+            log.warning("%s (id %d) from %s failed: %s%s", name, msg.msg_id, s.name,
+                        e.strerror or e, " [posted: no reply]" if msg.no_reply else "")
             if not msg.no_reply:
-                self._send_error(msg.msg_id, msg.command, err)
-            if msg.command == P.VFIO_USER_VERSION and not self._negotiated:
-                raise _Disconnect() from None  # spec: close if the version is unacceptable
+                self._reply_error(s, msg.msg_id, msg.command, err, now)
+            if msg.command == P.VFIO_USER_VERSION and s.function is None:
+                s.closing = True  # spec: close if the version is unacceptable
             return
         except Exception:
             msg.close_fds()
-            self._log(f"{P.command_name(msg.command)} (id {msg.msg_id}) crashed:\n"
-                      + traceback.format_exc())
+            log.warning("%s (id %d) from %s crashed:\n%s", name, msg.msg_id, s.name,
+                        traceback.format_exc().rstrip())
             if not msg.no_reply:
-                self._send_error(msg.msg_id, msg.command, errno.EIO)
+                self._reply_error(s, msg.msg_id, msg.command, errno.EIO, now)
             return
         msg.close_fds()  # fds a handler did not keep are ours to close, before the reply
         if not msg.no_reply:
-            assert self._chan is not None
-            self._chan.send(msg.msg_id, msg.command, P.VFIO_USER_F_TYPE_REPLY, payload, fds,
-                            deadline=time.monotonic() + _MESSAGE_TIMEOUT)
+            s.queue(bytes(P.vfio_user_header(msg.msg_id, msg.command,
+                                             P.HEADER_SIZE + len(payload),
+                                             P.VFIO_USER_F_TYPE_REPLY, 0)) + payload, fds, now)
 
-    def _send_error(self, msg_id: int, command: int, err: int) -> None:
-        assert self._chan is not None
-        try:
-            self._chan.send(msg_id, command, P.VFIO_USER_F_TYPE_REPLY | P.VFIO_USER_F_ERROR,
-                            error_no=err, deadline=time.monotonic() + _MESSAGE_TIMEOUT)
-        except WireTimeout:
-            raise _Disconnect() from None
+    def _reply_error(self, s: _Session, msg_id: int, command: int, err: int, now: float) -> None:
+        s.queue(bytes(P.vfio_user_header(msg_id, command, P.HEADER_SIZE,
+                                         P.VFIO_USER_F_TYPE_REPLY | P.VFIO_USER_F_ERROR, err)),
+                [], now)
 
-    # -- handlers: each returns (reply payload, fds) or raises OSError(errno, text) ----------
-    def _version(self, msg: Message) -> tuple[bytes, list[int]]:
-        if self._negotiated:
+    def _version(self, s: _Session, msg: Message) -> tuple[bytes, list[int]]:
+        if s.negotiated:
             raise OSError(errno.EINVAL, "VERSION was already negotiated on this connection")
         try:
             major, minor, caps = P.unpack_version(msg.payload)
@@ -494,7 +670,6 @@ class VfioUserServer:
         if major != P.VFIO_USER_MAJOR:
             raise OSError(errno.ENOTSUP, f"client proposes protocol {major}.{minor}; this server "
                           f"speaks {P.VFIO_USER_MAJOR}.{P.VFIO_USER_MINOR}")
-        self.client_caps = caps
         # The reply's capabilities must be a subset of those proposed, and its limits no larger
         # than the client's (QEMU refuses a max_msg_fds above the 16 it offers as "malformed",
         # and a max_dma_maps above its 65535).
@@ -508,356 +683,57 @@ class VfioUserServer:
                                                        self.max_data_xfer_size),
                               max_dma_maps=limit("max_dma_maps", self.max_dma_maps),
                               pgsizes=sc.PAGE_SIZE)
-        reply = P.pack_version(P.VFIO_USER_MAJOR, min(minor, P.VFIO_USER_MINOR),
-                               ours if proposed else None, keys=proposed)
-        self._negotiated = True
-        return reply, []
+        s.function = self._function_for(s)
+        if caps.extra.get(P.WARPDRIVE_CTL_CAPABILITY) is True and s.function.control_index >= 0:
+            ours.extra[P.WARPDRIVE_CTL_CAPABILITY] = True
+            s.function.control_visible = True
+        s.client_caps = caps
+        s.negotiated = True
+        return P.pack_version(P.VFIO_USER_MAJOR, min(minor, P.VFIO_USER_MINOR),
+                              ours if proposed else None, keys=proposed), []
 
-    def _device_get_info(self, msg: Message) -> tuple[bytes, list[int]]:
-        req = self._unpack(P.vfio_user_device_info, msg)
-        if req.argsz < 16:
-            raise OSError(errno.EINVAL, f"argsz {req.argsz} is below the 16-byte reply")
-        info = P.vfio_user_device_info(16, P.VFIO_DEVICE_FLAGS_RESET | P.VFIO_DEVICE_FLAGS_PCI,
-                                       self.num_regions, self.num_irqs)
-        return bytes(info), []
-
-    def _region_spec_info(self, index: int) -> tuple[int, int, tuple[tuple[int, int], ...], int]:
-        """(flags, size, sparse areas, fd) of region `index`."""
-        if index == VFIO_PCI_CONFIG_REGION_INDEX:
-            return (P.VFIO_REGION_INFO_FLAG_READ | P.VFIO_REGION_INFO_FLAG_WRITE,
-                    self.config.size, (), -1)
-        r = self.regions.get(index)
-        if r is None:
-            return 0, 0, (), -1
-        flags = (P.VFIO_REGION_INFO_FLAG_READ if r.spec.readable else 0) | \
-            (P.VFIO_REGION_INFO_FLAG_WRITE if r.spec.writable else 0)
-        if r.mm is not None:
-            flags |= P.VFIO_REGION_INFO_FLAG_MMAP
-        return flags, r.spec.size, r.spec.mmap_areas, r.memfd
-
-    def _device_get_region_info(self, msg: Message) -> tuple[bytes, list[int]]:
-        req = self._unpack(P.vfio_region_info, msg)
-        if req.index >= self.num_regions:
-            raise OSError(errno.EINVAL, f"region {req.index} does not exist "
-                          f"(the device has {self.num_regions})")
-        if req.argsz < 32:
-            raise OSError(errno.EINVAL, f"argsz {req.argsz} is below the 32-byte reply")
-        flags, size, areas, fd = self._region_spec_info(req.index)
-        caps = b""
-        if areas:
-            cap = P.vfio_region_info_cap_sparse_mmap()
-            cap.header.id = P.VFIO_REGION_INFO_CAP_SPARSE_MMAP
-            cap.header.version = 1
-            cap.header.next = 0
-            cap.nr_areas = len(areas)
-            caps = bytes(cap) + b"".join(
-                bytes(P.vfio_region_sparse_mmap_area(off, sz)) for off, sz in areas)
-        info = P.vfio_region_info(argsz=32 + len(caps), flags=flags, index=req.index,
-                                  cap_offset=0, size=size, offset=0)
-        if caps and req.argsz >= info.argsz:
-            info.flags |= P.VFIO_REGION_INFO_FLAG_CAPS
-            info.cap_offset = 32
-            payload = bytes(info) + caps
-        else:
-            # argsz says how much to ask for next time. No CAPS flag without the caps: the
-            # kernel sets it with cap_offset 0, but QEMU's vfio-user client rejects a CAPS flag
-            # whose cap_offset lies outside the reply before it would retry.
-            payload = bytes(info)
-        return payload, ([fd] if fd >= 0 else [])
-
-    def _device_get_irq_info(self, msg: Message) -> tuple[bytes, list[int]]:
-        req = self._unpack(P.vfio_irq_info, msg)
-        if req.index >= self.num_irqs:
-            raise OSError(errno.EINVAL, f"IRQ index {req.index} does not exist")
-        if req.argsz < 16:
-            raise OSError(errno.EINVAL, f"argsz {req.argsz} is below the 16-byte reply")
-        flags = P.VFIO_IRQ_INFO_EVENTFD
-        if req.index == VFIO_PCI_INTX_IRQ_INDEX:
-            flags |= P.VFIO_IRQ_INFO_MASKABLE | P.VFIO_IRQ_INFO_AUTOMASKED
-        elif req.index in (VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX):
-            flags |= P.VFIO_IRQ_INFO_NORESIZE
-        info = P.vfio_irq_info(16, flags, req.index, self.irqs[req.index].count)
-        return bytes(info), []
-
-    def _device_set_irqs(self, msg: Message) -> tuple[bytes, list[int]]:
-        req = self._unpack(P.vfio_irq_set, msg)
-        data = msg.payload[20:]
-        dtype = req.flags & P.VFIO_IRQ_SET_DATA_TYPE_MASK
-        action = req.flags & P.VFIO_IRQ_SET_ACTION_TYPE_MASK
-        if req.flags & ~(P.VFIO_IRQ_SET_DATA_TYPE_MASK | P.VFIO_IRQ_SET_ACTION_TYPE_MASK):
-            raise OSError(errno.EINVAL, f"unknown SET_IRQS flags {req.flags:#x}")
-        if dtype.bit_count() != 1 or action.bit_count() != 1:
-            raise OSError(errno.EINVAL, "SET_IRQS needs exactly one DATA and one ACTION flag")
-        if req.index >= self.num_irqs:
-            raise OSError(errno.EINVAL, f"IRQ index {req.index} does not exist")
-        irq = self.irqs[req.index]
-        fds = msg.fds
-        if dtype != P.VFIO_IRQ_SET_DATA_EVENTFD and fds:
-            raise OSError(errno.EINVAL, "file descriptors sent without DATA_EVENTFD")
-        if req.count == 0:
-            if dtype != P.VFIO_IRQ_SET_DATA_NONE or action != P.VFIO_IRQ_SET_ACTION_TRIGGER:
-                raise OSError(errno.EINVAL, "count 0 is only valid as DATA_NONE|ACTION_TRIGGER "
-                              "(disable the index)")
-            irq.close_all()
-            self._mirror_irq_enable(req.index)
-            return b"", []
-        if req.start + req.count > irq.count:
-            raise OSError(errno.EINVAL, f"vectors {req.start}..{req.start + req.count - 1} of IRQ "
-                          f"index {req.index}: the device has {irq.count}")
-        vectors = range(req.start, req.start + req.count)
-        if dtype == P.VFIO_IRQ_SET_DATA_BOOL:
-            if len(data) < req.count:
-                raise OSError(errno.EINVAL, f"DATA_BOOL needs {req.count} bytes, got {len(data)}")
-            chosen = [v for i, v in enumerate(vectors) if data[i]]
-        else:
-            chosen = list(vectors)
-        if action == P.VFIO_IRQ_SET_ACTION_TRIGGER:
-            if dtype == P.VFIO_IRQ_SET_DATA_EVENTFD:
-                if fds and len(fds) != req.count:
-                    raise OSError(errno.EINVAL, f"{len(fds)} eventfds for {req.count} vectors")
-                new = msg.take_fds()
-                for i, v in enumerate(vectors):
-                    close_fd_quietly(irq.fds[v])
-                    irq.fds[v] = new[i] if new else -1
-                    irq.pending[v] = False
-                self._mirror_irq_enable(req.index)
-            else:
-                for v in chosen:
-                    self.raise_irq(req.index, v)
-            return b"", []
-        if dtype == P.VFIO_IRQ_SET_DATA_EVENTFD:
-            raise OSError(errno.ENOTSUP, "mask/unmask notification eventfds are not supported")
-        if req.index != VFIO_PCI_INTX_IRQ_INDEX:
-            raise OSError(errno.EINVAL, f"IRQ index {req.index} is not maskable")
-        for v in chosen:
-            if action == P.VFIO_IRQ_SET_ACTION_MASK:
-                irq.masked[v] = True
-            else:
-                irq.masked[v] = False
-                if irq.pending[v]:
-                    irq.pending[v] = False
-                    self.raise_irq(req.index, v)
-        return b"", []
-
-    def _mirror_irq_enable(self, index: int) -> None:
-        irq = self.irqs.get(index)
-        if irq is None:
-            return
-        active = [fd for fd in irq.fds if fd >= 0]
-        if index == VFIO_PCI_MSI_IRQ_INDEX:
-            self.config.set_msi_enabled(bool(active), len(irq.fds) if active else 0)
-        elif index == VFIO_PCI_MSIX_IRQ_INDEX:
-            self.config.set_msix_enabled(bool(active))
-
-    def _check_access(self, index: int, offset: int, count: int, write: bool) -> None:
-        if count == 0 or count > self.max_data_xfer_size:
-            raise OSError(errno.EINVAL, f"access of {count} bytes (1..{self.max_data_xfer_size})")
-        flags, size, _, _ = self._region_spec_info(index) if index < self.num_regions \
-            else (0, 0, (), -1)
-        if size == 0:
-            raise OSError(errno.EINVAL, f"region {index} does not exist")
-        if offset + count > size:
-            raise OSError(errno.EINVAL, f"access of {count} bytes at {offset:#x} is outside "
-                          f"region {index} (size {size:#x})")
-        need = P.VFIO_REGION_INFO_FLAG_WRITE if write else P.VFIO_REGION_INFO_FLAG_READ
-        if not flags & need:
-            raise OSError(errno.EINVAL, f"region {index} is not "
-                          f"{'writable' if write else 'readable'}")
-
-    def _pieces(self, index: int, offset: int, count: int) -> list[tuple[int, int, str]]:
-        """Split an access into (offset, length, kind) by mmap areas and MSI-X structures."""
-        r = self.regions.get(index)
-        special = r.special if r is not None else []
-        out = []
-        pos, end = offset, offset + count
-        while pos < end:
-            kind, stop = "model", end
-            for s, e, k in special:
-                if s <= pos < e:
-                    kind, stop = k, min(e, end)
-                    break
-                if pos < s < stop:
-                    stop = s
-            out.append((pos, stop - pos, kind))
-            pos = stop
-        return out
-
-    def _region_read(self, msg: Message) -> tuple[bytes, list[int]]:
-        req = self._unpack(P.vfio_user_region_access, msg)
-        self._check_access(req.region, req.offset, req.count, write=False)
-        if req.region == VFIO_PCI_CONFIG_REGION_INDEX:
-            data = self.model.config_read(req.offset, req.count)
-        else:
-            data = b"".join(self._read_piece(req.region, off, n, kind)
-                            for off, n, kind in self._pieces(req.region, req.offset, req.count))
-        if len(data) != req.count:
-            raise OSError(errno.EIO, f"model returned {len(data)} bytes for a {req.count}-byte "
-                          "read")
-        return bytes(P.vfio_user_region_access(req.offset, req.region, req.count)) + data, []
-
-    def _read_piece(self, index: int, off: int, n: int, kind: str) -> bytes:
-        if kind == "mem":
-            mm = self.regions[index].mm
-            assert mm is not None
-            return mm[off:off + n]
-        if kind == "msix_table":
-            assert self.config.msix is not None
-            base = off - self.config.msix.table_offset
-            return bytes(self.msix_table[base:base + n])
-        if kind == "msix_pba":
-            return self._pba_bytes(off, n)
-        return bytes(self.model.region_read(index, off, n))
-
-    def _pba_bytes(self, off: int, n: int) -> bytes:
-        msix = self.config.msix
-        assert msix is not None
-        bits = 0
-        for v, pending in enumerate(self.irqs[VFIO_PCI_MSIX_IRQ_INDEX].pending):
-            bits |= int(pending) << v
-        raw = bits.to_bytes(msix.pba_size, "little")
-        base = off - msix.pba_offset
-        return raw[base:base + n]
-
-    def _region_write(self, msg: Message) -> tuple[bytes, list[int]]:
-        req = self._unpack(P.vfio_user_region_access, msg)
-        data = msg.payload[16:]
-        if len(data) != req.count:
-            raise OSError(errno.EINVAL, f"REGION_WRITE carries {len(data)} data bytes but count "
-                          f"is {req.count}")
-        self._check_access(req.region, req.offset, req.count, write=True)
-        if req.region == VFIO_PCI_CONFIG_REGION_INDEX:
-            self.model.config_write(req.offset, bytes(data))
-        else:
-            touched_memory = False
-            pos = 0
-            for off, n, kind in self._pieces(req.region, req.offset, req.count):
-                chunk = bytes(data[pos:pos + n])
-                pos += n
-                if kind == "mem":
-                    mm = self.regions[req.region].mm
-                    assert mm is not None
-                    mm[off:off + n] = chunk
-                    touched_memory = True
-                elif kind == "msix_table":
-                    assert self.config.msix is not None
-                    base = off - self.config.msix.table_offset
-                    self.msix_table[base:base + n] = chunk
-                elif kind == "msix_pba":
-                    pass  # read-only
-                else:
-                    self.model.region_write(req.region, off, chunk)
-            if touched_memory and self.polled:
-                self._poll_model()  # a doorbell that came as a message: act on it now
-        return bytes(P.vfio_user_region_access(req.offset, req.region, req.count)), []
-
-    def _dma_map(self, msg: Message) -> tuple[bytes, list[int]]:
-        req = self._unpack(P.vfio_user_dma_map, msg)
-        if req.flags & ~(P.VFIO_USER_F_DMA_REGION_READ | P.VFIO_USER_F_DMA_REGION_WRITE):
-            raise OSError(errno.EINVAL, f"unknown DMA_MAP flags {req.flags:#x}")
-        if len(msg.fds) > 1:
-            raise OSError(errno.EINVAL, f"DMA_MAP carries {len(msg.fds)} file descriptors; at "
-                          "most one")
-        # Without an fd (QEMU's ROM, BIOS and BAR ranges) the range is recorded but the model
-        # cannot reach it: DMA_READ/DMA_WRITE are not implemented.
-        self.dma.add(req.addr, req.size, msg.fds[0] if msg.fds else None, req.offset,
-                           bool(req.flags & P.VFIO_USER_F_DMA_REGION_READ),
-                           bool(req.flags & P.VFIO_USER_F_DMA_REGION_WRITE))
-        return b"", []  # the fd is closed by the caller: the mmap keeps the memory
-
-    def _dma_unmap(self, msg: Message) -> tuple[bytes, list[int]]:
-        req = self._unpack(P.vfio_user_dma_unmap, msg)
-        dma = self.dma
-        # As the kernel's type1: FLAG_ALL (with IOVA 0, size 0) drops every map; a range drops
-        # every map inside it (QEMU unmaps whole sections and vIOMMU invalidations at once),
-        # succeeds when it covers none and fails with EINVAL when it would split one.
-        if req.flags == VFIO_DMA_UNMAP_FLAG_ALL:
-            if req.addr or req.size:
-                raise OSError(errno.EINVAL, "DMA_UNMAP with FLAG_ALL needs IOVA 0 and size 0")
-            regions = dma.covered(0, 1 << 64)
-        elif req.flags:
-            raise OSError(errno.ENOTSUP, f"DMA_UNMAP flags {req.flags:#x} (dirty bitmaps) are not "
-                          "supported")
-        else:
-            regions = dma.covered(req.addr, req.size)
-        held = dma.held_after_unmap
-        for r in regions:
-            self._call_model(self.model.on_dma_unmap, r.iova, r.size)
-        dma.remove(regions)
-        if dma.held_after_unmap > held:
-            self._log(f"model still holds a view of IOVA {req.addr:#x}+{req.size:#x} after "
-                      "DMA_UNMAP: access revoked (it now sees zero pages)")
-        return bytes(P.vfio_user_dma_unmap(24, req.flags, req.addr, req.size)), []
-
-    def _device_reset(self, msg: Message) -> tuple[bytes, list[int]]:
-        self.config.reset()
-        for index, irq in self.irqs.items():
-            irq.masked = [False] * irq.count
-            irq.pending = [False] * irq.count
-            self._mirror_irq_enable(index)
-        if self.config.msix is not None:
-            self._setup_msix_table_only()
-        for r in self.regions.values():
-            if r.mm is not None:
-                r.mm[:] = bytes(len(r.mm))
-        self.model.reset()
-        return b"", []
-
-    def _setup_msix_table_only(self) -> None:
-        for i in range(len(self.msix_table)):
-            self.msix_table[i] = 1 if i % 16 == 12 else 0
-
-    @staticmethod
-    def _unpack(cls: type[Any], msg: Message) -> Any:
+    def _function_for(self, s: _Session) -> Function:
+        if self.shared is not None:
+            if self._owner is not None:
+                raise OSError(errno.EBUSY, f"the device is busy: {self._owner.name} has it")
+            self._owner = s
+            return self.shared
+        assert self.factory is not None
         try:
-            return P.unpack(cls, msg.payload, P.command_name(msg.command))
-        except ProtocolError as e:
-            raise OSError(errno.EINVAL, e.what) from None
-
-    _HANDLERS: dict[int, Callable[[VfioUserServer, Message], tuple[bytes, list[int]]]] = {
-        P.VFIO_USER_VERSION: _version,
-        P.VFIO_USER_DMA_MAP: _dma_map,
-        P.VFIO_USER_DMA_UNMAP: _dma_unmap,
-        P.VFIO_USER_DEVICE_GET_INFO: _device_get_info,
-        P.VFIO_USER_DEVICE_GET_REGION_INFO: _device_get_region_info,
-        P.VFIO_USER_DEVICE_GET_IRQ_INFO: _device_get_irq_info,
-        P.VFIO_USER_DEVICE_SET_IRQS: _device_set_irqs,
-        P.VFIO_USER_REGION_READ: _region_read,
-        P.VFIO_USER_REGION_WRITE: _region_write,
-        P.VFIO_USER_DEVICE_RESET: _device_reset,
-    }
+            model = self.factory(s.creds)
+            return self._make_function(model, f"{model.name} for {s.name}")
+        except OSError:
+            raise
+        except Exception as e:
+            err = getattr(e, "errno", None) or errno.EBUSY
+            raise OSError(err, f"no device for {s.name}: {e}") from None
 
 
-class _ModelHost(DeviceHost):
-    """The server's side of the one-way host interface: the only object its model sees."""
-
-    def __init__(self, server: VfioUserServer) -> None:
-        self._server = server
-
-    @property
-    def dma(self) -> ClientMemory:
-        return self._server.dma
-
-    @property
-    def config(self) -> PciConfig:
-        return self._server.config
-
-    def region_memory(self, index: int) -> memoryview:
-        return self._server.region_memory(index)
-
-    def region_address(self, index: int) -> int:
-        return self._server.region_address(index)
-
-    def raise_irq(self, index: int, vector: int) -> bool:
-        return self._server.raise_irq(index, vector)
-
-    def irq_assigned(self, index: int, vector: int) -> bool:
-        return self._server.irq_assigned(index, vector)
-
-    def irq_enabled(self, index: int, vector: int) -> bool:
-        return self._server.irq_enabled(index, vector)
-
-    def stats(self) -> dict[str, Any]:
-        return self._server.framework_stats()
-
-    def log(self, msg: str) -> None:
-        print(f"[{self._server.model.name}] {msg}", file=sys.stderr, flush=True)
+def _clear_stale_socket(path: str) -> None:
+    """Remove a socket nothing listens on any more (a crashed server's); refuse anything else."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(errno.EEXIST, f"cannot listen on {path}: it exists and is not a socket "
+                      "(left untouched)")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        pass  # nobody accepts: stale
+    except OSError as e:
+        raise OSError(errno.EADDRINUSE, f"cannot listen on {path}: a server may be listening "
+                      f"there ({e.strerror or e}); left untouched") from None
+    else:
+        raise OSError(errno.EADDRINUSE, f"cannot listen on {path}: a server is already "
+                      "listening there")
+    finally:
+        probe.close()
+    log.warning("replacing the stale socket %s (nothing listens on it: a crashed server's)", path)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

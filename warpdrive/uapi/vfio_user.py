@@ -215,14 +215,16 @@ class vfio_user_dma_region_access(ctypes.Structure):
 
 
 # -- warpdrive extension: the server control region ---------------------------------------------
-# A device-specific region (index >= VFIO_PCI_NUM_REGIONS) that warpdrive's server adds to every
-# device it serves, found by its TYPE capability. Page 0 is mmap-able shared memory the server
-# writes: a heartbeat it bumps while its poll loop runs (a client waiting on shared memory can
-# tell a dead server from a busy one without a syscall) and a need-wakeup flag it sets before it
-# stops polling (SQPOLL-style: only then does a client that stored a doorbell kick the server,
-# with one posted REGION_WRITE to the KICK register in page 1, trapped). Peers that do not know
-# the region (QEMU) never look at it. The type uses the invalid PCI vendor id 0xffff, so no real
-# vendor-type region can collide with it.
+# A device-specific region (index >= VFIO_PCI_NUM_REGIONS) that warpdrive's server adds to a
+# device for a client that proposes the VERSION capability WARPDRIVE_CTL_CAPABILITY (true; the
+# server echoes it when it offers the region), found by its TYPE capability. Page 0 is mmap-able
+# shared memory the server writes: a heartbeat it bumps while its poll loop runs (a client
+# waiting on shared memory can tell a dead server from a busy one without a syscall) and a
+# need-wakeup flag it sets before it stops polling (SQPOLL-style: only then does a client that
+# stored a doorbell kick the server, with one posted REGION_WRITE to the KICK register in page 1,
+# trapped). Peers that do not know the region (QEMU) do not propose it and never see it. The
+# type uses the invalid PCI vendor id 0xffff, so no real vendor-type region can collide with it.
+WARPDRIVE_CTL_CAPABILITY = "warpdrive_control"
 WARPDRIVE_CTL_REGION_TYPE = VFIO_REGION_TYPE_PCI_VENDOR_TYPE | 0xFFFF
 WARPDRIVE_CTL_REGION_SUBTYPE = 1
 WARPDRIVE_CTL_REGION_SIZE = 0x2000
@@ -267,6 +269,7 @@ class Capabilities:
         }
         if self.write_multiple:
             caps["write_multiple"] = True
+        caps.update(self.extra)
         if keys is not None:
             caps = {k: v for k, v in caps.items() if k in keys}
         return {"capabilities": caps}

@@ -217,7 +217,7 @@ class VfioUserConnection(ForkSafe):
     def negotiate(self, major: int = P.VFIO_USER_MAJOR, minor: int = P.VFIO_USER_MINOR) -> None:
         """VFIO_USER_VERSION: propose our version and capabilities, check the server's answer."""
         ours = P.Capabilities(max_msg_fds=_CLIENT_MAX_FDS, max_data_xfer_size=1 << 20,
-                              pgsizes=sc.PAGE_SIZE)
+                              pgsizes=sc.PAGE_SIZE, extra={P.WARPDRIVE_CTL_CAPABILITY: True})
         try:
             payload, fds = self.request(P.VFIO_USER_VERSION, P.pack_version(major, minor, ours),
                                         what=f"protocol {major}.{minor}")
@@ -343,7 +343,7 @@ class VfioUserDevice(Device):
         self._hb_value = -1
         self._hb_at = time.monotonic()
         self._stale_s = _PEER_STALE_S
-        if mmap_doorbells:
+        if mmap_doorbells and conn.server_caps.extra.get(P.WARPDRIVE_CTL_CAPABILITY) is True:
             self._map_control()
 
     def _map_control(self) -> None:
