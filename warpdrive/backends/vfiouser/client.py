@@ -340,6 +340,7 @@ class VfioUserDevice(Device):
         self._hb: Doorbell | None = None  # the control region's heartbeat and wake-up cells
         self._need_wakeup: Doorbell | None = None
         self._kick = b""
+        self.kicks = 0  # wake-up kicks sent (a doorbell stored while the server slept)
         self._hb_value = -1
         self._hb_at = time.monotonic()
         self._stale_s = _PEER_STALE_S
@@ -507,6 +508,7 @@ class VfioUserDevice(Device):
             pass
         flag = self._need_wakeup
         if flag is not None and flag.read():
+            self.kicks += 1
             self.conn.post(P.VFIO_USER_REGION_WRITE, self._kick, what="a wake-up kick")
 
     def watchdog(self) -> None:
