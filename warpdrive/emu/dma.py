@@ -9,6 +9,14 @@ in a shareable file): it is recorded, so unmaps and overlaps behave as in the ke
 the model cannot reach it (access is a `DmaFault`; the DMA_READ/DMA_WRITE messages that would
 reach it are not implemented).
 
+A device buffer may span several maps: QEMU behind a vIOMMU with caching mode replays every guest
+IOMMU mapping as its own DMA_MAP of one guest page, so a 1 MiB buffer the guest sees as one IOVA
+range is 256 maps whose memory is scattered through guest RAM (docs/research/vfio-user.md, §3
+"Map granularity"). `read`/`write` walk the maps; `view` joins them zero-copy into one *window*:
+an anonymous reservation over which each map's pages are mapped again, in IOVA order, with
+`mremap(old_size=0)` (which duplicates a shared mapping), the same remapping an IOMMU does for the
+device. Windows are cached (rings are viewed on every poll) and revoked with the maps they use.
+
 Unmap follows the kernel's type1 (v2) semantics that QEMU's client relies on: one unmap may cover
 many maps (every map inside the range goes), a range that covers none succeeds, and a range that
 would split a map is refused with EINVAL. Unmap revokes access before the reply is sent. Python's
@@ -21,11 +29,13 @@ its views are gone, then closed.
 from __future__ import annotations
 
 import bisect
+import ctypes
 import errno
 import mmap
 import os
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import syscalls as sc
 from ..errors import InvalidArgumentError, WarpdriveError
@@ -44,7 +54,32 @@ class DmaFault(WarpdriveError):
         super().__init__(f"DMA {kind} of {size} bytes at IOVA {iova:#x}: {reason}")
 
 
+_MREMAP_MAYMOVE = 1
+_MREMAP_FIXED = 2
+sc.libc.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int,
+                           ctypes.c_void_p]
+sc.libc.mremap.restype = ctypes.c_void_p
+
+
+def _duplicate(src: int, length: int, dst: int) -> None:
+    """Map the pages of the shared mapping at `src` again at `dst` (mremap with old size 0)."""
+    res = sc.libc.mremap(src, 0, length, _MREMAP_MAYMOVE | _MREMAP_FIXED, dst)
+    if res is None or res == sc.MAP_FAILED or res != dst:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mremap of {length:#x} bytes at {src:#x} to {dst:#x}: "
+                      f"{os.strerror(err)}")
+
+
 @dataclass
+class _Window:
+    """Several adjacent maps joined into one contiguous view (see the module docstring)."""
+
+    mm: mmap.mmap
+    regions: list[DmaRegion] = field(default_factory=list)
+    head: int = 0  # offset of the first byte of the range inside the window
+
+
+@dataclass(eq=False)
 class DmaRegion:
     """One client DMA map. `mm` maps the client's fd from the page below `offset`; `delta` is
     where the region starts inside it."""
@@ -65,6 +100,8 @@ class DmaRegion:
 class ClientMemory:
     """IOVA -> client memory, for the model's DMA (`DeviceModel.dma`)."""
 
+    MAX_WINDOWS = 64  # cached joined views (see `view`)
+
     def __init__(self, max_maps: int = 65535,
                  bus_master: Callable[[], bool] | None = None) -> None:
         self.max_maps = max_maps
@@ -72,6 +109,8 @@ class ClientMemory:
         self._regions: list[DmaRegion] = []  # sorted by iova, non-overlapping
         self._starts: list[int] = []
         self._zombies: list[mmap.mmap] = []  # revoked maps whose views the model still holds
+        self._retired: list[mmap.mmap] = []  # windows dropped from the cache, still viewed
+        self._windows: OrderedDict[tuple[int, int, bool], _Window] = OrderedDict()
         self.faults = 0
 
     # -- table management (server side) -----------------------------------------------------
@@ -125,18 +164,27 @@ class ClientMemory:
 
     def remove(self, regions: list[DmaRegion]) -> None:
         """Drop these maps (from `covered`) and revoke every reference to them."""
+        gone = set()
         for region in regions:
             i = bisect.bisect_left(self._starts, region.iova)
             assert self._regions[i] is region
             self._regions.pop(i)
             self._starts.pop(i)
             self._revoke(region)
+            gone.add(id(region))
+        if gone and self._windows:
+            for key, win in list(self._windows.items()):
+                if any(id(r) in gone for r in win.regions):
+                    del self._windows[key]
+                    self._revoke_window(win)
 
     def clear(self) -> None:
         """Drop every map (client disconnected)."""
         while self._regions:
             self._starts.pop()
             self._revoke(self._regions.pop())
+        while self._windows:
+            self._revoke_window(self._windows.popitem()[1])
 
     def _revoke(self, region: DmaRegion) -> None:
         if region.mm is None:
@@ -155,16 +203,33 @@ class ClientMemory:
         self._zombies.append(region.mm)
         region.mm = None
 
+    def _revoke_window(self, win: _Window) -> None:
+        try:
+            win.mm.close()
+            return
+        except BufferError:
+            pass
+        # Held by the model: its pages still reach the client's memory; swap in zero pages.
+        sc.mmap(len(win.mm), sc.PROT_READ | sc.PROT_WRITE,
+                sc.MAP_PRIVATE | sc.MAP_ANONYMOUS | sc.MAP_FIXED | sc.MAP_NORESERVE,
+                addr=sc.buffer_address(win.mm), what="revoking a joined DMA view")
+        self._zombies.append(win.mm)
+
     def reap(self) -> int:
         """Close revoked maps whose views are gone; returns how many are still held."""
+        self._zombies = self._close_free(self._zombies)
+        self._retired = self._close_free(self._retired)
+        return len(self._zombies)
+
+    @staticmethod
+    def _close_free(mms: list[mmap.mmap]) -> list[mmap.mmap]:
         still = []
-        for mm in self._zombies:
+        for mm in mms:
             try:
                 mm.close()
             except BufferError:
                 still.append(mm)
-        self._zombies = still
-        return len(still)
+        return still
 
     @property
     def held_after_unmap(self) -> int:
@@ -177,13 +242,19 @@ class ClientMemory:
     # -- access (model side) ----------------------------------------------------------------
     def _find(self, iova: int, size: int, write: bool) -> list[tuple[mmap.mmap, int, int]]:
         """Pieces (mmap, offset in it, length) covering [iova, iova+size)."""
+        return [(r.mm, start, n) for r, start, n in self._find_regions(iova, size, write)
+                if r.mm is not None]
+
+    def _find_regions(self, iova: int, size: int,
+                      write: bool) -> list[tuple[DmaRegion, int, int]]:
+        """Pieces (map, offset in its mmap, length) covering [iova, iova+size)."""
         if size <= 0:
             raise InvalidArgumentError(f"DMA of {size} bytes at IOVA {iova:#x}: the size must be "
                                        "positive", hint="the model computed a bad length")
         if self._bus_master is not None and not self._bus_master():
             self.faults += 1
             raise DmaFault(iova, size, write, "bus mastering is disabled (PCI_COMMAND)")
-        pieces = []
+        pieces: list[tuple[DmaRegion, int, int]] = []
         pos, end = iova, iova + size
         i = bisect.bisect_right(self._starts, pos) - 1
         while pos < end:
@@ -202,7 +273,7 @@ class ClientMemory:
                 raise DmaFault(iova, size, write, f"the client mapped IOVA {r.iova:#x} without "
                                "shared memory (no fd), which this server cannot reach")
             n = min(end, r.end) - pos
-            pieces.append((r.mm, r.delta + pos - r.iova, n))
+            pieces.append((r, r.delta + pos - r.iova, n))
             pos += n
             i += 1
         return pieces
@@ -223,12 +294,53 @@ class ClientMemory:
             pos += n
 
     def view(self, iova: int, size: int, write: bool = False) -> memoryview:
-        """Zero-copy view of client memory (read-only unless `write`). Must lie in one map.
-        Release it (`view.release()` or drop it) when done; see `DeviceModel.on_dma_unmap`."""
-        pieces = self._find(iova, size, write)
-        if len(pieces) != 1:
-            self.faults += 1
-            raise DmaFault(iova, size, write, "the range spans more than one client DMA map")
-        mm, start, n = pieces[0]
-        mv = memoryview(mm)[start:start + n]
+        """Zero-copy view of client memory (read-only unless `write`), across as many adjacent
+        maps as the range covers. Release it (`view.release()` or drop it) when done; see
+        `DeviceModel.on_dma_unmap`."""
+        pieces = self._find_regions(iova, size, write)
+        if len(pieces) == 1:
+            r, start, n = pieces[0]
+            assert r.mm is not None
+            mv = memoryview(r.mm)[start:start + n]
+        else:
+            win = self._window(iova, size, write, pieces)
+            mv = memoryview(win.mm)[win.head:win.head + size]
         return mv if write else mv.toreadonly()
+
+    def _window(self, iova: int, size: int, write: bool,
+                pieces: list[tuple[DmaRegion, int, int]]) -> _Window:
+        key = (iova, size, write)
+        win = self._windows.get(key)
+        if win is not None:
+            self._windows.move_to_end(key)
+            return win
+        page = sc.PAGE_SIZE
+        head = pieces[0][1] % page
+        # Pages can only be mapped whole: every seam between two maps must fall on a page
+        # boundary on both sides (true of page-sized maps, which is what QEMU replays).
+        for k, (r, start, n) in enumerate(pieces):
+            if (k > 0 and start % page) or (k < len(pieces) - 1 and (start + n) % page):
+                self.faults += 1
+                raise DmaFault(iova, size, write, f"the range spans client DMA maps whose seam "
+                               f"at IOVA {r.iova:#x} is not page-aligned")
+        mm = mmap.mmap(-1, sc.page_align_up(head + size))
+        base = sc.buffer_address(mm)
+        pos = 0
+        try:
+            for r, start, n in pieces:
+                skip = start % page
+                length = sc.page_align_up(skip + n)
+                _duplicate(r.addr + start - skip, length, base + pos)
+                pos += length
+        except OSError as e:
+            mm.close()
+            self.faults += 1
+            raise DmaFault(iova, size, write, f"cannot join the client's DMA maps: {e}") \
+                from None
+        win = _Window(mm, [r for r, _, _ in pieces], head)
+        self._windows[key] = win
+        while len(self._windows) > self.MAX_WINDOWS:
+            old = self._windows.popitem(last=False)[1]
+            self._retired.append(old.mm)
+        self._retired = self._close_free(self._retired)
+        return win
