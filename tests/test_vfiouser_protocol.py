@@ -394,6 +394,74 @@ def test_qemu_dma_traffic_maps_without_fd_and_unmaps_ranges(server: str) -> None
         os.close(fd)
 
 
+def test_qemu_page_maps_carry_device_buffers_that_span_many_maps(server: str) -> None:
+    """Behind intel-iommu with caching mode QEMU maps every guest page on its own (4 KiB DMA_MAPs
+    of scattered guest RAM); a device's descriptor ring and data buffers then each span several
+    maps. The device must reach them as the guest sees them: contiguous in IOVA."""
+    from warpdrive.emu.models import testdev as T
+
+    raw = Raw(server)
+    raw.version()
+    pages = 32
+    fd = os.memfd_create("guest-ram", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, pages * 0x1000)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)  # as QEMU's
+    rw = P.VFIO_USER_F_DMA_REGION_READ | P.VFIO_USER_F_DMA_REGION_WRITE
+    base = 0x7FF00000
+    order = [(i * 13) % pages for i in range(pages)]  # IOVA page i -> guest page order[i]
+
+    def guest(iova: int, data: bytes | None = None, n: int = 0) -> bytes:
+        """Read or write the guest's memory at an IOVA, page by page through the mapping."""
+        out = b""
+        pos = 0
+        size = len(data) if data is not None else n
+        while pos < size:
+            page, off = divmod(iova + pos - base, 0x1000)
+            chunk = min(size - pos, 0x1000 - off)
+            file_off = order[page] * 0x1000 + off
+            if data is not None:
+                os.pwrite(fd, data[pos:pos + chunk], file_off)
+            else:
+                out += os.pread(fd, chunk, file_off)
+            pos += chunk
+        return out
+
+    def write(region: int, off: int, data: bytes) -> None:
+        payload = bytes(P.vfio_user_region_access(off, region, len(data))) + data
+        assert not raw.call(P.VFIO_USER_REGION_WRITE, payload).is_error
+
+    def read64(off: int) -> int:
+        reply = raw.call(P.VFIO_USER_REGION_READ, bytes(P.vfio_user_region_access(off, 0, 8)))
+        return int.from_bytes(reply.payload[16:24], "little")
+
+    try:
+        for i, page in enumerate(order):
+            reply = raw.call(P.VFIO_USER_DMA_MAP, bytes(P.vfio_user_dma_map(
+                32, rw, page * 0x1000, base + i * 0x1000, 0x1000)), (fd,))
+            assert not reply.is_error
+        write(7, 4, struct.pack("<H", 0x6))  # PCI_COMMAND: memory + bus master
+        ring, src, dst, n = base + 0xF80, base + 0x2000 + 123, base + 0xA000 + 7, 5 * 0x1000 + 99
+        payload = os.urandom(n)
+        guest(src, payload)
+        # the ring's second descriptor straddles the seam of two maps, too
+        descs = [T.DESC.pack(src, dst, 64, 0, 0, 0),
+                 T.DESC.pack(src, dst, n, 0, 0, 0)]
+        guest(ring, b"".join(descs))
+        write(0, T.REG_RING_BASE, struct.pack("<Q", ring))
+        write(0, T.REG_RING_SIZE, struct.pack("<I", 8))
+        write(0, T.DOORBELL_TAIL, struct.pack("<Q", 2))  # arrives as a message: applied, polled
+        deadline = time.monotonic() + 10
+        while read64(T.REG_COMPLETED) < 2:
+            assert time.monotonic() < deadline, "the copies never completed"
+            time.sleep(0.01)
+        for k in range(2):
+            status = struct.unpack("<I", guest(ring + k * T.DESC_SIZE + 24, n=4))[0]
+            assert status == T.STATUS_DONE, hex(status)
+        assert guest(dst, n=n) == payload
+    finally:
+        os.close(fd)
+
+
 def test_fds_with_a_bad_message_are_not_leaked(server: str) -> None:
     """Send eventfds with a message that fails; the server must close its copies."""
     raw = Raw(server)
