@@ -15,7 +15,12 @@ from pathlib import Path
 import pytest
 
 from warpdrive.backends.vfiouser.client import VfioUserDevice, open_vfio_user
-from warpdrive.emu.model import VFIO_PCI_MSIX_IRQ_INDEX, DeviceModel, RegionSpec
+from warpdrive.emu.model import (
+    VFIO_PCI_MSI_IRQ_INDEX,
+    VFIO_PCI_MSIX_IRQ_INDEX,
+    DeviceModel,
+    RegionSpec,
+)
 from warpdrive.emu.server import VfioUserServer
 from warpdrive.errors import (
     ConnectionLostError,
@@ -153,16 +158,23 @@ class _Spec(DeviceModel):
     areas: tuple[tuple[int, int], ...] = ()
     msix: bool = False
     msix_count = 2
+    msi = 0  # vectors the MSI capability offers (0: none)
+    msi_count = 0  # what irq_counts() says
     index = 0
 
     def regions(self) -> list[RegionSpec]:
         return [RegionSpec(self.index, 0x4000, mmap_areas=self.areas)]
 
     def irq_counts(self) -> dict[int, int]:
-        return {VFIO_PCI_MSIX_IRQ_INDEX: self.msix_count} if self.msix else {}
+        counts = {VFIO_PCI_MSIX_IRQ_INDEX: self.msix_count} if self.msix else {}
+        if self.msi_count:
+            counts[VFIO_PCI_MSI_IRQ_INDEX] = self.msi_count
+        return counts
 
     def build_config_space(self) -> bytearray:
         cfg = self.config_builder()
+        if self.msi:
+            cfg.add_msi(self.msi)
         if self.msix:
             cfg.add_msix(2, table_bar=0, table_offset=0x1000, pba_bar=0, pba_offset=0x1800)
         return cfg.build()
@@ -180,6 +192,9 @@ class _Spec(DeviceModel):
     ({"index": 7}, "clashes with config space"),
     ({"msix": True, "areas": ((0x1000, 0x1000),)}, "overlapping mmap areas / MSI-X"),
     ({"msix": True, "msix_count": 3}, "MSI-X capability has 2 vectors"),
+    # A driver wanting 3 MSI vectors enables 4 (a power of two) and QEMU asks for all 4.
+    ({"msi": 4, "msi_count": 3}, "MSI capability offers 4 vectors but irq_counts"),
+    ({"msi": 2}, "MSI capability offers 2 vectors but irq_counts"),
 ])
 def test_impossible_devices_are_refused(tmp_path: Path, attrs: dict, message: str) -> None:
     model = type("Bad", (_Spec,), attrs)()

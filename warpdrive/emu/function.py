@@ -181,6 +181,13 @@ class Function:
         counts = model.irq_counts()
         self.num_irqs = max([VFIO_PCI_NUM_IRQS, *[i + 1 for i in counts]])
         self.irqs = {i: _Irq(counts.get(i, 0)) for i in range(self.num_irqs)}
+        # QEMU's vfio-pci shows the guest the MSI capability as it is and, when the guest enables
+        # MSI, asks for the power of two it enabled (up to Multiple Message Capable): the MSI
+        # index must offer exactly what the capability does (docs/research/vfio-user.md, §6).
+        msi = self.config.msi_vectors
+        if msi and counts.get(VFIO_PCI_MSI_IRQ_INDEX, 0) != msi:
+            raise _bad_model(model, f"its MSI capability offers {msi} vectors but "
+                             f"irq_counts() says {counts.get(VFIO_PCI_MSI_IRQ_INDEX, 0)}")
         msix = self.config.msix
         if msix is not None and counts.get(VFIO_PCI_MSIX_IRQ_INDEX, 0) != msix.vectors:
             raise _bad_model(model, f"its MSI-X capability has {msix.vectors} vectors but "
@@ -513,9 +520,9 @@ class Function:
         irq = self.irqs.get(index)
         if irq is None:
             return
-        active = [fd for fd in irq.fds if fd >= 0]
+        active = [v for v, fd in enumerate(irq.fds) if fd >= 0]
         if index == VFIO_PCI_MSI_IRQ_INDEX:
-            self.config.set_msi_enabled(bool(active), len(irq.fds) if active else 0)
+            self.config.set_msi_enabled(bool(active), active[-1] + 1 if active else 0)
         elif index == VFIO_PCI_MSIX_IRQ_INDEX:
             self.config.set_msix_enabled(bool(active))
 

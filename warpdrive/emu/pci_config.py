@@ -238,6 +238,13 @@ class PciConfig:
     def bus_master_enabled(self) -> bool:
         return bool(self.command & R.PCI_COMMAND_MASTER)
 
+    @property
+    def msi_vectors(self) -> int:
+        """Vectors the MSI capability offers (Multiple Message Capable), 0 without MSI."""
+        if self.msi_cap is None:
+            return 0
+        return 1 << (_get(self.data, self.msi_cap + R.PCI_MSI_FLAGS, 2) >> 1 & 7)
+
     def set_msi_enabled(self, enabled: bool, vectors: int = 1) -> None:
         """Mirror what vfio-pci does when the client enables MSI through SET_IRQS."""
         if self.msi_cap is None:
