@@ -279,7 +279,7 @@ def test_irq_info_and_bad_set_irqs(server: str) -> None:
         reply = raw.call(P.VFIO_USER_DEVICE_GET_IRQ_INFO,
                          bytes(P.vfio_irq_info(argsz=16, index=index)))
         counts[index] = P.vfio_irq_info.from_buffer_copy(reply.payload).count
-    assert counts == {0: 1, 1: 1, 2: 4, 3: 0, 4: 0}
+    assert counts == {0: 1, 1: 1, 2: 4, 3: 1, 4: 0}  # ERR: one eventfd (QEMU's error recovery)
 
     def set_irqs(flags: int, index: int, start: int, count: int, data: bytes = b"",
                  fds: tuple[int, ...] = ()) -> Message:
@@ -304,6 +304,10 @@ def test_irq_info_and_bad_set_irqs(server: str) -> None:
         # DATA_BOOL trigger: the server fires the vectors whose byte is set
         assert not set_irqs(P.VFIO_IRQ_SET_DATA_BOOL | trig, 2, 0, 2, b"\0\1").is_error
         assert os.eventfd_read(efd) == 1
+        # QEMU's vfio_register_err_notifier: one eventfd on the ERR index, start 0, count 1
+        assert not set_irqs(P.VFIO_IRQ_SET_DATA_EVENTFD | trig, 3, 0, 1, fds=(efd,)).is_error
+        expect_error(set_irqs(P.VFIO_IRQ_SET_DATA_EVENTFD | trig, 3, 0, 2, fds=(efd, efd)),
+                     errno.EINVAL)
     finally:
         os.close(efd)
 

@@ -39,6 +39,7 @@ from ..uapi import vfio_user as P
 from ..uapi.vfio import (
     VFIO_DMA_UNMAP_FLAG_ALL,
     VFIO_PCI_CONFIG_REGION_INDEX,
+    VFIO_PCI_ERR_IRQ_INDEX,
     VFIO_PCI_INTX_IRQ_INDEX,
     VFIO_PCI_MSI_IRQ_INDEX,
     VFIO_PCI_MSIX_IRQ_INDEX,
@@ -178,7 +179,10 @@ class Function:
                 RegionSpec(self.control_index, P.WARPDRIVE_CTL_REGION_SIZE,
                            mmap_areas=((0, sc.PAGE_SIZE),)), caps=bytes(cap))
         self.num_regions = max([VFIO_PCI_NUM_REGIONS, *[i + 1 for i in self.regions]])
-        counts = model.irq_counts()
+        # Every function offers the error notification (one eventfd) as vfio-pci does for PCIe
+        # devices: QEMU's client enables its error recovery only then (else it warns "Could not
+        # enable error recovery"). A model signals it with raise_irq(VFIO_PCI_ERR_IRQ_INDEX).
+        counts = {VFIO_PCI_ERR_IRQ_INDEX: 1, **model.irq_counts()}
         self.num_irqs = max([VFIO_PCI_NUM_IRQS, *[i + 1 for i in counts]])
         self.irqs = {i: _Irq(counts.get(i, 0)) for i in range(self.num_irqs)}
         # QEMU's vfio-pci shows the guest the MSI capability as it is and, when the guest enables
