@@ -61,9 +61,8 @@ class Client:
         return struct.unpack("<I", self.qm.read(off, 4))[0]
 
     def mailbox(self, cmd: int, queue: int = 0, base: int = 0, op: int = 0) -> int:
-        lo, hi = qm.mailbox_words(cmd, queue, base, op)
-        self.w64(qm.QM_MB_CMD_SEND_BASE + 8, hi)
-        self.w64(qm.QM_MB_CMD_SEND_BASE, lo)
+        for i, word in enumerate(qm.mailbox_dwords(cmd, queue, base, op)):
+            self.qm.write(qm.QM_MB_CMD_SEND_BASE + 4 * i, struct.pack("<I", word))
         w = self.r32(qm.QM_MB_CMD_SEND_BASE)
         assert not w & qm.QM_MB_BUSY
         return w >> qm.QM_MB_STATUS_SHIFT & qm.QM_MB_STATUS_MASK

@@ -5,15 +5,18 @@ here through `Device`/`DmaSpace`/`Mmio` so it works the same on a real VF bound 
 (legacy VFIO or iommufd) and on the bundled model over vfio-user:
 
 1. bus mastering on; map BAR2 (the doorbell page directly, or everything trapped for
-   `doorbell="message"`); QM version = PCI revision; capability registers on V3+, the kernel's V2
-   defaults otherwise (V2 has no capability registers).
-2. Mailbox SQC_VFT_V2 (read) -> the VF's queue base and count (0x304/0x308).
+   `doorbell="message"`); QM version = PCI revision; capabilities as hisi_qm reads them (V2: the
+   kernel's V2 table; V3: the doorbell-isolation bit, the capability version and, if that is
+   non-zero, the capability registers, else the V3 table); with doorbell isolation, BAR4.
+2. Mailbox SQC_VFT_V2 (read) -> the VF's queue base and count (0x304/0x308). Every mailbox is
+   four ascending 32-bit stores, the way Linux sends it on x86.
 3. One DMA block: EQ and AEQ rings, the SQC and CQC tables, a mailbox scratch context.
 4. Mailbox EQC, AEQC, SQC_BT, CQC_BT.
-5. Interrupts: MSI vectors (EQ 0, AEQ 1) to eventfds; EQ/AEQ doorbells with head 0; unmask.
+5. Interrupts: MSI vectors (EQ 0, AEQ 1) to eventfds; EQ/AEQ doorbells with head 0; unmask;
+   V3: QM_VF_STATE = ready.
 6. Per queue (`start_queue`): queue memory (SQ, CQ, status page), mailbox SQC then CQC.
-Close: set the queues' stop flags, drain, (V3: STOP_QP), mask interrupts, reset the function
-so no DMA can be in flight, then release the memory.
+Close: set the queues' stop flags, drain, (V3: STOP_QP), mask interrupts, (V3: not ready),
+reset the function so no DMA can be in flight, then release the memory.
 
 A PF needs more (memory init, VFT programming, engine setup) and is refused.
 """
@@ -52,6 +55,8 @@ class QmCaps:
     aeq_vector: int | None
     func_caps: int
     db_isolation: bool
+    cap_ver: int = 0  # 0: the V3 defaults apply (no capability register was read)
+    irq_num: int = hw.V2_VF_IRQ_NUM  # MSI vectors the function has
 
     @property
     def stop_qp(self) -> bool:
@@ -111,15 +116,18 @@ class QmDevice:
         dev = self.dev
         dev.enable_bus_master()
         self.bar: Mmio = dev.map_bar(hw.QM_BAR, trap_only=doorbell == "message")
-        self.caps = self._read_caps(dev.revision)
-        if self.caps.version < hw.QM_HW_V2:
-            raise UnsupportedError(f"{dev.name} is QM V1 (revision {self.caps.version:#x}); "
+        if dev.revision < hw.QM_HW_V2:
+            raise UnsupportedError(f"{dev.name} is QM V1 (revision {dev.revision:#x}); "
                                    "only V2 and later are supported")
+        self.caps = self._read_caps(dev.revision)
+        # SQ/CQ doorbells: one register in BAR2 for every queue, or with doorbell isolation
+        # (V3) a 64 KiB page per queue in BAR4 (qm.c: qm_get_pci_res, qm_db_v2).
         if self.caps.db_isolation:
-            raise UnsupportedError(
-                f"{dev.name} uses per-queue doorbell pages (BAR4, doorbell isolation); not "
-                "supported yet")
-        self.db_offset = hw.QM_DOORBELL_SQ_CQ_BASE_V2
+            self.db_bar = dev.map_bar(hw.QM_DB_BAR, trap_only=doorbell == "message")
+            self.db_interval = hw.QM_QP_DB_INTERVAL
+        else:
+            self.db_bar = self.bar
+            self.db_interval = 0
         self.eq_db = self.bar.doorbell(hw.QM_DOORBELL_EQ_AEQ_BASE_V2)
 
         self.mailbox(hw.QM_MB_CMD_SQC_VFT_V2, 0, 0, op=1)
@@ -156,24 +164,29 @@ class QmDevice:
 
         if interrupts:
             self._enable_interrupts()
+        if self.caps.version >= hw.QM_HW_V3:
+            self.bar.write32(hw.QM_VF_STATE, hw.QM_VF_STATE_READY)  # qm.c: hisi_qm_set_state
 
     def _read_caps(self, revision: int) -> QmCaps:
+        """As hisi_qm does (qm.c: qm_get_hw_caps, hisi_qm_get_hw_info): V2 has no capability
+        registers; V3 always reads the doorbell-isolation bit and the capability version, and
+        reads the other registers only when that version is non-zero."""
+        cap_ver, iso = 0, False
         if revision >= hw.QM_HW_V3:
-            rd = self.bar.read32
-            xeq, qp = rd(hw.QM_XEQ_DEPTH_CAP), rd(hw.QM_QP_DEPTH_CAP)
-            eq_irq, aeq_irq = rd(hw.QM_EQ_IRQ_TYPE_CAP), rd(hw.QM_AEQ_IRQ_TYPE_CAP)
-            func = rd(hw.QM_FUNC_CAPS_REG)
-            iso = bool(rd(hw.QM_QUE_ISO_CFG_V) & 1)
-        else:
-            xeq, qp = hw.V2_XEQ_DEPTH, hw.V2_QP_DEPTH
-            eq_irq, aeq_irq, func, iso = hw.V2_EQ_IRQ, hw.V2_AEQ_IRQ, 0, False
+            iso = bool(self.bar.read32(hw.QM_QUE_ISO_CFG_V) & 1)
+            cap_ver = self.bar.read32(hw.QM_FUNC_CAPS_REG) & hw.QM_CAP_VER_MASK
+        rd = self.bar.read32 if cap_ver else None
+        xeq, qp = hw.CAP_XEQ_DEPTH.value(revision, rd), hw.CAP_QP_DEPTH.value(revision, rd)
 
-        def vec(v: int) -> int | None:
-            return v & 0xFFFF if v & hw.QM_IRQ_TYPE_PRESENT else None
+        def vec(cap: hw.CapField) -> int | None:
+            v = cap.value(revision, rd)  # bits 31:16 non-zero: the interrupt exists
+            return v & 0xFFFF if v >> 16 else None
 
         caps = QmCaps(version=revision, sq_depth=qp & 0xFFFF, cq_depth=qp >> 16,
-                      eq_depth=xeq & 0xFFFF, aeq_depth=xeq >> 16, eq_vector=vec(eq_irq),
-                      aeq_vector=vec(aeq_irq), func_caps=func, db_isolation=iso)
+                      eq_depth=xeq & 0xFFFF, aeq_depth=xeq >> 16, eq_vector=vec(hw.CAP_EQ_IRQ),
+                      aeq_vector=vec(hw.CAP_AEQ_IRQ), func_caps=hw.CAP_FUNC.value(revision, rd),
+                      db_isolation=iso, cap_ver=cap_ver,
+                      irq_num=hw.CAP_VF_IRQ_NUM.value(revision, rd))
         for what, d in (("SQ", caps.sq_depth), ("CQ", caps.cq_depth), ("EQ", caps.eq_depth),
                         ("AEQ", caps.aeq_depth)):
             if not 2 <= d <= 0x10000:
@@ -187,9 +200,11 @@ class QmDevice:
             info = dev.irq_info(VFIO_PCI_MSI_IRQ_INDEX)
         except WarpdriveError:
             return
+        # Only the EQ (completions) and AEQ (queue errors) vectors are used; the PF->VF message
+        # vector (V3) carries nothing a user-space driver acts on.
         wanted = max(v for v in (self.caps.eq_vector, self.caps.aeq_vector, 0)
                      if v is not None) + 1
-        if info.count < wanted:
+        if info.count < wanted or wanted > self.caps.irq_num:
             return  # polling only
         self._irqs = dev.enable_irqs(VFIO_PCI_MSI_IRQ_INDEX, wanted)
         self.eq_db.ring(hw.doorbell_v2(0, hw.QM_DB_CMD_AEQ, 0))
@@ -225,15 +240,15 @@ class QmDevice:
             time.sleep(hw.MB_POLL_INTERVAL_S)
 
     def mailbox(self, cmd: int, queue: int, base: int, op: int = 0) -> None:
-        """One mailbox command. The hardware wants one 128-bit store; Python has none, so the
-        high qword goes first and the low qword (command + busy bit) last."""
+        """One mailbox command. arm64 Linux issues one 128-bit store; Python has none, so this
+        makes the four ascending 32-bit stores Linux makes everywhere else (the busy dword
+        first; the command runs on the last)."""
         name = hw.MB_CMD_NAMES.get(cmd, f"cmd {cmd:#x}")
         what = f"mailbox {name} queue {queue}" + (" (read)" if op else "")
         with self._lock:
             self._mb_wait(what)
-            lo, hi = hw.mailbox_words(cmd, queue, base, op)
-            self.bar.write64(hw.QM_MB_CMD_SEND_BASE + 8, hi)
-            self.bar.write64(hw.QM_MB_CMD_SEND_BASE, lo)
+            for i, word in enumerate(hw.mailbox_dwords(cmd, queue, base, op)):
+                self.bar.write32(hw.QM_MB_CMD_SEND_BASE + 4 * i, word)
             w = self._mb_wait(what)
         status = w >> hw.QM_MB_STATUS_SHIFT & hw.QM_MB_STATUS_MASK
         if status:
@@ -286,10 +301,13 @@ class QmDevice:
                               (cq_depth - 1) | 4 << hw.CQC_CQE_SIZE_SHIFT, 0, 0, 0, 0, dw6, 0)
             self.mailbox_ctx(hw.QM_MB_CMD_SQC, qn, sqc)
             self.mailbox_ctx(hw.QM_MB_CMD_CQC, qn, cqc)
-            db = self.bar.doorbell(self.db_offset)
+            db = self.db_bar.doorbell(qn * self.db_interval + hw.QM_DOORBELL_SQ_CQ_BASE_V2)
+            # With completion interrupts, every CQ doorbell carries priority 1: the kernel's
+            # "c_flag" after a batch, which re-arms the queue's next event-queue entry.
+            irq_q = bool(dw6 & hw.CQC_DW6_IRQ)
             q = QmQueue(name=f"{self.name}/q{qn}", qn=qn, mem=mem.view, layout=layout,
-                        doorbell=db, db_version=2, lazy_cq=not dw6 & hw.CQC_DW6_IRQ,
-                        watchdog=self.dev.watchdog)
+                        doorbell=db, db_version=2, cq_doorbell_priority=int(irq_q),
+                        lazy_cq=not irq_q, watchdog=self.dev.watchdog)
         except BaseException:
             self.dev.dma.release(mem, self)
             self.dev.dma.unmap(mem)
@@ -394,8 +412,11 @@ class QmDevice:
         dev = self.dev
         if dev.closed:
             return
-        for write in (lambda: self.bar.write32(hw.QM_VF_EQ_INT_MASK, 1),
-                      lambda: self.bar.write32(hw.QM_VF_AEQ_INT_MASK, 1)):
+        writes = [lambda: self.bar.write32(hw.QM_VF_EQ_INT_MASK, 1),
+                  lambda: self.bar.write32(hw.QM_VF_AEQ_INT_MASK, 1)]
+        if getattr(self, "caps", None) is not None and self.caps.version >= hw.QM_HW_V3:
+            writes.append(lambda: self.bar.write32(hw.QM_VF_STATE, hw.QM_VF_STATE_NOT_READY))
+        for write in writes:
             try:
                 write()
             except (WarpdriveError, AttributeError):

@@ -13,6 +13,7 @@ Everything is little endian. Struct layouts are `struct.Struct` objects so the h
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 PCI_VENDOR_ID_HUAWEI = 0x19E5
@@ -60,6 +61,7 @@ QM_EQC_DW0 = 0x8000  # 7 dwords of live EQC state
 QM_AEQC_DW0 = 0x8020
 
 # QM_FUNC_CAPS_REG bits (V3+)
+QM_CAP_VER_MASK = 0xFF  # bits 7:0: capability version; 0 = "read no register, use the V3 table"
 QM_CAP_FUNC_QOS = 1 << 8
 QM_CAP_STOP_QP = 1 << 9
 QM_CAP_STOP_FUNC = 1 << 10
@@ -67,12 +69,53 @@ QM_CAP_MB_COMMAND = 1 << 11
 QM_CAP_SVA_PREFETCH = 1 << 14
 QM_IRQ_TYPE_PRESENT = 1 << 16  # in the *_IRQ_TYPE_CAP registers; low 16 bits = MSI vector
 
+QM_CAP_RPM_VF = 1 << 12  # runtime PM of a VF (never on in the kernel's V3 table)
+QM_VF_IRQ_NUM_MASK = 0xFFFF  # QM_IRQ_NUM_CAP bits 15:0: MSI vectors of a VF (31:16: of the PF)
+
+QM_VF_STATE_READY = 0  # written to QM_VF_STATE on V3+ once the function is started
+QM_VF_STATE_NOT_READY = 1  # ... and when it is let go
+
 # Values the kernel uses for V2 (no capability registers): qm.c's default table.
 V2_XEQ_DEPTH = 0x04000800  # eq 2048 (low16), aeq 1024 (high16)
 V2_QP_DEPTH = 0x04000400  # sq 1024 (low16), cq 1024 (high16)
 V2_EQ_IRQ = QM_IRQ_TYPE_PRESENT | 0  # MSI vector 0
 V2_AEQ_IRQ = QM_IRQ_TYPE_PRESENT | 1  # MSI vector 1
 V2_VF_IRQ_NUM = 2
+
+
+@dataclass(frozen=True)
+class CapField:
+    """One capability as qm.c's tables describe it (`struct hisi_qm_cap_info`): where a V3+
+    function reports it, and the value the kernel assumes on V2 and on a V3 function whose
+    capability version (QM_FUNC_CAPS_REG bits 7:0) is 0."""
+
+    offset: int
+    shift: int
+    mask: int
+    v2: int
+    v3: int
+
+    def value(self, revision: int, read32: Callable[[int], int] | None) -> int:
+        """The capability of a function of `revision`; `read32` is None when its registers
+        must not be read (V2, or capability version 0)."""
+        if revision < QM_HW_V3:
+            return self.v2
+        if read32 is None:
+            return self.v3
+        return read32(self.offset) >> self.shift & self.mask
+
+
+# qm.c: qm_basic_info and qm_cap_info_comm/_vf (docs/research/hisi-qm-zip.md, section 8)
+CAP_XEQ_DEPTH = CapField(QM_XEQ_DEPTH_CAP, 0, 0xFFFF_FFFF, V2_XEQ_DEPTH, V2_XEQ_DEPTH)
+CAP_QP_DEPTH = CapField(QM_QP_DEPTH_CAP, 0, 0xFFFF_FFFF, V2_QP_DEPTH, V2_QP_DEPTH)
+CAP_EQ_IRQ = CapField(QM_EQ_IRQ_TYPE_CAP, 0, 0xFFFF_FFFF, V2_EQ_IRQ, V2_EQ_IRQ)
+CAP_AEQ_IRQ = CapField(QM_AEQ_IRQ_TYPE_CAP, 0, 0xFFFF_FFFF, V2_AEQ_IRQ, V2_AEQ_IRQ)
+CAP_PF2VF_IRQ = CapField(QM_PF2VF_IRQ_TYPE_CAP, 0, 0xFFFF_FFFF, 0, QM_IRQ_TYPE_PRESENT | 2)
+CAP_VF_IRQ_NUM = CapField(QM_IRQ_NUM_CAP, 0, QM_VF_IRQ_NUM_MASK, V2_VF_IRQ_NUM, 3)
+# the feature bits of QM_FUNC_CAPS_REG a VF reads, with their V3 defaults
+V3_FUNC_CAPS = (QM_CAP_FUNC_QOS | QM_CAP_STOP_QP | QM_CAP_STOP_FUNC | QM_CAP_MB_COMMAND
+                | QM_CAP_SVA_PREFETCH)
+CAP_FUNC = CapField(QM_FUNC_CAPS_REG, 0, V3_FUNC_CAPS | QM_CAP_RPM_VF, 0, V3_FUNC_CAPS)
 
 # -- mailbox ------------------------------------------------------------------------------------
 # struct qm_mailbox { le16 w0; le16 queue_num; le32 base_l; le32 base_h; le32 rsvd; }
@@ -109,12 +152,19 @@ MB_TIMEOUT_S = 1e-3  # ... for 1 ms; the driver allows more for a trapped (emula
 
 
 def mailbox_words(cmd: int, queue: int, base: int, op: int = 0) -> tuple[int, int]:
-    """The 128-bit mailbox as (low qword, high qword). The busy bit and command live in the low
-    qword, so a driver that cannot issue one 128-bit store writes the high qword first."""
+    """The 128-bit mailbox as (low qword, high qword); the busy bit is in the low qword."""
     w0 = (cmd & QM_MB_CMD_MASK) | (op << QM_MB_OP_SHIFT) | QM_MB_BUSY
     lo = w0 | (queue & 0xFFFF) << 16 | (base & 0xFFFF_FFFF) << 32
     hi = base >> 32 & 0xFFFF_FFFF
     return lo, hi
+
+
+def mailbox_dwords(cmd: int, queue: int, base: int, op: int = 0) -> tuple[int, int, int, int]:
+    """The mailbox as the four 32-bit stores Linux makes on every architecture but arm64
+    (memcpy_toio of 16 bytes = ascending dwords, the busy dword first): the command runs when
+    the last one lands (docs/research/hisi-qm-zip.md, section 4)."""
+    lo, hi = mailbox_words(cmd, queue, base, op)
+    return lo & 0xFFFF_FFFF, lo >> 32, hi & 0xFFFF_FFFF, hi >> 32
 
 
 def vft_decode_v2(vft: int) -> tuple[int, int]:

@@ -10,6 +10,7 @@ from .lane import EngineParts, Lane
 from .sqe import (
     EMPTY_FINAL_BLOCK,
     Format,
+    decompression_complete,
     header,
     initial_checksum,
     parse_header,
@@ -105,7 +106,7 @@ class OneShot:
                     if st not in (hw.STATUS_OK, hw.STATUS_NEGACOMPRESS, hw.STATUS_DECOMP_END):
                         # Raised unbound: a local would make this frame and the error a cycle.
                         raise status_error(st, compress=False) or ZipDataError(f"status {st:#x}")
-                    if st != hw.STATUS_DECOMP_END or not job.status & _LAST:
+                    if not decompression_complete(st, job.status):
                         raise ZipDataError("Error -5 while decompressing data: incomplete or "
                                            "truncated stream")
                     tlen = trailer_size(tmpl.alg)

@@ -28,6 +28,7 @@ from .sqe import (
     EMPTY_FINAL_BLOCK,
     GZIP,
     Format,
+    decompression_complete,
     header,
     initial_checksum,
     parse_header,
@@ -287,7 +288,7 @@ class Session:
         if err is not None:
             job.error = err
             return
-        if st != hw.STATUS_DECOMP_END or not dw3 & _LAST:
+        if not decompression_complete(st, dw3):
             job.error = ZipDataError("Error -5 while decompressing data: incomplete or "
                                      "truncated stream")
             return

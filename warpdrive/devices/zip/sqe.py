@@ -237,6 +237,14 @@ def read_stream_words(buf: memoryview, off: int) -> tuple[int, int, int, int, in
     return ctx_dw0, ctx1, ctx2, isize, checksum
 
 
+def decompression_complete(status: int, dw3: int) -> bool:
+    """A decompression job reached the end of the deflate stream (the last block). Stateless
+    jobs end with status 0, as the kernel requires of them (docs/research/hisi-qm-zip.md,
+    section 10); UADK reads the end of a stream as 0x13 (section 15); both carry the last-block
+    bit."""
+    return status in (hw.STATUS_OK, hw.STATUS_DECOMP_END) and bool(dw3 & hw.STATUS_LAST_BLOCK)
+
+
 def status_error(status: int, *, compress: bool) -> ZipError | None:
     """The exception for a failed status, or None for one that means success."""
     from .errors import ZipDeviceError

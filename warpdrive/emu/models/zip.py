@@ -454,8 +454,9 @@ class QmFunction:
         if offset < mb + 16 and end > mb:
             lo, hi = max(offset, mb), min(end, mb + 16)
             self.mailbox[lo - mb:hi - mb] = data[lo - offset:hi - offset]
-            # The command executes when the word holding w0 (busy bit) is written.
-            if offset <= mb < end and self.mailbox[1] & (L.QM_MB_BUSY >> 8):
+            # On x86 Linux writes the 16 bytes as four ascending dwords, busy dword first: the
+            # command runs when the last dword lands (docs/research/hisi-qm-zip.md, section 4).
+            if offset < mb + 16 <= end and self.mailbox[1] & (L.QM_MB_BUSY >> 8):
                 self._mailbox_execute()
             return
         if offset == L.QM_DOORBELL_EQ_AEQ_BASE_V2 and len(data) == 8:
