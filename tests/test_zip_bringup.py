@@ -21,6 +21,7 @@ from warpdrive.devices.zip import hw
 from warpdrive.devices.zip.job import COMPRESS, DECOMPRESS
 from warpdrive.emu.models.zip import DBG_BAR, DBG_SIZE, decode_mailbox_log, decode_stats
 from warpdrive.errors import UnsupportedError
+from warpdrive.uapi.vfio import VFIO_PCI_MSI_IRQ_INDEX
 
 
 def model_view(dev: warpdrive.Device) -> tuple[list[tuple[str, int, int, int]], dict[str, int]]:
@@ -28,11 +29,12 @@ def model_view(dev: warpdrive.Device) -> tuple[list[tuple[str, int, int, int]], 
     return decode_mailbox_log(win), decode_stats(win)
 
 
-def test_bringup_mailbox_order_and_contexts() -> None:
-    with warpdrive.open("emu:zip") as dev:
+@pytest.mark.parametrize("revision", [qmr.QM_HW_V3, qmr.QM_HW_V2], ids=["v3", "v2"])
+def test_bringup_mailbox_order_and_contexts(revision: int) -> None:
+    with warpdrive.open("emu:zip", model_options={"revision": hex(revision)}) as dev:
         qm = QmDevice(dev, hw.ZIP)
         assert (qm.qp_base, qm.qp_num) == (0, 2)
-        assert qm.caps.version == qmr.QM_HW_V2 and qm.caps.sq_depth == 1024
+        assert qm.caps.version == revision and qm.caps.sq_depth == 1024
         q0 = qm.start_queue(COMPRESS)
         q1 = qm.start_queue(DECOMPRESS)
         log, stats = model_view(dev)
@@ -63,13 +65,39 @@ def test_bringup_mailbox_order_and_contexts() -> None:
 def test_v3_reads_capabilities_and_stops_queues_by_mailbox() -> None:
     with warpdrive.open("emu:zip", model_options={"revision": "0x30", "queues": "4"}) as dev:
         qm = QmDevice(dev, hw.ZIP)
-        assert qm.caps.version == qmr.QM_HW_V3 and qm.caps.stop_qp and qm.qp_num == 4
+        c = qm.caps
+        assert c.version == qmr.QM_HW_V3 and c.cap_ver != 0 and c.stop_qp and qm.qp_num == 4
+        assert (c.irq_num, c.eq_vector, c.aeq_vector, c.db_isolation) == (3, 0, 1, False)
+        # MSI offers the power of two above the 3 vectors a V3 VF has (QEMU enables them all)
+        assert dev.irq_info(VFIO_PCI_MSI_IRQ_INDEX).count == 4
+        assert qm.bar.read32(qmr.QM_VF_STATE) == qmr.QM_VF_STATE_READY
         q = qm.start_queue(COMPRESS, depth=64)
         assert q.sq_depth == 64
         qm.stop_queue(q)
         log, _ = model_view(dev)
         assert log[-1] == ("STOP_QP", 0, 0, 0)
         qm.close()
+
+
+@pytest.mark.parametrize("options", [{"isolation": "1"}, {"isolation": "1", "doorbells": "trap"},
+                                     {"doorbells": "trap"}],
+                         ids=["isolation", "isolation-trapped", "trapped"])
+def test_v3_doorbell_isolation_and_trapped_doorbells(options: dict[str, str]) -> None:
+    """Doorbell isolation: each queue rings its own 64 KiB page of BAR4 (hisi_qm's qm_db_v2);
+    trapped doorbells: every store is a message the model latches (what Linux needs)."""
+    with warpdrive.open("emu:zip", model_options={"queues": "3", **options}) as dev:
+        qm = QmDevice(dev, hw.ZIP)
+        eng = wz.ZipEngine(qm)
+        assert qm.caps.db_isolation == ("isolation" in options)
+        data = b"isolated doorbells " * 2000
+        for _ in range(3):
+            assert zlib.decompress(eng.compress(data)) == data
+            assert eng.decompress(zlib.compress(data)) == data
+        _, stats = model_view(dev)
+        assert stats["jobs"] == 6
+        if options.get("doorbells") == "trap":
+            assert stats["doorbells"] == 0  # nothing polled: every doorbell was a message
+        eng.close()
 
 
 def test_pf_is_refused_and_wrong_device_is_refused() -> None:

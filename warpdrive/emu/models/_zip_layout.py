@@ -31,7 +31,11 @@ QM_VF_AEQ_INT_SOURCE = 0x0000
 QM_VF_AEQ_INT_MASK = 0x0004  # 0 = enabled (qm_enable_eq_aeq_interrupts)
 QM_VF_EQ_INT_SOURCE = 0x0008
 QM_VF_EQ_INT_MASK = 0x000C
+QM_IFC_INT_SOURCE_V = 0x0020  # PF->VF message source; the VF writes bit 0 to clear it
 QM_IFC_INT_MASK = 0x0024  # PF->VF message mask (qm_cmd_init)
+QM_IFC_INT_STATUS = 0x0028  # bit 0: a PF message is pending (qm_mb_cmd_irq)
+QM_IFC_INT_SET_V = 0x002C  # VF->PF: the VF sets bit 0 and polls it clear (qm_ping_pf)
+QM_QUE_ISO_CFG_V = 0x0030  # bit 0: doorbell isolation (read on V3, qm_get_hw_caps)
 QM_PAGE_SIZE = 0x0034  # SVA prefetch page type (qm_init_prefetch)
 QM_VF_STATE = 0x0060  # V3: 0 ready, 1 not ready (hisi_qm_set_state)
 QM_CACHE_WB_START = 0x0204  # hisi_qm_cache_wb
@@ -51,9 +55,17 @@ QM_IRQ_NUM_CAP = 0x311C  # VF vector count bits 15:0
 QM_EQC_DW0 = 0x8000
 QM_AEQC_DW0 = 0x8020
 
+# -- §2, §6 doorbell isolation (qm.c: qm_get_pci_res, qm_db_v2): BAR4, one 64 KiB page per
+# queue, the SQ/CQ doorbell at 0x1000 of it
+QM_DB_BAR = 4
+QM_QP_DB_INTERVAL = 0x10000
+
 # -- §8 capability bits and the V2 defaults (qm.c: qm_basic_info, qm_cap_info_comm) -------------
+QM_CAP_FUNC_QOS = 1 << 8
 QM_CAP_STOP_QP = 1 << 9
 QM_CAP_STOP_FUNC = 1 << 10
+QM_CAP_MB_COMMAND = 1 << 11
+QM_CAP_SVA_PREFETCH = 1 << 14
 QM_IRQ_TYPE_PRESENT = 1 << 16
 V2_XEQ_DEPTH = 1024 << 16 | 2048  # AEQ 1024, EQ 2048
 V2_EQ_IRQ = QM_IRQ_TYPE_PRESENT | 0  # vector 0
@@ -138,6 +150,7 @@ SQE_SIZE = 128
 SQE = struct.Struct("<32I")
 DW_INPUT_LENGTH = 4
 DW_IN_SGE_FLAGS = 7  # dw7: flush bit 25, stream mode 26, new stream 27, sqe_type 31:28
+DW_OUT_SGE = 8  # dw8 bits 23:0: bytes of the destination SGL's data to skip
 DW_REQ = 9  # dw9: request type 7:0, buffer type 11:8, window 15:12
 DW_DEST_AVAIL_OUT = 14
 DW_CTX_DW0 = 15  # ctx_st bits 3:0
@@ -182,3 +195,46 @@ STATUS_DMA_FAULT = 0x05
 # ctx_dw0 bits 3:0 (§15)
 CTX_ST_MASK = 0xF
 CTX_ST_DECOMPING_NO_SPACE = 0x02
+
+# -- §7, §8 what a V3 VF reports (qm.c: qm_basic_info V3 column; qm_cap_info_comm/_vf) ---------
+# The model reports a non-zero capability version, so Linux reads every register below instead
+# of assuming its V3 table; the values are that table's. Function features: STOP_QP (queues stop
+# by mailbox), STOP_FUNC, MB_COMMAND (PF<->VF message registers), SVA_PREFETCH (page type write);
+# not FUNC_QOS (a PF matter) nor the VF's runtime PM (bit 12, off in the kernel's table too).
+MODEL_CAP_VER = 0x01
+MODEL_FUNC_CAPS = QM_CAP_STOP_QP | QM_CAP_STOP_FUNC | QM_CAP_MB_COMMAND | QM_CAP_SVA_PREFETCH
+V3_EQ_IRQ = QM_IRQ_TYPE_PRESENT | 0  # EQ: vector 0
+V3_AEQ_IRQ = QM_IRQ_TYPE_PRESENT | 1  # AEQ: vector 1
+V3_ABN_IRQ = QM_IRQ_TYPE_PRESENT | 3  # abnormal: the PF's vector 3 (a VF ignores it)
+V3_PF2VF_IRQ = QM_IRQ_TYPE_PRESENT | 2  # PF->VF messages: vector 2
+V3_IRQ_NUM = 4 << 16 | 3  # PF 4 vectors (bits 31:16), VF 3 (bits 15:0)
+V3_VF_IRQ_NUM = 3
+# MSI (not MSI-X), exactly the VF's vector count, which the MSI capability must allow as a power
+# of two (§7: pci_alloc_irq_vectors(n, n, PCI_IRQ_MSI); QEMU then asks for all of them).
+V2_MSI_VECTORS = 2
+V3_MSI_VECTORS = 4
+
+# -- §9 ZIP capability registers (zip_main.c: zip_basic_cap_info, V3 column) ------------------
+# A 6.12 VF reads 0x313c-0x3148; 7.3 reads the whole block 0x3124-0x315c.
+ZIP_V3_CAPS = {
+    0x3124: 0x7C77,  # QM_NFE_MASK
+    0x3128: 0x6C77,  # QM_RESET_MASK / QM_OOO_SHUTDOWN_MASK
+    0x312C: 0x8,  # QM_CE_MASK
+    0x3130: 0x1FFE,  # NFE_MASK
+    0x3134: 0x7FE,  # RESET_MASK / OOO_SHUTDOWN_MASK
+    0x3138: 0x1,  # CE_MASK
+    0x313C: 1 << 28 | 2 << 24 | 5 << 16 | 2 << 8 | 3,  # clusters, core types, cores, comp/decomp
+    0x3140: 0x1C << 16 | 0x3,  # decompression / compression core bitmaps
+    0x3144: 0x30,  # DRV_ALG_BITMAP: bits 5:4 = deflate, so the kernel registers it
+    0x3148: 0x3F,  # DEV_ALG_BITMAP: zlib, gzip, deflate
+    0x314C: 0xD5, 0x3150: 0xD5, 0x3154: 0x2A, 0x3158: 0x2A, 0x315C: 0x2A,  # per-core algorithms
+}
+
+# -- §10 hardware SGL (sgl.c: struct hisi_acc_hw_sgl, acc_hw_sge) -------------------------------
+SQE_BUF_SGL = 1  # dw9 bits 11:8
+SGE_OFFSET_MASK = 0xFFFFFF  # dw7 / dw8 bits 23:0: bytes of the SGL's data to skip
+SGL_HEADER = struct.Struct("<QHHH")  # next_dma u64, entry_sum_in_chain, entry_sum_in_sgl, length
+SGL_HEADER_SIZE = 64
+SGE = struct.Struct("<QQI")  # buf u64 (DMA address), page_ctrl u64 (ignored), len u32
+SGE_SIZE = 32
+SGL_MAX_CHAIN = 256  # the model's bound on next_dma links (6.12 never chains)

@@ -1,80 +1,85 @@
-"""Device model of a HiSilicon ZIP virtual function (QM V2 register layout), served over vfio-user.
+"""Device model of a HiSilicon ZIP virtual function (QM V3 by default, V2 on request), served over
+vfio-user.
 
 This is the embedded default behind `warpdrive.open("emu:zip")` and `warpdrive.zip` when no ZIP
-hardware is present. It speaks the register interface the kernel's hisi_qm driver and Linaro UADK
-program (docs/research/hisi-qm-zip.md; the model's own transcription is `_zip_layout`, it never
-imports a driver module) and does the real compression with Python's `zlib`.
+hardware is present, and the ZIP function of the lab guest, where Linux's own `hisi_zip` driver
+judges it. It speaks the interface the kernel's hisi_qm/hisi_zip and Linaro UADK program, as
+docs/research/hisi-qm-zip.md records it from their sources (the model's transcription is
+`_zip_layout`; it never imports a driver module), and compresses with Python's `zlib`.
 
-What it models:
-- PCI identity of a ZIP VF (19e5:a251, revision 0x21 = QM V2), MSI with two vectors (EQ 0, AEQ 1).
-- BAR2 (64 KiB): the QM registers. Everything is trapped (REGION_READ/WRITE messages) except the
-  page at 0x1000 holding the SQ/CQ doorbell, which is a sparse-mmap area backed by shared memory
-  the model polls, so a client submits with a plain store and no message.
-- The mailbox at 0x300 (busy bit 13, status bits 9-12): SQC_VFT_V2 (answers the VF's queue range in
-  0x304/0x308), EQC, AEQC, SQC_BT, CQC_BT, per-queue SQC/CQC, reads back of each (op = 1),
-  STOP_QP / FLUSH_QM (accepted; V3 commands). Contexts are read from client DMA memory and copied
-  into the client's SQC/CQC tables, as the hardware's context cache would write them back.
-- Queues: SQ of 128-byte ZIP SQEs, CQ of 16-byte CQEs with a phase bit, EQ entries + MSI vector 0
-  when a CQ has its interrupt flag set and the EQ interrupt is unmasked (0x0c = 0).
-- Jobs: raw deflate / zlib / gzip compression and decompression, stateless and stateful (stream)
-  mode, flat buffers. The result words are written back into the SQE slot in place (consumed,
-  produced, status, last-block bit, checksum, isize, ctx_dw0), then the CQE, phase word last.
+What it models (section numbers are those of the research document):
+- PCI identity of a ZIP VF, 19e5:a251, revision 0x30 (V3) or 0x21 (V2) (§1). MSI, not MSI-X:
+  V3 3 vectors (EQ 0, AEQ 1, PF->VF 2) offered as 4 (the power of two the driver's request
+  enables), V2 2 (§7).
+- BAR2 (64 KiB): the QM registers (§3), trapped (each access a REGION_READ/WRITE message), and
+  the SQ/CQ doorbell at 0x1000: a page the client maps and the model polls (`doorbells=mmap`,
+  the default), or trapped and latched write by write (`doorbells=trap`). Option `isolation=1`:
+  doorbell isolation, a 64 KiB BAR4 page per queue with its doorbell at 0x1000 (§2, §6).
+- V3 capability registers (§8, §9) with a non-zero capability version, so Linux reads them all:
+  the V3 table's values (deflate for the crypto API, 3 vectors, STOP_QP, ...). V2 has none (they
+  read as 0; a V2 driver never reads them).
+- The QM (`_qm.QmFunction`): mailbox (§4; runs on its last dword, as x86 Linux writes it),
+  contexts with read-back into the driver's scratch buffer, doorbells, CQEs, EQEs (at most one
+  pending per queue, §7), AEQ on ring faults, STOP_QP after draining.
+- Jobs: raw deflate / zlib / gzip compression and decompression, stateless and stateful, from
+  flat buffers or hardware SGLs (§10). Results go into the SQE slot in place (consumed,
+  produced, status, last-block bit, checksum, isize, ctx_dw0); the tag words are left alone.
+- Statuses (§10, §15): a stateless job is a whole stream, whatever the flush bit says (the kernel
+  sends flush 0); its success is 0 (0x0d for output larger than input) with the last-block bit;
+  a stateful decompression that reaches the end reports 0x13 with the last-block bit, as UADK
+  reads it.
 - DMA outside the client's maps is reported in the SQE's status (`STATUS_DMA_FAULT`) like an
-  IOMMU fault; it never crashes the model.
-- BAR0 (4 KiB, read-only) is a model-only introspection window that real hardware does not have
+  IOMMU fault; it never crashes the model. Buffers may span many client maps (QEMU maps a
+  vIOMMU's pages one by one).
+- BAR0 (4 KiB, read-only) is a model-only introspection window real hardware does not have
   (drivers never touch it): counters and the log of mailbox commands, for tests. Layout: `DBG_*`.
 
-What it assumes where the facts are UNCONFIRMED (the research document marks them so):
-- **Doorbell as polled memory.** Real hardware latches every doorbell write; a polled word only
-  shows the latest store. SQ and CQ doorbells (of every queue of a V2 function) share the register
-  at 0x1000, so a later store can hide an earlier one. The model treats an SQ doorbell as
-  level-triggered (work = tail - head mod depth, the tail being the last one seen for that queue)
-  and ignores CQ doorbells for flow control: the driver never has more than depth-1 jobs
-  un-reaped, so the CQ cannot overflow. The driver re-stores its SQ doorbell (same absolute tail:
-  idempotent on hardware, UNCONFIRMED) after a CQ doorbell and while it waits for outstanding
-  work, so a hidden SQ doorbell is always seen again. When a queue starts, the model writes a
-  reserved command (15) into the word so a stale SQ doorbell from an earlier life of the queue is
-  never taken for work.
-- **Header/trailer split.** Software writes the zlib/gzip header (as UADK does) and points the
-  SQE past it; for ZLIB/GZIP request types the engine produces the deflate body *and* the trailer
-  (Adler-32 big endian / CRC-32 + ISIZE little endian) on the finishing job, and on decompression
-  consumes and checks the trailer (status 0x10 on a mismatch). dw31 carries the running checksum
-  and dw30 the running length, in and out, as UADK passes them.
+What it assumes where the facts are UNCONFIRMED:
+- **A mapped doorbell is polled memory.** Hardware latches every doorbell write; a polled word
+  only shows the latest store, and SQ and CQ doorbells (of every queue without isolation) share
+  it. The model takes an SQ doorbell as level-triggered (work = tail - head) and CQ doorbells as
+  information only (no driver has more than depth-1 jobs un-reaped, so the CQ cannot overflow).
+  warpdrive's driver re-stores its SQ doorbell (same absolute tail: idempotent) after a CQ
+  doorbell and while it waits, so a hidden SQ doorbell is seen again. Linux does not (its
+  completion work rings CQ doorbells after it has woken the submitter, whose next SQ doorbell
+  can be overwritten), so a function Linux drives needs `doorbells=trap` (the lab's setting).
+  When a queue starts, a polled word is reset to a reserved command (15), so a stale SQ doorbell
+  from an earlier life of the queue is never taken for work.
+- **Header/trailer split.** Software writes the zlib/gzip header (as UADK does); for the
+  ZLIB/GZIP request types the engine produces the deflate body *and* the trailer on the finishing
+  job, and on decompression checks it (status 0x10 on a mismatch). dw31/dw30 carry the running
+  checksum and length, in and out.
 - **Status codes** for corrupt data (0x03), malformed SQEs (0x04) and DMA faults (0x05) are this
   model's choice: the real codes are not published. Output larger than `dest_avail_out` is 0x0e
   and leaves stream state untouched, so the job can be resubmitted with more room.
 - **Stream state** lives in the model keyed by the SQE's stream-context address, not inside the
   64 KiB context buffer (Python's zlib cannot serialise its state). The address must be mapped.
-  Stateful decompression that fills the output reports ctx_st 0x02 (more output pending).
-- **Compression level**: the hardware has one; the model uses zlib level `level` (option, default
-  6). The 24 KiB window code maps to zlib's 16 KiB window.
-- **Interrupts**: at most one EQ entry per CQ per poll round (coalesced); when the EQ is full the
-  entry is dropped but the MSI is still raised (the driver checks its CQs on every interrupt).
-- Not modelled: V1 doorbells, doorbell isolation (BAR4), SGL buffers, lz77/lz4 types, PF-only
-  registers, PF<->VF messages, QoS, error injection beyond DMA faults.
+- **Compression level**: the model uses zlib level `level` (option, default 6); the 24 KiB window
+  code maps to zlib's 16 KiB window.
+- Not modelled: V1, lz77/lz4 types, PF-only registers, PF<->VF messages, QoS, error injection
+  beyond DMA faults.
 
 Run it standalone: `warpdrive emu zip --socket PATH` (or `python -m warpdrive.emu zip ...`);
 options (`--set key=value`): `queues` (default 2), `depth` (SQ/CQ depth, default 1024),
-`revision` (0x21; 0x30 makes it report the V3 capability registers), `level` (zlib level).
+`revision` (0x30 default, or 0x21), `level` (zlib level), `doorbells` (mmap | trap),
+`isolation` (0 | 1).
 """
 
 from __future__ import annotations
 
 import struct
-import zlib
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from ...errors import InvalidArgumentError
-from ..model import VFIO_PCI_MSI_IRQ_INDEX, DeviceModel, DmaFault, RegionSpec
+from ..dma import DmaFault
+from ..model import VFIO_PCI_MSI_IRQ_INDEX, DeviceModel, RegionSpec
 from . import _zip_layout as L
+from ._deflate import WINDOW_WBITS, DeflateUnit, JobResult
+from ._qm import Dma, QmFunction, QueueState
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-_CQE_BODY = struct.Struct("<IHHHHH")  # the CQE without w7: written before the phase word
-_U16 = struct.Struct("<H")
 _RES = struct.Struct("<4I")  # dw0..3
 _TAIL = struct.Struct("<4I")  # dw28..31
 
@@ -95,685 +100,33 @@ DBG_MSIS = 0x30  # u64 MSIs raised
 DBG_MB_COUNT = 0x38  # u32 mailbox commands executed (all of them)
 DBG_MESSAGES = 0x40  # u64 vfio-user messages the server has received (this read included)
 DBG_RESETS = 0x48  # u64 device resets (VFIO_USER_DEVICE_RESET)
+DBG_EQES = 0x50  # u64 event-queue entries posted
+DBG_SGL_JOBS = 0x58  # u64 jobs whose buffers were hardware SGLs
 DBG_MB_LOG = 0x100  # u32 per command: cmd | op << 8 | status << 12 | queue << 16
 DBG_MB_LOG_LEN = (DBG_SIZE - DBG_MB_LOG) // 4
-
-
-class Dma(Protocol):
-    """What the engine needs of the framework's client-memory table (`ClientMemory`)."""
-
-    def read(self, iova: int, size: int) -> bytes: ...
-
-    def write(self, iova: int, data: bytes | bytearray | memoryview) -> None: ...
-
-    def view(self, iova: int, size: int, write: bool = False) -> memoryview: ...
-
-
-_WINDOW_WBITS = {L.WINDOW_4K: 12, L.WINDOW_8K: 13, L.WINDOW_16K: 14, L.WINDOW_24K: 14,
-                 L.WINDOW_32K: 15}
-
-
-@dataclass
-class JobResult:
-    status: int
-    consumed: int = 0
-    produced: int = 0
-    last: bool = False
-    checksum: int = 0
-    isize: int = 0
-    ctx_st: int = 0
-
-
-@dataclass
-class _Stream:
-    """Stream (stateful) job state kept between SQEs of one stream."""
-
-    compress: bool
-    alg: int
-    obj: Any  # zlib compressobj / decompressobj
-    checksum: int
-    isize: int = 0
-    trailer: bytearray = field(default_factory=bytearray)
-    body_done: bool = False
-    done: bool = False
-
-
-def _initial_checksum(alg: int) -> int:
-    return 1 if alg == L.ALG_ZLIB else 0
-
-
-def _update_checksum(alg: int, data: bytes | memoryview, value: int) -> int:
-    if alg == L.ALG_ZLIB:
-        return zlib.adler32(data, value)
-    if alg == L.ALG_GZIP:
-        return zlib.crc32(data, value)
-    return 0
-
-
-def _trailer(alg: int, checksum: int, isize: int) -> bytes:
-    if alg == L.ALG_ZLIB:
-        return checksum.to_bytes(4, "big")
-    if alg == L.ALG_GZIP:
-        return checksum.to_bytes(4, "little") + (isize & 0xFFFF_FFFF).to_bytes(4, "little")
-    return b""
-
-
-def _trailer_len(alg: int) -> int:
-    return {L.ALG_ZLIB: 4, L.ALG_GZIP: 8}.get(alg, 0)
-
-
-def _check_trailer(alg: int, trailer: bytes | bytearray, checksum: int, isize: int) -> bool:
-    return bytes(trailer) == _trailer(alg, checksum, isize)
-
-
-class DeflateUnit:
-    """The compression engine: executes one SQE's request against input/output memory views.
-    Stream state is kept here, keyed by the stream-context address."""
-
-    MAX_STREAMS = 4096
-
-    def __init__(self, level: int = 6) -> None:
-        self.level = level
-        self.streams: OrderedDict[int, _Stream] = OrderedDict()
-
-    def reset(self) -> None:
-        self.streams.clear()
-
-    # -- stateless -------------------------------------------------------------------------
-    def compress_stateless(self, alg: int, wbits: int, src: memoryview, dst: memoryview,
-                           finish: bool) -> JobResult:
-        n = len(src)
-        if finish:
-            # zlib writes the whole container; software owns the header, so skip it.
-            if alg == L.ALG_ZLIB:
-                full = zlib.compress(src, self.level, wbits)
-                body = memoryview(full)[2:]
-                checksum = int.from_bytes(full[-4:], "big")
-            elif alg == L.ALG_GZIP:
-                full = zlib.compress(src, self.level, 16 + wbits)
-                body = memoryview(full)[10:]
-                checksum = int.from_bytes(full[-8:-4], "little")
-            else:
-                full = zlib.compress(src, self.level, -wbits)
-                body = memoryview(full)
-                checksum = 0
-        else:
-            c = zlib.compressobj(self.level, zlib.DEFLATED, -wbits)
-            body = memoryview(c.compress(src) + c.flush(zlib.Z_SYNC_FLUSH))
-            checksum = _update_checksum(alg, src, _initial_checksum(alg))
-        m = len(body)
-        if m > len(dst):
-            return JobResult(L.STATUS_DST_TOO_SMALL)
-        dst[:m] = body
-        status = L.STATUS_NEGACOMPRESS if m > n else L.STATUS_OK
-        return JobResult(status, n, m, finish, checksum, n)
-
-    def decompress_stateless(self, alg: int, src: memoryview, dst: memoryview) -> JobResult:
-        d = zlib.decompressobj(-15)
-        avail = len(dst)
-        try:
-            out = d.decompress(src, avail)
-        except zlib.error:
-            return JobResult(L.STATUS_BAD_DATA)
-        m = len(out)
-        dst[:m] = out
-        checksum = _update_checksum(alg, out, _initial_checksum(alg))
-        if not d.eof:
-            if d.unconsumed_tail or m == avail:
-                return JobResult(L.STATUS_DST_TOO_SMALL)
-            # Input ended before the end of the stream: a partial result, no end flag.
-            return JobResult(L.STATUS_OK, len(src), m, False, checksum, m)
-        used = len(src) - len(d.unused_data)
-        tlen = _trailer_len(alg)
-        if tlen:
-            trailer = d.unused_data[:tlen]
-            if len(trailer) < tlen:
-                return JobResult(L.STATUS_OK, len(src), m, False, checksum, m)
-            if not _check_trailer(alg, trailer, checksum, m):
-                return JobResult(L.STATUS_CRC_ERR, used, m, True, checksum, m)
-            used += tlen
-        return JobResult(L.STATUS_DECOMP_END, used, m, True, checksum, m)
-
-    # -- stateful ---------------------------------------------------------------------------
-    def _stream(self, key: int, new: bool, compress: bool, alg: int,
-                wbits: int) -> _Stream | None:
-        st = self.streams.get(key)
-        if new or st is None:
-            if not new:
-                return None
-            obj = (zlib.compressobj(self.level, zlib.DEFLATED, -wbits) if compress
-                   else zlib.decompressobj(-15))
-            st = _Stream(compress, alg, obj, _initial_checksum(alg))
-            self.streams[key] = st
-            while len(self.streams) > self.MAX_STREAMS:
-                self.streams.popitem(last=False)
-        else:
-            self.streams.move_to_end(key)
-        return st
-
-    def compress_stateful(self, key: int, new: bool, alg: int, wbits: int, src: memoryview,
-                          dst: memoryview, finish: bool, checksum_in: int,
-                          isize_in: int) -> JobResult:
-        st = self._stream(key, new, True, alg, wbits)
-        if st is None or not st.compress or st.done:
-            return JobResult(L.STATUS_BAD_REQUEST)
-        n = len(src)
-        if not new:  # the running values travel in the SQE (dw31/dw30)
-            st.checksum, st.isize = checksum_in, isize_in
-        # Work on a copy unless the output surely fits, so "too small" leaves the stream intact.
-        sure = len(dst) >= n + (n >> 12) + (n >> 14) + 64
-        obj = st.obj if sure else st.obj.copy()
-        body = obj.compress(src) + obj.flush(zlib.Z_FINISH if finish else zlib.Z_SYNC_FLUSH)
-        checksum = _update_checksum(alg, src, st.checksum)
-        isize = (st.isize + n) & 0xFFFF_FFFF
-        if finish:
-            body += _trailer(alg, checksum, isize)
-        m = len(body)
-        if m > len(dst):
-            return JobResult(L.STATUS_DST_TOO_SMALL, 0, 0, False, st.checksum, st.isize)
-        dst[:m] = body
-        st.obj, st.checksum, st.isize = obj, checksum, isize
-        if finish:
-            st.done = True
-            self.streams.pop(key, None)
-        status = L.STATUS_NEGACOMPRESS if m > n else L.STATUS_OK
-        return JobResult(status, n, m, finish, checksum, isize)
-
-    def decompress_stateful(self, key: int, new: bool, alg: int, src: memoryview,
-                            dst: memoryview) -> JobResult:
-        st = self._stream(key, new, False, alg, 15)
-        if st is None or st.compress:
-            return JobResult(L.STATUS_BAD_REQUEST)
-        if st.done:
-            return JobResult(L.STATUS_DECOMP_END, 0, 0, True, st.checksum, st.isize)
-        n = len(src)
-        avail = len(dst)
-        out = b""
-        used = 0
-        rest: bytes | memoryview = src
-        if not st.body_done:
-            d = st.obj
-            try:
-                out = d.decompress(src, avail)
-            except zlib.error:
-                st.done = True
-                return JobResult(L.STATUS_BAD_DATA, 0, 0, False, st.checksum, st.isize)
-            dst[:len(out)] = out
-            st.checksum = _update_checksum(alg, out, st.checksum)
-            st.isize = (st.isize + len(out)) & 0xFFFF_FFFF
-            if not d.eof:
-                used = n - len(d.unconsumed_tail)
-                more = len(out) == avail  # output full: more may be pending inside zlib
-                return JobResult(L.STATUS_OK, used, len(out), False, st.checksum, st.isize,
-                                 L.CTX_ST_DECOMPING_NO_SPACE if more else 0)
-            st.body_done = True
-            rest = d.unused_data
-            used = n - len(rest)
-        tlen = _trailer_len(alg)
-        take = min(tlen - len(st.trailer), len(rest))
-        st.trailer += bytes(rest[:take])
-        used += take
-        if len(st.trailer) < tlen:
-            return JobResult(L.STATUS_OK, used, len(out), False, st.checksum, st.isize)
-        st.done = True
-        if tlen and not _check_trailer(alg, st.trailer, st.checksum, st.isize):
-            return JobResult(L.STATUS_CRC_ERR, used, len(out), True, st.checksum, st.isize)
-        return JobResult(L.STATUS_DECOMP_END, used, len(out), True, st.checksum, st.isize)
-
-
-@dataclass
-class _QueueState:
-    qn: int
-    sq_base: int = 0
-    sq_depth: int = 0
-    sqe_size: int = L.SQE_SIZE
-    alg: int = 0  # SQC alg type: 0 compress, 1 decompress
-    sqc: bytes = bytes(32)
-    sqc_ok: bool = False
-    cq_base: int = 0
-    cq_depth: int = 0
-    cq_phase: int = 1
-    cq_irq: bool = False
-    cqc: bytes = bytes(32)
-    cqc_ok: bool = False
-    head: int = 0  # next SQE the engine executes
-    tail: int = 0  # last SQ tail seen in a doorbell
-    cq_tail: int = 0
-    cq_head: int = 0  # last CQ head seen (informational: see the module docstring)
-    stopped: bool = False
-    broken: str = ""  # the rings themselves faulted; the queue does nothing more
-
-    @property
-    def running(self) -> bool:
-        return self.sqc_ok and self.cqc_ok and not self.stopped and not self.broken
-
-
-@dataclass
-class _EventQueue:
-    base: int = 0
-    depth: int = 0
-    phase: int = 1
-    tail: int = 0
-    head: int = 0
-    ctx: bytes = bytes(28)
-    ok: bool = False
-
-
-class QmFunction:
-    """The device side of one QM V2 virtual function: register file, mailbox, contexts, queues
-    and the ZIP engine. Plain methods, so it can be exercised without a server."""
-
-    JOB_BUDGET = 256  # jobs per process() call, so the server keeps answering messages
-
-    def __init__(self, dma: Dma, *, revision: int = L.QM_HW_V2, qp_base: int = 0,
-                 qp_num: int = 2, sq_depth: int = 1024, cq_depth: int = 1024, level: int = 6,
-                 notify: Callable[[int], bool] | None = None) -> None:
-        if not 1 <= qp_num <= 1024:
-            raise InvalidArgumentError(f"zip model: {qp_num} queues is out of range",
-                                       hint="give queues=1..1024")
-        for d in (sq_depth, cq_depth):
-            if not 2 <= d <= 4096:  # power of two not required by the QM, but keep sane
-                raise InvalidArgumentError(f"zip model: queue depth {d} is out of range",
-                                           hint="give depth=2..4096")
-        self.dma = dma
-        self.revision = revision
-        self.qp_base = qp_base
-        self.qp_num = qp_num
-        self.sq_depth_cap = sq_depth
-        self.cq_depth_cap = cq_depth
-        self.notify = notify or (lambda vector: False)
-        self.engine = DeflateUnit(level)
-        self.mb_log: list[tuple[int, int, int, int]] = []  # (cmd, op, queue, status)
-        self.stats = {"jobs": 0, "trapped_reads": 0, "trapped_writes": 0, "doorbells": 0,
-                      "dma_faults": 0, "msis": 0, "resets": 0}
-        self.reset()
-
-    # -- state -----------------------------------------------------------------------------
-    def reset(self) -> None:
-        self.regs: dict[int, int] = {
-            L.QM_VF_AEQ_INT_MASK: 1, L.QM_VF_EQ_INT_MASK: 1, L.QM_IFC_INT_MASK: 1,
-        }
-        self.mailbox = bytearray(16)
-        self.sqc_bt = 0
-        self.cqc_bt = 0
-        self.eq = _EventQueue()
-        self.aeq = _EventQueue()
-        self.queues = [_QueueState(i) for i in range(self.qp_num)]
-        self.eq_pending = False
-        self.aeq_pending = False
-        self.engine.reset()
-
-    def caps(self, offset: int) -> int | None:
-        """Capability registers: V3 values on a V3 model; on V2 (which has none) the defaults the
-        kernel assumes for V2, so a driver that reads them anyway sees consistent values."""
-        v3 = self.revision >= L.QM_HW_V3
-        table = {
-            L.QM_FUNC_CAPS_REG: (L.QM_CAP_STOP_QP | L.QM_CAP_STOP_FUNC | 0x3) if v3 else 0,
-            L.QM_XEQ_DEPTH_CAP: L.V2_XEQ_DEPTH,
-            L.QM_QP_DEPTH_CAP: (self.cq_depth_cap << 16) | self.sq_depth_cap,
-            L.QM_EQ_IRQ_TYPE_CAP: L.V2_EQ_IRQ,
-            L.QM_AEQ_IRQ_TYPE_CAP: L.V2_AEQ_IRQ,
-            L.QM_ABN_IRQ_TYPE_CAP: 0,
-            L.QM_PF2VF_IRQ_TYPE_CAP: (L.QM_IRQ_TYPE_PRESENT | 2) if v3 else 0,
-            L.QM_IRQ_NUM_CAP: 3 if v3 else L.V2_VF_IRQ_NUM,
-        }
-        return table.get(offset)
-
-    # -- trapped register access -----------------------------------------------------------
-    def read(self, offset: int, size: int) -> bytes:
-        self.stats["trapped_reads"] += 1
-        base = offset & ~3
-        out = bytearray()
-        for dw in range(base, offset + size, 4):
-            out += _U32.pack(self._read32(dw))
-        start = offset - base
-        return bytes(out[start:start + size])
-
-    def _read32(self, off: int) -> int:
-        if L.QM_MB_CMD_SEND_BASE <= off < L.QM_MB_CMD_SEND_BASE + 16:
-            return int(_U32.unpack_from(self.mailbox, off - L.QM_MB_CMD_SEND_BASE)[0])
-        cap = self.caps(off)
-        if cap is not None:
-            return cap
-        if off == L.QM_VF_EQ_INT_SOURCE:
-            return int(self.eq_pending)
-        if off == L.QM_VF_AEQ_INT_SOURCE:
-            return int(self.aeq_pending)
-        if off == L.QM_CACHE_WB_DONE:
-            return 1
-        if L.QM_EQC_DW0 <= off < L.QM_EQC_DW0 + 28:
-            return int(_U32.unpack_from(self._eqc_bytes(self.eq), off - L.QM_EQC_DW0)[0])
-        if L.QM_AEQC_DW0 <= off < L.QM_AEQC_DW0 + 28:
-            return int(_U32.unpack_from(self._eqc_bytes(self.aeq), off - L.QM_AEQC_DW0)[0])
-        return self.regs.get(off, 0)
-
-    def write(self, offset: int, data: bytes) -> None:
-        self.stats["trapped_writes"] += 1
-        end = offset + len(data)
-        mb = L.QM_MB_CMD_SEND_BASE
-        if offset < mb + 16 and end > mb:
-            lo, hi = max(offset, mb), min(end, mb + 16)
-            self.mailbox[lo - mb:hi - mb] = data[lo - offset:hi - offset]
-            # On x86 Linux writes the 16 bytes as four ascending dwords, busy dword first: the
-            # command runs when the last dword lands (docs/research/hisi-qm-zip.md, section 4).
-            if offset < mb + 16 <= end and self.mailbox[1] & (L.QM_MB_BUSY >> 8):
-                self._mailbox_execute()
-            return
-        if offset == L.QM_DOORBELL_EQ_AEQ_BASE_V2 and len(data) == 8:
-            self._eq_doorbell(_U64.unpack(data)[0])
-            return
-        if offset == L.QM_DOORBELL_SQ_CQ_BASE_V2 and len(data) == 8:
-            # Reached only if a framework traps the doorbell page instead of applying the write
-            # to the shared memory; treat it as latched.
-            self.doorbell(_U64.unpack(data)[0])
-            return
-        for i in range(0, len(data) - len(data) % 4, 4):
-            self._write32(offset + i, int(_U32.unpack_from(data, i)[0]))
-
-    def _write32(self, off: int, value: int) -> None:
-        if off in (L.QM_VF_EQ_INT_MASK, L.QM_VF_AEQ_INT_MASK, L.QM_IFC_INT_MASK,
-                   L.QM_PAGE_SIZE, L.QM_VF_STATE):
-            self.regs[off] = value
-        elif off == L.QM_CACHE_WB_START:
-            pass  # contexts are always written back at once; WB_DONE reads 1
-        # everything else: read-as-zero / write-ignored, like reserved registers
-
-    # -- mailbox ---------------------------------------------------------------------------
-    def _mailbox_execute(self) -> None:
-        w0, queue, base_l, base_h, _ = L.MAILBOX.unpack(self.mailbox)
-        cmd = w0 & L.QM_MB_CMD_MASK  # bits 9-12 status, 13 busy, 14 op lie above
-        op = (w0 >> L.QM_MB_OP_SHIFT) & 1
-        base = base_h << 32 | base_l
-        try:
-            status = self._mailbox_command(cmd, op, queue, base)
-        except DmaFault:
-            status = 2
-        self.mb_log.append((cmd, op, queue, status))
-        w0 = (w0 & ~(L.QM_MB_BUSY | L.QM_MB_STATUS_MASK << L.QM_MB_STATUS_SHIFT)
-              | (status & L.QM_MB_STATUS_MASK) << L.QM_MB_STATUS_SHIFT)
-        struct.pack_into("<H", self.mailbox, 0, w0)
-
-    def _mailbox_command(self, cmd: int, op: int, queue: int, base: int) -> int:
-        if cmd == L.QM_MB_CMD_SQC_VFT_V2:
-            if op != 1:
-                return 1  # a VF may only read its VFT; the PF programs it
-            vft = L.vft_encode_v2(self.qp_base, self.qp_num)
-            struct.pack_into("<II", self.mailbox, 4, vft & 0xFFFF_FFFF, vft >> 32)
-            return 0
-        if cmd in (L.QM_MB_CMD_EQC, L.QM_MB_CMD_AEQC):
-            eq = self.eq if cmd == L.QM_MB_CMD_EQC else self.aeq
-            if op:
-                self.dma.write(base, self._eqc_bytes(eq))
-                return 0
-            ctx = self.dma.read(base, L.EQC.size)
-            head, tail, bl, bh, _dw3, _r0, _r1, dw6 = L.EQC.unpack(ctx)
-            eq.base, eq.depth = bh << 32 | bl, (dw6 & 0xFFFF) + 1
-            eq.phase = 1 if dw6 & L.EQC_DW6_PHASE else 0
-            eq.head, eq.tail, eq.ctx, eq.ok = head, tail, ctx, True
-            return 0
-        if cmd in (L.QM_MB_CMD_SQC_BT, L.QM_MB_CMD_CQC_BT):
-            if op:
-                return 1
-            if cmd == L.QM_MB_CMD_SQC_BT:
-                self.sqc_bt = base
-            else:
-                self.cqc_bt = base
-            return 0
-        if cmd in (L.QM_MB_CMD_SQC, L.QM_MB_CMD_CQC):
-            if queue >= self.qp_num:
-                return 1
-            q = self.queues[queue]
-            is_sq = cmd == L.QM_MB_CMD_SQC
-            table = self.sqc_bt if is_sq else self.cqc_bt
-            if not table:
-                return 1  # the context table base was never set
-            if op:
-                self.dma.write(base, self._sqc_bytes(q) if is_sq else self._cqc_bytes(q))
-                return 0
-            ctx = self.dma.read(base, L.XQC_SIZE)
-            ok = self._load_sqc(q, ctx) if is_sq else self._load_cqc(q, ctx)
-            if not ok:
-                return 1
-            self.dma.write(table + queue * L.XQC_SIZE, ctx)  # the context cache's write-back
-            return 0
-        if cmd == L.QM_MB_CMD_STOP_QP:
-            if queue >= self.qp_num:
-                return 1
-            self.queues[queue].stopped = True
-            return 0
-        if cmd == L.QM_MB_CMD_FLUSH_QM:
-            self.process(budget=1 << 30)
-            return 0
-        return 1
-
-    def _load_sqc(self, q: _QueueState, ctx: bytes) -> bool:
-        head, tail, bl, bh, dw3, _w8, _r0, _pasid, _w11, _cq_num, w13, _r1 = L.SQC.unpack(ctx)
-        depth = (dw3 & L.SQC_DEPTH_MASK) + 1
-        sqe_size = 1 << (dw3 >> L.SQC_SQE_SIZE_SHIFT & 0xF)
-        if sqe_size != L.SQE_SIZE or depth > self.sq_depth_cap or head >= depth or \
-                tail >= depth:
-            return False
-        q.sq_base, q.sq_depth, q.sqe_size = bh << 32 | bl, depth, sqe_size
-        q.alg = w13 >> L.SQC_W13_ALG_SHIFT & 0xF
-        q.head = q.tail = head
-        q.sqc, q.sqc_ok, q.stopped, q.broken = ctx, True, False, ""
-        self.forget_doorbell(q.qn)
-        return True
-
-    def _load_cqc(self, q: _QueueState, ctx: bytes) -> bool:
-        head, tail, bl, bh, dw3, _w8, _r0, _pasid, _w11, dw6, _r1 = L.CQC.unpack(ctx)
-        depth = (dw3 & L.SQC_DEPTH_MASK) + 1
-        if (dw3 >> L.CQC_CQE_SIZE_SHIFT & 0xF) != 4 or depth > self.cq_depth_cap:
-            return False
-        q.cq_base, q.cq_depth = bh << 32 | bl, depth
-        q.cq_phase = dw6 & L.CQC_DW6_PHASE
-        q.cq_irq = bool(dw6 & L.CQC_DW6_IRQ)
-        q.cq_head, q.cq_tail = head, tail
-        q.cqc, q.cqc_ok, q.broken = ctx, True, ""
-        return True
-
-    def _sqc_bytes(self, q: _QueueState) -> bytes:
-        ctx = bytearray(q.sqc)
-        struct.pack_into("<HH", ctx, 0, q.head, q.tail)
-        return bytes(ctx)
-
-    def _cqc_bytes(self, q: _QueueState) -> bytes:
-        ctx = bytearray(q.cqc)
-        struct.pack_into("<HH", ctx, 0, q.cq_head, q.cq_tail)
-        fields = list(L.CQC.unpack(ctx))
-        fields[9] = (fields[9] & ~L.CQC_DW6_PHASE) | q.cq_phase
-        return L.CQC.pack(*fields)
-
-    @staticmethod
-    def _eqc_bytes(eq: _EventQueue) -> bytes:
-        ctx = bytearray(eq.ctx)
-        struct.pack_into("<HH", ctx, 0, eq.head, eq.tail)
-        return bytes(ctx)
-
-    # -- doorbells -------------------------------------------------------------------------
-    def forget_doorbell(self, qn: int) -> None:
-        """Hook for the owner of the polled doorbell word (see the module docstring)."""
-
-    def doorbell(self, value: int) -> None:
-        """An SQ/CQ doorbell value (V2 format), latched or found in the polled page."""
-        qn, cmd, index, _prio = L.doorbell_decode_v2(value)
-        if qn >= self.qp_num:
-            return
-        q = self.queues[qn]
-        if cmd == L.QM_DB_CMD_SQ:
-            if q.sqc_ok and index < q.sq_depth:
-                q.tail = index
-        elif cmd == L.QM_DB_CMD_CQ and q.cqc_ok and index < q.cq_depth:
-            q.cq_head = index
-
-    def _eq_doorbell(self, value: int) -> None:
-        _qn, cmd, index, _prio = L.doorbell_decode_v2(value)
-        if cmd == L.QM_DB_CMD_EQ and self.eq.ok and index < self.eq.depth:
-            self.eq.head = index
-            self.eq_pending = self.eq.head != self.eq.tail
-        elif cmd == L.QM_DB_CMD_AEQ and self.aeq.ok and index < self.aeq.depth:
-            self.aeq.head = index
-            self.aeq_pending = self.aeq.head != self.aeq.tail
-
-    def _post_event(self, eq: _EventQueue, word: int) -> bool:
-        """Write one EQE/AEQE; False (dropped) when the queue is full or unconfigured."""
-        if not eq.ok or (eq.tail + 1) % eq.depth == eq.head:
-            return False
-        try:
-            self.dma.write(eq.base + eq.tail * 4, _U32.pack(word | eq.phase << 16))
-        except DmaFault:
-            return False
-        eq.tail += 1
-        if eq.tail == eq.depth:
-            eq.tail, eq.phase = 0, eq.phase ^ 1
-        return True
-
-    # -- the queue engine ------------------------------------------------------------------
-    def pending(self) -> bool:
-        return any(q.running and q.head != q.tail for q in self.queues)
-
-    def process(self, budget: int | None = None) -> int:
-        """Execute up to `budget` submitted SQEs across the queues; returns how many."""
-        budget = self.JOB_BUDGET if budget is None else budget
-        done = 0
-        irq_queues: list[int] = []
-        for q in self.queues:
-            if not q.running or q.head == q.tail:
-                continue
-            n = self._run_queue(q, budget - done)
-            done += n
-            if n and q.cq_irq:
-                irq_queues.append(q.qn)
-            if done >= budget:
-                break
-        if irq_queues:
-            self._interrupt(irq_queues)
-        return done
-
-    def _run_queue(self, q: _QueueState, budget: int) -> int:
-        todo = min((q.tail - q.head) % q.sq_depth, budget)
-        if not todo:
-            return 0
-        try:
-            sq = self.dma.view(q.sq_base, q.sq_depth * q.sqe_size, write=True)
-            cq = self.dma.view(q.cq_base, q.cq_depth * L.CQE_SIZE, write=True)
-        except DmaFault as e:
-            q.broken = str(e)
-            self._post_event(self.aeq, q.qn | L.AEQE_TYPE_CQE_ERROR << L.AEQE_TYPE_SHIFT)
-            self.aeq_pending = True
-            if self.regs.get(L.QM_VF_AEQ_INT_MASK, 1) == 0:
-                self.notify(1)
-            return 0
-        try:
-            for _ in range(todo):
-                off = q.head * q.sqe_size
-                self._run_sqe(q, sq, off)
-                # CQE: body first, then the phase word, so a poller never sees a half CQE.
-                coff = q.cq_tail * L.CQE_SIZE
-                _CQE_BODY.pack_into(cq, coff, 0, 0, 0, q.head, q.qn, 0)
-                _U16.pack_into(cq, coff + 14, q.cq_phase)
-                q.cq_tail += 1
-                if q.cq_tail == q.cq_depth:
-                    q.cq_tail, q.cq_phase = 0, q.cq_phase ^ 1
-                q.head += 1
-                if q.head == q.sq_depth:
-                    q.head = 0
-        finally:
-            sq.release()
-            cq.release()
-        self.stats["jobs"] += todo
-        return todo
-
-    def _run_sqe(self, q: _QueueState, sq: memoryview, off: int) -> None:
-        w = L.SQE.unpack_from(sq, off)
-        res = self._execute(q, w)
-        _RES.pack_into(sq, off, res.consumed, res.produced, 0,
-                       (res.status & L.STATUS_MASK) | (L.STATUS_LAST_BLOCK if res.last else 0))
-        struct.pack_into("<I", sq, off + 4 * L.DW_CTX_DW0,
-                         (w[L.DW_CTX_DW0] & ~L.CTX_ST_MASK) | res.ctx_st)
-        _TAIL.pack_into(sq, off + 4 * L.DW_CTX_DW1, w[L.DW_CTX_DW1], w[L.DW_CTX_DW2],
-                        res.isize & 0xFFFF_FFFF, res.checksum & 0xFFFF_FFFF)
-
-    def _execute(self, q: _QueueState, w: tuple[int, ...]) -> JobResult:
-        dw7, dw9 = w[L.DW_IN_SGE_FLAGS], w[L.DW_REQ]
-        alg = dw9 & 0xFF
-        sqe_type = dw7 >> L.SQE_TYPE_SHIFT
-        buf_type = dw9 >> L.SQE_BUF_TYPE_SHIFT & 0xF
-        window = dw9 >> L.SQE_WINDOW_SHIFT & 0xF
-        in_len, avail = w[L.DW_INPUT_LENGTH], w[L.DW_DEST_AVAIL_OUT]
-        if (alg not in L.ALG_NAMES or sqe_type not in (L.SQE_TYPE_V1, L.SQE_TYPE_V3)
-                or buf_type != L.SQE_BUF_FLAT or window not in _WINDOW_WBITS
-                or in_len > L.HZ_MAX_SIZE or avail > L.HZ_MAX_SIZE
-                or q.alg not in (L.ZIP_QC_COMPRESS, L.ZIP_QC_DECOMPRESS)):
-            return JobResult(L.STATUS_BAD_REQUEST)
-        src_addr = w[L.DW_SRC_H] << 32 | w[L.DW_SRC_L]
-        dst_addr = w[L.DW_DST_H] << 32 | w[L.DW_DST_L]
-        finish = bool(dw7 & L.SQE_FLUSH_FINISH)
-        stateful = bool(dw7 & L.SQE_STATEFUL)
-        new = bool(dw7 & L.SQE_NEW_STREAM)
-        compress = q.alg == L.ZIP_QC_COMPRESS
-        src = dst = None
-        try:
-            # The source address must be valid even for an empty input (as on the hardware).
-            src = self.dma.view(src_addr, max(in_len, 1))[:in_len]
-            dst = self.dma.view(dst_addr, max(avail, 1), write=True)[:avail]
-            if stateful:
-                ctx_addr = w[L.DW_CTX_ADDR_H] << 32 | w[L.DW_CTX_ADDR_L]
-                self.dma.view(ctx_addr, 64, write=True).release()
-                if compress:
-                    return self.engine.compress_stateful(
-                        ctx_addr, new, alg, _WINDOW_WBITS[window], src, dst, finish,
-                        w[L.DW_CHECKSUM], w[L.DW_ISIZE])
-                return self.engine.decompress_stateful(ctx_addr, new, alg, src, dst)
-            if compress:
-                return self.engine.compress_stateless(alg, _WINDOW_WBITS[window], src, dst,
-                                                      finish)
-            return self.engine.decompress_stateless(alg, src, dst)
-        except DmaFault:
-            self.stats["dma_faults"] += 1
-            return JobResult(L.STATUS_DMA_FAULT)
-        finally:
-            if src is not None:
-                src.release()
-            if dst is not None:
-                dst.release()
-
-    def _interrupt(self, qns: list[int]) -> None:
-        for qn in qns:
-            self._post_event(self.eq, qn)
-        self.eq_pending = True
-        if self.regs.get(L.QM_VF_EQ_INT_MASK, 1) == 0 and self.notify(0):
-            self.stats["msis"] += 1
-
-    def abandon(self, iova: int, size: int) -> None:
-        """The client unmaps [iova, iova+size): forget stream state whose context lived there."""
-        for key in [k for k in self.engine.streams if iova <= k < iova + size]:
-            del self.engine.streams[key]
-
-    # -- introspection window --------------------------------------------------------------
-    def debug_read(self, offset: int, size: int, messages: int = 0) -> bytes:
-        win = bytearray(DBG_SIZE)
-        _U64.pack_into(win, DBG_MESSAGES, messages)
-        _U32.pack_into(win, DBG_MAGIC_OFF, DBG_MAGIC)
-        _U32.pack_into(win, DBG_VERSION_OFF, 1)
-        for off, key in ((DBG_JOBS, "jobs"), (DBG_TRAPPED_READS, "trapped_reads"),
-                         (DBG_TRAPPED_WRITES, "trapped_writes"),
-                         (DBG_DOORBELLS_POLLED, "doorbells"), (DBG_DMA_FAULTS, "dma_faults"),
-                         (DBG_MSIS, "msis"), (DBG_RESETS, "resets")):
-            _U64.pack_into(win, off, self.stats[key])
-        _U32.pack_into(win, DBG_MB_COUNT, len(self.mb_log))
-        for i, (cmd, op, queue, status) in enumerate(self.mb_log[:DBG_MB_LOG_LEN]):
-            _U32.pack_into(win, DBG_MB_LOG + 4 * i, cmd | op << 8 | status << 12 | queue << 16)
-        return bytes(win[offset:offset + size])
+_DBG_COUNTERS = {"jobs": DBG_JOBS, "trapped_reads": DBG_TRAPPED_READS,
+                 "trapped_writes": DBG_TRAPPED_WRITES, "doorbells": DBG_DOORBELLS_POLLED,
+                 "dma_faults": DBG_DMA_FAULTS, "msis": DBG_MSIS, "resets": DBG_RESETS,
+                 "eqes": DBG_EQES, "sgl_jobs": DBG_SGL_JOBS}
+
+
+def debug_window(qm: QmFunction, messages: int = 0) -> bytes:
+    win = bytearray(DBG_SIZE)
+    _U32.pack_into(win, DBG_MAGIC_OFF, DBG_MAGIC)
+    _U32.pack_into(win, DBG_VERSION_OFF, 2)
+    _U64.pack_into(win, DBG_MESSAGES, messages)
+    for key, off in _DBG_COUNTERS.items():
+        _U64.pack_into(win, off, qm.stats.get(key, 0))
+    _U32.pack_into(win, DBG_MB_COUNT, len(qm.mb_log))
+    for i, (cmd, op, queue, status) in enumerate(qm.mb_log[:DBG_MB_LOG_LEN]):
+        _U32.pack_into(win, DBG_MB_LOG + 4 * i, cmd | op << 8 | status << 12 | queue << 16)
+    return bytes(win)
 
 
 def decode_stats(window: bytes) -> dict[str, int]:
     """The counters of a BAR0 dump."""
-    names = {"jobs": DBG_JOBS, "trapped_reads": DBG_TRAPPED_READS,
-             "trapped_writes": DBG_TRAPPED_WRITES, "doorbells": DBG_DOORBELLS_POLLED,
-             "dma_faults": DBG_DMA_FAULTS, "msis": DBG_MSIS, "messages": DBG_MESSAGES,
-             "resets": DBG_RESETS}
-    out = {k: int(_U64.unpack_from(window, off)[0]) for k, off in names.items()}
+    out = {k: int(_U64.unpack_from(window, off)[0]) for k, off in _DBG_COUNTERS.items()}
+    out["messages"] = int(_U64.unpack_from(window, DBG_MESSAGES)[0])
     out["mailbox_commands"] = int(_U32.unpack_from(window, DBG_MB_COUNT)[0])
     return out
 
@@ -790,13 +143,185 @@ def decode_mailbox_log(window: bytes) -> list[tuple[str, int, int, int]]:
     return out
 
 
+# -- capabilities -----------------------------------------------------------------------------
+def capability_registers(revision: int, sq_depth: int, cq_depth: int,
+                         isolation: bool = False) -> dict[int, int]:
+    """BAR2 capability registers (§8, §9): none on V2 (they read as 0), the V3 table on V3."""
+    if revision < L.QM_HW_V3:
+        return {}
+    return {
+        L.QM_QUE_ISO_CFG_V: int(isolation),
+        L.QM_FUNC_CAPS_REG: L.MODEL_CAP_VER | L.MODEL_FUNC_CAPS,
+        L.QM_XEQ_DEPTH_CAP: L.V2_XEQ_DEPTH,  # the V3 value is the same
+        L.QM_QP_DEPTH_CAP: cq_depth << 16 | sq_depth,
+        L.QM_EQ_IRQ_TYPE_CAP: L.V3_EQ_IRQ,
+        L.QM_AEQ_IRQ_TYPE_CAP: L.V3_AEQ_IRQ,
+        L.QM_ABN_IRQ_TYPE_CAP: L.V3_ABN_IRQ,
+        L.QM_PF2VF_IRQ_TYPE_CAP: L.V3_PF2VF_IRQ,
+        L.QM_IRQ_NUM_CAP: L.V3_IRQ_NUM,
+        **L.ZIP_V3_CAPS,
+    }
+
+
+# -- jobs ---------------------------------------------------------------------------------------
+class _BadSgl(Exception):
+    """A hardware SGL the model cannot walk (reported as a malformed request)."""
+
+
+class ZipJobs:
+    """Executes ZIP SQEs for a `QmFunction`: decodes the SQE, reaches its buffers (flat or
+    hardware SGL, §10), runs the `DeflateUnit`, writes the results into the SQE slot."""
+
+    def __init__(self, dma: Dma, level: int = 6) -> None:
+        self.dma = dma
+        self.unit = DeflateUnit(level)
+        self.stats: dict[str, int] = {"dma_faults": 0, "sgl_jobs": 0}  # shared with the QM's
+
+    def reset(self) -> None:
+        self.unit.reset()
+
+    def __call__(self, q: QueueState, sq: memoryview, off: int) -> None:
+        w = L.SQE.unpack_from(sq, off)
+        res = self._execute(q, w)
+        _RES.pack_into(sq, off, res.consumed, res.produced, 0,
+                       (res.status & L.STATUS_MASK) | (L.STATUS_LAST_BLOCK if res.last else 0))
+        struct.pack_into("<I", sq, off + 4 * L.DW_CTX_DW0,
+                         (w[L.DW_CTX_DW0] & ~L.CTX_ST_MASK) | res.ctx_st)
+        _TAIL.pack_into(sq, off + 4 * L.DW_CTX_DW1, w[L.DW_CTX_DW1], w[L.DW_CTX_DW2],
+                        res.isize & 0xFFFF_FFFF, res.checksum & 0xFFFF_FFFF)
+
+    def _execute(self, q: QueueState, w: tuple[int, ...]) -> JobResult:
+        dw7, dw9 = w[L.DW_IN_SGE_FLAGS], w[L.DW_REQ]
+        alg = dw9 & 0xFF
+        sqe_type = dw7 >> L.SQE_TYPE_SHIFT
+        buf_type = dw9 >> L.SQE_BUF_TYPE_SHIFT & 0xF
+        window = dw9 >> L.SQE_WINDOW_SHIFT & 0xF
+        in_len, avail = w[L.DW_INPUT_LENGTH], w[L.DW_DEST_AVAIL_OUT]
+        if (alg not in L.ALG_NAMES or sqe_type not in (L.SQE_TYPE_V1, L.SQE_TYPE_V3)
+                or buf_type not in (L.SQE_BUF_FLAT, L.SQE_BUF_SGL) or window not in WINDOW_WBITS
+                or in_len > L.HZ_MAX_SIZE or avail > L.HZ_MAX_SIZE
+                or q.alg not in (L.ZIP_QC_COMPRESS, L.ZIP_QC_DECOMPRESS)):
+            return JobResult(L.STATUS_BAD_REQUEST)
+        src_addr = w[L.DW_SRC_H] << 32 | w[L.DW_SRC_L]
+        dst_addr = w[L.DW_DST_H] << 32 | w[L.DW_DST_L]
+        try:
+            if buf_type == L.SQE_BUF_SGL:
+                return self._sgl_job(q, w, src_addr, dst_addr, in_len, avail)
+            src = dst = None
+            try:
+                # The source address must be valid even for an empty input (as on hardware).
+                src = self.dma.view(src_addr, max(in_len, 1))[:in_len]
+                dst = self.dma.view(dst_addr, max(avail, 1), write=True)[:avail]
+                return self._run(q, w, src, dst)
+            finally:
+                if src is not None:
+                    src.release()
+                if dst is not None:
+                    dst.release()
+        except DmaFault:
+            self.stats["dma_faults"] += 1
+            return JobResult(L.STATUS_DMA_FAULT)
+
+    def _run(self, q: QueueState, w: tuple[int, ...], src: memoryview | bytes,
+             dst: memoryview | bytearray) -> JobResult:
+        dw7, dw9 = w[L.DW_IN_SGE_FLAGS], w[L.DW_REQ]
+        alg = dw9 & 0xFF
+        wbits = WINDOW_WBITS[dw9 >> L.SQE_WINDOW_SHIFT & 0xF]
+        compress = q.alg == L.ZIP_QC_COMPRESS
+        if not dw7 & L.SQE_STATEFUL:  # a stateless job is a whole stream (§10)
+            if compress:
+                return self.unit.compress_stateless(alg, wbits, src, dst)
+            return self.unit.decompress_stateless(alg, src, dst)
+        new = bool(dw7 & L.SQE_NEW_STREAM)
+        ctx_addr = w[L.DW_CTX_ADDR_H] << 32 | w[L.DW_CTX_ADDR_L]
+        self.dma.view(ctx_addr, 64, write=True).release()  # the context must be mapped
+        if compress:
+            return self.unit.compress_stateful(ctx_addr, new, alg, wbits, src, dst,
+                                               bool(dw7 & L.SQE_FLUSH_FINISH),
+                                               w[L.DW_CHECKSUM], w[L.DW_ISIZE])
+        return self.unit.decompress_stateful(ctx_addr, new, alg, src, dst)
+
+    # -- hardware SGLs (§10) ---------------------------------------------------------------
+    def _sgl_job(self, q: QueueState, w: tuple[int, ...], src_sgl: int, dst_sgl: int,
+                 in_len: int, avail: int) -> JobResult:
+        """Gather the input, run, scatter the output: SGL segments are small pieces of memory
+        the engine reads and writes once, so copies cost nothing worth a zero-copy view."""
+        self.stats["sgl_jobs"] += 1
+        try:
+            src_segs = self._segments(src_sgl, w[L.DW_IN_SGE_FLAGS] & L.SGE_OFFSET_MASK, in_len)
+            dst_segs = self._segments(dst_sgl, w[L.DW_OUT_SGE] & L.SGE_OFFSET_MASK, avail)
+        except _BadSgl:
+            return JobResult(L.STATUS_BAD_REQUEST)
+        src = b"".join(self.dma.read(a, n) for a, n in src_segs)
+        out = bytearray(avail)
+        res = self._run(q, w, src, out)
+        pos = 0
+        for a, n in dst_segs:
+            if pos >= res.produced:
+                break
+            k = min(n, res.produced - pos)
+            self.dma.write(a, memoryview(out)[pos:pos + k])
+            pos += k
+        return res
+
+    def _segments(self, sgl: int, skip: int, length: int) -> list[tuple[int, int]]:
+        """(address, length) pieces of `length` bytes of an SGL chain's data after `skip`."""
+        out: list[tuple[int, int]] = []
+        chained = 0
+        while length > 0:
+            if not sgl or chained > L.SGL_MAX_CHAIN:
+                raise _BadSgl  # the buffer is shorter than the SQE says
+            chained += 1
+            next_dma, _in_chain, count, capacity = L.SGL_HEADER.unpack(
+                self.dma.read(sgl, L.SGL_HEADER.size))
+            if count > max(capacity, 1) or count > 255:
+                raise _BadSgl
+            entries = self.dma.read(sgl + L.SGL_HEADER_SIZE, count * L.SGE_SIZE) if count \
+                else b""
+            for i in range(count):
+                addr, _page_ctrl, n = L.SGE.unpack_from(entries, i * L.SGE_SIZE)
+                if skip >= n:
+                    skip -= n
+                    continue
+                take = min(n - skip, length)
+                if take:
+                    out.append((addr + skip, take))
+                length -= take
+                skip = 0
+                if length == 0:
+                    break
+            sgl = next_dma
+        return out
+
+    def abandon(self, iova: int, size: int) -> None:
+        """The client unmaps [iova, iova+size): forget stream state whose context lived there."""
+        for key in [k for k in self.unit.streams if iova <= k < iova + size]:
+            del self.unit.streams[key]
+
+
+def zip_function(dma: Dma, *, revision: int = L.QM_HW_V3, qp_base: int = 0, qp_num: int = 2,
+                 sq_depth: int = 1024, cq_depth: int = 1024, level: int = 6,
+                 isolation: bool = False,
+                 notify: Callable[[int], bool] | None = None) -> tuple[QmFunction, ZipJobs]:
+    """A ZIP function's device side, without a server (tests drive it directly)."""
+    jobs = ZipJobs(dma, level)
+    qm = QmFunction(dma, jobs, revision=revision,
+                    caps=capability_registers(revision, sq_depth, cq_depth, isolation),
+                    eq_vector=L.V3_EQ_IRQ & 0xFFFF, aeq_vector=L.V3_AEQ_IRQ & 0xFFFF,
+                    qp_base=qp_base, qp_num=qp_num, sq_depth=sq_depth, cq_depth=cq_depth,
+                    notify=notify,
+                    stats=jobs.stats)
+    return qm, jobs
+
+
+# -- the device ---------------------------------------------------------------------------------
 class ZipModel(DeviceModel):
     """The ZIP VF served over vfio-user (see the module docstring)."""
 
     name = "zip"
     vendor_id = L.PCI_VENDOR_ID_HUAWEI
     device_id = L.ZIP_VF_DEVICE_ID
-    revision = L.QM_HW_V2
+    revision = L.QM_HW_V3
     class_code = L.PCI_CLASS_PROCESSING_ACCEL
     subsystem_vendor_id = L.PCI_VENDOR_ID_HUAWEI
     subsystem_id = 0
@@ -806,56 +331,99 @@ class ZipModel(DeviceModel):
     poll_idle_s = 0.0005
     polled = True
 
+    OPTIONS = "queues, depth, revision, level, doorbells, isolation"
+
     def __init__(self, **options: str) -> None:
         super().__init__(**options)
         opts = dict(options)
         try:
             self.qp_num = int(opts.pop("queues", "2"), 0)
             self.depth = int(opts.pop("depth", "1024"), 0)
-            rev = int(opts.pop("revision", str(L.QM_HW_V2)), 0)
+            rev = int(opts.pop("revision", str(L.QM_HW_V3)), 0)
             self.level = int(opts.pop("level", "6"), 0)
+            self.isolation = bool(int(opts.pop("isolation", "0"), 0))
         except ValueError as e:
             raise InvalidArgumentError(f"zip model: bad option value: {e}",
                                        hint="options are integers (0x.. for hex)") from None
+        self.doorbells = opts.pop("doorbells", "mmap")
+        if self.doorbells not in ("mmap", "trap"):
+            raise InvalidArgumentError(f"zip model: doorbells={self.doorbells!r} is not a mode",
+                                       hint="give doorbells=mmap or doorbells=trap")
         if rev not in (L.QM_HW_V2, L.QM_HW_V3):
             raise InvalidArgumentError(f"zip model: revision {rev:#x} is not modelled",
                                        hint=f"give revision={L.QM_HW_V2:#x} or {L.QM_HW_V3:#x}")
+        if self.isolation and rev < L.QM_HW_V3:
+            raise InvalidArgumentError("zip model: doorbell isolation is a V3 feature",
+                                       hint=f"give revision={L.QM_HW_V3:#x} with isolation=1")
+        if not 1 <= self.qp_num <= 64:
+            raise InvalidArgumentError(f"zip model: {self.qp_num} queues is out of range",
+                                       hint="give queues=1..64")
         if not -1 <= self.level <= 9:
             raise InvalidArgumentError(f"zip model: level {self.level} is out of range",
                                        hint="give level=-1..9")
         if opts:
             raise InvalidArgumentError(f"zip model: unknown option(s) {', '.join(sorted(opts))}",
-                                       hint="known: queues, depth, revision, level")
+                                       hint=f"known: {self.OPTIONS}")
         self.revision = rev  # type: ignore[misc]  # instance override of the class default
         self.qm: QmFunction | None = None
-        self._last_db = IDLE_DOORBELL
+        self.jobs: ZipJobs | None = None
+        self._bells: list[tuple[Any, int | None]] = []  # (ctypes cell, queue or None)
+        self._last: list[int] = []
+
+    # -- description ------------------------------------------------------------------------
+    @property
+    def msi_vectors(self) -> int:
+        return L.V3_MSI_VECTORS if self.revision >= L.QM_HW_V3 else L.V2_MSI_VECTORS
 
     def regions(self) -> list[RegionSpec]:
-        return [
+        mapped = self.doorbells == "mmap"
+        regions = [
             RegionSpec(DBG_BAR, DBG_SIZE, writable=False),
             RegionSpec(L.QM_BAR, L.QM_VF_BAR_SIZE, mem64=True,
-                       mmap_areas=((L.QM_DOORBELL_SQ_CQ_BASE_V2, 0x1000),)),
+                       mmap_areas=() if self.isolation or not mapped else
+                       ((L.QM_DOORBELL_SQ_CQ_BASE_V2, 0x1000),)),
         ]
+        if self.isolation:
+            size = 1 << (self.qp_num * L.QM_QP_DB_INTERVAL - 1).bit_length()
+            areas = tuple((qn * L.QM_QP_DB_INTERVAL + L.QM_DOORBELL_SQ_CQ_BASE_V2, 0x1000)
+                          for qn in range(self.qp_num)) if mapped else ()
+            regions.append(RegionSpec(L.QM_DB_BAR, size, mem64=True, mmap_areas=areas))
+        return regions
 
     def irq_counts(self) -> dict[int, int]:
-        return {VFIO_PCI_MSI_IRQ_INDEX: L.V2_VF_IRQ_NUM}
+        return {VFIO_PCI_MSI_IRQ_INDEX: self.msi_vectors}
 
     def build_config_space(self) -> bytearray:
         cfg = self.config_builder()
-        cfg.add_msi(vectors=L.V2_VF_IRQ_NUM)
+        cfg.add_msi(vectors=self.msi_vectors)
         return cfg.build()
 
+    # -- life -----------------------------------------------------------------------------
     def setup(self) -> None:
-        self.qm = QmFunction(self.dma, revision=self.revision, qp_num=self.qp_num,
-                             sq_depth=self.depth, cq_depth=self.depth, level=self.level,
-                             notify=self.notify)
-        self._bell = self.region_u64(L.QM_BAR, L.QM_DOORBELL_SQ_CQ_BASE_V2)
-        self.qm.forget_doorbell = self._forget_doorbell  # type: ignore[method-assign]
-        self._bell.value = IDLE_DOORBELL
+        self.qm, self.jobs = zip_function(
+            self.dma, revision=self.revision, qp_num=self.qp_num, sq_depth=self.depth,
+            cq_depth=self.depth, level=self.level, isolation=self.isolation,
+            notify=self.notify)
+        if self.doorbells == "mmap":
+            if self.isolation:
+                self._bells = [(self.region_u64(L.QM_DB_BAR, qn * L.QM_QP_DB_INTERVAL
+                                                + L.QM_DOORBELL_SQ_CQ_BASE_V2), qn)
+                               for qn in range(self.qp_num)]
+            else:
+                self._bells = [(self.region_u64(L.QM_BAR, L.QM_DOORBELL_SQ_CQ_BASE_V2), None)]
+        self.qm.forget_doorbell = self._forget_doorbell
+        self._idle_bells()
+
+    def _idle_bells(self) -> None:
+        for cell, _ in self._bells:
+            cell.value = IDLE_DOORBELL
+        self._last = [IDLE_DOORBELL] * len(self._bells)
 
     def _forget_doorbell(self, qn: int) -> None:
-        self._bell.value = IDLE_DOORBELL
-        self._last_db = IDLE_DOORBELL
+        for i, (cell, bell_qn) in enumerate(self._bells):
+            if bell_qn is None or bell_qn == qn:
+                cell.value = IDLE_DOORBELL
+                self._last[i] = IDLE_DOORBELL
 
     def _qm(self) -> QmFunction:
         assert self.qm is not None, "setup() has not run"
@@ -863,8 +431,8 @@ class ZipModel(DeviceModel):
 
     def region_read(self, index: int, offset: int, size: int) -> bytes:
         if index == DBG_BAR:
-            messages = self.host_stats()["messages"]
-            return self._qm().debug_read(offset, size, messages)
+            win = debug_window(self._qm(), self.host_stats()["messages"])
+            return win[offset:offset + size]
         if index == L.QM_BAR:
             return self._qm().read(offset, size)
         return bytes(size)
@@ -872,24 +440,32 @@ class ZipModel(DeviceModel):
     def region_write(self, index: int, offset: int, data: bytes) -> None:
         if index == L.QM_BAR:
             self._qm().write(offset, data)
+        elif index == L.QM_DB_BAR and self.isolation:  # a trapped per-queue doorbell page
+            qn, off = divmod(offset, L.QM_QP_DB_INTERVAL)
+            if off == L.QM_DOORBELL_SQ_CQ_BASE_V2 and len(data) == 8:
+                self._qm().doorbell(_U64.unpack(data)[0], qn)
 
     def poll(self) -> bool:
         qm = self._qm()
-        v = self._bell.value
-        if v != self._last_db:
-            self._last_db = v
-            qm.stats["doorbells"] += 1
-            qm.doorbell(v)
+        for i, (cell, qn) in enumerate(self._bells):
+            v = cell.value
+            if v != self._last[i]:
+                self._last[i] = v
+                qm.stats["doorbells"] += 1
+                qm.doorbell(v, qn)
         return qm.process() > 0
 
     def reset(self) -> None:
-        self._qm().reset()
-        self._qm().stats["resets"] += 1
-        self._bell.value = IDLE_DOORBELL
-        self._last_db = IDLE_DOORBELL
+        qm = self._qm()
+        qm.reset()
+        assert self.jobs is not None
+        self.jobs.reset()
+        qm.stats["resets"] += 1
+        self._idle_bells()
 
     def on_dma_unmap(self, iova: int, size: int) -> None:
-        self._qm().abandon(iova, size)
+        assert self.jobs is not None
+        self.jobs.abandon(iova, size)
 
 
 MODEL = ZipModel

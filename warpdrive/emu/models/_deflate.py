@@ -1,0 +1,235 @@
+"""The ZIP model's compression unit: what one SQE asks of the engine, in software.
+
+Raw deflate, zlib and gzip bodies from Python's `zlib`; stateless jobs (a whole stream per SQE)
+and stateful ones (a stream over many SQEs, its state kept here by stream-context address). The
+semantics are the hardware's as the drivers read them (docs/research/hisi-qm-zip.md, sections 10
+and 15): software owns the zlib/gzip header; the engine makes the deflate body and, for the
+zlib/gzip request types, the trailer on the finishing job, and checks it on decompression; the
+running checksum and length travel in the SQE. Memory access is the caller's business: this
+module sees byte buffers only.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _zip_layout as L
+
+# dw9 window code -> zlib window bits (zlib has no 24 KiB window: 16 KiB stands in)
+WINDOW_WBITS = {L.WINDOW_4K: 12, L.WINDOW_8K: 13, L.WINDOW_16K: 14, L.WINDOW_24K: 14,
+                L.WINDOW_32K: 15}
+
+
+@dataclass
+class JobResult:
+    status: int
+    consumed: int = 0
+    produced: int = 0
+    last: bool = False
+    checksum: int = 0
+    isize: int = 0
+    ctx_st: int = 0
+
+
+@dataclass
+class _Stream:
+    """Stream (stateful) job state kept between SQEs of one stream."""
+
+    compress: bool
+    alg: int
+    obj: Any  # zlib compressobj / decompressobj
+    checksum: int
+    isize: int = 0
+    trailer: bytearray = field(default_factory=bytearray)
+    body_done: bool = False
+    done: bool = False
+
+
+def _initial_checksum(alg: int) -> int:
+    return 1 if alg == L.ALG_ZLIB else 0
+
+
+def _update_checksum(alg: int, data: bytes | memoryview, value: int) -> int:
+    if alg == L.ALG_ZLIB:
+        return zlib.adler32(data, value)
+    if alg == L.ALG_GZIP:
+        return zlib.crc32(data, value)
+    return 0
+
+
+def _trailer(alg: int, checksum: int, isize: int) -> bytes:
+    if alg == L.ALG_ZLIB:
+        return checksum.to_bytes(4, "big")
+    if alg == L.ALG_GZIP:
+        return checksum.to_bytes(4, "little") + (isize & 0xFFFF_FFFF).to_bytes(4, "little")
+    return b""
+
+
+def _trailer_len(alg: int) -> int:
+    return {L.ALG_ZLIB: 4, L.ALG_GZIP: 8}.get(alg, 0)
+
+
+def _check_trailer(alg: int, trailer: bytes | bytearray, checksum: int, isize: int) -> bool:
+    return bytes(trailer) == _trailer(alg, checksum, isize)
+
+
+class DeflateUnit:
+    """The compression engine: executes one SQE's request against input/output memory views.
+    Stream state is kept here, keyed by the stream-context address."""
+
+    MAX_STREAMS = 4096
+
+    def __init__(self, level: int = 6) -> None:
+        self.level = level
+        self.streams: OrderedDict[int, _Stream] = OrderedDict()
+
+    def reset(self) -> None:
+        self.streams.clear()
+
+    # -- stateless -------------------------------------------------------------------------
+    def compress_stateless(self, alg: int, wbits: int, src: memoryview | bytes,
+                           dst: memoryview | bytearray) -> JobResult:
+        """A stateless job is a whole stream: it always ends with the final block, whatever the
+        flush bit says (the kernel sends stateless jobs with flush 0 and decompresses the output
+        as a complete stream: docs/research/hisi-qm-zip.md, sections 10 and 12)."""
+        n = len(src)
+        # zlib writes the whole container; software owns the header, so skip it.
+        if alg == L.ALG_ZLIB:
+            full = zlib.compress(src, self.level, wbits)
+            body = memoryview(full)[2:]
+            checksum = int.from_bytes(full[-4:], "big")
+        elif alg == L.ALG_GZIP:
+            full = zlib.compress(src, self.level, 16 + wbits)
+            body = memoryview(full)[10:]
+            checksum = int.from_bytes(full[-8:-4], "little")
+        else:
+            full = zlib.compress(src, self.level, -wbits)
+            body = memoryview(full)
+            checksum = 0
+        m = len(body)
+        if m > len(dst):
+            return JobResult(L.STATUS_DST_TOO_SMALL)
+        dst[:m] = body
+        status = L.STATUS_NEGACOMPRESS if m > n else L.STATUS_OK
+        return JobResult(status, n, m, True, checksum, n)
+
+    def decompress_stateless(self, alg: int, src: memoryview | bytes,
+                             dst: memoryview | bytearray) -> JobResult:
+        """The end of the stream is status 0 with the last-block bit: the kernel accepts only
+        0 and 0x0d (docs/research/hisi-qm-zip.md, section 10). Input that stops before the final
+        block is a partial result: status 0, no last-block bit."""
+        d = zlib.decompressobj(-15)
+        avail = len(dst)
+        try:
+            out = d.decompress(src, avail)
+        except zlib.error:
+            return JobResult(L.STATUS_BAD_DATA)
+        m = len(out)
+        dst[:m] = out
+        checksum = _update_checksum(alg, out, _initial_checksum(alg))
+        if not d.eof:
+            if d.unconsumed_tail or m == avail:
+                return JobResult(L.STATUS_DST_TOO_SMALL)
+            # Input ended before the end of the stream: a partial result, no end flag.
+            return JobResult(L.STATUS_OK, len(src), m, False, checksum, m)
+        used = len(src) - len(d.unused_data)
+        tlen = _trailer_len(alg)
+        if tlen:
+            trailer = d.unused_data[:tlen]
+            if len(trailer) < tlen:
+                return JobResult(L.STATUS_OK, len(src), m, False, checksum, m)
+            if not _check_trailer(alg, trailer, checksum, m):
+                return JobResult(L.STATUS_CRC_ERR, used, m, True, checksum, m)
+            used += tlen
+        return JobResult(L.STATUS_OK, used, m, True, checksum, m)
+
+    # -- stateful ---------------------------------------------------------------------------
+    def _stream(self, key: int, new: bool, compress: bool, alg: int,
+                wbits: int) -> _Stream | None:
+        st = self.streams.get(key)
+        if new or st is None:
+            if not new:
+                return None
+            obj = (zlib.compressobj(self.level, zlib.DEFLATED, -wbits) if compress
+                   else zlib.decompressobj(-15))
+            st = _Stream(compress, alg, obj, _initial_checksum(alg))
+            self.streams[key] = st
+            while len(self.streams) > self.MAX_STREAMS:
+                self.streams.popitem(last=False)
+        else:
+            self.streams.move_to_end(key)
+        return st
+
+    def compress_stateful(self, key: int, new: bool, alg: int, wbits: int,
+                          src: memoryview | bytes, dst: memoryview | bytearray, finish: bool,
+                          checksum_in: int, isize_in: int) -> JobResult:
+        st = self._stream(key, new, True, alg, wbits)
+        if st is None or not st.compress or st.done:
+            return JobResult(L.STATUS_BAD_REQUEST)
+        n = len(src)
+        if not new:  # the running values travel in the SQE (dw31/dw30)
+            st.checksum, st.isize = checksum_in, isize_in
+        # Work on a copy unless the output surely fits, so "too small" leaves the stream intact.
+        sure = len(dst) >= n + (n >> 12) + (n >> 14) + 64
+        obj = st.obj if sure else st.obj.copy()
+        body = obj.compress(src) + obj.flush(zlib.Z_FINISH if finish else zlib.Z_SYNC_FLUSH)
+        checksum = _update_checksum(alg, src, st.checksum)
+        isize = (st.isize + n) & 0xFFFF_FFFF
+        if finish:
+            body += _trailer(alg, checksum, isize)
+        m = len(body)
+        if m > len(dst):
+            return JobResult(L.STATUS_DST_TOO_SMALL, 0, 0, False, st.checksum, st.isize)
+        dst[:m] = body
+        st.obj, st.checksum, st.isize = obj, checksum, isize
+        if finish:
+            st.done = True
+            self.streams.pop(key, None)
+        status = L.STATUS_NEGACOMPRESS if m > n else L.STATUS_OK
+        return JobResult(status, n, m, finish, checksum, isize)
+
+    def decompress_stateful(self, key: int, new: bool, alg: int, src: memoryview | bytes,
+                            dst: memoryview | bytearray) -> JobResult:
+        st = self._stream(key, new, False, alg, 15)
+        if st is None or st.compress:
+            return JobResult(L.STATUS_BAD_REQUEST)
+        if st.done:
+            return JobResult(L.STATUS_DECOMP_END, 0, 0, True, st.checksum, st.isize)
+        n = len(src)
+        avail = len(dst)
+        out = b""
+        used = 0
+        rest: bytes | memoryview = src
+        if not st.body_done:
+            d = st.obj
+            try:
+                out = d.decompress(src, avail)
+            except zlib.error:
+                st.done = True
+                return JobResult(L.STATUS_BAD_DATA, 0, 0, False, st.checksum, st.isize)
+            dst[:len(out)] = out
+            st.checksum = _update_checksum(alg, out, st.checksum)
+            st.isize = (st.isize + len(out)) & 0xFFFF_FFFF
+            if not d.eof:
+                used = n - len(d.unconsumed_tail)
+                more = len(out) == avail  # output full: more may be pending inside zlib
+                return JobResult(L.STATUS_OK, used, len(out), False, st.checksum, st.isize,
+                                 L.CTX_ST_DECOMPING_NO_SPACE if more else 0)
+            st.body_done = True
+            rest = d.unused_data
+            used = n - len(rest)
+        tlen = _trailer_len(alg)
+        take = min(tlen - len(st.trailer), len(rest))
+        st.trailer += bytes(rest[:take])
+        used += take
+        if len(st.trailer) < tlen:
+            return JobResult(L.STATUS_OK, used, len(out), False, st.checksum, st.isize)
+        st.done = True
+        if tlen and not _check_trailer(alg, st.trailer, st.checksum, st.isize):
+            return JobResult(L.STATUS_CRC_ERR, used, len(out), True, st.checksum, st.isize)
+        return JobResult(L.STATUS_DECOMP_END, used, len(out), True, st.checksum, st.isize)
+
+

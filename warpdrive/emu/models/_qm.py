@@ -1,0 +1,446 @@
+"""The device side of a HiSilicon QM virtual function: BAR2 registers, the mailbox, queue and
+event-queue contexts, doorbells, rings and interrupts, for any accelerator behind a QM (the ZIP
+model supplies the SQE execution). Plain methods on plain state, so tests can drive it without a
+server; `warpdrive.emu.models.zip` serves it.
+
+Every behaviour here is what Linux's hisi_qm (6.12) needs of the function, cited by section of
+docs/research/hisi-qm-zip.md; the layout is the model's own transcription (`_zip_layout`).
+- §4 mailbox: 16 bytes at 0x300, written by x86 Linux as four ascending dwords, busy dword first:
+  the command runs when the last byte lands. SQC/CQC/EQC/AEQC contexts are copied from the
+  driver's scratch buffer at mailbox time (op 0) or written back into it (op 1).
+- §6 doorbells: SQ/CQ (one register for the function, or a BAR4 page per queue with doorbell
+  isolation) and EQ/AEQ at 0x2000.
+- §7 completions: results go into the SQE slot, then the CQE with its phase bit; an EQE (and the
+  EQ's MSI vector) for queues with completion interrupts. At most one EQE per queue is pending:
+  Linux's EQ handler stores a batch in an array of `qp_num` entries, so more than one per queue
+  could overflow it. The queue is re-armed when the driver consumes that EQE (its EQ doorbell
+  passes it; the handler rings it before queueing the work that polls the CQ); if the queue
+  completed more jobs meanwhile, the next EQE goes out at once, so no completion goes unsignalled.
+- §8 capabilities: whatever the model passes in `caps` (offset -> value), read as registers.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ...errors import InvalidArgumentError
+from ..dma import DmaFault
+from . import _zip_layout as L
+
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_CQE_BODY = struct.Struct("<IHHHHH")  # the CQE without w7: written before the phase word
+_U16 = struct.Struct("<H")
+
+
+class Dma(Protocol):
+    """What the QM needs of the host's client-memory table (`ClientMemory`)."""
+
+    def read(self, iova: int, size: int) -> bytes: ...
+
+    def write(self, iova: int, data: bytes | bytearray | memoryview) -> None: ...
+
+    def view(self, iova: int, size: int, write: bool = False) -> memoryview: ...
+
+
+@dataclass
+class QueueState:
+    qn: int
+    sq_base: int = 0
+    sq_depth: int = 0
+    sqe_size: int = L.SQE_SIZE
+    alg: int = 0  # SQC w13 alg type (ZIP: 0 compress, 1 decompress)
+    sqc: bytes = bytes(32)
+    sqc_ok: bool = False
+    cq_base: int = 0
+    cq_depth: int = 0
+    cq_phase: int = 1
+    cq_irq: bool = False
+    cqc: bytes = bytes(32)
+    cqc_ok: bool = False
+    head: int = 0  # next SQE the engine executes
+    tail: int = 0  # SQ tail from the last doorbell
+    cq_tail: int = 0
+    cq_head: int = 0  # CQ head from the last doorbell (informational)
+    completed: int = 0  # CQEs written since the queue started
+    eqe_posted_at: int | None = None  # `completed` when its pending EQE went out; None: armed
+    stopped: bool = False
+    broken: str = ""  # the rings themselves faulted; the queue does nothing more
+
+    @property
+    def running(self) -> bool:
+        return self.sqc_ok and self.cqc_ok and not self.stopped and not self.broken
+
+
+@dataclass
+class EventQueue:
+    base: int = 0
+    depth: int = 0
+    phase: int = 1
+    tail: int = 0
+    head: int = 0
+    ctx: bytes = bytes(28)
+    ok: bool = False
+    posted: deque[int] = field(default_factory=deque)  # queue number of each unconsumed EQE
+
+
+# execute(queue, the SQ ring (writable), byte offset of the SQE): run one SQE, write its results
+Execute = Callable[[QueueState, memoryview, int], None]
+
+
+class QmFunction:
+    """One QM virtual function (see the module docstring)."""
+
+    JOB_BUDGET = 256  # jobs per process() call, so the server keeps answering messages
+
+    def __init__(self, dma: Dma, execute: Execute, *, revision: int, caps: Mapping[int, int],
+                 eq_vector: int = 0, aeq_vector: int = 1, qp_base: int = 0, qp_num: int = 2,
+                 sq_depth: int = 1024, cq_depth: int = 1024,
+                 notify: Callable[[int], bool] | None = None,
+                 stats: dict[str, int] | None = None) -> None:
+        if not 1 <= qp_num <= 1024:
+            raise InvalidArgumentError(f"QM model: {qp_num} queues is out of range",
+                                       hint="give queues=1..1024")
+        for d in (sq_depth, cq_depth):
+            if not 2 <= d <= 4096:  # the context's depth field is 12 bits (§5)
+                raise InvalidArgumentError(f"QM model: queue depth {d} is out of range",
+                                           hint="give depth=2..4096")
+        self.dma = dma
+        self.execute = execute
+        self.revision = revision
+        self.caps = dict(caps)
+        self.eq_vector, self.aeq_vector = eq_vector, aeq_vector
+        self.qp_base = qp_base
+        self.qp_num = qp_num
+        self.sq_depth_cap = sq_depth
+        self.cq_depth_cap = cq_depth
+        self.notify = notify or (lambda vector: False)
+        self.mb_log: list[tuple[int, int, int, int]] = []  # (cmd, op, queue, status)
+        self.stats = {} if stats is None else stats  # the accelerator may share its counters
+        for key in ("jobs", "trapped_reads", "trapped_writes", "doorbells", "dma_faults", "msis",
+                    "resets", "eqes"):
+            self.stats.setdefault(key, 0)
+        self.forget_doorbell: Callable[[int], None] = lambda qn: None  # see ZipModel
+        self.reset()
+
+    # -- state -----------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.regs: dict[int, int] = {
+            L.QM_VF_AEQ_INT_MASK: 1, L.QM_VF_EQ_INT_MASK: 1, L.QM_IFC_INT_MASK: 1,
+        }
+        self.mailbox = bytearray(16)
+        self.sqc_bt = 0
+        self.cqc_bt = 0
+        self.eq = EventQueue()
+        self.aeq = EventQueue()
+        self.queues = [QueueState(i) for i in range(self.qp_num)]
+        self.eq_pending = False
+        self.aeq_pending = False
+
+    # -- trapped register access (BAR2) ----------------------------------------------------
+    def read(self, offset: int, size: int) -> bytes:
+        self.stats["trapped_reads"] += 1
+        base = offset & ~3
+        out = bytearray()
+        for dw in range(base, offset + size, 4):
+            out += _U32.pack(self._read32(dw))
+        start = offset - base
+        return bytes(out[start:start + size])
+
+    def _read32(self, off: int) -> int:
+        if L.QM_MB_CMD_SEND_BASE <= off < L.QM_MB_CMD_SEND_BASE + 16:
+            return int(_U32.unpack_from(self.mailbox, off - L.QM_MB_CMD_SEND_BASE)[0])
+        cap = self.caps.get(off)
+        if cap is not None:
+            return cap
+        if off == L.QM_VF_EQ_INT_SOURCE:
+            return int(self.eq_pending)
+        if off == L.QM_VF_AEQ_INT_SOURCE:
+            return int(self.aeq_pending)
+        if off == L.QM_CACHE_WB_DONE:
+            return 1  # contexts are always written back at once
+        if off in (L.QM_IFC_INT_SOURCE_V, L.QM_IFC_INT_STATUS, L.QM_IFC_INT_SET_V):
+            return 0  # no PF: no message pending, and a VF->PF message is taken at once
+        if L.QM_EQC_DW0 <= off < L.QM_EQC_DW0 + 28:
+            return int(_U32.unpack_from(self._eqc_bytes(self.eq), off - L.QM_EQC_DW0)[0])
+        if L.QM_AEQC_DW0 <= off < L.QM_AEQC_DW0 + 28:
+            return int(_U32.unpack_from(self._eqc_bytes(self.aeq), off - L.QM_AEQC_DW0)[0])
+        return self.regs.get(off, 0)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.stats["trapped_writes"] += 1
+        end = offset + len(data)
+        mb = L.QM_MB_CMD_SEND_BASE
+        if offset < mb + 16 and end > mb:
+            lo, hi = max(offset, mb), min(end, mb + 16)
+            self.mailbox[lo - mb:hi - mb] = data[lo - offset:hi - offset]
+            # §4: x86 Linux writes the 16 bytes as four ascending dwords, busy dword first; the
+            # command runs when the last one lands (an arm64 128-bit store lands at once).
+            if offset < mb + 16 <= end and self.mailbox[1] & (L.QM_MB_BUSY >> 8):
+                self._mailbox_execute()
+            return
+        if offset == L.QM_DOORBELL_EQ_AEQ_BASE_V2 and len(data) == 8:
+            self._eq_doorbell(_U64.unpack(data)[0])
+            return
+        if offset == L.QM_DOORBELL_SQ_CQ_BASE_V2 and len(data) == 8:
+            self.doorbell(_U64.unpack(data)[0])  # a trapped (latched) doorbell
+            return
+        for i in range(0, len(data) - len(data) % 4, 4):
+            self._write32(offset + i, int(_U32.unpack_from(data, i)[0]))
+
+    def _write32(self, off: int, value: int) -> None:
+        if off in (L.QM_VF_EQ_INT_MASK, L.QM_VF_AEQ_INT_MASK, L.QM_IFC_INT_MASK,
+                   L.QM_PAGE_SIZE, L.QM_VF_STATE):
+            self.regs[off] = value
+        # everything else (the PF<->VF source/status bits with no PF behind them, cache
+        # write-back start, reserved registers): read-as-zero / write-ignored
+
+    # -- mailbox (§4) ----------------------------------------------------------------------
+    def _mailbox_execute(self) -> None:
+        w0, queue, base_l, base_h, _ = L.MAILBOX.unpack(self.mailbox)
+        cmd = w0 & L.QM_MB_CMD_MASK  # bits 9-12 status, 13 busy, 14 op lie above
+        op = (w0 >> L.QM_MB_OP_SHIFT) & 1
+        base = base_h << 32 | base_l
+        try:
+            status = self._mailbox_command(cmd, op, queue, base)
+        except DmaFault:
+            status = 2
+        self.mb_log.append((cmd, op, queue, status))
+        w0 = (w0 & ~(L.QM_MB_BUSY | L.QM_MB_STATUS_MASK << L.QM_MB_STATUS_SHIFT)
+              | (status & L.QM_MB_STATUS_MASK) << L.QM_MB_STATUS_SHIFT)
+        struct.pack_into("<H", self.mailbox, 0, w0)
+
+    def _mailbox_command(self, cmd: int, op: int, queue: int, base: int) -> int:
+        if cmd == L.QM_MB_CMD_SQC_VFT_V2:
+            if op != 1:
+                return 1  # a VF may only read its VFT; the PF programs it
+            vft = L.vft_encode_v2(self.qp_base, self.qp_num)
+            struct.pack_into("<II", self.mailbox, 4, vft & 0xFFFF_FFFF, vft >> 32)
+            return 0
+        if cmd in (L.QM_MB_CMD_EQC, L.QM_MB_CMD_AEQC):
+            eq = self.eq if cmd == L.QM_MB_CMD_EQC else self.aeq
+            if op:
+                self.dma.write(base, self._eqc_bytes(eq))
+                return 0
+            ctx = self.dma.read(base, L.EQC.size)
+            head, tail, bl, bh, _dw3, _r0, _r1, dw6 = L.EQC.unpack(ctx)
+            eq.base, eq.depth = bh << 32 | bl, (dw6 & 0xFFFF) + 1
+            eq.phase = 1 if dw6 & L.EQC_DW6_PHASE else 0
+            eq.head, eq.tail, eq.ctx, eq.ok = head, tail, ctx, True
+            eq.posted.clear()
+            if cmd == L.QM_MB_CMD_EQC:
+                for q in self.queues:
+                    q.eqe_posted_at = None
+            return 0
+        if cmd in (L.QM_MB_CMD_SQC_BT, L.QM_MB_CMD_CQC_BT):
+            if op:
+                return 1
+            if cmd == L.QM_MB_CMD_SQC_BT:
+                self.sqc_bt = base
+            else:
+                self.cqc_bt = base
+            return 0
+        if cmd in (L.QM_MB_CMD_SQC, L.QM_MB_CMD_CQC):
+            if queue >= self.qp_num:
+                return 1
+            q = self.queues[queue]
+            is_sq = cmd == L.QM_MB_CMD_SQC
+            table = self.sqc_bt if is_sq else self.cqc_bt
+            if not table:
+                return 1  # the context table base was never set
+            if op:  # read back into the driver's scratch buffer (§4)
+                self.dma.write(base, self._sqc_bytes(q) if is_sq else self._cqc_bytes(q))
+                return 0
+            ctx = self.dma.read(base, L.XQC_SIZE)
+            ok = self._load_sqc(q, ctx) if is_sq else self._load_cqc(q, ctx)
+            if not ok:
+                return 1
+            self.dma.write(table + queue * L.XQC_SIZE, ctx)  # the context cache's write-back
+            return 0
+        if cmd == L.QM_MB_CMD_STOP_QP:
+            if queue >= self.qp_num:
+                return 1
+            q = self.queues[queue]
+            if q.running:  # "stop the queue after draining it" (§4)
+                self._run_queue(q, (q.tail - q.head) % q.sq_depth)
+            q.stopped = True
+            return 0
+        if cmd == L.QM_MB_CMD_FLUSH_QM:
+            self.process(budget=1 << 30)
+            return 0
+        return 1
+
+    def _load_sqc(self, q: QueueState, ctx: bytes) -> bool:
+        head, tail, bl, bh, dw3, _w8, _r0, _pasid, _w11, _cq_num, w13, _r1 = L.SQC.unpack(ctx)
+        depth = (dw3 & L.SQC_DEPTH_MASK) + 1
+        sqe_size = 1 << (dw3 >> L.SQC_SQE_SIZE_SHIFT & 0xF)
+        if sqe_size != L.SQE_SIZE or depth > self.sq_depth_cap or head >= depth or \
+                tail >= depth:
+            return False
+        q.sq_base, q.sq_depth, q.sqe_size = bh << 32 | bl, depth, sqe_size
+        q.alg = w13 >> L.SQC_W13_ALG_SHIFT & 0xF
+        q.head = q.tail = head
+        q.sqc, q.sqc_ok, q.stopped, q.broken = ctx, True, False, ""
+        self.forget_doorbell(q.qn)
+        return True
+
+    def _load_cqc(self, q: QueueState, ctx: bytes) -> bool:
+        head, tail, bl, bh, dw3, _w8, _r0, _pasid, _w11, dw6, _r1 = L.CQC.unpack(ctx)
+        depth = (dw3 & L.SQC_DEPTH_MASK) + 1
+        if (dw3 >> L.CQC_CQE_SIZE_SHIFT & 0xF) != 4 or depth > self.cq_depth_cap:
+            return False
+        q.cq_base, q.cq_depth = bh << 32 | bl, depth
+        q.cq_phase = dw6 & L.CQC_DW6_PHASE
+        q.cq_irq = bool(dw6 & L.CQC_DW6_IRQ)
+        q.cq_head, q.cq_tail = head, tail
+        q.cqc, q.cqc_ok, q.broken = ctx, True, ""
+        q.completed, q.eqe_posted_at = 0, None
+        return True
+
+    def _sqc_bytes(self, q: QueueState) -> bytes:
+        ctx = bytearray(q.sqc)
+        struct.pack_into("<HH", ctx, 0, q.head, q.tail)
+        return bytes(ctx)
+
+    def _cqc_bytes(self, q: QueueState) -> bytes:
+        ctx = bytearray(q.cqc)
+        struct.pack_into("<HH", ctx, 0, q.cq_head, q.cq_tail)
+        fields = list(L.CQC.unpack(ctx))
+        fields[9] = (fields[9] & ~L.CQC_DW6_PHASE) | q.cq_phase
+        return L.CQC.pack(*fields)
+
+    @staticmethod
+    def _eqc_bytes(eq: EventQueue) -> bytes:
+        ctx = bytearray(eq.ctx)
+        struct.pack_into("<HH", ctx, 0, eq.head, eq.tail)
+        return bytes(ctx)
+
+    # -- doorbells (§6) --------------------------------------------------------------------
+    def doorbell(self, value: int, qn: int | None = None) -> None:
+        """An SQ/CQ doorbell, latched or found in a polled page. With doorbell isolation the
+        page names the queue (`qn`); otherwise the value does."""
+        vqn, cmd, index, _prio = L.doorbell_decode_v2(value)
+        qn = vqn if qn is None else qn
+        if qn >= self.qp_num:
+            return
+        q = self.queues[qn]
+        if cmd == L.QM_DB_CMD_SQ:
+            if q.sqc_ok and index < q.sq_depth:
+                q.tail = index
+        elif cmd == L.QM_DB_CMD_CQ and q.cqc_ok and index < q.cq_depth:
+            q.cq_head = index
+
+    def _eq_doorbell(self, value: int) -> None:
+        _qn, cmd, index, _prio = L.doorbell_decode_v2(value)
+        if cmd == L.QM_DB_CMD_EQ and self.eq.ok and index < self.eq.depth:
+            consumed = (index - self.eq.head) % self.eq.depth
+            self.eq.head = index
+            self.eq_pending = self.eq.head != self.eq.tail
+            self._rearm(consumed)
+        elif cmd == L.QM_DB_CMD_AEQ and self.aeq.ok and index < self.aeq.depth:
+            self.aeq.head = index
+            self.aeq_pending = self.aeq.head != self.aeq.tail
+
+    def _rearm(self, consumed: int) -> None:
+        """The driver consumed `consumed` EQEs (in order): their queues may be signalled again,
+        at once if they completed jobs since (see the module docstring)."""
+        again = []
+        for _ in range(min(consumed, len(self.eq.posted))):
+            q = self.queues[self.eq.posted.popleft()]
+            if q.eqe_posted_at is not None and q.completed != q.eqe_posted_at:
+                again.append(q)
+            q.eqe_posted_at = None
+        if again:
+            self._interrupt(again)
+
+    def _post_event(self, eq: EventQueue, word: int) -> bool:
+        """Write one EQE/AEQE; False (dropped) when the queue is full or unconfigured."""
+        if not eq.ok or (eq.tail + 1) % eq.depth == eq.head:
+            return False
+        try:
+            self.dma.write(eq.base + eq.tail * 4, _U32.pack(word | eq.phase << 16))
+        except DmaFault:
+            return False
+        eq.tail += 1
+        if eq.tail == eq.depth:
+            eq.tail, eq.phase = 0, eq.phase ^ 1
+        return True
+
+    # -- the queue engine (§7) -------------------------------------------------------------
+    def pending(self) -> bool:
+        return any(q.running and q.head != q.tail for q in self.queues)
+
+    def process(self, budget: int | None = None) -> int:
+        """Execute up to `budget` submitted SQEs across the queues; returns how many."""
+        budget = self.JOB_BUDGET if budget is None else budget
+        done = 0
+        signal: list[QueueState] = []
+        for q in self.queues:
+            if not q.running or q.head == q.tail:
+                continue
+            n = self._run_queue(q, budget - done)
+            done += n
+            if n and q.cq_irq and q.eqe_posted_at is None:
+                signal.append(q)
+            if done >= budget:
+                break
+        if signal:
+            self._interrupt(signal)
+        return done
+
+    def _run_queue(self, q: QueueState, budget: int) -> int:
+        todo = min((q.tail - q.head) % q.sq_depth, budget)
+        if not todo:
+            return 0
+        try:
+            sq = self.dma.view(q.sq_base, q.sq_depth * q.sqe_size, write=True)
+            cq = self.dma.view(q.cq_base, q.cq_depth * L.CQE_SIZE, write=True)
+        except DmaFault as e:
+            self._queue_fault(q, str(e))
+            return 0
+        try:
+            for _ in range(todo):
+                self.execute(q, sq, q.head * q.sqe_size)
+                # CQE: body first, then the phase word, so a poller never sees a half CQE.
+                coff = q.cq_tail * L.CQE_SIZE
+                _CQE_BODY.pack_into(cq, coff, 0, 0, 0, q.head, q.qn, 0)
+                _U16.pack_into(cq, coff + 14, q.cq_phase)
+                q.cq_tail += 1
+                if q.cq_tail == q.cq_depth:
+                    q.cq_tail, q.cq_phase = 0, q.cq_phase ^ 1
+                q.head += 1
+                if q.head == q.sq_depth:
+                    q.head = 0
+        finally:
+            sq.release()
+            cq.release()
+        q.completed += todo
+        self.stats["jobs"] += todo
+        return todo
+
+    def _queue_fault(self, q: QueueState, why: str) -> None:
+        """The rings themselves are out of reach: the queue stops, the driver hears of it on
+        the AEQ (a CQE error, §7)."""
+        q.broken = why
+        self._post_event(self.aeq, q.qn | L.AEQE_TYPE_CQE_ERROR << L.AEQE_TYPE_SHIFT)
+        self.aeq_pending = True
+        if self.regs.get(L.QM_VF_AEQ_INT_MASK, 1) == 0:
+            self.notify(self.aeq_vector)
+
+    def _interrupt(self, queues: list[QueueState]) -> None:
+        posted = False
+        for q in queues:
+            if self._post_event(self.eq, q.qn):
+                self.eq.posted.append(q.qn)
+                q.eqe_posted_at = q.completed
+                self.stats["eqes"] += 1
+                posted = True
+        if not posted:
+            return
+        self.eq_pending = True
+        if self.regs.get(L.QM_VF_EQ_INT_MASK, 1) == 0 and self.notify(self.eq_vector):
+            self.stats["msis"] += 1
