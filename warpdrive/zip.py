@@ -19,7 +19,8 @@ it, and it reads theirs. Errors are `warpdrive.zip.error` (= `ZipError`), a `War
 is also a `zlib.error`.
 
 Which device: `device=` takes an open `Device`, a PCI address bound to vfio-pci (a ZIP VF), a
-uacce name (`hisi_zip-0`), ``"vfio-user:/path.sock"`` or ``"emu"``. With none given, the first
+uacce name (`hisi_zip-0`), ``"vfio-user:/path.sock"``, ``"broker:/path.sock"`` (a function shared
+by `warpdrive serve`) or ``"emu"``. With none given: ``$WARPDRIVE_DEVICE`` if set, else the first
 usable hisi_zip uacce device, else the first ZIP VF on vfio-pci, else the bundled device model
 (started once per process; a note says so on stderr).
 
@@ -32,6 +33,7 @@ smallest window the engine uses is 4 KiB, so raw streams should be read with |wb
 from __future__ import annotations
 
 import atexit
+import os
 import sys
 import threading
 import zlib as _zlib
@@ -135,7 +137,8 @@ def open(device: Device | ZipEngine | str | None = None, *, doorbell: str = "mma
     if isinstance(device, Device):
         return ZipDriver(device, doorbell=doorbell, **opts).engine
     if device is None:
-        device = find_hardware() or "emu"
+        # A broker (`warpdrive serve`) or a device chosen for every program of a session.
+        device = os.environ.get("WARPDRIVE_DEVICE") or find_hardware() or "emu"
         if device == "emu" and announce:
             _announce_emu()
     if not isinstance(device, str):
@@ -156,7 +159,7 @@ def open(device: Device | ZipEngine | str | None = None, *, doorbell: str = "mma
         if name.target not in ("", "zip"):
             raise DeviceNotFoundError(f"{device!r} is not the ZIP model", hint="use 'emu'")
         dev = open_device("emu:zip", model_options=model_options or {}, **vu)
-    elif name.kind == "vfio-user":
+    elif name.kind in ("vfio-user", "broker"):
         dev = open_device(device, **vu)
     else:
         dev = open_device(device, backend=backend)

@@ -10,7 +10,8 @@ Names (`parse_name`):
   means its ZIP model).
 - ``<driver>-<n>`` (e.g. ``hisi_zip-0``): a uacce device; its SVA queues open with `open_uacce`
   (a uacce device is not a PCI `Device`).
-- ``broker:/path.sock``: reserved for `warpdrive serve` (not implemented yet).
+- ``broker:/path.sock``: a virtual function of `warpdrive serve` (the broker), over vfio-user: the
+  device is shared with other processes, and every request is checked by the broker.
 
 Backend modules are imported lazily so that `import warpdrive` stays cheap.
 """
@@ -101,7 +102,9 @@ def open_device(name: str, backend: str = "auto", dma_mask: int | None = None,
             f"{name} is a uacce device: it hands out SVA queues, not a PCI function",
             hint="open it with warpdrive.backends.open_uacce(), or use warpdrive.zip.open()")
     if dn.kind == "broker":
-        raise UnsupportedError(f"{name}: the broker (`warpdrive serve`) is not implemented yet")
+        from .vfiouser.client import open_vfio_user
+
+        return open_vfio_user(dn.target, dma_mask=dma_mask, **{"name": name, **options})
     chosen = kernel_backend_for(dn.target) if backend == "auto" else backend
     if chosen == "iommufd":
         if not os.path.exists("/dev/iommu"):

@@ -235,6 +235,13 @@ class ClientMemory:
     def held_after_unmap(self) -> int:
         return len(self._zombies)
 
+    def region_at(self, iova: int) -> DmaRegion | None:
+        """The map that starts exactly at `iova`, if any."""
+        i = bisect.bisect_left(self._starts, iova)
+        if i < len(self._starts) and self._starts[i] == iova:
+            return self._regions[i]
+        return None
+
     def mappings(self) -> list[tuple[int, int, bool, bool]]:
         """(iova, size, readable, writable) of each live map, by IOVA."""
         return [(r.iova, r.size, r.readable, r.writable) for r in self._regions]

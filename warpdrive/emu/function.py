@@ -33,7 +33,7 @@ from typing import Any
 
 from .. import syscalls as sc
 from ..backends.vfiouser.wire import Message
-from ..errors import InvalidArgumentError, ProtocolError
+from ..errors import InvalidArgumentError, ProtocolError, WarpdriveError
 from ..forkguard import close_fd_quietly
 from ..uapi import vfio_user as P
 from ..uapi.vfio import (
@@ -651,9 +651,19 @@ class Function:
             check_sealed_memfd(msg.fds[0], f"DMA_MAP of IOVA {req.addr:#x}+{req.size:#x}")
         # Without an fd (QEMU's ROM, BIOS and BAR ranges) the range is recorded but the model
         # cannot reach it: DMA_READ/DMA_WRITE are not implemented.
-        self.dma.add(req.addr, req.size, msg.fds[0] if msg.fds else None, req.offset,
-                     bool(req.flags & P.VFIO_USER_F_DMA_REGION_READ),
-                     bool(req.flags & P.VFIO_USER_F_DMA_REGION_WRITE))
+        fd = msg.fds[0] if msg.fds else None
+        readable = bool(req.flags & P.VFIO_USER_F_DMA_REGION_READ)
+        writable = bool(req.flags & P.VFIO_USER_F_DMA_REGION_WRITE)
+        self.dma.add(req.addr, req.size, fd, req.offset, readable, writable)
+        try:
+            self.model.on_dma_map(req.addr, req.size, fd, req.offset, readable, writable)
+        except BaseException as e:
+            region = self.dma.region_at(req.addr)
+            if region is not None:
+                self.dma.remove([region])
+            if isinstance(e, WarpdriveError):  # the model's own refusal: keep its errno
+                raise OSError(e.errno or errno.EIO, str(e)) from None
+            raise
         return b"", []  # the fd is closed by the caller: the mmap keeps the memory
 
     def handle_dma_unmap(self, msg: Message) -> tuple[bytes, list[int]]:

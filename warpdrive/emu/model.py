@@ -191,6 +191,13 @@ class DeviceModel(ABC):
         space and zeroed the shared region memory; restore your own register state here."""
         return None  # optional hook
 
+    def on_dma_map(self, iova: int, size: int, fd: int | None, offset: int, readable: bool,
+                   writable: bool) -> None:
+        """The client mapped [iova, iova+size) (already checked and in `self.dma`), from `fd`
+        at `offset` (a sealed memfd; None: no fd). The fd is closed after this returns: dup it
+        to keep it. Raise OSError(errno, ...) to refuse the map (the client gets that errno)."""
+        return None  # optional hook
+
     def on_dma_unmap(self, iova: int, size: int) -> None:
         """The client is unmapping [iova, iova+size): abandon work that uses it and drop views."""
         return None  # optional hook

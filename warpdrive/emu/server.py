@@ -55,6 +55,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .. import syscalls as sc
@@ -72,7 +73,31 @@ _MSG_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0x40000000)
 _MESSAGES_PER_TURN = 32  # per client per loop pass, so one chatty client cannot starve others
 _FENCE = threading.Lock()  # see warpdrive.backends.vfiouser.client: a full memory barrier
 
-Creds = tuple[int, int, int]  # (pid, uid, gid) of a peer, from SO_PEERCRED
+_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13+
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is on the other end of a connection (SO_PEERCRED, SO_PEERGROUPS): as of connect()."""
+
+    pid: int
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, sock: socket.socket) -> Peer:
+        pid, uid, gid = sock_peer_creds(sock)
+        groups: tuple[int, ...] = ()
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, 4 * 1024)
+            groups = tuple(int.from_bytes(raw[i:i + 4], "little") for i in range(0, len(raw), 4))
+        except OSError:
+            pass  # an older kernel: the primary group only
+        return cls(pid, uid, gid, groups)
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} uid {self.uid} gid {self.gid}"
 
 
 class _Stop(Exception):
@@ -83,22 +108,21 @@ class _Drop(Exception):
     """Close this client's connection (after an unrecoverable protocol error)."""
 
 
-def default_allow(creds: Creds) -> str | None:
+def default_allow(peer: Peer) -> str | None:
     """The default policy: our own uid and root may connect. Returns why not, or None."""
-    _, uid, _ = creds
-    return None if uid in (os.getuid(), 0) else f"uid {uid} is neither ours nor root"
+    return None if peer.uid in (os.getuid(), 0) else f"uid {peer.uid} is neither ours nor root"
 
 
 class _Session:
     """One client connection: non-blocking reads into a message state machine, a bounded queue
     of replies, and the function it talks to once VERSION is accepted."""
 
-    def __init__(self, sock: socket.socket, creds: Creds, now: float) -> None:
+    def __init__(self, sock: socket.socket, peer: Peer, now: float) -> None:
         sock.setblocking(False)
         self.sock = sock
         self.fd = sock.fileno()
-        self.creds = creds
-        self.name = f"client pid {creds[0]} uid {creds[1]}"
+        self.peer = peer
+        self.name = f"client pid {peer.pid} uid {peer.uid}"
         self.accepted_at = now
         self.hdr = bytearray()
         self.header: P.vfio_user_header | None = None
@@ -225,7 +249,7 @@ class VfioUserServer:
     had a device leaving. See the module docstring for the rest."""
 
     def __init__(self, model: DeviceModel | None, socket_path: str, *,
-                 factory: Callable[[Creds], DeviceModel] | None = None,
+                 factory: Callable[[Peer], DeviceModel] | None = None,
                  exit_on_disconnect: bool = False, accept_timeout: float | None = None,
                  spin_s: float | None = None, idle_s: float | None = None,
                  idle_max_s: float = 0.01, max_data_xfer_size: int = 1 << 20,
@@ -233,7 +257,7 @@ class VfioUserServer:
                  max_clients: int = 64, handshake_timeout: float = 10.0,
                  message_timeout: float = 5.0, max_pending_out: int = 4 << 20,
                  socket_mode: int = 0o600, socket_group: int | None = None,
-                 allow: Callable[[Creds], str | None] = default_allow,
+                 allow: Callable[[Peer], str | None] = default_allow,
                  on_poll: Callable[[], bool] | None = None) -> None:
         if (model is None) == (factory is None):
             raise InvalidArgumentError("give the server a model (one shared device) or a "
@@ -508,24 +532,23 @@ class VfioUserServer:
                 log.warning("accept on %s failed: %s", self.socket_path, e)
                 return
             try:
-                creds = sock_peer_creds(conn)
+                peer = Peer.of(conn)
             except OSError:
                 conn.close()
                 continue
-            pid, uid, gid = creds
-            why = self.allow(creds)
+            why = self.allow(peer)
             if why is None and len(self._sessions) >= self.max_clients:
                 why = f"the server already has {self.max_clients} clients"
             if why is not None:
-                log.warning("refusing client pid %d uid %d gid %d: %s", pid, uid, gid, why)
+                log.warning("refused client %s: %s", peer, why)
                 conn.close()
                 continue
             self._ever_connected = True
-            s = _Session(conn, creds, now)
+            s = _Session(conn, peer, now)
             self._sessions[s.fd] = s
             assert self._ep is not None
             self._ep.register(s.fd, select.EPOLLIN)
-            log.info("accepted client pid %d uid %d gid %d", pid, uid, gid)
+            log.info("accepted client %s", peer)
 
     def _drop(self, s: _Session, reason: str, quiet: bool = False) -> None:
         if self._sessions.pop(s.fd, None) is None:
@@ -700,7 +723,7 @@ class VfioUserServer:
             return self.shared
         assert self.factory is not None
         try:
-            model = self.factory(s.creds)
+            model = self.factory(s.peer)
             return self._make_function(model, f"{model.name} for {s.name}")
         except OSError:
             raise

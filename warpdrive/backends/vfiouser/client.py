@@ -106,7 +106,8 @@ class VfioUserConnection(ForkSafe):
             sock.close()
             err = e.errno or errno.EIO
             hint = ("is the device model running? start one with `warpdrive emu <model> "
-                    "--socket PATH`, or use warpdrive.open('emu:<model>')")
+                    "--socket PATH`, or use warpdrive.open('emu:<model>'); for broker:PATH, "
+                    "is `warpdrive serve` running on that socket?")
             if isinstance(e, TimeoutError):
                 raise DeviceTimeoutError(f"connecting to vfio-user server {path}",
                                          hint=hint) from None

@@ -1,0 +1,330 @@
+"""The broker's core: one ZIP function, its hardware queues, and the clients that share them.
+
+`Broker` brings the function up with the ZIP driver's QM layer (`hisi_qm.bringup.QmDevice`, over
+any `Device`: vfio-pci through the legacy container or iommufd, or a model over vfio-user) and
+polls its queues. Each client (`BrokerClient`) has its own maps (`ClientMaps`) and virtual queues
+(`ClientQueue`); its SQEs are copied into a hardware ring, checked and translated there
+(`serve.sqe.mediate`), and its completions copied back.
+
+Queues. A hardware queue has a direction (compress or decompress: the SQC's alg type), so a
+client queue is attached to a hardware queue of its own direction:
+- while the function has unused queues, each client queue gets one of its own (dedicated), except
+  that one is always kept for a direction no queue serves yet;
+- after that, client queues share the hardware queue of their direction with the fewest users;
+- a hardware queue left without users stays started for the next client of that direction, or is
+  restarted for the other direction when that one needs it.
+Fairness: a client queue may have at most `limit` jobs on the hardware, its share of the queue
+(`capacity // users`, capped by `max_inflight`), and the server polls the clients in rotating
+order, so every client gets its share of every hardware queue whatever the others submit.
+
+Jobs in flight when a client unmaps memory, resets its function, stops a queue or dies cannot be
+called back (the hardware has them): their completions are dropped, and the maps they use are
+unmapped from the device only once they complete (`ClientMaps` parks them).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..device import Device
+from ..devices.hisi_qm.bringup import QmDevice
+from ..devices.hisi_qm.queue import QmQueue
+from ..devices.zip import hw
+from ..errors import DeviceBusyError, WarpdriveError
+from .maps import ClientMaps, DeviceMap
+from .sqe import Refused, mediate, refuse
+
+log = logging.getLogger("warpdrive.serve")
+
+# What `BrokerClient.submit` says about one SQE.
+PENDING = -1  # on the hardware; its completion comes through `BrokerClient.on_complete`
+BUSY = -2  # not taken now (the client's share of the hardware queue is in use): try later
+# any value >= 0: refused, the SQE already carries that status (complete it at once)
+
+_REFRESH_S = QmQueue.REFRESH_S
+
+
+class _Job:
+    __slots__ = ("addrs", "cq", "hoff", "maps", "slot")
+
+    def __init__(self, cq: ClientQueue, slot: int) -> None:
+        self.cq = cq
+        self.slot = slot
+        self.hoff = 0
+        self.addrs: tuple[int, ...] = ()
+        self.maps: list[DeviceMap] = []
+
+
+@dataclass(eq=False)
+class HwQueue:
+    q: QmQueue
+    alg: int
+    users: list[ClientQueue] = field(default_factory=list)
+    progress_at: float = 0.0  # last completion (or submission into an idle queue)
+
+
+@dataclass(eq=False)
+class ClientQueue:
+    client: BrokerClient
+    qn: int
+    alg: int
+    hw: HwQueue | None = None
+    inflight: int = 0
+    limit: int = 1
+    dead: bool = False
+
+
+class BrokerClient:
+    """One client's side of the broker: its maps, its queues, its submissions. `on_complete` is
+    set by whoever presents the client its function (`serve.function`)."""
+
+    def __init__(self, broker: Broker, name: str) -> None:
+        self.broker = broker
+        self.name = name
+        self.maps = ClientMaps(broker.dev.dma, name)
+        self.queues: dict[int, ClientQueue] = {}
+        self.refused = 0
+        self.submitted = 0
+        self.closed = False
+        # on_complete(qn, slot, hardware ring, offset of the SQE there, client address words)
+        self.on_complete: Callable[[int, int, memoryview, int, tuple[int, ...]], None] = \
+            lambda *a: None
+        self.after_completions: Callable[[], None] = lambda: None
+
+    # -- queues -----------------------------------------------------------------------------
+    def start_queue(self, qn: int, alg: int) -> None:
+        """The client started virtual queue `qn` with direction `alg` (its SQC)."""
+        self.stop_queue(qn)
+        cq = ClientQueue(self, qn, alg)
+        self.broker._attach(cq)
+        self.queues[qn] = cq
+
+    def stop_queue(self, qn: int) -> None:
+        """The client stopped (or restarts) queue `qn`: its jobs in flight are dropped."""
+        cq = self.queues.pop(qn, None)
+        if cq is not None:
+            cq.dead = True
+            self.broker._detach(cq)
+
+    def reset(self) -> None:
+        """Function reset: every queue stops; the maps stay (they belong to the client)."""
+        for qn in list(self.queues):
+            self.stop_queue(qn)
+
+    # -- memory -----------------------------------------------------------------------------
+    def mapped(self, iova: int, size: int, fd: int, offset: int, readable: bool,
+               writable: bool) -> None:
+        self.maps.add(iova, size, fd, offset, readable, writable)
+
+    def unmapped(self, iova: int, size: int) -> None:
+        self.maps.remove(iova, size)
+        if self.maps.parked:
+            self.broker._parked.add(self)
+
+    # -- jobs -------------------------------------------------------------------------------
+    def submit(self, qn: int, ring: memoryview, off: int, slot: int) -> int:
+        """One SQE of the client's queue `qn` (at `ring[off:]`, its slot `slot`): PENDING,
+        BUSY, or the status of a refusal already written into it."""
+        cq = self.queues.get(qn)
+        if cq is None or cq.hw is None:
+            refuse(ring, off, hw.STATUS_BAD_REQUEST)
+            self.refused += 1
+            return hw.STATUS_BAD_REQUEST
+        if cq.inflight >= cq.limit:
+            return BUSY
+        hq = cq.hw
+        q = hq.q
+        if q.space <= 0:
+            return BUSY
+        job = _Job(cq, slot)
+        hoff = job.hoff = q.post(job)
+        sq = q.sq
+        sq[hoff:hoff + hw.SQE_SIZE] = ring[off:off + hw.SQE_SIZE]  # check the copy, not theirs
+        try:
+            job.addrs, job.maps = mediate(sq, hoff, self.maps)
+        except Refused as e:
+            q.unpost()
+            refuse(ring, off, e.status)
+            self.refused += 1
+            self.broker.refused += 1
+            if self.refused <= 10 or self.refused % 1000 == 0:
+                log.warning("%s: SQE %d of queue %d refused (%s): %s", self.name, slot, qn,
+                            hw.STATUS_NAMES.get(e.status, e.status), e.reason)
+            return e.status
+        for m in job.maps:
+            m.inflight += 1
+        cq.inflight += 1
+        self.submitted += 1
+        self.broker._dirty.add(hq)
+        return PENDING
+
+    def close(self) -> None:
+        """The client is gone: its queues stop, its maps go as soon as no job uses them."""
+        if self.closed:
+            return
+        self.closed = True
+        self.reset()
+        self.maps.clear()
+        if self.maps.parked:
+            self.broker._parked.add(self)
+        self.broker._clients.discard(self)
+
+
+class Broker:
+    """The shared function (see the module docstring). `poll()` is the server loop's hook."""
+
+    def __init__(self, dev: Device, *, max_inflight: int = 256) -> None:
+        self.dev = dev
+        self.name = dev.name
+        self.max_inflight = max(1, max_inflight)
+        self.qm = QmDevice(dev, hw.ZIP, doorbell="mmap", interrupts=False)
+        self.hw: list[HwQueue] = []
+        self._clients: set[BrokerClient] = set()
+        self._dirty: set[HwQueue] = set()
+        self._parked: set[BrokerClient] = set()
+        self.jobs = 0
+        self.refused = 0
+        self.closed = False
+
+    @property
+    def qp_num(self) -> int:
+        return int(self.qm.qp_num)
+
+    @property
+    def revision(self) -> int:
+        return int(self.qm.version)
+
+    def client(self, name: str) -> BrokerClient:
+        c = BrokerClient(self, name)
+        self._clients.add(c)
+        return c
+
+    # -- hardware queues --------------------------------------------------------------------
+    def _start(self, alg: int) -> HwQueue:
+        hq = HwQueue(self.qm.start_queue(alg), alg)
+        self.hw.append(hq)
+        log.info("hardware queue %d started (%s)", hq.q.qn,
+                 "compress" if alg == hw.ZIP_QC_COMPRESS else "decompress")
+        return hq
+
+    def _restart(self, hq: HwQueue, alg: int) -> HwQueue:
+        self.hw.remove(hq)
+        self._dirty.discard(hq)
+        self.qm.stop_queue(hq.q)
+        return self._start(alg)
+
+    def _attach(self, cq: ClientQueue) -> None:
+        alg = cq.alg
+        if alg not in (hw.ZIP_QC_COMPRESS, hw.ZIP_QC_DECOMPRESS):
+            raise DeviceBusyError(f"{cq.client.name}: queue {cq.qn} has direction {alg}, "
+                                  "neither compress (0) nor decompress (1)")
+        free = self.qp_num - len(self.hw)
+        other_served = any(h.alg != alg for h in self.hw)
+        idle_same = [h for h in self.hw if h.alg == alg and not h.users and not h.q.outstanding]
+        chosen: HwQueue | None = None
+        if idle_same:
+            chosen = idle_same[0]
+        elif free > (0 if other_served else 1):
+            chosen = self._start(alg)
+        else:
+            same = [h for h in self.hw if h.alg == alg]
+            idle_other = [h for h in self.hw if h.alg != alg and not h.users
+                          and not h.q.outstanding]
+            if same:
+                chosen = min(same, key=lambda h: len(h.users))
+            elif free:
+                chosen = self._start(alg)
+            elif idle_other:
+                chosen = self._restart(idle_other[0], alg)
+        if chosen is None:
+            raise DeviceBusyError(f"no hardware queue for {cq.client.name}'s queue {cq.qn}: all "
+                                  f"{self.qp_num} serve the other direction and are in use")
+        chosen.users.append(cq)
+        cq.hw = chosen
+        self._share(chosen)
+        log.info("%s: queue %d on hardware queue %d (%s, %d user%s)", cq.client.name, cq.qn,
+                 chosen.q.qn, "dedicated" if len(chosen.users) == 1 else "shared",
+                 len(chosen.users), "" if len(chosen.users) == 1 else "s")
+
+    def _detach(self, cq: ClientQueue) -> None:
+        hq, cq.hw = cq.hw, None
+        if hq is not None and cq in hq.users:
+            hq.users.remove(cq)
+            self._share(hq)
+
+    def _share(self, hq: HwQueue) -> None:
+        n = max(1, len(hq.users))
+        for u in hq.users:
+            u.limit = max(1, min(self.max_inflight, hq.q.capacity // n))
+
+    # -- the loop ---------------------------------------------------------------------------
+    def poll(self) -> bool:
+        """Ring the hardware doorbells for this pass's submissions, reap completions and hand
+        them back. True while there was work or jobs are in flight (the server keeps spinning)."""
+        busy = False
+        now = 0.0
+        dirty = self._dirty
+        if dirty:
+            self._dirty = set()
+            for hq in dirty:
+                if not hq.q.outstanding - hq.q.unrung:
+                    hq.progress_at = time.perf_counter()  # idle until now
+                hq.q.ring()
+        touched: set[BrokerClient] = set()
+        for hq in self.hw:
+            q = hq.q
+            if not q.outstanding:
+                continue
+            busy = True
+            if q.completed():
+                jobs = q.reap()
+                self.jobs += len(jobs)
+                hq.progress_at = time.perf_counter()
+                sq = q.sq
+                for job in jobs:
+                    cq = job.cq  # type: ignore[attr-defined]
+                    cq.inflight -= 1
+                    for m in job.maps:  # type: ignore[attr-defined]
+                        m.inflight -= 1
+                    if cq.dead:
+                        continue
+                    c = cq.client
+                    c.on_complete(cq.qn, job.slot, sq, job.hoff, job.addrs)  # type: ignore
+                    touched.add(c)
+            else:
+                # A polled doorbell word shows only its last store: queues of one function that
+                # share it may hide each other's, so a queue without progress stores its own
+                # again (same absolute tail: idempotent).
+                now = now or time.perf_counter()
+                if now - hq.progress_at > _REFRESH_S:
+                    hq.progress_at = now
+                    q.refresh()
+        for c in touched:
+            c.after_completions()
+        if self._parked:
+            for c in list(self._parked):
+                c.maps.release_idle()
+                if not c.maps.parked:
+                    self._parked.discard(c)
+        return busy
+
+    def close(self) -> None:
+        """Stop every queue and reset the function (QmDevice.close), then close the device."""
+        if self.closed:
+            return
+        self.closed = True
+        for c in list(self._clients):
+            c.close()
+        deadline = time.monotonic() + 2.0
+        while any(h.q.outstanding for h in self.hw) and time.monotonic() < deadline:
+            self.poll()
+        try:
+            self.qm.close()
+        except WarpdriveError as e:
+            log.warning("closing %s: %s", self.name, e)
+        for c in list(self._parked):
+            c.maps.release_idle()
+        self.dev.close()
