@@ -35,6 +35,7 @@ OPTIONAL_SUBCOMMAND_MODULES: list[str] = [
     "warpdrive.cli.compress",
     "warpdrive.cli.zip",
     "warpdrive.cli.emu",
+    "warpdrive.cli.serve",
 ]
 
 

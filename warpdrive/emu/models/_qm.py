@@ -88,14 +88,20 @@ class EventQueue:
     posted: deque[int] = field(default_factory=deque)  # queue number of each unconsumed EQE
 
 
-# execute(queue, the SQ ring (writable), byte offset of the SQE): run one SQE, write its results
-Execute = Callable[[QueueState, memoryview, int], None]
+# execute(queue, the SQ ring (writable), byte offset of the SQE): run one SQE and write its
+# results into it (returns None: its CQE goes out at once), or take it for later (PENDING: its
+# results and CQE come with `QmFunction.complete`), or leave it for now (BUSY: the queue's head
+# stays on it and it is offered again on a later `process`).
+PENDING = 1
+BUSY = 2
+Execute = Callable[[QueueState, memoryview, int], int | None]
 
 
 class QmFunction:
     """One QM virtual function (see the module docstring)."""
 
     JOB_BUDGET = 256  # jobs per process() call, so the server keeps answering messages
+    MB_LOG_MAX = 1024  # mailbox commands kept in `mb_log`
 
     def __init__(self, dma: Dma, execute: Execute, *, revision: int, caps: Mapping[int, int],
                  eq_vector: int = 0, aeq_vector: int = 1, qp_base: int = 0, qp_num: int = 2,
@@ -119,16 +125,25 @@ class QmFunction:
         self.sq_depth_cap = sq_depth
         self.cq_depth_cap = cq_depth
         self.notify = notify or (lambda vector: False)
-        self.mb_log: list[tuple[int, int, int, int]] = []  # (cmd, op, queue, status)
+        # (cmd, op, queue, status) of the first MB_LOG_MAX commands (a client can issue any
+        # number: the log must stay bounded); `mb_count` counts them all.
+        self.mb_log: list[tuple[int, int, int, int]] = []
+        self.mb_count = 0
         self.stats = {} if stats is None else stats  # the accelerator may share its counters
         for key in ("jobs", "trapped_reads", "trapped_writes", "doorbells", "dma_faults", "msis",
                     "resets", "eqes"):
             self.stats.setdefault(key, 0)
         self.forget_doorbell: Callable[[int], None] = lambda qn: None  # see ZipModel
+        # An executor that completes jobs later hears when a queue (re)starts and stops.
+        self.queue_started: Callable[[QueueState], None] = lambda q: None
+        self.queue_stopped: Callable[[QueueState], None] = lambda q: None
         self.reset()
 
     # -- state -----------------------------------------------------------------------------
     def reset(self) -> None:
+        for q in getattr(self, "queues", ()):
+            if q.sqc_ok:
+                self.queue_stopped(q)
         self.regs: dict[int, int] = {
             L.QM_VF_AEQ_INT_MASK: 1, L.QM_VF_EQ_INT_MASK: 1, L.QM_IFC_INT_MASK: 1,
         }
@@ -209,7 +224,9 @@ class QmFunction:
             status = self._mailbox_command(cmd, op, queue, base)
         except DmaFault:
             status = 2
-        self.mb_log.append((cmd, op, queue, status))
+        self.mb_count += 1
+        if len(self.mb_log) < self.MB_LOG_MAX:
+            self.mb_log.append((cmd, op, queue, status))
         w0 = (w0 & ~(L.QM_MB_BUSY | L.QM_MB_STATUS_MASK << L.QM_MB_STATUS_SHIFT)
               | (status & L.QM_MB_STATUS_MASK) << L.QM_MB_STATUS_SHIFT)
         struct.pack_into("<H", self.mailbox, 0, w0)
@@ -268,6 +285,7 @@ class QmFunction:
             if q.running:  # "stop the queue after draining it" (§4)
                 self._run_queue(q, (q.tail - q.head) % q.sq_depth)
             q.stopped = True
+            self.queue_stopped(q)
             return 0
         if cmd == L.QM_MB_CMD_FLUSH_QM:
             self.process(budget=1 << 30)
@@ -286,6 +304,7 @@ class QmFunction:
         q.head = q.tail = head
         q.sqc, q.sqc_ok, q.stopped, q.broken = ctx, True, False, ""
         self.forget_doorbell(q.qn)
+        self.queue_started(q)
         return True
 
     def _load_cqc(self, q: QueueState, ctx: bytes) -> bool:
@@ -382,9 +401,9 @@ class QmFunction:
         for q in self.queues:
             if not q.running or q.head == q.tail:
                 continue
-            n = self._run_queue(q, budget - done)
-            done += n
-            if n and q.cq_irq and q.eqe_posted_at is None:
+            completed = q.completed
+            done += self._run_queue(q, budget - done)
+            if q.completed != completed and q.cq_irq and q.eqe_posted_at is None:
                 signal.append(q)
             if done >= budget:
                 break
@@ -402,25 +421,55 @@ class QmFunction:
         except DmaFault as e:
             self._queue_fault(q, str(e))
             return 0
+        taken = completed = 0
         try:
             for _ in range(todo):
-                self.execute(q, sq, q.head * q.sqe_size)
-                # CQE: body first, then the phase word, so a poller never sees a half CQE.
-                coff = q.cq_tail * L.CQE_SIZE
-                _CQE_BODY.pack_into(cq, coff, 0, 0, 0, q.head, q.qn, 0)
-                _U16.pack_into(cq, coff + 14, q.cq_phase)
-                q.cq_tail += 1
-                if q.cq_tail == q.cq_depth:
-                    q.cq_tail, q.cq_phase = 0, q.cq_phase ^ 1
+                r = self.execute(q, sq, q.head * q.sqe_size)
+                if r == BUSY:
+                    break
+                if r != PENDING:
+                    self._post_cqe(q, cq, q.head)
+                    completed += 1
+                taken += 1
                 q.head += 1
                 if q.head == q.sq_depth:
                     q.head = 0
         finally:
             sq.release()
             cq.release()
-        q.completed += todo
-        self.stats["jobs"] += todo
-        return todo
+        q.completed += completed
+        self.stats["jobs"] += completed
+        return taken
+
+    @staticmethod
+    def _post_cqe(q: QueueState, cq: memoryview, slot: int) -> None:
+        # CQE: body first, then the phase word, so a poller never sees a half CQE.
+        coff = q.cq_tail * L.CQE_SIZE
+        _CQE_BODY.pack_into(cq, coff, 0, 0, 0, slot, q.qn, 0)
+        _U16.pack_into(cq, coff + 14, q.cq_phase)
+        q.cq_tail += 1
+        if q.cq_tail == q.cq_depth:
+            q.cq_tail, q.cq_phase = 0, q.cq_phase ^ 1
+
+    def complete(self, q: QueueState, slots: list[int]) -> None:
+        """Jobs an executor took (PENDING) are done, their results in their SQE slots: post
+        their CQEs, in this order, and signal the queue as `process` would."""
+        if not q.running or not slots:
+            return  # stopped or restarted meanwhile: those jobs belong to an earlier life
+        try:
+            cq = self.dma.view(q.cq_base, q.cq_depth * L.CQE_SIZE, write=True)
+        except DmaFault as e:
+            self._queue_fault(q, str(e))
+            return
+        try:
+            for slot in slots:
+                self._post_cqe(q, cq, slot)
+        finally:
+            cq.release()
+        q.completed += len(slots)
+        self.stats["jobs"] += len(slots)
+        if q.cq_irq and q.eqe_posted_at is None:
+            self._interrupt([q])
 
     def _queue_fault(self, q: QueueState, why: str) -> None:
         """The rings themselves are out of reach: the queue stops, the driver hears of it on

@@ -76,7 +76,7 @@ from ..dma import DmaFault
 from ..model import VFIO_PCI_MSI_IRQ_INDEX, DeviceModel, RegionSpec
 from . import _zip_layout as L
 from ._deflate import WINDOW_WBITS, DeflateUnit, JobResult
-from ._qm import Dma, QmFunction, QueueState
+from ._qm import Dma, Execute, QmFunction, QueueState
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -117,7 +117,7 @@ def debug_window(qm: QmFunction, messages: int = 0) -> bytes:
     _U64.pack_into(win, DBG_MESSAGES, messages)
     for key, off in _DBG_COUNTERS.items():
         _U64.pack_into(win, off, qm.stats.get(key, 0))
-    _U32.pack_into(win, DBG_MB_COUNT, len(qm.mb_log))
+    _U32.pack_into(win, DBG_MB_COUNT, qm.mb_count)
     for i, (cmd, op, queue, status) in enumerate(qm.mb_log[:DBG_MB_LOG_LEN]):
         _U32.pack_into(win, DBG_MB_LOG + 4 * i, cmd | op << 8 | status << 12 | queue << 16)
     return bytes(win)
@@ -301,11 +301,12 @@ class ZipJobs:
 
 def zip_function(dma: Dma, *, revision: int = L.QM_HW_V3, qp_base: int = 0, qp_num: int = 2,
                  sq_depth: int = 1024, cq_depth: int = 1024, level: int = 6,
-                 isolation: bool = False,
-                 notify: Callable[[int], bool] | None = None) -> tuple[QmFunction, ZipJobs]:
-    """A ZIP function's device side, without a server (tests drive it directly)."""
+                 isolation: bool = False, notify: Callable[[int], bool] | None = None,
+                 execute: Execute | None = None) -> tuple[QmFunction, ZipJobs]:
+    """A ZIP function's device side, without a server (tests drive it directly). `execute`
+    replaces the zlib engine as the executor of SQEs (the broker's virtual functions)."""
     jobs = ZipJobs(dma, level)
-    qm = QmFunction(dma, jobs, revision=revision,
+    qm = QmFunction(dma, execute or jobs, revision=revision,
                     caps=capability_registers(revision, sq_depth, cq_depth, isolation),
                     eq_vector=L.V3_EQ_IRQ & 0xFFFF, aeq_vector=L.V3_AEQ_IRQ & 0xFFFF,
                     qp_base=qp_base, qp_num=qp_num, sq_depth=sq_depth, cq_depth=cq_depth,
@@ -403,7 +404,7 @@ class ZipModel(DeviceModel):
         self.qm, self.jobs = zip_function(
             self.dma, revision=self.revision, qp_num=self.qp_num, sq_depth=self.depth,
             cq_depth=self.depth, level=self.level, isolation=self.isolation,
-            notify=self.notify)
+            notify=self.notify, execute=self.executor())
         if self.doorbells == "mmap":
             if self.isolation:
                 self._bells = [(self.region_u64(L.QM_DB_BAR, qn * L.QM_QP_DB_INTERVAL
@@ -413,6 +414,12 @@ class ZipModel(DeviceModel):
                 self._bells = [(self.region_u64(L.QM_BAR, L.QM_DOORBELL_SQ_CQ_BASE_V2), None)]
         self.qm.forget_doorbell = self._forget_doorbell
         self._idle_bells()
+
+    def executor(self) -> Execute | None:
+        """What executes the SQEs: None for the model's own engine (`ZipJobs`, zlib). A
+        subclass that presents the function to a client and runs its jobs elsewhere (the
+        broker) returns its own."""
+        return None
 
     def _idle_bells(self) -> None:
         for cell, _ in self._bells:

@@ -1,0 +1,116 @@
+"""Putting the broker together: open the device, make the server, serve until stopped."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from ..backends import open_device, parse_name
+from ..device import Device
+from ..emu.model import DeviceModel
+from ..emu.serve import configure_logging, parse_options
+from ..emu.server import Peer, VfioUserServer
+from ..errors import InvalidArgumentError, UnsupportedError, WarpdriveError
+from .access import AllowList, group_id, user_id
+from .broker import Broker
+from .function import VirtualZip
+
+log = logging.getLogger("warpdrive.serve")
+
+# The bundled model as the broker's device: enough queues that clients get their own, and a
+# doorbell page per queue (V3 isolation), so hardware queues never hide each other's doorbells.
+EMU_DEFAULTS = {"queues": "16", "isolation": "1"}
+
+
+def default_socket() -> str:
+    if os.getuid() == 0:
+        return "/run/warpdrive.sock"
+    run = os.environ.get("XDG_RUNTIME_DIR")
+    return os.path.join(run, "warpdrive.sock") if run else f"/tmp/warpdrive-{os.getuid()}.sock"
+
+
+def open_shared_device(name: str, *, backend: str = "auto",
+                       model_options: dict[str, str] | None = None) -> Device:
+    """The device the broker will own: a ZIP VF on vfio-pci, the bundled model, or vfio-user."""
+    dn = parse_name(name)
+    if dn.kind == "uacce":
+        raise UnsupportedError(
+            f"{name} is a uacce device: the kernel already shares it among processes (SVA, one "
+            "queue per process), there is nothing for a broker to do",
+            hint=f"point each program at it directly: device={name!r}, or "
+            f"WARPDRIVE_DEVICE={name}")
+    if dn.kind == "broker":
+        raise InvalidArgumentError(f"{name} is a broker already", hint="serve the device itself")
+    if dn.kind == "emu":
+        if dn.target not in ("", "zip"):
+            raise InvalidArgumentError(f"{name}: the broker serves ZIP functions (emu or emu:zip)")
+        return open_device("emu:zip", model_options={**EMU_DEFAULTS, **(model_options or {})})
+    if model_options:
+        raise InvalidArgumentError("--set applies to the bundled model (DEVICE emu) only")
+    if dn.kind == "vfio-user":
+        return open_device(name)
+    return open_device(name, backend=backend)
+
+
+def client_factory(broker: Broker, *, queues: int = 2,
+                   depth: int = 1024) -> Callable[[Peer], DeviceModel]:
+    """What the server calls for each new client: a virtual ZIP function on the broker."""
+    def make(peer: Peer) -> DeviceModel:
+        client = broker.client(f"client pid {peer.pid} uid {peer.uid}")
+        try:
+            return VirtualZip(client, revision=broker.revision, queues=queues, depth=depth)
+        except BaseException:
+            client.close()
+            raise
+
+    return make
+
+
+def make_server(broker: Broker, path: str, *, queues: int = 2, depth: int = 1024,
+                **server_opts: Any) -> VfioUserServer:
+    """The vfio-user server of `broker` on `path` (one virtual function per connection)."""
+    return VfioUserServer(None, path, factory=client_factory(broker, queues=queues, depth=depth),
+                          on_poll=broker.poll, **server_opts)
+
+
+def serve_from_args(args: argparse.Namespace) -> int:
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+    if not 1 <= args.queues <= 64:
+        raise InvalidArgumentError(f"--queues {args.queues}: give 1..64")
+    try:
+        mode = int(args.mode, 8)
+    except ValueError:
+        raise InvalidArgumentError(f"--mode {args.mode!r} is not an octal mode such as 0660") \
+            from None
+    group = group_id(args.group) if args.group else None
+    if group is not None and args.mode == "0600":
+        mode = 0o660  # a group on the socket is there to let its members in
+    allow = AllowList([user_id(u) for u in args.allow_uid],
+                      [group_id(g) for g in args.allow_gid] + ([group] if group is not None
+                                                               else []))
+    path = os.path.abspath(args.socket or default_socket())
+    dev = open_shared_device(args.device, backend=args.backend,
+                             model_options=parse_options(args.model_options))
+    try:
+        broker = Broker(dev, max_inflight=args.inflight)
+    except BaseException:
+        dev.close()
+        raise
+    try:
+        server = make_server(
+            broker, path, queues=args.queues, depth=args.depth, socket_mode=mode,
+            socket_group=group, allow=allow, max_clients=args.max_clients,
+            spin_s=None if args.spin_us is None else args.spin_us / 1e6)
+        log.info("broker: %s (QM revision %#x, %d hardware queues) for %s; clients: "
+                 "device=broker:%s", dev.name, broker.revision, broker.qp_num,
+                 allow.describe(), path)
+        server.serve_forever()
+    except OSError as e:
+        raise WarpdriveError(f"serving {args.device} on {path}", errno=e.errno,
+                             hint=str(e.strerror or e)) from None
+    finally:
+        broker.close()
+    return 0
