@@ -170,7 +170,7 @@ class BrokerClient:
         self.maps.clear()
         if self.maps.parked:
             self.broker._parked.add(self)
-        self.broker._clients.discard(self)
+        self.broker._clients.pop(self, None)
 
 
 class Broker:
@@ -182,7 +182,7 @@ class Broker:
         self.max_inflight = max(1, max_inflight)
         self.qm = QmDevice(dev, hw.ZIP, doorbell="mmap", interrupts=False)
         self.hw: list[HwQueue] = []
-        self._clients: set[BrokerClient] = set()
+        self._clients: dict[BrokerClient, None] = {}  # in the order they connected
         self._dirty: set[HwQueue] = set()
         self._parked: set[BrokerClient] = set()
         self.jobs = 0
@@ -199,8 +199,12 @@ class Broker:
 
     def client(self, name: str) -> BrokerClient:
         c = BrokerClient(self, name)
-        self._clients.add(c)
+        self._clients[c] = None
         return c
+
+    @property
+    def clients(self) -> list[BrokerClient]:
+        return list(self._clients)
 
     # -- hardware queues --------------------------------------------------------------------
     def _start(self, alg: int) -> HwQueue:

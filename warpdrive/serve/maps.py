@@ -58,6 +58,10 @@ class ClientMaps:
         return len(self._maps)
 
     @property
+    def maps(self) -> list[DeviceMap]:
+        return list(self._maps)
+
+    @property
     def parked(self) -> int:
         return len(self._parked)
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from ...device import Device, Interrupt
 from ...dma import DmaBuffer, DmaSpace
 from ...errors import (
+    ConnectionLostError,
     DeviceBusyError,
     DeviceError,
     DeviceTimeoutError,
@@ -370,6 +371,12 @@ class QmDevice:
         if not q.wedged:
             try:
                 q.drain(timeout)
+            except ConnectionLostError:
+                # The device (a vfio-user server) is gone, and its jobs with it: nothing to
+                # drain or stop; the memory goes with the rest in close().
+                q.wedged = True
+                self._queues[q.qn] = entry
+                return
             except WarpdriveError as e:
                 err = e
                 q.wedged = True  # do not wait again: only the reset in close() can help
@@ -377,6 +384,9 @@ class QmDevice:
         try:
             if self.caps.stop_qp:
                 self.mailbox(hw.QM_MB_CMD_STOP_QP, q.qn, 0)
+        except ConnectionLostError:
+            self._queues[q.qn] = entry  # gone with the device (see above)
+            return
         except WarpdriveError as e:
             err = err or e
         if err is not None or q.wedged:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ...errors import ClosedError, InvalidArgumentError, WarpdriveError
+from ...errors import ClosedError, ConnectionLostError, InvalidArgumentError, WarpdriveError
 from ...forkguard import ForkSafe
 from ...pool import BufferPool
 from ..hisi_qm.source import QueueSource
@@ -148,6 +148,9 @@ class ZipEngine(ForkSafe):
             errors.append(e)
         if self._on_close is not None:
             self._on_close()
+        # A device that went away (its vfio-user server died) took its queues and jobs with it:
+        # closing has nothing left to release there, and says nothing about it.
+        errors = [e for e in errors if not isinstance(e, ConnectionLostError)]
         if errors:
             raise errors[0]
 

@@ -1,0 +1,310 @@
+"""`warpdrive serve`: one ZIP function (the bundled model over vfio-user) shared by many client
+processes, each with its own virtual function. The clients are the unchanged ZIP driver
+(`device="broker:PATH"`, `WARPDRIVE_DEVICE`); the broker runs in a thread of the test process
+(its state is inspected) or as the `warpdrive serve` command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import zlib
+from pathlib import Path
+
+import pytest
+
+import warpdrive.zip as wz
+from tests.brokerutil import RawZip, addr_words, broker_thread, eventually
+from tests.vfuraw import RawClient
+from warpdrive.backends.vfiouser.wire import PeerClosed
+from warpdrive.cli import main as cli_main
+from warpdrive.devices.zip import hw
+from warpdrive.errors import ConnectionLostError, ForkedContextError, WarpdriveError
+from warpdrive.uapi import vfio_user as P
+from warpdrive.zip import ZipDataError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def client_script(body: str) -> str:
+    return textwrap.dedent("""
+        import os, sys, zlib
+        import warpdrive.zip as wz
+    """) + textwrap.dedent(body)
+
+
+def run_clients(n: int, env: dict[str, str], body: str) -> list[subprocess.Popen[str]]:
+    return [subprocess.Popen([sys.executable, "-c", client_script(body), str(i)],
+                             env=dict(os.environ, PYTHONPATH=str(ROOT), **env),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(n)]
+
+
+def test_four_client_processes_share_one_function(tmp_path: Path) -> None:
+    with broker_thread(str(tmp_path / "b.sock")) as rb:
+        procs = run_clients(4, {"WARPDRIVE_DEVICE": rb.name}, """
+            seed = int(sys.argv[1])
+            import random
+            rng = random.Random(seed)
+            for i in range(20):
+                data = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 3000))) * 7
+                blob = wz.compress(data, wbits=31)      # no device named: WARPDRIVE_DEVICE
+                assert zlib.decompress(blob, 31) == data
+                assert wz.decompress(blob, wbits=31) == data
+            print("ok", wz.default_engine().name)
+        """)
+        for p in procs:
+            out, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err
+            assert out.split() == ["ok", rb.name]
+        assert rb.broker.jobs >= 4 * 40
+        assert rb.broker.refused == 0
+        eventually(lambda: rb.server.clients == 0, what="clients gone")
+        # each client's compress and decompress queues had a hardware queue of their own
+        assert len(rb.broker.hw) >= 2 and all(not h.users for h in rb.broker.hw)
+
+
+def test_client_queues_share_hardware_queues_fairly(tmp_path: Path) -> None:
+    """Two hardware queues (one per direction), three clients: they share, each within its
+    share of the queue, and all of them finish."""
+    with broker_thread(str(tmp_path / "b.sock"), model_options={"queues": "2"}) as rb:
+        engines = [wz.open(rb.name, wait="block") for _ in range(3)]
+        try:
+            sessions = [e.session("compress") for e in engines]
+            data = [os.urandom(64) * (64 * (i + 1)) for i in range(3)]
+            jobs = [[s.submit(d, flush=False) for _ in range(40)]
+                    for s, d in zip(sessions, data)]
+            hq = rb.broker.hw
+            assert len(hq) == 1  # the other queue is kept for the other direction
+            comp = hq[0]
+            assert comp.alg == hw.ZIP_QC_COMPRESS
+            assert len(comp.users) == 3
+            share = min(rb.broker.max_inflight, comp.q.capacity // 3)
+            assert all(u.limit == share for u in comp.users)
+            for s in sessions:
+                s.flush()
+            for s, js, d in zip(sessions, jobs, data):
+                s.drain()
+                for j in js:
+                    assert zlib.decompress(j.result()) == d
+        finally:
+            for e in engines:
+                e.close()
+
+
+def test_isolation_a_clients_sqes_cannot_reach_anything_else(tmp_path: Path) -> None:
+    """Client A names B's buffers (by B's own IOVAs and by where the device sees them), the
+    broker's rings, unmapped and overflowing ranges: each job ends in an error CQE for A, B's
+    canaries are unchanged, and the broker (and A, and B) go on working."""
+    with broker_thread(str(tmp_path / "b.sock")) as rb:
+        a = RawZip(rb.name)
+        b = RawZip(rb.name)
+        try:
+            canary = bytes(range(256)) * 256
+            b.src.write(0, canary)
+            b.dst.write(0, canary)
+            status, produced = a.run(a.words())  # a good job first: A works
+            assert status == hw.STATUS_OK and produced > 0
+            _, client_b = rb.broker.clients  # in the order they connected
+            b_dev = [m.dev_iova for m in client_b.maps.maps]
+            ring_iovas = [rb.broker.qm._queues[h.q.qn][1].iova for h in rb.broker.hw]
+            assert all(i is not None for i in ring_iovas)
+            a_maps = [(buf.iova, buf.iova + buf.size) for buf in (a.src, a.dst)]
+
+            def a_owns(iova: int) -> bool:
+                return any(lo <= iova < hi for lo, hi in a_maps)
+
+            targets = [i for i in b_dev + ring_iovas if i is not None and not a_owns(i)]
+            targets += [0xDEAD_0000_0000, 0x1000]  # never mapped
+            assert len(targets) >= 4
+            for t in targets:
+                lo, hi = addr_words(t)
+                assert a.run(a.words(dw20=lo, dw21=hi))[0] == hw.STATUS_DMA_FAULT  # write
+                assert a.run(a.words(dw18=lo, dw19=hi))[0] == hw.STATUS_DMA_FAULT  # read
+            # ranges that start in A's map and run past its end
+            assert a.src.iova is not None and a.dst.iova is not None
+            end_lo, end_hi = addr_words(a.dst.iova + a.size - 16)
+            assert a.run(a.words(dw20=end_lo, dw21=end_hi))[0] == hw.STATUS_DMA_FAULT
+            assert a.run(a.words(dw4=a.size + 1))[0] == hw.STATUS_DMA_FAULT
+            assert a.run(a.words(dw9=hw.sqe_dw9(hw.ALG_DEFLATE, buf_type=hw.SQE_BUF_SGL))
+                         )[0] == hw.STATUS_BAD_REQUEST
+            assert b.src.read(0, len(canary)) == canary and b.dst.read(0, len(canary)) == canary
+            assert rb.broker.refused >= 2 * len(targets) + 3
+            assert a.run(a.words())[0] == hw.STATUS_OK  # A still works
+            assert b.run(b.words())[0] == hw.STATUS_OK  # and B
+            assert rb.thread.is_alive()
+        finally:
+            a.close()
+            b.close()
+
+
+def test_a_dead_clients_queues_and_maps_are_freed(tmp_path: Path) -> None:
+    with broker_thread(str(tmp_path / "b.sock"), model_options={"queues": "2"}) as rb:
+        (p,) = run_clients(1, {}, f"""
+            eng = wz.open("{rb.name}", wait="spin")
+            s = eng.session("compress")
+            for _ in range(50):
+                s.submit(os.urandom(1 << 16), flush=False)
+            s.flush()
+            print("submitted", flush=True)
+            import time
+            time.sleep(60)
+        """)
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "submitted"
+        eventually(lambda: any(h.users for h in rb.broker.hw), what="queues in use")
+        p.kill()
+        p.wait()
+        # Bounded, not timed: the broker notices the socket close at once, drops the client's
+        # queues, and unmaps its memory as soon as its jobs on the device are done.
+        eventually(lambda: rb.server.clients == 0 and not rb.broker.clients
+                   and not rb.broker._parked and all(not h.users for h in rb.broker.hw)
+                   and not rb.broker.dev.dma.mappings[4:], timeout=20,
+                   what="client's queues and maps freed")
+        p.stdout.close()
+        assert p.stderr is not None
+        p.stderr.close()
+        with wz.open(rb.name) as eng:  # the function is whole for the next client
+            assert zlib.decompress(eng.compress(b"after" * 100)) == b"after" * 100
+
+
+def test_the_brokers_death_is_a_lost_connection(tmp_path: Path) -> None:
+    sock = str(tmp_path / "b.sock")
+    broker = subprocess.Popen([sys.executable, "-m", "warpdrive", "serve", "emu", "--socket",
+                               sock], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        eventually(lambda: os.path.exists(sock), 30, "broker listening")
+        eng = wz.open("broker:" + sock, wait="spin", timeout=25)
+        s = eng.session("compress")
+        s.submit(b"x" * 4096)
+        s.drain()
+        s.submit(os.urandom(1 << 20))  # in flight when the broker dies
+        broker.kill()
+        with pytest.raises(ConnectionLostError):
+            s.drain()
+        with pytest.raises(WarpdriveError):
+            eng.compress(b"again")
+        eng.close()
+    finally:
+        if broker.poll() is None:
+            broker.kill()
+        broker.wait()
+        assert broker.stderr is not None
+        broker.stderr.close()
+
+
+def test_a_forked_child_cannot_use_its_parents_function(tmp_path: Path) -> None:
+    with broker_thread(str(tmp_path / "b.sock")) as rb:
+        eng = wz.open(rb.name, wait="block")
+        try:
+            assert zlib.decompress(eng.compress(b"parent" * 10)) == b"parent" * 10
+            pid = os.fork()
+            if pid == 0:  # the child: I1, no COW sharing of the parent's queues
+                code = 3
+                try:
+                    eng.compress(b"child")
+                except ForkedContextError:
+                    code = 0
+                except BaseException:
+                    code = 2
+                os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            assert zlib.decompress(eng.compress(b"parent" * 10)) == b"parent" * 10
+        finally:
+            eng.close()
+
+
+def test_serve_refuses_a_uacce_device(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["serve", "hisi_zip-0", "--socket", "/nonexistent/x.sock"]) == 1
+    err = capsys.readouterr().err
+    assert "already shares it" in err and "hisi_zip-0" in err and "WARPDRIVE_DEVICE" in err
+
+
+def test_corrupt_input_is_the_clients_error_only(tmp_path: Path) -> None:
+    with broker_thread(str(tmp_path / "b.sock")) as rb, wz.open(rb.name) as eng:
+        with pytest.raises(ZipDataError):
+            eng.decompress(b"\x78\x9c" + os.urandom(300))
+        assert eng.decompress(zlib.compress(b"fine" * 50)) == b"fine" * 50
+
+
+def _connect_as(uid: int, path: str) -> str:
+    """Connect and negotiate from a forked child running as `uid` (no exec: this interpreter
+    may live where another user cannot read it); what happened, as a word."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        word = b"error"
+        try:
+            os.close(r)
+            os.setgid(uid)
+            os.setuid(uid)
+            c = RawClient(path, negotiate=False)
+            c.send(P.VFIO_USER_VERSION, P.pack_version(0, 0, P.Capabilities()))
+            try:
+                reply = c.recv(20)
+                word = b"accepted" if not reply.is_error else b"refused"
+            except PeerClosed:
+                word = b"refused"
+        finally:
+            os.write(w, word)
+            os._exit(0)
+    os.close(w)
+    try:
+        word = os.read(r, 16).decode()
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    return word
+
+
+def test_access_control_refuses_other_users_and_logs(tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to act as another user")
+    from warpdrive.serve.access import AllowList
+
+    nobody = 65534
+    d = Path(tempfile.mkdtemp(prefix="wd-acl-"))  # a directory another user can reach
+    d.chmod(0o755)
+    sock = str(d / "b.sock")
+    try:
+        for allow, expect in (([], "refused"), ([nobody], "accepted")):
+            with broker_thread(sock, socket_mode=0o666, allow=AllowList(uids=allow)) as rb:
+                assert oct(os.stat(rb.path).st_mode & 0o777) == "0o666"
+                assert _connect_as(nobody, sock) == expect
+                assert _connect_as(0, sock) == "accepted"  # root always may
+    finally:
+        d.rmdir()
+    assert "refused client" in caplog.text and f"uid {nobody}" in caplog.text
+    assert "accepted client" in caplog.text
+
+
+def test_socket_mode_and_group_from_the_command_line(tmp_path: Path) -> None:
+    sock = str(tmp_path / "g.sock")
+    broker = subprocess.Popen([sys.executable, "-m", "warpdrive", "serve", "emu", "--socket",
+                               sock, "--group", "0", "--mode", "0660"],
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        eventually(lambda: os.path.exists(sock), 30, "broker listening")
+        st = os.stat(sock)
+        assert oct(st.st_mode & 0o777) == "0o660" and st.st_gid == 0
+        with wz.open("broker:" + sock) as eng:
+            assert eng.decompress(eng.compress(b"abc" * 99)) == b"abc" * 99
+        broker.send_signal(signal.SIGTERM)
+        assert broker.wait(30) == 0
+        assert not os.path.exists(sock)
+        assert broker.stderr is not None
+        log = broker.stderr.read()
+        assert "accepted client" in log and "listening on" in log
+    finally:
+        if broker.poll() is None:
+            broker.kill()
+            broker.wait()
+        if broker.stderr:
+            broker.stderr.close()
