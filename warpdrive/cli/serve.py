@@ -45,6 +45,9 @@ def register(subparsers: Any) -> None:
                         metavar="KEY=VALUE", help="option of the bundled model (DEVICE emu)")
     parser.add_argument("--spin-us", type=float, metavar="US",
                         help="keep polling this long after the last work (default 20000)")
+    parser.add_argument("--measure", action="store_true",
+                        help="measure the CPU time spent mediating (two clock reads per poll); "
+                        "SIGUSR1 logs the counters")
     parser.add_argument("--verbose", "-v", action="store_true", help="log every client queue")
     parser.set_defaults(func=run)
 

@@ -28,11 +28,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..device import Device
 from ..devices.hisi_qm.bringup import QmDevice
 from ..devices.hisi_qm.queue import QmQueue
 from ..devices.zip import hw
+from ..emu.server import POLL_BUSY, POLL_IDLE, POLL_WORKED
 from ..errors import DeviceBusyError, WarpdriveError
 from .maps import ClientMaps, DeviceMap
 from .sqe import Refused, mediate, refuse
@@ -265,10 +267,11 @@ class Broker:
             u.limit = max(1, min(self.max_inflight, hq.q.capacity // n))
 
     # -- the loop ---------------------------------------------------------------------------
-    def poll(self) -> bool:
+    def poll(self) -> int:
         """Ring the hardware doorbells for this pass's submissions, reap completions and hand
-        them back. True while there was work or jobs are in flight (the server keeps spinning)."""
-        busy = False
+        them back. POLL_WORKED if it did, POLL_BUSY while jobs are in flight (the server keeps
+        spinning), else POLL_IDLE."""
+        busy = worked = bool(self._dirty)
         now = 0.0
         dirty = self._dirty
         if dirty:
@@ -284,6 +287,7 @@ class Broker:
                 continue
             busy = True
             if q.completed():
+                worked = True
                 jobs = q.reap()
                 self.jobs += len(jobs)
                 hq.progress_at = time.perf_counter()
@@ -313,7 +317,12 @@ class Broker:
                 c.maps.release_idle()
                 if not c.maps.parked:
                     self._parked.discard(c)
-        return busy
+        return POLL_WORKED if worked else POLL_BUSY if busy else POLL_IDLE
+
+    def stats(self) -> dict[str, Any]:
+        return {"jobs": self.jobs, "refused": self.refused, "clients": len(self._clients),
+                "hw_queues": [{"qn": h.q.qn, "alg": h.alg, "users": len(h.users),
+                               "in_flight": h.q.outstanding} for h in self.hw]}
 
     def close(self) -> None:
         """Stop every queue and reset the function (QmDevice.close), then close the device."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -103,7 +105,13 @@ def serve_from_args(args: argparse.Namespace) -> int:
         server = make_server(
             broker, path, queues=args.queues, depth=args.depth, socket_mode=mode,
             socket_group=group, allow=allow, max_clients=args.max_clients,
-            spin_s=None if args.spin_us is None else args.spin_us / 1e6)
+            spin_s=None if args.spin_us is None else args.spin_us / 1e6, measure=args.measure)
+
+        def log_stats(signum: int, frame: object) -> None:
+            log.info("stats %s", json.dumps({**broker.stats(), "clients": server.clients,
+                                             "mediation_cpu_s": round(server.work_s, 6)}))
+
+        signal.signal(signal.SIGUSR1, log_stats)
         log.info("broker: %s (QM revision %#x, %d hardware queues) for %s; clients: "
                  "device=broker:%s", dev.name, broker.revision, broker.qp_num,
                  allow.describe(), path)
