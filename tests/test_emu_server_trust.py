@@ -155,6 +155,25 @@ def test_set_irqs_refuses_a_pipe_posing_as_an_eventfd(tmp_path: Path) -> None:
         assert "not an eventfd" in srv.output()
 
 
+def test_an_eventfd_made_blocking_again_and_filled_cannot_stop_the_server(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "s.sock")
+    with server_process(path) as srv:
+        c = RawClient(path)
+        efd = os.eventfd(0, os.EFD_CLOEXEC)
+        assert not c.set_irqs(TRIGGER_EVENTFD, VFIO_PCI_MSIX_IRQ_INDEX, 0, 1, [efd]).is_error
+        # The file is shared with the server: clear O_NONBLOCK again, then fill the counter.
+        fcntl.fcntl(efd, fcntl.F_SETFL, fcntl.fcntl(efd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        os.eventfd_write(efd, 0xFFFF_FFFF_FFFF_FFFE)
+        c.set_irqs(TRIGGER_NONE, VFIO_PCI_MSIX_IRQ_INDEX, 0, 1)  # the write would wait forever
+        assert not c.region_read(7, 0, 4).is_error  # ... but the server is still serving
+        os.close(efd)
+        c.close()
+        ping(path)
+        assert srv.alive
+        assert "would block" in srv.output()
+
+
 # -- one client must not hold up the others ------------------------------------------------------
 def test_a_silent_half_message_does_not_hold_up_other_clients(tmp_path: Path) -> None:
     path = str(tmp_path / "s.sock")

@@ -14,7 +14,9 @@ What a client hands over is checked before it is used, because a client can chan
 - "Eventfds" in SET_IRQS must be eventfds (a pipe fills up and a blocked write would stop the
   server); the server makes them non-blocking (O_NONBLOCK is a property of the open file, shared
   with the client, which polls them anyway), so a full counter is "already signalled", not a
-  wait.
+  wait. A client can clear O_NONBLOCK again and fill its counter: where signals reach the
+  server's loop (its main thread) every interrupt write is also bounded by a one-shot timer
+  (`BoundedWrites`), and a write that would wait loses the client that eventfd.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import fcntl
 import logging
 import mmap
 import os
+import signal
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,6 +91,48 @@ def check_eventfd(fd: int, what: str) -> None:
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     if not flags & os.O_NONBLOCK:
         fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+
+
+class _WriteStuck(Exception):
+    """An interrupt write waited past its bound (see `BoundedWrites`)."""
+
+
+_WRITE_BOUND_S = 0.2
+_bounded = False  # set while the server's loop runs in the main thread with the alarm handler
+
+
+def _on_alarm(signum: int, frame: object) -> None:
+    raise _WriteStuck()
+
+
+class BoundedWrites:
+    """While the server's loop runs (in the main thread): SIGALRM ends a stuck interrupt write."""
+
+    def __enter__(self) -> None:
+        global _bounded
+        self._old = signal.signal(signal.SIGALRM, _on_alarm)
+        _bounded = True
+
+    def __exit__(self, *exc: object) -> None:
+        global _bounded
+        _bounded = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, self._old)
+
+
+def write_event(fd: int) -> None:
+    """Add 1 to an eventfd; BlockingIOError if its counter is full, _WriteStuck if it blocked."""
+    if not _bounded:
+        os.write(fd, _ONE)
+        return
+    signal.setitimer(signal.ITIMER_REAL, _WRITE_BOUND_S)
+    try:
+        os.write(fd, _ONE)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+_ONE = (1).to_bytes(8, "little")
 
 
 @dataclass
@@ -296,9 +341,15 @@ class Function:
             irq.pending[vector] = True
             return False
         try:
-            os.write(irq.fds[vector], (1).to_bytes(8, "little"))
+            write_event(irq.fds[vector])
         except BlockingIOError:
             pass  # the counter is full: the client has an unread interrupt already
+        except _WriteStuck:
+            self._log(f"IRQ {index} vector {vector}: the client's eventfd would block (it made "
+                      "it blocking again and filled it); dropping that eventfd")
+            close_fd_quietly(irq.fds[vector])
+            irq.fds[vector] = -1
+            return False
         except OSError as e:
             self._log(f"signalling IRQ {index} vector {vector} failed: {e}")
             return False

@@ -63,7 +63,7 @@ from ..backends.vfiouser.wire import FrameError, Message, PeerClosed, sock_peer_
 from ..errors import InvalidArgumentError, ProtocolError
 from ..forkguard import close_fd_quietly
 from ..uapi import vfio_user as P
-from .function import Function
+from .function import BoundedWrites, Function
 from .model import DeviceModel
 
 log = logging.getLogger("warpdrive.emu.server")
@@ -333,7 +333,11 @@ class VfioUserServer:
                 old[signum] = signal.signal(signum, self._on_signal)
         try:
             self._listen()
-            self._loop()
+            if handlers_installed:
+                with BoundedWrites():
+                    self._loop()
+            else:
+                self._loop()
         except _Stop:
             pass
         finally:
