@@ -65,9 +65,9 @@ def sqe(**dw: int) -> bytearray:
 
 
 def test_a_good_sqe_is_translated_and_cleaned(maps: ClientMaps) -> None:
+    client = sqe(dw0=7, dw24=0xDEAD, dw25=0xBEEF, dw5=1)
     ring = bytearray(256)
-    ring[128:] = sqe(dw0=7, dw24=0xDEAD, dw25=0xBEEF, dw5=1)
-    addrs, used = mediate(memoryview(ring), 128, maps)
+    addrs, used = mediate(memoryview(client), 0, memoryview(ring), 128, maps)
     w = SQE.unpack_from(ring, 128)
     m = maps.translate(0x100000, 1, write=False)
     assert w[hw.DW_SRC_H] << 32 | w[hw.DW_SRC_L] == m.dev_iova
@@ -82,11 +82,11 @@ def test_a_good_sqe_is_translated_and_cleaned(maps: ClientMaps) -> None:
 def test_a_stateful_sqe_needs_its_whole_context_mapped(maps: ClientMaps) -> None:
     dw7 = hw.sqe_dw7(finish=False, stateful=True, new_stream=True, sqe_type=hw.SQE_TYPE_V3)
     ok = sqe(dw7=dw7, dw22=0x200000 + hw.HW_CTX_RSV_OFFSET - 64)
-    _, used = mediate(memoryview(ok), 0, maps)
+    _, used = mediate(memoryview(ok), 0, memoryview(bytearray(128)), 0, maps)
     assert len(used) == 3
     too_far = sqe(dw7=dw7, dw22=0x200000 + 0x10000 - CTX_SPAN + 64)
     with pytest.raises(Refused) as ei:
-        mediate(memoryview(too_far), 0, maps)
+        mediate(memoryview(too_far), 0, memoryview(bytearray(128)), 0, maps)
     assert ei.value.status == hw.STATUS_DMA_FAULT
 
 
@@ -107,8 +107,10 @@ def test_a_stateful_sqe_needs_its_whole_context_mapped(maps: ClientMaps) -> None
 def test_what_never_reaches_the_device(maps: ClientMaps, fields: dict[str, int],
                                        status: int) -> None:
     ring = sqe(**fields)
+    out = bytearray(128)
     with pytest.raises(Refused) as ei:
-        mediate(memoryview(ring), 0, maps)
+        mediate(memoryview(ring), 0, memoryview(out), 0, maps)
+    assert out == bytearray(128)  # nothing reached the hardware ring
     assert ei.value.status == status, ei.value.reason
 
 
@@ -141,12 +143,13 @@ def test_random_sqes_never_escape(maps: ClientMaps) -> None:
                                       0x100000 + rng.getrandbits(17), 0x200000, 0x300000])
             w = base
         ring = bytearray(SQE.pack(*w))
+        hw_ring = bytearray(128)
         try:
-            mediate(memoryview(ring), 0, maps)
+            mediate(memoryview(ring), 0, memoryview(hw_ring), 0, maps)
         except Refused:
             continue
         passed += 1
-        out = SQE.unpack(ring)
+        out = SQE.unpack(hw_ring)
         for lo, n in ((hw.DW_SRC_L, out[hw.DW_INPUT_LENGTH]),
                       (hw.DW_DST_L, out[hw.DW_DEST_AVAIL_OUT])):
             a = out[lo + 1] << 32 | out[lo]

@@ -71,6 +71,7 @@ log = logging.getLogger("warpdrive.emu.server")
 _ANC_SIZE = socket.CMSG_SPACE(P.SCM_MAX_FD * 4)
 _MSG_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0x40000000)
 _MESSAGES_PER_TURN = 32  # per client per loop pass, so one chatty client cannot starve others
+_DEADLINE_CHECK_S = 0.05  # while spinning, look at the (seconds-long) timeouts this often
 _FENCE = threading.Lock()  # see warpdrive.backends.vfiouser.client: a full memory barrier
 # What an `on_poll` hook returns: nothing to do, waiting on work in flight (keep polling), or
 # work done this pass.
@@ -298,6 +299,8 @@ class VfioUserServer:
         self._ever_connected = False
         self.shared: Function | None = None
         self._owner: _Session | None = None
+        self._active: list[Function] = []  # functions attached to a connection, in order
+        self._rr = 0
         if model is not None:
             self.shared = self._make_function(model, model.name)
 
@@ -420,14 +423,20 @@ class VfioUserServer:
             close_fd_quietly(fd)
 
     # -- the loop ---------------------------------------------------------------------------
-    def _functions(self) -> list[Function]:
-        return [s.function for s in self._sessions.values() if s.function is not None]
+    def _turn(self) -> list[Function]:
+        """The attached functions, starting one further each pass: who is polled first (and so
+        takes hardware slots first) rotates among the clients."""
+        fns = self._active
+        if len(fns) < 2:
+            return fns
+        self._rr = k = (self._rr + 1) % len(fns)
+        return fns[k:] + fns[:k]
 
     def _poll(self) -> bool:
         if self.measure:
             return self._poll_measured()
         worked = False
-        for fn in self._functions():
+        for fn in self._turn():
             fn.heartbeat()
             if fn.polled and fn.poll():
                 worked = True
@@ -440,7 +449,7 @@ class VfioUserServer:
         clock reads per call: only with `measure`)."""
         clock = time.thread_time
         worked = False
-        for fn in self._functions():
+        for fn in self._turn():
             fn.heartbeat()
             if fn.polled:
                 t0 = clock()
@@ -461,10 +470,10 @@ class VfioUserServer:
         ep = self._ep = select.epoll()
         ep.register(self._listener.fileno(), select.EPOLLIN)
         ep.register(self._wake_r, select.EPOLLIN)
-        started = last_activity = time.monotonic()
+        started = last_activity = checked = time.monotonic()
         while not self._stop.is_set():
-            fns = self._functions()
-            polled = any(fn.polled for fn in fns) or self.on_poll is not None
+            fns = self._active
+            polled = self.on_poll is not None or any(fn.polled for fn in fns)
             if polled and self._poll():
                 last_activity = time.monotonic()
                 self._wake_up(fns)
@@ -480,10 +489,11 @@ class VfioUserServer:
                 timeout = self.idle_max_s if aware and self._asleep else self.idle_s
             else:
                 timeout = None
-            deadline = self._next_deadline(started)
-            if deadline is not None:
-                left = max(0.0, deadline - now)
-                timeout = left if timeout is None else min(timeout, left)
+            if timeout != 0.0:
+                deadline = self._next_deadline(started)
+                if deadline is not None:
+                    left = max(0.0, deadline - now)
+                    timeout = left if timeout is None else min(timeout, left)
             events = ep.poll(-1 if timeout is None else timeout)
             now = time.monotonic()
             if events:
@@ -499,10 +509,12 @@ class VfioUserServer:
                         s = self._sessions.get(fd)
                         if s is not None and self._service(s, ev, now):
                             last_activity = now
-                            self._wake_up(self._functions())
+                            self._wake_up(self._active)
                 if self._stop.is_set():
                     return
-            self._check_deadlines(now, started)
+            if timeout != 0.0 or now - checked > _DEADLINE_CHECK_S:  # timeouts are seconds
+                checked = now
+                self._check_deadlines(now, started)
 
     def _fall_asleep(self, fns: list[Function]) -> bool:
         """Tell clients we stop polling, then look once more: True if there was work after all
@@ -595,6 +607,8 @@ class VfioUserServer:
         s.close()
         fn, s.function = s.function, None
         if fn is not None:
+            if fn in self._active:
+                self._active.remove(fn)
             if fn is self.shared:
                 fn.detach_client()
                 self._owner = None
@@ -739,6 +753,7 @@ class VfioUserServer:
                               max_dma_maps=limit("max_dma_maps", self.max_dma_maps),
                               pgsizes=sc.PAGE_SIZE)
         s.function = self._function_for(s)
+        self._active.append(s.function)
         if caps.extra.get(P.WARPDRIVE_CTL_CAPABILITY) is True and s.function.control_index >= 0:
             ours.extra[P.WARPDRIVE_CTL_CAPABILITY] = True
             s.function.control_visible = True

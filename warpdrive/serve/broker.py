@@ -143,10 +143,8 @@ class BrokerClient:
             return BUSY
         job = _Job(cq, slot)
         hoff = job.hoff = q.post(job)
-        sq = q.sq
-        sq[hoff:hoff + hw.SQE_SIZE] = ring[off:off + hw.SQE_SIZE]  # check the copy, not theirs
         try:
-            job.addrs, job.maps = mediate(sq, hoff, self.maps)
+            job.addrs, job.maps = mediate(ring, off, q.sq, hoff, self.maps)
         except Refused as e:
             q.unpost()
             refuse(ring, off, e.status)

@@ -1,7 +1,8 @@
 """What the broker lets through to the device, SQE by SQE.
 
-The broker copies a client's SQE into the hardware ring first and checks the *copy* (the client
-can rewrite its own ring at any time; the copy it cannot touch). What passes:
+The broker reads a client's SQE once, checks that snapshot and writes the translated snapshot into
+the hardware ring (the client can rewrite its own ring at any time; what was checked is what the
+device gets). What passes:
 - request types on the whitelist: deflate, zlib, gzip (dw9 bits 7:0), SQE types 0 and 3
   (dw7 bits 31:28), flat buffers only (dw9 bits 11:8 = 0: a hardware SGL is a list of addresses
   in client memory the device would follow unchecked), a known window code, no in/out SGE
@@ -29,7 +30,6 @@ _ADDRS = struct.Struct("<6I")  # dw18..23: source, destination, stream context
 _ADDR_OFF = 4 * hw.DW_SRC_L
 _RESULT = struct.Struct("<4I")  # dw0..3
 _ZEROED = (5, 6, 10, 11, 12, 16, 17, 24, 25)  # the driver never sets these
-_ZERO_U32 = struct.Struct("<I")
 _DW7_KNOWN = (hw.SQE_FLUSH_FINISH | hw.SQE_STATEFUL | hw.SQE_NEW_STREAM
               | 0xF << hw.SQE_TYPE_SHIFT)
 _SQE_TYPES = (hw.SQE_TYPE_V1, hw.SQE_TYPE_V3)
@@ -45,11 +45,14 @@ class Refused(Exception):
         self.reason = reason
 
 
-def mediate(ring: memoryview, off: int, maps: ClientMaps) -> tuple[tuple[int, ...],
-                                                                   list[DeviceMap]]:
-    """Check and translate the SQE copy at `ring[off:off+128]` in place. Returns the client's
-    six address words (to restore in the result) and the maps the job uses; raises Refused."""
-    w = _SQE.unpack_from(ring, off)
+def mediate(src: memoryview, off: int, ring: memoryview, hoff: int,
+            maps: ClientMaps) -> tuple[tuple[int, ...], list[DeviceMap]]:
+    """Check the client's SQE at `src[off:off+128]` and write its translated form into the
+    hardware ring at `ring[hoff:hoff+128]`. The SQE is read once (a snapshot: the client may
+    rewrite its ring meanwhile, the check and the copy are of the same bytes). Returns the
+    client's six address words (to restore in the result) and the maps the job uses; raises
+    Refused (and writes nothing)."""
+    w = _SQE.unpack_from(src, off)
     dw7, dw9 = w[hw.DW_IN_SGE_FLAGS], w[hw.DW_REQ]
     if dw7 & ~_DW7_KNOWN or dw7 >> hw.SQE_TYPE_SHIFT not in _SQE_TYPES or w[hw.DW_OUT_SGE]:
         raise Refused(hw.STATUS_BAD_REQUEST, f"dw7 {dw7:#x} / dw8 {w[hw.DW_OUT_SGE]:#x}: unknown "
@@ -63,14 +66,14 @@ def mediate(ring: memoryview, off: int, maps: ClientMaps) -> tuple[tuple[int, ..
         raise Refused(hw.STATUS_BAD_REQUEST, f"lengths {in_len}/{avail} exceed "
                       f"{hw.HZ_MAX_SIZE}")
     addrs = w[hw.DW_SRC_L:hw.DW_CTX_ADDR_H + 1]
-    src = addrs[1] << 32 | addrs[0]
-    dst = addrs[3] << 32 | addrs[2]
+    src_iova = addrs[1] << 32 | addrs[0]
+    dst_iova = addrs[3] << 32 | addrs[2]
     try:
-        ms = maps.translate(src, in_len, write=False)
-        md = maps.translate(dst, avail, write=True)
+        ms = maps.translate(src_iova, in_len, write=False)
+        md = maps.translate(dst_iova, avail, write=True)
         used = [ms, md]
-        dsrc = ms.dev_iova + (src - ms.iova)
-        ddst = md.dev_iova + (dst - md.iova)
+        dsrc = ms.dev_iova + (src_iova - ms.iova)
+        ddst = md.dev_iova + (dst_iova - md.iova)
         dctx = 0
         if dw7 & hw.SQE_STATEFUL:
             ctx = addrs[5] << 32 | addrs[4]
@@ -79,11 +82,13 @@ def mediate(ring: memoryview, off: int, maps: ClientMaps) -> tuple[tuple[int, ..
             dctx = mc.dev_iova + (ctx - mc.iova)
     except TranslationFault as e:
         raise Refused(hw.STATUS_DMA_FAULT, str(e)) from None
-    _ADDRS.pack_into(ring, off + _ADDR_OFF, dsrc & 0xFFFF_FFFF, dsrc >> 32, ddst & 0xFFFF_FFFF,
-                     ddst >> 32, dctx & 0xFFFF_FFFF, dctx >> 32)
-    _RESULT.pack_into(ring, off, 0, 0, 0, 0)
+    out = list(w)
+    out[0] = out[1] = out[2] = out[3] = 0  # results: the device's to write
     for dw in _ZEROED:
-        _ZERO_U32.pack_into(ring, off + 4 * dw, 0)
+        out[dw] = 0
+    out[hw.DW_SRC_L:hw.DW_CTX_ADDR_H + 1] = (dsrc & 0xFFFF_FFFF, dsrc >> 32, ddst & 0xFFFF_FFFF,
+                                             ddst >> 32, dctx & 0xFFFF_FFFF, dctx >> 32)
+    _SQE.pack_into(ring, hoff, *out)
     return addrs, used
 
 
