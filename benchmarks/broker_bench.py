@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -44,41 +42,17 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "benchmarks"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+# the same data, clocks and strace markers as the engine benchmark
+from zip_bench import _cpu, _mark, _proc_cpu, count_syscalls, sample  # noqa: E402
 
 SIZES = (4 << 10, 64 << 10)
 CLIENTS = (1, 2, 4, 8)
 IN_FLIGHT, BATCH = 16, 8
 MODEL_OPTIONS = {"queues": "16", "isolation": "1", "level": "6"}
-
-
-def sample(size: int) -> bytes:
-    words = (b"the queue engine doorbell stream window deflate accelerator of and to in is "
-             b"compression job batch ring phase completion mapped message kernel broker").split()
-    out = bytearray()
-    i = 7
-    while len(out) < size:
-        i = (i * 1103515245 + 12345) & 0x7FFFFFFF
-        out += words[i % len(words)] + (b"\n" if i % 11 == 0 else b" ")
-    return bytes(out[:size])
-
-
-def _mark(tag: str) -> None:
-    try:
-        os.stat(f"/@@wd-broker-{tag}@@")
-    except OSError:
-        pass
-
-
-def _cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def _proc_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _children(pid: int) -> list[int]:
@@ -115,7 +89,7 @@ def client(device: str, size: int, duration: float, count: int, mark: bool) -> N
     c0, t0 = _cpu(), clock()
     until = t0 + duration
     if mark:
-        _mark("begin")
+        _mark(f"begin-broker-{size}-{IN_FLIGHT}")
     submit_many(jobs)
     submitted, n = len(jobs), 0
     pending: list[Any] = []
@@ -130,7 +104,7 @@ def client(device: str, size: int, duration: float, count: int, mark: bool) -> N
             submitted += len(pending)
             pending = []
     if mark:
-        _mark("end")
+        _mark(f"end-broker-{size}-{IN_FLIGHT}")
     wall, cpu = clock() - t0, _cpu() - c0
     model_cpu = _proc_cpu(model_pid) - m0 if model_pid and not mark else 0.0
     for j in jobs:
@@ -216,19 +190,9 @@ def run_row(device: str, nclients: int, size: int, duration: float, *, count: in
     return row
 
 
-def count_syscalls(trace: str) -> int:
-    begin, end = "/@@wd-broker-begin@@", "/@@wd-broker-end@@"
-    n, inside = 0, False
-    for line in Path(trace).read_text().splitlines():
-        if begin in line:
-            inside = True
-            continue
-        if end in line:
-            return n
-        if inside and not re.match(r"^(\d+\s+)?<\.\.\. \w+ resumed>", line) and \
-                not line.startswith(("+++", "---")):
-            n += 1
-    raise SystemExit("strace markers not found")
+def syscalls_in(trace: str, size: int) -> int:
+    """Syscalls between the loop's two markers (zip_bench's markers and counter)."""
+    return count_syscalls(Path(trace).read_text(), "broker", size, IN_FLIGHT)
 
 
 def main() -> None:
@@ -271,12 +235,12 @@ def main() -> None:
             base = d["jobs"] / d["wall"]
             t = run_row("emu", 1, size, duration, trace=trace, count=256 if size == SIZES[0]
                         else 64)
-            rows.append(_row("direct", 1, size, d, base, count_syscalls(trace) / t["jobs0"]))
+            rows.append(_row("direct", 1, size, d, base, syscalls_in(trace, size) / t["jobs0"]))
             for n in CLIENTS:
                 t = run_row("broker:" + sock, n, size, duration, trace=trace,
                             count=256 if size == SIZES[0] else 64)
                 rows.append(_row("broker", n, size, best[("broker", n, size)], base,
-                                 count_syscalls(trace) / t["jobs0"]))
+                                 syscalls_in(trace, size) / t["jobs0"]))
     finally:
         broker.send_signal(signal.SIGTERM)
         try:

@@ -79,18 +79,8 @@ class RawZip:
         self.size = size
 
     def words(self, **dw: int) -> list[int]:
-        w = [0] * 32
-        w[hw.DW_IN_SGE_FLAGS] = hw.sqe_dw7(finish=True, stateful=False, new_stream=True,
-                                           sqe_type=hw.SQE_TYPE_V3)
-        w[hw.DW_REQ] = hw.sqe_dw9(hw.ALG_DEFLATE)
-        w[hw.DW_INPUT_LENGTH] = 4096
-        w[hw.DW_DEST_AVAIL_OUT] = 8192
         assert self.src.iova is not None and self.dst.iova is not None
-        w[hw.DW_SRC_L], w[hw.DW_SRC_H] = self.src.iova & 0xFFFF_FFFF, self.src.iova >> 32
-        w[hw.DW_DST_L], w[hw.DW_DST_H] = self.dst.iova & 0xFFFF_FFFF, self.dst.iova >> 32
-        for k, v in dw.items():
-            w[int(k[2:])] = v
-        return w
+        return sqe_words(self.src.iova, self.dst.iova, alg=hw.ALG_DEFLATE, **dw)
 
     def run(self, words: list[int], timeout: float = 30.0) -> tuple[int, int]:
         """Post one SQE, wait for its CQE; (status, produced)."""
@@ -109,3 +99,18 @@ class RawZip:
 
 def addr_words(iova: int) -> tuple[int, int]:
     return iova & 0xFFFF_FFFF, iova >> 32
+
+
+def sqe_words(src: int, dst: int, *, alg: int = hw.ALG_ZLIB, **dw: int) -> list[int]:
+    """A good stateless SQE (4 KiB in, 8 KiB of room) as 32 dwords; `dwN=value` overrides."""
+    w = [0] * 32
+    w[hw.DW_IN_SGE_FLAGS] = hw.sqe_dw7(finish=True, stateful=False, new_stream=True,
+                                       sqe_type=hw.SQE_TYPE_V3)
+    w[hw.DW_REQ] = hw.sqe_dw9(alg)
+    w[hw.DW_INPUT_LENGTH] = 4096
+    w[hw.DW_DEST_AVAIL_OUT] = 8192
+    w[hw.DW_SRC_L], w[hw.DW_SRC_H] = addr_words(src)
+    w[hw.DW_DST_L], w[hw.DW_DST_H] = addr_words(dst)
+    for k, v in dw.items():
+        w[int(k[2:])] = v
+    return w

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.brokerutil import sqe_words
 from warpdrive.backends.vfiouser.launcher import open_emulated
 from warpdrive.devices.zip import hw
 from warpdrive.serve.maps import ClientMaps, TranslationFault
@@ -50,18 +51,7 @@ def maps(device) -> Iterator[ClientMaps]:
 
 
 def sqe(**dw: int) -> bytearray:
-    w = [0] * 32
-    w[hw.DW_IN_SGE_FLAGS] = hw.sqe_dw7(finish=True, stateful=False, new_stream=True,
-                                       sqe_type=hw.SQE_TYPE_V3)
-    w[hw.DW_REQ] = hw.sqe_dw9(hw.ALG_ZLIB)
-    w[hw.DW_INPUT_LENGTH] = 4096
-    w[hw.DW_DEST_AVAIL_OUT] = 8192
-    w[hw.DW_SRC_L] = 0x100000
-    w[hw.DW_DST_L] = 0x102000
-    w[hw.DW_TAG_V3] = 0xABCD
-    for k, v in dw.items():
-        w[int(k[2:])] = v
-    return bytearray(SQE.pack(*w))
+    return bytearray(SQE.pack(*sqe_words(0x100000, 0x102000, dw26=0xABCD, **dw)))
 
 
 def test_a_good_sqe_is_translated_and_cleaned(maps: ClientMaps) -> None:
