@@ -19,6 +19,7 @@ from warpdrive.devices.hisi_qm import regs as qm
 from warpdrive.devices.zip import hw
 from warpdrive.devices.zip.sqe import Format, SqeTemplate
 from warpdrive.emu.dma import ClientMemory
+from warpdrive.emu.models._qm import QmFunction
 from warpdrive.emu.models.zip import zip_function
 
 IOVA = 0x100000
@@ -262,3 +263,14 @@ def test_level_triggered_doorbell_and_reset() -> None:
     assert c.qm.process() == 0
     c.qm.reset()
     assert not c.qm.queues[0].running and c.qm.process() == 0
+
+
+def test_the_mailbox_log_stays_bounded() -> None:
+    """A client can issue any number of mailbox commands: the model keeps the first ones (for
+    its debug window) and a count of all, not an ever-growing list."""
+    c = Client()
+    n = QmFunction.MB_LOG_MAX + 500
+    for _ in range(n):
+        c.mailbox(qm.QM_MB_CMD_SQC_VFT_V2, op=1)
+    assert len(c.qm.mb_log) == QmFunction.MB_LOG_MAX
+    assert c.qm.mb_count == n
