@@ -432,38 +432,39 @@ class VfioUserServer:
         self._rr = k = (self._rr + 1) % len(fns)
         return fns[k:] + fns[:k]
 
-    def _poll(self) -> bool:
+    def _poll(self) -> int:
+        """One pass over the attached functions and the hook: POLL_WORKED if any made progress,
+        POLL_BUSY if something is waiting on work in flight, else POLL_IDLE."""
         if self.measure:
             return self._poll_measured()
-        worked = False
+        r = POLL_IDLE
         for fn in self._turn():
             fn.heartbeat()
             if fn.polled and fn.poll():
-                worked = True
-        if self.on_poll is not None and self.on_poll():
-            worked = True
-        return worked
+                r = POLL_WORKED
+        if self.on_poll is not None:
+            r = max(r, self.on_poll())
+        return r
 
-    def _poll_measured(self) -> bool:
+    def _poll_measured(self) -> int:
         """`_poll`, adding the thread CPU time of the calls that did work to `work_s` (two
         clock reads per call: only with `measure`)."""
         clock = time.thread_time
-        worked = False
+        r = POLL_IDLE
         for fn in self._turn():
             fn.heartbeat()
             if fn.polled:
                 t0 = clock()
                 if fn.poll():
                     self.work_s += clock() - t0
-                    worked = True
+                    r = POLL_WORKED
         if self.on_poll is not None:
             t0 = clock()
-            r = self.on_poll()
-            if r:
-                worked = True
-                if r == POLL_WORKED:
-                    self.work_s += clock() - t0
-        return worked
+            h = self.on_poll()
+            if h == POLL_WORKED:
+                self.work_s += clock() - t0
+            r = max(r, h)
+        return r
 
     def _loop(self) -> None:
         assert self._listener is not None
@@ -474,13 +475,20 @@ class VfioUserServer:
         while not self._stop.is_set():
             fns = self._active
             polled = self.on_poll is not None or any(fn.polled for fn in fns)
-            if polled and self._poll():
-                last_activity = time.monotonic()
-                self._wake_up(fns)
+            progress = POLL_IDLE
+            if polled:
+                progress = self._poll()
+                if progress:
+                    last_activity = time.monotonic()
+                    self._wake_up(fns)
             now = time.monotonic()
             timeout: float | None
             if polled and now - last_activity < self.spin_s:
                 timeout = 0.0
+                if progress != POLL_WORKED:
+                    # Spinning without progress: let the processes we wait for (clients, the
+                    # device model) have the CPU first; on a busy machine they share ours.
+                    os.sched_yield()
             elif polled:
                 if not self._asleep and self._fall_asleep(fns):
                     last_activity = now
