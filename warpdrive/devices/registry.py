@@ -121,10 +121,9 @@ BUILTIN: tuple[Plugin, ...] = (
         driver="warpdrive.devices.zip.driver:ZipDriver",
         description="HiSilicon ZIP compression engine, virtual functions (QM queues)",
         ids=((0x19E5, 0xA250), (0x19E5, 0xA251)),  # PF (refused by init), VF
-        # The lab presents a ZIP function (QEMU vfio-user-pci + the model, zip_bdf) and the
-        # contract test knows how to reach it: claim "vfio", "iommufd" here once a job completes
-        # through it (today the first job times out there).
-        backends=("vfio-user",),
+        # The lab presents a ZIP function (QEMU vfio-user-pci + the model, zip_bdf) to the guest
+        # kernel: the kernel backends run there, vfio-user against the bundled model.
+        backends=("vfio", "iommufd", "vfio-user"),
     ),
 )
 
