@@ -206,7 +206,9 @@ class vfio_user_region_access(ctypes.Structure):
 
 
 class vfio_user_dma_region_access(ctypes.Structure):
-    """DMA_READ / DMA_WRITE (server -> client)."""
+    """DMA_READ / DMA_WRITE (server -> client), as the specification lays it out (data at 16).
+    QEMU's client reads a u32 count at 8 and the data at 12 instead (docs/research/vfio-user.md,
+    section 8); warpdrive's server sends neither message (a map without an fd is unreachable)."""
 
     _fields_ = [
         ("addr", _u64),
