@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ...errors import (
     ClosedError,
@@ -52,6 +52,20 @@ from . import regs as hw
 
 def _no_watchdog() -> None:
     return None
+
+
+def _ready_prefix(words: list[int], phase: int) -> int:
+    """How many phase words at the start of `words` carry `phase` (bit 0)."""
+    if (phase ^ 1) in words:  # the usual case: CQE status bits are 0, so words are 0 or 1
+        k = words.index(phase ^ 1)
+        if words[:k].count(phase) == k:
+            return k
+    k = 0
+    for w in words:
+        if (w & 1) != phase:
+            break
+        k += 1
+    return k
 
 
 class QueueStoppedError(DeviceBusyError):
@@ -99,6 +113,11 @@ class QmQueue:
         self._cq_db = encode(qn, hw.QM_DB_CMD_CQ, 0, cq_doorbell_priority)
         self.lock = threading.Lock()
         self.jobs: list[object | None] = [None] * layout.sq_depth
+        self.owners: list[object | None] = [None] * layout.sq_depth  # who gets each completion
+        # Constant lists the bulk paths slice (C-level) instead of looping per job.
+        self._slots = list(range(layout.sq_depth))
+        self._nones: list[object | None] = [None] * layout.sq_depth
+        self._dw = layout.sqe_size // 4  # SQE size in u32s: slot s starts at sq32[s * _dw]
         self.reset_state()
 
     def reset_state(self) -> None:
@@ -112,6 +131,7 @@ class QmQueue:
         self.unrung = 0
         self.wedged = False  # jobs never completed; the queue waits for a device reset
         self.jobs = [None] * self.sq_depth
+        self.owners = [None] * self.sq_depth
         self.closed = False
 
     # -- submission -------------------------------------------------------------------------
@@ -119,9 +139,10 @@ class QmQueue:
     def space(self) -> int:
         return self.capacity - self.outstanding
 
-    def post(self, job: object) -> int:
-        """Reserve the tail slot for `job` and return its byte offset in `self.sq`; the caller
-        writes the SQE there, then calls `ring()` (once per batch)."""
+    def post(self, job: object, owner: object = None) -> int:
+        """Reserve the tail slot for `job` (completions go to `owner`) and return its byte
+        offset in `self.sq`; the caller writes the SQE there, then calls `ring()` (once per
+        batch)."""
         if self.outstanding >= self.capacity:
             raise DeviceBusyError(
                 f"queue {self.name} has {self.outstanding} jobs in flight (its limit)",
@@ -130,17 +151,65 @@ class QmQueue:
             self.ring_cq()  # the device must see room in the CQ for this job
         slot = self.tail
         self.jobs[slot] = job
+        self.owners[slot] = owner
         self.tail = slot + 1 if slot + 1 < self.sq_depth else 0
         self.outstanding += 1
         self.unrung += 1
         return slot * self.sqe_size
+
+    def post_many(self, jobs: Sequence[object], owner: object = None) -> int:
+        """Reserve `len(jobs)` consecutive slots (wrapping at the end of the ring) for `jobs` of
+        one `owner`, in order, and return the first; the caller writes their SQEs
+        (`write_sqes`), then rings once. All or nothing: raises DeviceBusyError, reserving none,
+        if they do not fit."""
+        n = len(jobs)
+        out = self.outstanding
+        if out + n > self.capacity:
+            raise DeviceBusyError(
+                f"queue {self.name} has room for {self.capacity - out} more job(s); "
+                f"{n} were submitted at once", hint="reap completions (poll) first, or submit "
+                "smaller batches")
+        if self.cq_lag and out + n + self.cq_lag > self.capacity:
+            self.ring_cq()  # the device must see room in the CQ for these jobs
+        t = self.tail
+        end = t + n
+        depth = self.sq_depth
+        owners = [owner] * n
+        if end < depth:
+            self.jobs[t:end] = jobs
+            self.owners[t:end] = owners
+            self.tail = end
+        else:
+            k = depth - t
+            self.jobs[t:] = jobs[:k]
+            self.jobs[:end - depth] = jobs[k:]
+            self.owners[t:] = owners[:k]
+            self.owners[:end - depth] = owners[k:]
+            self.tail = end - depth
+        self.outstanding = out + n
+        self.unrung += n
+        return t
+
+    def write_sqes(self, slot: int, sqes: bytes | bytearray | memoryview) -> None:
+        """Copy consecutive SQEs (a multiple of the SQE size) into the ring from `slot` on,
+        wrapping at its end: one or two memory copies for a whole batch."""
+        sq = self.sq
+        off = slot * self.sqe_size
+        end = off + len(sqes)
+        if end <= len(sq):
+            sq[off:end] = sqes
+        else:
+            k = len(sq) - off
+            mv = memoryview(sqes)
+            sq[off:] = mv[:k]
+            sq[:end - len(sq)] = mv[k:]
 
     def unpost(self) -> None:
         """Take back the most recent `post` (its SQE could not be built)."""
         if not self.unrung:
             raise DeviceError(f"queue {self.name}: nothing to take back")
         self.tail = (self.tail - 1) % self.sq_depth
-        self.jobs[self.tail] = None
+        self.jobs[self.tail] = self.owners[self.tail] = None
         self.outstanding -= 1
         self.unrung -= 1
 
@@ -174,35 +243,87 @@ class QmQueue:
             self._ring(self._sq_db | self.rung_tail << 32)
 
     # -- completion -------------------------------------------------------------------------
-    def completed(self) -> bool:
-        """True if a CQE is waiting (one load; no side effect)."""
-        return (self.cq16[self.cq_head * 8 + hw.CQE_W7_U16] & 1) == self.phase
+    def completed(self, n: int = 1) -> bool:
+        """True if `n` (1..depth) CQEs are waiting: one load of the n-th one's phase word, no
+        side effect. (The device writes CQEs in ring order.)"""
+        i = self.cq_head + n - 1
+        if i < self.cq_depth:
+            return (self.cq16[i * 8 + hw.CQE_W7_U16] & 1) == self.phase
+        return (self.cq16[(i - self.cq_depth) * 8 + hw.CQE_W7_U16] & 1) != self.phase
 
-    def reap(self, limit: int = 1 << 30) -> list[object]:
-        """Collect finished jobs (in completion order) and ring the CQ doorbell once."""
-        cq16 = self.cq16
-        head, phase, depth = self.cq_head, self.phase, self.cq_depth
-        jobs = self.jobs
+    def reap(self) -> list[object]:
+        """Collect every finished job (in completion order); see `harvest`."""
         done: list[object] = []
-        while len(done) < limit and (cq16[head * 8 + hw.CQE_W7_U16] & 1) == phase:
-            slot = cq16[head * 8 + hw.CQE_SQ_HEAD_U16]
-            job = jobs[slot] if slot < self.sq_depth else None
-            if job is None:
-                raise DeviceError(
-                    f"queue {self.name}: CQE {head} names SQ slot {slot}, which holds no job",
-                    hint="the device (or model) is misbehaving; close and reset it")
-            jobs[slot] = None
-            done.append(job)
-            head += 1
-            if head == depth:
-                head, phase = 0, phase ^ 1
-        if done:
-            self.cq_head, self.phase = head, phase
-            self.outstanding -= len(done)
-            self.cq_lag += len(done)
-            if not self.lazy_cq or self.cq_lag >= self._cq_lazy_limit or not self.outstanding:
-                self.ring_cq()
-        return done
+        while True:
+            jobs = self.harvest()[2]
+            if not jobs:
+                return done
+            done += jobs
+
+    def harvest(self) -> tuple[int, list[int], list[object], object]:
+        """Take the CQEs waiting from the CQ head up to the ring's end (not past it: call again
+        after a wrap), in one pass over their phase words, and ring the CQ doorbell as `reap`
+        does. Returns (first slot, slots, jobs, owner): the SQ slots the CQEs name and the jobs
+        posted there, in completion order; the first slot is -1 unless the slots are
+        consecutive (s, s+1, ...) without wrapping, when their SQEs can be read as one block;
+        `owner` is the jobs' owner if they all have the same one, else None.
+        Raises DeviceError (taking nothing) if a CQE names a slot that holds no job."""
+        out = self.outstanding
+        head, phase = self.cq_head, self.phase
+        cq16 = self.cq16
+        w7 = head * 8 + hw.CQE_W7_U16
+        if not out or (cq16[w7] & 1) != phase:
+            return -1, [], [], None
+        n = self.cq_depth - head
+        if n > out:
+            n = out
+        if n == 1:
+            k = 1
+            slots = [cq16[w7 - hw.CQE_W7_U16 + hw.CQE_SQ_HEAD_U16]]
+        else:
+            # One strided read of the phase words (loads in order: the sq_head words are read
+            # after the phase words that cover them).
+            words = cq16[w7:w7 + 8 * n:8].tolist()
+            k = n if words.count(phase) == n else _ready_prefix(words, phase)
+            b = head * 8 + hw.CQE_SQ_HEAD_U16
+            slots = cq16[b:b + 8 * k:8].tolist()
+        s0 = slots[0]
+        qjobs, qowners = self.jobs, self.owners
+        if s0 + k <= self.sq_depth and slots == self._slots[s0:s0 + k]:
+            jobs = qjobs[s0:s0 + k]
+            if None in jobs:
+                self._no_job(head + jobs.index(None), s0 + jobs.index(None))
+            owners = qowners[s0:s0 + k]
+            qjobs[s0:s0 + k] = qowners[s0:s0 + k] = self._nones[:k]
+        else:
+            s0 = -1
+            jobs, owners = [], []
+            for i, slot in enumerate(slots):
+                job = qjobs[slot] if slot < self.sq_depth else None
+                if job is None:  # also a slot named twice: taken the first time
+                    for j, o, s in zip(jobs, owners, slots):  # undo: take nothing
+                        qjobs[s], qowners[s] = j, o
+                    self._no_job(head + i, slot)
+                jobs.append(job)
+                owners.append(qowners[slot])
+                qjobs[slot] = qowners[slot] = None
+        owner = owners[0]
+        if k > 1 and owners.count(owner) != k:
+            owner = None
+        head += k
+        if head == self.cq_depth:
+            head, phase = 0, phase ^ 1
+        self.cq_head, self.phase = head, phase
+        self.outstanding = out - k
+        self.cq_lag += k
+        if not self.lazy_cq or self.cq_lag >= self._cq_lazy_limit or out == k:
+            self.ring_cq()
+        return s0, slots, jobs, owner
+
+    def _no_job(self, cqe: int, slot: int) -> None:
+        raise DeviceError(
+            f"queue {self.name}: CQE {cqe % self.cq_depth} names SQ slot {slot}, which holds "
+            "no job", hint="the device (or model) is misbehaving; close and reset it")
 
     def wait(self, timeout: float, *, spin_s: float = float("inf"),
              block: Callable[[float], None] | None = None) -> list[object]:

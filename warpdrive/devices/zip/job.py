@@ -45,8 +45,8 @@ class Job:
     prepared jobs (`Session.prepare`) use the caller's buffers and can be submitted again."""
 
     __slots__ = ("checksum", "chunks", "consumed", "done", "dst", "dst_len", "dst_off", "error",
-                 "hdr", "isize", "owner", "owns", "prepared", "produced", "slot_off", "sqe",
-                 "src", "src_len", "src_off", "status", "tag", "tag_dw", "user_data")
+                 "hdr", "isize", "owner", "owns", "prepared", "produced", "ready", "slot_off",
+                 "sqe", "src", "src_len", "src_off", "status", "tag", "tag_dw", "user_data")
 
     def __init__(self, owner: JobOwner, src: DmaBuffer | None, src_off: int, src_len: int,
                  dst: DmaBuffer | None, dst_off: int, dst_len: int, hdr: bytes = b"",
@@ -58,6 +58,9 @@ class Job:
         self.owns = owns
         self.chunks: list[Chunk] = []
         self.prepared = prepared
+        # The session a prepared job may be submitted to now: None while it is in flight (and
+        # always for a job that owns pooled buffers). One identity test checks both.
+        self.ready: object = None
         self.sqe: bytes = b""
         self.tag = 0
         self.tag_dw = hw.DW_TAG_V3  # where the SQE type keeps the tag

@@ -104,28 +104,49 @@ class Lane:
         """Reserve a slot for `job` (waiting for room if the queue is full); caller holds lock."""
         q = self.q
         if q.space <= 0:
-            self.reap()
-            if q.space <= 0:
-                q.ring()
-                self.wait_until(lambda: q.space > 0, locked=True)
-        off = q.post(job)
+            self.make_room(1)
+        off = q.post(job, job.owner)
         job.slot_off = off
         job.done = False
         job.error = None
         return off
 
+    def make_room(self, n: int) -> None:
+        """Reap, and wait if need be, until `n` more jobs fit the queue (caller holds lock)."""
+        q = self.q
+        if n > q.capacity:
+            raise ZipError(f"{n} jobs cannot be in flight at once on {q.name} (its limit is "
+                           f"{q.capacity})", hint="submit smaller batches")
+        self.reap()
+        if q.space < n:
+            q.ring()
+            self.wait_until(lambda: q.space >= n, locked=True)
+
     def reap(self) -> int:
-        """Collect completions and hand each job to its owner (caller holds `lock`)."""
+        """Collect completions and hand them to their owners (caller holds `lock`): a run of
+        consecutive slots of one owner that takes them in bulk (`on_complete_many`) in one
+        call, anything else job by job (`on_complete`)."""
         q = self._q
         if q is None:
             return 0
-        jobs = cast("list[Job]", q.reap())  # the queue hands back what `post` was given
-        for job in jobs:
-            job.owner.on_complete(job)
+        total = 0
+        while True:
+            s0, slots, jobs, owner = q.harvest()
+            if not jobs:
+                break
+            total += len(jobs)
+            many = getattr(owner, "on_complete_many", None) if s0 >= 0 else None
+            if many is not None:
+                many(q, s0, jobs)
+                continue
+            size = q.sqe_size
+            for job, slot in zip(cast("list[Job]", jobs), slots):
+                job.slot_off = slot * size
+                job.owner.on_complete(job)
         if self.resubmitted:
             self.resubmitted = False
             q.ring()
-        return len(jobs)
+        return total
 
     def wait_until(self, done: Callable[[], bool], timeout: float | None = None, *,
                    locked: bool = False) -> None:
