@@ -49,6 +49,8 @@ from ...errors import (
 from ...mmio import Doorbell
 from . import regs as hw
 
+_W7, _SQ_HEAD = hw.CQE_W7_U16, hw.CQE_SQ_HEAD_U16  # u16 indexes in a CQE (hot-path locals)
+
 
 def _no_watchdog() -> None:
     return None
@@ -157,6 +159,37 @@ class QmQueue:
         self.unrung += 1
         return slot * self.sqe_size
 
+    def submit_one(self, job: object, owner: object, sqe: bytes, ring: bool = True) -> int:
+        """`post`, copy the SQE into the slot and (with `ring`) `ring`, in one call: the
+        single-job hot path. Returns the slot's byte offset. The caller made room (`space`):
+        a full queue raises DeviceBusyError, posting nothing."""
+        out = self.outstanding
+        if out >= self.capacity:
+            raise DeviceBusyError(f"queue {self.name} has {out} jobs in flight (its limit)",
+                                  hint="reap completions (poll) before submitting more")
+        if self.cq_lag and out + self.cq_lag >= self.capacity:
+            self.ring_cq()  # the device must see room in the CQ for this job
+        t = self.tail
+        self.jobs[t] = job
+        self.owners[t] = owner
+        off = t * self.sqe_size
+        self.sq[off:off + self.sqe_size] = sqe
+        t += 1
+        if t == self.sq_depth:
+            t = 0
+        self.tail = t
+        self.outstanding = out + 1
+        if not ring:
+            self.unrung += 1
+            return off
+        if self._flags[1]:  # TX-stop: the job stays posted (unrung), as with post + ring
+            self.unrung += 1
+            self._tx_stopped()
+        self._ring(self._sq_db | t << 32)
+        self.rung_tail = t
+        self.unrung = 0
+        return off
+
     def post_many(self, jobs: Sequence[object], owner: object = None) -> int:
         """Reserve `len(jobs)` consecutive slots (wrapping at the end of the ring) for `jobs` of
         one `owner`, in order, and return the first; the caller writes their SQEs
@@ -218,12 +251,15 @@ class QmQueue:
         if not self.unrung:
             return
         if self._flags[1]:  # TX-stop (last u32 of the queue memory)
-            raise QueueStoppedError(
-                f"queue {self.name} is stopped (TX-stop flag set: reset or hardware error)",
-                hint="close the session and open a new one")
+            self._tx_stopped()
         self._ring(self._sq_db | self.tail << 32)
         self.rung_tail = self.tail
         self.unrung = 0
+
+    def _tx_stopped(self) -> None:
+        raise QueueStoppedError(
+            f"queue {self.name} is stopped (TX-stop flag set: reset or hardware error)",
+            hint="close the session and open a new one")
 
     def refresh(self) -> None:
         """Store the last SQ doorbell again (same absolute tail: no new work on hardware);
@@ -271,45 +307,50 @@ class QmQueue:
         out = self.outstanding
         head, phase = self.cq_head, self.phase
         cq16 = self.cq16
-        w7 = head * 8 + hw.CQE_W7_U16
+        w7 = head * 8 + _W7
         if not out or (cq16[w7] & 1) != phase:
             return -1, [], [], None
         n = self.cq_depth - head
         if n > out:
             n = out
-        if n == 1:
-            k = 1
-            slots = [cq16[w7 - hw.CQE_W7_U16 + hw.CQE_SQ_HEAD_U16]]
+        qjobs, qowners = self.jobs, self.owners
+        if n == 1 or (cq16[w7 + 8] & 1) != phase:  # one CQE: no lists to build
+            s0 = cq16[w7 - _W7 + _SQ_HEAD]
+            job = qjobs[s0] if s0 < self.sq_depth else None
+            if job is None:
+                self._no_job(head, s0)
+            owner = qowners[s0]
+            qjobs[s0] = qowners[s0] = None
+            k, slots, jobs = 1, [s0], [job]
         else:
             # One strided read of the phase words (loads in order: the sq_head words are read
             # after the phase words that cover them).
             words = cq16[w7:w7 + 8 * n:8].tolist()
             k = n if words.count(phase) == n else _ready_prefix(words, phase)
-            b = head * 8 + hw.CQE_SQ_HEAD_U16
+            b = head * 8 + _SQ_HEAD
             slots = cq16[b:b + 8 * k:8].tolist()
-        s0 = slots[0]
-        qjobs, qowners = self.jobs, self.owners
-        if s0 + k <= self.sq_depth and slots == self._slots[s0:s0 + k]:
-            jobs = qjobs[s0:s0 + k]
-            if None in jobs:
-                self._no_job(head + jobs.index(None), s0 + jobs.index(None))
-            owners = qowners[s0:s0 + k]
-            qjobs[s0:s0 + k] = qowners[s0:s0 + k] = self._nones[:k]
-        else:
-            s0 = -1
-            jobs, owners = [], []
-            for i, slot in enumerate(slots):
-                job = qjobs[slot] if slot < self.sq_depth else None
-                if job is None:  # also a slot named twice: taken the first time
-                    for j, o, s in zip(jobs, owners, slots):  # undo: take nothing
-                        qjobs[s], qowners[s] = j, o
-                    self._no_job(head + i, slot)
-                jobs.append(job)
-                owners.append(qowners[slot])
-                qjobs[slot] = qowners[slot] = None
-        owner = owners[0]
-        if k > 1 and owners.count(owner) != k:
-            owner = None
+            s0 = slots[0]
+            if s0 + k <= self.sq_depth and slots == self._slots[s0:s0 + k]:
+                jobs = qjobs[s0:s0 + k]
+                if None in jobs:
+                    self._no_job(head + jobs.index(None), s0 + jobs.index(None))
+                owners = qowners[s0:s0 + k]
+                qjobs[s0:s0 + k] = qowners[s0:s0 + k] = self._nones[:k]
+            else:
+                s0 = -1
+                jobs, owners = [], []
+                for i, slot in enumerate(slots):
+                    job = qjobs[slot] if slot < self.sq_depth else None
+                    if job is None:  # also a slot named twice: taken the first time
+                        for j, o, s in zip(jobs, owners, slots):  # undo: take nothing
+                            qjobs[s], qowners[s] = j, o
+                        self._no_job(head + i, slot)
+                    jobs.append(job)
+                    owners.append(qowners[slot])
+                    qjobs[slot] = qowners[slot] = None
+            owner = owners[0]
+            if owners.count(owner) != k:
+                owner = None
         head += k
         if head == self.cq_depth:
             head, phase = 0, phase ^ 1

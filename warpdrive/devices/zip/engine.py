@@ -65,6 +65,8 @@ class ZipEngine(ForkSafe):
         # fault); the parent still owns the queues.
         for lane in self.lanes:
             lane.forget()
+        for s in self._sessions:
+            s.forked()
         self._closed = True
 
     @property

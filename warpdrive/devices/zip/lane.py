@@ -20,6 +20,8 @@ from .errors import ZipError
 from .job import Job
 from .sqe import Format, SqeTemplate
 
+_BULK_MIN = 4  # completions handed over as one run from this many on (fewer: job by job)
+
 
 class EngineParts(Protocol):
     """What lanes, sessions, one-shot jobs and streams use of their engine."""
@@ -58,36 +60,37 @@ class Lane:
         self.engine = engine
         self.qc_type = qc_type
         self.lock = threading.RLock()
-        self._q: QmQueue | None = None
+        # The queue once started (None before, and after close or fork): a plain attribute,
+        # read on every poll.
+        self.current: QmQueue | None = None
         self._tag = 0
         self.resubmitted = False
         self._templates: dict[tuple[str, int], SqeTemplate] = {}
 
     @property
     def q(self) -> QmQueue:
-        q = self._q
+        q = self.current
         if q is None:
             with self.lock:
-                if self._q is None:
+                if self.current is None:
                     eng = self.engine
                     eng.check_open()
-                    self._q = eng.source.start_queue(self.qc_type, depth=eng.depth,
+                    self.current = eng.source.start_queue(self.qc_type, depth=eng.depth,
                                                      irq=eng.wait_mode != "spin")
-                q = self._q
+                q = self.current
         return q
 
     @property
     def started(self) -> bool:
-        return self._q is not None
+        return self.current is not None
 
     @property
-    def current(self) -> QmQueue | None:
-        """The queue if it was started, without starting it."""
-        return self._q
+    def _q(self) -> QmQueue | None:
+        return self.current
 
     def forget(self) -> None:
         """Drop the queue without stopping it (a forked child: the rings are not mapped here)."""
-        self._q = None
+        self.current = None
 
     def template(self, fmt: Format) -> SqeTemplate:
         key = (fmt.container, fmt.window_bits)
@@ -126,23 +129,27 @@ class Lane:
         """Collect completions and hand them to their owners (caller holds `lock`): a run of
         consecutive slots of one owner that takes them in bulk (`on_complete_many`) in one
         call, anything else job by job (`on_complete`)."""
-        q = self._q
+        q = self.current
         if q is None:
             return 0
         total = 0
         while True:
             s0, slots, jobs, owner = q.harvest()
-            if not jobs:
+            k = len(jobs)
+            if not k:
                 break
-            total += len(jobs)
-            many = getattr(owner, "on_complete_many", None) if s0 >= 0 else None
+            total += k
+            many = getattr(owner, "on_complete_many", None) \
+                if k >= _BULK_MIN and s0 >= 0 else None
             if many is not None:
                 many(q, s0, jobs)
-                continue
-            size = q.sqe_size
-            for job, slot in zip(cast("list[Job]", jobs), slots):
-                job.slot_off = slot * size
-                job.owner.on_complete(job)
+            else:
+                size = q.sqe_size
+                for job, slot in zip(cast("list[Job]", jobs), slots):
+                    job.slot_off = slot * size
+                    job.owner.on_complete(job)
+            if q.cq_head or not q.outstanding:  # harvest stops at the ring's end: go on
+                break                             # only after a wrap
         if self.resubmitted:
             self.resubmitted = False
             q.ring()
@@ -193,6 +200,6 @@ class Lane:
                             lock.acquire()
 
     def close(self) -> None:
-        q, self._q = self._q, None
+        q, self.current = self.current, None
         if q is not None:
             self.engine.source.stop_queue(q)

@@ -48,7 +48,6 @@ _LAST = hw.STATUS_LAST_BLOCK
 _OK_LAST = hw.STATUS_OK | hw.STATUS_LAST_BLOCK
 _NEG_LAST = hw.STATUS_NEGACOMPRESS | hw.STATUS_LAST_BLOCK
 _RESULT = hw.SQE_RESULT.unpack_from
-_BULK_MIN = 4  # completions read as columns from this many on (below, job by job is cheaper)
 
 
 class Session:
@@ -151,7 +150,8 @@ class Session:
         and, by default, one doorbell. Their SQEs go into the ring as one block (two at the
         ring's end); when the queue is full, waits for room. All or nothing: if one job is
         refused, none is queued."""
-        self._check()
+        if self._closed:
+            self._check()
         n = len(jobs)
         if not n:
             return
@@ -194,7 +194,8 @@ class Session:
                user_data: object = None) -> Job:
         """Queue one job: a prepared `Job`, or bytes (copied into pooled DMA buffers).
         With `flush=False` the doorbell waits for `flush()` (batching)."""
-        self._check()
+        if self._closed:
+            self._check()
         if isinstance(data, Job):
             job = data
             if job.ready is not self:
@@ -210,21 +211,19 @@ class Session:
                 return job
         job.user_data = user_data
         lane = self.lane
-        posted = False
+        q: QmQueue | None = None
         try:
             with lane.lock:
                 q = lane.q
                 if q.outstanding >= q.capacity:
                     lane.make_room(1)
-                off = job.slot_off = q.post(job, self)
-                q.sq[off:off + hw.SQE_SIZE] = job.sqe
-                posted = True
+                job.slot_off = q.submit_one(job, self, job.sqe, flush)
                 self.in_flight += 1
-                if flush:
-                    q.ring()
         except BaseException:
-            if job.prepared and not posted:
-                job.ready = self
+            if q is not None and any(j is job for j in q.jobs):
+                self.in_flight += 1  # posted, not rung (a stopped queue): it goes if it restarts
+            elif job.prepared:
+                job.ready = self  # not posted: it may be submitted again
             raise
         return job
 
@@ -305,7 +304,7 @@ class Session:
         (lane lock held). Compression results are read as columns: one strided read per result
         word for the whole run; anything but "finished, status 0, right tag" goes job by job."""
         k = len(jobs)
-        if self.compress_mode and k >= _BULK_MIN:
+        if self.compress_mode:
             dw = q.sqe_size >> 2
             b = s0 * dw
             e = b + k * dw
@@ -417,7 +416,7 @@ class Session:
         syscall, no list built: the hot-path form of `poll`)."""
         lane = self.lane
         q = lane.current
-        if q is not None and q.completed():
+        if q is not None and (q.cq16[q.cq_head * 8 + 7] & 1) == q.phase:  # q.completed()
             with lane.lock:
                 lane.reap()
         done = self._done
@@ -441,9 +440,15 @@ class Session:
         return self.poll()
 
     def _check(self) -> None:
+        """Refuse a closed session, or one whose engine is closed or was inherited through
+        fork (the engine closes its sessions, and marks them in a forked child): one flag."""
         if self._closed:
+            self.engine.check_open()  # a forked child: ForkedContextError, which says why
             raise ClosedError("the ZIP session is closed")
-        self.engine.check_open()
+
+    def forked(self) -> None:
+        """The engine was inherited through fork (the child's side): refuse everything."""
+        self._closed = True
 
     def close(self) -> None:
         if self._closed:

@@ -1,0 +1,152 @@
+"""The QM queue's bookkeeping on the hot path (`post_many`, `write_sqes`, `harvest`, `completed`)
+over plain memory, with the test writing CQEs as a device would: out-of-order completions,
+slots that hold no job, slots named twice, wraparound of the rings and of the phase.
+
+The queue is the real class; only the device is played by the test (the doorbell is a mapped
+8-byte cell nobody reads). End-to-end behaviour against the device model is in
+tests/test_zip_hot_path.py."""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+
+import pytest
+
+from warpdrive.devices.hisi_qm import regs as hw
+from warpdrive.devices.hisi_qm.queue import QmQueue
+from warpdrive.errors import DeviceBusyError, DeviceError
+from warpdrive.mmio import Doorbell
+
+DEPTH = 8
+
+
+class Device:
+    """Writes CQEs the way the QM does: body, then the phase word; phase flips every lap."""
+
+    def __init__(self, q: QmQueue) -> None:
+        self.q = q
+        self.cq = q.mem[q.layout.cq_offset:q.layout.cq_offset + hw.CQE_SIZE * q.cq_depth]
+        self.tail = 0
+        self.phase = 1
+
+    def complete(self, *slots: int) -> None:
+        for slot in slots:
+            hw.CQE.pack_into(self.cq, self.tail * hw.CQE_SIZE, 0, 0, 0, slot, self.q.qn, 0,
+                             self.phase)
+            self.tail += 1
+            if self.tail == self.q.cq_depth:
+                self.tail, self.phase = 0, self.phase ^ 1
+
+
+@pytest.fixture
+def queue():
+    layout = hw.QueueLayout(DEPTH, DEPTH)
+    mem = bytearray(layout.size)
+    cell = ctypes.c_uint64()
+    bell = Doorbell(0x1000, 8, ctypes.addressof(cell), None, "test")
+    q = QmQueue(name="test/q0", qn=0, mem=memoryview(mem), layout=layout, doorbell=bell)
+    yield q, Device(q), cell
+    q.release()
+
+
+def sqe(tag: int) -> bytes:
+    return struct.pack("<32I", *range(tag, tag + 32))
+
+
+def test_batch_slots_wrap_at_the_ring_end(queue) -> None:
+    q, dev, cell = queue
+    owner = object()
+    for round_ in range(5):  # 3 jobs a round in an 8-slot ring: batches straddle the end
+        jobs = [object() for _ in range(3)]
+        first = q.post_many(jobs, owner)
+        q.write_sqes(first, b"".join(sqe(100 * round_ + i) for i in range(3)))
+        q.ring()
+        assert hw.doorbell_decode_v2(cell.value)[2] == q.tail == (first + 3) % DEPTH
+        for i in range(3):
+            off = (first + i) % DEPTH * 128
+            assert bytes(q.sq[off:off + 128]) == sqe(100 * round_ + i)
+        dev.complete(*((first + i) % DEPTH for i in range(3)))
+        got: list[object] = []
+        while True:
+            s0, slots, done, who = q.harvest()
+            if not done:
+                break
+            assert who is owner
+            assert s0 == (slots[0] if slots == list(range(slots[0], slots[0] + len(slots)))
+                          else -1)
+            got += done
+        assert got == jobs
+        assert q.outstanding == 0 and q.jobs == [None] * DEPTH and q.owners == [None] * DEPTH
+
+
+def test_out_of_order_completions_come_back_in_cqe_order(queue) -> None:
+    q, dev, _ = queue
+    a, b = object(), object()
+    jobs = [object() for _ in range(4)]
+    first = q.post_many(jobs[:2], a)
+    q.post_many(jobs[2:], b)
+    q.ring()
+    dev.complete(first + 2, first, first + 3, first + 1)
+    s0, slots, done, who = q.harvest()
+    assert (s0, slots, who) == (-1, [first + 2, first, first + 3, first + 1], None)
+    assert done == [jobs[2], jobs[0], jobs[3], jobs[1]]
+    assert q.outstanding == 0
+
+
+def test_a_cqe_naming_an_empty_slot_takes_nothing(queue) -> None:
+    q, dev, _ = queue
+    jobs = [object(), object()]
+    q.post_many(jobs)
+    q.ring()
+    dev.complete(0, 5)  # slot 5 holds no job
+    with pytest.raises(DeviceError, match="names SQ slot 5, which holds no job"):
+        q.harvest()
+    assert q.outstanding == 2 and q.jobs[:2] == jobs and q.cq_head == 0
+
+
+def test_a_slot_named_twice_takes_nothing(queue) -> None:
+    q, dev, _ = queue
+    jobs = [object(), object(), object()]
+    q.post_many(jobs)
+    q.ring()
+    dev.complete(1, 0, 1)
+    with pytest.raises(DeviceError, match="slot 1"):
+        q.harvest()
+    assert q.outstanding == 3 and q.jobs[:3] == jobs
+
+
+def test_only_the_ready_prefix_is_taken(queue) -> None:
+    q, dev, _ = queue
+    jobs = [object() for _ in range(5)]
+    q.post_many(jobs)
+    q.ring()
+    dev.complete(0, 1)
+    assert q.completed(2) and not q.completed(3)
+    assert q.harvest()[2] == jobs[:2]
+    assert q.harvest()[2] == []
+    dev.complete(2, 3, 4)
+    assert q.harvest()[2] == jobs[2:]
+
+
+def test_completed_n_looks_across_the_phase_wrap(queue) -> None:
+    q, dev, _ = queue
+    for _ in range(6):  # move the heads to 6
+        q.post_many([object()])
+        dev.complete(q.tail - 1)
+        assert len(q.harvest()[2]) == 1
+    jobs = [object() for _ in range(4)]
+    first = q.post_many(jobs)
+    assert first == 6
+    dev.complete(6, 7, 0)  # the third CQE is in the next lap, with the other phase
+    assert q.completed(3) and not q.completed(4)
+    assert q.harvest()[2] == jobs[:2]  # stops at the ring's end ...
+    assert q.harvest()[2] == jobs[2:3]  # ... and goes on after the wrap, phase flipped
+
+
+def test_a_batch_that_does_not_fit_reserves_nothing(queue) -> None:
+    q, _, _ = queue
+    q.post_many([object() for _ in range(5)])
+    with pytest.raises(DeviceBusyError):
+        q.post_many([object() for _ in range(3)])  # capacity is depth - 1 = 7
+    assert q.outstanding == 5 and q.tail == 5 and q.jobs[5:] == [None] * 3
