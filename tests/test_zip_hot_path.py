@@ -14,7 +14,7 @@ import pytest
 import warpdrive.zip as wz
 from warpdrive.devices.zip import hw
 from warpdrive.devices.zip.job import COMPRESS
-from warpdrive.errors import ForkedContextError, InvalidArgumentError
+from warpdrive.errors import DeviceBusyError, DeviceError, ForkedContextError, InvalidArgumentError
 
 DEPTH = 16  # capacity 15: a few batches are many laps
 
@@ -196,3 +196,46 @@ def test_forked_child_cannot_submit_or_poll(engine, session) -> None:
     session.submit_many(jobs)  # the parent's session is untouched
     assert len(session.drain()) == 3
     check(jobs)
+
+
+def test_the_null_executor_completes_jobs_without_doing_them() -> None:
+    """What `zip_bench.py --driver` runs against: every job succeeds at once, its whole input
+    consumed and nothing produced (the output is the header the driver wrote)."""
+    with wz.open("emu", wait="spin", announce=False,
+                 model_options={"executor": "null"}) as eng:
+        s = eng.session("compress", wbits=15)
+        jobs = prepared(s, 40)
+        for _ in range(3):
+            s.submit_many(jobs)
+            assert len(drain_many(s, 40)) == 40
+        for i, job in enumerate(jobs):
+            assert (job.status, job.consumed, job.produced) == (0, len(text(i)), 0)
+            assert len(bytes(job.output)) == 2  # the zlib header, and nothing else
+        s.close()
+    with pytest.raises(DeviceError, match="executor"):
+        wz.open("emu", announce=False, model_options={"executor": "fast"})
+
+
+def test_sessions_with_queues_of_their_own_driven_from_one_thread() -> None:
+    with wz.open("emu", wait="spin", announce=False, model_options={"queues": "4"}) as eng:
+        sessions = [eng.session("compress", own_queue=True) for _ in range(3)]
+        batches = [prepared(s, 10, offset=10 * i) for i, s in enumerate(sessions)]
+        qns = {s.lane.q.qn for s in sessions}
+        assert len(qns) == 3  # three queue pairs of the function
+        for _ in range(5):
+            for s, jobs in zip(sessions, batches):
+                s.submit_many(jobs)
+            done: list = []
+            while len(done) < 30:
+                for s in sessions:  # one thread polls them all
+                    s.poll_many(done)
+            assert len(done) == 30
+            for i, jobs in enumerate(batches):
+                check(jobs, offset=10 * i)
+        shared = eng.session("compress")  # the engine's own queue is the fourth
+        assert zlib.decompress(shared.submit(b"shared").owner.drain()[0].result()) == b"shared"
+        extra = eng.session("compress", own_queue=True)
+        with pytest.raises(DeviceBusyError, match="in use"):
+            extra.submit(b"no queue left")
+        sessions[0].close()  # gives its queue back
+        assert zlib.decompress(extra.submit(b"now").owner.drain()[0].result()) == b"now"

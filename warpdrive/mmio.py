@@ -92,8 +92,9 @@ class Doorbell(ForkSafe):
         self._wake()  # type: ignore[misc]
 
     def read(self) -> int:
-        if self._cell is not None:
-            return int(self._cell.value)
+        cell = self._cell
+        if cell is not None:
+            return cell.value
         assert self._trap is not None
         return self._trap.read(self.offset, self.width)
 

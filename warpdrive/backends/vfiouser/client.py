@@ -83,6 +83,7 @@ _PEER_STALE_S = 0.03  # heartbeat unchanged this long (or no heartbeat): ask the
 # full barrier between a doorbell store and the load of the need-wakeup flag (Python has no
 # fence instruction of its own).
 _FENCE = threading.Lock()
+_FENCE_ACQUIRE, _FENCE_RELEASE = _FENCE.acquire, _FENCE.release
 
 
 class VfioUserConnection(ForkSafe):
@@ -504,9 +505,11 @@ class VfioUserDevice(Device):
         return mmio
 
     def _wake_server(self) -> None:
-        """After a store into a mapped doorbell: kick the server if it stopped polling."""
-        with _FENCE:
-            pass
+        """After a store into a mapped doorbell: kick the server if it stopped polling. On
+        every doorbell of the hot path: the fence is a bare acquire/release (half the cost of
+        a `with` block)."""
+        _FENCE_ACQUIRE()
+        _FENCE_RELEASE()
         flag = self._need_wakeup
         if flag is not None and flag.read():
             self.kicks += 1

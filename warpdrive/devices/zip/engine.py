@@ -74,8 +74,11 @@ class ZipEngine(ForkSafe):
         return self.source.backend
 
     def session(self, direction: str = "compress", *, wbits: int = 15, level: int = -1,
-                format: str | None = None) -> Session:
-        """A batch session: many stateless jobs in flight, one doorbell per `flush()`."""
+                format: str | None = None, own_queue: bool = False) -> Session:
+        """A batch session: many stateless jobs in flight, one doorbell per `flush()`.
+        `own_queue`: the session gets a queue pair of its own (one of the function's, started
+        on first use, stopped when it closes), shared with no other session: one thread can
+        drive several such sessions, and the device works on their queues at once."""
         self.check_open()
         if direction not in DIRECTIONS:
             raise InvalidArgumentError(f"direction must be compress or decompress, not "
@@ -83,7 +86,9 @@ class ZipEngine(ForkSafe):
         decompress = direction == "decompress"
         fmt = Format.named(format) if format else Format.from_wbits(wbits,
                                                                      decompress=decompress)
-        s = Session(self, DIRECTIONS[direction], fmt, level, on_close=self._forget_session)
+        qc = DIRECTIONS[direction]
+        s = Session(self, qc, fmt, level, on_close=self._forget_session,
+                    lane=Lane(self, qc) if own_queue else None)
         self._sessions.append(s)
         return s
 

@@ -139,9 +139,12 @@ class Lane:
             if not k:
                 break
             total += k
-            many = getattr(owner, "on_complete_many", None) \
-                if k >= _BULK_MIN and s0 >= 0 else None
-            if many is not None:
+            if k == 1:  # the usual case at low depth: no loop
+                job = cast(Job, jobs[0])
+                job.slot_off = s0 * q.sqe_size
+                job.owner.on_complete(job)
+            elif k >= _BULK_MIN and s0 >= 0 and \
+                    (many := getattr(owner, "on_complete_many", None)) is not None:
                 many(q, s0, jobs)
             else:
                 size = q.sqe_size

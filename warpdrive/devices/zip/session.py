@@ -28,7 +28,7 @@ from .job import (
     compress_bound,
     decompress_guess,
 )
-from .lane import EngineParts
+from .lane import EngineParts, Lane
 from .sqe import (
     EMPTY_FINAL_BLOCK,
     GZIP,
@@ -47,6 +47,10 @@ _LAST = hw.STATUS_LAST_BLOCK
 # dw3 of a finished compression job that went well (0x0d: output larger than input, still valid)
 _OK_LAST = hw.STATUS_OK | hw.STATUS_LAST_BLOCK
 _NEG_LAST = hw.STATUS_NEGACOMPRESS | hw.STATUS_LAST_BLOCK
+_DONE_WELL = frozenset((_OK_LAST, _NEG_LAST))
+# Empty polls (jobs in flight) between two doorbell refreshes: a few hundred microseconds, about
+# the wait loops' REFRESH_S; counted, since reading a clock on every poll would cost more.
+_REFRESH_POLLS = 1024
 _RESULT = hw.SQE_RESULT.unpack_from
 
 
@@ -61,10 +65,15 @@ class Session:
     Zero-copy: `buf = s.buffer(n)`, fill `buf.view`, `job = s.prepare(buf, n)`; a prepared job's
     SQE is built once and it can be submitted again after it completes. Not thread-safe: one
     session per thread (sessions of one engine share its queues safely).
+
+    The hot path: `submit_many(jobs)` of prepared jobs, `poll_many(out)`. A session made with
+    `own_queue=True` drives a queue pair of its own; one thread can drive several of them
+    (`for s in sessions: s.poll_many(done)`), and the device works on their queues at once.
     """
 
     def __init__(self, engine: EngineParts, direction: int, fmt: Format, level: int, *,
-                 on_close: Callable[[Session], None] | None = None) -> None:
+                 on_close: Callable[[Session], None] | None = None,
+                 lane: Lane | None = None) -> None:
         self.engine = engine
         self.pool = engine.pool
         self._on_close = on_close
@@ -72,10 +81,12 @@ class Session:
         self.compress_mode = direction == COMPRESS
         self.fmt = fmt
         self.level = level
-        self.lane = engine.lanes[direction]
+        self._own_lane = lane is not None  # a queue pair of its own, stopped when it closes
+        self.lane = lane if lane is not None else engine.lanes[direction]
         self.in_flight = 0
         self._done: list[Job] = []
         self._closed = False
+        self._empty_polls = 0  # polls in a row that found nothing while jobs were in flight
         self._tag_dw = hw.DW_TAG_V3  # where this session's SQEs keep the tag (set by _build)
         if self.compress_mode:
             self._hdr = header(fmt, level)
@@ -289,7 +300,7 @@ class Session:
         job.produced = produced
         st = job.status = dw3 & 0xFF
         # Fast path: a finished compression job with the right tag.
-        if self.compress_mode and (st == 0 or st == 0x0D) and dw3 & _LAST and \
+        if dw3 in _DONE_WELL and self.compress_mode and \
                 q.sq32[(off >> 2) + job.tag_dw] == job.tag:
             job.done = True
             if job.prepared:
@@ -416,15 +427,29 @@ class Session:
         syscall, no list built: the hot-path form of `poll`)."""
         lane = self.lane
         q = lane.current
-        if q is not None and (q.cq16[q.cq_head * 8 + 7] & 1) == q.phase:  # q.completed()
-            with lane.lock:
-                lane.reap()
+        if q is not None:
+            if (q.cq16[q.cq_head * 8 + 7] & 1) == q.phase:  # q.completed()
+                with lane.lock:
+                    lane.reap()
+            elif q.outstanding:
+                self._empty_polls += 1
+                if self._empty_polls >= _REFRESH_POLLS:
+                    self._refresh(q)
         done = self._done
         n = len(done)
         if n:
             out += done
             done.clear()
         return n
+
+    def _refresh(self, q: QmQueue) -> None:
+        """What a wait does on its refresh tick, for callers that only ever poll: re-store the
+        SQ doorbell (a polled doorbell shared by several queues shows only the last store) and
+        ask whether the device is still there."""
+        self._empty_polls = 0
+        q.watchdog()
+        with self.lane.lock:
+            q.refresh()
 
     def wait(self, timeout: float | None = None) -> list[Job]:
         """Block until at least one job of this session completes; returns the completed."""
@@ -449,6 +474,8 @@ class Session:
     def forked(self) -> None:
         """The engine was inherited through fork (the child's side): refuse everything."""
         self._closed = True
+        if self._own_lane:
+            self.lane.forget()  # its rings are not mapped in the child
 
     def close(self) -> None:
         if self._closed:
@@ -459,8 +486,12 @@ class Session:
                     job.release()
         finally:
             self._closed = True
-            if self._on_close is not None:
-                self._on_close(self)
+            try:
+                if self._own_lane:
+                    self.lane.close()
+            finally:
+                if self._on_close is not None:
+                    self._on_close(self)
 
     def __enter__(self) -> Session:
         return self

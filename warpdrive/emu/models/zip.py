@@ -62,7 +62,8 @@ What it assumes where the facts are UNCONFIRMED:
 Run it standalone: `warpdrive emu zip --socket PATH` (or `python -m warpdrive.emu zip ...`);
 options (`--set key=value`): `queues` (default 2), `depth` (SQ/CQ depth, default 1024),
 `revision` (0x30 default, or 0x21), `level` (zlib level), `doorbells` (mmap | trap),
-`isolation` (0 | 1).
+`isolation` (0 | 1), `executor` (zlib, or null: jobs complete at once without being done, to
+measure a driver alone).
 """
 
 from __future__ import annotations
@@ -299,13 +300,29 @@ class ZipJobs:
             del self.unit.streams[key]
 
 
+class NullJobs(ZipJobs):
+    """The null executor (`executor=null`): every SQE completes at once as a successful
+    stateless job that consumed its whole input and produced nothing, without reading or
+    writing its buffers. For measuring a driver alone (benchmarks/zip_bench.py --driver): the
+    device's work no longer hides the driver's cost."""
+
+    def __call__(self, q: QueueState, sq: memoryview, off: int) -> None:
+        in_len = _U32.unpack_from(sq, off + 4 * L.DW_INPUT_LENGTH)[0]
+        _RES.pack_into(sq, off, in_len, 0, 0, L.STATUS_OK | L.STATUS_LAST_BLOCK)
+
+
+EXECUTORS = {"zlib": ZipJobs, "null": NullJobs}
+
+
 def zip_function(dma: Dma, *, revision: int = L.QM_HW_V3, qp_base: int = 0, qp_num: int = 2,
                  sq_depth: int = 1024, cq_depth: int = 1024, level: int = 6,
-                 isolation: bool = False, notify: Callable[[int], bool] | None = None,
+                 isolation: bool = False, executor: str = "zlib",
+                 notify: Callable[[int], bool] | None = None,
                  execute: Execute | None = None) -> tuple[QmFunction, ZipJobs]:
-    """A ZIP function's device side, without a server (tests drive it directly). `execute`
-    replaces the zlib engine as the executor of SQEs (the broker's virtual functions)."""
-    jobs = ZipJobs(dma, level)
+    """A ZIP function's device side, without a server (tests drive it directly). `executor`
+    names the model's own engine (`EXECUTORS`); `execute` replaces it as the executor of SQEs
+    (the broker's virtual functions)."""
+    jobs = EXECUTORS[executor](dma, level)
     qm = QmFunction(dma, execute or jobs, revision=revision,
                     caps=capability_registers(revision, sq_depth, cq_depth, isolation),
                     eq_vector=L.V3_EQ_IRQ & 0xFFFF, aeq_vector=L.V3_AEQ_IRQ & 0xFFFF,
@@ -332,7 +349,7 @@ class ZipModel(DeviceModel):
     poll_idle_s = 0.0005
     polled = True
 
-    OPTIONS = "queues, depth, revision, level, doorbells, isolation"
+    OPTIONS = "queues, depth, revision, level, doorbells, isolation, executor"
 
     def __init__(self, **options: str) -> None:
         super().__init__(**options)
@@ -346,6 +363,11 @@ class ZipModel(DeviceModel):
         except ValueError as e:
             raise InvalidArgumentError(f"zip model: bad option value: {e}",
                                        hint="options are integers (0x.. for hex)") from None
+        self.executor_name = opts.pop("executor", "zlib")
+        if self.executor_name not in EXECUTORS:
+            raise InvalidArgumentError(f"zip model: executor={self.executor_name!r} is not one",
+                                       hint="give executor=zlib (compresses) or executor=null "
+                                       "(completes jobs without doing them, for benchmarks)")
         self.doorbells = opts.pop("doorbells", "mmap")
         if self.doorbells not in ("mmap", "trap"):
             raise InvalidArgumentError(f"zip model: doorbells={self.doorbells!r} is not a mode",
@@ -404,7 +426,7 @@ class ZipModel(DeviceModel):
         self.qm, self.jobs = zip_function(
             self.dma, revision=self.revision, qp_num=self.qp_num, sq_depth=self.depth,
             cq_depth=self.depth, level=self.level, isolation=self.isolation,
-            notify=self.notify, execute=self.executor())
+            executor=self.executor_name, notify=self.notify, execute=self.executor())
         if self.doorbells == "mmap":
             if self.isolation:
                 self._bells = [(self.region_u64(L.QM_DB_BAR, qn * L.QM_QP_DB_INTERVAL
