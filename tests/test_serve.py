@@ -95,6 +95,34 @@ def test_client_queues_share_hardware_queues_fairly(tmp_path: Path) -> None:
                 e.close()
 
 
+def test_a_flooding_client_cannot_starve_another(tmp_path: Path) -> None:
+    """A keeps a shared hardware queue full (300 jobs queued); B's one job gets a slot at once
+    and completes behind at most A's share, long before A's backlog is done."""
+    with broker_thread(str(tmp_path / "b.sock"), model_options={"queues": "2"},
+                       broker_opts={"max_inflight": 8}) as rb:
+        a = wz.open(rb.name, wait="block")
+        b = wz.open(rb.name, wait="block")
+        try:
+            sa, sb = a.session("compress"), b.session("compress")
+            sb.submit(b"warm")  # B's queue started: both share the one compress queue
+            sb.drain()
+            big = os.urandom(1 << 15) * 2
+            jobs = [sa.submit(big, flush=False) for _ in range(300)]
+            sa.flush()
+            client_a = rb.broker.clients[0]
+            eventually(lambda: client_a.submitted > 0, what="A's jobs on the device")
+            job = sb.submit(b"me too" * 500)
+            sb.drain()
+            assert zlib.decompress(job.result()) == b"me too" * 500
+            assert client_a.submitted > rb.broker.clients[1].submitted  # that is A
+            assert client_a.completed < 150, "B waited for A's whole backlog"
+            sa.drain()
+            assert len(jobs) == 300 and all(j.done for j in jobs)
+        finally:
+            a.close()
+            b.close()
+
+
 def test_isolation_a_clients_sqes_cannot_reach_anything_else(tmp_path: Path) -> None:
     """Client A names B's buffers (by B's own IOVAs and by where the device sees them), the
     broker's rings, unmapped and overflowing ranges: each job ends in an error CQE for A, B's

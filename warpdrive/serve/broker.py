@@ -90,6 +90,7 @@ class BrokerClient:
         self.queues: dict[int, ClientQueue] = {}
         self.refused = 0
         self.submitted = 0
+        self.completed = 0
         self.closed = False
         # on_complete(qn, slot, hardware ring, offset of the SQE there, client address words)
         self.on_complete: Callable[[int, int, memoryview, int, tuple[int, ...]], None] = \
@@ -298,6 +299,7 @@ class Broker:
                     if cq.dead:
                         continue
                     c = cq.client
+                    c.completed += 1
                     c.on_complete(cq.qn, job.slot, sq, job.hoff, job.addrs)  # type: ignore
                     touched.add(c)
             else:
