@@ -225,6 +225,39 @@ def test_the_brokers_death_is_a_lost_connection(tmp_path: Path) -> None:
         broker.stderr.close()
 
 
+def test_the_device_dying_stops_the_broker_and_its_clients_hear_of_it(tmp_path: Path) -> None:
+    sock = str(tmp_path / "b.sock")
+    broker = subprocess.Popen([sys.executable, "-m", "warpdrive", "serve", "emu", "--socket",
+                               sock], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        eventually(lambda: os.path.exists(sock), 30, "broker listening")
+        eng = wz.open("broker:" + sock, wait="spin", timeout=25)
+        s = eng.session("compress")
+        src = s.buffer(1 << 16)
+        job = s.prepare(src, 1 << 16)  # mapped now: submitting it again needs no message
+        s.submit(job)
+        s.drain()
+        model = [int(c) for t in Path(f"/proc/{broker.pid}/task").iterdir()
+                 for c in (t / "children").read_text().split()]
+        assert len(model) == 1
+        os.kill(model[0], signal.SIGSTOP)
+        s.submit(job)  # in flight on the device when it dies
+        os.kill(model[0], signal.SIGKILL)
+        with pytest.raises(ConnectionLostError):
+            s.drain()
+        eng.close()
+        assert broker.wait(30) == 1  # the broker stopped, saying why
+        assert broker.stderr is not None
+        assert "closed the connection" in broker.stderr.read()
+    finally:
+        if broker.poll() is None:
+            broker.kill()
+            broker.wait()
+        if broker.stderr:
+            broker.stderr.close()
+
+
 def test_a_forked_child_cannot_use_its_parents_function(tmp_path: Path) -> None:
     with broker_thread(str(tmp_path / "b.sock")) as rb:
         eng = wz.open(rb.name, wait="block")

@@ -310,6 +310,10 @@ class Broker:
                 if now - hq.progress_at > _REFRESH_S:
                     hq.progress_at = now
                     q.refresh()
+                    # A device that went away (a model process that died) raises here
+                    # (ConnectionLostError): the broker stops, and its clients hear of it at
+                    # once instead of waiting out their job timeouts.
+                    q.watchdog()
         for c in touched:
             c.after_completions()
         if self._parked:
