@@ -5,6 +5,7 @@ processes, each with its own virtual function. The clients are the unchanged ZIP
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -329,6 +330,7 @@ def test_access_control_refuses_other_users_and_logs(tmp_path: Path,
         pytest.skip("needs root to act as another user")
     from warpdrive.serve.access import AllowList
 
+    caplog.set_level(logging.INFO, logger="warpdrive")
     nobody = 65534
     d = Path(tempfile.mkdtemp(prefix="wd-acl-"))  # a directory another user can reach
     d.chmod(0o755)
