@@ -20,6 +20,7 @@ import pytest
 import warpdrive.zip as wz
 from tests.brokerutil import RawZip, addr_words, broker_thread, eventually
 from tests.vfuraw import RawClient
+from tests.ziputil import cli, sample
 from warpdrive.backends.vfiouser.wire import PeerClosed
 from warpdrive.cli import main as cli_main
 from warpdrive.devices.zip import hw
@@ -66,6 +67,16 @@ def test_four_client_processes_share_one_function(tmp_path: Path) -> None:
         eventually(lambda: rb.server.clients == 0, what="clients gone")
         # each client's compress and decompress queues had a hardware queue of their own
         assert len(rb.broker.hw) >= 2 and all(not h.users for h in rb.broker.hw)
+
+
+def test_the_command_line_runs_through_the_broker(tmp_path: Path) -> None:
+    data = sample(300_000, seed=12)
+    (tmp_path / "a.txt").write_bytes(data)
+    with broker_thread(str(tmp_path / "b.sock")) as rb:
+        r = cli("compress", "a.txt", "--device", rb.name, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr.decode()
+        assert zlib.decompress((tmp_path / "a.txt.gz").read_bytes(), 31) == data
+        assert rb.broker.jobs > 0
 
 
 def test_client_queues_share_hardware_queues_fairly(tmp_path: Path) -> None:
