@@ -180,6 +180,7 @@ def test_fuzzed_vfio_user_messages_do_not_hurt_the_broker(tmp_path: Path) -> Non
             assert zlib.decompress(good.compress(data)) == data  # the good client is fine
             if round_ in (5, 39):
                 rss.append(rss_kib(broker.pid))
+        print(f"fuzz: {total} messages, {replies} replies, broker RSS KiB (rounds 6, 40): {rss}")
         assert total >= 3000 and replies > 300
         # Flat: what the first rounds needed (maps, queues, caches) is reused, not grown.
         assert rss[1] - rss[0] < 16 * 1024, rss
@@ -225,6 +226,8 @@ def test_fuzzed_sqes_end_in_cqes_and_never_touch_another_client(tmp_path: Path) 
                         w[k] = rng.getrandbits(32)
                 status, _ = a.run(w, timeout=60)
                 statuses[status] = statuses.get(status, 0) + 1
+            print("SQE fuzz statuses:", {hw.STATUS_NAMES.get(k, hex(k)): v
+                                         for k, v in sorted(statuses.items())})
             assert b.src.read(0, len(canary)) == canary and b.dst.read(0, len(canary)) == canary
             assert statuses.get(hw.STATUS_DMA_FAULT, 0) > 100
             assert statuses.get(hw.STATUS_BAD_REQUEST, 0) > 100
