@@ -603,11 +603,13 @@ def _verdict(rows: list[dict[str, Any]]) -> str:
     for s in SIZES[1:]:
         best = max(get("mmap", s, b)["mb_s"] for b in BATCHES)
         ref = max(get("zlib", s, b)["mb_s"] for b in BATCHES)
-        eff = min(get("zlib", s, b)["cpu_us_per_job"] for b in BATCHES) / \
-            min(get("mmap", s, b)["model_cpu_us_per_job"] for b in BATCHES)
-        notes.append(f"{_size(s)}: mmap {best / ref * 100:.0f}% of in-process zlib MB/s "
-                     f"(target >= 90%); zlib CPU / model CPU per job = {eff * 100:.0f}% (the "
-                     "engine's own efficiency, independent of how much CPU it got)")
+        model = min(get("mmap", s, b)["model_cpu_us_per_job"] for b in BATCHES)
+        note = f"{_size(s)}: mmap {best / ref * 100:.0f}% of in-process zlib MB/s (target >= 90%)"
+        if model:  # not measured on a device (--device): no model process to read
+            eff = min(get("zlib", s, b)["cpu_us_per_job"] for b in BATCHES) / model
+            note += (f"; zlib CPU / model CPU per job = {eff * 100:.0f}% (the engine's own "
+                     "efficiency, independent of how much CPU it got)")
+        notes.append(note)
     for b in BATCHES:
         ratio = get("mmap", 4096, b)["jobs_s"] / get("message", 4096, b)["jobs_s"]
         notes.append(f"4 KiB batch {b}: mmap/message jobs/s = {ratio:.2f}x (target >= 3x)")
