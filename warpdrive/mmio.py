@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -58,15 +59,30 @@ class MmioWindow:
         return arr
 
 
+# An uncontended lock's acquire + release is an atomic read-modify-write (LOCK-prefixed on x86):
+# the full barrier a store needs before a load of another location (Python has no fence of its
+# own); half the cost of a `with` block, as bound methods.
+_FENCE = threading.Lock()
+_FENCE_ACQUIRE, _FENCE_RELEASE = _FENCE.acquire, _FENCE.release
+
+
+@dataclass(frozen=True)
+class Wake:
+    """For a mapped register whose reader polls it (a vfio-user server) and may stop polling:
+    after each store, a fence, then one load of the reader's `flag` register; if it is set,
+    `kick()` tells the reader about the store another way (a message)."""
+
+    flag: Doorbell
+    kick: Callable[[], None]
+
+
 class Doorbell(ForkSafe):
     """One register written on the hot path: `ring(value)` is a single store of `width` bits into
-    the mapping (no syscall), or one trapped write when the register is not mapped.
-
-    `wake`, for a mapped register whose reader polls it (a vfio-user server), runs after every
-    store: it tells the reader about the store only if the reader said it stopped polling."""
+    the mapping (no syscall), or one trapped write when the register is not mapped. With a
+    `Wake`, a store into the mapping is followed by its check (one call in all)."""
 
     def __init__(self, offset: int, width: int, addr: int | None, trap: RegionAccess | None,
-                 name: str, wake: Callable[[], None] | None = None) -> None:
+                 name: str, wake: Wake | None = None) -> None:
         self.offset = offset
         self.width = width
         self.mapped = addr is not None
@@ -89,7 +105,11 @@ class Doorbell(ForkSafe):
 
     def _ring_mapped_wake(self, value: int) -> None:
         self._cell.value = value  # type: ignore[union-attr]
-        self._wake()  # type: ignore[misc]
+        _FENCE_ACQUIRE()
+        _FENCE_RELEASE()
+        wake = self._wake
+        if wake.flag._cell.value:  # type: ignore[union-attr]
+            wake.kick()  # type: ignore[union-attr]
 
     def read(self) -> int:
         cell = self._cell
@@ -120,11 +140,11 @@ class Mmio(ForkSafe):
         self._trap = trap
         self._on_close = on_close
         self._closed = False
-        self._wake: Callable[[], None] | None = None
+        self._wake: Wake | None = None
         self._fork_register()
 
-    def set_wake(self, wake: Callable[[], None] | None) -> None:
-        """Run `wake` after each store of doorbells made from now on (see `Doorbell`)."""
+    def set_wake(self, wake: Wake | None) -> None:
+        """Check `wake` after each store into doorbells made from now on (see `Wake`)."""
         self._wake = wake
 
     @property

@@ -72,7 +72,7 @@ _ANC_SIZE = socket.CMSG_SPACE(P.SCM_MAX_FD * 4)
 _MSG_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0x40000000)
 _MESSAGES_PER_TURN = 32  # per client per loop pass, so one chatty client cannot starve others
 _DEADLINE_CHECK_S = 0.05  # while spinning, look at the (seconds-long) timeouts this often
-_FENCE = threading.Lock()  # see warpdrive.backends.vfiouser.client: a full memory barrier
+_FENCE = threading.Lock()  # see warpdrive.mmio (Wake): a full memory barrier
 # What an `on_poll` hook returns: nothing to do, waiting on work in flight (keep polling), or
 # work done this pass.
 POLL_IDLE, POLL_BUSY, POLL_WORKED = 0, 1, 2

@@ -234,7 +234,9 @@ WARPDRIVE_CTL_MAGIC = 0x50434457  # "WDCP" (u32 at CTL_MAGIC)
 WARPDRIVE_CTL_MAGIC_OFF = 0x00  # u32
 WARPDRIVE_CTL_IDLE_US = 0x04  # u32: longest the server sleeps between polls once idle (us)
 WARPDRIVE_CTL_HEARTBEAT = 0x08  # u64: bumped by every pass of the server's loop
-WARPDRIVE_CTL_NEED_WAKEUP = 0x10  # u32: 1 = the server stopped polling; kick after a doorbell
+# u32: 1 = the server stopped polling; kick after a doorbell. Read after every doorbell store,
+# so it sits on its own cache line: the heartbeat's line changes on every pass of the server.
+WARPDRIVE_CTL_NEED_WAKEUP = 0x40
 WARPDRIVE_CTL_KICK = 0x1000  # trapped: any write wakes the server's loop
 FIRST_DEVICE_SPECIFIC_REGION = VFIO_PCI_NUM_REGIONS
 

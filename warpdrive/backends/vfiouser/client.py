@@ -65,7 +65,7 @@ from ...errors import (
 from ...forkguard import ForkSafe, close_fd_quietly
 from ...iova import U64_MAX, IovaRange
 from ...memory import MemoryKind
-from ...mmio import Doorbell, Mmio
+from ...mmio import Doorbell, Mmio, Wake
 from ...uapi import vfio_user as P
 from ...uapi.vfio import (
     VFIO_PCI_CONFIG_REGION_INDEX,
@@ -79,11 +79,6 @@ from .wire import Channel, FrameError, PeerClosed, WireTimeout
 DEFAULT_TIMEOUT = 5.0  # seconds; QEMU's client uses the same default (x-msg-timeout)
 _CLIENT_MAX_FDS = 16  # what we accept in one reply (we expect at most one)
 _PEER_STALE_S = 0.03  # heartbeat unchanged this long (or no heartbeat): ask the socket
-# An uncontended lock's acquire/release is an atomic read-modify-write (LOCK-prefixed on x86): the
-# full barrier between a doorbell store and the load of the need-wakeup flag (Python has no
-# fence instruction of its own).
-_FENCE = threading.Lock()
-_FENCE_ACQUIRE, _FENCE_RELEASE = _FENCE.acquire, _FENCE.release
 
 
 class VfioUserConnection(ForkSafe):
@@ -501,19 +496,14 @@ class VfioUserDevice(Device):
     def map_bar(self, index: int, *, trap_only: bool = False) -> Mmio:
         mmio = super().map_bar(index, trap_only=trap_only or not self.mmap_doorbells)
         if self._need_wakeup is not None:
-            mmio.set_wake(self._wake_server)
+            # After each store into a mapped doorbell: fence, load need-wakeup, kick if set.
+            mmio.set_wake(Wake(self._need_wakeup, self._kick_server))
         return mmio
 
-    def _wake_server(self) -> None:
-        """After a store into a mapped doorbell: kick the server if it stopped polling. On
-        every doorbell of the hot path: the fence is a bare acquire/release (half the cost of
-        a `with` block)."""
-        _FENCE_ACQUIRE()
-        _FENCE_RELEASE()
-        flag = self._need_wakeup
-        if flag is not None and flag.read():
-            self.kicks += 1
-            self.conn.post(P.VFIO_USER_REGION_WRITE, self._kick, what="a wake-up kick")
+    def _kick_server(self) -> None:
+        """A doorbell was stored while the server had stopped polling: tell it."""
+        self.kicks += 1
+        self.conn.post(P.VFIO_USER_REGION_WRITE, self._kick, what="a wake-up kick")
 
     def watchdog(self) -> None:
         """ConnectionLostError if the server is gone; a load of its heartbeat while it runs, one

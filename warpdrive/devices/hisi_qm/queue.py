@@ -28,9 +28,10 @@ has no barrier instruction, so a mapped doorbell there is UNTESTED (a trapped do
 syscall, orders by itself).
 
 CQ doorbells: with `lazy_cq` (queues without completion interrupts) the CQ head is sent only
-when it has moved by half the ring or the queue went idle, and always before the device's view
-of the CQ (un-reaped jobs + head not yet sent) could reach the ring size. The kernel and UADK
-ring it after every drain; that costs a message per reap on a trapped doorbell.
+when it has moved by half the ring, and always before the device's view of the CQ (un-reaped
+jobs + head not yet sent) could reach the ring size: that is all the device needs to never
+overflow the CQ. The kernel and UADK ring it after every drain; that costs a message per reap
+on a trapped doorbell, and two stores per reap (CQ, then the SQ doorbell again) on a polled one.
 """
 
 from __future__ import annotations
@@ -357,7 +358,7 @@ class QmQueue:
         self.cq_head, self.phase = head, phase
         self.outstanding = out - k
         self.cq_lag += k
-        if not self.lazy_cq or self.cq_lag >= self._cq_lazy_limit or out == k:
+        if not self.lazy_cq or self.cq_lag >= self._cq_lazy_limit:
             self.ring_cq()
         return s0, slots, jobs, owner
 

@@ -174,21 +174,23 @@ class Session:
             job.error = None
         lane = self.lane
         posted = False
+        lane.acquire()  # the lane's lock, without a `with` block's cost
         try:
-            with lane.lock:
-                q = lane.q
-                if q.capacity - q.outstanding < n:
-                    lane.make_room(n)
-                q.write_sqes(q.post_many(jobs, self), b"".join([j.sqe for j in jobs]))
-                posted = True
-                self.in_flight += n
-                if flush:
-                    q.ring()
+            q = lane.current or lane.q
+            if q.capacity - q.outstanding < n:
+                lane.make_room(n)
+            q.write_sqes(q.post_many(jobs, self), b"".join([j.sqe for j in jobs]))
+            posted = True
+            self.in_flight += n
+            if flush:
+                q.ring()
         except BaseException:
             if not posted:
                 for job in jobs:
                     job.ready = self
             raise
+        finally:
+            lane.release()
 
     def _refuse(self, jobs: list[Job], bad: int) -> None:
         for job in jobs[:bad]:  # they passed the test: take back their marks
@@ -223,19 +225,21 @@ class Session:
         job.user_data = user_data
         lane = self.lane
         q: QmQueue | None = None
+        lane.acquire()
         try:
-            with lane.lock:
-                q = lane.q
-                if q.outstanding >= q.capacity:
-                    lane.make_room(1)
-                job.slot_off = q.submit_one(job, self, job.sqe, flush)
-                self.in_flight += 1
+            q = lane.current or lane.q
+            if q.outstanding >= q.capacity:
+                lane.make_room(1)
+            job.slot_off = q.submit_one(job, self, job.sqe, flush)
+            self.in_flight += 1
         except BaseException:
             if q is not None and any(j is job for j in q.jobs):
                 self.in_flight += 1  # posted, not rung (a stopped queue): it goes if it restarts
             elif job.prepared:
                 job.ready = self  # not posted: it may be submitted again
             raise
+        finally:
+            lane.release()
         return job
 
     def _job_from_bytes(self, mv: memoryview) -> Job:
@@ -429,8 +433,11 @@ class Session:
         q = lane.current
         if q is not None:
             if (q.cq16[q.cq_head * 8 + 7] & 1) == q.phase:  # q.completed()
-                with lane.lock:
+                lane.acquire()
+                try:
                     lane.reap()
+                finally:
+                    lane.release()
             elif q.outstanding:
                 self._empty_polls += 1
                 if self._empty_polls >= _REFRESH_POLLS:
