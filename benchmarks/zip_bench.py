@@ -306,17 +306,10 @@ def driver_rows(duration: float) -> list[dict[str, Any]]:
     compressed), the floor measured side by side, and their ratio."""
     import warpdrive.zip as wz
     from warpdrive.devices.hisi_qm import regs as qm
-    from warpdrive.errors import DeviceError
 
     executor = "null"
-    try:
-        eng = wz.open("emu", doorbell="mmap", wait="spin", announce=False,
-                      model_options={"executor": executor})
-    except DeviceError as e:  # a model without the null executor: it compresses (slower)
-        if "executor" not in str(e):
-            raise
-        executor = "zlib"
-        eng = wz.open("emu", doorbell="mmap", wait="spin", announce=False)
+    eng = wz.open("emu", doorbell="mmap", wait="spin", announce=False,
+                  model_options={"executor": executor})
     rows = []
     try:
         model_pid = eng.source.dev.emulator.proc.pid
@@ -341,10 +334,121 @@ def driver_rows(duration: float) -> list[dict[str, Any]]:
                 kicks = getattr(eng.source.dev, "kicks", 0) - kicks
                 rows.append(dict(row, executor=executor,
                                  kicks_per_job=round(kicks / row["jobs"], 4)))
+        rows.append(check_costs(s, jobs))
         s.close()
     finally:
         eng.close()
     return rows
+
+
+def check_costs(s: Any, jobs: list[Any]) -> dict[str, Any]:
+    """What each safety check of the hot path costs: the check's own code, timed alone in a loop
+    on this session's queue and jobs (idle: nothing in flight), thread CPU time, best of 5.
+    Per job at batch 32 (a check made once per call or per doorbell counts 1/32) and at batch 1
+    (once per job)."""
+    import threading
+
+    q = s.lane.q
+    batch = jobs[:32]
+    k = len(batch)
+    acquire, release = s.lane.acquire, s.lane.release
+    sq32, flags = q.sq32, q._flags
+    wake = q.doorbell._wake
+    tag_dw, dw = s._tag_dw, q.sqe_size >> 2
+    qjobs = list(batch)
+    done_well = {0x100, 0x10D}
+    fence = threading.Lock()
+    f_acquire, f_release = fence.acquire, fence.release
+
+    # -- once per call or per doorbell (n calls) -----------------------------------------------
+    def session_open(n: int) -> None:
+        for _ in range(n):
+            if s._closed:
+                pass
+
+    def tx_stop(n: int) -> None:
+        for _ in range(n):
+            if flags[1]:
+                pass
+
+    def lane_lock(n: int) -> None:
+        for _ in range(n):
+            acquire()
+            release()
+
+    def wake_check(n: int) -> None:
+        for _ in range(n):
+            f_acquire()
+            f_release()
+            if wake is not None and wake.flag._cell.value:
+                pass
+
+    def status_tag_one(n: int) -> None:
+        j = batch[0]
+        for _ in range(n):
+            if sq32[3] in done_well and sq32[tag_dw] == j.tag:
+                pass
+
+    # -- per job, a batch at a time (n jobs) ---------------------------------------------------
+    def owned_idle(n: int) -> None:
+        for _ in range(n // k):
+            for j in batch:
+                if j.ready is not s:
+                    pass
+                j.ready = None
+            for j in batch:
+                j.ready = s
+
+    def slot_has_job(n: int) -> None:
+        for _ in range(n // k):
+            if None in qjobs:
+                pass
+
+    def tag_column(n: int) -> None:
+        for _ in range(n // k):
+            if sq32[tag_dw:k * dw:dw].tolist() != [j.tag for j in batch]:
+                pass
+
+    def status_column(n: int) -> None:
+        for _ in range(n // k):
+            col = sq32[3:k * dw:dw].tolist()
+            if col.count(0x100) + col.count(0x10D) != k:
+                pass
+
+    def empty(n: int) -> None:
+        for _ in range(n):
+            pass
+
+    def cost(fn: Any, n: int = 64000) -> float:
+        clock = time.thread_time_ns
+        best = float("inf")
+        for _ in range(5):
+            t0 = clock()
+            fn(n)
+            best = min(best, clock() - t0)
+        return best / n
+
+    loop = cost(empty)  # the loop around a per-call check is not the check
+    # (name, its code, timed per job already?, occurrences per job at batch 32, at batch 1)
+    checks: list[tuple[str, Any, bool, float, float]] = [
+        ("session open, engine not closed or forked (each submit)", session_open, False,
+         1 / k, 1),
+        ("lane lock, thread safety (each submit and each reap)", lane_lock, False, 2 / k, 2),
+        ("queue not stopped: TX-stop flag (each doorbell)", tx_stop, False, 1 / k, 1),
+        ("server still polls: fence + need-wakeup load (each doorbell)", wake_check, False,
+         1 / k, 1),
+        ("job owned by the session and not in flight (each job)", owned_idle, True, 1, 1),
+        ("CQE names a slot holding a job (a run of slots)", slot_has_job, True, 1, 0),
+        ("SQE still carries the job's tag (a column)", tag_column, True, 1, 0),
+        ("status says finished well (a column)", status_column, True, 1, 0),
+        ("status and tag of one job (job by job)", status_tag_one, False, 0, 1),
+    ]
+    out = []
+    for name, fn, per_job, occ32, occ1 in checks:
+        ns = cost(fn) - (0.0 if per_job else loop)
+        out.append({"check": name, "ns": round(ns, 1), "ns_per_job_batch32": round(ns * occ32, 1),
+                    "ns_per_job_batch1": round(ns * occ1, 1)})
+    return {"mode": "checks", "checks": out}
 
 
 def _driver_row(s: Any, jobs: list[Any], batch: int, size: int, duration: float,
@@ -557,9 +661,15 @@ def best_driver_rows(duration: float, reps: int) -> list[dict[str, Any]]:
     """Driver-alone rows, each the run (of `reps`) where the driver took the least CPU: other
     work on a shared machine only ever makes it slower. Ratios come from one run each."""
     best: dict[tuple[int, int], dict[str, Any]] = {}
+    checks: dict[str, dict[str, Any]] = {}
     load = os.getloadavg()[0]
     for _ in range(reps):
         for r in run_worker("driver", duration, None, strace=False)[0]:
+            if r["mode"] == "checks":  # the cheapest of the runs, check by check
+                for c in r["checks"]:
+                    if c["check"] not in checks or c["ns"] < checks[c["check"]]["ns"]:
+                        checks[c["check"]] = c
+                continue
             key = (r["size"], r["batch"])
             if key not in best or r["work_us_per_job"] < best[key]["work_us_per_job"]:
                 best[key] = r
@@ -567,12 +677,14 @@ def best_driver_rows(duration: float, reps: int) -> list[dict[str, Any]]:
     rows = [best[(size, b)] for size in DRIVER_SIZES for b in BATCHES]
     for r in rows:
         r["load_avg"] = round(load, 2)
-    return rows
+    return [*rows, {"mode": "checks", "checks": list(checks.values())}]
 
 
 def print_driver(rows: list[dict[str, Any]], load0: float, reps: int) -> None:
     hdr = ["size", "batch", "jobs", "driver us/job", "floor us/job", "ratio", "target", ""]
     lines = [hdr]
+    checks = [c for r in rows if r["mode"] == "checks" for c in r["checks"]]
+    rows = [r for r in rows if r["mode"] == "driver"]
     for r in rows:
         ok = "ok" if r["ratio"] <= r["target"] else "MISSED"
         lines.append([_size(r["size"]), str(r["batch"]), str(r["jobs"]),
@@ -588,6 +700,20 @@ def print_driver(rows: list[dict[str, Any]], load0: float, reps: int) -> None:
           "pack_into of a 128-byte SQE + 1/32 of a 64-bit doorbell store + one 16-byte CQE "
           f"unpack, timed beside each driver section; timer {rows[0]['timer_us']:.3f} us "
           "per section subtracted from both")
+    print()
+    print("what each safety check on the hot path costs (its code alone, thread CPU, best of "
+          "5 loops)")
+    lines = [["check", "ns each", "ns/job batch 32", "ns/job batch 1"]]
+    for c in checks:
+        lines.append([c["check"], f"{c['ns']:.0f}", f"{c['ns_per_job_batch32']:.0f}",
+                      f"{c['ns_per_job_batch1']:.0f}"])
+    widths = [max(len(row[i]) for row in lines) for i in range(4)]
+    for row in lines:
+        print("  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in
+                                                       zip(row[1:], widths[1:])]))
+    t32 = sum(c["ns_per_job_batch32"] for c in checks)
+    t1 = sum(c["ns_per_job_batch1"] for c in checks)
+    print(f"all checks: {t32:.0f} ns/job at batch 32, {t1:.0f} ns/job at batch 1")
 
 
 def _size(n: int) -> str:
