@@ -158,6 +158,26 @@ def test_mapped_doorbell_reaches_the_model_without_a_message(dev: VfioUserDevice
     assert reg(dev, T.REG_COMPLETED, 8) == 21
 
 
+def test_sleeping_server_is_kicked_once() -> None:
+    """A server that stopped polling says so in its control page; the next store into a mapped
+    doorbell is followed by exactly one wake-up kick (a message), and the job runs at once
+    instead of after the server's (here 5 s) idle sleep. While it polls: no kick."""
+    with open_emulated("testdev", spin_us=1000, idle_us=5e6) as dev:
+        assert isinstance(dev, VfioUserDevice)
+        ring = Ring(dev)
+        assert ring.doorbell.mapped and dev._need_wakeup is not None
+        src, dst = dev.dma.alloc(4096), dev.dma.alloc(4096)
+        deadline = time.monotonic() + 10
+        while not dev._need_wakeup.read():  # 1 ms without work: the server goes to sleep
+            assert time.monotonic() < deadline, "the server never stopped polling"
+            time.sleep(0.01)
+        kicks = dev.kicks
+        t0 = time.monotonic()
+        assert ring.wait(ring.submit(src.iova, dst.iova, 64)) == T.STATUS_DONE
+        assert time.monotonic() - t0 < 4.0  # woken by the kick, not by its idle timeout
+        assert dev.kicks == kicks + 1
+
+
 def test_message_doorbell_mode() -> None:
     with open_emulated("testdev", mmap_doorbells=False) as dev:
         assert isinstance(dev, VfioUserDevice) and dev.posted_writes
