@@ -91,6 +91,9 @@ class Doorbell(ForkSafe):
             _CTYPES[width].from_address(addr) if addr is not None else None)
         self._trap = trap
         self._wake = wake
+        # The wake-up check's parts, bound once: the hot path loads no attribute chain.
+        self._flag = wake.flag._cell if wake is not None else None
+        self._kick = wake.kick if wake is not None else None
         if self._cell is not None:
             self.ring = (  # type: ignore[method-assign]
                 self._ring_mapped if wake is None else self._ring_mapped_wake)
@@ -107,9 +110,8 @@ class Doorbell(ForkSafe):
         self._cell.value = value  # type: ignore[union-attr]
         _FENCE_ACQUIRE()
         _FENCE_RELEASE()
-        wake = self._wake
-        if wake.flag._cell.value:  # type: ignore[union-attr]
-            wake.kick()  # type: ignore[union-attr]
+        if self._flag.value:  # type: ignore[union-attr]
+            self._kick()  # type: ignore[misc]
 
     def read(self) -> int:
         cell = self._cell
@@ -125,7 +127,8 @@ class Doorbell(ForkSafe):
         dead = DeadAccessor(self._fork_describe, self._owner_pid)
         self._cell = dead  # type: ignore[assignment]
         self._trap = dead  # type: ignore[assignment]
-        self._wake = None
+        self._flag = dead  # type: ignore[assignment]
+        self._wake = self._kick = None
 
 
 class Mmio(ForkSafe):

@@ -299,9 +299,7 @@ class Session:
         q = self.lane.current
         assert q is not None
         off = job.slot_off
-        consumed, produced, _, dw3 = _RESULT(q.sq, off)
-        job.consumed = consumed
-        job.produced = produced
+        job.consumed, job.produced, _, dw3 = _RESULT(q.sq, off)
         st = job.status = dw3 & 0xFF
         # Fast path: a finished compression job with the right tag.
         if dw3 in _DONE_WELL and self.compress_mode and \
