@@ -156,9 +156,9 @@ def engine_rows(mode: str, duration: float, count: int | None, mark: bool,
     import warpdrive.zip as wz
 
     if device:
-        eng = wz.open(device, doorbell=mode, wait="spin", announce=False)
+        eng = wz.open_engine(device, doorbell=mode, wait="spin", announce=False)
     else:
-        eng = wz.open("emu", doorbell=mode, wait="spin", announce=False,
+        eng = wz.open_engine("emu", doorbell=mode, wait="spin", announce=False,
                       model_options={"level": str(LEVEL)})
     rows = []
     try:

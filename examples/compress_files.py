@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     results: dict[str, bytes] = {}
-    with wz.open(args.device) as eng:
+    with wz.open_engine(args.device) as eng:
         print(f"engine: {eng.name} ({eng.backend})", file=sys.stderr)
         start = time.monotonic()
         session = eng.session("compress", wbits=wbits)

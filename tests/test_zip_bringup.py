@@ -119,7 +119,7 @@ def test_queue_restart_ignores_a_stale_doorbell() -> None:
 
 
 def test_batch_rings_one_sq_doorbell() -> None:
-    with wz.open("emu", wait="spin") as eng:
+    with wz.open_engine("emu", wait="spin") as eng:
         s = eng.session("compress", wbits=-15)
         q = eng.lanes[COMPRESS].q
         stores: list[int] = []
@@ -147,7 +147,7 @@ def test_batch_rings_one_sq_doorbell() -> None:
 def test_messages_per_job(doorbell: str) -> None:
     """Zero vfio-user messages per job on the mmap path (counted by the server), and the message
     path really does send them (so the counter is not just stuck at zero)."""
-    with wz.open("emu", doorbell=doorbell, wait="spin") as eng:
+    with wz.open_engine("emu", doorbell=doorbell, wait="spin") as eng:
         dev = eng.source.dev
         s = eng.session("compress")
         jobs = []
@@ -178,7 +178,7 @@ def test_messages_per_job(doorbell: str) -> None:
 
 
 def test_interrupt_driven_completion() -> None:
-    with wz.open("emu", wait="block") as eng:
+    with wz.open_engine("emu", wait="block") as eng:
         data = b"interrupt me " * 5000
         assert zlib.decompress(eng.compress(data)) == data
         _, stats = model_view(eng.source.dev)
@@ -186,7 +186,7 @@ def test_interrupt_driven_completion() -> None:
 
 
 def test_tx_stop_flag_refuses_submission() -> None:
-    with wz.open("emu", wait="spin") as eng:
+    with wz.open_engine("emu", wait="spin") as eng:
         s = eng.session("compress")
         s.submit(b"x" * 100)
         s.drain()
@@ -228,7 +228,7 @@ def test_standalone_model_server(tmp_path) -> None:
         while not sock.exists():
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
-        with wz.open(f"vfio-user:{sock}") as eng:
+        with wz.open_engine(f"vfio-user:{sock}") as eng:
             assert eng.source.qp_num == 3 and eng.backend == "vfio-user"
             assert zlib.decompress(eng.compress(b"served " * 100, wbits=31), 31) == \
                 b"served " * 100

@@ -19,7 +19,7 @@ FORMATS = {"deflate": -15, "zlib": 15, "gzip": 31}
 
 @pytest.fixture(scope="module")
 def engine():
-    eng = wz.open("emu", announce=False)
+    eng = wz.open_engine("emu", announce=False)
     yield eng
     eng.close()
 
@@ -128,7 +128,7 @@ def test_dma_fault_is_reported_and_the_queue_survives(engine) -> None:
 
 
 def test_dead_device_is_a_timeout_not_a_hang() -> None:
-    eng = wz.open("emu", announce=False, timeout=1.0, wait="spin")
+    eng = wz.open_engine("emu", announce=False, timeout=1.0, wait="spin")
     try:
         eng.compress(b"warm up")
         eng.source.dev.emulator.stop(grace=0.1)  # the model process is gone

@@ -67,7 +67,7 @@ def test_failed_decompressobj_under_gc_never_deadlocks() -> None:
 
 @pytest.fixture(scope="module")
 def engine():
-    eng = wz.open("emu", announce=False)
+    eng = wz.open_engine("emu", announce=False)
     yield eng
     eng.close()
 

@@ -41,7 +41,7 @@ def data(kind: str, size: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def engine():
-    eng = wz.open("emu")
+    eng = wz.open_engine("emu")
     yield eng
     eng.close()
 

@@ -39,6 +39,10 @@ OPTIONAL_SUBCOMMAND_MODULES: list[str] = [
 ]
 
 
+# Subcommands whose usage errors exit with another status (gzip's exit 2 means "warning").
+USAGE_EXIT: dict[str, int] = {}
+
+
 def exit_code_for(err: WarpdriveError) -> int:
     if isinstance(err, BindingRefusedError | GroupNotViableError):
         return EXIT_REFUSED
@@ -100,7 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse exits on --help (0) and on usage errors (2)
-        return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
+        code = int(e.code) if isinstance(e.code, int) else EXIT_USAGE
+        words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+        if code == EXIT_USAGE and words and words[0] in USAGE_EXIT:
+            return USAGE_EXIT[words[0]]
+        return code
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)

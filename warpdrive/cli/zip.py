@@ -1,291 +1,629 @@
-"""`warpdrive compress|decompress IN [-o OUT]`: files through a ZIP engine (or the bundled model).
+"""`warpdrive compress|decompress [OPTION]... [FILE]...`: gzip's command line, on a ZIP engine.
 
-Output is a standard .gz / zlib / raw deflate file (`gzip -d` reads ours; we read gzip's,
-multi-member files included). A progress bar goes to stderr for large inputs when stderr is a
-terminal (or with --progress), and a summary line at the end (bytes, ratio, MB/s, device).
+gzip users already know it: -c -d -f -k -l -n -N -q -r -S -t -v -1..-9, several files, `-` for
+standard input/output, gzip's suffix rules (.gz, -gz, .z, -z, _z; .tgz and .taz give .tar) and
+exit codes (0 ok, 1 error, 2 warning: e.g. trailing garbage ignored, a file skipped). Unlike
+gzip the input file is KEPT unless --rm is given (help and -v say so). Output files get the
+input's mode, owner and times, and appear only when complete (see `output`): a failure, a
+signal, a full disk never leave a partial file, and nothing this run did not create is removed.
+The header stores the input's name and mtime (-n: neither); -N restores them when
+decompressing. With no hardware the bundled device model does the work (a note on stderr that
+-q silences). The progress line (bytes, rate, ETA) is drawn only when stderr is a terminal.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import stat
+import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import IO, Any
 
-from .output import Interrupted, Output, io_error, signals_raise
+from ..errors import WarpdriveError
+from . import USAGE_EXIT
+from .output import Interrupted, Output, OutputExistsError, io_error, signals_raise
 
-SUFFIX = {"gzip": ".gz", "zlib": ".zz", "deflate": ".deflate"}
+EXIT_OK, EXIT_ERROR, EXIT_WARNING = 0, 1, 2
 WBITS = {"gzip": 31, "zlib": 15, "deflate": -15}
-READ_CHUNK = 4 << 20
-PROGRESS_MIN = 8 << 20  # inputs smaller than this get no bar
+SUFFIX = {"gzip": ".gz", "zlib": ".zz", "deflate": ".deflate"}
+# gzip's decompression suffixes, tried in this order; .tgz/.taz name a .tar.
+GZ_SUFFIXES = (".gz", "-gz", ".z", "-z", "_z")
+TAR_SUFFIXES = (".tgz", ".taz")
+READ_CHUNK = 1 << 20
+OUT_CHUNK = 1 << 20  # decompressed bytes per call: memory stays bounded for any input
+PROGRESS_AFTER = 1.0  # seconds before a progress line appears
+
+log = logging.getLogger("warpdrive.cli")
 
 
+class Warning_(WarpdriveError):
+    """A problem gzip reports as a warning (exit 2): the run goes on."""
+
+
+# -- the parser ------------------------------------------------------------------------------
 def register(subparsers: Any) -> None:
-    for name, helptext in (("compress", "compress a file on a ZIP engine"),
-                           ("decompress", "decompress a file on a ZIP engine")):
+    for name in ("compress", "decompress"):
+        verb = "Compress" if name == "compress" else "Decompress"
         p: argparse.ArgumentParser = subparsers.add_parser(
-            name, help=helptext,
-            description=f"{helptext.capitalize()} (HiSilicon ZIP through VFIO or uacce; without "
-            "hardware, the bundled device model). IN may be '-' for stdin.")
-        p.add_argument("input", metavar="IN")
+            name, help=f"{verb.lower()} files like gzip, on a ZIP engine",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            description=f"{verb} FILEs in place (FILE.gz), or standard input to standard "
+            "output, with gzip's options, on a HiSilicon ZIP engine (uacce or vfio-pci; "
+            "without hardware, the bundled device model).\n\nUnlike gzip, the input file is "
+            "kept unless --rm is given.",
+            epilog="The hardware has one compression level: -1..-9, --fast and --best are "
+            "accepted for gzip compatibility and only set the header's XFL byte (-0 is not "
+            "a gzip option).\nExit status: 0 ok, 1 error, 2 warning (as gzip).")
+        USAGE_EXIT[name] = EXIT_ERROR  # gzip exits 1 on a usage error (2 means a warning)
+        p.add_argument("files", metavar="FILE", nargs="*",
+                       help="files to process; none or '-' means standard input")
+        p.add_argument("-c", "--stdout", "--to-stdout", action="store_true",
+                       help="write on standard output, keep original files")
+        p.add_argument("-d", "--decompress", "--uncompress", action="store_true",
+                       default=name == "decompress", help="decompress")
+        p.add_argument("-f", "--force", action="store_true",
+                       help="overwrite output files; write compressed data to a terminal; "
+                       "with -dc, pass data that is not compressed through unchanged")
+        p.add_argument("-k", "--keep", action="store_true",
+                       help="keep (don't delete) input files: the default here")
+        p.add_argument("--rm", action="store_true",
+                       help="delete input files once their output is complete (gzip's "
+                       "default)")
+        p.add_argument("-l", "--list", action="store_true",
+                       help="list compressed file contents")
+        p.add_argument("-n", "--no-name", dest="name", action="store_false", default=None,
+                       help="compress: store no name and no time stamp; decompress: don't "
+                       "restore them (the default)")
+        p.add_argument("-N", "--name", dest="name", action="store_true",
+                       help="compress: store the name and time stamp (the default); "
+                       "decompress: restore them")
+        p.add_argument("-q", "--quiet", action="store_true",
+                       help="suppress all warnings (and the bundled-model note)")
+        p.add_argument("-r", "--recursive", action="store_true",
+                       help="operate recursively on directories")
+        p.add_argument("-S", "--suffix", metavar="SUF", help="use suffix SUF (default .gz)")
+        p.add_argument("-t", "--test", action="store_true",
+                       help="test compressed file integrity")
+        p.add_argument("-v", "--verbose", action="store_true", help="verbose mode")
+        p.add_argument("-V", "--version", action="version",
+                       version=f"warpdrive {_version()} ({name}, gzip-compatible)")
+        for level in range(1, 10):
+            p.add_argument(f"-{level}", dest="level", action="store_const", const=level,
+                           help=argparse.SUPPRESS)
+        p.add_argument("--fast", dest="level", action="store_const", const=1,
+                       help="-1 (see below: one hardware level)")
+        p.add_argument("--best", dest="level", action="store_const", const=9,
+                       help="-9 (see below: one hardware level)")
         p.add_argument("-o", "--output", metavar="OUT",
-                       help="output file ('-' for stdout); default: IN with the format's suffix "
-                       "added (compress) or removed (decompress)")
-        choices = ["gzip", "zlib", "deflate"] + (["auto"] if name == "decompress" else [])
-        p.add_argument("--format", choices=choices, default=None,
-                       help="container (default: gzip; decompress: from the suffix, else auto "
-                       "= gzip or zlib by magic)")
+                       help="write to OUT instead (one FILE only; '-' = standard output)")
+        p.add_argument("--format", choices=["gzip", "zlib", "deflate"], default=None,
+                       help="container (default gzip; decompress also reads zlib, detected)")
         p.add_argument("--device", metavar="DEV",
-                       help="PCI address of a ZIP VF on vfio-pci, a uacce name (hisi_zip-0), or "
-                       "'emu' (default: the first hardware found, else emu)")
+                       help="a ZIP VF's PCI address on vfio-pci, a uacce name (hisi_zip-0), "
+                       "or 'emu' (default: the first hardware found, else emu)")
         p.add_argument("--doorbell", choices=["mmap", "message"], default="mmap",
                        help=argparse.SUPPRESS)
-        if name == "compress":
-            p.add_argument("-l", "--level", type=int, default=-1,
-                           help="zlib level for the headers (the engine has one level)")
-        p.add_argument("-f", "--force", action="store_true", help="overwrite OUT")
         p.add_argument("--progress", action="store_true", default=None,
-                       help="show a progress bar even when stderr is not a terminal")
-        p.add_argument("--no-progress", dest="progress", action="store_false")
-        p.add_argument("-q", "--quiet", action="store_true", help="no summary line")
-        p.set_defaults(func=run_compress if name == "compress" else run_decompress)
+                       help=argparse.SUPPRESS)  # tests: draw it without a terminal
+        p.set_defaults(func=run)
 
 
-def _default_output(args: argparse.Namespace, compress: bool, fmt: str) -> str:
-    if args.input == "-":
-        return "-"
-    if compress:
-        return args.input + SUFFIX[fmt]
-    for suffix in (SUFFIX.get(fmt, ""), ".gz", ".zz", ".deflate", ".z"):
-        if suffix and args.input.endswith(suffix) and len(args.input) > len(suffix):
-            return args.input[:-len(suffix)]
-    return args.input + ".out"
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
 
 
-def _format_for(args: argparse.Namespace, compress: bool) -> str:
-    if args.format:
-        return str(args.format)
-    if compress:
-        return "gzip"
-    name = args.input
-    if name.endswith(".gz"):
-        return "gzip"
-    if name.endswith(".zz"):
-        return "zlib"
-    if name.endswith(".deflate"):
-        return "deflate"
-    return "auto"
+# -- one run ---------------------------------------------------------------------------------
+@dataclass
+class Result:
+    n_in: int = 0
+    n_out: int = 0
+    warning: str = ""  # e.g. trailing garbage (exit 2, the output is still written)
+    mtime: int = 0  # the first gzip member's header time stamp
 
 
-class _Progress:
-    def __init__(self, total: int | None, enabled: bool, label: str) -> None:
-        self.total = total
-        self.enabled = enabled
-        self.label = label
-        self.done = 0
+class Run:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.decompress = bool(args.decompress or args.test or args.list)
+        self.fmt = args.format or "gzip"
+        self.suffix = args.suffix if args.suffix is not None else SUFFIX[self.fmt]
+        self.status = EXIT_OK
+        self._engine: Any = None
+        self.out: Output | None = None
+        self.totals = [0, 0, 0]  # compressed, uncompressed, header+trailer bytes (-l)
+
+    # -- messages --------------------------------------------------------------------------
+    def error(self, msg: str) -> None:
+        print(f"warpdrive: {msg}", file=sys.stderr)
+        self.status = EXIT_ERROR
+
+    def warn(self, msg: str) -> None:
+        if not self.args.quiet:
+            print(f"warpdrive: {msg}", file=sys.stderr)
+        if self.status == EXIT_OK:
+            self.status = EXIT_WARNING
+
+    # -- the engine, opened once for all files ---------------------------------------------
+    def engine(self) -> Any:
+        if self._engine is None:
+            from .. import zip as wz
+
+            self._engine = wz.open_engine(self.args.device, doorbell=self.args.doorbell)
+            log.info("warpdrive: engine %s (%s)", self._engine.name, self._engine.backend)
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+
+    # -- inputs ----------------------------------------------------------------------------
+    def inputs(self) -> Iterator[str]:
+        for name in self.args.files or ["-"]:
+            if name != "-" and self.args.recursive and os.path.isdir(name):
+                for d, dirs, files in os.walk(name):
+                    dirs.sort()
+                    for f in sorted(files):
+                        yield os.path.join(d, f)
+            else:
+                yield name
+
+    def _says_skip(self) -> bool:
+        """gzip reports a skipped name (and exits 2) with -v, or when neither -r nor -q."""
+        return bool(self.args.verbose or not (self.args.recursive or self.args.quiet))
+
+    def output_name(self, name: str, warn: bool = True) -> str | None:
+        """The default output name, or None (with a warning) when gzip would skip the file."""
+        if not self.decompress:
+            if name.endswith(self.suffix):
+                if warn and self._says_skip():
+                    self.warn(f"{name} already has {self.suffix} suffix -- unchanged")
+                return None
+            return name + self.suffix
+        low = name.lower()
+        for suf in TAR_SUFFIXES:
+            if low.endswith(suf) and len(name) > len(suf):
+                return name[:-len(suf)] + ".tar"
+        sufs = (self.suffix,) if self.args.suffix else (SUFFIX[self.fmt], *GZ_SUFFIXES) \
+            if self.fmt != "gzip" else GZ_SUFFIXES
+        for suf in sufs:
+            if low.endswith(suf.lower()) and len(name) > len(suf):
+                return name[:-len(suf)]
+        if warn and self._says_skip():
+            self.warn(f"{name}: unknown suffix -- ignored")
+        return None
+
+    # -- per file --------------------------------------------------------------------------
+    def file(self, name: str) -> None:
+        args = self.args
+        to_stdout = args.stdout or args.output == "-" or name == "-"
+        listing, testing = args.list, args.test
+        if name != "-":
+            if self.decompress and not os.path.lexists(name):
+                # gzip -d NAME finds NAME.gz (or another known suffix)
+                for suf in (self.suffix, *GZ_SUFFIXES, *TAR_SUFFIXES):
+                    if os.path.lexists(name + suf):
+                        name += suf
+                        break
+            try:
+                st = os.stat(name) if args.force else os.lstat(name)
+            except OSError as e:
+                raise io_error("cannot read", e, name) from None
+            if stat.S_ISLNK(st.st_mode):
+                raise Warning_(f"{name} is a symbolic link -- ignored", hint="use -f")
+            if stat.S_ISDIR(st.st_mode):
+                raise Warning_(f"{name} is a directory -- ignored", hint="use -r")
+            if not stat.S_ISREG(st.st_mode) and not (to_stdout or args.output or listing
+                                                     or testing or args.force):
+                raise Warning_(f"{name} is not a directory or a regular file - ignored")
+        out_name = None
+        if not (to_stdout or listing or testing):
+            out_name = args.output or self.output_name(name)
+            if out_name is None:
+                return
+        if name == "-":
+            if self.decompress and sys.stdin.isatty() and not args.force:
+                raise WarpdriveError("compressed data not read from a terminal",
+                                     hint="use -f to force decompression")
+            src: IO[bytes] = sys.stdin.buffer
+            in_stat = None
+        else:
+            try:
+                src = open(name, "rb")  # noqa: SIM115 - closed below
+            except OSError as e:
+                raise io_error("cannot read", e, name) from None
+            in_stat = os.fstat(src.fileno())
+        try:
+            if listing:
+                self.list(name, src, in_stat)
+                return
+            if to_stdout and not testing and not self.decompress and sys.stdout.isatty() \
+                    and not args.force:
+                raise WarpdriveError("compressed data not written to a terminal",
+                                     hint="use -f to force compression")
+            first = b""
+            if self.decompress and args.name and out_name and not args.output:
+                # -N: the output takes the name stored in the header (in the input's dir).
+                first = _read(src, 64 << 10, name)
+                stored = _stored_name(first)
+                if stored:
+                    out_name = os.path.join(os.path.dirname(name), stored)
+            self.convert(name, src, in_stat, out_name, first)
+        finally:
+            if src is not sys.stdin.buffer:
+                src.close()
+
+    def convert(self, name: str, src: IO[bytes], in_stat: os.stat_result | None,
+                out_name: str | None, first: bytes = b"") -> None:
+        args = self.args
+        regular = in_stat is not None and stat.S_ISREG(in_stat.st_mode)
+        if args.test:
+            self.out = None
+        else:
+            self.out = Output(out_name or "-", force=args.force,
+                              inputs=[in_stat] if in_stat is not None else [])
+        out = self.out
+        try:
+            total = in_stat.st_size if regular and in_stat is not None else None
+            verb = "test" if args.test else "decompress" if self.decompress else "compress"
+            prog = Progress(f"{verb} {name}", total, args)
+            start = time.monotonic()
+            if self.decompress:
+                res = self.decompress_one(name, src, first, out, prog)
+            else:
+                res = self.compress_one(name, src, in_stat if regular else None, out, prog)
+            prog.done()
+            secs = time.monotonic() - start
+            if out is not None:
+                like: Any = in_stat if regular else None
+                if like is not None and self.decompress and args.name and res.mtime:
+                    like = _StatLike(like, res.mtime)
+                out.commit(like=like)
+        except Interrupted as e:
+            if out is not None:
+                e.note = ("the output was complete" if out.committed else
+                          "output incomplete" if out.direct else
+                          f"nothing was written under {out.path}") + "; input untouched"
+            raise
+        finally:
+            if out is not None:
+                out.discard()
+            self.out = None
+        if res.warning:
+            self.warn(f"{name}: {res.warning}")
+        self.totals[0] += res.n_in
+        self.totals[1] += res.n_out
+        if args.rm and regular and out is not None and not out.direct:
+            os.unlink(name)
+        if args.verbose:
+            self.report(name, res, secs, out_name)
+
+    def report(self, name: str, res: Result, secs: float, out_name: str | None) -> None:
+        big, small = (res.n_in, res.n_out) if not self.decompress else (res.n_out, res.n_in)
+        pct = (1 - small / big) * 100 if big else 0.0
+        mbs = big / max(secs, 1e-9) / 1e6
+        if self.args.test:
+            what = "OK"
+        elif out_name is None or self.args.stdout or out_name == "-":
+            what = "written to standard output"
+        else:
+            what = f"created {out_name}" + ("" if self.args.rm or name == "-"
+                                             else f", {name} kept")
+        print(f"{name}:\t{pct:5.1f}% -- {what} ({res.n_in} -> {res.n_out} bytes, "
+              f"{mbs:.1f} MB/s)", file=sys.stderr)
+
+    # -- compression -----------------------------------------------------------------------
+    def compress_one(self, name: str, src: IO[bytes], in_stat: os.stat_result | None,
+                     out: Output | None, prog: Progress) -> Result:
+        from ..zip import gzip as wgz
+        from ..zip import zlib_api as wz
+
+        assert out is not None
+        level = self.args.level or 6
+        if self.fmt == "gzip":
+            keep = self.args.name is not False and name != "-"
+            head = wgz._gzip_header(wgz._header_name(name) if keep else b"",
+                                    int(in_stat.st_mtime) if keep and in_stat else 0, level)
+            c: Any = wgz._Member(head, level, self.engine())
+        else:
+            c = wz.compressobj(level, wz.DEFLATED, WBITS[self.fmt], device=self.engine(),
+                               chunk_size=READ_CHUNK)
+        res = Result()
+        while True:
+            block = _read(src, READ_CHUNK, name)
+            if not block:
+                break
+            res.n_in += len(block)
+            data = c.compress(block)
+            out.write(data)
+            res.n_out += len(data)
+            prog.update(len(block))
+        data = c.flush()
+        out.write(data)
+        res.n_out += len(data)
+        return res
+
+    # -- decompression ---------------------------------------------------------------------
+    def decompress_one(self, name: str, src: Any, first: bytes, out: Output | None,
+                       prog: Progress) -> Result:
+        """Every member (gzip files may hold several), output in bounded pieces; trailing
+        zeros and garbage after a member are warnings, as in gzip."""
+        from ..devices.zip.errors import ZipDataError
+        from ..zip import zlib_api as wz
+
+        wbits = {"gzip": 31, "zlib": 15, "deflate": -15}[self.fmt] if self.args.format else 47
+        res = Result()
+        buf = first + _read(src, READ_CHUNK, name)
+        res.n_in = len(buf)
+        prog.update(len(buf))
+        if not buf:
+            raise WarpdriveError(f"{name}: unexpected end of file")
+        if self.args.force and self.args.stdout and not _looks_compressed(buf, self.fmt):
+            return self.pass_through(name, src, buf, out, res, prog)  # gzip -dcf
+        members = 0
+        while True:
+            d = wz.decompressobj(wbits, device=self.engine())
+            while True:
+                try:
+                    data = d.decompress(buf, OUT_CHUNK)
+                except ZipDataError as e:
+                    raise WarpdriveError(f"{name}: {_gzip_words(str(e), members, self.fmt)}") \
+                        from None
+                if out is not None:
+                    out.write(data)
+                res.n_out += len(data)
+                buf = d.unconsumed_tail
+                if d.eof:
+                    break
+                if not buf and not data:
+                    buf = _read(src, READ_CHUNK, name)
+                    res.n_in += len(buf)
+                    prog.update(len(buf))
+                    if not buf:
+                        raise WarpdriveError(f"{name}: unexpected end of file")
+            if not members and d.gzip_header is not None:
+                res.mtime = d.gzip_header.mtime
+            members += 1
+            rest = d.unused_data or _read(src, READ_CHUNK, name)
+            if rest is not d.unused_data:
+                res.n_in += len(rest)
+                prog.update(len(rest))
+            if not rest:
+                return res
+            if wbits in (31, 47) and rest[:2] == b"\x1f\x8b":
+                buf = rest
+                wbits = 31
+                continue
+            zeros = not rest.strip(b"\x00")
+            while True:  # read (and count) the rest, as gzip does
+                more = _read(src, READ_CHUNK, name)
+                if not more:
+                    break
+                res.n_in += len(more)
+                prog.update(len(more))
+                zeros = zeros and not more.strip(b"\x00")
+            if not zeros:  # zero padding (tape blocks) is silently fine, as in gzip
+                res.warning = "decompression OK, trailing garbage ignored"
+            return res
+
+    def pass_through(self, name: str, src: IO[bytes], buf: bytes, out: Output | None,
+                     res: Result, prog: Progress) -> Result:
+        while buf:
+            if out is not None:
+                out.write(buf)
+            res.n_out += len(buf)
+            buf = _read(src, READ_CHUNK, name)
+            res.n_in += len(buf)
+            prog.update(len(buf))
+        return res
+
+    # -- listing ---------------------------------------------------------------------------
+    def list(self, name: str, src: IO[bytes], in_stat: os.stat_result | None) -> None:
+        """gzip -l: sizes from the gzip trailer (modulo 4 GiB, as gzip), else by
+        decompressing; -v adds the method, CRC and time stamp."""
+        if not getattr(self, "_listed", False):
+            self._listed = True
+            head = "method  crc     date  time  " if self.args.verbose else ""
+            print(f"{head}         compressed        uncompressed  ratio uncompressed_name")
+        data_head = _read(src, 64 << 10, name)
+        size = in_stat.st_size if in_stat is not None and stat.S_ISREG(in_stat.st_mode) \
+            else None
+        crc, mtime, overhead = 0, 0, 0
+        if self.fmt == "gzip" and data_head[:2] == b"\x1f\x8b" and size and size >= 18:
+            src.seek(size - 8)
+            crc, usize = struct.unpack("<II", _read(src, 8, name))
+            mtime = struct.unpack("<I", data_head[4:8])[0]
+            csize = size
+            overhead = _gzip_header_length(data_head) + 8  # gzip's ratio counts the body
+        else:  # no trailer with the size: decompress and count
+            self.out = None
+            counting = _Counter(data_head, src, name)
+            res = self.decompress_one(name, counting, b"", None,
+                                      Progress("", None, self.args))
+            csize, usize = res.n_in, res.n_out
+        self.totals[0] += csize
+        self.totals[1] += usize
+        self.totals[2] += overhead
+        out_name = (self.output_name(name, warn=False) if name != "-" else None) or name
+        line = f"{csize:>19} {usize:>19} {_ratio(usize - (csize - overhead), usize)} {out_name}"
+        if self.args.verbose:
+            stamp = time.strftime("%b %e %H:%M", time.localtime(mtime)) if mtime else \
+                "            "
+            line = f"defla {crc:08x} {stamp} " + line
+        print(line)
+
+    def list_totals(self) -> None:
+        c, u, overhead = self.totals
+        lead = " " * 28 if self.args.verbose else ""
+        print(f"{lead}{c:>19} {u:>19} {_ratio(u - (c - overhead), u)} (totals)")
+
+
+def _ratio(num: int, den: int) -> str:
+    """gzip -l's ratio column (gzip 1.12: printf "%5.1f%%" of 100 * num / den)."""
+    return f"{100.0 * num / den if den else 0.0:5.1f}%"
+
+
+class _StatLike:
+    """An input's stat with the modification time from the gzip header (decompress -N)."""
+
+    def __init__(self, st: os.stat_result, mtime: int) -> None:
+        self.st_mode, self.st_uid, self.st_gid = st.st_mode, st.st_uid, st.st_gid
+        self.st_atime_ns = st.st_atime_ns
+        self.st_mtime_ns = mtime * 1_000_000_000
+
+
+def _gzip_head(first: bytes) -> Any:
+    """The gzip header at the start of `first` (a `Header`), or None."""
+    from ..devices.zip.errors import ZipDataError
+    from ..devices.zip.header import scan_header
+    from ..devices.zip.sqe import GZIP, Format
+
+    try:
+        return scan_header(first, Format(GZIP, 15)) if first[:2] == b"\x1f\x8b" else None
+    except ZipDataError:
+        return None
+
+
+def _gzip_header_length(first: bytes) -> int:
+    head = _gzip_head(first)
+    return head.length if head is not None else 10
+
+
+def _stored_name(first: bytes) -> str:
+    """The file name in a gzip header (its last path component), or ""."""
+    head = _gzip_head(first)
+    raw = head.gzip.name if head is not None else None
+    name = os.path.basename(os.fsdecode(raw)) if raw else ""
+    return "" if name in ("", ".", "..") else name
+
+
+class _Counter:
+    """The input again: the bytes already read, then the rest of the file."""
+
+    def __init__(self, first: bytes, src: IO[bytes], name: str) -> None:
+        self.first, self.src, self.name = first, src, name
+
+    def read(self, n: int) -> bytes:
+        if self.first:
+            out, self.first = self.first[:n], self.first[n:]
+            return out
+        return self.src.read(n)
+
+
+def _read(src: Any, n: int, name: str) -> bytes:
+    try:
+        return bytes(src.read(n))
+    except OSError as e:
+        raise io_error("cannot read", e, name) from None
+
+
+def _looks_compressed(buf: bytes, fmt: str) -> bool:
+    if buf[:2] == b"\x1f\x8b":
+        return True
+    return fmt != "gzip" and len(buf) >= 2 and (buf[0] << 8 | buf[1]) % 31 == 0 and \
+        buf[0] & 0x0F == 8
+
+
+def _gzip_words(zlib_msg: str, members: int, fmt: str) -> str:
+    """gzip's words for what went wrong (no zlib jargon)."""
+    what = zlib_msg.split(": ", 1)[-1]
+    if "header" in what or "unknown compression method" in what or "flags set" in what \
+            or "window size" in what:
+        return ("trailing garbage after a valid member" if members else
+                f"not in {fmt} format")
+    if "incorrect data check" in what:
+        return "invalid compressed data--crc error"
+    if "incorrect length check" in what:
+        return "invalid compressed data--length error"
+    if "incomplete or truncated" in what:
+        return "unexpected end of file"
+    return "invalid compressed data--format violated"
+
+
+class Progress:
+    """One line on a terminal: bytes done (of the total), rate and ETA; nothing otherwise.
+    Appears after a second, so short runs stay silent."""
+
+    def __init__(self, label: str, total: int | None, args: argparse.Namespace) -> None:
+        self.label, self.total = label, total
+        self.enabled = not args.quiet and (bool(args.progress) or sys.stderr.isatty())
+        self.done_bytes = 0
         self.start = time.monotonic()
         self._last = 0.0
+        self._drawn = False
 
     def update(self, n: int) -> None:
-        self.done += n
+        self.done_bytes += n
         if not self.enabled:
             return
         now = time.monotonic()
-        if now - self._last < 0.1:
+        if now - self.start < PROGRESS_AFTER or now - self._last < 0.1:
             return
         self._last = now
-        rate = self.done / max(now - self.start, 1e-9) / 1e6
+        rate = self.done_bytes / max(now - self.start, 1e-9)
+        line = f"{self.label}: {_size(self.done_bytes)}"
         if self.total:
-            frac = min(self.done / self.total, 1.0)
-            bar = "#" * int(frac * 30)
-            line = f"\r{self.label} [{bar:<30}] {frac * 100:5.1f}% {rate:7.1f} MB/s"
+            frac = min(self.done_bytes / self.total, 1.0)
+            left = (self.total - self.done_bytes) / rate if rate else 0.0
+            line += (f" of {_size(self.total)} ({frac * 100:.0f}%), {rate / 1e6:.1f} MB/s, "
+                     f"ETA {int(left) // 60}:{int(left) % 60:02d}")
         else:
-            line = f"\r{self.label} {self.done / 1e6:9.1f} MB {rate:7.1f} MB/s"
-        sys.stderr.write(line)
+            line += f", {rate / 1e6:.1f} MB/s"
+        sys.stderr.write("\r" + line[:200] + "\x1b[K")
         sys.stderr.flush()
+        self._drawn = True
 
-    def finish(self) -> None:
-        if self.enabled and self._last:
-            sys.stderr.write("\r" + " " * 70 + "\r")
+    def done(self) -> None:
+        if self._drawn:
+            sys.stderr.write("\r\x1b[K")
             sys.stderr.flush()
 
 
-class _Input:
-    """Reads that fail with a one-line error naming the input."""
-
-    def __init__(self, file: IO[bytes], name: str) -> None:
-        self.file, self.name = file, name
-
-    def read(self, n: int) -> bytes:
-        try:
-            return self.file.read(n)
-        except OSError as e:
-            raise io_error("cannot read", e, self.name) from None
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return str(n)
 
 
-def _open_input(args: argparse.Namespace) -> tuple[IO[bytes], os.stat_result | None]:
-    """The input and, for a file, its stat (for the same-file check and the output's mode)."""
-    if args.input == "-":
-        return sys.stdin.buffer, None
+def _logging(args: argparse.Namespace) -> None:
+    """The library's loggers ("warpdrive.*") to stderr: warnings (the bundled-model note)
+    unless -q, details with -v."""
+    root = logging.getLogger("warpdrive")
+    if not any(getattr(h, "_warpdrive_cli", False) for h in root.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(message)s"))
+        h._warpdrive_cli = True  # type: ignore[attr-defined]
+        root.addHandler(h)
+    root.setLevel(logging.ERROR if args.quiet else logging.INFO if args.verbose
+                  else logging.WARNING)
+    root.propagate = False
+
+
+def run(args: argparse.Namespace) -> int:
+    _logging(args)
+    if args.output and len(args.files) > 1:
+        raise WarpdriveError("-o names one output; it takes one FILE",
+                             hint="use -c to concatenate several into standard output")
+    r = Run(args)
     try:
-        src = open(args.input, "rb")  # noqa: SIM115 - closed by the caller
-    except OSError as e:
-        raise io_error("cannot read", e, args.input) from None
-    return src, os.fstat(src.fileno())
-
-
-def _summary(verb: str, n_in: int, n_out: int, secs: float, engine: Any) -> str:
-    ratio = (n_in / n_out if n_out else 0.0) if verb == "compressed" else \
-        (n_out / n_in if n_in else 0.0)
-    mbs = (n_in if verb == "compressed" else n_out) / max(secs, 1e-9) / 1e6
-    src = engine.source
-    dev = f"{engine.name} ({engine.backend}"
-    if getattr(src, "doorbell_mode", None):
-        dev += f", {src.doorbell_mode} doorbell"
-    dev += ")"
-    return (f"{verb} {n_in} -> {n_out} bytes (ratio {ratio:.2f}) in {secs:.2f} s, "
-            f"{mbs:.1f} MB/s on {dev}")
-
-
-def _engine(args: argparse.Namespace) -> Any:
-    from .. import zip as wz
-
-    return wz.open(args.device, doorbell=args.doorbell, announce=not args.quiet)
-
-
-def _progress_enabled(args: argparse.Namespace, total: int | None) -> bool:
-    if args.progress is not None:
-        return bool(args.progress)
-    return sys.stderr.isatty() and (total is None or total >= PROGRESS_MIN)
-
-
-def _run_job(args: argparse.Namespace, compress: bool, fmt: str,
-             body: Callable[[Any, Output, Any, _Progress], tuple[int, int]]) -> int:
-    """Open input, output and an engine, run `body(src, out, engine, progress) -> (in, out)`,
-    print the summary. The output becomes visible only when complete (see `output`); on any
-    failure or signal nothing is left under its name and the input is untouched."""
-    verb = "compress" if compress else "decompress"
-    out_path = args.output or _default_output(args, compress, fmt)
-    src, in_stat = _open_input(args)
-    out: Output | None = None
-    try:
-        with signals_raise(lambda: out.discard() if out is not None else None):
-            try:
-                out = Output(out_path, force=args.force,
-                             inputs=[in_stat] if in_stat is not None else [])
-                eng = _engine(args)
+        with signals_raise(lambda: r.out.discard() if r.out is not None else None):
+            for name in r.inputs():
                 try:
-                    start = time.monotonic()
-                    total = in_stat.st_size if in_stat is not None and \
-                        stat.S_ISREG(in_stat.st_mode) else None
-                    prog = _Progress(total, _progress_enabled(args, total), verb)
-                    n_in, n_out = body(_Input(src, args.input), out, eng, prog)
-                    prog.finish()
-                    regular = in_stat is not None and stat.S_ISREG(in_stat.st_mode)
-                    out.commit(like=in_stat if regular else None)
-                    secs = time.monotonic() - start
-                finally:
-                    eng.close()
-            except Interrupted as e:
-                if out is not None:
-                    e.note = ("the output was complete" if out.committed else
-                              "output incomplete" if out.direct else
-                              f"nothing was written under {out_path}") + "; input untouched"
-                    out.discard()
-                raise
+                    r.file(name)
+                except (Warning_, OutputExistsError) as w:
+                    r.warn(str(w))
+                except WarpdriveError as e:
+                    r.error(str(e))
+            if args.list and len(args.files) > 1:
+                r.list_totals()
     finally:
-        if out is not None:
-            out.discard()
-        if src is not sys.stdin.buffer:
-            src.close()
-    if not args.quiet:
-        print(_summary(verb + "ed", n_in, n_out, secs, eng), file=sys.stderr)
-    return 0
-
-
-def run_compress(args: argparse.Namespace) -> int:
-    from .. import zip as wz
-
-    fmt = _format_for(args, compress=True)
-
-    def body(src: Any, dst: Output, eng: Any, prog: _Progress) -> tuple[int, int]:
-        c = wz.compressobj(args.level, wz.DEFLATED, WBITS[fmt], device=eng,
-                           chunk_size=READ_CHUNK)
-        n_in = n_out = 0
-        while True:
-            block = src.read(READ_CHUNK)
-            if not block:
-                break
-            n_in += len(block)
-            out = c.compress(block)
-            dst.write(out)
-            n_out += len(out)
-            prog.update(len(block))
-        out = c.flush()
-        dst.write(out)
-        return n_in, n_out + len(out)
-
-    return _run_job(args, True, fmt, body)
-
-
-def run_decompress(args: argparse.Namespace) -> int:
-    from .. import zip as wz
-
-    fmt = _format_for(args, compress=False)
-    wbits = {"auto": 47, **WBITS}[fmt]
-
-    def body(src: Any, dst: Output, eng: Any, prog: _Progress) -> tuple[int, int]:
-        n_in = n_out = 0
-        d = wz.decompressobj(wbits, device=eng)
-        fed = False  # this member's decoder has seen input
-        buf = b""
-        while True:
-            if not buf:
-                buf = src.read(READ_CHUNK)
-                if not buf:
-                    break
-                n_in += len(buf)
-                prog.update(len(buf))
-            out = d.decompress(buf)
-            fed, buf = True, b""
-            dst.write(out)
-            n_out += len(out)
-            if not d.eof:
-                continue
-            # End of a member. gzip files may hold more members; anything else ends here.
-            rest = d.unused_data
-            gzip_member = _container(d) == "gzip"
-            if not rest:
-                rest = src.read(READ_CHUNK)
-                n_in += len(rest)
-                prog.update(len(rest))
-            if not rest:
-                break
-            if not gzip_member or rest[:2] != b"\x1f\x8b":
-                zeros = not rest.strip(b"\x00")
-                while zeros:
-                    more = src.read(READ_CHUNK)
-                    if not more:
-                        break
-                    n_in += len(more)
-                    zeros = not more.strip(b"\x00")
-                what = "trailing zero bytes" if zeros else "trailing garbage"
-                print(f"warpdrive: {args.input}: decompression OK, {what} ignored",
-                      file=sys.stderr)
-                break
-            d = wz.decompressobj(wbits, device=eng)
-            fed, buf = False, rest
-        if not d.eof and (fed or n_in == 0):
-            raise wz.ZipDataError(
-                f"{args.input}: unexpected end of file (the compressed stream is truncated)")
-        return n_in, n_out
-
-    return _run_job(args, False, fmt, body)
-
-
-def _container(d: Any) -> str:
-    """The container a decoder found (auto-detection resolves to gzip or zlib)."""
-    return str(d._i.fmt.container)
+        r.close()
+    return r.status

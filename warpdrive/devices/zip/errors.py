@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import zlib
 
-from ...errors import DeviceError, WarpdriveError
+from ...errors import DeviceError, UnsupportedError, WarpdriveError
 
 
 class ZipError(WarpdriveError, zlib.error):
@@ -23,3 +23,8 @@ class ZipDeviceError(ZipError, DeviceError):
 
 class ZipBufferError(ZipError):
     """The output does not fit the caller's buffer (nothing was cut: the job failed)."""
+
+
+class ZipUnsupportedError(ZipError, UnsupportedError, ValueError):
+    """Something zlib offers that the engine cannot do (copying a stream, a preset
+    dictionary). Also a ValueError, as zlib's own refusal to copy a stream is."""

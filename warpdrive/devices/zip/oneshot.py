@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from . import hw
 from .errors import ZipDataError, ZipError
+from .header import whole_header
 from .job import Job, compress_bound, decompress_guess
 from .lane import EngineParts, Lane
 from .sqe import (
@@ -13,11 +14,11 @@ from .sqe import (
     decompression_complete,
     header,
     initial_checksum,
-    parse_header,
     read_result,
     read_stream_words,
     status_error,
     trailer,
+    trailer_error,
     trailer_size,
 )
 
@@ -73,11 +74,8 @@ class OneShot:
 
     def decompress(self, mv: memoryview, fmt: Format, bufsize: int) -> bytes | None:
         """One stateless job; None means "use stream mode" (output over 8 MiB)."""
-        parsed = parse_header(mv, fmt)
-        if parsed is None:
-            raise ZipDataError("Error -5 while decompressing data: incomplete or truncated "
-                               "stream")
-        hlen, fmt = parsed
+        head = whole_header(mv, fmt)
+        hlen, fmt = head.length, head.fmt
         body = mv[hlen:]
         n = len(body)
         if n == 0:
@@ -103,6 +101,9 @@ class OneShot:
                             return None
                         out = avail * 4
                         continue
+                    if st == hw.STATUS_CRC_ERR:
+                        end = min(job.consumed, n)
+                        raise trailer_error(tmpl.alg, job.checksum, body[max(0, end - 8):end])
                     if st not in (hw.STATUS_OK, hw.STATUS_NEGACOMPRESS, hw.STATUS_DECOMP_END):
                         # Raised unbound: a local would make this frame and the error a cycle.
                         raise status_error(st, compress=False) or ZipDataError(f"status {st:#x}")
@@ -110,11 +111,10 @@ class OneShot:
                         raise ZipDataError("Error -5 while decompressing data: incomplete or "
                                            "truncated stream")
                     tlen = trailer_size(tmpl.alg)
-                    got = bytes(body[job.consumed - tlen:job.consumed]) if tlen else b""
-                    if tlen and (job.consumed < tlen or got != trailer(
-                            tmpl.alg, job.checksum, job.isize)):
-                        raise ZipDataError("Error -3 while decompressing data: incorrect data "
-                                           "check")
+                    tail = body[max(0, job.consumed - 8):job.consumed]
+                    if tlen and bytes(tail[-tlen:]) != trailer(tmpl.alg, job.checksum,
+                                                               job.isize):
+                        raise trailer_error(tmpl.alg, job.checksum, tail)
                     return bytes(dst.buf.view[dst.off:dst.off + job.produced])
                 finally:
                     pool.give(dst)

@@ -19,6 +19,7 @@ from ...memory import DmaBuffer
 from ..hisi_qm.queue import QmQueue
 from . import hw
 from .errors import ZipBufferError, ZipDataError, ZipError
+from .header import whole_header
 from .job import (
     COMPRESS,
     COMPRESS_JOB_MAX,
@@ -36,10 +37,10 @@ from .sqe import (
     decompression_complete,
     header,
     initial_checksum,
-    parse_header,
     read_stream_words,
     status_error,
     trailer,
+    trailer_error,
     trailer_size,
 )
 
@@ -123,11 +124,8 @@ class Session:
             if dst is None:
                 dst = self.buffer(len(hdr) + compress_bound(length))
         else:
-            parsed = parse_header(src.view[src_offset:src_offset + length], fmt)
-            if parsed is None:
-                raise ZipDataError("Error -5 while decompressing data: incomplete or truncated "
-                                   "stream (header)")
-            hlen, fmt = parsed
+            head = whole_header(src.view[src_offset:src_offset + length], fmt)
+            hlen, fmt = head.length, head.fmt
             src_offset, length = src_offset + hlen, length - hlen
             if dst is None:
                 raise InvalidArgumentError("a prepared decompression job needs dst=")
@@ -263,11 +261,8 @@ class Session:
             dst.buf.view[dst.off:dst.off + len(self._hdr)] = self._hdr
             self._build(job, self.fmt)
             return job
-        parsed = parse_header(mv, self.fmt)
-        if parsed is None:
-            raise ZipDataError("Error -5 while decompressing data: incomplete or truncated "
-                               "stream (header)")
-        hlen, fmt = parsed
+        head = whole_header(mv, self.fmt)
+        hlen, fmt = head.length, head.fmt
         body = mv[hlen:]
         if len(body) > DECOMPRESS_JOB_MAX:
             raise InvalidArgumentError(
@@ -369,6 +364,12 @@ class Session:
     def _check_decompressed(self, job: Job, sq: memoryview, off: int, st: int, dw3: int) -> None:
         if st == hw.STATUS_DST_TOO_SMALL:
             return
+        if st == hw.STATUS_CRC_ERR:
+            assert job.src is not None
+            end = job.src_off + min(job.consumed, job.src_len)
+            job.error = trailer_error(alg_of_job(job), read_stream_words(sq, off)[4],
+                                      job.src.view[max(job.src_off, end - 8):end])
+            return
         err = status_error(st, compress=False)
         if err is not None:
             job.error = err
@@ -385,11 +386,10 @@ class Session:
             _, _, _, isize, checksum = read_stream_words(sq, off)
             assert job.src is not None
             end = job.src_off + job.consumed
-            got = bytes(job.src.view[end - tlen:end]) if job.consumed >= tlen else b""
-            if got != trailer(alg, checksum, isize) or \
+            tail = job.src.view[max(job.src_off, end - 8):end]
+            if bytes(tail[-tlen:]) != trailer(alg, checksum, isize) or \
                     (alg == hw.ALG_GZIP and isize != job.produced & 0xFFFF_FFFF):
-                job.error = ZipDataError("Error -3 while decompressing data: incorrect data "
-                                         "check")
+                job.error = trailer_error(alg, checksum, tail)
 
     def _grow(self, job: Job) -> bool:
         """Resubmit with a larger output buffer (owned jobs only). Lane lock held."""

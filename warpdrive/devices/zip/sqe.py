@@ -10,7 +10,6 @@ never reaches the hardware: software emits the empty final block and the trailer
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +23,6 @@ _ALG = {DEFLATE: hw.ALG_DEFLATE, ZLIB: hw.ALG_ZLIB, GZIP: hw.ALG_GZIP}
 EMPTY_FINAL_BLOCK = b"\x03\x00"  # fixed-Huffman final block holding only end-of-block
 EMPTY_SYNC_BLOCK = b"\x00\x00\x00\xff\xff"  # empty stored block: a sync-flush marker
 GZIP_OS_UNIX = 3
-
-_FTEXT, _FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 1, 2, 4, 8, 16
 
 
 @dataclass(frozen=True)
@@ -111,66 +108,23 @@ def trailer(alg: int, checksum: int, isize: int) -> bytes:
     return b""
 
 
+def trailer_error(alg: int, checksum: int, tail: bytes | bytearray | memoryview) -> ZipDataError:
+    """The error for a trailer field the engine rejected, worded as zlib words it: a bad
+    Adler-32/CRC-32 is "incorrect data check", a bad gzip ISIZE "incorrect length check".
+    `tail` is the input consumed so far, ending with the rejected field (at least its last
+    8 bytes): when the 4 bytes before it hold the right CRC, the length was the problem."""
+    crc_ok = alg == hw.ALG_GZIP and len(tail) >= 8 and \
+        bytes(tail[-8:-4]) == checksum.to_bytes(4, "little")
+    what = "incorrect length check" if crc_ok else "incorrect data check"
+    return ZipDataError(f"Error -3 while decompressing data: {what}")
+
+
 def trailer_size(alg: int) -> int:
     return {hw.ALG_ZLIB: 4, hw.ALG_GZIP: 8}.get(alg, 0)
 
 
 def initial_checksum(alg: int) -> int:
     return 1 if alg == hw.ALG_ZLIB else 0
-
-
-def parse_header(data: bytes | bytearray | memoryview, fmt: Format) -> tuple[int, Format] | None:
-    """Length of the zlib/gzip header at the start of `data` and the concrete format, or None if
-    more bytes are needed. Raises ZipDataError for something that is not a valid header."""
-    if fmt.container == DEFLATE:
-        return 0, fmt
-    container = fmt.container
-    if container == AUTO:
-        if len(data) < 2:
-            return None
-        container = GZIP if data[0] == 0x1F and data[1] == 0x8B else ZLIB
-    if container == ZLIB:
-        if len(data) < 2:
-            return None
-        cmf, flg = data[0], data[1]
-        if cmf & 0x0F != 8 or (cmf << 8 | flg) % 31:
-            raise ZipDataError("Error -3 while decompressing data: incorrect header check")
-        wb = (cmf >> 4) + 8
-        if wb > 15 or (fmt.window_bits and wb > fmt.window_bits):
-            raise ZipDataError("Error -3 while decompressing data: invalid window size")
-        if flg & 0x20:
-            raise ZipDataError("Error 2 while decompressing data: a preset dictionary is "
-                               "required", hint="preset dictionaries are not supported")
-        return 2, Format(ZLIB, wb)
-    # gzip (RFC 1952)
-    if len(data) < 10:
-        return None
-    if data[0] != 0x1F or data[1] != 0x8B:
-        raise ZipDataError("Error -3 while decompressing data: incorrect header check")
-    if data[2] != 8:
-        raise ZipDataError("Error -3 while decompressing data: unknown compression method")
-    flags = data[3]
-    if flags & 0xE0:
-        raise ZipDataError("Error -3 while decompressing data: unknown header flags set")
-    pos = 10
-    if flags & _FEXTRA:
-        if len(data) < pos + 2:
-            return None
-        pos += 2 + (data[pos] | data[pos + 1] << 8)
-    for flag in (_FNAME, _FCOMMENT):
-        if flags & flag:
-            end = bytes(data[pos:]).find(b"\x00")
-            if end < 0:
-                return None
-            pos += end + 1
-    if flags & _FHCRC:
-        pos += 2
-        if len(data) >= pos and (zlib.crc32(bytes(data[:pos - 2])) & 0xFFFF) != \
-                (data[pos - 2] | data[pos - 1] << 8):
-            raise ZipDataError("Error -3 while decompressing data: header crc mismatch")
-    if len(data) < pos:
-        return None
-    return pos, Format(GZIP, fmt.window_bits or 15)
 
 
 # -- the SQE ----------------------------------------------------------------------------------

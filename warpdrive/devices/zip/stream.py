@@ -16,24 +16,29 @@ from ...errors import ClosedError, InvalidArgumentError
 from ...pool import Chunk
 from . import hw
 from .errors import ZipBufferError, ZipDataError, ZipError
+from .header import Header, scan_header
 from .job import COMPRESS, COMPRESS_JOB_MAX, DECOMPRESS, DECOMPRESS_JOB_MAX, Job, compress_bound
 from .lane import EngineParts
 from .sqe import (
+    DEFLATE,
     EMPTY_FINAL_BLOCK,
     EMPTY_SYNC_BLOCK,
     Format,
     header,
     initial_checksum,
-    parse_header,
     read_result,
     read_stream_words,
     status_error,
     trailer,
+    trailer_error,
     trailer_size,
 )
 
 Z_NO_FLUSH, Z_SYNC_FLUSH, Z_FULL_FLUSH, Z_FINISH = (zlib.Z_NO_FLUSH, zlib.Z_SYNC_FLUSH,
                                                      zlib.Z_FULL_FLUSH, zlib.Z_FINISH)
+# Every mode that asks for "everything so far, decodable" without ending the stream.
+SYNC_MODES = frozenset((zlib.Z_PARTIAL_FLUSH, zlib.Z_SYNC_FLUSH, zlib.Z_FULL_FLUSH,
+                        zlib.Z_BLOCK, zlib.Z_TREES))
 
 
 def _again(err: ZipError) -> ZipError:
@@ -197,44 +202,56 @@ class Deflater(_StreamBase):
         return b"".join(out)
 
     def flush(self, mode: int = Z_FINISH) -> bytes:
+        """zlib's flush modes. Z_FINISH ends the stream. Z_SYNC_FLUSH, and the modes that
+        promise less (Z_PARTIAL_FLUSH, Z_BLOCK, Z_TREES), end the engine's job with a sync
+        flush: everything so far is decodable and byte aligned. Z_FULL_FLUSH also means to
+        forget the history; the engine cannot, so it is a sync flush too (the output stays
+        valid; only the restart point is lost)."""
         self._check()
-        if mode == Z_NO_FLUSH:
+        if mode == Z_NO_FLUSH or self._finished:
             return b""
-        if self._finished:
-            return b""
-        pending, self._pending = self._pending, bytearray()
         if mode == Z_FINISH:
+            pending, self._pending = self._pending, bytearray()
             self._finished = True
             return self._job(memoryview(pending), True)
-        if mode in (Z_SYNC_FLUSH, Z_FULL_FLUSH):
-            # A full flush would also reset the history; the engine cannot, so it is a sync flush
-            # (the output stays valid; only random access points are lost).
+        if mode in SYNC_MODES:
+            pending, self._pending = self._pending, bytearray()
             return self._job(memoryview(pending), False)
-        raise ZipError(f"invalid flush mode {mode}")
+        raise ZipError("Error -2 while flushing: inconsistent stream state",
+                       hint=f"{mode} is not a zlib flush mode")
 
     def finish(self) -> bytes:
         return self.flush(Z_FINISH)
 
 
 class Inflater(_StreamBase):
-    """Stream decompression (`decompressobj`): any input size, any output size."""
+    """Stream decompression (`decompressobj`): any input size, any output size; with
+    `max_length`, output (and memory) bounded per call. The header is read by software
+    (errors at the same byte as zlib); the engine does the body and checks the trailer,
+    which is rejected as soon as the bad field has arrived, as zlib does."""
 
     OUT_START = 256 << 10
 
     def __init__(self, engine: EngineParts, fmt: Format) -> None:
         super().__init__(engine, DECOMPRESS)
         self.fmt = fmt
+        self.header: Header | None = None
         self._in = bytearray()
-        self._header_done = fmt.container == "deflate"
         self._pending_out = False
         self._spill = b""
         self._out_size = self.OUT_START
         self._ended = False  # the engine reported the end of the stream
+        self._tail = b""  # the last 8 bytes the engine consumed: trailer checks
         self.unused_data = b""
         self.unconsumed_tail = b""
-        if self._header_done:
-            self.alg = fmt.alg
-            self.checksum = initial_checksum(self.alg)
+        if fmt.container == DEFLATE:
+            self._header_read(Header(0, fmt))
+
+    def _header_read(self, head: Header) -> None:
+        self.header = head
+        self.fmt = head.fmt
+        self.alg = head.fmt.alg
+        self.checksum = initial_checksum(self.alg)
 
     @property
     def eof(self) -> bool:
@@ -257,15 +274,16 @@ class Inflater(_StreamBase):
         self._check()
         self._in += data
         out = bytearray(self._take_spill(max_length))
-        if not self._header_done:
-            parsed = parse_header(self._in, self.fmt)
-            if parsed is None:
+        if self.header is None:
+            try:
+                head = scan_header(self._in, self.fmt)
+            except ZipDataError as e:
+                self._fail(e)
+            if head is None:
+                self.unconsumed_tail = b""
                 return bytes(out)
-            hlen, self.fmt = parsed
-            del self._in[:hlen]
-            self._header_done = True
-            self.alg = self.fmt.alg
-            self.checksum = initial_checksum(self.alg)
+            del self._in[:head.length]
+            self._header_read(head)
         limited = False
         while not self._ended:
             if max_length and len(out) >= max_length:
@@ -297,35 +315,31 @@ class Inflater(_StreamBase):
         avail = min(dst.size, hw.HZ_MAX_SIZE, room or hw.HZ_MAX_SIZE)
         job = self._run(self.fmt, src, n, dst, avail, finish=False)
         st = job.status & hw.STATUS_MASK
+        used = min(job.consumed, n)
+        self._tail = (self._tail + bytes(src.view[max(0, used - 8):used]))[-8:]
+        if st == hw.STATUS_CRC_ERR:
+            self._fail(trailer_error(self.alg, job.checksum, self._tail))
         if st not in (hw.STATUS_OK, hw.STATUS_NEGACOMPRESS, hw.STATUS_DECOMP_END):
-            self._closed_by_error()
             # Not bound to a local here: this frame would hold its own exception (a cycle).
             self._fail(status_error(st, compress=False) or ZipError(f"status {st:#x}"))
         self._new = False
         self.checksum, self.isize = job.checksum, job.isize
         out += dst.view[:job.produced]
-        del self._in[:job.consumed]
+        del self._in[:used]
         self._pending_out = (job.tag & hw.CTX_ST_MASK) in (hw.CTX_ST_DECOMP_NO_SPACE,
                                                             hw.CTX_ST_DECOMPING_NO_SPACE)
         if self._pending_out and not room and self._out_size < hw.HZ_MAX_SIZE:
             self._out_size = min(self._out_size * 4, hw.HZ_MAX_SIZE)
         if st == hw.STATUS_DECOMP_END:
             tlen = trailer_size(self.alg)
-            if tlen and job.consumed >= tlen:
-                got = bytes(src.view[job.consumed - tlen:job.consumed])
-                if got != trailer(self.alg, job.checksum, job.isize):
-                    self._closed_by_error()
-                    self._fail(ZipDataError("Error -3 while decompressing data: incorrect data "
-                                            "check"))
+            # The engine checked the trailer; its report is checked against the bytes too.
+            if tlen and self._tail[-tlen:] != trailer(self.alg, job.checksum, job.isize):
+                self._fail(trailer_error(self.alg, job.checksum, self._tail))
             self._ended = True
             self.unused_data = bytes(self._in)
             self._in.clear()
             return False
-        return bool(job.consumed or job.produced or self._pending_out)
-
-    def _closed_by_error(self) -> None:
-        self._in.clear()
-        self._pending_out = False
+        return bool(used or job.produced or self._pending_out)
 
     def flush(self, length: int = 0) -> bytes:
         """Remaining output (zlib's `Decompress.flush`): pending output is produced; input

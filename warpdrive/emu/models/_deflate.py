@@ -72,8 +72,15 @@ def _trailer_len(alg: int) -> int:
     return {L.ALG_ZLIB: 4, L.ALG_GZIP: 8}.get(alg, 0)
 
 
-def _check_trailer(alg: int, trailer: bytes | bytearray, checksum: int, isize: int) -> bool:
-    return bytes(trailer) == _trailer(alg, checksum, isize)
+def _bad_trailer_field(alg: int, got: bytes | bytearray, checksum: int, isize: int) -> int:
+    """0 while the trailer bytes received so far are right; else the end offset of the first
+    complete field that is wrong (4: the checksum, 8: gzip's length), so the job stops there,
+    as zlib rejects a trailer field as soon as it has arrived (UNCONFIRMED for the hardware)."""
+    want = _trailer(alg, checksum, isize)
+    for end in (4, 8):
+        if len(got) >= end and bytes(got[end - 4:end]) != want[end - 4:end]:
+            return end
+    return 0
 
 
 class DeflateUnit:
@@ -139,10 +146,11 @@ class DeflateUnit:
         tlen = _trailer_len(alg)
         if tlen:
             trailer = d.unused_data[:tlen]
+            bad = _bad_trailer_field(alg, trailer, checksum, m)
+            if bad:
+                return JobResult(L.STATUS_CRC_ERR, used + bad, m, True, checksum, m)
             if len(trailer) < tlen:
                 return JobResult(L.STATUS_OK, len(src), m, False, checksum, m)
-            if not _check_trailer(alg, trailer, checksum, m):
-                return JobResult(L.STATUS_CRC_ERR, used, m, True, checksum, m)
             used += tlen
         return JobResult(L.STATUS_OK, used, m, True, checksum, m)
 
@@ -223,13 +231,17 @@ class DeflateUnit:
             used = n - len(rest)
         tlen = _trailer_len(alg)
         take = min(tlen - len(st.trailer), len(rest))
+        before = len(st.trailer)
         st.trailer += bytes(rest[:take])
+        bad = _bad_trailer_field(alg, st.trailer, st.checksum, st.isize)
+        if bad:  # consumed ends with the rejected field
+            st.done = True
+            return JobResult(L.STATUS_CRC_ERR, used + bad - before, len(out), True,
+                             st.checksum, st.isize)
         used += take
         if len(st.trailer) < tlen:
             return JobResult(L.STATUS_OK, used, len(out), False, st.checksum, st.isize)
         st.done = True
-        if tlen and not _check_trailer(alg, st.trailer, st.checksum, st.isize):
-            return JobResult(L.STATUS_CRC_ERR, used, len(out), True, st.checksum, st.isize)
         return JobResult(L.STATUS_DECOMP_END, used, len(out), True, st.checksum, st.isize)
 
 

@@ -47,7 +47,9 @@ What it assumes where the facts are UNCONFIRMED:
   from an earlier life of the queue is never taken for work.
 - **Header/trailer split.** Software writes the zlib/gzip header (as UADK does); for the
   ZLIB/GZIP request types the engine produces the deflate body *and* the trailer on the finishing
-  job, and on decompression checks it (status 0x10 on a mismatch). dw31/dw30 carry the running
+  job, and on decompression checks it (status 0x10 on a mismatch, as soon as the bad field, the
+  checksum or then gzip's length, is complete; `consumed` ends with it, as zlib stops at the
+  field it rejects). dw31/dw30 carry the running
   checksum and length, in and out.
 - **Status codes** for corrupt data (0x03), malformed SQEs (0x04) and DMA faults (0x05) are this
   model's choice: the real codes are not published. Output larger than `dest_avail_out` is 0x0e

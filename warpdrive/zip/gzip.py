@@ -1,0 +1,452 @@
+"""gzip files on a ZIP engine, shaped like Python's `gzip` module.
+
+    import warpdrive.zip as wz
+    with wz.open("notes.txt.gz", "wt", encoding="utf-8") as f:     # text through TextIOWrapper
+        f.write("hello\\n")
+    with wz.open("notes.txt.gz") as f:                              # binary: read, readline,
+        for line in f: ...                                          # iterate, peek, seek
+    tarfile.open(fileobj=wz.open("x.tar.gz", "rb"), mode="r:")      # what tarfile needs
+
+`import warpdrive.zip.gzip as gzip` is a drop-in for the module: `open`, `GzipFile`,
+`compress`, `decompress`, `BadGzipFile`, `READ`, `WRITE`. The engine does the deflate body and
+the CRC-32 and length; this module reads and writes the headers (name, mtime) and the members.
+
+Reading is bounded: each read decompresses at most a buffer's worth beyond what was asked, so
+a small file that expands to gigabytes costs no more memory than a large one. Seeking forward
+reads and discards; seeking backward rewinds to the start (a seekable file) and reads again.
+Writing seeks only forward (zeros are written). Errors: `BadGzipFile` (an OSError) for what is
+not gzip or fails its CRC/length check, `EOFError` for a truncated file, `zlib.error` (a
+`ZipDataError`) for a corrupt deflate body, as the `gzip` module raises them.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import os
+import struct
+import time
+import warnings
+import zlib as _zlib
+from typing import IO, Any
+
+from ..devices.zip.errors import ZipDataError
+from ..devices.zip.header import Header, scan_header
+from ..devices.zip.sqe import GZIP, Format
+from . import zlib_api as _z
+from .zlib_api import Where
+
+__all__ = ["READ", "WRITE", "BadGzipFile", "GzipFile", "compress", "decompress", "open"]
+
+READ, WRITE = "rb", "wb"
+READ_BUFFER_SIZE = 128 << 10  # compressed bytes read from the file at a time
+_MEMBER = Format(GZIP, 15)
+_EOF_MSG = "Compressed file ended before the end-of-stream marker was reached"
+
+
+class BadGzipFile(OSError):
+    """The data is not gzip, or a member fails its CRC-32 or length check."""
+
+
+def _gzip_header(name: bytes, mtime: int, level: int) -> bytes:
+    """A member header: FNAME when there is a name, XFL from the level, OS unknown (255)."""
+    xfl = 2 if level == 9 else 4 if level == 1 else 0
+    return (b"\x1f\x8b\x08" + bytes([0x08 if name else 0]) + struct.pack("<L", mtime & 0xFFFFFFFF)
+            + bytes([xfl, 255]) + (name + b"\x00" if name else b""))
+
+
+class _Member:
+    """A gzip compressor (engine or CPU, see zlib_api) whose first 10 bytes of output, the
+    default header every gzip stream starts with, are replaced by our own header."""
+
+    def __init__(self, head: bytes, level: int, device: Where) -> None:
+        self._c = _z.compressobj(level, _z.DEFLATED, 31, device=device)
+        self._head = head
+        self._skip = 10
+
+    def _swap(self, out: bytes) -> bytes:
+        if self._skip:
+            cut = min(self._skip, len(out))
+            self._skip -= cut
+            out = out[cut:]
+            if not self._skip:
+                out, self._head = self._head + out, b""
+        return out
+
+    def compress(self, data: memoryview) -> bytes:
+        return self._swap(self._c.compress(data))
+
+    def flush(self, mode: int = _zlib.Z_FINISH) -> bytes:
+        return self._swap(self._c.flush(mode))
+
+
+def _header_name(filename: str | bytes) -> bytes:
+    fname = os.path.basename(filename)
+    if not isinstance(fname, bytes):
+        try:
+            fname = fname.encode("latin-1")
+        except UnicodeEncodeError:
+            return b""  # RFC 1952: the name is ISO 8859-1; otherwise none is stored
+    return fname[:-3] if fname.endswith(b".gz") else fname
+
+
+class _Input:
+    """The compressed input, with bytes pushed back in front (what a member did not use)."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self.file = file
+        self._front = b""
+
+    def read(self, n: int) -> bytes:
+        if self._front:
+            out, self._front = self._front[:n], self._front[n:]
+            return out
+        return self.file.read(n)
+
+    def prepend(self, data: bytes = b"") -> None:
+        self._front = bytes(data) + self._front
+
+    def rewind(self) -> None:
+        self._front = b""
+        self.file.seek(0)
+
+    def seekable(self) -> bool:
+        return bool(self.file.seekable())
+
+
+class _Reader(io.RawIOBase):
+    """The decompressed bytes of every member of a gzip file, in order."""
+
+    def __init__(self, file: IO[bytes], device: Where) -> None:
+        self._fp = _Input(file)
+        self._device = device
+        self._d: _z.Decompress | None = None
+        self._new_member = True
+        self._first = True
+        self._pos = 0
+        self._size = -1
+        self._eof = False
+        self.mtime: int | None = None  # of the last member header read
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self._fp.seekable()
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        with memoryview(b) as view, view.cast("B") as out:
+            data = self.read(len(out))
+            out[:len(data)] = data
+        return len(data)
+
+    def readall(self) -> bytes:
+        chunks: list[bytes] = []
+        while True:
+            data = self.read(1 << 20)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+
+    def _start_member(self) -> bool:
+        """Read the next member's header (after skipping zero padding); False at the end."""
+        got = b""
+        if not self._first:  # members may be followed by zeros (tape padding)
+            while not got:
+                chunk = self._fp.read(1 << 12)
+                if not chunk:
+                    return False
+                got = chunk.lstrip(b"\x00")
+        head: Header | None = None
+        while head is None:
+            if len(got) >= 2 and got[:2] != b"\x1f\x8b":
+                raise BadGzipFile(f"Not a gzipped file ({got[:2]!r})")
+            try:
+                head = scan_header(got, _MEMBER)
+            except ZipDataError as e:
+                raise BadGzipFile(str(e).split(": ", 1)[-1].capitalize()) from None
+            if head is None:
+                more = self._fp.read(64)
+                if not more:
+                    if not got and self._first:
+                        return False  # an empty file holds no members
+                    raise EOFError(_EOF_MSG)
+                got += more
+        self._first = False
+        assert head.gzip is not None
+        self.mtime = head.gzip.mtime
+        self._fp.prepend(got)  # the decompressor reads the header again (it is small)
+        self._d = _z.decompressobj(31, device=self._device)
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            return self.readall()
+        if not size or self._eof:
+            return b""
+        while True:
+            if self._new_member:
+                if not self._start_member():
+                    self._eof = True
+                    self._size = self._pos
+                    return b""
+                self._new_member = False
+            d = self._d
+            assert d is not None
+            buf = self._fp.read(READ_BUFFER_SIZE)
+            try:
+                out = d.decompress(buf, size)
+            except ZipDataError as e:
+                msg = str(e)
+                if "incorrect data check" in msg:
+                    raise BadGzipFile("CRC check failed") from None
+                if "incorrect length check" in msg:
+                    raise BadGzipFile("Incorrect length of data produced") from None
+                raise
+            if d.unconsumed_tail:
+                self._fp.prepend(d.unconsumed_tail)
+            elif d.unused_data:
+                self._fp.prepend(d.unused_data)
+            if d.eof:
+                self._new_member = True
+            if out:
+                break
+            if not buf and not d.eof:
+                raise EOFError(_EOF_MSG)
+        self._pos += len(out)
+        return out
+
+    def _rewind(self) -> None:
+        self._fp.rewind()
+        self._d = None
+        self._new_member = self._first = True
+        self._pos = 0
+        self._eof = False
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self._pos
+        elif whence == io.SEEK_END:
+            if self._size < 0:
+                while self.read(1 << 20):
+                    pass
+            offset += self._size
+        elif whence != io.SEEK_SET:
+            raise ValueError(f"Invalid value for whence: {whence}")
+        if offset < self._pos:
+            self._rewind()
+        while self._pos < offset:
+            if not self.read(min(1 << 20, offset - self._pos)):
+                break
+        return self._pos
+
+
+class GzipFile(io.BufferedIOBase):
+    """A gzip file, as `gzip.GzipFile`: `filename` or `fileobj`, mode r/w/a/x (binary),
+    `compresslevel` (headers only on the engine, which has one level; 0 stores), `mtime`
+    for the header. Extra: `device=` picks the engine (see `warpdrive.zip`)."""
+
+    myfileobj: IO[bytes] | None = None
+
+    def __init__(self, filename: str | bytes | os.PathLike[Any] | None = None,
+                 mode: str | None = None, compresslevel: int = 9,
+                 fileobj: IO[bytes] | None = None, mtime: float | None = None, *,
+                 device: Where = None) -> None:
+        if mode and ("t" in mode or "U" in mode):
+            raise ValueError(f"Invalid mode: {mode!r}")
+        if mode and "b" not in mode:
+            mode += "b"
+        if fileobj is None:
+            if filename is None:
+                raise TypeError("GzipFile needs a filename or a fileobj")
+            fileobj = self.myfileobj = builtins.open(filename, mode or "rb")  # noqa: SIM115
+        if filename is None:
+            filename = getattr(fileobj, "name", "")
+            if not isinstance(filename, str | bytes):
+                filename = ""
+        else:
+            filename = os.fspath(filename)
+        origmode = mode
+        if mode is None:
+            mode = getattr(fileobj, "mode", "rb")
+        self._device = device
+        self.fileobj: IO[bytes] | None = fileobj
+        self.name = filename if isinstance(filename, str) else os.fsdecode(filename)
+        if mode.startswith("r"):
+            self.mode = READ
+            self._raw = _Reader(fileobj, device)
+            self._buffer: io.BufferedReader | None = io.BufferedReader(self._raw)
+        elif mode.startswith(("w", "a", "x")):
+            if origmode is None:
+                warnings.warn("GzipFile was opened for writing, but this will change in "
+                              "future Python releases.  Specify the mode argument for "
+                              "opening it for writing.", FutureWarning, 2)
+            self.mode = WRITE
+            self._buffer = None
+            level = _z.c_int(compresslevel)
+            if not 0 <= level <= 9:
+                raise ValueError(f"compresslevel must be 0..9, not {level}")
+            stamp = int(time.time() if mtime is None else mtime)
+            self._member = _Member(_gzip_header(_header_name(filename), stamp, level), level,
+                                   device)
+            self.offset = 0  # uncompressed bytes written
+        else:
+            raise ValueError(f"Invalid mode: {mode!r}")
+
+    # -- state -----------------------------------------------------------------------------
+    @property
+    def mtime(self) -> int | None:
+        """The mtime of the last member header read (None before reading)."""
+        return self._raw.mtime if self.mode == READ else None
+
+    @property
+    def closed(self) -> bool:
+        return self.fileobj is None
+
+    def _check_not_closed(self) -> None:
+        if self.fileobj is None:
+            raise ValueError("I/O operation on closed file.")
+
+    def _reader(self) -> io.BufferedReader:
+        self._check_not_closed()
+        if self.mode != READ or self._buffer is None:
+            raise OSError(9, "read() on write-only GzipFile object")
+        return self._buffer
+
+    def readable(self) -> bool:
+        return self.mode == READ
+
+    def writable(self) -> bool:
+        return self.mode == WRITE
+
+    def seekable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        self._check_not_closed()
+        assert self.fileobj is not None
+        return self.fileobj.fileno()
+
+    def __repr__(self) -> str:
+        return f"<warpdrive.zip.GzipFile {self.name!r} {id(self):#x}>"
+
+    # -- writing ---------------------------------------------------------------------------
+    def write(self, data: Any) -> int:
+        self._check_not_closed()
+        if self.mode != WRITE:
+            raise OSError(9, "write() on read-only GzipFile object")
+        mv = _z.byte_view(data)
+        if mv.nbytes:
+            assert self.fileobj is not None
+            self.fileobj.write(self._member.compress(mv))
+            self.offset += mv.nbytes
+        return mv.nbytes
+
+    def flush(self, zlib_mode: int = _zlib.Z_SYNC_FLUSH) -> None:
+        self._check_not_closed()
+        if self.mode == WRITE:
+            assert self.fileobj is not None
+            self.fileobj.write(self._member.flush(zlib_mode))
+            self.fileobj.flush()
+
+    def close(self) -> None:
+        fileobj = self.fileobj
+        if fileobj is None:
+            return
+        try:
+            if self.mode == WRITE:
+                fileobj.write(self._member.flush())
+            elif self._buffer is not None:
+                self._buffer.close()
+        finally:
+            self.fileobj = None
+            my, self.myfileobj = self.myfileobj, None
+            if my is not None:
+                my.close()
+
+    # -- reading ---------------------------------------------------------------------------
+    def read(self, size: int | None = -1) -> bytes:
+        return self._reader().read(size)
+
+    def read1(self, size: int = -1) -> bytes:
+        r = self._reader()
+        return r.read1(size if size >= 0 else io.DEFAULT_BUFFER_SIZE)
+
+    def readinto(self, b: Any) -> int:
+        return self._reader().readinto(b)
+
+    def readinto1(self, b: Any) -> int:
+        return self._reader().readinto1(b)
+
+    def peek(self, n: int = 0) -> bytes:
+        return self._reader().peek(n)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._reader().readline(size)
+
+    def rewind(self) -> None:
+        """Go back to the start of the file (read mode)."""
+        self._reader().seek(0)
+
+    def tell(self) -> int:
+        self._check_not_closed()
+        return self.offset if self.mode == WRITE else self._reader().tell()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if self.mode == WRITE:
+            self._check_not_closed()
+            if whence == io.SEEK_CUR:
+                offset += self.offset
+            elif whence != io.SEEK_SET:
+                raise ValueError("Seek from end not supported")
+            if offset < self.offset:
+                raise OSError("Negative seek in write mode")
+            zeros = bytes(1024)
+            while self.offset < offset:
+                self.write(zeros[:min(1024, offset - self.offset)])
+            return self.offset
+        return self._reader().seek(offset, whence)
+
+
+def open(filename: Any, mode: str = "rb", compresslevel: int = 9, encoding: str | None = None,
+         errors: str | None = None, newline: str | None = None, *,
+         device: Where = None) -> Any:
+    """Open a gzip file as `gzip.open` does: binary modes r/w/a/x(b) give a `GzipFile`, text
+    modes (rt, wt, at, xt) a `TextIOWrapper` around one. `filename` may be a path or a file
+    object."""
+    if "t" in mode:
+        if "b" in mode:
+            raise ValueError(f"Invalid mode: {mode!r}")
+    else:
+        for name, value in (("encoding", encoding), ("errors", errors),
+                            ("newline", newline)):
+            if value is not None:
+                raise ValueError(f"Argument '{name}' not supported in binary mode")
+    gz_mode = mode.replace("t", "")
+    if isinstance(filename, str | bytes | os.PathLike):
+        binary = GzipFile(filename, gz_mode, compresslevel, device=device)
+    elif hasattr(filename, "read") or hasattr(filename, "write"):
+        binary = GzipFile(None, gz_mode, compresslevel, filename, device=device)
+    else:
+        raise TypeError("filename must be a str or bytes object, or a file")
+    if "t" in mode:
+        return io.TextIOWrapper(binary, io.text_encoding(encoding), errors, newline)
+    return binary
+
+
+def compress(data: Any, compresslevel: int = 9, *, mtime: float | None = None,
+             device: Where = None) -> bytes:
+    """One gzip member holding `data` (as `gzip.compress`)."""
+    blob = _z.compress(data, compresslevel, 31, device=device)
+    stamp = int(time.time() if mtime is None else mtime)
+    return _gzip_header(b"", stamp, compresslevel) + blob[10:]
+
+
+def decompress(data: Any, *, device: Where = None) -> bytes:
+    """The data of every member (as `gzip.decompress`; zero padding after a member is
+    ignored)."""
+    with GzipFile(fileobj=io.BytesIO(_z.byte_view(data)), device=device) as f:
+        return f.read()
