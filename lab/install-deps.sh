@@ -59,6 +59,13 @@ case $release in
   *) die "--release wants 12 or 13, not '$release'" ;;
 esac
 
+# The zip tests: CPython's own test_zlib/test_gzip judge warpdrive.zip (Debian ships them in
+# libpythonX.Y-testsuite for the system Python); the CLI benchmark compares with pigz.
+base_pkgs+=(pigz)
+if command -v python3 >/dev/null && ! python3 -c 'import test.test_zlib' 2>/dev/null; then
+  base_pkgs+=("libpython$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')-testsuite")
+fi
+
 cache=${WARPDRIVE_LAB_CACHE:-$HOME/.cache/warpdrive-lab}
 qemu_ver=${QEMU_VERSION#*:}  # no epoch in a path
 root=$cache/qemu-root-$qemu_ver

@@ -346,10 +346,11 @@ class Decompress(_NoInstances):
         length = c_ssize(length)
         if length <= 0:
             raise ValueError("length must be greater than zero")
+        if isinstance(self._b, _CpuStream):  # zlib itself, call for call
+            return self._b.flush(length)
         if self._b is None or self._b.eof:
             return b""
-        # zlib's flush(length) returns everything left (length only sizes its first buffer)
-        out = self._b.flush(length) if isinstance(self._b, _CpuStream) else self._b.flush()
+        out = self._b.flush()  # all that is left (zlib's length only sizes a first buffer)
         if self._b.eof and hasattr(self._b, "close"):
             self._b.close()
         return bytes(out)

@@ -51,8 +51,9 @@ class Format:
 
     @classmethod
     def from_wbits(cls, wbits: int, *, decompress: bool) -> Format:
-        """zlib's convention: -15..-9 raw deflate, 9..15 zlib, 25..31 gzip; for decompression
-        also 0 (zlib, window from the header) and 40..47 (zlib or gzip, detected)."""
+        """zlib's convention: -15..-8 raw deflate, 8..15 zlib, 24..31 gzip; for decompression
+        also 0 (zlib, window from the header), 16 (gzip), 32 and 40..47 (zlib or gzip,
+        detected). Which values zlib accepts where is checked in warpdrive.zip.zlib_api."""
         if -15 <= wbits <= -8:
             return cls(DEFLATE, max(-wbits, 9))
         if 8 <= wbits <= 15:
@@ -61,6 +62,10 @@ class Format:
             return cls(GZIP, max(wbits - 16, 9))
         if decompress and wbits == 0:
             return cls(ZLIB, 0)
+        if decompress and wbits == 16:  # gzip, no window given: gzip carries none, so 32 KiB
+            return cls(GZIP, 15)
+        if decompress and wbits == 32:  # zlib or gzip, window from the header
+            return cls(AUTO, 0)
         if decompress and 40 <= wbits <= 47:
             return cls(AUTO, wbits - 32)
         raise ZipError(f"invalid wbits {wbits}",
