@@ -33,6 +33,7 @@ from typing import IO, Any
 from ..devices.zip.errors import ZipDataError
 from ..devices.zip.header import Header, scan_header
 from ..devices.zip.sqe import GZIP, Format
+from ..errors import InvalidArgumentError
 from . import zlib_api as _z
 from .zlib_api import Where
 
@@ -235,7 +236,7 @@ class _Reader(io.RawIOBase):
                     pass
             offset += self._size
         elif whence != io.SEEK_SET:
-            raise ValueError(f"Invalid value for whence: {whence}")
+            raise InvalidArgumentError(f"Invalid value for whence: {whence}")
         if offset < self._pos:
             self._rewind()
         while self._pos < offset:
@@ -256,7 +257,7 @@ class GzipFile(io.BufferedIOBase):
                  fileobj: IO[bytes] | None = None, mtime: float | None = None, *,
                  device: Where = None) -> None:
         if mode and ("t" in mode or "U" in mode):
-            raise ValueError(f"Invalid mode: {mode!r}")
+            raise InvalidArgumentError(f"Invalid mode: {mode!r}")
         if mode and "b" not in mode:
             mode += "b"
         if fileobj is None:
@@ -288,13 +289,13 @@ class GzipFile(io.BufferedIOBase):
             self._buffer = None
             level = _z.c_int(compresslevel)
             if not 0 <= level <= 9:
-                raise ValueError(f"compresslevel must be 0..9, not {level}")
+                raise InvalidArgumentError(f"compresslevel must be 0..9, not {level}")
             stamp = int(time.time() if mtime is None else mtime)
             self._member = _Member(_gzip_header(_header_name(filename), stamp, level), level,
                                    device)
             self.offset = 0  # uncompressed bytes written
         else:
-            raise ValueError(f"Invalid mode: {mode!r}")
+            raise InvalidArgumentError(f"Invalid mode: {mode!r}")
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -308,7 +309,7 @@ class GzipFile(io.BufferedIOBase):
 
     def _check_not_closed(self) -> None:
         if self.fileobj is None:
-            raise ValueError("I/O operation on closed file.")
+            raise InvalidArgumentError("I/O operation on closed file.")
 
     def _reader(self) -> io.BufferedReader:
         self._check_not_closed()
@@ -401,7 +402,7 @@ class GzipFile(io.BufferedIOBase):
             if whence == io.SEEK_CUR:
                 offset += self.offset
             elif whence != io.SEEK_SET:
-                raise ValueError("Seek from end not supported")
+                raise InvalidArgumentError("Seek from end not supported")
             if offset < self.offset:
                 raise OSError("Negative seek in write mode")
             zeros = bytes(1024)
@@ -419,12 +420,12 @@ def open(filename: Any, mode: str = "rb", compresslevel: int = 9, encoding: str 
     object."""
     if "t" in mode:
         if "b" in mode:
-            raise ValueError(f"Invalid mode: {mode!r}")
+            raise InvalidArgumentError(f"Invalid mode: {mode!r}")
     else:
         for name, value in (("encoding", encoding), ("errors", errors),
                             ("newline", newline)):
             if value is not None:
-                raise ValueError(f"Argument '{name}' not supported in binary mode")
+                raise InvalidArgumentError(f"Argument '{name}' not supported in binary mode")
     gz_mode = mode.replace("t", "")
     if isinstance(filename, str | bytes | os.PathLike):
         binary = GzipFile(filename, gz_mode, compresslevel, device=device)

@@ -176,7 +176,7 @@ def decompress(data: Buffer, /, wbits: int = MAX_WBITS, bufsize: int = DEF_BUF_S
     mv = byte_view(data)
     wbits, bufsize = c_int(wbits), c_ssize(bufsize)
     if bufsize < 0:
-        raise ValueError("bufsize must be non-negative")
+        raise InvalidArgumentError("bufsize must be non-negative")
     if wbits not in DECOMPRESS_WBITS:
         raise ZipError("Error -2 while preparing to decompress data: inconsistent stream state",
                        hint="wbits must be -15..-8, 0, 8..15, 16, 24..32 or 40..47")
@@ -327,7 +327,7 @@ class Decompress(_NoInstances):
         mv = byte_view(data)
         max_length = c_ssize(max_length)
         if max_length < 0:
-            raise ValueError("max_length must be non-negative")
+            raise InvalidArgumentError("max_length must be non-negative")
         if self._b is None:  # wbits 0/32: the window comes from the first two bytes
             head = self._head + bytes(mv[:2])
             if len(head) < 2:
@@ -345,7 +345,7 @@ class Decompress(_NoInstances):
     def flush(self, length: int = DEF_BUF_SIZE, /) -> bytes:
         length = c_ssize(length)
         if length <= 0:
-            raise ValueError("length must be greater than zero")
+            raise InvalidArgumentError("length must be greater than zero")
         if isinstance(self._b, _CpuStream):  # zlib itself, call for call
             return self._b.flush(length)
         if self._b is None or self._b.eof:
