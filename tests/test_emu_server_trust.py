@@ -282,7 +282,7 @@ def test_a_dead_server_is_a_lost_connection_not_a_job_timeout(wait: str) -> None
     import warpdrive.zip as wz
     from warpdrive.errors import ConnectionLostError
 
-    eng = wz.open("emu", wait=wait, timeout=25.0, announce=False)
+    eng = wz.open_engine("emu", wait=wait, timeout=25.0, announce=False)
     try:
         s = eng.session("compress")
         s.submit(b"x" * 4096)

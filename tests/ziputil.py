@@ -38,3 +38,20 @@ def sample(size: int, seed: int = 1) -> bytes:
     while len(out) < size:
         out += b" ".join(rng.choice(words) for _ in range(12)) + b"\n"
     return bytes(out[:size])
+
+
+# Peak RSS of a command and the children it waits for (its device model), from wait4 in a
+# small launcher: a child forked straight from a big process (pytest) inherits that process's
+# high-water mark through vfork+exec, which would be measured instead.
+_LAUNCH = ("import os, subprocess, sys\n"
+           "p = subprocess.Popen(sys.argv[2:])\n"
+           "_, status, usage = os.wait4(p.pid, 0)\n"
+           "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+           "sys.exit(os.waitstatus_to_exitcode(status))\n")
+
+
+def run_peak_rss(argv: list[str], report: Path, **kw: Any) -> tuple[int, int]:
+    """(exit status, peak RSS in KiB) of `argv` run through the launcher; `report` is a
+    scratch file for the number; other keywords go to subprocess.run."""
+    r = subprocess.run([sys.executable, "-c", _LAUNCH, str(report), *argv], **kw)
+    return r.returncode, int(report.read_text() or 0)

@@ -1,0 +1,264 @@
+"""warpdrive.zip as users meet it, against the tools they would otherwise use (issue 11).
+
+    python benchmarks/zip_user_bench.py [--quick] [--skip-cli] [--cli-mb 500]
+
+API (in-process, the embedded default: the bundled model over vfio-user): one-shot
+`compress`/`decompress` against the stdlib's `zlib` (level 6 both) at 5 B, 4 KiB, 64 KiB and
+1 MiB; each pair timed alternately in rounds, the median kept, and the ratio taken within the
+round (so machine load cancels out). The 5-byte and 4 KiB rows are measured twice: as users
+get them, and with every job forced onto the engine (`WARPDRIVE_ZIP_CPU_BELOW=0`).
+
+CLI (separate processes on the same cores): `warpdrive compress -c` against `pigz -c -p NCPU`
+and `warpdrive decompress -c` against `gzip -dc` on a mixed file (text, binary, zeros),
+outputs to /dev/null; wall time and the run's peak RSS (os.wait4: the command and its device
+model); then a 1 GiB-of-zeros gzip bomb through `warpdrive decompress`. pigz missing: that row
+says so and is skipped.
+
+Prints a table and one JSON line (`zip_user_bench: {...}`) with the load average before and
+after. Goals (issue 11): 5 B <= 15 us; 4 KiB <= 1.2x zlib's time; decompress >= 0.8x and
+compress >= 0.95x zlib's speed at >= 64 KiB; CLI compress >= 1.0x pigz, decompress >= 1.0x
+gzip -d; peak RSS <= 100 MB both ways and for the bomb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+GOALS = {"oneshot_5B_us": 15.0, "oneshot_4KiB_time_ratio": 1.2, "decompress_speed_ratio": 0.8,
+         "compress_speed_ratio": 0.95, "cli_compress_vs_pigz": 1.0,
+         "cli_decompress_vs_gzip": 1.0, "max_rss_mb": 100.0}
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def sample(size: int, seed: int = 1) -> bytes:
+    """Text-like data, as the tests use."""
+    rng = random.Random(seed)
+    words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+             for _ in range(500)]
+    out = bytearray()
+    while len(out) < size:
+        out += b" ".join(rng.choice(words) for _ in range(12)) + b"\n"
+    return bytes(out[:size])
+
+
+def per_call(fn: Callable[[], object], budget: float) -> float:
+    """Seconds per call: as many calls as fit in `budget` seconds (at least 3)."""
+    fn()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt >= budget and n >= 3:
+            return dt / n
+
+
+def api_rows(quick: bool) -> list[dict]:
+    import warpdrive.zip as wz
+    from warpdrive.zip import zlib_api
+
+    wz.default_engine()  # opened once, as a program's first call would
+    rounds = 3 if quick else 7
+    budget = 0.05 if quick else 0.2
+    rows = []
+    for size in (5, 4096, 65536, 1 << 20):
+        data = sample(size)
+        blob = zlib.compress(data, 6)
+        forced_variants = [False, True] if size <= 4096 else [False]
+        for forced in forced_variants:
+            old = zlib_api.CPU_BELOW
+            if forced:
+                zlib_api.CPU_BELOW = 0
+            try:
+                for op, ours, theirs in (
+                        ("compress", functools.partial(wz.compress, data, 6),
+                         functools.partial(zlib.compress, data, 6)),
+                        ("decompress", functools.partial(wz.decompress, blob),
+                         functools.partial(zlib.decompress, blob))):
+                    t_ours, t_theirs, ratios = [], [], []
+                    for _ in range(rounds):
+                        a = per_call(ours, budget)
+                        b = per_call(theirs, budget)
+                        t_ours.append(a)
+                        t_theirs.append(b)
+                        ratios.append(a / b)
+                    rows.append({"op": op, "size": size, "engine_forced": forced,
+                                 "ours_us": round(statistics.median(t_ours) * 1e6, 1),
+                                 "zlib_us": round(statistics.median(t_theirs) * 1e6, 1),
+                                 "time_ratio": round(statistics.median(ratios), 3),
+                                 "speed_ratio": round(1 / statistics.median(ratios), 3)})
+            finally:
+                zlib_api.CPU_BELOW = old
+    return rows
+
+
+def mixed_file(path: Path, mb: int) -> None:
+    """Text, incompressible and zero runs, interleaved in 1 MiB pieces."""
+    rng = random.Random(7)
+    text = sample(1 << 20)
+    with open(path, "wb") as f:
+        for i in range(mb):
+            kind = i % 10
+            if kind < 6:
+                f.write(text[i % 1000:] + text[:i % 1000])
+            elif kind < 9:
+                f.write(rng.randbytes(1 << 20))
+            else:
+                f.write(bytes(1 << 20))
+
+
+# wait4 in a small launcher: a child vforked from this (bigger) process would report this
+# process's RSS high-water mark instead of its own.
+_LAUNCH = ("import os, subprocess, sys\n"
+           "p = subprocess.Popen(sys.argv[2:])\n"
+           "_, status, usage = os.wait4(p.pid, 0)\n"
+           "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+           "sys.exit(os.waitstatus_to_exitcode(status))\n")
+
+
+def timed(argv: list[str], stdin: Path | None, cwd: Path) -> tuple[float, float, int]:
+    """(wall seconds, peak RSS MB of the command and the children it waited for, status)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    report = cwd / "rss.txt"
+    with open(os.devnull, "wb") as null, \
+            (open(stdin, "rb") if stdin else open(os.devnull, "rb")) as inp:
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-c", _LAUNCH, str(report), *argv], stdin=inp,
+                           stdout=null, stderr=subprocess.PIPE, cwd=cwd, env=env)
+        wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        print(f"  {' '.join(argv)} exited {r.returncode}: "
+              f"{r.stderr.decode(errors='replace').strip()[:300]}", file=sys.stderr)
+    return wall, int(report.read_text() or 0) / 1024, r.returncode
+
+
+def cli_rows(mb: int, quick: bool) -> tuple[list[dict], dict]:
+    wd = [sys.executable, "-m", "warpdrive.cli"]
+    ncpu = os.cpu_count() or 1
+    pigz, gzip = shutil.which("pigz"), shutil.which("gzip")
+    rows: list[dict] = []
+    extra: dict = {}
+    with tempfile.TemporaryDirectory(prefix="zip-user-bench-") as d:
+        tmp = Path(d)
+        src = tmp / "mixed.bin"
+        mixed_file(src, mb)
+        gz = tmp / "mixed.bin.gz"
+        subprocess.run([*wd, "compress", "-q", "-f", str(src)], check=True,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        rounds = 1 if quick else 2
+        pairs = [("compress", [*wd, "compress", "-c", "-q"], src,
+                  [pigz, "-c", "-p", str(ncpu)] if pigz else None, "pigz"),
+                 ("decompress", [*wd, "decompress", "-c", "-q"], gz,
+                  [gzip, "-dc"] if gzip else None, "gzip -d")]
+        for op, ours_argv, inp, theirs_argv, theirs_name in pairs:
+            if theirs_argv is None:
+                rows.append({"op": f"cli {op}", "skipped": f"{theirs_name} is not installed"})
+                continue
+            walls_o, walls_t, rss_o, rss_t, ratios = [], [], [], [], []
+            for _ in range(rounds):
+                w_o, r_o, c_o = timed(ours_argv, inp, tmp)
+                w_t, r_t, c_t = timed(theirs_argv, inp, tmp)
+                if c_o or c_t:
+                    raise SystemExit(f"cli {op} failed")
+                walls_o.append(w_o)
+                walls_t.append(w_t)
+                rss_o.append(r_o)
+                rss_t.append(r_t)
+                ratios.append(w_t / w_o)
+            rows.append({"op": f"cli {op}", "vs": theirs_name, "mb": mb,
+                         "ours_s": round(min(walls_o), 2), "theirs_s": round(min(walls_t), 2),
+                         "ours_MBps": round(mb * 1.048576 / min(walls_o), 1),
+                         "theirs_MBps": round(mb * 1.048576 / min(walls_t), 1),
+                         "speed_ratio": round(max(ratios), 3),
+                         "ours_max_rss_mb": round(max(rss_o), 1),
+                         "theirs_max_rss_mb": round(max(rss_t), 1)})
+        extra["compressed_size_ours"] = gz.stat().st_size
+        if pigz:
+            pz = tmp / "pigz.gz"
+            with open(pz, "wb") as f:
+                subprocess.run([pigz, "-c", "-p", str(ncpu), str(src)], stdout=f, check=True)
+            extra["compressed_size_pigz"] = pz.stat().st_size
+        src.unlink()
+        # the bomb: 1 GiB of zeros in about 1 MiB of gzip
+        bomb = tmp / "bomb.gz"
+        c = zlib.compressobj(9, zlib.DEFLATED, 31)
+        zeros = bytes(1 << 20)
+        with open(bomb, "wb") as f:
+            for _ in range(256 if quick else 1024):
+                f.write(c.compress(zeros))
+            f.write(c.flush())
+        w, rss, code = timed([*wd, "decompress", "-c", "-q"], bomb, tmp)
+        rows.append({"op": "cli decompress bomb", "mb": 256 if quick else 1024,
+                     "ours_s": round(w, 2), "ours_max_rss_mb": round(rss, 1), "status": code})
+    return rows, extra
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer rounds, smaller CLI files")
+    ap.add_argument("--skip-cli", action="store_true")
+    ap.add_argument("--cli-mb", type=int, default=None, help="CLI file size (default 500)")
+    args = ap.parse_args()
+    before = load()
+    api = api_rows(args.quick)
+    cli, extra = ([], {}) if args.skip_cli else cli_rows(
+        args.cli_mb or (64 if args.quick else 500), args.quick)
+    after = load()
+    print(f"load average before {before}, after {after}; {os.cpu_count()} CPUs")
+    print(f"{'op':12} {'size':>8} {'forced':>6} {'ours us':>10} {'zlib us':>10} "
+          f"{'time x':>7} {'speed x':>7}")
+    for r in api:
+        print(f"{r['op']:12} {r['size']:>8} {r['engine_forced']!s:>6} {r['ours_us']:>10} "
+              f"{r['zlib_us']:>10} {r['time_ratio']:>7} {r['speed_ratio']:>7}")
+    for r in cli:
+        print("  ".join(f"{k}={v}" for k, v in r.items()))
+    verdict = {}
+    five = next(r for r in api if r["size"] == 5 and r["op"] == "compress"
+                and not r["engine_forced"])
+    verdict["oneshot_5B_us"] = five["ours_us"]
+    four = next(r for r in api if r["size"] == 4096 and r["op"] == "compress"
+                and not r["engine_forced"])
+    verdict["oneshot_4KiB_time_ratio"] = four["time_ratio"]
+    verdict["decompress_speed_ratio"] = min(r["speed_ratio"] for r in api
+                                            if r["op"] == "decompress" and r["size"] >= 65536)
+    verdict["compress_speed_ratio"] = min(r["speed_ratio"] for r in api
+                                          if r["op"] == "compress" and r["size"] >= 65536)
+    for r in cli:
+        if r.get("vs") == "pigz":
+            verdict["cli_compress_vs_pigz"] = r["speed_ratio"]
+        if r.get("vs") == "gzip -d":
+            verdict["cli_decompress_vs_gzip"] = r["speed_ratio"]
+    rss = [r[k] for r in cli for k in ("ours_max_rss_mb",) if k in r]
+    if rss:
+        verdict["max_rss_mb"] = max(rss)
+    met = {k: (v <= GOALS[k] if k in ("oneshot_5B_us", "oneshot_4KiB_time_ratio", "max_rss_mb")
+               else v >= GOALS[k]) for k, v in verdict.items()}
+    print("verdict:", ", ".join(f"{k}={v} ({'met' if met[k] else 'MISSED'}, goal {GOALS[k]})"
+                                for k, v in verdict.items()))
+    print("zip_user_bench: " + json.dumps({"load_before": before, "load_after": after,
+                                           "cpus": os.cpu_count(), "api": api, "cli": cli,
+                                           "extra": extra, "verdict": verdict, "met": met}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
