@@ -4,7 +4,7 @@
 
 The device is the bundled ZIP model (over vfio-user, in its own process), with the options the
 broker gives it (16 queues, doorbell isolation). Rows, for 4 KiB and 64 KiB compression jobs:
-* `direct`    - one process opens the model itself (`warpdrive.zip.open("emu")`).
+* `direct`    - one process opens the model itself (`warpdrive.zip.open_engine("emu")`).
 * `broker`    - `warpdrive serve emu` owns the model; 1, 2, 4 or 8 client processes each open
                 `broker:SOCKET` and run the same loop at the same time.
 Every client keeps 16 prepared zero-copy jobs in flight (two batches of 8, one doorbell per batch)
@@ -69,7 +69,7 @@ def client(device: str, size: int, duration: float, count: int, mark: bool) -> N
     import warpdrive.zip as wz
 
     opts: dict[str, Any] = {"model_options": MODEL_OPTIONS} if device == "emu" else {}
-    eng = wz.open(device, wait="spin", announce=False, timeout=120, **opts)
+    eng = wz.open_engine(device, wait="spin", announce=False, timeout=120, **opts)
     s = eng.session("compress", wbits=15)
     data = sample(size)
     src = s.buffer(size)

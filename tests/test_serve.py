@@ -83,7 +83,7 @@ def test_client_queues_share_hardware_queues_fairly(tmp_path: Path) -> None:
     """Two hardware queues (one per direction), three clients: they share, each within its
     share of the queue, and all of them finish."""
     with broker_thread(str(tmp_path / "b.sock"), model_options={"queues": "2"}) as rb:
-        engines = [wz.open(rb.name, wait="block") for _ in range(3)]
+        engines = [wz.open_engine(rb.name, wait="block") for _ in range(3)]
         try:
             sessions = [e.session("compress") for e in engines]
             data = [os.urandom(64) * (64 * (i + 1)) for i in range(3)]
@@ -184,7 +184,7 @@ def test_isolation_a_clients_sqes_cannot_reach_anything_else(tmp_path: Path) -> 
 def test_a_dead_clients_queues_and_maps_are_freed(tmp_path: Path) -> None:
     with broker_thread(str(tmp_path / "b.sock"), model_options={"queues": "2"}) as rb:
         (p,) = run_clients(1, {}, f"""
-            eng = wz.open("{rb.name}", wait="spin")
+            eng = wz.open_engine("{rb.name}", wait="spin")
             s = eng.session("compress")
             for _ in range(50):
                 s.submit(os.urandom(1 << 16), flush=False)
@@ -207,7 +207,7 @@ def test_a_dead_clients_queues_and_maps_are_freed(tmp_path: Path) -> None:
         p.stdout.close()
         assert p.stderr is not None
         p.stderr.close()
-        with wz.open(rb.name) as eng:  # the function is whole for the next client
+        with wz.open_engine(rb.name) as eng:  # the function is whole for the next client
             assert zlib.decompress(eng.compress(b"after" * 100)) == b"after" * 100
 
 
@@ -218,7 +218,7 @@ def test_the_brokers_death_is_a_lost_connection(tmp_path: Path) -> None:
                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         eventually(lambda: os.path.exists(sock), 30, "broker listening")
-        eng = wz.open("broker:" + sock, wait="spin", timeout=25)
+        eng = wz.open_engine("broker:" + sock, wait="spin", timeout=25)
         s = eng.session("compress")
         s.submit(b"x" * 4096)
         s.drain()
@@ -272,7 +272,7 @@ def test_the_device_dying_stops_the_broker_and_its_clients_hear_of_it(tmp_path: 
 
 def test_a_forked_child_cannot_use_its_parents_function(tmp_path: Path) -> None:
     with broker_thread(str(tmp_path / "b.sock")) as rb:
-        eng = wz.open(rb.name, wait="block")
+        eng = wz.open_engine(rb.name, wait="block")
         try:
             assert zlib.decompress(eng.compress(b"parent" * 10)) == b"parent" * 10
             pid = os.fork()
@@ -299,7 +299,7 @@ def test_serve_refuses_a_uacce_device(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_corrupt_input_is_the_clients_error_only(tmp_path: Path) -> None:
-    with broker_thread(str(tmp_path / "b.sock")) as rb, wz.open(rb.name) as eng:
+    with broker_thread(str(tmp_path / "b.sock")) as rb, wz.open_engine(rb.name) as eng:
         with pytest.raises(ZipDataError):
             eng.decompress(b"\x78\x9c" + os.urandom(300))
         assert eng.decompress(zlib.compress(b"fine" * 50)) == b"fine" * 50
@@ -368,7 +368,7 @@ def test_socket_mode_and_group_from_the_command_line(tmp_path: Path) -> None:
         eventually(lambda: os.path.exists(sock), 30, "broker listening")
         st = os.stat(sock)
         assert oct(st.st_mode & 0o777) == "0o660" and st.st_gid == 0
-        with wz.open("broker:" + sock) as eng:
+        with wz.open_engine("broker:" + sock) as eng:
             assert eng.decompress(eng.compress(b"abc" * 99)) == b"abc" * 99
         broker.send_signal(signal.SIGTERM)
         assert broker.wait(30) == 0

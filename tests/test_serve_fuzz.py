@@ -167,7 +167,7 @@ def test_fuzzed_vfio_user_messages_do_not_hurt_the_broker(tmp_path: Path) -> Non
                               stderr=open(tmp_path / "broker.log", "wb"))  # noqa: SIM115
     try:
         eventually(lambda: os.path.exists(sock), 30, "broker listening")
-        good = wz.open("broker:" + sock, wait="block")
+        good = wz.open_engine("broker:" + sock, wait="block")
         data = os.urandom(2000) * 5
         rng = random.Random(12)
         total = replies = 0

@@ -31,7 +31,7 @@ QM_HW_V3 = 0x30
 
 
 def test_zip_round_trips_on_the_v3_function(zip_bdf: str, iommu_mode: str) -> None:
-    with binding.bound_to(zip_bdf), wz.open(zip_bdf, backend=iommu_mode) as eng:
+    with binding.bound_to(zip_bdf), wz.open_engine(zip_bdf, backend=iommu_mode) as eng:
         assert eng.backend == iommu_mode
         assert eng.source.version == QM_HW_V3
         for fmt, wbits in FORMATS.items():
@@ -48,7 +48,7 @@ def test_zip_round_trips_on_the_v3_function(zip_bdf: str, iommu_mode: str) -> No
 def test_gzip_reads_ours_and_we_read_gzips(zip_bdf: str, iommu_mode: str,
                                            tmp_path: Path) -> None:
     data = sample(300_000, seed=7)
-    with binding.bound_to(zip_bdf), wz.open(zip_bdf, backend=iommu_mode) as eng:
+    with binding.bound_to(zip_bdf), wz.open_engine(zip_bdf, backend=iommu_mode) as eng:
         ours = tmp_path / "ours.gz"
         ours.write_bytes(eng.compress(data, wbits=31))
         assert subprocess.run(["gzip", "-dc", str(ours)], capture_output=True,
@@ -83,7 +83,7 @@ def test_cli_and_example_on_the_function(zip_bdf: str, tmp_path: Path) -> None:
 
 
 def test_a_job_on_an_unmapped_iova_fails_clearly(zip_bdf: str, iommu_mode: str) -> None:
-    with binding.bound_to(zip_bdf), wz.open(zip_bdf, backend=iommu_mode, timeout=60) as eng:
+    with binding.bound_to(zip_bdf), wz.open_engine(zip_bdf, backend=iommu_mode, timeout=60) as eng:
         s = eng.session("compress")
         src = s.buffer(8192)
         src.view[:8192] = b"f" * 8192

@@ -100,7 +100,7 @@ def open_device(name: str, backend: str = "auto", dma_mask: int | None = None,
     if dn.kind == "uacce":
         raise InvalidArgumentError(
             f"{name} is a uacce device: it hands out SVA queues, not a PCI function",
-            hint="open it with warpdrive.backends.open_uacce(), or use warpdrive.zip.open()")
+            hint="open it with warpdrive.backends.open_uacce(), or use warpdrive.zip.open_engine()")
     if dn.kind == "broker":
         from .vfiouser.client import open_vfio_user
 
