@@ -49,10 +49,10 @@ def server_death(kind: str, wait: str) -> float:
                                   stderr=subprocess.DEVNULL)
         while not os.path.exists(sock):
             time.sleep(0.02)
-        eng = wz.open("broker:" + sock, wait=wait, timeout=60)
+        eng = wz.open_engine("broker:" + sock, wait=wait, timeout=60)
         victim = server.pid
     else:
-        eng = wz.open("emu", wait=wait, timeout=60, announce=False)
+        eng = wz.open_engine("emu", wait=wait, timeout=60, announce=False)
         victim = eng.source.dev.emulator.proc.pid  # type: ignore[attr-defined]
     try:
         s = eng.session("compress")
@@ -103,7 +103,7 @@ def client_death() -> float:
         time.sleep(0.01)
     script = textwrap.dedent(f"""
         import os, time, warpdrive.zip as wz
-        eng = wz.open("broker:{sock}", wait="spin")
+        eng = wz.open_engine("broker:{sock}", wait="spin")
         s = eng.session("compress")
         for _ in range(64):
             s.submit(os.urandom(1 << 16), flush=False)

@@ -308,8 +308,8 @@ def driver_rows(duration: float) -> list[dict[str, Any]]:
     from warpdrive.devices.hisi_qm import regs as qm
 
     executor = "null"
-    eng = wz.open("emu", doorbell="mmap", wait="spin", announce=False,
-                  model_options={"executor": executor})
+    eng = wz.open_engine("emu", doorbell="mmap", wait="spin", announce=False,
+                         model_options={"executor": executor})
     rows = []
     try:
         model_pid = eng.source.dev.emulator.proc.pid

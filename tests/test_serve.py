@@ -112,8 +112,8 @@ def test_a_flooding_client_cannot_starve_another(tmp_path: Path) -> None:
     and completes behind at most A's share, long before A's backlog is done."""
     with broker_thread(str(tmp_path / "b.sock"), model_options={"queues": "2"},
                        broker_opts={"max_inflight": 8}) as rb:
-        a = wz.open(rb.name, wait="block")
-        b = wz.open(rb.name, wait="block")
+        a = wz.open_engine(rb.name, wait="block")
+        b = wz.open_engine(rb.name, wait="block")
         try:
             sa, sb = a.session("compress"), b.session("compress")
             sb.submit(b"warm")  # B's queue started: both share the one compress queue
@@ -244,7 +244,7 @@ def test_the_device_dying_stops_the_broker_and_its_clients_hear_of_it(tmp_path: 
                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     try:
         eventually(lambda: os.path.exists(sock), 30, "broker listening")
-        eng = wz.open("broker:" + sock, wait="spin", timeout=25)
+        eng = wz.open_engine("broker:" + sock, wait="spin", timeout=25)
         s = eng.session("compress")
         src = s.buffer(1 << 16)
         job = s.prepare(src, 1 << 16)  # mapped now: submitting it again needs no message

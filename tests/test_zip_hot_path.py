@@ -26,7 +26,7 @@ def text(i: int, n: int = 3000) -> bytes:
 
 @pytest.fixture(scope="module")
 def engine():
-    eng = wz.open("emu", depth=DEPTH, wait="spin", announce=False)
+    eng = wz.open_engine("emu", depth=DEPTH, wait="spin", announce=False)
     yield eng
     eng.close()
 
@@ -201,7 +201,7 @@ def test_forked_child_cannot_submit_or_poll(engine, session) -> None:
 def test_the_null_executor_completes_jobs_without_doing_them() -> None:
     """What `zip_bench.py --driver` runs against: every job succeeds at once, its whole input
     consumed and nothing produced (the output is the header the driver wrote)."""
-    with wz.open("emu", wait="spin", announce=False,
+    with wz.open_engine("emu", wait="spin", announce=False,
                  model_options={"executor": "null"}) as eng:
         s = eng.session("compress", wbits=15)
         jobs = prepared(s, 40)
@@ -213,11 +213,11 @@ def test_the_null_executor_completes_jobs_without_doing_them() -> None:
             assert len(bytes(job.output)) == 2  # the zlib header, and nothing else
         s.close()
     with pytest.raises(DeviceError, match="executor"):
-        wz.open("emu", announce=False, model_options={"executor": "fast"})
+        wz.open_engine("emu", announce=False, model_options={"executor": "fast"})
 
 
 def test_sessions_with_queues_of_their_own_driven_from_one_thread() -> None:
-    with wz.open("emu", wait="spin", announce=False, model_options={"queues": "4"}) as eng:
+    with wz.open_engine("emu", wait="spin", announce=False, model_options={"queues": "4"}) as eng:
         sessions = [eng.session("compress", own_queue=True) for _ in range(3)]
         batches = [prepared(s, 10, offset=10 * i) for i, s in enumerate(sessions)]
         qns = {s.lane.q.qn for s in sessions}
