@@ -167,7 +167,10 @@ class Cipher:
         sid = self._session(not decrypt)
         rid = self._next_id
         self._next_id += 1
-        opcode = U.VIRTIO_CRYPTO_CIPHER_DECRYPT if decrypt else U.VIRTIO_CRYPTO_CIPHER_ENCRYPT
+        # A session has one direction (virtio 1.2 §5.9.7.2.1); CTR decrypts by encrypting, on its
+        # encrypt session, so it asks for encryption (a device may refuse the contradiction).
+        backwards = decrypt and not alg.symmetric
+        opcode = U.VIRTIO_CRYPTO_CIPHER_DECRYPT if backwards else U.VIRTIO_CRYPTO_CIPHER_ENCRYPT
         self._engine.submit(self, rid, opcode, alg.virtio_algo, sid, ivb, data, out)
         self._pending.add(rid)
         return rid
