@@ -65,14 +65,12 @@ def test_iv_rules() -> None:
 def test_data_rules() -> None:
     for name in ALGORITHMS:  # QEMU refuses partial blocks in every mode, CTR and XTS included
         alg = lookup(name)
-        alg.check_data(16, 4096)
-        alg.check_data(4096, 4096)
+        alg.check_data(16)
+        alg.check_data(1 << 20)  # longer than a request: split (or, XTS, sent alone)
         with pytest.raises(InvalidArgumentError, match="empty"):
-            alg.check_data(0, 4096)
+            alg.check_data(0)
         with pytest.raises(InvalidArgumentError, match="multiple of the 16-byte block"):
-            alg.check_data(17, 4096)
-        with pytest.raises(InvalidArgumentError, match="exceeds"):
-            alg.check_data(4112, 4096)
+            alg.check_data(17)
 
 
 def test_errors_are_warpdrive_errors_and_value_errors() -> None:

@@ -1,19 +1,37 @@
 """Symmetric ciphers on a virtio-crypto device driven from user space.
 
-    import warpdrive
-    from warpdrive.crypto import Cipher, algorithms
+    from warpdrive.crypto import Cipher
 
-    with warpdrive.open("0000:00:02.0") as dev:          # virtio-crypto on vfio-pci
-        print(algorithms(dev))                           # what the device advertises
-        with Cipher("aes-cbc", key, device=dev) as c:
-            ct = c.encrypt(iv, data)                     # one request, waits for it
-            ids = [c.submit(iv, blk) for blk in blocks]  # staged, nothing sent yet
-            done = c.wait()                              # one doorbell for the batch, then poll
+    with Cipher("aes-cbc", key) as c:                    # the first virtio-crypto function on
+        ct = c.encrypt(iv, data)                         # vfio-pci, else the bundled model
+        ids = [c.submit(iv, blk) for blk in blocks]      # staged, nothing sent yet
+        done = c.wait()                                  # one doorbell for the batch, then poll
+
+    with Cipher("aes-xts", key, device="0000:00:02.0", poll=False) as c:  # sleep on MSI-X
+        ...
+
+Which device (`device=`): an open `Device` (`warpdrive.open(...)`) or its engine, or a name: a
+PCI address of a function bound to vfio-pci, ``"emu:crypto"`` (the bundled virtio-crypto model,
+started in its own process) or ``"vfio-user:/path.sock"``. With none, the first virtio-crypto
+function bound to vfio-pci, else the bundled model; the choice is logged on the
+``warpdrive.crypto`` logger (INFO). A device opened from a name is opened once per process and
+shared by every Cipher that names it; it closes when the process exits.
 
 Algorithms: ``aes-cbc``, ``aes-ecb``, ``aes-ctr``, ``aes-xts`` (keys of 16/24/32 bytes; XTS 32 or
 64). Data must be a non-empty multiple of 16 bytes in every mode (QEMU's backend refuses anything
-else, CTR and XTS included) and at most the engine's request size (64 KiB by default). IVs are 16
-bytes; ECB ignores the IV (pass None).
+else, CTR and XTS included). IVs are 16 bytes; ECB ignores the IV (pass None); XTS takes the
+tweak (the data unit number, 16 bytes little endian).
+
+Any length: a request longer than the engine's request size (64 KiB by default) is split into
+requests of that size, chained as the mode requires (CTR: the counter advances, as a 128-bit
+big-endian number; CBC: each piece's IV is the previous piece's last ciphertext block, so CBC
+encryption sends its pieces one after another while the others go all at once). XTS cannot be
+split (its tweak sequence runs through the whole data unit): a long data unit goes as one request
+from a buffer of its own, up to the device's `max_size`.
+
+Waiting (`poll=`): by default a Cipher busy-polls the ring (no syscall per request, one core busy
+while it waits); ``poll=False`` sleeps on the data queue's MSI-X interrupt instead (a few syscalls
+per wait, no CPU burnt while the device works).
 
 Advertised vs implemented algorithms: a device lists its ciphers in `cipher_algo_l/h`;
 `algorithms(device)` returns exactly that list (QEMU's builtin backend advertises only AES-CBC).
@@ -24,9 +42,10 @@ was sent, and the device keeps working. QEMU's builtin backend in fact implement
 XTS, so those work there. Pass ``strict=True`` to refuse unadvertised algorithms without asking
 the device.
 
-Sessions: QEMU's builtin sessions are per direction (the session's ``op`` decides, not the
-request's opcode), so a Cipher holds an encrypt session (created up front) and a decrypt session
-(created on first decrypt); CTR, which decrypts by encrypting, uses one session for both.
+Sessions: a virtio-crypto session has one direction (virtio 1.2 §5.9.7.2.1), so a Cipher holds
+an encrypt session (created up front) and a decrypt session (created on first decrypt); CTR,
+which decrypts by encrypting, uses its encrypt session both ways. Sessions of a process that dies
+without closing are destroyed by the next process that opens the function.
 
 Every argument is checked before anything reaches the device (`InvalidArgumentError`); a closed
 Cipher raises `ClosedError`. Both are `WarpdriveError`s.
@@ -34,6 +53,10 @@ Cipher raises `ClosedError`. Both are `WarpdriveError`s.
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
+import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import overload
@@ -44,21 +67,89 @@ from .devices.crypto.engine import VirtioCrypto, status_name
 from .errors import ClosedError, DeviceError, InvalidArgumentError, UnsupportedError
 from .uapi import virtio as U
 
-__all__ = ["ALGORITHMS", "Cipher", "Completion", "VirtioCrypto", "algorithms", "engine"]
+__all__ = ["ALGORITHMS", "Cipher", "Completion", "VirtioCrypto", "algorithms", "close_devices",
+           "engine", "find_device", "open_device"]
+
+log = logging.getLogger("warpdrive.crypto")
+EMU_NAME = "emu:crypto"
+VIRTIO_CRYPTO_IDS = (0x1AF4, 0x1040 + U.VIRTIO_ID_CRYPTO)  # modern only: no transitional id
+
+DeviceSpec = Device | VirtioCrypto | str | None
 
 
-def engine(device: Device | VirtioCrypto) -> VirtioCrypto:
-    """The virtio-crypto engine of `device` (started on first use, closed with the device)."""
+# -- devices ----------------------------------------------------------------------------------
+def find_device(sysfs_root: str = "/sys") -> str | None:
+    """The address of the first virtio-crypto function bound to vfio-pci, or None."""
+    from . import pci
+
+    for fn in pci.devices(sysfs_root):
+        if (fn.vendor, fn.device) == VIRTIO_CRYPTO_IDS and fn.driver == "vfio-pci":
+            return fn.bdf
+    return None
+
+
+_shared: dict[tuple[int, str], Device] = {}
+_shared_lock = threading.Lock()
+
+
+def open_device(name: str | None = None, *, backend: str = "auto") -> Device:
+    """This process's shared `Device` for `name` (see the module docstring; None: the first
+    virtio-crypto function on vfio-pci, else the bundled model). Opened on first use, closed
+    when the process exits."""
+    from .backends import open_device as _open
+
+    if name is not None and not isinstance(name, str):
+        raise InvalidArgumentError(
+            f"device must be a Device, a VirtioCrypto engine or a name, not {type(name).__name__}")
+    with _shared_lock:
+        chosen = name
+        if chosen is None:
+            found = find_device()
+            chosen = found or EMU_NAME
+            if found:
+                log.info("warpdrive.crypto: using virtio-crypto function %s on vfio-pci", found)
+            else:
+                log.info("warpdrive.crypto: no virtio-crypto function bound to vfio-pci; using "
+                         "the bundled device model (%s)", EMU_NAME)
+        key = (os.getpid(), chosen)  # a forked child opens its own
+        dev = _shared.get(key)
+        if dev is None or dev.closed:
+            dev = _open(chosen, backend=backend)
+            if not _shared:
+                atexit.register(_close_shared)
+            _shared[key] = dev
+            log.info("warpdrive.crypto: opened %s (%s backend)", dev.name, dev.backend)
+        return dev
+
+
+def close_devices() -> None:
+    """Close the devices this process opened by name (and stop a model it started); the next
+    Cipher opens them again. Runs at exit anyway."""
+    _close_shared()
+
+
+def _close_shared() -> None:
+    with _shared_lock:
+        devs = [d for (pid, _), d in _shared.items() if pid == os.getpid()]
+        _shared.clear()
+    for d in devs:
+        try:
+            d.close()
+        except Exception as e:  # exiting: say it, do not raise
+            log.warning("warpdrive.crypto: closing %s: %s", d.name, e)
+
+
+def engine(device: DeviceSpec = None, *, backend: str = "auto") -> VirtioCrypto:
+    """The virtio-crypto engine of `device` (see the module docstring), started on first use and
+    closed with its device."""
     if isinstance(device, VirtioCrypto):
         return device
     if not isinstance(device, Device):
-        raise InvalidArgumentError(
-            f"device must be an open warpdrive Device (warpdrive.open(bdf)), not "
-            f"{type(device).__name__}")
+        device = open_device(device, backend=backend)
     return VirtioCrypto.of(device)
 
 
-def algorithms(device: Device | VirtioCrypto) -> list[str]:
+def algorithms(device: DeviceSpec = None) -> list[str]:
     """The cipher algorithms (of the ones this driver knows) the device advertises."""
     return engine(device).config.advertised_ciphers()
 
@@ -94,32 +185,52 @@ def _check_out(out: object, n: int) -> None:
         raise InvalidArgumentError(f"out holds {size} bytes; the result needs {n}")
 
 
+@dataclass
+class _Split:
+    """One caller request carried as several device requests (see the module docstring)."""
+
+    rid: int
+    out: bytearray | memoryview  # the whole destination
+    given: bool  # `out` is the caller's (else ours, returned as bytes)
+    n: int
+    left: int  # pieces not completed yet
+    status: int = U.VIRTIO_CRYPTO_OK
+    # CBC encryption only: what the next piece needs
+    data: memoryview | None = None
+    next_off: int = 0
+    opcode: int = 0
+    session: int = 0
+
+
 class Cipher:
     """One algorithm and key on a virtio-crypto device; see the module docstring."""
 
-    def __init__(self, algorithm: str, key: bytes, *, device: Device | VirtioCrypto,
-                 strict: bool = False) -> None:
+    def __init__(self, algorithm: str, key: bytes, *, device: DeviceSpec = None,
+                 strict: bool = False, poll: bool = True, backend: str = "auto") -> None:
         self.algorithm: CipherAlgorithm = lookup(algorithm)
         if not isinstance(key, (bytes, bytearray, memoryview)):
             raise InvalidArgumentError(f"key must be bytes, not {type(key).__name__}")
         key = bytes(key)
         self.algorithm.check_key(key)
         self._closed = True  # until the first session exists
-        self._engine = engine(device)
+        self._engine = engine(device, backend=backend)
         if strict and self.algorithm.name not in self._engine.config.advertised_ciphers():
             raise UnsupportedError(
                 f"{self._engine.device.name} does not advertise {self.algorithm.name}",
                 hint=f"it advertises {', '.join(algorithms(self._engine)) or 'nothing known'};"
                 " pass strict=False to try anyway")
+        if not poll and not self._engine.can_sleep:
+            raise UnsupportedError(
+                f"{self._engine.device.name} gives its data queue no MSI-X vector, so a Cipher "
+                "cannot sleep on it", hint="use poll=True")
+        self.poll_mode = poll
         self._key = key
         self._sessions: dict[bool, int] = {}  # encrypt? -> session id
         self._done: deque[Completion] = deque()
-        self._results: dict[int, Completion] = {}
         self._pending: set[int] = set()
+        self._splits: dict[int, _Split] = {}  # device request tag -> the caller request
         self._next_id = 0
         self._sessions[True] = self._engine.create_session(self.algorithm, key, True)
-        if self.algorithm.symmetric:
-            self._sessions[False] = self._sessions[True]
         self._closed = False
 
     # -- properties ------------------------------------------------------------------------
@@ -132,7 +243,12 @@ class Cipher:
         return self._closed
 
     @property
+    def device(self) -> Device:
+        return self._engine.device
+
+    @property
     def max_request(self) -> int:
+        """The size of one device request: longer data is split (or, for XTS, sent alone)."""
         return self._engine.max_request
 
     @property
@@ -147,6 +263,10 @@ class Cipher:
                 self.algorithm, self._key, encrypt)
         return sid
 
+    def _tag(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
+
     def submit(self, iv: bytes | None, data: bytes | bytearray | memoryview, *,
                decrypt: bool = False, out: bytearray | memoryview | None = None) -> int:
         """Stage one request; returns its id. Nothing is sent until `poll`/`wait`/`flush`,
@@ -159,26 +279,85 @@ class Cipher:
         ivb = alg.check_iv(iv)
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise InvalidArgumentError(f"data must be bytes-like, not {type(data).__name__}")
-        alg.check_data(len(data), self._engine.max_request)
+        mv = memoryview(data).cast("B") if isinstance(data, memoryview) else data
+        n = len(mv)
+        alg.check_data(n)
         if out is not None:
-            _check_out(out, len(data))
+            _check_out(out, n)
             if isinstance(out, memoryview) and out.format != "B":
                 out = out.cast("B")
-        sid = self._session(not decrypt)
-        rid = self._next_id
-        self._next_id += 1
         # A session has one direction (virtio 1.2 §5.9.7.2.1); CTR decrypts by encrypting, on its
         # encrypt session, so it asks for encryption (a device may refuse the contradiction).
         backwards = decrypt and not alg.symmetric
+        sid = self._session(not backwards)
         opcode = U.VIRTIO_CRYPTO_CIPHER_DECRYPT if backwards else U.VIRTIO_CRYPTO_CIPHER_ENCRYPT
-        self._engine.submit(self, rid, opcode, alg.virtio_algo, sid, ivb, data, out)
+        rid = self._tag()
+        eng = self._engine
+        if n <= eng.max_request:
+            eng.submit(self, rid, opcode, alg.virtio_algo, sid, ivb, mv, out)
+        elif alg.name == "aes-xts":
+            eng.submit_large(self, rid, opcode, alg.virtio_algo, sid, ivb, mv, out)
+        else:
+            self._submit_split(rid, opcode, sid, ivb, memoryview(mv).cast("B"), out, backwards)
         self._pending.add(rid)
         return rid
 
+    def _submit_split(self, rid: int, opcode: int, sid: int, iv: bytes, data: memoryview,
+                      out: bytearray | memoryview | None, decrypt: bool) -> None:
+        n, step = len(data), self._engine.max_request
+        dest: bytearray | memoryview = bytearray(n) if out is None else out
+        offsets = range(0, n, step)
+        split = _Split(rid, dest, out is not None, n, len(offsets))
+        name = self.algorithm.name
+        if name == "aes-cbc" and not decrypt:
+            # each piece's IV is the previous piece's output: one piece at a time
+            split.data, split.opcode, split.session = data, opcode, sid
+            split.next_off = step
+            self._submit_piece(split, 0, iv)
+            return
+        for off in offsets:
+            if name == "aes-ctr":
+                piece_iv = ((int.from_bytes(iv, "big") + off // 16) % (1 << 128)).to_bytes(16,
+                                                                                        "big")
+            elif name == "aes-cbc":
+                piece_iv = iv if off == 0 else bytes(data[off - 16:off])  # previous ciphertext
+            else:
+                piece_iv = iv  # ECB: none
+            tag = self._tag()
+            self._splits[tag] = split
+            self._engine.submit(self, tag, opcode, self.algorithm.virtio_algo, sid, piece_iv,
+                                data[off:off + step], memoryview(dest)[off:off + step])
+
+    def _submit_piece(self, split: _Split, off: int, iv: bytes) -> None:
+        assert split.data is not None
+        step = self._engine.max_request
+        tag = self._tag()
+        self._splits[tag] = split
+        self._engine.submit(self, tag, split.opcode, self.algorithm.virtio_algo, split.session,
+                            iv, split.data[off:off + step], memoryview(split.out)[off:off + step])
+
     def _deliver(self, tag: int, status: int,
                  data: bytes | bytearray | memoryview | None) -> None:
-        self._pending.discard(tag)
-        self._done.append(Completion(tag, status, data))
+        split = self._splits.pop(tag, None)
+        if split is None:
+            self._pending.discard(tag)
+            self._done.append(Completion(tag, status, data))
+            return
+        if status != U.VIRTIO_CRYPTO_OK and split.status == U.VIRTIO_CRYPTO_OK:
+            split.status = status
+        split.left -= 1
+        if split.data is not None and split.left and split.status == U.VIRTIO_CRYPTO_OK:
+            off = split.next_off  # CBC encryption: the next piece, chained on this one's output
+            split.next_off += self._engine.max_request
+            self._submit_piece(split, off, bytes(memoryview(split.out)[off - 16:off]))
+            return
+        if split.left and split.data is None:
+            return
+        self._pending.discard(split.rid)
+        result: bytes | bytearray | memoryview | None = None
+        if split.status == U.VIRTIO_CRYPTO_OK:
+            result = split.out if split.given else bytes(split.out)
+        self._done.append(Completion(split.rid, split.status, result))
 
     def flush(self) -> None:
         """Send every staged request (one doorbell)."""
@@ -194,8 +373,9 @@ class Cipher:
         return out
 
     def wait(self, timeout: float | None = None) -> list[Completion]:
-        """Send staged requests and wait for all of this Cipher's requests in flight."""
-        self._engine.wait_until(lambda: not self._pending, timeout)
+        """Send staged requests and wait for all of this Cipher's requests in flight (busy-
+        polling, or sleeping on the interrupt with poll=False)."""
+        self._engine.wait_until(lambda: not self._pending, timeout, poll=self.poll_mode)
         return self.poll()
 
     def _run(self, iv: bytes | None, data: bytes | bytearray | memoryview, decrypt: bool,
@@ -206,7 +386,7 @@ class Cipher:
         def finished() -> bool:
             return rid not in self._pending
 
-        eng.wait_until(finished)
+        eng.wait_until(finished, poll=self.poll_mode)
         # Completions of other requests stay queued for poll(); take ours out.
         for c in self._done:
             if c.id == rid:
@@ -226,8 +406,8 @@ class Cipher:
 
     def encrypt(self, iv: bytes | None, data: bytes | bytearray | memoryview,
                 out: bytearray | memoryview | None = None) -> bytes | bytearray | memoryview:
-        """Encrypt `data` (a multiple of 16 bytes) and wait for the result (into `out` if
-        given, which is then returned)."""
+        """Encrypt `data` (a multiple of 16 bytes, any length) and wait for the result (into
+        `out` if given, which is then returned)."""
         return self._run(iv, data, False, out)
 
     @overload
@@ -238,8 +418,8 @@ class Cipher:
 
     def decrypt(self, iv: bytes | None, data: bytes | bytearray | memoryview,
                 out: bytearray | memoryview | None = None) -> bytes | bytearray | memoryview:
-        """Decrypt `data` (a multiple of 16 bytes) and wait for the result (into `out` if
-        given, which is then returned)."""
+        """Decrypt `data` (a multiple of 16 bytes, any length) and wait for the result (into
+        `out` if given, which is then returned)."""
         return self._run(iv, data, True, out)
 
     # -- lifetime --------------------------------------------------------------------------
@@ -253,7 +433,7 @@ class Cipher:
             return
         try:
             if self._pending:
-                eng.wait_until(lambda: not self._pending)
+                eng.wait_until(lambda: not self._pending, poll=self.poll_mode)
         finally:
             for sid in set(self._sessions.values()):
                 if sid in eng.sessions:

@@ -223,6 +223,13 @@ class Device(ForkSafe, ABC):
         """IRQ index -> number of vectors routed to eventfds by `enable_irqs`."""
         return {index: len(irqs) for index, irqs in self._irqs.items()}
 
+    @property
+    def persistent_id(self) -> str | None:
+        """Names this function the same way in every process, for as long as it exists; None
+        when it is private to this process (a device model this process started). Drivers key
+        state that must outlive a process by it (e.g. device sessions a dead process left)."""
+        return f"pci:{self.name}"  # the kernel backends: one name whatever the IOMMU backend
+
     def on_close(self, hook: Callable[[], None]) -> None:
         """Run `hook` first when the device closes (plugins stop their queues here)."""
         self._close_hooks.append(hook)

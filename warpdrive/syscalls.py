@@ -179,3 +179,21 @@ def buffer_address(obj: object) -> int:
         return int(pybuf.buf or 0)
     finally:
         ctypes.pythonapi.PyBuffer_Release(ctypes.byref(pybuf))
+
+
+# A full memory barrier without a syscall. Python has no fence, but libc's spin-lock
+# acquisition is a locked read-modify-write (an `xchg` with memory on x86-64), which orders
+# every earlier load and store before every later one. Needed where a store must be visible
+# before a load (the Dekker pattern of "re-enable interrupts, then look once more").
+_fence_lock = ctypes.c_int(0)
+libc.pthread_spin_trylock.argtypes = [ctypes.c_void_p]
+libc.pthread_spin_trylock.restype = ctypes.c_int
+libc.pthread_spin_unlock.argtypes = [ctypes.c_void_p]
+libc.pthread_spin_unlock.restype = ctypes.c_int
+_fence_addr = ctypes.addressof(_fence_lock)
+
+
+def full_fence() -> None:
+    """Order all earlier memory accesses before all later ones (x86-64: a locked `xchg`)."""
+    if libc.pthread_spin_trylock(_fence_addr) == 0:
+        libc.pthread_spin_unlock(_fence_addr)

@@ -74,7 +74,7 @@ from ...uapi.vfio import (
     VFIO_REGION_INFO_CAP_TYPE,
     vfio_region_info_cap_type,
 )
-from .wire import Channel, FrameError, PeerClosed, WireTimeout
+from .wire import Channel, FrameError, PeerClosed, WireTimeout, sock_peer_creds
 
 DEFAULT_TIMEOUT = 5.0  # seconds; QEMU's client uses the same default (x-msg-timeout)
 _CLIENT_MAX_FDS = 16  # what we accept in one reply (we expect at most one)
@@ -363,6 +363,16 @@ class VfioUserDevice(Device):
             self._kick = bytes(P.vfio_user_region_access(P.WARPDRIVE_CTL_KICK, index, 4)) + \
                 bytes(4)
             return
+
+    @property
+    def persistent_id(self) -> str | None:
+        if self.emulator is not None:
+            return None  # a model this process started: it goes away with the process
+        try:
+            pid = sock_peer_creds(self.conn.chan.sock)[0]
+        except OSError:
+            pid = 0
+        return f"vfio-user:{os.path.realpath(self.conn.path)}:{pid}"  # a restarted server differs
 
     # -- Device hooks -----------------------------------------------------------------------
     @property

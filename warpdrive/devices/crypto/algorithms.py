@@ -54,18 +54,13 @@ class CipherAlgorithm:
                 f"{self.name} takes a {self.iv_size}-byte IV, got {got}")
         return bytes(iv)
 
-    def check_data(self, n: int, max_request: int) -> None:
+    def check_data(self, n: int) -> None:
         if n == 0:
             raise InvalidArgumentError(f"{self.name}: nothing to do for empty data")
         if n % self.block:
             raise InvalidArgumentError(
                 f"{self.name} data must be a multiple of the {self.block}-byte block, "
                 f"got {n} bytes", hint="pad the data (e.g. PKCS#7) before encrypting")
-        if n > max_request:
-            raise InvalidArgumentError(
-                f"{self.name} request of {n} bytes exceeds this queue's {max_request}-byte "
-                "request size", hint="split the data, or open the engine with a larger "
-                "max_request")
 
 
 ALGORITHMS: dict[str, CipherAlgorithm] = {

@@ -10,6 +10,18 @@ QEMU reads each part as a byte stream across descriptors, so a request slot here
 of three descriptors: [header+IV] [source] [destination+status]. Only the lengths change per
 request.
 
+Waiting: by default a waiter busy-polls the used ring (no syscall, one busy core). With
+`poll=False` it sleeps on the data queue's MSI-X vector instead: it asks the device for
+interrupts (clears VRING_AVAIL_F_NO_INTERRUPT), fences, looks at the used ring once more, then
+blocks in select() on the vector's eventfd; interrupts are asked for only while someone sleeps.
+
+Requests larger than a slot (`max_request`) go as one request from a buffer of their own
+(`submit_large`: one DMA map per request, one at a time); `warpdrive.crypto.Cipher` splits the
+modes that can be split into slot-sized pieces first, so only XTS data units need this.
+
+Sessions a process leaves when it dies are destroyed by the next engine on the same function
+(`journal.SessionJournal`).
+
 Requests this module never sends, because they break QEMU 10.0:
   * destroying a session id the device did not give us (`cryptodev_builtin_close_session`
     asserts and aborts QEMU); only ids returned by create are destroyed, each once;
@@ -21,6 +33,8 @@ Requests this module never sends, because they break QEMU 10.0:
 from __future__ import annotations
 
 import ctypes
+import logging
+import select
 import struct
 import time
 import weakref
@@ -28,7 +42,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ...device import Device
+from ... import syscalls as sc
+from ...device import Device, Interrupt
 from ...errors import (
     ClosedError,
     DeviceError,
@@ -47,6 +62,9 @@ from ..virtio.pci import (
 )
 from ..virtio.virtqueue import SplitVirtqueue
 from .algorithms import ALGORITHMS, CipherAlgorithm, advertised
+from .journal import SessionJournal, journal_dir
+
+log = logging.getLogger("warpdrive.crypto")
 
 STATUS_NAMES = {
     U.VIRTIO_CRYPTO_OK: "OK",
@@ -73,6 +91,10 @@ _PARA = struct.Struct("<III")  # iv_len, src_data_len, dst_data_len
 # control scratch page layout
 _CTRL_IN_OFF = 512  # session input / destroy status
 DEFAULT_TIMEOUT = 10.0
+# A sleeping waiter looks at the ring at least this often even without an interrupt: the last
+# line of defence against a device that checks the interrupt flag before its used-index store
+# is visible (the driver's side of that race is closed by a fence).
+IRQ_RECHECK_S = 0.05
 
 
 def status_name(status: int) -> str:
@@ -124,6 +146,18 @@ class Receiver(Protocol):
                  data: bytes | bytearray | memoryview | None) -> None: ...
 
 
+@dataclass
+class _Large:
+    """A request carried in a buffer of its own (larger than a slot)."""
+
+    owner: Receiver
+    tag: int
+    buf: DmaBuffer
+    n: int
+    dst_off: int
+    out: bytearray | memoryview | None
+
+
 _engines: weakref.WeakKeyDictionary[Device, VirtioCrypto] = weakref.WeakKeyDictionary()
 
 
@@ -146,7 +180,11 @@ class VirtioCrypto(ForkSafe):
                 and dev.device_id == VIRTIO_PCI_MODERN_DEVICE_BASE + U.VIRTIO_ID_CRYPTO)
 
     def __init__(self, device: Device, *, ring_size: int = 256, max_request: int = 65536,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, interrupts: bool = True,
+                 reclaim: bool = True) -> None:
+        """`interrupts`: route the data queue to an MSI-X vector so waiters may sleep
+        (`wait_until(poll=False)`); polling works either way. `reclaim`: destroy, at start, the
+        sessions a dead previous owner of the function left (and record ours for the next)."""
         if max_request <= 0 or max_request % 16:
             raise InvalidArgumentError(
                 f"max_request must be a positive multiple of 16, got {max_request}")
@@ -160,6 +198,10 @@ class VirtioCrypto(ForkSafe):
         self.dataq: SplitVirtqueue | None = None
         self._ctrl_buf: DmaBuffer | None = None
         self._slots_buf: DmaBuffer | None = None
+        self._data_irq: Interrupt | None = None
+        self._journal: SessionJournal | None = None
+        self._large_busy = False
+        self.reclaimed: list[int] = []  # session ids a dead owner left, destroyed at start
         try:
             device.enable_bus_master()
             t.reset()
@@ -179,7 +221,10 @@ class VirtioCrypto(ForkSafe):
             self.ctrl_index = ndata  # the control queue follows the data queues
             self.ctrlq = SplitVirtqueue(t, self.ctrl_index, min(16, t.queue_max_size(ndata)))
             size = min(ring_size, t.queue_max_size(0))
-            self.dataq = SplitVirtqueue(t, 0, size)
+            if interrupts and device.msix_table() is not None:
+                self._data_irq = t.enable_msix(1)[0]
+            # The device is asked not to interrupt until a waiter sleeps (want_interrupts).
+            self.dataq = SplitVirtqueue(t, 0, size, interrupt=self._data_irq, no_interrupt=True)
             self._ctrl_buf = device.dma.alloc(4096)
             device.dma.hold(self._ctrl_buf, self, "virtio-crypto control requests")
             self._setup_slots(self.dataq)
@@ -189,6 +234,8 @@ class VirtioCrypto(ForkSafe):
             if not self.config.hw_ready:
                 raise DeviceError(f"virtio-crypto {device.name} is not ready (HW_READY clear)",
                                   hint="is the QEMU cryptodev backend running?")
+            if reclaim:
+                self._reclaim()
         except BaseException:
             t.fail()
             self._teardown()
@@ -205,12 +252,35 @@ class VirtioCrypto(ForkSafe):
             _engines[device] = eng
         return eng
 
+    def _reclaim(self) -> None:
+        """Take the function's session journal and destroy what a dead owner left in it."""
+        ident = self.device.persistent_id
+        directory = journal_dir() if ident is not None else None
+        if ident is None or directory is None:
+            if ident is not None:
+                log.warning("virtio-crypto %s: no private runtime directory for the session "
+                            "journal; sessions of a process that dies are not reclaimed",
+                            self.device.name)
+            return
+        self._journal = SessionJournal(ident, directory)
+        for sid in self._journal.acquire():
+            # Recorded only after the device returned it, removed before it is destroyed: this
+            # id exists on the device unless the device forgot it in a reset (then ERR).
+            self._journal.remove(sid)
+            req = U.virtio_crypto_op_ctrl_req()
+            req.header.opcode = U.VIRTIO_CRYPTO_CIPHER_DESTROY_SESSION
+            req.u.destroy_session.session_id = sid
+            status = self._control(bytes(req), 1, f"destroying leftover session {sid}")[0]
+            self.reclaimed.append(sid)
+            log.info("virtio-crypto %s: destroyed session %d a dead process left (%s)",
+                     self.device.name, sid, status_name(status))
+
     # -- data slots ------------------------------------------------------------------------
     def _setup_slots(self, q: SplitVirtqueue) -> None:
         n = self.max_request
         self._in_off = (_SRC_OFF + n + 63) & ~63  # destination+status part of a slot
         stride = self._stride = (self._in_off + n + 1 + 63) & ~63
-        nslots = q.size // 3
+        nslots = (q.size - 3) // 3  # three descriptors each; three stay free for submit_large
         self._slots_buf = buf = self.device.dma.alloc(nslots * stride)
         self.device.dma.hold(buf, self, "virtio-crypto request slots")
         assert buf.iova is not None
@@ -276,6 +346,59 @@ class VirtioCrypto(ForkSafe):
         self.dataq.submit_chain(self._heads[slot], slot)  # type: ignore[union-attr]
         self._staged += 1
 
+    def submit_large(self, owner: Receiver, tag: int, opcode: int, algo: int, session_id: int,
+                     iv: bytes, data: bytes | bytearray | memoryview,
+                     out: bytearray | memoryview | None = None) -> None:
+        """Stage one request larger than a slot, from a DMA buffer of its own (mapped now,
+        unmapped when it completes). One at a time: a second waits for the first."""
+        self._check_alive()
+        if self._closed:
+            raise ClosedError("virtio-crypto engine is closed")
+        n = len(data)
+        if len(iv) + 2 * n > self.config.max_size:
+            raise InvalidArgumentError(
+                f"a {n}-byte request exceeds the device's max_size ({self.config.max_size} bytes"
+                " of IV + source + destination)", hint="use smaller data units")
+        if self._large_busy:
+            self.wait_until(lambda: not self._large_busy)
+        src_off = REQ_LEN + _IV_MAX
+        dst_off = sc.align_up(src_off + n, 64)
+        buf = self.device.dma.alloc(dst_off + n + 1)
+        assert buf.iova is not None
+        view = buf.view
+        _HDR.pack_into(view, 0, opcode, algo, session_id)
+        _PARA.pack_into(view, _PARA_OFF, len(iv), n, n)
+        struct.pack_into("<I", view, _OP_TYPE_OFF, U.VIRTIO_CRYPTO_SYM_OP_CIPHER)
+        view[REQ_LEN:REQ_LEN + len(iv)] = iv
+        view[src_off:src_off + n] = data
+        q = self.dataq
+        assert q is not None
+        try:
+            q.add([(buf.iova, REQ_LEN + len(iv), False), (buf.iova + src_off, n, False),
+                   (buf.iova + dst_off, n + 1, True)], _Large(owner, tag, buf, n, dst_off, out))
+        except BaseException:
+            self.device.dma.unmap(buf)
+            buf.close()
+            raise
+        self._large_busy = True
+        self._staged += 1
+
+    def _finish_large(self, big: _Large) -> None:
+        self._large_busy = False
+        view = big.buf.view
+        status = view[big.dst_off + big.n]
+        data: bytes | bytearray | memoryview | None = None
+        if status == U.VIRTIO_CRYPTO_OK:
+            if big.out is None:
+                data = bytes(view[big.dst_off:big.dst_off + big.n])
+            else:
+                big.out[:big.n] = view[big.dst_off:big.dst_off + big.n]
+                data = big.out
+        del view
+        self.device.dma.unmap(big.buf)  # the device is done with it
+        big.buf.close()
+        big.owner._deliver(big.tag, status, data)
+
     def kick(self) -> int:
         """Publish every staged request with one doorbell; returns how many."""
         n = self._staged
@@ -294,6 +417,9 @@ class VirtioCrypto(ForkSafe):
         in_off = self._in_off
         stride = self._stride
         for slot, _written in done:
+            if isinstance(slot, _Large):
+                self._finish_large(slot)
+                continue
             s: int = slot  # type: ignore[assignment]
             n = self._slot_len[s]
             base = s * stride + in_off
@@ -312,21 +438,34 @@ class VirtioCrypto(ForkSafe):
             self._free_slots.append(s)
             if owner is not None:
                 owner._deliver(self._slot_tag[s], status, data)
+        # A completion may have submitted a follow-up (the next piece of a split CBC
+        # encryption): send it now rather than at the waiter's next kick.
+        self.kick()
         return len(done)
 
     @property
     def in_flight(self) -> int:
         return self.dataq.in_flight if self.dataq is not None else 0
 
-    def wait_until(self, done: Callable[[], bool], timeout: float | None = None) -> None:
-        """Kick, then busy-poll the used ring until `done()`. The clock and the device status
-        are looked at only every few thousand spins, so a wait costs no syscall."""
+    @property
+    def can_sleep(self) -> bool:
+        """Waiters may sleep on an interrupt (the data queue has an MSI-X vector)."""
+        return self._data_irq is not None
+
+    def wait_until(self, done: Callable[[], bool], timeout: float | None = None, *,
+                   poll: bool = True) -> None:
+        """Kick, then wait until `done()`: busy-polling the used ring (`poll`; the clock and the
+        device status are looked at only every few thousand spins, so a wait costs no syscall),
+        or sleeping on the data queue's interrupt."""
         self.kick()
         if done():
             return
         q = self.dataq
         assert q is not None
         limit = self.timeout if timeout is None else timeout
+        if not poll:
+            self._sleep_until(done, limit)
+            return
         deadline = None
         spins = 0
         while True:
@@ -349,6 +488,40 @@ class VirtioCrypto(ForkSafe):
                         "for DMAR faults")
                 if spins & 0xFFFF == 0:
                     self.transport.check_status()
+
+    def _sleep_until(self, done: Callable[[], bool], limit: float) -> None:
+        q, irq = self.dataq, self._data_irq
+        assert q is not None
+        if irq is None:
+            raise UnsupportedError(
+                f"virtio-crypto {self.device.name} has no interrupt for its data queue, so a "
+                "waiter cannot sleep", hint="use poll=True (busy-polling)")
+        irq._check_alive()
+        deadline = time.monotonic() + limit
+        q.want_interrupts(True)
+        try:
+            while True:
+                sc.full_fence()  # the flag store is visible before we look at the ring again
+                if q.has_used():
+                    self.reap()
+                    if done():
+                        return
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.transport.check_status()
+                    raise DeviceTimeoutError(
+                        f"virtio-crypto {self.device.name}: {q.in_flight} request(s) not "
+                        f"completed within {limit} s (waiting on MSI-X)",
+                        hint="the device stopped processing or did not interrupt; check the "
+                        "device's log and dmesg for DMAR faults")
+                ready, _, _ = select.select([irq.fd], [], [], min(left, IRQ_RECHECK_S))
+                if ready:
+                    irq.poll()  # consume the count; the ring says what completed
+                else:
+                    self.transport.check_status()
+        finally:
+            q.want_interrupts(False)
 
     def _wait_for_slot(self) -> None:
         self.wait_until(lambda: bool(self._free_slots))
@@ -404,8 +577,11 @@ class VirtioCrypto(ForkSafe):
                             ctypes.sizeof(U.virtio_crypto_session_input), what)
         out = U.virtio_crypto_session_input.from_buffer_copy(raw)
         if out.status == U.VIRTIO_CRYPTO_OK:
-            self._sessions[out.session_id] = f"{algorithm.name}/{direction}"
-            return int(out.session_id)
+            sid = int(out.session_id)
+            self._sessions[sid] = f"{algorithm.name}/{direction}"
+            if self._journal is not None:
+                self._journal.add(sid)  # only after the device gave it (see journal.py)
+            return sid
         ads = self.config.advertised_ciphers()
         if algorithm.name not in ads and out.status in (U.VIRTIO_CRYPTO_NOTSUPP,
                                                         U.VIRTIO_CRYPTO_ERR):
@@ -428,6 +604,8 @@ class VirtioCrypto(ForkSafe):
                 f"session {session_id} was not created by this driver (or is already destroyed);"
                 " destroying an unknown session would crash QEMU's builtin backend")
         what = f"destroying session {session_id} ({self._sessions[session_id]})"
+        if self._journal is not None:
+            self._journal.remove(session_id)  # before the destroy: a death now leaks, no more
         req = U.virtio_crypto_op_ctrl_req()
         req.header.opcode = U.VIRTIO_CRYPTO_CIPHER_DESTROY_SESSION
         req.u.destroy_session.session_id = session_id
@@ -481,6 +659,11 @@ class VirtioCrypto(ForkSafe):
 
     def _teardown(self) -> None:
         self._closed = True
+        if self._journal is not None:
+            if self._sessions:  # not destroyed (the device failed): the next owner tries again
+                log.warning("virtio-crypto %s: %d session(s) left for the next owner to destroy",
+                            self.device.name, len(self._sessions))
+            self._journal.release(keep_ids=bool(self._sessions))
         dma = self.device.dma
         self._view = None  # type: ignore[assignment]
         for buf in (self._slots_buf, self._ctrl_buf):

@@ -194,6 +194,12 @@ class SplitVirtqueue(ForkSafe):
             self._ring_doorbell(self.index)
         return new
 
+    def want_interrupts(self, on: bool) -> None:
+        """Ask the device to interrupt for used buffers (or not: VRING_AVAIL_F_NO_INTERRUPT).
+        A waiter that turns them on must look at the used ring once more after a full fence
+        (`syscalls.full_fence`), or a buffer used just before the store is never signalled."""
+        self._avail[0] = 0 if on else U.VRING_AVAIL_F_NO_INTERRUPT
+
     def has_used(self) -> bool:
         return self._used16[1] != self._last_used
 

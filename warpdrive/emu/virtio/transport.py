@@ -416,8 +416,7 @@ class VirtioPciModel(DeviceModel):
                     continue
                 self.process(ring)
                 did = True
-                if ring.publish():
-                    self.interrupt_queue(q)
+                self.publish(ring)
             except VirtqueueError as e:
                 self.needs_reset(str(e))
                 return did
@@ -426,8 +425,10 @@ class VirtioPciModel(DeviceModel):
                 return did
         return did
 
-    def interrupt_queue(self, q: QueueConfig) -> None:
-        self._interrupt(q.msix_vector, L.ISR_QUEUE)
+    def publish(self, ring: DeviceVirtqueue) -> None:
+        """Make the chains pushed on `ring` visible, and interrupt if the driver wants it."""
+        if ring.publish():
+            self._interrupt(self._queues[ring.index].msix_vector, L.ISR_QUEUE)
 
     def config_changed(self) -> None:
         """§4.1.5.3: a configuration change notification."""

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from ...syscalls import full_fence
 from . import layout as L
 
 
@@ -184,6 +185,9 @@ class DeviceVirtqueue:
             self.dma.write(base + L.USED_ELEM.size * slot, L.USED_ELEM.pack(head, written))
         self._pending_used.clear()
         self.dma.write(self.device + L.USED_OFF_IDX, self.used_idx.to_bytes(2, "little"))
+        # The index store must be visible before we read the driver's wish (§2.7.7 asks the
+        # same of both sides: the driver re-enables, fences, then looks at the index again).
+        full_fence()
         old, self.signalled = self.signalled, self.used_idx
         if self.event_idx:
             used_event = self._u16(self.driver + L.AVAIL_OFF_RING + 2 * self.size)

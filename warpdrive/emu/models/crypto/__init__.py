@@ -19,11 +19,16 @@ Options (``--set``):
   max_size=16777216   max_size in the config: iv + source + destination bytes per request
   algorithms=aes-ecb,aes-cbc,aes-ctr,aes-xts   offered (cipher_algo_l) and accepted
   indirect=1, event_idx=1   offer VIRTIO_F_INDIRECT_DESC / VIRTIO_F_EVENT_IDX
+  latency_us=0        complete each data request no sooner than this after it was taken (a
+                      slow device, for measuring how drivers wait)
 
 Needs the `cryptography` package (`pip install 'warpdrive[emu-crypto]'`).
 """
 
 from __future__ import annotations
+
+import time
+from collections import deque
 
 from ....errors import InvalidArgumentError
 from ...model import DmaFault
@@ -67,6 +72,8 @@ class VirtioCryptoModel(VirtioPciModel):
             algorithms=frozenset(_ALGO_BY_NAME[n] for n in names), max_sessions=max_sessions,
             max_key_len=64, max_size=max_size)
         self._errors = 0
+        self.latency = option_int(options, "latency_us", 0, 0, 10_000_000) / 1e6
+        self._held: deque[tuple[float, DeviceVirtqueue, Chain, int]] = deque()
 
     def num_queues(self) -> int:
         return self.dataqueues + 1  # data queues 0..N-1, then the control queue (§5.9.2)
@@ -82,8 +89,30 @@ class VirtioCryptoModel(VirtioPciModel):
             self.service.max_key_len, 0, 0, self.service.max_size)
 
     def device_reset(self) -> None:
+        self._held.clear()
         if not self.keep_sessions:
             self.service.clear()
+
+    def poll(self) -> bool:
+        released = self._release_held()
+        return super().poll() or released or bool(self._held)  # keep the server polling
+
+    def _release_held(self) -> bool:
+        """Complete the held requests whose latency has passed, oldest first."""
+        if not self._held or self.broken:
+            return False
+        now = time.monotonic()
+        queues = set()
+        while self._held and self._held[0][0] <= now:
+            _, queue, chain, written = self._held.popleft()
+            queue.push(chain, written)
+            queues.add(queue)
+        try:
+            for queue in queues:
+                self.publish(queue)
+        except DmaFault as e:
+            self.needs_reset(f"used ring unreachable: {e}")
+        return bool(queues)
 
     # -- requests -------------------------------------------------------------------------
     def process(self, queue: DeviceVirtqueue) -> None:
@@ -93,7 +122,10 @@ class VirtioCryptoModel(VirtioPciModel):
             written = self._control(chain) if control else self._data(chain)
             if written is None:
                 return  # the device needs a reset: leave the chain unanswered
-            queue.push(chain, written)
+            if self.latency and not control:
+                self._held.append((time.monotonic() + self.latency, queue, chain, written))
+            else:
+                queue.push(chain, written)
 
     def _refuse(self, what: str, e: RequestError) -> None:
         self._errors += 1
