@@ -30,7 +30,7 @@ import warpdrive
 from warpdrive.device import Device
 from warpdrive.devices import registry
 from warpdrive.uapi import pci_regs as R
-from warpdrive.uapi.vfio import VFIO_PCI_MSI_IRQ_INDEX
+from warpdrive.uapi.vfio import VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX
 
 KERNEL_BACKENDS = ("vfio", "iommufd")
 
@@ -38,7 +38,7 @@ KERNEL_BACKENDS = ("vfio", "iommufd")
 # the kernel backends) and the bundled model (for vfio-user).
 REACH: dict[str, dict[str, str]] = {
     "edu": {"lab": "edu_bdf"},
-    "crypto": {"lab": "crypto_bdf"},
+    "crypto": {"lab": "crypto_bdf", "emu": "crypto"},
     "zip": {"lab": "zip_bdf", "emu": "zip"},
 }
 
@@ -73,7 +73,7 @@ EXERCISE: dict[str, Callable[[Any, Device], None]] = {
 # What init must have set up, beyond bus mastering: (IRQ indexes enabled, DMA mask or None)
 EXPECT: dict[str, tuple[set[int], int | None]] = {
     "edu": ({VFIO_PCI_MSI_IRQ_INDEX}, (1 << 28) - 1),
-    "crypto": (set(), None),  # polls its rings; 64-bit DMA
+    "crypto": ({VFIO_PCI_MSIX_IRQ_INDEX}, None),  # a vector for sleeping waiters; 64-bit DMA
     "zip": ({VFIO_PCI_MSI_IRQ_INDEX}, None),
 }
 

@@ -114,7 +114,7 @@ BUILTIN: tuple[Plugin, ...] = (
         description="virtio-crypto (modern, virtio 1.x): AES ciphers",
         # virtio-crypto has no transitional (legacy) device id: 0x1040 + 20 only.
         ids=((0x1AF4, 0x1054),),
-        backends=("vfio", "iommufd"),
+        backends=("vfio", "iommufd", "vfio-user"),  # vfio-user: the bundled model (emu:crypto)
     ),
     Plugin(
         name="zip",

@@ -166,10 +166,11 @@ class VirtioCrypto(ForkSafe):
     (many requests in flight, one doorbell per batch) and the control queue for sessions.
 
     The crypto plugin's driver class (the contract of `warpdrive.devices.registry`): `probe`
-    by IDs; init (the constructor) enables bus mastering and brings the virtio device up (it
-    polls its rings: no interrupts); `remove()` destroys the sessions and resets the device, so
-    no DMA is in flight, then frees the rings. Get the engine of a device with
-    `VirtioCrypto.of(device)`; it is removed when the device closes."""
+    by IDs; init (the constructor) enables bus mastering, routes one MSI-X vector to the data
+    queue (for waiters that sleep; the device is asked to interrupt only while one does), brings
+    the virtio device up and destroys sessions a dead previous owner left; `remove()` destroys
+    the sessions and resets the device, so no DMA is in flight, then frees the rings. Get the
+    engine of a device with `VirtioCrypto.of(device)`; it is removed when the device closes."""
 
     name = "crypto"
 
