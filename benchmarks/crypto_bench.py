@@ -1,30 +1,41 @@
-"""AES-CBC on QEMU's virtio-crypto: warpdrive's user-space driver vs the kernel's virtio_crypto.
+"""AES-256-CBC through warpdrive's virtio-crypto driver, against the kernel and against software.
 
-    python lab/run.py -- python benchmarks/crypto_bench.py [--quick]
+    python lab/run.py -- python benchmarks/crypto_bench.py [--quick]    # in the lab guest
+    python benchmarks/crypto_bench.py [--quick]                         # on the host
 
-Runs in the lab guest, in one boot, on the same virtio-crypto function:
-  1. kernel path: the function on virtio-pci, the kernel's `virtio_crypto` driver, used through
-     AF_ALG (`skcipher` bound by driver name `virtio_crypto_aes_cbc`, so the generic software
-     AES cannot be measured by mistake; /proc/crypto is checked for that driver first). One
-     request per sendmsg + recv, the synchronous way AF_ALG is normally used.
-  2. warpdrive: the function moved to vfio-pci (warpdrive.binding), the `warpdrive.crypto`
-     Cipher submitting batches of requests (one doorbell per batch) and polling the used ring
-     (`warpdrive`), and again one request per doorbell, each waited for (`warpdrive-b1`, the
-     kernel path's pattern).
-  3. the function is moved back to virtio-pci and the kernel driver is checked again.
+In the lab guest (two virtio-crypto functions: QEMU's builtin backend and warpdrive's model over
+vfio-user), per function:
+  * `kernel`: Linux's virtio_crypto through AF_ALG (`skcipher` bound by driver name
+    virtio_crypto_aes_cbc, so the generic software AES is never measured by mistake), one request
+    per sendmsg + recv_into, the synchronous way AF_ALG is normally used;
+  * `warpdrive`: the function on vfio-pci, `warpdrive.crypto.Cipher` submitting batches (one
+    doorbell per batch) and busy-polling the used ring; `warpdrive-b1`: one request per doorbell,
+    each waited for (the kernel path's pattern); `warpdrive-b1-irq`: the same, sleeping on the
+    data queue's MSI-X vector (`poll=False`) instead of polling.
+On the host: the same warpdrive paths on the bundled model (emu:crypto, its own process) against
+`cryptography` in this process (`software`).
 
-The two phases alternate for three rounds (the function is rebound each time), so both paths see
-the same background load on the shared host; each (path, size) is a fresh worker process timed
-over its hot loop only (setup excluded), and the median of the rounds is reported with min/max.
-In the first round each (path, size) also runs once under `strace -f` for the syscall count.
-Both paths write results into preallocated buffers (recv_into / Cipher.submit(out=...)).
-The worker marks the hot loop with two stat() calls of impossible paths (`/@@wd-hot-begin@@`,
-`/@@wd-hot-end@@`); every syscall line strace records between the two markers, in any thread of
-the worker, is counted and divided by the ops in that loop. Timing calls sit outside the markers.
-strace slows syscalls down, which is why the timed runs are separate.
+Method. Every (path, size) is timed for a fixed time (not a fixed count, so a run has a known
+length), over several rounds; both phases of a round run back to back, so the ratio of a round
+compares two paths under the same background load, and the table gives min / median / max over
+rounds for every figure and for the per-round ratios. CPU per op is the worker process's CPU time
+(user + system) over its hot loop. Each path is one fresh worker process per round (setup outside
+the timing). Syscalls per op come from `strace -f` over a separate, shorter run of each path at
+4 KiB: every syscall line between two marker stat() calls (`/@@wd-hot-begin@@`,
+`/@@wd-hot-end@@`), in any thread of the worker, divided by the ops in between (strace slows
+syscalls down, hence the separate run). Before every measurement the worker times a pure-Python
+loop (`speed`, Mloop/s): the CPU the guest actually got, which under TCG on a shared host is what
+moves.
 
-Both paths run under TCG in the lab, so absolute numbers mean little: the ratio is the result.
-Output: a table, then one JSON line (`{"bench": "crypto", "rows": [...], "ratio_4k": ...}`).
+`--hog` (on by default in the full lab run) measures why the ratio moves between runs: the 4 KiB
+kernel and warpdrive (batch) figures on QEMU's function again, each without and then with one
+extra busy process in the guest (one more runnable thread on the 2-core host, as another job on
+the host would be), started by the worker after its setup.
+
+Progress goes to stderr line by line; the table and one JSON line (`{"bench": "crypto", ...}`) to
+stdout at the end. The lab rebinds the functions: it never leaves virtio_crypto without a
+function (that would make Linux register and self-test cbc(aes) again), and waits for the
+kernel's self-tests to finish before moving any function.
 """
 
 from __future__ import annotations
@@ -32,14 +43,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
-import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -49,9 +62,21 @@ KERNEL_DRIVER = "virtio_crypto_aes_cbc"
 MARK_BEGIN = "/@@wd-hot-begin@@"
 MARK_END = "/@@wd-hot-end@@"
 SIZES = (64, 4096, 65536)
-ROUNDS = 3  # kernel phase + warpdrive phase, alternated; the median is reported (1: --quick)
 KEY = bytes(range(32))
 IV = bytes(range(16, 32))
+T0 = time.monotonic()
+
+
+def say(msg: str) -> None:
+    print(f"[{time.monotonic() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def loadavg() -> list[float]:
+    """1, 5 and 15 minute load averages (of the guest, in the lab)."""
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return []
 
 
 # ------------------------------------------------------------------------------- worker side
@@ -62,249 +87,485 @@ def _mark(path: str) -> None:
         pass
 
 
-def _kernel_loop(size: int, ops: int, mark: bool) -> float:
+def speed_index(seconds: float = 0.05) -> float:
+    """Millions of trivial Python loop iterations per second: the CPU this process gets."""
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(10_000):
+            pass
+        n += 10_000
+    return n / (time.perf_counter() - t0) / 1e6
+
+
+def timed(step: Callable[[], int], seconds: float) -> dict[str, float]:
+    """Run `step` (returns ops done) for `seconds`; ops, wall, CPU and the speed before."""
+    speed = speed_index()
+    step()  # warm-up (sessions, lazy setup, caches)
+    ops = 0
+    c0, t0 = time.process_time(), time.perf_counter()
+    while True:
+        ops += step()
+        wall = time.perf_counter() - t0
+        if wall >= seconds:
+            break
+    cpu = time.process_time() - c0
+    return {"ops": ops, "seconds": wall, "cpu": cpu, "speed": speed}
+
+
+def traced(step: Callable[[], int], ops: int) -> dict[str, float]:
+    """A fixed number of ops between the two markers (for strace; no clock in the loop)."""
+    step()
+    done = 0
+    _mark(MARK_BEGIN)
+    while done < ops:
+        done += step()
+    _mark(MARK_END)
+    return {"ops": done}
+
+
+def _kernel_step(size: int) -> tuple[Callable[[], int], Callable[[], None]]:
+    import socket
+
     s = socket.socket(socket.AF_ALG, socket.SOCK_SEQPACKET, 0)
     s.bind(("skcipher", KERNEL_DRIVER))
     s.setsockopt(socket.SOL_ALG, socket.ALG_SET_KEY, KEY)
     op, _ = s.accept()
-    data = os.urandom(size)
-    out = bytearray(size)
-    # one warm-up request (lazy session creation in the driver)
-    op.sendmsg_afalg([data], op=socket.ALG_OP_ENCRYPT, iv=IV)
-    op.recv_into(out)
-    t0 = time.perf_counter()
-    if mark:
-        _mark(MARK_BEGIN)
-    for _ in range(ops):
+    data, out = os.urandom(size), bytearray(size)
+
+    def step() -> int:
         op.sendmsg_afalg([data], op=socket.ALG_OP_ENCRYPT, iv=IV)
         op.recv_into(out)
-    if mark:
-        _mark(MARK_END)
-    dt = time.perf_counter() - t0
-    op.close()
-    s.close()
-    return dt
+        return 1
+
+    def close() -> None:
+        op.close()
+        s.close()
+
+    return step, close
 
 
-def _warpdrive_loop(bdf: str, backend: str, size: int, ops: int, batch: int,
-                    mark: bool) -> float:
-    import warpdrive
-    from warpdrive.crypto import Cipher
+def _software_step(size: int) -> tuple[Callable[[], int], Callable[[], None]]:
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-    with warpdrive.open(bdf, backend=backend) as dev, Cipher("aes-cbc", KEY, device=dev) as c:
-        data = os.urandom(size)
-        # results land in preallocated buffers, as the kernel path's recv_into does
-        outs = [bytearray(size) for _ in range(batch)]
-        for i in range(batch):  # warm-up
-            c.submit(IV, data, out=outs[i])
-        c.wait()
-        t0 = time.perf_counter()
-        if mark:
-            _mark(MARK_BEGIN)
-        done = 0
-        while done < ops:
-            n = min(batch, ops - done)
-            for i in range(n):
-                c.submit(IV, data, out=outs[i])
-            for comp in c.wait():
-                if comp.data is None:
-                    raise SystemExit(f"request failed: status {comp.status}")
-            done += n
-        if mark:
-            _mark(MARK_END)
-        return time.perf_counter() - t0
+    aes, data, out = algorithms.AES(KEY), os.urandom(size), bytearray(size + 16)
+
+    def step() -> int:
+        Cipher(aes, modes.CBC(IV)).encryptor().update_into(data, out)
+        return 1
+
+    return step, lambda: None
+
+
+def _warpdrive_step(cipher: Any, size: int, batch: int) -> Callable[[], int]:
+    data = os.urandom(size)
+    outs = [bytearray(size) for _ in range(batch)]  # results land in preallocated buffers
+
+    def step() -> int:
+        for i in range(batch):
+            cipher.submit(IV, data, out=outs[i])
+        for comp in cipher.wait():
+            if comp.data is None:
+                raise SystemExit(f"request failed: status {comp.status}")
+        return batch
+
+    return step
 
 
 def worker(args: argparse.Namespace) -> None:
-    if args.worker == "kernel":
-        dt = _kernel_loop(args.size, args.ops, args.mark)
+    """One path (or a group of warpdrive paths) over every size; a JSON line per result."""
+    sizes = [int(x) for x in args.sizes.split(",")]
+    results: list[dict[str, Any]] = []
+
+    def run(path: str, size: int, step: Callable[[], int]) -> None:
+        if args.mark:
+            results.append({"path": path, "size": size, **traced(step, args.ops)})
+            return
+        for hog in ((False, True) if args.hog else (None,)):
+            with busy(bool(hog)):
+                r = timed(step, args.seconds)
+            results.append({"path": path, "size": size, **r,
+                            **({} if hog is None else {"hog": hog})})
+
+    if args.worker in ("kernel", "software"):
+        make = _kernel_step if args.worker == "kernel" else _software_step
+        for size in sizes:
+            step, close = make(size)
+            try:
+                run(args.worker, size, step)
+            finally:
+                close()
     else:
-        dt = _warpdrive_loop(args.bdf, args.backend, args.size, args.ops, args.batch, args.mark)
-    print(json.dumps({"seconds": dt, "ops": args.ops}))
+        import warpdrive
+        from warpdrive.crypto import Cipher
+
+        with warpdrive.open(args.device, backend=args.backend) as dev:
+            for path in args.paths.split(","):
+                batch = args.batch if path == "warpdrive" else 1
+                with Cipher("aes-cbc", KEY, device=dev, poll=not path.endswith("-irq")) as c:
+                    for size in sizes:
+                        run(path, size, _warpdrive_step(c, size, batch))
+    print(json.dumps(results))
 
 
 # ------------------------------------------------------------------------------- driver side
-def find_crypto_bdf() -> str:
-    for d in sorted(Path("/sys/bus/pci/devices").iterdir()):
-        try:
-            ids = ((d / "vendor").read_text().strip(), (d / "device").read_text().strip())
-        except OSError:
-            continue
-        if ids == ("0x1af4", "0x1054"):
-            return d.name
-    raise SystemExit("no virtio-crypto function (1af4:1054) in this machine")
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rows: list[dict[str, Any]] = []  # every measurement, with its round and target
+        self.syscalls: dict[tuple[str, str], float] = {}
 
+    def run_worker(self, label: str, extra: list[str], sizes: tuple[int, ...],
+                   strace: bool = False, hog: bool = False) -> list[dict[str, Any]]:
+        a = self.args
+        cmd = [sys.executable, str(Path(__file__).resolve()), *extra,
+               "--sizes", ",".join(map(str, sizes)), "--seconds", str(a.seconds),
+               "--batch", str(a.batch), "--backend", a.backend]
+        if hog:
+            cmd.append("--hog")
+        trace = None
+        if strace:
+            fd, trace = tempfile.mkstemp(prefix="wd-strace-", suffix=".txt")
+            os.close(fd)
+            cmd = ["strace", "-f", "-qq", "-o", trace, *cmd, "--mark", "--ops", str(a.trace_ops)]
+        t = time.monotonic()
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise SystemExit(f"worker {label} failed:\n{proc.stdout}{proc.stderr}")
+        results: list[dict[str, Any]] = json.loads(proc.stdout.strip().splitlines()[-1])
+        if trace is not None:
+            text = Path(trace).read_text()
+            os.unlink(trace)
+            # one marker pair per (path, size), in the order the worker ran them
+            for r, n in zip(results, count_all_hot_syscalls(text)):
+                r["syscalls"] = n
+        for r in results:
+            if "seconds" in r:
+                say(f"{label:<22} {r['path'] + (' +hog' if r.get('hog') else ''):<17} "
+                    f"{r['size']:>6} B  "
+                    f"{r['ops'] / r['seconds']:>9.1f} ops/s  cpu {1e6 * r['cpu'] / r['ops']:>7.0f}"
+                    f" us/op  speed {r['speed']:.2f}")
+            else:
+                say(f"{label:<22} {r['path']:<17} {r['size']:>6} B  "
+                    f"{r['syscalls'] / r['ops']:.3f} syscalls/op (strace)")
+        say(f"{label}: worker took {time.monotonic() - t:.1f} s")
+        return results
 
-def driver_of(bdf: str) -> str | None:
-    link = Path("/sys/bus/pci/devices", bdf, "driver")
-    return os.path.basename(os.readlink(link)) if link.is_symlink() else None
-
-
-def proc_crypto_has(driver: str) -> bool:
-    text = Path("/proc/crypto").read_text()
-    return any(re.search(rf"^driver\s*:\s*{re.escape(driver)}\s*$", block, re.M)
-               and re.search(r"^selftest\s*:\s*passed", block, re.M)
-               for block in text.split("\n\n"))
-
-
-def wait_for(cond, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def run_worker(base: list[str], strace: bool) -> tuple[dict, int | None]:  # type: ignore[type-arg]
-    cmd = [sys.executable, str(Path(__file__).resolve()), *base]
-    trace = None
-    if strace:
-        fd, trace = tempfile.mkstemp(prefix="wd-strace-", suffix=".txt")
-        os.close(fd)
-        cmd = ["strace", "-f", "-qq", "-o", trace, *cmd, "--mark"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0:
-        raise SystemExit(f"worker {' '.join(base)} failed:\n{proc.stdout}{proc.stderr}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    count = None
-    if trace is not None:
-        count = count_hot_syscalls(Path(trace).read_text())
-        os.unlink(trace)
-    return result, count
+    def record(self, target: str, rnd: int, results: list[dict[str, Any]]) -> None:
+        for r in results:
+            if "syscalls" in r:
+                self.syscalls[target, r["path"]] = round(r["syscalls"] / r["ops"], 3)
+            else:
+                self.rows.append({"target": target, "round": rnd, **r})
 
 
 def count_hot_syscalls(trace: str) -> int:
-    """Syscall lines strictly between the begin and end markers (a call split by another thread
-    into `<unfinished ...>` and `<... resumed>` counts once)."""
+    """Syscall lines strictly between the first begin and end markers (a call split by another
+    thread into `<unfinished ...>` and `<... resumed>` counts once)."""
+    counts = count_all_hot_syscalls(trace)
+    if not counts:
+        raise SystemExit("strace: hot-loop markers not found in the trace")
+    return counts[0]
+
+
+def count_all_hot_syscalls(trace: str) -> list[int]:
+    out: list[int] = []
     inside = False
     n = 0
     for line in trace.splitlines():
         if MARK_BEGIN in line:
-            inside = True
+            inside, n = True, 0
             continue
         if MARK_END in line:
             if not inside:
                 raise SystemExit("strace: end marker before begin marker")
-            return n
+            out.append(n)
+            inside = False
+            continue
         if not inside or "resumed>" in line or line.split(" ", 1)[-1].startswith("+++") \
                 or "--- SIG" in line:
             continue
         n += 1
-    raise SystemExit("strace: hot-loop markers not found in the trace")
+    return out
 
 
-def timed(path: str, size: int, ops: int, extra: list[str]) -> float:
-    base = ["--worker", path, "--size", str(size), "--ops", str(ops), *extra]
-    return float(run_worker(base, strace=False)[0]["seconds"])
+# -- the lab: two functions, two states per round ------------------------------------------
+def lab(b: Bench) -> dict[str, Any]:
+    from lab import virtio_crypto as vc
+    from warpdrive import binding
+
+    a = b.args
+    qemu = find_function(model=False)
+    assert qemu is not None
+    funcs = {"qemu": qemu}
+    model = find_function(model=True)
+    if model is not None:
+        funcs["model"] = model
+    targets = [t for t in a.targets.split(",") if t in funcs]
+    for bdf in funcs.values():
+        if vc.driver_of(bdf) != "virtio-pci":
+            raise SystemExit(f"{bdf} is on {vc.driver_of(bdf)}, expected virtio-pci at the start")
+    say(f"functions: {funcs}; waiting for the kernel's cbc(aes) self-tests to finish")
+    vc.wait_settled()
+    say("settled")
+
+    def switch(to_kernel: str | None) -> None:
+        """`to_kernel` alone on virtio_crypto (the other on vfio-pci); None: both back."""
+        for name, bdf in funcs.items():  # first bind, then unbind: never zero functions
+            if (to_kernel is None or name == to_kernel) and vc.driver_of(bdf) != "virtio-pci":
+                vc.wait_settled()
+                binding.unbind(bdf)
+        for name, bdf in funcs.items():
+            if to_kernel is not None and name != to_kernel and vc.driver_of(bdf) == "virtio-pci":
+                vc.wait_settled()
+                binding.bind(bdf)
+        vc.wait_settled()
+
+    wd_paths = "warpdrive,warpdrive-b1,warpdrive-b1-irq"
+
+    def kernel(target: str, rnd: int, strace: bool = False, sizes: tuple[int, ...] = SIZES,
+               hog: bool = False) -> None:
+        res = b.run_worker(f"r{rnd} {target} kernel", ["--worker", "kernel"], sizes, strace,
+                           hog)
+        b.record(target, rnd, res)
+
+    def wd(target: str, rnd: int, strace: bool = False, sizes: tuple[int, ...] = SIZES,
+           paths: str = wd_paths, hog: bool = False) -> None:
+        res = b.run_worker(f"r{rnd} {target} warpdrive",
+                           ["--worker", "warpdrive", "--device", funcs[target],
+                            "--paths", paths], sizes, strace, hog)
+        b.record(target, rnd, res)
+
+    try:
+        for rnd in range(1, a.rounds + 1):
+            spent = time.monotonic() - T0
+            if rnd > 1 and spent / (rnd - 1) * rnd > a.budget:
+                say(f"stopping after {rnd - 1} round(s): another would end past the "
+                    f"{a.budget:.0f} s budget (the lab kills a command at 600 s)")
+                a.rounds = rnd - 1
+                break
+            # Two states per round: the kernel serves one function while warpdrive drives the
+            # other, then the other way round. Order: [wd(Y), kernel(X)] [wd(X), kernel(Y)],
+            # so X's two phases are adjacent; X alternates between rounds.
+            x, y = ("qemu", "model") if rnd % 2 else ("model", "qemu")
+            for kt, wt in ((x, y), (y, x)):
+                if kt not in funcs:
+                    continue
+                switch(kt)
+                if wt in targets and wt in funcs and kt != wt:
+                    wd(wt, rnd)
+                    if rnd == 1 and a.strace:
+                        wd(wt, rnd, strace=True, sizes=(4096,))
+                if kt in targets:
+                    kernel(kt, rnd)
+                    if rnd == 1 and a.strace:
+                        kernel(kt, rnd, strace=True, sizes=(4096,))
+            if len(funcs) == 1:  # no model: QEMU's function both ways
+                with vc.off_kernel(qemu):
+                    wd("qemu", rnd)
+        if a.hog and "qemu" in targets:
+            # Why the ratio moves: the same 4 KiB figures, each without and then with one more
+            # busy process (started by the worker after its setup).
+            switch("qemu")
+            kernel("qemu", 0, sizes=(4096,), hog=True)
+            if "model" in funcs:
+                switch("model")
+                wd("qemu", 0, sizes=(4096,), paths="warpdrive", hog=True)
+            else:
+                with vc.off_kernel(qemu):
+                    wd("qemu", 0, sizes=(4096,), paths="warpdrive", hog=True)
+    finally:
+        switch(None)
+        say(f"functions back on virtio-pci: {[vc.driver_of(f) for f in funcs.values()]}")
+    return {"functions": funcs}
 
 
-def traced(path: str, size: int, ops: int, extra: list[str]) -> float:
-    base = ["--worker", path, "--size", str(size), "--ops", str(ops), *extra]
-    count = run_worker(base, strace=True)[1]
-    assert count is not None
-    return round(count / ops, 3)
+@contextmanager
+def busy(on: bool) -> Iterator[None]:
+    """One extra busy process (a pure-Python loop) for the block."""
+    if not on:
+        yield
+        return
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
 
 
-def row(label: str, size: int, ops: int, seconds: list[float], per_op: float) -> dict:  # type: ignore[type-arg]
-    rates = sorted(ops / s for s in seconds)
-    med = rates[len(rates) // 2]
-    return {"path": label, "size": size, "ops": ops, "ops_s": round(med, 1),
-            "ops_s_min": round(rates[0], 1), "ops_s_max": round(rates[-1], 1),
-            "MiB_s": round(med * size / 2**20, 3), "syscalls_per_op": per_op}
+def find_function(model: bool) -> str | None:
+    """QEMU's virtio-crypto function, or (model=True) warpdrive's (subsystem device 0x5744)."""
+    for d in sorted(Path("/sys/bus/pci/devices").iterdir()):
+        try:
+            ids = ((d / "vendor").read_text().strip(), (d / "device").read_text().strip())
+            sub = (d / "subsystem_device").read_text().strip()
+        except OSError:
+            continue
+        if ids == ("0x1af4", "0x1054") and (sub == "0x5744") == model:
+            return d.name
+    if model:
+        return None
+    raise SystemExit("no virtio-crypto function (1af4:1054) in this machine")
+
+
+# -- the host: the model against software --------------------------------------------------
+def host(b: Bench) -> dict[str, Any]:
+    a = b.args
+    for rnd in range(1, a.rounds + 1):
+        res = b.run_worker(f"r{rnd} software", ["--worker", "software"], SIZES)
+        b.record("emu", rnd, res)
+        res = b.run_worker(f"r{rnd} emu:crypto", ["--worker", "warpdrive", "--device",
+                                                    "emu:crypto", "--paths",
+                                                    "warpdrive,warpdrive-b1,warpdrive-b1-irq"],
+                           SIZES)
+        b.record("emu", rnd, res)
+        if rnd == 1 and a.strace and shutil.which("strace"):
+            b.record("emu", rnd, b.run_worker("strace software", ["--worker", "software"],
+                                              (4096,), strace=True))
+            b.record("emu", rnd, b.run_worker(
+                "strace emu:crypto", ["--worker", "warpdrive", "--device", "emu:crypto",
+                                      "--paths", "warpdrive,warpdrive-b1,warpdrive-b1-irq"],
+                (4096,), strace=True))
+    return {}
+
+
+# -- summary -------------------------------------------------------------------------------
+def spread(values: list[float]) -> dict[str, float]:
+    return {"min": round(min(values), 3), "median": round(statistics.median(values), 3),
+            "max": round(max(values), 3)}
+
+
+def summarize(b: Bench, base_path: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows (target, path, size) with spreads, and per-round ratios against `base_path`."""
+    main = [r for r in b.rows if "hog" not in r]
+    keys = sorted({(r["target"], r["path"], r["size"]) for r in main},
+                  key=lambda k: (k[0], PATH_ORDER.index(k[1]), k[2]))
+    rows = []
+    for target, path, size in keys:
+        rs = [r for r in main if (r["target"], r["path"], r["size"]) == (target, path, size)]
+        rows.append({
+            "target": target, "path": path, "size": size, "rounds": len(rs),
+            "ops_s": spread([r["ops"] / r["seconds"] for r in rs]),
+            "cpu_us_per_op": spread([1e6 * r["cpu"] / r["ops"] for r in rs]),
+            "speed": spread([r["speed"] for r in rs]),
+            "syscalls_per_op": b.syscalls.get((target, path)),
+        })
+    ratios: dict[str, Any] = {}
+    for target, path, size in keys:
+        if path == base_path:
+            continue
+        per_round = []
+        for r in main:
+            if (r["target"], r["path"], r["size"]) != (target, path, size):
+                continue
+            base = [x for x in main if (x["target"], x["path"], x["size"], x["round"])
+                    == (target, base_path, size, r["round"])]
+            if base:
+                per_round.append((r["ops"] / r["seconds"]) / (base[0]["ops"] / base[0]["seconds"]))
+        if per_round:
+            ratios.setdefault(target, {}).setdefault(path, {})[str(size)] = spread(per_round)
+    return rows, ratios
+
+
+PATH_ORDER = ["kernel", "software", "warpdrive", "warpdrive-b1", "warpdrive-b1-irq"]
+
+
+def hog_summary(b: Bench) -> dict[str, Any] | None:
+    rows = [r for r in b.rows if "hog" in r]
+    if not rows:
+        return None
+    out: dict[str, Any] = {}
+    for hog in (False, True):
+        k = [r["ops"] / r["seconds"] for r in rows if r["hog"] == hog and r["path"] == "kernel"]
+        w = [r["ops"] / r["seconds"] for r in rows if r["hog"] == hog and r["path"] == "warpdrive"]
+        sp = [r["speed"] for r in rows if r["hog"] == hog]
+        if k and w:
+            out["with_hog" if hog else "no_hog"] = {
+                "kernel_ops_s": spread(k), "warpdrive_ops_s": spread(w),
+                "ratio": round(statistics.median(w) / statistics.median(k), 2),
+                "speed": spread(sp)}
+    return out
+
+
+def print_table(b: Bench, rows: list[dict[str, Any]], ratios: dict[str, Any],
+                base_path: str) -> None:
+    a = b.args
+    print(f"AES-256-CBC, warpdrive batch {a.batch}, {a.rounds} round(s) x {a.seconds} s per "
+          f"figure; min / median / max over rounds; ratio = per-round ops/s over {base_path}")
+    print(f"{'target':<7} {'path':<17} {'size':>6} {'ops/s median':>12} {'(min-max)':>17} "
+          f"{'cpu us/op':>10} {'syscalls/op':>11} {'x ' + base_path:>9} {'(min-max)':>13} "
+          f"{'speed':>6}")
+    for r in rows:
+        rat = ratios.get(r["target"], {}).get(r["path"], {}).get(str(r["size"]))
+        o, c = r["ops_s"], r["cpu_us_per_op"]
+        sc = "" if r["syscalls_per_op"] is None or r["size"] != 4096 else \
+            f"{r['syscalls_per_op']:.3f}"
+        rtxt = f"{rat['median']:.2f}" if rat else ""
+        rspread = f"({rat['min']:.2f}-{rat['max']:.2f})" if rat else ""
+        ospread = f"({o['min']:.0f}-{o['max']:.0f})"
+        print(f"{r['target']:<7} {r['path']:<17} {r['size']:>6} {o['median']:>12.1f} "
+              f"{ospread:>17} {c['median']:>10.0f} {sc:>11} "
+              f"{rtxt:>9} {rspread:>13} {r['speed']['median']:>6.1f}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="fewer ops per size")
-    p.add_argument("--backend", default="auto", help="warpdrive backend (auto/vfio/iommufd)")
+    p.add_argument("--quick", action="store_true", help="one round, short figures, no strace")
+    p.add_argument("--rounds", type=int, help="rounds (default 3; --quick: 1)")
+    p.add_argument("--seconds", type=float, help="time per figure (default 0.6; --quick 0.3)")
     p.add_argument("--batch", type=int, default=32, help="warpdrive requests per doorbell")
-    p.add_argument("--worker", choices=("kernel", "warpdrive"), help=argparse.SUPPRESS)
-    p.add_argument("--size", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--ops", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--bdf", help=argparse.SUPPRESS)
+    p.add_argument("--budget", type=float, default=420.0,
+                   help="lab: start no round that would end after this many seconds")
+    p.add_argument("--backend", default="auto", help="warpdrive backend (auto/vfio/iommufd)")
+    p.add_argument("--targets", default="qemu,model", help="lab functions to measure")
+    p.add_argument("--no-strace", dest="strace", action="store_false", default=None)
+    p.add_argument("--hog", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure the 4 KiB ratio with and without one busy guest process "
+                   "(default: on in a full lab run)")
+    p.add_argument("--worker", choices=("kernel", "software", "warpdrive"), help=argparse.SUPPRESS)
+    p.add_argument("--sizes", default=",".join(map(str, SIZES)), help=argparse.SUPPRESS)
+    p.add_argument("--paths", default="warpdrive", help=argparse.SUPPRESS)
+    p.add_argument("--device", help=argparse.SUPPRESS)
+    p.add_argument("--ops", type=int, default=200, help=argparse.SUPPRESS)
     p.add_argument("--mark", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.seconds = args.seconds or (0.3 if args.quick else 0.6)
     if args.worker:
         worker(args)
         return
-
-    if os.environ.get("WARPDRIVE_IN_LAB") != "1":
-        raise SystemExit("run this in the lab guest: python lab/run.py -- python "
-                         "benchmarks/crypto_bench.py (it rebinds the virtio-crypto function)")
-    if shutil.which("strace") is None:
-        raise SystemExit("strace not found (bash lab/install-deps.sh installs it)")
-    from warpdrive import binding
-
-    bdf = find_crypto_bdf()
-    # ops per size: enough for a stable rate under TCG, few enough for one boot
-    base_ops = {64: 2000, 4096: 2000, 65536: 300}
-    if args.quick:
-        base_ops = {64: 300, 4096: 300, 65536: 60}
-    trace_ops = {64: 200, 4096: 200, 65536: 40}
-    if args.quick:
-        trace_ops = {64: 64, 4096: 64, 65536: 16}
-        global ROUNDS
-        ROUNDS = 1
-
-    start_driver = driver_of(bdf)
-    if start_driver != "virtio-pci":
-        raise SystemExit(f"{bdf} is on {start_driver}, expected virtio-pci at the start")
-    extra = ["--bdf", bdf, "--backend", args.backend, "--batch", str(args.batch)]
-    extra1 = ["--bdf", bdf, "--backend", args.backend, "--batch", "1"]
-    # (label, worker path, extra args, ops factor): warpdrive-b1 is one request per doorbell,
-    # each waited for before the next -- the kernel path's pattern.
-    paths = [("warpdrive", "warpdrive", extra, 1), ("warpdrive-b1", "warpdrive", extra1, 2)]
-    seconds: dict[tuple[str, int], list[float]] = {}
-    per_op: dict[tuple[str, int], float] = {}
-    for rnd in range(ROUNDS):
-        # kernel phase: the function on virtio-pci, driven by virtio_crypto
-        wait_for(lambda: driver_of(bdf) == "virtio-pci", f"{bdf} on virtio-pci")
-        wait_for(lambda: proc_crypto_has(KERNEL_DRIVER), f"{KERNEL_DRIVER} in /proc/crypto")
-        for size in SIZES:
-            seconds.setdefault(("kernel", size), []).append(
-                timed("kernel", size, base_ops[size], []))
-            if rnd == 0:
-                per_op["kernel", size] = traced("kernel", size, trace_ops[size], [])
-        # warpdrive phase: the same function on vfio-pci
-        with binding.bound_to(bdf):
-            if proc_crypto_has(KERNEL_DRIVER):
-                raise SystemExit(f"{KERNEL_DRIVER} still registered with {bdf} on vfio-pci")
-            for label, worker_path, wextra, div in paths:
-                for size in SIZES:
-                    seconds.setdefault((label, size), []).append(
-                        timed(worker_path, size, base_ops[size] // div, wextra))
-                    if rnd == 0:
-                        per_op[label, size] = traced(worker_path, size, trace_ops[size], wextra)
-    wait_for(lambda: driver_of(bdf) == "virtio-pci", f"{bdf} back on virtio-pci")
-    wait_for(lambda: proc_crypto_has(KERNEL_DRIVER), f"{KERNEL_DRIVER} back in /proc/crypto")
-    rows = []
-    for label, div in (("kernel", 1), ("warpdrive", 1), ("warpdrive-b1", 2)):
-        for size in SIZES:
-            rows.append(row(label, size, base_ops[size] // div, seconds[label, size],
-                            per_op[label, size]))
-
-    by = {(r["path"], r["size"]): r for r in rows}
-    ratios = {size: round(by["warpdrive", size]["ops_s"] / by["kernel", size]["ops_s"], 2)
-              for size in SIZES}
-    print(f"AES-256-CBC on virtio-crypto {bdf} (QEMU builtin backend, TCG guest); "
-          f"warpdrive batch {args.batch}, backend {args.backend}")
-    print(f"{'path':<13} {'size':>6} {'ops':>6} {'ops/s':>10} {'(min-max)':>19} {'MiB/s':>9} "
-          f"{'syscalls/op':>12} {'x kernel':>9}")
-    for r in rows:
-        kr = by["kernel", r["size"]]["ops_s"]
-        ratio = f"{r['ops_s'] / kr:.2f}" if r["path"] != "kernel" else ""
-        spread = f"({r['ops_s_min']:.0f}-{r['ops_s_max']:.0f})"
-        print(f"{r['path']:<13} {r['size']:>6} {r['ops']:>6} {r['ops_s']:>10.1f} {spread:>19} "
-              f"{r['MiB_s']:>9.3f} {r['syscalls_per_op']:>12.3f} {ratio:>9}")
-    print(json.dumps({"bench": "crypto", "device": bdf, "algorithm": "aes-256-cbc",
-                      "batch": args.batch, "backend": args.backend, "rounds": ROUNDS,
-                      "rows": rows,
-                      "ratio": {str(k): v for k, v in ratios.items()},
-                      "ratio_4k": ratios[4096],
-                      "ratio_b1": {str(k): round(by["warpdrive-b1", k]["ops_s"]
-                                                  / by["kernel", k]["ops_s"], 2) for k in SIZES},
-                      "target": {"ratio_4k": 2.0, "warpdrive_syscalls_per_op": 0}}))
+    in_lab = os.environ.get("WARPDRIVE_IN_LAB") == "1"
+    if args.strace is None:
+        args.strace = not args.quick
+    if args.strace and shutil.which("strace") is None:
+        raise SystemExit("strace not found (bash lab/install-deps.sh installs it); "
+                         "or pass --no-strace")
+    if args.hog is None:
+        args.hog = in_lab and not args.quick
+    args.trace_ops = 64 if args.quick else 200
+    load_start = loadavg()
+    say(f"{'lab guest' if in_lab else 'host'}; rounds {args.rounds} x {args.seconds} s; "
+        f"loadavg {load_start}")
+    b = Bench(args)
+    extra = lab(b) if in_lab else host(b)
+    base = "kernel" if in_lab else "software"
+    rows, ratios = summarize(b, base)
+    print_table(b, rows, ratios, base)
+    hog = hog_summary(b)
+    if hog:
+        print(f"hog (4 KiB, QEMU's function, warpdrive batch {args.batch}): " + "; ".join(
+            f"{k}: kernel {v['kernel_ops_s']['median']:.0f} ops/s, warpdrive "
+            f"{v['warpdrive_ops_s']['median']:.0f} ops/s, ratio {v['ratio']:.2f}, speed "
+            f"{v['speed']['median']:.2f}" for k, v in hog.items()))
+    took = round(time.monotonic() - T0, 1)
+    print(json.dumps({"bench": "crypto", "where": "lab" if in_lab else "host",
+                      "algorithm": "aes-256-cbc", "batch": args.batch, "backend": args.backend,
+                      "rounds": args.rounds, "seconds_per_figure": args.seconds,
+                      "loadavg": {"start": load_start, "end": loadavg()}, "took_s": took,
+                      **extra, "rows": rows, "ratio": ratios, "hog": hog,
+                      "raw": b.rows}))
+    say(f"done in {took} s")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ EMU_DEVICES: tuple[EmuDevice, ...] = (
     # word could lose its SQ doorbell (docs/research/hisi-qm-zip.md, section 6).
     EmuDevice("zip", "zip", slot=0x10, vendor=0x19E5, devices=(0xA251, 0xA250),
               options=("doorbells=trap",)),
+    EmuDevice("crypto_model", "crypto", slot=0x11, vendor=0x1AF4, devices=(0x1054,)),
 )
 
 # Lines in a server's log that mean it complained (tracebacks, error replies it logged).

@@ -202,6 +202,7 @@ class VirtioCrypto(ForkSafe):
         self._data_irq: Interrupt | None = None
         self._journal: SessionJournal | None = None
         self._large_busy = False
+        self.interrupts_seen = 0  # wake-ups of sleeping waiters by the data queue's vector
         self.reclaimed: list[int] = []  # session ids a dead owner left, destroyed at start
         try:
             device.enable_bus_master()
@@ -519,6 +520,7 @@ class VirtioCrypto(ForkSafe):
                 ready, _, _ = select.select([irq.fd], [], [], min(left, IRQ_RECHECK_S))
                 if ready:
                     irq.poll()  # consume the count; the ring says what completed
+                    self.interrupts_seen += 1
                 else:
                     self.transport.check_status()
         finally:
