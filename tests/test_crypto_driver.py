@@ -286,3 +286,22 @@ def test_the_example_runs_on_the_model(tmp_path: Path, mode: str) -> None:
     assert "using the bundled device model (emu:crypto)" in r.stderr
     assert "round trip ok, ciphertext matches cryptography" in r.stdout
     assert "request(s) of <= 65536 bytes" in r.stdout
+
+
+@pytest.mark.parametrize("poll", [True, False])
+def test_a_dead_model_is_a_lost_connection_not_a_timeout(poll: bool) -> None:
+    d = warpdrive.open("emu:crypto")
+    try:
+        c = Cipher("aes-cbc", K128, device=d, poll=poll)
+        assert c.encrypt(IV, PT) == NIST_CT["F.2.1"]
+        d.emulator.proc.kill()  # the model process dies with requests about to be in flight
+        d.emulator.proc.wait()
+        t = time.monotonic()
+        with pytest.raises(warpdrive.errors.ConnectionLostError):
+            c.encrypt(IV, PT)
+        assert time.monotonic() - t < 5  # not the 10 s request timeout
+    finally:
+        try:
+            d.close()
+        except warpdrive.errors.WarpdriveError:
+            pass  # it is gone: closing says so

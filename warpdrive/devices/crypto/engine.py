@@ -478,6 +478,7 @@ class VirtioCrypto(ForkSafe):
                 continue
             spins += 1
             if spins & 0xFFF == 0:
+                self.device.watchdog()  # a vfio-user server that died: say so, do not time out
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + limit
@@ -522,6 +523,7 @@ class VirtioCrypto(ForkSafe):
                     irq.poll()  # consume the count; the ring says what completed
                     self.interrupts_seen += 1
                 else:
+                    self.device.watchdog()
                     self.transport.check_status()
         finally:
             q.want_interrupts(False)
@@ -550,6 +552,7 @@ class VirtioCrypto(ForkSafe):
             for tok, _ in q.poll():
                 if tok is token:
                     return buf.read(_CTRL_IN_OFF, in_len)
+            self.device.watchdog()
             if time.monotonic() > deadline:
                 self.transport.check_status()
                 raise DeviceTimeoutError(
