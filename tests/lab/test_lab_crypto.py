@@ -5,9 +5,7 @@ attached with QEMU's vfio-user-pci), both behind the lab's intel-iommu. Referenc
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 from collections.abc import Iterator
 
 import pytest
@@ -24,6 +22,7 @@ from crypto_vectors import (
     reference,
     xts_expected,
 )
+from cryptoproc import die_holding_sessions
 
 import warpdrive
 from lab import virtio_crypto as vc
@@ -287,33 +286,6 @@ def test_waiting_on_msix_instead_of_polling(dev: warpdrive.Device) -> None:
     assert eng.dataq is not None and eng.dataq._avail[0] == U.VRING_AVAIL_F_NO_INTERRUPT
 
 
-def _die_holding_sessions(bdf: str, backend: str, ciphers: int) -> str:
-    """Fork a child that opens the function, creates `ciphers` Ciphers (encrypt + decrypt
-    sessions each) and is SIGKILLed."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        status = b"ok"
-        try:
-            dev = warpdrive.open(bdf, backend=backend)
-            VirtioCrypto.of(dev, ring_size=16, max_request=4096)
-            for _ in range(ciphers):
-                c = Cipher("aes-cbc", K128, device=dev)
-                c.decrypt(IV, c.encrypt(IV, PT))
-        except BaseException as e:
-            status = repr(e).encode()[:300]
-        os.write(w, status)
-        signal.pause()
-        os._exit(0)
-    os.close(w)
-    said = os.read(r, 512).decode()
-    os.close(r)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return said
-
-
 @pytest.mark.slow
 def test_sessions_of_dead_processes_are_destroyed(bound_crypto: str, iommu_mode: str,
                                                   target: str) -> None:
@@ -322,7 +294,7 @@ def test_sessions_of_dead_processes_are_destroyed(bound_crypto: str, iommu_mode:
     holding 16 sessions each until well over 256 have been left behind."""
     deaths = 20
     for i in range(deaths):
-        said = _die_holding_sessions(bound_crypto, iommu_mode, ciphers=8)
+        said = die_holding_sessions(bound_crypto, backend=iommu_mode, ciphers=8)
         assert said == "ok", f"death {i}: {said}"
     with warpdrive.open(bound_crypto, backend=iommu_mode) as d:
         eng = VirtioCrypto.of(d)
