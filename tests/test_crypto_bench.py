@@ -60,3 +60,20 @@ def test_counter_on_a_real_trace(tmp_path: Path) -> None:
         pytest.skip(f"strace cannot trace here: {r.stderr.strip()}")
     assert r.returncode == 0, r.stderr
     assert bench.count_hot_syscalls(out.read_text()) == 5
+
+
+def test_host_run_prints_the_table_and_one_json_line() -> None:
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "crypto_bench.py"), "--quick",
+                        "--seconds", "0.1", "--no-strace"],
+                       capture_output=True, text=True, timeout=300,
+                       env={k: v for k, v in os.environ.items() if k != "WARPDRIVE_IN_LAB"})
+    assert r.returncode == 0, r.stderr
+    import json
+
+    [line] = [ln for ln in r.stdout.splitlines() if ln.startswith('{"bench"')]
+    result = json.loads(line)
+    assert result["where"] == "host" and result["loadavg"]["start"]
+    paths = {(row["path"], row["size"]) for row in result["rows"]}
+    assert ("software", 4096) in paths and ("warpdrive-b1-irq", 65536) in paths
+    assert result["ratio"]["emu"]["warpdrive"]["4096"]["median"] > 0
+    assert "emu:crypto" in r.stderr  # progress lines as it goes
