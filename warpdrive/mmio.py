@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import ctypes
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from .errors import ClosedError, InvalidArgumentError, UnsupportedError
 from .forkguard import DeadAccessor, ForkSafe
+from .syscalls import FENCE_ACQUIRE as _FENCE_ACQUIRE
+from .syscalls import FENCE_RELEASE as _FENCE_RELEASE
 
 if sys.byteorder != "little":  # pragma: no cover - every supported host is little-endian
     raise UnsupportedError("warpdrive's MMIO accessors assume a little-endian CPU")
@@ -57,13 +58,6 @@ class MmioWindow:
         arr: ctypes.Array[ctypes.c_uint64] = {1: self.u8, 2: self.u16, 4: self.u32,
                                               8: self.u64}[width]  # type: ignore[assignment]
         return arr
-
-
-# An uncontended lock's acquire + release is an atomic read-modify-write (LOCK-prefixed on x86):
-# the full barrier a store needs before a load of another location (Python has no fence of its
-# own); half the cost of a `with` block, as bound methods.
-_FENCE = threading.Lock()
-_FENCE_ACQUIRE, _FENCE_RELEASE = _FENCE.acquire, _FENCE.release
 
 
 @dataclass(frozen=True)
