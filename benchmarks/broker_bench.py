@@ -117,8 +117,35 @@ def client(device: str, size: int, duration: float, count: int, mark: bool) -> N
 
 
 # ------------------------------------------------------------------------------- driver side
-def start_broker(sock: str) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "warpdrive", "serve", "emu", "--socket", sock,
+# The broker under cProfile for the timed loop only: its stats signal (SIGUSR1), sent just before
+# the clients go and just after they finish, starts and then stops and saves the profile.
+_PROFILED = """
+import cProfile, runpy, signal, sys
+from warpdrive.serve import run
+import time
+prof, seen, log_stats, out = cProfile.Profile(time.thread_time), [], None, sys.argv.pop(1)
+def stats(signum, frame):
+    seen.append(1)
+    log_stats(signum, frame)
+    if len(seen) == 1:
+        prof.enable()
+    elif len(seen) == 2:
+        prof.disable()
+        prof.dump_stats(out)
+def install(signum, handler):
+    global log_stats
+    if signum == signal.SIGUSR1:
+        log_stats, handler = handler, stats
+    return signal.signal(signum, handler)
+run.signal = type("S", (), {"signal": staticmethod(install), "SIGUSR1": signal.SIGUSR1})
+sys.argv[0] = "warpdrive"
+runpy.run_module("warpdrive", run_name="__main__")
+"""
+
+
+def start_broker(sock: str, profile: str | None = None) -> subprocess.Popen[bytes]:
+    prof = ["-c", _PROFILED, profile] if profile else ["-m", "warpdrive"]
+    args = [sys.executable, *prof, "serve", "emu", "--socket", sock,
             "--inflight", str(IN_FLIGHT), "--measure"]
     for k, v in MODEL_OPTIONS.items():
         args += ["--set", f"{k}={v}"]
@@ -185,6 +212,8 @@ def run_row(device: str, nclients: int, size: int, duration: float, *, count: in
            "client_cpu": sum(r["cpu"] for r in results), "jobs0": results[0]["jobs"]}
     row["broker_cpu"] = cpu.get(broker_pid, 0.0) if broker_pid else 0.0
     row["mediation_cpu"] = stats1.get("mediation_cpu_s", 0.0) - stats0.get("mediation_cpu_s", 0.0)
+    row["passes"] = stats1.get("mediation_passes", 0) - stats0.get("mediation_passes", 0)
+    row["kicks"] = stats1.get("device_kicks", 0) - stats0.get("device_kicks", 0)
     row["model_cpu"] = sum(v for pid, v in cpu.items() if pid != broker_pid) + \
         sum(r["model_cpu"] for r in results)
     return row
@@ -198,6 +227,12 @@ def syscalls_in(trace: str, size: int) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description="broker benchmark")
     ap.add_argument("--quick", action="store_true", help="short runs")
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)),
+                    help="job sizes in bytes, comma-separated (default: %(default)s)")
+    ap.add_argument("--clients", default=",".join(map(str, CLIENTS)),
+                    help="client counts, comma-separated (default: %(default)s)")
+    ap.add_argument("--profile", metavar="N:SIZE", help="only run N clients on SIZE-byte jobs "
+                    "with the broker under cProfile, and print where its time goes")
     ap.add_argument("--client", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, default=4096, help=argparse.SUPPRESS)
     ap.add_argument("--duration", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -210,6 +245,12 @@ def main() -> None:
     if shutil.which("strace") is None:
         raise SystemExit("strace is not installed (needed for the syscall counts)")
     duration = 1.0 if args.quick else 3.0
+    sizes = [int(x, 0) for x in args.sizes.split(",")]
+    clients = [int(x, 0) for x in args.clients.split(",")]
+    if args.profile:
+        n, size = (int(x, 0) for x in args.profile.split(":"))
+        profile_row(n, size, duration)
+        return
     load0 = os.getloadavg()[0]
     tmp = tempfile.mkdtemp(prefix="wd-bb-")
     sock = os.path.join(tmp, "b.sock")
@@ -220,8 +261,8 @@ def main() -> None:
     log = sock + ".log"
     try:
         for _ in range(reps):  # best of `reps` per row: other work only ever slows a run
-            for size in SIZES:
-                keys = [("direct", 1, size)] + [("broker", n, size) for n in CLIENTS]
+            for size in sizes:
+                keys = [("direct", 1, size)] + [("broker", n, size) for n in clients]
                 for mode, n, sz in keys:
                     r = run_row("emu", 1, sz, duration) if mode == "direct" else \
                         run_row("broker:" + sock, n, sz, duration, broker=broker, log=log)
@@ -230,15 +271,14 @@ def main() -> None:
                             best[key]["jobs"] / best[key]["wall"]:
                         best[key] = r
         trace = os.path.join(tmp, "trace.txt")
-        for size in SIZES:
+        for size in sizes:
             d = best[("direct", 1, size)]
             base = d["jobs"] / d["wall"]
-            t = run_row("emu", 1, size, duration, trace=trace, count=256 if size == SIZES[0]
-                        else 64)
+            count = 256 if size <= 16 << 10 else 64
+            t = run_row("emu", 1, size, duration, trace=trace, count=count)
             rows.append(_row("direct", 1, size, d, base, syscalls_in(trace, size) / t["jobs0"]))
-            for n in CLIENTS:
-                t = run_row("broker:" + sock, n, size, duration, trace=trace,
-                            count=256 if size == SIZES[0] else 64)
+            for n in clients:
+                t = run_row("broker:" + sock, n, size, duration, trace=trace, count=count)
                 rows.append(_row("broker", n, size, best[("broker", n, size)], base,
                                  syscalls_in(trace, size) / t["jobs0"]))
     finally:
@@ -257,6 +297,44 @@ def main() -> None:
                       "cpus": os.cpu_count()}))
 
 
+def profile_row(nclients: int, size: int, duration: float) -> None:
+    """One row with the broker under cProfile: its functions by own time, then cumulative."""
+    import pstats
+
+    tmp = tempfile.mkdtemp(prefix="wd-bb-")
+    sock, out = os.path.join(tmp, "b.sock"), os.path.join(tmp, "broker.prof")
+    broker = start_broker(sock, profile=out)
+    try:
+        r = run_row("broker:" + sock, nclients, size, duration, broker=broker, log=sock + ".log")
+    finally:
+        broker.send_signal(signal.SIGTERM)
+        broker.wait(60)
+    jobs = r["jobs"]
+    print(f"{nclients} clients x {size >> 10} KiB: {jobs} jobs in {r['wall']:.2f} s, "
+          f"{r['passes']} passes that worked ({jobs / max(1, r['passes']):.1f} jobs each), "
+          f"broker CPU {r['broker_cpu'] / jobs * 1e6:.1f} us/job under the profiler "
+          f"(mediation {r['mediation_cpu'] / jobs * 1e6:.1f}), {r['kicks'] / jobs:.2f} wake-up "
+          f"kicks to the device per job, load {os.getloadavg()[0]:.2f}")
+    st = pstats.Stats(out)
+    # The loop's own work: every function but the waits (epoll, sched_yield) and start-up.
+    waits = ("sched_yield", "'poll' of 'select.epoll'", "sleep", "thread_time", "disable")
+    hot = []
+    for (file, line, name), (_cc, nc, tt, _ct, _callers) in st.stats.items():  # type: ignore
+        label = f"{Path(file).name}:{line}({name})" if file != "~" else name
+        if any(w in label for w in waits):
+            continue
+        hot.append((tt, nc, label))
+    hot.sort(reverse=True)
+    total = sum(tt for tt, _, _ in hot)
+    calls = sum(nc for _, nc, _ in hot)
+    print(f"outside waits (epoll, sched_yield) and the --measure clock: {total / jobs * 1e6:.1f} "
+          f"us/job (profiled), {calls / jobs:.1f} calls/job")
+    print(f"{'us/job':>8} {'calls/job':>10}  function")
+    for tt, nc, label in hot[:40]:
+        print(f"{tt / jobs * 1e6:8.2f} {nc / jobs:10.2f}  {label}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _row(mode: str, n: int, size: int, r: dict[str, Any], base: float,
          syscalls: float | None) -> dict[str, Any]:
     jobs = r["jobs"]
@@ -267,12 +345,14 @@ def _row(mode: str, n: int, size: int, r: dict[str, Any], base: float,
             "client_syscalls": None if syscalls is None else round(syscalls, 3),
             "broker_cpu_us": round(r["broker_cpu"] / jobs * 1e6, 1),
             "mediation_us": round(r.get("mediation_cpu", 0.0) / jobs * 1e6, 1),
+            "jobs_per_pass": round(jobs / r["passes"], 1) if r.get("passes") else None,
             "model_cpu_us": round(r["model_cpu"] / jobs * 1e6, 1)}
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     hdr = ["mode", "clients", "size", "jobs/s", "vs direct", "client cpu us/job",
-           "client syscalls/job", "broker cpu us/job", "mediation us/job", "model cpu us/job"]
+           "client syscalls/job", "broker cpu us/job", "mediation us/job", "jobs/pass",
+           "model cpu us/job"]
     lines = [hdr]
     for r in rows:
         lines.append([r["mode"], str(r["clients"]), f"{r['size'] >> 10} KiB",
@@ -280,6 +360,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                       f"{r['client_cpu_us']:.1f}",
                       "-" if r["client_syscalls"] is None else f"{r['client_syscalls']:.3f}",
                       f"{r['broker_cpu_us']:.1f}", f"{r['mediation_us']:.1f}",
+                      "-" if r["jobs_per_pass"] is None else f"{r['jobs_per_pass']:.1f}",
                       f"{r['model_cpu_us']:.1f}"])
     widths = [max(len(row[i]) for row in lines) for i in range(len(hdr))]
     for row in lines:
@@ -288,9 +369,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def verdict(rows: list[dict[str, Any]]) -> str:
     notes = []
-    for size in SIZES:
-        four = next(r for r in rows if r["mode"] == "broker" and r["clients"] == 4
-                    and r["size"] == size)
+    for four in (r for r in rows if r["mode"] == "broker" and r["clients"] == 4):
+        size = four["size"]
         notes.append(f"{size >> 10} KiB, 4 clients: {four['vs_direct']:.2f}x direct "
                      "(goal >= 0.8x)")
     sys_max = max(r["client_syscalls"] for r in rows if r["mode"] == "broker")

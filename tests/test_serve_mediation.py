@@ -64,7 +64,7 @@ def test_a_good_sqe_is_translated_and_cleaned(maps: ClientMaps) -> None:
     assert w[hw.DW_DST_H] << 32 | w[hw.DW_DST_L] == m.dev_iova + 0x2000
     assert w[0] == 0 and w[24] == w[25] == w[5] == 0  # results and unused words cleared
     assert w[hw.DW_TAG_V3] == 0xABCD  # the client's tag passes
-    assert used == [m, m]
+    assert used == (m, m)
     restore(memoryview(ring), 128, addrs)
     assert SQE.unpack_from(ring, 128)[hw.DW_SRC_L] == 0x100000
 

@@ -41,23 +41,8 @@ from .sqe import Refused, mediate, refuse
 
 log = logging.getLogger("warpdrive.serve")
 
-# What `BrokerClient.submit` says about one SQE.
-PENDING = -1  # on the hardware; its completion comes through `BrokerClient.on_complete`
-BUSY = -2  # not taken now (the client's share of the hardware queue is in use): try later
-# any value >= 0: refused, the SQE already carries that status (complete it at once)
-
 _REFRESH_S = QmQueue.REFRESH_S
-
-
-class _Job:
-    __slots__ = ("addrs", "cq", "hoff", "maps", "slot")
-
-    def __init__(self, cq: ClientQueue, slot: int) -> None:
-        self.cq = cq
-        self.slot = slot
-        self.hoff = 0
-        self.addrs: tuple[int, ...] = ()
-        self.maps: list[DeviceMap] = []
+_SQE = hw.SQE_SIZE
 
 
 @dataclass(eq=False)
@@ -79,6 +64,11 @@ class ClientQueue:
     dead: bool = False
 
 
+# A job on a hardware queue (posted there with its client queue as owner): the client queue, the
+# client's SQ slot, the client's six address words (restored in the result), the maps it uses.
+Job = tuple[ClientQueue, int, tuple[int, ...], tuple[DeviceMap, ...]]
+
+
 class BrokerClient:
     """One client's side of the broker: its maps, its queues, its submissions. `on_complete` is
     set by whoever presents the client its function (`serve.function`)."""
@@ -92,8 +82,9 @@ class BrokerClient:
         self.submitted = 0
         self.completed = 0
         self.closed = False
-        # on_complete(qn, slot, hardware ring, offset of the SQE there, client address words)
-        self.on_complete: Callable[[int, int, memoryview, int, tuple[int, ...]], None] = \
+        # on_complete(qn, hardware SQ ring, hardware slots, jobs): a run of the client queue's
+        # jobs is done (their results in the hardware ring at those slots)
+        self.on_complete: Callable[[int, memoryview, list[int], list[Job]], None] = \
             lambda *a: None
         self.after_completions: Callable[[], None] = lambda: None
 
@@ -128,39 +119,54 @@ class BrokerClient:
             self.broker._parked.add(self)
 
     # -- jobs -------------------------------------------------------------------------------
-    def submit(self, qn: int, ring: memoryview, off: int, slot: int) -> int:
-        """One SQE of the client's queue `qn` (at `ring[off:]`, its slot `slot`): PENDING,
-        BUSY, or the status of a refusal already written into it."""
+    def submit_run(self, qn: int, ring: memoryview, slot: int, n: int) -> tuple[int, list[int]]:
+        """The SQEs in slots `slot`..`slot+n-1` of the client's queue `qn` (its ring `ring`):
+        each checked and translated into the hardware ring (`serve.sqe.mediate`), those that
+        pass posted as one run (the doorbell is rung once per pass, by `Broker.poll`). Returns
+        how many were taken, in order (the rest wait: the client queue's share of the hardware
+        queue is in use), and the slots among them that were refused (their SQEs already carry
+        the status: complete them at once)."""
         cq = self.queues.get(qn)
         if cq is None or cq.hw is None:
-            refuse(ring, off, hw.STATUS_BAD_REQUEST)
-            self.refused += 1
-            return hw.STATUS_BAD_REQUEST
-        if cq.inflight >= cq.limit:
-            return BUSY
+            refused = list(range(slot, slot + n))
+            for s in refused:
+                refuse(ring, s * _SQE, hw.STATUS_BAD_REQUEST)
+            self.refused += n
+            return n, refused
         hq = cq.hw
         q = hq.q
-        if q.space <= 0:
-            return BUSY
-        job = _Job(cq, slot)
-        hoff = job.hoff = q.post(job)
-        try:
-            job.addrs, job.maps = mediate(ring, off, q.sq, hoff, self.maps)
-        except Refused as e:
-            q.unpost()
-            refuse(ring, off, e.status)
-            self.refused += 1
-            self.broker.refused += 1
-            if self.refused <= 10 or self.refused % 1000 == 0:
-                log.warning("%s: SQE %d of queue %d refused (%s): %s", self.name, slot, qn,
-                            hw.STATUS_NAMES.get(e.status, e.status), e.reason)
-            return e.status
-        for m in job.maps:
-            m.inflight += 1
-        cq.inflight += 1
-        self.submitted += 1
-        self.broker._dirty.add(hq)
-        return PENDING
+        room = min(cq.limit - cq.inflight, q.space)
+        jobs: list[Job] = []
+        refused = []
+        maps, hsq, depth, t = self.maps, q.sq, q.sq_depth, q.tail
+        s, end = slot, slot + n
+        while s < end and room > 0:
+            try:
+                addrs, used = mediate(ring, s * _SQE, hsq, t * _SQE, maps)
+            except Refused as e:
+                refuse(ring, s * _SQE, e.status)
+                refused.append(s)
+                self._refused(qn, s, e)
+            else:
+                for m in used:
+                    m.inflight += 1
+                jobs.append((cq, s, addrs, used))
+                room -= 1
+                t = t + 1 if t + 1 < depth else 0
+            s += 1
+        if jobs:
+            q.post_many(jobs, cq)
+            cq.inflight += len(jobs)
+            self.submitted += len(jobs)
+            self.broker._dirty.add(hq)
+        return s - slot, refused
+
+    def _refused(self, qn: int, slot: int, e: Refused) -> None:
+        self.refused += 1
+        self.broker.refused += 1
+        if self.refused <= 10 or self.refused % 1000 == 0:
+            log.warning("%s: SQE %d of queue %d refused (%s): %s", self.name, slot, qn,
+                        hw.STATUS_NAMES.get(e.status, e.status), e.reason)
 
     def close(self) -> None:
         """The client is gone: its queues stop, its maps go as soon as no job uses them."""
@@ -285,23 +291,23 @@ class Broker:
             if not q.outstanding:
                 continue
             busy = True
-            if q.completed():
+            _s0, slots, jobs, owner = q.harvest()
+            if jobs:
                 worked = True
-                jobs = q.reap()
-                self.jobs += len(jobs)
                 hq.progress_at = time.perf_counter()
-                sq = q.sq
-                for job in jobs:
-                    cq = job.cq  # type: ignore[attr-defined]
-                    cq.inflight -= 1
-                    for m in job.maps:  # type: ignore[attr-defined]
-                        m.inflight -= 1
-                    if cq.dead:
-                        continue
-                    c = cq.client
-                    c.completed += 1
-                    c.on_complete(cq.qn, job.slot, sq, job.hoff, job.addrs)  # type: ignore
-                    touched.add(c)
+                while jobs:
+                    self.jobs += len(jobs)
+                    if owner is not None:  # a run of one client queue's jobs
+                        self._done(owner, q.sq, slots, jobs, touched)  # type: ignore[arg-type]
+                    else:  # a shared queue: each client queue's jobs, in their order
+                        runs: dict[ClientQueue, tuple[list[int], list[Job]]] = {}
+                        for hs, job in zip(slots, jobs):
+                            r = runs.setdefault(job[0], ([], []))  # type: ignore[index]
+                            r[0].append(hs)
+                            r[1].append(job)  # type: ignore[arg-type]
+                        for cq, (hslots, cjobs) in runs.items():
+                            self._done(cq, q.sq, hslots, cjobs, touched)
+                    _s0, slots, jobs, owner = q.harvest()  # the rest, after a wrap
             else:
                 # A polled doorbell word shows only its last store: queues of one function that
                 # share it may hide each other's, so a queue without progress stores its own
@@ -323,8 +329,25 @@ class Broker:
                     self._parked.discard(c)
         return POLL_WORKED if worked else POLL_BUSY if busy else POLL_IDLE
 
+    @staticmethod
+    def _done(cq: ClientQueue, hsq: memoryview, hslots: list[int], jobs: list[Job],
+              touched: set[BrokerClient]) -> None:
+        """Jobs of client queue `cq` completed (results in `hsq` at `hslots`): their maps are
+        free of them, and the client's function copies the results back."""
+        cq.inflight -= len(jobs)
+        for job in jobs:
+            for m in job[3]:
+                m.inflight -= 1
+        if cq.dead:
+            return  # stopped or reset meanwhile: the results belong to an earlier life
+        c = cq.client
+        c.completed += len(jobs)
+        c.on_complete(cq.qn, hsq, hslots, jobs)
+        touched.add(c)
+
     def stats(self) -> dict[str, Any]:
         return {"jobs": self.jobs, "refused": self.refused, "clients": len(self._clients),
+                "device_kicks": getattr(self.dev, "kicks", 0),  # a vfio-user device's wake-ups
                 "hw_queues": [{"qn": h.q.qn, "alg": h.alg, "users": len(h.users),
                                "in_flight": h.q.outstanding} for h in self.hw]}
 

@@ -2,10 +2,11 @@
 
 To the client this is a ZIP virtual function like any other (identity, BAR2 registers, mailbox,
 queue contexts, the doorbell page it maps, MSI): the model's own `QmFunction` presents it, so the
-unchanged ZIP driver brings it up. Only the execution differs: each SQE the frontend takes from
-the client's ring goes to `BrokerClient.submit` (checked, translated, onto a hardware queue), and
-comes back through `on_complete` (the device's result words into the client's SQE slot, its own
-addresses restored) and `QmFunction.complete` (the CQE, the EQE and MSI if the queue asked).
+unchanged ZIP driver brings it up. Only the execution differs: each run of SQEs the frontend takes
+from the client's ring goes to `BrokerClient.submit_run` (checked, translated, onto a hardware
+queue), and comes back through `on_complete` (the device's result words into the client's SQE
+slots, its own addresses restored) and `QmFunction.complete` (the CQEs, the EQE and MSI if the
+queue asked).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from ..emu.models._qm import BUSY as QM_BUSY
 from ..emu.models._qm import PENDING as QM_PENDING
 from ..emu.models._qm import Execute, QueueState
 from ..emu.models.zip import ZipModel
-from .broker import BUSY, PENDING, BrokerClient
-from .sqe import restore
+from .broker import BrokerClient, Job
+from .sqe import ADDR_OFF, ADDRS
 
 
 class VirtualZip(ZipModel):
@@ -45,6 +46,7 @@ class VirtualZip(ZipModel):
         qm = self._qm()
         qm.queue_started = self._queue_started
         qm.queue_stopped = self._queue_stopped
+        qm.execute_run = self._submit_run
 
     def _queue_started(self, q: QueueState) -> None:
         self._drop_ring(q.qn)
@@ -55,13 +57,15 @@ class VirtualZip(ZipModel):
         self.client.stop_queue(q.qn)
         self._done.pop(q.qn, None)
 
+    def _submit_run(self, q: QueueState, sq: memoryview, slot: int, n: int) -> \
+            tuple[int, list[int]]:
+        return self.client.submit_run(q.qn, sq, slot, n)
+
     def _submit(self, q: QueueState, sq: memoryview, off: int) -> int | None:
-        r = self.client.submit(q.qn, sq, off, off // q.sqe_size)
-        if r == PENDING:
-            return QM_PENDING
-        if r == BUSY:
+        taken, refused = self.client.submit_run(q.qn, sq, off // q.sqe_size, 1)
+        if not taken:
             return QM_BUSY
-        return None  # refused: the SQE carries its status; its CQE goes out now
+        return None if refused else QM_PENDING  # refused: the SQE carries its status
 
     def _ring(self, qn: int) -> memoryview | None:
         ring = self._rings.get(qn)
@@ -79,15 +83,21 @@ class VirtualZip(ZipModel):
         if ring is not None:
             ring.release()
 
-    def _complete(self, qn: int, slot: int, hw_ring: memoryview, hoff: int,
-                  addrs: tuple[int, ...]) -> None:
+    def _complete(self, qn: int, hsq: memoryview, hslots: list[int], jobs: list[Job]) -> None:
+        """Copy a run of results from the hardware ring into the client's SQE slots, with the
+        client's own addresses put back (the device's IOVAs are the broker's business)."""
         ring = self._ring(qn)
         if ring is None:
             return
-        off = slot * hw.SQE_SIZE
-        ring[off:off + hw.SQE_SIZE] = hw_ring[hoff:hoff + hw.SQE_SIZE]
-        restore(ring, off, addrs)
-        self._done.setdefault(qn, []).append(slot)
+        done = self._done.get(qn)
+        if done is None:
+            done = self._done[qn] = []
+        size, restore = hw.SQE_SIZE, ADDRS.pack_into
+        for hs, (_, slot, addrs, _) in zip(hslots, jobs):
+            off, hoff = slot * size, hs * size
+            ring[off:off + size] = hsq[hoff:hoff + size]
+            restore(ring, off + ADDR_OFF, *addrs)
+            done.append(slot)
 
     def _flush(self) -> None:
         qm = self._qm()

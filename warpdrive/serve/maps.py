@@ -40,8 +40,12 @@ class DeviceMap:
     dev_iova: int  # where the device sees `iova`
     readable: bool
     writable: bool
-    buffer: DmaBuffer  # the broker's mapping of the client's pages, mapped for the device
+    buffer: DmaBuffer | None  # the broker's mapping of the client's pages, for the device
     inflight: int = 0  # jobs on the device that use this map
+
+
+# No map: what the last hits are when there are none (a range never fits in it).
+_NOWHERE = DeviceMap(0, 0, 0, False, False, None)
 
 
 class ClientMaps:
@@ -53,6 +57,9 @@ class ClientMaps:
         self._starts: list[int] = []
         self._maps: list[DeviceMap] = []
         self._parked: list[DeviceMap] = []
+        # The maps of the last readable and writable translations: the SQE check tries them
+        # first (`serve.sqe.mediate`). Forgotten whenever a map leaves the table.
+        self.last_read = self.last_write = _NOWHERE
 
     def __len__(self) -> int:
         return len(self._maps)
@@ -108,6 +115,10 @@ class ClientMaps:
             raise TranslationFault(f"IOVA {iova:#x} is mapped read-only by {self.owner}")
         if not write and not m.readable:
             raise TranslationFault(f"IOVA {iova:#x} is mapped write-only by {self.owner}")
+        if write:
+            self.last_write = m
+        else:
+            self.last_read = m
         return m
 
     def remove(self, iova: int, size: int) -> None:
@@ -115,6 +126,7 @@ class ClientMaps:
         lo = bisect.bisect_left(self._starts, iova)
         hi = bisect.bisect_left(self._starts, iova + size)
         gone = self._maps[lo:hi]
+        self.last_read = self.last_write = _NOWHERE
         del self._maps[lo:hi]
         del self._starts[lo:hi]
         self._parked.extend(gone)
@@ -122,6 +134,7 @@ class ClientMaps:
 
     def clear(self) -> None:
         self._parked.extend(self._maps)
+        self.last_read = self.last_write = _NOWHERE
         self._maps.clear()
         self._starts.clear()
         self.release_idle()
@@ -133,6 +146,7 @@ class ClientMaps:
             if m.inflight:
                 keep.append(m)
                 continue
+            assert m.buffer is not None  # only _NOWHERE has none, and it is never in the table
             try:
                 if not self.dma.closed:
                     self.dma.unmap(m.buffer)

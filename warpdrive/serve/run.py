@@ -109,7 +109,8 @@ def serve_from_args(args: argparse.Namespace) -> int:
 
         def log_stats(signum: int, frame: object) -> None:
             log.info("stats %s", json.dumps({**broker.stats(), "clients": server.clients,
-                                             "mediation_cpu_s": round(server.work_s, 6)}))
+                                             "mediation_cpu_s": round(server.work_s, 6),
+                                             "mediation_passes": server.work_passes}))
 
         signal.signal(signal.SIGUSR1, log_stats)
         log.info("broker: %s (QM revision %#x, %d hardware queues) for %s; clients: "

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -95,6 +95,11 @@ class EventQueue:
 PENDING = 1
 BUSY = 2
 Execute = Callable[[QueueState, memoryview, int], int | None]
+# execute_run(queue, the SQ ring, first slot, count): the same for a run of consecutive slots
+# (not wrapping) in one call, for an executor that handles SQEs a run at a time. Returns how many
+# it took (the rest are left for a later `process`, as BUSY) and the slots among them it finished
+# at once (their CQEs go out now, in that order; the others are PENDING).
+ExecuteRun = Callable[[QueueState, memoryview, int, int], tuple[int, list[int]]]
 
 
 class QmFunction:
@@ -117,6 +122,7 @@ class QmFunction:
                                            hint="give depth=2..4096")
         self.dma = dma
         self.execute = execute
+        self.execute_run: ExecuteRun | None = None  # set by an executor that takes runs
         self.revision = revision
         self.caps = dict(caps)
         self.eq_vector, self.aeq_vector = eq_vector, aeq_vector
@@ -399,7 +405,7 @@ class QmFunction:
         done = 0
         signal: list[QueueState] = []
         for q in self.queues:
-            if not q.running or q.head == q.tail:
+            if q.head == q.tail or not q.running:  # (the cheap test first: polled every pass)
                 continue
             completed = q.completed
             done += self._run_queue(q, budget - done)
@@ -417,8 +423,18 @@ class QmFunction:
             return 0
         try:
             sq = self.dma.view(q.sq_base, q.sq_depth * q.sqe_size, write=True)
+        except DmaFault as e:
+            self._queue_fault(q, str(e))
+            return 0
+        if self.execute_run is not None:
+            try:
+                return self._run_queue_runs(q, sq, todo)
+            finally:
+                sq.release()
+        try:
             cq = self.dma.view(q.cq_base, q.cq_depth * L.CQE_SIZE, write=True)
         except DmaFault as e:
+            sq.release()
             self._queue_fault(q, str(e))
             return 0
         taken = completed = 0
@@ -428,7 +444,7 @@ class QmFunction:
                 if r == BUSY:
                     break
                 if r != PENDING:
-                    self._post_cqe(q, cq, q.head)
+                    self._post_cqes(q, cq, (q.head,))
                     completed += 1
                 taken += 1
                 q.head += 1
@@ -441,15 +457,36 @@ class QmFunction:
         self.stats["jobs"] += completed
         return taken
 
+    def _run_queue_runs(self, q: QueueState, sq: memoryview, todo: int) -> int:
+        """`_run_queue` with `execute_run`: the SQEs a run at a time (two runs when they wrap);
+        the ring of CQEs is looked up only for jobs finished at once."""
+        assert self.execute_run is not None
+        taken = 0
+        while taken < todo:
+            n = min(todo - taken, q.sq_depth - q.head)
+            k, done = self.execute_run(q, sq, q.head, n)
+            taken += k
+            q.head = (q.head + k) % q.sq_depth
+            if done:
+                self.complete(q, done)
+            if k < n:
+                break  # BUSY: the rest wait for a later process()
+        return taken
+
     @staticmethod
-    def _post_cqe(q: QueueState, cq: memoryview, slot: int) -> None:
-        # CQE: body first, then the phase word, so a poller never sees a half CQE.
-        coff = q.cq_tail * L.CQE_SIZE
-        _CQE_BODY.pack_into(cq, coff, 0, 0, 0, slot, q.qn, 0)
-        _U16.pack_into(cq, coff + 14, q.cq_phase)
-        q.cq_tail += 1
-        if q.cq_tail == q.cq_depth:
-            q.cq_tail, q.cq_phase = 0, q.cq_phase ^ 1
+    def _post_cqes(q: QueueState, cq: memoryview, slots: Iterable[int]) -> None:
+        """One CQE per slot, in order: each body first, then its phase word, so a poller never
+        sees a half CQE."""
+        tail, phase, depth, qn = q.cq_tail, q.cq_phase, q.cq_depth, q.qn
+        body, word, size = _CQE_BODY.pack_into, _U16.pack_into, L.CQE_SIZE
+        for slot in slots:
+            coff = tail * size
+            body(cq, coff, 0, 0, 0, slot, qn, 0)
+            word(cq, coff + 14, phase)
+            tail += 1
+            if tail == depth:
+                tail, phase = 0, phase ^ 1
+        q.cq_tail, q.cq_phase = tail, phase
 
     def complete(self, q: QueueState, slots: list[int]) -> None:
         """Jobs an executor took (PENDING) are done, their results in their SQE slots: post
@@ -462,8 +499,7 @@ class QmFunction:
             self._queue_fault(q, str(e))
             return
         try:
-            for slot in slots:
-                self._post_cqe(q, cq, slot)
+            self._post_cqes(q, cq, slots)
         finally:
             cq.release()
         q.completed += len(slots)
