@@ -117,21 +117,33 @@ def client(device: str, size: int, duration: float, count: int, mark: bool) -> N
 
 
 # ------------------------------------------------------------------------------- driver side
-# The broker under cProfile for the timed loop only: its stats signal (SIGUSR1), sent just before
-# the clients go and just after they finish, starts and then stops and saves the profile.
+# The broker under a sampling profiler for the timed loop only: its stats signal (SIGUSR1), sent
+# just before the clients go and just after they finish, starts and then stops the sampling.
+# SIGPROF on the process's CPU time (ITIMER_PROF): each sample records the line the
+# main thread was running and the functions on its stack, so the counts are CPU, not wall time
+# (a deterministic profiler's own cost would swamp a path of ~20 calls per job).
 _PROFILED = """
-import cProfile, runpy, signal, sys
+import collections, json, runpy, signal, sys
 from warpdrive.serve import run
-import time
-prof, seen, log_stats, out = cProfile.Profile(time.thread_time), [], None, sys.argv.pop(1)
+out, seen, log_stats = sys.argv.pop(1), [], None
+lines, funcs = collections.Counter(), collections.Counter()
+def sample(signum, frame):
+    lines[f"{frame.f_code.co_filename}:{frame.f_lineno}({frame.f_code.co_name})"] += 1
+    names = set()
+    while frame is not None:
+        names.add(f"{frame.f_code.co_filename}:{frame.f_code.co_firstlineno}({frame.f_code.co_name})")
+        frame = frame.f_back
+    funcs.update(names)
 def stats(signum, frame):
     seen.append(1)
     log_stats(signum, frame)
     if len(seen) == 1:
-        prof.enable()
+        signal.signal(signal.SIGPROF, sample)
+        signal.setitimer(signal.ITIMER_PROF, %(interval)s, %(interval)s)
     elif len(seen) == 2:
-        prof.disable()
-        prof.dump_stats(out)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        with open(out, "w") as f:
+            json.dump({"lines": lines, "funcs": funcs}, f)
 def install(signum, handler):
     global log_stats
     if signum == signal.SIGUSR1:
@@ -141,10 +153,12 @@ run.signal = type("S", (), {"signal": staticmethod(install), "SIGUSR1": signal.S
 sys.argv[0] = "warpdrive"
 runpy.run_module("warpdrive", run_name="__main__")
 """
+_SAMPLE_S = 0.001  # (the kernel delivers it at most once per tick: HZ 250 = 4 ms)
 
 
 def start_broker(sock: str, profile: str | None = None) -> subprocess.Popen[bytes]:
-    prof = ["-c", _PROFILED, profile] if profile else ["-m", "warpdrive"]
+    prof = ["-c", _PROFILED % {"interval": _SAMPLE_S}, profile] if profile else \
+        ["-m", "warpdrive"]
     args = [sys.executable, *prof, "serve", "emu", "--socket", sock,
             "--inflight", str(IN_FLIGHT), "--measure"]
     for k, v in MODEL_OPTIONS.items():
@@ -249,7 +263,7 @@ def main() -> None:
     clients = [int(x, 0) for x in args.clients.split(",")]
     if args.profile:
         n, size = (int(x, 0) for x in args.profile.split(":"))
-        profile_row(n, size, duration)
+        profile_row(n, size, 20.0)  # the kernel's profiling timer ticks at HZ: long enough
         return
     load0 = os.getloadavg()[0]
     tmp = tempfile.mkdtemp(prefix="wd-bb-")
@@ -298,9 +312,8 @@ def main() -> None:
 
 
 def profile_row(nclients: int, size: int, duration: float) -> None:
-    """One row with the broker under cProfile: its functions by own time, then cumulative."""
-    import pstats
-
+    """One row with the broker under the sampling profiler (`_PROFILED`): where its CPU goes,
+    by line and by function (inclusive), in us per job."""
     tmp = tempfile.mkdtemp(prefix="wd-bb-")
     sock, out = os.path.join(tmp, "b.sock"), os.path.join(tmp, "broker.prof")
     broker = start_broker(sock, profile=out)
@@ -310,29 +323,25 @@ def profile_row(nclients: int, size: int, duration: float) -> None:
         broker.send_signal(signal.SIGTERM)
         broker.wait(60)
     jobs = r["jobs"]
+    prof = json.loads(Path(out).read_text())
+    shutil.rmtree(tmp, ignore_errors=True)
+    total = sum(prof["lines"].values())
+    per_job = r["broker_cpu"] / max(1, total) / jobs * 1e6  # us of CPU per job a sample is
     print(f"{nclients} clients x {size >> 10} KiB: {jobs} jobs in {r['wall']:.2f} s, "
           f"{r['passes']} passes that worked ({jobs / max(1, r['passes']):.1f} jobs each), "
-          f"broker CPU {r['broker_cpu'] / jobs * 1e6:.1f} us/job under the profiler "
-          f"(mediation {r['mediation_cpu'] / jobs * 1e6:.1f}), {r['kicks'] / jobs:.2f} wake-up "
-          f"kicks to the device per job, load {os.getloadavg()[0]:.2f}")
-    st = pstats.Stats(out)
-    # The loop's own work: every function but the waits (epoll, sched_yield) and start-up.
-    waits = ("sched_yield", "'poll' of 'select.epoll'", "sleep", "thread_time", "disable")
-    hot = []
-    for (file, line, name), (_cc, nc, tt, _ct, _callers) in st.stats.items():  # type: ignore
-        label = f"{Path(file).name}:{line}({name})" if file != "~" else name
-        if any(w in label for w in waits):
-            continue
-        hot.append((tt, nc, label))
-    hot.sort(reverse=True)
-    total = sum(tt for tt, _, _ in hot)
-    calls = sum(nc for _, nc, _ in hot)
-    print(f"outside waits (epoll, sched_yield) and the --measure clock: {total / jobs * 1e6:.1f} "
-          f"us/job (profiled), {calls / jobs:.1f} calls/job")
-    print(f"{'us/job':>8} {'calls/job':>10}  function")
-    for tt, nc, label in hot[:40]:
-        print(f"{tt / jobs * 1e6:8.2f} {nc / jobs:10.2f}  {label}")
-    shutil.rmtree(tmp, ignore_errors=True)
+          f"{r['kicks'] / jobs:.2f} wake-up kicks to the device per job; broker CPU "
+          f"{r['broker_cpu'] / jobs * 1e6:.1f} us/job ({total} samples), "
+          f"mediation {r['mediation_cpu'] / jobs * 1e6:.1f}; load {os.getloadavg()[0]:.2f}")
+
+    def short(key: str) -> str:
+        path, _, rest = key.rpartition(":")
+        return f"{Path(path).name}:{rest}"
+
+    for title, table, n in (("by function, inclusive", prof["funcs"], 30),
+                            ("by line, exclusive", prof["lines"], 30)):
+        print(f"{'us/job':>8}  {title}")
+        for key, count in sorted(table.items(), key=lambda kv: -kv[1])[:n]:
+            print(f"{count * per_job:8.2f}  {short(key)}")
 
 
 def _row(mode: str, n: int, size: int, r: dict[str, Any], base: float,

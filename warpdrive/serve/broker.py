@@ -188,6 +188,9 @@ class Broker:
         self.name = dev.name
         self.max_inflight = max(1, max_inflight)
         self.qm = QmDevice(dev, hw.ZIP, doorbell="mmap", interrupts=False)
+        # With doorbell isolation every queue has a doorbell page of its own (nothing to store
+        # again, see `poll`); without it, one register serves them all.
+        self._shared_doorbell = not self.qm.caps.db_isolation
         self.hw: list[HwQueue] = []
         self._clients: dict[BrokerClient, None] = {}  # in the order they connected
         self._dirty: set[HwQueue] = set()
@@ -277,6 +280,7 @@ class Broker:
         them back. POLL_WORKED if it did, POLL_BUSY while jobs are in flight (the server keeps
         spinning), else POLL_IDLE."""
         busy = worked = bool(self._dirty)
+        stalled = False
         now = 0.0
         dirty = self._dirty
         if dirty:
@@ -309,17 +313,20 @@ class Broker:
                             self._done(cq, q.sq, hslots, cjobs, touched)
                     _s0, slots, jobs, owner = q.harvest()  # the rest, after a wrap
             else:
-                # A polled doorbell word shows only its last store: queues of one function that
-                # share it may hide each other's, so a queue without progress stores its own
-                # again (same absolute tail: idempotent).
                 now = now or time.perf_counter()
                 if now - hq.progress_at > _REFRESH_S:
                     hq.progress_at = now
-                    q.refresh()
-                    # A device that went away (a model process that died) raises here
-                    # (ConnectionLostError): the broker stops, and its clients hear of it at
-                    # once instead of waiting out their job timeouts.
-                    q.watchdog()
+                    stalled = True
+                    # A polled doorbell word shows only its last store: queues that share one
+                    # (a function without doorbell isolation) may hide each other's, so a queue
+                    # without progress stores its own again (same absolute tail: idempotent).
+                    if self._shared_doorbell:
+                        q.refresh()
+        if stalled:
+            # A device that went away (a model process that died) raises here
+            # (ConnectionLostError): the broker stops, and its clients hear of it at once
+            # instead of waiting out their job timeouts.
+            self.dev.watchdog()
         for c in touched:
             c.after_completions()
         if self._parked:

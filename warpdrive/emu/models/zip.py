@@ -477,11 +477,13 @@ class ZipModel(DeviceModel):
                 self._qm().doorbell(_U64.unpack(data)[0], qn)
 
     def poll(self) -> bool:
-        qm = self._qm()
-        for i, (cell, qn) in enumerate(self._bells):
+        qm = self.qm
+        assert qm is not None, "setup() has not run"
+        last = self._last
+        for i, (cell, qn) in enumerate(self._bells):  # (polled back to back: kept lean)
             v = cell.value
-            if v != self._last[i]:
-                self._last[i] = v
+            if v != last[i]:
+                last[i] = v
                 qm.stats["doorbells"] += 1
                 qm.doorbell(v, qn)
         return qm.process() > 0
