@@ -247,6 +247,9 @@ def main() -> None:
                     help="client counts, comma-separated (default: %(default)s)")
     ap.add_argument("--profile", metavar="N:SIZE", help="only run N clients on SIZE-byte jobs "
                     "with the broker under cProfile, and print where its time goes")
+    ap.add_argument("--floor", action="store_true", help="only the mediation path alone, in "
+                    "this process with warm caches, on a null device (no other process to share "
+                    "the CPU with): broker CPU per job by batch size")
     ap.add_argument("--client", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, default=4096, help=argparse.SUPPRESS)
     ap.add_argument("--duration", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -261,6 +264,9 @@ def main() -> None:
     duration = 1.0 if args.quick else 3.0
     sizes = [int(x, 0) for x in args.sizes.split(",")]
     clients = [int(x, 0) for x in args.clients.split(",")]
+    if args.floor:
+        print_floor(floor())
+        return
     if args.profile:
         n, size = (int(x, 0) for x in args.profile.split(":"))
         profile_row(n, size, 20.0)  # the kernel's profiling timer ticks at HZ: long enough
@@ -342,6 +348,109 @@ def profile_row(nclients: int, size: int, duration: float) -> None:
         print(f"{'us/job':>8}  {title}")
         for key, count in sorted(table.items(), key=lambda kv: -kv[1])[:n]:
             print(f"{count * per_job:8.2f}  {short(key)}")
+
+
+def floor(batches: tuple[int, ...] = (1, 8, 16, 64), jobs: int = 20000) -> list[dict[str, Any]]:
+    """The mediation path alone, in this process, caches warm: one client's virtual function
+    (`VirtualZip` in a server `Function`, its rings in a sealed memfd it "mapped") on a broker
+    whose device is the bundled model with the null executor (every job done at once, in the
+    model's process). A batch of SQEs is written and its doorbell stored; the server pass (the
+    function's poll, the broker's poll) runs until every CQE is out. Counted: the thread CPU of
+    the passes that did work, per job, as `--measure` counts it in the broker."""
+    import fcntl
+    import logging
+    import mmap
+    import struct
+
+    from tests.brokerutil import sqe_words  # a good stateless SQE
+    from warpdrive.backends.vfiouser.launcher import open_emulated
+    from warpdrive.devices.hisi_qm import regs as qm
+    from warpdrive.emu.function import Function
+    from warpdrive.emu.server import POLL_WORKED
+    from warpdrive.serve.broker import Broker
+    from warpdrive.serve.function import VirtualZip
+    from warpdrive.uapi import pci_regs
+
+    iova, size, depth = 0x100000, 4 << 20, 1024
+    ctx, sqc_t, cqc_t, eq, sq, cq, src, dst = (0, 0x1000, 0x2000, 0x3000, 0x10000, 0x40000,
+                                               0x100000, 0x200000)
+    dev = open_emulated("zip", model_options={**MODEL_OPTIONS, "executor": "null"})
+    broker = Broker(dev)
+    model = VirtualZip(broker.client("floor"), revision=broker.revision, depth=depth)
+    fn = Function(model, max_dma_maps=64, max_data_xfer_size=1 << 20,
+                  logger=logging.getLogger("floor"), label="floor")
+    fd = os.memfd_create("floor", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, size)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+    mem = mmap.mmap(fd, size)
+    fn.dma.add(iova, size, fd, 0, True, True)
+    model.on_dma_map(iova, size, fd, 0, True, True)
+    os.close(fd)
+    fn.config.write(pci_regs.PCI_COMMAND, struct.pack("<H", pci_regs.PCI_COMMAND_MEMORY
+                                                      | pci_regs.PCI_COMMAND_MASTER))
+    f = model.qm
+    assert f is not None
+
+    def mailbox(cmd: int, queue: int = 0, base: int = 0, op: int = 0) -> None:
+        for i, word in enumerate(qm.mailbox_dwords(cmd, queue, base, op)):
+            f.write(qm.QM_MB_CMD_SEND_BASE + 4 * i, struct.pack("<I", word))
+
+    def context(cmd: int, queue: int, data: bytes) -> None:
+        mem[ctx:ctx + len(data)] = data
+        mailbox(cmd, queue, iova + ctx)
+
+    mailbox(qm.QM_MB_CMD_SQC_BT, 0, iova + sqc_t)
+    mailbox(qm.QM_MB_CMD_CQC_BT, 0, iova + cqc_t)
+    context(qm.QM_MB_CMD_EQC, 0, qm.EQC.pack(0, 0, iova + eq, 0, 0, 0, 0, 255 | qm.EQC_DW6_PHASE))
+    context(qm.QM_MB_CMD_SQC, 0, qm.SQC.pack(0, 0, iova + sq, 0, (depth - 1) | 7 << 12, 0, 0, 0,
+                                            0, 0, 1 << 4, 0))
+    context(qm.QM_MB_CMD_CQC, 0, qm.CQC.pack(0, 0, iova + cq, 0, (depth - 1) | 4 << 12, 0, 0, 0,
+                                            0, 1, 0))
+    template = struct.pack("<32I", *sqe_words(iova + src, iova + dst))
+    bell = model._bells[0][0]  # the doorbell page the client would store into
+    clock = time.thread_time
+    rows = []
+    try:
+        for batch in batches:
+            tail = head = 0
+            phase = 1
+            done = passes = 0
+            work = 0.0
+            while done < jobs:
+                for _ in range(batch):
+                    mem[sq + tail * 128:sq + tail * 128 + 128] = template
+                    tail = (tail + 1) % depth
+                bell.value = qm.doorbell_v2(0, qm.QM_DB_CMD_SQ, tail)
+                left = batch
+                while left:
+                    t0 = clock()
+                    took = fn.poll()
+                    if broker.poll() == POLL_WORKED or took:
+                        work += clock() - t0
+                        passes += 1
+                    while left and mem[cq + head * 16 + 14] & 1 == phase:
+                        left -= 1
+                        head = (head + 1) % depth
+                        if head == 0:
+                            phase ^= 1
+                bell.value = qm.doorbell_v2(0, qm.QM_DB_CMD_CQ, head)
+                done += batch
+            rows.append({"batch": batch, "mediation_us": round(work / done * 1e6, 2),
+                         "jobs_per_pass": round(done / passes, 1)})
+    finally:
+        fn.close()
+        broker.close()
+        mem.close()
+    return rows
+
+
+def print_floor(rows: list[dict[str, Any]]) -> None:
+    print(f"mediation alone (one client, warm caches, null device; load "
+          f"{os.getloadavg()[0]:.2f}):")
+    for r in rows:
+        print(f"  batch {r['batch']:3d}: {r['mediation_us']:6.2f} us/job "
+              f"({r['jobs_per_pass']:.1f} jobs per pass that worked)")
+    print(json.dumps({"floor": rows, "load": round(os.getloadavg()[0], 2)}))
 
 
 def _row(mode: str, n: int, size: int, r: dict[str, Any], base: float,

@@ -12,9 +12,11 @@ queue asked).
 from __future__ import annotations
 
 from ..devices.zip import hw
+from ..emu.dma import DmaFault
 from ..emu.models._qm import BUSY as QM_BUSY
 from ..emu.models._qm import PENDING as QM_PENDING
 from ..emu.models._qm import Execute, QueueState
+from ..emu.models._zip_layout import CQE_SIZE
 from ..emu.models.zip import ZipModel
 from .broker import BrokerClient, Job
 from .sqe import ADDR_OFF, ADDRS
@@ -35,7 +37,9 @@ class VirtualZip(ZipModel):
         client.on_complete = self._complete
         client.after_completions = self._flush
         self._done: dict[int, list[int]] = {}  # client queue -> completed slots, this pass
-        self._rings: dict[int, memoryview] = {}  # client queue -> its SQ ring (writable view)
+        # client queue -> views of its SQ and CQ rings, kept while the queue runs and the
+        # client's memory and bus mastering stay as they are
+        self._views: dict[int, tuple[memoryview, memoryview]] = {}
 
     # -- the executor -----------------------------------------------------------------------
     def executor(self) -> Execute:
@@ -47,6 +51,7 @@ class VirtualZip(ZipModel):
         qm.queue_started = self._queue_started
         qm.queue_stopped = self._queue_stopped
         qm.execute_run = self._submit_run
+        qm.rings = self._rings
 
     def _queue_started(self, q: QueueState) -> None:
         self._drop_ring(q.qn)
@@ -67,27 +72,32 @@ class VirtualZip(ZipModel):
             return QM_BUSY
         return None if refused else QM_PENDING  # refused: the SQE carries its status
 
-    def _ring(self, qn: int) -> memoryview | None:
-        ring = self._rings.get(qn)
-        if ring is None:
-            q = self._qm().queues[qn]
+    def _rings(self, q: QueueState) -> tuple[memoryview, memoryview]:
+        views = self._views.get(q.qn)
+        if views is None:
+            sq = self.dma.view(q.sq_base, q.sq_depth * q.sqe_size, write=True)
             try:
-                ring = self.dma.view(q.sq_base, q.sq_depth * q.sqe_size, write=True)
-            except Exception:  # the client unmapped its ring: nowhere to put the result
-                return None
-            self._rings[qn] = ring
-        return ring
+                cq = self.dma.view(q.cq_base, q.cq_depth * CQE_SIZE, write=True)
+            except BaseException:
+                sq.release()
+                raise
+            views = self._views[q.qn] = (sq, cq)
+        return views
 
     def _drop_ring(self, qn: int) -> None:
-        ring = self._rings.pop(qn, None)
-        if ring is not None:
-            ring.release()
+        for view in self._views.pop(qn, ()):
+            view.release()
+
+    def _drop_rings(self) -> None:
+        for qn in list(self._views):
+            self._drop_ring(qn)
 
     def _complete(self, qn: int, hsq: memoryview, hslots: list[int], jobs: list[Job]) -> None:
         """Copy a run of results from the hardware ring into the client's SQE slots, with the
         client's own addresses put back (the device's IOVAs are the broker's business)."""
-        ring = self._ring(qn)
-        if ring is None:
+        try:
+            ring = self._rings(self._qm().queues[qn])[0]
+        except DmaFault:  # the client unmapped its ring: nowhere to put the results
             return
         done = self._done.get(qn)
         if done is None:
@@ -113,14 +123,17 @@ class VirtualZip(ZipModel):
         self.client.mapped(iova, size, fd, offset, readable, writable)
 
     def on_dma_unmap(self, iova: int, size: int) -> None:
-        for qn in list(self._rings):
-            self._drop_ring(qn)  # taken again on the next completion, if still mapped
+        self._drop_rings()  # taken again on the next pass, if still mapped
         self.client.unmapped(iova, size)
+
+    def config_write(self, offset: int, data: bytes) -> None:
+        super().config_write(offset, data)
+        if not self.bus_master_enabled():
+            self._drop_rings()  # taking them again faults, as the device would
 
     def reset(self) -> None:
         self.client.reset()
-        for qn in list(self._rings):
-            self._drop_ring(qn)
+        self._drop_rings()
         self._done.clear()
         qm = self._qm()
         qm.reset()
@@ -128,6 +141,5 @@ class VirtualZip(ZipModel):
         self._idle_bells()
 
     def close(self) -> None:
-        for qn in list(self._rings):
-            self._drop_ring(qn)
+        self._drop_rings()
         self.client.close()

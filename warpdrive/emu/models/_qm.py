@@ -100,6 +100,10 @@ Execute = Callable[[QueueState, memoryview, int], int | None]
 # it took (the rest are left for a later `process`, as BUSY) and the slots among them it finished
 # at once (their CQEs go out now, in that order; the others are PENDING).
 ExecuteRun = Callable[[QueueState, memoryview, int, int], tuple[int, list[int]]]
+# rings(queue) -> (SQ ring, CQ ring): writable views of a running queue's rings that the executor
+# keeps between passes (dropping them whenever the client's memory or the queue changes) instead
+# of the function taking and releasing them on every pass; raises DmaFault when out of reach.
+Rings = Callable[[QueueState], tuple[memoryview, memoryview]]
 
 
 class QmFunction:
@@ -122,7 +126,8 @@ class QmFunction:
                                            hint="give depth=2..4096")
         self.dma = dma
         self.execute = execute
-        self.execute_run: ExecuteRun | None = None  # set by an executor that takes runs
+        self.execute_run: ExecuteRun | None = None  # set by an executor that takes runs,
+        self.rings: Rings | None = None  # with the views it keeps of the rings
         self.revision = revision
         self.caps = dict(caps)
         self.eq_vector, self.aeq_vector = eq_vector, aeq_vector
@@ -421,20 +426,12 @@ class QmFunction:
         todo = min((q.tail - q.head) % q.sq_depth, budget)
         if not todo:
             return 0
+        if self.execute_run is not None:
+            return self._run_queue_runs(q, todo)
         try:
             sq = self.dma.view(q.sq_base, q.sq_depth * q.sqe_size, write=True)
-        except DmaFault as e:
-            self._queue_fault(q, str(e))
-            return 0
-        if self.execute_run is not None:
-            try:
-                return self._run_queue_runs(q, sq, todo)
-            finally:
-                sq.release()
-        try:
             cq = self.dma.view(q.cq_base, q.cq_depth * L.CQE_SIZE, write=True)
         except DmaFault as e:
-            sq.release()
             self._queue_fault(q, str(e))
             return 0
         taken = completed = 0
@@ -457,10 +454,15 @@ class QmFunction:
         self.stats["jobs"] += completed
         return taken
 
-    def _run_queue_runs(self, q: QueueState, sq: memoryview, todo: int) -> int:
-        """`_run_queue` with `execute_run`: the SQEs a run at a time (two runs when they wrap);
-        the ring of CQEs is looked up only for jobs finished at once."""
-        assert self.execute_run is not None
+    def _run_queue_runs(self, q: QueueState, todo: int) -> int:
+        """`_run_queue` with `execute_run`: the SQEs a run at a time (two runs when they wrap),
+        on the executor's views of the rings (`rings`)."""
+        assert self.execute_run is not None and self.rings is not None
+        try:
+            sq = self.rings(q)[0]
+        except DmaFault as e:
+            self._queue_fault(q, str(e))
+            return 0
         taken = 0
         while taken < todo:
             n = min(todo - taken, q.sq_depth - q.head)
@@ -494,14 +496,16 @@ class QmFunction:
         if not q.running or not slots:
             return  # stopped or restarted meanwhile: those jobs belong to an earlier life
         try:
-            cq = self.dma.view(q.cq_base, q.cq_depth * L.CQE_SIZE, write=True)
+            cq = self.rings(q)[1] if self.rings is not None else \
+                self.dma.view(q.cq_base, q.cq_depth * L.CQE_SIZE, write=True)
         except DmaFault as e:
             self._queue_fault(q, str(e))
             return
         try:
             self._post_cqes(q, cq, slots)
         finally:
-            cq.release()
+            if self.rings is None:
+                cq.release()
         q.completed += len(slots)
         self.stats["jobs"] += len(slots)
         if q.cq_irq and q.eqe_posted_at is None:
