@@ -30,8 +30,9 @@ message) it polls every attached function back to back for `spin_s` seconds, che
 without blocking in between; then it sets need-wakeup in each function's control page, polls once
 more (so a doorbell stored just before is not missed) and sleeps in epoll for at most `idle_s`
 between polls, or up to `idle_max_s` when every client reads the control page and so kicks the
-server after a doorbell (see `warpdrive.uapi.vfio_user`, WARPDRIVE_CTL_*). Every pass bumps each
-function's heartbeat, by which a client waiting on shared memory knows the server is alive.
+server after a doorbell (see `warpdrive.uapi.vfio_user`, WARPDRIVE_CTL_*). The passes bump each
+function's heartbeat (once a millisecond at most), by which a client waiting on shared memory
+knows the server is alive.
 Models without mmap areas are not polled at all: the server blocks until a message arrives.
 
 Access: the socket is created with `socket_mode` (0600 by default) and `socket_group`, bound and
@@ -72,6 +73,7 @@ _ANC_SIZE = socket.CMSG_SPACE(P.SCM_MAX_FD * 4)
 _MSG_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0x40000000)
 _MESSAGES_PER_TURN = 32  # per client per loop pass, so one chatty client cannot starve others
 _DEADLINE_CHECK_S = 0.05  # while spinning, look at the (seconds-long) timeouts this often
+_HEARTBEAT_S = 0.001  # bump heartbeats at most this often (a client calls 30 ms without one stale)
 _FENCE = threading.Lock()  # see warpdrive.mmio (Wake): a full memory barrier
 # What an `on_poll` hook returns: nothing to do, waiting on work in flight (keep polling), or
 # work done this pass.
@@ -289,6 +291,7 @@ class VfioUserServer:
         self.measure = measure
         self.work_s = 0.0  # with `measure`: CPU time of the poll passes that found work
         self.work_passes = 0  # and how many there were
+        self._beat_due = 0.0  # when the passes next bump the heartbeats
         self.messages = 0
         self.stats: collections.Counter[int] = collections.Counter()
         self._stop = threading.Event()
@@ -437,8 +440,13 @@ class VfioUserServer:
         """One pass over the attached functions and the hook: POLL_WORKED if any made progress,
         POLL_BUSY if something is waiting on work in flight, else POLL_IDLE."""
         r = POLL_IDLE
-        for fn in self._turn():
-            fn.heartbeat()
+        fns = self._turn()
+        now = time.monotonic()
+        if now >= self._beat_due:  # (not every pass: a store per client into its control page)
+            self._beat_due = now + _HEARTBEAT_S
+            for fn in fns:
+                fn.heartbeat()
+        for fn in fns:
             if fn.polled and fn.poll():
                 r = POLL_WORKED
         if self.on_poll is not None:
