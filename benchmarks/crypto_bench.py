@@ -2,6 +2,7 @@
 
     python lab/run.py -- python benchmarks/crypto_bench.py [--quick]    # in the lab guest
     python benchmarks/crypto_bench.py [--quick]                         # on the host
+    python lab/run.py -- python benchmarks/crypto_bench.py --driver     # the driver alone
 
 In the lab guest (two virtio-crypto functions: QEMU's builtin backend and warpdrive's model over
 vfio-user), per function:
@@ -31,6 +32,18 @@ moves.
 kernel and warpdrive (batch) figures on QEMU's function again, each without and then with one
 extra busy process in the guest (one more runnable thread on the 2-core host, as another job on
 the host would be), started by the worker after its setup.
+
+The driver alone (`--driver`, issue 14; in the lab: QEMU's function on vfio-pci, on the host:
+the bundled model): AES-256-CBC through `Cipher`, batches of 32 requests of 64 B and 4 KiB, two
+batches in flight, busy-polled. Once a batch has completed (spinning untimed), two timed sections
+side by side, in alternating order: the driver's (`Cipher.poll`: kick + reap + completions handed
+back; then the same number of `Cipher.submit` into the caller's `out` buffers and one `flush`)
+and Python's floor for as many requests (`RingFloor`: one precompiled `pack_into` of the 72-byte
+request into a free slot, one avail-ring store, one used-element unpack, 1/32 of an avail-index
+store and of a notify store, on the data queue's own memory). Thread CPU time less the clock's
+own cost; `ratio` = driver / floor, against issue 14's target (2x). The driver's figure includes
+copying the data into the slot and the result out (the Cipher API takes bytes, not DMA memory);
+what those two copies cost alone is measured beside it (`copy_us_per_op`).
 
 Progress goes to stderr line by line; the table and one JSON line (`{"bench": "crypto", ...}`) to
 stdout at the end. The lab rebinds the functions: it never leaves virtio_crypto without a
@@ -205,6 +218,164 @@ def worker(args: argparse.Namespace) -> None:
                     for size in sizes:
                         run(path, size, _warpdrive_step(c, size, batch))
     print(json.dumps(results))
+
+
+# ------------------------------------------------------------------- the driver alone (--driver)
+DRIVER_SIZES = (64, 4096)
+DRIVER_TARGET = 2.0  # issue 14: driver CPU per op <= 2x the floor
+
+
+class RingFloor:
+    """Python's floor for one request on the data queue's own memory: one precompiled
+    `pack_into` of the whole 72-byte request into the header of a free slot, one avail-ring
+    store and one used-element unpack half a ring away from the live entries (the device reads
+    neither), and per 32 requests one avail-index store (the index already published: nothing
+    new for the device) and one store into the notify doorbell."""
+
+    def __init__(self, eng: Any) -> None:
+        import ctypes
+        import struct
+
+        from warpdrive.devices.crypto import engine as E
+
+        q = self.q = eng.dataq
+        self.eng = eng
+        self.req = struct.Struct("<IIQII" "III" "28x" "II")  # header, cipher para, op_type
+        assert self.req.size == E.REQ_LEN
+        self.args = (E.U.VIRTIO_CRYPTO_CIPHER_ENCRYPT, 0, 0, 0, 0, 16, 64, 64,
+                     E.U.VIRTIO_CRYPTO_SYM_OP_CIPHER, 0)
+        self.view = eng._view
+        self.avail = q._avail
+        self.used = (ctypes.c_char * (8 * q.size)).from_address(ctypes.addressof(q._used))
+        self.elem = struct.Struct("<II").unpack_from
+        notify = q.notify
+        self.cell = notify._cell if notify.mapped else None  # the raw store, as zip's floor
+        self.ring = notify.ring
+        self.owed = 0
+
+    def run(self, n: int) -> None:
+        q, eng = self.q, self.eng
+        pack, args, view, avail, used, elem = (self.req.pack_into, self.args, self.view,
+                                               self.avail, self.used, self.elem)
+        base = eng._free_slots[-1] * eng._stride if eng._free_slots else 0
+        size = q.size
+        far = (q._avail_idx + size // 2) % size
+        for i in range(n):
+            pack(view, base, *args)
+            avail[2 + (far + i) % size] = 0
+            elem(used, ((far + i) % size) * 8)
+        self.owed += n
+        while self.owed >= 32:
+            avail[1] = q._published
+            if self.cell is not None:
+                self.cell.value = q.index
+            else:
+                self.ring(q.index)
+            self.owed -= 32
+
+
+def driver_rows(device: str, seconds: float, batch: int) -> list[dict[str, Any]]:
+    """Driver CPU per op beside the ring floor, per size (see the module docstring)."""
+    import warpdrive
+    from benchmarks.zip_bench import timer_overhead
+    from warpdrive.crypto import Cipher
+    from warpdrive.devices.crypto import engine as E
+
+    rows = []
+    tclock, clock = time.thread_time_ns, time.perf_counter
+    with warpdrive.open(device) as dev, Cipher("aes-cbc", KEY, device=dev) as c:
+        eng = c._engine
+        q = eng.dataq
+        if 2 * batch > eng.nslots:
+            raise SystemExit(f"batch {batch}: two batches need {2 * batch} slots, the data "
+                             f"queue has {eng.nslots}")
+        for size in DRIVER_SIZES:
+            data = os.urandom(size)
+            outs = [bytearray(size) for _ in range(2 * batch)]
+            submit, poll, flush = c.submit, c.poll, c.flush
+            for out in outs:
+                submit(IV, data, out=out)
+            flush()
+            c.wait()  # warm-up
+            floor = RingFloor(eng)
+            over = timer_overhead()
+            for out in outs:
+                submit(IV, data, out=out)
+            flush()
+            drv = flr = n = sections = 0
+            end = clock() + seconds
+            while clock() < end or sections < 50:
+                while q.used_waiting() < batch:  # untimed: the device works, we spin
+                    pass
+                if sections & 1:
+                    t2 = tclock()
+                    floor.run(batch)
+                    t3 = tclock()
+                t0 = tclock()
+                done = poll()
+                for comp in done:
+                    if comp.data is None:
+                        raise SystemExit(f"request failed: status {comp.status}")
+                    submit(IV, data, out=comp.data)
+                flush()
+                t1 = tclock()
+                if not sections & 1:
+                    t2 = tclock()
+                    floor.run(batch)
+                    t3 = tclock()
+                drv += t1 - t0
+                flr += t3 - t2
+                n += len(done)
+                sections += 1
+            c.wait()
+            # What the API's two copies cost alone: data into a slot, the result out.
+            view, base, dst, src_off = eng._view, eng._in_off, outs[0], E._SRC_OFF
+            t0 = tclock()
+            for _ in range(n):
+                view[src_off:src_off + size] = data
+                dst[:size] = view[base:base + size]
+            copy = max(tclock() - t0 - over, 0.0) / n / 1e3
+            over = (over + timer_overhead()) / 2
+            d = max(drv - sections * over, 0.0) / n / 1e3
+            f = max(flr - sections * over, 1.0) / (sections * batch) / 1e3
+            rows.append({"mode": "driver", "device": dev.name, "size": size, "batch": batch,
+                         "ops": n, "work_us_per_op": round(d, 3),
+                         "floor_us_per_op": round(f, 3), "ratio": round(d / f, 2),
+                         "target": DRIVER_TARGET, "copy_us_per_op": round(copy, 3),
+                         "timer_us": round(over / 1e3, 3), "loadavg": loadavg()})
+    return rows
+
+
+def driver_main(args: argparse.Namespace) -> None:
+    in_lab = os.environ.get("WARPDRIVE_IN_LAB") == "1"
+    load = loadavg()
+    if args.device:
+        rows = driver_rows(args.device, args.seconds, args.batch)
+    elif in_lab:
+        from lab import virtio_crypto as vc
+
+        qemu = find_function(model=False)
+        assert qemu is not None
+        vc.wait_settled()
+        with vc.off_kernel(qemu):
+            rows = driver_rows(qemu, args.seconds, args.batch)
+    else:
+        rows = driver_rows("emu:crypto", args.seconds, args.batch)
+    print(f"driver alone (AES-256-CBC, batch {args.batch}, busy-polled; thread CPU per op, "
+          "timer cost subtracted)")
+    print(f"{'device':<14} {'size':>6} {'ops':>8} {'driver us/op':>13} {'floor us/op':>12} "
+          f"{'ratio':>6} {'target':>8}  {'of which copies':>15}")
+    for r in rows:
+        ok = "ok" if r["ratio"] <= r["target"] else "MISSED"
+        target = f"<= {r['target']}x"
+        print(f"{r['device']:<14} {r['size']:>6} {r['ops']:>8} {r['work_us_per_op']:>13.3f} "
+              f"{r['floor_us_per_op']:>12.3f} {r['ratio']:>5.2f}x {target:>8}"
+              f"  {r['copy_us_per_op']:>13.3f}us {ok}")
+    print(f"loadavg {load} at start, {loadavg()} at end ({'lab guest' if in_lab else 'host'}); "
+          "floor = one precompiled pack_into of the 72-byte request + one avail-ring store + one "
+          "used-element unpack + 1/32 of an avail-index store and a notify store")
+    print(json.dumps({"bench": "crypto_driver", "where": "lab" if in_lab else "host",
+                      "rows": rows}))
 
 
 # ------------------------------------------------------------------------------- driver side
@@ -523,6 +694,8 @@ def main() -> None:
     p.add_argument("--hog", action=argparse.BooleanOptionalAction, default=None,
                    help="measure the 4 KiB ratio with and without one busy guest process "
                    "(default: on in a full lab run)")
+    p.add_argument("--driver", action="store_true",
+                   help="the driver alone: CPU per op beside Python's ring floor (issue 14)")
     p.add_argument("--worker", choices=("kernel", "software", "warpdrive"), help=argparse.SUPPRESS)
     p.add_argument("--sizes", default=",".join(map(str, SIZES)), help=argparse.SUPPRESS)
     p.add_argument("--paths", default="warpdrive", help=argparse.SUPPRESS)
@@ -534,6 +707,9 @@ def main() -> None:
     args.seconds = args.seconds or (0.3 if args.quick else 0.6)
     if args.worker:
         worker(args)
+        return
+    if args.driver:
+        driver_main(args)
         return
     in_lab = os.environ.get("WARPDRIVE_IN_LAB") == "1"
     if args.strace is None:

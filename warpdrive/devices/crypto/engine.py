@@ -77,6 +77,8 @@ STATUS_NAMES = {
 }
 
 REQ_LEN = ctypes.sizeof(U.virtio_crypto_op_data_req)  # 72
+_OK = U.VIRTIO_CRYPTO_OK
+_OP_CIPHER = U.VIRTIO_CRYPTO_SYM_OP_CIPHER
 CTRL_LEN = ctypes.sizeof(U.virtio_crypto_op_ctrl_req)  # 72
 _IV_MAX = 16
 _SRC_OFF = REQ_LEN + _IV_MAX  # source data starts here in a slot
@@ -85,8 +87,14 @@ _OP_TYPE_OFF = (U.virtio_crypto_op_data_req.u.offset
                 + U.virtio_crypto_sym_data_req.op_type.offset)
 _PARA_OFF = (U.virtio_crypto_op_data_req.u.offset
              + U._virtio_crypto_op_data_req_u.sym_req.offset)  # virtio_crypto_cipher_para
-_HDR = struct.Struct("<IIQ")  # opcode, algo, session_id (flag/padding stay 0)
-_PARA = struct.Struct("<III")  # iv_len, src_data_len, dst_data_len
+# The request's header (opcode, algo, session_id; flag and padding 0) and cipher parameters
+# (iv_len, src_data_len, dst_data_len): one store of the 36 bytes that change per request.
+_REQ = struct.Struct("<IIQ8xIII")
+assert _PARA_OFF == 24 and _REQ.size == _PARA_OFF + 12
+# The same with op_type and a 16-byte IV (every AES mode but ECB): the whole request and its IV
+# in one store.
+_REQ_IV16 = struct.Struct("<IIQ8xIII28xI4x16s")
+assert _OP_TYPE_OFF == 64 and _REQ_IV16.size == REQ_LEN + _IV_MAX
 
 # control scratch page layout
 _CTRL_IN_OFF = 512  # session input / destroy status
@@ -303,11 +311,16 @@ class VirtioCrypto(ForkSafe):
         # Lengths are rewritten per request through one u32 view of the descriptor table.
         self._desc32 = (ctypes.c_uint32 * (4 * q.size)).from_address(ctypes.addressof(q.desc))
         self._free_slots = list(range(nslots - 1, -1, -1))
-        self._slot_owner: list[Receiver | None] = [None] * nslots
-        self._slot_tag = [0] * nslots
-        self._slot_len = [0] * nslots
-        self._slot_out: list[bytearray | memoryview | None] = [None] * nslots
+        # Per busy slot: (owner, tag, length, out), one store when submitted, one load when
+        # reaped; None when free.
+        self._slot_req: list[tuple[Receiver, int, int, bytearray | memoryview | None] | None] = \
+            [None] * nslots
+        # What each slot's descriptors say now (header part, data length): a request of the
+        # same shape as the slot's last one stores no length (the device never writes them).
+        self._slot_hdr = [REQ_LEN + _IV_MAX] * nslots
+        self._slot_n = [n] * nslots
         self.nslots = nslots
+        self._submit_chain = q.submit_chain  # bound once: called per request
         self._staged = 0
         self.doorbells = 0  # data-queue notifications sent (one per batch)
 
@@ -321,31 +334,32 @@ class VirtioCrypto(ForkSafe):
         """Stage one cipher request (checked by the caller). Visible to the device at `kick`.
         The result is copied into `out` when given (no allocation), else into new bytes.
         When every slot is busy, kicks and reaps until one frees up."""
-        self._check_alive()
-        if self._closed:
+        if self._forked_dead or self._closed:  # the checks, without a call when they pass
+            self._check_alive()
             raise ClosedError("virtio-crypto engine is closed")
-        if not self._free_slots:
+        free = self._free_slots
+        if not free:
             self._wait_for_slot()
-        slot = self._free_slots.pop()
+        slot = free.pop()
         n = len(data)
         view = self._view
         base = slot * self._stride
-        _HDR.pack_into(view, base, opcode, algo, session_id)
         iv_len = len(iv)
-        _PARA.pack_into(view, base + _PARA_OFF, iv_len, n, n)
-        if iv_len:
-            view[base + REQ_LEN:base + REQ_LEN + iv_len] = iv
+        if iv_len == 16:
+            _REQ_IV16.pack_into(view, base, opcode, algo, session_id, 16, n, n, _OP_CIPHER, iv)
+        else:
+            _REQ.pack_into(view, base, opcode, algo, session_id, iv_len, n, n)
+            if iv_len:
+                view[base + REQ_LEN:base + REQ_LEN + iv_len] = iv
         view[base + _SRC_OFF:base + _SRC_OFF + n] = data
-        d = self._desc32
-        i_hdr, i_src, i_dst = self._len_idx[slot]
-        d[i_hdr] = REQ_LEN + iv_len
-        d[i_src] = n
-        d[i_dst] = n + 1
-        self._slot_owner[slot] = owner
-        self._slot_tag[slot] = tag
-        self._slot_len[slot] = n
-        self._slot_out[slot] = out
-        self.dataq.submit_chain(self._heads[slot], slot)  # type: ignore[union-attr]
+        if self._slot_n[slot] != n or self._slot_hdr[slot] != REQ_LEN + iv_len:
+            d = self._desc32
+            i_hdr, i_src, i_dst = self._len_idx[slot]
+            d[i_hdr] = self._slot_hdr[slot] = REQ_LEN + iv_len
+            d[i_src] = self._slot_n[slot] = n
+            d[i_dst] = n + 1
+        self._slot_req[slot] = (owner, tag, n, out)
+        self._submit_chain(self._heads[slot], slot)
         self._staged += 1
 
     def submit_large(self, owner: Receiver, tag: int, opcode: int, algo: int, session_id: int,
@@ -368,8 +382,7 @@ class VirtioCrypto(ForkSafe):
         buf = self.device.dma.alloc(dst_off + n + 1)
         assert buf.iova is not None
         view = buf.view
-        _HDR.pack_into(view, 0, opcode, algo, session_id)
-        _PARA.pack_into(view, _PARA_OFF, len(iv), n, n)
+        _REQ.pack_into(view, 0, opcode, algo, session_id, len(iv), n, n)
         struct.pack_into("<I", view, _OP_TYPE_OFF, U.VIRTIO_CRYPTO_SYM_OP_CIPHER)
         view[REQ_LEN:REQ_LEN + len(iv)] = iv
         view[src_off:src_off + n] = data
@@ -412,34 +425,30 @@ class VirtioCrypto(ForkSafe):
 
     def reap(self) -> int:
         """Hand every completed request to its submitter; returns how many completed."""
-        done = self.dataq.poll()  # type: ignore[union-attr]
+        done = self.dataq.poll_tokens()  # type: ignore[union-attr]
         if not done:
             return 0
         view = self._view
         in_off = self._in_off
         stride = self._stride
-        for slot, _written in done:
-            if isinstance(slot, _Large):
-                self._finish_large(slot)
+        reqs, free = self._slot_req, self._free_slots
+        for s in done:
+            if s.__class__ is _Large:
+                self._finish_large(s)
                 continue
-            s: int = slot  # type: ignore[assignment]
-            n = self._slot_len[s]
-            base = s * stride + in_off
+            owner, tag, n, out = reqs[s]  # type: ignore[index, misc]
+            base = s * stride + in_off  # type: ignore[operator]
             status = view[base + n]
-            out = self._slot_out[s]
             data: bytes | bytearray | memoryview | None = None
-            if status == U.VIRTIO_CRYPTO_OK:
+            if status == _OK:
                 if out is None:
                     data = bytes(view[base:base + n])
                 else:
                     out[:n] = view[base:base + n]
                     data = out
-            owner = self._slot_owner[s]
-            self._slot_owner[s] = None
-            self._slot_out[s] = None
-            self._free_slots.append(s)
-            if owner is not None:
-                owner._deliver(self._slot_tag[s], status, data)
+            reqs[s] = None  # type: ignore[index]
+            free.append(s)  # type: ignore[arg-type]
+            owner._deliver(tag, status, data)
         # A completion may have submitted a follow-up (the next piece of a split CBC
         # encryption): send it now rather than at the waiter's next kick.
         self.kick()
