@@ -88,6 +88,27 @@ def test_long_and_short_requests_in_one_batch(small: warpdrive.Device) -> None:
             assert got[rid] == reference("aes-cbc", K128, iv, data, decrypt=dec)
 
 
+def test_slots_reused_with_another_shape_each_time(small: warpdrive.Device) -> None:
+    """A slot's descriptor lengths are stored only when its request changes shape (IV or data
+    length): requests of every shape, ECB (no IV) and CBC interleaved, over every slot several
+    times, each checked against `cryptography`."""
+    rng = random.Random(14)
+    with Cipher("aes-ecb", K128, device=small) as ecb, \
+            Cipher("aes-cbc", K128, device=small) as cbc:
+        nslots = VirtioCrypto.of(small).nslots
+        for _ in range(3):
+            cases = {}
+            for i in range(nslots):
+                n = rng.choice((16, 64, 4096, 16 * rng.randrange(1, 256)))
+                c, name = (ecb, "aes-ecb") if i % 3 == 0 else (cbc, "aes-cbc")
+                iv = None if c is ecb else rng.randbytes(16)
+                data = rng.randbytes(n)
+                cases[c, c.submit(iv, data)] = (name, iv, data)
+            got = {(c, x.id): x.result() for c in (ecb, cbc) for x in c.wait()}
+            for key, (name, iv, data) in cases.items():
+                assert got[key] == reference(name, K128, iv, data), (name, len(data))
+
+
 def test_a_failing_piece_fails_the_whole_request(small: warpdrive.Device) -> None:
     eng = engine(small)
     with Cipher("aes-ctr", K128, device=small) as c:
