@@ -36,8 +36,9 @@ the host would be), started by the worker after its setup.
 The driver alone (`--driver`, issue 14; in the lab: QEMU's function on vfio-pci, on the host:
 the bundled model): AES-256-CBC through `Cipher`, batches of 32 requests of 64 B and 4 KiB, two
 batches in flight, busy-polled. Once a batch has completed (spinning untimed), two timed sections
-side by side, in alternating order: the driver's (`Cipher.poll`: kick + reap + completions handed
-back; then the same number of `Cipher.submit` into the caller's `out` buffers and one `flush`)
+side by side, in alternating order: the driver's (`Cipher.poll_many`: kick + reap + completions
+handed back; then one `Cipher.submit_many` of as many requests into the completed requests' `out`
+buffers, and one `flush`)
 and Python's floor for as many requests (`RingFloor`: one precompiled `pack_into` of the 72-byte
 request into a free slot, one avail-ring store, one used-element unpack, 1/32 of an avail-index
 store and of a notify store, on the data queue's own memory). Thread CPU time less the clock's
@@ -292,15 +293,15 @@ def driver_rows(device: str, seconds: float, batch: int) -> list[dict[str, Any]]
         for size in DRIVER_SIZES:
             data = os.urandom(size)
             outs = [bytearray(size) for _ in range(2 * batch)]
-            submit, poll, flush = c.submit, c.poll, c.flush
-            for out in outs:
-                submit(IV, data, out=out)
+            submit_many, poll_many, flush = c.submit_many, c.poll_many, c.flush
+            got: list[Any] = []
+            ivs, datas = [IV] * 2 * batch, [data] * 2 * batch
+            submit_many(ivs, datas, outs=outs)
             flush()
             c.wait()  # warm-up
             floor = RingFloor(eng)
             over = timer_overhead()
-            for out in outs:
-                submit(IV, data, out=out)
+            submit_many(ivs, datas, outs=outs)
             flush()
             drv = flr = n = sections = 0
             end = clock() + seconds
@@ -312,20 +313,21 @@ def driver_rows(device: str, seconds: float, batch: int) -> list[dict[str, Any]]
                     floor.run(batch)
                     t3 = tclock()
                 t0 = tclock()
-                done = poll()
-                for comp in done:
-                    if comp.data is None:
-                        raise SystemExit(f"request failed: status {comp.status}")
-                    submit(IV, data, out=comp.data)
+                k = poll_many(got)
+                outs_k = [comp.data for comp in got]
+                if None in outs_k:
+                    raise SystemExit(f"a request failed: {got}")
+                submit_many(ivs[:k], datas[:k], outs=outs_k)
                 flush()
                 t1 = tclock()
+                got.clear()
                 if not sections & 1:
                     t2 = tclock()
                     floor.run(batch)
                     t3 = tclock()
                 drv += t1 - t0
                 flr += t3 - t2
-                n += len(done)
+                n += k
                 sections += 1
             c.wait()
             # What the API's two copies cost alone: data into a slot, the result out.

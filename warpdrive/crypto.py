@@ -6,6 +6,8 @@
         ct = c.encrypt(iv, data)                         # vfio-pci, else the bundled model
         ids = [c.submit(iv, blk) for blk in blocks]      # staged, nothing sent yet
         done = c.wait()                                  # one doorbell for the batch, then poll
+        first = c.submit_many(ivs, blocks, outs=outs)    # the hot path: a batch in one call,
+        n = c.poll_many(done)                            # completions appended to a list
 
     with Cipher("aes-xts", key, device="0000:00:02.0", poll=False) as c:  # sleep on MSI-X
         ...
@@ -57,7 +59,7 @@ import atexit
 import logging
 import os
 import threading
-from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, overload
 
@@ -230,7 +232,7 @@ class Cipher:
         self.poll_mode = poll
         self._key = key
         self._sessions: dict[bool, int] = {}  # encrypt? -> session id
-        self._done: deque[Completion] = deque()
+        self._done: list[Completion] = []
         self._pending: set[int] = set()
         self._splits: dict[int, _Split] = {}  # device request tag -> the caller request
         self._next_id = 0
@@ -277,34 +279,64 @@ class Cipher:
         which publish every staged request with a single doorbell. With `out` (a writable
         buffer of at least len(data) bytes) the result is copied there, allocating nothing;
         the caller must not touch `out` until the request completes."""
+        return self.submit_many((iv,), (data,), decrypt=decrypt, outs=(out,))
+
+    def submit_many(self, ivs: Sequence[bytes | None],
+                    datas: Sequence[bytes | bytearray | memoryview], *, decrypt: bool = False,
+                    outs: Sequence[bytearray | memoryview | None] | None = None) -> int:
+        """Stage one request per item of `datas` (with `ivs[i]` and, when given, `outs[i]`, as
+        `submit` takes them); returns the first one's id, the others' follow (id + 1, ...).
+        Every request is checked before any is staged. The batch's hot path: one call for the
+        batch, its checks inline, what the requests share looked up once."""
+        if self._closed:
+            raise ClosedError(f"{self.name} cipher is closed", hint="create a new Cipher")
+        k = len(datas)
+        if len(ivs) != k or (outs is not None and len(outs) != k):
+            raise InvalidArgumentError(
+                f"submit_many: {len(ivs)} IVs, {k} data buffers and "
+                f"{'no' if outs is None else len(outs)} outputs; give one of each per request")
+        if outs is None:
+            outs = (None,) * k
         # Every check runs on every request; the common case (bytes IV of the right size,
         # bytes/bytearray data, a bytearray `out`) is tested inline, anything else by the full
         # check, which raises with the reason.
-        if self._closed:
-            raise ClosedError(f"{self.name} cipher is closed", hint="create a new Cipher")
         alg = self.algorithm
-        if not alg.iv_size:
-            ivb = b""
-        elif iv.__class__ is bytes and len(iv) == alg.iv_size:
-            ivb = iv
-        else:
-            ivb = alg.check_iv(iv)
-        cls = data.__class__
-        if cls is bytes or cls is bytearray:
-            mv = data
-        elif isinstance(data, memoryview):
-            mv = memoryview(data).cast("B")
-        elif isinstance(data, (bytes, bytearray)):
-            mv = data
-        else:
-            raise InvalidArgumentError(f"data must be bytes-like, not {type(data).__name__}")
-        n = len(mv)
-        if not n or n % alg.block:
-            alg.check_data(n)
-        if out is not None and (out.__class__ is not bytearray or len(out) < n):
-            _check_out(out, n)
-            if isinstance(out, memoryview) and out.format != "B":
-                out = out.cast("B")
+        iv_size, block = alg.iv_size, alg.block
+        eng = self._engine
+        limit = eng.max_request
+        fits = True
+        civs: list[bytes] = []
+        cdatas: list[bytes | bytearray | memoryview] = []
+        couts: list[bytearray | memoryview | None] = []
+        for iv, data, out in zip(ivs, datas, outs):
+            if not iv_size:
+                ivb = b""
+            elif iv.__class__ is bytes and len(iv) == iv_size:
+                ivb = iv
+            else:
+                ivb = alg.check_iv(iv)
+            cls = data.__class__
+            if cls is bytes or cls is bytearray:
+                mv = data
+            elif isinstance(data, memoryview):
+                mv = memoryview(data).cast("B")
+            elif isinstance(data, (bytes, bytearray)):
+                mv = data
+            else:
+                raise InvalidArgumentError(
+                    f"data must be bytes-like, not {type(data).__name__}")
+            n = len(mv)
+            if not n or n % block:
+                alg.check_data(n)
+            if n > limit:
+                fits = False
+            if out is not None and (out.__class__ is not bytearray or len(out) < n):
+                _check_out(out, n)
+                if isinstance(out, memoryview) and out.format != "B":
+                    out = out.cast("B")
+            civs.append(ivb)
+            cdatas.append(mv)
+            couts.append(out)
         # A session has one direction (virtio 1.2 §5.9.7.2.1); CTR decrypts by encrypting, on its
         # encrypt session, so it asks for encryption (a device may refuse the contradiction).
         backwards = decrypt and not alg.symmetric
@@ -313,15 +345,22 @@ class Cipher:
             sid = self._session(not backwards)
         opcode = U.VIRTIO_CRYPTO_CIPHER_DECRYPT if backwards else U.VIRTIO_CRYPTO_CIPHER_ENCRYPT
         rid = self._next_id
-        self._next_id = rid + 1
-        eng = self._engine
-        if n <= eng.max_request:
-            eng.submit(self, rid, opcode, alg.virtio_algo, sid, ivb, mv, out)
-        elif alg.name == "aes-xts":
-            eng.submit_large(self, rid, opcode, alg.virtio_algo, sid, ivb, mv, out)
+        self._next_id = rid + k
+        if fits:
+            eng.submit_many(self, rid, opcode, alg.virtio_algo, sid, civs, cdatas, couts)
         else:
-            self._submit_split(rid, opcode, sid, ivb, memoryview(mv).cast("B"), out, backwards)
-        self._pending.add(rid)
+            for i, (ivb, mv, out) in enumerate(zip(civs, cdatas, couts)):
+                if len(mv) <= limit:
+                    eng.submit(self, rid + i, opcode, alg.virtio_algo, sid, ivb, mv, out)
+                elif alg.name == "aes-xts":
+                    eng.submit_large(self, rid + i, opcode, alg.virtio_algo, sid, ivb, mv, out)
+                else:
+                    self._submit_split(rid + i, opcode, sid, ivb, memoryview(mv).cast("B"),
+                                       out, backwards)
+        if k == 1:
+            self._pending.add(rid)
+        else:
+            self._pending.update(range(rid, rid + k))
         return rid
 
     def _submit_split(self, rid: int, opcode: int, sid: int, iv: bytes, data: memoryview,
@@ -387,12 +426,21 @@ class Cipher:
 
     def poll(self) -> list[Completion]:
         """Send staged requests, then return whatever has completed (possibly nothing)."""
+        out: list[Completion] = []
+        self.poll_many(out)
+        return out
+
+    def poll_many(self, out: list[Completion]) -> int:
+        """`poll`, appending the completions to `out`; returns how many (no list built)."""
         eng = self._engine
         eng.kick()
         eng.reap()
-        out = list(self._done)
-        self._done.clear()
-        return out
+        done = self._done
+        if not done:
+            return 0
+        self._done = []  # the filled list is handed over, not copied and cleared
+        out += done
+        return len(done)
 
     def wait(self, timeout: float | None = None) -> list[Completion]:
         """Send staged requests and wait for all of this Cipher's requests in flight (busy-

@@ -38,7 +38,7 @@ import select
 import struct
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -334,33 +334,44 @@ class VirtioCrypto(ForkSafe):
         """Stage one cipher request (checked by the caller). Visible to the device at `kick`.
         The result is copied into `out` when given (no allocation), else into new bytes.
         When every slot is busy, kicks and reaps until one frees up."""
+        self.submit_many(owner, tag, opcode, algo, session_id, (iv,), (data,), (out,))
+
+    def submit_many(self, owner: Receiver, tag: int, opcode: int, algo: int, session_id: int,
+                    ivs: Sequence[bytes], datas: Sequence[bytes | bytearray | memoryview],
+                    outs: Sequence[bytearray | memoryview | None]) -> None:
+        """`submit` for requests of one session (tags `tag`, `tag` + 1, ...; each fits a slot),
+        in one call: what is the same for all of them is looked up once."""
         if self._forked_dead or self._closed:  # the checks, without a call when they pass
             self._check_alive()
             raise ClosedError("virtio-crypto engine is closed")
-        free = self._free_slots
-        if not free:
-            self._wait_for_slot()
-        slot = free.pop()
-        n = len(data)
-        view = self._view
-        base = slot * self._stride
-        iv_len = len(iv)
-        if iv_len == 16:
-            _REQ_IV16.pack_into(view, base, opcode, algo, session_id, 16, n, n, _OP_CIPHER, iv)
-        else:
-            _REQ.pack_into(view, base, opcode, algo, session_id, iv_len, n, n)
-            if iv_len:
-                view[base + REQ_LEN:base + REQ_LEN + iv_len] = iv
-        view[base + _SRC_OFF:base + _SRC_OFF + n] = data
-        if self._slot_n[slot] != n or self._slot_hdr[slot] != REQ_LEN + iv_len:
-            d = self._desc32
-            i_hdr, i_src, i_dst = self._len_idx[slot]
-            d[i_hdr] = self._slot_hdr[slot] = REQ_LEN + iv_len
-            d[i_src] = self._slot_n[slot] = n
-            d[i_dst] = n + 1
-        self._slot_req[slot] = (owner, tag, n, out)
-        self._submit_chain(self._heads[slot], slot)
-        self._staged += 1
+        free, view, stride = self._free_slots, self._view, self._stride
+        reqs, slot_n, slot_hdr, heads = self._slot_req, self._slot_n, self._slot_hdr, self._heads
+        submit_chain = self._submit_chain
+        for iv, data, out in zip(ivs, datas, outs):
+            if not free:
+                self._wait_for_slot()
+            slot = free.pop()
+            n = len(data)
+            base = slot * stride
+            iv_len = len(iv)
+            if iv_len == 16:
+                _REQ_IV16.pack_into(view, base, opcode, algo, session_id, 16, n, n, _OP_CIPHER,
+                                    iv)
+            else:
+                _REQ.pack_into(view, base, opcode, algo, session_id, iv_len, n, n)
+                if iv_len:
+                    view[base + REQ_LEN:base + REQ_LEN + iv_len] = iv
+            view[base + _SRC_OFF:base + _SRC_OFF + n] = data
+            if slot_n[slot] != n or slot_hdr[slot] != REQ_LEN + iv_len:
+                d = self._desc32
+                i_hdr, i_src, i_dst = self._len_idx[slot]
+                d[i_hdr] = slot_hdr[slot] = REQ_LEN + iv_len
+                d[i_src] = slot_n[slot] = n
+                d[i_dst] = n + 1
+            reqs[slot] = (owner, tag, n, out)
+            submit_chain(heads[slot], slot)
+            tag += 1
+            self._staged += 1  # counted one by one: a wait for a slot kicks what is staged
 
     def submit_large(self, owner: Receiver, tag: int, opcode: int, algo: int, session_id: int,
                      iv: bytes, data: bytes | bytearray | memoryview,
