@@ -136,9 +136,10 @@ class QmFunction:
         self.sq_depth_cap = sq_depth
         self.cq_depth_cap = cq_depth
         self.notify = notify or (lambda vector: False)
-        # (cmd, op, queue, status) of the first MB_LOG_MAX commands (a client can issue any
-        # number: the log must stay bounded); `mb_count` counts them all.
-        self.mb_log: list[tuple[int, int, int, int]] = []
+        # (cmd, op, queue, status) of the last MB_LOG_MAX commands (a client can issue any
+        # number: the log must stay bounded; a test judging a late driver, like the lab's
+        # hisi_zip after our own, needs the recent ones); `mb_count` counts them all.
+        self.mb_log: deque[tuple[int, int, int, int]] = deque(maxlen=self.MB_LOG_MAX)
         self.mb_count = 0
         self.stats = {} if stats is None else stats  # the accelerator may share its counters
         for key in ("jobs", "trapped_reads", "trapped_writes", "doorbells", "dma_faults", "msis",
@@ -236,8 +237,7 @@ class QmFunction:
         except DmaFault:
             status = 2
         self.mb_count += 1
-        if len(self.mb_log) < self.MB_LOG_MAX:
-            self.mb_log.append((cmd, op, queue, status))
+        self.mb_log.append((cmd, op, queue, status))
         w0 = (w0 & ~(L.QM_MB_BUSY | L.QM_MB_STATUS_MASK << L.QM_MB_STATUS_SHIFT)
               | (status & L.QM_MB_STATUS_MASK) << L.QM_MB_STATUS_SHIFT)
         struct.pack_into("<H", self.mailbox, 0, w0)

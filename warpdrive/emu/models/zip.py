@@ -105,7 +105,10 @@ DBG_MESSAGES = 0x40  # u64 vfio-user messages the server has received (this read
 DBG_RESETS = 0x48  # u64 device resets (VFIO_USER_DEVICE_RESET)
 DBG_EQES = 0x50  # u64 event-queue entries posted
 DBG_SGL_JOBS = 0x58  # u64 jobs whose buffers were hardware SGLs
-DBG_MB_LOG = 0x100  # u32 per command: cmd | op << 8 | status << 12 | queue << 16
+# u32 per command: cmd | op << 8 | status << 12 | queue << 16. A ring of the last
+# DBG_MB_LOG_LEN commands: command n (counting from 0 up to DBG_MB_COUNT) is in slot
+# n % DBG_MB_LOG_LEN, so a reader that noted the count earlier finds exactly the newer ones.
+DBG_MB_LOG = 0x100
 DBG_MB_LOG_LEN = (DBG_SIZE - DBG_MB_LOG) // 4
 _DBG_COUNTERS = {"jobs": DBG_JOBS, "trapped_reads": DBG_TRAPPED_READS,
                  "trapped_writes": DBG_TRAPPED_WRITES, "doorbells": DBG_DOORBELLS_POLLED,
@@ -116,13 +119,16 @@ _DBG_COUNTERS = {"jobs": DBG_JOBS, "trapped_reads": DBG_TRAPPED_READS,
 def debug_window(qm: QmFunction, messages: int = 0) -> bytes:
     win = bytearray(DBG_SIZE)
     _U32.pack_into(win, DBG_MAGIC_OFF, DBG_MAGIC)
-    _U32.pack_into(win, DBG_VERSION_OFF, 2)
+    _U32.pack_into(win, DBG_VERSION_OFF, 3)  # 3: the mailbox log is a ring
     _U64.pack_into(win, DBG_MESSAGES, messages)
     for key, off in _DBG_COUNTERS.items():
         _U64.pack_into(win, off, qm.stats.get(key, 0))
     _U32.pack_into(win, DBG_MB_COUNT, qm.mb_count)
-    for i, (cmd, op, queue, status) in enumerate(qm.mb_log[:DBG_MB_LOG_LEN]):
-        _U32.pack_into(win, DBG_MB_LOG + 4 * i, cmd | op << 8 | status << 12 | queue << 16)
+    recent = list(qm.mb_log)[-DBG_MB_LOG_LEN:]
+    first = qm.mb_count - len(recent)
+    for i, (cmd, op, queue, status) in enumerate(recent):
+        _U32.pack_into(win, DBG_MB_LOG + 4 * ((first + i) % DBG_MB_LOG_LEN),
+                       cmd | op << 8 | status << 12 | queue << 16)
     return bytes(win)
 
 
@@ -134,12 +140,13 @@ def decode_stats(window: bytes) -> dict[str, int]:
     return out
 
 
-def decode_mailbox_log(window: bytes) -> list[tuple[str, int, int, int]]:
-    """(command name, op, queue, status) for each logged mailbox command in a BAR0 dump."""
-    count = min(_U32.unpack_from(window, DBG_MB_COUNT)[0], DBG_MB_LOG_LEN)
+def decode_mailbox_log(window: bytes, since: int = 0) -> list[tuple[str, int, int, int]]:
+    """(command name, op, queue, status) for each logged mailbox command in a BAR0 dump, oldest
+    first, from command number `since` (a DBG_MB_COUNT read earlier) where the ring still has it."""
+    count = _U32.unpack_from(window, DBG_MB_COUNT)[0]
     out = []
-    for i in range(count):
-        v = _U32.unpack_from(window, DBG_MB_LOG + 4 * i)[0]
+    for n in range(max(since, count - DBG_MB_LOG_LEN), count):
+        v = _U32.unpack_from(window, DBG_MB_LOG + 4 * (n % DBG_MB_LOG_LEN))[0]
         cmd = v & 0xFF
         out.append((L.MB_CMD_NAMES.get(cmd, f"cmd{cmd:#x}"), v >> 8 & 0xF, v >> 16,
                     v >> 12 & 0xF))
