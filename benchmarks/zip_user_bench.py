@@ -5,8 +5,7 @@
 API (in-process, the embedded default: the bundled model over vfio-user): one-shot
 `compress`/`decompress` against the stdlib's `zlib` (level 6 both) at 5 B, 4 KiB, 64 KiB and
 1 MiB; each pair timed alternately in rounds, the median kept, and the ratio taken within the
-round (so machine load cancels out). The 5-byte and 4 KiB rows are measured twice: as users
-get them, and with every job forced onto the engine (`WARPDRIVE_ZIP_CPU_BELOW=0`).
+round (so machine load cancels out). Every call runs on the engine (no size goes to the CPU).
 
 CLI (separate processes on the same cores): `warpdrive compress -c` against `pigz -c -p NCPU`
 and `warpdrive decompress -c` against `gzip -dc` on a mixed file (text, binary, zeros),
@@ -74,7 +73,6 @@ def per_call(fn: Callable[[], object], budget: float) -> float:
 
 def api_rows(quick: bool) -> list[dict]:
     import warpdrive.zip as wz
-    from warpdrive.zip import zlib_api
 
     wz.default_engine()  # opened once, as a program's first call would
     rounds = 3 if quick else 7
@@ -83,31 +81,23 @@ def api_rows(quick: bool) -> list[dict]:
     for size in (5, 4096, 65536, 1 << 20):
         data = sample(size)
         blob = zlib.compress(data, 6)
-        forced_variants = [False, True] if size <= 4096 else [False]
-        for forced in forced_variants:
-            old = zlib_api.CPU_BELOW
-            if forced:
-                zlib_api.CPU_BELOW = 0
-            try:
-                for op, ours, theirs in (
-                        ("compress", functools.partial(wz.compress, data, 6),
-                         functools.partial(zlib.compress, data, 6)),
-                        ("decompress", functools.partial(wz.decompress, blob),
-                         functools.partial(zlib.decompress, blob))):
-                    t_ours, t_theirs, ratios = [], [], []
-                    for _ in range(rounds):
-                        a = per_call(ours, budget)
-                        b = per_call(theirs, budget)
-                        t_ours.append(a)
-                        t_theirs.append(b)
-                        ratios.append(a / b)
-                    rows.append({"op": op, "size": size, "engine_forced": forced,
-                                 "ours_us": round(statistics.median(t_ours) * 1e6, 1),
-                                 "zlib_us": round(statistics.median(t_theirs) * 1e6, 1),
-                                 "time_ratio": round(statistics.median(ratios), 3),
-                                 "speed_ratio": round(1 / statistics.median(ratios), 3)})
-            finally:
-                zlib_api.CPU_BELOW = old
+        for op, ours, theirs in (
+                ("compress", functools.partial(wz.compress, data, 6),
+                 functools.partial(zlib.compress, data, 6)),
+                ("decompress", functools.partial(wz.decompress, blob),
+                 functools.partial(zlib.decompress, blob))):
+            t_ours, t_theirs, ratios = [], [], []
+            for _ in range(rounds):
+                a = per_call(ours, budget)
+                b = per_call(theirs, budget)
+                t_ours.append(a)
+                t_theirs.append(b)
+                ratios.append(a / b)
+            rows.append({"op": op, "size": size,
+                         "ours_us": round(statistics.median(t_ours) * 1e6, 1),
+                         "zlib_us": round(statistics.median(t_theirs) * 1e6, 1),
+                         "time_ratio": round(statistics.median(ratios), 3),
+                         "speed_ratio": round(1 / statistics.median(ratios), 3)})
     return rows
 
 
@@ -224,19 +214,16 @@ def main() -> int:
         args.cli_mb or (64 if args.quick else 500), args.quick)
     after = load()
     print(f"load average before {before}, after {after}; {os.cpu_count()} CPUs")
-    print(f"{'op':12} {'size':>8} {'forced':>6} {'ours us':>10} {'zlib us':>10} "
-          f"{'time x':>7} {'speed x':>7}")
+    print(f"{'op':12} {'size':>8} {'ours us':>10} {'zlib us':>10} {'time x':>7} {'speed x':>7}")
     for r in api:
-        print(f"{r['op']:12} {r['size']:>8} {r['engine_forced']!s:>6} {r['ours_us']:>10} "
-              f"{r['zlib_us']:>10} {r['time_ratio']:>7} {r['speed_ratio']:>7}")
+        print(f"{r['op']:12} {r['size']:>8} {r['ours_us']:>10} {r['zlib_us']:>10} "
+              f"{r['time_ratio']:>7} {r['speed_ratio']:>7}")
     for r in cli:
         print("  ".join(f"{k}={v}" for k, v in r.items()))
     verdict = {}
-    five = next(r for r in api if r["size"] == 5 and r["op"] == "compress"
-                and not r["engine_forced"])
+    five = next(r for r in api if r["size"] == 5 and r["op"] == "compress")
     verdict["oneshot_5B_us"] = five["ours_us"]
-    four = next(r for r in api if r["size"] == 4096 and r["op"] == "compress"
-                and not r["engine_forced"])
+    four = next(r for r in api if r["size"] == 4096 and r["op"] == "compress")
     verdict["oneshot_4KiB_time_ratio"] = four["time_ratio"]
     verdict["decompress_speed_ratio"] = min(r["speed_ratio"] for r in api
                                             if r["op"] == "decompress" and r["size"] >= 65536)

@@ -291,3 +291,24 @@ def test_example_compress_files(tmp_path: Path) -> None:
     assert b"42 files" in r.stdout and b"0 failed verification" in r.stdout
     assert gzip.decompress((tmp_path / "out" / "sub" / "big.bin.gz").read_bytes()) == \
         (src / "sub" / "big.bin").read_bytes()
+
+
+def test_compress_writes_independent_members_of_a_read_chunk(tmp_path: Path) -> None:
+    """gzip compression goes out as members of 1 MiB of input each, several on the engine at
+    once (bgzip's layout): one gzip file to every reader, the name and time in the first."""
+    data = sample((5 << 20) + 123, seed=5)
+    (tmp_path / "big.txt").write_bytes(data)
+    assert cli("compress", "-q", "big.txt", cwd=tmp_path).returncode == 0
+    blob = (tmp_path / "big.txt.gz").read_bytes()
+    assert gzip.decompress(blob) == data
+    members, rest = [], blob
+    while rest:
+        d = zlib.decompressobj(31)
+        members.append(d.decompress(rest))
+        assert d.eof
+        if not members[1:]:
+            assert header(rest)[2] == b"big.txt"
+        rest = d.unused_data
+    assert [len(m) for m in members] == [1 << 20] * 5 + [123]
+    r = cli("decompress", "-c", "big.txt.gz", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout == data

@@ -20,6 +20,7 @@ import stat
 import struct
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -35,6 +36,7 @@ SUFFIX = {"gzip": ".gz", "zlib": ".zz", "deflate": ".deflate"}
 GZ_SUFFIXES = (".gz", "-gz", ".z", "-z", "_z")
 TAR_SUFFIXES = (".tgz", ".taz")
 READ_CHUNK = 1 << 20
+IN_FLIGHT = 4  # compression jobs on the engine at once (its workers run them in parallel)
 OUT_CHUNK = 1 << 20  # decompressed bytes per call: memory stays bounded for any input
 PROGRESS_AFTER = 1.0  # seconds before a progress line appears
 
@@ -58,7 +60,9 @@ def register(subparsers: Any) -> None:
             "kept unless --rm is given.",
             epilog="The hardware has one compression level: -1..-9, --fast and --best are "
             "accepted for gzip compatibility and only set the header's XFL byte (-0 is not "
-            "a gzip option).\nExit status: 0 ok, 1 error, 2 warning (as gzip).")
+            "a gzip option). gzip output is written as members of 1 MiB of input each, "
+            "compressed in parallel (gzip -l shows the last member's size).\n"
+            "Exit status: 0 ok, 1 error, 2 warning (as gzip).")
         USAGE_EXIT[name] = EXIT_ERROR  # gzip exits 1 on a usage error (2 means a warning)
         p.add_argument("files", metavar="FILE", nargs="*",
                        help="files to process; none or '-' means standard input")
@@ -326,11 +330,12 @@ class Run:
 
         assert out is not None
         level = self.args.level or 6
+        c: Any
         if self.fmt == "gzip":
             keep = self.args.name is not False and name != "-"
             head = wgz._gzip_header(wgz._header_name(name) if keep else b"",
                                     int(in_stat.st_mtime) if keep and in_stat else 0, level)
-            c: Any = wgz._Member(head, level, self.engine())
+            return self.compress_members(name, head, level, src, out, prog)
         else:
             c = wz.compressobj(level, wz.DEFLATED, WBITS[self.fmt], device=self.engine(),
                                chunk_size=READ_CHUNK)
@@ -348,6 +353,37 @@ class Run:
         out.write(data)
         res.n_out += len(data)
         return res
+
+    def compress_members(self, name: str, head: bytes, level: int, src: IO[bytes],
+                         out: Output, prog: Progress) -> Result:
+        """gzip: the input as independent members of READ_CHUNK bytes, IN_FLIGHT of them on
+        the engine at once (pigz's parallelism; bgzip's layout, which every gzip reader reads
+        as one file). The first member carries the header with the name and time stamp."""
+        s = self.engine().session("compress", wbits=31, level=level)
+        res = Result()
+        pending: deque[Any] = deque()
+        first = True
+        try:
+            while True:
+                block = _read(src, READ_CHUNK, name)
+                if block or (first and not pending):  # an empty input is one empty member
+                    res.n_in += len(block)
+                    pending.append(s.submit(block))
+                    prog.update(len(block))
+                while pending and (not block or len(pending) >= IN_FLIGHT or pending[0].done):
+                    job = pending.popleft()
+                    while not job.done:
+                        s.wait()
+                    data = job.output  # the job's error, if it failed
+                    if first:
+                        data, first = memoryview(head + bytes(data[10:])), False
+                    out.write(data)
+                    res.n_out += len(data)
+                    job.release()
+                if not block:
+                    return res
+        finally:
+            s.close()
 
     # -- decompression ---------------------------------------------------------------------
     def decompress_one(self, name: str, src: Any, first: bytes, out: Output | None,

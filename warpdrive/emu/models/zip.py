@@ -65,13 +65,18 @@ Run it standalone: `warpdrive emu zip --socket PATH` (or `python -m warpdrive.em
 options (`--set key=value`): `queues` (default 2), `depth` (SQ/CQ depth, default 1024),
 `revision` (0x30 default, or 0x21), `level` (zlib level), `doorbells` (mmap | trap),
 `isolation` (0 | 1), `executor` (zlib, or null: jobs complete at once without being done, to
-measure a driver alone).
+measure a driver alone), `workers` (zlib threads for stateless jobs over 64 KiB, default one
+per core up to 4; 1 = everything on the model's thread; see `ThreadedJobs`).
 """
 
 from __future__ import annotations
 
+import os
 import struct
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from typing import Any
 
 from ...errors import InvalidArgumentError
@@ -79,7 +84,7 @@ from ..dma import DmaFault
 from ..model import VFIO_PCI_MSI_IRQ_INDEX, DeviceModel, RegionSpec
 from . import _zip_layout as L
 from ._deflate import WINDOW_WBITS, DeflateUnit, JobResult
-from ._qm import Dma, Execute, QmFunction, QueueState
+from ._qm import BUSY, PENDING, Dma, Execute, QmFunction, QueueState
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -190,9 +195,14 @@ class ZipJobs:
     def reset(self) -> None:
         self.unit.reset()
 
-    def __call__(self, q: QueueState, sq: memoryview, off: int) -> None:
+    def __call__(self, q: QueueState, sq: memoryview, off: int) -> int | None:
         w = L.SQE.unpack_from(sq, off)
-        res = self._execute(q, w)
+        self.write_result(sq, off, w, self._execute(q, w))
+        return None
+
+    @staticmethod
+    def write_result(sq: memoryview, off: int, w: tuple[int, ...], res: JobResult) -> None:
+        """The results into the SQE slot in place (dw0..3, ctx_dw0's state, dw30/31)."""
         _RES.pack_into(sq, off, res.consumed, res.produced, 0,
                        (res.status & L.STATUS_MASK) | (L.STATUS_LAST_BLOCK if res.last else 0))
         struct.pack_into("<I", sq, off + 4 * L.DW_CTX_DW0,
@@ -200,17 +210,22 @@ class ZipJobs:
         _TAIL.pack_into(sq, off + 4 * L.DW_CTX_DW1, w[L.DW_CTX_DW1], w[L.DW_CTX_DW2],
                         res.isize & 0xFFFF_FFFF, res.checksum & 0xFFFF_FFFF)
 
-    def _execute(self, q: QueueState, w: tuple[int, ...]) -> JobResult:
+    @staticmethod
+    def malformed(q: QueueState, w: tuple[int, ...]) -> bool:
+        """An SQE the engine refuses (STATUS_BAD_REQUEST) before touching memory."""
         dw7, dw9 = w[L.DW_IN_SGE_FLAGS], w[L.DW_REQ]
-        alg = dw9 & 0xFF
-        sqe_type = dw7 >> L.SQE_TYPE_SHIFT
+        return (dw9 & 0xFF not in L.ALG_NAMES
+                or dw7 >> L.SQE_TYPE_SHIFT not in (L.SQE_TYPE_V1, L.SQE_TYPE_V3)
+                or dw9 >> L.SQE_BUF_TYPE_SHIFT & 0xF not in (L.SQE_BUF_FLAT, L.SQE_BUF_SGL)
+                or dw9 >> L.SQE_WINDOW_SHIFT & 0xF not in WINDOW_WBITS
+                or w[L.DW_INPUT_LENGTH] > L.HZ_MAX_SIZE or w[L.DW_DEST_AVAIL_OUT] > L.HZ_MAX_SIZE
+                or q.alg not in (L.ZIP_QC_COMPRESS, L.ZIP_QC_DECOMPRESS))
+
+    def _execute(self, q: QueueState, w: tuple[int, ...]) -> JobResult:
+        dw9 = w[L.DW_REQ]
         buf_type = dw9 >> L.SQE_BUF_TYPE_SHIFT & 0xF
-        window = dw9 >> L.SQE_WINDOW_SHIFT & 0xF
         in_len, avail = w[L.DW_INPUT_LENGTH], w[L.DW_DEST_AVAIL_OUT]
-        if (alg not in L.ALG_NAMES or sqe_type not in (L.SQE_TYPE_V1, L.SQE_TYPE_V3)
-                or buf_type not in (L.SQE_BUF_FLAT, L.SQE_BUF_SGL) or window not in WINDOW_WBITS
-                or in_len > L.HZ_MAX_SIZE or avail > L.HZ_MAX_SIZE
-                or q.alg not in (L.ZIP_QC_COMPRESS, L.ZIP_QC_DECOMPRESS)):
+        if self.malformed(q, w):
             return JobResult(L.STATUS_BAD_REQUEST)
         src_addr = w[L.DW_SRC_H] << 32 | w[L.DW_SRC_L]
         dst_addr = w[L.DW_DST_H] << 32 | w[L.DW_DST_L]
@@ -320,25 +335,163 @@ class NullJobs(ZipJobs):
         _RES.pack_into(sq, off, in_len, 0, 0, L.STATUS_OK | L.STATUS_LAST_BLOCK)
 
 
+class ThreadedJobs(ZipJobs):
+    """The zlib executor with worker threads (`workers=N`, N > 1): a stateless job from flat
+    buffers larger than INLINE_MAX, or behind such a job, is taken (PENDING) and run on one of
+    N threads, so jobs of one queue, or of several, are compressed at once on several cores
+    (zlib releases the GIL). Its results and CQE are posted from `collect()` on the model's
+    thread, in submission order per queue, as `QmFunction.complete` wants them. Everything
+    else runs inline as in `ZipJobs`, after the queue's jobs in flight (BUSY until then): a
+    lone small job pays no thread hand-off, and the jobs of a stream (stateful, keyed by
+    context) stay in order. Only the
+    model's thread touches DMA maps, rings and stream state; a worker sees two buffer views."""
+
+    INLINE_MAX = 64 << 10
+
+    def __init__(self, dma: Dma, level: int = 6, workers: int = 2) -> None:
+        super().__init__(dma, level)
+        self.workers = workers
+        self._pool: ThreadPoolExecutor | None = None  # started on the first big job
+        # per queue: (queue, slot, SQE words, future, src view, dst view), oldest first
+        self.inflight: dict[int, deque[tuple[QueueState, int, tuple[int, ...], Future[JobResult],
+                                             memoryview, memoryview]]] = {}
+        self.qm: QmFunction | None = None
+
+    def __call__(self, q: QueueState, sq: memoryview, off: int) -> int | None:
+        w = L.SQE.unpack_from(sq, off)
+        dw7, dw9 = w[L.DW_IN_SGE_FLAGS], w[L.DW_REQ]
+        mine = self.inflight.get(q.qn)
+        if (dw7 & L.SQE_STATEFUL or dw9 >> L.SQE_BUF_TYPE_SHIFT & 0xF != L.SQE_BUF_FLAT
+                or self.malformed(q, w) or (not mine and w[L.DW_INPUT_LENGTH] <= self.INLINE_MAX)):
+            if mine:
+                return BUSY  # after the jobs before it
+            self.write_result(sq, off, w, self._execute(q, w))
+            return None
+        in_len, avail = w[L.DW_INPUT_LENGTH], w[L.DW_DEST_AVAIL_OUT]
+        src = dst = None
+        try:
+            src = self.dma.view(w[L.DW_SRC_H] << 32 | w[L.DW_SRC_L], in_len)
+            dst = self.dma.view(w[L.DW_DST_H] << 32 | w[L.DW_DST_L], max(avail, 1),
+                                write=True)[:avail]
+        except DmaFault:
+            for v in (src, dst):
+                if v is not None:
+                    v.release()
+            if mine:
+                return BUSY
+            self.stats["dma_faults"] += 1
+            self.write_result(sq, off, w, JobResult(L.STATUS_DMA_FAULT))
+            return None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="zip-engine")
+        fut = self._pool.submit(self._run, q, w, src, dst)
+        self.inflight.setdefault(q.qn, deque()).append((q, off // q.sqe_size, w, fut, src, dst))
+        return PENDING
+
+    def collect(self, wait_s: float = 0.0) -> int:
+        """Post the finished jobs (a queue's done prefix); with nothing finished and jobs in
+        flight, first wait up to `wait_s` for the oldest (the model's thread sleeps instead of
+        spinning on the cores the workers need). Returns how many were posted."""
+        if not self.inflight:
+            return 0
+        if wait_s:
+            oldest = [d[0][3] for d in self.inflight.values() if d]
+            if oldest and not any(f.done() for f in oldest):
+                futures_wait(oldest, wait_s, FIRST_COMPLETED)
+        posted = 0
+        for qn in list(self.inflight):
+            jobs = self.inflight[qn]
+            slots: list[int] = []
+            q = jobs[0][0]
+            try:
+                sq = self.dma.view(q.sq_base, q.sq_depth * q.sqe_size, write=True)
+            except DmaFault:
+                sq = None
+            try:
+                while jobs and jobs[0][3].done():
+                    q, slot, w, fut, src, dst = jobs.popleft()
+                    res = self._result(fut)
+                    src.release()
+                    dst.release()
+                    if sq is not None:
+                        self.write_result(sq, slot * q.sqe_size, w, res)
+                        slots.append(slot)
+            finally:
+                if sq is not None:
+                    sq.release()
+            if not jobs:
+                del self.inflight[qn]
+            if slots and self.qm is not None:
+                self.qm.complete(q, slots)
+                posted += len(slots)
+        return posted
+
+    @staticmethod
+    def _result(fut: Future[JobResult]) -> JobResult:
+        try:
+            return fut.result()
+        except Exception:  # a bug in a job must not take the model down: the job fails
+            return JobResult(L.STATUS_BAD_DATA)
+
+    def drain(self, qn: int | None = None) -> None:
+        """Wait for the jobs in flight (of queue `qn`, or all) and drop them unposted: the
+        queue stopped or restarted, the device reset, or the client unmaps memory they use."""
+        for n in [qn] if qn is not None else list(self.inflight):
+            for _q, _slot, _w, fut, src, dst in self.inflight.pop(n, ()):
+                futures_wait([fut])
+                src.release()
+                dst.release()
+
+    def settle(self) -> None:
+        """Finish and post every job in flight (before memory goes away)."""
+        while self.inflight:
+            self.collect(0.01)
+
+    def reset(self) -> None:
+        self.drain()
+        super().reset()
+
+    def abandon(self, iova: int, size: int) -> None:
+        self.settle()
+        super().abandon(iova, size)
+
+    def close(self) -> None:
+        self.drain()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
 EXECUTORS = {"zlib": ZipJobs, "null": NullJobs}
 
 
 def zip_function(dma: Dma, *, revision: int = L.QM_HW_V3, qp_base: int = 0, qp_num: int = 2,
                  sq_depth: int = 1024, cq_depth: int = 1024, level: int = 6,
-                 isolation: bool = False, executor: str = "zlib",
+                 isolation: bool = False, executor: str = "zlib", workers: int = 1,
                  notify: Callable[[int], bool] | None = None,
                  execute: Execute | None = None) -> tuple[QmFunction, ZipJobs]:
     """A ZIP function's device side, without a server (tests drive it directly). `executor`
-    names the model's own engine (`EXECUTORS`); `execute` replaces it as the executor of SQEs
-    (the broker's virtual functions)."""
-    jobs = EXECUTORS[executor](dma, level)
+    names the model's own engine (`EXECUTORS`), `workers` > 1 gives the zlib one worker
+    threads (`ThreadedJobs`: then call `jobs.collect()` after `qm.process()`); `execute`
+    replaces it as the executor of SQEs (the broker's virtual functions)."""
+    jobs = (ThreadedJobs(dma, level, workers) if executor == "zlib" and workers > 1
+            else EXECUTORS[executor](dma, level))
     qm = QmFunction(dma, execute or jobs, revision=revision,
                     caps=capability_registers(revision, sq_depth, cq_depth, isolation),
                     eq_vector=L.V3_EQ_IRQ & 0xFFFF, aeq_vector=L.V3_AEQ_IRQ & 0xFFFF,
                     qp_base=qp_base, qp_num=qp_num, sq_depth=sq_depth, cq_depth=cq_depth,
                     notify=notify,
                     stats=jobs.stats)
+    if isinstance(jobs, ThreadedJobs) and execute is None:
+        jobs.qm = qm
+        # jobs of an earlier life of a queue never complete into its new one
+        qm.queue_started = qm.queue_stopped = lambda q: jobs.drain(q.qn)
     return qm, jobs
+
+
+def default_workers() -> int:
+    """Worker threads of the bundled model: one per usable core, at most 4."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
 # -- the device ---------------------------------------------------------------------------------
@@ -358,7 +511,7 @@ class ZipModel(DeviceModel):
     poll_idle_s = 0.0005
     polled = True
 
-    OPTIONS = "queues, depth, revision, level, doorbells, isolation, executor"
+    OPTIONS = "queues, depth, revision, level, doorbells, isolation, executor, workers"
 
     def __init__(self, **options: str) -> None:
         super().__init__(**options)
@@ -369,6 +522,7 @@ class ZipModel(DeviceModel):
             rev = int(opts.pop("revision", str(L.QM_HW_V3)), 0)
             self.level = int(opts.pop("level", "6"), 0)
             self.isolation = bool(int(opts.pop("isolation", "0"), 0))
+            self.workers = int(opts.pop("workers", str(default_workers())), 0)
         except ValueError as e:
             raise InvalidArgumentError(f"zip model: bad option value: {e}",
                                        hint="options are integers (0x.. for hex)") from None
@@ -390,6 +544,10 @@ class ZipModel(DeviceModel):
         if not 1 <= self.qp_num <= 64:
             raise InvalidArgumentError(f"zip model: {self.qp_num} queues is out of range",
                                        hint="give queues=1..64")
+        if not 1 <= self.workers <= 64:
+            raise InvalidArgumentError(f"zip model: workers={self.workers} is out of range",
+                                       hint="give workers=1..64 (1: jobs run on the model's "
+                                       "thread)")
         if not -1 <= self.level <= 9:
             raise InvalidArgumentError(f"zip model: level {self.level} is out of range",
                                        hint="give level=-1..9")
@@ -435,7 +593,8 @@ class ZipModel(DeviceModel):
         self.qm, self.jobs = zip_function(
             self.dma, revision=self.revision, qp_num=self.qp_num, sq_depth=self.depth,
             cq_depth=self.depth, level=self.level, isolation=self.isolation,
-            executor=self.executor_name, notify=self.notify, execute=self.executor())
+            executor=self.executor_name, workers=self.workers, notify=self.notify,
+            execute=self.executor())
         if self.doorbells == "mmap":
             if self.isolation:
                 self._bells = [(self.region_u64(L.QM_DB_BAR, qn * L.QM_QP_DB_INTERVAL
@@ -493,7 +652,16 @@ class ZipModel(DeviceModel):
                 last[i] = v
                 qm.stats["doorbells"] += 1
                 qm.doorbell(v, qn)
-        return qm.process() > 0
+        worked = qm.process() > 0
+        jobs = self.jobs
+        if isinstance(jobs, ThreadedJobs) and jobs.inflight:
+            # Jobs on the workers: sleep briefly on the oldest rather than spin (the workers
+            # need the cores), and count as busy so the server keeps polling.
+            posted = jobs.collect(0 if worked else self.poll_idle_s)
+            if posted:
+                qm.process()  # jobs held back (BUSY) behind them
+            return True
+        return worked
 
     def reset(self) -> None:
         qm = self._qm()
