@@ -128,7 +128,7 @@ def test_signal_leaves_no_partial_output(tmp_path: Path, sig: signal.Signals) ->
         with contextlib.suppress(ProcessLookupError):
             p.kill()
         p.wait()
-    assert p.returncode == -sig  # dies by the signal after cleaning up, as gzip does
+    assert p.returncode == -sig, err  # dies by the signal after cleaning up, as gzip does
     line = one_line(err)
     assert f"interrupted by {sig.name}" in line and "nothing was written" in line
     assert leftovers(tmp_path, "in") == []

@@ -374,9 +374,11 @@ class Run:
                     job = pending.popleft()
                     while not job.done:
                         s.wait()
-                    data = job.output  # the job's error, if it failed
+                    # A copy (the job's error, if it failed): no view of a DMA buffer may
+                    # outlive the engine when a signal ends the run mid-write.
+                    data = bytes(job.output)
                     if first:
-                        data, first = memoryview(head + bytes(data[10:])), False
+                        data, first = head + data[10:], False
                     out.write(data)
                     res.n_out += len(data)
                     job.release()

@@ -328,8 +328,11 @@ class Inflater(_StreamBase):
         del self._in[:used]
         self._pending_out = (job.tag & hw.CTX_ST_MASK) in (hw.CTX_ST_DECOMP_NO_SPACE,
                                                             hw.CTX_ST_DECOMPING_NO_SPACE)
-        if self._pending_out and not room and self._out_size < hw.HZ_MAX_SIZE:
-            self._out_size = min(self._out_size * 4, hw.HZ_MAX_SIZE)
+        # More output waits: next time a larger buffer, up to what the caller lets us return
+        # (fewer round trips for big outputs; memory still bounded by max_length).
+        cap = min(room, hw.HZ_MAX_SIZE) if room else hw.HZ_MAX_SIZE
+        if self._pending_out and self._out_size < cap:
+            self._out_size = min(self._out_size * 4, cap)
         if st == hw.STATUS_DECOMP_END:
             tlen = trailer_size(self.alg)
             # The engine checked the trailer; its report is checked against the bytes too.
