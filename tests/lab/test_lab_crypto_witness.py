@@ -50,8 +50,25 @@ def test_kernel_selftests_pass_on_the_model(on_the_model: float, crypto_model_bd
             f"{block}\nself-tests took {on_the_model:.1f} s on {crypto_model_bdf}\n")
 
 
+AF_ALG_RESTRICT = Path("/proc/sys/crypto/af_alg_restrict")  # Linux >= 7.3
+
+
 def test_af_alg_through_virtio_crypto_on_the_model_matches_cryptography(
         on_the_model: float) -> None:
+    if AF_ALG_RESTRICT.exists():
+        # 7.3: AF_ALG allocates with CRYPTO_ALG_ASYNC in the mask, so no async driver (as
+        # virtio_crypto is) is reachable, restricted or not (docs/research/virtio-crypto.md §10).
+        saved = AF_ALG_RESTRICT.read_text()
+        try:
+            for level in ("1", "0"):
+                AF_ALG_RESTRICT.write_text(level)
+                with socket.socket(socket.AF_ALG, socket.SOCK_SEQPACKET, 0) as s, \
+                        pytest.raises(FileNotFoundError):
+                    s.bind(("skcipher", vc.KERNEL_DRIVER))
+        finally:
+            AF_ALG_RESTRICT.write_text(saved)
+        pytest.skip("Linux >= 7.3: AF_ALG cannot reach an async driver (ENOENT checked); "
+                    "the self-tests are this kernel's judge of the model")
     rng = random.Random(0xAF)
     for ksize in (16, 24, 32):
         key = rng.randbytes(ksize)
