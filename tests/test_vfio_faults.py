@@ -24,6 +24,21 @@ def test_vtd_read_fault():
     assert "00:03.0" in str(f)
 
 
+def test_vtd_fault_with_pci_domain_as_linux_7_prints_it():
+    # Linux 7.3's dmar_fault_do_one names the requester with its domain (seen in the lab guest).
+    line = ("DMAR: [DMA Read NO_PASID] Request device [0000:00:01.0] fault addr 0x11000 "
+            "[fault reason 0x06] PTE Read access is not set")
+    f = parse_fault_line(line)
+    assert f is not None
+    assert (f.requester, f.access, f.address) == ("0000:00:01.0", "read", 0x11000)
+    assert f.names("0000:00:01.0") and not f.names("0000:00:03.0")
+    assert not f.names("0001:00:01.0")  # the domain now tells segments apart
+    w = parse_fault_line("DMAR: [DMA Write PASID 0x1] Request device [0001:0a:1f.7] fault addr "
+                         "0xdead000 [fault reason 0x05] PTE Write access is not set")
+    assert w is not None and w.access == "write" and w.names("0001:0a:1f.7")
+    assert not w.names("0000:0a:1f.7")
+
+
 def test_vtd_write_fault_with_pasid():
     line = ("DMAR: [DMA Write PASID 0x1] Request device [0a:1f.7] fault addr 0xdead000 "
             "[fault reason 0x05] PTE Write access is not set")

@@ -10,8 +10,9 @@ Reading /dev/kmsg needs root or CAP_SYSLOG when `kernel.dmesg_restrict=1`; witho
 watch is simply unavailable. The fault printouts are rate-limited by the kernel: VT-d's handler
 spends 3 of its 10 tokens per 5 s on each fault (the "DRHD: handling fault" line, the record, and
 the end-of-records check), so only about three faults per 5 s are logged; later ones go unseen.
-VT-d names the requester as bus:dev.fn without the PCI domain, so on multi-segment machines a
-fault on another segment's function with the same bus:dev.fn would be attributed here too.
+VT-d names the requester as bus:dev.fn without the PCI domain up to Linux 6.x ("[00:03.0]"), so on
+multi-segment machines a fault on another segment's function with the same bus:dev.fn would be
+attributed here too; Linux 7.x prints the domain as well ("[0000:00:03.0]").
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from dataclasses import dataclass
 from ...forkguard import close_fd_quietly
 
 # drivers/iommu/intel/dmar.c: "[DMA Read NO_PASID] Request device [00:03.0] fault addr 0x...
-# [fault reason 0x06] PTE Read access is not set" (prefixed "DMAR: ").
+# [fault reason 0x06] PTE Read access is not set" (prefixed "DMAR: "); 7.x names the device
+# with its PCI domain, "[0000:00:03.0]".
 _VTD = re.compile(
     r"\[(?P<kind>DMA Read|DMA Write)(?: NO_PASID| PASID 0x[0-9a-fA-F]+)?\] Request device "
-    r"\[(?P<bus>[0-9a-fA-F]{2}):(?P<dev>[0-9a-fA-F]{2})\.(?P<fn>[0-7])\] fault addr "
+    r"\[(?:(?P<domain>[0-9a-fA-F]{4}):)?(?P<bus>[0-9a-fA-F]{2}):(?P<dev>[0-9a-fA-F]{2})\."
+    r"(?P<fn>[0-7])\] fault addr "
     r"0x(?P<addr>[0-9a-fA-F]+)(?: \[fault reason 0x(?P<reason>[0-9a-fA-F]+)\] ?(?P<text>.*))?")
 # drivers/iommu/amd/iommu.c: "Event logged [IO_PAGE_FAULT device=0000:00:03.0 domain=0x0002
 # address=0x... flags=0x0020]", or with the device named by the dev_printk prefix instead.
@@ -40,7 +43,7 @@ _AMD = re.compile(
 class FaultRecord:
     """One logged IOMMU fault: which function, read or write, the faulting IOVA, why."""
 
-    requester: str  # "00:03.0" (VT-d) or "0000:00:03.0" (AMD-Vi)
+    requester: str  # "00:03.0" (VT-d up to 6.x) or "0000:00:03.0" (VT-d 7.x, AMD-Vi)
     access: str  # "read", "write" or "unknown"
     address: int
     reason: str
@@ -62,6 +65,8 @@ def parse_fault_line(text: str) -> FaultRecord | None:
     m = _VTD.search(text)
     if m:
         req = f"{m['bus']}:{m['dev']}.{m['fn']}".lower()
+        if m["domain"]:
+            req = f"{m['domain']}:{req}".lower()
         reason = (m["text"] or "").strip()
         if m["reason"]:
             code = f"fault reason {int(m['reason'], 16):#04x}"
