@@ -1,8 +1,11 @@
-"""pytest plugin: `lab`-marked tests run inside one lab guest boot per session.
+"""pytest plugin: `lab`-marked tests run inside one lab guest boot per kernel per session.
 
-On the host, the selected lab items are collected as usual; at the first one, the guest boots once
-and runs pytest on exactly those node ids, writing each test report (the same serialization
-pytest-xdist uses) as a JSON line into the results share. Every host lab item then passes, fails or
+Every lab test is parametrized by lab kernel (`lab_kernel`: 6.12 and 7.3, or those named in
+$WARPDRIVE_LAB_KERNELS, e.g. "6.12"). On the host, the selected lab items are collected as usual;
+as the run starts, one guest per kernel boots in the background (side by side; one after the
+other with -s, whose consoles are streamed) while host tests run, each running pytest on exactly
+its kernel's node ids and writing each test report (the same serialization pytest-xdist uses) as
+a JSON line into its results share. Every host lab item then passes, fails or
 skips by name with the guest's report: traceback, captured output and duration included. If the
 lab cannot run (no QEMU, kernel build failure, boot timeout), every lab item fails with the reason.
 `WARPDRIVE_LAB=skip` skips them instead, loudly, for developers without the lab.
@@ -17,8 +20,11 @@ Fixtures (all fail outside the guest, except lab_kernel_headers/lab_kernel_dir):
     nic_bdf, nic_ifname the guest's virtio-net function and its interface (up, default route)
     zip_bdf             the ZIP model (19e5:a251/a250) served on the host over vfio-user and
                         attached with QEMU's vfio-user-pci (one fixture per lab/emu.py device)
-    lab_kernel_dir      the lab kernel's cache dir (bzImage, config, release, headers/)
+    lab_kernel          the lab kernel version a lab test runs on ("6.12", "7.3"): every lab test
+                        runs once per kernel, node ids end in [...-k6.12] / [...-k7.3]
+    lab_kernel_dir      the lab kernel's cache dir (bzImage, config, release, headers/, modules/)
     lab_kernel_headers  the lab kernel's installed uAPI headers (…/headers/include)
+    kernel_modules      loads the lab kernel's modules (modprobe -d <kernel dir>/modules)
 """
 
 from __future__ import annotations
@@ -27,7 +33,10 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,6 +67,30 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(plugin, "warpdrive-lab-side")
 
 
+def lab_kernels() -> list[str]:
+    """The kernels lab tests run on: all of lab/versions.env, or $WARPDRIVE_LAB_KERNELS."""
+    from lab import kernel
+
+    try:
+        return kernel.selected_versions()
+    except kernel.KernelBuildError as e:
+        raise pytest.UsageError(str(e)) from None
+
+
+@pytest.hookimpl(trylast=True)  # after the fixtures' own params: ids read "[iommufd-k7.3]"
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every lab test runs once per lab kernel (one guest boot per kernel runs them all)."""
+    if metafunc.definition.get_closest_marker("lab") is None:
+        return
+    metafunc.parametrize("lab_kernel", lab_kernels(), ids=lambda v: f"k{v}")
+
+
+@pytest.fixture(autouse=True)
+def lab_kernel() -> str | None:
+    """The lab kernel version ("6.12", "7.3") a lab test runs on; None for host tests."""
+    return None
+
+
 # ---------------------------------------------------------------------------------------- guest
 
 
@@ -76,9 +109,14 @@ class _GuestSide:
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config,
                                       items: list[pytest.Item]) -> None:
-        drop = [i for i in items if i.get_closest_marker("lab") is None]
-        if drop:
-            items[:] = [i for i in items if i.get_closest_marker("lab") is not None]
+        # Here: lab items of the kernel this guest booted (the host sends exactly those; a
+        # hand-started `lab/run.py --pytest` collects every kernel's variants).
+        running = os.environ.get("WARPDRIVE_LAB_KERNEL_VERSION", "")
+        keep = [i for i in items if i.get_closest_marker("lab") is not None
+                and (not running or item_kernel(i) == running)]
+        if len(keep) != len(items):
+            drop = [i for i in items if i not in keep]
+            items[:] = keep
             config.hook.pytest_deselected(items=drop)
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
@@ -95,27 +133,176 @@ class _GuestSide:
             self.report = None
 
     def pytest_report_header(self) -> str:
-        return f"warpdrive lab guest: kernel {os.uname().release}"
+        return (f"warpdrive lab guest: kernel {os.uname().release} "
+                f"(lab kernel {os.environ.get('WARPDRIVE_LAB_KERNEL_VERSION', '?')})")
 
 
 # ----------------------------------------------------------------------------------------- host
 
 
-class _HostSide:
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-        self.lab_items: list[pytest.Item] = []
-        self.ran = False
+def item_kernel(item: pytest.Item) -> str:
+    """The lab kernel a lab item runs on: its `lab_kernel` parameter, or the first lab kernel for
+    an item marked lab only through one of its parameters (pytest.param(..., marks=lab)), which
+    pytest_generate_tests cannot see."""
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    return str(params["lab_kernel"]) if "lab_kernel" in params else lab_kernels()[0]
+
+
+class _GuestRun:
+    """One guest boot on one kernel, running that kernel's lab items; in a thread of its own."""
+
+    def __init__(self, side: _HostSide, version: str, nodeids: list[str]) -> None:
+        self.side = side
+        self.version = version
+        self.nodeids = nodeids
         self.failure: str | None = None  # why the guest produced no (or partial) results
         self.reports: dict[str, list[TestReport]] = {}
         self.collect_errors: list[str] = []
         self.summary: list[str] = []
         self.results: Path | None = None
         self.keep_log = False
+        self.thread = threading.Thread(target=self._run, name=f"lab-guest-{version}", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self._boot_and_collect()
+        except Exception as e:  # a bug here must fail this kernel's items, not hang the session
+            self.failure = f"the lab plugin failed: {e!r}"
+
+    def _boot_and_collect(self) -> None:
+        from lab import vm  # host only: the guest never boots a guest
+
+        side, config = self.side, self.side.config
+        try:
+            results = vm.new_results_dir()
+        except vm.LabError as e:
+            self.failure = f"cannot run the lab: {e}"
+            return
+        self.results = results
+        report = results / "pytest-report.jsonl"
+        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--color=no",
+                f"--lab-report={report}", f"--rootdir={config.rootpath}",
+                f"--tb={config.getoption('tbstyle')}"]
+        argv += ["-v"] * max(config.getoption("verbose"), 0)
+        if config.getoption("showlocals"):
+            argv.append("-l")
+        argv += self.nodeids
+
+        def run() -> vm.LabResult:
+            return vm.run_in_lab(argv, results, cwd=config.rootpath,
+                                 timeout=config.getoption("lab_timeout"),
+                                 output=sys.stdout.buffer if side.stream else None,
+                                 boot_output=None, kernel_version=self.version,
+                                 cancel=side.cancel)
+
+        try:
+            res = run()
+            if res.boot_seconds is None and not res.timed_out and not side.cancel.is_set():
+                # The guest died before pytest started (a TCG boot flake, not a test result):
+                # boot once more rather than fail the whole session's lab tests.
+                os.replace(results / "console.log", results / "console.failed-boot.log")
+                self.summary.append(f"first boot failed ({res.error}); retried once, see "
+                                    f"{results}/console.failed-boot.log")
+                self.keep_log = True
+                side.say(f"warpdrive lab: the {self.version} guest failed to boot; retrying once")
+                res = run()
+        except vm.LabError as e:
+            self.failure = f"cannot run the lab: {e}"
+            side.say(f"warpdrive lab: {self.failure}")
+            shutil.rmtree(results, ignore_errors=True)  # no guest ran: nothing to keep
+            self.results = None
+            return
+        boot = "n/a" if res.boot_seconds is None else f"{res.boot_seconds:.1f} s"
+        self.summary.append(f"guest: boot-to-command {boot}, total {res.total_seconds:.1f} s")
+        self._read_reports(report, res)
+
+    def _read_reports(self, report: Path, res: Any) -> None:
+        config = self.side.config
+        finished = False
+        try:
+            lines = report.read_text().splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a guest crash
+            if rec["kind"] == "finish":
+                finished = True
+                continue
+            rep = config.hook.pytest_report_from_serializable(config=config, data=rec["data"])
+            if isinstance(rep.longrepr, list):  # a skip's (path, line, reason), listified by JSON
+                rep.longrepr = tuple(rep.longrepr)
+            if rec["kind"] == "collect":
+                self.collect_errors.append(f"{rep.nodeid}:\n{rep.longreprtext}")
+            else:
+                self.reports.setdefault(rep.nodeid, []).append(rep)
+        if res.error is not None or not finished:
+            why = res.error or f"the guest's pytest exited {res.returncode} before finishing"
+            self.failure = f"{why}\n\nguest console (last lines):\n{res.console_tail()}"
+        if res.server_problems:
+            self.summary.append("device model servers (vfio-user, host side) complained:")
+            self.summary += [f"  {ln}" for ln in res.server_problems]
+            self.keep_log = True
+        if res.kernel_problems:
+            self.summary.append("guest kernel messages (dmesg: warnings, BUGs, IOMMU faults; "
+                                "expected only where a test provokes them):")
+            self.summary += [f"  {ln}" for ln in res.kernel_problems]
+
+
+class _HostSide:
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.lab_items: list[pytest.Item] = []
+        self.runs: dict[str, _GuestRun] = {}  # by kernel version, once started
+        self.cancel = threading.Event()
+        self.stream = config.getoption("capture") == "no"
+        self.started = False
+
+    @property
+    def skip(self) -> bool:
+        return os.environ.get("WARPDRIVE_LAB", "").lower() == "skip"
 
     @pytest.hookimpl(trylast=True)  # after -k/-m deselection: boot only for what will run
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         self.lab_items = [i for i in items if i.get_closest_marker("lab") is not None]
+        if self.lab_items and not self.skip:
+            # Host tests first: they run while the guests boot and run, and the lab items, whose
+            # reports only need replaying, come last.
+            lab = set(map(id, self.lab_items))
+            items[:] = [i for i in items if id(i) not in lab] + self.lab_items
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> None:
+        """Boot one guest per kernel as the run starts, in the background, so host tests run
+        meanwhile; the kernels' guests boot side by side unless the console is streamed (-s)."""
+        if self.skip or not self.lab_items or session.config.option.collectonly:
+            return
+        by_kernel: dict[str, list[str]] = {}
+        for item in self.lab_items:
+            by_kernel.setdefault(item_kernel(item), []).append(item.nodeid)
+        self.runs = {v: _GuestRun(self, v, ids) for v, ids in by_kernel.items()}
+        self.started = True
+        self.say(f"\nwarpdrive lab: running {len(self.lab_items)} lab test(s), one QEMU guest "
+                 f"boot per kernel ({', '.join(self.runs)})"
+                 f"{' (guest consoles below)' if self.stream else ''} ...")
+        if self.stream:  # one at a time, so the consoles do not interleave
+            first, *rest = self.runs.values()
+
+            def in_turn() -> None:
+                first._run()
+                for r in rest:
+                    r._run()
+
+            first.thread = threading.Thread(target=in_turn, name="lab-guests", daemon=True)
+            first.thread.start()
+            for r in rest:
+                r.thread = first.thread
+        else:
+            for r in self.runs.values():
+                r.thread.start()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item,
@@ -138,138 +325,67 @@ class _HostSide:
         return True
 
     def _reports_for(self, item: pytest.Item) -> list[TestReport]:
-        skip = os.environ.get("WARPDRIVE_LAB", "").lower() == "skip"
-        if skip:
+        if self.skip:
             path, line, _ = item.location
             reason = "WARPDRIVE_LAB=skip: lab test NOT run (unset it to run it in the QEMU guest)"
             return [_report(item, "setup", "skipped", (path, (line or 0) + 1, reason)),
                     _report(item, "teardown", "passed")]
-        if not self.ran:
-            self.ran = True
-            self._run_guest()
-        reps = self.reports.get(item.nodeid, [])
+        run = self.runs.get(item_kernel(item))
+        if run is None:
+            return [_report(item, "setup", "passed"),
+                    _report(item, "call", "failed", "lab: no guest was started for this test"),
+                    _report(item, "teardown", "passed")]
+        capman = self.config.pluginmanager.get_plugin("capturemanager")
+        with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+            run.thread.join()
+        reps = run.reports.get(item.nodeid, [])
         if not reps:
-            why = self.failure or "the guest's pytest did not run this test (not collected there?)"
-            text = f"lab: this test did not run in the guest: {why}"
-            if self.collect_errors:
-                text += "\n\nguest collection errors:\n" + "\n".join(self.collect_errors)
+            why = run.failure or "the guest's pytest did not run this test (not collected there?)"
+            text = f"lab: this test did not run in the {run.version} guest: {why}"
+            if run.collect_errors:
+                text += "\n\nguest collection errors:\n" + "\n".join(run.collect_errors)
             return [_report(item, "setup", "passed"), _report(item, "call", "failed", text),
                     _report(item, "teardown", "passed")]
         if reps[-1].when != "teardown":  # the guest died inside this test
-            why = self.failure or "the guest stopped before this test finished"
+            why = run.failure or "the guest stopped before this test finished"
             reps = [*reps, _report(item, "teardown", "failed", f"lab: {why}")]
         return reps
 
-    def _say(self, msg: str) -> None:
+    def say(self, msg: str) -> None:
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
         if tr is not None:
             tr.write_line(msg)
         else:
             print(msg, file=sys.stderr)
 
-    def _run_guest(self) -> None:
-        from lab import vm  # host only: the guest never boots a guest
-
-        capman = self.config.pluginmanager.get_plugin("capturemanager")
-        stream = self.config.getoption("capture") == "no"
-        nodeids = [i.nodeid for i in self.lab_items]
-        try:
-            results = vm.new_results_dir()
-        except vm.LabError as e:
-            self.failure = f"cannot run the lab: {e}"
-            return
-        self.results = results
-        report = results / "pytest-report.jsonl"
-        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--color=no",
-                f"--lab-report={report}", f"--rootdir={self.config.rootpath}",
-                f"--tb={self.config.getoption('tbstyle')}"]
-        argv += ["-v"] * max(self.config.getoption("verbose"), 0)
-        if self.config.getoption("showlocals"):
-            argv.append("-l")
-        argv += nodeids
-        with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
-            self._say(f"\nwarpdrive lab: running {len(nodeids)} lab test(s) in one QEMU guest "
-                      f"boot{' (guest console below)' if stream else ''} ...")
-            try:
-                res = vm.run_in_lab(argv, results, cwd=self.config.rootpath,
-                                    timeout=self.config.getoption("lab_timeout"),
-                                    output=sys.stdout.buffer if stream else None,
-                                    boot_output=None)
-                if res.boot_seconds is None and not res.timed_out:
-                    # The guest died before pytest started (a TCG boot flake, not a test
-                    # result): boot once more rather than fail the whole session's lab tests.
-                    os.replace(results / "console.log", results / "console.failed-boot.log")
-                    self.summary.append(f"first boot failed ({res.error}); retried once, see "
-                                        f"{results}/console.failed-boot.log")
-                    self.keep_log = True
-                    self._say("warpdrive lab: the guest failed to boot; retrying once")
-                    res = vm.run_in_lab(argv, results, cwd=self.config.rootpath,
-                                        timeout=self.config.getoption("lab_timeout"),
-                                        output=sys.stdout.buffer if stream else None,
-                                        boot_output=None)
-            except vm.LabError as e:
-                self.failure = f"cannot run the lab: {e}"
-                self._say(f"warpdrive lab: {self.failure}")
-                shutil.rmtree(results, ignore_errors=True)  # no guest ran: nothing to keep
-                self.results = None
-                return
-        boot = "n/a" if res.boot_seconds is None else f"{res.boot_seconds:.1f} s"
-        self.summary.append(f"guest: boot-to-command {boot}, total {res.total_seconds:.1f} s")
-        finished = False
-        try:
-            lines = report.read_text().splitlines()
-        except OSError:
-            lines = []
-        for line in lines:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a guest crash
-            if rec["kind"] == "finish":
-                finished = True
-                continue
-            rep = self.config.hook.pytest_report_from_serializable(config=self.config,
-                                                                   data=rec["data"])
-            if isinstance(rep.longrepr, list):  # a skip's (path, line, reason), listified by JSON
-                rep.longrepr = tuple(rep.longrepr)
-            if rec["kind"] == "collect":
-                self.collect_errors.append(f"{rep.nodeid}:\n{rep.longreprtext}")
-            else:
-                self.reports.setdefault(rep.nodeid, []).append(rep)
-        if res.error is not None or not finished:
-            why = res.error or f"the guest's pytest exited {res.returncode} before finishing"
-            self.failure = f"{why}\n\nguest console (last lines):\n{res.console_tail()}"
-        if res.server_problems:
-            self.summary.append("device model servers (vfio-user, host side) complained:")
-            self.summary += [f"  {ln}" for ln in res.server_problems]
-            self.keep_log = True
-        if res.kernel_problems:
-            self.summary.append("guest kernel messages (dmesg: warnings, BUGs, IOMMU faults; "
-                                "expected only where a test provokes them):")
-            self.summary += [f"  {ln}" for ln in res.kernel_problems]
-
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.ran and os.environ.get("WARPDRIVE_LAB", "").lower() == "skip" \
-                and self.lab_items:
+        if self.skip and self.lab_items:
             terminalreporter.write_sep("=", "warpdrive lab", yellow=True)
             terminalreporter.write_line(f"WARPDRIVE_LAB=skip: {len(self.lab_items)} lab test(s) "
                                         "were NOT run")
             return
-        if not self.ran:
+        if not self.started:
             return
         terminalreporter.write_sep("-", "warpdrive lab")
-        for line in self.summary:
-            terminalreporter.write_line(line)
-        if self.failure:
-            terminalreporter.write_line(f"lab failure: {self.failure.splitlines()[0]}")
+        for run in self.runs.values():
+            terminalreporter.write_line(f"kernel {run.version}:")
+            for line in run.summary:
+                terminalreporter.write_line(f"  {line}")
+            if run.failure:
+                terminalreporter.write_line(f"  lab failure: {run.failure.splitlines()[0]}")
 
     def pytest_unconfigure(self) -> None:
-        if self.results is None:
-            return
-        if self.failure or self.keep_log or self.config.getoption("lab_keep_log"):
-            print(f"warpdrive lab: guest logs kept in {self.results}", file=sys.stderr)
-        else:
-            shutil.rmtree(self.results, ignore_errors=True)
+        # A session that ends early (-x, Ctrl-C) must not leave a guest running.
+        self.cancel.set()
+        for run in self.runs.values():
+            run.thread.join(60)
+            if run.results is None:
+                continue
+            if run.failure or run.keep_log or self.config.getoption("lab_keep_log"):
+                print(f"warpdrive lab: {run.version} guest logs kept in {run.results}",
+                      file=sys.stderr)
+            else:
+                shutil.rmtree(run.results, ignore_errors=True)
 
 
 def _report(item: pytest.Item, when: Literal["setup", "call", "teardown"],
@@ -394,4 +510,49 @@ def lab_kernel_dir() -> Path:
 @pytest.fixture(scope="session")
 def lab_kernel_headers(lab_kernel_dir: Path) -> Path:
     return lab_kernel_dir / "headers" / "include"
+
+
+class KernelModules:
+    """The booted lab kernel's loadable modules (installed in its cache dir, not in /lib/modules:
+    the guest's root is the host's). Unloads at the end what it loaded."""
+
+    def __init__(self, kernel_dir: Path) -> None:
+        self.root = kernel_dir / "modules"
+        self.loaded: list[str] = []
+
+    def _modprobe(self, *args: str) -> None:
+        proc = subprocess.run(["modprobe", "-d", str(self.root), *args], capture_output=True,
+                              text=True, timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"modprobe {' '.join(args)} failed (exit {proc.returncode}): "
+                               f"{proc.stderr.strip()}")
+
+    def load(self, name: str, *params: str) -> None:
+        """modprobe `name` (and what it needs) with module parameters `params` ("k=v")."""
+        self._modprobe(name, *params)
+        self.loaded.append(name)
+
+    def unload(self, name: str) -> None:
+        """modprobe -r: `name`, then the modules only it needed."""
+        self._modprobe("-r", name)
+        if name in self.loaded:
+            self.loaded.remove(name)
+
+    @staticmethod
+    def present() -> set[str]:
+        return {line.split()[0] for line in Path("/proc/modules").read_text().splitlines()}
+
+    def close(self) -> None:
+        for name in reversed(self.loaded):
+            if name.replace("-", "_") in self.present():
+                self.unload(name)
+
+
+@pytest.fixture
+def kernel_modules(lab_kernel_dir: Path) -> Iterator[KernelModules]:
+    """Load the lab kernel's modules (hisi_zip, ...) in a test; unloaded again afterwards."""
+    _require_lab("kernel_modules")
+    mods = KernelModules(lab_kernel_dir)
+    yield mods
+    mods.close()
 

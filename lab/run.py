@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra kernel command-line argument")
     p.add_argument("--env", action="append", default=[], metavar="K=V",
                    help="extra environment variable for the command")
+    p.add_argument("--kernel", metavar="VERSION",
+                   help="lab kernel to boot (6.12 or 7.3; default: the first of "
+                   "$WARPDRIVE_LAB_KERNELS, else 6.12)")
     p.add_argument("--cwd", type=Path, default=vm.CHECKOUT,
                    help="directory to run in (default: the checkout)")
     p.add_argument("-q", "--quiet", action="store_true", help="no timing line on stderr")
@@ -87,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         res = vm.run_in_lab(rest, results, cwd=args.cwd.resolve(), timeout=args.timeout,
                             output=sys.stdout.buffer,
                             boot_output=sys.stderr.buffer if args.boot_log else None,
-                            env=env, kernel_args=args.append, qemu_args=args.qemu_arg)
+                            env=env, kernel_args=args.append, qemu_args=args.qemu_arg,
+                            kernel_version=args.kernel)
     except vm.LabError as e:
         print(f"lab: cannot run the lab: {e}", file=sys.stderr)
         shutil.rmtree(results, ignore_errors=True)

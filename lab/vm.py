@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -159,7 +160,8 @@ def _guest_path() -> str:
     return path
 
 
-def guest_env(results: Path, kernel_dir: Path, extra: Mapping[str, str] = {}) -> dict[str, str]:
+def guest_env(results: Path, kernel_dir: Path, extra: Mapping[str, str] = {},
+              kernel_version: str = "") -> dict[str, str]:
     """The command's whole environment in the guest (init runs it under `env -i`)."""
     env = {
         "PATH": _guest_path(),
@@ -172,6 +174,7 @@ def guest_env(results: Path, kernel_dir: Path, extra: Mapping[str, str] = {}) ->
         "PYTEST_ADDOPTS": "-p no:cacheprovider",
         "WARPDRIVE_IN_LAB": "1",
         "WARPDRIVE_LAB_KERNEL": str(kernel_dir),
+        "WARPDRIVE_LAB_KERNEL_VERSION": kernel_version,
         "WARPDRIVE_LAB_RESULTS": str(results),
     }
     # Developer knobs (WARPDRIVE_DEBUG=...) follow the command in; the host-only skip switch not.
@@ -264,22 +267,27 @@ def run_in_lab(argv: Sequence[str], results: Path, *, cwd: Path = CHECKOUT,
                boot_output: BinaryIO | None = None, env: Mapping[str, str] = {},
                kernel_args: Sequence[str] = (), qemu_args: Sequence[str] = (),
                emu_devices: Sequence[emu.EmuDevice] = emu.EMU_DEVICES,
+               kernel_version: str | None = None, cancel: threading.Event | None = None,
                verbose_build: bool = True) -> LabResult:
-    """Boot the guest, run argv in cwd, stream its output to `output`, and power off.
+    """Boot the guest on kernel `kernel_version` (lab/kernel.py; default the first selected),
+    run argv in cwd, stream its output to `output`, and power off.
 
     `results` must be an empty directory from new_results_dir(); the caller removes it. Raises
-    LabError only when the guest cannot be started; a guest that crashes or times out is reported
-    in the result (returncode None, error set) with its console log kept in `results`.
+    LabError only when the guest cannot be started; a guest that crashes, times out or is
+    cancelled (`cancel` set from another thread) is reported in the result (returncode None,
+    error set) with its console log kept in `results`.
     """
-    qemu_argv()  # fail before a 5-minute kernel build, not after
+    qemu_argv()  # fail before a 10-minute kernel build, not after
     try:
-        kernel_dir = kernel.ensure_kernel(verbose=verbose_build)
+        kernel_version = kernel_version or kernel.default_version()
+        kernel_dir = kernel.ensure_kernel(kernel_version, verbose=verbose_build)
         initrd = initramfs.ensure_initramfs()
     except (kernel.KernelBuildError, initramfs.InitramfsError, subprocess.CalledProcessError) as e:
         raise LabError(str(e)) from e
     if not cwd.is_absolute():
         cwd = cwd.resolve()
-    write_job(results, argv, cwd, guest_env(results, kernel_dir, env))
+    write_job(results, argv, cwd, guest_env(results, kernel_dir, env,
+                                            kernel_version=kernel_version))
     # The kernel's cache dir too: guest tests read its `release` and uAPI headers.
     seen = [CHECKOUT, cwd, kernel_dir] + ([Path(argv[0]).parent] if argv else [])
     expose = _hidden_in_guest(seen)
@@ -290,7 +298,7 @@ def run_in_lab(argv: Sequence[str], results: Path, *, cwd: Path = CHECKOUT,
     try:
         return _boot(argv, results, kernel_dir, initrd, expose, timeout, output, boot_output,
                      kernel_args, [*(a for s in servers for a in s.qemu_args()), *qemu_args],
-                     servers)
+                     servers, cancel)
     finally:
         emu.stop_servers(servers)
 
@@ -298,13 +306,13 @@ def run_in_lab(argv: Sequence[str], results: Path, *, cwd: Path = CHECKOUT,
 def _boot(argv: Sequence[str], results: Path, kernel_dir: Path, initrd: Path,
           expose: Sequence[Path], timeout: float, output: BinaryIO | None,
           boot_output: BinaryIO | None, kernel_args: Sequence[str], qemu_args: Sequence[str],
-          servers: Sequence[emu.EmuServer]) -> LabResult:
+          servers: Sequence[emu.EmuServer], cancel: threading.Event | None) -> LabResult:
     cmd = qemu_command(kernel_dir, initrd, results, expose=expose, kernel_args=kernel_args,
                        qemu_args=qemu_args)
     (results / "qemu.cmdline").write_text(shlex.join(cmd) + "\n")
 
     demux = _Demux(output, boot_output)
-    timed_out = False
+    timed_out = cancelled = False
     t0 = time.monotonic()
     deadline = t0 + timeout
     with open(results / "console.log", "wb") as log, open(results / "qemu.stderr", "wb") as err:
@@ -319,6 +327,9 @@ def _boot(argv: Sequence[str], results: Path, kernel_dir: Path, initrd: Path,
                 if remaining <= 0:
                     timed_out = True
                     break
+                if cancel is not None and cancel.is_set():
+                    cancelled = True
+                    break
                 ready, _, _ = select.select([fd], [], [], min(remaining, 1.0))
                 if not ready:
                     continue
@@ -327,7 +338,7 @@ def _boot(argv: Sequence[str], results: Path, kernel_dir: Path, initrd: Path,
                     break  # QEMU closed the console: it has exited or is exiting
                 log.write(chunk)
                 demux.feed(chunk)
-            if not timed_out:
+            if not timed_out and not cancelled:
                 try:
                     proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
@@ -347,9 +358,10 @@ def _boot(argv: Sequence[str], results: Path, kernel_dir: Path, initrd: Path,
     except (OSError, ValueError):
         rc = demux.console_rc
     error = None
-    if timed_out:
+    if timed_out or cancelled:
         where = "booting" if demux.begin_t is None else "running the command"
-        error = f"timed out after {timeout:.0f} s while {where}; QEMU was killed"
+        why = f"timed out after {timeout:.0f} s" if timed_out else "cancelled"
+        error = f"{why} while {where}; QEMU was killed"
         rc = None
     elif rc is None:
         stage = "before the command started" if demux.begin_t is None else "during the command"

@@ -30,6 +30,12 @@ def test_modes(iommu_mode: str) -> None:
     assert iommu_mode in ("vfio", "iommufd")
 
 
+@pytest.mark.lab
+def test_kernel_seen(lab_kernel: str) -> None:
+    # the guest booted the kernel named in the node id
+    assert os.uname().release.startswith(lab_kernel + ".")
+
+
 def test_host_only() -> None:
     # Would fail if the guest ran it: non-lab tests must be deselected there.
     assert os.environ.get("WARPDRIVE_IN_LAB") != "1"

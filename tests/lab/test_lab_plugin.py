@@ -10,14 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from lab import kernel
+
 ROOT = Path(__file__).resolve().parents[2]
 CASES = "tests/lab/lab_selftest_cases.py"
+K = kernel.known_versions()[0]  # the inner runs boot this kernel only, unless a test says both
 
 
 def inner_pytest(tmp_path: Path, *args: str, **env: str) -> tuple[int, str, dict[str, ET.Element]]:
     # The inner run decides about the lab itself: an outer WARPDRIVE_LAB=skip must not leak in
     # (only tests that pass it explicitly get it).
     outer = {k: v for k, v in os.environ.items() if k != "WARPDRIVE_LAB"}
+    outer["WARPDRIVE_LAB_KERNELS"] = K
     junit = tmp_path / "junit.xml"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", f"--junitxml={junit}",
@@ -47,19 +51,36 @@ def test_guest_outcomes_are_reported_by_name(tmp_path: Path) -> None:
     rc, out, cases = inner_pytest(tmp_path)
     assert rc == 1, out
     assert {n: outcome(tc) for n, tc in cases.items()} == {
-        "test_guest_passes": "passed",
-        "test_guest_fails": "failure",
-        "test_guest_skips": "skipped",
-        "test_modes[vfio]": "passed",
-        "test_modes[iommufd]": "passed",
+        f"test_guest_passes[k{K}]": "passed",
+        f"test_guest_fails[k{K}]": "failure",
+        f"test_guest_skips[k{K}]": "skipped",
+        f"test_modes[vfio-k{K}]": "passed",
+        f"test_modes[iommufd-k{K}]": "passed",
+        f"test_kernel_seen[k{K}]": "passed",
         "test_host_only": "passed",
     }, out
-    failure = cases["test_guest_fails"].find("failure")
+    failure = cases[f"test_guest_fails[k{K}]"].find("failure")
     assert failure is not None
     assert "failure-text-from-the-guest" in (failure.text or "")
     assert "captured-in-the-guest" in out  # the guest's captured stdout, in the host's report
     assert "skip-reason-from-the-guest" in out
-    assert "one QEMU guest boot" in out
+    assert f"one QEMU guest boot per kernel ({K})" in out
+
+
+@pytest.mark.slow
+@boots_a_guest
+def test_each_kernel_gets_its_own_boot_and_node_ids(tmp_path: Path) -> None:
+    both = kernel.known_versions()
+    rc, out, cases = inner_pytest(tmp_path, "-k", "guest_passes or kernel_seen",
+                                  WARPDRIVE_LAB_KERNELS=",".join(both))
+    assert rc == 0, out
+    assert {n: outcome(tc) for n, tc in cases.items()} == {
+        **{f"test_guest_passes[k{v}]": "passed" for v in both},
+        **{f"test_kernel_seen[k{v}]": "passed" for v in both},
+    }, out
+    assert f"one QEMU guest boot per kernel ({', '.join(both)})" in out
+    for v in both:
+        assert f"kernel {v}:\n  guest: boot-to-command" in out  # one boot each, in the summary
 
 
 def test_lab_items_fail_with_the_reason_when_the_lab_cannot_run(tmp_path: Path) -> None:
@@ -79,7 +100,7 @@ def test_warpdrive_lab_skip_skips_loudly(tmp_path: Path) -> None:
     assert rc == 0, out
     assert outcome(cases["test_host_only"]) == "passed"
     assert all(outcome(tc) == "skipped" for n, tc in cases.items() if n != "test_host_only")
-    assert "WARPDRIVE_LAB=skip: 5 lab test(s) were NOT run" in out
+    assert "WARPDRIVE_LAB=skip: 6 lab test(s) were NOT run" in out
 
 
 @pytest.mark.slow
@@ -99,7 +120,7 @@ def test_boot_failure_is_retried_once_then_fails_every_lab_item(tmp_path: Path) 
     # A kernel that cannot find its init panics before pytest starts, on both boots.
     rc, out, cases = inner_pytest(tmp_path, WARPDRIVE_LAB_APPEND="rdinit=/nonexistent")
     assert rc == 1, out
-    assert "the guest failed to boot; retrying once" in out
+    assert f"the {K} guest failed to boot; retrying once" in out
     for name, tc in cases.items():
         if name != "test_host_only":
             failure = tc.find("failure")

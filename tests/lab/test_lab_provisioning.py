@@ -8,6 +8,7 @@ trixie root, never from the host's sources.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import tempfile
@@ -21,9 +22,12 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "lab" / "install-deps.sh"
 
 
+MIRROR = "http://deb.debian.org/debian"  # given, so the plan does not ask apt for the host's
+
+
 def plan(*args: str) -> list[str]:
     proc = subprocess.run(["bash", str(SCRIPT), "--dry-run", *args], capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, env={**os.environ, "WARPDRIVE_LAB_MIRROR": MIRROR})
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.splitlines()
 
@@ -48,7 +52,7 @@ def test_host_apt_uses_only_its_own_release(release: str, own: set[str], foreign
 def test_qemu_and_linux_73_come_from_the_pinned_trixie_root(release: str) -> None:
     lines = plan("--release", release)
     root = next(ln for ln in lines if ln.startswith("qemu root:"))
-    assert "--variant=apt trixie" in root and "trixie-backports main" in root
+    assert "--variant=apt trixie" in root and f"'deb {MIRROR} trixie-backports main'" in root
     assert f"qemu-system-x86={qemu.pinned_version()}" in root
     assert str(qemu.root_dir()) in root
     src = next(ln for ln in lines if ln.startswith("linux-source-7.3:"))
