@@ -6,20 +6,23 @@ flexible array members; every int/str constant; the function-like macros the spe
 a C program computing the same facts from the real headers, compiles it with gcc, runs it and
 compares. No expected number is written by hand anywhere.
 
-It runs against two header sets, and neither is optional:
-* host: /usr/include (Debian's linux-libc-dev);
-* lab: the lab guest kernel's own uAPI headers, from the lab plugin's `lab_kernel_headers`
-  fixture, which builds them on demand with lab.kernel.ensure_kernel() (cached; waits for a build
-  already running); a failed build fails the test with the builder's reason, never skips it.
+It runs against these header sets, and none is optional:
+* host: /usr/include (Debian's linux-libc-dev, 6.12 on Debian 12 and 13);
+* lab-6.12, lab-7.3: each lab guest kernel's own uAPI headers (lab.kernel.ensure_kernel(version):
+  cached; waits for a build already running; a failed build fails the test with the builder's
+  reason, never skips it). $WARPDRIVE_LAB_KERNELS limits the lab sets as it limits the guests.
 
 Names the 6.12 headers lack are listed with reasons in spec.NEWER_THAN_HEADERS; the test proves
-they are still absent, reports them as a warning, and fails once a header gains one.
+they are absent from every header set older than the kernel that added them (spec.SINCE), reports
+them as a warning, and fails once such a header gains one. Newer header sets that have them are
+reported too, until warpdrive defines them.
 """
 
 from __future__ import annotations
 
 import ctypes
 import inspect
+import re
 import subprocess
 import sys
 import warnings
@@ -33,9 +36,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/abi helpers
 from abi.cprobe import HeaderSet, ProbeError, ProbeResult, probe_presence, run_probe
 from abi.introspect import Fact, ModuleFacts, collect, is_ctypes_aggregate
-from abi.spec import MODULES, NEWER_THAN_HEADERS, ModuleSpec
+from abi.spec import MODULES, NEWER_DEFINED, NEWER_THAN_HEADERS, ModuleSpec
 
-HEADER_SETS = ("host", "lab")
+from lab import kernel as lab_kernel
+
+try:
+    LAB_VERSIONS = lab_kernel.selected_versions()
+except lab_kernel.KernelBuildError:
+    LAB_VERSIONS = lab_kernel.known_versions()  # the lab plugin reports the bad selection
+HEADER_SETS = ("host", *(f"lab-{v}" for v in LAB_VERSIONS))
 
 
 class AbiReport(UserWarning):
@@ -54,17 +63,19 @@ def _host_headers() -> HeaderSet:
                      also=(Path("/usr/lib/linux/uapi"),))
 
 
-def _lab_headers(request: pytest.FixtureRequest) -> HeaderSet:
-    # the lab plugin's fixture: lab.kernel.ensure_kernel() (cached; waits for a build already
-    # running; a failed build fails the test with the builder's reason), or WARPDRIVE_LAB_KERNEL
-    path: Path = request.getfixturevalue("lab_kernel_headers")
+def _lab_headers(version: str) -> HeaderSet:
+    try:
+        path = lab_kernel.ensure_kernel(version) / "headers" / "include"
+    except lab_kernel.KernelBuildError as e:
+        pytest.fail(f"cannot build the lab kernel {version}: {e}", pytrace=False)
     if not (path / "linux" / "vfio.h").is_file():
         pytest.fail(f"lab kernel headers missing: {path}/linux/vfio.h does not exist "
                     "(the lab kernel dir, from lab.kernel or WARPDRIVE_LAB_KERNEL, has no "
                     "installed uAPI headers)", pytrace=False)
     release_file = path.parent.parent / "release"
     release = release_file.read_text().strip() if release_file.is_file() else "release unknown"
-    return HeaderSet("lab", path, include_flag=True, description=f"lab kernel {release}")
+    return HeaderSet(f"lab-{version}", path, include_flag=True,
+                     description=f"lab kernel {release}")
 
 
 _header_sets: dict[str, HeaderSet] = {}
@@ -72,7 +83,8 @@ _header_sets: dict[str, HeaderSet] = {}
 
 def header_set(name: str, request: pytest.FixtureRequest) -> HeaderSet:
     if name not in _header_sets:
-        _header_sets[name] = _host_headers() if name == "host" else _lab_headers(request)
+        _header_sets[name] = _host_headers() if name == "host" else \
+            _lab_headers(name.removeprefix("lab-"))
     return _header_sets[name]
 
 
@@ -101,11 +113,51 @@ def _fmt(v: int | str) -> str:
     return repr(v) if isinstance(v, str) else f"{v} ({v:#x})" if v >= 0 else str(v)
 
 
-def _compare(facts: list[Fact], result: ProbeResult, hs: HeaderSet, spec: ModuleSpec
-             ) -> list[str]:
+def _newer_key(fact: Fact) -> str | None:
+    """The NEWER_DEFINED entry a fact belongs to (a constant, a struct, or a struct member and
+    what lies inside it), or None."""
+    parts = fact.symbol.split(" ", 1)[0].split(".")
+    for i in range(1, len(parts) + 1):
+        key = ".".join(parts[:i]).split("[", 1)[0]
+        if key in NEWER_DEFINED:
+            return key
+    return None
+
+
+def _for_older_headers(facts: list[Fact], mod: object) -> tuple[list[Fact], set[int]]:
+    """The facts as a 6.12-era header set must show them: every NEWER_DEFINED name absent (the
+    returned indices), and a struct that grew a newer member sized and aligned as the prefix
+    before that member (computed from the Python layout, not written down)."""
+    absent = {i for i, f in enumerate(facts) if _newer_key(f) is not None}
+    first_new: dict[str, str] = {}
+    for key in NEWER_DEFINED:
+        struct, _, member = key.partition(".")
+        if member and hasattr(mod, struct):
+            names = [e[0] for e in getattr(mod, struct)._fields_]
+            if struct not in first_new or names.index(member) < names.index(first_new[struct]):
+                first_new[struct] = member
+    out = list(facts)
+    for i, f in enumerate(facts):
+        if f.symbol in first_new and f.kind in ("sizeof", "alignof"):
+            cls = getattr(mod, f.symbol)
+            names = [e[0] for e in cls._fields_]
+            prefix = type(f"{f.symbol}_prefix", (ctypes.Structure,),
+                          {"_fields_": cls._fields_[:names.index(first_new[f.symbol])]})
+            value = ctypes.sizeof(prefix) if f.kind == "sizeof" else ctypes.alignment(prefix)
+            out[i] = Fact(f.symbol, f"{f.kind} (before {first_new[f.symbol]})", value, f.c_expr)
+    return out, absent
+
+
+def _compare(facts: list[Fact], result: ProbeResult, hs: HeaderSet, spec: ModuleSpec,
+             absent: set[int] = frozenset()) -> list[str]:  # type: ignore[assignment]
     problems = []
     where = f"{', '.join(spec.headers)} in {hs}"
     for i, fact in enumerate(facts):
+        if i in absent:
+            if i not in result.missing:
+                problems.append(f"{fact.symbol} [{fact.kind}]: {where} has it, but it is listed "
+                                "as newer than these headers (tests/abi/spec.py NEWER_DEFINED)")
+            continue
         if i in result.missing:
             problems.append(f"{fact.symbol} [{fact.kind}]: defined in {spec.module} "
                             f"(python {_fmt(fact.python)}) but not in {where}: "
@@ -124,13 +176,16 @@ def test_uapi_matches_headers(spec: ModuleSpec, hs_name: str,
                               request: pytest.FixtureRequest) -> None:
     hs = header_set(hs_name, request)
     mf = module_facts(spec)
-    result = _probe_or_fail(lambda: run_probe(hs, spec.preamble, spec.headers, mf.facts))
-    problems = _compare(mf.facts, result, hs, spec)
+    facts, absent = (mf.facts, set()) if _kernel_of(hs_name) > (6, 12) else \
+        _for_older_headers(mf.facts, mf.module)
+    result = _probe_or_fail(lambda: run_probe(hs, spec.preamble, spec.headers, facts))
+    problems = _compare(facts, result, hs, spec, absent)
     n_fields = sum(1 for f in mf.facts if f.kind == "offsetof")
     n_macros = sum(1 for f in mf.facts if f.kind == "macro")
     print(f"\nABI {spec.module} vs {hs}: {len(mf.facts)} facts = {len(mf.structs)} structs, "
           f"{n_fields} fields, {len(mf.constants)} constants, {n_macros} macro calls; "
-          f"{len(result.headers_read)} uAPI headers read; {len(problems)} problems")
+          f"{len(result.headers_read)} uAPI headers read; {len(problems)} problems; "
+          f"{len(absent)} facts of newer names proven absent")
     if problems:
         pytest.fail(f"{spec.module} does not match {hs}:\n  " + "\n  ".join(problems),
                     pytrace=False)
@@ -144,9 +199,22 @@ def _presence_expr(key: str) -> str:
     return key
 
 
+def _kernel_of(hs_name: str) -> tuple[int, int]:
+    """The kernel version a header set comes from (the host's: linux-libc-dev's version)."""
+    text = hs_name.removeprefix("lab-") if hs_name != "host" else subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Version}", "linux-libc-dev"], capture_output=True,
+        text=True).stdout
+    m = re.match(r"(\d+)\.(\d+)", text)
+    return (int(m[1]), int(m[2])) if m else (0, 0)
+
+
 @pytest.mark.parametrize("hs_name", HEADER_SETS)
 def test_newer_names_absent_from_headers(hs_name: str, request: pytest.FixtureRequest) -> None:
+    """6.12-era header sets must still lack every listed name; newer ones (7.3) may have them,
+    and are reported so the names get defined (and checked there)."""
     hs = header_set(hs_name, request)
+    newer = _kernel_of(hs_name) > (6, 12)
+    present: list[str] = []
     by_header: dict[str, dict[str, str]] = {}
     for key, (header, _reason) in NEWER_THAN_HEADERS.items():
         by_header.setdefault(header, {})[key] = _presence_expr(key)
@@ -156,7 +224,9 @@ def test_newer_names_absent_from_headers(hs_name: str, request: pytest.FixtureRe
         seen = _probe_or_fail(partial(probe_presence, hs, pre, (header,), exprs))
         for key, err in seen.items():
             reason = NEWER_THAN_HEADERS[key][1]
-            if err is None:
+            if err is None and newer:
+                present.append(f"{key} ({header}): {reason}")
+            elif err is None:
                 problems.append(f"{key}: {header} in {hs} now has it ({reason}); define it in "
                                 "warpdrive and remove it from tests/abi/spec.py NEWER_THAN_HEADERS")
             elif ("undeclared" in err) == ("." in key) or (
@@ -169,6 +239,9 @@ def test_newer_names_absent_from_headers(hs_name: str, request: pytest.FixtureRe
         pytest.fail("\n".join(problems), pytrace=False)
     warnings.warn(AbiReport(f"{len(absent)} names are not in {hs} and not defined by warpdrive:\n  "
                             + "\n  ".join(absent)), stacklevel=1)
+    if present:
+        warnings.warn(AbiReport(f"{len(present)} names are in {hs} but not yet defined by "
+                                "warpdrive:\n  " + "\n  ".join(present)), stacklevel=1)
 
 
 def test_newer_names_not_defined_in_python() -> None:

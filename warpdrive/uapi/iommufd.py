@@ -1,12 +1,14 @@
-"""iommufd uAPI from `<linux/iommufd.h>` (Linux 6.12), in ctypes, named exactly as the header.
+"""iommufd uAPI from `<linux/iommufd.h>` (Linux 6.12 and 7.3), in ctypes, named as the header.
 
 Every command is `_IO(IOMMUFD_TYPE, IOMMUFD_CMD_x)` on `/dev/iommu`; the first `__u32` of each
 argument is `size` (set it to `ctypes.sizeof(struct)`). All reserved fields must be zero.
 Layout conventions as in `warpdrive.uapi.vfio`: default ctypes alignment, `__aligned_u64` and user
 pointers as `c_uint64`, checked against the real header by tests/test_abi.py.
 
-The 6.12 header has no `IOMMU_HWPT_ALLOC_PASID`, `IOMMU_IOAS_MAP_FILE`, vIOMMU/vDEVICE/vEVENTQ or
-`IOMMU_IOAS_CHANGE_PROCESS`; they are not defined here (tests/abi/spec.py lists them).
+Names newer than 6.12 that warpdrive uses (`IOMMU_IOAS_MAP_FILE`, `IOMMU_HWPT_ALLOC_PASID`, ...)
+are marked as such; the ABI test checks them against 7.3's header and proves them absent from
+6.12's (6.12 answers MAP_FILE with ENOTTY, an unknown HWPT flag with EOPNOTSUPP). vIOMMU, vDEVICE,
+vEVENTQ and `IOMMU_IOAS_CHANGE_PROCESS` (VMM features) are not defined (tests/abi/spec.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "IOMMUFD_CMD_IOAS_COPY",
     "IOMMUFD_CMD_IOAS_IOVA_RANGES",
     "IOMMUFD_CMD_IOAS_MAP",
+    "IOMMUFD_CMD_IOAS_MAP_FILE",
     "IOMMUFD_CMD_IOAS_UNMAP",
     "IOMMUFD_CMD_OPTION",
     "IOMMUFD_CMD_VFIO_IOAS",
@@ -41,6 +44,7 @@ __all__ = [
     "IOMMU_HWPT_ALLOC",
     "IOMMU_HWPT_ALLOC_DIRTY_TRACKING",
     "IOMMU_HWPT_ALLOC_NEST_PARENT",
+    "IOMMU_HWPT_ALLOC_PASID",
     "IOMMU_HWPT_DATA_NONE",
     "IOMMU_HWPT_DATA_VTD_S1",
     "IOMMU_HWPT_DIRTY_TRACKING_ENABLE",
@@ -51,8 +55,10 @@ __all__ = [
     "IOMMU_HWPT_INVALIDATE_DATA_VTD_S1",
     "IOMMU_HWPT_SET_DIRTY_TRACKING",
     "IOMMU_HW_CAP_DIRTY_TRACKING",
+    "IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED",
     "IOMMU_HW_CAP_PCI_PASID_EXEC",
     "IOMMU_HW_CAP_PCI_PASID_PRIV",
+    "IOMMU_HW_INFO_FLAG_INPUT_TYPE",
     "IOMMU_HW_INFO_TYPE_INTEL_VTD",
     "IOMMU_HW_INFO_TYPE_NONE",
     "IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17",
@@ -61,6 +67,7 @@ __all__ = [
     "IOMMU_IOAS_COPY",
     "IOMMU_IOAS_IOVA_RANGES",
     "IOMMU_IOAS_MAP",
+    "IOMMU_IOAS_MAP_FILE",
     "IOMMU_IOAS_MAP_FIXED_IOVA",
     "IOMMU_IOAS_MAP_READABLE",
     "IOMMU_IOAS_MAP_WRITEABLE",
@@ -101,6 +108,7 @@ __all__ = [
     "iommu_ioas_copy",
     "iommu_ioas_iova_ranges",
     "iommu_ioas_map",
+    "iommu_ioas_map_file",
     "iommu_ioas_unmap",
     "iommu_iova_range",
     "iommu_option",
@@ -110,6 +118,7 @@ __all__ = [
 _u8 = ctypes.c_uint8
 _u16 = ctypes.c_uint16
 _u32 = ctypes.c_uint32
+_s32 = ctypes.c_int32
 _u64 = ctypes.c_uint64  # __aligned_u64 (also user pointers)
 
 IOMMUFD_TYPE = ord(";")
@@ -131,6 +140,7 @@ IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING = 0x8B
 IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP = 0x8C
 IOMMUFD_CMD_HWPT_INVALIDATE = 0x8D
 IOMMUFD_CMD_FAULT_QUEUE_ALLOC = 0x8E
+IOMMUFD_CMD_IOAS_MAP_FILE = 0x8F  # newer than 6.12 (ENOTTY there)
 
 
 class iommu_destroy(ctypes.Structure):
@@ -208,6 +218,24 @@ class iommu_ioas_map(ctypes.Structure):
 IOMMU_IOAS_MAP = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_MAP)
 
 
+class iommu_ioas_map_file(ctypes.Structure):
+    """Map `length` bytes of a memfd/shmem or hugetlbfs file from offset `start` (newer than 6.12:
+    the kernel pins by file offset and refuses any other kind of file itself)."""
+
+    _fields_ = [
+        ("size", _u32),
+        ("flags", _u32),  # as iommu_ioas_map
+        ("ioas_id", _u32),
+        ("fd", _s32),
+        ("start", _u64),
+        ("length", _u64),
+        ("iova", _u64),
+    ]
+
+
+IOMMU_IOAS_MAP_FILE = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_MAP_FILE)
+
+
 class iommu_ioas_copy(ctypes.Structure):
     _fields_ = [
         ("size", _u32),
@@ -277,6 +305,7 @@ IOMMU_VFIO_IOAS = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_VFIO_IOAS)
 IOMMU_HWPT_ALLOC_NEST_PARENT = 1 << 0
 IOMMU_HWPT_ALLOC_DIRTY_TRACKING = 1 << 1
 IOMMU_HWPT_FAULT_ID_VALID = 1 << 2
+IOMMU_HWPT_ALLOC_PASID = 1 << 3  # newer than 6.12 (EOPNOTSUPP there)
 
 # enum iommu_hwpt_vtd_s1_flags
 IOMMU_VTD_S1_SRE = 1 << 0
@@ -337,6 +366,10 @@ IOMMU_HW_INFO_TYPE_INTEL_VTD = 1
 IOMMU_HW_CAP_DIRTY_TRACKING = 1 << 0
 IOMMU_HW_CAP_PCI_PASID_EXEC = 1 << 1
 IOMMU_HW_CAP_PCI_PASID_PRIV = 1 << 2
+IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED = 1 << 3  # newer than 6.12
+
+# enum iommufd_hw_info_flags (newer than 6.12, where flags must be 0)
+IOMMU_HW_INFO_FLAG_INPUT_TYPE = 1 << 0
 
 
 class iommu_hw_info(ctypes.Structure):
@@ -346,7 +379,7 @@ class iommu_hw_info(ctypes.Structure):
         ("dev_id", _u32),
         ("data_len", _u32),
         ("data_uptr", _u64),
-        ("out_data_type", _u32),
+        ("out_data_type", _u32),  # 7.3: a union with in_data_type (IOMMU_HW_INFO_FLAG_INPUT_TYPE)
         ("out_max_pasid_log2", _u8),  # 0: no PASID support
         ("__reserved", _u8 * 3),
         ("out_capabilities", _u64),

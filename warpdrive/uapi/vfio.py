@@ -15,11 +15,13 @@ Conventions (checked against the real header by tests/test_abi.py):
 * C anonymous unions are private ctypes unions listed in `_anonymous_` (their members read as
   fields of the outer struct, as in C).
 
-6.12 layouts only: `vfio_device_bind_iommufd` is 16 bytes (the `token_uuid_ptr` field and
-`VFIO_DEVICE_BIND_FLAG_TOKEN` are newer), `vfio_device_attach_iommufd_pt` is 12 bytes and
-`vfio_device_detach_iommufd_pt` 8 bytes (the `pasid` fields and `VFIO_DEVICE_ATTACH_PASID` /
-`VFIO_DEVICE_DETACH_PASID` are newer). None of the newer names is defined here; see
-tests/abi/spec.py for the list.
+The cdev <-> iommufd structs have their newer (7.3) layouts: `vfio_device_bind_iommufd` 24 bytes
+(`token_uuid_ptr`, with `VFIO_DEVICE_BIND_FLAG_TOKEN`), `vfio_device_attach_iommufd_pt` 16 and
+`vfio_device_detach_iommufd_pt` 12 (`pasid`, with `VFIO_DEVICE_ATTACH_PASID` /
+`VFIO_DEVICE_DETACH_PASID`). Linux 6.12 has the shorter forms (16, 12, 8 bytes) and takes the
+longer ones as long as the flags are 0: it reads only the first argsz bytes it knows and checks
+`argsz >= its size` (drivers/vfio/device_cdev.c). tests/abi/spec.py NEWER_DEFINED lists these
+names; the ABI test checks them against 7.3's headers and proves them absent from 6.12's.
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ __all__ = [
     "VFIO_BASE",
     "VFIO_CHECK_EXTENSION",
     "VFIO_DEVICE_ATTACH_IOMMUFD_PT",
+    "VFIO_DEVICE_ATTACH_PASID",
+    "VFIO_DEVICE_BIND_FLAG_TOKEN",
     "VFIO_DEVICE_BIND_IOMMUFD",
     "VFIO_DEVICE_DETACH_IOMMUFD_PT",
+    "VFIO_DEVICE_DETACH_PASID",
     "VFIO_DEVICE_FEATURE",
     "VFIO_DEVICE_FEATURE_BUS_MASTER",
     "VFIO_DEVICE_FEATURE_CLEAR_MASTER",
@@ -148,7 +153,6 @@ __all__ = [
     "VFIO_SPAPR_TCE_IOMMU",
     "VFIO_TYPE",
     "VFIO_TYPE1_IOMMU",
-    "VFIO_TYPE1_NESTING_IOMMU",
     "VFIO_UNMAP_ALL",
     "VFIO_UPDATE_VADDR",
     "VFIO_SPAPR_TCE_v2_IOMMU",
@@ -196,7 +200,7 @@ VFIO_SPAPR_TCE_IOMMU = 2
 VFIO_TYPE1v2_IOMMU = 3
 VFIO_DMA_CC_IOMMU = 4
 VFIO_EEH = 5
-VFIO_TYPE1_NESTING_IOMMU = 6
+# 6 was VFIO_TYPE1_NESTING_IOMMU, which 7.x removed from the header (never useful on x86)
 VFIO_SPAPR_TCE_v2_IOMMU = 7
 VFIO_NOIOMMU_IOMMU = 8
 VFIO_UNMAP_ALL = 9
@@ -528,12 +532,16 @@ VFIO_DEVICE_FEATURE_SET_MASTER = 1
 
 
 # -- VFIO device cdev + iommufd (6.12 layouts) -----------------------------------------------------
+VFIO_DEVICE_BIND_FLAG_TOKEN = 1 << 0  # newer than 6.12
+
+
 class vfio_device_bind_iommufd(ctypes.Structure):
     _fields_ = [
         ("argsz", _u32),
         ("flags", _u32),
         ("iommufd", _s32),
         ("out_devid", _u32),
+        ("token_uuid_ptr", _u64),  # newer than 6.12: a VF token (16-byte UUID) with FLAG_TOKEN
     ]
 
 
@@ -545,7 +553,11 @@ class vfio_device_attach_iommufd_pt(ctypes.Structure):
         ("argsz", _u32),
         ("flags", _u32),
         ("pt_id", _u32),  # in: IOAS or HWPT id; out: the HWPT actually attached
+        ("pasid", _u32),  # newer than 6.12: with VFIO_DEVICE_ATTACH_PASID
     ]
+
+
+VFIO_DEVICE_ATTACH_PASID = 1 << 0  # newer than 6.12
 
 
 VFIO_DEVICE_ATTACH_IOMMUFD_PT = _IO(VFIO_TYPE, VFIO_BASE + 19)
@@ -555,7 +567,11 @@ class vfio_device_detach_iommufd_pt(ctypes.Structure):
     _fields_ = [
         ("argsz", _u32),
         ("flags", _u32),
+        ("pasid", _u32),  # newer than 6.12: with VFIO_DEVICE_DETACH_PASID
     ]
+
+
+VFIO_DEVICE_DETACH_PASID = 1 << 0  # newer than 6.12
 
 
 VFIO_DEVICE_DETACH_IOMMUFD_PT = _IO(VFIO_TYPE, VFIO_BASE + 20)
