@@ -157,6 +157,12 @@ class Device(ForkSafe, ABC):
         self._close_hooks: list[Callable[[], None]] = []
         self._fork_register()
 
+    @property
+    def iommu_mode(self) -> str:
+        """How DMA reaches memory: for kernel VFIO the kernel selftests' mode name
+        ("vfio_type1v2_iommu", "iommufd_compat_type1", "iommufd", ...); else the backend."""
+        return self.backend
+
     # -- backend hooks ----------------------------------------------------------------------
     @property
     @abstractmethod

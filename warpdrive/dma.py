@@ -17,6 +17,7 @@ from .errors import (
     ClosedError,
     DeviceBusyError,
     InvalidArgumentError,
+    KernelError,
     UnsafeMemoryError,
     WarpdriveError,
 )
@@ -36,6 +37,9 @@ class DmaMapping:
     kind: MemoryKind
     buffer: DmaBuffer | None = None
     users: dict[int, str] = field(default_factory=dict)  # id(owner) -> description
+    # Mapped by file descriptor (IOMMU_IOAS_MAP_FILE): the kernel, too, refused any memory but
+    # memfd/shmem and hugetlbfs.
+    by_fd: bool = False
 
     def contains(self, addr: int, size: int = 1) -> bool:
         return self.addr <= addr and addr + size <= self.addr + self.size
@@ -84,8 +88,14 @@ class DmaSpace(ForkSafe, ABC):
         """Make `mapping` visible to the device; may set `mapping.iova` if the kernel picked it."""
 
     @abstractmethod
-    def _do_unmap(self, mapping: DmaMapping) -> None:
-        """Remove `mapping`; must not return before the device can no longer reach the pages."""
+    def _do_unmap(self, mapping: DmaMapping) -> int | None:
+        """Remove `mapping`; must not return before the device can no longer reach the pages.
+        Returns the bytes the kernel says it unmapped (None when the backend cannot tell)."""
+
+    def _do_unmap_all(self) -> int | None:
+        """Remove every mapping with one call and return the bytes unmapped; None: the backend
+        has no such call (then each mapping is unmapped on its own)."""
+        return None
 
     # -- queries ----------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -243,8 +253,9 @@ class DmaSpace(ForkSafe, ABC):
             raise InvalidArgumentError(f"{target!r} is not mapped in {self.name}")
         return m
 
-    def unmap(self, target: DmaBuffer | DmaMapping | int, *, force: bool = False) -> None:
-        """Unmap a buffer, a mapping, or the mapping at an IOVA. Refused while a queue uses it."""
+    def unmap(self, target: DmaBuffer | DmaMapping | int, *, force: bool = False) -> int:
+        """Unmap a buffer, a mapping, or the mapping at an IOVA; returns the bytes unmapped (as
+        the kernel counted them, checked against the mapping). Refused while a queue uses it."""
         self._check_open()
         with self._lock:
             m = self._resolve(target)
@@ -253,9 +264,45 @@ class DmaSpace(ForkSafe, ABC):
                     f"DMA mapping at IOVA {m.iova:#x} is in use by {', '.join(m.users.values())}",
                     hint="close or drain that queue first; the device may still access the pages")
             self._unmap_locked(m)
+            return m.size
+
+    def unmap_all(self, *, force: bool = False) -> int:
+        """Unmap every mapping of this space with one kernel call where the backend has one
+        (type1's VFIO_DMA_UNMAP_FLAG_ALL, an IOMMU_IOAS_UNMAP of the whole IOVA space); returns
+        the bytes unmapped. Refused while a queue uses a mapping, unless `force`."""
+        self._check_open()
+        with self._lock:
+            busy = [m for m in self._mappings.values() if m.users]
+            if busy and not force:
+                raise DeviceBusyError(
+                    f"{len(busy)} DMA mapping(s) of {self.name} are in use (e.g. IOVA "
+                    f"{busy[0].iova:#x} by {', '.join(busy[0].users.values())})",
+                    hint="close or drain the queues first; the device may still access the pages")
+            mappings = list(self._mappings.values())
+            expected = sum(m.size for m in mappings)
+            done = self._do_unmap_all()
+            if done is None:
+                for m in mappings:
+                    self._unmap_locked(m)
+                return expected
+            for m in mappings:
+                self._forget(m)
+            self._check_unmapped(done, expected, f"unmapping all of {self.name}")
+            return done
+
+    def _check_unmapped(self, done: int | None, expected: int, what: str) -> None:
+        if done is not None and done != expected:
+            raise KernelError(
+                f"{what}: the kernel unmapped {done:#x} bytes, warpdrive had mapped "
+                f"{expected:#x}",
+                hint="the IOMMU's mappings no longer match warpdrive's records; close the device")
 
     def _unmap_locked(self, m: DmaMapping) -> None:
-        self._do_unmap(m)
+        done = self._do_unmap(m)
+        self._forget(m)
+        self._check_unmapped(done, m.size, f"unmapping IOVA {m.iova:#x}+{m.size:#x}")
+
+    def _forget(self, m: DmaMapping) -> None:
         del self._mappings[m.iova]
         if not self.identity:
             self._get_allocator().free(m.iova)

@@ -3,7 +3,10 @@
 Names (`parse_name`):
 - ``0000:03:00.0`` (or ``03:00.0``): a PCI function bound to vfio-pci. ``backend="auto"`` prefers
   iommufd + the VFIO cdev when ``/dev/iommu`` and ``/sys/bus/pci/devices/<bdf>/vfio-dev/`` exist,
-  else the legacy group + type1v2 container; ``"iommufd"`` or ``"vfio"`` force one.
+  else the legacy group + type1v2 container; ``"iommufd"`` or ``"vfio"`` force one. The kernel VFIO
+  selftests' five IOMMU modes are accepted by name too (`IOMMU_MODES`): "vfio_type1_iommu",
+  "vfio_type1v2_iommu" (= "vfio"), "iommufd_compat_type1", "iommufd_compat_type1v2" (the legacy
+  group API on /dev/iommu) and "iommufd"; `Device.iommu_mode` says which one a device uses.
 - ``vfio-user:/path/to.sock``: a device model (or any vfio-user server) on a UNIX socket.
 - ``emu:<model>``: start the bundled device model (e.g. ``emu:zip``) and open it over vfio-user;
   closing the device stops the model. ``emu`` alone leaves the model to the caller (the zip API
@@ -28,7 +31,10 @@ from ..errors import InvalidArgumentError, UnsupportedError
 from ..pci.names import is_bdf, normalize_bdf
 from ..sva import SvaDevice
 
-BACKENDS = ("auto", "iommufd", "vfio", "vfio-user")
+# tools/testing/selftests/vfio's names (lib/iommu.c); all but "iommufd" use the legacy group API.
+IOMMU_MODES = ("vfio_type1_iommu", "vfio_type1v2_iommu", "iommufd_compat_type1",
+               "iommufd_compat_type1v2", "iommufd")
+BACKENDS = ("auto", "iommufd", "vfio", "vfio-user", *IOMMU_MODES[:-1])
 KINDS = ("pci", "vfio-user", "emu", "uacce", "broker")
 _UACCE = re.compile(r"^[a-z][a-z0-9_]*-[0-9]+$")
 
@@ -115,6 +121,8 @@ def open_device(name: str, backend: str = "auto", dma_mask: int | None = None,
         return open_iommufd(dn.target, dma_mask=dma_mask, **options)
     from .vfio.legacy import open_legacy
 
+    if chosen != "vfio":
+        options["mode"] = chosen
     return open_legacy(dn.target, dma_mask=dma_mask, **options)
 
 

@@ -1,4 +1,8 @@
-"""Legacy VFIO: IOMMU group + type1v2 container. Entry point `open_legacy(bdf)`.
+"""Legacy VFIO: IOMMU group + type1 container. Entry point `open_legacy(bdf, mode=...)`.
+
+`mode` is one of the four container modes of the kernel's VFIO selftests (container.py
+CONTAINER_MODES): "vfio_type1v2_iommu" (the default, backend "vfio"), "vfio_type1_iommu",
+"iommufd_compat_type1v2" and "iommufd_compat_type1" (/dev/iommu as the container).
 
 Order the kernel requires: open the container, check API version and type1v2; open the group,
 check it is viable; attach it to the container; only then VFIO_SET_IOMMU; then get the device fd
@@ -21,15 +25,16 @@ from ...forkguard import close_fd_quietly
 from ...pci import PciFunction
 from ..vfiodev.bound import vfio_function
 from ..vfiodev.device import VfioDevice, ensure_cloexec
-from .container import Container, Type1DmaSpace
+from .container import CONTAINER_MODES, DEFAULT_MODE, Container, ContainerMode, Type1DmaSpace
 from .group import Group
 
 
 class LegacyContext:
     """One container with its groups and DMA space, shared by the devices opened into it."""
 
-    def __init__(self) -> None:
-        self.container = Container()
+    def __init__(self, mode: ContainerMode = DEFAULT_MODE) -> None:
+        self.mode = mode
+        self.container = Container(mode)
         self.groups: dict[int, tuple[Group, int]] = {}  # group number -> (group, open devices)
         self.dma: Type1DmaSpace | None = None
 
@@ -109,6 +114,10 @@ class LegacyVfioDevice(VfioDevice):
         return self.ctx.container
 
     @property
+    def iommu_mode(self) -> str:
+        return self.ctx.mode.name
+
+    @property
     def group(self) -> Group:
         assert self.function.iommu_group is not None
         return self.ctx.groups[self.function.iommu_group][0]
@@ -133,23 +142,31 @@ class LegacyVfioDevice(VfioDevice):
 
 
 def open_legacy(bdf: str, dma_mask: int | None = None, *, share_with: VfioDevice | None = None,
-                **opts: Any) -> LegacyVfioDevice:
-    """Open `bdf` (bound to vfio-pci) through its IOMMU group and a type1v2 container: a new one,
-    or the one of `share_with` (an open legacy device), sharing its DMA space."""
+                mode: str | None = None, **opts: Any) -> LegacyVfioDevice:
+    """Open `bdf` (bound to vfio-pci) through its IOMMU group and a type1 container of `mode`
+    (default type1v2 on /dev/vfio/vfio): a new one, or the one of `share_with` (an open legacy
+    device), sharing its DMA space."""
     if opts:
         raise InvalidArgumentError(f"unknown option(s) for the vfio backend: {sorted(opts)}")
+    if mode is not None and mode not in CONTAINER_MODES:
+        raise InvalidArgumentError(f"unknown container mode {mode!r}; choose one of "
+                                   f"{', '.join(CONTAINER_MODES)}")
     fn = vfio_function(bdf)
     if share_with is not None:
         if not isinstance(share_with, LegacyVfioDevice):
             raise InvalidArgumentError(
                 f"share_with must be a device opened with backend='vfio', not {share_with!r}")
         share_with._check_open()
+        if mode is not None and mode != share_with.iommu_mode:
+            raise InvalidArgumentError(
+                f"share_with's container is {share_with.iommu_mode}, not {mode}",
+                hint="devices sharing a container share its IOMMU mode; leave mode= out")
         if dma_mask is not None:
             raise InvalidArgumentError("a shared container has one DMA space: set its mask with "
                                        "dev.dma.set_dma_mask() instead of dma_mask=")
         ctx = share_with.ctx
     else:
-        ctx = LegacyContext()
+        ctx = LegacyContext(CONTAINER_MODES[mode] if mode else DEFAULT_MODE)
     try:
         device_fd, dma = ctx.open_device(fn, dma_mask)
     except BaseException:
