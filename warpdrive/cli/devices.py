@@ -13,9 +13,14 @@ def register(subparsers: Any) -> None:
         "devices", help="list PCI functions (driver, IOMMU group, VFIO nodes) and uacce devices",
         description="List every PCI function with its ids, class, driver, IOMMU group (and the "
         "group's other members), VFIO nodes, NUMA node, network/block/uacce children and the "
-        "warpdrive plugin that drives it; then the uacce devices. Reads sysfs only.")
+        "warpdrive plugin that drives it; then the uacce devices. Reads sysfs only, unless "
+        "--iommu is given.")
     p.add_argument("bdf", nargs="*", help="only these functions (e.g. 00:03.0)")
     p.add_argument("--json", action="store_true", help="machine-readable output, same facts")
+    p.add_argument("--iommu", action="store_true",
+                   help="also ask the IOMMU behind each vfio-pci function (IOMMU_GET_HW_INFO: "
+                   "type, PASID width, capabilities); this opens the function through iommufd, "
+                   "which resets it, and reports functions in use as busy")
     add_root_options(p)
     p.set_defaults(func=run)
 
@@ -38,6 +43,38 @@ def _vfio(fn: Any) -> str:
     return ",".join(nodes) or "-"
 
 
+def iommu_hw_info(fns: list[Any]) -> dict[str, dict[str, Any]]:
+    """IOMMU_GET_HW_INFO for each function on vfio-pci with a VFIO cdev (opened and closed again
+    through iommufd); {"error": ...} for one that cannot be opened (busy, no iommufd)."""
+    from ..backends.iommufd.cdev import open_iommufd
+    from ..errors import WarpdriveError
+
+    out: dict[str, dict[str, Any]] = {}
+    for f in fns:
+        if f.driver != "vfio-pci" or not f.vfio_cdev_node:
+            continue
+        try:
+            dev = open_iommufd(f.bdf)
+            try:
+                out[f.bdf] = dev.iommu_info.to_dict()
+            finally:
+                dev.close()
+        except WarpdriveError as e:
+            out[f.bdf] = {"error": str(e)}
+    return out
+
+
+def _iommu_rows(info: dict[str, dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for bdf, d in info.items():
+        if "error" in d:
+            rows.append([bdf, "-", "-", d["error"]])
+            continue
+        pasid = f"{d['max_pasid_log2']} bits" if d["max_pasid_log2"] else "none"
+        rows.append([bdf, d["type"], pasid, ",".join(d["capabilities"]) or "-"])
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import pci
     from ..backends.uacce import sysfs as uacce_sysfs
@@ -50,10 +87,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         fns = pci.devices(args.sysfs_root, args.dev_root, claim=claim)
     uacce = uacce_sysfs.devices(args.sysfs_root, args.dev_root)
+    hw = iommu_hw_info(fns) if args.iommu else {}
 
     if args.json:
         print_json({"iommu": status.to_dict(), "pci": [f.to_dict() for f in fns],
-                    "uacce": [u.to_dict() for u in uacce]})
+                    "uacce": [u.to_dict() for u in uacce],
+                    **({"iommu_hw": hw} if args.iommu else {})})
         return 0
 
     print(status.summary())
@@ -75,6 +114,12 @@ def run(args: argparse.Namespace) -> int:
             members = [one(f.bdf, f.driver, True)] + [one(m.bdf, m.driver, m.vfio_viable)
                                                       for m in f.group_members]
             print(f"IOMMU group {num}: {', '.join(sorted(members))}")
+    if args.iommu:
+        print()
+        if hw:
+            print(table(_iommu_rows(hw), ["BDF", "IOMMU", "PASID", "CAPABILITIES"]))
+        else:
+            print("IOMMU_GET_HW_INFO: no function is on vfio-pci with a VFIO cdev (and /dev/iommu)")
     print()
     if not uacce:
         print("uacce: none (no /sys/class/uacce entries: kernel without CONFIG_UACCE, or no "

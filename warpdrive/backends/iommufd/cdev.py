@@ -28,6 +28,13 @@ from ..vfiodev.device import VfioDevice
 from .ctx import HwInfo, IommufdContext
 from .ioas import IoasDmaSpace
 
+_PASID_HINTS = {
+    errno.EINVAL: "PASID attach needs Linux 6.15+ (older kernels take no flags here), a device "
+                  "with PASID support (iommu_info.max_pasid_log2 > 0), a PASID below its limit "
+                  "and a HWPT allocated with IOMMU_HWPT_ALLOC_PASID",
+    errno.EOPNOTSUPP: "the device or its IOMMU has no PASID support (iommu_info.max_pasid_log2 is "
+                      "0): no PASID capability, or an IOMMU without scalable mode"}
+
 _BUSY = ("{bdf} is busy, already open: its VFIO cdev is bound to an iommufd by another fd (this "
          "or another process; the kernel answers a second bind with EINVAL), or its IOMMU group "
          "is open through legacy VFIO (EBUSY)")
@@ -43,6 +50,7 @@ class IommufdDevice(VfioDevice):
         self.dev_id = dev_id
         self.cdev = cdev
         self.hwpt_id: int | None = hwpt_id  # what the device is attached to now (None: detached)
+        self.pasid_hwpts: dict[int, int] = {}  # PASID -> the HWPT attached there
         self._own_hwpts: list[int] = []
         dma = IoasDmaSpace(bdf, ctx, ioas_id)
         super().__init__(bdf, device_fd, dma)
@@ -62,34 +70,56 @@ class IommufdDevice(VfioDevice):
         return self._hw_info
 
     # -- page tables ------------------------------------------------------------------------
-    def alloc_hwpt(self, flags: int = 0) -> int:
+    def alloc_hwpt(self, flags: int = 0, fault_id: int = 0) -> int:
         """Allocate an explicit hardware page table (IOMMU domain) backed by this device's IOAS;
-        attach the device to it with `attach(hwpt_id)`. Destroyed when the device closes."""
+        attach the device to it with `attach(hwpt_id)`. Destroyed when the device closes.
+        `flags`: IOMMU_HWPT_ALLOC_* (e.g. IOMMU_HWPT_ALLOC_PASID for a domain attachable to
+        PASIDs, Linux 6.15+; EOPNOTSUPP from older kernels and IOMMUs without PASID)."""
         self._check_open()
-        hwpt = self.ctx.hwpt_alloc(self.dev_id, self.ioas_id, flags)
+        hwpt = self.ctx.hwpt_alloc(self.dev_id, self.ioas_id, flags, fault_id)
         self._own_hwpts.append(hwpt)
         return hwpt
 
-    def attach(self, pt_id: int | None = None) -> int:
+    def attach(self, pt_id: int | None = None, *, pasid: int | None = None) -> int:
         """Attach (or re-attach, replacing the current domain) to an IOAS or HWPT id; default the
-        device's IOAS. Returns the HWPT the kernel attached. Re-reads the IOVA ranges."""
+        device's IOAS. Returns the HWPT the kernel attached. Re-reads the IOVA ranges.
+
+        With `pasid`, attach that PASID of the device instead of its requests without one
+        (VFIO_DEVICE_ATTACH_PASID, Linux 6.15+): the domain should come from
+        `alloc_hwpt(IOMMU_HWPT_ALLOC_PASID)`, and the device and IOMMU must support PASID
+        (`iommu_info.max_pasid_log2` > 0)."""
         self._check_open()
         pt = self.ioas_id if pt_id is None else pt_id
-        arg = V.vfio_device_attach_iommufd_pt(argsz=ctypes.sizeof(V.vfio_device_attach_iommufd_pt),
-                                              pt_id=pt)
-        self._ioctl(V.VFIO_DEVICE_ATTACH_IOMMUFD_PT, arg, f"VFIO_DEVICE_ATTACH_IOMMUFD_PT({pt})")
+        arg = V.vfio_device_attach_iommufd_pt(
+            argsz=ctypes.sizeof(V.vfio_device_attach_iommufd_pt),
+            flags=0 if pasid is None else V.VFIO_DEVICE_ATTACH_PASID, pt_id=pt, pasid=pasid or 0)
+        self._ioctl(V.VFIO_DEVICE_ATTACH_IOMMUFD_PT, arg,
+                    f"VFIO_DEVICE_ATTACH_IOMMUFD_PT({pt}"
+                    + ("" if pasid is None else f", PASID {pasid}") + ")",
+                    hints=None if pasid is None else _PASID_HINTS)
+        if pasid is not None:
+            self.pasid_hwpts[pasid] = int(arg.pt_id)
+            return int(arg.pt_id)
         self.hwpt_id = int(arg.pt_id)
         self.dma.refresh_ranges()
         return self.hwpt_id
 
-    def detach(self) -> None:
-        """Detach from the current IOAS/HWPT: the device's DMA is blocked until attached again."""
+    def detach(self, *, pasid: int | None = None) -> None:
+        """Detach from the current IOAS/HWPT: the device's DMA is blocked until attached again.
+        With `pasid`: detach that PASID only (VFIO_DEVICE_DETACH_PASID)."""
         self._check_open()
-        if self.hwpt_id is None:
+        if (self.hwpt_id if pasid is None else self.pasid_hwpts.get(pasid)) is None:
             return
-        arg = V.vfio_device_detach_iommufd_pt(argsz=ctypes.sizeof(V.vfio_device_detach_iommufd_pt))
-        self._ioctl(V.VFIO_DEVICE_DETACH_IOMMUFD_PT, arg, "VFIO_DEVICE_DETACH_IOMMUFD_PT")
-        self.hwpt_id = None
+        arg = V.vfio_device_detach_iommufd_pt(
+            argsz=ctypes.sizeof(V.vfio_device_detach_iommufd_pt),
+            flags=0 if pasid is None else V.VFIO_DEVICE_DETACH_PASID, pasid=pasid or 0)
+        self._ioctl(V.VFIO_DEVICE_DETACH_IOMMUFD_PT, arg,
+                    "VFIO_DEVICE_DETACH_IOMMUFD_PT" + ("" if pasid is None else f"(PASID {pasid})"),
+                    hints=None if pasid is None else _PASID_HINTS)
+        if pasid is None:
+            self.hwpt_id = None
+        else:
+            del self.pasid_hwpts[pasid]
 
     def allow_iovas(self, ranges: list[IovaRange] | None) -> None:
         """IOMMU_IOAS_ALLOW_IOVAS on this device's IOAS; the allocator keeps inside `ranges`."""
@@ -99,6 +129,11 @@ class IommufdDevice(VfioDevice):
     def _close_backend(self) -> None:
         # Detach while the cdev is still bound, then drop our HWPTs (a HWPT in use can't go).
         errors: list[WarpdriveError] = []
+        for pasid in list(self.pasid_hwpts):
+            try:
+                self.detach(pasid=pasid)
+            except WarpdriveError as e:
+                errors.append(e)
         if self.hwpt_id is not None and self.device_fd >= 0:
             try:
                 self.detach()

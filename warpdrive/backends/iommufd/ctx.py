@@ -11,7 +11,7 @@ import errno
 from dataclasses import dataclass
 
 from ... import syscalls as sc
-from ...errors import ClosedError, WarpdriveError
+from ...errors import ClosedError, UnsupportedError, WarpdriveError
 from ...forkguard import close_fd_quietly
 from ...iova import IovaRange
 from ...uapi import iommufd as U
@@ -42,6 +42,19 @@ class HwInfo:
     @property
     def pasid_bits(self) -> int:
         return self.max_pasid_log2
+
+    def capability_names(self) -> list[str]:
+        names = {U.IOMMU_HW_CAP_DIRTY_TRACKING: "dirty-tracking",
+                 U.IOMMU_HW_CAP_PCI_PASID_EXEC: "pasid-exec",
+                 U.IOMMU_HW_CAP_PCI_PASID_PRIV: "pasid-priv",
+                 U.IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED: "ats-not-supported"}
+        out = [n for bit, n in names.items() if self.capabilities & bit]
+        rest = self.capabilities & ~sum(names)
+        return out + ([f"{rest:#x}"] if rest else [])
+
+    def to_dict(self) -> dict[str, object]:
+        return {"type": self.type_name, "max_pasid_log2": self.max_pasid_log2,
+                "capabilities": self.capability_names(), **self.vtd_summary()}
 
     def vtd_summary(self) -> dict[str, int | bool]:
         """A few VT-d register fields (Intel VT-d spec, 11.4.2 CAP_REG and 11.4.3 ECAP_REG)."""
@@ -75,6 +88,8 @@ class IommufdContext:
     def __init__(self, path: str = IOMMU_PATH) -> None:
         self.fd = sc.open_dev(path, what=f"open {path}", hints={
             errno.ENOENT: "the kernel has no iommufd (CONFIG_IOMMUFD); use backend='vfio'"})
+        # IOMMU_IOAS_MAP_FILE: None until first tried; False after ENOTTY (kernels before 6.13)
+        self.has_map_file: bool | None = None
 
     def _ioctl(self, request: int, arg: ctypes.Structure, what: str,
                hints: dict[int, str] | None = None) -> int:
@@ -93,15 +108,25 @@ class IommufdContext:
         self._ioctl(U.IOMMU_DESTROY, U.iommu_destroy(id=obj_id), f"IOMMU_DESTROY({obj_id})",
                     hints={errno.EBUSY: "the object is still in use (a device attached to it?)"})
 
-    def hwpt_alloc(self, dev_id: int, pt_id: int, flags: int = 0) -> int:
-        """A hardware page table (IOMMU domain) for `dev_id`, filled from IOAS `pt_id`."""
+    def hwpt_alloc(self, dev_id: int, pt_id: int, flags: int = 0, fault_id: int = 0) -> int:
+        """A hardware page table (IOMMU domain) for `dev_id`, filled from IOAS `pt_id`
+        (`fault_id` with IOMMU_HWPT_FAULT_ID_VALID: its I/O page faults go to that queue)."""
         cmd = U.iommu_hwpt_alloc(flags=flags, dev_id=dev_id, pt_id=pt_id,
-                                 data_type=U.IOMMU_HWPT_DATA_NONE)
+                                 data_type=U.IOMMU_HWPT_DATA_NONE, fault_id=fault_id)
         self._ioctl(U.IOMMU_HWPT_ALLOC, cmd,
                     f"IOMMU_HWPT_ALLOC(dev {dev_id}, pt {pt_id}, flags {flags:#x})",
-                    hints={errno.EOPNOTSUPP: "this IOMMU does not support the requested flags "
-                           "(e.g. dirty tracking)"})
+                    hints={errno.EOPNOTSUPP: "this kernel or IOMMU does not support the "
+                           "requested flags (dirty tracking; PASID: Linux 6.15+ and a "
+                           "PASID-capable IOMMU; I/O page faults: a device with PRI)"})
         return int(cmd.out_hwpt_id)
+
+    def fault_queue_alloc(self) -> tuple[int, int]:
+        """IOMMU_FAULT_QUEUE_ALLOC: (fault object id, fd to read iommu_hwpt_pgfault records
+        from and write iommu_hwpt_page_response to). Give the id to a HWPT allocated with
+        IOMMU_HWPT_FAULT_ID_VALID; only devices that issue page requests (PRI) ever fault."""
+        cmd = U.iommu_fault_alloc()
+        self._ioctl(U.IOMMU_FAULT_QUEUE_ALLOC, cmd, "IOMMU_FAULT_QUEUE_ALLOC")
+        return int(cmd.out_fault_id), int(cmd.out_fault_fd)
 
     def hw_info(self, dev_id: int) -> HwInfo:
         data = U.iommu_hw_info_vtd()
@@ -156,6 +181,35 @@ class IommufdContext:
                     f"IOMMU_IOAS_MAP of {length:#x} bytes at {user_va:#x} to IOVA {iova:#x}",
                     hints={errno.EEXIST: "that IOVA range is already mapped",
                            errno.EINVAL: "the IOVA is misaligned or lies in a reserved range"})
+
+    def map_file(self, ioas_id: int, fd: int, start: int, length: int, iova: int,
+                 writable: bool) -> None:
+        """IOMMU_IOAS_MAP_FILE: map `length` bytes of file `fd` from byte `start`. The kernel
+        pins by file offset and accepts only memfd/shmem and hugetlbfs files (EINVAL otherwise,
+        once a device is attached). UnsupportedError on kernels without it (6.12: ENOTTY), after
+        which `has_map_file` is False and callers use `map`."""
+        if self.has_map_file is False:
+            raise UnsupportedError("this kernel has no IOMMU_IOAS_MAP_FILE (Linux < 6.13)")
+        flags = U.IOMMU_IOAS_MAP_FIXED_IOVA | U.IOMMU_IOAS_MAP_READABLE
+        if writable:
+            flags |= U.IOMMU_IOAS_MAP_WRITEABLE
+        cmd = U.iommu_ioas_map_file(flags=flags, ioas_id=ioas_id, fd=fd, start=start,
+                                    length=length, iova=iova)
+        what = (f"IOMMU_IOAS_MAP_FILE of {length:#x} bytes of fd {fd} from offset {start:#x} to "
+                f"IOVA {iova:#x}")
+        try:
+            self._ioctl(U.IOMMU_IOAS_MAP_FILE, cmd, what, hints={
+                errno.EEXIST: "that IOVA range is already mapped",
+                errno.EINVAL: "the file is not memfd/shmem or hugetlbfs, the range runs past its "
+                              "end, or the IOVA is misaligned or reserved"})
+        except WarpdriveError as e:
+            if e.errno in (errno.ENOTTY, errno.EOPNOTSUPP) and self.has_map_file is None:
+                self.has_map_file = False
+                raise UnsupportedError(f"{what}: this kernel has no IOMMU_IOAS_MAP_FILE "
+                                       f"(errno {e.errno}); map by address instead",
+                                       errno=e.errno) from None
+            raise
+        self.has_map_file = True
 
     def unmap(self, ioas_id: int, iova: int, length: int) -> int:
         """Unmap and return the bytes the kernel says it unmapped."""

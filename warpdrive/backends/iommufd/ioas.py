@@ -1,18 +1,20 @@
 """The DMA space of an iommufd IOAS (I/O address space).
 
 Maps always use IOMMU_IOAS_MAP_FIXED_IOVA with an address from warpdrive's allocator, so the
-device's DMA mask is honoured (the kernel's own IOVA choice knows nothing of it). The usable ranges
-are IOMMU_IOAS_IOVA_RANGES (which shrink as devices attach: re-read after every attach) intersected
-with the window set by `allow_iovas`: in Linux 6.12 IOMMU_IOAS_ALLOW_IOVAS only steers the
-kernel's own IOVA choice and is not reflected in IOVA_RANGES, so we apply it ourselves.
+device's DMA mask is honoured (the kernel's own IOVA choice knows nothing of it). Buffers with a
+file (memfd, hugetlbfs memfd) are mapped by fd with IOMMU_IOAS_MAP_FILE where the kernel has it
+(6.13+), so the kernel enforces the memory kind too; elsewhere, and for raw addresses, by address.
+The usable ranges are IOMMU_IOAS_IOVA_RANGES (which shrink as devices attach: re-read after every
+attach) intersected with the window set by `allow_iovas`: in Linux 6.12 IOMMU_IOAS_ALLOW_IOVAS only
+steers the kernel's own IOVA choice and is not reflected in IOVA_RANGES, so we apply it ourselves.
 """
 
 from __future__ import annotations
 
 from ... import syscalls as sc
 from ...dma import DmaMapping, DmaSpace
-from ...errors import KernelError
-from ...iova import IovaRange, normalise_ranges
+from ...errors import UnsupportedError
+from ...iova import U64_MAX, IovaRange, normalise_ranges
 from .ctx import IommufdContext
 
 
@@ -49,12 +51,22 @@ class IoasDmaSpace(DmaSpace):
             self.refresh_ranges()
 
     def _do_map(self, mapping: DmaMapping) -> None:
+        buf = mapping.buffer
+        if buf is not None and buf.fd >= 0 and self.ctx.has_map_file is not False:
+            # A memfd/hugetlbfs buffer goes by its fd: the kernel then checks the memory kind
+            # itself (on top of check_dma_memory) and pins by file offset.
+            try:
+                self.ctx.map_file(self.ioas_id, buf.fd, buf.fd_offset + (mapping.addr - buf.addr),
+                                  mapping.size, mapping.iova, mapping.writable)
+                mapping.by_fd = True
+                return
+            except UnsupportedError:
+                pass  # Linux < 6.13: by address, below (asked once per iommufd)
         self.ctx.map(self.ioas_id, mapping.addr, mapping.size, mapping.iova, mapping.writable)
 
-    def _do_unmap(self, mapping: DmaMapping) -> None:
-        done = self.ctx.unmap(self.ioas_id, mapping.iova, mapping.size)
-        if done != mapping.size:
-            raise KernelError(
-                f"IOMMU_IOAS_UNMAP at IOVA {mapping.iova:#x} unmapped {done:#x} bytes, expected "
-                f"{mapping.size:#x}",
-                hint="the IOAS no longer matches warpdrive's records; close the device")
+    def _do_unmap(self, mapping: DmaMapping) -> int:
+        return self.ctx.unmap(self.ioas_id, mapping.iova, mapping.size)
+
+    def _do_unmap_all(self) -> int:
+        # The kernel selftests' iommufd "unmap all": IOVA 0, length U64_MAX.
+        return self.ctx.unmap(self.ioas_id, 0, U64_MAX)
