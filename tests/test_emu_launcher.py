@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -67,13 +68,13 @@ def test_model_that_fails_to_start_shows_its_stderr_tail() -> None:
         open_emulated("testdev", model_options={"bogus": 1})
 
 
-def test_bad_client_option_stops_the_model() -> None:
-    proc_before = set(os.listdir("/tmp"))
+def test_bad_client_option_stops_the_model(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # A private temp dir: other runs on this machine create their own model dirs in /tmp.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(InvalidArgumentError, match="unknown vfio-user option"):
         open_emulated("testdev", frobnicate=True)
-    leftovers = [d for d in set(os.listdir("/tmp")) - proc_before
-                 if d.startswith("warpdrive-emu-testdev-")]
-    assert leftovers == []
+    assert [d.name for d in tmp_path.iterdir() if d.name.startswith("warpdrive-emu-testdev-")] == []
 
 
 def test_model_exits_when_nobody_connects() -> None:
