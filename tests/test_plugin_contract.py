@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 import warpdrive
+from lab.pytest_lab import lab_kernels
 from warpdrive.device import Device
 from warpdrive.devices import registry
 from warpdrive.uapi import pci_regs as R
@@ -79,12 +80,17 @@ EXPECT: dict[str, tuple[set[int], int | None]] = {
 
 
 def _matrix() -> list[Any]:
+    # Kernel backends run once per lab kernel: the lab plugin parametrizes lab-marked functions
+    # by kernel, but this one is lab-marked per case, so its kernel cases name their kernel here.
     cases = []
     for plugin in registry.plugins():
         for backend in plugin.backends:
-            marks = [pytest.mark.lab] if backend in KERNEL_BACKENDS else []
-            cases.append(pytest.param(plugin.name, backend, id=f"{plugin.name}-{backend}",
-                                      marks=marks))
+            if backend not in KERNEL_BACKENDS:
+                cases.append(pytest.param(plugin.name, backend, None,
+                                          id=f"{plugin.name}-{backend}"))
+                continue
+            cases += [pytest.param(plugin.name, backend, k, id=f"{plugin.name}-{backend}-k{k}",
+                                   marks=pytest.mark.lab) for k in lab_kernels()]
     return cases
 
 
@@ -139,8 +145,9 @@ def check_contract(dev: Device, plugin: registry.Plugin,
     drv.remove()  # a second remove does nothing
 
 
-@pytest.mark.parametrize(("plugin", "backend"), _matrix())
-def test_plugin_contract(device: Device, plugin: str, backend: str) -> None:
+@pytest.mark.parametrize(("plugin", "backend", "lab_kernel"), _matrix())
+def test_plugin_contract(device: Device, plugin: str, backend: str,
+                         lab_kernel: str | None) -> None:
     assert device.backend == backend
     entry = registry.get(plugin)
     assert entry is not None
