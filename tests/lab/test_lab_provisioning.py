@@ -100,3 +100,24 @@ def test_vfio_user_model_servers_start_attach_and_stop(tmp_path: Path,
         emu.start_servers([emu.EMU_DEVICES[0]], tmp_path)
     with pytest.raises(emu.EmuError, match="unknown lab device model"):
         emu.by_name(["nosuch"])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot and mounts need root")
+def test_debian13_dry_run_in_a_trixie_root() -> None:
+    """The Debian 13 path exercised on a real trixie root (the lab's QEMU root under a throwaway
+    overlay): release detection from its os-release and a trixie-only plan."""
+    if not (qemu.root_dir() / ".warpdrive-lab-ok").is_file():
+        pytest.skip("no trixie root yet: run bash lab/install-deps.sh")
+    proc = subprocess.run(["bash", str(ROOT / "lab" / "check-debian13.sh"), "--quick", "--no-apt"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "WARPDRIVE_LAB_MIRROR": MIRROR})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "host: Debian 13 (trixie)" in lines
+    assert f"host apt: install from trixie: {' '.join(debian13_packages())}" in lines
+    assert not any(ln.startswith("host apt:") and "bookworm" in ln for ln in lines)
+
+
+def debian13_packages() -> list[str]:
+    line = next(ln for ln in plan("--release", "13") if ln.startswith("host apt: install from"))
+    return line.rsplit(": ", 1)[1].split()
