@@ -119,6 +119,16 @@ class _GuestSide:
             items[:] = keep
             config.hook.pytest_deselected(items=drop)
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        # Linux 6.12 corrupts memory when a virtio_crypto function leaves the driver while the
+        # self-test of its cbc(aes) still runs (lab/virtio_crypto.py). A test that puts QEMU's
+        # virtio-crypto back on virtio-pci starts such a self-test, so each test starts only
+        # once the kernel has settled (a no-op when nothing was rebound).
+        from lab import virtio_crypto
+
+        virtio_crypto.wait_settled(timeout=300)
+
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
             self._write("collect", report)

@@ -148,6 +148,7 @@ def test_hugepages_are_reserved_and_mounted() -> None:
 
 
 @pytest.mark.lab
-def test_iommu_mode_matrix(iommu_mode: str, request: pytest.FixtureRequest) -> None:
-    assert request.node.name == f"test_iommu_mode_matrix[{iommu_mode}]"
+def test_iommu_mode_matrix(iommu_mode: str, lab_kernel: str,
+                           request: pytest.FixtureRequest) -> None:
+    assert request.node.name == f"test_iommu_mode_matrix[{iommu_mode}-k{lab_kernel}]"
     assert os.path.exists({"vfio": "/dev/vfio/vfio", "iommufd": "/dev/iommu"}[iommu_mode])
