@@ -114,10 +114,13 @@ def test_debian13_dry_run_in_a_trixie_root() -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert "host: Debian 13 (trixie)" in lines
-    assert f"host apt: install from trixie: {' '.join(debian13_packages())}" in lines
+    planned = next(ln for ln in lines if ln.startswith("host apt: install from trixie: "))
+    assert planned.rsplit(": ", 1)[1].split() == debian13_packages()
     assert not any(ln.startswith("host apt:") and "bookworm" in ln for ln in lines)
 
 
 def debian13_packages() -> list[str]:
+    # Minus the system Python's testsuite: planned only where python3 lacks it (the host's
+    # python3 answers for a --release 13 plan here; the trixie root has no python3).
     line = next(ln for ln in plan("--release", "13") if ln.startswith("host apt: install from"))
-    return line.rsplit(": ", 1)[1].split()
+    return [p for p in line.rsplit(": ", 1)[1].split() if not p.endswith("-testsuite")]
