@@ -62,11 +62,15 @@ class _Collector:
     def __init__(self) -> None:
         self.lab: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
         self.host = 0
+        self.host_contract: list[str] = []  # plugin-backend pairs the contract runs on the host
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         for item in session.items:
             if item.get_closest_marker("lab") is None:
                 self.host += 1
+                cs = getattr(item, "callspec", None)
+                if cs is not None and {"plugin", "backend"} <= set(cs.params):
+                    self.host_contract.append(f"{cs.params['plugin']} on {cs.params['backend']}")
             else:
                 self.lab[axes(item)] += 1
 
@@ -94,7 +98,8 @@ def markdown(c: _Collector) -> str:
     modes = sorted({m for _, m, _, _ in c.lab} - {"-"})
     out += ["", f"Lab tests: {sum(c.lab.values())} ({' + '.join(per_kernel)} on kernels "
             f"{', '.join(kernels)}); IOMMU modes covered: {len(modes)} ({', '.join(modes)}); "
-            f"host tests: {c.host}."]
+            f"host tests: {c.host}, among them the plugin contract for "
+            f"{', '.join(sorted(c.host_contract)) or 'no plugin'} (bundled models)."]
     return "\n".join(out)
 
 
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.redirect_stdout(io.StringIO()):  # pytest's own collection listing
         c = collect(rest)
     if ns.json:
-        print(json.dumps({"host": c.host, "lab": [
+        print(json.dumps({"host": c.host, "host_contract": sorted(c.host_contract), "lab": [
             {"kernel": k, "mode": m, "backend": b, "plugin": p, "tests": n}
             for (k, m, b, p), n in sorted(c.lab.items())]}))
     else:
