@@ -13,7 +13,8 @@ Axes, read from each collected item:
 - backend: warpdrive's backend that mode runs on (`vfio` = the legacy group API, on /dev/vfio/vfio
   or /dev/iommu; `iommufd` = the cdev);
 - plugin: the device plugin whose device the test drives, from the fixture naming its function
-  (`zip_bdf`, `crypto_bdf`, `edu_bdf`, ...) or the contract's `plugin` parameter; "-" for none.
+  (`zip_bdf`, `crypto_bdf`, `edu_bdf`, ...), the contract's `plugin` parameter, or the test
+  module's name (crypto, virtio, zip, broker, edu); "-" for none.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from lab.pytest_lab import item_kernel  # noqa: E402
 
 # iommu_mode fixture / contract backend -> (selftest mode name, warpdrive backend)
 FIXTURE_MODES = {"vfio": ("vfio_type1v2_iommu", "vfio"), "iommufd": ("iommufd", "iommufd")}
+# Test modules whose own fixtures pick the device -> plugin.
+MODULE_PLUGINS = (("crypto", "crypto"), ("virtio", "crypto"), ("zip", "zip"), ("broker", "zip"),
+                  ("edu", "edu"))
 # The fixture that names a plugin's device in the guest -> plugin.
 PLUGIN_FIXTURES = {"zip_bdf": "zip", "crypto_bdf": "crypto", "crypto_model_bdf": "crypto",
                    "edu_bdf": "edu"}
@@ -55,6 +59,9 @@ def axes(item: pytest.Item) -> tuple[str, str, str, str]:
     if plugin == "-":
         names = getattr(item, "fixturenames", ())
         plugin = next((p for f, p in PLUGIN_FIXTURES.items() if f in names), "-")
+    if plugin == "-":  # a device fixture of the test module's own (e.g. QEMU's or the model's)
+        module = item.nodeid.split("::")[0].rsplit("/", 1)[-1]
+        plugin = next((p for key, p in MODULE_PLUGINS if key in module), "-")
     return item_kernel(item), mode, backend, plugin
 
 
