@@ -10,6 +10,10 @@ skips by name with the guest's report: traceback, captured output and duration i
 lab cannot run (no QEMU, kernel build failure, boot timeout), every lab item fails with the reason.
 `WARPDRIVE_LAB=skip` skips them instead, loudly, for developers without the lab.
 
+A lab test marked `@pytest.mark.lab_boot("virtio_crypto")` runs in a boot of its own per kernel
+(after that kernel's main boot): Linux's virtio_crypto not blacklisted and QEMU's virtio-crypto
+left out (lab/vm.py qemu_command), for the witness of the virtio-crypto model.
+
 In the guest (WARPDRIVE_IN_LAB=1) non-lab items are deselected and lab items run normally.
 
 Fixtures (all fail outside the guest, except lab_kernel_headers/lab_kernel_dir):
@@ -62,7 +66,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="keep the guest's results dir (console.log, dmesg, report) and print it")
 
 
+# Boots other than the default one a lab test may ask for (lab_boot marker): run_in_lab options.
+LAB_BOOTS: dict[str, dict[str, Any]] = {"virtio_crypto": {"virtio_crypto": True}}
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "lab_boot(name): run this lab test in its own guest boot "
+                            f"per kernel, one of {sorted(LAB_BOOTS)} (lab/pytest_lab.py)")
     plugin: _GuestSide | _HostSide = _GuestSide(config) if IN_LAB else _HostSide(config)
     config.pluginmanager.register(plugin, "warpdrive-lab-side")
 
@@ -188,12 +198,27 @@ def item_kernel(item: pytest.Item) -> str:
     return str(params["lab_kernel"]) if "lab_kernel" in params else lab_kernels()[0]
 
 
+def item_boot(item: pytest.Item) -> str:
+    """The boot a lab item asks for with its lab_boot marker ("" = the default boot)."""
+    marker = item.get_closest_marker("lab_boot")
+    if marker is None:
+        return ""
+    name = str(marker.args[0]) if marker.args else ""
+    if name not in LAB_BOOTS:
+        raise pytest.UsageError(f"{item.nodeid}: lab_boot({name!r}) is not one of "
+                                f"{sorted(LAB_BOOTS)} (lab/pytest_lab.py LAB_BOOTS)")
+    return name
+
+
 class _GuestRun:
     """One guest boot on one kernel, running that kernel's lab items; in a thread of its own."""
 
-    def __init__(self, side: _HostSide, version: str, nodeids: list[str]) -> None:
+    def __init__(self, side: _HostSide, version: str, nodeids: list[str],
+                 boot: str = "") -> None:
         self.side = side
         self.version = version
+        self.boot = boot
+        self.name = f"{version} ({boot} boot)" if boot else version
         self.nodeids = nodeids
         self.failure: str | None = None  # why the guest produced no (or partial) results
         self.reports: dict[str, list[TestReport]] = {}
@@ -233,7 +258,7 @@ class _GuestRun:
                                  timeout=config.getoption("lab_timeout"),
                                  output=sys.stdout.buffer if side.stream else None,
                                  boot_output=None, kernel_version=self.version,
-                                 cancel=side.cancel)
+                                 cancel=side.cancel, **LAB_BOOTS.get(self.boot, {}))
 
         try:
             res = run()
@@ -244,7 +269,7 @@ class _GuestRun:
                 self.summary.append(f"first boot failed ({res.error}); retried once, see "
                                     f"{results}/console.failed-boot.log")
                 self.keep_log = True
-                side.say(f"warpdrive lab: the {self.version} guest failed to boot; retrying once")
+                side.say(f"warpdrive lab: the {self.name} guest failed to boot; retrying once")
                 res = run()
         except vm.LabError as e:
             self.failure = f"cannot run the lab: {e}"
@@ -295,7 +320,7 @@ class _HostSide:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.lab_items: list[pytest.Item] = []
-        self.runs: dict[str, _GuestRun] = {}  # by kernel version, once started
+        self.runs: dict[tuple[str, str], _GuestRun] = {}  # by (kernel, boot), once started
         self.cancel = threading.Event()
         self.stream = config.getoption("capture") == "no"
         self.started = False
@@ -319,29 +344,32 @@ class _HostSide:
         meanwhile; the kernels' guests boot side by side unless the console is streamed (-s)."""
         if self.skip or not self.lab_items or session.config.option.collectonly:
             return
-        by_kernel: dict[str, list[str]] = {}
+        by_boot: dict[tuple[str, str], list[str]] = {}
         for item in self.lab_items:
-            by_kernel.setdefault(item_kernel(item), []).append(item.nodeid)
-        self.runs = {v: _GuestRun(self, v, ids) for v, ids in by_kernel.items()}
+            by_boot.setdefault((item_kernel(item), item_boot(item)), []).append(item.nodeid)
+        self.runs = {k: _GuestRun(self, k[0], ids, boot=k[1])  # a kernel's default boot first
+                     for k, ids in sorted(by_boot.items(), key=lambda kv: kv[0][1])}
         self.started = True
         self.say(f"\nwarpdrive lab: running {len(self.lab_items)} lab test(s), one QEMU guest "
-                 f"boot per kernel ({', '.join(self.runs)})"
+                 f"boot per kernel and boot ({', '.join(r.name for r in self.runs.values())})"
                  f"{' (guest consoles below)' if self.stream else ''} ...")
-        if self.stream:  # one at a time, so the consoles do not interleave
-            first, *rest = self.runs.values()
+        # A kernel's boots run in turn (one guest per kernel at a time); every boot in turn
+        # with -s, so the consoles do not interleave.
+        chains: dict[str, list[_GuestRun]] = {}
+        for r in self.runs.values():
+            chains.setdefault("all" if self.stream else r.version, []).append(r)
+        for chain in chains.values():
+            first, *rest = chain
+            if rest:
+                def in_turn(chain: list[_GuestRun] = chain) -> None:
+                    for r in chain:
+                        r._run()
 
-            def in_turn() -> None:
-                first._run()
+                first.thread = threading.Thread(target=in_turn, name=f"lab-guests-{first.name}",
+                                                daemon=True)
                 for r in rest:
-                    r._run()
-
-            first.thread = threading.Thread(target=in_turn, name="lab-guests", daemon=True)
+                    r.thread = first.thread
             first.thread.start()
-            for r in rest:
-                r.thread = first.thread
-        else:
-            for r in self.runs.values():
-                r.thread.start()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item,
@@ -369,7 +397,7 @@ class _HostSide:
             reason = "WARPDRIVE_LAB=skip: lab test NOT run (unset it to run it in the QEMU guest)"
             return [_report(item, "setup", "skipped", (path, (line or 0) + 1, reason)),
                     _report(item, "teardown", "passed")]
-        run = self.runs.get(item_kernel(item))
+        run = self.runs.get((item_kernel(item), item_boot(item)))
         if run is None:
             return [_report(item, "setup", "passed"),
                     _report(item, "call", "failed", "lab: no guest was started for this test"),
@@ -380,7 +408,7 @@ class _HostSide:
         reps = run.reports.get(item.nodeid, [])
         if not reps:
             why = run.failure or "the guest's pytest did not run this test (not collected there?)"
-            text = f"lab: this test did not run in the {run.version} guest: {why}"
+            text = f"lab: this test did not run in the {run.name} guest: {why}"
             if run.collect_errors:
                 text += "\n\nguest collection errors:\n" + "\n".join(run.collect_errors)
             return [_report(item, "setup", "passed"), _report(item, "call", "failed", text),
@@ -407,7 +435,7 @@ class _HostSide:
             return
         terminalreporter.write_sep("-", "warpdrive lab")
         for run in self.runs.values():
-            terminalreporter.write_line(f"kernel {run.version}:")
+            terminalreporter.write_line(f"kernel {run.name}:")
             for line in run.summary:
                 terminalreporter.write_line(f"  {line}")
             if run.failure:
@@ -421,7 +449,7 @@ class _HostSide:
             if run.results is None:
                 continue
             if run.failure or run.keep_log or self.config.getoption("lab_keep_log"):
-                print(f"warpdrive lab: {run.version} guest logs kept in {run.results}",
+                print(f"warpdrive lab: {run.name} guest logs kept in {run.results}",
                       file=sys.stderr)
             else:
                 shutil.rmtree(run.results, ignore_errors=True)

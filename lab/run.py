@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernel", metavar="VERSION",
                    help="lab kernel to boot (6.12 or 7.3; default: the first of "
                    "$WARPDRIVE_LAB_KERNELS, else 6.12)")
+    p.add_argument("--virtio-crypto", action="store_true",
+                   help="the virtio_crypto witness boot: Linux's virtio_crypto on (not "
+                        "blacklisted), QEMU's virtio-crypto left out (lab/README.md)")
     p.add_argument("--cwd", type=Path, default=vm.CHECKOUT,
                    help="directory to run in (default: the checkout)")
     p.add_argument("-q", "--quiet", action="store_true", help="no timing line on stderr")
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                             output=sys.stdout.buffer,
                             boot_output=sys.stderr.buffer if args.boot_log else None,
                             env=env, kernel_args=args.append, qemu_args=args.qemu_arg,
-                            kernel_version=args.kernel)
+                            kernel_version=args.kernel, virtio_crypto=args.virtio_crypto)
     except vm.LabError as e:
         print(f"lab: cannot run the lab: {e}", file=sys.stderr)
         shutil.rmtree(results, ignore_errors=True)

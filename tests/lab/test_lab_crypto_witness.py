@@ -5,7 +5,11 @@ vfio-user-pci) is judged by a driver we did not write: with it alone on virtio_c
 registers cbc(aes) and runs its crypto self-tests on it (every AES-CBC test vector in several
 buffer layouts: in place, split, misaligned, crossing pages; with the extra tests, random
 requests against the generic implementation), and AF_ALG requests through the kernel driver must
-match `cryptography`. Facts: docs/research/virtio-crypto.md."""
+match `cryptography`. Facts: docs/research/virtio-crypto.md.
+
+The lab's default boot keeps Linux's virtio_crypto off (initcall_blacklist, lab/vm.py), so these
+tests ask for a boot of their own (lab_boot "virtio_crypto": the driver on, QEMU's virtio-crypto
+left out, nothing moves a function but these tests), one per lab kernel."""
 
 from __future__ import annotations
 
@@ -20,22 +24,24 @@ import pytest
 from crypto_vectors import reference
 
 from lab import virtio_crypto as vc
+from lab.pytest_lab import find_pci
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.lab_boot("virtio_crypto")]
 
 
 @pytest.fixture(scope="module")
-def on_the_model(crypto_model_bdf: str, crypto_bdf: str,
-                 lab_kernel_dir: Path) -> Iterator[float]:
+def on_the_model(crypto_model_bdf: str, lab_kernel_dir: Path) -> Iterator[float]:
     """cbc(aes) registered with the model as the only virtio_crypto function; the self-test
     duration."""
     if not vc.selftests_enabled(lab_kernel_dir / "config"):
         pytest.skip("this lab kernel runs no crypto self-tests (CRYPTO_MANAGER_DISABLE_TESTS)")
     if not vc.VIRTIO_CRYPTO_DRIVER.is_dir():
-        pytest.skip("Linux's virtio_crypto is kept off in the lab boot (lab/vm.py: "
-                    "initcall_blacklist; its cbc(aes) self-tests hung or corrupted the guest "
-                    "when tests moved QEMU's virtio-crypto): the witness needs a boot of its own")
-    with vc.registered_on(crypto_model_bdf, [crypto_bdf]) as took:
+        pytest.skip("Linux's virtio_crypto is off in this boot (lab/vm.py initcall_blacklist): "
+                    "these tests run in the lab_boot('virtio_crypto') guest that "
+                    "lab/pytest_lab.py boots for them (by hand: lab/run.py --virtio-crypto)")
+    vc.wait_settled()  # the boot's own registration and self-tests are done
+    others = [b for b in find_pci(0x1AF4, 0x1054) if b != crypto_model_bdf]
+    with vc.registered_on(crypto_model_bdf, others) as took:
         yield took
 
 
