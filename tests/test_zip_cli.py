@@ -213,9 +213,12 @@ def test_recursive(tmp_path: Path) -> None:
 
 
 def _run_on_pty(args: list[str], cwd: Path, *, stdout_tty: bool) -> tuple[int, bytes]:
-    """Run with stderr (and stdout if asked) on a pseudo terminal: (status, what it showed)."""
+    """Run with stderr (and stdout if asked) on a pseudo terminal: (status, what it showed).
+    The progress line is asked for at once: on an idle machine the run ends within the default
+    one-second delay, and the line would never appear."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen(cli_argv(*args), cwd=cwd, env=cli_env(), stderr=slave,
+    env = dict(cli_env(), WARPDRIVE_PROGRESS_AFTER="0")
+    proc = subprocess.Popen(cli_argv(*args), cwd=cwd, env=env, stderr=slave,
                             stdout=slave if stdout_tty else subprocess.DEVNULL,
                             stdin=subprocess.DEVNULL)
     os.close(slave)

@@ -38,7 +38,16 @@ TAR_SUFFIXES = (".tgz", ".taz")
 READ_CHUNK = 1 << 20
 IN_FLIGHT = 4  # compression jobs on the engine at once (its workers run them in parallel)
 OUT_CHUNK = 1 << 20  # decompressed bytes per call: memory stays bounded for any input
-PROGRESS_AFTER = 1.0  # seconds before a progress line appears
+# Seconds before a progress line appears (short runs stay quiet); WARPDRIVE_PROGRESS_AFTER
+# overrides it, e.g. 0 to see the line on a run that finishes within a second.
+def _progress_after() -> float:
+    try:
+        return max(0.0, float(os.environ.get("WARPDRIVE_PROGRESS_AFTER", "1.0")))
+    except ValueError:  # a malformed value keeps the default rather than breaking the CLI
+        return 1.0
+
+
+PROGRESS_AFTER = _progress_after()
 
 log = logging.getLogger("warpdrive.cli")
 
