@@ -37,7 +37,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "benchmarks"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+# the same text-like data as the engine and broker benchmarks
+from zip_bench import sample  # noqa: E402
 
 GOALS = {"oneshot_5B_us": 15.0, "oneshot_4KiB_time_ratio": 1.2, "decompress_speed_ratio": 0.8,
          "compress_speed_ratio": 0.95, "cli_compress_vs_pigz": 1.0,
@@ -46,17 +51,6 @@ GOALS = {"oneshot_5B_us": 15.0, "oneshot_4KiB_time_ratio": 1.2, "decompress_spee
 
 def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
-
-
-def sample(size: int, seed: int = 1) -> bytes:
-    """Text-like data, as the tests use."""
-    rng = random.Random(seed)
-    words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
-             for _ in range(500)]
-    out = bytearray()
-    while len(out) < size:
-        out += b" ".join(rng.choice(words) for _ in range(12)) + b"\n"
-    return bytes(out[:size])
 
 
 def per_call(fn: Callable[[], object], budget: float) -> float:
