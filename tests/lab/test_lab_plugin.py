@@ -64,7 +64,7 @@ def test_guest_outcomes_are_reported_by_name(tmp_path: Path) -> None:
     assert "failure-text-from-the-guest" in (failure.text or "")
     assert "captured-in-the-guest" in out  # the guest's captured stdout, in the host's report
     assert "skip-reason-from-the-guest" in out
-    assert f"one QEMU guest boot per kernel ({K})" in out
+    assert f"one QEMU guest boot per kernel and boot ({K})" in out
 
 
 @pytest.mark.slow
@@ -78,7 +78,7 @@ def test_each_kernel_gets_its_own_boot_and_node_ids(tmp_path: Path) -> None:
         **{f"test_guest_passes[k{v}]": "passed" for v in both},
         **{f"test_kernel_seen[k{v}]": "passed" for v in both},
     }, out
-    assert f"one QEMU guest boot per kernel ({', '.join(both)})" in out
+    assert f"one QEMU guest boot per kernel and boot ({', '.join(both)})" in out
     for v in both:
         assert f"kernel {v}:\n  guest: boot-to-command" in out  # one boot each, in the summary
 
