@@ -6,10 +6,13 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from warpdrive.backends import open_device
@@ -22,6 +25,8 @@ from warpdrive.serve.broker import Broker
 from warpdrive.serve.run import make_server, open_shared_device
 
 SQE = struct.Struct("<32I")
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -56,6 +61,24 @@ def broker_thread(path: str, *, model_options: dict[str, str] | None = None,
         thread.join(20)
         assert not thread.is_alive(), "the broker's loop did not stop"
         broker.close()
+
+
+@contextlib.contextmanager
+def serve_process(sock: str, *args: str, text: bool = False) -> Iterator[subprocess.Popen[Any]]:
+    """`warpdrive serve emu --socket sock *args` in a process of its own (stderr piped), listening
+    before the body runs; killed if still alive, reaped and its pipe closed after the body."""
+    proc = subprocess.Popen([sys.executable, "-m", "warpdrive", "serve", "emu", "--socket", sock,
+                             *args], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=text)
+    try:
+        eventually(lambda: os.path.exists(sock), 30, "broker listening")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
 
 
 def eventually(cond: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:

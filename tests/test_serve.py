@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import warpdrive.zip as wz
-from tests.brokerutil import RawZip, addr_words, broker_thread, eventually
+from tests.brokerutil import RawZip, addr_words, broker_thread, eventually, serve_process
 from tests.vfuraw import RawClient
 from tests.ziputil import cli, sample
 from warpdrive.backends.vfiouser.wire import PeerClosed
@@ -213,11 +213,7 @@ def test_a_dead_clients_queues_and_maps_are_freed(tmp_path: Path) -> None:
 
 def test_the_brokers_death_is_a_lost_connection(tmp_path: Path) -> None:
     sock = str(tmp_path / "b.sock")
-    broker = subprocess.Popen([sys.executable, "-m", "warpdrive", "serve", "emu", "--socket",
-                               sock], env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    try:
-        eventually(lambda: os.path.exists(sock), 30, "broker listening")
+    with serve_process(sock) as broker:
         eng = wz.open_engine("broker:" + sock, wait="spin", timeout=25)
         s = eng.session("compress")
         s.submit(b"x" * 4096)
@@ -229,21 +225,11 @@ def test_the_brokers_death_is_a_lost_connection(tmp_path: Path) -> None:
         with pytest.raises(WarpdriveError):
             eng.compress(b"again")
         eng.close()
-    finally:
-        if broker.poll() is None:
-            broker.kill()
-        broker.wait()
-        assert broker.stderr is not None
-        broker.stderr.close()
 
 
 def test_the_device_dying_stops_the_broker_and_its_clients_hear_of_it(tmp_path: Path) -> None:
     sock = str(tmp_path / "b.sock")
-    broker = subprocess.Popen([sys.executable, "-m", "warpdrive", "serve", "emu", "--socket",
-                               sock], env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    try:
-        eventually(lambda: os.path.exists(sock), 30, "broker listening")
+    with serve_process(sock, text=True) as broker:
         eng = wz.open_engine("broker:" + sock, wait="spin", timeout=25)
         s = eng.session("compress")
         src = s.buffer(1 << 16)
@@ -262,12 +248,6 @@ def test_the_device_dying_stops_the_broker_and_its_clients_hear_of_it(tmp_path: 
         assert broker.wait(30) == 1  # the broker stopped, saying why
         assert broker.stderr is not None
         assert "closed the connection" in broker.stderr.read()
-    finally:
-        if broker.poll() is None:
-            broker.kill()
-            broker.wait()
-        if broker.stderr:
-            broker.stderr.close()
 
 
 def test_a_forked_child_cannot_use_its_parents_function(tmp_path: Path) -> None:
@@ -360,12 +340,7 @@ def test_access_control_refuses_other_users_and_logs(tmp_path: Path,
 
 def test_socket_mode_and_group_from_the_command_line(tmp_path: Path) -> None:
     sock = str(tmp_path / "g.sock")
-    broker = subprocess.Popen([sys.executable, "-m", "warpdrive", "serve", "emu", "--socket",
-                               sock, "--group", "0", "--mode", "0660"],
-                              env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    try:
-        eventually(lambda: os.path.exists(sock), 30, "broker listening")
+    with serve_process(sock, "--group", "0", "--mode", "0660", text=True) as broker:
         st = os.stat(sock)
         assert oct(st.st_mode & 0o777) == "0o660" and st.st_gid == 0
         with wz.open_engine("broker:" + sock) as eng:
@@ -376,9 +351,3 @@ def test_socket_mode_and_group_from_the_command_line(tmp_path: Path) -> None:
         assert broker.stderr is not None
         log = broker.stderr.read()
         assert "accepted client" in log and "listening on" in log
-    finally:
-        if broker.poll() is None:
-            broker.kill()
-            broker.wait()
-        if broker.stderr:
-            broker.stderr.close()
