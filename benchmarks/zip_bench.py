@@ -117,6 +117,17 @@ def _proc_cpu(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _row_buffers(s: Any, sizes: tuple[int, ...]) -> tuple[Any, Any, int]:
+    """Two DMA buffers for every row (a map costs a syscall-heavy memory check): one source
+    holding the largest sample (every job of a row reads the same input, as the zlib rows do)
+    and one destination cut into a slot per job in flight. Returns (src, dst, slot size)."""
+    big = max(sizes)
+    src = s.buffer(big)
+    src.view[:big] = sample(big)
+    slot = -(-(big + big // 8 + 4096) // 4096) * 4096
+    return src, s.buffer(2 * max(BATCHES) * slot), slot
+
+
 def _pin(pid: int, cpu: int) -> None:
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > cpu:
         try:
@@ -168,14 +179,7 @@ def engine_rows(mode: str, duration: float, count: int | None, mark: bool,
         if model_pid is not None:
             _pin(model_pid, 1)
         s = eng.session("compress", wbits=15)
-        # Two DMA buffers for every row (a map costs a syscall-heavy memory check): one source
-        # holding the largest sample (every job of a row reads the same input, as the zlib
-        # rows do) and one destination cut into a slot per job in flight.
-        big = max(SIZES)
-        src = s.buffer(big)
-        src.view[:big] = sample(big)
-        slot = -(-(big + big // 8 + 4096) // 4096) * 4096
-        dst = s.buffer(2 * max(BATCHES) * slot)
+        src, dst, slot = _row_buffers(s, SIZES)
         for size in SIZES:
             data = sample(size)
             assert bytes(src.view[:size]) == data
@@ -316,11 +320,7 @@ def driver_rows(duration: float) -> list[dict[str, Any]]:
         _pin(0, 0)
         _pin(model_pid, 1)
         s = eng.session("compress", wbits=15)
-        big = max(DRIVER_SIZES)
-        src = s.buffer(big)
-        src.view[:big] = sample(big)
-        slot = -(-(big + big // 8 + 4096) // 4096) * 4096
-        dst = s.buffer(2 * max(BATCHES) * slot)
+        src, dst, slot = _row_buffers(s, DRIVER_SIZES)
         for size in DRIVER_SIZES:
             for batch in BATCHES:
                 jobs = [s.prepare(src, size, dst, dst_offset=i * slot, dst_length=slot)
