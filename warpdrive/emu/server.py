@@ -272,9 +272,8 @@ class VfioUserServer:
         self.factory = factory
         self.exit_on_disconnect = exit_on_disconnect
         self.accept_timeout = accept_timeout
-        proto = model if model is not None else None
-        self.spin_s = spin_s if spin_s is not None else (proto.poll_spin_s if proto else 0.02)
-        self.idle_s = idle_s if idle_s is not None else (proto.poll_idle_s if proto else 0.001)
+        self.spin_s = spin_s if spin_s is not None else (model.poll_spin_s if model else 0.02)
+        self.idle_s = idle_s if idle_s is not None else (model.poll_idle_s if model else 0.001)
         self.idle_max_s = max(idle_max_s, self.idle_s)
         self.max_data_xfer_size = max_data_xfer_size
         self.max_msg_fds = max_msg_fds
