@@ -16,7 +16,7 @@ from tests.brokerutil import sqe_words
 from warpdrive.backends.vfiouser.launcher import open_emulated
 from warpdrive.devices.zip import hw
 from warpdrive.serve.maps import ClientMaps, TranslationFault
-from warpdrive.serve.sqe import CTX_SPAN, Refused, mediate, restore
+from warpdrive.serve.sqe import CTX_SPAN, RUN_MAX, Refused, copy_results, mediate, mediate_run
 
 PAGE = 4096
 SQE = struct.Struct("<32I")
@@ -57,7 +57,7 @@ def sqe(**dw: int) -> bytearray:
 def test_a_good_sqe_is_translated_and_cleaned(maps: ClientMaps) -> None:
     client = sqe(dw0=7, dw24=0xDEAD, dw25=0xBEEF, dw5=1)
     ring = bytearray(256)
-    addrs, used = mediate(memoryview(client), 0, memoryview(ring), 128, maps)
+    used = mediate(memoryview(client), 0, memoryview(ring), 128, maps)
     w = SQE.unpack_from(ring, 128)
     m = maps.translate(0x100000, 1, write=False)
     assert w[hw.DW_SRC_H] << 32 | w[hw.DW_SRC_L] == m.dev_iova
@@ -65,14 +65,30 @@ def test_a_good_sqe_is_translated_and_cleaned(maps: ClientMaps) -> None:
     assert w[0] == 0 and w[24] == w[25] == w[5] == 0  # results and unused words cleared
     assert w[hw.DW_TAG_V3] == 0xABCD  # the client's tag passes
     assert used == (m, m)
-    restore(memoryview(ring), 128, addrs)
-    assert SQE.unpack_from(ring, 128)[hw.DW_SRC_L] == 0x100000
+
+
+def test_only_result_words_go_back_to_the_client() -> None:
+    """`copy_results`: the device's result words (dw0-3, dw15, dw28-31) reach the client's
+    slots, nothing else of the device's SQE (its IOVAs stay the broker's)."""
+    hw_ring, client = bytearray(4 * 128), bytearray(4 * 128)
+    for i in range(4):
+        SQE.pack_into(hw_ring, i * 128, *[0xD0000000 | i << 8 | k for k in range(32)])
+        SQE.pack_into(client, i * 128, *[0xC0000000 | i << 8 | k for k in range(32)])
+    h, c = memoryview(hw_ring), memoryview(client)
+    copy_results(h.cast("Q"), h.cast("I"), 1, c.cast("Q"), c.cast("I"), 2, 2)  # hw 1,2 -> 2,3
+    result = {0, 1, 2, 3, hw.DW_CTX_DW0, 28, 29, 30, 31}
+    for i in range(4):
+        w = SQE.unpack_from(client, i * 128)
+        for k in range(32):
+            want = 0xD0000000 | (i - 1) << 8 | k if i >= 2 and k in result else \
+                0xC0000000 | i << 8 | k
+            assert w[k] == want, (i, k)
 
 
 def test_a_stateful_sqe_needs_its_whole_context_mapped(maps: ClientMaps) -> None:
     dw7 = hw.sqe_dw7(finish=False, stateful=True, new_stream=True, sqe_type=hw.SQE_TYPE_V3)
     ok = sqe(dw7=dw7, dw22=0x200000 + hw.HW_CTX_RSV_OFFSET - 64)
-    _, used = mediate(memoryview(ok), 0, memoryview(bytearray(128)), 0, maps)
+    used = mediate(memoryview(ok), 0, memoryview(bytearray(128)), 0, maps)
     assert len(used) == 3
     too_far = sqe(dw7=dw7, dw22=0x200000 + 0x10000 - CTX_SPAN + 64)
     with pytest.raises(Refused) as ei:
@@ -145,3 +161,41 @@ def test_random_sqes_never_escape(maps: ClientMaps) -> None:
             a = out[lo + 1] << 32 | out[lo]
             assert any(s <= a and a + max(n, 1) <= e for s, e in windows)
     assert passed > 100
+
+
+def test_a_run_is_checked_as_its_sqes_would_be(maps: ClientMaps) -> None:
+    """`mediate_run` (a run checked field by field in one pass) against `mediate` SQE by SQE,
+    seeded: whenever the run path takes a run, every SQE of it passes `mediate` and the
+    hardware ring holds byte for byte what `mediate` writes; a run with any SQE `mediate`
+    refuses is never taken (it goes SQE by SQE)."""
+    rng = random.Random(4096)
+    good = list(SQE.unpack(sqe()))
+    taken = declined = 0
+    for i in range(3000):
+        n = rng.randint(1, RUN_MAX)
+        ring = bytearray()
+        for _ in range(n):
+            w = list(good)
+            w[hw.DW_SRC_L] = 0x100000 + rng.randrange(0, 0xF000, 64)
+            w[hw.DW_DST_L] = 0x100000 + rng.randrange(0, 0xD000, 64)
+            w[hw.DW_TAG_V3] = rng.getrandbits(32)
+            if i % 2 and rng.random() < 0.1:  # now and then a field that may not pass
+                k = rng.choice([4, 7, 8, 9, 14, 18, 19, 20, 21, 22, 0, 5, 24])
+                w[k] = rng.choice([0, rng.getrandbits(32), 0x300000, 0x10000, 0x1F000,
+                                   hw.HZ_MAX_SIZE + 1, w[k] | 1 << 26])
+            ring += SQE.pack(*w)
+        fast, slow = bytearray(n * 128), bytearray(n * 128)
+        fv = memoryview(fast)
+        used = mediate_run(memoryview(ring), 0, n, fv, fv.cast("I"), fv.cast("Q"), 0, maps)
+        refused = False
+        for j in range(n):
+            try:
+                mediate(memoryview(ring), j * 128, memoryview(slow), j * 128, maps)
+            except Refused:
+                refused = True
+        if used is None:
+            declined += 1
+            continue
+        taken += 1
+        assert not refused and fast == slow
+    assert taken > 1000 and declined > 100

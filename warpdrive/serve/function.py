@@ -4,22 +4,21 @@ To the client this is a ZIP virtual function like any other (identity, BAR2 regi
 queue contexts, the doorbell page it maps, MSI): the model's own `QmFunction` presents it, so the
 unchanged ZIP driver brings it up. Only the execution differs: each run of SQEs the frontend takes
 from the client's ring goes to `BrokerClient.submit_run` (checked, translated, onto a hardware
-queue), and comes back through `on_complete` (the device's result words into the client's SQE
-slots, its own addresses restored) and `QmFunction.complete` (the CQEs, the EQE and MSI if the
+queue), and comes back through `on_complete` (only the device's result words go into the client's
+SQE slots: its own addresses stay as it wrote them) and `QmFunction.complete` (the CQEs, the EQE and MSI if the
 queue asked).
 """
 
 from __future__ import annotations
 
-from ..devices.zip import hw
 from ..emu.dma import DmaFault
 from ..emu.models._qm import BUSY as QM_BUSY
 from ..emu.models._qm import PENDING as QM_PENDING
 from ..emu.models._qm import Execute, QueueState
 from ..emu.models._zip_layout import CQE_SIZE
 from ..emu.models.zip import ZipModel
-from .broker import BrokerClient, Job
-from .sqe import ADDR_OFF, ADDRS
+from .broker import BrokerClient, HwQueue
+from .sqe import copy_results
 
 
 class VirtualZip(ZipModel):
@@ -40,6 +39,8 @@ class VirtualZip(ZipModel):
         # client queue -> views of its SQ and CQ rings, kept while the queue runs and the
         # client's memory and bus mastering stay as they are
         self._views: dict[int, tuple[memoryview, memoryview]] = {}
+        # client queue -> its SQ ring as u64 and u32 words (result copies), kept with _views
+        self._words: dict[int, tuple[memoryview, memoryview]] = {}
 
     # -- the executor -----------------------------------------------------------------------
     def executor(self) -> Execute:
@@ -85,29 +86,29 @@ class VirtualZip(ZipModel):
         return views
 
     def _drop_ring(self, qn: int) -> None:
-        for view in self._views.pop(qn, ()):
+        for view in (*self._words.pop(qn, ()), *self._views.pop(qn, ())):
             view.release()
 
     def _drop_rings(self) -> None:
         for qn in list(self._views):
             self._drop_ring(qn)
 
-    def _complete(self, qn: int, hsq: memoryview, hslots: list[int], jobs: list[Job]) -> None:
-        """Copy a run of results from the hardware ring into the client's SQE slots, with the
-        client's own addresses put back (the device's IOVAs are the broker's business)."""
-        try:
-            ring = self._rings(self._qm().queues[qn])[0]
-        except DmaFault:  # the client unmapped its ring: nowhere to put the results
-            return
+    def _complete(self, qn: int, hq: HwQueue, hs: int, slot: int, n: int) -> None:
+        """Copy the result words of `n` consecutive jobs from the hardware ring (slots `hs`..)
+        into the client's SQE slots `slot`.. (`sqe.copy_results`: nothing else of the device's
+        SQE, so the device's IOVAs stay the broker's business)."""
+        words = self._words.get(qn)
+        if words is None:
+            try:
+                sq = self._rings(self._qm().queues[qn])[0]
+            except DmaFault:  # the client unmapped its ring: nowhere to put the results
+                return
+            words = self._words[qn] = (sq.cast("Q"), sq.cast("I"))
+        copy_results(hq.sq64, hq.sq32, hs, words[0], words[1], slot, n)
         done = self._done.get(qn)
         if done is None:
             done = self._done[qn] = []
-        size, restore = hw.SQE_SIZE, ADDRS.pack_into
-        for hs, (_, slot, addrs, _) in zip(hslots, jobs):
-            off, hoff = slot * size, hs * size
-            ring[off:off + size] = hsq[hoff:hoff + size]
-            restore(ring, off + ADDR_OFF, *addrs)
-            done.append(slot)
+        done += range(slot, slot + n)
 
     def _flush(self) -> None:
         qm = self._qm()
