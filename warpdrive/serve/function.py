@@ -4,9 +4,9 @@ To the client this is a ZIP virtual function like any other (identity, BAR2 regi
 queue contexts, the doorbell page it maps, MSI): the model's own `QmFunction` presents it, so the
 unchanged ZIP driver brings it up. Only the execution differs: each run of SQEs the frontend takes
 from the client's ring goes to `BrokerClient.submit_run` (checked, translated, onto a hardware
-queue), and comes back through `on_complete` (only the device's result words go into the client's
-SQE slots: its own addresses stay as it wrote them) and `QmFunction.complete` (the CQEs, the EQE and MSI if the
-queue asked).
+queue), and comes back through `on_complete` (only the device's result words go into the
+client's SQE slots: its own addresses stay as it wrote them) and `QmFunction.complete` (the
+CQEs, the EQE and MSI if the queue asked).
 """
 
 from __future__ import annotations
