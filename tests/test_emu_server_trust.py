@@ -246,6 +246,47 @@ def test_a_live_server_and_other_files_are_never_replaced(tmp_path: Path) -> Non
     assert "not a socket" in third.output()
 
 
+# -- publication of the socket --------------------------------------------------------------------
+@pytest.mark.parametrize("room", ["short", "at_the_limit"])
+def test_the_socket_appears_with_its_mode_and_listening(room: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that sees the path (the broker's tests wait for exactly that) finds it with the
+    asked mode, listening. A short name once was bound in place, so a test saw 0755 and a
+    refused connection in the moment before the server's chmod and listen."""
+    from warpdrive.emu.models.testdev import TestDevice
+    from warpdrive.emu.server import VfioUserServer
+
+    if room == "short":
+        path = str(tmp_path / "s")
+    else:  # so long that a private name beside it would not fit in a sockaddr
+        d = tmp_path / ("d" * max(1, 104 - len(str(tmp_path)) - 4))
+        d.mkdir()
+        path = str(d / "s")
+        assert len(path) <= 107
+    seen: list[tuple[str, int]] = []
+
+    class Watched(socket.socket):
+        def bind(self, address: object) -> None:  # type: ignore[override]
+            super().bind(address)  # type: ignore[arg-type]
+            if isinstance(address, str):  # the moment the node exists, before chmod/listen
+                seen.append((address, stat.S_IMODE(os.stat(address).st_mode)))
+
+    monkeypatch.setattr(socket, "socket", Watched)
+    for mode in (0o600, 0o660):
+        server = VfioUserServer(TestDevice(), path, socket_mode=mode)
+        server._listen()
+        try:
+            bound, first_mode = seen.pop()
+            assert first_mode & ~mode == 0, oct(first_mode)  # never wider than asked
+            assert (bound != path) == (room == "short")  # short: published when ready
+            assert stat.S_IMODE(os.stat(path).st_mode) == mode
+            with socket.socket(socket.AF_UNIX) as c:
+                c.connect(path)  # listening (the backlog takes it before any accept)
+        finally:
+            server._shutdown()
+        assert not os.path.exists(path) and os.listdir(os.path.dirname(path)) == []
+
+
 # -- the launcher's private directories ----------------------------------------------------------
 @pytest.mark.parametrize("how", ["exit", "kill"])
 def test_emu_directories_are_removed_when_the_launching_process_dies(how: str) -> None:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import itertools
 import logging
 import os
 import select
@@ -79,6 +80,8 @@ _FENCE = threading.Lock()  # see warpdrive.mmio (Wake): a full memory barrier
 # work done this pass.
 POLL_IDLE, POLL_BUSY, POLL_WORKED = 0, 1, 2
 
+_SUN_PATH_MAX = 107  # bytes of a bindable AF_UNIX path (sun_path is 108, NUL-terminated here)
+_PRIVATE_NAMES = itertools.count()
 _SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13+
 
 
@@ -362,11 +365,18 @@ class VfioUserServer:
         # Bound, restricted and listening under a private name, then published with link(2),
         # which fails if the path exists again (another server won a race): a client that sees
         # the path can connect at once, and never finds it with wider permissions.
-        tmp = os.path.join(os.path.dirname(path) or ".", f".wd{os.getpid():x}")
-        if len(os.fsencode(tmp)) > len(os.fsencode(path)):
-            tmp = path  # a very short name: publish it directly (the name is the limit)
+        # The private name is unique per server (one process may run several). Only when it
+        # would not fit in a sockaddr is the path bound directly: its node then exists before
+        # listen(2), so a client may briefly see ECONNREFUSED there.
+        tmp = os.path.join(os.path.dirname(path) or ".",
+                           f".wd{os.getpid():x}.{next(_PRIVATE_NAMES):x}")
+        if len(os.fsencode(tmp)) > _SUN_PATH_MAX:
+            tmp = path
         lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
+            # bind(2) creates the node with the socket inode's mode less the umask: set it
+            # first, so even a node published under its own name is never wider than asked.
+            os.fchmod(lst.fileno(), self.socket_mode)
             if tmp != path:
                 try:
                     os.unlink(tmp)
