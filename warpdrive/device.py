@@ -346,16 +346,14 @@ class Device(ForkSafe, ABC):
 
     def capabilities(self) -> list[tuple[int, int]]:
         """(cap id, config offset) of each standard PCI capability, in list order."""
-        if not self.config_read16(R.PCI_STATUS) & R.PCI_STATUS_CAP_LIST:
-            return []
-        out: list[tuple[int, int]] = []
-        pos = self.config_read8(R.PCI_CAPABILITY_LIST) & ~3
-        seen: set[int] = set()
-        while pos and pos not in seen and len(out) < 48:
-            seen.add(pos)
-            out.append((self.config_read8(pos + R.PCI_CAP_LIST_ID), pos))
-            pos = self.config_read8(pos + R.PCI_CAP_LIST_NEXT) & ~3
-        return out
+        return capability_list(self.config_header())
+
+    def config_header(self) -> bytes:
+        """The standard 256 bytes of config space (where the capability list lives), in one
+        read: walked byte by byte it was a trapped access per byte (a message each on
+        vfio-user, a dozen or more per walk)."""
+        size = min(R.PCI_CFG_SPACE_SIZE, self.region_info(VFIO_PCI_CONFIG_REGION_INDEX).size)
+        return self.region_read(VFIO_PCI_CONFIG_REGION_INDEX, 0, size)
 
     def find_capability(self, cap_id: int) -> int | None:
         for cid, pos in self.capabilities():
@@ -490,6 +488,23 @@ class Device(ForkSafe, ABC):
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<{type(self).__name__} {self.name} backend={self.backend} {state}>"
+
+
+def capability_list(config: bytes) -> list[tuple[int, int]]:
+    """(cap id, offset) of each standard capability in `config` (config space from offset 0),
+    in list order; a loop or a pointer outside `config` ends the walk."""
+    if len(config) <= R.PCI_CAPABILITY_LIST or \
+            not int.from_bytes(config[R.PCI_STATUS:R.PCI_STATUS + 2], "little") & \
+            R.PCI_STATUS_CAP_LIST:
+        return []
+    out: list[tuple[int, int]] = []
+    pos = config[R.PCI_CAPABILITY_LIST] & ~3
+    seen: set[int] = set()
+    while pos and pos + R.PCI_CAP_LIST_NEXT < len(config) and pos not in seen and len(out) < 48:
+        seen.add(pos)
+        out.append((config[pos + R.PCI_CAP_LIST_ID], pos))
+        pos = config[pos + R.PCI_CAP_LIST_NEXT] & ~3
+    return out
 
 
 def _subtract(areas: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:

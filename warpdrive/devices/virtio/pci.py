@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ...device import Device, Interrupt
+from ...device import Device, Interrupt, capability_list
 from ...errors import (
     DeviceError,
     DeviceNotFoundError,
@@ -69,21 +69,26 @@ class VirtioCap:
 def read_virtio_caps(device: Device) -> list[VirtioCap]:
     """Every virtio vendor capability in config-space order (parsing only; maps nothing)."""
     caps: list[VirtioCap] = []
-    for cap_id, pos in device.capabilities():
-        if cap_id != R.PCI_CAP_ID_VNDR:
+    cfg = device.config_header()  # one read; the capabilities are parsed from this copy
+
+    def u32(at: int) -> int:
+        return int.from_bytes(cfg[at:at + 4], "little")
+
+    for cap_id, pos in capability_list(cfg):
+        if cap_id != R.PCI_CAP_ID_VNDR or pos + 16 > len(cfg):
             continue
-        cap_len = device.config_read8(pos + U.VIRTIO_PCI_CAP_LEN)
+        cap_len = cfg[pos + U.VIRTIO_PCI_CAP_LEN]
         if cap_len < 16:
             continue  # some other vendor capability, not a virtio_pci_cap
-        cfg_type = device.config_read8(pos + U.VIRTIO_PCI_CAP_CFG_TYPE)
+        cfg_type = cfg[pos + U.VIRTIO_PCI_CAP_CFG_TYPE]
         mult = 0
-        if cfg_type == U.VIRTIO_PCI_CAP_NOTIFY_CFG and cap_len >= 20:
-            mult = device.config_read32(pos + U.VIRTIO_PCI_NOTIFY_CAP_MULT)
+        if cfg_type == U.VIRTIO_PCI_CAP_NOTIFY_CFG and cap_len >= 20 and pos + 20 <= len(cfg):
+            mult = u32(pos + U.VIRTIO_PCI_NOTIFY_CAP_MULT)
         caps.append(VirtioCap(
             cfg_type=cfg_type,
-            bar=device.config_read8(pos + U.VIRTIO_PCI_CAP_BAR),
-            offset=device.config_read32(pos + U.VIRTIO_PCI_CAP_OFFSET),
-            length=device.config_read32(pos + U.VIRTIO_PCI_CAP_LENGTH),
+            bar=cfg[pos + U.VIRTIO_PCI_CAP_BAR],
+            offset=u32(pos + U.VIRTIO_PCI_CAP_OFFSET),
+            length=u32(pos + U.VIRTIO_PCI_CAP_LENGTH),
             config_offset=pos,
             notify_off_multiplier=mult,
         ))
