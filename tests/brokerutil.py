@@ -43,9 +43,9 @@ class RunningBroker:
 
 @contextlib.contextmanager
 def broker_thread(path: str, *, model_options: dict[str, str] | None = None,
-                  broker_opts: dict[str, Any] | None = None,
+                  broker_opts: dict[str, Any] | None = None, emu_opts: dict[str, Any] | None = None,
                   **server_opts: Any) -> Iterator[RunningBroker]:
-    dev = open_shared_device("emu", model_options=model_options)
+    dev = open_shared_device("emu", model_options=model_options, **(emu_opts or {}))
     broker = Broker(dev, **(broker_opts or {}))
     server = make_server(broker, path, **server_opts)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -35,8 +35,9 @@ def default_socket() -> str:
 
 
 def open_shared_device(name: str, *, backend: str = "auto",
-                       model_options: dict[str, str] | None = None) -> Device:
-    """The device the broker will own: a ZIP VF on vfio-pci, the bundled model, or vfio-user."""
+                       model_options: dict[str, str] | None = None, **emu_opts: Any) -> Device:
+    """The device the broker will own: a ZIP VF on vfio-pci, the bundled model, or vfio-user.
+    `emu_opts` go to the bundled model's process (`spin_us`, `idle_us`: its poll loop)."""
     dn = parse_name(name)
     if dn.kind == "uacce":
         raise UnsupportedError(
@@ -49,8 +50,9 @@ def open_shared_device(name: str, *, backend: str = "auto",
     if dn.kind == "emu":
         if dn.target not in ("", "zip"):
             raise InvalidArgumentError(f"{name}: the broker serves ZIP functions (emu or emu:zip)")
-        return open_device("emu:zip", model_options={**EMU_DEFAULTS, **(model_options or {})})
-    if model_options:
+        return open_device("emu:zip", model_options={**EMU_DEFAULTS, **(model_options or {})},
+                           **emu_opts)
+    if model_options or emu_opts:
         raise InvalidArgumentError("--set applies to the bundled model (DEVICE emu) only")
     if dn.kind == "vfio-user":
         return open_device(name)
