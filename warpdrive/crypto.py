@@ -65,12 +65,19 @@ from typing import NamedTuple, overload
 
 from .device import Device
 from .devices.crypto.algorithms import ALGORITHMS, CipherAlgorithm, lookup
-from .devices.crypto.engine import VirtioCrypto, status_name
-from .errors import ClosedError, DeviceError, InvalidArgumentError, UnsupportedError
+from .devices.crypto.engine import PreparedRequest, VirtioCrypto, request_header, status_name
+from .errors import (
+    ClosedError,
+    DeviceBusyError,
+    DeviceError,
+    InvalidArgumentError,
+    UnsupportedError,
+)
+from .memory import DmaBuffer
 from .uapi import virtio as U
 
-__all__ = ["ALGORITHMS", "Cipher", "Completion", "VirtioCrypto", "algorithms", "close_devices",
-           "engine", "find_device", "open_device"]
+__all__ = ["ALGORITHMS", "Cipher", "Completion", "Request", "VirtioCrypto", "algorithms",
+           "close_devices", "engine", "find_device", "open_device"]
 
 log = logging.getLogger("warpdrive.crypto")
 EMU_NAME = "emu:crypto"
@@ -179,6 +186,61 @@ class Completion(NamedTuple):
 _completion = tuple.__new__
 
 
+class Request(PreparedRequest):
+    """A prepared zero-copy request (`Cipher.prepare`): source and destination in DMA memory of
+    the Cipher's device, header and IV built once; submit it again and again with
+    `Cipher.submit_prepared`. `poll_many` hands it back itself (no Completion is built): then
+    `ok`/`status` say how it went and `data` is the output, in the destination buffer."""
+
+    __slots__ = ()
+
+    @property
+    def id(self) -> int:
+        """Requests are known by identity (their `id()`), as Completions are by number."""
+        return id(self)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == U.VIRTIO_CRYPTO_OK
+
+    @property
+    def in_flight(self) -> bool:
+        return self.ready is None
+
+    @property
+    def data(self) -> memoryview | None:
+        """The output (a view of the destination buffer) once completed well, else None."""
+        if self.status != U.VIRTIO_CRYPTO_OK or self.ready is None:
+            return None
+        return self.dst.view[self.dst_off:self.dst_off + self.n]
+
+    def result(self) -> memoryview:
+        """The output; raises DeviceError if the device failed the request (or it has not
+        completed)."""
+        data = self.data
+        if data is None:
+            what = "is still in flight" if self.ready is None else (
+                "has not been submitted" if self.status < 0 else
+                f"failed: {status_name(self.status)}")
+            raise DeviceError(f"prepared crypto request of {self.n} bytes {what}")
+        return data
+
+    def set_iv(self, iv: bytes | None) -> None:
+        """Change the IV for the next submissions (not while in flight)."""
+        owner = self.owner
+        assert isinstance(owner, Cipher)
+        if self.ready is None:
+            raise InvalidArgumentError("the request is in flight; set its IV once it completed")
+        ivb = owner._iv_bytes(iv)
+        self.hdr = self.hdr[:len(self.hdr) - len(ivb)] + ivb if ivb else self.hdr
+
+    def release(self) -> None:
+        """Give up the request: its buffers may be unmapped again (not while in flight)."""
+        owner = self.owner
+        assert isinstance(owner, Cipher)
+        owner._release_request(self)
+
+
 def _check_out(out: object, n: int) -> None:
     if isinstance(out, bytearray):
         size = len(out)
@@ -236,6 +298,15 @@ class Cipher:
         self._pending: set[int] = set()
         self._splits: dict[int, _Split] = {}  # device request tag -> the caller request
         self._next_id = 0
+        # Zero-copy: prepared requests land here (the engine appends them), how many are in
+        # flight, the live ones (their buffers are held) and the buffers `buffer()` gave out.
+        self._landed: list[Request] = []
+        self._zc_flight = 0
+        # Prepared requests that completed with an error status, ever: a batch's check is one
+        # comparison (their `status` says which).
+        self.failures = 0
+        self._requests: set[Request] = set()
+        self._buffers: list[DmaBuffer] = []
         self._sessions[True] = self._engine.create_session(self.algorithm, key, True)
         self._closed = False
 
@@ -259,7 +330,10 @@ class Cipher:
 
     @property
     def in_flight(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + self._zc_flight - len(self._landed)
+
+    def _idle(self) -> bool:
+        return not self._pending and self._zc_flight == len(self._landed)
 
     # -- requests --------------------------------------------------------------------------
     def _session(self, encrypt: bool) -> int:
@@ -346,21 +420,28 @@ class Cipher:
         opcode = U.VIRTIO_CRYPTO_CIPHER_DECRYPT if backwards else U.VIRTIO_CRYPTO_CIPHER_ENCRYPT
         rid = self._next_id
         self._next_id = rid + k
-        if fits:
-            eng.submit_many(self, rid, opcode, alg.virtio_algo, sid, civs, cdatas, couts)
-        else:
-            for i, (ivb, mv, out) in enumerate(zip(civs, cdatas, couts)):
-                if len(mv) <= limit:
-                    eng.submit(self, rid + i, opcode, alg.virtio_algo, sid, ivb, mv, out)
-                elif alg.name == "aes-xts":
-                    eng.submit_large(self, rid + i, opcode, alg.virtio_algo, sid, ivb, mv, out)
-                else:
-                    self._submit_split(rid + i, opcode, sid, ivb, memoryview(mv).cast("B"),
-                                       out, backwards)
+        # Pending before staged: a wait inside the engine (for a slot, or for the one large
+        # request in flight) may complete and deliver the first ones before this call returns.
+        pending = self._pending
         if k == 1:
-            self._pending.add(rid)
+            pending.add(rid)
         else:
-            self._pending.update(range(rid, rid + k))
+            pending.update(range(rid, rid + k))
+        if fits:
+            try:
+                eng.submit_many(self, rid, opcode, alg.virtio_algo, sid, civs, cdatas, couts)
+            except ClosedError:  # refused before staging anything
+                pending.difference_update(range(rid, rid + k))
+                raise
+            return rid
+        for i, (ivb, mv, out) in enumerate(zip(civs, cdatas, couts)):
+            if len(mv) <= limit:
+                eng.submit(self, rid + i, opcode, alg.virtio_algo, sid, ivb, mv, out)
+            elif alg.name == "aes-xts":
+                eng.submit_large(self, rid + i, opcode, alg.virtio_algo, sid, ivb, mv, out)
+            else:
+                self._submit_split(rid + i, opcode, sid, ivb, memoryview(mv).cast("B"),
+                                   out, backwards)
         return rid
 
     def _submit_split(self, rid: int, opcode: int, sid: int, iv: bytes, data: memoryview,
@@ -420,32 +501,169 @@ class Cipher:
             result = split.out if split.given else bytes(split.out)
         self._done.append(Completion(split.rid, split.status, result))
 
+    # -- zero-copy requests ----------------------------------------------------------------
+    def _iv_bytes(self, iv: bytes | None) -> bytes:
+        if not self.algorithm.iv_size:
+            return b""
+        if iv.__class__ is bytes and len(iv) == self.algorithm.iv_size:
+            return iv
+        return self.algorithm.check_iv(iv)
+
+    def buffer(self, size: int) -> DmaBuffer:
+        """A DMA buffer of this Cipher's device (mapped, device-writable) for zero-copy
+        requests: fill `buf.view`, then `prepare`. Freed by `release_buffer` or `close`."""
+        if self._closed:
+            raise ClosedError(f"{self.name} cipher is closed", hint="create a new Cipher")
+        buf = self._engine.device.dma.alloc(size)
+        self._buffers.append(buf)
+        return buf
+
+    def release_buffer(self, buf: DmaBuffer) -> None:
+        """Unmap and free a buffer from `buffer()`; refused while a prepared request uses it."""
+        if not any(b is buf for b in self._buffers):
+            raise InvalidArgumentError("release_buffer() takes buffers from this Cipher's "
+                                       "buffer()")
+        dma = self._engine.device.dma
+        dma.unmap(buf)  # DeviceBusyError while a request holds it
+        self._buffers = [b for b in self._buffers if b is not buf]
+        buf.close()
+
+    def prepare(self, src: DmaBuffer, length: int, dst: DmaBuffer | None = None, *,
+                iv: bytes | None = None, decrypt: bool = False, src_offset: int = 0,
+                dst_offset: int | None = None) -> Request:
+        """A reusable zero-copy request: `length` bytes at `src_offset` of `src`, the result
+        written at `dst_offset` of `dst` (default: in place, over the source). Both buffers
+        must be mapped in this Cipher's device's DMA space (`buffer()`, or the device's
+        `dma.alloc`), the destination device-writable; every check runs here, once: bounds,
+        the buffers' mappings (held until `release`: they cannot be unmapped under the
+        device), the length (a non-empty multiple of 16 within the device's max_size) and
+        the IV. Submit it with `submit_prepared`."""
+        if self._closed:
+            raise ClosedError(f"{self.name} cipher is closed", hint="create a new Cipher")
+        alg, eng = self.algorithm, self._engine
+        if dst is None:
+            dst = src
+            if dst_offset is None:
+                dst_offset = src_offset
+        if dst_offset is None:
+            dst_offset = 0
+        for what, buf, off in (("source", src, src_offset), ("destination", dst, dst_offset)):
+            if not isinstance(buf, DmaBuffer):
+                raise InvalidArgumentError(
+                    f"the {what} must be a DmaBuffer (Cipher.buffer()), not {type(buf).__name__}")
+            if isinstance(off, bool) or not isinstance(off, int) or off < 0 or \
+                    off + length > buf.size:
+                raise InvalidArgumentError(
+                    f"{length} bytes at offset {off} overrun the {buf.size}-byte {what} buffer")
+        if isinstance(length, bool) or not isinstance(length, int):
+            raise InvalidArgumentError(f"length must be an int, not {type(length).__name__}")
+        alg.check_data(length)
+        ivb = self._iv_bytes(iv)
+        if len(ivb) + 2 * length > eng.config.max_size:
+            raise InvalidArgumentError(
+                f"a {length}-byte request exceeds the device's max_size ({eng.config.max_size} "
+                "bytes of IV + source + destination)", hint="use smaller requests")
+        backwards = decrypt and not alg.symmetric
+        sid = self._session(not backwards)
+        opcode = U.VIRTIO_CRYPTO_CIPHER_DECRYPT if backwards else U.VIRTIO_CRYPTO_CIPHER_ENCRYPT
+        dma = eng.device.dma
+        mappings = []
+        for what, buf in (("source", src), ("destination", dst)):
+            m = dma.mapping_of(buf)
+            if m is None:
+                raise InvalidArgumentError(
+                    f"the {what} buffer is not mapped in {eng.device.name}'s DMA space",
+                    hint="get buffers from Cipher.buffer()")
+            mappings.append(m)
+        if not mappings[1].writable:
+            raise InvalidArgumentError("the destination buffer is mapped read-only for the "
+                                       "device", hint="map it writable (the device writes it)")
+        r = Request(self, self._landed, request_header(opcode, alg.virtio_algo, sid, ivb, length),
+                    src, src_offset, dst, dst_offset, length)
+        what = f"prepared {self.name} request"
+        dma.hold(src, r, what)  # unmapping either is refused until the request is released
+        dma.hold(dst, r, what)
+        self._requests.add(r)
+        return r
+
+    def submit_prepared(self, reqs: Sequence[Request]) -> None:
+        """Stage prepared requests of this Cipher that are not in flight (sent at the next
+        `poll`/`poll_many`/`wait`/`flush`: one doorbell for the batch). All or nothing: one
+        refused, none is staged. The zero-copy hot path: per request one identity test (this
+        Cipher's and not in flight), a slot, a header store and two descriptor addresses."""
+        if self._closed:
+            raise ClosedError(f"{self.name} cipher is closed", hint="create a new Cipher")
+        for i, r in enumerate(reqs):  # ownership and "not in flight" in one identity test
+            if r.ready is not self:
+                for back in reqs[:i]:
+                    back.ready = self
+                if not isinstance(r, Request) or r.owner is not self:
+                    raise InvalidArgumentError(
+                        "submit_prepared() takes requests prepared by this Cipher",
+                        hint="build them with cipher.prepare()")
+                raise InvalidArgumentError(
+                    "a prepared request is in flight (or appears twice in the batch), or was "
+                    "released", hint="wait for it to complete (poll_many/wait) first")
+            r.ready = None
+        self._zc_flight += len(reqs)
+        try:
+            self._engine.submit_prepared(reqs)
+        except BaseException:
+            # Refused (closed, forked) or stopped waiting for a slot: what was not staged may
+            # be submitted again.
+            staged = {id(x) for x in self._engine._slot_req if x is not None}
+            for r in reqs:
+                if id(r) not in staged:
+                    r.ready = self
+                    self._zc_flight -= 1
+            raise
+
+    def _release_request(self, r: Request) -> None:
+        if r.ready is None:
+            raise DeviceBusyError("the prepared request is in flight",
+                                  hint="wait for it to complete before releasing it")
+        if r not in self._requests:
+            return
+        self._requests.discard(r)
+        r.ready = False  # never submitted again (fails the identity test)
+        dma = self._engine.device.dma
+        if not dma.closed:
+            dma.release(r.src, r)
+            dma.release(r.dst, r)
+
     def flush(self) -> None:
         """Send every staged request (one doorbell)."""
         self._engine.kick()
 
-    def poll(self) -> list[Completion]:
+    def poll(self) -> list[Completion | Request]:
         """Send staged requests, then return whatever has completed (possibly nothing)."""
-        out: list[Completion] = []
+        out: list[Completion | Request] = []
         self.poll_many(out)
         return out
 
-    def poll_many(self, out: list[Completion]) -> int:
-        """`poll`, appending the completions to `out`; returns how many (no list built)."""
+    def poll_many(self, out: list[Completion | Request]) -> int:
+        """`poll`, appending the completions to `out`; returns how many (no list built).
+        Prepared requests come back as themselves (see `Request`)."""
         eng = self._engine
         eng.kick()
         eng.reap()
-        done = self._done
-        if not done:
-            return 0
-        self._done = []  # the filled list is handed over, not copied and cleared
-        out += done
-        return len(done)
+        done, landed = self._done, self._landed
+        n = len(done)
+        if n:
+            out += done
+            done.clear()
+        if landed:
+            k = len(landed)
+            self._zc_flight -= k
+            out += landed
+            landed.clear()
+            n += k
+        return n
 
-    def wait(self, timeout: float | None = None) -> list[Completion]:
+    def wait(self, timeout: float | None = None) -> list[Completion | Request]:
         """Send staged requests and wait for all of this Cipher's requests in flight (busy-
         polling, or sleeping on the interrupt with poll=False)."""
-        self._engine.wait_until(lambda: not self._pending, timeout, poll=self.poll_mode)
+        self._engine.wait_until(self._idle, timeout, poll=self.poll_mode)
         return self.poll()
 
     def _run(self, iv: bytes | None, data: bytes | bytearray | memoryview, decrypt: bool,
@@ -459,7 +677,7 @@ class Cipher:
         eng.wait_until(finished, poll=self.poll_mode)
         # Completions of other requests stay queued for poll(); take ours out.
         for c in self._done:
-            if c.id == rid:
+            if c[0] == rid:
                 self._done.remove(c)
                 if c.data is None:
                     raise DeviceError(
@@ -502,9 +720,17 @@ class Cipher:
         if eng.closed:
             return
         try:
-            if self._pending:
-                eng.wait_until(lambda: not self._pending, poll=self.poll_mode)
+            if not self._idle():
+                eng.wait_until(self._idle, poll=self.poll_mode)
         finally:
+            for r in list(self._requests):
+                self._release_request(r)
+            dma = eng.device.dma
+            for buf in self._buffers:
+                if not dma.closed and not buf.closed:
+                    dma.unmap(buf)
+                    buf.close()
+            self._buffers.clear()
             for sid in set(self._sessions.values()):
                 if sid in eng.sessions:
                     eng.destroy_session(sid)

@@ -145,6 +145,12 @@ class DmaSpace(ForkSafe, ABC):
     def mappings(self) -> list[DmaMapping]:
         return sorted(self._mappings.values(), key=lambda m: m.iova)
 
+    def mapping_of(self, buf: DmaBuffer) -> DmaMapping | None:
+        """The live mapping of `buf` in this space, or None (not mapped here: an IOVA equal to
+        another space's is not enough)."""
+        m = self._mappings.get(buf.iova) if buf.iova is not None else None
+        return m if m is not None and m.buffer is buf else None
+
     def find(self, addr: int, size: int = 1) -> DmaMapping | None:
         for m in self._mappings.values():
             if m.contains(addr, size):

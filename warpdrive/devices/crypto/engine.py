@@ -7,8 +7,10 @@ Wire format (non-REVISION_1, what QEMU parses; verified in QEMU 10.0 `hw/virtio/
   * data request: a 72-byte `virtio_crypto_op_data_req`, the IV, the source (device-readable);
     the destination, then one status byte as the very last byte of the device-writable part.
 QEMU reads each part as a byte stream across descriptors, so a request slot here is a fixed chain
-of three descriptors: [header+IV] [source] [destination+status]. Only the lengths change per
-request.
+of four descriptors: [header+IV] [source] [destination] [status]. A copied request uses the slot's
+own areas (only lengths change, and only when a request's size differs from the slot's last); a
+prepared (zero-copy) request points the source and destination descriptors at the caller's DMA
+memory (two address stores) and copies its prebuilt header + IV into the slot (one store).
 
 Waiting: by default a waiter busy-polls the used ring (no syscall, one busy core). With
 `poll=False` it sleeps on the data queue's MSI-X vector instead: it asks the device for
@@ -40,7 +42,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from ... import syscalls as sc
 from ...device import Device, Interrupt
@@ -81,7 +83,8 @@ _OK = U.VIRTIO_CRYPTO_OK
 _OP_CIPHER = U.VIRTIO_CRYPTO_SYM_OP_CIPHER
 CTRL_LEN = ctypes.sizeof(U.virtio_crypto_op_ctrl_req)  # 72
 _IV_MAX = 16
-_SRC_OFF = REQ_LEN + _IV_MAX  # source data starts here in a slot
+_STATUS_OFF = REQ_LEN + _IV_MAX  # a slot's status byte (device-writable), after header and IV
+_SRC_OFF = 128  # source data starts here in a slot
 _OP_TYPE_OFF = (U.virtio_crypto_op_data_req.u.offset
                 + U._virtio_crypto_op_data_req_u.sym_req.offset
                 + U.virtio_crypto_sym_data_req.op_type.offset)
@@ -95,6 +98,8 @@ assert _PARA_OFF == 24 and _REQ.size == _PARA_OFF + 12
 # in one store.
 _REQ_IV16 = struct.Struct("<IIQ8xIII28xI4x16s")
 assert _OP_TYPE_OFF == 64 and _REQ_IV16.size == REQ_LEN + _IV_MAX
+_REQ_ONLY = struct.Struct("<IIQ8xIII28xI4x")  # the same without an IV
+assert _REQ_ONLY.size == REQ_LEN
 
 # control scratch page layout
 _CTRL_IN_OFF = 512  # session input / destroy status
@@ -166,6 +171,47 @@ class _Large:
     out: bytearray | memoryview | None
 
 
+def _shape(n: int, hdr: int, own: bool) -> int:
+    """What a slot's descriptors say, as one int: data length, header length (< 256), and
+    whether source and destination are the slot's own areas."""
+    return n << 9 | hdr << 1 | own
+
+
+def request_header(opcode: int, algo: int, session_id: int, iv: bytes, n: int) -> bytes:
+    """A whole cipher data request for `n` bytes and its IV, as a slot holds them (what a
+    prepared request copies into a slot, in one store)."""
+    if len(iv) == _IV_MAX:
+        return _REQ_IV16.pack(opcode, algo, session_id, _IV_MAX, n, n, _OP_CIPHER, iv)
+    if len(iv) > _IV_MAX:
+        raise InvalidArgumentError(f"a {len(iv)}-byte IV exceeds {_IV_MAX} bytes")
+    return _REQ_ONLY.pack(opcode, algo, session_id, len(iv), n, n, _OP_CIPHER) + iv
+
+
+class PreparedRequest:
+    """A reusable zero-copy request: the source and destination live in DMA memory of the
+    engine's device; its header (request + IV) is built once. The engine reads `hdr`, `n`,
+    `src_iova`, `dst_iova` when it stages it, and on completion sets `status` (counting a
+    failure in `owner.failures`), sets `ready` back to `owner` and appends it to `sink` (the
+    owner's list of completions). `ready` is
+    None while it is in flight. `warpdrive.crypto.Cipher.prepare` makes and checks these."""
+
+    __slots__ = ("__weakref__", "dst", "dst_iova", "dst_off", "hdr", "n", "owner", "ready",
+                 "shape", "sink", "src", "src_iova", "src_off", "status")
+
+    def __init__(self, owner: object, sink: list[Any], hdr: bytes, src: DmaBuffer,
+                 src_off: int, dst: DmaBuffer, dst_off: int, n: int) -> None:
+        assert src.iova is not None and dst.iova is not None
+        self.owner = owner
+        self.sink = sink
+        self.hdr = hdr
+        self.src, self.src_off, self.dst, self.dst_off, self.n = src, src_off, dst, dst_off, n
+        self.src_iova = src.iova + src_off
+        self.dst_iova = dst.iova + dst_off
+        self.shape = _shape(n, len(hdr), False)  # what a slot's descriptors say for it
+        self.status = -1  # not completed yet
+        self.ready: object = owner
+
+
 _engines: weakref.WeakKeyDictionary[Device, VirtioCrypto] = weakref.WeakKeyDictionary()
 
 
@@ -188,7 +234,7 @@ class VirtioCrypto(ForkSafe):
         return (dev.vendor_id == VIRTIO_PCI_VENDOR_ID
                 and dev.device_id == VIRTIO_PCI_MODERN_DEVICE_BASE + U.VIRTIO_ID_CRYPTO)
 
-    def __init__(self, device: Device, *, ring_size: int = 256, max_request: int = 65536,
+    def __init__(self, device: Device, *, ring_size: int = 512, max_request: int = 65536,
                  timeout: float = DEFAULT_TIMEOUT, interrupts: bool = True,
                  reclaim: bool = True) -> None:
         """`interrupts`: route the data queue to an MSI-X vector so waiters may sleep
@@ -288,39 +334,55 @@ class VirtioCrypto(ForkSafe):
     # -- data slots ------------------------------------------------------------------------
     def _setup_slots(self, q: SplitVirtqueue) -> None:
         n = self.max_request
-        self._in_off = (_SRC_OFF + n + 63) & ~63  # destination+status part of a slot
-        stride = self._stride = (self._in_off + n + 1 + 63) & ~63
-        nslots = (q.size - 3) // 3  # three descriptors each; three stay free for submit_large
+        self._in_off = (_SRC_OFF + n + 63) & ~63  # destination part of a slot
+        stride = self._stride = (self._in_off + n + 63) & ~63
+        # Four descriptors each: [header+IV] [source] [destination] [status]. The status has one
+        # of its own so a destination may be the caller's memory (zero-copy requests); three
+        # stay free for submit_large.
+        nslots = (q.size - 3) // 4
+        if nslots < 1:
+            raise InvalidArgumentError(f"a {q.size}-entry data queue holds no request slot")
         self._slots_buf = buf = self.device.dma.alloc(nslots * stride)
         self.device.dma.hold(buf, self, "virtio-crypto request slots")
         assert buf.iova is not None
         self._view = buf.view
         self._heads: list[int] = []
-        self._len_idx: list[tuple[int, int, int]] = []  # u32 index of each descriptor's len
+        self._src_idx: list[int] = []  # u64 index of each slot's source-descriptor address
+        self._own_src: list[int] = []  # the slot's own source and destination areas (IOVAs)
+        self._own_dst: list[int] = []
         for s in range(nslots):
             iova = buf.iova + s * stride
             head = q.reserve_chain([(iova, REQ_LEN + _IV_MAX, False),
                                     (iova + _SRC_OFF, n, False),
-                                    (iova + self._in_off, n + 1, True)])
+                                    (iova + self._in_off, n, True),
+                                    (iova + _STATUS_OFF, 1, True)], s)
             src = q.next_desc(head)
-            dst = q.next_desc(src)
+            if (src, q.next_desc(src), q.next_desc(q.next_desc(src))) != \
+                    (head + 1, head + 2, head + 3):  # a fresh ring links in order
+                raise DeviceError(f"virtio-crypto {self.device.name}: slot {s}'s descriptors "
+                                  "are not consecutive")
             self._heads.append(head)
-            self._len_idx.append((4 * head + 2, 4 * src + 2, 4 * dst + 2))
+            self._src_idx.append(2 * src)
+            self._own_src.append(iova + _SRC_OFF)
+            self._own_dst.append(iova + self._in_off)
             struct.pack_into("<I", self._view, s * stride + _OP_TYPE_OFF,
                              U.VIRTIO_CRYPTO_SYM_OP_CIPHER)
-        # Lengths are rewritten per request through one u32 view of the descriptor table.
-        self._desc32 = (ctypes.c_uint32 * (4 * q.size)).from_address(ctypes.addressof(q.desc))
+        # Addresses and lengths are rewritten per request through u64 / u32 views of the
+        # descriptor table (descriptor d: address at u64 2d, length at u32 4d + 2).
+        table = memoryview((ctypes.c_uint8 * (16 * q.size)).from_address(
+            ctypes.addressof(q.desc))).cast("B")
+        self._desc64, self._desc32 = table.cast("Q"), table.cast("I")
         self._free_slots = list(range(nslots - 1, -1, -1))
-        # Per busy slot: (owner, tag, length, out), one store when submitted, one load when
-        # reaped; None when free.
-        self._slot_req: list[tuple[Receiver, int, int, bytearray | memoryview | None] | None] = \
-            [None] * nslots
-        # What each slot's descriptors say now (header part, data length): a request of the
+        # Per busy slot: (owner, tag, length, out) of a copied request, or the
+        # `PreparedRequest`; one store when submitted, one load when reaped; None when free.
+        self._slot_req: list[tuple[Receiver, int, int, bytearray | memoryview | None]
+                             | PreparedRequest | None] = [None] * nslots
+        # What each slot's descriptors say now, as one int (`_shape`: data length, header
+        # length, whether the data descriptors point at the slot's own areas): a request of the
         # same shape as the slot's last one stores no length (the device never writes them).
-        self._slot_hdr = [REQ_LEN + _IV_MAX] * nslots
-        self._slot_n = [n] * nslots
+        self._slot_shape = [_shape(n, REQ_LEN + _IV_MAX, True)] * nslots
         self.nslots = nslots
-        self._submit_chain = q.submit_chain  # bound once: called per request
+        self._submit_reserved = q.submit_reserved
         self._staged = 0
         self.doorbells = 0  # data-queue notifications sent (one per batch)
 
@@ -345,10 +407,12 @@ class VirtioCrypto(ForkSafe):
             self._check_alive()
             raise ClosedError("virtio-crypto engine is closed")
         free, view, stride = self._free_slots, self._view, self._stride
-        reqs, slot_n, slot_hdr, heads = self._slot_req, self._slot_n, self._slot_hdr, self._heads
-        submit_chain = self._submit_chain
+        reqs, shapes, heads = self._slot_req, self._slot_shape, self._heads
+        # heads staged by this call, published to the avail ring at the end
+        hs: list[ctypes.c_uint16 | int] = []
         for iv, data, out in zip(ivs, datas, outs):
             if not free:
+                self._stage(hs)  # a wait for a slot kicks what is staged
                 self._wait_for_slot()
             slot = free.pop()
             n = len(data)
@@ -362,16 +426,60 @@ class VirtioCrypto(ForkSafe):
                 if iv_len:
                     view[base + REQ_LEN:base + REQ_LEN + iv_len] = iv
             view[base + _SRC_OFF:base + _SRC_OFF + n] = data
-            if slot_n[slot] != n or slot_hdr[slot] != REQ_LEN + iv_len:
-                d = self._desc32
-                i_hdr, i_src, i_dst = self._len_idx[slot]
-                d[i_hdr] = slot_hdr[slot] = REQ_LEN + iv_len
-                d[i_src] = slot_n[slot] = n
-                d[i_dst] = n + 1
+            if shapes[slot] != (n << 9 | (REQ_LEN + iv_len) << 1 | 1):  # _shape(n, hdr, True)
+                self._own_areas(slot, REQ_LEN + iv_len, n)
             reqs[slot] = (owner, tag, n, out)
-            submit_chain(heads[slot], slot)
+            hs.append(heads[slot])
             tag += 1
-            self._staged += 1  # counted one by one: a wait for a slot kicks what is staged
+        self._stage(hs)
+
+    def _stage(self, hs: list[ctypes.c_uint16 | int]) -> None:
+        """Put the heads a submit filled on the avail ring (seen by the device at `kick`)."""
+        if hs:
+            self._submit_reserved(hs)
+            self._staged += len(hs)
+            hs.clear()
+
+    def _own_areas(self, slot: int, hdr: int, n: int) -> None:
+        """Point a slot's descriptors back at its own areas, with these lengths."""
+        i = self._src_idx[slot]
+        d64, d32 = self._desc64, self._desc32
+        d64[i] = self._own_src[slot]
+        d64[i + 2] = self._own_dst[slot]
+        d32[2 * i - 2] = hdr
+        d32[2 * i + 2] = d32[2 * i + 6] = n
+        self._slot_shape[slot] = _shape(n, hdr, True)
+
+    def submit_prepared(self, reqs: Sequence[PreparedRequest]) -> None:
+        """Stage prepared (zero-copy) requests, checked by the caller: per request, its header
+        and IV (built at prepare) copied into a free slot and the slot's source and destination
+        descriptors pointed at the request's own DMA memory. Visible to the device at `kick`."""
+        if self._forked_dead or self._closed:
+            self._check_alive()
+            raise ClosedError("virtio-crypto engine is closed")
+        free, view, stride = self._free_slots, self._view, self._stride
+        slot_req, shapes, heads = self._slot_req, self._slot_shape, self._heads
+        src_idx, d64 = self._src_idx, self._desc64
+        hs: list[ctypes.c_uint16 | int] = []
+        for r in reqs:
+            if not free:
+                self._stage(hs)
+                self._wait_for_slot()
+            slot = free.pop()
+            base = slot * stride
+            hdr = r.hdr
+            view[base:base + len(hdr)] = hdr
+            i = src_idx[slot]
+            d64[i] = r.src_iova
+            d64[i + 2] = r.dst_iova
+            if shapes[slot] != r.shape:
+                d32 = self._desc32
+                d32[2 * i - 2] = len(hdr)
+                d32[2 * i + 2] = d32[2 * i + 6] = r.n
+                shapes[slot] = r.shape
+            slot_req[slot] = r
+            hs.append(heads[slot])
+        self._stage(hs)
 
     def submit_large(self, owner: Receiver, tag: int, opcode: int, algo: int, session_id: int,
                      iv: bytes, data: bytes | bytearray | memoryview,
@@ -435,7 +543,9 @@ class VirtioCrypto(ForkSafe):
         return n
 
     def reap(self) -> int:
-        """Hand every completed request to its submitter; returns how many completed."""
+        """Hand every completed request to its submitter; returns how many completed. A
+        prepared request goes back as itself (status set, appended to its owner's list): no
+        call, nothing built."""
         done = self.dataq.poll_tokens()  # type: ignore[union-attr]
         if not done:
             return 0
@@ -443,22 +553,31 @@ class VirtioCrypto(ForkSafe):
         in_off = self._in_off
         stride = self._stride
         reqs, free = self._slot_req, self._free_slots
+        large = self._large_busy  # else every token is a slot number
         for s in done:
-            if s.__class__ is _Large:
+            if large and s.__class__ is _Large:
                 self._finish_large(s)
                 continue
-            owner, tag, n, out = reqs[s]  # type: ignore[index, misc]
-            base = s * stride + in_off  # type: ignore[operator]
-            status = view[base + n]
+            r = reqs[s]  # type: ignore[index]
+            reqs[s] = None  # type: ignore[index]
+            status = view[s * stride + _STATUS_OFF]  # type: ignore[operator]
+            free.append(s)  # type: ignore[arg-type]  # read: a follow-up may take it now
+            if r.__class__ is not tuple:
+                r.status = status  # type: ignore[union-attr]
+                if status != _OK:
+                    r.owner.failures += 1  # type: ignore[union-attr]
+                r.ready = r.owner  # type: ignore[union-attr]  # may be submitted again
+                r.sink.append(r)  # type: ignore[union-attr]
+                continue
+            owner, tag, n, out = r
             data: bytes | bytearray | memoryview | None = None
-            if status == _OK:
+            if status == _OK:  # the slot is free but only a follow-up in _deliver can take it
+                base = s * stride + in_off  # type: ignore[operator]
                 if out is None:
                     data = bytes(view[base:base + n])
                 else:
                     out[:n] = view[base:base + n]
                     data = out
-            reqs[s] = None  # type: ignore[index]
-            free.append(s)  # type: ignore[arg-type]
             owner._deliver(tag, status, data)
         # A completion may have submitted a follow-up (the next piece of a split CBC
         # encryption): send it now rather than at the waiter's next kick.

@@ -14,7 +14,8 @@ Two ways to put work on the ring:
   * `add(segments, token)`: takes descriptors from the free list and links them (generic);
   * `reserve_chain(segments)` once, then `submit_chain(head, token)` per request: a fixed chain
     whose lengths the caller may change (`set_len`) — the hot path of a driver that reuses
-    request slots, one avail-ring store per request.
+    request slots, one avail-ring store per request; or `reserve_chain(segments, token)` with a
+    token for good and `submit_reserved(heads)`: a batch of them in one slice store.
 Either way `kick()` publishes everything added since the last kick with one 16-bit store to
 `avail->idx` and one 16-bit store to the queue's notify doorbell: one doorbell per batch.
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Sequence
+from ctypes import c_uint16
 
 from ... import syscalls as sc
 from ...device import Interrupt
@@ -103,6 +105,7 @@ class SplitVirtqueue(ForkSafe):
         self._chain_len = [0] * size
         self._free: list[int] = list(range(size - 1, -1, -1))  # stack: pop() gives 0 first
         self._tokens: list[object] = [None] * size
+        self._linked = 0  # chains `add` linked that are in flight (reaping unlinks them)
         self._avail_idx = 0  # shadow of avail->idx (free-running u16)
         self._published = 0
         self._last_used = 0
@@ -155,14 +158,17 @@ class SplitVirtqueue(ForkSafe):
         self._check_alive()
         head = self._link(segments)
         self._put_avail(head, token)
+        self._linked += 1
         return head
 
-    def reserve_chain(self, segments: Sequence[Segment]) -> int:
+    def reserve_chain(self, segments: Sequence[Segment], token: object = None) -> int:
         """Take a chain of descriptors for good (a reusable request slot); returns its head.
-        Submit it with `submit_chain`; it does not go back to the free list when used."""
+        Submit it with `submit_chain`, or (its `token` given here, for good) `submit_reserved`;
+        it does not go back to the free list when used."""
         self._check_alive()
         head = self._link(segments)
         self._chain_len[head] = -self._chain_len[head]  # negative: reserved, never unlinked
+        self._tokens[head] = token
         return head
 
     def next_desc(self, desc_index: int) -> int:
@@ -179,6 +185,22 @@ class SplitVirtqueue(ForkSafe):
         self._avail[2 + (idx & self._mask)] = head
         self._avail_idx = (idx + 1) & 0xFFFF
         self.in_flight += 1
+
+    def submit_reserved(self, heads: list[c_uint16 | int]) -> None:
+        """Queue reserved chains (tokens given to `reserve_chain`), in order: one slice store
+        into the avail ring (two at its end) for the batch."""
+        k = len(heads)
+        idx = self._avail_idx
+        a = idx & self._mask
+        avail = self._avail
+        if a + k <= self.size:
+            avail[2 + a:2 + a + k] = heads
+        else:
+            m = self.size - a
+            avail[2 + a:2 + self.size] = heads[:m]
+            avail[2:2 + k - m] = heads[m:]
+        self._avail_idx = (idx + k) & 0xFFFF
+        self.in_flight += k
 
     # -- notify and completions ------------------------------------------------------------
     def publish(self) -> int:
@@ -210,21 +232,29 @@ class SplitVirtqueue(ForkSafe):
         return (self._used16[1] - self._last_used) & 0xFFFF
 
     def poll_tokens(self) -> list[object]:
-        """Reap completed requests of reserved chains (`submit_chain`): their tokens, in
-        completion order (the hot path: no lengths, no tuples, nothing to unlink). A used entry
-        naming a chain `add` linked (not reserved) goes back to the free list all the same."""
+        """Reap completed requests: their tokens, in completion order (the hot path: no
+        lengths, no tuples; the used ring's heads read as one strided slice). A reserved
+        chain's token stays (it is for good); a chain `add` linked goes back to the free list."""
         used_idx = self._used16[1]
         last = self._last_used
         if used_idx == last:
             return []
         n = (used_idx - last) & 0xFFFF
-        used, tokens, mask, chain = self._used, self._tokens, self._mask, self._chain_len
-        heads = [used[((last + i) & mask) * 2] for i in range(n)]
-        out = [tokens[h] for h in heads]
-        for h in heads:
-            tokens[h] = None
-            if chain[h] > 0:
-                self._unlink(h)
+        a = last & self._mask
+        used = self._used
+        if a + n <= self.size:
+            heads = used[2 * a:2 * (a + n):2]
+        else:
+            heads = used[2 * a:2 * self.size:2] + used[0:2 * (a + n - self.size):2]
+        tokens = self._tokens
+        out = list(map(tokens.__getitem__, heads))
+        if self._linked:
+            chain = self._chain_len
+            for h in heads:
+                if chain[h] > 0:
+                    tokens[h] = None
+                    self._unlink(h)
+                    self._linked -= 1
         self.in_flight -= n
         self._last_used = used_idx
         return out
@@ -243,9 +273,10 @@ class SplitVirtqueue(ForkSafe):
             slot = (last % size) * 2
             head = used[slot]
             out.append((tokens[head], used[slot + 1]))
-            tokens[head] = None
             if self._chain_len[head] > 0:
+                tokens[head] = None
                 self._unlink(head)
+                self._linked -= 1
             last = (last + 1) & 0xFFFF
         self.in_flight -= len(out)
         self._last_used = last
