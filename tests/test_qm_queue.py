@@ -150,3 +150,42 @@ def test_a_batch_that_does_not_fit_reserves_nothing(queue) -> None:
     with pytest.raises(DeviceBusyError):
         q.post_many([object() for _ in range(3)])  # capacity is depth - 1 = 7
     assert q.outstanding == 5 and q.tail == 5 and q.jobs[5:] == [None] * 3
+
+
+def test_take_one_takes_a_few_of_the_owners_jobs_and_leaves_the_rest(queue) -> None:
+    """`take_one`: the head CQE when it names a job of the owner and fewer than BULK wait,
+    across the ring's end and the phase flip; a run of BULK, another owner's job or a CQE
+    naming an empty slot are left (untouched) for `harvest`."""
+    q, dev, _ = queue
+    me, other = object(), object()
+    assert q.take_one(me) is None  # nothing in flight
+    for lap in range(3):  # 8-entry rings: the heads wrap and the phase flips
+        jobs = [object(), object()]
+        for j in jobs:
+            q.post(j, me)
+        q.ring()
+        assert q.take_one(me) is None  # nothing completed yet
+        dev.complete((q.tail - 2) % DEPTH, (q.tail - 1) % DEPTH)
+        got = [q.take_one(me), q.take_one(me), q.take_one(me)]
+        assert got == [*jobs, None], lap
+        assert q.taken_slot == (q.tail - 1) % DEPTH and q.outstanding == 0
+    j = object()
+    q.post(j, other)
+    dev.complete((q.tail - 1) % DEPTH)
+    head = q.cq_head
+    assert q.take_one(me) is None and q.cq_head == head  # not ours: the lane hands it over
+    assert q.harvest()[2] == [j]
+    jobs = [object() for _ in range(QmQueue.BULK)]
+    first = q.post_many(jobs, me)
+    dev.complete(*((first + i) % DEPTH for i in range(QmQueue.BULK)))
+    if q.cq_head + QmQueue.BULK <= DEPTH:
+        assert q.take_one(me) is None  # a run: harvest's columns
+    got = []
+    while len(got) < len(jobs):
+        got += q.harvest()[2]
+    assert got == jobs
+    q.post(object(), me)
+    dev.complete((q.tail + 3) % DEPTH)  # an empty slot
+    assert q.take_one(me) is None and q.outstanding == 1
+    with pytest.raises(DeviceError, match="holds no job"):
+        q.harvest()

@@ -79,6 +79,7 @@ class QmQueue:
     """One QM queue pair. Not thread-safe: one owner (a session) at a time, or hold `lock`."""
 
     REFRESH_S = 200e-6  # re-store the SQ doorbell this often while waiting without progress
+    BULK = 4  # from this many waiting CQEs on, `take_one` leaves them to `harvest`
 
     def __init__(self, *, name: str, qn: int, mem: memoryview, layout: hw.QueueLayout,
                  doorbell: Doorbell, db_version: int = 2, cq_doorbell_priority: int = 0,
@@ -135,6 +136,7 @@ class QmQueue:
         self.wedged = False  # jobs never completed; the queue waits for a device reset
         self.jobs = [None] * self.sq_depth
         self.owners = [None] * self.sq_depth
+        self.taken_slot = -1  # the SQ slot of the job `take_one` returned last
         self.closed = False
 
     # -- submission -------------------------------------------------------------------------
@@ -361,6 +363,43 @@ class QmQueue:
         if not self.lazy_cq or self.cq_lag >= self._cq_lazy_limit:
             self.ring_cq()
         return s0, slots, jobs, owner
+
+    def take_one(self, owner: object) -> object | None:
+        """The few-completions hot path (a queue driven one job or a few at a time): if the CQE
+        at the head names a slot holding a job of `owner` and fewer than `BULK` CQEs wait, take
+        it as `harvest` would (CQ doorbell as `harvest` rings it) and return the job; its SQ
+        slot is then `taken_slot`. Otherwise None, taking nothing: nothing or `BULK` or more
+        waiting (`harvest` reads them in one pass), another owner's job, or a CQE naming no job
+        (`harvest` raises)."""
+        out = self.outstanding
+        head = self.cq_head
+        cq16 = self.cq16
+        w7 = head * 8 + _W7
+        phase = self.phase
+        if not out or (cq16[w7] & 1) != phase:
+            return None
+        if out >= self.BULK and head + self.BULK <= self.cq_depth and \
+                (cq16[w7 + 8 * (self.BULK - 1)] & 1) == phase:
+            return None  # a run: harvest it (CQEs are written in ring order)
+        s0 = cq16[w7 - _W7 + _SQ_HEAD]
+        if s0 >= self.sq_depth:
+            return None
+        owners = self.owners
+        job = self.jobs[s0]
+        if job is None or owners[s0] is not owner:
+            return None
+        self.jobs[s0] = owners[s0] = None
+        self.taken_slot = s0
+        head += 1
+        if head == self.cq_depth:
+            self.cq_head, self.phase = 0, phase ^ 1
+        else:
+            self.cq_head = head
+        self.outstanding = out - 1
+        lag = self.cq_lag = self.cq_lag + 1
+        if not self.lazy_cq or lag >= self._cq_lazy_limit:
+            self.ring_cq()
+        return job
 
     def _no_job(self, cqe: int, slot: int) -> None:
         raise DeviceError(

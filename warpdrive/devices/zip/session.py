@@ -293,7 +293,11 @@ class Session:
         """Called by the lane for each reaped job of this session (lane lock held)."""
         q = self.lane.current
         assert q is not None
-        off = job.slot_off
+        self._complete(job, q, job.slot_off)
+
+    def _complete(self, job: Job, q: QmQueue, off: int) -> None:
+        """A job of this session completed in the slot at byte offset `off` (lock held)."""
+        job.slot_off = off
         job.consumed, job.produced, _, dw3 = _RESULT(q.sq, off)
         st = job.status = dw3 & 0xFF
         # Fast path: a finished compression job with the right tag.
@@ -433,7 +437,16 @@ class Session:
             if (q.cq16[q.cq_head * 8 + 7] & 1) == q.phase:  # q.completed()
                 lane.acquire()
                 try:
-                    lane.reap()
+                    # A few jobs of ours, one at a time (no lists, no lane.reap); a run of
+                    # them, or anything else, the lane's way.
+                    while True:
+                        job = q.take_one(self)
+                        if job is None:
+                            lane.reap()
+                            break
+                        self._complete(job, q, q.taken_slot * q.sqe_size)  # type: ignore[arg-type]
+                        if (q.cq16[q.cq_head * 8 + 7] & 1) != q.phase:
+                            break
                 finally:
                     lane.release()
             elif q.outstanding:
