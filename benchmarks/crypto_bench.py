@@ -34,17 +34,21 @@ extra busy process in the guest (one more runnable thread on the 2-core host, as
 the host would be), started by the worker after its setup.
 
 The driver alone (`--driver`, issue 14; in the lab: QEMU's function on vfio-pci, on the host:
-the bundled model): AES-256-CBC through `Cipher`, batches of 32 requests of 64 B and 4 KiB, two
-batches in flight, busy-polled. Once a batch has completed (spinning untimed), two timed sections
-side by side, in alternating order: the driver's (`Cipher.poll_many`: kick + reap + completions
-handed back; then one `Cipher.submit_many` of as many requests into the completed requests' `out`
-buffers, and one `flush`)
+the bundled model with 1024-entry queues, as QEMU's): AES-256-CBC through `Cipher`, batches of 32
+requests of 64 B and 4 KiB, two batches in flight, busy-polled, through two APIs. `copy`: bytes
+in, results copied into the completed requests' `out` buffers (`Cipher.poll_many`: kick + reap +
+Completions handed back; then one `Cipher.submit_many` of as many requests, and one `flush`).
+`zero-copy`: prepared requests whose source and destination already live in DMA memory
+(`Cipher.prepare` once; per turn `poll_many`, one comparison of `Cipher.failures`, then
+`submit_prepared` of the requests that came back, and one `flush`). Once a batch has completed
+(spinning untimed), two timed sections side by side, in alternating order: the driver's turn
 and Python's floor for as many requests (`RingFloor`: one precompiled `pack_into` of the 72-byte
 request into a free slot, one avail-ring store, one used-element unpack, 1/32 of an avail-index
 store and of a notify store, on the data queue's own memory). Thread CPU time less the clock's
-own cost; `ratio` = driver / floor, against issue 14's target (2x). The driver's figure includes
-copying the data into the slot and the result out (the Cipher API takes bytes, not DMA memory);
-what those two copies cost alone is measured beside it (`copy_us_per_op`).
+own cost; `ratio` = driver / floor, against issue 14's target (2x). The copy rows' figure
+includes copying the data into the slot and the result out; what those two copies cost alone is
+measured beside it (`copy_us_per_op`). Then what each check of the zero-copy path costs (its
+code alone in a loop).
 
 Progress goes to stderr line by line; the table and one JSON line (`{"bench": "crypto", ...}`) to
 stdout at the end. The lab rebinds the functions: it never leaves virtio_crypto without a
@@ -377,6 +381,7 @@ def _driver_row(c: Any, api: str, size: int, seconds: float, batch: int) -> dict
         sections += 1
     c.wait()
     copy = 0.0
+    checks: list[dict[str, Any]] = []
     if api == "copy":
         # What the API's two copies cost alone: data into a slot, the result out.
         view, base, out0, src_off = eng._view, eng._in_off, outs[0], E._SRC_OFF
@@ -389,6 +394,7 @@ def _driver_row(c: Any, api: str, size: int, seconds: float, batch: int) -> dict
         bad = [r.status for r in reqs if not r.ok]
         if bad or bytes(reqs[0].result()) == data:
             raise SystemExit(f"zero-copy requests failed or wrote nothing: {bad}")
+        checks = check_costs(c, reqs, batch)
         for r in reqs:
             r.release()
         c.release_buffer(src)
@@ -398,7 +404,67 @@ def _driver_row(c: Any, api: str, size: int, seconds: float, batch: int) -> dict
     f = max(flr - sections * over, 1.0) / (sections * batch) / 1e3
     return {"ops": n, "work_us_per_op": round(d, 3), "floor_us_per_op": round(f, 3),
             "ratio": round(d / f, 2), "copy_us_per_op": round(copy, 3),
-            "timer_us": round(over / 1e3, 3)}
+            "timer_us": round(over / 1e3, 3), **({"checks": checks} if api != "copy" else {})}
+
+
+def check_costs(c: Any, reqs: list[Any], batch: int) -> list[dict[str, Any]]:
+    """What each check of the zero-copy path costs: its code alone, timed in a loop on this
+    Cipher and its prepared requests (idle), thread CPU, best of 5; per op at `batch`."""
+    from benchmarks.zip_bench import best_ns_each
+    from warpdrive.devices.crypto import engine as E
+
+    eng = c._engine
+    k = min(batch, len(reqs))
+    mine = reqs[:k]
+    ok = E._OK
+
+    def cipher_open(n: int) -> None:
+        for _ in range(n):
+            if c._closed:
+                pass
+
+    def engine_alive(n: int) -> None:  # not closed, not inherited through fork
+        for _ in range(n):
+            if eng._forked_dead or eng._closed:
+                pass
+
+    def owned_idle(n: int) -> None:  # this Cipher's and not in flight, marked in flight
+        for _ in range(n // k):
+            for r in mine:
+                if r.ready is not c:
+                    pass
+                r.ready = None
+            for r in mine:
+                r.ready = c
+
+    def status_ok(n: int) -> None:  # reap: a failure counted
+        status = ok
+        for _ in range(n):
+            if status != ok:
+                pass
+
+    def failures(n: int) -> None:  # the caller's one comparison per batch
+        for _ in range(n):
+            if c.failures:
+                pass
+
+    def empty(n: int) -> None:
+        for _ in range(n):
+            pass
+
+    loop = best_ns_each(empty)
+    checks = [  # (name, code, timed per request already?, occurrences per op)
+        ("Cipher open (each submit_prepared)", cipher_open, False, 1 / k),
+        ("engine open and not forked (each submit_prepared)", engine_alive, False, 1 / k),
+        ("request is this Cipher's and not in flight (each request)", owned_idle, True, 1),
+        ("status checked, failure counted (each completion)", status_ok, False, 1),
+        ("any failure in the batch: Cipher.failures (each batch)", failures, False, 1 / k),
+    ]
+    out = []
+    for name, fn, per_op, occ in checks:
+        ns = best_ns_each(fn) - (0.0 if per_op else loop)
+        out.append({"check": name, "ns": round(ns, 1), "ns_per_op": round(ns * occ, 1)})
+    return out
 
 
 def driver_main(args: argparse.Namespace) -> None:
@@ -427,6 +493,16 @@ def driver_main(args: argparse.Namespace) -> None:
         print(f"{r['device']:<14} {r['api']:<9} {r['size']:>6} {r['ops']:>8} "
               f"{r['work_us_per_op']:>13.3f} {r['floor_us_per_op']:>12.3f} {r['ratio']:>5.2f}x "
               f"{target:>8}  {copies} {ok}")
+    checks = [r for r in rows if r.get("checks")][-1:]
+    for r in checks:
+        print(f"\nwhat each check of the zero-copy path costs ({r['size']} B requests; its code "
+              "alone, thread CPU, best of 5 loops)")
+        print(f"{'check':<62} {'ns each':>8} {'ns/op':>7}")
+        for ch in r["checks"]:
+            print(f"{ch['check']:<62} {ch['ns']:>8.0f} {ch['ns_per_op']:>7.0f}")
+        total = sum(ch["ns_per_op"] for ch in r["checks"])
+        print(f"all checks: {total:.0f} ns/op at batch {r['batch']} "
+              f"({100 * total / 1e3 / r['work_us_per_op']:.0f}% of the driver's time)")
     print(f"loadavg {load} at start, {loadavg()} at end ({'lab guest' if in_lab else 'host'}); "
           "floor = one precompiled pack_into of the 72-byte request + one avail-ring store + one "
           "used-element unpack + 1/32 of an avail-index store and a notify store")

@@ -262,6 +262,17 @@ def timer_overhead(n: int = 4000) -> float:
     return total / n
 
 
+def best_ns_each(fn: Any, n: int = 64000) -> float:
+    """Thread CPU ns per unit of `fn(n)` (which does n units), best of 5 runs."""
+    clock = time.thread_time_ns
+    best = float("inf")
+    for _ in range(5):
+        t0 = clock()
+        fn(n)
+        best = min(best, clock() - t0)
+    return best / n
+
+
 # ------------------------------------------------------------------- the driver alone (--driver)
 class Floor:
     """Python's floor for one job, on the queue's own memory: one precompiled
@@ -419,15 +430,7 @@ def check_costs(s: Any, jobs: list[Any]) -> dict[str, Any]:
         for _ in range(n):
             pass
 
-    def cost(fn: Any, n: int = 64000) -> float:
-        clock = time.thread_time_ns
-        best = float("inf")
-        for _ in range(5):
-            t0 = clock()
-            fn(n)
-            best = min(best, clock() - t0)
-        return best / n
-
+    cost = best_ns_each
     loop = cost(empty)  # the loop around a per-call check is not the check
     # (name, its code, timed per job already?, occurrences per job at batch 32, at batch 1)
     checks: list[tuple[str, Any, bool, float, float]] = [

@@ -6,8 +6,13 @@
         ct = c.encrypt(iv, data)                         # vfio-pci, else the bundled model
         ids = [c.submit(iv, blk) for blk in blocks]      # staged, nothing sent yet
         done = c.wait()                                  # one doorbell for the batch, then poll
-        first = c.submit_many(ivs, blocks, outs=outs)    # the hot path: a batch in one call,
-        n = c.poll_many(done)                            # completions appended to a list
+        first = c.submit_many(ivs, blocks, outs=outs)    # a batch in one call, completions
+        n = c.poll_many(done)                            # appended to a list
+
+        buf = c.buffer(32 * 4096)                        # zero-copy: data lives in DMA memory
+        reqs = [c.prepare(buf, 4096, src_offset=i * 4096, iv=iv) for i in range(32)]
+        c.submit_prepared(reqs)                          # the hot path: no copy, nothing built;
+        n = c.poll_many(done)                            # the requests come back themselves
 
     with Cipher("aes-xts", key, device="0000:00:02.0", poll=False) as c:  # sleep on MSI-X
         ...
@@ -48,6 +53,18 @@ Sessions: a virtio-crypto session has one direction (virtio 1.2 §5.9.7.2.1), so
 an encrypt session (created up front) and a decrypt session (created on first decrypt); CTR,
 which decrypts by encrypting, uses its encrypt session both ways. Sessions of a process that dies
 without closing are destroyed by the next process that opens the function.
+
+Zero-copy requests (`buffer`, `prepare`, `submit_prepared`): the source and destination live in
+DMA memory of the Cipher's device and a prepared `Request` is built and checked once (bounds, the
+buffers' mappings, length, IV); each submission copies its prebuilt 88-byte header into a free
+slot and points the slot's source and destination descriptors at the caller's memory, and
+`poll_many` hands the request itself back (`ok`, `status`, `data`: a view of the destination).
+What stays on that path to protect the caller, and what it costs: the Cipher is open and the
+engine not inherited through fork (two flags per call), each request is this Cipher's and not
+in flight (one identity test per request: a request given twice, another Cipher's or a released
+one is refused, and none of the batch is staged); the buffers cannot be unmapped while a
+request holds them (checked at `release_buffer`/`dma.unmap`, not per submission). A request
+that failed counts in `failures` (one comparison per batch tells whether any did).
 
 Every argument is checked before anything reaches the device (`InvalidArgumentError`); a closed
 Cipher raises `ClosedError`. Both are `WarpdriveError`s.

@@ -107,6 +107,15 @@ class Doorbell(ForkSafe):
         if self._flag.value:  # type: ignore[union-attr]
             self._kick()  # type: ignore[misc]
 
+    def store_parts(self) -> tuple[ctypes._SimpleCData[int], ctypes._SimpleCData[int] | None,
+                                   Callable[[], None] | None] | None:
+        """For a caller that inlines `ring` on its hottest path: (the mapped cell, the wake
+        check's flag cell and kick, or None, None without one); None for a trapped register.
+        The parts do not follow a fork: the caller's own fork guard must refuse first."""
+        if self._cell is None:
+            return None
+        return self._cell, self._flag, self._kick
+
     def read(self) -> int:
         cell = self._cell
         if cell is not None:

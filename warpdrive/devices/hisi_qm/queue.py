@@ -36,6 +36,7 @@ on a trapped doorbell, and two stores per reap (CQ, then the SQ doorbell again) 
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +49,8 @@ from ...errors import (
     InvalidArgumentError,
 )
 from ...mmio import Doorbell
+from ...syscalls import FENCE_ACQUIRE as _FENCE_ACQUIRE
+from ...syscalls import FENCE_RELEASE as _FENCE_RELEASE
 from . import regs as hw
 
 _W7, _SQ_HEAD = hw.CQE_W7_U16, hw.CQE_SQ_HEAD_U16  # u16 indexes in a CQE (hot-path locals)
@@ -106,6 +109,12 @@ class QmQueue:
         self._flags = mem[layout.rx_stop_offset:layout.rx_stop_offset + 8].cast("I")
         self.doorbell = doorbell
         self._ring = doorbell.ring
+        # `submit_one` stores into a mapped doorbell itself (one frame less per job); its
+        # callers refuse a forked child before they reach it (the cell is not mapped there).
+        parts = doorbell.store_parts()
+        self._db_cell: ctypes._SimpleCData[int] | None = parts[0] if parts else None
+        self._db_flag: ctypes._SimpleCData[int] | None = parts[1] if parts else None
+        self._db_kick: Callable[[], None] | None = parts[2] if parts else None
         self.mapped = doorbell.mapped  # re-store the SQ doorbell (see the module docstring)
         self.lazy_cq = lazy_cq
         # Called on every refresh tick of a wait: raises if the device is known to be gone
@@ -188,7 +197,16 @@ class QmQueue:
         if self._flags[1]:  # TX-stop: the job stays posted (unrung), as with post + ring
             self.unrung += 1
             self._tx_stopped()
-        self._ring(self._sq_db | t << 32)
+        cell = self._db_cell
+        if cell is None:
+            self._ring(self._sq_db | t << 32)
+        else:  # Doorbell.ring, inlined: the store, then the wake-up check if it has one
+            cell.value = self._sq_db | t << 32
+            if self._db_flag is not None:
+                _FENCE_ACQUIRE()
+                _FENCE_RELEASE()
+                if self._db_flag.value:
+                    self._db_kick()  # type: ignore[misc]
         self.rung_tail = t
         self.unrung = 0
         return off

@@ -207,7 +207,7 @@ class Session:
         With `flush=False` the doorbell waits for `flush()` (batching)."""
         if self._closed:
             self._check()
-        if isinstance(data, Job):
+        if data.__class__ is Job or isinstance(data, Job):
             job = data
             if job.ready is not self:
                 self._refuse([job], 0)
