@@ -173,12 +173,11 @@ class QmQueue:
 
     def submit_one(self, job: object, owner: object, sqe: bytes, ring: bool = True) -> int:
         """`post`, copy the SQE into the slot and (with `ring`) `ring`, in one call: the
-        single-job hot path. Returns the slot's byte offset. The caller made room (`space`):
-        a full queue raises DeviceBusyError, posting nothing."""
+        single-job hot path. Returns the slot's byte offset, or -1 when the queue is full
+        (nothing posted: make room, then call again)."""
         out = self.outstanding
         if out >= self.capacity:
-            raise DeviceBusyError(f"queue {self.name} has {out} jobs in flight (its limit)",
-                                  hint="reap completions (poll) before submitting more")
+            return -1
         if self.cq_lag and out + self.cq_lag >= self.capacity:
             self.ring_cq()  # the device must see room in the CQ for this job
         t = self.tail

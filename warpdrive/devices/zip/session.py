@@ -226,9 +226,11 @@ class Session:
         lane.acquire()
         try:
             q = lane.current or lane.q
-            if q.outstanding >= q.capacity:
+            off = q.submit_one(job, self, job.sqe, flush)
+            if off < 0:  # full: reap, or wait for room
                 lane.make_room(1)
-            job.slot_off = q.submit_one(job, self, job.sqe, flush)
+                off = q.submit_one(job, self, job.sqe, flush)
+            job.slot_off = off
             self.in_flight += 1
         except BaseException:
             if q is not None and any(j is job for j in q.jobs):
@@ -297,7 +299,6 @@ class Session:
 
     def _complete(self, job: Job, q: QmQueue, off: int) -> None:
         """A job of this session completed in the slot at byte offset `off` (lock held)."""
-        job.slot_off = off
         job.consumed, job.produced, _, dw3 = _RESULT(q.sq, off)
         st = job.status = dw3 & 0xFF
         # Fast path: a finished compression job with the right tag.
@@ -341,6 +342,7 @@ class Session:
             self.on_complete(job)
 
     def _complete_slow(self, job: Job, q: QmQueue, off: int, st: int, dw3: int) -> None:
+        job.slot_off = off
         sq = q.sq
         if q.sq32[(off >> 2) + job.tag_dw] != job.tag:
             job.error = ZipError(f"{q.name}: completion for the wrong job (tag mismatch)",
