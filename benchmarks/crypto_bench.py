@@ -309,12 +309,12 @@ def driver_rows(device: str, seconds: float, batch: int) -> list[dict[str, Any]]
 def _driver_row(c: Any, api: str, size: int, seconds: float, batch: int) -> dict[str, Any]:
     """One row: `copy` (submit_many of bytes into the completed requests' `out` buffers) or
     `zero-copy` (submit_prepared of the completed prepared requests themselves)."""
-    from benchmarks.zip_bench import timer_overhead
+    from benchmarks.zip_bench import side_by_side
     from warpdrive.devices.crypto import engine as E
 
     eng = c._engine
     q = eng.dataq
-    tclock, clock = time.thread_time_ns, time.perf_counter
+    tclock = time.thread_time_ns
     data = os.urandom(size)
     got: list[Any] = []
     poll_many, flush = c.poll_many, c.flush
@@ -333,6 +333,7 @@ def _driver_row(c: Any, api: str, size: int, seconds: float, batch: int) -> dict
                 raise SystemExit(f"a request failed: {got}")
             submit_many(ivs[:k], datas[:k], outs=outs_k)
             flush()
+            got.clear()
             return k
     else:
         src, dst = c.buffer(size), c.buffer(2 * batch * size)
@@ -349,37 +350,23 @@ def _driver_row(c: Any, api: str, size: int, seconds: float, batch: int) -> dict
                 raise SystemExit(f"a request failed: {[r.status for r in got]}")
             submit_prepared(got)
             flush()
+            got.clear()
             return k
 
     start()
     flush()
     c.wait()  # warm-up
     floor = RingFloor(eng)
-    over = timer_overhead()
     start()
     flush()
-    drv = flr = n = sections = 0
-    end = clock() + seconds
-    while clock() < end or sections < 50:
+
+    def ready() -> None:
         while q.used_waiting() < batch:  # untimed: the device works, we spin
             pass
-        if sections & 1:
-            t2 = tclock()
-            floor.run(batch)
-            t3 = tclock()
-        t0 = tclock()
-        k = drive()
-        t1 = tclock()
-        got.clear()
-        if not sections & 1:
-            t2 = tclock()
-            floor.run(batch)
-            t3 = tclock()
-        drv += t1 - t0
-        flr += t3 - t2
-        n += k
-        sections += 1
+
+    res = side_by_side(ready, drive, lambda: (floor.run, (batch,)), seconds, batch)
     c.wait()
+    n, over = res["ops"], res["timer_us"] * 1e3
     copy = 0.0
     checks: list[dict[str, Any]] = []
     if api == "copy":
@@ -399,12 +386,9 @@ def _driver_row(c: Any, api: str, size: int, seconds: float, batch: int) -> dict
             r.release()
         c.release_buffer(src)
         c.release_buffer(dst)
-    over = (over + timer_overhead()) / 2
-    d = max(drv - sections * over, 0.0) / n / 1e3
-    f = max(flr - sections * over, 1.0) / (sections * batch) / 1e3
-    return {"ops": n, "work_us_per_op": round(d, 3), "floor_us_per_op": round(f, 3),
-            "ratio": round(d / f, 2), "copy_us_per_op": round(copy, 3),
-            "timer_us": round(over / 1e3, 3), **({"checks": checks} if api != "copy" else {})}
+    return {"ops": n, "work_us_per_op": res["work_us"], "floor_us_per_op": res["floor_us"],
+            "ratio": res["ratio"], "copy_us_per_op": round(copy, 3), "timer_us": res["timer_us"],
+            **({"checks": checks} if api != "copy" else {})}
 
 
 def check_costs(c: Any, reqs: list[Any], batch: int) -> list[dict[str, Any]]:

@@ -460,12 +460,10 @@ def _driver_row(s: Any, jobs: list[Any], batch: int, size: int, duration: float,
     floor = Floor(q, jobs[0].sqe)
     completed, poll_many, submit_many, submit = q.completed, s.poll_many, s.submit_many, \
         s.submit
-    tclock, clock = time.thread_time_ns, time.perf_counter
-    over = timer_overhead()
     got: list[Any] = []
-    drv = flr = n = sections = 0
     submit_many(jobs[:batch])
     submit_many(jobs[batch:])
+
     def drive() -> int:
         """The driver's work for one turn: reap what completed, resubmit it."""
         k = poll_many(got)
@@ -477,18 +475,45 @@ def _driver_row(s: Any, jobs: list[Any], batch: int, size: int, duration: float,
         got.clear()
         return k
 
-    end = clock() + duration
-    while clock() < end or sections < 50:
+    def ready() -> None:
         while not completed(batch):  # untimed: the model works, the driver spins
             pass
-        places = floor.places(batch)
-        # Which of the two goes first alternates: the first after a spin (often after being
-        # descheduled, on a busy machine) finds colder caches. The floor's doorbell store
-        # repeats the tail rung last (command 0 = SQ): the device's view does not move.
-        if sections & 1:
-            db = doorbell(q.qn, 0, q.rung_tail)
+
+    def floor_run() -> tuple[Any, tuple[Any, ...]]:
+        # Slots half a ring away; the doorbell store repeats the tail rung last (command 0 =
+        # SQ): the device's view does not move.
+        return floor.run, (floor.places(batch), doorbell(q.qn, 0, q.rung_tail))
+
+    r = side_by_side(ready, drive, floor_run, duration, batch)
+    s.drain()
+    floor.close()
+    for j in jobs:
+        if j.error is not None:
+            raise j.error
+    return {"mode": "driver", "size": size, "batch": batch, "jobs": r["ops"],
+            "work_us_per_job": r["work_us"], "floor_us_per_job": r["floor_us"],
+            "ratio": r["ratio"], "target": DRIVER_TARGETS[batch], "timer_us": r["timer_us"]}
+
+
+def side_by_side(ready: Any, drive: Any, floor: Any, duration: float,
+                 batch: int) -> dict[str, Any]:
+    """The driver's CPU per op beside Python's floor: turn after turn until `duration` has
+    passed (and at least 50 turns), `ready()` (untimed: spins until a batch has completed),
+    then two timed sections in alternating order (the first after a spin, often after being
+    descheduled on a busy machine, finds colder caches): `drive()` (returns the ops it did)
+    and one floor run for `batch` ops (`floor()`, untimed, returns the function and its
+    arguments). Thread CPU time less what reading that clock costs (calibrated before and
+    after)."""
+    tclock, clock = time.thread_time_ns, time.perf_counter
+    over = timer_overhead()
+    drv = flr = n = turns = 0
+    end = clock() + duration
+    while clock() < end or turns < 50:
+        ready()
+        if turns & 1:
+            fn, args = floor()
             t2 = tclock()
-            floor.run(places, db)
+            fn(*args)
             t3 = tclock()
             t0 = tclock()
             k = drive()
@@ -497,26 +522,19 @@ def _driver_row(s: Any, jobs: list[Any], batch: int, size: int, duration: float,
             t0 = tclock()
             k = drive()
             t1 = tclock()
-            db = doorbell(q.qn, 0, q.rung_tail)
+            fn, args = floor()
             t2 = tclock()
-            floor.run(places, db)
+            fn(*args)
             t3 = tclock()
         drv += t1 - t0
         flr += t3 - t2
         n += k
-        sections += 1
-    s.drain()
-    floor.close()
-    for j in jobs:
-        if j.error is not None:
-            raise j.error
+        turns += 1
     over = (over + timer_overhead()) / 2
-    d = max(drv - sections * over, 0.0) / n / 1e3
-    f = max(flr - sections * over, 1.0) / (sections * batch) / 1e3
-    return {"mode": "driver", "size": size, "batch": batch, "jobs": n,
-            "work_us_per_job": round(d, 3), "floor_us_per_job": round(f, 3),
-            "ratio": round(d / f, 2), "target": DRIVER_TARGETS[batch],
-            "timer_us": round(over / 1e3, 3)}
+    d = max(drv - turns * over, 0.0) / n / 1e3
+    f = max(flr - turns * over, 1.0) / (turns * batch) / 1e3
+    return {"ops": n, "work_us": round(d, 3), "floor_us": round(f, 3),
+            "ratio": round(d / f, 2), "timer_us": round(over / 1e3, 3)}
 
 
 def _steady_malloc() -> None:

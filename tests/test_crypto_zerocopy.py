@@ -5,12 +5,12 @@ in flight", the fork guard). Results are judged by `cryptography`."""
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterator
 
 import pytest
 from crypto_vectors import IV, K128, K256, NIST_CT, PT, reference
+from forkchild import run_in_child
 
 import warpdrive
 from warpdrive.crypto import Cipher, Completion, Request, VirtioCrypto, engine
@@ -207,18 +207,14 @@ def test_close_waits_and_lets_the_buffers_go(small: warpdrive.Device) -> None:
 def test_a_forked_child_cannot_submit(small: warpdrive.Device) -> None:
     with Cipher("aes-cbc", K128, device=small) as c:
         r = c.prepare(c.buffer(64), 64, iv=IV)
-        pid = os.fork()
-        if pid == 0:
-            code = 1
+        def child() -> int:
             try:
                 c.submit_prepared([r])
             except ForkedContextError:
-                code = 0
-            except BaseException:
-                code = 2
-            os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+                return 0
+            return 1
+
+        assert run_in_child(child) == 0
         assert not r.in_flight  # the parent's request is as it was
         run(c, [r])
         assert r.ok

@@ -10,9 +10,9 @@ import fcntl
 import os
 import signal
 import struct
-from collections.abc import Callable
 
 import pytest
+from forkchild import run_in_child
 
 from warpdrive import syscalls as sc
 from warpdrive.errors import ForkedContextError
@@ -21,25 +21,6 @@ from warpdrive.memory.smaps import mappings_in_range, read_smaps
 from warpdrive.mmio import Mmio, MmioWindow
 
 PAGE = sc.PAGE_SIZE
-
-
-def run_in_child(fn: Callable[[], int]) -> int:
-    """Fork, run `fn` in the child, return its exit status (or -signal if it died of one)."""
-    pid = os.fork()
-    if pid == 0:
-        code = 99
-        try:
-            code = fn()
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):
-        return -os.WTERMSIG(status)
-    return os.WEXITSTATUS(status)
 
 
 def pfns(addr: int, npages: int) -> list[int]:
