@@ -103,7 +103,7 @@ ONE_KERNEL = (
         "test_batch_many_in_flight_one_doorbell_each", "test_results_into_caller_buffers",
         "test_two_ciphers_share_the_queue", "test_sessions_per_direction_and_cleanup",
         "test_bad_input_is_refused_and_the_device_keeps_working", "test_closed_cipher",
-        "test_unadvertised_algorithms")),
+        "test_unadvertised_algorithms", "test_zero_copy_requests_through_the_iommu")),
 )
 
 
