@@ -741,7 +741,8 @@ class Cipher:
                 eng.wait_until(self._idle, poll=self.poll_mode)
         finally:
             for r in list(self._requests):
-                self._release_request(r)
+                if r.ready is not None:  # one still in flight (the wait failed) keeps its holds
+                    self._release_request(r)
             dma = eng.device.dma
             for buf in self._buffers:
                 if not dma.closed and not buf.closed:
