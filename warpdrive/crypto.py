@@ -745,8 +745,9 @@ class Cipher:
                     self._release_request(r)
             dma = eng.device.dma
             for buf in self._buffers:
-                if not dma.closed and not buf.closed:
-                    dma.unmap(buf)
+                m = None if dma.closed else dma.mapping_of(buf)
+                if m is not None and not m.users:  # one held by a request in flight, or
+                    dma.unmap(buf)                 # unmapped already, goes with the device
                     buf.close()
             self._buffers.clear()
             for sid in set(self._sessions.values()):
