@@ -156,11 +156,14 @@ runpy.run_module("warpdrive", run_name="__main__")
 _SAMPLE_S = 0.001  # (the kernel delivers it at most once per tick: HZ 250 = 4 ms)
 
 
-def start_broker(sock: str, profile: str | None = None) -> subprocess.Popen[bytes]:
+def start_broker(sock: str, profile: str | None = None,
+                 nice: int | None = None) -> subprocess.Popen[bytes]:
     prof = ["-c", _PROFILED % {"interval": _SAMPLE_S}, profile] if profile else \
         ["-m", "warpdrive"]
     args = [sys.executable, *prof, "serve", "emu", "--socket", sock,
             "--inflight", str(IN_FLIGHT), "--measure"]
+    if nice is not None:
+        args += ["--nice", str(nice)]
     for k, v in MODEL_OPTIONS.items():
         args += ["--set", f"{k}={v}"]
     log = open(sock + ".log", "wb")  # noqa: SIM115 - the child owns it
@@ -250,6 +253,8 @@ def main() -> None:
     ap.add_argument("--floor", action="store_true", help="only the mediation path alone, in "
                     "this process with warm caches, on a null device (no other process to share "
                     "the CPU with): broker CPU per job by batch size")
+    ap.add_argument("--nice", type=int, metavar="N", help="run the broker at this nice value "
+                    "(`warpdrive serve --nice`; the device model stays at 0 in every row)")
     ap.add_argument("--client", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, default=4096, help=argparse.SUPPRESS)
     ap.add_argument("--duration", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -274,7 +279,7 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     tmp = tempfile.mkdtemp(prefix="wd-bb-")
     sock = os.path.join(tmp, "b.sock")
-    broker = start_broker(sock)
+    broker = start_broker(sock, nice=args.nice)
     rows: list[dict[str, Any]] = []
     best: dict[tuple[str, int, int], dict[str, Any]] = {}
     reps = 1 if args.quick else 3
@@ -284,8 +289,8 @@ def main() -> None:
             for size in sizes:
                 keys = [("direct", 1, size)] + [("broker", n, size) for n in clients]
                 for mode, n, sz in keys:
-                    r = run_row("emu", 1, sz, duration) if mode == "direct" else \
-                        run_row("broker:" + sock, n, sz, duration, broker=broker, log=log)
+                    r = run_row("emu", 1, sz, duration) if mode == "direct" \
+                        else run_row("broker:" + sock, n, sz, duration, broker=broker, log=log)
                     key = (mode, n, sz)
                     if key not in best or r["jobs"] / r["wall"] > \
                             best[key]["jobs"] / best[key]["wall"]:
@@ -311,10 +316,11 @@ def main() -> None:
     load1 = os.getloadavg()[0]
     print_table(rows)
     print(f"load average {load0:.2f} at start, {load1:.2f} at end ({os.cpu_count()} CPUs); "
-          f"{duration:.0f} s per row, best of {reps}")
+          f"{duration:.0f} s per row, best of {reps}"
+          + ("" if args.nice is None else f"; broker at nice {args.nice}"))
     print(verdict(rows))
     print(json.dumps({"rows": rows, "load": [round(load0, 2), round(load1, 2)],
-                      "cpus": os.cpu_count()}))
+                      "cpus": os.cpu_count(), "nice": args.nice}))
 
 
 def profile_row(nclients: int, size: int, duration: float) -> None:

@@ -45,6 +45,11 @@ def register(subparsers: Any) -> None:
                         metavar="KEY=VALUE", help="option of the bundled model (DEVICE emu)")
     parser.add_argument("--spin-us", type=float, metavar="US",
                         help="keep polling this long after the last work (default 20000)")
+    parser.add_argument("--nice", type=int, metavar="N",
+                        help="run the broker at this nice value (the device, a bundled model "
+                        "too, stays at its own); clients busy-poll while they wait, so on a "
+                        "busy machine a negative value keeps them from starving the broker "
+                        "(needs root or CAP_SYS_NICE)")
     parser.add_argument("--measure", action="store_true",
                         help="measure the CPU time spent mediating (two clock reads per poll); "
                         "SIGUSR1 logs the counters")

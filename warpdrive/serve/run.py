@@ -15,7 +15,12 @@ from ..device import Device
 from ..emu.model import DeviceModel
 from ..emu.serve import configure_logging, parse_options
 from ..emu.server import Peer, VfioUserServer
-from ..errors import InvalidArgumentError, UnsupportedError, WarpdriveError
+from ..errors import (
+    InvalidArgumentError,
+    PermissionDeniedError,
+    UnsupportedError,
+    WarpdriveError,
+)
 from .access import AllowList, group_id, user_id
 from .broker import Broker
 from .function import VirtualZip
@@ -99,6 +104,14 @@ def serve_from_args(args: argparse.Namespace) -> int:
     dev = open_shared_device(args.device, backend=args.backend,
                              model_options=parse_options(args.model_options))
     try:
+        if getattr(args, "nice", None) is not None:
+            # After the device opened: a bundled model (a child process) stays at its own.
+            try:
+                os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+            except OSError as e:
+                raise PermissionDeniedError(f"--nice {args.nice}: setpriority failed",
+                                            errno=e.errno, hint="a negative value needs root or "
+                                            "CAP_SYS_NICE (or a high enough RLIMIT_NICE)") from None
         broker = Broker(dev, max_inflight=args.inflight)
     except BaseException:
         dev.close()
