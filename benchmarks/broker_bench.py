@@ -7,6 +7,8 @@ broker gives it (16 queues, doorbell isolation). Rows, for 4 KiB and 64 KiB comp
 * `direct`    - one process opens the model itself (`warpdrive.zip.open_engine("emu")`).
 * `broker`    - `warpdrive serve emu` owns the model; 1, 2, 4 or 8 client processes each open
                 `broker:SOCKET` and run the same loop at the same time.
+* `nice-5`    - with `--nice -5`: the same against a second broker at that priority
+                (`warpdrive serve --nice`), its rows interleaved with the others.
 Every client keeps 16 prepared zero-copy jobs in flight (two batches of 8, one doorbell per batch)
 and busy-polls completions in memory (`wait="spin"`), as `benchmarks/zip_bench.py` does.
 
@@ -253,8 +255,9 @@ def main() -> None:
     ap.add_argument("--floor", action="store_true", help="only the mediation path alone, in "
                     "this process with warm caches, on a null device (no other process to share "
                     "the CPU with): broker CPU per job by batch size")
-    ap.add_argument("--nice", type=int, metavar="N", help="run the broker at this nice value "
-                    "(`warpdrive serve --nice`; the device model stays at 0 in every row)")
+    ap.add_argument("--nice", type=int, metavar="N", help="also run every broker row against a "
+                    "second broker at this nice value (`warpdrive serve --nice`; the device "
+                    "model stays at 0 in every row), interleaved")
     ap.add_argument("--client", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, default=4096, help=argparse.SUPPRESS)
     ap.add_argument("--duration", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -278,19 +281,28 @@ def main() -> None:
         return
     load0 = os.getloadavg()[0]
     tmp = tempfile.mkdtemp(prefix="wd-bb-")
-    sock = os.path.join(tmp, "b.sock")
-    broker = start_broker(sock, nice=args.nice)
+    # One broker at the default priority, and with --nice a second one at N: their rows
+    # interleaved in one run, so the comparison survives the machine's load changing.
+    brokers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    modes = ["broker"] + ([f"nice{args.nice}"] if args.nice is not None else [])
     rows: list[dict[str, Any]] = []
     best: dict[tuple[str, int, int], dict[str, Any]] = {}
     reps = 1 if args.quick else 3
-    log = sock + ".log"
     try:
+        for mode in modes:
+            sock = os.path.join(tmp, f"{mode}.sock")
+            brokers[mode] = (start_broker(sock, nice=None if mode == "broker" else args.nice),
+                             sock)
         for _ in range(reps):  # best of `reps` per row: other work only ever slows a run
             for size in sizes:
-                keys = [("direct", 1, size)] + [("broker", n, size) for n in clients]
+                keys = [("direct", 1, size)] + [(m, n, size) for n in clients for m in modes]
                 for mode, n, sz in keys:
-                    r = run_row("emu", 1, sz, duration) if mode == "direct" \
-                        else run_row("broker:" + sock, n, sz, duration, broker=broker, log=log)
+                    if mode == "direct":
+                        r = run_row("emu", 1, sz, duration)
+                    else:
+                        proc, sock = brokers[mode]
+                        r = run_row("broker:" + sock, n, sz, duration, broker=proc,
+                                    log=sock + ".log")
                     key = (mode, n, sz)
                     if key not in best or r["jobs"] / r["wall"] > \
                             best[key]["jobs"] / best[key]["wall"]:
@@ -302,22 +314,26 @@ def main() -> None:
             count = 256 if size <= 16 << 10 else 64
             t = run_row("emu", 1, size, duration, trace=trace, count=count)
             rows.append(_row("direct", 1, size, d, base, syscalls_in(trace, size) / t["jobs0"]))
-            for n in clients:
-                t = run_row("broker:" + sock, n, size, duration, trace=trace, count=count)
-                rows.append(_row("broker", n, size, best[("broker", n, size)], base,
-                                 syscalls_in(trace, size) / t["jobs0"]))
+            for mode in modes:
+                for n in clients:
+                    sock = brokers[mode][1]
+                    t = run_row("broker:" + sock, n, size, duration, trace=trace, count=count)
+                    rows.append(_row(mode, n, size, best[(mode, n, size)], base,
+                                     syscalls_in(trace, size) / t["jobs0"]))
     finally:
-        broker.send_signal(signal.SIGTERM)
-        try:
-            broker.wait(30)
-        except subprocess.TimeoutExpired:
-            broker.kill()
+        for proc, _sock in brokers.values():
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         shutil.rmtree(tmp, ignore_errors=True)
     load1 = os.getloadavg()[0]
     print_table(rows)
     print(f"load average {load0:.2f} at start, {load1:.2f} at end ({os.cpu_count()} CPUs); "
           f"{duration:.0f} s per row, best of {reps}"
-          + ("" if args.nice is None else f"; broker at nice {args.nice}"))
+          + ("" if args.nice is None else f"; rows nice{args.nice}: a second broker at nice "
+             f"{args.nice} (the device model at 0 in every row)"))
     print(verdict(rows))
     print(json.dumps({"rows": rows, "load": [round(load0, 2), round(load1, 2)],
                       "cpus": os.cpu_count(), "nice": args.nice}))
@@ -493,14 +509,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def verdict(rows: list[dict[str, Any]]) -> str:
     notes = []
-    for four in (r for r in rows if r["mode"] == "broker" and r["clients"] == 4):
-        size = four["size"]
-        notes.append(f"{size >> 10} KiB, 4 clients: {four['vs_direct']:.2f}x direct "
-                     "(goal >= 0.8x)")
-    sys_max = max(r["client_syscalls"] for r in rows if r["mode"] == "broker")
+    brokers = [r for r in rows if r["mode"] != "direct"]
+    for four in (r for r in brokers if r["clients"] == 4):
+        notes.append(f"{four['mode']}, {four['size'] >> 10} KiB, 4 clients: "
+                     f"{four['vs_direct']:.2f}x direct (goal >= 0.8x)")
+    sys_max = max(r["client_syscalls"] for r in brokers)
     notes.append(f"client syscalls/job while the broker is busy: max {sys_max:.3f} (goal 0)")
-    med = sorted(r["mediation_us"] for r in rows if r["mode"] == "broker")
-    tot = sorted(r["broker_cpu_us"] for r in rows if r["mode"] == "broker")
+    med = sorted(r["mediation_us"] for r in brokers)
+    tot = sorted(r["broker_cpu_us"] for r in brokers)
     notes.append(f"broker mediation CPU us/job: {med[0]:.1f}-{med[-1]:.1f} (goal <= 3); all its "
                  f"CPU, spinning included: {tot[0]:.1f}-{tot[-1]:.1f}")
     return "\n".join(notes)

@@ -338,6 +338,20 @@ def test_access_control_refuses_other_users_and_logs(tmp_path: Path,
     assert "accepted client" in caplog.text
 
 
+def test_nice_sets_the_brokers_priority_not_the_devices(tmp_path: Path) -> None:
+    """`--nice N`: the broker's loop runs at N (ahead of clients that busy-poll); the device it
+    opened (here the bundled model, its child process) keeps its own priority."""
+    sock = str(tmp_path / "n.sock")
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    with serve_process(sock, "--nice", str(own + 3)) as broker:
+        assert os.getpriority(os.PRIO_PROCESS, broker.pid) == own + 3
+        children = [int(c) for t in Path(f"/proc/{broker.pid}/task").iterdir()
+                    for c in (t / "children").read_text().split()]
+        assert children and all(os.getpriority(os.PRIO_PROCESS, c) == own for c in children)
+        with wz.open_engine("broker:" + sock) as eng:
+            assert eng.decompress(eng.compress(b"nice" * 99)) == b"nice" * 99
+
+
 def test_socket_mode_and_group_from_the_command_line(tmp_path: Path) -> None:
     sock = str(tmp_path / "g.sock")
     with serve_process(sock, "--group", "0", "--mode", "0660", text=True) as broker:
