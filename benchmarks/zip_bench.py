@@ -415,6 +415,16 @@ def check_costs(s: Any, jobs: list[Any]) -> dict[str, Any]:
             if None in qjobs:
                 pass
 
+    owners, depth = [s] * len(qjobs), len(qjobs)
+
+    def one_slot_owned(n: int) -> None:  # take_one: slot in range, holds a job of ours
+        s0 = 1
+        for _ in range(n):
+            if s0 >= depth:
+                pass
+            if qjobs[s0] is None or owners[s0] is not s:
+                pass
+
     def tag_column(n: int) -> None:
         for _ in range(n // k):
             if sq32[tag_dw:k * dw:dw].tolist() != [j.tag for j in batch]:
@@ -442,6 +452,8 @@ def check_costs(s: Any, jobs: list[Any]) -> dict[str, Any]:
          1 / k, 1),
         ("job owned by the session and not in flight (each job)", owned_idle, True, 1, 1),
         ("CQE names a slot holding a job (a run of slots)", slot_has_job, True, 1, 0),
+        ("CQE names a slot holding a job of the session (one CQE)", one_slot_owned, False, 0,
+         1),
         ("SQE still carries the job's tag (a column)", tag_column, True, 1, 0),
         ("status says finished well (a column)", status_column, True, 1, 0),
         ("status and tag of one job (job by job)", status_tag_one, False, 0, 1),
