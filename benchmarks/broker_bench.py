@@ -8,7 +8,8 @@ broker gives it (16 queues, doorbell isolation). Rows, for 4 KiB and 64 KiB comp
 * `broker`    - `warpdrive serve emu` owns the model; 1, 2, 4 or 8 client processes each open
                 `broker:SOCKET` and run the same loop at the same time.
 * `nice-5`    - with `--nice -5`: the same against a second broker at that priority
-                (`warpdrive serve --nice`), its rows interleaved with the others.
+                (`warpdrive serve --nice`), its rows interleaved with the others; any
+                `--variant NAME=OPTIONS` adds rows NAME for a broker with those serve options.
 Every client keeps 16 prepared zero-copy jobs in flight (two batches of 8, one doorbell per batch)
 and busy-polls completions in memory (`wait="spin"`), as `benchmarks/zip_bench.py` does.
 
@@ -159,13 +160,12 @@ _SAMPLE_S = 0.001  # (the kernel delivers it at most once per tick: HZ 250 = 4 m
 
 
 def start_broker(sock: str, profile: str | None = None,
-                 nice: int | None = None) -> subprocess.Popen[bytes]:
+                 extra: list[str] | None = None) -> subprocess.Popen[bytes]:
     prof = ["-c", _PROFILED % {"interval": _SAMPLE_S}, profile] if profile else \
         ["-m", "warpdrive"]
     args = [sys.executable, *prof, "serve", "emu", "--socket", sock,
             "--inflight", str(IN_FLIGHT), "--measure"]
-    if nice is not None:
-        args += ["--nice", str(nice)]
+    args += extra or []
     for k, v in MODEL_OPTIONS.items():
         args += ["--set", f"{k}={v}"]
     log = open(sock + ".log", "wb")  # noqa: SIM115 - the child owns it
@@ -255,9 +255,11 @@ def main() -> None:
     ap.add_argument("--floor", action="store_true", help="only the mediation path alone, in "
                     "this process with warm caches, on a null device (no other process to share "
                     "the CPU with): broker CPU per job by batch size")
-    ap.add_argument("--nice", type=int, metavar="N", help="also run every broker row against a "
-                    "second broker at this nice value (`warpdrive serve --nice`; the device "
-                    "model stays at 0 in every row), interleaved")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS",
+                    help="also run every broker row against a broker started with these "
+                    "`warpdrive serve` options (e.g. q2='--hw-queues 2'), rows interleaved")
+    ap.add_argument("--nice", type=int, metavar="N", help="a variant: the broker at nice N "
+                    "(`warpdrive serve --nice`; the device model stays at 0 in every row)")
     ap.add_argument("--client", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, default=4096, help=argparse.SUPPRESS)
     ap.add_argument("--duration", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -281,18 +283,21 @@ def main() -> None:
         return
     load0 = os.getloadavg()[0]
     tmp = tempfile.mkdtemp(prefix="wd-bb-")
-    # One broker at the default priority, and with --nice a second one at N: their rows
+    # The default broker, and one more per variant (other `serve` options): their rows
     # interleaved in one run, so the comparison survives the machine's load changing.
     brokers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
-    modes = ["broker"] + ([f"nice{args.nice}"] if args.nice is not None else [])
+    variants = {"broker": []} | {name: opts.split() for name, _, opts in
+                                 (v.partition("=") for v in args.variant)}
+    if args.nice is not None:
+        variants[f"nice{args.nice}"] = ["--nice", str(args.nice)]
+    modes = list(variants)
     rows: list[dict[str, Any]] = []
     best: dict[tuple[str, int, int], dict[str, Any]] = {}
     reps = 1 if args.quick else 3
     try:
         for mode in modes:
             sock = os.path.join(tmp, f"{mode}.sock")
-            brokers[mode] = (start_broker(sock, nice=None if mode == "broker" else args.nice),
-                             sock)
+            brokers[mode] = (start_broker(sock, extra=variants[mode]), sock)
         for _ in range(reps):  # best of `reps` per row: other work only ever slows a run
             for size in sizes:
                 keys = [("direct", 1, size)] + [(m, n, size) for n in clients for m in modes]
@@ -332,11 +337,11 @@ def main() -> None:
     print_table(rows)
     print(f"load average {load0:.2f} at start, {load1:.2f} at end ({os.cpu_count()} CPUs); "
           f"{duration:.0f} s per row, best of {reps}"
-          + ("" if args.nice is None else f"; rows nice{args.nice}: a second broker at nice "
-             f"{args.nice} (the device model at 0 in every row)"))
+          + "".join(f"; rows {m}: a broker with {' '.join(variants[m])}" for m in modes[1:])
+          + ("" if len(modes) == 1 else " (the device model at nice 0 in every row)"))
     print(verdict(rows))
     print(json.dumps({"rows": rows, "load": [round(load0, 2), round(load1, 2)],
-                      "cpus": os.cpu_count(), "nice": args.nice}))
+                      "cpus": os.cpu_count(), "variants": variants}))
 
 
 def profile_row(nclients: int, size: int, duration: float) -> None:
