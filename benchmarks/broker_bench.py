@@ -257,7 +257,7 @@ def main() -> None:
                     "the CPU with): broker CPU per job by batch size")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS",
                     help="also run every broker row against a broker started with these "
-                    "`warpdrive serve` options (e.g. q2='--hw-queues 2'), rows interleaved")
+                    "`warpdrive serve` options (e.g. spin='--spin-us 100'), rows interleaved")
     ap.add_argument("--nice", type=int, metavar="N", help="a variant: the broker at nice N "
                     "(`warpdrive serve --nice`; the device model stays at 0 in every row)")
     ap.add_argument("--client", help=argparse.SUPPRESS)
