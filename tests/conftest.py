@@ -2,6 +2,10 @@
 
 import os
 import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 # On the host, no test may write PCI binding files (the host NIC is a PCI function carrying the
 # default route): warpdrive.binding's one sysfs write function refuses while this is set. Inside
@@ -17,3 +21,23 @@ os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
 
 pytest_plugins = ["lab.pytest_lab"]
+
+_LAB_DIR = Path(__file__).resolve().parent / "lab"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Host tests start bundled models (module engines, CLI runs, brokers) without a spin
+    window (WARPDRIVE_EMU_SPIN_US=0): after each job a model would otherwise poll for 20-50 ms,
+    a second busy core through most of the suite, while the tests' clients kick a sleeping
+    model anyway. Tests about the spinning path pass their own spin. Lab tests and the lab's
+    host-side runs keep the default: a guest's driver cannot kick."""
+    if item.get_closest_marker("lab") is not None or _LAB_DIR in Path(str(item.path)).parents \
+            or "WARPDRIVE_EMU_SPIN_US" in os.environ:
+        yield
+        return
+    os.environ["WARPDRIVE_EMU_SPIN_US"] = "0"
+    try:
+        yield
+    finally:
+        del os.environ["WARPDRIVE_EMU_SPIN_US"]

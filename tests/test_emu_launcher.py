@@ -55,6 +55,23 @@ def test_warpdrive_open_emu_name() -> None:
         assert dev.backend == "vfio-user" and dev.device_id == 0x7E57
 
 
+def test_spin_window_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """WARPDRIVE_EMU_SPIN_US is the spin of models started without one (the host suite runs
+    with 0); an explicit spin_us wins; a malformed value is refused before anything starts."""
+    def spin_arg(proc: ModelProcess) -> str | None:
+        argv = Path(f"/proc/{proc.proc.pid}/cmdline").read_bytes().decode().split("\0")
+        return argv[argv.index("--spin-us") + 1] if "--spin-us" in argv else None
+
+    monkeypatch.setenv("WARPDRIVE_EMU_SPIN_US", "0")
+    for kw, want in (({}, "0.0"), ({"spin_us": 1500}, "1500")):
+        with open_emulated("testdev", **kw) as dev:
+            assert spin_arg(dev.emulator) == want
+            assert dev.device_id == 0x7E57
+    monkeypatch.setenv("WARPDRIVE_EMU_SPIN_US", "soon")
+    with pytest.raises(InvalidArgumentError, match="WARPDRIVE_EMU_SPIN_US"):
+        open_emulated("testdev")
+
+
 def test_unknown_model_is_reported_with_its_output() -> None:
     with pytest.raises(DeviceError) as ei:
         open_emulated("nosuchmodel")

@@ -57,6 +57,8 @@ class ModelProcess(ForkSafe):
                 str(accept_timeout), "--private-dir", self.dir]
         for key, value in (options or {}).items():
             argv += ["--set", f"{key}={value}"]
+        if spin_us is None:
+            spin_us = _spin_from_env()
         if spin_us is not None:
             argv += ["--spin-us", str(spin_us)]
         if idle_us is not None:
@@ -176,6 +178,24 @@ class ModelProcess(ForkSafe):
 
     def __repr__(self) -> str:
         return f"<ModelProcess {self.model} pid={self.proc.pid} socket={self.socket_path}>"
+
+
+def _spin_from_env() -> float | None:
+    """WARPDRIVE_EMU_SPIN_US: the spin window of models started without one (after work, a
+    model polls its doorbells back to back this long before it sleeps). Spinning buys latency
+    with a core; 0 gives the core back where CPU is short (the host test suite sets it), and
+    clients that read the control page then kick the sleeping model with a message."""
+    raw = os.environ.get("WARPDRIVE_EMU_SPIN_US", "")
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e7:
+        raise InvalidArgumentError(f"WARPDRIVE_EMU_SPIN_US={raw!r} is not a number of "
+                                   "microseconds (0 or more)")
+    return value
 
 
 def open_emulated(model_name: str, dma_mask: int | None = None, **opts: Any) -> VfioUserDevice:
