@@ -40,4 +40,4 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     try:
         yield
     finally:
-        del os.environ["WARPDRIVE_EMU_SPIN_US"]
+        os.environ.pop("WARPDRIVE_EMU_SPIN_US", None)

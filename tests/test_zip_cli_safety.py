@@ -171,7 +171,8 @@ def test_file_size_limit_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_broken_pipe_is_a_quiet_sigpipe(tmp_path: Path) -> None:
-    (tmp_path / "big.gz").write_bytes(gzip.compress(sample(12 << 20), 1))
+    data = sample(12 << 20)
+    (tmp_path / "big.gz").write_bytes(gzip.compress(data, 1))
     p = subprocess.Popen(cli_argv("decompress", "big.gz", "-o", "-", "-q"), env=cli_env(),
                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     err = b""
@@ -184,7 +185,7 @@ def test_broken_pipe_is_a_quiet_sigpipe(tmp_path: Path) -> None:
     t = threading.Thread(target=read_err)
     t.start()
     assert p.stdout is not None
-    assert p.stdout.read(1000) == sample(12 << 20)[:1000]
+    assert p.stdout.read(1000) == data[:1000]
     p.stdout.close()  # `| head -c 1000`
     p.wait(timeout=120)
     t.join()
