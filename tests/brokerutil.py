@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.ziputil import cli_env
 from warpdrive.backends import open_device
 from warpdrive.devices.hisi_qm.bringup import QmDevice
 from warpdrive.devices.hisi_qm.queue import QmQueue
@@ -68,7 +69,7 @@ def serve_process(sock: str, *args: str, text: bool = False) -> Iterator[subproc
     """`warpdrive serve emu --socket sock *args` in a process of its own (stderr piped), listening
     before the body runs; killed if still alive, reaped and its pipe closed after the body."""
     proc = subprocess.Popen([sys.executable, "-m", "warpdrive", "serve", "emu", "--socket", sock,
-                             *args], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                             *args], env=cli_env(),
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=text)
     try:
         eventually(lambda: os.path.exists(sock), 30, "broker listening")

@@ -27,17 +27,16 @@ _LAB_DIR = Path(__file__).resolve().parent / "lab"
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    """Host tests start bundled models (module engines, CLI runs, brokers) without a spin
-    window (WARPDRIVE_EMU_SPIN_US=0): after each job a model would otherwise poll for 20-50 ms,
-    a second busy core through most of the suite, while the tests' clients kick a sleeping
-    model anyway. Tests about the spinning path pass their own spin. Lab tests and the lab's
-    host-side runs keep the default: a guest's driver cannot kick."""
-    if item.get_closest_marker("lab") is not None or _LAB_DIR in Path(str(item.path)).parents \
-            or "WARPDRIVE_EMU_SPIN_US" in os.environ:
+    """Host tests start bundled models (module engines and brokers here; CLI runs and broker
+    processes get it through tests/ziputil.cli_env) without a spin window: after each job a
+    model would otherwise poll for 20-50 ms, a second busy core through most of the suite,
+    while the tests' clients kick a sleeping model anyway. Tests about the spinning path pass
+    their own spin. This thread only: the lab's guests, booting in other threads meanwhile,
+    keep the default (a guest's driver cannot kick)."""
+    if item.get_closest_marker("lab") is not None or _LAB_DIR in Path(str(item.path)).parents:
         yield
         return
-    os.environ["WARPDRIVE_EMU_SPIN_US"] = "0"
-    try:
+    from warpdrive.backends.vfiouser.launcher import model_spin
+
+    with model_spin(0):
         yield
-    finally:
-        os.environ.pop("WARPDRIVE_EMU_SPIN_US", None)

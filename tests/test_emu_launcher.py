@@ -9,15 +9,17 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import redirect_stdout
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import warpdrive
 from warpdrive.backends.vfiouser.client import open_vfio_user
-from warpdrive.backends.vfiouser.launcher import ModelProcess, open_emulated
+from warpdrive.backends.vfiouser.launcher import ModelProcess, model_spin, open_emulated
 from warpdrive.cli import main as cli_main
 from warpdrive.emu.models import testdev as T
 from warpdrive.errors import DeviceError, InvalidArgumentError
@@ -55,21 +57,35 @@ def test_warpdrive_open_emu_name() -> None:
         assert dev.backend == "vfio-user" and dev.device_id == 0x7E57
 
 
-def test_spin_window_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """WARPDRIVE_EMU_SPIN_US is the spin of models started without one (the host suite runs
-    with 0); an explicit spin_us wins; a malformed value is refused before anything starts."""
+def test_default_spin_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Models started without a spin_us get the thread's model_spin() (the host suite runs with
+    0), else WARPDRIVE_EMU_SPIN_US, else the model's own; a malformed value is refused before
+    anything starts; another thread does not see this one's model_spin()."""
     def spin_arg(proc: ModelProcess) -> str | None:
         argv = Path(f"/proc/{proc.proc.pid}/cmdline").read_bytes().decode().split("\0")
         return argv[argv.index("--spin-us") + 1] if "--spin-us" in argv else None
 
-    monkeypatch.setenv("WARPDRIVE_EMU_SPIN_US", "0")
-    for kw, want in (({}, "0.0"), ({"spin_us": 1500}, "1500")):
+    def started_spin(**kw: Any) -> str | None:
         with open_emulated("testdev", **kw) as dev:
-            assert spin_arg(dev.emulator) == want
             assert dev.device_id == 0x7E57
-    monkeypatch.setenv("WARPDRIVE_EMU_SPIN_US", "soon")
-    with pytest.raises(InvalidArgumentError, match="WARPDRIVE_EMU_SPIN_US"):
-        open_emulated("testdev")
+            return spin_arg(dev.emulator)
+
+    monkeypatch.setenv("WARPDRIVE_EMU_SPIN_US", "250")
+    with model_spin(0):
+        assert started_spin() == "0"
+        assert started_spin(spin_us=1500) == "1500"
+        other: list[str | None] = []
+        t = threading.Thread(target=lambda: other.append(started_spin()))
+        t.start()
+        t.join()
+        assert other == ["250.0"]
+    with model_spin(None):
+        assert started_spin() == "250.0"
+        monkeypatch.delenv("WARPDRIVE_EMU_SPIN_US")
+        assert started_spin() is None
+        monkeypatch.setenv("WARPDRIVE_EMU_SPIN_US", "soon")
+        with pytest.raises(InvalidArgumentError, match="WARPDRIVE_EMU_SPIN_US"):
+            open_emulated("testdev")
 
 
 def test_unknown_model_is_reported_with_its_output() -> None:

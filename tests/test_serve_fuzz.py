@@ -21,6 +21,7 @@ import pytest
 import warpdrive.zip as wz
 from tests.brokerutil import RawZip, broker_thread, eventually
 from tests.vfuraw import RawClient
+from tests.ziputil import cli_env
 from warpdrive.backends.vfiouser.wire import FrameError, PeerClosed, WireTimeout
 from warpdrive.devices.zip import hw
 from warpdrive.uapi import vfio_user as P
@@ -161,8 +162,7 @@ def fuzz_connection(path: str, rng: random.Random, messages: int) -> int:
 def test_fuzzed_vfio_user_messages_do_not_hurt_the_broker(tmp_path: Path) -> None:
     sock = str(tmp_path / "b.sock")
     broker = subprocess.Popen([sys.executable, "-m", "warpdrive", "serve", "emu", "--socket",
-                               sock, "--spin-us", "2000"], env=dict(os.environ,
-                                                                     PYTHONPATH=str(ROOT)),
+                               sock, "--spin-us", "2000"], env=cli_env(),
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=open(tmp_path / "broker.log", "wb"))  # noqa: SIM115
     try:

@@ -14,6 +14,7 @@ import pytest
 
 import warpdrive
 import warpdrive.zip as wz
+from warpdrive.backends.vfiouser.launcher import model_spin
 from warpdrive.devices.hisi_qm import regs as qmr
 from warpdrive.devices.hisi_qm.bringup import QmDevice
 from warpdrive.devices.hisi_qm.queue import QueueStoppedError
@@ -144,13 +145,12 @@ def test_batch_rings_one_sq_doorbell() -> None:
 
 
 @pytest.mark.parametrize("doorbell", ["mmap", "message"])
-def test_messages_per_job(doorbell: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_messages_per_job(doorbell: str) -> None:
     """Zero vfio-user messages per job on the mmap path (counted by the server), and the message
     path really does send them (so the counter is not just stuck at zero)."""
     # The model's own spin window (the suite runs models without one): zero messages holds
     # while the model polls; a sleeping model is kicked with a message.
-    monkeypatch.delenv("WARPDRIVE_EMU_SPIN_US", raising=False)
-    with wz.open_engine("emu", doorbell=doorbell, wait="spin") as eng:
+    with model_spin(None), wz.open_engine("emu", doorbell=doorbell, wait="spin") as eng:
         dev = eng.source.dev
         s = eng.session("compress")
         jobs = []

@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def cli_env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(ROOT))
+    """The environment of a `warpdrive` command run by a test: this checkout's package, and
+    bundled models without a spin window (as in the test process: see tests/conftest.py)."""
+    return dict(os.environ, PYTHONPATH=str(ROOT), WARPDRIVE_EMU_SPIN_US="0")
 
 
 def cli_argv(*args: str) -> list[str]:

@@ -16,6 +16,8 @@ stopping the model (killed, `os._exit`), by the model itself as it exits.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import contextvars
 import os
 import select
 import shutil
@@ -26,6 +28,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ...errors import DeviceError, DeviceTimeoutError, InvalidArgumentError
@@ -57,6 +60,8 @@ class ModelProcess(ForkSafe):
                 str(accept_timeout), "--private-dir", self.dir]
         for key, value in (options or {}).items():
             argv += ["--set", f"{key}={value}"]
+        if spin_us is None:
+            spin_us = _default_spin.get()
         if spin_us is None:
             spin_us = _spin_from_env()
         if spin_us is not None:
@@ -178,6 +183,21 @@ class ModelProcess(ForkSafe):
 
     def __repr__(self) -> str:
         return f"<ModelProcess {self.model} pid={self.proc.pid} socket={self.socket_path}>"
+
+
+_default_spin: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "warpdrive_model_spin_us", default=None)
+
+
+@contextlib.contextmanager
+def model_spin(spin_us: float | None) -> Iterator[None]:
+    """Models this thread starts without a `spin_us` of their own get `spin_us` (a context, not
+    a process-wide setting: other threads, such as a test run's lab guests, keep theirs)."""
+    token = _default_spin.set(spin_us)
+    try:
+        yield
+    finally:
+        _default_spin.reset(token)
 
 
 def _spin_from_env() -> float | None:
