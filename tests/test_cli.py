@@ -19,6 +19,7 @@ from tests.fakesysfs import FakeSysfs
 from tests.hostnet import default_route_ifname
 from warpdrive import pci
 from warpdrive.cli import (
+    COMMANDS,
     EXIT_PERMISSION,
     EXIT_REFUSED,
     OPTIONAL_SUBCOMMAND_MODULES,
@@ -225,3 +226,56 @@ def test_subcommand_registry() -> None:
         assert callable(_load(mod, optional=False).register)
     assert _load("warpdrive.cli.not_written_yet", optional=True) is None
     assert all(m.startswith("warpdrive.cli.") for m in OPTIONAL_SUBCOMMAND_MODULES)
+    # COMMANDS names every command with the module that registers it (a run of one command
+    # builds the parser from that module alone).
+    assert set(COMMANDS) == names
+    for name, module in COMMANDS.items():
+        parser = build_parser([name, "--help"])
+        assert set(parser._subparsers._group_actions[0].choices) >= {name}  # type: ignore[union-attr, arg-type]
+        assert module in sys.modules
+
+
+def _new_modules(code: str) -> set[str]:
+    """Modules a fresh interpreter imports to run `code`, beyond what `pass` imports."""
+    probe = "import sys; print(' '.join(sys.modules))"
+
+    def run(body: str) -> set[str]:
+        proc = subprocess.run([sys.executable, "-c", f"{body}\n{probe}"], capture_output=True,
+                              text=True, cwd=REPO, timeout=120,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+        assert proc.returncode == 0, proc.stderr
+        return set(proc.stdout.split())
+
+    return run(code) - run("pass")
+
+
+# What `import warpdrive` and a CLI run that does not need them must never pull in: the device API
+# and backends (ctypes, mmap, the VFIO uAPI), the plugins, and the heavy third-party packages.
+# In the TCG lab guest each costs seconds per process (`warpdrive.device` 1.1 s, pyroute2 6 s).
+HEAVY = ("warpdrive.device", "warpdrive.dma", "warpdrive.memory", "warpdrive.mmio",
+         "warpdrive.backends", "warpdrive.emu", "warpdrive.zip", "warpdrive.binding", "ctypes",
+         "pyroute2", "psutil")
+
+
+def heavy(modules: set[str]) -> list[str]:
+    """The HEAVY packages among `modules`, and the plugins (`warpdrive.devices.*`)."""
+    return sorted(m for m in modules if m.startswith("warpdrive.devices.")
+                  or any(m == h or m.startswith(h + ".") for h in HEAVY))
+
+
+def test_import_warpdrive_and_version_stay_light() -> None:
+    new = _new_modules("import warpdrive")
+    assert not heavy(new), sorted(new)
+    assert {m for m in new if m.startswith("warpdrive")} <= {
+        "warpdrive", "warpdrive.errors", "warpdrive.devices"}
+    # The public names still resolve (on first use).
+    assert _new_modules("import warpdrive; warpdrive.Device; warpdrive.check_dma_memory") >= {
+        "warpdrive.device", "warpdrive.memory"}
+
+    version = _new_modules("from warpdrive.cli import main; main(['--version'])")
+    assert not heavy(version), sorted(version)
+    assert {m for m in version if m.startswith("warpdrive.cli.")} == set(), sorted(version)
+    bind = _new_modules("from warpdrive.cli import main; main(['bind', '--help'])")
+    assert {m for m in bind if m.startswith("warpdrive.cli.")} == {
+        "warpdrive.cli.bind", "warpdrive.cli._common"}
+    assert not heavy(bind), sorted(bind)

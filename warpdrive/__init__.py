@@ -8,16 +8,43 @@
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .device import Device, Interrupt, IrqInfo, RegionInfo
-from .dma import DmaMapping, DmaSpace
 from .errors import WarpdriveError
-from .iova import IovaRange
-from .memory import DmaBuffer, MemoryKind, check_dma_memory
-from .mmio import Doorbell, Mmio
+
+if TYPE_CHECKING:
+    from .device import Device, Interrupt, IrqInfo, RegionInfo
+    from .dma import DmaMapping, DmaSpace
+    from .iova import IovaRange
+    from .memory import DmaBuffer, MemoryKind, check_dma_memory
+    from .mmio import Doorbell, Mmio
 
 __version__ = "0.1.0"
+
+# The device API is imported on first use, not with the package: `warpdrive --version`, the CLI's
+# bind/zip commands and every model server import `warpdrive` without needing it, and in the TCG
+# lab guest `warpdrive.device` alone cost 1.1 s per process.
+_LAZY: dict[str, str] = {
+    "Device": ".device", "Interrupt": ".device", "IrqInfo": ".device", "RegionInfo": ".device",
+    "DmaMapping": ".dma", "DmaSpace": ".dma",
+    "IovaRange": ".iova",
+    "DmaBuffer": ".memory", "MemoryKind": ".memory", "check_dma_memory": ".memory",
+    "Doorbell": ".mmio", "Mmio": ".mmio",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this hook
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def list_devices(sysfs_root: str = "/sys", dev_root: str = "/dev") -> list[Any]:

@@ -1,9 +1,10 @@
 """`warpdrive` command line.
 
 Each subcommand lives in its own module exposing `register(subparsers)`, which adds its parser and
-sets `func=<callable(args) -> int>` as a default. To add a subcommand, create the module and list
-it in `SUBCOMMAND_MODULES`; names in `OPTIONAL_SUBCOMMAND_MODULES` are picked up once the module
-exists. Keep module-level imports light: every module is imported on every invocation.
+sets `func=<callable(args) -> int>` as a default. To add a subcommand, create the module, list it
+in `SUBCOMMAND_MODULES` and name its commands in `COMMANDS`; names in `OPTIONAL_SUBCOMMAND_MODULES`
+are picked up once the module exists. A run naming a command imports only that command's module
+(`--version` none, `--help` or an unknown command all of them), so keep module-level imports light.
 
 Exit codes: 0 done (or nothing to do), 1 failed, 2 usage error, 3 refused by a safety check
 (nothing was written), 4 permission denied (needs root / device node access).
@@ -38,9 +39,36 @@ OPTIONAL_SUBCOMMAND_MODULES: list[str] = [
     "warpdrive.cli.serve",
 ]
 
+# The module that registers each command. A run of one command imports only its module: in the
+# TCG lab guest every module imported costs tens of milliseconds, and the lab runs the CLI often.
+COMMANDS: dict[str, str] = {
+    "devices": "warpdrive.cli.devices",
+    "plugins": "warpdrive.cli.plugins",
+    "bind": "warpdrive.cli.bind",
+    "unbind": "warpdrive.cli.bind",
+    "compress": "warpdrive.cli.zip",
+    "decompress": "warpdrive.cli.zip",
+    "emu": "warpdrive.cli.emu",
+    "serve": "warpdrive.cli.serve",
+}
+
 
 # Subcommands whose usage errors exit with another status (gzip's exit 2 means "warning").
 USAGE_EXIT: dict[str, int] = {}
+
+
+class Interrupted(BaseException):
+    """A terminating signal arrived; raised on the main thread so cleanup runs.
+    A BaseException so no `except Exception` on the way swallows it. Defined here, not in
+    `output` (which raises it), so `main` can catch it without importing `output` for every
+    command."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        self.note = ""  # what the interrupted command left (or did not leave) behind
+        super().__init__(signal.Signals(signum).name)
 
 
 def exit_code_for(err: WarpdriveError) -> int:
@@ -60,7 +88,26 @@ def _load(name: str, optional: bool) -> Any:
         raise
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _modules_for(argv: Sequence[str] | None) -> list[tuple[str, bool]]:
+    """(module, optional) for the commands this command line can reach: the named command's
+    module; none for a bare `--version`; all of them otherwise (help, usage errors)."""
+    everything = [(m, False) for m in SUBCOMMAND_MODULES]
+    everything += [(m, True) for m in OPTIONAL_SUBCOMMAND_MODULES]
+    if argv is None:
+        return everything
+    for word in argv:
+        if word in ("-h", "--help"):
+            return everything
+        if word == "--version":
+            return []
+        if not word.startswith("-"):
+            # The first word is the command: no top-level option takes a value.
+            return [(COMMANDS[word], False)] if word in COMMANDS else everything
+    return everything
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given the command line, with only the subcommands it can reach."""
     parser = argparse.ArgumentParser(
         prog="warpdrive",
         description="User-space driver runtime for Linux accelerators (VFIO, iommufd, uacce, "
@@ -70,10 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"warpdrive {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
-        _load(name, optional=False).register(subparsers)
-    for name in OPTIONAL_SUBCOMMAND_MODULES:
-        mod = _load(name, optional=True)
+    for name, optional in _modules_for(argv):
+        mod = _load(name, optional=optional)
         if mod is not None:
             mod.register(subparsers)
     return parser
@@ -97,10 +142,8 @@ def entry() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     global _fatal_signal
-    from .output import Interrupted
-
     _fatal_signal = 0
-    parser = build_parser()
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse exits on --help (0) and on usage errors (2)

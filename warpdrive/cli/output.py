@@ -24,20 +24,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
 from ..errors import InvalidArgumentError, PermissionDeniedError, WarpdriveError
+from . import Interrupted  # defined with main(), which catches it
 
 
 class OutputExistsError(InvalidArgumentError):
     """The output exists and overwriting was not asked for (gzip: a warning, exit 2)."""
-
-
-class Interrupted(BaseException):
-    """A terminating signal arrived; raised on the main thread so cleanup runs.
-    A BaseException so no `except Exception` on the way swallows it."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        self.note = ""  # what the interrupted command left (or did not leave) behind
-        super().__init__(signal.Signals(signum).name)
 
 
 def same_file(a: os.stat_result, b: os.stat_result) -> bool:
