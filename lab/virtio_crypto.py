@@ -98,20 +98,42 @@ def kernel_serves(bdf: str, others: list[str]) -> Iterator[None]:
         yield
 
 
+NOSLOWTESTS = Path("/sys/module/cryptomgr/parameters/noslowtests")  # CRYPTO_SELFTESTS_FULL only
+
+
 @contextmanager
-def registered_on(bdf: str, others: list[str], timeout: float = 900.0) -> Iterator[float]:
+def full_selftests() -> Iterator[bool]:
+    """The kernel's slow (fuzzing) self-tests on for the block, where the kernel has them (the
+    lab boots 7.3 with them off: lab/vm.py); yields whether they are on. testmgr reads the
+    parameter at each test, so a registration inside the block gets the full tests."""
+    if not NOSLOWTESTS.exists():
+        yield False
+        return
+    saved = NOSLOWTESTS.read_text().strip()
+    NOSLOWTESTS.write_text("0")
+    try:
+        yield NOSLOWTESTS.read_text().strip() == "N"
+    finally:
+        NOSLOWTESTS.write_text("1" if saved == "Y" else "0")
+
+
+@contextmanager
+def registered_on(bdf: str, others: list[str],
+                  timeout: float = 900.0) -> Iterator[tuple[float, bool]]:
     """cbc(aes) registered again with only `bdf` on virtio_crypto, so the kernel's self-tests
-    judge `bdf`; yields how long they took. Afterwards the others come back (no new test)."""
+    (the full ones, where the kernel has them) judge `bdf`; yields how long they took and whether
+    the slow tests ran. Afterwards the others come back (no new test)."""
     with off_kernel(*[o for o in others if driver_of(o) == "virtio-pci"]):
-        with off_kernel(bdf):
-            if alg_entries():
-                raise RuntimeError(f"{KERNEL_DRIVER} still registered with no function bound: "
-                                   f"{alg_entries()}")
-        t0 = time.monotonic()  # bdf is back on virtio-pci: registration and self-tests run
-        wait_settled(timeout)
-        took = time.monotonic() - t0
+        with full_selftests() as full:
+            with off_kernel(bdf):
+                if alg_entries():
+                    raise RuntimeError(f"{KERNEL_DRIVER} still registered with no function "
+                                       f"bound: {alg_entries()}")
+            t0 = time.monotonic()  # bdf is back on virtio-pci: registration and self-tests run
+            wait_settled(timeout)
+            took = time.monotonic() - t0
         assert kernel_functions() == [bdf], kernel_functions()
-        yield took
+        yield took, full
 
 
 def selftests_enabled(kernel_config: Path) -> bool:
@@ -120,3 +142,9 @@ def selftests_enabled(kernel_config: Path) -> bool:
     text = kernel_config.read_text()
     return bool(re.search(r"^# CONFIG_CRYPTO_MANAGER_DISABLE_TESTS is not set$", text, re.M)
                 or re.search(r"^CONFIG_CRYPTO_SELFTESTS=y$", text, re.M))
+
+
+def slow_selftests_built(kernel_config: Path) -> bool:
+    """Whether the lab kernel has the slow (fuzzing) self-tests (7.3: CRYPTO_SELFTESTS_FULL),
+    which its cryptomgr parameter `noslowtests` turns off and on at run time."""
+    return bool(re.search(r"^CONFIG_CRYPTO_SELFTESTS_FULL=y$", kernel_config.read_text(), re.M))

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lab import emu, initramfs, kernel, qemu
+from lab import virtio_crypto as virtio_crypto_lab
 
 LAB_DIR = Path(__file__).resolve().parent
 CHECKOUT = LAB_DIR.parent
@@ -135,6 +136,12 @@ def qemu_command(kernel_dir: Path, initrd: Path, results: Path, *, smp: int = 2,
         append.insert(4, "initcall_blacklist=virtio_crypto_driver_init")
     if expose:
         append.append("wd.expose=" + ":".join(map(str, expose)))
+    config = kernel_dir / "config"
+    if config.is_file() and virtio_crypto_lab.slow_selftests_built(config):
+        # 7.3's CRYPTO_SELFTESTS_FULL fuzzes every algorithm registered at boot (minutes of TCG
+        # CPU per boot, none of it about our devices); the virtio_crypto witness turns the slow
+        # tests back on for the registration it judges (lab/virtio_crypto.py full_selftests).
+        append.append("cryptomgr.noslowtests=1")
     # $WARPDRIVE_LAB_APPEND reaches guests booted by the pytest plugin too (e.g. iommu.strict=1).
     append += [*os.environ.get("WARPDRIVE_LAB_APPEND", "").split(), *kernel_args]
     return [

@@ -259,7 +259,7 @@ def test_real_host_lists_every_function() -> None:
 
 def test_real_host_nic_and_iommu() -> None:
     """Real host: the default-route interface is found below its PCI function; no IOMMU here."""
-    from warpdrive.binding.netuse import interface_use  # noqa: F401  (pyroute2 available)
+    from warpdrive.binding.netuse import interface_use  # noqa: F401  (the netlink reader imports)
 
     ifname = default_route_ifname()
     bdf = pci.netdev_function(ifname)

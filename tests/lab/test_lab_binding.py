@@ -1,7 +1,8 @@
 """Binding against the REAL kernel in the lab guest (intel-iommu, vfio-pci built in, VFIO cdev on).
 
 Everything here is real: the guest's sysfs, its edu / virtio-crypto / virtio-net functions, the
-`warpdrive` CLI run as a subprocess, real holder processes. Each test leaves edu (no driver) and
+`warpdrive` CLI (in-process `main(argv)`, and as a real process where its exit status is the
+point), real holder processes. Each test leaves edu (no driver) and
 virtio-crypto (virtio-pci) in their boot state, checked by the `boot_state` fixture.
 """
 
@@ -12,23 +13,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tests.lab.lab_cli import wd
 from warpdrive import binding, pci
 
 pytestmark = pytest.mark.lab
 
-REPO = Path(__file__).resolve().parents[2]
 BOOT_DRIVER = {"edu": None, "crypto": "virtio-pci"}
-
-
-def wd(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env.pop("WARPDRIVE_FORBID_SYSFS_WRITES", None)  # the guest is where binding really happens
-    return subprocess.run([sys.executable, "-m", "warpdrive.cli", *args], capture_output=True,
-                          text=True, cwd=REPO, env=env, timeout=300)
 
 
 def driver_of(bdf: str) -> str | None:
@@ -77,7 +70,7 @@ def test_bind_then_unbind_restores(boot_state: dict[str, str], name: str) -> Non
     assert group is not None
     assert not os.path.exists(f"/dev/vfio/{group}")
 
-    proc = wd("bind", bdf)
+    proc = wd("bind", bdf, process=name == "edu")  # a real process exits 0 once
     assert proc.returncode == 0, proc.stdout + proc.stderr
     fn = pci.read_function(bdf)
     assert fn.driver == "vfio-pci" and fn.driver_override == "vfio-pci"
@@ -105,7 +98,7 @@ def test_bind_guest_nic_refused(boot_state: dict[str, str], nic_bdf: str,
     """A real bind (not a dry run) of the guest's NIC, which carries the default route."""
     before = pci.read_function(nic_bdf)
     for args in (("bind", nic_bdf), ("bind", nic_bdf, "--dry-run")):
-        proc = wd(*args)
+        proc = wd(*args, process="--dry-run" not in args)  # a real process exits 3
         assert proc.returncode == 3, proc.stdout + proc.stderr
         text = proc.stdout + proc.stderr
         assert nic_ifname in text and "default via" in text and "DEFAULT ROUTE" in text

@@ -32,7 +32,8 @@ pytestmark = [pytest.mark.lab, pytest.mark.lab_boot("virtio_crypto")]
 @pytest.fixture(scope="module")
 def on_the_model(crypto_model_bdf: str, lab_kernel_dir: Path) -> Iterator[float]:
     """cbc(aes) registered with the model as the only virtio_crypto function; the self-test
-    duration."""
+    duration. Where the kernel has the full (fuzzing) self-tests, they judge the model: the lab
+    boots with them off and they are on for this registration."""
     if not vc.selftests_enabled(lab_kernel_dir / "config"):
         pytest.skip("this lab kernel runs no crypto self-tests (CRYPTO_MANAGER_DISABLE_TESTS)")
     if not vc.VIRTIO_CRYPTO_DRIVER.is_dir():
@@ -41,7 +42,9 @@ def on_the_model(crypto_model_bdf: str, lab_kernel_dir: Path) -> Iterator[float]
                     "lab/pytest_lab.py boots for them (by hand: lab/run.py --virtio-crypto)")
     vc.wait_settled()  # the boot's own registration and self-tests are done
     others = [b for b in find_pci(0x1AF4, 0x1054) if b != crypto_model_bdf]
-    with vc.registered_on(crypto_model_bdf, others) as took:
+    with vc.registered_on(crypto_model_bdf, others) as (took, full):
+        has_full = vc.slow_selftests_built(lab_kernel_dir / "config")
+        assert full == has_full, f"full self-tests on: {full}, kernel has them: {has_full}"
         yield took
 
 

@@ -16,13 +16,12 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import warpdrive
+from tests.lab.lab_cli import wd
 from warpdrive import binding
 from warpdrive.backends.iommufd.cdev import IommufdDevice
 from warpdrive.devices.edu import Edu
@@ -136,11 +135,12 @@ def test_fault_queue_allocates_but_this_device_takes_no_page_faults(dev: Iommufd
 
 
 def test_devices_command_shows_the_iommu_behind_vfio_functions(edu_dev: str) -> None:
-    out = subprocess.run([sys.executable, "-m", "warpdrive.cli", "devices", "--iommu", "--json",
-                          edu_dev], capture_output=True, text=True, check=True).stdout
-    hw = json.loads(out)["iommu_hw"]
+    proc = wd("devices", "--iommu", "--json", edu_dev)
+    assert proc.returncode == 0, proc.stderr
+    hw = json.loads(proc.stdout)["iommu_hw"]
     assert hw[edu_dev]["type"] == "intel-vtd" and hw[edu_dev]["max_pasid_log2"] == 0
-    text = subprocess.run([sys.executable, "-m", "warpdrive.cli", "devices", "--iommu", edu_dev],
-                          capture_output=True, text=True, check=True).stdout
+    proc = wd("devices", "--iommu", edu_dev)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
     row = next(ln for ln in text.splitlines() if ln.startswith(edu_dev) and "intel-vtd" in ln)
     assert row.split()[2] == "none"  # PASID column

@@ -1,6 +1,6 @@
 """Is a network interface in use? (up, addresses, routes) — asked of the kernel over netlink.
 
-Why netlink (pyroute2) rather than /sys/class/net/*/operstate alone: the dangerous case is an
+Why netlink (`rtnetlink`) rather than /sys/class/net/*/operstate alone: the dangerous case is an
 interface that carries routes (above all the default route, i.e. the ssh session), and only
 the routing tables know that.
 """
@@ -75,27 +75,25 @@ def _format_route(route: Any, family: int) -> str:
 
 def interface_use(ifname: str) -> InterfaceUse | None:
     """What the kernel says about `ifname` in this network namespace; None if it is not here."""
-    from pyroute2 import IPRoute  # heavy import (~0.1 s): only when a NIC is involved
+    from . import rtnetlink
 
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=ifname)
-        if not found:
-            return None
-        index = found[0]
-        link = ipr.get_links(index)[0]
-        addresses = tuple(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}"
-                          for a in ipr.get_addr(index=index))
-        routes: list[str] = []
-        default = False
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for r in ipr.get_routes(family=family):  # no filter: every table, then match oif here
-                if index not in _route_oifs(r) or r.get("RTA_TABLE") == RT_TABLE_LOCAL:
-                    continue
-                if r["type"] != RTN_UNICAST:
-                    continue
-                if r.get("RTA_DST") is None and r["dst_len"] == 0:
-                    default = True
-                routes.append(_format_route(r, family))
+    link = rtnetlink.link_by_name(ifname)
+    if link is None:
+        return None
+    index = link["index"]
+    addresses = tuple(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}"
+                      for a in rtnetlink.addresses(index))
+    routes: list[str] = []
+    default = False
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for r in rtnetlink.routes(family):  # every table; matched on the oif here
+            if index not in _route_oifs(r) or r.get("RTA_TABLE") == RT_TABLE_LOCAL:
+                continue
+            if r["type"] != RTN_UNICAST:
+                continue
+            if r.get("RTA_DST") is None and r["dst_len"] == 0:
+                default = True
+            routes.append(_format_route(r, family))
     return InterfaceUse(
         ifname=ifname,
         index=index,

@@ -42,9 +42,7 @@ def locked_bytes() -> int:
 
 def memlock_limit() -> int:
     """The soft RLIMIT_MEMLOCK in bytes (resource.RLIM_INFINITY when unlimited)."""
-    import psutil  # imported here: `import warpdrive` should not pay for it
-
-    soft, _hard = psutil.Process().rlimit(psutil.RLIMIT_MEMLOCK)
+    soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     return int(soft)
 
 
