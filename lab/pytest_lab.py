@@ -245,7 +245,9 @@ class _GuestRun:
             return
         self.results = results
         report = results / "pytest-report.jsonl"
-        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--color=no",
+        # No lab test uses hypothesis; its pytest plugin imports it at start, seconds in TCG.
+        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                "-p", "no:hypothesispytest", "--color=no",
                 f"--lab-report={report}", f"--rootdir={config.rootpath}",
                 f"--tb={config.getoption('tbstyle')}"]
         argv += ["-v"] * max(config.getoption("verbose"), 0)
