@@ -16,9 +16,10 @@ if os.environ.get("WARPDRIVE_IN_LAB") != "1":
 # Byte-code caching on, for this process and every Python the tests start (CLI runs, model and
 # broker processes: several hundred): an environment with PYTHONDONTWRITEBYTECODE set would
 # otherwise compile every warpdrive module from source in each of them (~0.3 CPU-s apiece).
-# The lab guest mounts the checkout read-only and reads these caches too.
-os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-sys.dont_write_bytecode = False
+# The lab guest mounts the checkout read-only (it keeps the variable) and reads these caches.
+if os.environ.get("WARPDRIVE_IN_LAB") != "1":
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    sys.dont_write_bytecode = False
 
 pytest_plugins = ["lab.pytest_lab"]
 
