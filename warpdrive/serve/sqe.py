@@ -150,20 +150,12 @@ def mediate_run(src: memoryview, off: int, n: int, ring: memoryview, h32: memory
         return None
     qb, qe = hslot * _Q, (hslot + n) * _Q
     srcs, dsts = h64[qb + _Q_SRC:qe:_Q].tolist(), h64[qb + _Q_DST:qe:_Q].tolist()
-    lo, hi = min(srcs), max(map(add, srcs, lens))
-    ms = maps.last_read
-    if not ms.iova <= lo or hi > ms.end:
-        try:
-            ms = maps.translate(lo, hi - lo, write=False)
-        except TranslationFault:
-            return None
-    lo, hi = min(dsts), max(map(add, dsts, avails))
-    md = maps.last_write
-    if not md.iova <= lo or hi > md.end:
-        try:
-            md = maps.translate(lo, hi - lo, write=True)
-        except TranslationFault:
-            return None
+    ms = _run_map(maps, maps.last_read, srcs, lens, False)
+    if ms is None:
+        return None
+    md = _run_map(maps, maps.last_write, dsts, avails, True)
+    if md is None:
+        return None
     h64[qb + _Q_SRC:qe:_Q] = array("Q", map((ms.dev_iova - ms.iova).__add__, srcs))
     h64[qb + _Q_DST:qe:_Q] = array("Q", map((md.dev_iova - md.iova).__add__, dsts))
     zq, zi = _ZERO_Q[:n], _ZERO_I[:n]
@@ -181,6 +173,19 @@ def mediate_run(src: memoryview, off: int, n: int, ring: memoryview, h32: memory
 _RESULT_Q = (0, 1, 14, 15)  # u64 indexes in an SQE
 _RESULT_I = hw.DW_CTX_DW0  # u32 index
 _Q_PER_SQE, _I_PER_SQE = hw.SQE_SIZE // 8, hw.SQE_SIZE // 4
+
+
+def _run_map(maps: ClientMaps, last: DeviceMap, addrs: list[int], lens: list[int],
+             write: bool) -> DeviceMap | None:
+    """The one map of this client holding every buffer [addr, addr+len) of a run (the last map
+    hit, else one bisection), or None: the run then goes SQE by SQE for the exact reason."""
+    lo, hi = min(addrs), max(map(add, addrs, lens))
+    if last.iova <= lo and hi <= last.end:
+        return last
+    try:
+        return maps.translate(lo, hi - lo, write=write)
+    except TranslationFault:
+        return None
 
 
 def copy_results(h64: memoryview, h32: memoryview, hs: int, c64: memoryview,
