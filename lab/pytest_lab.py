@@ -408,6 +408,8 @@ class _HostSide:
         with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
             run.thread.join()
         reps = run.reports.get(item.nodeid, [])
+        if not reps or reps[-1].when != "teardown":
+            run.keep_log = True  # a test without its full result: its guest's logs are the evidence
         if not reps:
             why = run.failure or "the guest's pytest did not run this test (not collected there?)"
             text = f"lab: this test did not run in the {run.name} guest: {why}"
