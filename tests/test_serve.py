@@ -343,8 +343,11 @@ def test_nice_sets_the_brokers_priority_not_the_devices(tmp_path: Path) -> None:
     opened (here the bundled model, its child process) keeps its own priority."""
     sock = str(tmp_path / "n.sock")
     own = os.getpriority(os.PRIO_PROCESS, 0)
-    with serve_process(sock, "--nice", str(own + 3)) as broker:
-        assert os.getpriority(os.PRIO_PROCESS, broker.pid) == own + 3
+    target = own + 3 if own <= 16 else own - 3  # nice stops at 19 (a run under `nice -n 19`)
+    if target < own and os.getuid() != 0:
+        pytest.skip(f"this run is at nice {own}: only root may set a broker below it")
+    with serve_process(sock, "--nice", str(target)) as broker:
+        assert os.getpriority(os.PRIO_PROCESS, broker.pid) == target
         children = [int(c) for t in Path(f"/proc/{broker.pid}/task").iterdir()
                     for c in (t / "children").read_text().split()]
         assert children and all(os.getpriority(os.PRIO_PROCESS, c) == own for c in children)

@@ -107,6 +107,11 @@ def test_output_that_is_the_input_is_refused(tmp_path: Path, how: str, verb: str
     assert leftovers(tmp_path, "f", "link", "twin") == []
 
 
+def _interruptible() -> None:
+    for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(s, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_signal_leaves_no_partial_output(tmp_path: Path, sig: signal.Signals) -> None:
     """The input is a FIFO we feed, so the signal lands mid-run: after a first job's output was
@@ -114,11 +119,11 @@ def test_signal_leaves_no_partial_output(tmp_path: Path, sig: signal.Signals) ->
     fifo = tmp_path / "in"
     os.mkfifo(fifo)
     out = tmp_path / "in.gz"
-    # A background job inherits SIGINT ignored (and must keep ignoring it, as gzip does);
-    # this test is about a run that can be interrupted.
+    # A background job inherits SIGINT ignored, a run under nohup SIGHUP (and must keep ignoring
+    # them, as gzip does); this test is about a run that can be interrupted.
     p = subprocess.Popen(cli_argv("compress", str(fifo), "-o", str(out), "-q"),
                          env=cli_env(), stderr=subprocess.PIPE, cwd=tmp_path,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                         preexec_fn=_interruptible)
     try:
         with open(fifo, "wb") as w:  # returns once the command opened its input
             w.write(sample(5 << 20))  # > one 4 MiB read: one job done, waiting for the rest
