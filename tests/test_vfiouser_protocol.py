@@ -46,7 +46,8 @@ def server(tmp_path: Path) -> Iterator[str]:
         time.sleep(0.02)
     yield path
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(10) == 0  # SIGTERM is a clean exit
+    rc = proc.wait(10)
+    assert rc == 0, proc.stderr.read().decode() if proc.stderr else ""  # SIGTERM: a clean exit
     assert not os.path.exists(path)  # and it removed its socket
     if proc.stderr:
         proc.stderr.close()
