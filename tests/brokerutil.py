@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.ziputil import cli_env
+from tests.ziputil import listening_process
 from warpdrive.backends import open_device
 from warpdrive.devices.hisi_qm.bringup import QmDevice
 from warpdrive.devices.hisi_qm.queue import QmQueue
@@ -64,22 +64,11 @@ def broker_thread(path: str, *, model_options: dict[str, str] | None = None,
         broker.close()
 
 
-@contextlib.contextmanager
-def serve_process(sock: str, *args: str, text: bool = False) -> Iterator[subprocess.Popen[Any]]:
-    """`warpdrive serve emu --socket sock *args` in a process of its own (stderr piped), listening
-    before the body runs; killed if still alive, reaped and its pipe closed after the body."""
-    proc = subprocess.Popen([sys.executable, "-m", "warpdrive", "serve", "emu", "--socket", sock,
-                             *args], env=cli_env(),
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=text)
-    try:
-        eventually(lambda: os.path.exists(sock), 30, "broker listening")
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+def serve_process(sock: str, *args: str,
+                  text: bool = False) -> contextlib.AbstractContextManager[subprocess.Popen[Any]]:
+    """`warpdrive serve emu --socket sock *args` in a process of its own: listening_process()."""
+    return listening_process([sys.executable, "-m", "warpdrive", "serve", "emu", "--socket", sock,
+                              *args], sock, text=text)
 
 
 def eventually(cond: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import warpdrive
+from tests.ziputil import cli_argv, listening_process
 from warpdrive.backends.vfiouser.client import open_vfio_user
 from warpdrive.backends.vfiouser.launcher import ModelProcess, model_spin, open_emulated
 from warpdrive.cli import main as cli_main
@@ -138,14 +139,8 @@ def test_model_exits_when_its_client_is_killed(tmp_path: Path) -> None:
 
 def test_cli_serves_clients_one_after_another(tmp_path: Path) -> None:
     sock = str(tmp_path / "d.sock")
-    server = subprocess.Popen([sys.executable, "-m", "warpdrive.cli", "emu", "testdev",
-                               "--socket", sock], env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                              stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 20
-        while not os.path.exists(sock):
-            assert server.poll() is None and time.monotonic() < deadline
-            time.sleep(0.02)
+    with listening_process(cli_argv("emu", "testdev", "--socket", sock), sock,
+                           timeout=20) as server:
         assert oct(os.stat(sock).st_mode & 0o777) == "0o600"
         with open_vfio_user(sock) as dev:
             dev.region_write(0, T.REG_SCRATCH, (0x5EED).to_bytes(4, "little"))
@@ -158,12 +153,6 @@ def test_cli_serves_clients_one_after_another(tmp_path: Path) -> None:
         server.send_signal(signal.SIGTERM)
         assert server.wait(10) == 0
         assert not os.path.exists(sock)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-        if server.stderr:
-            server.stderr.close()
 
 
 def test_cli_lists_models_and_rejects_bad_usage() -> None:

@@ -3,10 +3,13 @@ and deterministic sample data."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,29 @@ def cli_env() -> dict[str, str]:
 
 def cli_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "warpdrive.cli", *args]
+
+
+@contextlib.contextmanager
+def listening_process(argv: list[str], sock: str, *, text: bool = False,
+                      timeout: float = 30) -> Iterator[subprocess.Popen[Any]]:
+    """`argv` in a process of its own (cli_env(), stderr piped), listening on `sock` before the
+    body runs (failing at once if it exits first); killed if still alive, reaped and its pipe
+    closed after the body."""
+    proc = subprocess.Popen(argv, env=cli_env(), stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=text)
+    try:
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(sock):
+            assert proc.poll() is None, f"{argv[2:]} exited before listening on {sock}"
+            assert time.monotonic() < deadline, f"{argv[2:]} not listening on {sock}"
+            time.sleep(0.01)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
 
 
 def cli(*args: str, stdin: bytes | None = None, cwd: Path | None = None,
