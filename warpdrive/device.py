@@ -15,6 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import syscalls as sc
 from .dma import DmaSpace
@@ -37,6 +38,9 @@ from .uapi.vfio import (
     VFIO_PCI_MSI_IRQ_INDEX,
     VFIO_PCI_MSIX_IRQ_INDEX,
 )
+
+if TYPE_CHECKING:
+    from typing import Self
 
 IRQ_INDEX_NAMES = {VFIO_PCI_INTX_IRQ_INDEX: "INTx", VFIO_PCI_MSI_IRQ_INDEX: "MSI",
                    VFIO_PCI_MSIX_IRQ_INDEX: "MSI-X"}
@@ -270,7 +274,7 @@ class Device(ForkSafe, ABC):
         if errors:
             raise errors[0]
 
-    def __enter__(self) -> Device:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

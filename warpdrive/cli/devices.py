@@ -54,11 +54,8 @@ def iommu_hw_info(fns: list[Any]) -> dict[str, dict[str, Any]]:
         if f.driver != "vfio-pci" or not f.vfio_cdev_node:
             continue
         try:
-            dev = open_iommufd(f.bdf)
-            try:
+            with open_iommufd(f.bdf) as dev:
                 out[f.bdf] = dev.iommu_info.to_dict()
-            finally:
-                dev.close()
         except WarpdriveError as e:
             out[f.bdf] = {"error": str(e)}
     return out
