@@ -557,6 +557,8 @@ class Cipher:
         the IV. Submit it with `submit_prepared`."""
         if self._closed:
             raise ClosedError(f"{self.name} cipher is closed", hint="create a new Cipher")
+        if isinstance(length, bool) or not isinstance(length, int):
+            raise InvalidArgumentError(f"length must be an int, not {type(length).__name__}")
         alg, eng = self.algorithm, self._engine
         if dst is None:
             dst = src
@@ -572,8 +574,6 @@ class Cipher:
                     off + length > buf.size:
                 raise InvalidArgumentError(
                     f"{length} bytes at offset {off} overrun the {buf.size}-byte {what} buffer")
-        if isinstance(length, bool) or not isinstance(length, int):
-            raise InvalidArgumentError(f"length must be an int, not {type(length).__name__}")
         alg.check_data(length)
         ivb = self._iv_bytes(iv)
         if len(ivb) + 2 * length > eng.config.max_size:
