@@ -109,10 +109,6 @@ class Peer:
         return f"pid {self.pid} uid {self.uid} gid {self.gid}"
 
 
-class _Stop(Exception):
-    """Raised by the signal handler to leave the loop."""
-
-
 class _Drop(Exception):
     """Close this client's connection (after an unrecoverable protocol error)."""
 
@@ -254,8 +250,9 @@ class _Session:
 
 class VfioUserServer:
     """Serve `model` (or one model per client from `factory`) on `socket_path`. `serve_forever()`
-    runs until SIGTERM/SIGINT, `stop()`, or (with `exit_on_disconnect`) the first client that
-    had a device leaving. See the module docstring for the rest."""
+    runs until SIGTERM/SIGINT (in the main thread; later ones are then ignored, as the process is
+    exiting), `stop()`, or (with `exit_on_disconnect`) the first client that had a device
+    leaving. See the module docstring for the rest."""
 
     def __init__(self, model: DeviceModel | None, socket_path: str, *,
                  factory: Callable[[Peer], DeviceModel] | None = None,
@@ -297,6 +294,7 @@ class VfioUserServer:
         self.messages = 0
         self.stats: collections.Counter[int] = collections.Counter()
         self._stop = threading.Event()
+        self._signalled = False  # a SIGTERM/SIGINT stopped serve_forever
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)  # stop() from a thread
         self._listener: socket.socket | None = None
         self._sessions: dict[int, _Session] = {}
@@ -347,17 +345,22 @@ class VfioUserServer:
                     self._loop()
             else:
                 self._loop()
-        except _Stop:
-            pass
         finally:
-            if handlers_installed:
-                for signum, h in old.items():
-                    signal.signal(signum, h)
-            self._shutdown()
+            try:
+                self._shutdown()
+            finally:
+                # After a signal stopped us our handlers stay: the process is on its way out, and
+                # a second SIGTERM/Ctrl-C must not kill it halfway (it is a no-op now).
+                if not self._signalled:
+                    for signum, h in old.items():
+                        signal.signal(signum, h)
 
     def _on_signal(self, signum: int, frame: object) -> None:
-        self._stop.set()
-        raise _Stop()
+        # A flag and a wake-up byte only: an exception raised here would surface wherever the
+        # main thread happened to be, e.g. inside an `except Exception` that takes it for a
+        # client's or the model's failure and carries on (or exits 1).
+        self._signalled = True
+        self.stop()
 
     def _listen(self) -> None:
         path = self.socket_path
