@@ -83,9 +83,9 @@ class RawZip:
     """A client that brings its function up with the QM layer and posts SQEs it builds itself
     (to send the broker what a correct driver never would)."""
 
-    def __init__(self, name: str, size: int = 0x10000) -> None:
+    def __init__(self, name: str, size: int = 0x10000, doorbell: str = "mmap") -> None:
         self.dev = open_device(name)
-        self.qm = QmDevice(self.dev, hw.ZIP, doorbell="mmap", interrupts=False)
+        self.qm = QmDevice(self.dev, hw.ZIP, doorbell=doorbell, interrupts=False)
         self.q: QmQueue = self.qm.start_queue(hw.ZIP_QC_COMPRESS, depth=64)
         self.src: DmaBuffer = self.dev.dma.alloc(size)
         self.dst: DmaBuffer = self.dev.dma.alloc(size)
@@ -104,6 +104,22 @@ class RawZip:
         q.wait(timeout)
         out = SQE.unpack_from(q.sq, off)
         return out[hw.DW_STATUS] & hw.STATUS_MASK, out[hw.DW_PRODUCED]
+
+    def run_many(self, sqes: list[list[int]], timeout: float = 30.0) -> list[tuple[int, int]]:
+        """Post the SQEs in consecutive slots behind one doorbell, wait for all their CQEs;
+        (status, produced) of each, in order."""
+        q = self.q
+        offs = []
+        for words in sqes:
+            off = q.post(object())
+            q.sq[off:off + hw.SQE_SIZE] = SQE.pack(*words)
+            offs.append(off)
+        q.ring()
+        done = 0
+        while done < len(sqes):
+            done += len(q.wait(timeout))
+        return [(w[hw.DW_STATUS] & hw.STATUS_MASK, w[hw.DW_PRODUCED])
+                for w in (SQE.unpack_from(q.sq, off) for off in offs)]
 
     def close(self) -> None:
         self.qm.close()

@@ -33,6 +33,7 @@ from typing import Any
 from ..device import Device
 from ..devices.hisi_qm.bringup import QmDevice
 from ..devices.hisi_qm.queue import QmQueue
+from ..devices.hisi_qm.regs import CQE_W7_U16
 from ..devices.zip import hw
 from ..emu.server import POLL_BUSY, POLL_IDLE, POLL_WORKED
 from ..errors import DeviceBusyError, WarpdriveError
@@ -42,6 +43,8 @@ from .sqe import RUN_MAX, Refused, mediate, mediate_run, refuse
 log = logging.getLogger("warpdrive.serve")
 
 _REFRESH_S = QmQueue.REFRESH_S
+_W7 = CQE_W7_U16  # the phase word's u16 index in a CQE
+_NO_JOBS: list[object] = []  # (never changed)
 _SQE = hw.SQE_SIZE
 # Runs shorter than this go SQE by SQE: a run check has a fixed cost of about four SQE checks
 # (measured: 1 SQE 9 us as a run, 2.4 alone; 8 SQEs 1.8 us each as a run, 1.9 alone; 32 SQEs
@@ -331,7 +334,11 @@ class Broker:
             if not q.outstanding:
                 continue
             busy = True
-            s0, slots, jobs, _owner = q.harvest()
+            # The head CQE's phase word first: most passes find nothing, and need no call.
+            if q.cq16[q.cq_head * 8 + _W7] & 1 == q.phase:
+                s0, slots, jobs, _owner = q.harvest()
+            else:
+                jobs = _NO_JOBS
             if jobs:
                 worked = True
                 hq.progress_at = time.perf_counter()

@@ -11,6 +11,8 @@ CQEs, the EQE and MSI if the queue asked).
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..emu.dma import DmaFault
 from ..emu.models._qm import BUSY as QM_BUSY
 from ..emu.models._qm import PENDING as QM_PENDING
@@ -41,6 +43,11 @@ class VirtualZip(ZipModel):
         self._views: dict[int, tuple[memoryview, memoryview]] = {}
         # client queue -> its SQ ring as u64 and u32 words (result copies), kept with _views
         self._words: dict[int, tuple[memoryview, memoryview]] = {}
+        # The server polls every client's function back to back: a pass where the doorbell word
+        # has not moved and no SQE waits for room is one load and one compare (`poll`). Anything
+        # else that can make work (a trapped write, a reset, SQEs left for later) sets this.
+        self._recheck = True
+        self._cell: Any = None  # the doorbell word the client stores into (`setup`)
 
     # -- the executor -----------------------------------------------------------------------
     def executor(self) -> Execute:
@@ -53,6 +60,19 @@ class VirtualZip(ZipModel):
         qm.queue_stopped = self._queue_stopped
         qm.execute_run = self._submit_run
         qm.rings = self._rings
+        self._cell = self._bells[0][0]  # one doorbell word (no isolation: see __init__)
+
+    def poll(self) -> bool:
+        if not self._recheck and self._cell.value == self._last[0]:
+            return False
+        worked = super().poll()
+        # SQEs its share of the hardware had no room for wait in the ring: look again next pass
+        self._recheck = any(q.head != q.tail for q in self._qm().queues if q.running)
+        return worked
+
+    def region_write(self, index: int, offset: int, data: bytes) -> None:
+        self._recheck = True  # a trapped doorbell or a mailbox command (a queue start)
+        super().region_write(index, offset, data)
 
     def _queue_started(self, q: QueueState) -> None:
         self._drop_ring(q.qn)
@@ -133,6 +153,7 @@ class VirtualZip(ZipModel):
             self._drop_rings()  # taking them again faults, as the device would
 
     def reset(self) -> None:
+        self._recheck = True
         self.client.reset()
         self._drop_rings()
         self._done.clear()
