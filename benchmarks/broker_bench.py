@@ -6,7 +6,8 @@ The device is the bundled ZIP model (over vfio-user, in its own process), with t
 broker gives it (16 queues, doorbell isolation). Rows, for 4 KiB and 64 KiB compression jobs:
 * `direct`    - one process opens the model itself (`warpdrive.zip.open_engine("emu")`).
 * `broker`    - `warpdrive serve emu` owns the model; 1, 2, 4 or 8 client processes each open
-                `broker:SOCKET` and run the same loop at the same time.
+                `broker:SOCKET` and run the same loop at the same time. The broker runs in a
+                session of its own (as a service does), the model too (as it always does).
 * `nice-5`    - with `--nice -5`: the same against a second broker at that priority
                 (`warpdrive serve --nice`), its rows interleaved with the others; any
                 `--variant NAME=OPTIONS` adds rows NAME for a broker with those serve options.
@@ -169,8 +170,12 @@ def start_broker(sock: str, profile: str | None = None,
     for k, v in MODEL_OPTIONS.items():
         args += ["--set", f"{k}={v}"]
     log = open(sock + ".log", "wb")  # noqa: SIM115 - the child owns it
+    # A session of its own, as a service has (systemd starts one per unit) and as the bundled
+    # model already has: with the kernel's autogroups (sched_autogroup_enabled, the default) a
+    # broker in the benchmark's session would share one group's CPU with its busy-polling
+    # clients, which no deployment does.
     p = subprocess.Popen(args, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     log.close()
     deadline = time.monotonic() + 60
     while not os.path.exists(sock):

@@ -181,6 +181,70 @@ def test_isolation_a_clients_sqes_cannot_reach_anything_else(tmp_path: Path) -> 
             b.close()
 
 
+@pytest.mark.parametrize("doorbell", ["mmap", "message"])
+def test_a_run_mixing_good_and_bad_sqes(tmp_path: Path, doorbell: str) -> None:
+    """One doorbell announces 24 SQEs, good ones between SQEs naming B's buffers, unmapped
+    memory, ranges past A's map, an SGL: the run cannot pass whole, so each bad SQE ends in its
+    own error CQE, every good one is done, B's canaries are unchanged. With the doorbell as a
+    message (trapped) instead of a store in the mapped page, the broker still takes the run."""
+    with broker_thread(str(tmp_path / "b.sock")) as rb:
+        a = RawZip(rb.name, doorbell=doorbell)
+        b = RawZip(rb.name)
+        try:
+            canary = bytes(range(256)) * 256
+            b.src.write(0, canary)
+            b.dst.write(0, canary)
+            assert a.src.iova is not None and a.dst.iova is not None
+            a_maps = [(buf.iova, buf.iova + buf.size) for buf in (a.src, a.dst)]
+            # B's buffers where the device sees them (B's own IOVAs are A's too: each client
+            # has its own IOVA space)
+            b_dev = [m.dev_iova for m in rb.broker.clients[1].maps.maps
+                     if not any(lo <= m.dev_iova < hi for lo, hi in a_maps)]
+            assert b_dev
+            bad = [a.words(dw20=addr_words(b_dev[0])[0], dw21=addr_words(b_dev[0])[1]),
+                   a.words(dw18=addr_words(b_dev[-1])[0], dw19=addr_words(b_dev[-1])[1]),
+                   a.words(dw18=0x1000, dw19=0),
+                   a.words(dw20=addr_words(a.dst.iova + a.size - 16)[0],
+                           dw21=addr_words(a.dst.iova + a.size - 16)[1]),
+                   a.words(dw9=hw.sqe_dw9(hw.ALG_DEFLATE, buf_type=hw.SQE_BUF_SGL))]
+            want = [hw.STATUS_DMA_FAULT] * 4 + [hw.STATUS_BAD_REQUEST]
+            sqes, expect = [], []
+            for i in range(24):
+                if i % 5 == 3:
+                    sqes.append(bad[i // 5])
+                    expect.append(want[i // 5])
+                else:
+                    sqes.append(a.words())
+                    expect.append(hw.STATUS_OK)
+            got = a.run_many(sqes)
+            assert [s for s, _ in got] == expect
+            assert all(p > 0 for (s, p) in got if s == hw.STATUS_OK)
+            assert b.src.read(0, len(canary)) == canary and b.dst.read(0, len(canary)) == canary
+            assert a.run_many([a.words()] * 8) == [got[0]] * 8  # a whole good run after it
+            assert b.run(b.words())[0] == hw.STATUS_OK
+        finally:
+            a.close()
+            b.close()
+
+
+@pytest.mark.parametrize("nap_s", [0.0, 300e-6], ids=["yield", "nap"])
+def test_sqes_beyond_a_clients_share_wait_without_another_doorbell(tmp_path: Path,
+                                                                   nap_s: float) -> None:
+    """A client queue may have 2 jobs on the device: 20 SQEs behind one doorbell go 2 at a time,
+    and the rest are taken as room frees, though the client never stores a new value (its
+    waits only store the same doorbell again, which changes nothing in the page). The same
+    whether the broker's loop yields or naps after a pass without work."""
+    with broker_thread(str(tmp_path / "b.sock"), broker_opts={"max_inflight": 2},
+                       nap_s=nap_s) as rb:
+        a = RawZip(rb.name)
+        try:
+            got = a.run_many([a.words()] * 20)
+            assert [s for s, _ in got] == [hw.STATUS_OK] * 20
+            assert rb.broker.clients[0].completed == 20
+        finally:
+            a.close()
+
+
 def test_a_dead_clients_queues_and_maps_are_freed(tmp_path: Path) -> None:
     with broker_thread(str(tmp_path / "b.sock"), model_options={"queues": "2"}) as rb:
         (p,) = run_clients(1, {}, f"""
@@ -276,6 +340,11 @@ def test_serve_refuses_a_uacce_device(capsys: pytest.CaptureFixture[str]) -> Non
     assert cli_main(["serve", "hisi_zip-0", "--socket", "/nonexistent/x.sock"]) == 1
     err = capsys.readouterr().err
     assert "already shares it" in err and "hisi_zip-0" in err and "WARPDRIVE_DEVICE" in err
+
+
+def test_serve_refuses_a_nap_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["serve", "emu", "--socket", "/nonexistent/x.sock", "--nap-us", "-1"]) == 1
+    assert "--nap-us -1: give 0..100000" in capsys.readouterr().err
 
 
 def test_corrupt_input_is_the_clients_error_only(tmp_path: Path) -> None:

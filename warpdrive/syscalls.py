@@ -30,6 +30,9 @@ libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 libc.mprotect.restype = ctypes.c_int
 libc.eventfd.argtypes = [ctypes.c_uint, ctypes.c_int]
 libc.eventfd.restype = ctypes.c_int
+libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                       ctypes.c_ulong]
+libc.prctl.restype = ctypes.c_int
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -114,6 +117,15 @@ def eventfd(initval: int = 0, flags: int = EFD_CLOEXEC) -> int:
     if fd < 0:
         _raise("eventfd")
     return fd
+
+
+PR_SET_TIMERSLACK = 29
+
+
+def set_timer_slack(ns: int) -> bool:
+    """How late the calling thread's timed sleeps may end (the kernel's default is 50 us, so
+    a 20 us sleep lasts ~70 us). False if the kernel refused (it never should)."""
+    return bool(libc.prctl(PR_SET_TIMERSLACK, max(1, ns), 0, 0, 0) == 0)
 
 
 def memfd_create(name: str, flags: int = 0) -> int:

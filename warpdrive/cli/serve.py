@@ -45,6 +45,9 @@ def register(subparsers: Any) -> None:
                         metavar="KEY=VALUE", help="option of the bundled model (DEVICE emu)")
     parser.add_argument("--spin-us", type=float, metavar="US",
                         help="keep polling this long after the last work (default 20000)")
+    parser.add_argument("--nap-us", type=float, default=None, metavar="US",
+                        help="while jobs flow, sleep this long after a pass that found nothing "
+                        "(default 300; 0: yield the CPU instead)")
     parser.add_argument("--nice", type=int, metavar="N",
                         help="run the broker at this nice value (the device, a bundled model "
                         "too, stays at its own); clients busy-poll while they wait, so on a "

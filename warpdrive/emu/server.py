@@ -27,12 +27,13 @@ sockets, a state machine per connection, and nothing that waits on one client:
 Poll loop. A client's store into a mapped doorbell page changes shared memory and sends nothing,
 so the server must look. After the last sign of activity (work found by a model's `poll()`, or a
 message) it polls every attached function back to back for `spin_s` seconds, checking sockets
-without blocking in between; then it sets need-wakeup in each function's control page, polls once
-more (so a doorbell stored just before is not missed) and sleeps in epoll for at most `idle_s`
-between polls, or up to `idle_max_s` when every client reads the control page and so kicks the
-server after a doorbell (see `warpdrive.uapi.vfio_user`, WARPDRIVE_CTL_*). The passes bump each
-function's heartbeat (once a millisecond at most), by which a client waiting on shared memory
-knows the server is alive.
+without blocking in between (a pass that finds nothing gives the CPU away first: `sched_yield`,
+or with `nap_s` a sleep that long, see `_loop`); then it sets need-wakeup in each function's
+control page, polls once more (so a doorbell stored just before is not missed) and sleeps in
+epoll for at most `idle_s` between polls, or up to `idle_max_s` when every client reads the
+control page and so kicks the server after a doorbell (see `warpdrive.uapi.vfio_user`,
+WARPDRIVE_CTL_*). The passes bump each function's heartbeat (once a millisecond at most), by
+which a client waiting on shared memory knows the server is alive.
 Models without mmap areas are not polled at all: the server blocks until a message arrives.
 
 Access: the socket is created with `socket_mode` (0600 by default) and `socket_group`, bound and
@@ -264,7 +265,8 @@ class VfioUserServer:
                  message_timeout: float = 5.0, max_pending_out: int = 4 << 20,
                  socket_mode: int = 0o600, socket_group: int | None = None,
                  allow: Callable[[Peer], str | None] = default_allow,
-                 on_poll: Callable[[], int] | None = None, measure: bool = False) -> None:
+                 on_poll: Callable[[], int] | None = None, measure: bool = False,
+                 nap_s: float = 0.0) -> None:
         if (model is None) == (factory is None):
             raise InvalidArgumentError("give the server a model (one shared device) or a "
                                        "factory (one device per client), not both")
@@ -275,6 +277,7 @@ class VfioUserServer:
         self.spin_s = spin_s if spin_s is not None else (model.poll_spin_s if model else 0.02)
         self.idle_s = idle_s if idle_s is not None else (model.poll_idle_s if model else 0.001)
         self.idle_max_s = max(idle_max_s, self.idle_s)
+        self.nap_s = max(0.0, nap_s)
         self.max_data_xfer_size = max_data_xfer_size
         self.max_msg_fds = max_msg_fds
         self.max_dma_maps = max_dma_maps
@@ -482,6 +485,8 @@ class VfioUserServer:
         ep.register(self._listener.fileno(), select.EPOLLIN)
         ep.register(self._wake_r, select.EPOLLIN)
         started = last_activity = checked = time.monotonic()
+        if self.nap_s:
+            sc.set_timer_slack(1000)  # a nap lasts what it says (not 50 us more)
         while not self._stop.is_set():
             fns = self._active
             polled = self.on_poll is not None or any(fn.polled for fn in fns)
@@ -498,7 +503,14 @@ class VfioUserServer:
                 if progress != POLL_WORKED:
                     # Spinning without progress: let the processes we wait for (clients, the
                     # device model) have the CPU first; on a busy machine they share ours.
-                    os.sched_yield()
+                    # A yield gives it away only if one of them is runnable on this core, and
+                    # a poller that yields is runnable again at once, so it still takes its
+                    # fair share of a loaded machine in empty passes; a nap (a timed sleep)
+                    # leaves that share to them, for at most `nap_s` of latency.
+                    if self.nap_s:
+                        time.sleep(self.nap_s)
+                    else:
+                        os.sched_yield()
             elif polled:
                 if not self._asleep and self._fall_asleep(fns):
                     last_activity = now
