@@ -35,7 +35,7 @@ class JobResult:
 
 
 @dataclass
-class _Stream:
+class Stream:
     """Stream (stateful) job state kept between SQEs of one stream."""
 
     compress: bool
@@ -91,7 +91,7 @@ class DeflateUnit:
 
     def __init__(self, level: int = 6) -> None:
         self.level = level
-        self.streams: OrderedDict[int, _Stream] = OrderedDict()
+        self.streams: OrderedDict[int, Stream] = OrderedDict()
 
     def reset(self) -> None:
         self.streams.clear()
@@ -131,14 +131,18 @@ class DeflateUnit:
         d = zlib.decompressobj(-15)
         avail = len(dst)
         try:
-            out = d.decompress(src, avail)
+            # One byte more than the room: output that fits exactly is told apart from output
+            # that does not (the engine knows; a full buffer alone does not say).
+            out = d.decompress(src, avail + 1)
         except zlib.error:
             return JobResult(L.STATUS_BAD_DATA)
         m = len(out)
+        if m > avail:
+            return JobResult(L.STATUS_DST_TOO_SMALL)
         dst[:m] = out
         checksum = _update_checksum(alg, out, _initial_checksum(alg))
         if not d.eof:
-            if d.unconsumed_tail or m == avail:
+            if d.unconsumed_tail:
                 return JobResult(L.STATUS_DST_TOO_SMALL)
             # Input ended before the end of the stream: a partial result, no end flag.
             return JobResult(L.STATUS_OK, len(src), m, False, checksum, m)
@@ -156,30 +160,67 @@ class DeflateUnit:
 
     # -- stateful ---------------------------------------------------------------------------
     def _stream(self, key: int, new: bool, compress: bool, alg: int,
-                wbits: int) -> _Stream | None:
+                wbits: int) -> Stream | None:
         st = self.streams.get(key)
         if new or st is None:
             if not new:
                 return None
-            obj = (zlib.compressobj(self.level, zlib.DEFLATED, -wbits) if compress
-                   else zlib.decompressobj(-15))
-            st = _Stream(compress, alg, obj, _initial_checksum(alg))
-            self.streams[key] = st
-            while len(self.streams) > self.MAX_STREAMS:
-                self.streams.popitem(last=False)
+            st = self._fresh(compress, alg, wbits)
+            self._keep(key, st)
         else:
             self.streams.move_to_end(key)
         return st
 
+    def _fresh(self, compress: bool, alg: int, wbits: int) -> Stream:
+        obj = (zlib.compressobj(self.level, zlib.DEFLATED, -wbits) if compress
+               else zlib.decompressobj(-15))
+        return Stream(compress, alg, obj, _initial_checksum(alg))
+
+    def _keep(self, key: int, st: Stream) -> None:
+        self.streams[key] = st
+        self.streams.move_to_end(key)
+        while len(self.streams) > self.MAX_STREAMS:
+            self.streams.popitem(last=False)
+
+    def keep_first(self, key: int, st: Stream | None) -> None:
+        """Record the outcome of `compress_first` for the stream context `key`: the stream
+        goes on (kept), or it finished (forgotten)."""
+        if st is None:
+            self.streams.pop(key, None)
+        else:
+            self._keep(key, st)
+
     def compress_stateful(self, key: int, new: bool, alg: int, wbits: int,
                           src: memoryview | bytes, dst: memoryview | bytearray, finish: bool,
                           checksum_in: int, isize_in: int) -> JobResult:
-        st = self._stream(key, new, True, alg, wbits)
+        if new:
+            res, st = self.compress_first(alg, wbits, src, dst, finish)
+            self.keep_first(key, st)
+            return res
+        st = self.streams.get(key)
         if st is None or not st.compress or st.done:
             return JobResult(L.STATUS_BAD_REQUEST)
+        self.streams.move_to_end(key)
+        st.checksum, st.isize = checksum_in, isize_in  # the running values travel in the SQE
+        res = self._compress_step(st, src, dst, finish)
+        if st.done:
+            self.streams.pop(key, None)
+        return res
+
+    def compress_first(self, alg: int, wbits: int, src: memoryview | bytes,
+                       dst: memoryview | bytearray,
+                       finish: bool) -> tuple[JobResult, Stream | None]:
+        """The first job of a stream, touching no state of the unit (so a worker thread may run
+        it): its result, and the stream to keep for the next job (None once finished). Output
+        without room leaves a fresh stream, as the job never ran."""
+        st = self._fresh(True, alg, wbits)
+        res = self._compress_step(st, src, dst, finish)
+        return res, None if st.done else st
+
+    def _compress_step(self, st: Stream, src: memoryview | bytes,
+                       dst: memoryview | bytearray, finish: bool) -> JobResult:
+        alg = st.alg
         n = len(src)
-        if not new:  # the running values travel in the SQE (dw31/dw30)
-            st.checksum, st.isize = checksum_in, isize_in
         # Work on a copy unless the output surely fits, so "too small" leaves the stream intact.
         sure = len(dst) >= n + (n >> 12) + (n >> 14) + 64
         obj = st.obj if sure else st.obj.copy()
@@ -195,7 +236,6 @@ class DeflateUnit:
         st.obj, st.checksum, st.isize = obj, checksum, isize
         if finish:
             st.done = True
-            self.streams.pop(key, None)
         status = L.STATUS_NEGACOMPRESS if m > n else L.STATUS_OK
         return JobResult(status, n, m, finish, checksum, isize)
 

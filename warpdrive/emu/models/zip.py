@@ -83,7 +83,7 @@ from ...errors import InvalidArgumentError
 from ..dma import DmaFault
 from ..model import VFIO_PCI_MSI_IRQ_INDEX, DeviceModel, RegionSpec
 from . import _zip_layout as L
-from ._deflate import WINDOW_WBITS, DeflateUnit, JobResult
+from ._deflate import WINDOW_WBITS, DeflateUnit, JobResult, Stream
 from ._qm import BUSY, PENDING, Dma, Execute, QmFunction, QueueState
 
 _U32 = struct.Struct("<I")
@@ -324,6 +324,11 @@ class ZipJobs:
             del self.unit.streams[key]
 
 
+# What a worker hands back: the job's result, and for the first job of a compression stream,
+# (context address, the stream to keep or None).
+_Done = tuple[JobResult, tuple[int, Stream | None] | None]
+
+
 class NullJobs(ZipJobs):
     """The null executor (`executor=null`): every SQE completes at once as a successful
     stateless job that consumed its whole input and produced nothing, without reading or
@@ -336,24 +341,27 @@ class NullJobs(ZipJobs):
 
 
 class ThreadedJobs(ZipJobs):
-    """The zlib executor with worker threads (`workers=N`, N > 1): a stateless job from flat
-    buffers larger than INLINE_MAX, or behind such a job, is taken (PENDING) and run on one of
-    N threads, so jobs of one queue, or of several, are compressed at once on several cores
-    (zlib releases the GIL). Its results and CQE are posted from `collect()` on the model's
-    thread, in submission order per queue, as `QmFunction.complete` wants them. Everything
-    else runs inline as in `ZipJobs`, after the queue's jobs in flight (BUSY until then): a
-    lone small job pays no thread hand-off, and the jobs of a stream (stateful, keyed by
-    context) stay in order. Only the
-    model's thread touches DMA maps, rings and stream state; a worker sees two buffer views."""
+    """The zlib executor with worker threads (`workers=N`, N > 1). Taken (PENDING) and run on
+    one of N threads, so jobs of one queue, or of several, are compressed at once on several
+    cores (zlib releases the GIL): flat-buffer stateless jobs and first jobs of compression
+    streams (which depend on no earlier job: a client cuts a large input into such pieces, as
+    pigz does) that are larger than INLINE_MAX, or of PIECE_MIN or more with more SQEs waiting
+    behind them, or behind a job in flight. Results and CQEs are posted from `collect()` on the
+    model's thread, in submission order per queue, as `QmFunction.complete` wants them.
+    Everything else runs inline as in `ZipJobs`, after the queue's jobs in flight (BUSY until
+    then): a lone small job pays no thread hand-off, and the later jobs of a stream (keyed by
+    context) stay in order. Only the model's thread touches DMA maps, rings and stream state
+    (a first job's stream is recorded at collect time); a worker sees two buffer views."""
 
     INLINE_MAX = 64 << 10
+    PIECE_MIN = 16 << 10
 
     def __init__(self, dma: Dma, level: int = 6, workers: int = 2) -> None:
         super().__init__(dma, level)
         self.workers = workers
         self._pool: ThreadPoolExecutor | None = None  # started on the first big job
         # per queue: (queue, slot, SQE words, future, src view, dst view), oldest first
-        self.inflight: dict[int, deque[tuple[QueueState, int, tuple[int, ...], Future[JobResult],
+        self.inflight: dict[int, deque[tuple[QueueState, int, tuple[int, ...], Future[_Done],
                                              memoryview, memoryview]]] = {}
         self.qm: QmFunction | None = None
 
@@ -361,18 +369,26 @@ class ThreadedJobs(ZipJobs):
         w = L.SQE.unpack_from(sq, off)
         dw7, dw9 = w[L.DW_IN_SGE_FLAGS], w[L.DW_REQ]
         mine = self.inflight.get(q.qn)
-        if (dw7 & L.SQE_STATEFUL or dw9 >> L.SQE_BUF_TYPE_SHIFT & 0xF != L.SQE_BUF_FLAT
-                or self.malformed(q, w) or (not mine and w[L.DW_INPUT_LENGTH] <= self.INLINE_MAX)):
+        in_len = w[L.DW_INPUT_LENGTH]
+        first = dw7 & (L.SQE_STATEFUL | L.SQE_NEW_STREAM) == L.SQE_STATEFUL | L.SQE_NEW_STREAM \
+            and q.alg == L.ZIP_QC_COMPRESS
+        if ((dw7 & L.SQE_STATEFUL and not first)
+                or dw9 >> L.SQE_BUF_TYPE_SHIFT & 0xF != L.SQE_BUF_FLAT or self.malformed(q, w)
+                or not (mine or in_len > self.INLINE_MAX or (
+                    in_len >= self.PIECE_MIN and (q.tail - q.head) % q.sq_depth > 1))):
             if mine:
                 return BUSY  # after the jobs before it
             self.write_result(sq, off, w, self._execute(q, w))
             return None
-        in_len, avail = w[L.DW_INPUT_LENGTH], w[L.DW_DEST_AVAIL_OUT]
+        avail = w[L.DW_DEST_AVAIL_OUT]
         src = dst = None
         try:
-            src = self.dma.view(w[L.DW_SRC_H] << 32 | w[L.DW_SRC_L], in_len)
+            src = self.dma.view(w[L.DW_SRC_H] << 32 | w[L.DW_SRC_L], max(in_len, 1))[:in_len]
             dst = self.dma.view(w[L.DW_DST_H] << 32 | w[L.DW_DST_L], max(avail, 1),
                                 write=True)[:avail]
+            if first:  # the context must be mapped (its state stays here, keyed by address)
+                self.dma.view(w[L.DW_CTX_ADDR_H] << 32 | w[L.DW_CTX_ADDR_L], 64,
+                              write=True).release()
         except DmaFault:
             for v in (src, dst):
                 if v is not None:
@@ -384,9 +400,20 @@ class ThreadedJobs(ZipJobs):
             return None
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="zip-engine")
-        fut = self._pool.submit(self._run, q, w, src, dst)
+        fut = self._pool.submit(self._work, q, w, src, dst, first)
         self.inflight.setdefault(q.qn, deque()).append((q, off // q.sqe_size, w, fut, src, dst))
         return PENDING
+
+    def _work(self, q: QueueState, w: tuple[int, ...], src: memoryview, dst: memoryview,
+              first: bool) -> _Done:
+        """A job on a worker thread (no shared state touched)."""
+        if not first:
+            return self._run(q, w, src, dst), None
+        dw7, dw9 = w[L.DW_IN_SGE_FLAGS], w[L.DW_REQ]
+        res, st = self.unit.compress_first(dw9 & 0xFF,
+                                           WINDOW_WBITS[dw9 >> L.SQE_WINDOW_SHIFT & 0xF],
+                                           src, dst, bool(dw7 & L.SQE_FLUSH_FINISH))
+        return res, (w[L.DW_CTX_ADDR_H] << 32 | w[L.DW_CTX_ADDR_L], st)
 
     def collect(self, wait_s: float = 0.0) -> int:
         """Post the finished jobs (a queue's done prefix); with nothing finished and jobs in
@@ -410,7 +437,9 @@ class ThreadedJobs(ZipJobs):
             try:
                 while jobs and jobs[0][3].done():
                     q, slot, w, fut, src, dst = jobs.popleft()
-                    res = self._result(fut)
+                    res, stream = self._result(fut)
+                    if stream is not None:
+                        self.unit.keep_first(*stream)
                     src.release()
                     dst.release()
                     if sq is not None:
@@ -427,11 +456,11 @@ class ThreadedJobs(ZipJobs):
         return posted
 
     @staticmethod
-    def _result(fut: Future[JobResult]) -> JobResult:
+    def _result(fut: Future[_Done]) -> _Done:
         try:
             return fut.result()
         except Exception:  # a bug in a job must not take the model down: the job fails
-            return JobResult(L.STATUS_BAD_DATA)
+            return JobResult(L.STATUS_BAD_DATA), None
 
     def drain(self, qn: int | None = None) -> None:
         """Wait for the jobs in flight (of queue `qn`, or all) and drop them unposted: the
