@@ -17,12 +17,12 @@ from ...forkguard import ForkSafe
 from ...pool import BufferPool
 from ..hisi_qm.source import QueueSource
 from .errors import ZipDataError
-from .job import COMPRESS, COMPRESS_JOB_MAX, DECOMPRESS, DECOMPRESS_JOB_MAX, DIRECTIONS
+from .job import COMPRESS, DECOMPRESS, DECOMPRESS_JOB_MAX, DIRECTIONS
 from .lane import Lane
 from .oneshot import OneShot
 from .session import Session
 from .sqe import Format
-from .stream import Deflater, Inflater
+from .stream import SPLIT_MIN, Inflater, compress_pieces
 
 
 class ZipEngine(ForkSafe):
@@ -97,12 +97,8 @@ class ZipEngine(ForkSafe):
                  wbits: int = 15) -> bytes:
         fmt = Format.from_wbits(wbits, decompress=False)
         mv = memoryview(data).cast("B")
-        if len(mv) > COMPRESS_JOB_MAX:
-            d = Deflater(self, fmt, level, chunk=COMPRESS_JOB_MAX)
-            try:
-                return d.compress(mv) + d.finish()
-            finally:
-                d.close()
+        if len(mv) >= SPLIT_MIN:
+            return compress_pieces(self, mv, fmt, level)
         lane = self.lanes[COMPRESS]
         with lane.lock:
             s = OneShot(self, lane)
