@@ -40,24 +40,27 @@ def _mulmod(a: int, b: int) -> int:
     return prod
 
 
+_X_2K: list[int] = []  # x^(2^k) mod P, k = 0..63 (made on first use: imports stay cheap)
+
+
 def _powers() -> list[int]:
-    table = [1 << 30]  # x^1
-    for _ in range(63):
-        table.append(_mulmod(table[-1], table[-1]))
-    return table
-
-
-_X_2K = _powers()  # x^(2^k) mod P, k = 0..63
+    if not _X_2K:
+        table = [1 << 30]  # x^1
+        for _ in range(63):
+            table.append(_mulmod(table[-1], table[-1]))
+        _X_2K[:] = table
+    return _X_2K
 
 
 def crc32_combine(crc_a: int, crc_b: int, len_b: int) -> int:
     if len_b <= 0:
         return crc_a
+    powers = _powers()
     shift = 1 << 31  # x^0: the product starts at 1
     n, k = len_b * 8, 0
     while n:
         if n & 1:
-            shift = _mulmod(_X_2K[k], shift)
+            shift = _mulmod(powers[k], shift)
         n >>= 1
         k += 1
     return _mulmod(shift, crc_a) ^ crc_b
