@@ -32,10 +32,25 @@ def gz(*args: str, cwd: Path, stdin: bytes | None = None) -> subprocess.Complete
 
 
 def header(blob: bytes) -> tuple[int, int, bytes]:
-    """(flags, mtime, name) of a gzip member header."""
+    """(flags, mtime, name) of a gzip member header; flags without FEXTRA (our members carry
+    their size there: `member_size`)."""
     flags, mtime = blob[3], struct.unpack("<I", blob[4:8])[0]
-    name = blob[10:blob.index(b"\x00", 10)] if flags & 0x08 else b""
-    return flags, mtime, name
+    pos = 12 + struct.unpack("<H", blob[10:12])[0] if flags & 0x04 else 10
+    name = blob[pos:blob.index(b"\x00", pos)] if flags & 0x08 else b""
+    return flags & ~0x04, mtime, name
+
+
+def member_size(blob: bytes) -> tuple[int, int] | None:
+    """(header length, the size the WZ subfield states) of a member header, if it has one."""
+    if not blob[3] & 0x04:
+        return None
+    xlen = struct.unpack("<H", blob[10:12])[0]
+    si, n, size = struct.unpack("<2sHL", blob[12:20])
+    assert (si, n, xlen) == (b"WZ", 4, 8)
+    pos = 12 + xlen
+    if blob[3] & 0x08:
+        pos = blob.index(b"\x00", pos) + 1
+    return pos, size
 
 
 @needs_gzip
@@ -181,7 +196,8 @@ def test_suffix_rules_name_and_time_restored(tmp_path: Path) -> None:
     # -n: no name, no time; -N on decompress: the stored name and time come back
     (tmp_path / "orig.txt").write_bytes(data)
     os.utime(tmp_path / "orig.txt", (1_400_000_000, 1_400_000_000))
-    assert cli("compress", "-q", "-n", "-c", "orig.txt", cwd=tmp_path).stdout[3:8] == bytes(5)
+    assert header(cli("compress", "-q", "-n", "-c", "orig.txt", cwd=tmp_path).stdout) == \
+        (0, 0, b"")  # (FEXTRA only: the member's size)
     assert cli("compress", "-q", "orig.txt", cwd=tmp_path).returncode == 0
     os.rename(tmp_path / "orig.txt.gz", tmp_path / "renamed.gz")
     (tmp_path / "orig.txt").unlink()
@@ -311,7 +327,69 @@ def test_compress_writes_independent_members_of_a_read_chunk(tmp_path: Path) -> 
         assert d.eof
         if not members[1:]:
             assert header(rest)[2] == b"big.txt"
+        # each member states the bytes after its header (cut apart without inflating)
+        stated = member_size(rest)
+        assert stated is not None and sum(stated) == len(rest) - len(d.unused_data)
         rest = d.unused_data
     assert [len(m) for m in members] == [1 << 20] * 5 + [123]
     r = cli("decompress", "-c", "big.txt.gz", cwd=tmp_path)
     assert r.returncode == 0 and r.stdout == data
+
+
+def _sized(members: list[bytes]) -> list[tuple[bytes, int, int]]:
+    """(member, header length, stated size) of each member of our compression's output."""
+    out = []
+    for m in members:
+        stated = member_size(m)
+        assert stated is not None
+        out.append((m, *stated))
+    return out
+
+
+def _restate(member: bytes, size: int) -> bytes:
+    return member[:16] + struct.pack("<L", size) + member[20:]
+
+
+def test_sized_members_decompress_at_once_and_a_wrong_size_costs_no_byte(tmp_path: Path) -> None:
+    """Members that state their size go to the engine several at once; a stated size that is
+    wrong (too small, too large, past the end), a member without one, a corrupt member or
+    garbage after them all end as the stream path ends them: the same bytes, or the same
+    message and status."""
+    data = sample((3 << 20) + 77, seed=8)
+    r = cli("compress", "-c", "-q", stdin=data)
+    assert r.returncode == 0
+    blob = r.stdout
+    parts, rest = [], blob
+    while rest:
+        d = zlib.decompressobj(31)
+        d.decompress(rest)
+        parts.append(rest[:len(rest) - len(d.unused_data)])
+        rest = d.unused_data
+    sized = _sized(parts)
+    assert len(sized) == 4 and all(h + n == len(m) for m, h, n in sized)
+    plain = gzip.compress(b"no size stated\n")
+    cases = {
+        "good": (blob, data, 0),
+        "small": (parts[0] + _restate(parts[1], sized[1][2] - 9) + b"".join(parts[2:]), data, 0),
+        "large": (parts[0] + _restate(parts[1], sized[1][2] + 9) + b"".join(parts[2:]), data, 0),
+        "past_end": (b"".join(parts[:3]) + _restate(parts[3], sized[3][2] + 100), data, 0),
+        "mixed": (blob + plain + blob, data + b"no size stated\n" + data, 0),
+        "zeros": (blob + bytes(1000), data, 0),
+        "garbage": (blob + b"garbage\n", data, 2),
+    }
+    for name, (content, want, status) in cases.items():
+        (tmp_path / f"{name}.gz").write_bytes(content)
+        r = cli("decompress", "-c", "-q", f"{name}.gz", cwd=tmp_path)
+        assert (r.returncode, r.stdout == want) == (status, True), (name, r.stderr)
+    bad = bytearray(blob)
+    bad[len(parts[0]) + len(parts[1]) - 6] ^= 1  # the second member's CRC
+    (tmp_path / "crc.gz").write_bytes(bad)
+    (tmp_path / "cut.gz").write_bytes(blob[:-5])
+    for name, words in (("crc.gz", "invalid compressed data--crc error"),
+                        ("cut.gz", "unexpected end of file")):
+        r = cli("decompress", "-q", name, cwd=tmp_path)
+        err = r.stderr.decode()
+        assert r.returncode == 1 and f"{name}: {words}" in err, err
+        assert not (tmp_path / name[:-3]).exists()
+        assert cli("decompress", "-t", "-q", name, cwd=tmp_path).returncode == 1
+    assert cli("decompress", "-t", "-q", "good.gz", cwd=tmp_path).returncode == 0

@@ -368,6 +368,8 @@ class Run:
         """gzip: the input as independent members of READ_CHUNK bytes, IN_FLIGHT of them on
         the engine at once (pigz's parallelism; bgzip's layout, which every gzip reader reads
         as one file). The first member carries the header with the name and time stamp."""
+        from ..zip import gzip as wgz
+
         s = self.engine().session("compress", wbits=31, level=level)
         res = Result()
         pending: deque[Any] = deque()
@@ -386,8 +388,11 @@ class Run:
                     # A copy (the job's error, if it failed): no view of a DMA buffer may
                     # outlive the engine when a signal ends the run mid-write.
                     data = bytes(job.output)
-                    if first:
-                        data, first = head + data[10:], False
+                    # Each member says its size in its header: a reader can cut the members
+                    # apart without inflating them (decompress_sized_members).
+                    data = wgz.with_size(head if first else data[:10], len(data) - 10) + \
+                        data[10:]
+                    first = False
                     out.write(data)
                     res.n_out += len(data)
                     job.release()
@@ -415,6 +420,13 @@ class Run:
             return self.pass_through(name, src, buf, out, res, prog)  # gzip -dcf
         members = 0
         while True:
+            if wbits in (31, 47) and buf[:2] == b"\x1f\x8b":
+                buf, n = self.decompress_sized_members(name, src, buf, out, prog, res, members)
+                members += n
+                if not buf:
+                    return res
+                if n and buf[:2] != b"\x1f\x8b":
+                    return self.trailing(name, src, buf, res, prog)
             d = wz.decompressobj(wbits, device=self.engine())
             while True:
                 try:
@@ -447,17 +459,113 @@ class Run:
                 buf = rest
                 wbits = 31
                 continue
-            zeros = not rest.strip(b"\x00")
-            while True:  # read (and count) the rest, as gzip does
-                more = _read(src, READ_CHUNK, name)
-                if not more:
+            return self.trailing(name, src, rest, res, prog)
+
+    def trailing(self, name: str, src: Any, rest: bytes, res: Result, prog: Progress) -> Result:
+        """What follows the last member: zero padding (tape blocks) is silently fine, anything
+        else a warning, as in gzip; the rest is read (and counted) as gzip does."""
+        zeros = not rest.strip(b"\x00")
+        while True:
+            more = _read(src, READ_CHUNK, name)
+            if not more:
+                break
+            res.n_in += len(more)
+            prog.update(len(more))
+            zeros = zeros and not more.strip(b"\x00")
+        if not zeros:
+            res.warning = "decompression OK, trailing garbage ignored"
+        return res
+
+    def decompress_sized_members(self, name: str, src: Any, buf: bytes, out: Output | None,
+                                 prog: Progress, res: Result,
+                                 before: int) -> tuple[bytes, int]:
+        """gzip members that state their size (the SIZE_SUBFIELD our compression writes): cut
+        apart without inflating them and given to the engine as whole-member jobs, IN_FLIGHT at
+        once (a device's engines, or the model's workers, decompress them in parallel; gzip(1)
+        and pigz decompress one stream on one core), their output written in order. Returns
+        (what follows them, how many were done): b"" at the end of the input, else a member
+        without a size, anything that is no member, or a member whose job failed or whose size
+        was wrong, which the stream path then decompresses or rejects with its own message (a
+        wrong size costs time, never a wrong byte: each job checks its member's CRC-32 and
+        length, and must consume exactly the stated size)."""
+        from ..devices.zip.errors import ZipDataError
+        from ..devices.zip.header import scan_header
+        from ..devices.zip.job import DECOMPRESS_JOB_MAX
+        from ..devices.zip.sqe import Format
+        from ..zip import gzip as wgz
+
+        fmt = Format("gzip", 15)
+        data = bytearray(buf)
+        pending: deque[tuple[Any, bytes, int]] = deque()  # (job, member, header mtime)
+        done = 0
+        s = None
+        try:
+            while True:
+                try:
+                    head = scan_header(data, fmt) if data[:2] == b"\x1f\x8b" else None
+                except ZipDataError:
+                    head = None
+                gz = head.gzip if head is not None else None
+                rest = wgz.member_rest(gz.extra) if gz is not None else None
+                if head is None or gz is None or rest is None or \
+                        not 8 <= rest <= DECOMPRESS_JOB_MAX:
                     break
-                res.n_in += len(more)
-                prog.update(len(more))
-                zeros = zeros and not more.strip(b"\x00")
-            if not zeros:  # zero padding (tape blocks) is silently fine, as in gzip
-                res.warning = "decompression OK, trailing garbage ignored"
-            return res
+                need = head.length + rest
+                while len(data) < need:
+                    more = _read(src, max(READ_CHUNK, need - len(data)), name)
+                    if not more:
+                        break
+                    res.n_in += len(more)
+                    prog.update(len(more))
+                    data += more
+                if len(data) < need:
+                    break  # cut short: the stream path says so
+                member = bytes(data[:need])
+                del data[:need]
+                if s is None:
+                    s = self.engine().session("decompress", wbits=31)
+                pending.append((s.submit(member), member, gz.mtime))
+                if len(pending) >= IN_FLIGHT:
+                    if not self._member_done(s, pending, out, res, before + done):
+                        break
+                    done += 1
+                if not data:
+                    more = _read(src, READ_CHUNK, name)
+                    res.n_in += len(more)
+                    prog.update(len(more))
+                    data += more
+                    if not data:
+                        break
+            while pending and s is not None and \
+                    self._member_done(s, pending, out, res, before + done):
+                done += 1
+            # members handed back (a failed job and the ones after it) come first again
+            return b"".join([m for _, m, _ in pending] + [bytes(data)]), done
+        finally:
+            if s is not None:
+                s.close()  # waits for the jobs still in flight (after a failure)
+            for job, _, _ in pending:
+                job.release()
+
+    def _member_done(self, s: Any, pending: deque[tuple[Any, bytes, int]], out: Output | None,
+                     res: Result, index: int) -> bool:
+        """Wait for the oldest member's job and write its output; False (the member stays
+        pending) when the job failed or did not consume exactly the member."""
+        job, _, mtime = pending[0]
+        while not job.done:
+            s.wait()
+        if job.error is not None or job.consumed != job.src_len:
+            return False
+        pending.popleft()
+        # A copy (not a view of DMA memory): a signal may end the run mid-write.
+        data = bytes(job.output)
+        job.release()
+        if out is not None:
+            out.write(data)
+        res.n_out += len(data)
+        if index == 0:
+            res.mtime = mtime
+        return True
 
     def pass_through(self, name: str, src: IO[bytes], buf: bytes, out: Output | None,
                      res: Result, prog: Progress) -> Result:

@@ -49,11 +49,36 @@ class BadGzipFile(OSError):
     """The data is not gzip, or a member fails its CRC-32 or length check."""
 
 
+# The FEXTRA subfield (RFC 1952 2.3.1.1) in which the CLI's members say how many bytes follow
+# their header (deflate body and trailer), as bgzip's "BC" subfield does: a reader can then cut
+# the members apart without inflating them, and decompress several at once.
+SIZE_SUBFIELD = b"WZ"
+_SIZE_EXTRA = struct.Struct("<H2sHL")  # XLEN, SI1 SI2, LEN, the size
+
+
 def _gzip_header(name: bytes, mtime: int, level: int) -> bytes:
     """A member header: FNAME when there is a name, XFL from the level, OS unknown (255)."""
     xfl = 2 if level == 9 else 4 if level == 1 else 0
     return (b"\x1f\x8b\x08" + bytes([0x08 if name else 0]) + struct.pack("<L", mtime & 0xFFFFFFFF)
             + bytes([xfl, 255]) + (name + b"\x00" if name else b""))
+
+
+def with_size(head: bytes, rest: int) -> bytes:
+    """A member header without an extra field, given one holding SIZE_SUBFIELD: `rest` bytes
+    of the member follow the header."""
+    return (head[:3] + bytes([head[3] | 0x04]) + head[4:10]
+            + _SIZE_EXTRA.pack(8, SIZE_SUBFIELD, 4, rest) + head[10:])
+
+
+def member_rest(extra: bytes | None) -> int | None:
+    """The size a member's header extra field states in SIZE_SUBFIELD (None: it states none)."""
+    pos = 0
+    while extra is not None and pos + 4 <= len(extra):
+        size = extra[pos + 2] | extra[pos + 3] << 8
+        if extra[pos:pos + 2] == SIZE_SUBFIELD and size == 4 and pos + 8 <= len(extra):
+            return int.from_bytes(extra[pos + 4:pos + 8], "little")
+        pos += 4 + size
+    return None
 
 
 class _Member:
