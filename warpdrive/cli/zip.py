@@ -542,10 +542,13 @@ class Run:
             # members handed back (a failed job and the ones after it) come first again
             return b"".join([m for _, m, _ in pending] + [bytes(data)]), done
         finally:
-            if s is not None:
-                s.close()  # waits for the jobs still in flight (after a failure)
-            for job, _, _ in pending:
-                job.release()
+            try:
+                if s is not None:
+                    s.close()  # waits for the jobs still in flight (after a failure)
+            finally:
+                for job, _, _ in pending:
+                    if job.done:  # (one still in flight keeps its buffers: the engine may
+                        job.release()  # write them yet)
 
     def _member_done(self, s: Any, pending: deque[tuple[Any, bytes, int]], out: Output | None,
                      res: Result, index: int) -> bool:

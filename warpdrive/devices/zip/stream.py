@@ -451,13 +451,11 @@ def compress_pieces(engine: EngineParts, mv: memoryview, fmt: Format, level: int
         except ZipError as e:
             error = e
         finally:
-            while inflight:  # (after an error) the engine may still write these buffers
-                job, chunks = inflight.popleft()
-                try:
-                    lane.wait_until(_is_done(job), locked=True)
-                finally:
-                    for c in chunks:
-                        pool.give(c)
+            while inflight:  # (after an error) the engine may still write these buffers:
+                job, chunks = inflight.popleft()  # back to the pool only once it is done
+                lane.wait_until(_is_done(job), locked=True)
+                for c in chunks:
+                    pool.give(c)
     if error is not None:
         try:
             raise error
