@@ -70,7 +70,8 @@ def register(subparsers: Any) -> None:
             epilog="The hardware has one compression level: -1..-9, --fast and --best are "
             "accepted for gzip compatibility and only set the header's XFL byte (-0 is not "
             "a gzip option). gzip output is written as members of 1 MiB of input each, "
-            "compressed in parallel (gzip -l shows the last member's size).\n"
+            "compressed in parallel (gzip -l shows the last member's size); each states its "
+            "size in the header (extra field WZ), so they decompress in parallel too.\n"
             "Exit status: 0 ok, 1 error, 2 warning (as gzip).")
         USAGE_EXIT[name] = EXIT_ERROR  # gzip exits 1 on a usage error (2 means a warning)
         p.add_argument("files", metavar="FILE", nargs="*",
