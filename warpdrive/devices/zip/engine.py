@@ -25,6 +25,14 @@ from .sqe import Format
 from .stream import SPLIT_MIN, Inflater, compress_pieces
 
 
+def _bytes_view(data: bytes | bytearray | memoryview) -> memoryview:
+    """`data` as a flat byte view (as it comes from warpdrive.zip: no new view per call)."""
+    if data.__class__ is memoryview and data.format == "B" and data.ndim == 1 \
+            and data.c_contiguous:
+        return data
+    return memoryview(data).cast("B")
+
+
 class ZipEngine(ForkSafe):
     """A ZIP function: one queue per direction, a buffer pool, sessions and streams on top.
 
@@ -46,6 +54,8 @@ class ZipEngine(ForkSafe):
         self.timeout = timeout
         self.pool = BufferPool(source.dma)
         self.lanes = (Lane(self, COMPRESS), Lane(self, DECOMPRESS))
+        # The one-shot functions' state per lane, kept for the engine's life (oneshot.py).
+        self.oneshots = (OneShot(self, self.lanes[COMPRESS]), OneShot(self, self.lanes[DECOMPRESS]))
         self._on_close = on_close
         self._closed = False
         self._sessions: list[Session] = []
@@ -95,23 +105,30 @@ class ZipEngine(ForkSafe):
     # -- one-shot helpers (zlib-shaped API lives in warpdrive.zip) --------------------------
     def compress(self, data: bytes | bytearray | memoryview, level: int = -1,
                  wbits: int = 15) -> bytes:
-        fmt = Format.from_wbits(wbits, decompress=False)
-        mv = memoryview(data).cast("B")
+        one = self.oneshots[COMPRESS]
+        fmt = one.fmt(wbits, False)
+        mv = _bytes_view(data)
         if len(mv) >= SPLIT_MIN:
             return compress_pieces(self, mv, fmt, level)
-        lane = self.lanes[COMPRESS]
-        with lane.lock:
-            s = OneShot(self, lane)
-            return s.compress(mv, fmt, level)
+        lane = one.lane
+        lane.acquire()
+        try:
+            return one.compress(mv, fmt, level)
+        finally:
+            lane.release()
 
     def decompress(self, data: bytes | bytearray | memoryview, wbits: int = 15,
                    bufsize: int = 0) -> bytes:
-        fmt = Format.from_wbits(wbits, decompress=True)
-        mv = memoryview(data).cast("B")
-        lane = self.lanes[DECOMPRESS]
+        one = self.oneshots[DECOMPRESS]
+        fmt = one.fmt(wbits, True)
+        mv = _bytes_view(data)
         if len(mv) <= DECOMPRESS_JOB_MAX:
-            with lane.lock:
-                out = OneShot(self, lane).decompress(mv, fmt, bufsize)
+            lane = one.lane
+            lane.acquire()
+            try:
+                out = one.decompress(mv, fmt, bufsize)
+            finally:
+                lane.release()
             if out is not None:
                 return out
         inf = Inflater(self, fmt)
