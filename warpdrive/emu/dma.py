@@ -91,6 +91,9 @@ class DmaRegion:
     mm: mmap.mmap | None  # None: the client sent no fd, the model cannot reach this map
     delta: int
     addr: int  # process address of mm (for revocation in place)
+    # A view of all of mm, made on first access and released before mm is revoked: `view`
+    # slices it (the one-piece fast path) instead of building a new one per access.
+    mv: memoryview | None = None
 
     @property
     def end(self) -> int:
@@ -189,6 +192,9 @@ class ClientMemory:
     def _revoke(self, region: DmaRegion) -> None:
         if region.mm is None:
             return
+        if region.mv is not None:
+            region.mv.release()  # (slices the model still holds keep mm exported: see below)
+            region.mv = None
         try:
             region.mm.close()
             return
@@ -304,6 +310,18 @@ class ClientMemory:
         """Zero-copy view of client memory (read-only unless `write`), across as many adjacent
         maps as the range covers. Release it (`view.release()` or drop it) when done; see
         `DeviceModel.on_dma_unmap`."""
+        # The usual case first, polled per job (rings, buffers): the range lies in one map.
+        i = bisect.bisect_right(self._starts, iova) - 1
+        if i >= 0 and size > 0:
+            r = self._regions[i]
+            mv = r.mv
+            if mv is None and r.mm is not None:
+                mv = r.mv = memoryview(r.mm)
+            if mv is not None and iova + size <= r.iova + r.size and \
+                    (r.writable if write else r.readable) and \
+                    (self._bus_master is None or self._bus_master()):
+                start = r.delta + iova - r.iova
+                return mv[start:start + size] if write else mv[start:start + size].toreadonly()
         pieces = self._find_regions(iova, size, write)
         if len(pieces) == 1:
             r, start, n = pieces[0]

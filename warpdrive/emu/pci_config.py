@@ -236,7 +236,8 @@ class PciConfig:
 
     @property
     def bus_master_enabled(self) -> bool:
-        return bool(self.command & R.PCI_COMMAND_MASTER)
+        # (looked at on every DMA access: the bit is in the command register's low byte)
+        return bool(self.data[R.PCI_COMMAND] & R.PCI_COMMAND_MASTER)
 
     @property
     def msi_vectors(self) -> int:

@@ -26,14 +26,19 @@ sockets, a state machine per connection, and nothing that waits on one client:
 
 Poll loop. A client's store into a mapped doorbell page changes shared memory and sends nothing,
 so the server must look. After the last sign of activity (work found by a model's `poll()`, or a
-message) it polls every attached function back to back for `spin_s` seconds, checking sockets
-without blocking in between (a pass that finds nothing gives the CPU away first: `sched_yield`,
-or with `nap_s` a sleep that long, see `_loop`); then it sets need-wakeup in each function's
+message) it polls every attached function back to back for a spin window, checking sockets
+without blocking in between (a burst of `_BURST` polls between two checks, so a doorbell is seen
+within one poll's time; a burst that finds nothing gives the CPU away first: `sched_yield`, or
+with `nap_s` a sleep that long, see `_loop`); then it sets need-wakeup in each function's
 control page, polls once more (so a doorbell stored just before is not missed) and sleeps in
 epoll for at most `idle_s` between polls, or up to `idle_max_s` when every client reads the
 control page and so kicks the server after a doorbell (see `warpdrive.uapi.vfio_user`,
 WARPDRIVE_CTL_*). The passes bump each function's heartbeat (once a millisecond at most), by
 which a client waiting on shared memory knows the server is alive.
+The spin window adapts (`SpinWindow`) unless `spin_s` is given: it starts short and doubles each
+time work comes back soon after the server fell asleep (a client working in bursts: a longer
+window saves it the wake-up), up to the model's `poll_spin_s`, and drops back to the shortest
+after a long quiet spell, so an idle model costs no CPU and a lone call only a short spin.
 Models without mmap areas are not polled at all: the server blocks until a message arrives.
 
 Access: the socket is created with `socket_mode` (0600 by default) and `socket_group`, bound and
@@ -75,6 +80,7 @@ _ANC_SIZE = socket.CMSG_SPACE(P.SCM_MAX_FD * 4)
 _MSG_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0x40000000)
 _MESSAGES_PER_TURN = 32  # per client per loop pass, so one chatty client cannot starve others
 _DEADLINE_CHECK_S = 0.05  # while spinning, look at the (seconds-long) timeouts this often
+_BURST = 16  # polls back to back (no syscall, no clock) between two socket checks while spinning
 _HEARTBEAT_S = 0.001  # bump heartbeats at most this often (a client calls 30 ms without one stale)
 _FENCE = threading.Lock()  # see warpdrive.mmio (Wake): a full memory barrier
 # What an `on_poll` hook returns: nothing to do, waiting on work in flight (keep polling), or
@@ -108,6 +114,32 @@ class Peer:
 
     def __str__(self) -> str:
         return f"pid {self.pid} uid {self.uid} gid {self.gid}"
+
+
+class SpinWindow:
+    """How long the server keeps polling after the last activity (see the module docstring):
+    `s` seconds, between `low` and `high`. `slept(now)` when it stops polling, `woke(now)` when
+    activity brings it back."""
+
+    LOW_S = 0.002
+
+    def __init__(self, high: float, low: float | None = None, *, fixed: bool = False) -> None:
+        self.high = high
+        self.low = high if fixed else min(high, self.LOW_S if low is None else low)
+        self.s = self.low
+        self._slept_at: float | None = None
+
+    def slept(self, now: float) -> None:
+        self._slept_at = now
+
+    def woke(self, now: float) -> None:
+        if self._slept_at is None:
+            return
+        gap = now - self._slept_at
+        self._slept_at = None
+        # Back soon after the window ran out: spinning longer would have caught it. Quiet for
+        # longer than the longest window: start short again.
+        self.s = min(self.s * 2, self.high) if gap <= self.high else self.low
 
 
 class _Drop(Exception):
@@ -275,6 +307,8 @@ class VfioUserServer:
         self.exit_on_disconnect = exit_on_disconnect
         self.accept_timeout = accept_timeout
         self.spin_s = spin_s if spin_s is not None else (model.poll_spin_s if model else 0.02)
+        # A window given by the caller is kept as is (tests and benchmarks rely on it).
+        self.window = SpinWindow(self.spin_s, fixed=spin_s is not None)
         self.idle_s = idle_s if idle_s is not None else (model.poll_idle_s if model else 0.001)
         self.idle_max_s = max(idle_max_s, self.idle_s)
         self.nap_s = max(0.0, nap_s)
@@ -498,8 +532,12 @@ class VfioUserServer:
                     self._wake_up(fns)
             now = time.monotonic()
             timeout: float | None
-            if polled and now - last_activity < self.spin_s:
+            if polled and now - last_activity < self.window.s:
                 timeout = 0.0
+                if progress != POLL_WORKED:
+                    progress = self._burst(fns)
+                    if progress:
+                        last_activity = now = time.monotonic()
                 if progress != POLL_WORKED:
                     # Spinning without progress: let the processes we wait for (clients, the
                     # device model) have the CPU first; on a busy machine they share ours.
@@ -546,6 +584,21 @@ class VfioUserServer:
                 checked = now
                 self._check_deadlines(now, started)
 
+    def _burst(self, fns: list[Function]) -> int:
+        """Up to `_BURST` polls back to back (no clock, no heartbeat, no syscall): the spin's
+        inner loop, so a doorbell is seen within one poll."""
+        hook = self.on_poll
+        for _ in range(_BURST):
+            r = POLL_IDLE
+            for fn in fns:
+                if fn.polled and fn.poll():
+                    r = POLL_WORKED
+            if hook is not None:
+                r = max(r, hook())
+            if r:
+                return r
+        return POLL_IDLE
+
     def _fall_asleep(self, fns: list[Function]) -> bool:
         """Tell clients we stop polling, then look once more: True if there was work after all
         (a doorbell stored before the client could see the flag)."""
@@ -554,6 +607,7 @@ class VfioUserServer:
         with _FENCE:
             pass
         self._asleep = True
+        self.window.slept(time.monotonic())
         if self._poll():
             self._wake_up(fns)
             return True
@@ -562,6 +616,7 @@ class VfioUserServer:
     def _wake_up(self, fns: list[Function]) -> None:
         if self._asleep:
             self._asleep = False
+            self.window.woke(time.monotonic())
             for fn in fns:
                 fn.set_need_wakeup(False)
 

@@ -534,9 +534,10 @@ class ZipModel(DeviceModel):
     class_code = L.PCI_CLASS_PROCESSING_ACCEL
     subsystem_vendor_id = L.PCI_VENDOR_ID_HUAWEI
     subsystem_id = 0
-    # A mapped doorbell is seen within microseconds while jobs flow; idle for longer than this
-    # and the first doorbell waits up to poll_idle_s.
-    poll_spin_s = 0.05
+    # A mapped doorbell is seen within microseconds while jobs flow. The longest spin window
+    # (the server's adapts up to it: a client that keeps coming back after pauses of up to
+    # this long finds the model awake); asleep, the first doorbell waits up to poll_idle_s.
+    poll_spin_s = 0.2
     poll_idle_s = 0.0005
     polled = True
 
