@@ -83,18 +83,22 @@ class OneShot:
         """Input and output pieces of at least these sizes: the kept ones when they fit."""
         src, dst = self.src, self.dst
         if src is None or src.size < n_in:
-            src = self._swap(src, n_in)
-            self.src = src if src.size <= self.KEEP_MAX else None
-            self._sqes.clear()
+            src = self._grow(src, n_in)
+            if src.size <= self.KEEP_MAX:
+                self.src = src
+                self._sqes.clear()  # they carry the old address
         if dst is None or dst.size < n_out:
-            dst = self._swap(dst, n_out)
-            self.dst = dst if dst.size <= self.KEEP_MAX else None
-            self._sqes.clear()
+            dst = self._grow(dst, n_out)
+            if dst.size <= self.KEEP_MAX:
+                self.dst = dst
+                self._sqes.clear()
         return src, dst
 
-    def _swap(self, old: Chunk | None, size: int) -> Chunk:
+    def _grow(self, old: Chunk | None, size: int) -> Chunk:
+        """A new piece: kept instead of `old` (given back) up to KEEP_MAX, else only borrowed
+        for this call (`_done_with` gives it back; `old` stays kept)."""
         new = self.pool.take(size)
-        if old is not None:
+        if old is not None and new.size <= self.KEEP_MAX:
             self.pool.give(old)
         return new
 

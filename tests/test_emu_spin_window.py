@@ -1,0 +1,86 @@
+"""The server's spin window (`warpdrive.emu.server.SpinWindow`): how long it keeps polling
+mapped doorbells after the last work. It starts short, doubles while work keeps coming back soon
+after the server fell asleep, drops back to the shortest after a long quiet spell, and stays as
+given when the caller chose one. The server runs in a thread of the test process with testdev
+(its real socket and mapped doorbell page, a real client)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from tests.test_vfiouser_client import Ring
+from warpdrive.backends.vfiouser.client import open_vfio_user
+from warpdrive.emu.models import testdev as T
+from warpdrive.emu.server import SpinWindow, VfioUserServer
+
+
+def test_window_grows_while_work_returns_and_backs_off_when_quiet() -> None:
+    w = SpinWindow(0.2)
+    assert w.s == SpinWindow.LOW_S == 0.002
+    t = 100.0
+    for want in (0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.2, 0.2):
+        w.slept(t)
+        t += 0.05  # back within the longest window: a longer spin would have caught it
+        w.woke(t)
+        assert w.s == want
+    w.slept(t)
+    w.woke(t + 0.3)  # quiet for longer than the longest window: start short again
+    assert w.s == SpinWindow.LOW_S
+    w.woke(t + 1.0)  # activity without a sleep before it changes nothing
+    assert w.s == SpinWindow.LOW_S
+
+
+def test_a_given_window_stays_fixed() -> None:
+    for s in (0.0, 0.05):
+        w = SpinWindow(s, fixed=True)
+        w.slept(1.0)
+        w.woke(1.001)
+        assert w.s == s
+    assert SpinWindow(0.001).s == 0.001  # a model whose longest window is short keeps it
+
+
+class SlowSpin(T.TestDevice):
+    poll_spin_s = 30.0  # long enough that any gap in this test counts as "back soon"
+
+
+def _asleep(dev, server: VfioUserServer, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not dev._need_wakeup.read():
+        assert time.monotonic() < deadline, f"the server kept polling ({server.window.s} s)"
+        time.sleep(0.002)
+
+
+def test_server_window_follows_its_client(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.sock")
+    server = VfioUserServer(SlowSpin(), path)
+    assert server.window.s == SpinWindow.LOW_S  # no spin_s given: the adaptive window
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(path):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        dev = open_vfio_user(path)
+        try:
+            ring = Ring(dev)
+            src, dst = dev.dma.alloc(4096), dev.dma.alloc(4096)
+            seen = []
+            for _ in range(4):  # each job comes soon after the server fell asleep
+                _asleep(dev, server)
+                kicks = dev.kicks
+                assert ring.wait(ring.submit(src.iova, dst.iova, 64)) == T.STATUS_DONE
+                assert dev.kicks == kicks + 1  # the store found it asleep: one wake-up kick
+                seen.append(server.window.s)
+            # (set-up messages woke it too: it starts wherever they left it)
+            assert seen[1:] == [seen[0] * 2, seen[0] * 4, seen[0] * 8], seen
+        finally:
+            dev.close()
+    finally:
+        server.stop()
+        thread.join(5)
+    assert not thread.is_alive()
+    assert VfioUserServer(SlowSpin(), str(tmp_path / "u.sock"), spin_s=0.5).window.s == 0.5
