@@ -35,10 +35,11 @@ epoll for at most `idle_s` between polls, or up to `idle_max_s` when every clien
 control page and so kicks the server after a doorbell (see `warpdrive.uapi.vfio_user`,
 WARPDRIVE_CTL_*). The passes bump each function's heartbeat (once a millisecond at most), by
 which a client waiting on shared memory knows the server is alive.
-The spin window adapts (`SpinWindow`) unless `spin_s` is given: it starts short and doubles each
-time work comes back soon after the server fell asleep (a client working in bursts: a longer
-window saves it the wake-up), up to the model's `poll_spin_s`, and drops back to the shortest
-after a long quiet spell, so an idle model costs no CPU and a lone call only a short spin.
+The spin window of a single-device server adapts (`SpinWindow`) unless `spin_s` is given: it
+starts short and doubles each time work comes back soon after the server fell asleep (a client
+working in bursts: a longer window saves it the wake-up), up to the model's `poll_spin_s`, and
+drops back to the shortest after a long quiet spell, so an idle model costs no CPU and a lone
+call only a short spin. A broker's (one function per client) stays fixed: it paces itself.
 Models without mmap areas are not polled at all: the server blocks until a message arrives.
 
 Access: the socket is created with `socket_mode` (0600 by default) and `socket_group`, bound and
@@ -307,8 +308,9 @@ class VfioUserServer:
         self.exit_on_disconnect = exit_on_disconnect
         self.accept_timeout = accept_timeout
         self.spin_s = spin_s if spin_s is not None else (model.poll_spin_s if model else 0.02)
-        # A window given by the caller is kept as is (tests and benchmarks rely on it).
-        self.window = SpinWindow(self.spin_s, fixed=spin_s is not None)
+        # A window given by the caller is kept as is (tests and benchmarks rely on it), and so
+        # is a broker's (one function per client: it paces its own polling, `nap_s`).
+        self.window = SpinWindow(self.spin_s, fixed=spin_s is not None or model is None)
         self.idle_s = idle_s if idle_s is not None else (model.poll_idle_s if model else 0.001)
         self.idle_max_s = max(idle_max_s, self.idle_s)
         self.nap_s = max(0.0, nap_s)
