@@ -52,14 +52,17 @@ def test_larger_inputs_grow_the_pieces_or_borrow_them(engine) -> None:
     one = engine.oneshots[COMPRESS]
     wz.compress(b"small", device=engine)
     small = one.src
-    mid = text(1, 200_000)  # bigger than the kept piece: a bigger one is kept instead
+    mid = text(1, 60_000)  # bigger than the kept piece: a bigger one is kept instead
     assert zlib.decompress(wz.compress(mid, device=engine)) == mid
     assert one.src is not small and one.src is not None and one.src.size >= len(mid)
-    grown = one.src
-    big = text(2, OneShot.KEEP_MAX + 4096)  # over KEEP_MAX: borrowed for the call, given back
-    assert zlib.decompress(wz.compress(big, device=engine)) == big
-    assert one.src is grown
+    back = engine.oneshots[DECOMPRESS]
+    big = text(2, OneShot.KEEP_MAX * 3)  # output over KEEP_MAX: borrowed for the call
     assert wz.decompress(zlib.compress(big), device=engine) == big
+    kept = back.dst  # (grown on the way, up to KEEP_MAX)
+    assert kept is not None and kept.size <= OneShot.KEEP_MAX
+    assert wz.decompress(zlib.compress(big), device=engine) == big
+    assert back.dst is kept
+    assert wz.decompress(zlib.compress(mid), device=engine) == mid
 
 
 def test_a_failed_job_leaves_the_pieces_usable(engine) -> None:
