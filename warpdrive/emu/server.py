@@ -618,9 +618,9 @@ class VfioUserServer:
     def _wake_up(self, fns: list[Function]) -> None:
         if self._asleep:
             self._asleep = False
-            self.window.woke(time.monotonic())
             for fn in fns:
                 fn.set_need_wakeup(False)
+            self.window.woke(time.monotonic())
 
     def _next_deadline(self, started: float) -> float | None:
         times: list[float] = []
