@@ -160,8 +160,8 @@ runpy.run_module("warpdrive", run_name="__main__")
 _SAMPLE_S = 0.001  # (the kernel delivers it at most once per tick: HZ 250 = 4 ms)
 
 
-def start_broker(sock: str, profile: str | None = None,
-                 extra: list[str] | None = None) -> subprocess.Popen[bytes]:
+def start_broker(sock: str, profile: str | None = None, extra: list[str] | None = None,
+                 root: Path = ROOT) -> subprocess.Popen[bytes]:
     prof = ["-c", _PROFILED % {"interval": _SAMPLE_S}, profile] if profile else \
         ["-m", "warpdrive"]
     args = [sys.executable, *prof, "serve", "emu", "--socket", sock,
@@ -174,7 +174,7 @@ def start_broker(sock: str, profile: str | None = None,
     # model already has: with the kernel's autogroups (sched_autogroup_enabled, the default) a
     # broker in the benchmark's session would share one group's CPU with its busy-polling
     # clients, which no deployment does.
-    p = subprocess.Popen(args, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    p = subprocess.Popen(args, env=dict(os.environ, PYTHONPATH=str(root)),
                          stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     log.close()
     deadline = time.monotonic() + 60
@@ -265,6 +265,9 @@ def main() -> None:
                     "`warpdrive serve` options (e.g. spin='--spin-us 100'), rows interleaved")
     ap.add_argument("--nice", type=int, metavar="N", help="a variant: the broker at nice N "
                     "(`warpdrive serve --nice`; the device model stays at 0 in every row)")
+    ap.add_argument("--baseline", metavar="PATH", type=Path, help="a variant: the broker of "
+                    "another checkout of warpdrive (e.g. main, for before/after in one run); "
+                    "the clients stay this checkout's")
     ap.add_argument("--client", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, default=4096, help=argparse.SUPPRESS)
     ap.add_argument("--duration", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -295,6 +298,10 @@ def main() -> None:
                                  (v.partition("=") for v in args.variant)}
     if args.nice is not None:
         variants[f"nice{args.nice}"] = ["--nice", str(args.nice)]
+    roots = {m: ROOT for m in variants}
+    if args.baseline is not None:
+        variants["baseline"] = []
+        roots["baseline"] = args.baseline.resolve()
     modes = list(variants)
     rows: list[dict[str, Any]] = []
     best: dict[tuple[str, int, int], dict[str, Any]] = {}
@@ -302,7 +309,7 @@ def main() -> None:
     try:
         for mode in modes:
             sock = os.path.join(tmp, f"{mode}.sock")
-            brokers[mode] = (start_broker(sock, extra=variants[mode]), sock)
+            brokers[mode] = (start_broker(sock, extra=variants[mode], root=roots[mode]), sock)
         for _ in range(reps):  # best of `reps` per row: other work only ever slows a run
             for size in sizes:
                 keys = [("direct", 1, size)] + [(m, n, size) for n in clients for m in modes]
@@ -342,11 +349,14 @@ def main() -> None:
     print_table(rows)
     print(f"load average {load0:.2f} at start, {load1:.2f} at end ({os.cpu_count()} CPUs); "
           f"{duration:.0f} s per row, best of {reps}"
-          + "".join(f"; rows {m}: a broker with {' '.join(variants[m])}" for m in modes[1:])
+          + "".join(f"; rows {m}: a broker with {' '.join(variants[m])}" for m in modes[1:]
+                    if m != "baseline")
+          + (f"; rows baseline: the broker of {roots['baseline']}" if "baseline" in roots else "")
           + ("" if len(modes) == 1 else " (the device model at nice 0 in every row)"))
     print(verdict(rows))
     print(json.dumps({"rows": rows, "load": [round(load0, 2), round(load1, 2)],
-                      "cpus": os.cpu_count(), "variants": variants}))
+                      "cpus": os.cpu_count(), "variants": variants,
+                      "roots": {m: str(r) for m, r in roots.items()}}))
 
 
 def profile_row(nclients: int, size: int, duration: float) -> None:
