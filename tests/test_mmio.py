@@ -24,6 +24,9 @@ class Recorder:
     def write(self, offset: int, width: int, value: int) -> None:
         self.log.append(("w", offset, width, value))
 
+    def post(self, offset: int, width: int, value: int) -> None:
+        self.log.append(("p", offset, width, value))
+
 
 @pytest.fixture
 def mem():
@@ -98,3 +101,16 @@ def test_closed_region_refuses_access(mem: DmaBuffer) -> None:
     assert closed == [True]
     with pytest.raises(ClosedError):
         m.read32(0)
+
+
+def test_a_posted_doorbell_posts_when_trapped_and_stores_when_mapped(mem: DmaBuffer) -> None:
+    rec = Recorder()
+    m = Mmio("t", 8192, [MmioWindow(4096, 4096, mem.addr)], trap=rec)
+    trapped = m.doorbell(8, posted=True)
+    assert trapped.posted and not trapped.mapped
+    trapped.ring(7)
+    m.doorbell(16).ring(9)
+    assert rec.log == [("p", 8, 8, 7), ("w", 16, 8, 9)]
+    mapped = m.doorbell(4096 + 8, posted=True)
+    mapped.ring(5)
+    assert mem.read(8, 8) == (5).to_bytes(8, "little") and len(rec.log) == 2

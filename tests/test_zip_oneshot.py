@@ -144,3 +144,19 @@ def test_empty_and_tiny_inputs(engine) -> None:
             blob = wz.compress(data, wbits=wbits, device=engine)
             assert zlib.decompress(blob, wbits) == data
             assert wz.decompress(blob, wbits, device=engine) == data
+
+
+def test_interrupt_waits_acknowledge_with_posted_writes() -> None:
+    """wait="block": jobs end in interrupt waits and EQ acknowledgements, which are posted
+    writes (no reply awaited); the model still signals the jobs that follow (it sends a queue's
+    next EQE when the acknowledgement arrives)."""
+    with wz.open_engine("emu", wait="block", announce=False) as eng:
+        assert eng.source.eq_db.posted
+        for i in range(100):
+            data = text(i, 100 + i)
+            assert zlib.decompress(wz.compress(data, device=eng)) == data
+        from warpdrive.emu.models.zip import DBG_BAR, DBG_SIZE, decode_stats
+
+        stats = decode_stats(eng.source.dev.region_read(DBG_BAR, 0, DBG_SIZE))
+        # (a job found done before its waiter blocked needs no interrupt of its own)
+        assert stats["jobs"] == 100 and stats["msis"] >= 50, stats

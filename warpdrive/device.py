@@ -144,6 +144,9 @@ class _RegionTrap:
     def write(self, offset: int, width: int, value: int) -> None:
         self._device._region_write(self._info, offset, value.to_bytes(width, "little"))
 
+    def post(self, offset: int, width: int, value: int) -> None:
+        self._device._region_post(self._info, offset, value.to_bytes(width, "little"))
+
 
 class Device(ForkSafe, ABC):
     """A PCI function opened through some backend. Use as a context manager or call `close()`."""
@@ -188,6 +191,11 @@ class Device(ForkSafe, ABC):
 
     @abstractmethod
     def _region_write(self, info: RegionInfo, offset: int, data: bytes) -> None: ...
+
+    def _region_post(self, info: RegionInfo, offset: int, data: bytes) -> None:
+        """A posted write: one the caller does not wait on. A kernel backend's write is one
+        syscall with nothing to wait for, so by default the same as `_region_write`."""
+        self._region_write(info, offset, data)
 
     @abstractmethod
     def _mmap_region(self, info: RegionInfo, offset: int, size: int, prot: int,

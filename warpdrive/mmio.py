@@ -38,6 +38,10 @@ class RegionAccess(Protocol):
 
     def write(self, offset: int, width: int, value: int) -> None: ...
 
+    def post(self, offset: int, width: int, value: int) -> None:
+        """A write the caller does not wait for (a posted write, as MMIO stores are on PCI)."""
+        ...
+
 
 @dataclass
 class MmioWindow:
@@ -76,10 +80,11 @@ class Doorbell(ForkSafe):
     `Wake`, a store into the mapping is followed by its check (one call in all)."""
 
     def __init__(self, offset: int, width: int, addr: int | None, trap: RegionAccess | None,
-                 name: str, wake: Wake | None = None) -> None:
+                 name: str, wake: Wake | None = None, posted: bool = False) -> None:
         self.offset = offset
         self.width = width
         self.mapped = addr is not None
+        self.posted = posted  # a trapped ring is a posted write (see `Mmio.doorbell`)
         self._name = name
         self._cell: ctypes._SimpleCData[int] | None = (
             _CTYPES[width].from_address(addr) if addr is not None else None)
@@ -95,7 +100,10 @@ class Doorbell(ForkSafe):
 
     def ring(self, value: int) -> None:
         assert self._trap is not None
-        self._trap.write(self.offset, self.width, value)
+        if self.posted:
+            self._trap.post(self.offset, self.width, value)
+        else:
+            self._trap.write(self.offset, self.width, value)
 
     def _ring_mapped(self, value: int) -> None:
         self._cell.value = value  # type: ignore[union-attr]
@@ -226,8 +234,11 @@ class Mmio(ForkSafe):
     def write64(self, offset: int, value: int) -> None:
         self.write(offset, 8, value)
 
-    def doorbell(self, offset: int, width: int = 64) -> Doorbell:
-        """A hot-path handle on the register at `offset` (width in bits: 16, 32 or 64)."""
+    def doorbell(self, offset: int, width: int = 64, *, posted: bool = False) -> Doorbell:
+        """A hot-path handle on the register at `offset` (width in bits: 16, 32 or 64).
+        `posted`: when the register is trapped, a ring does not wait for the backend to confirm
+        it (on vfio-user: no reply awaited). Only for a register whose writes may reach the
+        device after later stores into a mapped page without harm."""
         nbytes = width // 8
         if nbytes not in (2, 4, 8):
             raise InvalidArgumentError(f"doorbell width must be 16, 32 or 64 bits, got {width}")
@@ -237,7 +248,7 @@ class Mmio(ForkSafe):
         if addr is None and self._trap is None:
             raise InvalidArgumentError(f"{self.name}+{offset:#x} is neither mapped nor trappable")
         return Doorbell(offset, nbytes, addr, self._trap, self.name,
-                        self._wake if addr is not None else None)
+                        self._wake if addr is not None else None, posted=posted)
 
     def close(self) -> None:
         if self._closed:

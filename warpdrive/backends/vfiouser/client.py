@@ -494,6 +494,19 @@ class VfioUserDevice(Device):
             else:
                 self.conn.request(P.VFIO_USER_REGION_WRITE, body, what=what)
 
+    def _region_post(self, info: RegionInfo, offset: int, data: bytes) -> None:
+        """A BAR write sent with No_reply whatever `posted_writes` says: its caller chose a
+        register whose writes may be overtaken by later stores into a mapped page
+        (`Mmio.doorbell(posted=True)`). Config space always waits."""
+        if info.index >= VFIO_PCI_NUM_REGIONS or info.index == VFIO_PCI_CONFIG_REGION_INDEX or \
+                len(data) > self.conn.server_caps.max_data_xfer_size:
+            self._region_write(info, offset, data)
+            return
+        body = bytes(P.vfio_user_region_access(offset=offset, region=info.index,
+                                               count=len(data))) + data
+        self.conn.post(P.VFIO_USER_REGION_WRITE, body,
+                       what=f"{len(data)} bytes at region {info.index}+{offset:#x}")
+
     def _mmap_region(self, info: RegionInfo, offset: int, size: int, prot: int,
                      fixed_addr: int) -> None:
         fd = self._region_fds.get(info.index, -1)

@@ -129,7 +129,12 @@ class QmDevice:
         else:
             self.db_bar = self.bar
             self.db_interval = 0
-        self.eq_db = self.bar.doorbell(hw.QM_DOORBELL_EQ_AEQ_BASE_V2)
+        # EQ/AEQ doorbells are posted (no reply awaited on vfio-user; a syscall on VFIO either
+        # way): a waiter acknowledges events on every interrupt, and a reply would cost it a
+        # round trip through the device's loop. Nothing depends on it landing first: the device
+        # sends a queue's next EQE when the acknowledgement arrives, at once if the queue
+        # completed jobs meanwhile (docs/research/hisi-qm-zip.md §7: one pending EQE per queue).
+        self.eq_db = self.bar.doorbell(hw.QM_DOORBELL_EQ_AEQ_BASE_V2, posted=True)
 
         self.mailbox(hw.QM_MB_CMD_SQC_VFT_V2, 0, 0, op=1)
         vft = self.bar.read32(hw.QM_MB_CMD_DATA_ADDR_L) | \
