@@ -15,6 +15,10 @@ says so and is skipped. The decompression goal is judged on our compression's ou
 of 1 MiB that state their size, decompressed several at once); a row for a file gzip(1) made
 (one member: one stream, decompressed job after job) is printed for information.
 
+Model idle CPU: after the API rows, once the model's spin window has run out, the CPU the
+model process uses in 2 s with no client working (its sleeping loop's periodic polls), as a
+percentage of one core (`model_idle_cpu_pct`); it should be near 0.
+
 Prints a table and one JSON line (`zip_user_bench: {...}`) with the load average before and
 after. Goals (issue 11): 5 B <= 15 us; 4 KiB <= 1.2x zlib's time; decompress >= 0.8x and
 compress >= 0.95x zlib's speed at >= 64 KiB; CLI compress >= 1.0x pigz, decompress >= 1.0x
@@ -95,6 +99,20 @@ def api_rows(quick: bool) -> list[dict]:
                          "time_ratio": round(statistics.median(ratios), 3),
                          "speed_ratio": round(1 / statistics.median(ratios), 3)})
     return rows
+
+
+def model_idle_cpu() -> float | None:
+    """Percent of one core the default engine's model process uses while no client works."""
+    import psutil
+
+    procs = [p for p in psutil.Process().children(recursive=True)
+             if "warpdrive.emu" in " ".join(p.cmdline())]
+    if not procs:
+        return None  # hardware, or a model we did not start
+    time.sleep(0.5)  # longer than the longest spin window (poll_spin_s)
+    t0 = sum(sum(p.cpu_times()[:2]) for p in procs)
+    time.sleep(2.0)
+    return round((sum(sum(p.cpu_times()[:2]) for p in procs) - t0) / 2.0 * 100, 2)
 
 
 def mixed_file(path: Path, mb: int) -> None:
@@ -214,10 +232,13 @@ def main() -> int:
     args = ap.parse_args()
     before = load()
     api = api_rows(args.quick)
+    idle = model_idle_cpu()
     cli, extra = ([], {}) if args.skip_cli else cli_rows(
         args.cli_mb or (64 if args.quick else 500), args.quick)
     after = load()
     print(f"load average before {before}, after {after}; {os.cpu_count()} CPUs")
+    extra["model_idle_cpu_pct"] = idle
+    print(f"model process idle: {idle} % of one core")
     print(f"{'op':12} {'size':>8} {'ours us':>10} {'zlib us':>10} {'time x':>7} {'speed x':>7}")
     for r in api:
         print(f"{r['op']:12} {r['size']:>8} {r['ours_us']:>10} {r['zlib_us']:>10} "
