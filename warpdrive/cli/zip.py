@@ -37,6 +37,9 @@ GZ_SUFFIXES = (".gz", "-gz", ".z", "-z", "_z")
 TAR_SUFFIXES = (".tgz", ".taz")
 READ_CHUNK = 1 << 20
 IN_FLIGHT = 4  # compression jobs on the engine at once (its workers run them in parallel)
+# Whole-member decompression jobs on the engine at once: a member inflates in a few ms, so more
+# of them keep the workers busy while this process waits to be scheduled again (loaded machine).
+MEMBERS_IN_FLIGHT = 8
 OUT_CHUNK = 4 << 20  # decompressed bytes per call (fewer, larger jobs); memory stays bounded
 # Seconds before a progress line appears (short runs stay quiet); WARPDRIVE_PROGRESS_AFTER
 # overrides it, e.g. 0 to see the line on a run that finishes within a second.
@@ -481,9 +484,10 @@ class Run:
                                  prog: Progress, res: Result,
                                  before: int) -> tuple[bytes, int]:
         """gzip members that state their size (the SIZE_SUBFIELD our compression writes): cut
-        apart without inflating them and given to the engine as whole-member jobs, IN_FLIGHT at
-        once (a device's engines, or the model's workers, decompress them in parallel; gzip(1)
-        and pigz decompress one stream on one core), their output written in order. Returns
+        apart without inflating them and given to the engine as whole-member jobs,
+        MEMBERS_IN_FLIGHT at once (a device's engines, or the model's workers, decompress them
+        in parallel; gzip(1) and pigz decompress one stream on one core), their output written
+        in order. Returns
         (what follows them, how many were done): b"" at the end of the input, else a member
         without a size, anything that is no member, or a member whose job failed or whose size
         was wrong, which the stream path then decompresses or rejects with its own message (a
@@ -526,7 +530,7 @@ class Run:
                 if s is None:
                     s = self.engine().session("decompress", wbits=31)
                 pending.append((s.submit(member), member, gz.mtime))
-                if len(pending) >= IN_FLIGHT:
+                if len(pending) >= MEMBERS_IN_FLIGHT:
                     if not self._member_done(s, pending, out, res, before + done):
                         break
                     done += 1
