@@ -21,18 +21,38 @@ pytestmark = pytest.mark.lab
 
 ROOT = Path(__file__).resolve().parents[2]
 
-CLIENT = textwrap.dedent("""
-    import os, random, sys, zlib
+# Four client processes, forked from one interpreter once it has imported warpdrive.zip (each
+# interpreter start and import costs seconds of TCG CPU): each opens its own broker connection
+# after the fork, so the broker sees four processes, as with four separate programs.
+CLIENTS = textwrap.dedent("""
+    import os, random, sys, traceback, zlib
     import warpdrive.zip as wz
-    rng = random.Random(int(sys.argv[1]))
-    eng = wz.default_engine()              # WARPDRIVE_DEVICE=broker:...
-    assert eng.name.startswith("broker:"), eng.name
-    for i in range(3):
-        data = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 2000))) * 9
-        blob = wz.compress(data, wbits=31)
-        assert zlib.decompress(blob, 31) == data
-        assert wz.decompress(zlib.compress(data), wbits=15) == data
-    print("ok", os.getpid())
+
+    def client(seed):
+        rng = random.Random(seed)
+        eng = wz.default_engine()              # WARPDRIVE_DEVICE=broker:...
+        assert eng.name.startswith("broker:"), eng.name
+        for i in range(3):
+            data = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 2000))) * 9
+            blob = wz.compress(data, wbits=31)
+            assert zlib.decompress(blob, 31) == data
+            assert wz.decompress(zlib.compress(data), wbits=15) == data
+
+    pids = []
+    for seed in range(4):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                client(seed)
+                print("ok", os.getpid(), flush=True)
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    sys.exit(sum(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0 for pid in pids))
 """)
 
 
@@ -52,14 +72,12 @@ def test_broker_owns_the_function_and_serves_four_processes(zip_bdf: str,
                 assert broker.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, "the broker did not start"
                 time.sleep(0.1)
-            clients = [subprocess.Popen([sys.executable, "-c", CLIENT, str(i)],
-                                        env=dict(env, WARPDRIVE_DEVICE=f"broker:{sock}"),
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True) for i in range(4)]
-            for c in clients:
-                out, err = c.communicate(timeout=900)
-                assert c.returncode == 0, err + "\n--- broker:\n" + log.read_text()
-                assert out.startswith("ok")
+            clients = subprocess.run([sys.executable, "-c", CLIENTS],
+                                     env=dict(env, WARPDRIVE_DEVICE=f"broker:{sock}"),
+                                     capture_output=True, text=True, timeout=900)
+            assert clients.returncode == 0, clients.stderr + "\n--- broker:\n" + log.read_text()
+            oks = clients.stdout.split()
+            assert oks[::2] == ["ok"] * 4 and len(set(oks[1::2])) == 4, clients.stdout
             broker.send_signal(signal.SIGTERM)
             assert broker.wait(120) == 0, log.read_text()
         finally:
