@@ -9,8 +9,6 @@ Every table entry is first checked against `cryptography`, so a typo in the tabl
 
 from __future__ import annotations
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
 H = bytes.fromhex
 
 PT = H("6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51"
@@ -74,6 +72,10 @@ XTS = [  # (vector, key = key1 || key2, tweak, plaintext, ciphertext or its firs
 
 def reference(name: str, key: bytes, iv: bytes | None, data: bytes,
               decrypt: bool = False) -> bytes:
+    # Imported here: a process that needs only the vectors (the dying processes' helper in
+    # tests/cryptoproc.py) does not load cryptography's native library, seconds in a TCG guest.
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
     mode = {"aes-ecb": lambda: modes.ECB(), "aes-cbc": lambda: modes.CBC(iv),
             "aes-ctr": lambda: modes.CTR(iv), "aes-xts": lambda: modes.XTS(iv)}[name]()
     c = Cipher(algorithms.AES(key), mode)
