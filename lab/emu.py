@@ -33,6 +33,8 @@ class EmuDevice:
     vendor: int  # the ids the guest must see there (the fixture checks them)
     devices: tuple[int, ...]
     options: tuple[str, ...] = ()  # `--set KEY=VALUE` for the model
+    spin_us: float | None = None  # the server's poll timings (`--spin-us`, `--idle-us`);
+    idle_us: float | None = None  # None: the model's own
 
     @property
     def bdf(self) -> str:
@@ -44,8 +46,11 @@ EMU_DEVICES: tuple[EmuDevice, ...] = (
     # QM V3 (the model's default): what Linux 6.12's hisi_zip registers deflate for. Trapped
     # doorbells: Linux rings CQ doorbells after waking the next submitter, so a polled doorbell
     # word could lose its SQ doorbell (docs/research/hisi-qm-zip.md, section 6).
+    # A trapped doorbell arrives as a message, which wakes the server at once: its polling only
+    # collects the jobs its worker threads finished, so it neither spins after a message nor
+    # polls every 0.5 ms (its default) for the guest's whole life, CPU the guests need.
     EmuDevice("zip", "zip", slot=0x10, vendor=0x19E5, devices=(0xA251, 0xA250),
-              options=("doorbells=trap",)),
+              options=("doorbells=trap",), spin_us=0, idle_us=2000),
     EmuDevice("crypto_model", "crypto", slot=0x11, vendor=0x1AF4, devices=(0x1054,)),
 )
 
@@ -90,7 +95,8 @@ class EmuServer:
         try:
             # QEMU connects as soon as it starts; the server gives up if it never does.
             self.proc = ModelProcess(d.model, options=options, startup_timeout=timeout,
-                                     accept_timeout=120, python=_python())
+                                     accept_timeout=120, spin_us=d.spin_us, idle_us=d.idle_us,
+                                     python=_python())
         except WarpdriveError as e:
             raise EmuError(f"cannot start `warpdrive emu {d.model}`: {e}") from None
 
