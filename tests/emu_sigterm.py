@@ -9,6 +9,7 @@ socket behind, with the server's stderr.
 
 from __future__ import annotations
 
+import faulthandler
 import fcntl
 import json
 import os
@@ -88,6 +89,7 @@ def one_round(directory: str, i: int, rng: random.Random) -> dict[str, object] |
         try:
             err = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             os.dup2(err, 2)
+            faulthandler.register(signal.SIGUSR1, file=sys.stderr)  # where a hung one is
             code = serve.main(["testdev", "--socket", path])
         finally:
             os._exit(code)
@@ -114,6 +116,8 @@ def one_round(directory: str, i: int, rng: random.Random) -> dict[str, object] |
         status = os.waitstatus_to_exitcode(st) if got else None
         time.sleep(0 if got else 0.002)
     if status is None:
+        os.kill(pid, signal.SIGUSR1)  # its threads' stacks into its log
+        time.sleep(1)
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         status = "still running 20 s after SIGTERM"

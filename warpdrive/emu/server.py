@@ -333,7 +333,7 @@ class VfioUserServer:
         self.messages = 0
         self.stats: collections.Counter[int] = collections.Counter()
         self._stop = threading.Event()
-        self._signalled = False  # a SIGTERM/SIGINT stopped serve_forever
+        self._signalled = False  # a SIGTERM/SIGINT stopped serve_forever (a plain flag)
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)  # stop() from a thread
         self._listener: socket.socket | None = None
         self._sessions: dict[int, _Session] = {}
@@ -365,6 +365,9 @@ class VfioUserServer:
     def stop(self) -> None:
         """Make `serve_forever` return (callable from another thread)."""
         self._stop.set()
+        self._wake()
+
+    def _wake(self) -> None:
         if self._wake_w >= 0:
             try:
                 os.write(self._wake_w, b"x")
@@ -397,9 +400,10 @@ class VfioUserServer:
     def _on_signal(self, signum: int, frame: object) -> None:
         # A flag and a wake-up byte only: an exception raised here would surface wherever the
         # main thread happened to be, e.g. inside an `except Exception` that takes it for a
-        # client's or the model's failure and carries on (or exits 1).
+        # client's or the model's failure and carries on (or exits 1). Not Event.set() either:
+        # a second signal arriving while the first handler holds the Event's lock deadlocks.
         self._signalled = True
-        self.stop()
+        self._wake()
 
     def _listen(self) -> None:
         path = self.socket_path
@@ -523,7 +527,7 @@ class VfioUserServer:
         started = last_activity = checked = time.monotonic()
         if self.nap_s:
             sc.set_timer_slack(1000)  # a nap lasts what it says (not 50 us more)
-        while not self._stop.is_set():
+        while not (self._signalled or self._stop.is_set()):
             fns = self._active
             polled = self.on_poll is not None or any(fn.polled for fn in fns)
             progress = POLL_IDLE
@@ -580,7 +584,7 @@ class VfioUserServer:
                         if s is not None and self._service(s, ev, now):
                             last_activity = now
                             self._wake_up(self._active)
-                if self._stop.is_set():
+                if self._signalled or self._stop.is_set():
                     return
             if timeout != 0.0 or now - checked > _DEADLINE_CHECK_S:  # timeouts are seconds
                 checked = now
