@@ -291,8 +291,29 @@ class ClientMemory:
             i += 1
         return pieces
 
+    def _one_map(self, iova: int, size: int, write: bool) -> memoryview | None:
+        """All of the client's map holding [iova, iova+size) when one map holds it and the
+        access is allowed (bus mastering on, the map's permission): the usual case, looked up
+        without building a list of pieces. None: the general path decides (and faults)."""
+        i = bisect.bisect_right(self._starts, iova) - 1
+        if i < 0 or size <= 0:
+            return None
+        r = self._regions[i]
+        mv = r.mv
+        if mv is None and r.mm is not None:
+            mv = r.mv = memoryview(r.mm)
+        if mv is None or iova + size > r.iova + r.size or \
+                not (r.writable if write else r.readable) or \
+                (self._bus_master is not None and not self._bus_master()):
+            return None
+        start = r.delta + iova - r.iova
+        return mv[start:start + size]
+
     def read(self, iova: int, size: int) -> bytes:
         """Copy `size` bytes of client memory at `iova`."""
+        mv = self._one_map(iova, size, False)
+        if mv is not None:
+            return bytes(mv)
         out = bytearray()
         for mm, start, n in self._find(iova, size, write=False):
             out += mm[start:start + n]
@@ -301,6 +322,10 @@ class ClientMemory:
     def write(self, iova: int, data: bytes | bytearray | memoryview) -> None:
         """Copy `data` into client memory at `iova`."""
         mv = memoryview(data).cast("B")
+        dst = self._one_map(iova, len(mv), True)
+        if dst is not None:
+            dst[:] = mv
+            return
         pos = 0
         for mm, start, n in self._find(iova, len(mv), write=True):
             mm[start:start + n] = mv[pos:pos + n]
@@ -311,17 +336,9 @@ class ClientMemory:
         maps as the range covers. Release it (`view.release()` or drop it) when done; see
         `DeviceModel.on_dma_unmap`."""
         # The usual case first, polled per job (rings, buffers): the range lies in one map.
-        i = bisect.bisect_right(self._starts, iova) - 1
-        if i >= 0 and size > 0:
-            r = self._regions[i]
-            mv = r.mv
-            if mv is None and r.mm is not None:
-                mv = r.mv = memoryview(r.mm)
-            if mv is not None and iova + size <= r.iova + r.size and \
-                    (r.writable if write else r.readable) and \
-                    (self._bus_master is None or self._bus_master()):
-                start = r.delta + iova - r.iova
-                return mv[start:start + size] if write else mv[start:start + size].toreadonly()
+        one = self._one_map(iova, size, write)
+        if one is not None:
+            return one if write else one.toreadonly()
         pieces = self._find_regions(iova, size, write)
         if len(pieces) == 1:
             r, start, n = pieces[0]
