@@ -105,7 +105,12 @@ def test_a_job_left_in_flight_is_never_reused(engine, monkeypatch) -> None:
 def test_closed_engine_refuses_before_touching_memory() -> None:
     eng = wz.open_engine("emu", announce=False)
     assert zlib.decompress(wz.compress(b"once", device=eng)) == b"once"
+    assert wz.decompress(zlib.compress(b"once"), device=eng) == b"once"
+    slabs = list(eng.pool._slabs)
+    assert slabs
     eng.close()
+    # the kept pieces' views were dropped first, so the pool could unmap and close them
+    assert all(buf.closed for buf in slabs)
     for call in (lambda: wz.compress(b"again", device=eng),
                  lambda: wz.decompress(zlib.compress(b"again"), device=eng)):
         with pytest.raises(ClosedError):

@@ -108,6 +108,9 @@ _engines: dict[object, ZipEngine] = {}
 def default_engine() -> ZipEngine:
     """The process-wide engine used when no `device=` is given (opened on first use)."""
     global _default
+    eng = _default  # every one-shot call comes here: no lock while the engine is usable
+    if eng is not None and not eng.closed and not eng._forked_dead:
+        return eng
     with _default_lock:
         if _default is None or _default.closed or _default._forked_dead:
             _default = open_engine()

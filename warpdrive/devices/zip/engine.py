@@ -161,6 +161,8 @@ class ZipEngine(ForkSafe):
                 lane.close()
             except WarpdriveError as e:
                 errors.append(e)
+        for one in self.oneshots:
+            one.close()
         self.pool.close()
         try:
             self.source.close()

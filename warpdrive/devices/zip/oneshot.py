@@ -60,6 +60,7 @@ class OneShot:
         self.job = Job(self, None, 0, 0, None, 0, 0)
         self.src: Chunk | None = None
         self.dst: Chunk | None = None
+        self.src_view = self.dst_view = memoryview(b"")
         self._sqes: dict[Format, tuple[bytearray, int]] = {}  # SQE and its tag's byte offset
         self._heads: dict[tuple[Format, int], bytes] = {}
         self._fmts: dict[tuple[int, bool], Format] = {}
@@ -85,14 +86,22 @@ class OneShot:
         if src is None or src.size < n_in:
             src = self._grow(src, n_in)
             if src.size <= self.KEEP_MAX:
-                self.src = src
+                self.src_view.release()
+                self.src, self.src_view = src, src.view
                 self._sqes.clear()  # they carry the old address
         if dst is None or dst.size < n_out:
             dst = self._grow(dst, n_out)
             if dst.size <= self.KEEP_MAX:
-                self.dst = dst
+                self.dst_view.release()
+                self.dst, self.dst_view = dst, dst.view
                 self._sqes.clear()
         return src, dst
+
+    def _views(self, src: Chunk, dst: Chunk) -> tuple[memoryview, memoryview]:
+        """Views of the pieces: kept with kept pieces (a call is refused in a forked child or
+        on a closed engine before it gets here, so they need no check of their own)."""
+        return (self.src_view if src is self.src else src.view,
+                self.dst_view if dst is self.dst else dst.view)
 
     def _grow(self, old: Chunk | None, size: int) -> Chunk:
         """A new piece: kept instead of `old` (given back) up to KEEP_MAX, else only borrowed
@@ -115,10 +124,23 @@ class OneShot:
     def _abandon(self) -> None:
         """The job is still in flight: its pieces and `Job` are never used again (the device may
         still write them; they stay mapped until the pool closes)."""
+        self._drop_views()
         self.src = self.dst = None
         self._lost = True
         self._sqes.clear()
         self.job = Job(self, None, 0, 0, None, 0, 0)
+
+    def _drop_views(self) -> None:
+        self.src_view.release()
+        self.dst_view.release()
+        self.src_view = self.dst_view = memoryview(b"")
+
+    def close(self) -> None:
+        """Before the pool unmaps the pieces: a kept view would keep their memory exported
+        (the buffer could not be closed)."""
+        self._drop_views()
+        self.src = self.dst = None
+        self._sqes.clear()
 
     def _sqe(self, fmt: Format, src: Chunk, dst: Chunk) -> tuple[bytearray, int]:
         if src is self.src and dst is self.dst:
@@ -196,7 +218,8 @@ class OneShot:
         lane = self.lane
         q = lane.current or lane.q  # refuses a closed engine or a forked child: before any DMA
         src, dst = self._pieces(n, compress_bound(n))
-        src.buf.view[src.off:src.off + n] = mv
+        sv, dv = self._views(src, dst)
+        sv[:n] = mv
         sqe, tag_at = self._sqe(fmt, src, dst)
         _, produced, dw3 = self._run(q, sqe, tag_at, n, min(dst.size, hw.HZ_MAX_SIZE))
         try:
@@ -204,7 +227,7 @@ class OneShot:
             if st not in (hw.STATUS_OK, hw.STATUS_NEGACOMPRESS) or not dw3 & _LAST:
                 raise status_error(st, compress=True) or ZipError(
                     f"compression job ended without its final block (status {st:#x})")
-            return hdr + dst.buf.view[dst.off:dst.off + produced]
+            return hdr + dv[:produced]
         finally:
             self._done_with(src, dst)
 
@@ -224,7 +247,8 @@ class OneShot:
         while True:
             src, dst = self._pieces(n, min(out, hw.HZ_MAX_SIZE))
             try:
-                src.buf.view[src.off:src.off + n] = body
+                sv, dv = self._views(src, dst)
+                sv[:n] = body
                 sqe, tag_at = self._sqe(fmt, src, dst)
                 avail = min(dst.size, hw.HZ_MAX_SIZE)
                 consumed, produced, dw3 = self._run(q, sqe, tag_at, n, avail)
@@ -249,6 +273,6 @@ class OneShot:
                     tail = body[max(0, consumed - 8):consumed]
                     if bytes(tail[-tlen:]) != trailer(alg, checksum, isize):
                         raise trailer_error(alg, checksum, tail)
-                return bytes(dst.buf.view[dst.off:dst.off + produced])
+                return bytes(dv[:produced])
             finally:
                 self._done_with(src, dst)
