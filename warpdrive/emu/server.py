@@ -122,7 +122,7 @@ class SpinWindow:
     `s` seconds, between `low` and `high`. `slept(now)` when it stops polling, `woke(now)` when
     activity brings it back."""
 
-    LOW_S = 0.002
+    LOW_S = 0.02
 
     def __init__(self, high: float, low: float | None = None, *, fixed: bool = False) -> None:
         self.high = high

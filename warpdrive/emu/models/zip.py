@@ -205,8 +205,7 @@ class ZipJobs:
         """The results into the SQE slot in place (dw0..3, ctx_dw0's state, dw30/31)."""
         _RES.pack_into(sq, off, res.consumed, res.produced, 0,
                        (res.status & L.STATUS_MASK) | (L.STATUS_LAST_BLOCK if res.last else 0))
-        struct.pack_into("<I", sq, off + 4 * L.DW_CTX_DW0,
-                         (w[L.DW_CTX_DW0] & ~L.CTX_ST_MASK) | res.ctx_st)
+        _U32.pack_into(sq, off + 4 * L.DW_CTX_DW0, (w[L.DW_CTX_DW0] & ~L.CTX_ST_MASK) | res.ctx_st)
         _TAIL.pack_into(sq, off + 4 * L.DW_CTX_DW1, w[L.DW_CTX_DW1], w[L.DW_CTX_DW2],
                         res.isize & 0xFFFF_FFFF, res.checksum & 0xFFFF_FFFF)
 
