@@ -111,3 +111,26 @@ def test_a_failed_piece_fails_the_call_cleanly(engine, monkeypatch) -> None:
     engine.pool._reclaim()
     assert (engine.pool._idle, sum(len(v) for v in engine.pool._chunks.values())) >= before
     assert zlib.decompress(wz.compress(data, 6, 31, device=engine), 31) == data
+
+
+def test_member_size_subfield_round_trip() -> None:
+    """The CLI's gzip members state their size in FEXTRA (subfield WZ); readers that do not know
+    it skip it (RFC 1952 2.3.1.1), and other subfields around it are walked past."""
+    from warpdrive.devices.zip.header import scan_header
+    from warpdrive.devices.zip.sqe import Format
+    from warpdrive.zip.gzip import _gzip_header, member_rest, with_size
+
+    body = zlib.compress(b"sized member\n", 6, -15)
+    trailer = zlib.crc32(b"sized member\n").to_bytes(4, "little") + (13).to_bytes(4, "little")
+    for name in (b"", b"file.txt"):
+        head = with_size(_gzip_header(name, 1_700_000_000, 6), len(body) + 8)
+        member = head + body + trailer
+        assert gzip.decompress(member) == b"sized member\n"
+        parsed = scan_header(member, Format("gzip", 15))
+        assert parsed is not None and parsed.gzip is not None
+        assert parsed.length == len(head) and parsed.gzip.name == (name or None)
+        assert member_rest(parsed.gzip.extra) == len(body) + 8
+    assert member_rest(None) is None and member_rest(b"") is None
+    assert member_rest(b"AB\x02\x00xyWZ\x04\x00\x10\x00\x00\x00") == 16  # after another one
+    assert member_rest(b"WZ\x02\x00\x10\x00") is None  # wrong length: not ours
+    assert member_rest(b"WZ\x04\x00\x10\x00") is None  # cut short
