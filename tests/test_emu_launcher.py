@@ -167,3 +167,31 @@ def test_cli_lists_models_and_rejects_bad_usage() -> None:
     assert res.returncode == 1
     assert "cannot listen on /nonexistent-dir/x.sock" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_fds_numbered_past_1024_start_a_model_and_sleep_on_its_interrupts() -> None:
+    """select(2) refuses fd 1024 and above; a program holding many files must still start a
+    model (the launcher's ready pipe) and sleep on completion interrupts (the eventfd), both
+    numbered past 1024 here. Seen once in a long suite: ValueError from select."""
+    import resource
+    import zlib
+
+    import warpdrive.zip as wz
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1200
+    if hard != resource.RLIM_INFINITY and hard < want:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {want}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+    held: list[int] = []
+    try:
+        while not held or held[-1] < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+        with wz.open_engine("emu", wait="block") as eng:
+            assert eng.source.dev.emulator.proc.pid > 0
+            data = b"many files open " * 4000
+            assert zlib.decompress(eng.compress(data)) == data
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

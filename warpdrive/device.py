@@ -10,7 +10,6 @@ table hole, eventfd interrupts) lives here once.
 from __future__ import annotations
 
 import os
-import select
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -115,7 +114,7 @@ class Interrupt(ForkSafe):
                     f"no {IRQ_INDEX_NAMES.get(self.index, 'interrupt')} vector {self.vector} from "
                     f"{self.device.name} within {timeout} s",
                     hint=self.device.irq_timeout_hint)
-            select.select([self.fd], [], [], left)
+            sc.wait_readable([self.fd], left)
 
     def unmask(self) -> None:
         """Re-enable an automasked (INTx) line after the device's interrupt was acknowledged."""

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import os
+import select
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from .errors import WarpdriveError, from_errno
@@ -117,6 +120,17 @@ def eventfd(initval: int = 0, flags: int = EFD_CLOEXEC) -> int:
     if fd < 0:
         _raise("eventfd")
     return fd
+
+
+def wait_readable(fds: Sequence[int], timeout: float | None) -> list[int]:
+    """Those of `fds` readable (or hung up) within `timeout` seconds (None: no limit), [] on
+    timeout. poll(2), not select(2): select refuses an fd numbered 1024 or more, which a
+    program holding many files (or a test suite) reaches."""
+    p = select.poll()
+    for fd in fds:
+        p.register(fd, select.POLLIN)
+    ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
+    return [fd for fd, _ in p.poll(ms)]
 
 
 PR_SET_TIMERSLACK = 29

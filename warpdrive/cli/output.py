@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import errno as E
 import os
-import select
 import signal
 import stat
 import sys
@@ -23,6 +22,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
+from .. import syscalls as sc
 from ..errors import InvalidArgumentError, PermissionDeniedError, WarpdriveError
 from . import Interrupted  # defined with main(), which catches it
 
@@ -298,13 +298,13 @@ def signals_raise(emergency: Callable[[], None]) -> Iterator[None]:
     def watch() -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, [*sigs, _POKE])
         while True:
-            ready, _, _ = select.select([r, stop_r], [], [])
+            ready = sc.wait_readable([r, stop_r], None)
             if stop_r in ready:
                 return
             with contextlib.suppress(BlockingIOError):
                 os.read(r, 64)
             for _ in range(500):  # 10 s at most; the handler normally runs at the first poke
-                if hits[0] or select.select([stop_r], [], [], 0.02)[0]:
+                if hits[0] or sc.wait_readable([stop_r], 0.02):
                     break
                 signal.pthread_kill(main, _POKE)
 

@@ -19,7 +19,6 @@ import atexit
 import contextlib
 import contextvars
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -31,6 +30,7 @@ import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from ... import syscalls as sc
 from ...errors import DeviceError, DeviceTimeoutError, InvalidArgumentError
 from ...forkguard import ForkSafe
 
@@ -109,7 +109,7 @@ class ModelProcess(ForkSafe):
                     f"device model {self.model!r} did not start serving within {timeout} s"
                     + self._tail_note(),
                     hint="the machine may be overloaded; pass a larger startup_timeout")
-            ready, _, _ = select.select([r], [], [], left)
+            ready = sc.wait_readable([r], left)
             if not ready:
                 continue
             chunk = os.read(r, 64)

@@ -15,7 +15,7 @@ memory (two address stores) and copies its prebuilt header + IV into the slot (o
 Waiting: by default a waiter busy-polls the used ring (no syscall, one busy core). With
 `poll=False` it sleeps on the data queue's MSI-X vector instead: it asks the device for
 interrupts (clears VRING_AVAIL_F_NO_INTERRUPT), fences, looks at the used ring once more, then
-blocks in select() on the vector's eventfd; interrupts are asked for only while someone sleeps.
+blocks in poll() on the vector's eventfd; interrupts are asked for only while someone sleeps.
 
 Requests larger than a slot (`max_request`) go as one request from a buffer of their own
 (`submit_large`: one DMA map per request, one at a time); `warpdrive.crypto.Cipher` splits the
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import select
 import struct
 import time
 import weakref
@@ -657,7 +656,7 @@ class VirtioCrypto(ForkSafe):
                         f"completed within {limit} s (waiting on MSI-X)",
                         hint="the device stopped processing or did not interrupt; check the "
                         "device's log and dmesg for DMAR faults")
-                ready, _, _ = select.select([irq.fd], [], [], min(left, IRQ_RECHECK_S))
+                ready = sc.wait_readable([irq.fd], min(left, IRQ_RECHECK_S))
                 if ready:
                     irq.poll()  # consume the count; the ring says what completed
                     self.interrupts_seen += 1
