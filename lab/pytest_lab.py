@@ -100,7 +100,7 @@ ONE_KERNEL: dict[str, str] = {
     "tests/lab/test_lab_readme.py::": "6.12",
     "tests/lab/test_lab_zip_driver.py::test_zip_round_trips_on_the_v3_function": "6.12",
     "tests/lab/test_lab_zip_driver.py::test_gzip_reads_ours_and_we_read_gzips": "6.12",
-    "tests/lab/test_lab_zip_driver.py::test_cli_and_example_on_the_function": "6.12",
+    "tests/lab/test_lab_zip_driver.py::test_cli_and_example_on_the_function": "7.3",
     **{f"tests/lab/test_lab_crypto.py::{name}": "6.12" for name in (
         "test_random_cases_match_cryptography",
         "test_batch_many_in_flight_one_doorbell_each", "test_results_into_caller_buffers",
