@@ -240,3 +240,45 @@ def test_standalone_model_server(tmp_path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("wait", ["auto", "spin"])
+def test_after_a_slow_wait_the_next_sleeps_at_once(wait: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wait that outlasted Lane.SLOW_S makes the next one sleep on the interrupt without
+    spinning first (a device sharing the CPU, like the model's workers, needs the core the
+    spin would take); wait="spin" never sleeps. Deterministic: `done()` turns true on its
+    third call, which a spinning wait reaches without sleeping and a slow one only after."""
+    from warpdrive.devices.zip.lane import Lane
+
+    with wz.open_engine("emu", wait=wait) as eng:
+        lane = eng.lanes[COMPRESS]
+        s = eng.session("compress")
+        monkeypatch.setattr(Lane, "SLOW_S", 0.0)  # every wait counts as slow
+        s.submit(b"slow " * 1000)
+        s.drain()
+        assert lane.slow
+        blocks: list[int] = []
+        real_block = eng.source.block
+
+        def block(q: object, timeout: float) -> None:
+            blocks.append(calls[0])
+            real_block(q, min(timeout, 0.05))
+
+        monkeypatch.setattr(eng.source, "block", block)
+        job = s.submit(b"next " * 1000)
+        s.flush()
+        calls = [0]
+
+        def done() -> bool:
+            calls[0] += 1
+            return calls[0] >= 3
+
+        lane.wait_until(done)
+        assert blocks == ([2] if wait == "auto" else [])
+        lane.wait_until(lambda: job.done)
+        assert job.result()  # the stream's next piece (it continues the first job's stream)
+        monkeypatch.setattr(Lane, "SLOW_S", float("inf"))
+        s.submit(b"fast " * 10)
+        s.drain()
+        assert not lane.slow

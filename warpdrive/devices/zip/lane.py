@@ -67,6 +67,10 @@ class Lane:
         self.current: QmQueue | None = None
         self._tag = 0
         self.resubmitted = False
+        # The last wait outlasted SLOW_S: jobs here take long (large jobs, or a device that
+        # shares the CPU, like the model), so the next wait sleeps at once instead of spinning
+        # on a core the device may need.
+        self.slow = False
         self._templates: dict[tuple[str, int], SqeTemplate] = {}
 
     @property
@@ -160,16 +164,33 @@ class Lane:
             q.ring()
         return total
 
+    SLOW_S = 1e-3
+
     def wait_until(self, done: Callable[[], bool], timeout: float | None = None, *,
                    locked: bool = False) -> None:
         """Reap until `done()` is true: busy-poll the CQ in memory (no syscall) for the engine's
-        spin time, then block in the source's way (interrupt, or short sleeps)."""
+        spin time, then block in the source's way (interrupt, or short sleeps). After a wait
+        longer than SLOW_S the next one blocks at once (unless wait="spin")."""
         eng = self.engine
         q = self.q
         timeout = eng.timeout if timeout is None else timeout
         clock = time.perf_counter
         start = clock()
-        refresh_at = start + QmQueue.REFRESH_S
+        spin_s = eng.spin_s
+        if self.slow and spin_s != float("inf"):  # wait="spin" never sleeps
+            spin_s = 0.0
+            refresh_at = start
+        else:
+            refresh_at = start + QmQueue.REFRESH_S
+        try:
+            self._wait(done, q, timeout, start, refresh_at, spin_s, locked)
+        finally:
+            self.slow = clock() - start > self.SLOW_S
+
+    def _wait(self, done: Callable[[], bool], q: QmQueue, timeout: float, start: float,
+              refresh_at: float, spin_s: float, locked: bool) -> None:
+        eng = self.engine
+        clock = time.perf_counter
         lock = self.lock
         while True:
             if q.completed():
@@ -195,7 +216,7 @@ class Lane:
                         f"{q.name}: {q.outstanding} ZIP job(s) did not complete within "
                         f"{timeout} s", hint="the engine may be wedged or its DMA blocked; close "
                         "it (the function is reset) and check the kernel log")
-                if waited > eng.spin_s:
+                if waited > spin_s:
                     if locked:
                         lock.release()
                     try:
