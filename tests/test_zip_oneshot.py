@@ -5,10 +5,10 @@ inputs larger than it keeps. Speed is measured by benchmarks/zip_user_bench.py, 
 
 from __future__ import annotations
 
-import os
 import zlib
 
 import pytest
+from forkchild import run_in_child
 
 import warpdrive.zip as wz
 from warpdrive.devices.zip.job import COMPRESS, DECOMPRESS
@@ -121,23 +121,18 @@ def test_forked_child_is_refused_and_the_parent_keeps_its_pieces(engine) -> None
     wz.compress(b"before", device=engine)
     wz.decompress(zlib.compress(b"before"), device=engine)
     kept = [(o.src, o.dst, o.job) for o in engine.oneshots]
-    pid = os.fork()
-    if pid == 0:  # child: the pieces are not mapped here (MADV_DONTFORK); refused first
-        code = 0
-        try:
-            for call in (lambda: wz.compress(b"child", device=engine),
-                         lambda: wz.decompress(zlib.compress(b"child"), device=engine)):
-                try:
-                    call()
-                    code |= 1
-                except ForkedContextError:
-                    pass
-        except BaseException:
-            code |= 2
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.WEXITSTATUS(status) == 0
+
+    def child() -> int:  # the pieces are not mapped here (MADV_DONTFORK): refused first
+        for call in (lambda: wz.compress(b"child", device=engine),
+                     lambda: wz.decompress(zlib.compress(b"child"), device=engine)):
+            try:
+                call()
+                return 1
+            except ForkedContextError:
+                pass
+        return 0
+
+    assert run_in_child(child) == 0
     assert zlib.decompress(wz.compress(b"parent", device=engine)) == b"parent"
     assert wz.decompress(zlib.compress(b"parent"), device=engine) == b"parent"
     assert [(o.src, o.dst, o.job) for o in engine.oneshots] == kept
