@@ -35,7 +35,8 @@ mixed file, 2 rounds, medians; 07:22-07:26, load 5-11): decompress 0.38x -> 0.58
 the inflate: in-process the model's job costs what zlib.decompress costs (64 us vs 86 us).
 
 Prints a table and one JSON line (`zip_user_bench: {...}`) with the load average before and
-after. Goals (issue 11): 5 B <= 15 us; 4 KiB <= 1.2x zlib's time; decompress >= 0.8x and
+after. Goals (issue 11): 5 B <= 15 us; 4 KiB <= 1.2x zlib's time (one-shot goals: the worse of
+compress and decompress); decompress >= 0.8x and
 compress >= 0.95x zlib's speed at >= 64 KiB; CLI compress >= 1.0x pigz, decompress >= 1.0x
 gzip -d; peak RSS <= 100 MB both ways and for the bomb.
 """
@@ -261,10 +262,9 @@ def main() -> int:
     for r in cli:
         print("  ".join(f"{k}={v}" for k, v in r.items()))
     verdict = {}
-    five = next(r for r in api if r["size"] == 5 and r["op"] == "compress")
-    verdict["oneshot_5B_us"] = five["ours_us"]
-    four = next(r for r in api if r["size"] == 4096 and r["op"] == "compress")
-    verdict["oneshot_4KiB_time_ratio"] = four["time_ratio"]
+    # One-shot goals hold for both calls: the worse of compress and decompress is judged.
+    verdict["oneshot_5B_us"] = max(r["ours_us"] for r in api if r["size"] == 5)
+    verdict["oneshot_4KiB_time_ratio"] = max(r["time_ratio"] for r in api if r["size"] == 4096)
     verdict["decompress_speed_ratio"] = min(r["speed_ratio"] for r in api
                                             if r["op"] == "decompress" and r["size"] >= 65536)
     verdict["compress_speed_ratio"] = min(r["speed_ratio"] for r in api
