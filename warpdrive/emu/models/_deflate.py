@@ -159,13 +159,14 @@ class DeflateUnit:
         return JobResult(L.STATUS_OK, used, m, True, checksum, m)
 
     # -- stateful ---------------------------------------------------------------------------
-    def _stream(self, key: int, new: bool, compress: bool, alg: int,
-                wbits: int) -> Stream | None:
+    def _stream(self, key: int, new: bool, alg: int) -> Stream | None:
+        """The decompression stream of context `key`: a fresh one for a new stream, else the
+        one kept (None if there is none). Compression streams: `compress_stateful`."""
         st = self.streams.get(key)
         if new or st is None:
             if not new:
                 return None
-            st = self._fresh(compress, alg, wbits)
+            st = self._fresh(False, alg, 15)
             self._keep(key, st)
         else:
             self.streams.move_to_end(key)
@@ -241,7 +242,7 @@ class DeflateUnit:
 
     def decompress_stateful(self, key: int, new: bool, alg: int, src: memoryview | bytes,
                             dst: memoryview | bytearray) -> JobResult:
-        st = self._stream(key, new, False, alg, 15)
+        st = self._stream(key, new, alg)
         if st is None or st.compress:
             return JobResult(L.STATUS_BAD_REQUEST)
         if st.done:
