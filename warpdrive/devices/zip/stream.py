@@ -416,7 +416,6 @@ def compress_pieces(engine: EngineParts, mv: memoryview, fmt: Format, level: int
     out = [header(fmt, level)]
     checksum = initial_checksum(alg)
     inflight: deque[tuple[Job, list[Chunk]]] = deque()
-    error: ZipError | None = None
     with lane.lock:
         try:
             for start in range(0, max(n, 1), piece):
@@ -448,19 +447,12 @@ def compress_pieces(engine: EngineParts, mv: memoryview, fmt: Format, level: int
                     finally:
                         for c in chunks:
                             pool.give(c)
-        except ZipError as e:
-            error = e
         finally:
             while inflight:  # (after an error) the engine may still write these buffers:
                 job, chunks = inflight.popleft()  # back to the pool only once it is done
                 lane.wait_until(_is_done(job), locked=True)
                 for c in chunks:
                     pool.give(c)
-    if error is not None:
-        try:
-            raise error
-        finally:
-            del error
     out.append(trailer(alg, checksum, n))
     return b"".join(out)
 
