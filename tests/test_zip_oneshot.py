@@ -161,3 +161,117 @@ def test_interrupt_waits_acknowledge_with_posted_writes() -> None:
         # interrupts were sent, so acknowledged (how many depends on timing: a job found done
         # before its waiter blocked needs none of its own)
         assert stats["jobs"] == 100 and stats["msis"] > 0, stats
+
+
+# -- the fast ways (OneShot.compress_fast / decompress_fast) ----------------------------------
+def test_common_calls_take_the_fast_way(engine) -> None:
+    """bytes or bytearray, exact ints, the formats the engine serves: one plan lookup, and the
+    stream zlib would read (headers as zlib writes them)."""
+    c, d = engine.oneshots
+    data = text(7, 3000)
+    wz.compress(data, device=engine)  # the general way takes the pieces the plans point at
+    wz.decompress(zlib.compress(data), device=engine)
+    for wbits in (15, 31, -15, 12, 28, -12):
+        for level in (-1, 1, 6, 9):
+            fast = c.fast_calls
+            blob = wz.compress(bytearray(data), level, wbits, device=engine)
+            assert c.fast_calls == fast + 1, (level, wbits)
+            assert zlib.decompress(blob, wbits) == data
+            head = 10 if wbits > 15 else 2 if wbits > 0 else 0
+            if wbits > 15:
+                assert blob[:head] == zlib.compress(data, level, wbits)[:head]
+            elif wbits == 15:
+                assert blob[:2] == zlib.compress(data, level, wbits)[:2]
+    for wbits, written in ((15, 15), (16, 31), (31, 31), (47, 15), (47, 31), (-15, -15)):
+        for kind in (bytes, bytearray):
+            co = zlib.compressobj(6, zlib.DEFLATED, written)
+            blob = kind(co.compress(data) + co.flush())
+            fast = d.fast_calls
+            assert wz.decompress(blob, wbits, device=engine) == data
+            assert wz.decompress(blob + b"trailing", wbits, 0, device=engine) == data
+            assert d.fast_calls == fast + 2, (wbits, written)
+
+
+def test_uncommon_calls_take_the_general_way(engine) -> None:
+    """Other buffer types, int subclasses (bool), gzip headers with optional fields, zlib
+    headers asking for a dictionary, auto-detection with wbits 32, huge bufsize: the general
+    way, with the same results and errors as before."""
+    import gzip
+    import io
+
+    class Level(int):
+        pass
+
+    c, d = engine.oneshots
+    data = text(8, 3000)
+    wz.compress(data, device=engine)
+    fast, calls = c.fast_calls, c.calls
+    for blob in (wz.compress(memoryview(data), device=engine),
+                 wz.compress(data, Level(6), device=engine),
+                 wz.compress(data, True, device=engine)):
+        assert zlib.decompress(blob) == data
+    assert (c.fast_calls, c.calls) == (fast, calls + 3)
+    named = io.BytesIO()
+    with gzip.GzipFile("name.txt", "wb", fileobj=named, mtime=1) as f:
+        f.write(data)
+    fast = d.fast_calls
+    assert wz.decompress(named.getvalue(), 31, device=engine) == data
+    assert wz.decompress(zlib.compress(data), 32, device=engine) == data
+    assert wz.decompress(zlib.compress(data), 15, 1 << 31, device=engine) == data
+    assert wz.decompress(memoryview(zlib.compress(data)), device=engine) == data
+    co = zlib.compressobj(zdict=b"the quick brown fox")
+    with pytest.raises(wz.error, match="Error 2 while decompressing"):
+        wz.decompress(co.compress(data) + co.flush(), device=engine)
+    assert d.fast_calls == fast
+
+
+def test_fast_errors_read_as_zlibs(engine) -> None:
+    """A job the fast way ran that did not end well gets the general checks: zlib's messages."""
+    d = engine.oneshots[DECOMPRESS]
+    data = text(9, 2000)
+    good_z, good_g = zlib.compress(data), wz.compress(data, wbits=31, device=engine)
+    bad_crc = bytearray(good_g)
+    bad_crc[-8] ^= 1
+    bad_len = bytearray(good_g)
+    bad_len[-4] ^= 1
+    fast = d.fast_calls
+    for blob, wbits in ((good_z[:-1] + bytes([good_z[-1] ^ 1]), 15), (bytes(bad_crc), 31),
+                        (bytes(bad_len), 31), (good_z[:-3], 15), (good_z[:20], 15)):
+        with pytest.raises(zlib.error) as theirs:
+            zlib.decompress(blob, wbits)
+        with pytest.raises(wz.error) as ours:
+            wz.decompress(blob, wbits, device=engine)
+        assert str(ours.value).startswith(str(theirs.value)), (ours.value, theirs.value)
+    assert d.fast_calls == fast + 5
+
+
+def test_output_too_big_for_the_room_goes_on_from_it() -> None:
+    """A fast job whose output did not fit its kept piece: the general way continues from 4x
+    that room instead of starting over from its own guess."""
+    with wz.open_engine("emu", announce=False) as eng:
+        d = eng.oneshots[DECOMPRESS]
+        assert wz.decompress(zlib.compress(b"x" * 100), device=eng) == b"x" * 100
+        assert d.dst is not None and d.dst.size < 256 << 10
+        zeros = bytes(600_000)  # ~600 B compressed: the fast way guesses 64 KiB of room
+        calls, fast = d.calls, d.fast_calls
+        assert wz.decompress(zlib.compress(zeros), device=eng) == zeros
+        assert (d.calls - calls, d.fast_calls - fast) == (3, 1)  # 64 KiB, 4x, 16x: fits
+        assert d.retry_out == 0
+
+
+def test_a_closed_default_engine_is_replaced(monkeypatch) -> None:
+    """The fast way reads the default engine without a lock; a closed one has no queue, so
+    the general way opens the next default engine."""
+    from warpdrive.zip import engines
+
+    eng = wz.open_engine("emu", announce=False)
+    monkeypatch.setattr(engines, "_default", eng)
+    assert zlib.decompress(wz.compress(b"default" * 50)) == b"default" * 50
+    assert wz.compress(b"default" * 50) and eng.oneshots[COMPRESS].fast_calls == 1
+    eng.close()
+    try:
+        assert zlib.decompress(wz.compress(b"again" * 50)) == b"again" * 50
+        assert engines._default is not eng and engines._default is not None
+    finally:
+        if engines._default is not eng and engines._default is not None:
+            engines._default.close()

@@ -34,6 +34,7 @@ from ..devices.zip.errors import ZipDataError, ZipError, ZipUnsupportedError
 from ..devices.zip.header import GzipHeader
 from ..devices.zip.sqe import Format
 from ..errors import InvalidArgumentError
+from . import engines as _engines
 from .engines import engine_for
 
 log = logging.getLogger("warpdrive.zip")
@@ -155,9 +156,27 @@ class _CpuStream:
 
 
 # -- one-shot functions ------------------------------------------------------------------
+# The common call is served first, on exact types (a bool or an int subclass goes the checked
+# way), with values the engine takes: the sets below hold only valid arguments, so what passes
+# them needs no other check. The engine's fast way (`OneShot.compress_fast`) returns None, having
+# done nothing, for anything it does not serve: then the general way below runs.
+_ENGINE_LEVELS = frozenset((-1, *range(1, 10)))
+_ENGINE_CWBITS = frozenset(w for w in COMPRESS_WBITS if compress_window(w) >= ENGINE_MIN_WINDOW)
+_FAST_DWBITS = frozenset((MAX_WBITS, 16, 16 + MAX_WBITS, 32 + MAX_WBITS, -MAX_WBITS))
+_FAST_BUFSIZE_MAX = 1 << 30
+
+
 def compress(data: Buffer, /, level: int = -1, wbits: int = MAX_WBITS, *,
              device: Where = None) -> bytes:
     """zlib.compress: one complete stream (any size; over 7 MiB as a chain of stream jobs)."""
+    cls = data.__class__
+    if (cls is bytes or cls is bytearray) and level.__class__ is int and \
+            wbits.__class__ is int and level in _ENGINE_LEVELS and wbits in _ENGINE_CWBITS:
+        eng = _engines._default if device is None else device
+        if eng.__class__ is ZipEngine:
+            out = eng.oneshots[0].compress_fast(data, level, wbits)
+            if out is not None:
+                return out
     mv = byte_view(data)
     level, wbits = c_int(level), c_int(wbits)
     if not -1 <= level <= 9 or wbits not in COMPRESS_WBITS:
@@ -173,6 +192,15 @@ def decompress(data: Buffer, /, wbits: int = MAX_WBITS, bufsize: int = DEF_BUF_S
                device: Where = None) -> bytes:
     """zlib.decompress: one complete stream; data after its end is ignored (as zlib does).
     Corrupt or truncated input raises `error` with zlib's message."""
+    cls = data.__class__
+    if (cls is bytes or cls is bytearray) and wbits.__class__ is int and \
+            bufsize.__class__ is int and wbits in _FAST_DWBITS and \
+            0 <= bufsize <= _FAST_BUFSIZE_MAX:
+        eng = _engines._default if device is None else device
+        if eng.__class__ is ZipEngine:
+            out = eng.oneshots[1].decompress_fast(data, wbits, bufsize)
+            if out is not None:
+                return out
     mv = byte_view(data)
     wbits, bufsize = c_int(wbits), c_ssize(bufsize)
     if bufsize < 0:

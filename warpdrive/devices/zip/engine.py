@@ -55,7 +55,9 @@ class ZipEngine(ForkSafe):
         self.pool = BufferPool(source.dma)
         self.lanes = (Lane(self, COMPRESS), Lane(self, DECOMPRESS))
         # The one-shot functions' state per lane, kept for the engine's life (oneshot.py).
-        self.oneshots = (OneShot(self, self.lanes[COMPRESS]), OneShot(self, self.lanes[DECOMPRESS]))
+        # (index 0 compresses, 1 decompresses: warpdrive.zip's fast calls pick them so)
+        self.oneshots = (OneShot(self, self.lanes[COMPRESS], compress_max=SPLIT_MIN - 1),
+                         OneShot(self, self.lanes[DECOMPRESS]))
         self._on_close = on_close
         self._closed = False
         self._sessions: list[Session] = []

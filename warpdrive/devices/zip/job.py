@@ -30,7 +30,7 @@ def alg_of_job(job: Job) -> int:
     return job.sqe[4 * hw.DW_REQ] if job.sqe else hw.ALG_DEFLATE
 
 
-def decompress_guess(data: memoryview, fmt: Format) -> int:
+def decompress_guess(data: bytes | bytearray | memoryview, fmt: Format) -> int:
     """Output room for a one-job decompression: the gzip ISIZE when plausible, else 8x the
     input (text deflates 3-10x; too little room makes the engine do the job twice)."""
     n = len(data)

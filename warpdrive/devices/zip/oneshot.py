@@ -9,6 +9,15 @@ the input in, stores the SQE and the doorbell (`QmQueue.submit_one`), spins on t
 engine's spin time (the usual case: the job is back within microseconds) and then waits the
 lane's way (refresh, watchdog, interrupt), and copies the output out.
 
+Two ways in. `compress_fast`/`decompress_fast` serve the common call in as few Python steps as
+it takes (a per-call cost of a few microseconds is most of a small call's time): a plan per
+(level, wbits) or wbits holds the header, an SQE whose output room and addresses are already
+in it (decompression: the input's header is copied in with the body and the SQE points past
+it, so no slice of the input is made) and the largest input it takes; they return None for
+anything else (no plan yet, pieces too small, an uncommon header, a queue not started), with
+nothing done, and the caller takes the general way (`compress`/`decompress`), which also
+builds the plans' pieces. Results that are not plain success go to the general checks.
+
 Safety is the lane's, as for every job: the queue is looked up first (a closed engine or a
 forked child is refused before any DMA memory is touched), the lane lock is held for the whole
 job, and a call that leaves with its job still in flight (timeout, the device gone, an
@@ -28,7 +37,10 @@ from .header import whole_header
 from .job import Job, compress_bound, decompress_guess
 from .lane import EngineParts, Lane
 from .sqe import (
+    DEFLATE,
     EMPTY_FINAL_BLOCK,
+    GZIP,
+    ZLIB,
     Format,
     decompression_complete,
     header,
@@ -40,32 +52,58 @@ from .sqe import (
 )
 
 _LAST = hw.STATUS_LAST_BLOCK
-_RESULT = hw.SQE_RESULT.unpack_from  # dw0..3: consumed, produced, comp length, status
-_ISIZE_SUM = struct.Struct("<2I").unpack_from  # dw30, dw31: isize, checksum
-_U32 = struct.Struct("<I").pack_into
-_IN_LEN, _AVAIL = 4 * hw.DW_INPUT_LENGTH, 4 * hw.DW_DEST_AVAIL_OUT
-_SPIN_CHECKS = 64  # CQ looks between two clock reads while spinning
+_DONE = hw.STATUS_MASK | _LAST  # the status and last-block bits of dw3
+_OK, _NEGA = hw.STATUS_OK | _LAST, hw.STATUS_NEGACOMPRESS | _LAST
+_END = hw.STATUS_DECOMP_END | _LAST
+_IN, _AVAIL = hw.DW_INPUT_LENGTH, hw.DW_DEST_AVAIL_OUT
+_ISIZE, _SUM = hw.DW_ISIZE, hw.DW_CHECKSUM
+_BE32 = struct.Struct(">I").unpack_from
+_LE2 = struct.Struct("<2I").unpack_from
+_SPIN_CHECKS = range(64)  # CQ looks between two clock reads while spinning
+_GZIP_PLAIN = b"\x1f\x8b\x08\x00"  # a gzip header with no optional fields: 10 bytes
+# zlib headers (CMF, FLG as one u16) a 32 KiB window decodes: deflate, any window, no
+# dictionary, check bits right (RFC 1950 2.2); the rest go the general way (`scan_header`).
+_ZLIB_HEADS = frozenset(h for h in range(0x0800, 0x8000) if h % 31 == 0 and
+                        (h >> 8) & 0x0F == 8 and not h & 0x20)
+_HLEN = {DEFLATE: 0, ZLIB: 2, GZIP: 10}
+
+
+class _Plan:
+    """What a fast call needs for one format (see the module docstring)."""
+
+    __slots__ = ("alg", "avail", "cap", "fmt", "hdr", "hlen", "s32", "sqe", "tag_dw", "tlen")
+
+    def __init__(self, fmt: Format, sqe: bytearray, tag_dw: int, cap: int, avail: int,
+                 hdr: bytes = b"", hlen: int = 0) -> None:
+        self.fmt, self.alg, self.tlen = fmt, fmt.alg, trailer_size(fmt.alg)
+        self.sqe, self.s32, self.tag_dw = sqe, memoryview(sqe).cast("I"), tag_dw
+        self.cap, self.avail = cap, avail  # largest input; output room
+        self.hdr, self.hlen = hdr, hlen  # compression: header written; decompression: skipped
 
 
 class OneShot:
-    """The one-shot jobs of one lane (see the module docstring); the caller holds the lane
-    lock around `compress`/`decompress`."""
+    """The one-shot jobs of one lane (see the module docstring). The caller holds the lane lock
+    around `compress`/`decompress`; the fast ways take it themselves."""
 
     KEEP_MAX = 1 << 20  # pieces up to this size are kept between calls
 
-    def __init__(self, engine: EngineParts, lane: Lane) -> None:
+    def __init__(self, engine: EngineParts, lane: Lane, compress_max: int = hw.HZ_MAX_SIZE) -> None:
         self.engine = engine
         self.lane = lane
         self.pool: BufferPool = engine.pool
+        self.compress_max = compress_max  # larger compressions go out as pieces (the engine's)
         self.job = Job(self, None, 0, 0, None, 0, 0)
         self.src: Chunk | None = None
         self.dst: Chunk | None = None
         self.src_view = self.dst_view = memoryview(b"")
-        self._sqes: dict[Format, tuple[bytearray, int]] = {}  # SQE and its tag's byte offset
+        self._sqes: dict[Format, tuple[bytearray, memoryview, int]] = {}  # SQE, u32s, tag dw
+        self._plans: dict[object, _Plan | None] = {}  # (level, wbits) or wbits: fast ways
         self._heads: dict[tuple[Format, int], bytes] = {}
         self._fmts: dict[tuple[int, bool], Format] = {}
         self.calls = 0  # jobs run (for tests: reuse is visible)
+        self.fast_calls = 0  # of them, through a fast way
         self.slot_off = 0  # SQ slot of the last job (its results are read there)
+        self.retry_out = 0  # output room a fast decompression found too small
         self._lost = False  # the pieces in use belong to an abandoned job
 
     def fmt(self, wbits: int, decompress: bool) -> Format:
@@ -88,14 +126,18 @@ class OneShot:
             if src.size <= self.KEEP_MAX:
                 self.src_view.release()
                 self.src, self.src_view = src, src.view
-                self._sqes.clear()  # they carry the old address
+                self._forget_sqes()  # they carry the old address
         if dst is None or dst.size < n_out:
             dst = self._grow(dst, n_out)
             if dst.size <= self.KEEP_MAX:
                 self.dst_view.release()
                 self.dst, self.dst_view = dst, dst.view
-                self._sqes.clear()
+                self._forget_sqes()
         return src, dst
+
+    def _forget_sqes(self) -> None:
+        self._sqes.clear()
+        self._plans.clear()
 
     def _views(self, src: Chunk, dst: Chunk) -> tuple[memoryview, memoryview]:
         """Views of the pieces: kept with kept pieces (a call is refused in a forked child or
@@ -127,7 +169,7 @@ class OneShot:
         self._drop_views()
         self.src = self.dst = None
         self._lost = True
-        self._sqes.clear()
+        self._forget_sqes()
         self.job = Job(self, None, 0, 0, None, 0, 0)
 
     def _drop_views(self) -> None:
@@ -140,36 +182,38 @@ class OneShot:
         (the buffer could not be closed)."""
         self._drop_views()
         self.src = self.dst = None
-        self._sqes.clear()
+        self._forget_sqes()
 
-    def _sqe(self, fmt: Format, src: Chunk, dst: Chunk) -> tuple[bytearray, int]:
-        if src is self.src and dst is self.dst:
+    def _new_sqe(self, fmt: Format, src: int, dst: int, avail: int) -> tuple[bytearray, int]:
+        tmpl = self.lane.template(fmt)
+        sqe = bytearray(hw.SQE_SIZE)
+        tmpl.fill(sqe, 0, src=src, in_len=0, dst=dst, avail=avail, tag=0)
+        return sqe, tmpl.tag_dw
+
+    def _sqe(self, fmt: Format, src: Chunk, dst: Chunk) -> tuple[bytearray, memoryview, int]:
+        kept = src is self.src and dst is self.dst
+        if kept:
             got = self._sqes.get(fmt)
             if got is not None:
                 return got
-        tmpl = self.lane.template(fmt)
-        sqe = bytearray(hw.SQE_SIZE)
-        tmpl.fill(sqe, 0, src=src.iova, in_len=0, dst=dst.iova, avail=0, tag=0)
-        got = (sqe, 4 * tmpl.tag_dw)
-        if src is self.src and dst is self.dst:
-            self._sqes[fmt] = got
-        return got
+        sqe, tag_dw = self._new_sqe(fmt, src.iova, dst.iova, 0)
+        made = (sqe, memoryview(sqe).cast("I"), tag_dw)
+        if kept:
+            self._sqes[fmt] = made
+        return made
 
     # -- one job ----------------------------------------------------------------------------
-    def _run(self, q: QmQueue, sqe: bytearray, tag_at: int, n: int,
-             avail: int) -> tuple[int, int, int]:
-        """Submit the job and wait for it; returns (consumed, produced, dw3). The caller has
-        filled the input piece and holds the lane lock."""
+    def _go(self, q: QmQueue, sqe: bytearray, s32: memoryview, tag_dw: int) -> int:
+        """Tag the SQE, submit it and wait for the job; returns its SQ slot's byte offset. The
+        caller has filled the input piece and the SQE's lengths, and holds the lane lock."""
         lane = self.lane
-        _U32(sqe, _IN_LEN, n)
-        _U32(sqe, _AVAIL, avail)
-        _U32(sqe, tag_at, lane.next_tag())
+        s32[tag_dw] = lane.next_tag()
         job = self.job
         job.done = False
         off = q.submit_one(job, self, sqe)  # type: ignore[arg-type]  # any buffer will do
         if off < 0:  # the queue is full of others' jobs: make room (reaps, may wait)
             lane.make_room(1)
-            off = q.submit_one(job, self, sqe)  # type: ignore[arg-type]
+            off = q.submit_one(job, self, sqe)  # type: ignore[arg-type]  # any buffer will do
         self.calls += 1
         try:
             self._wait(q, job)
@@ -178,25 +222,29 @@ class OneShot:
                 self._abandon()
             raise
         self.slot_off = off
-        consumed, produced, _, dw3 = _RESULT(q.sq, off)
-        return consumed, produced, dw3
+        return off
 
     def _wait(self, q: QmQueue, job: Job) -> None:
-        """Spin on the CQ (no syscall) for the engine's spin time, then wait the lane's way."""
+        """Spin on the CQ (no syscall) for the engine's spin time, then wait the lane's way.
+        While this thread holds the lane lock only it moves the CQ head, so the phase word to
+        watch and the phase it waits for are read once."""
         lane = self.lane
         spin = self.engine.spin_s
         if spin > 0:
             cq16 = q.cq16
-            clock = time.perf_counter
-            until = clock() + min(spin, q.REFRESH_S)  # past REFRESH_S the lane re-rings
-            while True:
-                for _ in range(_SPIN_CHECKS):
-                    if (cq16[q.cq_head * 8 + 7] & 1) == q.phase:  # q.completed(), inlined
-                        break
-                else:
-                    if clock() < until:
-                        continue
+            at, phase = q.cq_head * 8 + 7, q.phase
+            if (cq16[at] & 1) != phase:
+                clock = time.perf_counter
+                until = clock() + min(spin, q.REFRESH_S)  # past REFRESH_S the lane re-rings
+                while True:
+                    for _ in _SPIN_CHECKS:
+                        if (cq16[at] & 1) == phase:
+                            break
+                    else:
+                        if clock() < until:
+                            continue
                     break
+            if (cq16[at] & 1) == phase:
                 # A CQE: ours at the head (the usual case), else the lane hands them out.
                 if q.take_one(self) is job:
                     job.done = True
@@ -206,7 +254,150 @@ class OneShot:
                     return
         lane.wait_until(lambda: job.done, locked=True)
 
-    # -- the calls ----------------------------------------------------------------------------
+    # -- the fast ways ------------------------------------------------------------------------
+    def _kept_plan(self, key: object, fmt: Format, cap: int, avail: int, *, src_skip: int = 0,
+                   hdr: bytes = b"") -> _Plan | None:
+        src, dst = self.src, self.dst
+        if src is None or dst is None or cap <= 0:
+            return None  # the general way takes (and keeps) pieces first
+        sqe, tag_dw = self._new_sqe(fmt, src.iova + src_skip, dst.iova, avail)
+        plan = self._plans[key] = _Plan(fmt, sqe, tag_dw, cap, avail, hdr, src_skip)
+        return plan
+
+    def _compress_plan(self, level: int, wbits: int) -> _Plan | None:
+        if self.src is None or self.dst is None:
+            return None
+        fmt = self.fmt(wbits, False)
+        avail = min(self.dst.size, hw.HZ_MAX_SIZE)
+        cap = min(self.src.size, self.compress_max, avail)
+        while cap > 0 and compress_bound(cap) > avail:  # (a few steps: bound ~ 9/8 n)
+            cap = min(cap - 1, (avail - 64) * 8 // 9)
+        return self._kept_plan((level, wbits), fmt, cap, avail, hdr=header(fmt, level))
+
+    def compress_fast(self, data: bytes | bytearray | memoryview, level: int,
+                      wbits: int) -> bytes | None:
+        """`compress` for a bytes or bytearray of 1 .. the plan's size, with a level and wbits
+        the engine serves (the caller checked them); None: nothing done, use the general way."""
+        lane = self.lane
+        lane.acquire()
+        try:
+            q = lane.current  # None: not started, closed, or a forked child
+            plan = self._plans.get((level, wbits)) or self._compress_plan(level, wbits)
+            n = len(data)
+            if q is None or plan is None or not 0 < n <= plan.cap:
+                return None
+            self.src_view[:n] = data
+            plan.s32[_IN] = n
+            off = self._go(q, plan.sqe, plan.s32, plan.tag_dw)
+            self.fast_calls += 1
+            d = off >> 2
+            sq32 = q.sq32
+            dw3 = sq32[d + 3] & _DONE
+            if dw3 != _OK and dw3 != _NEGA:
+                self._compress_failed(dw3)
+            return plan.hdr + self.dst_view[:sq32[d + 1]]
+        finally:
+            lane.release()
+
+    def _decompress_plan(self, wbits: int) -> _Plan | None:
+        if self.src is None or self.dst is None:
+            return None
+        fmt = self.fmt(wbits, True)
+        hlen = _HLEN.get(fmt.container)
+        if hlen is None or fmt.window_bits != 15:
+            self._plans[wbits] = None  # (auto detection, a smaller window): the general way
+            return None
+        return self._kept_plan(wbits, fmt, self.src.size, min(self.dst.size, hw.HZ_MAX_SIZE),
+                               src_skip=hlen)
+
+    def decompress_fast(self, data: bytes | bytearray | memoryview, wbits: int,
+                        bufsize: int) -> bytes | None:
+        """`decompress` of a whole zlib (a 32 KiB window or less, no dictionary), plain gzip
+        (no optional header fields) or raw stream in a bytes or bytearray, for wbits 15, 16,
+        31, 47 or -15 and 0 <= bufsize (the caller checked them); None: nothing done (or the
+        output did not fit), use the general way."""
+        n = len(data)
+        if wbits == 47:  # zlib or gzip, detected: the plans of 15 and 31 read both
+            wbits = 31 if n and data[0] == 0x1F else 15
+        lane = self.lane
+        lane.acquire()
+        try:
+            q = lane.current  # None: not started, closed, or a forked child
+            plans = self._plans
+            plan = plans[wbits] if wbits in plans else self._decompress_plan(wbits)
+            if q is None or plan is None or n > plan.cap:
+                return None
+            hlen = plan.hlen
+            if hlen == 10:
+                if n < 20 or data[:4] != _GZIP_PLAIN:
+                    return None
+                room = decompress_guess(data, plan.fmt)  # the size its trailer states
+            else:
+                if n <= hlen or (hlen and (data[0] << 8 | data[1]) not in _ZLIB_HEADS):
+                    return None
+                room = n << 3  # as decompress_guess: 8x the input, at least 64 KiB
+                if room < 65536:
+                    room = 65536
+            if room < bufsize:
+                room = bufsize
+            avail = plan.avail  # (a kept piece: under HZ_MAX_SIZE)
+            if room > avail:
+                return None  # the general way takes a bigger output piece
+            self.src_view[:n] = data
+            s32 = plan.s32
+            s32[_IN] = n - hlen
+            off = self._go(q, plan.sqe, s32, plan.tag_dw)
+            self.fast_calls += 1
+            d = off >> 2
+            sq32 = q.sq32
+            consumed, produced, dw3 = sq32[d], sq32[d + 1], sq32[d + 3]
+            st = dw3 & _DONE
+            if st in (_OK, _END):  # the trailer (in the input) against the engine's sums
+                tlen = plan.tlen
+                at = hlen + consumed - tlen
+                if tlen == 4:
+                    if hlen <= at <= n - 4 and _BE32(data, at)[0] == sq32[d + _SUM]:
+                        return bytes(self.dst_view[:produced])
+                elif not tlen or (hlen <= at <= n - 8 and
+                                  _LE2(data, at) == (sq32[d + _SUM], sq32[d + _ISIZE])):
+                    return bytes(self.dst_view[:produced])
+            elif dw3 & hw.STATUS_MASK == hw.STATUS_DST_TOO_SMALL:
+                self.retry_out = avail * 4
+                return None
+            self._check_inflated(q, dw3, consumed, plan.alg, memoryview(data)[hlen:])
+            return bytes(self.dst_view[:produced])
+        finally:
+            lane.release()
+
+    # -- the general ways -----------------------------------------------------------------------
+    @staticmethod
+    def _compress_failed(dw3: int) -> None:
+        st = dw3 & hw.STATUS_MASK
+        if st not in (hw.STATUS_OK, hw.STATUS_NEGACOMPRESS) or not dw3 & _LAST:
+            raise status_error(st, compress=True) or ZipError(
+                f"compression job ended without its final block (status {st:#x})")
+
+    def _check_inflated(self, q: QmQueue, dw3: int, consumed: int, alg: int,
+                        body: memoryview) -> None:
+        """Raise the error of a finished decompression job (whose status is not "output too
+        small"), if it failed; its trailer is checked against the engine's checksum."""
+        st = dw3 & hw.STATUS_MASK
+        isize, checksum = _LE2(q.sq, self.slot_off + 4 * hw.DW_ISIZE)
+        if st == hw.STATUS_CRC_ERR:
+            end = min(consumed, len(body))
+            raise trailer_error(alg, checksum, body[max(0, end - 8):end])
+        if st not in (hw.STATUS_OK, hw.STATUS_NEGACOMPRESS, hw.STATUS_DECOMP_END):
+            # Raised unbound: a local would make this frame and the error a cycle.
+            raise status_error(st, compress=False) or ZipDataError(f"status {st:#x}")
+        if not decompression_complete(st, dw3):
+            raise ZipDataError("Error -5 while decompressing data: incomplete or truncated "
+                               "stream")
+        tlen = trailer_size(alg)
+        if tlen:
+            tail = body[max(0, consumed - 8):consumed]
+            if bytes(tail[-tlen:]) != trailer(alg, checksum, isize):
+                raise trailer_error(alg, checksum, tail)
+
     def compress(self, mv: memoryview, fmt: Format, level: int) -> bytes:
         key = (fmt, level)
         hdr = self._heads.get(key)
@@ -220,13 +411,13 @@ class OneShot:
         src, dst = self._pieces(n, compress_bound(n))
         sv, dv = self._views(src, dst)
         sv[:n] = mv
-        sqe, tag_at = self._sqe(fmt, src, dst)
-        _, produced, dw3 = self._run(q, sqe, tag_at, n, min(dst.size, hw.HZ_MAX_SIZE))
+        sqe, s32, tag_dw = self._sqe(fmt, src, dst)
+        s32[_IN] = n
+        s32[_AVAIL] = min(dst.size, hw.HZ_MAX_SIZE)
         try:
-            st = dw3 & hw.STATUS_MASK
-            if st not in (hw.STATUS_OK, hw.STATUS_NEGACOMPRESS) or not dw3 & _LAST:
-                raise status_error(st, compress=True) or ZipError(
-                    f"compression job ended without its final block (status {st:#x})")
+            off = self._go(q, sqe, s32, tag_dw)
+            _, produced, _, dw3 = hw.SQE_RESULT.unpack_from(q.sq, off)
+            self._compress_failed(dw3)
             return hdr + dv[:produced]
         finally:
             self._done_with(src, dst)
@@ -242,37 +433,25 @@ class OneShot:
                                "stream")
         lane = self.lane
         q = lane.current or lane.q  # refuses a closed engine or a forked child: before any DMA
-        out = max(bufsize, decompress_guess(mv, fmt))
-        alg = fmt.alg
+        out = max(bufsize, decompress_guess(mv, fmt), self.retry_out)
+        self.retry_out = 0
         while True:
             src, dst = self._pieces(n, min(out, hw.HZ_MAX_SIZE))
             try:
                 sv, dv = self._views(src, dst)
                 sv[:n] = body
-                sqe, tag_at = self._sqe(fmt, src, dst)
+                sqe, s32, tag_dw = self._sqe(fmt, src, dst)
                 avail = min(dst.size, hw.HZ_MAX_SIZE)
-                consumed, produced, dw3 = self._run(q, sqe, tag_at, n, avail)
-                st = dw3 & hw.STATUS_MASK
-                if st == hw.STATUS_DST_TOO_SMALL:
+                s32[_IN] = n
+                s32[_AVAIL] = avail
+                off = self._go(q, sqe, s32, tag_dw)
+                consumed, produced, _, dw3 = hw.SQE_RESULT.unpack_from(q.sq, off)
+                if dw3 & hw.STATUS_MASK == hw.STATUS_DST_TOO_SMALL:
                     if avail >= hw.HZ_MAX_SIZE:
                         return None
                     out = avail * 4
                     continue
-                isize, checksum = _ISIZE_SUM(q.sq, self.slot_off + 4 * hw.DW_ISIZE)
-                if st == hw.STATUS_CRC_ERR:
-                    end = min(consumed, n)
-                    raise trailer_error(alg, checksum, body[max(0, end - 8):end])
-                if st not in (hw.STATUS_OK, hw.STATUS_NEGACOMPRESS, hw.STATUS_DECOMP_END):
-                    # Raised unbound: a local would make this frame and the error a cycle.
-                    raise status_error(st, compress=False) or ZipDataError(f"status {st:#x}")
-                if not decompression_complete(st, dw3):
-                    raise ZipDataError("Error -5 while decompressing data: incomplete or "
-                                       "truncated stream")
-                tlen = trailer_size(alg)
-                if tlen:
-                    tail = body[max(0, consumed - 8):consumed]
-                    if bytes(tail[-tlen:]) != trailer(alg, checksum, isize):
-                        raise trailer_error(alg, checksum, tail)
+                self._check_inflated(q, dw3, consumed, fmt.alg, body)
                 return bytes(dv[:produced])
             finally:
                 self._done_with(src, dst)
