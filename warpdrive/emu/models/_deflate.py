@@ -22,6 +22,23 @@ from . import _zip_layout as L
 WINDOW_WBITS = {L.WINDOW_4K: 12, L.WINDOW_8K: 13, L.WINDOW_16K: 14, L.WINDOW_24K: 14,
                 L.WINDOW_32K: 15}
 
+# The output of a stateless decompression is taken in pieces of at most this (below glibc's
+# default mmap threshold, 128 KiB, so the heap reuses them).
+_PIECE = 96 << 10
+
+# deflate keeps MIN_LOOKAHEAD = 258 + 3 + 1 bytes of look-ahead, so its farthest match is
+# 2**wbits - 262 back (docs/research/deflate-window.md).
+_MIN_LOOKAHEAD = 262
+
+
+def sized_wbits(n: int, wbits: int) -> int:
+    """The window bits to compress a whole input of `n` bytes with, for output byte-identical to
+    a `wbits` window: the smallest window whose farthest match (2**w - 262) reaches back over
+    all of it, at least 9 (zlib's smallest raw window). zlib's set-up and per-call work (window
+    and chain tables it allocates and clears) shrink with the window, and for small inputs that
+    is most of the call (docs/research/deflate-window.md)."""
+    return min(wbits, max(9, (n + _MIN_LOOKAHEAD - 1).bit_length()))
+
 
 @dataclass
 class JobResult:
@@ -103,6 +120,8 @@ class DeflateUnit:
         flush bit says (the kernel sends stateless jobs with flush 0 and decompresses the output
         as a complete stream: docs/research/hisi-qm-zip.md, sections 10 and 12)."""
         n = len(src)
+        if self.level:  # (stored blocks, level 0, are sized by the window: left as asked)
+            wbits = sized_wbits(n, wbits)
         # zlib writes the whole container; software owns the header, so skip it.
         if alg == L.ALG_ZLIB:
             full = zlib.compress(src, self.level, wbits)
@@ -130,17 +149,29 @@ class DeflateUnit:
         block is a partial result: status 0, no last-block bit."""
         d = zlib.decompressobj(-15)
         avail = len(dst)
+        checksum = _initial_checksum(alg)
+        m = 0
+        rest: bytes | memoryview = src
         try:
-            # One byte more than the room: output that fits exactly is told apart from output
-            # that does not (the engine knows; a full buffer alone does not say).
-            out = d.decompress(src, avail + 1)
+            while True:
+                # Pieces of at most _PIECE: each is a buffer zlib fills once and the heap
+                # reuses (one the size of the whole output would be fresh pages each call, and
+                # grown by copies). One byte more than the room left: output that fits exactly
+                # is told apart from output that does not (a full buffer alone does not say).
+                want = min(_PIECE, avail + 1 - m)
+                out = d.decompress(rest, want)
+                k = len(out)
+                if m + k > avail:
+                    return JobResult(L.STATUS_DST_TOO_SMALL)
+                dst[m:m + k] = out
+                m += k
+                if alg != L.ALG_DEFLATE:
+                    checksum = _update_checksum(alg, out, checksum)
+                if k < want or d.eof:  # out of input, or the end of the stream
+                    break
+                rest = d.unconsumed_tail  # (output was cut at `want`: there may be more)
         except zlib.error:
             return JobResult(L.STATUS_BAD_DATA)
-        m = len(out)
-        if m > avail:
-            return JobResult(L.STATUS_DST_TOO_SMALL)
-        dst[:m] = out
-        checksum = _update_checksum(alg, out, _initial_checksum(alg))
         if not d.eof:
             if d.unconsumed_tail:
                 return JobResult(L.STATUS_DST_TOO_SMALL)

@@ -434,10 +434,17 @@ class QmFunction:
             return 0
         if self.execute_run is not None:
             return self._run_queue_runs(q, todo)
+        kept = self.rings is not None
+        sq = cq = None
         try:
-            sq = self.dma.view(q.sq_base, q.sq_depth * q.sqe_size, write=True)
-            cq = self.dma.view(q.cq_base, q.cq_depth * L.CQE_SIZE, write=True)
+            if self.rings is not None:
+                sq, cq = self.rings(q)
+            else:
+                sq = self.dma.view(q.sq_base, q.sq_depth * q.sqe_size, write=True)
+                cq = self.dma.view(q.cq_base, q.cq_depth * L.CQE_SIZE, write=True)
         except DmaFault as e:
+            if sq is not None and not kept:
+                sq.release()
             self._queue_fault(q, str(e))
             return 0
         taken = completed = 0
@@ -454,8 +461,9 @@ class QmFunction:
                 if q.head == q.sq_depth:
                     q.head = 0
         finally:
-            sq.release()
-            cq.release()
+            if not kept:
+                sq.release()
+                cq.release()
         q.completed += completed
         self.stats["jobs"] += completed
         return taken

@@ -89,7 +89,7 @@ from ._qm import BUSY, PENDING, Dma, Execute, QmFunction, QueueState
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _RES = struct.Struct("<4I")  # dw0..3
-_TAIL = struct.Struct("<4I")  # dw28..31
+_ISIZE_SUM = struct.Struct("<2I")  # dw30, dw31
 
 IDLE_DOORBELL = 0xF << L.QM_DB_CMD_SHIFT_V2  # reserved command 15: "nothing to do"
 
@@ -191,6 +191,10 @@ class ZipJobs:
         self.dma = dma
         self.unit = DeflateUnit(level)
         self.stats: dict[str, int] = {"dma_faults": 0, "sgl_jobs": 0}  # shared with the QM's
+        # (dw7, dw9, the queue's alg) -> (compress?, alg, wbits) of a well-formed flat stateless
+        # SQE of that shape, or False for any other (stateful, SGL, malformed): a client sends
+        # the same few shapes over and over, so each is decoded once (`_flat`).
+        self._shapes: dict[tuple[int, int, int], tuple[bool, int, int] | bool] = {}
 
     def reset(self) -> None:
         self.unit.reset()
@@ -205,9 +209,11 @@ class ZipJobs:
         """The results into the SQE slot in place (dw0..3, ctx_dw0's state, dw30/31)."""
         _RES.pack_into(sq, off, res.consumed, res.produced, 0,
                        (res.status & L.STATUS_MASK) | (L.STATUS_LAST_BLOCK if res.last else 0))
-        _U32.pack_into(sq, off + 4 * L.DW_CTX_DW0, (w[L.DW_CTX_DW0] & ~L.CTX_ST_MASK) | res.ctx_st)
-        _TAIL.pack_into(sq, off + 4 * L.DW_CTX_DW1, w[L.DW_CTX_DW1], w[L.DW_CTX_DW2],
-                        res.isize & 0xFFFF_FFFF, res.checksum & 0xFFFF_FFFF)
+        dw = w[L.DW_CTX_DW0]
+        if dw & L.CTX_ST_MASK != res.ctx_st:  # (ctx_dw1/2 are left as they are)
+            _U32.pack_into(sq, off + 4 * L.DW_CTX_DW0, (dw & ~L.CTX_ST_MASK) | res.ctx_st)
+        _ISIZE_SUM.pack_into(sq, off + 4 * L.DW_ISIZE, res.isize & 0xFFFF_FFFF,
+                             res.checksum & 0xFFFF_FFFF)
 
     @staticmethod
     def malformed(q: QueueState, w: tuple[int, ...]) -> bool:
@@ -221,6 +227,55 @@ class ZipJobs:
                 or q.alg not in (L.ZIP_QC_COMPRESS, L.ZIP_QC_DECOMPRESS))
 
     def _execute(self, q: QueueState, w: tuple[int, ...]) -> JobResult:
+        shape = self._shapes.get((w[L.DW_IN_SGE_FLAGS], w[L.DW_REQ], q.alg))
+        if shape is None:
+            shape = self._shape(q, w)
+        if shape and w[L.DW_INPUT_LENGTH] <= L.HZ_MAX_SIZE and \
+                w[L.DW_DEST_AVAIL_OUT] <= L.HZ_MAX_SIZE:
+            return self._flat(shape, w)  # type: ignore[arg-type]  # (a shape, not True)
+        return self._slow(q, w)
+
+    def _shape(self, q: QueueState, w: tuple[int, ...]) -> tuple[bool, int, int] | bool:
+        """Decode (and remember) the shape of an SQE for `_execute`."""
+        dw7, dw9 = w[L.DW_IN_SGE_FLAGS], w[L.DW_REQ]
+        shape: tuple[bool, int, int] | bool = False
+        if not (self.malformed(q, w) or dw7 & L.SQE_STATEFUL
+                or dw9 >> L.SQE_BUF_TYPE_SHIFT & 0xF != L.SQE_BUF_FLAT):
+            shape = (q.alg == L.ZIP_QC_COMPRESS, dw9 & 0xFF,
+                     WINDOW_WBITS[dw9 >> L.SQE_WINDOW_SHIFT & 0xF])
+        if len(self._shapes) >= 256:  # a client making up shapes cannot grow it without end
+            self._shapes.clear()
+        self._shapes[(dw7, dw9, q.alg)] = shape
+        return shape
+
+    def _flat(self, shape: tuple[bool, int, int], w: tuple[int, ...]) -> JobResult:
+        """The common job: flat buffers, stateless (a whole stream), well-formed."""
+        compress, alg, wbits = shape
+        in_len, avail = w[L.DW_INPUT_LENGTH], w[L.DW_DEST_AVAIL_OUT]
+        dma = self.dma
+        try:
+            # The source address must be valid even for an empty input (as on hardware).
+            src = dma.view(w[L.DW_SRC_H] << 32 | w[L.DW_SRC_L], in_len or 1)
+            try:
+                dst = dma.view(w[L.DW_DST_H] << 32 | w[L.DW_DST_L], avail or 1, write=True)
+            except DmaFault:
+                src.release()
+                raise
+        except DmaFault:
+            self.stats["dma_faults"] += 1
+            return JobResult(L.STATUS_DMA_FAULT)
+        try:
+            if compress:
+                return self.unit.compress_stateless(alg, wbits, src if in_len else src[:0],
+                                                    dst if avail else dst[:0])
+            return self.unit.decompress_stateless(alg, src if in_len else src[:0],
+                                                  dst if avail else dst[:0])
+        finally:
+            src.release()
+            dst.release()
+
+    def _slow(self, q: QueueState, w: tuple[int, ...]) -> JobResult:
+        """Every other job: malformed ones, hardware SGLs, stream (stateful) jobs."""
         dw9 = w[L.DW_REQ]
         buf_type = dw9 >> L.SQE_BUF_TYPE_SHIFT & 0xF
         in_len, avail = w[L.DW_INPUT_LENGTH], w[L.DW_DEST_AVAIL_OUT]
@@ -588,6 +643,9 @@ class ZipModel(DeviceModel):
         self.jobs: ZipJobs | None = None
         self._bells: list[tuple[Any, int | None]] = []  # (ctypes cell, queue or None)
         self._last: list[int] = []
+        # queue -> views of its SQ and CQ rings, kept while the queue runs and the client's
+        # memory and bus mastering stay as they are (`_rings`): not made again on every pass
+        self._views: dict[int, tuple[memoryview, memoryview]] = {}
 
     # -- description ------------------------------------------------------------------------
     @property
@@ -632,6 +690,18 @@ class ZipModel(DeviceModel):
             else:
                 self._bells = [(self.region_u64(L.QM_BAR, L.QM_DOORBELL_SQ_CQ_BASE_V2), None)]
         self.qm.forget_doorbell = self._forget_doorbell
+        self.qm.rings = self._rings
+        started, stopped = self.qm.queue_started, self.qm.queue_stopped
+
+        def queue_started(q: QueueState) -> None:
+            self._drop_ring(q.qn)
+            started(q)
+
+        def queue_stopped(q: QueueState) -> None:
+            self._drop_ring(q.qn)
+            stopped(q)
+
+        self.qm.queue_started, self.qm.queue_stopped = queue_started, queue_stopped
         self._idle_bells()
 
     def executor(self) -> Execute | None:
@@ -639,6 +709,26 @@ class ZipModel(DeviceModel):
         subclass that presents the function to a client and runs its jobs elsewhere (the
         broker) returns its own."""
         return None
+
+    def _rings(self, q: QueueState) -> tuple[memoryview, memoryview]:
+        views = self._views.get(q.qn)
+        if views is None:
+            sq = self.dma.view(q.sq_base, q.sq_depth * q.sqe_size, write=True)
+            try:
+                cq = self.dma.view(q.cq_base, q.cq_depth * L.CQE_SIZE, write=True)
+            except BaseException:
+                sq.release()
+                raise
+            views = self._views[q.qn] = (sq, cq)
+        return views
+
+    def _drop_ring(self, qn: int) -> None:
+        for view in self._views.pop(qn, ()):
+            view.release()
+
+    def _drop_rings(self) -> None:
+        for qn in list(self._views):
+            self._drop_ring(qn)
 
     def _idle_bells(self) -> None:
         for cell, _ in self._bells:
@@ -693,6 +783,7 @@ class ZipModel(DeviceModel):
         return worked
 
     def reset(self) -> None:
+        self._drop_rings()
         qm = self._qm()
         qm.reset()
         assert self.jobs is not None
@@ -701,8 +792,18 @@ class ZipModel(DeviceModel):
         self._idle_bells()
 
     def on_dma_unmap(self, iova: int, size: int) -> None:
+        self._drop_rings()  # taken again on the next pass, if still mapped
         assert self.jobs is not None
         self.jobs.abandon(iova, size)
+
+    def config_write(self, offset: int, data: bytes) -> None:
+        super().config_write(offset, data)
+        if not self.bus_master_enabled():
+            self._drop_rings()  # taking them again faults, as the device would
+
+    def close(self) -> None:
+        self._drop_rings()
+        super().close()
 
 
 MODEL = ZipModel
