@@ -5,13 +5,18 @@ back in submission order per queue. Checked through the real driver over vfio-us
 
 from __future__ import annotations
 
+import threading
+import time
 import zlib
+from collections import deque
+from concurrent.futures import Future
 
 import psutil
 import pytest
 
 import warpdrive.zip as wz
 from tests.ziputil import sample
+from warpdrive.emu.models.zip import ThreadedJobs
 from warpdrive.errors import DeviceError
 
 
@@ -55,3 +60,45 @@ def test_big_small_and_stream_jobs_mixed_on_one_queue(workers: str) -> None:
 def test_workers_option_is_checked() -> None:
     with pytest.raises(DeviceError, match="workers"):
         wz.open_engine("emu", announce=False, model_options={"workers": "0"})
+
+
+def _jobs_with(futures: list[Future[object]], workers: int = 2) -> ThreadedJobs:
+    """A ThreadedJobs whose queue 0 has these futures in flight (no DMA is touched: only the
+    waiting is exercised)."""
+    jobs = ThreadedJobs(None, workers=workers)  # type: ignore[arg-type]
+    view = memoryview(b"")
+    jobs.inflight[0] = deque((None, i, (), f, view, view)  # type: ignore[misc]
+                             for i, f in enumerate(futures))
+    return jobs
+
+
+def test_model_thread_sleeps_while_every_worker_is_busy() -> None:
+    """With a job on every worker, nothing a doorbell brings could start sooner: the model's
+    thread sleeps until one finishes (bounded), not every poll_idle_s. Before, a later job
+    finishing first kept it spinning until the oldest was done, on a core the workers need."""
+    busy: list[Future[object]] = [Future() for _ in range(3)]
+    jobs = _jobs_with(busy)
+    jobs.SATURATED_WAIT_S = 0.2
+    t0 = time.monotonic()
+    jobs._wait_for_change(0.0005)
+    assert time.monotonic() - t0 >= 0.19  # slept the bound, not 0.5 ms
+    # a later job done first: the two others are still on the workers, still saturated
+    busy[1].set_result(None)
+    t0 = time.monotonic()
+    jobs._wait_for_change(0.0005)
+    assert time.monotonic() - t0 >= 0.19
+    # a finishing worker ends the sleep at once (a long bound that must not be reached)
+    jobs.SATURATED_WAIT_S = 30.0
+    threading.Timer(0.05, busy[2].set_result, (None,)).start()
+    t0 = time.monotonic()
+    jobs._wait_for_change(0.0005)
+    assert time.monotonic() - t0 < 20.0
+    # one job left, a worker idle: a short look (a doorbell may bring it work)
+    t0 = time.monotonic()
+    jobs._wait_for_change(0.0005)
+    assert time.monotonic() - t0 < 20.0
+    # the oldest done: no sleep at all (it can be posted)
+    busy[0].set_result(None)
+    t0 = time.monotonic()
+    jobs._wait_for_change(30.0)
+    assert time.monotonic() - t0 < 20.0

@@ -71,6 +71,7 @@ per core up to 4; 1 = everything on the model's thread; see `ThreadedJobs`).
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 from collections import deque
@@ -409,6 +410,7 @@ class ThreadedJobs(ZipJobs):
 
     INLINE_MAX = 64 << 10
     PIECE_MIN = 16 << 10
+    SATURATED_WAIT_S = 0.01
 
     def __init__(self, dma: Dma, level: int = 6, workers: int = 2) -> None:
         super().__init__(dma, level)
@@ -470,18 +472,18 @@ class ThreadedJobs(ZipJobs):
         return res, (w[L.DW_CTX_ADDR_H] << 32 | w[L.DW_CTX_ADDR_L], st)
 
     def collect(self, wait_s: float = 0.0) -> int:
-        """Post the finished jobs (a queue's done prefix); with nothing finished and jobs in
-        flight, first wait up to `wait_s` for the oldest (the model's thread sleeps instead of
-        spinning on the cores the workers need). Returns how many were posted."""
+        """Post the finished jobs (a queue's done prefix); with `wait_s` and nothing to post,
+        first sleep (`_wait_for_change`: the model's thread sleeps instead of spinning on the
+        cores the workers need). Returns how many were posted."""
         if not self.inflight:
             return 0
         if wait_s:
-            oldest = [d[0][3] for d in self.inflight.values() if d]
-            if oldest and not any(f.done() for f in oldest):
-                futures_wait(oldest, wait_s, FIRST_COMPLETED)
+            self._wait_for_change(wait_s)
         posted = 0
         for qn in list(self.inflight):
             jobs = self.inflight[qn]
+            if not jobs[0][3].done():
+                continue
             slots: list[int] = []
             q = jobs[0][0]
             try:
@@ -508,6 +510,26 @@ class ThreadedJobs(ZipJobs):
                 self.qm.complete(q, slots)
                 posted += len(slots)
         return posted
+
+    def _wait_for_change(self, idle_s: float) -> None:
+        """Sleep until this thread has something to do: the oldest job of a queue finished (it
+        can be posted), or a worker may be idle (a doorbell may bring it work: look again
+        within `idle_s`). While every worker has a job, nothing a doorbell brings could start
+        sooner, so the sleep lasts until one of them finishes (at most SATURATED_WAIT_S:
+        sockets wait meanwhile). Spinning instead while a later job had finished before the
+        oldest took one of the cores the workers need."""
+        if any(d[0][3].done() for d in self.inflight.values() if d):
+            return
+        # The executor starts jobs in submission order: the running ones are each queue's
+        # oldest unfinished.
+        k = self.workers
+        busy = [e[3] for d in self.inflight.values()
+                for e in itertools.islice(d, 2 * k) if not e[3].done()]
+        if len(busy) >= k:
+            futures_wait(busy, self.SATURATED_WAIT_S, FIRST_COMPLETED)
+        else:
+            futures_wait([d[0][3] for d in self.inflight.values() if d], idle_s,
+                         FIRST_COMPLETED)
 
     @staticmethod
     def _result(fut: Future[_Done]) -> _Done:
