@@ -260,6 +260,8 @@ def main() -> None:
     ap.add_argument("--floor", action="store_true", help="only the mediation path alone, in "
                     "this process with warm caches, on a null device (no other process to share "
                     "the CPU with): broker CPU per job by batch size")
+    ap.add_argument("--breakdown", action="store_true", help="where a working pass's time "
+                    "goes, phase by phase (the --floor path, timed and bytecode-counted)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS",
                     help="also run every broker row against a broker started with these "
                     "`warpdrive serve` options (e.g. spin='--spin-us 100'), rows interleaved")
@@ -284,6 +286,9 @@ def main() -> None:
     clients = [int(x, 0) for x in args.clients.split(",")]
     if args.floor:
         print_floor(floor())
+        return
+    if args.breakdown:
+        print_breakdown(breakdown())
         return
     if args.profile:
         n, size = (int(x, 0) for x in args.profile.split(":"))
@@ -392,77 +397,114 @@ def profile_row(nclients: int, size: int, duration: float) -> None:
             print(f"{count * per_job:8.2f}  {short(key)}")
 
 
+class _FloorRig:
+    """One client's virtual function (`VirtualZip` in a server `Function`, its rings in a sealed
+    memfd it "mapped") on a broker whose device is the bundled model with the null executor
+    (every job done at once, in the model's process): the mediation path alone, in this
+    process. `write(batch)` writes SQEs and stores the doorbell as the client's driver does;
+    `reap()` consumes the CQEs the broker wrote (and says how many)."""
+
+    def __init__(self, depth: int = 1024) -> None:
+        import fcntl
+        import logging
+        import mmap
+        import struct
+
+        from tests.brokerutil import sqe_words  # a good stateless SQE
+        from warpdrive.backends.vfiouser.launcher import open_emulated
+        from warpdrive.devices.hisi_qm import regs as qm
+        from warpdrive.emu.function import Function
+        from warpdrive.serve.broker import Broker
+        from warpdrive.serve.function import VirtualZip
+        from warpdrive.uapi import pci_regs
+
+        iova, size = 0x100000, 4 << 20
+        ctx, sqc_t, cqc_t, eq, sq, cq, src, dst = (0, 0x1000, 0x2000, 0x3000, 0x10000, 0x40000,
+                                                   0x100000, 0x200000)
+        self.qm, self.depth, self.sq, self.cq = qm, depth, sq, cq
+        dev = open_emulated("zip", model_options={**MODEL_OPTIONS, "executor": "null"})
+        self.broker = broker = Broker(dev)
+        self.model = model = VirtualZip(broker.client("floor"), revision=broker.revision,
+                                        depth=depth)
+        self.fn = fn = Function(model, max_dma_maps=64, max_data_xfer_size=1 << 20,
+                                logger=logging.getLogger("floor"), label="floor")
+        fd = os.memfd_create("floor", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        os.ftruncate(fd, size)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+        self.mem = mem = mmap.mmap(fd, size)
+        fn.dma.add(iova, size, fd, 0, True, True)
+        model.on_dma_map(iova, size, fd, 0, True, True)
+        os.close(fd)
+        fn.config.write(pci_regs.PCI_COMMAND, struct.pack("<H", pci_regs.PCI_COMMAND_MEMORY
+                                                          | pci_regs.PCI_COMMAND_MASTER))
+        f = model.qm
+        assert f is not None
+
+        def mailbox(cmd: int, queue: int = 0, base: int = 0, op: int = 0) -> None:
+            for i, word in enumerate(qm.mailbox_dwords(cmd, queue, base, op)):
+                f.write(qm.QM_MB_CMD_SEND_BASE + 4 * i, struct.pack("<I", word))
+
+        def context(cmd: int, queue: int, data: bytes) -> None:
+            mem[ctx:ctx + len(data)] = data
+            mailbox(cmd, queue, iova + ctx)
+
+        mailbox(qm.QM_MB_CMD_SQC_BT, 0, iova + sqc_t)
+        mailbox(qm.QM_MB_CMD_CQC_BT, 0, iova + cqc_t)
+        context(qm.QM_MB_CMD_EQC, 0, qm.EQC.pack(0, 0, iova + eq, 0, 0, 0, 0,
+                                                 255 | qm.EQC_DW6_PHASE))
+        context(qm.QM_MB_CMD_SQC, 0, qm.SQC.pack(0, 0, iova + sq, 0, (depth - 1) | 7 << 12, 0,
+                                                 0, 0, 0, 0, 1 << 4, 0))
+        context(qm.QM_MB_CMD_CQC, 0, qm.CQC.pack(0, 0, iova + cq, 0, (depth - 1) | 4 << 12, 0,
+                                                 0, 0, 0, 1, 0))
+        self.template = struct.pack("<32I", *sqe_words(iova + src, iova + dst))
+        self.bell = model._bells[0][0]  # the doorbell page the client would store into
+        self.tail = self.head = 0
+        self.phase = 1
+
+    def write(self, batch: int) -> None:
+        mem, sq, t = self.mem, self.sq, self.tail
+        for _ in range(batch):
+            mem[sq + t * 128:sq + t * 128 + 128] = self.template
+            t = (t + 1) % self.depth
+        self.tail = t
+        self.bell.value = self.qm.doorbell_v2(0, self.qm.QM_DB_CMD_SQ, t)
+
+    def reap(self, limit: int) -> int:
+        mem, cq, n = self.mem, self.cq, 0
+        while n < limit and mem[cq + self.head * 16 + 14] & 1 == self.phase:
+            n += 1
+            self.head = (self.head + 1) % self.depth
+            if self.head == 0:
+                self.phase ^= 1
+        return n
+
+    def ack(self) -> None:
+        """The CQ doorbell after a batch (its store hides the SQ one: the driver's order)."""
+        self.bell.value = self.qm.doorbell_v2(0, self.qm.QM_DB_CMD_CQ, self.head)
+
+    def close(self) -> None:
+        self.fn.close()
+        self.broker.close()
+        self.mem.close()
+
+
 def floor(batches: tuple[int, ...] = (1, 8, 16, 64), jobs: int = 20000) -> list[dict[str, Any]]:
-    """The mediation path alone, in this process, caches warm: one client's virtual function
-    (`VirtualZip` in a server `Function`, its rings in a sealed memfd it "mapped") on a broker
-    whose device is the bundled model with the null executor (every job done at once, in the
-    model's process). A batch of SQEs is written and its doorbell stored; the server pass (the
-    function's poll, the broker's poll) runs until every CQE is out. Counted: the thread CPU of
-    the passes that did work, per job, as `--measure` counts it in the broker."""
-    import fcntl
-    import logging
-    import mmap
-    import struct
-
-    from tests.brokerutil import sqe_words  # a good stateless SQE
-    from warpdrive.backends.vfiouser.launcher import open_emulated
-    from warpdrive.devices.hisi_qm import regs as qm
-    from warpdrive.emu.function import Function
+    """The mediation path alone (`_FloorRig`), caches warm. A batch of SQEs is written and its
+    doorbell stored; the server pass (the function's poll, the broker's poll) runs until every
+    CQE is out. Counted: the thread CPU of the passes that did work, per job, as `--measure`
+    counts it in the broker."""
     from warpdrive.emu.server import POLL_WORKED
-    from warpdrive.serve.broker import Broker
-    from warpdrive.serve.function import VirtualZip
-    from warpdrive.uapi import pci_regs
 
-    iova, size, depth = 0x100000, 4 << 20, 1024
-    ctx, sqc_t, cqc_t, eq, sq, cq, src, dst = (0, 0x1000, 0x2000, 0x3000, 0x10000, 0x40000,
-                                               0x100000, 0x200000)
-    dev = open_emulated("zip", model_options={**MODEL_OPTIONS, "executor": "null"})
-    broker = Broker(dev)
-    model = VirtualZip(broker.client("floor"), revision=broker.revision, depth=depth)
-    fn = Function(model, max_dma_maps=64, max_data_xfer_size=1 << 20,
-                  logger=logging.getLogger("floor"), label="floor")
-    fd = os.memfd_create("floor", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    os.ftruncate(fd, size)
-    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
-    mem = mmap.mmap(fd, size)
-    fn.dma.add(iova, size, fd, 0, True, True)
-    model.on_dma_map(iova, size, fd, 0, True, True)
-    os.close(fd)
-    fn.config.write(pci_regs.PCI_COMMAND, struct.pack("<H", pci_regs.PCI_COMMAND_MEMORY
-                                                      | pci_regs.PCI_COMMAND_MASTER))
-    f = model.qm
-    assert f is not None
-
-    def mailbox(cmd: int, queue: int = 0, base: int = 0, op: int = 0) -> None:
-        for i, word in enumerate(qm.mailbox_dwords(cmd, queue, base, op)):
-            f.write(qm.QM_MB_CMD_SEND_BASE + 4 * i, struct.pack("<I", word))
-
-    def context(cmd: int, queue: int, data: bytes) -> None:
-        mem[ctx:ctx + len(data)] = data
-        mailbox(cmd, queue, iova + ctx)
-
-    mailbox(qm.QM_MB_CMD_SQC_BT, 0, iova + sqc_t)
-    mailbox(qm.QM_MB_CMD_CQC_BT, 0, iova + cqc_t)
-    context(qm.QM_MB_CMD_EQC, 0, qm.EQC.pack(0, 0, iova + eq, 0, 0, 0, 0, 255 | qm.EQC_DW6_PHASE))
-    context(qm.QM_MB_CMD_SQC, 0, qm.SQC.pack(0, 0, iova + sq, 0, (depth - 1) | 7 << 12, 0, 0, 0,
-                                            0, 0, 1 << 4, 0))
-    context(qm.QM_MB_CMD_CQC, 0, qm.CQC.pack(0, 0, iova + cq, 0, (depth - 1) | 4 << 12, 0, 0, 0,
-                                            0, 1, 0))
-    template = struct.pack("<32I", *sqe_words(iova + src, iova + dst))
-    bell = model._bells[0][0]  # the doorbell page the client would store into
+    rig = _FloorRig()
+    fn, broker = rig.fn, rig.broker
     clock = time.thread_time
     rows = []
     try:
         for batch in batches:
-            tail = head = 0
-            phase = 1
             done = passes = 0
             work = 0.0
             while done < jobs:
-                for _ in range(batch):
-                    mem[sq + tail * 128:sq + tail * 128 + 128] = template
-                    tail = (tail + 1) % depth
-                bell.value = qm.doorbell_v2(0, qm.QM_DB_CMD_SQ, tail)
+                rig.write(batch)
                 left = batch
                 while left:
                     t0 = clock()
@@ -470,20 +512,275 @@ def floor(batches: tuple[int, ...] = (1, 8, 16, 64), jobs: int = 20000) -> list[
                     if broker.poll() == POLL_WORKED or took:
                         work += clock() - t0
                         passes += 1
-                    while left and mem[cq + head * 16 + 14] & 1 == phase:
-                        left -= 1
-                        head = (head + 1) % depth
-                        if head == 0:
-                            phase ^= 1
-                bell.value = qm.doorbell_v2(0, qm.QM_DB_CMD_CQ, head)
+                    left -= rig.reap(left)
+                rig.ack()
                 done += batch
             rows.append({"batch": batch, "mediation_us": round(work / done * 1e6, 2),
                          "jobs_per_pass": round(done / passes, 1)})
     finally:
-        fn.close()
-        broker.close()
-        mem.close()
+        rig.close()
     return rows
+
+
+class _Phases:
+    """Inclusive time and calls of wrapped functions, and who called whom (a stack), so each
+    phase's own time is its inclusive time less its wrapped callees' and less the wrappers'
+    own cost (calibrated on a no-op: `overhead`)."""
+
+    def __init__(self) -> None:
+        from collections import Counter
+
+        self.incl: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()
+        self.child: Counter[str] = Counter()  # inclusive time of wrapped callees
+        self.child_calls: Counter[str] = Counter()
+        self.stack: list[str] = []
+        self.undo: list[tuple[Any, str, Any, bool]] = []
+
+    def wrapper(self, name: str, fn: Any) -> Any:
+        clock = time.perf_counter_ns
+        incl, calls, child, child_calls, stack = (self.incl, self.calls, self.child,
+                                                  self.child_calls, self.stack)
+
+        def timed(*a: Any, **k: Any) -> Any:
+            stack.append(name)
+            t0 = clock()
+            r = fn(*a, **k)
+            dt = clock() - t0
+            stack.pop()
+            incl[name] += dt
+            calls[name] += 1
+            if stack:
+                child[stack[-1]] += dt
+                child_calls[stack[-1]] += 1
+            return r
+        return timed
+
+    def wrap(self, owner: Any, attr: str, name: str | None = None) -> None:
+        had = attr in vars(owner) if not isinstance(owner, type) else attr in owner.__dict__
+        old = getattr(owner, attr) if not isinstance(owner, type) else owner.__dict__[attr]
+        fn = old.__func__ if isinstance(old, staticmethod) else old
+        new = self.wrapper(name or attr, fn)
+        setattr(owner, attr, staticmethod(new) if isinstance(old, staticmethod) else new)
+        self.undo.append((owner, attr, old, had))
+
+    def unwrap(self) -> None:
+        for owner, attr, old, had in reversed(self.undo):
+            if had:
+                setattr(owner, attr, old)
+            else:
+                delattr(owner, attr)
+        self.undo.clear()
+
+    def reset(self) -> None:
+        for c in (self.incl, self.calls, self.child, self.child_calls):
+            c.clear()
+
+    def overhead(self, n: int = 200000) -> tuple[float, float]:
+        """(c, o) in ns: what a wrapped no-op's recorded time exceeds the no-op's own cost by
+        (the clock read inside the interval), and what a wrapper costs its caller beyond the
+        interval it records."""
+        def noop() -> None:
+            return None
+        probe = _Phases()
+        w = probe.wrapper("noop", noop)
+        clock = time.perf_counter_ns
+        best_plain = best_wrapped = float("inf")
+        for _ in range(5):
+            t0 = clock()
+            for _ in range(n):
+                noop()
+            best_plain = min(best_plain, (clock() - t0) / n)
+            probe.reset()
+            t0 = clock()
+            for _ in range(n):
+                w()
+            wrapped = (clock() - t0) / n
+            if wrapped < best_wrapped:
+                best_wrapped, recorded = wrapped, probe.incl["noop"] / n
+        return recorded - best_plain, best_wrapped - recorded
+
+    def own(self, c: float, o: float) -> dict[str, float]:
+        """Each phase's own time (ns, all calls), wrappers' cost taken out."""
+        return {k: self.incl[k] - self.child[k] - self.child_calls[k] * (o + c) - self.calls[k] * c
+                for k in self.incl}
+
+
+def _opcode_tracer(ops: Any, cur: dict[str, str]) -> Any:
+    """A sys.settrace function counting the bytecodes each function executes, as
+    `ops["<cur pass>:<qualified name>"]`."""
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        name = cur["pass"] + ":" + frame.f_code.co_qualname
+
+        def local(frame: Any, event: str, arg: Any) -> Any:
+            if event == "opcode":
+                ops[name] += 1
+            return local
+        return local
+    return tracer
+
+
+def breakdown(batches: tuple[int, ...] = (1, 8, 32), cycles: int = 5000,
+              opcodes: int = 200) -> list[dict[str, Any]]:
+    """Where a working pass's time goes (`_FloorRig`, caches warm). Each cycle is two passes
+    made deterministic: a submit pass (the client's batch taken, checked, posted, the hardware
+    doorbell rung), then, once the device has completed the whole batch, a complete pass
+    (harvest, results and CQEs back to the client). Measured per phase with perf_counter_ns
+    wrappers (their cost calibrated and taken out), checked against the same passes unwrapped;
+    and, load-independent, the Python bytecodes each phase executes (sys.settrace opcodes)."""
+    import sys as _sys
+    from collections import Counter
+
+    import warpdrive.serve.broker as bmod
+    import warpdrive.serve.function as fmod
+    from warpdrive.emu.models.zip import ZipModel
+    from warpdrive.emu.server import VfioUserServer
+
+    rig = _FloorRig()
+    fn, broker, model = rig.fn, rig.broker, rig.model
+    client, qm = model.client, model.qm
+    clock = time.perf_counter_ns
+    ph = _Phases()
+    c, o = ph.overhead()
+
+    # The server's own pass around the function and the hook (`VfioUserServer._poll`), on a
+    # stand-in for the server with this one function.
+    import functools
+    import types
+    srv = types.SimpleNamespace(_active=[fn], _rr=0, _beat_due=float("inf"),
+                                on_poll=broker.poll)
+    srv._turn = functools.partial(VfioUserServer._turn, srv)
+    server_pass = functools.partial(VfioUserServer._poll, srv)
+
+    def hwq() -> Any:
+        return broker.hw[0].q
+
+    def cycle(batch: int, parts: list[int]) -> None:
+        rig.write(batch)
+        t0 = clock()
+        server_pass()  # the submit pass
+        t1 = clock()
+        q = hwq()
+        while q.outstanding and not q.completed(q.outstanding):
+            pass
+        t2 = clock()
+        server_pass()  # the complete pass
+        t3 = clock()
+        assert rig.reap(batch) == batch
+        rig.ack()
+        server_pass()  # (the CQ doorbell: nothing to do, one compare)
+        t4 = clock()
+        parts[0] += t1 - t0
+        parts[1] += t3 - t2
+        parts[2] += t4 - t3
+
+    def install() -> None:
+        q = hwq()
+        ph.wrap(fn, "poll", "Function.poll")
+        ph.wrap(model, "poll", "VirtualZip.poll")
+        ph.wrap(ZipModel, "poll", "ZipModel.poll (doorbell scan)")
+        ph.wrap(qm, "doorbell", "QmFunction.doorbell")
+        ph.wrap(qm, "process", "QmFunction.process")
+        ph.wrap(qm, "_run_queue", "QmFunction._run_queue")
+        ph.wrap(qm, "_run_queue_runs", "QmFunction._run_queue_runs")
+        ph.wrap(qm, "rings", "VirtualZip._rings")
+        ph.wrap(qm, "execute_run", "VirtualZip._submit_run")
+        ph.wrap(client, "submit_run", "BrokerClient.submit_run")
+        ph.wrap(bmod, "mediate_run", "sqe.mediate_run")
+        ph.wrap(bmod, "mediate", "sqe.mediate")
+        ph.wrap(bmod, "Run", "Run()")
+        ph.wrap(q, "post_many", "QmQueue.post_many")
+        ph.wrap(broker, "poll", "Broker.poll")
+        ph.wrap(q, "ring", "QmQueue.ring (hw SQ doorbell)")
+        ph.wrap(q, "_ring", "Doorbell.ring (store + wake check)")
+        ph.wrap(q, "harvest", "QmQueue.harvest")
+        ph.wrap(q, "ring_cq", "QmQueue.ring_cq")
+        ph.wrap(broker, "_done", "Broker._done")
+        ph.wrap(client, "on_complete", "VirtualZip._complete")
+        ph.wrap(fmod, "copy_results", "sqe.copy_results")
+        ph.wrap(client, "after_completions", "VirtualZip._flush")
+        ph.wrap(qm, "complete", "QmFunction.complete")
+        ph.wrap(qm, "_post_cqes", "QmFunction._post_cqes")
+        ph.wrap(qm, "_interrupt", "QmFunction._interrupt")
+        ph.wrap(fn.dma, "view", "ClientMemory.view")
+
+    rows = []
+    try:
+        for batch in batches:
+            for _ in range(200):  # warm: rings taken, hardware queue started
+                cycle(batch, [0, 0, 0])
+            plain = [0, 0, 0]
+            for _ in range(cycles):
+                cycle(batch, plain)
+            install()
+            ph.reset()
+            wrapped = [0, 0, 0]
+            for _ in range(cycles):
+                cycle(batch, wrapped)
+            total_own = ph.own(c, o)
+            calls = dict(ph.calls)
+            ph.unwrap()
+            # Bytecodes per phase (a deterministic count: the load cannot move it).
+            ops: Counter[str] = Counter()
+            cur = {"pass": "submit"}
+            tracer = _opcode_tracer(ops, cur)
+            for _ in range(opcodes):
+                rig.write(batch)
+                cur["pass"] = "submit"
+                _sys.settrace(tracer)
+                server_pass()
+                _sys.settrace(None)
+                q = hwq()
+                while q.outstanding and not q.completed(q.outstanding):
+                    pass
+                cur["pass"] = "complete"
+                _sys.settrace(tracer)
+                server_pass()
+                _sys.settrace(None)
+                assert rig.reap(batch) == batch
+                rig.ack()
+                cur["pass"] = "idle"
+                _sys.settrace(tracer)
+                server_pass()
+                _sys.settrace(None)
+            rows.append({
+                "batch": batch, "cycles": cycles, "wrapper_ns": [round(c), round(o)],
+                "plain_us": [round(x / cycles / 1e3, 2) for x in plain],
+                "wrapped_us": [round(x / cycles / 1e3, 2) for x in wrapped],
+                "own_us": {k: round(v / cycles / 1e3, 3) for k, v in total_own.items()},
+                "calls_per_cycle": {k: round(v / cycles, 2) for k, v in calls.items()},
+                "opcodes": {k: round(v / opcodes, 1) for k, v in
+                            sorted(ops.items(), key=lambda kv: -kv[1])},
+            })
+    finally:
+        ph.unwrap()
+        rig.close()
+    return rows
+
+
+def print_breakdown(rows: list[dict[str, Any]]) -> None:
+    print(f"where a working pass goes (one client, warm, null device; load "
+          f"{os.getloadavg()[0]:.2f}); us per pass, own time (callees and the timing "
+          "wrappers' cost taken out)")
+    for r in rows:
+        b = r["batch"]
+        print(f"\nbatch {b}: a cycle is a submit pass {r['plain_us'][0]:.2f} us, a complete "
+              f"pass {r['plain_us'][1]:.2f} us, a pass after the CQ doorbell "
+              f"{r['plain_us'][2]:.2f} us: {sum(r['plain_us']) / b:.2f} us/job (wrapped: "
+              f"{sum(r['wrapped_us']):.2f} us a cycle; a wrapper costs "
+              f"{r['wrapper_ns'][0]} + {r['wrapper_ns'][1]} ns a call, taken out below)")
+        parts = r["own_us"]
+        print(f"  per cycle, own time of each phase (sum {sum(parts.values()):.2f} us; the "
+              "rest is the server pass itself and the benchmark's loop):")
+        for k, v in sorted(parts.items(), key=lambda kv: -kv[1]):
+            print(f"    {v:7.2f}  {k}  ({r['calls_per_cycle'].get(k, 0):g} calls)")
+        for p in ("submit", "complete", "idle"):
+            mine = {k.split(":", 1)[1]: v for k, v in r["opcodes"].items()
+                    if k.startswith(p + ":")}
+            print(f"  bytecodes, {p} pass: {sum(mine.values()):.0f}: " + ", ".join(
+                f"{k} {v:g}" for k, v in mine.items()))
+    print(json.dumps({"breakdown": rows, "load": round(os.getloadavg()[0], 2)}))
 
 
 def print_floor(rows: list[dict[str, Any]]) -> None:
