@@ -342,10 +342,13 @@ class Broker:
             if jobs:
                 worked = True
                 hq.progress_at = time.perf_counter()
-                while jobs:
+                while True:
                     self.jobs += len(jobs)
                     self._done(hq, s0, slots, jobs, touched)  # type: ignore[arg-type]
-                    s0, slots, jobs, _owner = q.harvest()  # the rest, after a wrap
+                    # the rest, after a wrap (its head CQE's phase first, as above)
+                    if not q.outstanding or q.cq16[q.cq_head * 8 + _W7] & 1 != q.phase:
+                        break
+                    s0, slots, jobs, _owner = q.harvest()
             else:
                 now = now or time.perf_counter()
                 if now - hq.progress_at > _REFRESH_S:

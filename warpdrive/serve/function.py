@@ -17,10 +17,18 @@ from ..emu.dma import DmaFault
 from ..emu.models._qm import BUSY as QM_BUSY
 from ..emu.models._qm import PENDING as QM_PENDING
 from ..emu.models._qm import Execute, QueueState
-from ..emu.models._zip_layout import CQE_SIZE
+from ..emu.models._zip_layout import (
+    CQE_SIZE,
+    QM_DB_CMD_CQ,
+    QM_DB_CMD_SHIFT_V2,
+    QM_DB_CMD_SQ,
+)
 from ..emu.models.zip import ZipModel
 from .broker import BrokerClient, HwQueue
 from .sqe import copy_results
+
+# The doorbell value's fields (`_zip_layout.doorbell_decode_v2`), decoded inline on the hot path.
+_DB_QN, _DB_CMD_SHIFT, _DB_SQ, _DB_CQ = 0x7FF, QM_DB_CMD_SHIFT_V2, QM_DB_CMD_SQ, QM_DB_CMD_CQ
 
 
 class VirtualZip(ZipModel):
@@ -37,7 +45,9 @@ class VirtualZip(ZipModel):
         self.client = client
         client.on_complete = self._complete
         client.after_completions = self._flush
-        self._done: dict[int, list[int]] = {}  # client queue -> completed slots, this pass
+        # client queue -> its state, for queues that completed jobs this pass and asked for
+        # completion interrupts (signalled once, after the pass's completions: `_flush`)
+        self._signal: dict[int, QueueState] = {}
         # client queue -> views of its SQ and CQ rings, kept while the queue runs and the
         # client's memory and bus mastering stay as they are
         self._views: dict[int, tuple[memoryview, memoryview]] = {}
@@ -63,12 +73,69 @@ class VirtualZip(ZipModel):
         self._cell = self._bells[0][0]  # one doorbell word (no isolation: see __init__)
 
     def poll(self) -> bool:
-        if not self._recheck and self._cell.value == self._last[0]:
-            return False
+        v = self._cell.value
+        last = self._last
+        if v == last[0]:
+            if not self._recheck:
+                return False
+        elif not self._recheck:
+            return self._doorbell(v)
         worked = super().poll()
         # SQEs its share of the hardware had no room for wait in the ring: look again next pass
         self._recheck = any(q.head != q.tail for q in self._qm().queues if q.running)
         return worked
+
+    def _doorbell(self, v: int) -> bool:
+        """The doorbell word moved and nothing else can have made work (no trapped write, no
+        reset, no SQE left waiting: `_recheck` is clear), so only the queue the value names can
+        have new SQEs. What `ZipModel.poll` does then (`QmFunction.doorbell`, then `process`),
+        for that one queue and in fewer frames: the common pass of a busy client."""
+        self._last[0] = v
+        qm = self.qm
+        assert qm is not None
+        qm.stats["doorbells"] += 1
+        qn = v & _DB_QN
+        if qn >= qm.qp_num:
+            return False
+        q = qm.queues[qn]
+        index = v >> 32 & 0xFFFF
+        cmd = v >> _DB_CMD_SHIFT & 0xF
+        if cmd == _DB_SQ:
+            if not q.sqc_ok or index >= q.sq_depth:
+                return False
+            q.tail = index
+            if index == q.head or not q.running:
+                return False
+            views = self._views.get(qn)
+            if views is None:  # (rings not taken yet: the function's own path takes them)
+                taken = qm._run_queue(q, qm.JOB_BUDGET)
+                self._recheck = q.head != q.tail
+                return taken > 0
+            # `QmFunction._run_queue_runs` on the rings kept here, one frame per run fewer.
+            # (`process`'s interrupt check is not needed: only refused SQEs complete here, and
+            # `QmFunction.complete` signals them itself.)
+            sq, depth, head = views[0], q.sq_depth, q.head
+            todo = (index - head) % depth
+            if todo > qm.JOB_BUDGET:
+                todo = qm.JOB_BUDGET
+            submit = self.client.submit_run
+            taken = 0
+            while todo:
+                n = depth - head if head + todo > depth else todo
+                k, done = submit(qn, sq, head, n)
+                taken += k
+                todo -= k
+                head = head + k if head + k < depth else 0
+                q.head = head
+                if done:
+                    qm.complete(q, done)
+                if k < n:
+                    break  # no room on the hardware: the rest wait in the ring (_recheck)
+            self._recheck = head != index
+            return taken > 0
+        if cmd == _DB_CQ and q.cqc_ok and index < q.cq_depth:
+            q.cq_head = index
+        return False
 
     def region_write(self, index: int, offset: int, data: bytes) -> None:
         self._recheck = True  # a trapped doorbell or a mailbox command (a queue start)
@@ -81,7 +148,7 @@ class VirtualZip(ZipModel):
     def _queue_stopped(self, q: QueueState) -> None:
         self._drop_ring(q.qn)
         self.client.stop_queue(q.qn)
-        self._done.pop(q.qn, None)
+        self._signal.pop(q.qn, None)
 
     def _submit_run(self, q: QueueState, sq: memoryview, slot: int, n: int) -> \
             tuple[int, list[int]]:
@@ -116,7 +183,9 @@ class VirtualZip(ZipModel):
     def _complete(self, qn: int, hq: HwQueue, hs: int, slot: int, n: int) -> None:
         """Copy the result words of `n` consecutive jobs from the hardware ring (slots `hs`..)
         into the client's SQE slots `slot`.. (`sqe.copy_results`: nothing else of the device's
-        SQE, so the device's IOVAs stay the broker's business)."""
+        SQE, so the device's IOVAs stay the broker's business), then post their CQEs, as
+        `QmFunction.complete` does, on the rings kept here; the EQE (and MSI) for the queue,
+        if it asked for one, goes out once after the pass's completions (`_flush`)."""
         words = self._words.get(qn)
         if words is None:
             try:
@@ -125,16 +194,22 @@ class VirtualZip(ZipModel):
                 return
             words = self._words[qn] = (sq.cast("Q"), sq.cast("I"))
         copy_results(hq.sq64, hq.sq32, hs, words[0], words[1], slot, n)
-        done = self._done.get(qn)
-        if done is None:
-            done = self._done[qn] = []
-        done += range(slot, slot + n)
+        qm = self.qm
+        assert qm is not None
+        q = qm.queues[qn]
+        if not q.running:
+            return  # stopped or restarted meanwhile: those jobs belong to an earlier life
+        qm._post_cqes(q, self._views[qn][1], range(slot, slot + n))
+        q.completed += n
+        qm.stats["jobs"] += n
+        if q.cq_irq and q.eqe_posted_at is None:
+            self._signal[qn] = q
 
     def _flush(self) -> None:
-        qm = self._qm()
-        done, self._done = self._done, {}
-        for qn, slots in done.items():
-            qm.complete(qm.queues[qn], slots)
+        if self._signal:
+            signal = [q for q in self._signal.values() if q.eqe_posted_at is None]
+            self._signal.clear()
+            self._qm()._interrupt(signal)
 
     # -- the client's memory and life -------------------------------------------------------
     def on_dma_map(self, iova: int, size: int, fd: int | None, offset: int, readable: bool,
@@ -156,7 +231,7 @@ class VirtualZip(ZipModel):
         self._recheck = True
         self.client.reset()
         self._drop_rings()
-        self._done.clear()
+        self._signal.clear()
         qm = self._qm()
         qm.reset()
         qm.stats["resets"] += 1

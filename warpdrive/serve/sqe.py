@@ -170,7 +170,6 @@ def mediate_run(src: memoryview, off: int, n: int, ring: memoryview, h32: memory
 # else: its own addresses and fields stay as it wrote them, and the device's IOVAs never reach
 # it): dw0-3 (consumed, produced, length, status) and dw28-31 (stream state, isize, checksum) as
 # u64 pairs, dw15 (ctx_dw0) as a u32.
-_RESULT_Q = (0, 1, 14, 15)  # u64 indexes in an SQE
 _RESULT_I = hw.DW_CTX_DW0  # u32 index
 _Q_PER_SQE, _I_PER_SQE = hw.SQE_SIZE // 8, hw.SQE_SIZE // 4
 
@@ -192,12 +191,15 @@ def copy_results(h64: memoryview, h32: memoryview, hs: int, c64: memoryview,
                  c32: memoryview, cs: int, n: int) -> None:
     """Copy the result words of `n` consecutive completed SQEs from hardware slots `hs`.. (the
     ring as u64 `h64` and u32 `h32`) to client slots `cs`.. (`c64`, `c32`): five strided copies
-    for the whole run."""
-    q, i = _Q_PER_SQE, _I_PER_SQE
-    he, ce = (hs + n) * q, (cs + n) * q
-    for d in _RESULT_Q:
-        c64[cs * q + d:ce:q] = h64[hs * q + d:he:q]
-    c32[cs * i + _RESULT_I:(cs + n) * i:i] = h32[hs * i + _RESULT_I:(hs + n) * i:i]
+    for the whole run (written out: this runs for every stretch of completions)."""
+    q = _Q_PER_SQE
+    h, c = hs * q, cs * q
+    he, ce = h + n * q, c + n * q
+    c64[c:ce:q] = h64[h:he:q]  # dw0-1
+    c64[c + 1:ce:q] = h64[h + 1:he:q]  # dw2-3
+    c64[c + 14:ce:q] = h64[h + 14:he:q]  # dw28-29
+    c64[c + 15:ce:q] = h64[h + 15:he:q]  # dw30-31
+    c32[2 * c + _RESULT_I:2 * ce:_I_PER_SQE] = h32[2 * h + _RESULT_I:2 * he:_I_PER_SQE]
 
 
 def refuse(ring: memoryview, off: int, status: int) -> None:
