@@ -397,105 +397,15 @@ def profile_row(nclients: int, size: int, duration: float) -> None:
             print(f"{count * per_job:8.2f}  {short(key)}")
 
 
-class _FloorRig:
-    """One client's virtual function (`VirtualZip` in a server `Function`, its rings in a sealed
-    memfd it "mapped") on a broker whose device is the bundled model with the null executor
-    (every job done at once, in the model's process): the mediation path alone, in this
-    process. `write(batch)` writes SQEs and stores the doorbell as the client's driver does;
-    `reap()` consumes the CQEs the broker wrote (and says how many)."""
-
-    def __init__(self, depth: int = 1024) -> None:
-        import fcntl
-        import logging
-        import mmap
-        import struct
-
-        from tests.brokerutil import sqe_words  # a good stateless SQE
-        from warpdrive.backends.vfiouser.launcher import open_emulated
-        from warpdrive.devices.hisi_qm import regs as qm
-        from warpdrive.emu.function import Function
-        from warpdrive.serve.broker import Broker
-        from warpdrive.serve.function import VirtualZip
-        from warpdrive.uapi import pci_regs
-
-        iova, size = 0x100000, 4 << 20
-        ctx, sqc_t, cqc_t, eq, sq, cq, src, dst = (0, 0x1000, 0x2000, 0x3000, 0x10000, 0x40000,
-                                                   0x100000, 0x200000)
-        self.qm, self.depth, self.sq, self.cq = qm, depth, sq, cq
-        dev = open_emulated("zip", model_options={**MODEL_OPTIONS, "executor": "null"})
-        self.broker = broker = Broker(dev)
-        self.model = model = VirtualZip(broker.client("floor"), revision=broker.revision,
-                                        depth=depth)
-        self.fn = fn = Function(model, max_dma_maps=64, max_data_xfer_size=1 << 20,
-                                logger=logging.getLogger("floor"), label="floor")
-        fd = os.memfd_create("floor", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        os.ftruncate(fd, size)
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
-        self.mem = mem = mmap.mmap(fd, size)
-        fn.dma.add(iova, size, fd, 0, True, True)
-        model.on_dma_map(iova, size, fd, 0, True, True)
-        os.close(fd)
-        fn.config.write(pci_regs.PCI_COMMAND, struct.pack("<H", pci_regs.PCI_COMMAND_MEMORY
-                                                          | pci_regs.PCI_COMMAND_MASTER))
-        f = model.qm
-        assert f is not None
-
-        def mailbox(cmd: int, queue: int = 0, base: int = 0, op: int = 0) -> None:
-            for i, word in enumerate(qm.mailbox_dwords(cmd, queue, base, op)):
-                f.write(qm.QM_MB_CMD_SEND_BASE + 4 * i, struct.pack("<I", word))
-
-        def context(cmd: int, queue: int, data: bytes) -> None:
-            mem[ctx:ctx + len(data)] = data
-            mailbox(cmd, queue, iova + ctx)
-
-        mailbox(qm.QM_MB_CMD_SQC_BT, 0, iova + sqc_t)
-        mailbox(qm.QM_MB_CMD_CQC_BT, 0, iova + cqc_t)
-        context(qm.QM_MB_CMD_EQC, 0, qm.EQC.pack(0, 0, iova + eq, 0, 0, 0, 0,
-                                                 255 | qm.EQC_DW6_PHASE))
-        context(qm.QM_MB_CMD_SQC, 0, qm.SQC.pack(0, 0, iova + sq, 0, (depth - 1) | 7 << 12, 0,
-                                                 0, 0, 0, 0, 1 << 4, 0))
-        context(qm.QM_MB_CMD_CQC, 0, qm.CQC.pack(0, 0, iova + cq, 0, (depth - 1) | 4 << 12, 0,
-                                                 0, 0, 0, 1, 0))
-        self.template = struct.pack("<32I", *sqe_words(iova + src, iova + dst))
-        self.bell = model._bells[0][0]  # the doorbell page the client would store into
-        self.tail = self.head = 0
-        self.phase = 1
-
-    def write(self, batch: int) -> None:
-        mem, sq, t = self.mem, self.sq, self.tail
-        for _ in range(batch):
-            mem[sq + t * 128:sq + t * 128 + 128] = self.template
-            t = (t + 1) % self.depth
-        self.tail = t
-        self.bell.value = self.qm.doorbell_v2(0, self.qm.QM_DB_CMD_SQ, t)
-
-    def reap(self, limit: int) -> int:
-        mem, cq, n = self.mem, self.cq, 0
-        while n < limit and mem[cq + self.head * 16 + 14] & 1 == self.phase:
-            n += 1
-            self.head = (self.head + 1) % self.depth
-            if self.head == 0:
-                self.phase ^= 1
-        return n
-
-    def ack(self) -> None:
-        """The CQ doorbell after a batch (its store hides the SQ one: the driver's order)."""
-        self.bell.value = self.qm.doorbell_v2(0, self.qm.QM_DB_CMD_CQ, self.head)
-
-    def close(self) -> None:
-        self.fn.close()
-        self.broker.close()
-        self.mem.close()
-
-
 def floor(batches: tuple[int, ...] = (1, 8, 16, 64), jobs: int = 20000) -> list[dict[str, Any]]:
-    """The mediation path alone (`_FloorRig`), caches warm. A batch of SQEs is written and its
-    doorbell stored; the server pass (the function's poll, the broker's poll) runs until every
-    CQE is out. Counted: the thread CPU of the passes that did work, per job, as `--measure`
-    counts it in the broker."""
+    """The mediation path alone (`tests.brokerutil.FunctionRig`), caches warm. A batch of
+    SQEs is written and its doorbell stored; the server pass (the function's poll, the broker's
+    poll) runs until every CQE is out. Counted: the thread CPU of the passes that did work, per
+    job, as `--measure` counts it in the broker."""
+    from tests.brokerutil import FunctionRig
     from warpdrive.emu.server import POLL_WORKED
 
-    rig = _FloorRig()
+    rig = FunctionRig(MODEL_OPTIONS)
     fn, broker = rig.fn, rig.broker
     clock = time.thread_time
     rows = []
@@ -505,6 +415,7 @@ def floor(batches: tuple[int, ...] = (1, 8, 16, 64), jobs: int = 20000) -> list[
             work = 0.0
             while done < jobs:
                 rig.write(batch)
+                rig.ring()
                 left = batch
                 while left:
                     t0 = clock()
@@ -623,21 +534,23 @@ def _opcode_tracer(ops: Any, cur: dict[str, str]) -> Any:
 
 def breakdown(batches: tuple[int, ...] = (1, 8, 32), cycles: int = 5000,
               opcodes: int = 200) -> list[dict[str, Any]]:
-    """Where a working pass's time goes (`_FloorRig`, caches warm). Each cycle is two passes
-    made deterministic: a submit pass (the client's batch taken, checked, posted, the hardware
-    doorbell rung), then, once the device has completed the whole batch, a complete pass
-    (harvest, results and CQEs back to the client). Measured per phase with perf_counter_ns
-    wrappers (their cost calibrated and taken out), checked against the same passes unwrapped;
-    and, load-independent, the Python bytecodes each phase executes (sys.settrace opcodes)."""
+    """Where a working pass's time goes (`tests.brokerutil.FunctionRig`, caches warm). Each
+    cycle is a submit pass (the client's batch taken, checked, posted, the hardware doorbell
+    rung), then, once the device has completed the batch, a complete pass (harvest, results
+    and CQEs back to the client), then the pass that sees the client's CQ doorbell. Measured
+    per phase with perf_counter_ns wrappers (their cost calibrated and taken out), against the
+    same passes unwrapped; and, load-independent, the Python bytecodes each function executes
+    (sys.settrace opcodes)."""
     import sys as _sys
     from collections import Counter
 
     import warpdrive.serve.broker as bmod
     import warpdrive.serve.function as fmod
+    from tests.brokerutil import FunctionRig
     from warpdrive.emu.models.zip import ZipModel
     from warpdrive.emu.server import VfioUserServer
 
-    rig = _FloorRig()
+    rig = FunctionRig(MODEL_OPTIONS)
     fn, broker, model = rig.fn, rig.broker, rig.model
     client, qm = model.client, model.qm
     clock = time.perf_counter_ns
@@ -658,6 +571,7 @@ def breakdown(batches: tuple[int, ...] = (1, 8, 32), cycles: int = 5000,
 
     def cycle(batch: int, parts: list[int]) -> None:
         rig.write(batch)
+        rig.ring()
         t0 = clock()
         server_pass()  # the submit pass
         t1 = clock()
@@ -727,6 +641,7 @@ def breakdown(batches: tuple[int, ...] = (1, 8, 32), cycles: int = 5000,
             tracer = _opcode_tracer(ops, cur)
             for _ in range(opcodes):
                 rig.write(batch)
+                rig.ring()
                 cur["pass"] = "submit"
                 _sys.settrace(tracer)
                 server_pass()
