@@ -113,6 +113,76 @@ def test_a_failed_piece_fails_the_call_cleanly(engine, monkeypatch) -> None:
     assert zlib.decompress(wz.compress(data, 6, 31, device=engine), 31) == data
 
 
+@pytest.mark.parametrize("wbits", [31, 15, -15])
+def test_streaming_writes_go_out_as_pieces_in_flight(engine, wbits: int, monkeypatch) -> None:
+    """compressobj().compress with chunks of PIECE_MIN or more: the chunks go out as pieces,
+    several on the engine at once (output may come later, as zlib's may), flushes return all
+    so far; small writes, sync flushes between, a final flush with and without pending bytes:
+    one valid stream in order, checksum combined."""
+    seen = []
+    real = sqe_mod.SqeTemplate.fill
+
+    def fill(self, buf, off, **kw):  # type: ignore[no-untyped-def]
+        real(self, buf, off, **kw)
+        seen.append((kw.get("stateful"), kw.get("new_stream"), kw.get("in_len")))
+
+    monkeypatch.setattr(sqe_mod.SqeTemplate, "fill", fill)
+    data = _blocks(5 << 20, seed=wbits & 0xFF)
+    for chunk, writes, sync_at in ((1 << 20, 65_536, 3 << 20), (PIECE_MIN, 1 << 20, None),
+                                   (1 << 20, 7 << 20, None)):
+        seen.clear()
+        c = wz.compressobj(6, wz.DEFLATED, wbits, device=engine, chunk_size=chunk)
+        out = []
+        for i in range(0, len(data), writes):
+            out.append(c.compress(data[i:i + writes]))
+            if sync_at is not None and i + writes == sync_at:
+                synced = c.flush(zlib.Z_SYNC_FLUSH)
+                # everything so far decodes
+                d = zlib.decompressobj(wbits)
+                assert d.decompress(b"".join(out) + synced) == data[:sync_at]
+                out.append(synced)
+        out.append(c.flush())
+        assert zlib.decompress(b"".join(out), wbits) == data
+        pieces = [n for st, new, n in seen if st and new]
+        assert len(pieces) >= len(data) // chunk  # every full chunk went as a piece
+        assert max(pieces) <= chunk
+    # the final flush with nothing pending, after pieces
+    c = wz.compressobj(6, wz.DEFLATED, wbits, device=engine)
+    z = c.compress(data[:2 << 20]) + c.flush()
+    assert zlib.decompress(z, wbits) == data[:2 << 20]
+
+
+def test_streaming_pieces_in_flight_at_once(engine, monkeypatch) -> None:
+    """Four 1 MiB writes queue four pieces before any output is waited for (the line is not
+    full): compress() returns what is done without waiting; the flush returns the rest."""
+    from warpdrive.devices.zip import stream
+
+    waits = []
+    real = stream._PieceLine.take
+
+    def take(self, *, wait, locked):  # type: ignore[no-untyped-def]
+        waits.append((wait, len(self.inflight)))
+        return real(self, wait=wait, locked=locked)
+
+    monkeypatch.setattr(stream._PieceLine, "take", take)
+    data = _blocks(4 << 20, seed=3)
+    c = wz.compressobj(6, wz.DEFLATED, 31, device=engine)
+    out = [c.compress(data[i:i + (1 << 20)]) for i in range(0, len(data), 1 << 20)]
+    assert [w for w, _ in waits] == [False] * 4  # no waiting while the line has room
+    out.append(c.flush())
+    assert zlib.decompress(b"".join(out), 31) == data
+
+
+def test_dropped_stream_with_pieces_in_flight(engine) -> None:
+    """A stream dropped with pieces on the engine: nothing waits (a finalizer must not), the
+    engine works on."""
+    data = _blocks(3 << 20, seed=4)
+    c = wz.compressobj(6, wz.DEFLATED, 31, device=engine)
+    c.compress(data)
+    del c
+    assert zlib.decompress(wz.compress(data, 6, 31, device=engine), 31) == data
+
+
 def test_member_size_subfield_round_trip() -> None:
     """The CLI's gzip members state their size in FEXTRA (subfield WZ); readers that do not know
     it skip it (RFC 1952 2.3.1.1), and other subfields around it are walked past."""

@@ -137,7 +137,14 @@ class _StreamBase:
 
 
 class Deflater(_StreamBase):
-    """Stream compression (`compressobj`). Input is gathered into jobs of `chunk` bytes."""
+    """Stream compression (`compressobj`). Input is gathered into jobs of `chunk` bytes.
+
+    Chunks of PIECE_MIN or more go out as independent pieces (`_PieceLine`), several on the
+    engine at once: `compress()` queues them and returns the output of those already done,
+    waiting only when PIECES_IN_FLIGHT are out (as zlib, output may come later than its input;
+    a flush returns everything). Each piece starts without history (pigz's layout: ~1% larger
+    at 1 MiB); once pieces are used, flushes send the pending bytes as a piece too. Smaller
+    chunks, and streams that never fill one, are one stateful job at a time (history kept)."""
 
     def __init__(self, engine: EngineParts, fmt: Format, level: int = -1, *,
                  chunk: int = 1 << 20) -> None:
@@ -152,14 +159,74 @@ class Deflater(_StreamBase):
         self._hdr = header(fmt, level)
         self._pending = bytearray()
         self._finished = False
+        self._line: _PieceLine | None = None  # pieces in flight, once a chunk went as pieces
 
     def _emit(self, body: bytes) -> bytes:
         if self._hdr:
             body, self._hdr = self._hdr + body, b""
         return body
 
+    def _send(self, data: memoryview) -> bytes:
+        """A full chunk: as a piece when chunks are large enough, else a stateful job."""
+        if self._line is None and self.chunk < PIECE_MIN:
+            return self._job(data, False)
+        return self._piece(data, False)
+
+    def _piece(self, data: memoryview, last: bool) -> bytes:
+        """Queue `data` as a piece; returns the output of the pieces done so far (waiting for
+        the oldest only when the line is full, or for all of them when `last`)."""
+        line = self._line
+        if line is None:
+            line = self._line = _PieceLine(self.engine, self.fmt)
+        if not line.inflight:
+            line.checksum = self.checksum  # the pieces' checksums continue the stream's
+        out: list[bytes] = []
+        try:
+            with self.lane.lock:
+                line.submit(data, last)
+            self._new = False
+            self.isize = (self.isize + len(data)) & 0xFFFF_FFFF
+            while line.inflight and (last or line.full):
+                out += line.take(wait=True, locked=False)
+            out += line.take(wait=False, locked=False)
+        except ZipError as e:
+            self._abandon_pieces()
+            self._fail(e)
+        self.checksum = line.checksum
+        return self._emit(b"".join(out))
+
+    def _drain(self) -> bytes:
+        """The output of every piece in flight (a flush)."""
+        line = self._line
+        if line is None or not line.inflight:
+            return b""
+        out: list[bytes] = []
+        try:
+            while line.inflight:
+                out += line.take(wait=True, locked=False)
+        except ZipError as e:
+            self._abandon_pieces()
+            self._fail(e)
+        self.checksum = line.checksum
+        return self._emit(b"".join(out))
+
+    def _abandon_pieces(self) -> None:
+        if self._line is not None:
+            self._line.drain(locked=False)
+
     def _job(self, data: memoryview, finish: bool) -> bytes:
         n = len(data)
+        if self._line is not None:  # pieces from here on (a stateful job has no history)
+            if finish:
+                out = self._drain()
+                if n:
+                    out += self._piece(data, True)
+                else:
+                    out += self._emit(EMPTY_FINAL_BLOCK)
+                return out + trailer(self.alg, self.checksum, self.isize)
+            out = self._drain()
+            return out + (self._piece(data, False) + self._drain() if n else
+                          self._emit(EMPTY_SYNC_BLOCK))
         if finish and self._new and n >= SPLIT_MIN:
             # The whole stream in one job: cut as the one-shot `compress` cuts it, so both give
             # the same bytes for the same data, as zlib's do.
@@ -203,10 +270,10 @@ class Deflater(_StreamBase):
             mv = mv[take:]
             if len(self._pending) < self.chunk:
                 return b""
-            out.append(self._job(memoryview(self._pending), False))
+            out.append(self._send(memoryview(self._pending)))
             self._pending = bytearray()
         while len(mv) >= self.chunk:
-            out.append(self._job(mv[:self.chunk], False))
+            out.append(self._send(mv[:self.chunk]))
             mv = mv[self.chunk:]
         self._pending += mv
         return b"".join(out)
@@ -232,6 +299,18 @@ class Deflater(_StreamBase):
 
     def finish(self) -> bytes:
         return self.flush(Z_FINISH)
+
+    def close(self) -> None:
+        line = self._line
+        if line is not None and not self._closed:
+            # No waiting here (close may run in a finalizer): the buffers of a piece the engine
+            # may still write stay out of the pool (freed with the engine).
+            for job, chunks, _ in line.inflight:
+                if job.done:
+                    for c in chunks:
+                        self.pool.give(c)
+            line.inflight.clear()
+        super().close()
 
 
 class Inflater(_StreamBase):
@@ -379,81 +458,130 @@ def piece_size(n: int) -> int:
     return min(PIECE_MAX, max(PIECE_MIN, -(-n // 4)))
 
 
-class _Pieces:
-    """The job owner of `compress_pieces` (reads a completed piece's result words)."""
+class _PieceLine:
+    """Independent pieces of one deflate stream on the engine (pigz's layout): each is the first
+    job of an engine stream of its own (its own context), raw deflate ending with a sync flush
+    (the final block on the last), so the pieces concatenate into one valid deflate stream; the
+    hardware takes them as separate SQEs, and a device with several engines, or the model's
+    workers, runs them in parallel. At most `limit` pieces are on the engine (memory stays
+    bounded); their output comes back in input order, and the engine's per-piece checksums are
+    combined into the stream's. A piece's buffers go back to the pool only once the engine is
+    done with it (`drain`, also after an error)."""
 
-    def __init__(self, engine: EngineParts) -> None:
+    def __init__(self, engine: EngineParts, fmt: Format, limit: int = PIECES_IN_FLIGHT) -> None:
+        engine.check_open()
         self.pool = engine.pool
         self.lane = engine.lanes[COMPRESS]
+        self.tmpl = self.lane.template(fmt)
+        self.alg = alg = fmt.alg
+        self.limit = limit
+        self.combine = crc32_combine if alg == hw.ALG_GZIP else \
+            adler32_combine if alg == hw.ALG_ZLIB else None
+        self.checksum = initial_checksum(alg)  # of the pieces taken so far
+        self.inflight: deque[tuple[Job, list[Chunk], bool]] = deque()
 
     def on_complete(self, job: Job) -> None:
+        """A piece completed (lane lock held): its result words."""
         sq = self.lane.q.sq
         job.consumed, job.produced, job.status = read_result(sq, job.slot_off)
         _, _, _, job.isize, job.checksum = read_stream_words(sq, job.slot_off)
         job.done = True
 
+    @property
+    def full(self) -> bool:
+        return len(self.inflight) >= self.limit
+
+    def submit(self, data: memoryview, last: bool, *, ring: bool = True) -> None:
+        """Queue one piece (the caller holds the lane lock). With `ring=False` the doorbell
+        waits for the next `ring()` (one per batch)."""
+        k = len(data)
+        pool, lane, alg = self.pool, self.lane, self.alg
+        src = pool.take(max(k, 1))
+        chunks = [src]
+        try:
+            dst = pool.take(compress_bound(k))
+            chunks.append(dst)
+            ctx = pool.take(hw.HW_CTX_SIZE)
+            chunks.append(ctx)
+            src.view[:k] = data
+            avail = min(dst.size, hw.HZ_MAX_SIZE)
+            job = Job(self, src.buf, src.off, k, dst.buf, dst.off, avail)
+            job.sqe = self.tmpl.build(src=src.iova, in_len=k, dst=dst.iova, avail=avail,
+                                      tag=lane.next_tag(), finish=last, stateful=True,
+                                      new_stream=True, ctx=ctx.iova + hw.HW_CTX_RSV_OFFSET,
+                                      isize=0, checksum=initial_checksum(alg))
+            off = lane.post(job)
+        except BaseException:
+            for c in chunks:
+                pool.give(c)
+            raise
+        lane.q.sq[off:off + hw.SQE_SIZE] = job.sqe
+        self.inflight.append((job, chunks, last))
+        if ring:
+            lane.q.ring()
+
+    def ring(self) -> None:
+        self.lane.q.ring()
+
+    def take(self, *, wait: bool, locked: bool) -> list[bytes]:
+        """The deflate output of the finished pieces at the front, in order (without the
+        trailer the engine wrote after a last piece: it covers that piece only); with `wait`,
+        the oldest piece is waited for first. A failed piece raises (the pieces still in
+        flight stay: `drain` them)."""
+        out: list[bytes] = []
+        inflight, lane = self.inflight, self.lane
+        if wait and inflight:
+            lane.wait_until(_is_done(inflight[0][0]), locked=locked)
+        elif inflight and not inflight[0][0].done and lane.q.completed():
+            if locked:
+                lane.reap()
+            else:
+                with lane.lock:
+                    lane.reap()
+        while inflight and inflight[0][0].done:
+            job, chunks, last = inflight.popleft()
+            try:
+                body, self.checksum = _piece_output(job, chunks[1], last, self.alg,
+                                                    self.checksum, self.combine)
+                out.append(body)
+            finally:
+                for c in chunks:
+                    self.pool.give(c)
+        return out
+
+    def drain(self, *, locked: bool) -> None:
+        """Wait for every piece in flight and give its buffers back, dropping its output
+        (after an error, or when the stream is dropped)."""
+        while self.inflight:
+            job, chunks, _ = self.inflight[0]
+            self.lane.wait_until(_is_done(job), locked=locked)
+            self.inflight.popleft()
+            for c in chunks:
+                self.pool.give(c)
+
 
 def compress_pieces(engine: EngineParts, mv: memoryview, fmt: Format, level: int = -1,
                     piece: int | None = None) -> bytes:
     """One complete stream of `fmt` holding `mv`, compressed as independent pieces on the
-    engine at once (pigz's layout; the hardware takes them as separate SQEs, and a device
-    with several engines, or the model's workers, runs them in parallel). Each piece is the
-    first job of a stream of its own (its own context), raw deflate ending with a sync flush,
-    so the pieces concatenate into one valid deflate stream; the last one ends with the final
-    block. The engine reports each piece's checksum; their combination makes the trailer.
-    At most PIECES_IN_FLIGHT pieces are on the engine (memory stays bounded); output keeps
-    the input's order. A failed piece fails the call after the pieces in flight completed
-    (their buffers are never given back while the engine may still write them)."""
-    engine.check_open()
-    owner = _Pieces(engine)
-    lane, pool = owner.lane, owner.pool
-    alg = fmt.alg
+    engine at once (`_PieceLine`); a failed piece fails the call after the pieces in flight
+    completed."""
+    line = _PieceLine(engine, fmt)
+    lane = line.lane
     piece = piece or piece_size(len(mv))
-    tmpl = lane.template(fmt)
-    combine = crc32_combine if alg == hw.ALG_GZIP else \
-        adler32_combine if alg == hw.ALG_ZLIB else None
     n = len(mv)
     out = [header(fmt, level)]
-    checksum = initial_checksum(alg)
-    inflight: deque[tuple[Job, list[Chunk]]] = deque()
     with lane.lock:
         try:
             for start in range(0, max(n, 1), piece):
-                k = min(piece, n - start)
                 last = start + piece >= n
-                src, dst, ctx = pool.take(max(k, 1)), pool.take(compress_bound(k)), \
-                    pool.take(hw.HW_CTX_SIZE)
-                chunks = [src, dst, ctx]
-                src.view[:k] = mv[start:start + k]
-                avail = min(dst.size, hw.HZ_MAX_SIZE)
-                job = Job(owner, src.buf, src.off, k, dst.buf, dst.off, avail)
-                job.sqe = tmpl.build(src=src.iova, in_len=k, dst=dst.iova, avail=avail,
-                                     tag=lane.next_tag(), finish=last, stateful=True,
-                                     new_stream=True, ctx=ctx.iova + hw.HW_CTX_RSV_OFFSET,
-                                     isize=0, checksum=initial_checksum(alg))
-                off = lane.post(job)
-                lane.q.sq[off:off + hw.SQE_SIZE] = job.sqe
-                inflight.append((job, chunks))
-                if last or len(inflight) >= PIECES_IN_FLIGHT:
-                    lane.q.ring()
-                while inflight and (last or len(inflight) >= PIECES_IN_FLIGHT):
-                    job, chunks = inflight[0]
-                    lane.wait_until(_is_done(job), locked=True)
-                    inflight.popleft()
-                    try:
-                        body, checksum = _piece_output(job, chunks[1], last and not inflight,
-                                                       alg, checksum, combine)
-                        out.append(body)
-                    finally:
-                        for c in chunks:
-                            pool.give(c)
+                line.submit(mv[start:start + piece], last, ring=False)
+                if last or line.full:
+                    line.ring()
+                    while line.inflight and (last or line.full):
+                        out += line.take(wait=True, locked=True)
         finally:
-            while inflight:  # (after an error) the engine may still write these buffers:
-                job, chunks = inflight.popleft()  # back to the pool only once it is done
-                lane.wait_until(_is_done(job), locked=True)
-                for c in chunks:
-                    pool.give(c)
-    out.append(trailer(alg, checksum, n))
+            line.drain(locked=True)
+    out.append(trailer(line.alg, line.checksum, n))
     return b"".join(out)
 
 
