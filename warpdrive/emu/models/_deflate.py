@@ -11,6 +11,7 @@ module sees byte buffers only.
 
 from __future__ import annotations
 
+import struct
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -77,16 +78,21 @@ def _update_checksum(alg: int, data: bytes | memoryview, value: int) -> int:
     return 0
 
 
+_ZLIB_TRAILER = struct.Struct(">I")
+_GZIP_TRAILER = struct.Struct("<II")
+_TRAILER_LEN = {L.ALG_ZLIB: 4, L.ALG_GZIP: 8}
+
+
 def _trailer(alg: int, checksum: int, isize: int) -> bytes:
     if alg == L.ALG_ZLIB:
-        return checksum.to_bytes(4, "big")
+        return _ZLIB_TRAILER.pack(checksum)
     if alg == L.ALG_GZIP:
-        return checksum.to_bytes(4, "little") + (isize & 0xFFFF_FFFF).to_bytes(4, "little")
+        return _GZIP_TRAILER.pack(checksum, isize & 0xFFFF_FFFF)
     return b""
 
 
 def _trailer_len(alg: int) -> int:
-    return {L.ALG_ZLIB: 4, L.ALG_GZIP: 8}.get(alg, 0)
+    return _TRAILER_LEN.get(alg, 0)
 
 
 def _bad_trailer_field(alg: int, got: bytes | bytearray, checksum: int, isize: int) -> int:
@@ -177,10 +183,15 @@ class DeflateUnit:
                 return JobResult(L.STATUS_DST_TOO_SMALL)
             # Input ended before the end of the stream: a partial result, no end flag.
             return JobResult(L.STATUS_OK, len(src), m, False, checksum, m)
-        used = len(src) - len(d.unused_data)
+        rest = d.unused_data
+        used = len(src) - len(rest)
+        if alg == L.ALG_DEFLATE:
+            return JobResult(L.STATUS_OK, used, m, True, checksum, m)
         tlen = _trailer_len(alg)
+        if rest[:tlen] == _trailer(alg, checksum, m):  # (the usual case, checked at once)
+            return JobResult(L.STATUS_OK, used + tlen, m, True, checksum, m)
         if tlen:
-            trailer = d.unused_data[:tlen]
+            trailer = rest[:tlen]
             bad = _bad_trailer_field(alg, trailer, checksum, m)
             if bad:
                 return JobResult(L.STATUS_CRC_ERR, used + bad, m, True, checksum, m)

@@ -434,34 +434,34 @@ class QmFunction:
             return 0
         if self.execute_run is not None:
             return self._run_queue_runs(q, todo)
-        kept = self.rings is not None
+        rings = self.rings
         sq = cq = None
         try:
-            if self.rings is not None:
-                sq, cq = self.rings(q)
+            if rings is not None:
+                sq, cq = rings(q)
             else:
                 sq = self.dma.view(q.sq_base, q.sq_depth * q.sqe_size, write=True)
                 cq = self.dma.view(q.cq_base, q.cq_depth * L.CQE_SIZE, write=True)
         except DmaFault as e:
-            if sq is not None and not kept:
+            if sq is not None and rings is None:
                 sq.release()
             self._queue_fault(q, str(e))
             return 0
         taken = completed = 0
+        execute, size, depth = self.execute, q.sqe_size, q.sq_depth
         try:
             for _ in range(todo):
-                r = self.execute(q, sq, q.head * q.sqe_size)
+                head = q.head
+                r = execute(q, sq, head * size)
                 if r == BUSY:
                     break
                 if r != PENDING:
-                    self._post_cqes(q, cq, (q.head,))
+                    self._post_cqe(q, cq, head)
                     completed += 1
                 taken += 1
-                q.head += 1
-                if q.head == q.sq_depth:
-                    q.head = 0
+                q.head = head + 1 if head + 1 < depth else 0
         finally:
-            if not kept:
+            if rings is None:
                 sq.release()
                 cq.release()
         q.completed += completed
@@ -495,18 +495,11 @@ class QmFunction:
         a half CQE. A run of them is written as three strided copies per stretch of the ring:
         the first halves (zero), the second halves with the old phase (sq_head, sq_num: still
         not valid), then the new phase words."""
-        tail, phase, depth, qn = q.cq_tail, q.cq_phase, q.cq_depth, q.qn
-        size = L.CQE_SIZE
         if len(slots) < 2:
             for slot in slots:
-                coff = tail * size
-                _CQE_BODY.pack_into(cq, coff, 0, 0, 0, slot, qn, 0)
-                _U16.pack_into(cq, coff + 14, phase)
-                tail += 1
-                if tail == depth:
-                    tail, phase = 0, phase ^ 1
-            q.cq_tail, q.cq_phase = tail, phase
+                QmFunction._post_cqe(q, cq, slot)
             return
+        tail, phase, depth, qn = q.cq_tail, q.cq_phase, q.cq_depth, q.qn
         with cq.cast("Q") as cq64, cq.cast("H") as cq16:
             i, n = 0, len(slots)
             while i < n:
@@ -521,6 +514,19 @@ class QmFunction:
                 if tail == depth:
                     tail, phase = 0, phase ^ 1
         q.cq_tail, q.cq_phase = tail, phase
+
+    @staticmethod
+    def _post_cqe(q: QueueState, cq: memoryview, slot: int) -> None:
+        """One CQE: its body, then its phase word (see `_post_cqes`)."""
+        tail = q.cq_tail
+        coff = tail * L.CQE_SIZE
+        _CQE_BODY.pack_into(cq, coff, 0, 0, 0, slot, q.qn, 0)
+        _U16.pack_into(cq, coff + 14, q.cq_phase)
+        tail += 1
+        if tail == q.cq_depth:
+            q.cq_tail, q.cq_phase = 0, q.cq_phase ^ 1
+        else:
+            q.cq_tail = tail
 
     def complete(self, q: QueueState, slots: list[int]) -> None:
         """Jobs an executor took (PENDING) are done, their results in their SQE slots: post
