@@ -115,3 +115,38 @@ def test_stateless_decompression_in_pieces_matches_zlib() -> None:
             assert r.status == L.STATUS_CRC_ERR and r.consumed == len(src)
     corrupt = unit.decompress_stateless(L.ALG_DEFLATE, b"\xff" * 20, bytearray(100))
     assert corrupt.status == L.STATUS_BAD_DATA
+
+
+def test_polls_that_see_no_doorbell_move_do_not_run_the_queues(served) -> None:
+    """While the server spins with nothing submitted, a poll is the doorbell compare only; a
+    doorbell still starts work at once."""
+    path, model, _server = served
+    eng = wz.open_engine("vfio-user:" + path, announce=False)
+    try:
+        assert wz.decompress(wz.compress(b"abc" * 100, device=eng), device=eng) == b"abc" * 100
+        qm = model.qm
+        assert qm is not None
+        calls = [0]
+        process = qm.process
+
+        def counted(budget: int | None = None) -> int:
+            calls[0] += 1
+            return process(budget)
+
+        polls = [0]
+        poll = model.poll
+
+        def counted_poll() -> bool:
+            polls[0] += 1
+            return poll()
+
+        qm.process = counted  # type: ignore[method-assign]
+        model.poll = counted_poll  # type: ignore[method-assign]
+        time.sleep(0.02)  # (the client's last CQ doorbell moves the word once more)
+        idle_calls, idle_polls = calls[0], polls[0]
+        time.sleep(0.05)  # the server keeps polling (spinning, then now and then asleep)
+        assert polls[0] > idle_polls and calls[0] == idle_calls
+        assert zlib.decompress(wz.compress(b"x" * 1000, device=eng)) == b"x" * 1000
+        assert calls[0] > idle_calls
+    finally:
+        eng.close()

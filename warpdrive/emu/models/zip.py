@@ -668,6 +668,10 @@ class ZipModel(DeviceModel):
         # queue -> views of its SQ and CQ rings, kept while the queue runs and the client's
         # memory and bus mastering stay as they are (`_rings`): not made again on every pass
         self._views: dict[int, tuple[memoryview, memoryview]] = {}
+        # A poll where no doorbell word moved and no SQE was left waiting is the doorbell loads
+        # and compares only (`poll`); anything else that can make work (a trapped write: a
+        # doorbell or a mailbox command; a reset) sets this.
+        self._recheck = True
 
     # -- description ------------------------------------------------------------------------
     @property
@@ -776,6 +780,7 @@ class ZipModel(DeviceModel):
         return bytes(size)
 
     def region_write(self, index: int, offset: int, data: bytes) -> None:
+        self._recheck = True
         if index == L.QM_BAR:
             self._qm().write(offset, data)
         elif index == L.QM_DB_BAR and self.isolation:  # a trapped per-queue doorbell page
@@ -787,13 +792,18 @@ class ZipModel(DeviceModel):
         qm = self.qm
         assert qm is not None, "setup() has not run"
         last = self._last
+        moved = self._recheck
         for i, (cell, qn) in enumerate(self._bells):  # (polled back to back: kept lean)
             v = cell.value
             if v != last[i]:
                 last[i] = v
                 qm.stats["doorbells"] += 1
                 qm.doorbell(v, qn)
-        worked = qm.process() > 0
+                moved = True
+        worked = False
+        if moved:
+            worked = qm.process() > 0
+            self._recheck = qm.pending()  # SQEs left for later (budget, BUSY): look again
         jobs = self.jobs
         if isinstance(jobs, ThreadedJobs) and jobs.inflight:
             # Jobs on the workers: sleep briefly on the oldest rather than spin (the workers
@@ -801,11 +811,13 @@ class ZipModel(DeviceModel):
             posted = jobs.collect(0 if worked else self.poll_idle_s)
             if posted:
                 qm.process()  # jobs held back (BUSY) behind them
+                self._recheck = qm.pending()
             return True
         return worked
 
     def reset(self) -> None:
         self._drop_rings()
+        self._recheck = True
         qm = self._qm()
         qm.reset()
         assert self.jobs is not None
