@@ -371,39 +371,64 @@ class Run:
                          out: Output, prog: Progress) -> Result:
         """gzip: the input as independent members of READ_CHUNK bytes, IN_FLIGHT of them on
         the engine at once (pigz's parallelism; bgzip's layout, which every gzip reader reads
-        as one file). The first member carries the header with the name and time stamp."""
+        as one file). The first member carries the header with the name and time stamp. The
+        input is read straight into the jobs' DMA buffers and the output written from them
+        (no copies in this process: the engine's workers need the cores)."""
+        from ..devices.zip.job import compress_bound
         from ..zip import gzip as wgz
 
         s = self.engine().session("compress", wbits=31, level=level)
         res = Result()
-        pending: deque[Any] = deque()
+        pending: deque[tuple[Any, tuple[Any, Any] | None]] = deque()
+        free: list[tuple[Any, Any]] = []
+        made: list[Any] = []
         first = True
         try:
             while True:
-                block = _read(src, READ_CHUNK, name)
-                if block or (first and not pending):  # an empty input is one empty member
-                    res.n_in += len(block)
-                    pending.append(s.submit(block))
-                    prog.update(len(block))
-                while pending and (not block or len(pending) >= IN_FLIGHT or pending[0].done):
-                    job = pending.popleft()
+                # (fewer than IN_FLIGHT jobs are pending here: a pair is free, or made now)
+                if not free:
+                    pair = (s.buffer(READ_CHUNK), s.buffer(10 + compress_bound(READ_CHUNK)))
+                    made += pair
+                    free.append(pair)
+                pair = free.pop()
+                block = _readinto(src, pair[0].view[:READ_CHUNK], name)
+                if block:
+                    res.n_in += block
+                    pending.append((s.submit(s.prepare(pair[0], block, pair[1])), pair))
+                    prog.update(block)
+                else:
+                    free.append(pair)
+                    if first and not pending:  # an empty input is one empty member
+                        pending.append((s.submit(b""), None))
+                while pending and (not block or len(pending) >= IN_FLIGHT or
+                                   pending[0][0].done):
+                    job, used = pending.popleft()
                     while not job.done:
                         s.wait()
-                    # A copy (the job's error, if it failed): no view of a DMA buffer may
-                    # outlive the engine when a signal ends the run mid-write.
-                    data = bytes(job.output)
-                    # Each member says its size in its header: a reader can cut the members
-                    # apart without inflating them (decompress_sized_members).
-                    data = wgz.with_size(head if first else data[:10], len(data) - 10) + \
-                        data[10:]
+                    view = None
+                    try:
+                        view = job.output  # (raises the job's error)
+                        # Each member says its size in its header: a reader can cut the
+                        # members apart without inflating them (decompress_sized_members).
+                        hdr = wgz.with_size(head if first else bytes(view[:10]), len(view) - 10)
+                        out.write(hdr)
+                        out.write(view[10:])
+                        res.n_out += len(hdr) + len(view) - 10
+                    finally:
+                        # no view of a DMA buffer may outlive the engine when a signal ends
+                        # the run mid-write
+                        if view is not None:
+                            view.release()
                     first = False
-                    out.write(data)
-                    res.n_out += len(data)
+                    if used is not None:
+                        free.append(used)
                     job.release()
                 if not block:
                     return res
         finally:
-            s.close()
+            s.close()  # waits for the jobs still in flight
+            for buf in made:
+                s.release_buffer(buf)
 
     # -- decompression ---------------------------------------------------------------------
     def decompress_one(self, name: str, src: Any, first: bytes, out: Output | None,
@@ -677,6 +702,22 @@ class _Counter:
             out, self.first = self.first[:n], self.first[n:]
             return out
         return self.src.read(n)
+
+
+def _readinto(src: Any, view: memoryview, name: str) -> int:
+    """Fill `view` (released on return: a signal's traceback must not keep a view of a DMA
+    buffer alive) from `src`; fewer bytes only at the end of the input. Returns how many."""
+    got = 0
+    with view:
+        try:
+            while got < len(view):
+                k = src.readinto(view[got:])
+                if not k:
+                    break
+                got += k
+        except OSError as e:
+            raise io_error("cannot read", e, name) from None
+    return got
 
 
 def _read(src: Any, n: int, name: str) -> bytes:
