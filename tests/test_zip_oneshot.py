@@ -275,3 +275,50 @@ def test_a_closed_default_engine_is_replaced(monkeypatch) -> None:
     finally:
         if engines._default is not eng and engines._default is not None:
             engines._default.close()
+
+
+@pytest.mark.parametrize("wait", ["auto", "block"])
+def test_threads_share_the_one_shot_state(engine, wait: str) -> None:
+    """Several threads calling at once on one engine: a job holds its lane's lock from the
+    input copy to the output copy, also while it sleeps on the interrupt (wait="block": every
+    wait does), since the pieces, SQEs and Job are the lane's; plans replaced while another
+    thread waited for the lock (a bigger input grows the pieces) are read under it. Before,
+    a sleeping waiter let the lock go and another thread's call overwrote its job."""
+    import threading
+
+    if wait == "block":
+        engine = wz.open_engine("emu", wait="block", announce=False)
+        held = []
+        block = engine.source.block
+
+        def watched(q, remaining):
+            held.append(all(lane.lock._is_owned() for lane in engine.lanes
+                            if lane.current is q))
+            block(q, remaining)
+
+        engine.source.block = watched
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            for i in range(60):
+                data = text(k * 100 + i, 5 + (i * 997 + k * 31) % (1 << (10 + i % 8)))
+                blob = wz.compress(data, device=engine)
+                assert zlib.decompress(blob) == data
+                assert wz.decompress(blob, device=engine) == data
+        except BaseException as e:  # reported in the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors, errors[0]
+        assert all(o.fast_calls for o in engine.oneshots)
+        if wait == "block":
+            assert held and all(held)
+    finally:
+        if wait == "block":
+            engine.close()

@@ -120,8 +120,10 @@ class Lane:
         job.error = None
         return off
 
-    def make_room(self, n: int) -> None:
-        """Reap, and wait if need be, until `n` more jobs fit the queue (caller holds lock)."""
+    def make_room(self, n: int, *, hold: bool = False) -> None:
+        """Reap, and wait if need be, until `n` more jobs fit the queue (caller holds lock).
+        A blocking wait lets the lock go meanwhile, unless `hold` (the caller has state that
+        other holders of the lock would change)."""
         q = self.q
         if n > q.capacity:
             raise ZipError(f"{n} jobs cannot be in flight at once on {q.name} (its limit is "
@@ -129,7 +131,7 @@ class Lane:
         self.reap()
         if q.space < n:
             q.ring()
-            self.wait_until(lambda: q.space >= n, locked=True)
+            self.wait_until(lambda: q.space >= n, locked=not hold)
 
     def reap(self) -> int:
         """Collect completions and hand them to their owners (caller holds `lock`): a run of

@@ -18,10 +18,12 @@ anything else (no plan yet, pieces too small, an uncommon header, a queue not st
 nothing done, and the caller takes the general way (`compress`/`decompress`), which also
 builds the plans' pieces. Results that are not plain success go to the general checks.
 
-Safety is the lane's, as for every job: the queue is looked up first (a closed engine or a
-forked child is refused before any DMA memory is touched), the lane lock is held for the whole
-job, and a call that leaves with its job still in flight (timeout, the device gone, an
-interrupt) abandons its pieces and its `Job`: nothing a device may still write is ever reused.
+Safety is the lane's, as for every job: the queue is looked up first (a closed engine or a forked
+child is refused before any DMA memory is touched), the lane lock is held for the whole job, even
+while it sleeps on the interrupt (the pieces, SQEs and `Job` serve every thread that calls: a
+thread let in meanwhile would overwrite them), and a call that leaves with its job still in flight
+(timeout, the device gone, an interrupt) abandons its pieces and its `Job`: nothing a device may
+still write is ever reused.
 """
 
 from __future__ import annotations
@@ -212,7 +214,7 @@ class OneShot:
         job.done = False
         off = q.submit_one(job, self, sqe)  # type: ignore[arg-type]  # any buffer will do
         if off < 0:  # the queue is full of others' jobs: make room (reaps, may wait)
-            lane.make_room(1)
+            lane.make_room(1, hold=True)
             off = q.submit_one(job, self, sqe)  # type: ignore[arg-type]  # any buffer will do
         self.calls += 1
         try:
@@ -252,7 +254,9 @@ class OneShot:
                 lane.reap()
                 if job.done:
                     return
-        lane.wait_until(lambda: job.done, locked=True)
+        # The lock stays held through a blocking wait too (not `locked=True`, which lets it go
+        # while asleep): the pieces, SQEs and Job are the lane's, shared by every thread.
+        lane.wait_until(lambda: job.done)
 
     # -- the fast ways ------------------------------------------------------------------------
     def _kept_plan(self, key: object, fmt: Format, cap: int, avail: int, *, src_skip: int = 0,
