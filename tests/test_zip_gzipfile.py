@@ -167,3 +167,56 @@ def test_cli_decompresses_a_bomb_in_bounded_memory(tmp_path: Path, where: str) -
     assert peak_kib < 100 * 1024, f"peak RSS {peak_kib} KiB"
     if where == "file":
         assert (tmp_path / "bomb").stat().st_size == size
+
+
+def _sized_members(data: bytes, size: int) -> bytes:
+    """Members of `size` input bytes each that state their size (as the CLI writes them)."""
+    out = []
+    for i in range(0, len(data), size):
+        m = gzip.compress(data[i:i + size], mtime=1000 + i)
+        out.append(wgz.with_size(m[:10], len(m) - 10) + m[10:])
+    return b"".join(out)
+
+
+def test_reads_members_that_state_their_size_on_the_engine(engine, monkeypatch) -> None:
+    """Members that state their size (SIZE_SUBFIELD) are read whole and decompressed as jobs,
+    several at once, in order; read sizes, readline, seeking, the last member's mtime are as
+    for any gzip file; a member whose stated size or body is wrong, and zero padding, take the
+    stream path, which reads it or rejects it as the gzip module does."""
+    from warpdrive.devices.zip.session import Session
+
+    submitted = []
+    real = Session.submit
+
+    def submit(self, data, **kw):  # type: ignore[no-untyped-def]
+        submitted.append(len(data))
+        return real(self, data, **kw)
+
+    monkeypatch.setattr(Session, "submit", submit)
+    blob = _sized_members(TEXT, 100_000)
+    with wgz.GzipFile(fileobj=io.BytesIO(blob), device=engine) as f:
+        assert f.read(10) == TEXT[:10]
+        assert f.readline() == LINES[0][10:]
+        assert f.read(250_000) == TEXT[len(LINES[0]):len(LINES[0]) + 250_000]
+        f.seek(len(TEXT) - 5)
+        assert f.read() == TEXT[-5:]
+        assert f.mtime == 1000 + (len(TEXT) - 1) // 100_000 * 100_000
+        f.seek(3)  # backward: read again from the start
+        assert f.read() == TEXT[3:]
+    assert len(submitted) >= 2 * (-(-len(TEXT) // 100_000))  # every member was a job
+    submitted.clear()
+    # zero padding after them, and a member without a size in between
+    mixed = blob + gzip.compress(b"plain member") + _sized_members(TEXT[:300_000], 150_000)
+    with wgz.GzipFile(fileobj=io.BytesIO(mixed + bytes(1000)), device=engine) as f:
+        assert f.read() == TEXT + b"plain member" + TEXT[:300_000]
+    # a stated size that is wrong: the member still reads (the stream path)
+    m = gzip.compress(TEXT[:50_000])
+    wrong = wgz.with_size(m[:10], len(m) - 20) + m[10:]
+    assert wgz.decompress(wrong + blob, device=engine) == TEXT[:50_000] + TEXT
+    # a bad CRC, a cut member: the gzip module's errors
+    bad = bytearray(blob)
+    bad[len(_sized_members(TEXT[:100_000], 100_000)) - 7] ^= 1
+    with pytest.raises(wgz.BadGzipFile, match="CRC check failed"):
+        wgz.decompress(bytes(bad), device=engine)
+    with pytest.raises(EOFError):
+        wgz.decompress(blob[:-4], device=engine)

@@ -28,19 +28,26 @@ import struct
 import time
 import warnings
 import zlib as _zlib
+from collections import deque
 from typing import IO, Any
 
 from ..devices.zip.errors import ZipDataError
 from ..devices.zip.header import Header, scan_header
+from ..devices.zip.job import DECOMPRESS_JOB_MAX
 from ..devices.zip.sqe import GZIP, Format
 from ..errors import InvalidArgumentError
 from . import zlib_api as _z
+from .engines import engine_for
 from .zlib_api import Where
 
 __all__ = ["READ", "WRITE", "BadGzipFile", "GzipFile", "compress", "decompress", "open"]
 
 READ, WRITE = "rb", "wb"
 READ_BUFFER_SIZE = 128 << 10  # compressed bytes read from the file at a time
+# Members that state their size decompressing on the engine at once while one is read (a
+# device's engines, or the model's workers, run them in parallel; each member's output is at
+# most the engine's 8 MiB job limit, so memory stays bounded).
+MEMBERS_AHEAD = 4
 _MEMBER = Format(GZIP, 15)
 _EOF_MSG = "Compressed file ended before the end-of-stream marker was reached"
 
@@ -153,6 +160,12 @@ class _Reader(io.RawIOBase):
         self._size = -1
         self._eof = False
         self.mtime: int | None = None  # of the last member header read
+        # Members that state their size (SIZE_SUBFIELD), read whole and decompressing on the
+        # engine (a job each, MEMBERS_AHEAD at once): (job, the member's bytes, its mtime).
+        self._ahead: deque[tuple[Any, bytes, int]] = deque()
+        self._session: Any = None
+        self._spill = b""  # a sized member's output, returned from _spill_at on
+        self._spill_at = 0
 
     def readable(self) -> bool:
         return True
@@ -208,12 +221,98 @@ class _Reader(io.RawIOBase):
         self._d = _z.decompressobj(31, device=self._device)
         return True
 
+    def _next_sized(self) -> bool:
+        """If the next member states its size, read it whole and queue it on the engine; else
+        (or when anything looks odd) push back what was read and say False: the stream path
+        then decompresses it, or rejects it with gzip's words."""
+        got = b""
+        head: Header | None = None
+        try:
+            while head is None:
+                more = self._fp.read(64)
+                got += more
+                if (len(got) >= 2 and got[:2] != b"\x1f\x8b") or not more:
+                    return False
+                head = scan_header(got, _MEMBER)
+        except ZipDataError:
+            return False
+        finally:
+            if head is None:
+                self._fp.prepend(got)
+        assert head.gzip is not None
+        rest = member_rest(head.gzip.extra)
+        need = head.length + (rest or 0)
+        while rest is not None and 8 <= rest <= DECOMPRESS_JOB_MAX and len(got) < need:
+            more = self._fp.read(need - len(got))
+            if not more:
+                break
+            got += more
+        if rest is None or not 8 <= rest <= DECOMPRESS_JOB_MAX or len(got) < need:
+            self._fp.prepend(got)
+            return False
+        self._fp.prepend(got[need:])
+        member = got[:need]
+        if self._session is None:
+            self._session = engine_for(self._device).session("decompress", wbits=31)
+        self._ahead.append((self._session.submit(member), member, head.gzip.mtime))
+        return True
+
+    def _fill_ahead(self) -> None:
+        while len(self._ahead) < MEMBERS_AHEAD and self._next_sized():
+            pass
+
+    def _drop_ahead(self) -> None:
+        """Give the queued members back to the input, in order (their jobs waited for)."""
+        ahead, self._ahead = self._ahead, deque()
+        self._fp.prepend(b"".join(m for _, m, _ in ahead))
+        for job, _, _ in ahead:
+            while not job.done:
+                self._session.wait()
+            job.release()
+
+    def _sized_output(self) -> bool:
+        """The oldest queued member's output into the spill; False when it failed (its bytes
+        and the later ones are back in the input for the stream path, which says why)."""
+        job, _, mtime = self._ahead[0]
+        while not job.done:
+            self._session.wait()
+        if job.error is not None or job.consumed != job.src_len:
+            self._drop_ahead()
+            return False
+        self._ahead.popleft()
+        self._spill, self._spill_at = bytes(job.output), 0
+        job.release()
+        self.mtime = mtime
+        self._first = False
+        self._fill_ahead()  # the next ones decompress while this one is read
+        return True
+
+    def close(self) -> None:
+        try:
+            if self._ahead:
+                self._drop_ahead()
+            if self._session is not None:
+                self._session.close()
+                self._session = None
+        finally:
+            super().close()
+
     def read(self, size: int = -1) -> bytes:
         if size < 0:
             return self.readall()
         if not size or self._eof:
             return b""
         while True:
+            if self._spill_at < len(self._spill):
+                at = self._spill_at
+                out = self._spill[at:at + size]
+                self._spill_at = at + len(out)
+                break
+            if self._new_member:
+                if not self._ahead:
+                    self._fill_ahead()
+                if self._ahead and self._sized_output():
+                    continue
             if self._new_member:
                 if not self._start_member():
                     self._eof = True
@@ -246,6 +345,9 @@ class _Reader(io.RawIOBase):
         return out
 
     def _rewind(self) -> None:
+        if self._ahead:
+            self._drop_ahead()
+        self._spill, self._spill_at = b"", 0
         self._fp.rewind()
         self._d = None
         self._new_member = self._first = True
