@@ -220,3 +220,19 @@ def test_reads_members_that_state_their_size_on_the_engine(engine, monkeypatch) 
         wgz.decompress(bytes(bad), device=engine)
     with pytest.raises(EOFError):
         wgz.decompress(blob[:-4], device=engine)
+
+
+def test_a_reader_dropped_with_members_in_flight(engine) -> None:
+    """Closing (or dropping) a reader while sized members decompress waits for nothing (a
+    finalizer must not); the engine works on."""
+    import gc
+
+    blob = _sized_members(TEXT, 100_000)
+    f = wgz.GzipFile(fileobj=io.BytesIO(blob), device=engine)
+    assert f.read(5) == TEXT[:5]
+    del f
+    gc.collect()
+    g = wgz.GzipFile(fileobj=io.BytesIO(blob), device=engine)
+    assert g.read(5) == TEXT[:5]
+    g.close()
+    assert wgz.decompress(blob, device=engine) == TEXT

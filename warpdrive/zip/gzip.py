@@ -288,12 +288,16 @@ class _Reader(io.RawIOBase):
         return True
 
     def close(self) -> None:
+        # No waiting here (close runs in a finalizer too): a job still in flight keeps its
+        # buffers, and its session stays with the engine, which settles both when it closes.
         try:
-            if self._ahead:
-                self._drop_ahead()
-            if self._session is not None:
-                self._session.close()
-                self._session = None
+            ahead, self._ahead = self._ahead, deque()
+            for job, _, _ in ahead:
+                if job.done:
+                    job.release()
+            s, self._session = self._session, None
+            if s is not None and all(job.done for job, _, _ in ahead):
+                s.close()
         finally:
             super().close()
 
