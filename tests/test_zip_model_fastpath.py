@@ -6,8 +6,10 @@ stack (the driver over vfio-user, the model served in a thread) and against `zli
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import random
+import struct
 import subprocess
 import sys
 import threading
@@ -19,10 +21,16 @@ from pathlib import Path
 import pytest
 
 import warpdrive.zip as wz
+from tests.test_zip_model import CQ, DEPTH, DST, IOVA, SIZE, SQ, SRC, Client
+from warpdrive.devices.hisi_qm import regs as qm
+from warpdrive.devices.zip import hw
+from warpdrive.devices.zip.sqe import Format, SqeTemplate
+from warpdrive.emu.function import Function
 from warpdrive.emu.models import _zip_layout as L
 from warpdrive.emu.models._deflate import _PIECE, DeflateUnit
 from warpdrive.emu.models.zip import ZipModel
 from warpdrive.emu.server import VfioUserServer
+from warpdrive.uapi import pci_regs
 
 
 @pytest.fixture
@@ -150,3 +158,47 @@ def test_polls_that_see_no_doorbell_move_do_not_run_the_queues(served) -> None:
         assert calls[0] > idle_calls
     finally:
         eng.close()
+
+
+def _model_client() -> tuple[Client, ZipModel, Function]:
+    """test_zip_model's driver stand-in, on a ZipModel hosted by a server `Function` in this
+    process (so the model's kept ring views are in play), with its memory mapped."""
+    c = Client.__new__(Client)
+    fd = os.memfd_create("zip-model-fastpath")
+    os.ftruncate(fd, SIZE)
+    c.mem = mmap.mmap(fd, SIZE)
+    model = ZipModel(workers="1")
+    fn = Function(model, max_dma_maps=64, max_data_xfer_size=1 << 20,
+                  logger=logging.getLogger("fastpath"), label="fastpath")
+    fn.dma.add(IOVA, SIZE, fd, 0, True, True)
+    os.close(fd)
+    fn.config.write(pci_regs.PCI_COMMAND, struct.pack(
+        "<H", pci_regs.PCI_COMMAND_MEMORY | pci_regs.PCI_COMMAND_MASTER))
+    assert model.qm is not None
+    c.cm, c.qm, c.jobs, c.irqs = fn.dma, model.qm, model.jobs, []
+    return c, model, fn
+
+
+def test_a_reloaded_cq_context_moves_the_kept_cq_view() -> None:
+    """The driver gives queue 0 a new CQ (CQC only, the SQC stays): the next CQE goes into the
+    new ring, not into a view of the old one."""
+    c, model, fn = _model_client()
+    try:
+        c.bring_up()
+        assert c.job(Format("deflate", 15), b"hello " * 10)[2] == hw.STATUS_OK
+        assert 0 in model._views
+        new_cq = CQ + 0x8000
+        cqc = qm.CQC.pack(0, 0, IOVA + new_cq, 0, (DEPTH - 1) | 4 << 12, 0, 0, 0, 0, 1, 0)
+        assert c.ctx(qm.QM_MB_CMD_CQC, 0, cqc) == 0
+        tmpl = SqeTemplate.for_format(Format("deflate", 15), qm.QM_HW_V2)
+        c.mem[SRC:SRC + 5] = b"hello"
+        tmpl.fill(c.mem, SQ + c.tail * hw.SQE_SIZE, in_len=5, src=IOVA + SRC, dst=IOVA + DST,
+                  avail=4096, tag=7)
+        slot, c.tail = c.tail, c.tail + 1
+        c.qm.doorbell(qm.doorbell_v2(0, qm.QM_DB_CMD_SQ, c.tail))
+        assert c.qm.process() == 1
+        cqe = qm.CQE.unpack_from(c.mem, new_cq)
+        assert cqe[6] & 1 == 1 and cqe[3] == slot  # phase 1 (a fresh ring), this job's slot
+        assert qm.CQE.unpack_from(c.mem, CQ + 16)[6] & 1 == 0  # nothing in the old ring
+    finally:
+        fn.close()

@@ -155,6 +155,9 @@ class QmFunction:
         # An executor that completes jobs later hears when a queue (re)starts and stops.
         self.queue_started: Callable[[QueueState], None] = lambda q: None
         self.queue_stopped: Callable[[QueueState], None] = lambda q: None
+        # Views of a queue's rings kept by the executor (`rings`) go when its CQ context is
+        # loaded again (its SQ's reload starts the queue: `queue_started`).
+        self.cq_loaded: Callable[[QueueState], None] = lambda q: None
         self.reset()
 
     # -- state -----------------------------------------------------------------------------
@@ -335,6 +338,7 @@ class QmFunction:
         q.cq_head, q.cq_tail = head, tail
         q.cqc, q.cqc_ok, q.broken = ctx, True, ""
         q.completed, q.eqe_posted_at = 0, None
+        self.cq_loaded(q)
         return True
 
     def _sqc_bytes(self, q: QueueState) -> bytes:

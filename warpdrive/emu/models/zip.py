@@ -728,6 +728,7 @@ class ZipModel(DeviceModel):
             stopped(q)
 
         self.qm.queue_started, self.qm.queue_stopped = queue_started, queue_stopped
+        self.qm.cq_loaded = lambda q: self._drop_ring(q.qn)
         self._idle_bells()
 
     def executor(self) -> Execute | None:
