@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from .. import syscalls as sc
 from ..errors import InvalidArgumentError, WarpdriveError
 
+_bisect_right = bisect.bisect_right  # (one global load on the per-access path)
+
 
 class DmaFault(WarpdriveError):
     """The model touched client memory it may not: unmapped IOVA, wrong permission, or bus
@@ -295,18 +297,22 @@ class ClientMemory:
         """All of the client's map holding [iova, iova+size) when one map holds it and the
         access is allowed (bus mastering on, the map's permission): the usual case, looked up
         without building a list of pieces. None: the general path decides (and faults)."""
-        i = bisect.bisect_right(self._starts, iova) - 1
+        i = _bisect_right(self._starts, iova) - 1
         if i < 0 or size <= 0:
             return None
         r = self._regions[i]
-        mv = r.mv
-        if mv is None and r.mm is not None:
-            mv = r.mv = memoryview(r.mm)
-        if mv is None or iova + size > r.iova + r.size or \
-                not (r.writable if write else r.readable) or \
-                (self._bus_master is not None and not self._bus_master()):
+        start = iova - r.iova
+        if start + size > r.size or not (r.writable if write else r.readable):
             return None
-        start = r.delta + iova - r.iova
+        mv = r.mv
+        if mv is None:
+            if r.mm is None:
+                return None
+            mv = r.mv = memoryview(r.mm)
+        bus_master = self._bus_master
+        if bus_master is not None and not bus_master():
+            return None
+        start += r.delta
         return mv[start:start + size]
 
     def read(self, iova: int, size: int) -> bytes:

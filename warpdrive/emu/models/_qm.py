@@ -363,8 +363,9 @@ class QmFunction:
     def doorbell(self, value: int, qn: int | None = None) -> None:
         """An SQ/CQ doorbell, latched or found in a polled page. With doorbell isolation the
         page names the queue (`qn`); otherwise the value does."""
-        vqn, cmd, index, _prio = L.doorbell_decode_v2(value)
-        qn = vqn if qn is None else qn
+        if qn is None:
+            qn = value & 0x7FF  # (L.doorbell_decode_v2, inline: read on every doorbell)
+        cmd, index = value >> L.QM_DB_CMD_SHIFT_V2 & 0xF, value >> 32 & 0xFFFF
         if qn >= self.qp_num:
             return
         q = self.queues[qn]
@@ -420,7 +421,8 @@ class QmFunction:
         done = 0
         signal: list[QueueState] = []
         for q in self.queues:
-            if q.head == q.tail or not q.running:  # (the cheap test first: polled every pass)
+            # (QueueState.running, inline, after the cheap test: polled every pass)
+            if q.head == q.tail or not (q.sqc_ok and q.cqc_ok) or q.stopped or q.broken:
                 continue
             completed = q.completed
             done += self._run_queue(q, budget - done)
