@@ -397,11 +397,14 @@ def profile_row(nclients: int, size: int, duration: float) -> None:
             print(f"{count * per_job:8.2f}  {short(key)}")
 
 
-def floor(batches: tuple[int, ...] = (1, 8, 16, 64), jobs: int = 20000) -> list[dict[str, Any]]:
+def floor(batches: tuple[int, ...] = (1, 8, 16, 64), jobs: int = 20000,
+          naps: tuple[tuple[int, float], ...] = ((8, 300e-6),)) -> list[dict[str, Any]]:
     """The mediation path alone (`tests.brokerutil.FunctionRig`), caches warm. A batch of
     SQEs is written and its doorbell stored; the server pass (the function's poll, the broker's
     poll) runs until every CQE is out. Counted: the thread CPU of the passes that did work, per
-    job, as `--measure` counts it in the broker."""
+    job, as `--measure` counts it in the broker. `naps`: (batch, seconds) rows that sleep
+    between batches as the broker naps between passes (the other processes run meanwhile, and
+    the passes start with cold caches, as in the benchmark's rows)."""
     from tests.brokerutil import FunctionRig
     from warpdrive.emu.server import POLL_WORKED
 
@@ -410,10 +413,12 @@ def floor(batches: tuple[int, ...] = (1, 8, 16, 64), jobs: int = 20000) -> list[
     clock = time.thread_time
     rows = []
     try:
-        for batch in batches:
+        for batch, nap in [(b, 0.0) for b in batches] + list(naps):
             done = passes = 0
             work = 0.0
-            while done < jobs:
+            while done < (jobs if not nap else jobs // 4):
+                if nap:
+                    time.sleep(nap)
                 rig.write(batch)
                 rig.ring()
                 left = batch
@@ -426,7 +431,8 @@ def floor(batches: tuple[int, ...] = (1, 8, 16, 64), jobs: int = 20000) -> list[
                     left -= rig.reap(left)
                 rig.ack()
                 done += batch
-            rows.append({"batch": batch, "mediation_us": round(work / done * 1e6, 2),
+            rows.append({"batch": batch, "nap_us": round(nap * 1e6),
+                         "mediation_us": round(work / done * 1e6, 2),
                          "jobs_per_pass": round(done / passes, 1)})
     finally:
         rig.close()
@@ -702,8 +708,9 @@ def print_floor(rows: list[dict[str, Any]]) -> None:
     print(f"mediation alone (one client, warm caches, null device; load "
           f"{os.getloadavg()[0]:.2f}):")
     for r in rows:
+        nap = f", a {r['nap_us']} us nap before each batch" if r.get("nap_us") else ""
         print(f"  batch {r['batch']:3d}: {r['mediation_us']:6.2f} us/job "
-              f"({r['jobs_per_pass']:.1f} jobs per pass that worked)")
+              f"({r['jobs_per_pass']:.1f} jobs per pass that worked{nap})")
     print(json.dumps({"floor": rows, "load": round(os.getloadavg()[0], 2)}))
 
 
