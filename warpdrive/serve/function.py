@@ -18,7 +18,6 @@ from ..emu.models._qm import BUSY as QM_BUSY
 from ..emu.models._qm import PENDING as QM_PENDING
 from ..emu.models._qm import Execute, QueueState
 from ..emu.models._zip_layout import (
-    CQE_SIZE,
     QM_DB_CMD_CQ,
     QM_DB_CMD_SHIFT_V2,
     QM_DB_CMD_SQ,
@@ -48,9 +47,6 @@ class VirtualZip(ZipModel):
         # client queue -> its state, for queues that completed jobs this pass and asked for
         # completion interrupts (signalled once, after the pass's completions: `_flush`)
         self._signal: dict[int, QueueState] = {}
-        # client queue -> views of its SQ and CQ rings, kept while the queue runs and the
-        # client's memory and bus mastering stay as they are
-        self._views: dict[int, tuple[memoryview, memoryview]] = {}
         # client queue -> its SQ ring as u64 and u32 words (result copies), kept with _views
         self._words: dict[int, tuple[memoryview, memoryview]] = {}
         # The server polls every client's function back to back: a pass where the doorbell word
@@ -69,7 +65,6 @@ class VirtualZip(ZipModel):
         qm.queue_started = self._queue_started
         qm.queue_stopped = self._queue_stopped
         qm.execute_run = self._submit_run
-        qm.rings = self._rings
         self._cell = self._bells[0][0]  # one doorbell word (no isolation: see __init__)
 
     def poll(self) -> bool:
@@ -160,25 +155,10 @@ class VirtualZip(ZipModel):
             return QM_BUSY
         return None if refused else QM_PENDING  # refused: the SQE carries its status
 
-    def _rings(self, q: QueueState) -> tuple[memoryview, memoryview]:
-        views = self._views.get(q.qn)
-        if views is None:
-            sq = self.dma.view(q.sq_base, q.sq_depth * q.sqe_size, write=True)
-            try:
-                cq = self.dma.view(q.cq_base, q.cq_depth * CQE_SIZE, write=True)
-            except BaseException:
-                sq.release()
-                raise
-            views = self._views[q.qn] = (sq, cq)
-        return views
-
     def _drop_ring(self, qn: int) -> None:
-        for view in (*self._words.pop(qn, ()), *self._views.pop(qn, ())):
+        for view in self._words.pop(qn, ()):
             view.release()
-
-    def _drop_rings(self) -> None:
-        for qn in list(self._views):
-            self._drop_ring(qn)
+        super()._drop_ring(qn)
 
     def _complete(self, qn: int, hq: HwQueue, hs: int, slot: int, n: int) -> None:
         """Copy the result words of `n` consecutive jobs from the hardware ring (slots `hs`..)
