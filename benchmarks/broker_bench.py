@@ -523,6 +523,11 @@ class _Phases:
                 for k in self.incl}
 
 
+def _median(xs: list[Any]) -> float:
+    v = sorted(xs)
+    return float(v[len(v) // 2]) if v else 0.0
+
+
 def _opcode_tracer(ops: Any, cur: dict[str, str]) -> Any:
     """A sys.settrace function counting the bytecodes each function executes, as
     `ops["<cur pass>:<qualified name>"]`."""
@@ -575,7 +580,7 @@ def breakdown(batches: tuple[int, ...] = (1, 8, 32), cycles: int = 5000,
     def hwq() -> Any:
         return broker.hw[0].q
 
-    def cycle(batch: int, parts: list[int]) -> None:
+    def cycle(batch: int, parts: list[list[int]]) -> None:
         rig.write(batch)
         rig.ring()
         t0 = clock()
@@ -591,9 +596,9 @@ def breakdown(batches: tuple[int, ...] = (1, 8, 32), cycles: int = 5000,
         rig.ack()
         server_pass()  # (the CQ doorbell: nothing to do, one compare)
         t4 = clock()
-        parts[0] += t1 - t0
-        parts[1] += t3 - t2
-        parts[2] += t4 - t3
+        parts[0].append(t1 - t0)
+        parts[1].append(t3 - t2)
+        parts[2].append(t4 - t3)
 
     def install() -> None:
         q = hwq()
@@ -612,6 +617,8 @@ def breakdown(batches: tuple[int, ...] = (1, 8, 32), cycles: int = 5000,
         ph.wrap(bmod, "Run", "Run()")
         ph.wrap(q, "post_many", "QmQueue.post_many")
         ph.wrap(broker, "poll", "Broker.poll")
+        srv.on_poll = broker.poll  # (the stand-in server took the unwrapped one)
+        ph.wrap(model, "_doorbell", "VirtualZip._doorbell")
         ph.wrap(q, "ring", "QmQueue.ring (hw SQ doorbell)")
         ph.wrap(q, "_ring", "Doorbell.ring (store + wake check)")
         ph.wrap(q, "harvest", "QmQueue.harvest")
@@ -629,18 +636,25 @@ def breakdown(batches: tuple[int, ...] = (1, 8, 32), cycles: int = 5000,
     try:
         for batch in batches:
             for _ in range(200):  # warm: rings taken, hardware queue started
-                cycle(batch, [0, 0, 0])
-            plain = [0, 0, 0]
+                cycle(batch, [[], [], []])
+            plain: list[list[int]] = [[], [], []]
             for _ in range(cycles):
                 cycle(batch, plain)
             install()
             ph.reset()
-            wrapped = [0, 0, 0]
+            wrapped: list[list[int]] = [[], [], []]
+            per_phase: dict[str, list[float]] = {}
+            prev: dict[str, float] = {}
             for _ in range(cycles):
                 cycle(batch, wrapped)
-            total_own = ph.own(c, o)
+                own = ph.own(c, o)
+                for k, v in own.items():
+                    per_phase.setdefault(k, []).append(v - prev.get(k, 0.0))
+                prev = own
+            total_own = {k: _median(v) * cycles for k, v in per_phase.items()}
             calls = dict(ph.calls)
             ph.unwrap()
+            srv.on_poll = broker.poll
             # Bytecodes per phase (a deterministic count: the load cannot move it).
             ops: Counter[str] = Counter()
             cur = {"pass": "submit"}
@@ -667,8 +681,8 @@ def breakdown(batches: tuple[int, ...] = (1, 8, 32), cycles: int = 5000,
                 _sys.settrace(None)
             rows.append({
                 "batch": batch, "cycles": cycles, "wrapper_ns": [round(c), round(o)],
-                "plain_us": [round(x / cycles / 1e3, 2) for x in plain],
-                "wrapped_us": [round(x / cycles / 1e3, 2) for x in wrapped],
+                "plain_us": [round(_median(x) / 1e3, 2) for x in plain],
+                "wrapped_us": [round(_median(x) / 1e3, 2) for x in wrapped],
                 "own_us": {k: round(v / cycles / 1e3, 3) for k, v in total_own.items()},
                 "calls_per_cycle": {k: round(v / cycles, 2) for k, v in calls.items()},
                 "opcodes": {k: round(v / opcodes, 1) for k, v in
@@ -682,8 +696,8 @@ def breakdown(batches: tuple[int, ...] = (1, 8, 32), cycles: int = 5000,
 
 def print_breakdown(rows: list[dict[str, Any]]) -> None:
     print(f"where a working pass goes (one client, warm, null device; load "
-          f"{os.getloadavg()[0]:.2f}); us per pass, own time (callees and the timing "
-          "wrappers' cost taken out)")
+          f"{os.getloadavg()[0]:.2f}); medians over the cycles, own time (callees and the "
+          "timing wrappers' cost taken out)")
     for r in rows:
         b = r["batch"]
         print(f"\nbatch {b}: a cycle is a submit pass {r['plain_us'][0]:.2f} us, a complete "
