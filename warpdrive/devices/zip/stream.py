@@ -180,30 +180,29 @@ class Deflater(_StreamBase):
             line = self._line = _PieceLine(self.engine, self.fmt)
         if not line.inflight:
             line.checksum = self.checksum  # the pieces' checksums continue the stream's
-        out: list[bytes] = []
         try:
             with self.lane.lock:
                 line.submit(data, last)
-            self._new = False
-            self.isize = (self.isize + len(data)) & 0xFFFF_FFFF
-            while line.inflight and (last or line.full):
-                out += line.take(wait=True, locked=False)
-            out += line.take(wait=False, locked=False)
         except ZipError as e:
             self._abandon_pieces()
             self._fail(e)
-        self.checksum = line.checksum
-        return self._emit(b"".join(out))
+        self._new = False
+        self.isize = (self.isize + len(data)) & 0xFFFF_FFFF
+        return self._take(line, last)
 
     def _drain(self) -> bytes:
         """The output of every piece in flight (a flush)."""
         line = self._line
-        if line is None or not line.inflight:
-            return b""
+        return self._take(line, True) if line is not None and line.inflight else b""
+
+    def _take(self, line: _PieceLine, everything: bool) -> bytes:
+        """The output of the finished pieces at the front: waiting for every piece with
+        `everything`, else for the oldest only while the line is full."""
         out: list[bytes] = []
         try:
-            while line.inflight:
+            while line.inflight and (everything or line.full):
                 out += line.take(wait=True, locked=False)
+            out += line.take(wait=False, locked=False)
         except ZipError as e:
             self._abandon_pieces()
             self._fail(e)
