@@ -322,3 +322,22 @@ def test_threads_share_the_one_shot_state(engine, wait: str) -> None:
     finally:
         if wait == "block":
             engine.close()
+
+
+def test_a_long_spin_yields_the_cpu_unless_told_to_spin(engine, monkeypatch) -> None:
+    """Past OneShot.YIELD_S a waiting call yields the CPU between rounds of looks (a model on
+    the same CPU gets it at once); wait="spin" promises no system calls and never yields."""
+    from warpdrive.devices.zip import oneshot
+
+    yields: list[int] = []
+    monkeypatch.setattr(oneshot, "_sched_yield", lambda: yields.append(1))
+    monkeypatch.setattr(OneShot, "YIELD_S", 0.0)
+    data = text(10, 4096)
+    for _ in range(20):
+        assert zlib.decompress(wz.compress(data, device=engine)) == data
+    assert yields  # (a 4 KiB job takes longer than one round of looks)
+    yields.clear()
+    with wz.open_engine("emu", wait="spin", announce=False) as eng:
+        for _ in range(20):
+            assert zlib.decompress(wz.compress(data, device=eng)) == data
+    assert not yields
