@@ -33,6 +33,9 @@ mixed file, 2 rounds, medians; 07:22-07:26, load 5-11): decompress 0.38x -> 0.58
 (6.84 s -> 4.41 s; gzip 2.58 s), compress 0.94x -> 0.86x pigz (pigz itself took 14.7 s and
 33.6 s in the two rounds: noise). The 64 KiB decompress (0.2x) is the one-shot round trip, not
 the inflate: in-process the model's job costs what zlib.decompress costs (64 us vs 86 us).
+Session 19 (stream: the model's thread sleeps while its workers are busy, the CLI copies
+nothing), the full run, 10:15-10:19, load 9.1 -> 5.2: CLI compress 1.33x pigz (500 MB, 9.12 s
+vs 12.12 s), decompress 1.36x gzip -d, max RSS 61.8 MB, bomb 49.5 MB (docs/driver-bench.md).
 
 Prints a table and one JSON line (`zip_user_bench: {...}`) with the load average before and
 after. Goals (issue 11): 5 B <= 15 us; 4 KiB <= 1.2x zlib's time (one-shot goals: the worse of
