@@ -28,11 +28,12 @@ Poll loop. A client's store into a mapped doorbell page changes shared memory an
 so the server must look. After the last sign of activity (work found by a model's `poll()`, or a
 message) it polls every attached function back to back for a spin window, checking sockets
 without blocking in between (a burst of `_BURST` polls between two checks, so a doorbell is seen
-within one poll's time; a burst that finds nothing gives the CPU away first: `sched_yield`, or
-with `nap_s` a sleep that long, see `_loop`); then it sets need-wakeup in each function's
-control page, polls once more (so a doorbell stored just before is not missed) and sleeps in
-epoll for at most `idle_s` between polls, or up to `idle_max_s` when every client reads the
-control page and so kicks the server after a doorbell (see `warpdrive.uapi.vfio_user`,
+within one poll's time; a burst follows a pass that worked too, so a client's next doorbell is
+seen without waiting for the socket check; a turn where nothing worked gives the CPU away first:
+`sched_yield`, or with `nap_s` a sleep that long, see `_loop`); then it sets need-wakeup in each
+function's control page, polls once more (so a doorbell stored just before is not missed) and
+sleeps in epoll for at most `idle_s` between polls, or up to `idle_max_s` when every client
+reads the control page and so kicks the server after a doorbell (see `warpdrive.uapi.vfio_user`,
 WARPDRIVE_CTL_*). The passes bump each function's heartbeat (once a millisecond at most), by
 which a client waiting on shared memory knows the server is alive.
 The spin window of a single-device server adapts (`SpinWindow`) unless `spin_s` is given: it
@@ -540,10 +541,14 @@ class VfioUserServer:
             timeout: float | None
             if polled and now - last_activity < self.window.s:
                 timeout = 0.0
-                if progress != POLL_WORKED:
-                    progress = self._burst(fns)
-                    if progress:
-                        last_activity = now = time.monotonic()
+                # A burst before the socket check, after a pass that worked too: a client
+                # working call after call stores its next doorbell within microseconds of its
+                # CQE, and the burst sees it at once instead of after this turn's clock reads
+                # and epoll call (the sockets are still checked once a turn).
+                burst = self._burst(fns)
+                if burst:
+                    last_activity = now = time.monotonic()
+                    progress = max(progress, burst)
                 if progress != POLL_WORKED:
                     # Spinning without progress: let the processes we wait for (clients, the
                     # device model) have the CPU first; on a busy machine they share ours.
