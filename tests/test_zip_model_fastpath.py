@@ -12,7 +12,6 @@ import random
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import warpdrive.zip as wz
+from tests.test_emu_server_errors import serve
 from tests.test_zip_model import CQ, DEPTH, DST, IOVA, SIZE, SQ, SRC, Client
 from warpdrive.devices.hisi_qm import regs as qm
 from warpdrive.devices.zip import hw
@@ -37,13 +37,7 @@ from warpdrive.uapi import pci_regs
 def served(tmp_path: Path) -> Iterator[tuple[str, ZipModel, VfioUserServer]]:
     model = ZipModel(workers="1")
     path = str(tmp_path / "zip.sock")
-    server = VfioUserServer(model, path)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not os.path.exists(path):
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    server, thread = serve(model, path)
     yield path, model, server
     server.stop()
     thread.join(5)
