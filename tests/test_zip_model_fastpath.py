@@ -196,3 +196,16 @@ def test_a_reloaded_cq_context_moves_the_kept_cq_view() -> None:
         assert qm.CQE.unpack_from(c.mem, CQ + 16)[6] & 1 == 0  # nothing in the old ring
     finally:
         fn.close()
+
+
+def test_the_model_pass_benchmark_runs() -> None:
+    """benchmarks/zip_model_pass.py's child measures this checkout (a smoke run: figures are
+    the benchmark's business, never asserted here)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        import zip_model_pass
+    finally:
+        sys.path.pop(0)
+    out = zip_model_pass.measure(zip_model_pass.ROOT, 100, ("compress 5", "decompress 4096"))
+    for row in out.values():
+        assert row["bytecodes"] > 0 and row["model_us"] > 0 and row["zlib_us"] > 0

@@ -1,0 +1,126 @@
+"""The ZIP model's pass per job, in process: no client, no socket, no scheduler (issue 11).
+
+    python benchmarks/zip_model_pass.py [--baseline PATH] [--jobs 2000]
+
+What one stateless job costs the model from its doorbell to its CQE (`QmFunction.doorbell` +
+`process`: the SQE, the buffers, zlib, the results, the CQE), driven by the test suite's driver
+stand-in (`tests/test_zip_model.Client`) over real client memory, the ring views kept as
+`ZipModel` keeps them (a checkout whose QM ignores kept views makes its own per pass, as its
+model did). Two figures per job: Python bytecodes executed (`sys.settrace` opcode events: the same
+on any machine and at any load) and thread CPU (best of 10 rounds; moves with the load, so the
+checkouts are measured in alternation), with zlib's own call on the same data beside it.
+`--baseline PATH`: another checkout (e.g. a `git worktree` of an older main). Prints a table and
+one JSON line (`zip_model_pass: {...}`) with the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CALLS = ("compress 5", "decompress 5", "compress 4096", "decompress 4096", "decompress 65536")
+
+# One checkout's figures, in a fresh interpreter on checkout sys.argv[1]; prints a JSON line.
+_CHILD = r'''
+import json, os, sys, time, timeit, zlib
+root, jobs = sys.argv[1], int(sys.argv[2])
+sys.path[:0] = [root, os.path.join(root, "benchmarks")]
+from tests.test_zip_model import DST, IOVA, SQ, SRC, Client
+from warpdrive.devices.hisi_qm import regs as qm
+from warpdrive.devices.zip import hw
+from warpdrive.devices.zip.sqe import Format, SqeTemplate
+from zip_bench import sample
+
+def rig(op, data):
+    c = Client({"sq_depth": 1024, "cq_depth": 1024})
+    c.bring_up(hw.ZIP_QC_COMPRESS if op == "compress" else hw.ZIP_QC_DECOMPRESS)
+    views = {}
+    def rings(q):
+        v = views.get(q.qn)
+        if v is None:
+            v = views[q.qn] = (c.cm.view(q.sq_base, q.sq_depth * q.sqe_size, write=True),
+                               c.cm.view(q.cq_base, q.cq_depth * 16, write=True))
+        return v
+    c.qm.rings = rings
+    c.mem[SRC:SRC + len(data)] = data
+    tmpl = SqeTemplate.for_format(Format("zlib", 15), qm.QM_HW_V2)
+    for slot in range(16):
+        tmpl.fill(c.mem, SQ + slot * hw.SQE_SIZE, in_len=len(data), dst=IOVA + DST,
+                  avail=1 << 20, src=IOVA + SRC, tag=slot)
+    bells = [qm.doorbell_v2(0, qm.QM_DB_CMD_SQ, t) for t in range(16)]
+    state = {"tail": 0}
+    def job():
+        state["tail"] = t = (state["tail"] + 1) % 16
+        c.qm.doorbell(bells[t])
+        return c.qm.process()
+    return job
+
+out = {}
+for call in sys.argv[3:]:
+    op, size = call.split()
+    data = sample(int(size))
+    blob = zlib.compress(data)
+    job = rig(op, data if op == "compress" else blob[2:])  # software owns the header
+    for _ in range(20):
+        assert job() == 1
+    count = [0]
+    def tracer(frame, event, arg):
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            count[0] += 1
+        return tracer
+    n = 50
+    sys.settrace(tracer)
+    for _ in range(n):
+        job()
+    sys.settrace(None)
+    ops = count[0] / n
+    k = max(10, jobs // 10 if int(size) < 10000 else jobs // 100)
+    cpu = min(timeit.repeat(job, number=k, repeat=10, timer=time.thread_time)) / k
+    ref = (lambda: zlib.compress(data, 6)) if op == "compress" else (lambda: zlib.decompress(blob))
+    zl = min(timeit.repeat(ref, number=k, repeat=10, timer=time.thread_time)) / k
+    out[call] = {"bytecodes": round(ops), "model_us": round(cpu * 1e6, 2),
+                 "zlib_us": round(zl * 1e6, 2)}
+print(json.dumps(out))
+'''
+
+
+def measure(root: Path, jobs: int, calls: tuple[str, ...]) -> dict:
+    r = subprocess.run([sys.executable, "-c", _CHILD, str(root), str(jobs), *calls],
+                       capture_output=True, text=True, timeout=900, cwd=root)
+    lines = [x for x in r.stdout.splitlines() if x.startswith("{")]
+    if r.returncode or not lines:
+        raise SystemExit(f"{root}: exit {r.returncode}: {r.stderr[-600:]}")
+    return dict(json.loads(lines[-1]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--jobs", type=int, default=2000)
+    ap.add_argument("--baseline", type=Path, help="another checkout, measured alongside")
+    args = ap.parse_args()
+    roots = {"this": ROOT} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
+    before = [round(x, 2) for x in os.getloadavg()]
+    rows = []
+    for call in CALLS:
+        for name, root in roots.items():  # alternately, so load drifts reach both alike
+            rows.append({"checkout": name, "call": call,
+                         **measure(root, args.jobs, (call,))[call]})
+    after = [round(x, 2) for x in os.getloadavg()]
+    print(f"load average before {before}, after {after}")
+    print(f"{'job':18} {'checkout':9} {'bytecodes':>9} {'model us':>9} {'zlib us':>8}")
+    for r in rows:
+        print(f"{r['call']:18} {r['checkout']:9} {r['bytecodes']:>9} {r['model_us']:>9} "
+              f"{r['zlib_us']:>8}")
+    print("zip_model_pass: " + json.dumps({"load_before": before, "load_after": after,
+                                           "rows": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
