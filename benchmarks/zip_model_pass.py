@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from zip_oneshot_cpu import compare  # noqa: E402
+
 CALLS = ("compress 5", "decompress 5", "compress 4096", "decompress 4096", "decompress 65536")
 
 # One checkout's figures, in a fresh interpreter on checkout sys.argv[1]; prints a JSON line.
@@ -104,22 +106,9 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2000)
     ap.add_argument("--baseline", type=Path, help="another checkout, measured alongside")
     args = ap.parse_args()
-    roots = {"this": ROOT} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
-    before = [round(x, 2) for x in os.getloadavg()]
-    rows = []
-    for call in CALLS:
-        for name, root in roots.items():  # alternately, so load drifts reach both alike
-            rows.append({"checkout": name, "call": call,
-                         **measure(root, args.jobs, (call,))[call]})
-    after = [round(x, 2) for x in os.getloadavg()]
-    print(f"load average before {before}, after {after}")
-    print(f"{'job':18} {'checkout':9} {'bytecodes':>9} {'model us':>9} {'zlib us':>8}")
-    for r in rows:
-        print(f"{r['call']:18} {r['checkout']:9} {r['bytecodes']:>9} {r['model_us']:>9} "
-              f"{r['zlib_us']:>8}")
-    print("zip_model_pass: " + json.dumps({"load_before": before, "load_after": after,
-                                           "rows": rows}))
-    return 0
+    return compare("zip_model_pass", CALLS, args.baseline,
+                   lambda root, call: measure(root, args.jobs, (call,))[call],
+                   (("bytecodes", "bytecodes"), ("model_us", "model us"), ("zlib_us", "zlib us")))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,29 +114,39 @@ def measure(root: Path, op: str, size: int, calls: int) -> dict:
     return {k: round(v, 2) for k, v in json.loads(lines[-1]).items()}
 
 
+def compare(name: str, calls: Sequence[str], baseline: Path | None,
+            measure_one: Callable[[Path, str], dict], columns: Sequence[tuple[str, str]]) -> int:
+    """Measure every call on this checkout and on `baseline` (if any) in alternation, so load
+    drifts reach both alike; print a table of `columns` ((row key, title)) with the load average
+    and one JSON line, `name: {...}`. Shared with benchmarks/zip_model_pass.py."""
+    roots = {"this": ROOT} | ({"baseline": baseline.resolve()} if baseline else {})
+    before = [round(x, 2) for x in os.getloadavg()]
+    rows = []
+    for call in calls:
+        for checkout, root in roots.items():
+            rows.append({"checkout": checkout, "call": call, **measure_one(root, call)})
+    after = [round(x, 2) for x in os.getloadavg()]
+    print(f"load average before {before}, after {after}")
+    print(f"{'call':18} {'checkout':9} " + " ".join(f"{t:>10}" for _, t in columns))
+    for r in rows:
+        print(f"{r['call']:18} {r['checkout']:9} " + " ".join(f"{r[k]:>10}" for k, _ in columns))
+    print(f"{name}: " + json.dumps({"load_before": before, "load_after": after, "rows": rows}))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=3000)
     ap.add_argument("--baseline", type=Path, help="another checkout, measured alongside")
     args = ap.parse_args()
-    roots = {"this": ROOT} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
-    before = [round(x, 2) for x in os.getloadavg()]
-    rows = []
-    for call in CALLS:
+
+    def one(root: Path, call: str) -> dict:
         op, size = call.split()
-        for name, root in roots.items():  # alternately, so load drifts reach both alike
-            rows.append({"checkout": name, "call": call, **measure(root, op, int(size),
-                                                                   args.calls)})
-    after = [round(x, 2) for x in os.getloadavg()]
-    print(f"load average before {before}, after {after}")
-    print(f"{'call':16} {'checkout':9} {'client us':>10} {'model us':>9} {'zlib us':>8} "
-          f"{'replay us':>10}")
-    for r in rows:
-        print(f"{r['call']:16} {r['checkout']:9} {r['client_us']:>10} {r['model_us']:>9} "
-              f"{r['zlib_us']:>8} {r['replay_us']:>10}")
-    print("zip_oneshot_cpu: " + json.dumps({"load_before": before, "load_after": after,
-                                            "rows": rows}))
-    return 0
+        return measure(root, op, int(size), args.calls)
+
+    return compare("zip_oneshot_cpu", CALLS, args.baseline, one,
+                   (("client_us", "client us"), ("model_us", "model us"), ("zlib_us", "zlib us"),
+                    ("replay_us", "replay us")))
 
 
 if __name__ == "__main__":
