@@ -8,7 +8,6 @@ would leak); calling libc directly keeps both the return value and in-place upda
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import math
 import os
 import select
@@ -18,7 +17,19 @@ from typing import Any
 
 from .errors import WarpdriveError, from_errno
 
-libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+def _load_libc() -> ctypes.CDLL:
+    # glibc's soname first: `find_library` forks `ldconfig -p` (and imports subprocess), a few
+    # ms of every process's start-up; it stays the fallback for other C libraries.
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        from ctypes.util import find_library
+
+        return ctypes.CDLL(find_library("c"), use_errno=True)
+
+
+libc = _load_libc()
 
 libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 libc.ioctl.restype = ctypes.c_int

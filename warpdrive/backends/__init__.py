@@ -24,12 +24,16 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..device import Device
 from ..errors import InvalidArgumentError, UnsupportedError
-from ..pci.names import is_bdf, normalize_bdf
-from ..sva import SvaDevice
+
+# Only for annotations: this package is imported by every process that starts or hosts a device
+# model (the CLI before it spawns one, the model's server), and `device`/`pci` cost them ~50 ms
+# of start-up that an emulated run never needs before it opens a device.
+if TYPE_CHECKING:
+    from ..device import Device
+    from ..sva import SvaDevice
 
 # tools/testing/selftests/vfio's names (lib/iommu.c); all but "iommufd" use the legacy group API.
 IOMMU_MODES = ("vfio_type1_iommu", "vfio_type1v2_iommu", "iommufd_compat_type1",
@@ -63,6 +67,8 @@ def parse_name(name: str) -> DeviceName:
             return DeviceName(kind, target)
     if name == "emu":
         return DeviceName("emu", "")
+    from ..pci.names import is_bdf, normalize_bdf
+
     if is_bdf(name):
         return DeviceName("pci", normalize_bdf(name))
     if _UACCE.match(name):
