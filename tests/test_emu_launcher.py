@@ -3,6 +3,7 @@ processes: start, failure reports with the model's output, stop on close, no orp
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import signal
@@ -195,3 +196,83 @@ def test_fds_numbered_past_1024_start_a_model_and_sleep_on_its_interrupts() -> N
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_model_started_ahead_is_adopted_by_the_next_open() -> None:
+    from warpdrive.backends.vfiouser import launcher
+
+    ahead = launcher.prestart("testdev")
+    dev = open_emulated("testdev")  # waits for the model started ahead instead of another
+    try:
+        assert dev.emulator is ahead
+        assert dev.region_read(0, T.REG_ID, 4) == T.ID_VALUE.to_bytes(4, "little")
+    finally:
+        dev.close()
+    assert ahead.proc.returncode == 0 and not os.path.exists(ahead.dir)
+    launcher.drop_prestarted()  # nothing left to drop
+    assert ahead.proc.returncode == 0
+
+
+def test_a_model_started_ahead_with_other_options_is_stopped_not_adopted() -> None:
+    from warpdrive.backends.vfiouser import launcher
+
+    ahead = launcher.prestart("testdev")
+    with open_emulated("testdev", spin_us=7.0) as dev:
+        assert dev.emulator is not ahead
+        assert "--spin-us" in dev.emulator.tuning
+    assert gone(ahead.proc.pid, 5.0) and not os.path.exists(ahead.dir)
+
+
+def test_a_model_started_ahead_and_never_used_is_stopped_at_once() -> None:
+    from warpdrive.backends.vfiouser import launcher
+
+    ahead = launcher.prestart("testdev")
+    t0 = time.monotonic()
+    launcher.drop_prestarted()
+    assert ahead.proc.returncode is not None and not os.path.exists(ahead.dir)
+    assert time.monotonic() - t0 < 1.0  # no grace period for a client that will never come
+
+
+def test_stop_wakes_when_the_model_exits(tmp_path: Path) -> None:
+    """The exit wait sleeps on a pidfd: it returns as soon as the model is gone."""
+    dev = open_emulated("testdev")
+    proc = dev.emulator
+    os.kill(proc.proc.pid, signal.SIGTERM)
+    t0 = time.monotonic()
+    assert proc._wait_exit(5.0) is not None
+    assert time.monotonic() - t0 < 2.0
+    dev.close()
+
+
+def test_cli_compress_starts_the_model_ahead_and_leaks_none(tmp_path: Path) -> None:
+    """With no hardware in sight the CLI starts the model before its own imports; the run's
+    output is right, the model and its directory are gone when the command returns, also when
+    every input failed (then nothing adopted the model)."""
+    src = tmp_path / "in.txt"
+    src.write_bytes(b"warpdrive " * 1000)
+    tmp = tmp_path / "tmp"  # the models' private directories land here
+    tmp.mkdir()
+    env = {**os.environ, "WARPDRIVE_DEVICE": "", "TMPDIR": str(tmp)}
+    run = subprocess.run(cli_argv("compress", "-c", str(src)), capture_output=True, timeout=60,
+                         env=env)
+    assert run.returncode == 0, run.stderr
+    assert gzip.decompress(run.stdout) == src.read_bytes()
+    assert list(tmp.iterdir()) == []
+    run = subprocess.run(cli_argv("compress", "-c", str(tmp_path / "missing")),
+                         capture_output=True, timeout=60, env=env)
+    assert run.returncode == 1 and b"missing" in run.stderr
+    assert list(tmp.iterdir()) == []
+
+
+def test_hardware_check_without_imports(tmp_path: Path) -> None:
+    from warpdrive.cli.zip import _hardware_may_exist
+
+    assert not _hardware_may_exist(str(tmp_path))
+    (tmp_path / "bus/pci/drivers/vfio-pci").mkdir(parents=True)
+    (tmp_path / "bus/pci/drivers/vfio-pci/new_id").touch()  # the driver's files, no device
+    assert not _hardware_may_exist(str(tmp_path))
+    (tmp_path / "bus/pci/drivers/vfio-pci/0000:03:00.1").touch()
+    assert _hardware_may_exist(str(tmp_path))
+    (tmp_path / "bus/pci/drivers/vfio-pci/0000:03:00.1").unlink()
+    (tmp_path / "class/uacce/hisi_zip-0").mkdir(parents=True)
+    assert _hardware_may_exist(str(tmp_path))

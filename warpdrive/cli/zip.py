@@ -153,6 +153,7 @@ class Run:
         self.suffix = args.suffix if args.suffix is not None else SUFFIX[self.fmt]
         self.status = EXIT_OK
         self._engine: Any = None
+        self._prestarted = False
         self.out: Output | None = None
         self.totals = [0, 0, 0]  # compressed, uncompressed, header+trailer bytes (-l)
 
@@ -176,9 +177,30 @@ class Run:
             log.info("warpdrive: engine %s (%s)", self._engine.name, self._engine.backend)
         return self._engine
 
+    def prestart_model(self) -> None:
+        """Start the bundled model now when this run will surely use it, so that its boot
+        (~150 ms of a fresh interpreter) overlaps ours (the zip engine's imports and the
+        hardware scan, about as long) instead of following it. The engine opener adopts it;
+        `close` stops it if nothing did."""
+        args = self.args
+        if args.list or args.device or os.environ.get("WARPDRIVE_DEVICE"):
+            return
+        if _hardware_may_exist():
+            return  # the engine opener's scan decides (it looks for real hardware first)
+        from ..backends.vfiouser import launcher
+
+        launcher.prestart("zip")
+        self._prestarted = True
+
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.close()
+        try:
+            if self._engine is not None:
+                self._engine.close()
+        finally:
+            if self._prestarted:
+                from ..backends.vfiouser import launcher
+
+                launcher.drop_prestarted()
 
     # -- inputs ----------------------------------------------------------------------------
     def inputs(self) -> Iterator[str]:
@@ -666,6 +688,23 @@ class _StatLike:
         self.st_mtime_ns = mtime * 1_000_000_000
 
 
+def _hardware_may_exist(sysfs_root: str = "/sys") -> bool:
+    """False only when `warpdrive.zip.find_hardware` surely finds nothing, told by two
+    directory listings and no imports: no uacce device at all, no PCI function bound to
+    vfio-pci at all. Anything there (or unreadable) leaves the choice to its full scan."""
+    for where, entries in (("class/uacce", lambda n: True),
+                           ("bus/pci/drivers/vfio-pci", lambda n: ":" in n)):
+        try:
+            names = os.listdir(os.path.join(sysfs_root, where))
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return True
+        if any(entries(n) for n in names):
+            return True
+    return False
+
+
 def _gzip_head(first: bytes) -> Any:
     """The gzip header at the start of `first` (a `Header`), or None."""
     from ..devices.zip.errors import ZipDataError
@@ -819,6 +858,7 @@ def run(args: argparse.Namespace) -> int:
     r = Run(args)
     try:
         with signals_raise(lambda: r.out.discard() if r.out is not None else None):
+            r.prestart_model()
             for name in r.inputs():
                 try:
                     r.file(name)

@@ -50,7 +50,7 @@ class ModelProcess(ForkSafe):
     def __init__(self, model: str, *, options: dict[str, Any] | None = None,
                  startup_timeout: float = 15.0, accept_timeout: float = 60.0,
                  spin_us: float | None = None, idle_us: float | None = None,
-                 python: str | None = None) -> None:
+                 python: str | None = None, wait: bool = True) -> None:
         self.model = model
         self.dir = tempfile.mkdtemp(prefix=f"warpdrive-emu-{model}-")
         self.socket_path = os.path.join(self.dir, "model.sock")
@@ -58,16 +58,11 @@ class ModelProcess(ForkSafe):
         argv = [python or sys.executable, "-m", "warpdrive.emu", model, "--socket",
                 self.socket_path, "--exit-on-disconnect", "--accept-timeout",
                 str(accept_timeout), "--private-dir", self.dir]
-        for key, value in (options or {}).items():
-            argv += ["--set", f"{key}={value}"]
-        if spin_us is None:
-            spin_us = _default_spin.get()
-        if spin_us is None:
-            spin_us = _spin_from_env()
-        if spin_us is not None:
-            argv += ["--spin-us", str(spin_us)]
-        if idle_us is not None:
-            argv += ["--idle-us", str(idle_us)]
+        # What the model was started with, beyond its private paths: `open_emulated` adopts a
+        # process started ahead (`prestart`) only when it would have started the same one.
+        self.tuning = _tuning(options, spin_us, idle_us)
+        argv += self.tuning
+        self._ready_fd: int | None = None
         env = dict(os.environ)
         # The child must import this very warpdrive, wherever it was imported from.
         env["PYTHONPATH"] = os.pathsep.join(
@@ -91,8 +86,17 @@ class ModelProcess(ForkSafe):
         self._fork_register()
         with _live_lock:
             _live.add(self)
+        self._ready_fd = r
+        if wait:
+            self.wait_ready(startup_timeout)
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        """Wait until the model listens (at once if it already said so); stops it on failure."""
+        r, self._ready_fd = self._ready_fd, None
+        if r is None:
+            return
         try:
-            self._wait_ready(r, startup_timeout)
+            self._wait_ready(r, timeout)
         except BaseException:
             self.stop()
             raise
@@ -123,6 +127,20 @@ class ModelProcess(ForkSafe):
             got += chunk
 
     def _wait_exit(self, timeout: float) -> int | None:
+        """The exit status within `timeout` s, else None. Sleeps on a pidfd, which wakes the
+        moment the model exits: `Popen.wait(timeout)` polls with doubling sleeps, up to tens
+        of ms late at the end of every run that stops a model."""
+        if self.proc.returncode is None and timeout > 0:
+            try:
+                fd = os.pidfd_open(self.proc.pid)  # not reaped yet: the pid is still ours
+            except OSError:  # an old kernel (< 5.3) or a sandbox refusing it: Popen's poll
+                fd = -1
+            if fd >= 0:
+                try:
+                    sc.wait_readable([fd], timeout)
+                finally:
+                    os.close(fd)
+                return self.proc.poll()
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -160,6 +178,10 @@ class ModelProcess(ForkSafe):
         if self._stopped or self._forked_dead:
             return self.proc.returncode
         self._stopped = True
+        if self._ready_fd is not None:  # started ahead and never adopted: no client will come
+            os.close(self._ready_fd)
+            self._ready_fd = None
+            grace = 0
         code = self._wait_exit(grace)
         for sig in (signal.SIGTERM, signal.SIGKILL):
             if code is not None:
@@ -200,6 +222,23 @@ def model_spin(spin_us: float | None) -> Iterator[None]:
         _default_spin.reset(token)
 
 
+def _tuning(options: dict[str, Any] | None, spin_us: float | None,
+            idle_us: float | None) -> list[str]:
+    """The model's command-line options beyond its socket and directory."""
+    argv: list[str] = []
+    for key, value in (options or {}).items():
+        argv += ["--set", f"{key}={value}"]
+    if spin_us is None:
+        spin_us = _default_spin.get()
+    if spin_us is None:
+        spin_us = _spin_from_env()
+    if spin_us is not None:
+        argv += ["--spin-us", str(spin_us)]
+    if idle_us is not None:
+        argv += ["--idle-us", str(idle_us)]
+    return argv
+
+
 def _spin_from_env() -> float | None:
     """WARPDRIVE_EMU_SPIN_US: the spin window of models started without one (after work, a
     model polls its doorbells back to back this long before it sleeps). Spinning buys latency
@@ -230,10 +269,12 @@ def open_emulated(model_name: str, dma_mask: int | None = None, **opts: Any) -> 
 
     if not isinstance(model_name, str) or not model_name:
         raise InvalidArgumentError(f"{model_name!r} is not a device model name")
-    proc_opts = {k: opts.pop(k) for k in ("model_options", "startup_timeout", "spin_us",
-                                          "idle_us") if k in opts}
+    proc_opts: dict[str, Any] = {k: opts.pop(k) for k in ("model_options", "startup_timeout",
+                                               "spin_us", "idle_us") if k in opts}
     options = proc_opts.pop("model_options", None)
-    proc = ModelProcess(model_name, options=options, **proc_opts)
+    proc = _adopt(model_name, options, proc_opts)
+    if proc is None:
+        proc = ModelProcess(model_name, options=options, **proc_opts)
     try:
         dev = open_vfio_user(proc.socket_path, dma_mask=dma_mask,
                              name=opts.pop("name", f"emu:{model_name}"),
@@ -248,6 +289,54 @@ def open_emulated(model_name: str, dma_mask: int | None = None, **opts: Any) -> 
 
     dev.on_disconnect(stop_model)
     return dev
+
+
+# Models started ahead of their `open_emulated` (see `prestart`), by model name.
+_ahead: dict[str, ModelProcess] = {}
+
+
+def prestart(model_name: str) -> ModelProcess:
+    """Start model `model_name` now, with default options, without waiting for it: the next
+    `open_emulated` of that model with the same options in this process adopts it. A program
+    that knows early that it will need a model (the CLI, before its own ~150 ms of imports and
+    device scan) overlaps the model's boot with its own. One never adopted is stopped by
+    `drop_prestarted` or at exit (and exits by itself if nobody connects within a minute)."""
+    with _live_lock:
+        old = _ahead.pop(model_name, None)
+    if old is not None:
+        old.stop()
+    proc = ModelProcess(model_name, wait=False)
+    with _live_lock:
+        _ahead[model_name] = proc
+    return proc
+
+
+def _adopt(model_name: str, options: dict[str, Any] | None,
+           proc_opts: dict[str, Any]) -> ModelProcess | None:
+    with _live_lock:
+        proc = _ahead.pop(model_name, None)
+    if proc is None:
+        return None
+    usable = (proc._owner_pid == os.getpid() and not proc._stopped and not proc._forked_dead
+              and proc.running)
+    if usable:
+        usable = proc.tuning == _tuning(options, proc_opts.get("spin_us"),
+                                        proc_opts.get("idle_us"))
+    if not usable:
+        proc.stop()
+        return None
+    proc.wait_ready(proc_opts.get("startup_timeout", 15.0))
+    return proc
+
+
+def drop_prestarted() -> None:
+    """Stop the models `prestart` started that nothing adopted (e.g. every input failed)."""
+    with _live_lock:
+        procs = list(_ahead.values())
+        _ahead.clear()
+    for p in procs:
+        if p._owner_pid == os.getpid():
+            p.stop()
 
 
 @atexit.register
