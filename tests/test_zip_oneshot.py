@@ -138,6 +138,53 @@ def test_forked_child_is_refused_and_the_parent_keeps_its_pieces(engine) -> None
     assert [(o.src, o.dst, o.job) for o in engine.oneshots] == kept
 
 
+def test_a_lane_lock_held_at_fork_does_not_hang_the_child(monkeypatch) -> None:
+    """A parent thread inside a call at fork() never lets the lane locks go in the child: the
+    child's calls (whose fast way takes the lock before it looks at the queue) must still be
+    refused on that engine, and move to a new default engine."""
+    import signal
+    import threading
+
+    from warpdrive.zip import engines
+
+    eng = wz.open_engine("emu", announce=False)
+    monkeypatch.setattr(engines, "_default", eng)
+    assert wz.decompress(wz.compress(b"parent" * 9)) == b"parent" * 9  # both lanes started
+    held, go = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with eng.lanes[COMPRESS].lock, eng.lanes[DECOMPRESS].lock:
+            held.set()
+            go.wait()
+
+    def child() -> int:
+        signal.alarm(30)  # a hang dies of SIGALRM
+        for call in (lambda: wz.compress(b"child", device=eng),
+                     lambda: wz.decompress(zlib.compress(b"child"), device=eng)):
+            try:
+                call()
+                return 1
+            except ForkedContextError:
+                pass
+        try:
+            ok = zlib.decompress(wz.compress(b"child" * 9)) == b"child" * 9 and \
+                wz.decompress(zlib.compress(b"kid")) == b"kid"
+            return 0 if ok and engines._default is not eng else 2
+        finally:
+            if engines._default is not eng and engines._default is not None:
+                engines._default.close()
+
+    t = threading.Thread(target=holder)
+    t.start()
+    try:
+        held.wait()
+        assert run_in_child(child) == 0
+    finally:
+        go.set()
+        t.join()
+        eng.close()
+
+
 def test_empty_and_tiny_inputs(engine) -> None:
     for wbits in (15, 31, -15):
         for data in (b"", b"a", b"ab"):

@@ -95,8 +95,13 @@ class Lane:
         return self.current
 
     def forget(self) -> None:
-        """Drop the queue without stopping it (a forked child: the rings are not mapped here)."""
+        """Drop the queue without stopping it (a forked child: the rings are not mapped here).
+        The lock is a new one too: a parent thread that held it at fork() never lets it go in
+        the child, whose calls would hang on it instead of being refused (or, for the default
+        engine, moving to a new one)."""
         self.current = None
+        self.lock = threading.RLock()
+        self.acquire, self.release = self.lock.acquire, self.lock.release
 
     def template(self, fmt: Format) -> SqeTemplate:
         key = (fmt.container, fmt.window_bits)
