@@ -49,10 +49,6 @@ class VirtualZip(ZipModel):
         self._signal: dict[int, QueueState] = {}
         # client queue -> its SQ ring as u64 and u32 words (result copies), kept with _views
         self._words: dict[int, tuple[memoryview, memoryview]] = {}
-        # The server polls every client's function back to back: a pass where the doorbell word
-        # has not moved and no SQE waits for room is one load and one compare (`poll`). Anything
-        # else that can make work (a trapped write, a reset, SQEs left for later) sets this.
-        self._recheck = True
         self._cell: Any = None  # the doorbell word the client stores into (`setup`)
 
     # -- the executor -----------------------------------------------------------------------
@@ -75,10 +71,8 @@ class VirtualZip(ZipModel):
                 return False
         elif not self._recheck:
             return self._doorbell(v)
-        worked = super().poll()
-        # SQEs its share of the hardware had no room for wait in the ring: look again next pass
-        self._recheck = any(q.head != q.tail for q in self._qm().queues if q.running)
-        return worked
+        # (it clears `_recheck` unless SQEs its share of the hardware had no room for wait)
+        return super().poll()
 
     def _doorbell(self, v: int) -> bool:
         """The doorbell word moved and nothing else can have made work (no trapped write, no
@@ -131,10 +125,6 @@ class VirtualZip(ZipModel):
         if cmd == _DB_CQ and q.cqc_ok and index < q.cq_depth:
             q.cq_head = index
         return False
-
-    def region_write(self, index: int, offset: int, data: bytes) -> None:
-        self._recheck = True  # a trapped doorbell or a mailbox command (a queue start)
-        super().region_write(index, offset, data)
 
     def _queue_started(self, q: QueueState) -> None:
         self._drop_ring(q.qn)
@@ -201,11 +191,6 @@ class VirtualZip(ZipModel):
     def on_dma_unmap(self, iova: int, size: int) -> None:
         self._drop_rings()  # taken again on the next pass, if still mapped
         self.client.unmapped(iova, size)
-
-    def config_write(self, offset: int, data: bytes) -> None:
-        super().config_write(offset, data)
-        if not self.bus_master_enabled():
-            self._drop_rings()  # taking them again faults, as the device would
 
     def reset(self) -> None:
         self._recheck = True
