@@ -188,17 +188,14 @@ class DeflateUnit:
         if alg == L.ALG_DEFLATE:
             return JobResult(L.STATUS_OK, used, m, True, checksum, m)
         tlen = _trailer_len(alg)
-        if rest[:tlen] == _trailer(alg, checksum, m):  # (the usual case, checked at once)
+        trailer = rest[:tlen]
+        if trailer == _trailer(alg, checksum, m):  # (the usual case, checked at once)
             return JobResult(L.STATUS_OK, used + tlen, m, True, checksum, m)
-        if tlen:
-            trailer = rest[:tlen]
-            bad = _bad_trailer_field(alg, trailer, checksum, m)
-            if bad:
-                return JobResult(L.STATUS_CRC_ERR, used + bad, m, True, checksum, m)
-            if len(trailer) < tlen:
-                return JobResult(L.STATUS_OK, len(src), m, False, checksum, m)
-            used += tlen
-        return JobResult(L.STATUS_OK, used, m, True, checksum, m)
+        bad = _bad_trailer_field(alg, trailer, checksum, m)
+        if bad:
+            return JobResult(L.STATUS_CRC_ERR, used + bad, m, True, checksum, m)
+        # Not wrong, yet not the whole trailer: input ended inside it (a partial result).
+        return JobResult(L.STATUS_OK, len(src), m, False, checksum, m)
 
     # -- stateful ---------------------------------------------------------------------------
     def _stream(self, key: int, new: bool, alg: int) -> Stream | None:
