@@ -216,16 +216,16 @@ class Deflater(_StreamBase):
     def _job(self, data: memoryview, finish: bool) -> bytes:
         n = len(data)
         if self._line is not None:  # pieces from here on (a stateful job has no history)
-            if finish:
-                out = self._drain()
-                if n:
-                    out += self._piece(data, True)
-                else:
-                    out += self._emit(EMPTY_FINAL_BLOCK)
-                return out + trailer(self.alg, self.checksum, self.isize)
-            out = self._drain()
-            return out + (self._piece(data, False) + self._drain() if n else
-                          self._emit(EMPTY_SYNC_BLOCK))
+            # The pending bytes join the pieces in flight (not after them: they would wait for
+            # the whole line first); the flush then takes every piece's output, in order.
+            if n:
+                out = self._piece(data, finish)
+                if not finish:
+                    out += self._drain()
+            else:
+                out = self._drain() + self._emit(EMPTY_FINAL_BLOCK if finish else
+                                                 EMPTY_SYNC_BLOCK)
+            return out + trailer(self.alg, self.checksum, self.isize) if finish else out
         if finish and self._new and n >= SPLIT_MIN:
             # The whole stream in one job: cut as the one-shot `compress` cuts it, so both give
             # the same bytes for the same data, as zlib's do.
