@@ -193,14 +193,9 @@ class VirtualZip(ZipModel):
         self.client.unmapped(iova, size)
 
     def reset(self) -> None:
-        self._recheck = True
         self.client.reset()
-        self._drop_rings()
         self._signal.clear()
-        qm = self._qm()
-        qm.reset()
-        qm.stats["resets"] += 1
-        self._idle_bells()
+        super().reset()  # (its engine, `jobs`, is idle here: the broker executes)
 
     def close(self) -> None:
         self._drop_rings()
