@@ -609,7 +609,7 @@ def breakdown(batches: tuple[int, ...] = (1, 8, 32), cycles: int = 5000,
         ph.wrap(qm, "process", "QmFunction.process")
         ph.wrap(qm, "_run_queue", "QmFunction._run_queue")
         ph.wrap(qm, "_run_queue_runs", "QmFunction._run_queue_runs")
-        ph.wrap(qm, "rings", "VirtualZip._rings")
+        ph.wrap(qm, "rings", "ZipModel._rings")
         ph.wrap(qm, "execute_run", "VirtualZip._submit_run")
         ph.wrap(client, "submit_run", "BrokerClient.submit_run")
         ph.wrap(bmod, "mediate_run", "sqe.mediate_run")
