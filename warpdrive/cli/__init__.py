@@ -137,7 +137,9 @@ def entry() -> None:
 
         signal.signal(_fatal_signal, signal.SIG_DFL)
         os.kill(os.getpid(), _fatal_signal)
-    sys.exit(code)
+    from ..syscalls import exit_now
+
+    exit_now(code)  # whoever runs the command waits for its exit, not for freeing its modules
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """`python -m warpdrive.emu <model> --socket PATH`: serve a bundled device model over vfio-user."""
 
-import sys
-
+from ..syscalls import exit_now
 from .serve import main
 
-sys.exit(main())
+# Its client (a launcher's `stop`, QEMU) waits for this exit: skip the interpreter's teardown.
+exit_now(main())

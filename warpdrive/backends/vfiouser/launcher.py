@@ -65,8 +65,16 @@ class ModelProcess(ForkSafe):
         self._ready_fd: int | None = None
         env = dict(os.environ)
         # The child must import this very warpdrive, wherever it was imported from.
+        paths = [_PACKAGE_ROOT]
+        if python is None:
+            # This interpreter: -S skips the site-packages scan and .pth hooks (~20 ms of the
+            # model's boot, more with an editable install's import hook); this process's own
+            # import path, as those left it, serves instead (a model's third-party imports,
+            # e.g. the crypto model's `cryptography`, resolve as they do here).
+            argv.insert(1, "-S")
+            paths += [p for p in sys.path if p and p != _PACKAGE_ROOT]
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
+            p for p in (*paths, env.get("PYTHONPATH", "")) if p)
         r, w = os.pipe2(os.O_CLOEXEC)
         log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child
         try:
