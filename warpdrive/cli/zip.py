@@ -542,7 +542,6 @@ class Run:
         length, and must consume exactly the stated size)."""
         from ..devices.zip.errors import ZipDataError
         from ..devices.zip.header import scan_header
-        from ..devices.zip.job import DECOMPRESS_JOB_MAX
         from ..devices.zip.sqe import Format
         from ..zip import gzip as wgz
 
@@ -557,12 +556,11 @@ class Run:
                     head = scan_header(data, fmt) if data[:2] == b"\x1f\x8b" else None
                 except ZipDataError:
                     head = None
-                gz = head.gzip if head is not None else None
-                rest = wgz.member_rest(gz.extra) if gz is not None else None
-                if head is None or gz is None or rest is None or \
-                        not 8 <= rest <= DECOMPRESS_JOB_MAX:
+                need = wgz.sized_member_length(head)
+                if need is None:
                     break
-                need = head.length + rest
+                gz = head.gzip if head is not None else None
+                assert gz is not None  # (it states a size)
                 while len(data) < need:
                     more = _read(src, max(READ_CHUNK, need - len(data)), name)
                     if not more:

@@ -88,6 +88,19 @@ def member_rest(extra: bytes | None) -> int | None:
     return None
 
 
+def sized_member_length(head: Header | None) -> int | None:
+    """The whole length of the member `head` begins, when its header states its size
+    (SIZE_SUBFIELD) and the member fits one engine job: such members are read whole and
+    decompressed as jobs (here and by the CLI). None: any other member (the stream path), or
+    no header."""
+    if head is None or head.gzip is None:
+        return None
+    rest = member_rest(head.gzip.extra)
+    if rest is None or not 8 <= rest <= DECOMPRESS_JOB_MAX:
+        return None
+    return head.length + rest
+
+
 class _Member:
     """A gzip compressor (engine or CPU, see zlib_api) whose first 10 bytes of output, the
     default header every gzip stream starts with, are replaced by our own header."""
@@ -239,17 +252,16 @@ class _Reader(io.RawIOBase):
         finally:
             if head is None:
                 self._fp.prepend(got)
-        assert head.gzip is not None
-        rest = member_rest(head.gzip.extra)
-        need = head.length + (rest or 0)
-        while rest is not None and 8 <= rest <= DECOMPRESS_JOB_MAX and len(got) < need:
+        need = sized_member_length(head)
+        while need is not None and len(got) < need:
             more = self._fp.read(need - len(got))
             if not more:
                 break
             got += more
-        if rest is None or not 8 <= rest <= DECOMPRESS_JOB_MAX or len(got) < need:
+        if need is None or len(got) < need:
             self._fp.prepend(got)
             return False
+        assert head.gzip is not None  # (it states a size)
         self._fp.prepend(got[need:])
         member = got[:need]
         if self._session is None:
