@@ -48,11 +48,16 @@ class FakeSysfs:
     def set_driver(self, bdf: str, driver: str | None) -> None:
         link = self.fn_dir(bdf) / "driver"
         if link.is_symlink():
+            back = link.parent / os.readlink(link) / bdf
+            if back.is_symlink():
+                back.unlink()
             link.unlink()
         if driver is not None:
             self.add_driver(driver)
-            link.symlink_to(os.path.relpath(self.sys / "bus/pci/drivers" / driver,
-                                            self.fn_dir(bdf)))
+            drv = self.sys / "bus/pci/drivers" / driver
+            link.symlink_to(os.path.relpath(drv, self.fn_dir(bdf)))
+            # As the kernel does: the driver's directory lists the functions bound to it.
+            (drv / bdf).symlink_to(os.path.relpath(self.fn_dir(bdf), drv))
 
     def add_function(self, bdf: str, vendor: int, device: int, class_code: int, *,
                      driver: str | None = None, group: int | None = None,

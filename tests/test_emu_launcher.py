@@ -264,15 +264,16 @@ def test_cli_compress_starts_the_model_ahead_and_leaks_none(tmp_path: Path) -> N
     assert list(tmp.iterdir()) == []
 
 
-def test_hardware_check_without_imports(tmp_path: Path) -> None:
-    from warpdrive.cli.zip import _hardware_may_exist
+def test_nothing_bound_is_told_by_two_listings(tmp_path: Path) -> None:
+    from warpdrive.backends import nothing_bound
+    from warpdrive.zip import find_hardware
 
-    assert not _hardware_may_exist(str(tmp_path))
+    assert nothing_bound(str(tmp_path)) and find_hardware(str(tmp_path)) is None
     (tmp_path / "bus/pci/drivers/vfio-pci").mkdir(parents=True)
     (tmp_path / "bus/pci/drivers/vfio-pci/new_id").touch()  # the driver's files, no device
-    assert not _hardware_may_exist(str(tmp_path))
+    assert nothing_bound(str(tmp_path))
     (tmp_path / "bus/pci/drivers/vfio-pci/0000:03:00.1").touch()
-    assert _hardware_may_exist(str(tmp_path))
+    assert not nothing_bound(str(tmp_path))
     (tmp_path / "bus/pci/drivers/vfio-pci/0000:03:00.1").unlink()
     (tmp_path / "class/uacce/hisi_zip-0").mkdir(parents=True)
-    assert _hardware_may_exist(str(tmp_path))
+    assert not nothing_bound(str(tmp_path))

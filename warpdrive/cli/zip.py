@@ -185,7 +185,9 @@ class Run:
         args = self.args
         if args.list or args.device or os.environ.get("WARPDRIVE_DEVICE"):
             return
-        if _hardware_may_exist():
+        from ..backends import nothing_bound
+
+        if not nothing_bound():
             return  # the engine opener's scan decides (it looks for real hardware first)
         from ..backends.vfiouser import launcher
 
@@ -684,23 +686,6 @@ class _StatLike:
         self.st_mode, self.st_uid, self.st_gid = st.st_mode, st.st_uid, st.st_gid
         self.st_atime_ns = st.st_atime_ns
         self.st_mtime_ns = mtime * 1_000_000_000
-
-
-def _hardware_may_exist(sysfs_root: str = "/sys") -> bool:
-    """False only when `warpdrive.zip.find_hardware` surely finds nothing, told by two
-    directory listings and no imports: no uacce device at all, no PCI function bound to
-    vfio-pci at all. Anything there (or unreadable) leaves the choice to its full scan."""
-    for where, entries in (("class/uacce", lambda n: True),
-                           ("bus/pci/drivers/vfio-pci", lambda n: ":" in n)):
-        try:
-            names = os.listdir(os.path.join(sysfs_root, where))
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return True
-        if any(entries(n) for n in names):
-            return True
-    return False
 
 
 def _gzip_head(first: bytes) -> Any:

@@ -23,6 +23,10 @@ EMU_NOTE = ("warpdrive.zip: no HiSilicon ZIP hardware found (no hisi_zip uacce d
 def find_hardware(sysfs_root: str = "/sys") -> str | None:
     """The first usable ZIP device: a hisi_zip uacce device name, else the address of a ZIP VF
     bound to vfio-pci; None when there is neither."""
+    from ..backends import nothing_bound
+
+    if nothing_bound(sysfs_root):
+        return None
     from .. import pci
     from ..backends.uacce.sysfs import usable_devices
     from ..devices.registry import claim
