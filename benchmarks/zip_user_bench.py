@@ -13,7 +13,8 @@ outputs to /dev/null; wall time and the run's peak RSS (os.wait4: the command an
 model), the two tools in turn for each round, the ratio of each one's best round (until
 2026-12-02 11:25 it was the best of the rounds' paired ratios, which credited us with a slow
 round of theirs: the three final runs of session 19 printed CLI compress 1.11x, 0.96x, 1.00x
-pigz, where each tool's best round gives 1.04x, 0.96x, 0.93x); then a 1 GiB-of-zeros gzip bomb through `warpdrive decompress`. pigz missing: that row
+pigz, where each tool's best round gives 1.04x, 0.96x, 0.93x); then a 1 GiB-of-zeros gzip
+bomb through `warpdrive decompress`. pigz missing: that row
 says so and is skipped. The decompression goal is judged on our compression's output (members
 of 1 MiB that state their size, decompressed several at once); a row for a file gzip(1) made
 (one member: one stream, decompressed job after job) is printed for information.
