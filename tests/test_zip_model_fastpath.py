@@ -209,3 +209,20 @@ def test_the_model_pass_benchmark_runs() -> None:
     out = zip_model_pass.measure(zip_model_pass.ROOT, 100, ("compress 5", "decompress 4096"))
     for row in out.values():
         assert row["bytecodes"] > 0 and row["model_us"] > 0 and row["zlib_us"] > 0
+
+
+def test_an_oversized_job_does_not_send_its_shape_the_slow_way() -> None:
+    """A job refused for its lengths leaves nothing in the shape cache: the next job of the same
+    shape and a proper size still takes the flat path (shapes are cached without lengths)."""
+    c, model, fn = _model_client()
+    try:
+        c.bring_up()
+        jobs = model.jobs
+        assert jobs is not None
+        fmt = Format("deflate", 15)
+        assert c.job(fmt, b"hello", avail=L.HZ_MAX_SIZE + 1)[2] == hw.STATUS_BAD_REQUEST
+        assert not jobs._shapes
+        assert c.job(fmt, b"hello " * 10)[2] == hw.STATUS_OK
+        assert list(jobs._shapes.values()) == [(True, L.ALG_DEFLATE, 15)]
+    finally:
+        fn.close()

@@ -238,6 +238,10 @@ class ZipJobs:
 
     def _shape(self, q: QueueState, w: tuple[int, ...]) -> tuple[bool, int, int] | bool:
         """Decode (and remember) the shape of an SQE for `_execute`."""
+        if w[L.DW_INPUT_LENGTH] > L.HZ_MAX_SIZE or w[L.DW_DEST_AVAIL_OUT] > L.HZ_MAX_SIZE:
+            # refused for its lengths, not its shape: remembered, the refusal would send every
+            # later job of this shape the slow way (`_execute` checks lengths per job)
+            return False
         dw7, dw9 = w[L.DW_IN_SGE_FLAGS], w[L.DW_REQ]
         shape: tuple[bool, int, int] | bool = False
         if not (self.malformed(q, w) or dw7 & L.SQE_STATEFUL
