@@ -13,15 +13,30 @@ device's part of the call (submit, wait, CQE) replaced by a replay of one real j
 `--baseline PATH`: another checkout (e.g. a `git worktree` of an older main), measured in
 alternation with this one. Prints a table and one JSON line (`zip_oneshot_cpu: {...}`) with the
 load average.
+
+`--breakdown`: where the wall time of one call goes, stamped (`time.perf_counter_ns`, the
+CLOCK_MONOTONIC both processes share) in the client and in a zip model served as the embedded
+default serves it, over `--calls` calls per row: call start, doorbell stored (`submit_one`
+returned), the model sees the SQ doorbell (`QmFunction.doorbell`), its executor starts, zlib
+starts and returns (`DeflateUnit.*_stateless`), the executor returns, the CQE is written
+(`_post_cqe`), the client sees it (`take_one`), the call returns. Stamps are matched to calls by
+time (each lies inside its call), medians and p90 per segment; each stamp is a wrapper (about
+0.1-0.2 us, so segments are a little longer than unstamped). Also counted: EQEs/MSIs the model
+posted and the client's waits that fell back to the lane's blocking wait. `--cpus split` pins the
+client to CPU 0 and the model to CPU 1, `same` both to CPU 0 (the shared-CPU mode of a busy
+machine), `free` (default) leaves them to the scheduler.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
+import statistics
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -105,6 +120,219 @@ print(json.dumps({"client_us": client / calls * 1e6,
 '''
 
 
+# --breakdown: the model, served as the embedded default serves it, with stamps at each stage of
+# a job; it writes them (JSON) when its client leaves. argv: checkout, socket, output path.
+_BD_MODEL = r'''
+import json, sys, time
+root, sock, out = sys.argv[1:4]
+sys.path.insert(0, root)
+from warpdrive.emu.models import _qm as Q
+from warpdrive.emu.models import zip as Z
+from warpdrive.emu.server import VfioUserServer
+ns = time.perf_counter_ns
+S = {k: [] for k in ("seen", "x0", "z0", "z1", "x1", "cqe", "end", "eqe")}
+seen_a, x0_a, z0_a, z1_a, x1_a, cqe_a, end_a, eqe_a = (S[k].append for k in S)
+SQ = 0  # QM_DB_CMD_SQ
+SHIFT = 12  # QM_DB_CMD_SHIFT_V2
+model = Z.ZipModel()
+setup = model.setup
+def stamped_setup():
+    setup()
+    qm, jobs = model.qm, model.jobs
+    db, ex, proc, intr = qm.doorbell, qm.execute, qm.process, qm._interrupt
+    def doorbell(v, qn=None):
+        if v >> SHIFT & 0xF == SQ:
+            seen_a(ns())
+        db(v, qn)
+    def execute(q, sq, off):
+        x0_a(ns())
+        r = ex(q, sq, off)
+        x1_a(ns())
+        return r
+    def process(budget=None):
+        r = proc(budget)
+        if r:
+            end_a(ns())
+        return r
+    def interrupt(queues):
+        intr(queues)
+        eqe_a(ns())
+    qm.doorbell, qm.execute, qm.process, qm._interrupt = doorbell, execute, process, interrupt
+    unit = jobs.unit
+    for name in ("compress_stateless", "decompress_stateless"):
+        def timed(*a, _f=getattr(unit, name)):
+            z0_a(ns())
+            r = _f(*a)
+            z1_a(ns())
+            return r
+        setattr(unit, name, timed)
+post = Q.QmFunction._post_cqe
+def post_cqe(q, cq, slot):
+    post(q, cq, slot)
+    cqe_a(ns())
+Q.QmFunction._post_cqe = staticmethod(post_cqe)
+model.setup = stamped_setup
+s = VfioUserServer(model, sock, exit_on_disconnect=True)
+s.serve_forever()
+S["stats"] = dict(model.qm.stats) if model.qm else {}
+with open(out, "w") as f:
+    json.dump(S, f)
+'''
+
+# --breakdown: the client, stamping each call and its doorbell and CQE; argv: checkout, calls,
+# output path, CPU placement, then the calls ("compress 5", ...).
+_BD_CHILD = r'''
+import json, os, sys, subprocess, tempfile, time, zlib
+root, calls, out_path, cpus = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+todo = sys.argv[5:]
+sys.path[:0] = [root, os.path.join(root, "benchmarks")]
+from zip_bench import sample
+tmp = tempfile.mkdtemp(prefix="wd-bd-")
+sock, mpath = os.path.join(tmp, "m.sock"), os.path.join(tmp, "model.json")
+model = subprocess.Popen([sys.executable, "-c", _MODEL, root, sock, mpath])
+if cpus != "free":
+    os.sched_setaffinity(0, {0})
+    os.sched_setaffinity(model.pid, {0} if cpus == "same" else {1})
+while not os.path.exists(sock):
+    time.sleep(0.02)
+ns = time.perf_counter_ns
+import warpdrive.zip as wz
+from warpdrive.devices.hisi_qm import bringup as B
+from warpdrive.devices.hisi_qm.queue import QmQueue
+from warpdrive.devices.zip import lane as L
+C = {"db": [], "see": []}
+slow = {"wait_until": 0, "block": 0}
+sub, take = QmQueue.submit_one, QmQueue.take_one
+db_a, see_a = C["db"].append, C["see"].append
+def submit_one(self, *a, **k):
+    r = sub(self, *a, **k)
+    db_a(ns())
+    return r
+def take_one(self, owner):
+    see_a(ns())
+    return take(self, owner)
+QmQueue.submit_one, QmQueue.take_one = submit_one, take_one
+for cls, name in ((L.Lane, "wait_until"), (B.QmDevice, "block")):
+    def counted(self, *a, _f=getattr(cls, name), _n=name, **k):
+        slow[_n] += 1
+        return _f(self, *a, **k)
+    setattr(cls, name, counted)
+eng = wz.open_engine("vfio-user:" + sock)
+res = {}
+for call in todo:
+    op, size = call.split()
+    data = sample(int(size))
+    blob = zlib.compress(data)
+    fn = (lambda: wz.decompress(blob, device=eng)) if op == "decompress" else \
+        (lambda: wz.compress(data, 6, device=eng))
+    for _ in range(200):
+        fn()
+    for v in C.values():
+        v.clear()
+    for k in slow:
+        slow[k] = 0
+    t0s, t1s = [], []
+    a0, a1 = t0s.append, t1s.append
+    for _ in range(calls):
+        a0(ns())
+        fn()
+        a1(ns())
+    res[call] = {"t0": t0s, "t1": t1s, "db": list(C["db"]), "see": list(C["see"]),
+                 "slow": dict(slow)}
+eng.close()
+model.wait()
+with open(mpath) as f:
+    m = json.load(f)
+with open(out_path, "w") as f:
+    json.dump({"client": res, "model": m}, f)
+'''
+
+# (name, from stamp, to stamp): the segments of a call, in order; the last two are not in it.
+SEGMENTS = (("client: call -> doorbell stored", "t0", "db"),
+            ("doorbell -> model sees it", "db", "seen"),
+            ("model: seen -> executor starts", "seen", "x0"),
+            ("model: executor -> zlib (SQE, views)", "x0", "z0"),
+            ("model: zlib", "z0", "z1"),
+            ("model: zlib -> executor returns", "z1", "x1"),
+            ("model: executor -> CQE written", "x1", "cqe"),
+            ("CQE -> client sees it", "cqe", "see"),
+            ("client: sees CQE -> returns", "see", "t1"),
+            ("total", "t0", "t1"),
+            ("(model: CQE -> its pass ends)", "cqe", "end"))
+
+
+def breakdown(root: Path, calls: int, cpus: str, todo: Sequence[str]) -> dict:
+    """One `--breakdown` run on a checkout: {call: {segment: (p50 us, p90 us)}, ...}."""
+    with tempfile.TemporaryDirectory(prefix="wd-bd-") as tmp:
+        out = os.path.join(tmp, "stamps.json")
+        src = "_MODEL = " + repr(_BD_MODEL) + "\n" + _BD_CHILD
+        r = subprocess.run([sys.executable, "-c", src, str(root), str(calls), out, cpus, *todo],
+                           capture_output=True, text=True, timeout=900)
+        if r.returncode or not os.path.exists(out):
+            raise SystemExit(f"{root}: breakdown exit {r.returncode}: {r.stderr[-600:]}")
+        with open(out) as f:
+            d = json.load(f)
+    m = d["model"]
+
+    def inside(arr: list[int], lo: int, hi: int) -> int | None:
+        i = bisect.bisect_left(arr, lo)
+        return arr[i] if i < len(arr) and arr[i] < hi else None
+
+    result: dict = {"model_stats": m.get("stats", {})}
+    for call, c in d["client"].items():
+        rows = []
+        for t0, t1 in zip(c["t0"], c["t1"]):
+            st = {"t0": t0, "t1": t1, "db": inside(c["db"], t0, t1),
+                  "see": inside(c["see"], t0, t1)}
+            for k in ("seen", "x0", "z0", "z1", "x1", "cqe", "end"):
+                st[k] = inside(m[k], t0, t1 if k != "end" else t1 + 10**9)
+            rows.append(st)
+        segs = {}
+        for name, a, b in SEGMENTS:
+            v = sorted((r[b] - r[a]) / 1000 for r in rows if r[a] is not None and
+                       r[b] is not None)
+            segs[name] = (round(v[len(v) // 2], 2), round(v[int(len(v) * 0.9)], 2)) if v \
+                else (None, None)
+        result[call] = {"segments": segs, "slow_waits": c["slow"]}
+    return result
+
+
+def breakdown_main(calls: int, cpus: str, baseline: Path | None, repeat: int) -> int:
+    """`--breakdown`: this checkout and `baseline` in alternation, `repeat` times each; the
+    median over runs of each segment's p50 and p90."""
+    roots = {"this": ROOT} | ({"baseline": baseline.resolve()} if baseline else {})
+    before = [round(x, 2) for x in os.getloadavg()]
+    runs: dict[str, list[dict]] = {k: [] for k in roots}
+    for _ in range(repeat):
+        for checkout, root in roots.items():
+            runs[checkout].append(breakdown(root, calls, cpus, CALLS))
+    after = [round(x, 2) for x in os.getloadavg()]
+    print(f"load average before {before}, after {after}; cpus={cpus}, {calls} calls per row, "
+          f"{repeat} run(s) per checkout")
+    table: dict = {}
+    for call in CALLS:
+        print(f"{call}: p50 / p90 us" + "".join(f"  {k:>15}" for k in roots))
+        for name, _, _ in SEGMENTS:
+            cells = []
+            for checkout in roots:
+                p50 = statistics.median(r[call]["segments"][name][0] or 0 for r in runs[checkout])
+                p90 = statistics.median(r[call]["segments"][name][1] or 0 for r in runs[checkout])
+                table.setdefault(checkout, {}).setdefault(call, {})[name] = [p50, p90]
+                cells.append(f"{p50:7.2f} /{p90:7.2f}")
+            print(f"  {name:40}" + "".join(f"  {c:>15}" for c in cells))
+        for checkout in roots:
+            waits = [r[call]["slow_waits"] for r in runs[checkout]]
+            print(f"  ({checkout}: blocking waits per run {waits})")
+    stats = {k: [r["model_stats"] for r in v] for k, v in runs.items()}
+    print("model counters per run (eqes, msis, jobs): " + "; ".join(
+        f"{k}: " + ", ".join(f"{s.get('eqes')}/{s.get('msis')}/{s.get('jobs')}" for s in v)
+        for k, v in stats.items()))
+    print("zip_oneshot_cpu_breakdown: " + json.dumps({
+        "load_before": before, "load_after": after, "cpus": cpus, "calls": calls,
+        "table": table}))
+    return 0
+
+
 def measure(root: Path, op: str, size: int, calls: int) -> dict:
     r = subprocess.run([sys.executable, "-c", _CHILD, str(root), op, str(size), str(calls)],
                        capture_output=True, text=True, timeout=600)
@@ -138,7 +366,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=3000)
     ap.add_argument("--baseline", type=Path, help="another checkout, measured alongside")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="stamp each stage of a call (see the module docstring)")
+    ap.add_argument("--cpus", choices=("free", "split", "same"), default="free",
+                    help="--breakdown: where the client and the model run")
+    ap.add_argument("--repeat", type=int, default=1, help="--breakdown: runs per checkout")
     args = ap.parse_args()
+    if args.breakdown:
+        return breakdown_main(args.calls, args.cpus, args.baseline, args.repeat)
 
     def one(root: Path, call: str) -> dict:
         op, size = call.split()
