@@ -393,3 +393,40 @@ def test_a_long_spin_yields_the_cpu_unless_told_to_spin(engine, monkeypatch) -> 
         for _ in range(20):
             assert zlib.decompress(wz.compress(data, device=eng)) == data
     assert not yields
+
+
+def test_a_yield_that_ran_the_device_makes_the_next_call_yield_at_once(engine,
+                                                                        monkeypatch) -> None:
+    """A call whose CQE came after a yield that ran another task (it lasted SHARED_S or more:
+    the device shares our CPU) marks the lane's one-shot state `eager`: the next call yields
+    right after its doorbell. A call whose yields come back at once (the device runs
+    elsewhere) clears it."""
+    import time
+
+    from warpdrive.devices.zip import oneshot
+
+    yields: list[int] = []
+
+    def long_yield() -> None:  # as if the model ran on our CPU meanwhile
+        yields.append(1)
+        time.sleep(20e-6)
+
+    one = engine.oneshots[COMPRESS]
+    data = text(11, 4096)
+    monkeypatch.setattr(oneshot, "_sched_yield", long_yield)
+    monkeypatch.setattr(OneShot, "YIELD_S", 0.0)
+    for _ in range(400):  # (a call whose CQE is there at the first look yields nothing)
+        assert zlib.decompress(wz.compress(data, device=engine)) == data
+        if one.eager:
+            break
+    assert one.eager
+    yields.clear()
+    monkeypatch.setattr(OneShot, "YIELD_S", 1.0)  # from here only an eager call yields
+    assert zlib.decompress(wz.compress(data, device=engine)) == data
+    assert yields  # at once, though YIELD_S had not passed
+    monkeypatch.setattr(oneshot, "_sched_yield", lambda: yields.append(1))  # back at once
+    for _ in range(400):
+        assert zlib.decompress(wz.compress(data, device=engine)) == data
+        if not one.eager:
+            break
+    assert not one.eager
