@@ -360,20 +360,23 @@ class QmFunction:
         return bytes(ctx)
 
     # -- doorbells (§6) --------------------------------------------------------------------
-    def doorbell(self, value: int, qn: int | None = None) -> None:
+    def doorbell(self, value: int, qn: int | None = None) -> bool:
         """An SQ/CQ doorbell, latched or found in a polled page. With doorbell isolation the
-        page names the queue (`qn`); otherwise the value does."""
+        page names the queue (`qn`); otherwise the value does. True if it set an SQ tail (only
+        that can make work: a CQ doorbell is information, see the ZIP model's docstring)."""
         if qn is None:
             qn = value & 0x7FF  # (L.doorbell_decode_v2, inline: read on every doorbell)
         cmd, index = value >> L.QM_DB_CMD_SHIFT_V2 & 0xF, value >> 32 & 0xFFFF
         if qn >= self.qp_num:
-            return
+            return False
         q = self.queues[qn]
         if cmd == L.QM_DB_CMD_SQ:
             if q.sqc_ok and index < q.sq_depth:
                 q.tail = index
+                return True
         elif cmd == L.QM_DB_CMD_CQ and q.cqc_ok and index < q.cq_depth:
             q.cq_head = index
+        return False
 
     def _eq_doorbell(self, value: int) -> None:
         _qn, cmd, index, _prio = L.doorbell_decode_v2(value)
