@@ -102,3 +102,28 @@ def test_model_thread_sleeps_while_every_worker_is_busy() -> None:
     t0 = time.monotonic()
     jobs._wait_for_change(30.0)
     assert time.monotonic() - t0 < 20.0
+
+
+def test_closing_the_model_ends_its_worker_threads(tmp_path) -> None:
+    """ZipModel.close (the server exiting) shuts its worker pool: no zip-engine thread is left
+    behind in the process that served it (before, the pool outlived the model)."""
+    from tests.test_emu_server_errors import serve
+    from warpdrive.emu.models.zip import ZipModel
+
+    def workers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("zip-engine")]
+
+    assert not workers()
+    model = ZipModel(workers="2")
+    path = str(tmp_path / "zip.sock")
+    server, thread = serve(model, path)
+    try:
+        with wz.open_engine("vfio-user:" + path, announce=False) as eng:
+            data = sample(300_000, seed=3)
+            assert zlib.decompress(wz.compress(data, wbits=31, device=eng), 31) == data
+            assert workers(), "a big job runs on the workers"
+    finally:
+        server.stop()
+        thread.join(5)
+    assert not thread.is_alive()
+    assert not workers()

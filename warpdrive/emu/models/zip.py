@@ -849,6 +849,8 @@ class ZipModel(DeviceModel):
 
     def close(self) -> None:
         self._drop_rings()
+        if isinstance(self.jobs, ThreadedJobs):
+            self.jobs.close()  # its jobs drained and its worker threads ended
         super().close()
 
 
