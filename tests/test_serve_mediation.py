@@ -199,3 +199,80 @@ def test_a_run_is_checked_as_its_sqes_would_be(maps: ClientMaps) -> None:
         taken += 1
         assert not refused and fast == slow
     assert taken > 1000 and declined > 100
+
+
+def _run_vs_sqes(maps: ClientMaps, runs: list[list[list[int]]]) -> tuple[int, int]:
+    """Each run through `mediate_run` and SQE by SQE through `mediate`: a run with a refused
+    SQE is never taken, a run taken leaves the same bytes in the hardware ring. (taken, runs
+    with a refused SQE)"""
+    taken = bad = 0
+    for run in runs:
+        n = len(run)
+        ring = b"".join(SQE.pack(*w) for w in run)
+        fast, slow = bytearray(n * 128), bytearray(n * 128)
+        fv = memoryview(fast)
+        used = mediate_run(memoryview(ring), 0, n, fv, fv.cast("I"), fv.cast("Q"), 0, maps)
+        refused = []
+        for j in range(n):
+            try:
+                mediate(memoryview(ring), j * 128, memoryview(slow), j * 128, maps)
+            except Refused as e:
+                refused.append(e.status)
+        bad += bool(refused)
+        if used is not None:
+            assert not refused and fast == slow
+            taken += 1
+    return taken, bad
+
+
+def test_a_run_refuses_what_its_sqes_would(device, maps: ClientMaps) -> None:
+    """The run path on the isolation cases, one bad SQE anywhere in a run (also the merged
+    dw8/dw9 check and the address bound tried before the exact ends): a run naming another
+    client's buffers, a device address (the broker's own rings live at such addresses), an
+    unmapped or overflowing range, read-only memory as a destination, SGE offsets or an SGL is
+    never taken; what it takes is byte for byte `mediate`'s."""
+    other = ClientMaps(device.dma, "client B")
+    fd = memfd(0x10000)
+    other.add(0x500000, 0x10000, fd, 0, True, True)  # B's buffers, not A's
+    os.close(fd)
+    b_dev = other.translate(0x500000, 1, write=True).dev_iova
+    a_dev = maps.translate(0x100000, 1, write=True).dev_iova
+    bad: list[dict[int, int]] = [
+        {hw.DW_SRC_L: 0x500000}, {hw.DW_DST_L: 0x500100},  # B's buffers by B's IOVAs
+        {hw.DW_SRC_L: b_dev & 0xFFFF_FFFF, hw.DW_SRC_H: b_dev >> 32},  # B's device IOVA
+        {hw.DW_DST_L: a_dev & 0xFFFF_FFFF, hw.DW_DST_H: a_dev >> 32},  # a device IOVA
+        {hw.DW_SRC_L: 0x400000},  # unmapped
+        {hw.DW_SRC_L: 0x10F000, hw.DW_INPUT_LENGTH: 0x1001},  # one byte past the map
+        {hw.DW_DST_L: 0x10E000, hw.DW_DEST_AVAIL_OUT: 0x2001},
+        {hw.DW_SRC_L: 0xFFFF_F000, hw.DW_SRC_H: 0xFFFF_FFFF},  # wraps 2^64
+        {hw.DW_DST_L: 0x300000, hw.DW_DEST_AVAIL_OUT: 64},  # read-only destination
+        {hw.DW_OUT_SGE: 0x10},  # an out SGE offset
+        {hw.DW_REQ: hw.sqe_dw9(hw.ALG_ZLIB, buf_type=hw.SQE_BUF_SGL)},
+        {hw.DW_DEST_AVAIL_OUT: hw.HZ_MAX_SIZE + 1},
+        {hw.DW_IN_SGE_FLAGS: hw.sqe_dw7(finish=True, stateful=True, new_stream=True,
+                                        sqe_type=hw.SQE_TYPE_V3)},  # a context outside A's maps
+    ]
+    good = list(SQE.unpack(sqe()))
+    rng = random.Random(12)
+    runs = []
+    for case in bad:
+        for n in (RUN_MAX // 8, RUN_MAX // 2, RUN_MAX):
+            run = [list(good) for _ in range(n)]
+            for w in run:
+                w[hw.DW_SRC_L] = 0x100000 + rng.randrange(0, 0x8000, 64)
+                w[hw.DW_TAG_V3] = rng.getrandbits(32)
+            victim = run[rng.randrange(n)]
+            for k, v in case.items():
+                victim[k] = v
+            runs.append(run)
+    assert _run_vs_sqes(maps, runs) == (0, len(runs))
+    # The bound (highest address + longest length) misses, the exact ends fit: taken.
+    run = [list(good) for _ in range(8)]
+    run[0][hw.DW_SRC_L], run[0][hw.DW_INPUT_LENGTH] = 0x100000, 0xF000
+    run[1][hw.DW_SRC_L], run[1][hw.DW_INPUT_LENGTH] = 0x10FF00, 0x100
+    assert _run_vs_sqes(maps, [run]) == (1, 0)
+    run[1][hw.DW_INPUT_LENGTH] = 0x101  # and one byte more: refused, not taken
+    assert _run_vs_sqes(maps, [run]) == (0, 1)
+    run[1][hw.DW_INPUT_LENGTH] = 0  # an empty job passes `mediate`; a run leaves it to it
+    assert _run_vs_sqes(maps, [run]) == (0, 0)
+    other.clear()

@@ -120,6 +120,10 @@ _ZERO_Q = memoryview(array("Q", bytes(8 * RUN_MAX)))
 _DW7_RUN = frozenset(f | t for t in _DW7_TYPES for f in
                      (0, hw.SQE_FLUSH_FINISH, hw.SQE_NEW_STREAM,
                       hw.SQE_FLUSH_FINISH | hw.SQE_NEW_STREAM))
+# dw8 (the SGE offsets: none) and dw9 (the request) as one u64, the low half dw8: the values a
+# run may hold, so one set inclusion checks both (`mediate` checks them apart).
+_Q_REQ = hw.DW_OUT_SGE // 2
+_DW89_RUN = frozenset(dw9 << 32 for dw9 in _DW9_OK)
 
 
 def mediate_run(src: memoryview, off: int, n: int, ring: memoryview, h32: memoryview,
@@ -129,9 +133,9 @@ def mediate_run(src: memoryview, off: int, n: int, ring: memoryview, h32: memory
     of `ring` (also seen as u32 words `h32` and u64 words `h64`; the run must not wrap). The run
     is copied into the hardware ring first, in one copy: that copy is the snapshot (the client
     cannot change it) and everything is checked on it, each field for the whole run in one
-    C-level pass (a set inclusion, a comparison, a min, a max); then the addresses are
-    rewritten and the words the device must not see cleared, a field at a time. Takes only the
-    common case: stateless SQEs with non-empty lengths whose sources lie in one readable map and
+    C-level pass (a set inclusion, a min, a max); then the addresses are rewritten and the
+    words the device must not see cleared, a field at a time. Takes only the common case:
+    stateless SQEs with non-empty lengths whose sources lie in one readable map and
     destinations in one writable map; returns those two maps, and the ring then holds exactly
     what `mediate` would have written SQE by SQE. Anything else returns None: the caller takes
     the run SQE by SQE through `mediate`. (The slots past the queue's tail then hold an
@@ -140,24 +144,26 @@ def mediate_run(src: memoryview, off: int, n: int, ring: memoryview, h32: memory
     hoff, size = hslot * hw.SQE_SIZE, n * hw.SQE_SIZE
     ring[hoff:hoff + size] = src[off:off + size]
     b, e = hslot * _I, (hslot + n) * _I
+    qb, qe = hslot * _Q, (hslot + n) * _Q
     if not (_DW7_RUN.issuperset(h32[b + hw.DW_IN_SGE_FLAGS:e:_I])
-            and _DW9_OK.issuperset(h32[b + hw.DW_REQ:e:_I])
-            and h32[b + hw.DW_OUT_SGE:e:_I] == _ZERO_I[:n]):
+            and _DW89_RUN.issuperset(h64[qb + _Q_REQ:qe:_Q])):
         return None
     lens = h32[b + hw.DW_INPUT_LENGTH:e:_I].tolist()
     avails = h32[b + hw.DW_DEST_AVAIL_OUT:e:_I].tolist()
-    if max(lens) > _MAX or max(avails) > _MAX or not min(lens) or not min(avails):
+    lmax, amax = max(lens), max(avails)
+    if lmax > _MAX or amax > _MAX or not min(lens) or not min(avails):
         return None
-    qb, qe = hslot * _Q, (hslot + n) * _Q
     srcs, dsts = h64[qb + _Q_SRC:qe:_Q].tolist(), h64[qb + _Q_DST:qe:_Q].tolist()
-    ms = _run_map(maps, maps.last_read, srcs, lens, False)
+    ms = _run_map(maps, maps.last_read, srcs, lens, lmax, False)
     if ms is None:
         return None
-    md = _run_map(maps, maps.last_write, dsts, avails, True)
+    md = _run_map(maps, maps.last_write, dsts, avails, amax, True)
     if md is None:
         return None
-    h64[qb + _Q_SRC:qe:_Q] = array("Q", map((ms.dev_iova - ms.iova).__add__, srcs))
-    h64[qb + _Q_DST:qe:_Q] = array("Q", map((md.dev_iova - md.iova).__add__, dsts))
+    d = ms.dev_iova - ms.iova
+    h64[qb + _Q_SRC:qe:_Q] = array("Q", [a + d for a in srcs])
+    d = md.dev_iova - md.iova
+    h64[qb + _Q_DST:qe:_Q] = array("Q", [a + d for a in dsts])
     zq, zi = _ZERO_Q[:n], _ZERO_I[:n]
     for k in _CLEAR_Q:
         h64[qb + k:qe:_Q] = zq
@@ -174,11 +180,16 @@ _RESULT_I = hw.DW_CTX_DW0  # u32 index
 _Q_PER_SQE, _I_PER_SQE = hw.SQE_SIZE // 8, hw.SQE_SIZE // 4
 
 
-def _run_map(maps: ClientMaps, last: DeviceMap, addrs: list[int], lens: list[int],
+def _run_map(maps: ClientMaps, last: DeviceMap, addrs: list[int], lens: list[int], lmax: int,
              write: bool) -> DeviceMap | None:
     """The one map of this client holding every buffer [addr, addr+len) of a run (the last map
-    hit, else one bisection), or None: the run then goes SQE by SQE for the exact reason."""
-    lo, hi = min(addrs), max(map(add, addrs, lens))
+    hit, else one bisection), or None: the run then goes SQE by SQE for the exact reason. The
+    last map is tried with a bound first (the highest address plus the longest length: two C
+    calls, no per-SQE sum), and with the exact ends only if that bound does not fit."""
+    lo, hi = min(addrs), max(addrs) + lmax
+    if last.iova <= lo and hi <= last.end:
+        return last
+    hi = max(map(add, addrs, lens))
     if last.iova <= lo and hi <= last.end:
         return last
     try:
