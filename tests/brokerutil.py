@@ -148,7 +148,8 @@ def sqe_words(src: int, dst: int, *, alg: int = hw.ALG_ZLIB, **dw: int) -> list[
 class FunctionRig:
     """One client's virtual function in this process: `VirtualZip` in a server `Function`, its
     rings in a sealed memfd it "mapped", on a broker whose device is the bundled model in its
-    own process (the null executor by default: every job done at once). No socket, no client
+    own process (the null executor by default: every job done at once; `executor="zlib"` does
+    them). No socket, no client
     process: the test (or `benchmarks/broker_bench.py --floor`) plays the client's driver,
     writing SQEs into the ring and storing the doorbell word, and the server's pass is
     `poll()`. Queue 0 compresses; with `irq` its CQC asks for completion interrupts."""
@@ -159,7 +160,8 @@ class FunctionRig:
     EQ_DEPTH = 256
 
     def __init__(self, model_options: dict[str, str] | None = None, *, depth: int = 1024,
-                 irq: bool = False, inflight: int = 256) -> None:
+                 irq: bool = False, inflight: int = 256, executor: str = "null",
+                 **broker_opts: Any) -> None:
         import fcntl
         import logging
         import mmap
@@ -172,8 +174,8 @@ class FunctionRig:
 
         self.qm, self.depth = qm, depth
         dev = open_emulated("zip", model_options={"queues": "16", "isolation": "1",
-                                                  **(model_options or {}), "executor": "null"})
-        self.broker = Broker(dev, max_inflight=inflight)
+                                                  **(model_options or {}), "executor": executor})
+        self.broker = Broker(dev, max_inflight=inflight, **broker_opts)
         self.model = VirtualZip(self.broker.client("rig"), revision=self.broker.revision,
                                 depth=depth)
         self.fn = Function(self.model, max_dma_maps=64, max_data_xfer_size=1 << 20,

@@ -48,6 +48,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--nap-us", type=float, default=None, metavar="US",
                         help="while jobs flow, sleep this long after a pass that found nothing "
                         "(default 300; 0: yield the CPU instead)")
+    parser.add_argument("--gather", type=int, default=None, metavar="N",
+                        help="hand completions back once half of a hardware queue's jobs "
+                        "in flight are done (at most N), "
+                        "holding them for at most one nap (default 8; 1: as soon as seen)")
+    parser.add_argument("--hold-us", type=float, default=None, metavar="US",
+                        help="how long --gather may hold completions (default: --nap-us)")
     parser.add_argument("--nice", type=int, metavar="N",
                         help="run the broker at this nice value (the device, a bundled model "
                         "too, stays at its own); clients busy-poll while they wait, so on a "

@@ -50,6 +50,10 @@ _SQE = hw.SQE_SIZE
 # (measured: 1 SQE 9 us as a run, 2.4 alone; 8 SQEs 1.8 us each as a run, 1.9 alone; 32 SQEs
 # 0.86 us each as a run, 1.7 alone; thread CPU, load 6).
 RUN_MIN = 6
+# Completions go back to a client once half its hardware queue's jobs in flight are done, at
+# most this many (`Broker.poll`), held for at most HOLD_S (the server's nap: `serve.run`).
+GATHER = 8
+HOLD_S = 300e-6
 
 
 @dataclass(eq=False)
@@ -58,6 +62,7 @@ class HwQueue:
     alg: int
     users: list[ClientQueue] = field(default_factory=list)
     progress_at: float = 0.0  # last completion (or submission into an idle queue)
+    held_at: float = 0.0  # when completions were first left waiting for more (`Broker.poll`)
     # the SQ ring as u64 and u32 words, for copying result words back (`sqe.copy_results`)
     sq64: memoryview = field(init=False)
     sq32: memoryview = field(init=False)
@@ -221,10 +226,19 @@ class BrokerClient:
 class Broker:
     """The shared function (see the module docstring). `poll()` is the server loop's hook."""
 
-    def __init__(self, dev: Device, *, max_inflight: int = 256) -> None:
+    def __init__(self, dev: Device, *, max_inflight: int = 256, gather: int = GATHER,
+                 hold_s: float = HOLD_S) -> None:
         self.dev = dev
         self.name = dev.name
         self.max_inflight = max(1, max_inflight)
+        # Completions are handed back in stretches: a hardware queue leaves them on its CQ
+        # until half its jobs in flight are done (at most `gather`), for up to `hold_s`, so a
+        # pass pays its fixed costs (harvest, results back, CQEs) once per stretch, not for
+        # each job the device trickles out; the other half keeps the device busy meanwhile,
+        # and a queue with one or two jobs in flight is answered at once. 1: every pass hands
+        # back whatever it finds.
+        self.gather = max(1, gather)
+        self.hold_s = hold_s
         self.qm = QmDevice(dev, hw.ZIP, doorbell="mmap", interrupts=False)
         # With doorbell isolation every queue has a doorbell page of its own (nothing to store
         # again, see `poll`); without it, one register serves them all.
@@ -329,6 +343,7 @@ class Broker:
                     hq.progress_at = time.perf_counter()  # idle until now
                 hq.q.ring()
         touched: set[BrokerClient] = set()
+        gather = self.gather
         for hq in self.hw:
             q = hq.q
             if not q.outstanding:
@@ -336,6 +351,20 @@ class Broker:
             busy = True
             # The head CQE's phase word first: most passes find nothing, and need no call.
             if q.cq16[q.cq_head * 8 + _W7] & 1 == q.phase:
+                want = q.outstanding >> 1
+                if want > gather:
+                    want = gather
+                if want > 1 and not q.completed(want):
+                    # Fewer than half the queue's jobs in flight done (or `gather`): leave
+                    # them for a later pass, for at most `hold_s` (CQEs are written in ring
+                    # order: the n-th one's phase word says n are waiting).
+                    now = now or time.perf_counter()
+                    if not hq.held_at:
+                        hq.held_at = now
+                        continue
+                    if now - hq.held_at < self.hold_s:
+                        continue
+                hq.held_at = 0.0
                 s0, slots, jobs, _owner = q.harvest()
             else:
                 jobs = _NO_JOBS
