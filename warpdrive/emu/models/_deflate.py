@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _libz
 from . import _zip_layout as L
 
 # dw9 window code -> zlib window bits (zlib has no 24 KiB window: 16 KiB stands in)
@@ -126,6 +127,8 @@ class DeflateUnit:
         flush bit says (the kernel sends stateless jobs with flush 0 and decompresses the output
         as a complete stream: docs/research/hisi-qm-zip.md, sections 10 and 12)."""
         n = len(src)
+        if _libz.LIBZ is not None and self.level:
+            return self._compress_libz(alg, wbits, src, n, dst)
         if self.level:  # (stored blocks, level 0, are sized by the window: left as asked)
             wbits = sized_wbits(n, wbits)
         # zlib writes the whole container; software owns the header, so skip it.
@@ -148,11 +151,40 @@ class DeflateUnit:
         status = L.STATUS_NEGACOMPRESS if m > n else L.STATUS_OK
         return JobResult(status, n, m, True, checksum, n)
 
+    def _compress_libz(self, alg: int, wbits: int, src: memoryview | bytes, n: int,
+                       dst: memoryview | bytearray) -> JobResult:
+        """`compress_stateless` on this thread's kept raw deflate stream, from the source
+        straight into the destination; the container's trailer written after the body. The
+        output is zlib.compress's (a reset stream is a fresh one; level 0, whose stored blocks
+        follow the output room, stays with the `zlib` module: docs/research/libz.md). The
+        window needs no sizing here: the kept stream allocates nothing per job."""
+        avail = len(dst)
+        m = _libz.deflater(self.level, wbits).whole(src, n, dst, avail)
+        if m < 0:
+            return JobResult(L.STATUS_DST_TOO_SMALL)
+        checksum = 0
+        if alg == L.ALG_ZLIB:
+            checksum = zlib.adler32(src)
+            if m + 4 > avail:
+                return JobResult(L.STATUS_DST_TOO_SMALL)
+            _ZLIB_TRAILER.pack_into(dst, m, checksum)
+            m += 4
+        elif alg == L.ALG_GZIP:
+            checksum = zlib.crc32(src)
+            if m + 8 > avail:
+                return JobResult(L.STATUS_DST_TOO_SMALL)
+            _GZIP_TRAILER.pack_into(dst, m, checksum, n & 0xFFFF_FFFF)
+            m += 8
+        status = L.STATUS_NEGACOMPRESS if m > n else L.STATUS_OK
+        return JobResult(status, n, m, True, checksum, n)
+
     def decompress_stateless(self, alg: int, src: memoryview | bytes,
                              dst: memoryview | bytearray) -> JobResult:
         """The end of the stream is status 0 with the last-block bit: the kernel accepts only
         0 and 0x0d (docs/research/hisi-qm-zip.md, section 10). Input that stops before the final
         block is a partial result: status 0, no last-block bit."""
+        if _libz.LIBZ is not None:
+            return self._decompress_libz(alg, src, dst)
         d = zlib.decompressobj(-15)
         avail = len(dst)
         checksum = _initial_checksum(alg)
@@ -184,7 +216,33 @@ class DeflateUnit:
             # Input ended before the end of the stream: a partial result, no end flag.
             return JobResult(L.STATUS_OK, len(src), m, False, checksum, m)
         rest = d.unused_data
-        used = len(src) - len(rest)
+        return self._ended(alg, src, len(src) - len(rest), m, checksum)
+
+    def _decompress_libz(self, alg: int, src: memoryview | bytes,
+                         dst: memoryview | bytearray) -> JobResult:
+        """`decompress_stateless` on this thread's kept raw inflate stream, from the source
+        straight into the destination in one call; the checksum over the output it just
+        wrote (docs/research/libz.md, "checksums")."""
+        n = len(src)
+        outcome, used, m = _libz.inflater().whole(src, n, dst, len(dst))
+        if outcome == _libz.FULL:
+            return JobResult(L.STATUS_DST_TOO_SMALL)
+        if outcome == _libz.BAD:
+            return JobResult(L.STATUS_BAD_DATA)
+        checksum = _initial_checksum(alg)
+        if alg != L.ALG_DEFLATE and m:
+            checksum = _update_checksum(alg, dst[:m], checksum)
+        if outcome == _libz.PARTIAL:
+            # Input ended before the end of the stream: a partial result, no end flag.
+            return JobResult(L.STATUS_OK, n, m, False, checksum, m)
+        return self._ended(alg, src, used, m, checksum)
+
+    @staticmethod
+    def _ended(alg: int, src: memoryview | bytes, used: int, m: int,
+               checksum: int) -> JobResult:
+        """A stateless decompression whose deflate stream ended after `used` bytes of `src`
+        with `m` bytes of output: the container's trailer, if any, decides the status."""
+        rest = src[used:]
         if alg == L.ALG_DEFLATE:
             return JobResult(L.STATUS_OK, used, m, True, checksum, m)
         tlen = _trailer_len(alg)

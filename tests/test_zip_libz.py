@@ -1,0 +1,203 @@
+"""The model's engine on the system's libz (`emu/models/_libz.py`: kept per-thread z_streams
+pointed straight at the job's memory) is the engine on Python's `zlib` module, byte for byte and
+status for status: seeded cases over sizes, levels, windows and containers, whole, cut short,
+without room and corrupted, each run on both paths (the module's path is the one the model used
+before, and the one it keeps when libz cannot be loaded) and checked against zlib itself."""
+
+from __future__ import annotations
+
+import mmap
+import random
+import threading
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from warpdrive.emu.models import _libz
+from warpdrive.emu.models import _zip_layout as L
+from warpdrive.emu.models._deflate import DeflateUnit, JobResult
+
+pytestmark = pytest.mark.skipif(_libz.LIBZ is None, reason=f"libz not usable: {_libz.WHY}")
+
+CONTAINERS = {L.ALG_DEFLATE: (-1, 0), L.ALG_ZLIB: (1, 2), L.ALG_GZIP: (16, 10)}
+
+
+def sample(rnd: random.Random, n: int) -> bytes:
+    """Text-like data with repeats (long matches, far distances) and some noise."""
+    words = [bytes(rnd.choice(b"abcdefghij klm\n") for _ in range(rnd.randint(1, 12)))
+             for _ in range(64)]
+    out = bytearray()
+    while len(out) < n:
+        if rnd.random() < 0.05:
+            out += rnd.randbytes(rnd.randint(1, 40))
+        else:
+            out += rnd.choice(words)
+    return bytes(out[:n])
+
+
+@contextmanager
+def module_path() -> Iterator[None]:
+    """The engine as it runs when libz cannot be loaded (Python's zlib module)."""
+    saved = _libz.LIBZ
+    _libz.LIBZ = None
+    try:
+        yield
+    finally:
+        _libz.LIBZ = saved
+
+
+class Memory:
+    """Job memory as the model sees it: views of one shared mapping, the source read-only."""
+
+    def __init__(self) -> None:
+        self.mm = mmap.mmap(-1, 8 << 20)
+        self.mv = memoryview(self.mm)
+
+    def job(self, src: bytes, room: int) -> tuple[memoryview, memoryview]:
+        self.mv[:len(src)] = src
+        dst = self.mv[4 << 20:(4 << 20) + room]
+        dst[:] = b"\xa5" * room
+        return self.mv[:len(src)].toreadonly(), dst
+
+
+def both(mem: Memory, unit: DeflateUnit, compress: bool, alg: int, wbits: int, src: bytes,
+         room: int) -> tuple[JobResult, bytes]:
+    """Run one job on the libz path and on the module path: the same result, the same output
+    bytes (what lies past the output is the engine's own business)."""
+    results = []
+    for path in ("libz", "module"):
+        s, d = mem.job(src, room)
+        if path == "module":
+            with module_path():
+                res = (unit.compress_stateless(alg, wbits, s, d) if compress
+                       else unit.decompress_stateless(alg, s, d))
+        else:
+            res = (unit.compress_stateless(alg, wbits, s, d) if compress
+                   else unit.decompress_stateless(alg, s, d))
+        results.append((res, bytes(d[:res.produced])))
+        s.release()
+        d.release()
+    assert results[0] == results[1], (compress, alg, wbits, len(src), room)
+    return results[0]
+
+
+@pytest.fixture(scope="module")
+def mem() -> Iterator[Memory]:
+    m = Memory()
+    yield m
+    m.mv.release()
+    m.mm.close()
+
+
+@pytest.mark.parametrize("level", [1, 2, 4, 6, 9])
+def test_compress_is_zlib_compress(mem: Memory, level: int) -> None:
+    rnd = random.Random(level)
+    unit = DeflateUnit(level)
+    for n in (0, 1, 5, 100, 4096, 8000, 32506, 32507, 70000, 300000):
+        data = sample(rnd, n)
+        for alg, (sign, head) in CONTAINERS.items():
+            for wbits in (12, 13, 14, 15):
+                if n > 70000 and wbits != 15:
+                    continue
+                full = zlib.compress(data, level, wbits * sign if sign < 0 else
+                                     wbits + (16 if sign == 16 else 0))
+                want = full[head:]
+                res, out = both(mem, unit, True, alg, wbits, data, len(want) + 64)
+                assert (res.status in (L.STATUS_OK, L.STATUS_NEGACOMPRESS), out) == \
+                    (True, want), (level, n, alg, wbits)
+                assert (res.consumed, res.isize) == (n, n)
+                # exactly the room it needs, then a byte less (and nothing)
+                assert both(mem, unit, True, alg, wbits, data, len(want))[1] == want
+                for room in (len(want) - 1, len(want) // 2, 0):
+                    short = both(mem, unit, True, alg, wbits, data, room)[0]
+                    assert short.status == L.STATUS_DST_TOO_SMALL
+
+
+def test_decompress_is_zlib_decompress(mem: Memory) -> None:
+    """Whole streams with room to spare, the exact room, a byte too little; streams cut at
+    every kind of place (the output room exactly what the cut gives, one byte more, one
+    less); corrupted bodies and trailers."""
+    rnd = random.Random(11)
+    unit = DeflateUnit()
+    cases = 0
+    for n in (0, 1, 5, 300, 4096, 40000, 200000):
+        data = sample(rnd, n)
+        for alg, (sign, head) in CONTAINERS.items():
+            stream = zlib.compress(data, rnd.choice((1, 6, 9)),
+                                   -15 if sign < 0 else 15 + (16 if sign == 16 else 0))[head:]
+            res, out = both(mem, unit, False, alg, 15, stream, n + 10)
+            assert (res.status, res.last, out, res.consumed) == \
+                (L.STATUS_OK, True, data, len(stream))
+            assert both(mem, unit, False, alg, 15, stream, n)[1] == data
+            if n:
+                assert both(mem, unit, False, alg, 15, stream, n - 1)[0].status == \
+                    L.STATUS_DST_TOO_SMALL
+            cuts = sorted({1, len(stream) // 3, len(stream) - 9, len(stream) - 5,
+                           len(stream) - 1} | {rnd.randrange(len(stream)) for _ in range(4)})
+            for cut in (c for c in cuts if 0 < c < len(stream)):
+                part = stream[:cut]
+                d = zlib.decompressobj(-15)
+                try:
+                    got = len(d.decompress(part))
+                except zlib.error:
+                    got = 0
+                for room in {max(got - 1, 0), got, got + 1}:
+                    both(mem, unit, False, alg, 15, part, room)
+                    cases += 1
+            for _ in range(6):  # corrupted: a byte anywhere, the trailer included
+                bad = bytearray(stream)
+                bad[rnd.randrange(len(bad))] ^= 1 << rnd.randrange(8)
+                for room in (max(n - 1, 0), n, n + 10):
+                    both(mem, unit, False, alg, 15, bytes(bad), room)
+                    cases += 1
+            # trailing bytes after a whole stream
+            both(mem, unit, False, alg, 15, stream + b"junk", n + 10)
+    assert cases > 300
+
+
+def test_random_bytes_and_empty_input(mem: Memory) -> None:
+    """Input that is no deflate stream at all: statuses as on the module path."""
+    rnd = random.Random(3)
+    unit = DeflateUnit()
+    for _ in range(1000):
+        junk = rnd.randbytes(rnd.randint(0, 64))
+        for alg in CONTAINERS:
+            both(mem, unit, False, alg, 15, junk, rnd.choice((0, 1, 100, 4096)))
+
+
+def test_each_thread_has_its_own_streams() -> None:
+    """Worker threads (ThreadedJobs) compress and decompress at once on their own kept
+    streams: every result right."""
+    rnd = random.Random(5)
+    inputs = [sample(rnd, rnd.randint(1, 100000)) for _ in range(8)]
+    errors: list[str] = []
+
+    def work(k: int) -> None:
+        unit = DeflateUnit(6)
+        for i in range(40):
+            data = inputs[(k + i) % len(inputs)]
+            dst = bytearray(len(data) + 1024)
+            res = unit.compress_stateless(L.ALG_GZIP, 15, data, dst)
+            body = bytes(dst[:res.produced])
+            if body != zlib.compress(data, 6, 31)[10:]:
+                errors.append(f"thread {k} job {i}: compress")
+            out = bytearray(len(data))
+            res = unit.decompress_stateless(L.ALG_GZIP, body, out)
+            if (res.status, bytes(out)) != (L.STATUS_OK, data):
+                errors.append(f"thread {k} job {i}: decompress")
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_the_binding_checked_the_library() -> None:
+    """What the binding checked at load: the library is zlib 1.x, the z_stream it was built
+    for is the size the library expects (zlib refuses a stream of another size)."""
+    assert _libz.LIBZ is not None
+    assert _libz.LIBZ.version().decode() == zlib.ZLIB_RUNTIME_VERSION
