@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from warpdrive.emu.models import _libz
+from warpdrive.emu.models import _deflate, _libz
 from warpdrive.emu.models import _zip_layout as L
 from warpdrive.emu.models._deflate import DeflateUnit, JobResult
 
@@ -35,6 +35,17 @@ def sample(rnd: random.Random, n: int) -> bytes:
         else:
             out += rnd.choice(words)
     return bytes(out[:n])
+
+
+@contextmanager
+def libz_path() -> Iterator[None]:
+    """The engine on libz for jobs of every size (it takes small ones to the module)."""
+    saved = _deflate.LIBZ_COMPRESS_MIN, _deflate.LIBZ_DECOMPRESS_MIN
+    _deflate.LIBZ_COMPRESS_MIN = _deflate.LIBZ_DECOMPRESS_MIN = 0
+    try:
+        yield
+    finally:
+        _deflate.LIBZ_COMPRESS_MIN, _deflate.LIBZ_DECOMPRESS_MIN = saved
 
 
 @contextmanager
@@ -69,11 +80,7 @@ def both(mem: Memory, unit: DeflateUnit, compress: bool, alg: int, wbits: int, s
     results = []
     for path in ("libz", "module"):
         s, d = mem.job(src, room)
-        if path == "module":
-            with module_path():
-                res = (unit.compress_stateless(alg, wbits, s, d) if compress
-                       else unit.decompress_stateless(alg, s, d))
-        else:
+        with module_path() if path == "module" else libz_path():
             res = (unit.compress_stateless(alg, wbits, s, d) if compress
                    else unit.decompress_stateless(alg, s, d))
         results.append((res, bytes(d[:res.produced])))
@@ -175,7 +182,7 @@ def test_each_thread_has_its_own_streams() -> None:
     errors: list[str] = []
 
     def work(k: int) -> None:
-        unit = DeflateUnit(6)
+        unit = DeflateUnit(6)  # (inputs of 1 to 100,000 bytes: most on libz)
         for i in range(40):
             data = inputs[(k + i) % len(inputs)]
             dst = bytearray(len(data) + 1024)
@@ -201,3 +208,10 @@ def test_the_binding_checked_the_library() -> None:
     for is the size the library expects (zlib refuses a stream of another size)."""
     assert _libz.LIBZ is not None
     assert _libz.LIBZ.version().decode() == zlib.ZLIB_RUNTIME_VERSION
+
+
+def test_a_library_that_cannot_be_loaded_says_why() -> None:
+    """No libz: the binding says why (the engine then keeps to Python's zlib module, the
+    path every case above also runs)."""
+    lib, why = _libz._load("libz-that-is-not-there.so.1")
+    assert lib is None and "cannot load libz-that-is-not-there.so.1" in why

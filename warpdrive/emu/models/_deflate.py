@@ -11,6 +11,7 @@ module sees byte buffers only.
 
 from __future__ import annotations
 
+import logging
 import struct
 import zlib
 from collections import OrderedDict
@@ -27,6 +28,15 @@ WINDOW_WBITS = {L.WINDOW_4K: 12, L.WINDOW_8K: 13, L.WINDOW_16K: 14, L.WINDOW_24K
 # The output of a stateless decompression is taken in pieces of at most this (below glibc's
 # default mmap threshold, 128 KiB, so the heap reuses them).
 _PIECE = 96 << 10
+
+# Jobs from these input sizes run on the system's libz (`_libz`: kept streams, straight into the
+# destination); smaller ones on Python's zlib module, whose set-up for a small job (a small
+# state, no window, a short output block) costs less than the two ctypes calls of the other way
+# (reset and run: ~1,500 instructions each). Measured per job (cachegrind, docs/driver-bench.md,
+# session 20): decompress 5 B +41% instructions on libz, 4 KiB +6%, 64 KiB -20%; compress 5 B
+# +9%, 4 KiB +2%, 64 KiB even, but no fresh pages per call (the module's 270 KiB state).
+LIBZ_COMPRESS_MIN = 8 << 10
+LIBZ_DECOMPRESS_MIN = 4 << 10
 
 # deflate keeps MIN_LOOKAHEAD = 258 + 3 + 1 bytes of look-ahead, so its farthest match is
 # 2**wbits - 262 back (docs/research/deflate-window.md).
@@ -116,6 +126,10 @@ class DeflateUnit:
     def __init__(self, level: int = 6) -> None:
         self.level = level
         self.streams: OrderedDict[int, Stream] = OrderedDict()
+        if _libz.LIBZ is None:
+            logging.getLogger("warpdrive.emu").info(
+                "ZIP model: the system's zlib is not usable (%s); jobs run on Python's zlib "
+                "module", _libz.WHY)
 
     def reset(self) -> None:
         self.streams.clear()
@@ -127,10 +141,10 @@ class DeflateUnit:
         flush bit says (the kernel sends stateless jobs with flush 0 and decompresses the output
         as a complete stream: docs/research/hisi-qm-zip.md, sections 10 and 12)."""
         n = len(src)
-        if _libz.LIBZ is not None and self.level:
-            return self._compress_libz(alg, wbits, src, n, dst)
         if self.level:  # (stored blocks, level 0, are sized by the window: left as asked)
             wbits = sized_wbits(n, wbits)
+            if n >= LIBZ_COMPRESS_MIN and _libz.LIBZ is not None:
+                return self._compress_libz(alg, wbits, src, n, dst)
         # zlib writes the whole container; software owns the header, so skip it.
         if alg == L.ALG_ZLIB:
             full = zlib.compress(src, self.level, wbits)
@@ -156,10 +170,11 @@ class DeflateUnit:
         """`compress_stateless` on this thread's kept raw deflate stream, from the source
         straight into the destination; the container's trailer written after the body. The
         output is zlib.compress's (a reset stream is a fresh one; level 0, whose stored blocks
-        follow the output room, stays with the `zlib` module: docs/research/libz.md). The
-        window needs no sizing here: the kept stream allocates nothing per job."""
+        follow the output room, stays with the `zlib` module: docs/research/libz.md). One stream
+        is kept per sized window: the smaller one is also the smaller cache footprint."""
         avail = len(dst)
-        m = _libz.deflater(self.level, wbits).whole(src, n, dst, avail)
+        d = _libz._thread.deflaters.get((self.level, wbits)) or _libz.deflater(self.level, wbits)
+        m = d.whole(src, n, dst, avail)
         if m < 0:
             return JobResult(L.STATUS_DST_TOO_SMALL)
         checksum = 0
@@ -183,7 +198,7 @@ class DeflateUnit:
         """The end of the stream is status 0 with the last-block bit: the kernel accepts only
         0 and 0x0d (docs/research/hisi-qm-zip.md, section 10). Input that stops before the final
         block is a partial result: status 0, no last-block bit."""
-        if _libz.LIBZ is not None:
+        if len(src) >= LIBZ_DECOMPRESS_MIN and _libz.LIBZ is not None:
             return self._decompress_libz(alg, src, dst)
         d = zlib.decompressobj(-15)
         avail = len(dst)
@@ -222,16 +237,20 @@ class DeflateUnit:
                          dst: memoryview | bytearray) -> JobResult:
         """`decompress_stateless` on this thread's kept raw inflate stream, from the source
         straight into the destination in one call; the checksum over the output it just
-        wrote (docs/research/libz.md, "checksums")."""
+        wrote, still in the cache (docs/research/libz.md, "checksums")."""
         n = len(src)
-        outcome, used, m = _libz.inflater().whole(src, n, dst, len(dst))
-        if outcome == _libz.FULL:
-            return JobResult(L.STATUS_DST_TOO_SMALL)
-        if outcome == _libz.BAD:
-            return JobResult(L.STATUS_BAD_DATA)
-        checksum = _initial_checksum(alg)
-        if alg != L.ALG_DEFLATE and m:
-            checksum = _update_checksum(alg, dst[:m], checksum)
+        inflater = _libz._thread.inflater or _libz.inflater()
+        outcome, used, m = inflater.whole(src, n, dst, len(dst))
+        if outcome >= _libz.FULL:
+            return JobResult(L.STATUS_DST_TOO_SMALL if outcome == _libz.FULL
+                             else L.STATUS_BAD_DATA)
+        if alg == L.ALG_ZLIB:
+            checksum = zlib.adler32(dst[:m]) if m else 1
+        elif alg == L.ALG_GZIP:
+            checksum = zlib.crc32(dst[:m]) if m else 0
+        else:
+            return JobResult(L.STATUS_OK, used if outcome == _libz.END else n, m,
+                             outcome == _libz.END, 0, m)
         if outcome == _libz.PARTIAL:
             # Input ended before the end of the stream: a partial result, no end flag.
             return JobResult(L.STATUS_OK, n, m, False, checksum, m)
@@ -242,13 +261,14 @@ class DeflateUnit:
                checksum: int) -> JobResult:
         """A stateless decompression whose deflate stream ended after `used` bytes of `src`
         with `m` bytes of output: the container's trailer, if any, decides the status."""
-        rest = src[used:]
         if alg == L.ALG_DEFLATE:
             return JobResult(L.STATUS_OK, used, m, True, checksum, m)
-        tlen = _trailer_len(alg)
-        trailer = rest[:tlen]
-        if trailer == _trailer(alg, checksum, m):  # (the usual case, checked at once)
+        tlen = _TRAILER_LEN[alg]
+        if len(src) - used >= tlen and (  # (the usual case: a whole trailer, checked at once)
+                _ZLIB_TRAILER.unpack_from(src, used)[0] == checksum if alg == L.ALG_ZLIB
+                else _GZIP_TRAILER.unpack_from(src, used) == (checksum, m & 0xFFFF_FFFF)):
             return JobResult(L.STATUS_OK, used + tlen, m, True, checksum, m)
+        trailer = bytes(src[used:used + tlen])
         bad = _bad_trailer_field(alg, trailer, checksum, m)
         if bad:
             return JobResult(L.STATUS_CRC_ERR, used + bad, m, True, checksum, m)

@@ -65,33 +65,47 @@ _release_buffer.restype = None
 
 
 class _Lib:
-    """libz's entry points, typed (prototypes: docs/research/libz.md, "calls")."""
+    """libz's entry points, typed (prototypes: docs/research/libz.md, "calls"). The per-job
+    calls come twice: through CDLL, which releases the GIL for the call (long jobs: ThreadedJobs'
+    workers compress at once on several cores), and through PyDLL, which keeps it (short jobs:
+    releasing it hands the interpreter to any thread waiting for it, a switch that costs more
+    than the job)."""
 
-    def __init__(self, lib: ctypes.CDLL) -> None:
+    def __init__(self, name: str) -> None:
+        free, held = ctypes.CDLL(name), ctypes.PyDLL(name)
         vp, ci, ccp = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
 
-        def fn(name: str, args: list[Any], res: Any = ci) -> Any:
+        def fn(lib: ctypes.CDLL, name: str, args: list[Any], res: Any = ci) -> Any:
             f = getattr(lib, name)
             f.argtypes, f.restype = args, res
             return f
 
-        self.version = fn("zlibVersion", [], ccp)
-        self.deflate_init = fn("deflateInit2_", [vp, ci, ci, ci, ci, ci, ccp, ci])
-        self.inflate_init = fn("inflateInit2_", [vp, ci, ccp, ci])
-        self.deflate_reset, self.inflate_reset = fn("deflateReset", [vp]), fn("inflateReset", [vp])
-        self.deflate_end, self.inflate_end = fn("deflateEnd", [vp]), fn("inflateEnd", [vp])
-        self.deflate, self.inflate = fn("deflate", [vp, ci]), fn("inflate", [vp, ci])
+        self.version = fn(free, "zlibVersion", [], ccp)
+        self.deflate_init = fn(free, "deflateInit2_", [vp, ci, ci, ci, ci, ci, ccp, ci])
+        self.inflate_init = fn(free, "inflateInit2_", [vp, ci, ccp, ci])
+        self.deflate_end = fn(free, "deflateEnd", [vp])
+        self.inflate_end = fn(free, "inflateEnd", [vp])
+        # (reset, run) for short jobs, then for long ones
+        self.deflate = ((fn(held, "deflateReset", [vp]), fn(held, "deflate", [vp, ci])),
+                        (fn(free, "deflateReset", [vp]), fn(free, "deflate", [vp, ci])))
+        self.inflate = ((fn(held, "inflateReset", [vp]), fn(held, "inflate", [vp, ci])),
+                        (fn(free, "inflateReset", [vp]), fn(free, "inflate", [vp, ci])))
 
 
-def _load() -> tuple[_Lib | None, str]:
+# Jobs of at least this many input bytes run with the GIL released.
+LONG = 16 << 10
+
+
+def _load(name: str | None = None) -> tuple[_Lib | None, str]:
+    """The library (or None) and why not."""
     offsets = [getattr(_ZStream, f).offset for f in
                ("next_in", "avail_in", "total_in", "next_out", "avail_out", "total_out")]
     if offsets != [0, 8, 16, 24, 32, 40] or ctypes.sizeof(_ZStream) != 112:
         return None, (f"z_stream has an unexpected layout on this platform (offsets {offsets}, "
                       f"{ctypes.sizeof(_ZStream)} bytes; 64-bit Linux expected)")
-    name = ctypes.util.find_library("z") or "libz.so.1"
+    name = name or ctypes.util.find_library("z") or "libz.so.1"
     try:
-        lib = _Lib(ctypes.CDLL(name))
+        lib = _Lib(name)
     except (OSError, AttributeError) as e:
         return None, f"cannot load {name}: {e}"
     version = lib.version() or b""
@@ -106,8 +120,8 @@ _SIZE = ctypes.sizeof(_ZStream)
 
 
 class _Thread(threading.local):
-    """One thread's kept streams and buffer-protocol scratch (never shared between threads:
-    the model's thread and each of ThreadedJobs' workers have their own)."""
+    """One thread's kept streams and scratch (never shared between threads: the model's
+    thread and each of ThreadedJobs' workers have their own)."""
 
     def __init__(self) -> None:
         self.deflaters: dict[tuple[int, int], Deflater] = {}
@@ -119,10 +133,12 @@ class _Thread(threading.local):
 
 
 _thread = _Thread()
+_from_address = ctypes.c_size_t.from_address
 
 
-def _in_address(buf: Any) -> int:
-    """The address of a (possibly read-only) buffer's memory, valid while `buf` is held."""
+def _buffer_address(buf: Any) -> int:
+    """The address of any buffer's memory (read-only too: ctypes' from_buffer wants a writable
+    one), through the buffer protocol; valid while `buf` is held."""
     t = _thread
     if _get_buffer(buf, t.pybuf_addr, 0):
         raise ValueError("the buffer cannot be reached")
@@ -131,9 +147,30 @@ def _in_address(buf: Any) -> int:
     return a
 
 
-def _out_address(buf: Any) -> int:
-    """The address of a writable buffer's memory (at least one byte), valid while held."""
-    return ctypes.addressof(ctypes.c_char.from_buffer(buf))
+def _memoryview_buf_offset() -> int:
+    """Where a memoryview object holds its buffer's address (its Py_buffer's `buf`, CPython's
+    PyMemoryViewObject), checked on probes against the buffer protocol; 0 when it is not
+    where expected (then every address goes through the protocol). Reading it costs a fifth
+    of asking the protocol, and a job asks twice."""
+    off = 7 * ctypes.sizeof(ctypes.c_void_p)  # (ob_refcnt, ob_type, ob_size, mbuf, hash,
+    # flags, exports: then the Py_buffer, whose first field is buf)
+    keep = bytearray(256)
+    for mv in (memoryview(keep), memoryview(keep)[7:100], memoryview(keep)[33:].toreadonly(),
+               memoryview(b"probe")[1:].toreadonly()):
+        if _from_address(id(mv) + off).value != _buffer_address(mv):
+            return 0
+    return off
+
+
+_MV_BUF = _memoryview_buf_offset()
+
+
+def address(buf: Any) -> int:
+    """The address of a buffer's memory (a memoryview, read-only or not, bytes, bytearray),
+    valid while `buf` is held."""
+    if type(buf) is memoryview and _MV_BUF:
+        return int(_from_address(id(buf) + _MV_BUF).value)
+    return _buffer_address(buf)
 
 
 class _Stream:
@@ -150,6 +187,9 @@ class _Stream:
             raise MemoryError(f"zlib {what}: {msg}")
 
 
+_pack, _unpack = _IO.pack_into, _IO.unpack_from
+
+
 class Deflater(_Stream):
     """A raw deflate stream (no container) kept for one (level, window)."""
 
@@ -159,7 +199,7 @@ class Deflater(_Stream):
         self._lib = LIBZ
         self._check(LIBZ.deflate_init(self.addr, level, Z_DEFLATED, -wbits, DEF_MEM_LEVEL,
                                       Z_DEFAULT_STRATEGY, _VERSION, _SIZE), "deflateInit2")
-        self._reset, self._deflate = LIBZ.deflate_reset, LIBZ.deflate
+        self._calls = LIBZ.deflate
 
     def __del__(self) -> None:
         lib = getattr(self, "_lib", None)
@@ -171,23 +211,28 @@ class Deflater(_Stream):
         deflate stream: how many bytes it took, or -1 when they do not fit."""
         if not avail:
             return -1
-        _IO.pack_into(self.io, 0, _in_address(src) if n else _thread.scratch_addr, n, 0,
-                      _out_address(dst), avail, 0)
-        self._reset(self.addr)
-        rc = self._deflate(self.addr, Z_FINISH)
+        io, a = self.io, self.addr
+        if type(src) is memoryview and type(dst) is memoryview and _MV_BUF:  # (the DMA views)
+            _pack(io, 0, _from_address(id(src) + _MV_BUF).value, n, 0,
+                  _from_address(id(dst) + _MV_BUF).value, avail, 0)
+        else:
+            _pack(io, 0, address(src), n, 0, address(dst), avail, 0)
+        reset, deflate = self._calls[n >= LONG]
+        reset(a)
+        rc = deflate(a, Z_FINISH)
         if rc == Z_STREAM_END:
-            return int(_IO.unpack_from(self.io)[5])
+            return int(_unpack(io)[5])
         if rc not in (Z_OK, Z_BUF_ERROR):
             self._check(rc, "deflate")
-        _next_in, _left, used, _next_out, room, made = _IO.unpack_from(self.io)
+        _next_in, _left, used, _next_out, room, made = _unpack(io)
         if room:
             return -1
         # The room is full: deflate says the end only on a call that has room left, even when
         # the last byte fitted exactly. A byte more of room tells (the end, or more output).
         scratch = _thread.scratch_addr
-        _IO.pack_into(self.io, 0, scratch, 0, used, scratch, 1, made)
-        rc = self._deflate(self.addr, Z_FINISH)
-        return made if rc == Z_STREAM_END and _IO.unpack_from(self.io)[5] == made else -1
+        _pack(io, 0, scratch, 0, used, scratch, 1, made)
+        rc = deflate(a, Z_FINISH)
+        return made if rc == Z_STREAM_END and _unpack(io)[5] == made else -1
 
 
 # Inflater.whole's outcomes
@@ -202,7 +247,7 @@ class Inflater(_Stream):
         assert LIBZ is not None
         self._lib = LIBZ
         self._check(LIBZ.inflate_init(self.addr, -15, _VERSION, _SIZE), "inflateInit2")
-        self._reset, self._inflate = LIBZ.inflate_reset, LIBZ.inflate
+        self._calls = LIBZ.inflate
 
     def __del__(self) -> None:
         lib = getattr(self, "_lib", None)
@@ -214,15 +259,21 @@ class Inflater(_Stream):
         one call: (outcome, input used, output made). END: the stream ended; PARTIAL: the input
         ended first; FULL: more output than room; BAD: invalid data. Z_FINISH: a call that
         finishes the stream keeps no window (docs/research/libz.md, "inflate")."""
-        t = _thread
-        io = self.io
-        _IO.pack_into(io, 0, _in_address(src) if n else t.scratch_addr, n, 0,
-                      _out_address(dst) if avail else t.scratch_addr, avail, 0)
-        self._reset(self.addr)
-        rc = self._inflate(self.addr, Z_FINISH)
-        _next_in, left, used, _next_out, room, made = _IO.unpack_from(io)
+        io, a = self.io, self.addr
+        if not avail:
+            dst = _thread.scratch
+        if type(src) is memoryview and type(dst) is memoryview and _MV_BUF:  # (the DMA views)
+            _pack(io, 0, _from_address(id(src) + _MV_BUF).value, n, 0,
+                  _from_address(id(dst) + _MV_BUF).value, avail, 0)
+        else:
+            _pack(io, 0, address(src), n, 0, address(dst), avail, 0)
+        reset, inflate = self._calls[n >= LONG >> 2]  # (output is several times the input)
+        reset(a)
+        rc = inflate(a, Z_FINISH)
         if rc == Z_STREAM_END:
-            return END, used, made
+            r = _unpack(io)
+            return END, r[2], r[5]
+        next_in, left, used, _next_out, room, made = _unpack(io)
         if rc not in (Z_OK, Z_BUF_ERROR):
             return BAD, used, made
         if room:  # room left over: the input ran out first
@@ -230,10 +281,10 @@ class Inflater(_Stream):
         # The room is full: one byte more of room tells whether more output follows (a
         # literal, a match being copied), the stream ends there, or the data is bad there
         # (as Python's zlib module tells, asked for one byte more than the room).
-        _IO.pack_into(io, 0, t.scratch_addr if not left else _next_in, left, used,
-                      t.scratch_addr, 1, made)
-        rc = self._inflate(self.addr, Z_FINISH)
-        _next_in, left, used, _next_out, room, more = _IO.unpack_from(io)
+        scratch = _thread.scratch_addr
+        _pack(io, 0, next_in if left else scratch, left, used, scratch, 1, made)
+        rc = inflate(a, Z_FINISH)
+        _next_in, left, used, _next_out, room, more = _unpack(io)
         if rc not in (Z_OK, Z_BUF_ERROR, Z_STREAM_END):  # (even after that byte, as zlib's)
             return BAD, used, made
         if more > made:
