@@ -372,7 +372,8 @@ class Run:
             keep = self.args.name is not False and name != "-"
             head = wgz._gzip_header(wgz._header_name(name) if keep else b"",
                                     int(in_stat.st_mtime) if keep and in_stat else 0, level)
-            return self.compress_members(name, head, level, src, out, prog)
+            return self.compress_members(name, head, level, src, out, prog,
+                                         in_stat.st_size if in_stat else None)
         else:
             c = wz.compressobj(level, wz.DEFLATED, WBITS[self.fmt], device=self.engine(),
                                chunk_size=READ_CHUNK)
@@ -392,40 +393,44 @@ class Run:
         return res
 
     def compress_members(self, name: str, head: bytes, level: int, src: IO[bytes],
-                         out: Output, prog: Progress) -> Result:
+                         out: Output, prog: Progress, size: int | None = None) -> Result:
         """gzip: the input as independent members of READ_CHUNK bytes, IN_FLIGHT of them on
         the engine at once (pigz's parallelism; bgzip's layout, which every gzip reader reads
         as one file). The first member carries the header with the name and time stamp. The
         input is read straight into the jobs' DMA buffers and the output written from them
-        (no copies in this process: the engine's workers need the cores)."""
+        (no copies in this process: the engine's workers need the cores). The members' room is
+        two DMA buffers taken before the first job, one slot per member in flight (`size`, when
+        known, bounds how many): each buffer costs a map request the model answers between
+        jobs and a check of this process's memory map, so they are not made while jobs run."""
         from ..devices.zip.job import compress_bound
         from ..zip import gzip as wgz
 
         s = self.engine().session("compress", wbits=31, level=level)
         res = Result()
-        pending: deque[tuple[Any, tuple[Any, Any] | None]] = deque()
-        free: list[tuple[Any, Any]] = []
-        made: list[Any] = []
+        slots = IN_FLIGHT if size is None else max(1, min(IN_FLIGHT, -(-size // READ_CHUNK)))
+        room = 10 + compress_bound(READ_CHUNK)  # a member's output: a sized header's room too
+        srcs = dsts = None
+        pending: deque[tuple[Any, int | None]] = deque()  # (job, its slot)
         first = True
         try:
+            srcs, dsts = s.buffer(slots * READ_CHUNK), s.buffer(slots * room)
+            free = list(range(slots - 1, -1, -1))
             while True:
-                # (fewer than IN_FLIGHT jobs are pending here: a pair is free, or made now)
-                if not free:
-                    pair = (s.buffer(READ_CHUNK), s.buffer(10 + compress_bound(READ_CHUNK)))
-                    made += pair
-                    free.append(pair)
-                pair = free.pop()
-                block = _readinto(src, pair[0].view[:READ_CHUNK], name)
+                # (fewer than `slots` jobs are pending here: a slot is free)
+                slot = free.pop()
+                at = slot * READ_CHUNK
+                block = _readinto(src, srcs.view[at:at + READ_CHUNK], name)
                 if block:
                     res.n_in += block
-                    pending.append((s.submit(s.prepare(pair[0], block, pair[1])), pair))
+                    job = s.prepare(srcs, block, dsts, src_offset=at, dst_offset=slot * room,
+                                    dst_length=room)
+                    pending.append((s.submit(job), slot))
                     prog.update(block)
                 else:
-                    free.append(pair)
+                    free.append(slot)
                     if first and not pending:  # an empty input is one empty member
                         pending.append((s.submit(b""), None))
-                while pending and (not block or len(pending) >= IN_FLIGHT or
-                                   pending[0][0].done):
+                while pending and (not block or not free or pending[0][0].done):
                     job, used = pending.popleft()
                     while not job.done:
                         s.wait()
@@ -451,8 +456,9 @@ class Run:
                     return res
         finally:
             s.close()  # waits for the jobs still in flight
-            for buf in made:
-                s.release_buffer(buf)
+            for buf in (srcs, dsts):
+                if buf is not None:
+                    s.release_buffer(buf)
 
     # -- decompression ---------------------------------------------------------------------
     def decompress_one(self, name: str, src: Any, first: bytes, out: Output | None,
