@@ -25,18 +25,35 @@ time (each lies inside its call), medians and p90 per segment; each stamp is a w
 posted and the client's waits that fell back to the lane's blocking wait. `--cpus split` pins the
 client to CPU 0 and the model to CPU 1, `same` both to CPU 0 (the shared-CPU mode of a busy
 machine), `free` (default) leaves them to the scheduler.
+
+`--floor`: what no process-separated model written in Python can go below, measured here:
+(1) a two-process CPython ping-pong over shared memory (one 64-bit store, spin on one word, each
+way; the processes on CPUs 0 and 1), (2) the client's irreducible steps per job (copy the input
+into its DMA piece, patch the SQE's length and tag, copy it into the ring, store the doorbell,
+one look at a CQE already there, read the result words, copy the output out) and (3) the
+model's (load the doorbell word, unpack the SQE, views of the two buffers without any check,
+write the result words and the CQE), both in process, best of rounds; (4) zlib's own call, as
+the model must make it (output into the client's piece: `decompressobj().decompress` into a
+bytes object and a copy, or `compress` and a copy). Floor = (1) + (2) + (3) + (4), against the
+goals of issue 11 (<= 15 us at 5 B, <= 1.2x zlib's time at 4 KiB).
 """
 
 from __future__ import annotations
 
 import argparse
 import bisect
+import ctypes
+import functools
 import json
+import mmap
 import os
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
+import time
+import timeit
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -333,6 +350,137 @@ def breakdown_main(calls: int, cpus: str, baseline: Path | None, repeat: int) ->
     return 0
 
 
+def _pingpong(rounds: int) -> float:
+    """Microseconds per round trip between two CPython processes over one shared page: each
+    side stores a counter into its word and spins on the other's."""
+    mm = mmap.mmap(-1, 4096)
+    mine, theirs = ctypes.c_uint64.from_buffer(mm, 0), ctypes.c_uint64.from_buffer(mm, 64)
+    cpus = sorted(os.sched_getaffinity(0))
+    pid = os.fork()
+    if pid == 0:  # the "model": answer each store
+        try:
+            if len(cpus) > 1:
+                os.sched_setaffinity(0, {cpus[1]})
+            for i in range(1, rounds + 1):
+                while mine.value != i:
+                    pass
+                theirs.value = i
+        finally:
+            os._exit(0)
+    old = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {cpus[0]})
+        t0 = time.perf_counter()
+        for i in range(1, rounds + 1):
+            mine.value = i
+            while theirs.value != i:
+                pass
+        dt = time.perf_counter() - t0
+    finally:
+        os.waitpid(pid, 0)
+        os.sched_setaffinity(0, old)
+        del mine, theirs
+        mm.close()
+    return dt / rounds * 1e6
+
+
+def _best(fn: Callable[[], object], number: int) -> float:
+    """Microseconds per call, best of 7 rounds."""
+    return min(timeit.repeat(fn, number=number, repeat=7)) / number * 1e6
+
+
+def floor_rows(size: int, op: str) -> dict:
+    """The irreducible steps of one job (see `--floor`), in microseconds."""
+    import zlib
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from zip_bench import sample
+
+    data = sample(size)
+    blob = zlib.compress(data, 6)
+    inp = data if op == "compress" else blob
+    produced = len(blob) if op == "compress" else size
+    mem = bytearray(1 << 20)  # stands for the client's DMA memory: SQ, CQ, input, output
+    mv = memoryview(mem)
+    sq, cq, src, dst = mv[0:128 * 16], mv[4096:4096 + 16 * 16], mv[65536:], mv[524288:]
+    sq32, cq16 = sq.cast("I"), cq.cast("H")
+    sqe = bytearray(128)
+    s32 = memoryview(sqe).cast("I")
+    bell = ctypes.c_uint64.from_buffer(mem, 8192)
+    cq16[7] = 1  # the CQE is there: the client's one look succeeds
+    sq32[1], sq32[3] = produced, 0x100
+    res, cqe, u16 = struct.Struct("<4I"), struct.Struct("<IHHHHH"), struct.Struct("<H")
+    sqe_s = struct.Struct("<32I")
+
+    def client() -> bytes:
+        n = len(inp)
+        src[:n] = inp
+        s32[4] = n
+        s32[2] = 7
+        sq[0:128] = sqe
+        bell.value = 0x1000 | 1 << 32
+        if cq16[7] & 1 == 1:
+            got, dw3 = sq32[1], sq32[3]
+            if dw3 & 0xFF:
+                raise AssertionError
+            return bytes(dst[:got])
+        raise AssertionError
+
+    last = [0]
+
+    def model() -> None:
+        v = bell.value
+        if v != last[0]:
+            last[0] = 0  # (so every call takes the branch)
+        w = sqe_s.unpack_from(sq, 0)
+        a, b = src[w[5]:w[5] + w[4] or 1], dst[w[6]:w[6] + 4096]
+        res.pack_into(sq, 0, w[4], produced, 0, 0x100)
+        cqe.pack_into(cq, 0, 0, 0, 0, 0, 0, 0)
+        u16.pack_into(cq, 14, 1)
+        a.release()
+        b.release()
+
+    if op == "compress":
+        def work() -> None:
+            out = zlib.compress(data, 6)
+            dst[:len(out)] = out
+        ref: Callable[[], object] = functools.partial(zlib.compress, data, 6)
+    else:
+        def work() -> None:
+            out = zlib.decompressobj().decompress(blob)
+            dst[:len(out)] = out
+        ref = functools.partial(zlib.decompress, blob)
+    number = 20000 if size < 1000 else 2000
+    return {"client_us": _best(client, number), "model_us": _best(model, number),
+            "zlib_in_model_us": _best(work, number), "zlib_us": _best(ref, number)}
+
+
+def floor_main(rounds: int) -> int:
+    before = [round(x, 2) for x in os.getloadavg()]
+    pp = statistics.median(_pingpong(rounds) for _ in range(3))
+    rows = []
+    for call in CALLS:
+        op, size = call.split()
+        r = floor_rows(int(size), op)
+        floor = pp + r["client_us"] + r["model_us"] + r["zlib_in_model_us"]
+        goal = 15.0 if int(size) < 100 else 1.2 * r["zlib_us"]
+        rows.append({"call": call, "pingpong_us": pp, **r, "floor_us": floor, "goal_us": goal,
+                     "room_us": goal - r["zlib_in_model_us"]})
+    after = [round(x, 2) for x in os.getloadavg()]
+    print(f"load average before {before}, after {after}; ping-pong between CPython processes "
+          f"(CPUs {sorted(os.sched_getaffinity(0))[:2]}): {pp:.2f} us per round trip")
+    cols = ("client_us", "model_us", "zlib_in_model_us", "zlib_us", "floor_us", "goal_us",
+            "room_us")
+    print(f"{'call':16}" + "".join(f"{c:>17}" for c in cols))
+    for r in rows:
+        print(f"{r['call']:16}" + "".join(f"{r[c]:17.2f}" for c in cols))
+    print("(room_us: the goal less zlib's work in the model: what the round trip, client and "
+          "model steps may cost together)")
+    print("zip_oneshot_cpu_floor: " + json.dumps({"load_before": before, "load_after": after,
+                                                  "pingpong_us": pp, "rows": rows}))
+    return 0
+
+
 def measure(root: Path, op: str, size: int, calls: int) -> dict:
     r = subprocess.run([sys.executable, "-c", _CHILD, str(root), op, str(size), str(calls)],
                        capture_output=True, text=True, timeout=600)
@@ -371,7 +519,11 @@ def main() -> int:
     ap.add_argument("--cpus", choices=("free", "split", "same"), default="free",
                     help="--breakdown: where the client and the model run")
     ap.add_argument("--repeat", type=int, default=1, help="--breakdown: runs per checkout")
+    ap.add_argument("--floor", action="store_true",
+                    help="the irreducible parts of a call (see the module docstring)")
     args = ap.parse_args()
+    if args.floor:
+        return floor_main(max(args.calls * 30, 100_000))
     if args.breakdown:
         return breakdown_main(args.calls, args.cpus, args.baseline, args.repeat)
 
