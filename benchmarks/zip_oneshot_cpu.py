@@ -160,7 +160,7 @@ def stamped_setup():
     def doorbell(v, qn=None):
         if v >> SHIFT & 0xF == SQ:
             seen_a(ns())
-        db(v, qn)
+        return db(v, qn)
     def execute(q, sq, off):
         x0_a(ns())
         r = ex(q, sq, off)

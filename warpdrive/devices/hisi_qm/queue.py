@@ -32,6 +32,11 @@ when it has moved by half the ring, and always before the device's view of the C
 jobs + head not yet sent) could reach the ring size: that is all the device needs to never
 overflow the CQ. The kernel and UADK ring it after every drain; that costs a message per reap
 on a trapped doorbell, and two stores per reap (CQ, then the SQ doorbell again) on a polled one.
+`take_one`, the path of a waiter that spins on its job, is lazy on every queue: with completion
+interrupts the CQ doorbell (priority 1: it re-arms the queue's interrupt,
+docs/research/hisi-qm-zip.md §7) matters only to a waiter that is about to sleep, which rings it
+first (`Lane._wait`); after every job it cost the client a store and a fence on a line the device
+polls (~1 us of a one-shot call) and re-armed an interrupt nobody waited for.
 """
 
 from __future__ import annotations
@@ -384,8 +389,8 @@ class QmQueue:
     def take_one(self, owner: object) -> object | None:
         """The few-completions hot path (a queue driven one job or a few at a time): if the CQE
         at the head names a slot holding a job of `owner` and fewer than `BULK` CQEs wait, take
-        it as `harvest` would (CQ doorbell as `harvest` rings it) and return the job; its SQ
-        slot is then `taken_slot`. Otherwise None, taking nothing: nothing or `BULK` or more
+        it as `harvest` would (but the CQ doorbell lazily, whatever `lazy_cq` says: see the
+        module docstring) and return the job; its SQ slot is then `taken_slot`. Otherwise None, taking nothing: nothing or `BULK` or more
         waiting (`harvest` reads them in one pass), another owner's job, or a CQE naming no job
         (`harvest` raises)."""
         out = self.outstanding
@@ -413,9 +418,10 @@ class QmQueue:
         else:
             self.cq_head = head
         self.outstanding = out - 1
-        lag = self.cq_lag = self.cq_lag + 1
-        if not self.lazy_cq or lag >= self._cq_lazy_limit:
-            self.ring_cq()
+        if (lag := self.cq_lag + 1) >= self._cq_lazy_limit:  # lazy on every queue, see the
+            self.ring_cq()                                    # module docstring
+        else:
+            self.cq_lag = lag
         return job
 
     def _no_job(self, cqe: int, slot: int) -> None:

@@ -212,6 +212,12 @@ class Lane:
                     q.ring()
                     q.refresh()
                     self.reap()
+                    rearmed = q.cq_lag > 0
+                    if rearmed:
+                        # `take_one` leaves the CQ doorbell (and with it the priority-1 one that
+                        # re-arms a queue's completion interrupt) to whoever sleeps: before a
+                        # block, the device must see the head and be re-armed.
+                        q.ring_cq()
                 if done():
                     return
                 if q.outstanding == 0:
@@ -223,7 +229,8 @@ class Lane:
                         f"{q.name}: {q.outstanding} ZIP job(s) did not complete within "
                         f"{timeout} s", hint="the engine may be wedged or its DMA blocked; close "
                         "it (the function is reset) and check the kernel log")
-                if waited > spin_s:
+                # (after a re-arm, one more look: a job done before it may raise no interrupt)
+                if waited > spin_s and not (rearmed and q.completed()):
                     if locked:
                         lock.release()
                     try:
