@@ -226,3 +226,34 @@ def test_an_oversized_job_does_not_send_its_shape_the_slow_way() -> None:
         assert list(jobs._shapes.values()) == [(True, L.ALG_DEFLATE, 15)]
     finally:
         fn.close()
+
+
+def test_buffer_views_are_kept_between_jobs_and_dropped_before_unmap() -> None:
+    """`ZipJobs._flat` keeps the views of a job's buffers for the next job on the same pieces;
+    an unmap (or bus mastering off) drops them first, so the unmapped memory is never held and
+    the next job there faults as before."""
+    c, model, fn = _model_client()
+    try:
+        c.bring_up()
+        iova2, size2 = IOVA + SIZE, 1 << 16  # a second map: the job's input lives there
+        fd = os.memfd_create("zip-model-fastpath-2")
+        os.ftruncate(fd, size2)
+        fn.dma.add(iova2, size2, fd, 0, True, True)
+        os.close(fd)
+        fmt = Format("deflate", 15)
+        for _ in range(3):
+            assert c.job(fmt, b"hello " * 10, src=iova2)[2] == hw.STATUS_OK
+        jobs = model.jobs
+        assert jobs is not None
+        assert any(k[0] == iova2 for k in jobs._kept)
+        model.on_dma_unmap(iova2, size2)  # as the server does before it removes the map
+        assert not jobs._kept
+        fn.dma.remove(fn.dma.covered(iova2, size2))
+        assert fn.dma.held_after_unmap == 0
+        assert c.job(fmt, b"hello " * 10, src=iova2)[2] == L.STATUS_DMA_FAULT
+        assert c.job(fmt, b"hello " * 10)[2] == hw.STATUS_OK
+        assert jobs._kept
+        model.config_write(pci_regs.PCI_COMMAND, struct.pack("<H", pci_regs.PCI_COMMAND_MEMORY))
+        assert not jobs._kept  # bus mastering off: nothing kept from when it was on
+    finally:
+        fn.close()

@@ -390,9 +390,9 @@ class QmQueue:
         """The few-completions hot path (a queue driven one job or a few at a time): if the CQE
         at the head names a slot holding a job of `owner` and fewer than `BULK` CQEs wait, take
         it as `harvest` would (but the CQ doorbell lazily, whatever `lazy_cq` says: see the
-        module docstring) and return the job; its SQ slot is then `taken_slot`. Otherwise None, taking nothing: nothing or `BULK` or more
-        waiting (`harvest` reads them in one pass), another owner's job, or a CQE naming no job
-        (`harvest` raises)."""
+        module docstring) and return the job; its SQ slot is then `taken_slot`. Otherwise
+        None, taking nothing: nothing or `BULK` or more waiting (`harvest` reads them in one
+        pass), another owner's job, or a CQE naming no job (`harvest` raises)."""
         out = self.outstanding
         head = self.cq_head
         cq16 = self.cq16

@@ -196,8 +196,12 @@ class ZipJobs:
         # SQE of that shape, or False for any other (stateful, SGL, malformed): a client sends
         # the same few shapes over and over, so each is decoded once (`_flat`).
         self._shapes: dict[tuple[int, int, int], tuple[bool, int, int] | bool] = {}
+        self._kept: dict[tuple[int, int, bool], memoryview] = {}  # see `_keep`
+
+    KEPT_MAX = 16  # views `_flat` keeps (a client's pieces in use; more: all dropped)
 
     def reset(self) -> None:
+        self.drop_views()
         self.unit.reset()
 
     def __call__(self, q: QueueState, sq: memoryview, off: int) -> int | None:
@@ -257,27 +261,45 @@ class ZipJobs:
         """The common job: flat buffers, stateless (a whole stream), well-formed."""
         compress, alg, wbits = shape
         in_len, avail = w[L.DW_INPUT_LENGTH], w[L.DW_DEST_AVAIL_OUT]
-        dma = self.dma
-        try:
-            # The source address must be valid even for an empty input (as on hardware).
-            src = dma.view(w[L.DW_SRC_H] << 32 | w[L.DW_SRC_L], in_len or 1)
+        kept = self._kept
+        # The source address must be valid even for an empty input (as on hardware).
+        skey = (w[L.DW_SRC_H] << 32 | w[L.DW_SRC_L], in_len or 1, False)
+        dkey = (w[L.DW_DST_H] << 32 | w[L.DW_DST_L], avail or 1, True)
+        src, dst = kept.get(skey), kept.get(dkey)
+        if src is None or dst is None:
             try:
-                dst = dma.view(w[L.DW_DST_H] << 32 | w[L.DW_DST_L], avail or 1, write=True)
+                src, dst = self._keep(skey, dkey)
             except DmaFault:
-                src.release()
-                raise
-        except DmaFault:
-            self.stats["dma_faults"] += 1
-            return JobResult(L.STATUS_DMA_FAULT)
-        try:
-            if compress:
-                return self.unit.compress_stateless(alg, wbits, src if in_len else src[:0],
-                                                    dst if avail else dst[:0])
-            return self.unit.decompress_stateless(alg, src if in_len else src[:0],
-                                                  dst if avail else dst[:0])
-        finally:
-            src.release()
-            dst.release()
+                self.stats["dma_faults"] += 1
+                return JobResult(L.STATUS_DMA_FAULT)
+        if compress:
+            return self.unit.compress_stateless(alg, wbits, src if in_len else src[:0],
+                                                dst if avail else dst[:0])
+        return self.unit.decompress_stateless(alg, src if in_len else src[:0],
+                                              dst if avail else dst[:0])
+
+    def _keep(self, *keys: tuple[int, int, bool]) -> list[memoryview]:
+        """Views of client memory, each (iova, size, writable), for `_flat`: checked by the DMA
+        table and kept until `drop_views`. A client sends job after job on the same pieces (a
+        one-shot call's input and output), and taking the views again cost ~1 us per job. The
+        device model drops them whenever a check could now say otherwise (an unmap, bus
+        mastering off, a reset, close: `ZipModel._drop_rings`); more than KEPT_MAX drops them
+        all first (never one of those asked for at once)."""
+        kept = self._kept
+        if len(kept) + len(keys) > self.KEPT_MAX:
+            self.drop_views()
+        out = []
+        for key in keys:
+            v = kept.get(key)
+            if v is None:
+                v = kept[key] = self.dma.view(*key)
+            out.append(v)
+        return out
+
+    def drop_views(self) -> None:
+        for v in self._kept.values():
+            v.release()
+        self._kept.clear()
 
     def _slow(self, q: QueueState, w: tuple[int, ...]) -> JobResult:
         """Every other job: malformed ones, hardware SGLs, stream (stateful) jobs."""
@@ -378,7 +400,9 @@ class ZipJobs:
         return out
 
     def abandon(self, iova: int, size: int) -> None:
-        """The client unmaps [iova, iova+size): forget stream state whose context lived there."""
+        """The client unmaps [iova, iova+size): forget stream state whose context lived there
+        (and every kept view: `_keep`)."""
+        self.drop_views()
         for key in [k for k in self.unit.streams if iova <= k < iova + size]:
             del self.unit.streams[key]
 
@@ -766,6 +790,8 @@ class ZipModel(DeviceModel):
     def _drop_rings(self) -> None:
         for qn in list(self._views):
             self._drop_ring(qn)
+        if self.jobs is not None:
+            self.jobs.drop_views()  # (the same events end the buffer views `_flat` keeps)
 
     def _idle_bells(self) -> None:
         for cell, _ in self._bells:
