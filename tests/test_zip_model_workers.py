@@ -5,6 +5,7 @@ back in submission order per queue. Checked through the real driver over vfio-us
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import zlib
@@ -69,6 +70,8 @@ def _jobs_with(futures: list[Future[object]], workers: int = 2) -> ThreadedJobs:
     view = memoryview(b"")
     jobs.inflight[0] = deque((None, i, (), f, view, view)  # type: ignore[misc]
                              for i, f in enumerate(futures))
+    for f in futures:
+        jobs.watch(f)  # (as a job handed to a worker is)
     return jobs
 
 
@@ -102,6 +105,30 @@ def test_model_thread_sleeps_while_every_worker_is_busy() -> None:
     t0 = time.monotonic()
     jobs._wait_for_change(30.0)
     assert time.monotonic() - t0 < 20.0
+    jobs.close()
+
+
+def test_a_message_ends_the_model_threads_sleep_while_every_worker_is_busy() -> None:
+    """While every worker is busy the model's thread sleeps until a job ends, but a client's
+    message or connection (the server's epoll fd readable: `messages_fd`) ends it too: a
+    request (a DMA map, a new client) is not left waiting for a long job."""
+    busy: list[Future[object]] = [Future() for _ in range(2)]
+    jobs = _jobs_with(busy)
+    jobs.SATURATED_WAIT_S = 30.0
+    a, b = socket.socketpair()
+    try:
+        jobs.messages_fd = a.fileno
+        threading.Timer(0.05, b.send, (b"x",)).start()
+        t0 = time.monotonic()
+        jobs._wait_for_change(0.0005)
+        assert time.monotonic() - t0 < 20.0
+    finally:
+        a.close()
+        b.close()
+        for f in busy:
+            if not f.done():
+                f.set_result(None)
+        jobs.close()
 
 
 def test_closing_the_model_ends_its_worker_threads(tmp_path) -> None:

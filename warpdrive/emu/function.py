@@ -195,6 +195,8 @@ class Function:
         self.control_aware = False  # the client looked up the control region
         self.control_visible = False  # the client asked for it in VERSION (see the server)
         self._closed = False
+        # Set by the server: its epoll fd, readable while messages or connections wait
+        self.messages_fd: Callable[[], int] = lambda: -1
         specs = model.regions()
         self.regions: dict[int, _Region] = {}
         for spec in specs:
@@ -822,3 +824,6 @@ class _ModelHost(DeviceHost):
 
     def log(self, msg: str) -> None:
         self._fn.log(msg)
+
+    def messages_fd(self) -> int:
+        return self._fn.messages_fd()

@@ -59,3 +59,8 @@ class DeviceHost(ABC):
     @abstractmethod
     def log(self, msg: str) -> None:
         """One line on the model process's stderr (the launcher shows its tail on failure)."""
+
+    def messages_fd(self) -> int:
+        """An fd that is readable while the server has messages or connections waiting (its
+        epoll set), for a model that sleeps in poll() to wake for them; -1 when there is none."""
+        return -1

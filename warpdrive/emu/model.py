@@ -265,6 +265,12 @@ class DeviceModel(ABC):
             return self.raise_irq(VFIO_PCI_INTX_IRQ_INDEX, 0)  # left pending while masked
         return False
 
+    def messages_fd(self) -> int:
+        """An fd readable while the server has messages or connections waiting, -1 if none: a
+        model that sleeps inside poll() (its workers busy) waits on it too, so a client's
+        request is not left waiting for the sleep to end."""
+        return self.host.messages_fd() if self.host is not None else -1
+
     def host_stats(self) -> dict[str, Any]:
         """The host's counters (messages handled, DMA faults, ...), for debug registers."""
         return self._attached().stats()

@@ -350,9 +350,17 @@ class VfioUserServer:
             self.shared = self._make_function(model, model.name)
 
     def _make_function(self, model: DeviceModel, label: str) -> Function:
-        return Function(model, max_dma_maps=self.max_dma_maps,
-                        max_data_xfer_size=self.max_data_xfer_size, logger=log, label=label,
-                        idle_max_s=self.idle_max_s)
+        fn = Function(model, max_dma_maps=self.max_dma_maps,
+                      max_data_xfer_size=self.max_data_xfer_size, logger=log, label=label,
+                      idle_max_s=self.idle_max_s)
+        fn.messages_fd = self._messages_fd
+        return fn
+
+    def _messages_fd(self) -> int:
+        """The epoll fd (readable while a socket or the wake pipe has something): a model that
+        sleeps in poll() while its workers are busy wakes for messages too."""
+        ep = self._ep
+        return ep.fileno() if ep is not None and not ep.closed else -1
 
     # compatibility: the single-device server's function state, for tests and tools
     @property
