@@ -215,3 +215,17 @@ def test_a_library_that_cannot_be_loaded_says_why() -> None:
     path every case above also runs)."""
     lib, why = _libz._load("libz-that-is-not-there.so.1")
     assert lib is None and "cannot load libz-that-is-not-there.so.1" in why
+
+
+def test_the_instructions_benchmark_runs_its_jobs() -> None:
+    """benchmarks/zip_engine_instructions.py's child runs this checkout's engine (a smoke run
+    without valgrind: the figures are the benchmark's business)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        import zip_engine_instructions as bench
+    finally:
+        sys.path.pop(0)
+    for op in ("c", "d"):
+        assert bench._run(bench.ROOT, op, 65536, 2, False)["stime_us"] >= 0
