@@ -103,11 +103,20 @@ def _load(name: str | None = None) -> tuple[_Lib | None, str]:
     if offsets != [0, 8, 16, 24, 32, 40] or ctypes.sizeof(_ZStream) != 112:
         return None, (f"z_stream has an unexpected layout on this platform (offsets {offsets}, "
                       f"{ctypes.sizeof(_ZStream)} bytes; 64-bit Linux expected)")
-    name = name or ctypes.util.find_library("z") or "libz.so.1"
+    # The soname first: find_library runs `ldconfig -p` in a child process (~10 ms of every
+    # model's start-up), so it is asked only when the soname does not load.
+    wanted, name = name, name or "libz.so.1"
     try:
         lib = _Lib(name)
     except (OSError, AttributeError) as e:
-        return None, f"cannot load {name}: {e}"
+        found = None if wanted else ctypes.util.find_library("z")
+        if not found or found == name:
+            return None, f"cannot load {name}: {e}"
+        name = found
+        try:
+            lib = _Lib(name)
+        except (OSError, AttributeError) as e:
+            return None, f"cannot load {name}: {e}"
     version = lib.version() or b""
     if not version.startswith(b"1."):
         return None, f"{name} is zlib {version.decode(errors='replace')}; 1.x expected"
