@@ -16,7 +16,6 @@ load time against the library's version and the struct size it expects.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import struct
 import threading
 from typing import Any
@@ -109,7 +108,9 @@ def _load(name: str | None = None) -> tuple[_Lib | None, str]:
     try:
         lib = _Lib(name)
     except (OSError, AttributeError) as e:
-        found = None if wanted else ctypes.util.find_library("z")
+        from ctypes.util import find_library  # (imports subprocess: only when needed)
+
+        found = None if wanted else find_library("z")
         if not found or found == name:
             return None, f"cannot load {name}: {e}"
         name = found
