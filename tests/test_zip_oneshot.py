@@ -400,7 +400,7 @@ def test_a_yield_that_ran_the_device_makes_the_next_call_yield_at_once(engine,
     """A call whose CQE came after a yield that ran another task (it lasted SHARED_S or more:
     the device shares our CPU) marks the lane's one-shot state `eager`: the next call yields
     right after its doorbell. A call whose yields come back at once (the device runs
-    elsewhere) clears it."""
+    elsewhere) or after a time slice (SHARED_MAX_S or more: a busy CPU) clears it."""
     import time
 
     from warpdrive.devices.zip import oneshot
@@ -424,6 +424,22 @@ def test_a_yield_that_ran_the_device_makes_the_next_call_yield_at_once(engine,
     monkeypatch.setattr(OneShot, "YIELD_S", 1.0)  # from here only an eager call yields
     assert zlib.decompress(wz.compress(data, device=engine)) == data
     assert yields  # at once, though YIELD_S had not passed
+    assert one.eager
+
+    def slice_yield() -> None:  # as if an unrelated task kept the CPU for a time slice
+        yields.append(1)
+        time.sleep(2 * OneShot.SHARED_MAX_S)
+
+    monkeypatch.setattr(oneshot, "_sched_yield", slice_yield)
+    assert zlib.decompress(wz.compress(data, device=engine)) == data
+    assert not one.eager  # yielding at once on a busy CPU would cost a slice per call
+    monkeypatch.setattr(oneshot, "_sched_yield", long_yield)
+    monkeypatch.setattr(OneShot, "YIELD_S", 0.0)
+    for _ in range(400):
+        assert zlib.decompress(wz.compress(data, device=engine)) == data
+        if one.eager:
+            break
+    assert one.eager
     monkeypatch.setattr(oneshot, "_sched_yield", lambda: yields.append(1))  # back at once
     for _ in range(400):
         assert zlib.decompress(wz.compress(data, device=engine)) == data

@@ -93,7 +93,8 @@ class OneShot:
 
     KEEP_MAX = 1 << 20  # pieces up to this size are kept between calls
     YIELD_S = 30e-6  # spun this long (about twice a small job's round trip): yield (`_wait`)
-    SHARED_S = 5e-6  # a yield that lasted this long ran another task on our CPU (`_wait`)
+    SHARED_S = 5e-6  # a yield that lasted this long ran another task on our CPU (`_wait`),
+    SHARED_MAX_S = 250e-6  # and no longer than this, about a job's time (not a time slice)
 
     def __init__(self, engine: EngineParts, lane: Lane, compress_max: int = hw.HZ_MAX_SIZE) -> None:
         self.engine = engine
@@ -246,12 +247,15 @@ class OneShot:
         caller's CPU: a 5-byte call 666 -> 79 us (median); on separate CPUs no change
         (docs/driver-bench.md).
 
-        `eager`: when the last yield of a call handed the CPU to another task (it lasted
-        SHARED_S or more: an empty yield is a system call, under a microsecond) and the CQE came
-        after it, the device most likely runs on our CPU, so the next call yields at once and
-        after every round of looks instead of spinning YIELD_S first; a call whose yields come back
-        at once (nobody else wants this CPU: the device runs elsewhere), or that needs none,
-        ends that. Measured at the same CPU (taskset), load 1: a 5-byte call 71 -> ~25 us."""
+        `eager`: when the last yield of a call handed the CPU to another task for about a
+        job's time (SHARED_S to SHARED_MAX_S: an empty yield is a system call, under a
+        microsecond; an unrelated task keeps the CPU for a time slice, milliseconds) and the CQE
+        came after it, the device most likely runs on our CPU, so the next call yields at once
+        and after every round of looks instead of spinning YIELD_S first; a call whose yields
+        come back at once (nobody else wants this CPU: the device runs elsewhere) or after a
+        time slice (a busy machine: yielding at once would hand ours away for that long), or
+        that needs none, ends that. Measured at the same CPU (taskset), load 1: a 5-byte call
+        71 -> 22 us (docs/driver-bench.md, session 20)."""
         lane = self.lane
         spin = self.engine.spin_s
         if spin > 0:
@@ -266,7 +270,7 @@ class OneShot:
                 if self.eager and polite != _FOREVER:
                     _sched_yield()  # the device's turn at once, then a round of looks
                     t = clock()
-                    ran = t - now >= self.SHARED_S
+                    ran = self.SHARED_S <= t - now < self.SHARED_MAX_S
                     polite = now = t
                 while True:
                     for _ in _SPIN_CHECKS:
@@ -277,7 +281,7 @@ class OneShot:
                         if now >= polite:
                             _sched_yield()
                             t = clock()
-                            ran = t - now >= self.SHARED_S
+                            ran = self.SHARED_S <= t - now < self.SHARED_MAX_S
                             now = t
                         if now < until:
                             continue
