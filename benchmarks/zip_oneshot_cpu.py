@@ -332,8 +332,8 @@ def breakdown_main(calls: int, cpus: str, baseline: Path | None, repeat: int) ->
         for name, _, _ in SEGMENTS:
             cells = []
             for checkout in roots:
-                p50 = statistics.median(r[call]["segments"][name][0] or 0 for r in runs[checkout])
-                p90 = statistics.median(r[call]["segments"][name][1] or 0 for r in runs[checkout])
+                p50, p90 = (round(statistics.median(r[call]["segments"][name][i] or 0
+                                                    for r in runs[checkout]), 2) for i in (0, 1))
                 table.setdefault(checkout, {}).setdefault(call, {})[name] = [p50, p90]
                 cells.append(f"{p50:7.2f} /{p90:7.2f}")
             print(f"  {name:40}" + "".join(f"  {c:>15}" for c in cells))
