@@ -13,6 +13,8 @@ broker gives it (16 queues, doorbell isolation). Rows, for 4 KiB and 64 KiB comp
                 `--variant NAME=OPTIONS` adds rows NAME for a broker with those serve options.
 Every client keeps 16 prepared zero-copy jobs in flight (two batches of 8, one doorbell per batch)
 and busy-polls completions in memory (`wait="spin"`), as `benchmarks/zip_bench.py` does.
+`--passes N:SIZE` runs one row instead (per broker: `--variant` adds more, alternating) and sorts
+the broker's working passes by what they carried: their CPU per pass and per job, by kind.
 
 Metrics per row (the timed loop only: connection, bring-up and warm-up excluded):
 * `jobs_s`: jobs completed by all clients together per second of wall time (clients start on
@@ -159,11 +161,71 @@ runpy.run_module("warpdrive", run_name="__main__")
 """
 _SAMPLE_S = 0.001  # (the kernel delivers it at most once per tick: HZ 250 = 4 ms)
 
+# The broker with its working passes sorted by what they carried, for the timed loop only (the
+# stats signal starts and stops the count, as above): each pass's mediation CPU is what the
+# server's `--measure` counts for it (`work_s`), and the pass is filed by the SQE runs it took
+# (`BrokerClient.submit_run`) and the stretches of completions it handed back
+# (`VirtualZip._complete`).
+_PASSES = """
+import collections, json, runpy, signal, sys
+from warpdrive.emu import server as srv
+from warpdrive.serve import broker as bm, function as fm, run
+out, seen, log_stats = sys.argv.pop(1), [], None
+cur = collections.Counter()
+cats = collections.defaultdict(collections.Counter)
+def counted(cls, name, what):
+    orig = getattr(cls, name)
+    def wrapper(self, *a):
+        r = orig(self, *a)
+        what(a, r)
+        return r
+    setattr(cls, name, wrapper)
+def took(a, r):
+    cur["runs"] += 1
+    cur["sqes"] += r[0]
+def done(a, r):
+    cur["stretches"] += 1
+    cur["jobs"] += a[-1]
+counted(bm.BrokerClient, "submit_run", took)
+counted(fm.VirtualZip, "_complete", done)
+def filed(name):
+    orig = getattr(srv.VfioUserServer, name)
+    def wrapper(self, *a):
+        cur.clear()
+        w0, p0 = self.work_s, self.work_passes
+        r = orig(self, *a)
+        if len(seen) == 1 and self.work_passes > p0:
+            c = ("submit + complete" if cur["stretches"] else "submit only") if cur["runs"] \
+                else "complete, 1-2 jobs" if cur["jobs"] <= 2 else "complete, 3+ jobs"
+            k = cats[c]
+            k["passes"] += 1
+            k["cpu_us"] += (self.work_s - w0) * 1e6
+            k.update(cur)
+        return r
+    setattr(srv.VfioUserServer, name, wrapper)
+filed("_poll_measured")
+filed("_burst")
+def stats(signum, frame):
+    seen.append(1)
+    log_stats(signum, frame)
+    if len(seen) == 2:
+        with open(out, "w") as f:
+            json.dump(cats, f)
+def install(signum, handler):
+    global log_stats
+    if signum == signal.SIGUSR1:
+        log_stats, handler = handler, stats
+    return signal.signal(signum, handler)
+run.signal = type("S", (), {"signal": staticmethod(install), "SIGUSR1": signal.SIGUSR1})
+sys.argv[0] = "warpdrive"
+runpy.run_module("warpdrive", run_name="__main__")
+"""
+
 
 def start_broker(sock: str, profile: str | None = None, extra: list[str] | None = None,
-                 root: Path = ROOT) -> subprocess.Popen[bytes]:
+                 root: Path = ROOT, passes: str | None = None) -> subprocess.Popen[bytes]:
     prof = ["-c", _PROFILED % {"interval": _SAMPLE_S}, profile] if profile else \
-        ["-m", "warpdrive"]
+        ["-c", _PASSES, passes] if passes else ["-m", "warpdrive"]
     args = [sys.executable, *prof, "serve", "emu", "--socket", sock,
             "--inflight", str(IN_FLIGHT), "--measure"]
     args += extra or []
@@ -262,6 +324,8 @@ def main() -> None:
                     "the CPU with): broker CPU per job by batch size")
     ap.add_argument("--breakdown", action="store_true", help="where a working pass's time "
                     "goes, phase by phase (the --floor path, timed and bytecode-counted)")
+    ap.add_argument("--passes", metavar="N:SIZE", help="only run N clients on SIZE-byte jobs, "
+                    "the broker's working passes sorted by what they carried (jobs, CPU)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS",
                     help="also run every broker row against a broker started with these "
                     "`warpdrive serve` options (e.g. spin='--spin-us 100'), rows interleaved")
@@ -289,6 +353,10 @@ def main() -> None:
         return
     if args.breakdown:
         print_breakdown(breakdown())
+        return
+    if args.passes:
+        n, size = (int(x, 0) for x in args.passes.split(":"))
+        passes_row(n, size, 5.0 if args.quick else 10.0, args.variant)
         return
     if args.profile:
         n, size = (int(x, 0) for x in args.profile.split(":"))
@@ -362,6 +430,44 @@ def main() -> None:
     print(json.dumps({"rows": rows, "load": [round(load0, 2), round(load1, 2)],
                       "cpus": os.cpu_count(), "variants": variants,
                       "roots": {m: str(r) for m, r in roots.items()}}))
+
+
+def passes_row(nclients: int, size: int, duration: float, variants: list[str]) -> None:
+    """One row per broker (the default, and one per `--variant NAME=OPTIONS`, alternating,
+    twice each), its working passes sorted by what they carried: how many, how many jobs
+    they handed back, their mediation CPU (`--measure`'s count), per pass and per job."""
+    configs = [("broker", [])] + [(n, o.split()) for n, _, o in
+                                  (v.partition("=") for v in variants)]
+    load0 = os.getloadavg()[0]
+    for rep in range(2):
+        for name, extra in configs:
+            tmp = tempfile.mkdtemp(prefix="wd-bb-")
+            sock, out = os.path.join(tmp, "b.sock"), os.path.join(tmp, "passes.json")
+            broker = start_broker(sock, extra=extra, passes=out)
+            try:
+                r = run_row("broker:" + sock, nclients, size, duration, broker=broker,
+                            log=sock + ".log")
+            finally:
+                broker.send_signal(signal.SIGTERM)
+                broker.wait(60)
+            cats = json.loads(Path(out).read_text())
+            shutil.rmtree(tmp, ignore_errors=True)
+            jobs = r["jobs"]
+            print(f"{name} ({' '.join(extra) or 'defaults'}), run {rep + 1}: {nclients} "
+                  f"clients x {size >> 10} KiB, {jobs / r['wall']:.0f} jobs/s, mediation "
+                  f"{r['mediation_cpu'] / jobs * 1e6:.1f} us/job, {jobs / max(1, r['passes']):.1f}"
+                  f" jobs per working pass, load {os.getloadavg()[0]:.2f}")
+            print(f"  {'working passes':20} {'share':>6} {'us/pass':>8} {'jobs/pass':>9} "
+                  f"{'SQEs/pass':>9} {'stretches':>9} {'us/job':>7}")
+            total = sum(c["passes"] for c in cats.values()) or 1
+            for cat, c in sorted(cats.items(), key=lambda kv: -kv[1]["cpu_us"]):
+                p = c["passes"]
+                print(f"  {cat:20} {p / total:6.0%} {c['cpu_us'] / p:8.1f} "
+                      f"{c.get('jobs', 0) / p:9.1f} {c.get('sqes', 0) / p:9.1f} "
+                      f"{c.get('stretches', 0) / p:9.1f} {c['cpu_us'] / jobs:7.2f}")
+            print(json.dumps({"passes": cats, "name": name, "options": extra, "jobs": jobs,
+                              "wall": r["wall"], "mediation_cpu": r["mediation_cpu"]}))
+    print(f"load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end")
 
 
 def profile_row(nclients: int, size: int, duration: float) -> None:
