@@ -300,6 +300,8 @@ def run_row(device: str, nclients: int, size: int, duration: float, *, count: in
     row["mediation_cpu"] = stats1.get("mediation_cpu_s", 0.0) - stats0.get("mediation_cpu_s", 0.0)
     row["passes"] = stats1.get("mediation_passes", 0) - stats0.get("mediation_passes", 0)
     row["kicks"] = stats1.get("device_kicks", 0) - stats0.get("device_kicks", 0)
+    row["holds"] = [stats1.get(k, 0) - stats0.get(k, 0) for k in ("holds_gathered",
+                                                                    "holds_ran_out")]
     row["model_cpu"] = sum(v for pid, v in cpu.items() if pid != broker_pid) + \
         sum(r["model_cpu"] for r in results)
     return row
@@ -456,7 +458,8 @@ def passes_row(nclients: int, size: int, duration: float, variants: list[str]) -
             print(f"{name} ({' '.join(extra) or 'defaults'}), run {rep + 1}: {nclients} "
                   f"clients x {size >> 10} KiB, {jobs / r['wall']:.0f} jobs/s, mediation "
                   f"{r['mediation_cpu'] / jobs * 1e6:.1f} us/job, {jobs / max(1, r['passes']):.1f}"
-                  f" jobs per working pass, load {os.getloadavg()[0]:.2f}")
+                  f" jobs per working pass, holds gathered / ran out {r['holds'][0]} / "
+                  f"{r['holds'][1]}, load {os.getloadavg()[0]:.2f}")
             print(f"  {'working passes':20} {'share':>6} {'us/pass':>8} {'jobs/pass':>9} "
                   f"{'SQEs/pass':>9} {'stretches':>9} {'us/job':>7}")
             total = sum(c["passes"] for c in cats.values()) or 1

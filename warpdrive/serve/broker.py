@@ -54,6 +54,7 @@ RUN_MIN = 6
 # most this many (`Broker.poll`), held for at most HOLD_S (the server's nap: `serve.run`).
 GATHER = 8
 HOLD_S = 300e-6
+HOLD_OFF_S = 0.02  # after a hold that ran out, how long a queue answers at once
 
 
 @dataclass(eq=False)
@@ -63,6 +64,7 @@ class HwQueue:
     users: list[ClientQueue] = field(default_factory=list)
     progress_at: float = 0.0  # last completion (or submission into an idle queue)
     held_at: float = 0.0  # when completions were first left waiting for more (`Broker.poll`)
+    hold_off: float = 0.0  # no holding before then (a hold here ran out: `Broker.poll`)
     # the SQ ring as u64 and u32 words, for copying result words back (`sqe.copy_results`)
     sq64: memoryview = field(init=False)
     sq32: memoryview = field(init=False)
@@ -239,6 +241,7 @@ class Broker:
         # back whatever it finds.
         self.gather = max(1, gather)
         self.hold_s = hold_s
+        self.holds = [0, 0]  # holds that gathered what they waited for, holds that ran out
         self.qm = QmDevice(dev, hw.ZIP, doorbell="mmap", interrupts=False)
         # With doorbell isolation every queue has a doorbell page of its own (nothing to store
         # again, see `poll`); without it, one register serves them all.
@@ -360,10 +363,18 @@ class Broker:
                     # order: the n-th one's phase word says n are waiting).
                     now = now or time.perf_counter()
                     if not hq.held_at:
-                        hq.held_at = now
+                        if now >= hq.hold_off:
+                            hq.held_at = now
+                            continue
+                    elif now - hq.held_at < self.hold_s:
                         continue
-                    if now - hq.held_at < self.hold_s:
-                        continue
+                    else:
+                        # The hold ran out first: this queue's jobs finish further apart than
+                        # a hold, which then only delays them. Answer at once for a while.
+                        self.holds[1] += 1
+                        hq.hold_off = now + HOLD_OFF_S
+                elif hq.held_at:
+                    self.holds[0] += 1
                 hq.held_at = 0.0
                 s0, slots, jobs, _owner = q.harvest()
             else:
@@ -435,6 +446,7 @@ class Broker:
 
     def stats(self) -> dict[str, Any]:
         return {"jobs": self.jobs, "refused": self.refused, "clients": len(self._clients),
+                "holds_gathered": self.holds[0], "holds_ran_out": self.holds[1],
                 "device_kicks": getattr(self.dev, "kicks", 0),  # a vfio-user device's wake-ups
                 "hw_queues": [{"qn": h.q.qn, "alg": h.alg, "users": len(h.users),
                                "in_flight": h.q.outstanding} for h in self.hw]}
