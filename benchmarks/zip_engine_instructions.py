@@ -3,7 +3,9 @@
     python benchmarks/zip_engine_instructions.py --baseline PATH [--jobs c5,d65536,...]
 
 `DeflateUnit.compress_stateless` / `decompress_stateless` (zlib container, level 6, 32 KiB
-window, the benchmarks' text-like sample; a decompression takes the compressed sample) over a
+window, the benchmarks' text-like sample; a decompression takes the compressed sample), and
+pieces (`p`: the first job of a gzip stream ending with a sync flush, as the CLI sends them,
+kept in place of the previous one) over a
 read-only source view and a writable destination view of one shared mapping, as the model's
 DMA gives them, run under valgrind's cachegrind with its cache simulation: instructions (Ir) and
 first-level data-cache misses (D1m) per job, each the difference of a run of N jobs and one of
@@ -38,11 +40,13 @@ from zip_bench import sample
 mm = mmap.mmap(-1, 4 << 20)
 mv = memoryview(mm)
 unit, data = DeflateUnit(6), sample(size)
-blob = data if op == "c" else zlib.compress(data, 6)[2:]
+blob = zlib.compress(data, 6)[2:] if op == "d" else data
 mv[:len(blob)] = blob
 src, dst = mv[:len(blob)].toreadonly(), mv[2 << 20:4 << 20]
 if op == "c":
     job = lambda: unit.compress_stateless(L.ALG_ZLIB, 15, src, dst)
+elif op == "p":  # a piece: the first job of a stream, sync flush, kept (replacing an older one)
+    job = lambda: unit.keep_first(0, unit.compress_first(L.ALG_GZIP, 15, src, dst, False)[1])
 else:
     job = lambda: unit.decompress_stateless(L.ALG_ZLIB, src, dst)
 job()
@@ -83,7 +87,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--baseline", type=Path, help="another checkout, measured alongside")
     ap.add_argument("--jobs", default="c5,c4096,c65536,c1048576,d5,d4096,d65536,d1048576",
-                    help="ops (c|d) and sizes, comma-separated")
+                    help="ops (c|d|p) and sizes, comma-separated")
     ap.add_argument("--n", type=int, default=2000, help="jobs per run at 256 B (fewer above)")
     args = ap.parse_args()
     if shutil.which("valgrind") is None:

@@ -229,3 +229,58 @@ def test_the_instructions_benchmark_runs_its_jobs() -> None:
         sys.path.pop(0)
     for op in ("c", "d"):
         assert bench._run(bench.ROOT, op, 65536, 2, False)["stime_us"] >= 0
+
+
+def test_streams_are_compressobj_streams() -> None:
+    """Stream (stateful) compression on the streams' own libz deflaters: every job's output
+    and result as on the module path (compressobj: compress + sync flush, the end on the
+    finishing job), with jobs refused for want of room on the way (the stream goes on as if
+    they never ran), streams cut short and replaced at the same context (their deflaters
+    reused by later streams), in gzip, zlib and raw containers."""
+    rnd = random.Random(7)
+    outs: dict[str, list[tuple[JobResult, bytes]]] = {}
+    plans = []
+    for s in range(24):
+        alg = rnd.choice(list(CONTAINERS))
+        pieces = [sample(rnd, rnd.choice((0, 1, 100, 5000, 40000, 70000)))
+                  for _ in range(rnd.randint(1, 5))]
+        rooms = [rnd.choice((None, None, None, 0, 10)) for _ in pieces]
+        plans.append((s % 5, alg, rnd.choice((12, 15)), pieces, rooms, rnd.random() < 0.2))
+    for path in ("libz", "module"):
+        unit = DeflateUnit(6)
+        got = outs[path] = []
+        with module_path() if path == "module" else libz_path():
+            for key, alg, wbits, pieces, rooms, cut in plans:
+                checksum, isize = (1 if alg == L.ALG_ZLIB else 0), 0
+                for i, (data, room) in enumerate(zip(pieces, rooms)):
+                    last = i == len(pieces) - 1
+                    if cut and last:
+                        break  # (the next stream at this key replaces it)
+                    for avail in ([room] if room is not None else []) + [len(data) * 2 + 64]:
+                        dst = bytearray(avail)
+                        res = unit.compress_stateful(key, i == 0, alg, wbits, data, dst, last,
+                                                     checksum, isize)
+                        got.append((res, bytes(dst[:res.produced])))
+                        if res.status != L.STATUS_DST_TOO_SMALL:
+                            checksum, isize = res.checksum, res.isize
+                            break
+    assert outs["libz"] == outs["module"]
+    assert len(outs["libz"]) > 50
+
+
+def test_a_stream_of_several_jobs_decompresses() -> None:
+    """A gzip stream compressed in three stateful jobs on libz decompresses to its input."""
+    rnd = random.Random(9)
+    data = [sample(rnd, n) for n in (3000, 50000, 7)]
+    unit = DeflateUnit(6)
+    body = b""
+    checksum = isize = 0
+    with libz_path():
+        for i, piece in enumerate(data):
+            dst = bytearray(len(piece) + 200)
+            res = unit.compress_stateful(1, i == 0, L.ALG_GZIP, 15, piece, dst, i == 2,
+                                         checksum, isize)
+            assert res.status in (L.STATUS_OK, L.STATUS_NEGACOMPRESS)
+            body += dst[:res.produced]
+            checksum, isize = res.checksum, res.isize
+    assert zlib.decompress(b"\x1f\x8b\x08\0\0\0\0\0\0\xff" + body, 31) == b"".join(data)

@@ -290,21 +290,38 @@ class DeflateUnit:
         return st
 
     def _fresh(self, compress: bool, alg: int, wbits: int) -> Stream:
-        obj = (zlib.compressobj(self.level, zlib.DEFLATED, -wbits) if compress
-               else zlib.decompressobj(-15))
+        """A new stream's state: a compression stream gets a libz deflater of its own (one an
+        ended stream gave back, reset: nothing allocated), or a `zlib` compressobj (libz not
+        usable, level 0)."""
+        if not compress:
+            obj: Any = zlib.decompressobj(-15)
+        elif _libz.LIBZ is not None and self.level:
+            obj = _libz.take(self.level, wbits)
+        else:
+            obj = zlib.compressobj(self.level, zlib.DEFLATED, -wbits)
         return Stream(compress, alg, obj, _initial_checksum(alg))
 
+    @staticmethod
+    def _drop(st: Stream | None) -> None:
+        """A stream is over (ended, replaced, evicted): its deflater goes back for another."""
+        if st is not None and isinstance(st.obj, _libz.Deflater):
+            _libz.give(st.obj)
+            st.obj = None
+
     def _keep(self, key: int, st: Stream) -> None:
+        old = self.streams.get(key)
+        if old is not st:
+            self._drop(old)
         self.streams[key] = st
         self.streams.move_to_end(key)
         while len(self.streams) > self.MAX_STREAMS:
-            self.streams.popitem(last=False)
+            self._drop(self.streams.popitem(last=False)[1])
 
     def keep_first(self, key: int, st: Stream | None) -> None:
         """Record the outcome of `compress_first` for the stream context `key`: the stream
         goes on (kept), or it finished (forgotten)."""
         if st is None:
-            self.streams.pop(key, None)
+            self._drop(self.streams.pop(key, None))
         else:
             self._keep(key, st)
 
@@ -341,6 +358,8 @@ class DeflateUnit:
         n = len(src)
         # Work on a copy unless the output surely fits, so "too small" leaves the stream intact.
         sure = len(dst) >= n + (n >> 12) + (n >> 14) + 64
+        if isinstance(st.obj, _libz.Deflater):
+            return self._compress_step_libz(st, st.obj, src, n, dst, finish, sure)
         obj = st.obj if sure else st.obj.copy()
         body = obj.compress(src) + obj.flush(zlib.Z_FINISH if finish else zlib.Z_SYNC_FLUSH)
         checksum = _update_checksum(alg, src, st.checksum)
@@ -354,6 +373,36 @@ class DeflateUnit:
         st.obj, st.checksum, st.isize = obj, checksum, isize
         if finish:
             st.done = True
+        status = L.STATUS_NEGACOMPRESS if m > n else L.STATUS_OK
+        return JobResult(status, n, m, finish, checksum, isize)
+
+    def _compress_step_libz(self, st: Stream, d: _libz.Deflater, src: memoryview | bytes,
+                            n: int, dst: memoryview | bytearray, finish: bool,
+                            sure: bool) -> JobResult:
+        """`_compress_step` on the stream's own libz deflater: the input straight in, one call
+        (sync flush, or the end), the output straight into the destination, the trailer after
+        it. Output identical to compressobj's compress + flush (tests/test_zip_libz.py)."""
+        alg = st.alg
+        avail = len(dst)
+        run = d if sure else d.copy()
+        m = run.step(src, n, dst, avail, finish)
+        checksum = _update_checksum(alg, src, st.checksum)
+        isize = (st.isize + n) & 0xFFFF_FFFF
+        if m >= 0 and finish:
+            tlen = _trailer_len(alg)
+            if m + tlen <= avail:
+                dst[m:m + tlen] = _trailer(alg, checksum, isize)
+                m += tlen
+            else:
+                m = -1
+        if m < 0:
+            return JobResult(L.STATUS_DST_TOO_SMALL, 0, 0, False, st.checksum, st.isize)
+        if run is not d:
+            _libz.give(d)  # (the state before this job: the copy goes on)
+        st.obj, st.checksum, st.isize = run, checksum, isize
+        if finish:
+            st.done = True
+            self._drop(st)
         status = L.STATUS_NEGACOMPRESS if m > n else L.STATUS_OK
         return JobResult(status, n, m, finish, checksum, isize)
 

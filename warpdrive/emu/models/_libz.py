@@ -18,10 +18,11 @@ from __future__ import annotations
 import ctypes
 import struct
 import threading
+from collections import deque
 from typing import Any
 
 Z_OK, Z_STREAM_END, Z_BUF_ERROR = 0, 1, -5
-Z_FINISH = 4
+Z_NO_FLUSH, Z_SYNC_FLUSH, Z_FINISH = 0, 2, 4
 Z_DEFLATED = 8
 DEF_MEM_LEVEL = 8  # what Python's zlib module passes (docs/research/libz.md)
 Z_DEFAULT_STRATEGY = 0
@@ -83,6 +84,7 @@ class _Lib:
         self.deflate_init = fn(free, "deflateInit2_", [vp, ci, ci, ci, ci, ci, ccp, ci])
         self.inflate_init = fn(free, "inflateInit2_", [vp, ci, ccp, ci])
         self.deflate_end = fn(free, "deflateEnd", [vp])
+        self.deflate_copy = fn(free, "deflateCopy", [vp, vp])
         self.inflate_end = fn(free, "inflateEnd", [vp])
         # (reset, run) for short jobs, then for long ones
         self.deflate = ((fn(held, "deflateReset", [vp]), fn(held, "deflate", [vp, ci])),
@@ -201,15 +203,44 @@ _pack, _unpack = _IO.pack_into, _IO.unpack_from
 
 
 class Deflater(_Stream):
-    """A raw deflate stream (no container) kept for one (level, window)."""
+    """A raw deflate stream (no container) for one (level, window): kept per thread for whole
+    jobs, or a stream's own across its jobs (`take`/`give`)."""
 
-    def __init__(self, level: int, wbits: int) -> None:
+    def __init__(self, level: int, wbits: int, copy_of: Deflater | None = None) -> None:
         super().__init__()
         assert LIBZ is not None
-        self._lib = LIBZ
-        self._check(LIBZ.deflate_init(self.addr, level, Z_DEFLATED, -wbits, DEF_MEM_LEVEL,
-                                      Z_DEFAULT_STRATEGY, _VERSION, _SIZE), "deflateInit2")
+        self.key = (level, wbits)
+        if copy_of is not None:
+            self._check(LIBZ.deflate_copy(self.addr, copy_of.addr), "deflateCopy")
+        else:
+            self._check(LIBZ.deflate_init(self.addr, level, Z_DEFLATED, -wbits,
+                                          DEF_MEM_LEVEL, Z_DEFAULT_STRATEGY, _VERSION, _SIZE),
+                        "deflateInit2")
+        self._lib = LIBZ  # (set once the state exists: __del__ ends it)
         self._calls = LIBZ.deflate
+
+    def copy(self) -> Deflater:
+        """An independent stream in the same state (zlib's deflateCopy)."""
+        return Deflater(*self.key, copy_of=self)
+
+    def step(self, src: Any, n: int, dst: Any, avail: int, finish: bool) -> int:
+        """One job of a stream: all `n` bytes of `src` in, then a sync flush (or the end with
+        `finish`), output into `dst` (room `avail`, which the caller knows is enough): how many
+        bytes it made, or -1 when the room ran out after all (the stream is then spoilt)."""
+        io, a = self.io, self.addr
+        _pack(io, 0, address(src) if n else _thread.scratch_addr, n, 0,
+              address(dst) if avail else _thread.scratch_addr, avail, 0)
+        deflate = self._calls[n >= LONG][1]
+        if not n:
+            # compressobj's compress(b"") is a no-flush call: after it a sync flush always
+            # writes its empty block; without it, a sync flush right after another is refused
+            # as a duplicate (deflate.c, deflate: "avoid duplicate consecutive flushes").
+            deflate(a, Z_NO_FLUSH)
+        rc = deflate(a, Z_FINISH if finish else Z_SYNC_FLUSH)
+        _next_in, left, _used, _next_out, room, made = _unpack(io)
+        if rc == (Z_STREAM_END if finish else Z_OK) and not left and room:
+            return int(made)
+        return -1
 
     def __del__(self) -> None:
         lib = getattr(self, "_lib", None)
@@ -300,6 +331,33 @@ class Inflater(_Stream):
         if more > made:
             return FULL, used, made
         return (END if rc == Z_STREAM_END else PARTIAL), used, made
+
+
+# Streams' own deflaters that ended, by (level, wbits), for the next stream to take: a stream
+# (stateful) job then allocates nothing either. deque append/pop are atomic: the model's thread
+# gives, its workers take.
+_free: dict[tuple[int, int], deque[Deflater]] = {}
+_FREE_MAX = 16
+
+
+def take(level: int, wbits: int) -> Deflater:
+    """A deflater of its own for a new stream, fresh or reset."""
+    pool = _free.get((level, wbits))
+    if pool:
+        try:
+            d = pool.pop()
+        except IndexError:  # (taken meanwhile by another thread)
+            return Deflater(level, wbits)
+        d._calls[0][0](d.addr)
+        return d
+    return Deflater(level, wbits)
+
+
+def give(d: Deflater) -> None:
+    """A stream's deflater back for the next stream (its stream is over)."""
+    pool = _free.setdefault(d.key, deque())
+    if len(pool) < _FREE_MAX:
+        pool.append(d)
 
 
 def deflater(level: int, wbits: int) -> Deflater:
