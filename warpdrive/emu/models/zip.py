@@ -450,8 +450,9 @@ class ThreadedJobs(ZipJobs):
                                              memoryview, memoryview]]] = {}
         self.qm: QmFunction | None = None
         # Counted up by a worker as it finishes a job (`watch`): what the model's thread sleeps
-        # on while the workers are busy (one poll(2), no waiter objects per future).
-        self._done_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        # on while the workers are busy (one poll(2), no waiter objects per future). Made with
+        # the first job handed to a worker, closed by `close`.
+        self._done_fd = -1
         # Readable while the server has messages or connections waiting (-1: none known): a
         # sleep while every worker is busy ends for them too, not only when a job finishes.
         self.messages_fd: Callable[[], int] = lambda: -1
@@ -504,12 +505,14 @@ class ThreadedJobs(ZipJobs):
 
     def watch(self, fut: Future[Any]) -> None:
         """Count `fut`'s end on the eventfd the model's thread sleeps on (`_wait_for_change`)."""
+        if self._done_fd < 0:
+            self._done_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         fut.add_done_callback(self._finished)
 
     def _finished(self, _fut: Future[Any]) -> None:
         try:
             os.eventfd_write(self._done_fd, 1)
-        except OSError:  # closed (the model is exiting), or the counter full: a wake-up is due
+        except OSError:  # the counter full: a wake-up is due anyway
             pass
 
     def _work(self, q: QueueState, w: tuple[int, ...], src: memoryview, dst: memoryview,
