@@ -123,6 +123,19 @@ def client(device: str, size: int, duration: float, count: int, mark: bool) -> N
 
 
 # ------------------------------------------------------------------------------- driver side
+# The tail of `_PROFILED` and `_PASSES` below: `warpdrive serve` run in this process, its stats
+# signal (SIGUSR1) going to their `stats` first.
+_SERVE_HOOKED = """
+def install(signum, handler):
+    global log_stats
+    if signum == signal.SIGUSR1:
+        log_stats, handler = handler, stats
+    return signal.signal(signum, handler)
+run.signal = type("S", (), {"signal": staticmethod(install), "SIGUSR1": signal.SIGUSR1})
+sys.argv[0] = "warpdrive"
+runpy.run_module("warpdrive", run_name="__main__")
+"""
+
 # The broker under a sampling profiler for the timed loop only: its stats signal (SIGUSR1), sent
 # just before the clients go and just after they finish, starts and then stops the sampling.
 # SIGPROF on the process's CPU time (ITIMER_PROF): each sample records the line the
@@ -150,15 +163,7 @@ def stats(signum, frame):
         signal.setitimer(signal.ITIMER_PROF, 0)
         with open(out, "w") as f:
             json.dump({"lines": lines, "funcs": funcs}, f)
-def install(signum, handler):
-    global log_stats
-    if signum == signal.SIGUSR1:
-        log_stats, handler = handler, stats
-    return signal.signal(signum, handler)
-run.signal = type("S", (), {"signal": staticmethod(install), "SIGUSR1": signal.SIGUSR1})
-sys.argv[0] = "warpdrive"
-runpy.run_module("warpdrive", run_name="__main__")
-"""
+""" + _SERVE_HOOKED
 _SAMPLE_S = 0.001  # (the kernel delivers it at most once per tick: HZ 250 = 4 ms)
 
 # The broker with its working passes sorted by what they carried, for the timed loop only (the
@@ -211,15 +216,7 @@ def stats(signum, frame):
     if len(seen) == 2:
         with open(out, "w") as f:
             json.dump(cats, f)
-def install(signum, handler):
-    global log_stats
-    if signum == signal.SIGUSR1:
-        log_stats, handler = handler, stats
-    return signal.signal(signum, handler)
-run.signal = type("S", (), {"signal": staticmethod(install), "SIGUSR1": signal.SIGUSR1})
-sys.argv[0] = "warpdrive"
-runpy.run_module("warpdrive", run_name="__main__")
-"""
+""" + _SERVE_HOOKED
 
 
 def start_broker(sock: str, profile: str | None = None, extra: list[str] | None = None,
