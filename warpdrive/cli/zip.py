@@ -399,9 +399,10 @@ class Run:
         as one file). The first member carries the header with the name and time stamp. The
         input is read straight into the jobs' DMA buffers and the output written from them
         (no copies in this process: the engine's workers need the cores). The members' room is
-        two DMA buffers taken before the first job, one slot per member in flight (`size`, when
-        known, bounds how many): each buffer costs a map request the model answers between
-        jobs and a check of this process's memory map, so they are not made while jobs run."""
+        one DMA buffer taken before the first job, an input and an output slot per member in
+        flight (`size`, when known, bounds how many): each buffer costs a map request the model
+        answers between jobs and a check of this process's memory map (/proc/self/smaps), so
+        there is one, and it is not made while jobs run."""
         from ..devices.zip.job import compress_bound
         from ..zip import gzip as wgz
 
@@ -409,21 +410,22 @@ class Run:
         res = Result()
         slots = IN_FLIGHT if size is None else max(1, min(IN_FLIGHT, -(-size // READ_CHUNK)))
         room = 10 + compress_bound(READ_CHUNK)  # a member's output: a sized header's room too
-        srcs = dsts = None
+        outs = slots * READ_CHUNK  # the output slots follow the input slots
+        mem = None
         pending: deque[tuple[Any, int | None]] = deque()  # (job, its slot)
         first = True
         try:
-            srcs, dsts = s.buffer(slots * READ_CHUNK), s.buffer(slots * room)
+            mem = s.buffer(outs + slots * room)
             free = list(range(slots - 1, -1, -1))
             while True:
                 # (fewer than `slots` jobs are pending here: a slot is free)
                 slot = free.pop()
                 at = slot * READ_CHUNK
-                block = _readinto(src, srcs.view[at:at + READ_CHUNK], name)
+                block = _readinto(src, mem.view[at:at + READ_CHUNK], name)
                 if block:
                     res.n_in += block
-                    job = s.prepare(srcs, block, dsts, src_offset=at, dst_offset=slot * room,
-                                    dst_length=room)
+                    job = s.prepare(mem, block, mem, src_offset=at,
+                                    dst_offset=outs + slot * room, dst_length=room)
                     pending.append((s.submit(job), slot))
                     prog.update(block)
                 else:
@@ -456,9 +458,8 @@ class Run:
                     return res
         finally:
             s.close()  # waits for the jobs still in flight
-            for buf in (srcs, dsts):
-                if buf is not None:
-                    s.release_buffer(buf)
+            if mem is not None:
+                s.release_buffer(mem)
 
     # -- decompression ---------------------------------------------------------------------
     def decompress_one(self, name: str, src: Any, first: bytes, out: Output | None,
