@@ -106,3 +106,25 @@ def test_a_hold_lasts_at_most_hold_s_and_few_jobs_are_answered_at_once() -> None
             n = rig.reap(16)
     finally:
         rig.close()
+
+
+def test_a_hold_of_zero_holds_nothing() -> None:
+    """`--hold-us 0` (the default with `--nap-us 0`): every pass hands back what it finds, no
+    hold of a pass first."""
+    rig = FunctionRig(executor="zlib", gather=8, hold_s=0.0)
+    try:
+        rig.write(16, _big(rig))
+        rig.ring()
+        rig.poll()
+        got = 0
+        deadline = time.monotonic() + 60
+        while got < 16:
+            assert time.monotonic() < deadline, f"{got} of 16 CQEs after 60 s"
+            ready = _hw_ready(rig)
+            rig.poll()
+            n = rig.reap(16)
+            assert n >= ready, "a completion was held with a hold of 0"
+            got += n
+        assert rig.broker.holds == [0, 0]
+    finally:
+        rig.close()
