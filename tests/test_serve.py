@@ -345,6 +345,10 @@ def test_serve_refuses_a_uacce_device(capsys: pytest.CaptureFixture[str]) -> Non
 def test_serve_refuses_a_nap_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["serve", "emu", "--socket", "/nonexistent/x.sock", "--nap-us", "-1"]) == 1
     assert "--nap-us -1: give 0..100000" in capsys.readouterr().err
+    for opt, value, said in (("--gather", "0", "give 1..1024"),
+                             ("--hold-us", "-1", "give 0..100000")):
+        assert cli_main(["serve", "emu", "--socket", "/nonexistent/x.sock", opt, value]) == 1
+        assert f"{opt} {value}: {said}" in capsys.readouterr().err
 
 
 def test_corrupt_input_is_the_clients_error_only(tmp_path: Path) -> None:

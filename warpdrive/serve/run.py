@@ -103,10 +103,14 @@ def serve_from_args(args: argparse.Namespace) -> int:
     nap_us = NAP_US if nap_us is None else nap_us
     if not 0 <= nap_us <= 100_000:
         raise InvalidArgumentError(f"--nap-us {nap_us:g}: give 0..100000 (0: yield instead)")
-    if getattr(args, "gather", None) is not None and not 1 <= args.gather <= 1024:
-        raise InvalidArgumentError(f"--gather {args.gather}: give 1..1024")
-    if getattr(args, "hold_us", None) is not None and not 0 <= args.hold_us <= 100_000:
-        raise InvalidArgumentError(f"--hold-us {args.hold_us:g}: give 0..100000")
+    gather = getattr(args, "gather", None)
+    gather = GATHER if gather is None else gather
+    if not 1 <= gather <= 1024:
+        raise InvalidArgumentError(f"--gather {gather}: give 1..1024")
+    hold_us = getattr(args, "hold_us", None)
+    hold_us = nap_us if hold_us is None else hold_us
+    if not 0 <= hold_us <= 100_000:
+        raise InvalidArgumentError(f"--hold-us {hold_us:g}: give 0..100000")
     group = group_id(args.group) if args.group else None
     if group is not None and args.mode == "0600":
         mode = 0o660  # a group on the socket is there to let its members in
@@ -125,11 +129,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
                 raise PermissionDeniedError(f"--nice {args.nice}: setpriority failed",
                                             errno=e.errno, hint="a negative value needs root or "
                                             "CAP_SYS_NICE (or a high enough RLIMIT_NICE)") from None
-        gather = getattr(args, "gather", None)
-        hold_us = getattr(args, "hold_us", None)
-        broker = Broker(dev, max_inflight=args.inflight,
-                        gather=GATHER if gather is None else gather,
-                        hold_s=(nap_us if hold_us is None else hold_us) / 1e6)
+        broker = Broker(dev, max_inflight=args.inflight, gather=gather, hold_s=hold_us / 1e6)
     except BaseException:
         dev.close()
         raise
