@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import struct
 import time
+from collections.abc import Iterator
 
 from tests.brokerutil import SQE, FunctionRig, sqe_words
 
@@ -30,6 +31,20 @@ def _hw_ready(rig: FunctionRig) -> int:
     return n
 
 
+def _passes(rig: FunctionRig, total: int) -> Iterator[tuple[int, int, int]]:
+    """Passes until `total` CQEs have reached the client: for each, the CQEs it had before,
+    those ready on the hardware CQ before it, and how many it handed back."""
+    got = 0
+    deadline = time.monotonic() + 60
+    while got < total:
+        assert time.monotonic() < deadline, f"{got} of {total} CQEs after 60 s"
+        ready = _hw_ready(rig)
+        rig.poll()
+        n = rig.reap(total)
+        yield got, ready, n
+        got += n
+
+
 def _big(rig: FunctionRig) -> bytes:
     rig.mem[rig.SRC:rig.SRC + BIG] = os.urandom(BIG)
     return SQE.pack(*sqe_words(rig.IOVA + rig.SRC, rig.IOVA + rig.DST, dw4=BIG,
@@ -43,20 +58,13 @@ def test_completions_are_held_until_half_are_done_then_come_in_order() -> None:
         rig.ring()
         rig.poll()  # the submit pass
         assert rig.broker.hw[0].q.outstanding == 16
-        got = 0
         held = False
-        deadline = time.monotonic() + 60
-        while got < 16:
-            assert time.monotonic() < deadline, f"{got} of 16 CQEs after 60 s"
-            before = _hw_ready(rig)
-            rig.poll()
-            n = rig.reap(16)
+        for got, before, n in _passes(rig, 16):
             held |= before > 0 and n == 0  # done on the device, not yet the client's
             if n:
                 # half of what was in flight (at most 8), or all of the last few
                 assert n >= min(8, (16 - got) >> 1), (got, n)
                 assert _slots(rig, got, n) == list(range(got, got + n))  # in order
-            got += n
         assert held, "no pass left a trickle of completions on the hardware CQ"
     finally:
         rig.close()
@@ -70,13 +78,9 @@ def test_a_hold_lasts_at_most_hold_s_and_few_jobs_are_answered_at_once() -> None
         rig.write(2, big)
         rig.ring()
         rig.poll()
-        got = 0
-        while got < 2:
-            ready = _hw_ready(rig)
-            rig.poll()
-            n = rig.reap(2)
+        for _, ready, n in _passes(rig, 2):
             assert n >= ready, "a completion was held with two jobs in flight"
-            got += n
+        got = 2
         # Sixteen: the first completion is held, and handed back once eight are done or
         # the hold (20 ms) is out, whichever comes first.
         rig.write(16, big)
@@ -116,15 +120,8 @@ def test_a_hold_of_zero_holds_nothing() -> None:
         rig.write(16, _big(rig))
         rig.ring()
         rig.poll()
-        got = 0
-        deadline = time.monotonic() + 60
-        while got < 16:
-            assert time.monotonic() < deadline, f"{got} of 16 CQEs after 60 s"
-            ready = _hw_ready(rig)
-            rig.poll()
-            n = rig.reap(16)
+        for _, ready, n in _passes(rig, 16):
             assert n >= ready, "a completion was held with a hold of 0"
-            got += n
         assert rig.broker.holds == [0, 0]
     finally:
         rig.close()
