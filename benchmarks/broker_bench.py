@@ -431,6 +431,24 @@ def main() -> None:
                       "roots": {m: str(r) for m, r in roots.items()}}))
 
 
+def hooked_row(hook: str, nclients: int, size: int, duration: float,
+               extra: list[str] | None = None) -> tuple[dict[str, Any], Any]:
+    """One row against a broker started with `start_broker`'s `hook` ("profile" or "passes"):
+    the row, and what the hook wrote (JSON) when the broker stopped."""
+    tmp = tempfile.mkdtemp(prefix="wd-bb-")
+    sock, out = os.path.join(tmp, "b.sock"), os.path.join(tmp, hook + ".json")
+    broker = start_broker(sock, extra=extra, profile=out if hook == "profile" else None,
+                          passes=out if hook == "passes" else None)
+    try:
+        r = run_row("broker:" + sock, nclients, size, duration, broker=broker, log=sock + ".log")
+    finally:
+        broker.send_signal(signal.SIGTERM)
+        broker.wait(60)
+    data = json.loads(Path(out).read_text())
+    shutil.rmtree(tmp, ignore_errors=True)
+    return r, data
+
+
 def passes_row(nclients: int, size: int, duration: float, variants: list[str]) -> None:
     """One row per broker (the default, and one per `--variant NAME=OPTIONS`, alternating,
     twice each), its working passes sorted by what they carried: how many, how many jobs
@@ -440,17 +458,7 @@ def passes_row(nclients: int, size: int, duration: float, variants: list[str]) -
     load0 = os.getloadavg()[0]
     for rep in range(2):
         for name, extra in configs:
-            tmp = tempfile.mkdtemp(prefix="wd-bb-")
-            sock, out = os.path.join(tmp, "b.sock"), os.path.join(tmp, "passes.json")
-            broker = start_broker(sock, extra=extra, passes=out)
-            try:
-                r = run_row("broker:" + sock, nclients, size, duration, broker=broker,
-                            log=sock + ".log")
-            finally:
-                broker.send_signal(signal.SIGTERM)
-                broker.wait(60)
-            cats = json.loads(Path(out).read_text())
-            shutil.rmtree(tmp, ignore_errors=True)
+            r, cats = hooked_row("passes", nclients, size, duration, extra)
             jobs = r["jobs"]
             print(f"{name} ({' '.join(extra) or 'defaults'}), run {rep + 1}: {nclients} "
                   f"clients x {size >> 10} KiB, {jobs / r['wall']:.0f} jobs/s, mediation "
@@ -473,17 +481,8 @@ def passes_row(nclients: int, size: int, duration: float, variants: list[str]) -
 def profile_row(nclients: int, size: int, duration: float) -> None:
     """One row with the broker under the sampling profiler (`_PROFILED`): where its CPU goes,
     by line and by function (inclusive), in us per job."""
-    tmp = tempfile.mkdtemp(prefix="wd-bb-")
-    sock, out = os.path.join(tmp, "b.sock"), os.path.join(tmp, "broker.prof")
-    broker = start_broker(sock, profile=out)
-    try:
-        r = run_row("broker:" + sock, nclients, size, duration, broker=broker, log=sock + ".log")
-    finally:
-        broker.send_signal(signal.SIGTERM)
-        broker.wait(60)
+    r, prof = hooked_row("profile", nclients, size, duration)
     jobs = r["jobs"]
-    prof = json.loads(Path(out).read_text())
-    shutil.rmtree(tmp, ignore_errors=True)
     total = sum(prof["lines"].values())
     per_job = r["broker_cpu"] / max(1, total) / jobs * 1e6  # us of CPU per job a sample is
     print(f"{nclients} clients x {size >> 10} KiB: {jobs} jobs in {r['wall']:.2f} s, "
