@@ -237,7 +237,7 @@ class Broker:
         # until half its jobs in flight are done (at most `gather`), for up to `hold_s`, so a
         # pass pays its fixed costs (harvest, results back, CQEs) once per stretch, not for
         # each job the device trickles out; the other half keeps the device busy meanwhile,
-        # and a queue with one or two jobs in flight is answered at once. 1 (or a hold of 0):
+        # and a queue with up to three jobs in flight is answered at once. 1 (or a hold of 0):
         # every pass hands back whatever it finds.
         self.gather = max(1, gather) if hold_s > 0 else 1
         self.hold_s = hold_s
