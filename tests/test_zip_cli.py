@@ -313,9 +313,12 @@ def test_example_compress_files(tmp_path: Path) -> None:
 
 
 def test_compress_writes_independent_members_of_a_read_chunk(tmp_path: Path) -> None:
-    """gzip compression goes out as members of 1 MiB of input each, several on the engine at
-    once (bgzip's layout): one gzip file to every reader, the name and time in the first."""
-    data = sample((5 << 20) + 123, seed=5)
+    """gzip compression goes out as members of MEMBER (2 MiB) of input each, several on the
+    engine at once (bgzip's layout): one gzip file to every reader, the name and time in the
+    first."""
+    from warpdrive.cli.zip import MEMBER
+
+    data = sample(5 * MEMBER + 123, seed=5)
     (tmp_path / "big.txt").write_bytes(data)
     assert cli("compress", "-q", "big.txt", cwd=tmp_path).returncode == 0
     blob = (tmp_path / "big.txt.gz").read_bytes()
@@ -331,7 +334,7 @@ def test_compress_writes_independent_members_of_a_read_chunk(tmp_path: Path) -> 
         stated = member_size(rest)
         assert stated is not None and sum(stated) == len(rest) - len(d.unused_data)
         rest = d.unused_data
-    assert [len(m) for m in members] == [1 << 20] * 5 + [123]
+    assert [len(m) for m in members] == [MEMBER] * 5 + [123]
     r = cli("decompress", "-c", "big.txt.gz", cwd=tmp_path)
     assert r.returncode == 0 and r.stdout == data
 
@@ -355,7 +358,9 @@ def test_sized_members_decompress_at_once_and_a_wrong_size_costs_no_byte(tmp_pat
     wrong (too small, too large, past the end), a member without one, a corrupt member or
     garbage after them all end as the stream path ends them: the same bytes, or the same
     message and status."""
-    data = sample((3 << 20) + 77, seed=8)
+    from warpdrive.cli.zip import MEMBER
+
+    data = sample(3 * MEMBER + 77, seed=8)
     r = cli("compress", "-c", "-q", stdin=data)
     assert r.returncode == 0
     blob = r.stdout
