@@ -284,3 +284,30 @@ def test_a_stream_of_several_jobs_decompresses() -> None:
             body += dst[:res.produced]
             checksum, isize = res.checksum, res.isize
     assert zlib.decompress(b"\x1f\x8b\x08\0\0\0\0\0\0\xff" + body, 31) == b"".join(data)
+
+
+def test_a_stream_job_that_exactly_fills_its_room() -> None:
+    """A stream job without sure room whose output (the sync flush's, or the end and the
+    trailer) is exactly the room, then a byte less: as on the module path (it fits, then
+    not). deflate says a flush is complete only on a call that has room left."""
+    rnd = random.Random(13)
+    for case in range(60):
+        alg = list(CONTAINERS)[case % 3]
+        data = sample(rnd, rnd.choice((0, 1, 100, 5000, 40000)))
+        last = case % 2 == 1
+        start = 1 if alg == L.ALG_ZLIB else 0
+        want = bytearray(len(data) * 2 + 100)
+        with module_path():
+            m = DeflateUnit(6).compress_stateful(1, True, alg, 15, data, want, last, start,
+                                                 0).produced
+        for room in (m, m - 1):
+            got = []
+            for path in (module_path, libz_path):
+                dst = bytearray(max(room, 0))
+                with path():
+                    res = DeflateUnit(6).compress_stateful(1, True, alg, 15, data, dst, last,
+                                                           start, 0)
+                got.append((res, bytes(dst[:res.produced])))
+            assert got[0] == got[1], (case, room)
+            fits = got[0][0].status in (L.STATUS_OK, L.STATUS_NEGACOMPRESS)
+            assert fits == (room == m), (case, room, got[0][0].status)

@@ -384,8 +384,16 @@ class DeflateUnit:
         it. Output identical to compressobj's compress + flush (tests/test_zip_libz.py)."""
         alg = st.alg
         avail = len(dst)
-        run = d if sure else d.copy()
-        m = run.step(src, n, dst, avail, finish)
+        if sure:
+            run, m = d, d.step(src, n, dst, avail, finish)
+        else:
+            # On a copy, into a byte more room than the destination: deflate says whether its
+            # flush (or the end) is complete only on a call that has room left, so output that
+            # exactly fills the destination fits (as on the module path) and is copied there.
+            run, out = d.copy(), bytearray(avail + 1)
+            m = run.step(src, n, out, avail + 1, finish)
+            if m >= 0:  # (room was left: m <= avail)
+                dst[:m] = memoryview(out)[:m]
         checksum = _update_checksum(alg, src, st.checksum)
         isize = (st.isize + n) & 0xFFFF_FFFF
         if m >= 0 and finish:
