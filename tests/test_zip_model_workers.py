@@ -131,6 +131,47 @@ def test_a_message_ends_the_model_threads_sleep_while_every_worker_is_busy() -> 
         jobs.close()
 
 
+def test_settling_sleeps_on_the_jobs_while_messages_wait() -> None:
+    """`settle` (a client unmaps memory while jobs run) sleeps until the jobs end even while
+    the server has messages waiting (its epoll fd readable: they wait for the unmap being
+    handled): it does not spin on a core the workers need."""
+    from types import SimpleNamespace
+
+    from warpdrive.emu.dma import DmaFault
+
+    class NoMemory:
+        def view(self, *_: object, **__: object) -> memoryview:
+            raise DmaFault(0, 1, True, "unmapped")
+
+    busy: list[Future[object]] = [Future() for _ in range(2)]
+    jobs = _jobs_with(busy)
+    jobs.dma = NoMemory()  # type: ignore[assignment]
+    q = SimpleNamespace(qn=0, sq_base=0, sq_depth=2, sqe_size=128)
+    jobs.inflight[0] = deque((q, i, (), f, memoryview(b""), memoryview(b""))  # type: ignore[misc]
+                             for i, f in enumerate(busy))
+    passes = 0
+    collect = jobs.collect
+
+    def counted(wait_s: float = 0.0) -> int:
+        nonlocal passes
+        passes += 1
+        return collect(wait_s)
+
+    jobs.collect = counted  # type: ignore[method-assign]
+    a, b = socket.socketpair()
+    try:
+        b.send(b"x")  # a message waits
+        jobs.messages_fd = a.fileno
+        for k, f in enumerate(busy):
+            threading.Timer(0.1 * (k + 1), f.set_result, ((None, None),)).start()
+        jobs.settle()
+        assert not jobs.inflight
+        assert passes <= 4, passes
+    finally:
+        a.close()
+        b.close()
+        jobs.close()
+
 def test_closing_the_model_ends_its_worker_threads(tmp_path) -> None:
     """ZipModel.close (the server exiting) shuts its worker pool: no zip-engine thread is left
     behind in the process that served it (before, the pool outlived the model)."""

@@ -77,7 +77,7 @@ import select
 import struct
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from typing import Any
 
@@ -613,9 +613,12 @@ class ThreadedJobs(ZipJobs):
                 dst.release()
 
     def settle(self) -> None:
-        """Finish and post every job in flight (before memory goes away)."""
+        """Finish and post every job in flight (before memory goes away). It sleeps on the
+        jobs alone: the server's messages, which end `collect`'s sleep (`messages_fd`), wait
+        for this (an unmap being handled), so waking for them would spin until the jobs end."""
         while self.inflight:
-            self.collect(0.01)
+            futures_wait([d[0][3] for d in self.inflight.values()], return_when=FIRST_COMPLETED)
+            self.collect()
 
     def reset(self) -> None:
         self.drain()
