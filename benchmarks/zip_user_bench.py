@@ -18,8 +18,9 @@ bomb through `warpdrive decompress`. The package's bytecode is compiled first (a
 compiles it; a checkout run with PYTHONDONTWRITEBYTECODE recompiled it in every run). pigz
 missing: that row
 says so and is skipped. The decompression goal is judged on our compression's output (members
-of 1 MiB that state their size, decompressed several at once); a row for a file gzip(1) made
-(one member: one stream, decompressed job after job) is printed for information.
+of 2 MiB, `cli.zip.MEMBER`, that state their size, decompressed several at once); a row for a
+file gzip(1) made (one member: one stream, decompressed job after job) is printed for
+information.
 
 Model idle CPU: after the API rows, once the model's spin window has run out, the CPU the
 model process uses in 2 s with no client working (its sleeping loop's periodic polls), as a
