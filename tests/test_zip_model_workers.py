@@ -131,6 +131,30 @@ def test_a_message_ends_the_model_threads_sleep_while_every_worker_is_busy() -> 
         jobs.close()
 
 
+def test_the_sleep_takes_an_eventfd_numbered_above_select_s_limit() -> None:
+    """A model process holds an fd per DMA map: the eventfd the workers count their ends on
+    can be numbered 1024 or more, which select(2) refuses (ValueError: every poll failed and
+    no job was posted); the sleep still ends when a job ends."""
+    import fcntl
+    import os
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 1200:
+        pytest.skip("the fd limit is below 1200")
+    busy: list[Future[object]] = [Future() for _ in range(2)]
+    jobs = _jobs_with(busy)
+    high = fcntl.fcntl(jobs._done_fd, fcntl.F_DUPFD_CLOEXEC, 1100)
+    os.close(jobs._done_fd)
+    jobs._done_fd = high
+    jobs.SATURATED_WAIT_S = 30.0
+    threading.Timer(0.05, busy[0].set_result, (None,)).start()
+    t0 = time.monotonic()
+    jobs._wait_for_change(0.0005)
+    assert time.monotonic() - t0 < 20.0
+    busy[1].set_result(None)
+    jobs.close()
+    assert jobs._done_fd == -1
+
 def test_settling_sleeps_on_the_jobs_while_messages_wait() -> None:
     """`settle` (a client unmaps memory while jobs run) sleeps until the jobs end even while
     the server has messages waiting (its epoll fd readable: they wait for the unmap being

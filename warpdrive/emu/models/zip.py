@@ -424,6 +424,8 @@ class NullJobs(ZipJobs):
         _RES.pack_into(sq, off, in_len, 0, 0, L.STATUS_OK | L.STATUS_LAST_BLOCK)
 
 
+_SELECT_FDS = 1024  # select(2) takes fds below FD_SETSIZE only
+
 class ThreadedJobs(ZipJobs):
     """The zlib executor with worker threads (`workers=N`, N > 1). Taken (PENDING) and run on
     one of N threads, so jobs of one queue, or of several, are compressed at once on several
@@ -594,7 +596,13 @@ class ThreadedJobs(ZipJobs):
             fd = self.messages_fd()
             if fd >= 0:
                 fds.append(fd)
-        select.select(fds, (), (), wait_s)
+        if max(fds) < _SELECT_FDS:
+            select.select(fds, (), (), wait_s)
+        else:  # (a process with many DMA maps holds an fd per map: select takes none so high)
+            p = select.poll()  # (its timeout is whole milliseconds: select's for the usual case)
+            for fd in fds:
+                p.register(fd, select.POLLIN)
+            p.poll(wait_s * 1e3)
 
     @staticmethod
     def _result(fut: Future[_Done]) -> _Done:
