@@ -225,8 +225,9 @@ class Deflater(_Stream):
 
     def step(self, src: Any, n: int, dst: Any, avail: int, finish: bool) -> int:
         """One job of a stream: all `n` bytes of `src` in, then a sync flush (or the end with
-        `finish`), output into `dst` (room `avail`, which the caller knows is enough): how many
-        bytes it made, or -1 when the room ran out after all (the stream is then spoilt)."""
+        `finish`), output into `dst` (room `avail`): how many bytes it made, or -1 when the room
+        ran out, a room filled exactly included (the stream is then spoilt: the caller runs a
+        copy when the room may not be enough)."""
         io, a = self.io, self.addr
         _pack(io, 0, address(src) if n else _thread.scratch_addr, n, 0,
               address(dst) if avail else _thread.scratch_addr, avail, 0)
