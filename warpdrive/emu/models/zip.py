@@ -452,7 +452,7 @@ class ThreadedJobs(ZipJobs):
                                              memoryview, memoryview]]] = {}
         self.qm: QmFunction | None = None
         # Counted up by a worker as it finishes a job (`watch`): what the model's thread sleeps
-        # on while the workers are busy (one poll(2), no waiter objects per future). Made with
+        # on while the workers are busy (one select(2), no waiter objects per future). Made with
         # the first job handed to a worker, closed by `close`.
         self._done_fd = -1
         # Readable while the server has messages or connections waiting (-1: none known): a
