@@ -257,3 +257,24 @@ def test_buffer_views_are_kept_between_jobs_and_dropped_before_unmap() -> None:
         assert not jobs._kept  # bus mastering off: nothing kept from when it was on
     finally:
         fn.close()
+
+
+@pytest.mark.parametrize("event", ["reset", "client gone"])
+def test_buffer_views_kept_by_flat_end_with_a_reset_or_the_client(event: str) -> None:
+    """The other events that end what a kept view was checked against: a device reset (bus
+    mastering off, the function's state gone) and the client leaving (its memory unmapped
+    wholesale): no view is kept past them, and none holds the client's memory."""
+    c, model, fn = _model_client()
+    try:
+        c.bring_up()
+        assert c.job(Format("deflate", 15), b"hello " * 10)[2] == hw.STATUS_OK
+        jobs = model.jobs
+        assert jobs is not None and jobs._kept
+        if event == "reset":
+            fn.handle_reset(None)  # type: ignore[arg-type]  # (the message is not read)
+        else:
+            fn.detach_client()
+            assert fn.dma.held_after_unmap == 0
+        assert not jobs._kept
+    finally:
+        fn.close()
