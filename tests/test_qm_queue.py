@@ -225,8 +225,7 @@ def test_lagging_cq_doorbells_never_let_the_device_fill_the_cq(lazy_cq: bool) ->
         trap = _Trap()
         bell = Doorbell(0x1000, 8, None, trap, "test")  # type: ignore[arg-type]
         q = QmQueue(name="test/q0", qn=0, mem=memoryview(bytearray(layout.size)),
-                    layout=layout, doorbell=bell, cq_doorbell_priority=int(not lazy_cq),
-                    lazy_cq=lazy_cq)
+                    layout=layout, doorbell=bell, irq=not lazy_cq, lazy_cq=lazy_cq)
         dev = Device(q)
         me, done_upto = object(), 0  # done_upto: SQ slots the device has completed, in order
         for _ in range(300):
@@ -251,6 +250,9 @@ def test_lagging_cq_doorbells_never_let_the_device_fill_the_cq(lazy_cq: bool) ->
             else:
                 q.reap()
             assert q.outstanding + q.cq_lag <= q.capacity, seed
+        # Polling never re-arms the completion interrupt (priority 1): each re-arm lets the
+        # function post an EQE, which nobody who only polls acknowledges.
+        assert {prio for _head, prio in trap.cq_doorbells} <= {0}, seed
         q.release()
 
 
@@ -276,7 +278,7 @@ def test_a_waiter_sends_the_lagging_cq_head_before_it_sleeps(done_at_rearm: bool
     trap = _Trap()
     bell = Doorbell(0x1000, 8, None, trap, "test")  # type: ignore[arg-type]
     q = QmQueue(name="test/q0", qn=0, mem=memoryview(bytearray(layout.size)), layout=layout,
-                doorbell=bell, cq_doorbell_priority=1)
+                doorbell=bell, irq=True)
     dev = Device(q)
     owner = Owner()
     a, b = Job(owner), Job(owner)
@@ -299,4 +301,52 @@ def test_a_waiter_sends_the_lagging_cq_head_before_it_sleeps(done_at_rearm: bool
     lane.wait_until(lambda: b.done)
     assert b.done
     assert slept == ([] if done_at_rearm else [(0, [(1, 1)])])
+    q.release()
+
+
+@pytest.mark.parametrize("irq", [True, False])
+def test_only_a_waiter_about_to_sleep_rearms_the_interrupt(irq: bool) -> None:
+    """A reap announces the CQ head with priority 0, so the CQ head the device knows is
+    current; a waiter that then sleeps on the interrupt still re-arms it first (priority 1,
+    docs/research/hisi-qm-zip.md §7.1): under uacce the kernel never does, and no other
+    doorbell does here. A queue without completion interrupts never sends priority 1."""
+    from types import SimpleNamespace
+
+    from warpdrive.devices.zip.lane import Lane
+
+    class Job:
+        def __init__(self, owner: object) -> None:
+            self.owner, self.done, self.slot_off = owner, False, -1
+
+    class Owner:
+        def on_complete(self, job: Job) -> None:
+            job.done = True
+
+    layout = hw.QueueLayout(DEPTH, DEPTH)
+    trap = _Trap()
+    bell = Doorbell(0x1000, 8, None, trap, "test")  # type: ignore[arg-type]
+    q = QmQueue(name="test/q0", qn=0, mem=memoryview(bytearray(layout.size)), layout=layout,
+                doorbell=bell, irq=irq, lazy_cq=not irq)
+    dev = Device(q)
+    owner = Owner()
+    a, b = Job(owner), Job(owner)
+    q.post(a, owner)
+    q.post(b, owner)
+    q.ring()
+    dev.complete(0)
+    assert q.reap() == [a] and q.cq_lag == (0 if irq else 1)
+    slept: list[list[tuple[int, int]]] = []
+
+    def block(_q: QmQueue, _remaining: float) -> None:
+        slept.append(list(trap.cq_doorbells))
+        dev.complete(1)
+
+    lane = Lane(SimpleNamespace(source=SimpleNamespace(block=block), spin_s=0.0,
+                                timeout=5.0), 0)
+    lane.current = q
+    lane.wait_until(lambda: b.done)
+    assert b.done
+    # irq: the reap's head (priority 0), then the re-arm before the sleep (priority 1);
+    # without interrupts the lagging head goes out before the sleep, with priority 0.
+    assert slept == [[(1, 0), (1, 1)] if irq else [(1, 0)]]
     q.release()

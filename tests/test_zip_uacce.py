@@ -86,3 +86,60 @@ def test_uacce_refusals(tmp_path: Path) -> None:
     with pytest.raises(WarpdriveError, match="UACCE_CMD_QM_SET_QP_CTX"):
         src.start_queue(hw.ZIP_QC_COMPRESS)
     src.close()
+
+
+class _KernelQueue:
+    """STAND-IN for one uacce queue of hisi_zip (no such device here, see the module doc): it
+    answers the ioctls as 6.12 does, hands out queue memory, and keeps the doorbell values."""
+
+    def __init__(self) -> None:
+        self.doorbells: list[int] = []
+
+    def ioctl(self, cmd: int, arg: object, what: str) -> None:
+        if what == "UACCE_CMD_QM_SET_QP_CTX":
+            arg.id = 5  # type: ignore[attr-defined]
+        else:
+            arg.sqe_size, arg.sq_depth, arg.cq_depth = hw.SQE_SIZE, 8, 8  # type: ignore[attr-defined]
+
+    def map_mmio(self) -> object:
+        from warpdrive.mmio import Doorbell
+
+        outer = self
+
+        class _Page:
+            def doorbell(self, offset: int) -> Doorbell:
+                return Doorbell(offset, 8, None, self, "stand-in")  # type: ignore[arg-type]
+
+            def write(self, _offset: int, _width: int, value: int) -> None:
+                outer.doorbells.append(value)
+
+        return _Page()
+
+    def map_dus(self) -> memoryview:
+        return memoryview(bytearray(qm.QueueLayout(8, 8, hw.SQE_SIZE).size + 4096))
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("irq", [True, False])
+def test_uacce_queue_rearms_its_interrupt_only_when_it_has_one(irq: bool) -> None:
+    """The kernel never rings a CQ doorbell for a uacce queue (it only wakes poll()): the queue
+    re-arms its own interrupt (priority-1 CQ doorbell) before a sleep, as UADK's epoll mode
+    does (docs/research/hisi-qm-zip.md §7.1); a polled queue never sends priority 1."""
+    from types import SimpleNamespace
+
+    kq = _KernelQueue()
+    sva = SimpleNamespace(driver=hw.ZIP.uacce_driver, name="hisi_zip-0", api="hisi_qm_v2",
+                          dma=None, open_queue=lambda: kq)
+    src = UacceQueues(sva, hw.ZIP)  # type: ignore[arg-type]
+    q = src.start_queue(hw.ZIP_QC_COMPRESS, irq=irq)
+    assert q.irq is irq and q.qn == 5
+    q.ring_cq()
+    q.ring_cq(rearm=True)
+    prios = [qm.doorbell_decode_v2(v)[1:4:2] for v in kq.doorbells]
+    assert prios == [(qm.QM_DB_CMD_CQ, 0), (qm.QM_DB_CMD_CQ, int(irq))]
+    q.release()

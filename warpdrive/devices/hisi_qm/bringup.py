@@ -308,11 +308,9 @@ class QmDevice:
             self.mailbox_ctx(hw.QM_MB_CMD_SQC, qn, sqc)
             self.mailbox_ctx(hw.QM_MB_CMD_CQC, qn, cqc)
             db = self.db_bar.doorbell(qn * self.db_interval + hw.QM_DOORBELL_SQ_CQ_BASE_V2)
-            # With completion interrupts, every CQ doorbell carries priority 1: the kernel's
-            # "c_flag" after a batch, which re-arms the queue's next event-queue entry.
             irq_q = bool(dw6 & hw.CQC_DW6_IRQ)
             q = QmQueue(name=f"{self.name}/q{qn}", qn=qn, mem=mem.view, layout=layout,
-                        doorbell=db, db_version=2, cq_doorbell_priority=int(irq_q),
+                        doorbell=db, db_version=2, irq=irq_q,
                         lazy_cq=not irq_q, watchdog=self.dev.watchdog)
         except BaseException:
             self.dev.dma.release(mem, self)

@@ -32,11 +32,17 @@ when it has moved by half the ring, and always before the device's view of the C
 jobs + head not yet sent) could reach the ring size: that is all the device needs to never
 overflow the CQ. The kernel and UADK ring it after every drain; that costs a message per reap
 on a trapped doorbell, and two stores per reap (CQ, then the SQ doorbell again) on a polled one.
-`take_one`, the path of a waiter that spins on its job, is lazy on every queue: with completion
-interrupts the CQ doorbell (priority 1: it re-arms the queue's interrupt,
-docs/research/hisi-qm-zip.md §7) matters only to a waiter that is about to sleep, which rings it
-first (`Lane._wait`); after every job it cost the client a store and a fence on a line the device
-polls (~1 us of a one-shot call) and re-armed an interrupt nobody waited for.
+`take_one`, the path of a waiter that spins on its job, is lazy on every queue: after every job
+the CQ doorbell cost the client a store and a fence on a line the device polls (~1 us of a
+one-shot call).
+
+Completion interrupts (`irq`): a CQ doorbell with priority 1 re-arms the queue's interrupt (the
+kernel's "c_flag"; docs/research/hisi-qm-zip.md §7.1). Every routine CQ doorbell here has
+priority 0, as UADK's polling mode: a queue that is only polled must not re-arm, since each
+re-arm lets the function post an event-queue entry that a poller never acknowledges (on VFIO the
+driver owns the EQ, which would fill). A waiter about to sleep on the interrupt calls `rearm`
+first (`Lane._wait`), as UADK's epoll mode does before poll(); under uacce the kernel never
+rings a CQ doorbell for the queue, so without that nothing would wake it.
 """
 
 from __future__ import annotations
@@ -90,7 +96,7 @@ class QmQueue:
     BULK = 4  # from this many waiting CQEs on, `take_one` leaves them to `harvest`
 
     def __init__(self, *, name: str, qn: int, mem: memoryview, layout: hw.QueueLayout,
-                 doorbell: Doorbell, db_version: int = 2, cq_doorbell_priority: int = 0,
+                 doorbell: Doorbell, db_version: int = 2, irq: bool = False,
                  lazy_cq: bool = False, watchdog: Callable[[], None] | None = None) -> None:
         if layout.sqe_size % 4:
             raise InvalidArgumentError(f"queue {name}: SQE size {layout.sqe_size} is not a "
@@ -128,7 +134,9 @@ class QmQueue:
         self._cq_lazy_limit = max(1, min(layout.sq_depth, layout.cq_depth) // 2)
         encode = hw.doorbell_v2 if db_version >= 2 else hw.doorbell_v1
         self._sq_db = encode(qn, hw.QM_DB_CMD_SQ, 0)
-        self._cq_db = encode(qn, hw.QM_DB_CMD_CQ, 0, cq_doorbell_priority)
+        self._cq_db = encode(qn, hw.QM_DB_CMD_CQ, 0, 0)
+        self.irq = irq  # completion interrupts: `rearm` before sleeping on them
+        self._rearm_db = encode(qn, hw.QM_DB_CMD_CQ, 0, 1)
         self.lock = threading.Lock()
         self.jobs: list[object | None] = [None] * layout.sq_depth
         self.owners: list[object | None] = [None] * layout.sq_depth  # who gets each completion
@@ -292,13 +300,15 @@ class QmQueue:
         if self.mapped and self.outstanding > self.unrung:
             self._ring(self._sq_db | self.rung_tail << 32)
 
-    def ring_cq(self) -> None:
-        """Announce the CQ head (RX-stop checked first, as UADK does)."""
+    def ring_cq(self, rearm: bool = False) -> None:
+        """Announce the CQ head (RX-stop checked first, as UADK does); with `rearm`, on a
+        queue with completion interrupts, with priority 1, re-arming its interrupt (see the
+        module docstring): only for a waiter about to sleep on it."""
         if self._flags[0]:  # RX-stop
             raise QueueStoppedError(
                 f"queue {self.name} is stopped (RX-stop flag set: reset or hardware error)",
                 hint="close the session and open a new one")
-        self._ring(self._cq_db | self.cq_head << 32)
+        self._ring((self._rearm_db if rearm and self.irq else self._cq_db) | self.cq_head << 32)
         self.cq_lag = 0
         if self.mapped and self.outstanding > self.unrung:
             self._ring(self._sq_db | self.rung_tail << 32)

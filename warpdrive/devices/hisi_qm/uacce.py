@@ -96,7 +96,7 @@ class UacceQueues:
                 version = 2
             uq.start()
             q = QmQueue(name=f"{self.name}/q{ctx.id}", qn=ctx.id, mem=dus, layout=layout,
-                        doorbell=db, db_version=version, lazy_cq=not irq)
+                        doorbell=db, db_version=version, irq=irq, lazy_cq=not irq)
         except BaseException:
             uq.close()
             raise

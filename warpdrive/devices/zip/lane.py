@@ -208,29 +208,30 @@ class Lane:
             now = clock()
             if now >= refresh_at:
                 q.watchdog()
+                waited = now - start
+                sleeping = waited > spin_s
                 with lock:
                     q.ring()
                     q.refresh()
                     self.reap()
-                    rearmed = q.cq_lag > 0
+                    # `take_one` leaves the CQ head unsent; and no CQ doorbell re-arms a queue's
+                    # completion interrupt except this one (see QmQueue): before a block the
+                    # device must see the head, and be re-armed if it is to wake us.
+                    rearmed = q.cq_lag > 0 or (sleeping and q.irq)
                     if rearmed:
-                        # `take_one` leaves the CQ doorbell (and with it the priority-1 one that
-                        # re-arms a queue's completion interrupt) to whoever sleeps: before a
-                        # block, the device must see the head and be re-armed.
-                        q.ring_cq()
+                        q.ring_cq(rearm=sleeping)
                 if done():
                     return
                 if q.outstanding == 0:
                     raise ZipError(f"{q.name}: waiting for a job that is not in flight")
                 refresh_at = now + QmQueue.REFRESH_S
-                waited = now - start
                 if waited > timeout:
                     raise DeviceTimeoutError(
                         f"{q.name}: {q.outstanding} ZIP job(s) did not complete within "
                         f"{timeout} s", hint="the engine may be wedged or its DMA blocked; close "
                         "it (the function is reset) and check the kernel log")
                 # (after a re-arm, one more look: a job done before it may raise no interrupt)
-                if waited > spin_s and not (rearmed and q.completed()):
+                if sleeping and not (rearmed and q.completed()):
                     if locked:
                         lock.release()
                     try:
