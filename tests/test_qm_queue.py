@@ -256,36 +256,54 @@ def test_lagging_cq_doorbells_never_let_the_device_fill_the_cq(lazy_cq: bool) ->
         q.release()
 
 
+class _Job:
+    def __init__(self, owner: object) -> None:
+        self.owner, self.done, self.slot_off = owner, False, -1
+
+
+class _Owner:
+    def on_complete(self, job: _Job) -> None:
+        job.done = True
+
+
+def _two_jobs(irq: bool, lazy_cq: bool = False) -> tuple[QmQueue, _Trap, Device, _Owner, _Job,
+                                                         _Job]:
+    """A queue on a trapped doorbell with jobs a (slot 0, completed) and b (slot 1) rung."""
+    layout = hw.QueueLayout(DEPTH, DEPTH)
+    trap = _Trap()
+    bell = Doorbell(0x1000, 8, None, trap, "test")  # type: ignore[arg-type]
+    q = QmQueue(name="test/q0", qn=0, mem=memoryview(bytearray(layout.size)), layout=layout,
+                doorbell=bell, irq=irq, lazy_cq=lazy_cq)
+    dev = Device(q)
+    owner = _Owner()
+    a, b = _Job(owner), _Job(owner)
+    q.post(a, owner)
+    q.post(b, owner)
+    q.ring()
+    dev.complete(0)
+    return q, trap, dev, owner, a, b
+
+
+def _wait_in_lane(q: QmQueue, done: Callable[[], bool],
+                  block: Callable[[QmQueue, float], None]) -> None:
+    """`Lane.wait_until` on `q`, sleeping (at once: no spin) through `block`."""
+    from types import SimpleNamespace
+
+    from warpdrive.devices.zip.lane import Lane
+
+    lane = Lane(SimpleNamespace(source=SimpleNamespace(block=block), spin_s=0.0,
+                                timeout=5.0), 0)  # type: ignore[arg-type]
+    lane.current = q
+    lane.wait_until(done)
+
+
 @pytest.mark.parametrize("done_at_rearm", [False, True])
 def test_a_waiter_sends_the_lagging_cq_head_before_it_sleeps(done_at_rearm: bool) -> None:
     """With completion interrupts, the CQ doorbell (priority 1) re-arms the queue's interrupt,
     and `take_one` leaves it unsent: `Lane._wait` sends it before it sleeps on the interrupt,
     so it never waits for one the device was not armed to raise; and after that re-arm it
     looks once more, as a job done just before it may raise none (`done_at_rearm`)."""
-    from types import SimpleNamespace
-
-    from warpdrive.devices.zip.lane import Lane
-
-    class Job:
-        def __init__(self, owner: object) -> None:
-            self.owner, self.done, self.slot_off = owner, False, -1
-
-    class Owner:
-        def on_complete(self, job: Job) -> None:
-            job.done = True
-
-    layout = hw.QueueLayout(DEPTH, DEPTH)
-    trap = _Trap()
-    bell = Doorbell(0x1000, 8, None, trap, "test")  # type: ignore[arg-type]
-    q = QmQueue(name="test/q0", qn=0, mem=memoryview(bytearray(layout.size)), layout=layout,
-                doorbell=bell, irq=True)
-    dev = Device(q)
-    owner = Owner()
-    a, b = Job(owner), Job(owner)
-    q.post(a, owner)
-    q.post(b, owner)
-    q.ring()
-    dev.complete(0)
+    q, trap, dev, owner, a, b = _two_jobs(irq=True)
     assert q.take_one(owner) is a and q.cq_lag == 1 and not trap.cq_doorbells
     if done_at_rearm:  # b completes as the re-arm reaches the device: no interrupt
         trap.on_cq = lambda: dev.complete(1) if dev.tail == 1 else None
@@ -295,10 +313,7 @@ def test_a_waiter_sends_the_lagging_cq_head_before_it_sleeps(done_at_rearm: bool
         slept.append((q_.cq_lag, list(trap.cq_doorbells)))
         dev.complete(1)  # the job, and its interrupt
 
-    lane = Lane(SimpleNamespace(source=SimpleNamespace(block=block), spin_s=0.0,
-                                timeout=5.0), 0)
-    lane.current = q
-    lane.wait_until(lambda: b.done)
+    _wait_in_lane(q, lambda: b.done, block)
     assert b.done
     assert slept == ([] if done_at_rearm else [(0, [(1, 1)])])
     q.release()
@@ -310,30 +325,7 @@ def test_only_a_waiter_about_to_sleep_rearms_the_interrupt(irq: bool) -> None:
     current; a waiter that then sleeps on the interrupt still re-arms it first (priority 1,
     docs/research/hisi-qm-zip.md §7.1): under uacce the kernel never does, and no other
     doorbell does here. A queue without completion interrupts never sends priority 1."""
-    from types import SimpleNamespace
-
-    from warpdrive.devices.zip.lane import Lane
-
-    class Job:
-        def __init__(self, owner: object) -> None:
-            self.owner, self.done, self.slot_off = owner, False, -1
-
-    class Owner:
-        def on_complete(self, job: Job) -> None:
-            job.done = True
-
-    layout = hw.QueueLayout(DEPTH, DEPTH)
-    trap = _Trap()
-    bell = Doorbell(0x1000, 8, None, trap, "test")  # type: ignore[arg-type]
-    q = QmQueue(name="test/q0", qn=0, mem=memoryview(bytearray(layout.size)), layout=layout,
-                doorbell=bell, irq=irq, lazy_cq=not irq)
-    dev = Device(q)
-    owner = Owner()
-    a, b = Job(owner), Job(owner)
-    q.post(a, owner)
-    q.post(b, owner)
-    q.ring()
-    dev.complete(0)
+    q, trap, dev, _owner, a, b = _two_jobs(irq=irq, lazy_cq=not irq)
     assert q.reap() == [a] and q.cq_lag == (0 if irq else 1)
     slept: list[list[tuple[int, int]]] = []
 
@@ -341,10 +333,7 @@ def test_only_a_waiter_about_to_sleep_rearms_the_interrupt(irq: bool) -> None:
         slept.append(list(trap.cq_doorbells))
         dev.complete(1)
 
-    lane = Lane(SimpleNamespace(source=SimpleNamespace(block=block), spin_s=0.0,
-                                timeout=5.0), 0)
-    lane.current = q
-    lane.wait_until(lambda: b.done)
+    _wait_in_lane(q, lambda: b.done, block)
     assert b.done
     # irq: the reap's head (priority 0), then the re-arm before the sleep (priority 1);
     # without interrupts the lagging head goes out before the sleep, with priority 0.
