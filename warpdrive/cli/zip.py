@@ -584,14 +584,21 @@ class Run:
                 if len(data) < need:
                     break  # cut short: the stream path says so
                 member = bytes(data[:need])
+                # It waits for the oldest members while too many are in flight or their
+                # claims would pass the memory budget (hostile sizes cannot grow the RSS).
+                failed = False
+                while pending and (len(pending) >= MEMBERS_IN_FLIGHT or
+                                   not wgz.sized_claims_fit((m for _, m, _ in pending), member)):
+                    failed = not self._member_done(s, pending, out, res, before + done)
+                    if failed:
+                        break
+                    done += 1
+                if failed:
+                    break  # (data still holds it: it and the rest go the stream path)
                 del data[:need]
                 if s is None:
                     s = self.engine().session("decompress", wbits=31)
                 pending.append((s.submit(member), member, gz.mtime))
-                if len(pending) >= MEMBERS_IN_FLIGHT:
-                    if not self._member_done(s, pending, out, res, before + done):
-                        break
-                    done += 1
                 if not data:
                     more = _read(src, READ_CHUNK, name)
                     res.n_in += len(more)

@@ -33,7 +33,7 @@ from typing import IO, Any
 
 from ..devices.zip.errors import ZipDataError
 from ..devices.zip.header import Header, scan_header
-from ..devices.zip.job import DECOMPRESS_JOB_MAX
+from ..devices.zip.job import DECOMPRESS_JOB_MAX, decompress_guess
 from ..devices.zip.sqe import GZIP, Format
 from ..errors import InvalidArgumentError
 from . import zlib_api as _z
@@ -99,6 +99,27 @@ def sized_member_length(head: Header | None) -> int | None:
     if rest is None or not 8 <= rest <= DECOMPRESS_JOB_MAX:
         return None
     return head.length + rest
+
+
+# The memory the sized members in flight may claim together (sized_member_claim), here and in
+# the CLI: the format lets a member claim 8 MiB in and 8 MiB out (its trailer says how much
+# output room its job gets), so a file of such members, honest or not, would otherwise hold
+# ~24 MiB per member in flight (~200 MB at 8). Our own members (2 MiB of input) claim 3-6 MiB
+# and all go at once; larger claims wait for the members before them (one always goes).
+SIZED_BUDGET = 40 << 20
+
+
+def sized_member_claim(member: bytes) -> int:
+    """The memory a whole sized member in flight holds: its bytes, their copy in DMA memory and
+    the output room its job is given (from the trailer's ISIZE, as the session sizes it)."""
+    return 2 * len(member) + decompress_guess(member, _MEMBER)
+
+
+def sized_claims_fit(members: Any, member: bytes) -> bool:
+    """Whether `member` may join the sized `members` in flight within SIZED_BUDGET (always
+    when none are in flight, so a member is never refused, only made to wait)."""
+    held = sum(sized_member_claim(m) for m in members)
+    return not held or held + sized_member_claim(member) <= SIZED_BUDGET
 
 
 class _Member:
@@ -262,8 +283,11 @@ class _Reader(io.RawIOBase):
             self._fp.prepend(got)
             return False
         assert head.gzip is not None  # (it states a size)
-        self._fp.prepend(got[need:])
         member = got[:need]
+        if not sized_claims_fit((m for _, m, _ in self._ahead), member):
+            self._fp.prepend(got)  # it waits for the ones ahead (memory bound)
+            return False
+        self._fp.prepend(got[need:])
         if self._session is None:
             self._session = engine_for(self._device).session("decompress", wbits=31)
         self._ahead.append((self._session.submit(member), member, head.gzip.mtime))
