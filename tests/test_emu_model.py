@@ -3,6 +3,7 @@ DMA table (on real memfds and real mmaps) and the model registry."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 
@@ -262,6 +263,47 @@ def test_unmap_revokes_a_held_joined_view(memfd: int) -> None:
     mem2.view(0x80000, 2 * PAGE).release()
     mem2.remove(mem2.covered(0x80000, 2 * PAGE))
     assert mem2.held_after_unmap == 0 and not mem2._windows
+
+
+def test_unmap_revokes_every_view_whatever_the_model_hook_did(memfd: int) -> None:
+    """A model whose on_dma_unmap raises (the server logs it and unmaps anyway) lets go of
+    nothing, so the DMA layer revokes it all itself: a kept ring view of one map, a kept
+    buffer slice, a joined view still cached and one dropped from the cache (held since) stop
+    reaching the client's memory at the unmap; the rest at the client's leaving (clear)."""
+    mem, order = _scattered(memfd, 4)  # IOVA 0x40000.. : 4 page maps
+
+    def on_dma_unmap(iova: int, size: int) -> None:
+        raise RuntimeError("model bug")
+
+    def unmap(iova: int, size: int) -> None:  # as Function.handle_dma_unmap does
+        regions = mem.covered(iova, size)
+        for r in regions:
+            with contextlib.suppress(RuntimeError):  # (Function.call_model logs it)
+                on_dma_unmap(r.iova, r.size)
+        mem.remove(regions)
+
+    ring = mem.view(0x40000, 64, write=True)
+    flat = mem.view(0x40000 + PAGE, PAGE, write=True)[16:32]
+    old = mem.view(0x40000 + 8, PAGE, write=True)  # joins pages 0-1
+    for k in range(ClientMemory.MAX_WINDOWS):  # other joined views push it out of the cache
+        mem.view(0x40000 + 2 * PAGE + 16 + k, PAGE).release()
+    assert not any(w.mm is old.obj for w in mem._windows.values())
+    cached = mem.view(0x40000 + 2 * PAGE + 8, PAGE, write=True)  # joins pages 2-3
+    for v in (ring, flat, old, cached):
+        v[:4] = b"live"
+    assert os.pread(memfd, 4, order[0] * PAGE) == b"live"
+    unmap(0x40000, 2 * PAGE)
+    for v in (ring, flat, old, cached):
+        v[:4] = b"gone"
+    for page, at in ((0, 0), (1, 16), (0, 8)):  # ring, flat, old: out of the client's reach
+        assert os.pread(memfd, 4, order[page] * PAGE + at) == b"live", (page, at)
+    assert os.pread(memfd, 4, order[2] * PAGE + 8) == b"gone"  # still mapped: still live
+    mem.clear()  # the client leaves
+    cached[:4] = b"left"
+    assert os.pread(memfd, 4, order[2] * PAGE + 8) == b"gone"
+    for v in (ring, flat, old, cached):
+        v.release()
+    assert mem.reap() == 0 and not mem._retired
 
 
 def test_a_view_refuses_maps_that_do_not_meet_on_a_page(memfd: int) -> None:

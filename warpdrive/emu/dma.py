@@ -15,7 +15,8 @@ range is 256 maps whose memory is scattered through guest RAM (docs/research/vfi
 "Map granularity"). `read`/`write` walk the maps; `view` joins them zero-copy into one *window*:
 an anonymous reservation over which each map's pages are mapped again, in IOVA order, with
 `mremap(old_size=0)` (which duplicates a shared mapping), the same remapping an IOMMU does for the
-device. Windows are cached (rings are viewed on every poll) and revoked with the maps they use.
+device. Windows are cached (rings are viewed on every poll) and revoked with the maps they use,
+those dropped from the cache but still viewed too.
 
 Unmap follows the kernel's type1 (v2) semantics that QEMU's client relies on: one unmap may cover
 many maps (every map inside the range goes), a range that covers none succeeds, and a range that
@@ -23,7 +24,9 @@ would split a map is refused with EINVAL. Unmap revokes access before the reply 
 `mmap` object counts exported buffers, so the table knows whether the model still holds a view; if
 it does, the pages are replaced in place (MAP_FIXED) by private zero pages: the stale view keeps
 working but no longer reaches the client, and the memfd is closed. The mmap object is kept until
-its views are gone, then closed.
+its views are gone, then closed. This is the rule for every view the table gave out, whatever
+the model's `on_dma_unmap` hook did (it may raise and keep them): the hook lets a model drop its
+views early, revocation never depends on it.
 """
 
 from __future__ import annotations
@@ -114,7 +117,9 @@ class ClientMemory:
         self._regions: list[DmaRegion] = []  # sorted by iova, non-overlapping
         self._starts: list[int] = []
         self._zombies: list[mmap.mmap] = []  # revoked maps whose views the model still holds
-        self._retired: list[mmap.mmap] = []  # windows dropped from the cache, still viewed
+        # Windows dropped from the cache while the model still views them: revoked with their
+        # maps like cached ones (whatever the model's unmap hook did), closed once free.
+        self._retired: list[_Window] = []
         self._windows: OrderedDict[tuple[int, int, bool], _Window] = OrderedDict()
         self.faults = 0
 
@@ -182,6 +187,14 @@ class ClientMemory:
                 if any(id(r) in gone for r in win.regions):
                     del self._windows[key]
                     self._revoke_window(win)
+        if gone and self._retired:
+            kept = []
+            for win in self._retired:
+                if any(id(r) in gone for r in win.regions):
+                    self._revoke_window(win)
+                else:
+                    kept.append(win)
+            self._retired = kept
 
     def clear(self) -> None:
         """Drop every map (client disconnected)."""
@@ -190,6 +203,9 @@ class ClientMemory:
             self._revoke(self._regions.pop())
         while self._windows:
             self._revoke_window(self._windows.popitem()[1])
+        retired, self._retired = self._retired, []
+        for win in retired:
+            self._revoke_window(win)
 
     def _revoke(self, region: DmaRegion) -> None:
         if region.mm is None:
@@ -226,7 +242,7 @@ class ClientMemory:
     def reap(self) -> int:
         """Close revoked maps whose views are gone; returns how many are still held."""
         self._zombies = self._close_free(self._zombies)
-        self._retired = self._close_free(self._retired)
+        self._retire_free()
         return len(self._zombies)
 
     @staticmethod
@@ -238,6 +254,12 @@ class ClientMemory:
             except BufferError:
                 still.append(mm)
         return still
+
+    def _retire_free(self) -> None:
+        """Close the retired windows no longer viewed."""
+        if self._retired:
+            held = {id(mm) for mm in self._close_free([w.mm for w in self._retired])}
+            self._retired = [w for w in self._retired if id(w.mm) in held]
 
     @property
     def held_after_unmap(self) -> int:
@@ -388,7 +410,6 @@ class ClientMemory:
         win = _Window(mm, [r for r, _, _ in pieces], head)
         self._windows[key] = win
         while len(self._windows) > self.MAX_WINDOWS:
-            old = self._windows.popitem(last=False)[1]
-            self._retired.append(old.mm)
-        self._retired = self._close_free(self._retired)
+            self._retired.append(self._windows.popitem(last=False)[1])
+        self._retire_free()
         return win
