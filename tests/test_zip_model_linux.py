@@ -308,6 +308,36 @@ def test_a_queue_never_has_two_eqes_pending() -> None:
     assert linux.poll_cq(0) == [] and len(linux.poll_cq(1)) == 1
 
 
+def test_with_latched_doorbells_the_priority_1_cq_doorbell_rearms() -> None:
+    """With every doorbell store seen (doorbells=trap, the lab's setting) the model re-arms a
+    queue as the function does (§7.1): on the CQ doorbell with priority 1 that Linux rings after
+    draining the CQ ("set c_flag"), not on the EQ acknowledgement; at once if CQEs lie beyond
+    the head it carries. Still one EQE per queue at a time, as the EQ handler needs."""
+    linux = Linux()
+    linux.qm.cq_rearm = True
+    linux.probe()
+    linux.start_qp(0, 0)
+    for i in range(5):
+        linux.send(0, TEXT[: 20 + i], 512)
+    assert linux.run() == [0]  # five completions, one interrupt
+    linux.send(0, TEXT[:30], 512)
+    assert linux.run() == []  # not re-armed yet: no second EQE
+    assert linux.eq_irq() == [0]
+    assert linux.msis == []  # acknowledging the EQE re-arms nothing
+    assert len(linux.poll_cq(0)) == 6  # ... its priority-1 doorbell does: nothing beyond it
+    assert linux.msis == [] and linux.eq_irq() == []
+    linux.send(0, TEXT[:31], 512)
+    assert linux.run() == [0]  # armed: the next completion signals
+    assert linux.eq_irq() == [0]
+    # A CQE written after the driver's last look but before its re-arm is signalled at once.
+    head = linux.cq_head[0]
+    linux.send(0, TEXT[:32], 512)
+    linux.run()
+    linux.wq(0x1000, 0 | 1 << 12 | head << 32 | 1 << 48)
+    assert linux.msis == [0] and linux.eq_irq() == [0]
+    assert len(linux.poll_cq(0)) == 2
+
+
 def test_bad_sgls_and_unmapped_buffers_fail_the_request_not_the_device() -> None:
     linux = Linux()
     linux.probe()

@@ -40,9 +40,9 @@ Completion interrupts (`irq`): a CQ doorbell with priority 1 re-arms the queue's
 kernel's "c_flag"; docs/research/hisi-qm-zip.md §7.1). Every routine CQ doorbell here has
 priority 0, as UADK's polling mode: a queue that is only polled must not re-arm, since each
 re-arm lets the function post an event-queue entry that a poller never acknowledges (on VFIO the
-driver owns the EQ, which would fill). A waiter about to sleep on the interrupt calls `rearm`
-first (`Lane._wait`), as UADK's epoll mode does before poll(); under uacce the kernel never
-rings a CQ doorbell for the queue, so without that nothing would wake it.
+driver owns the EQ, which would fill). A waiter about to sleep on the interrupt re-arms it
+first (`ring_cq(rearm=True)`, from `Lane._wait`), as UADK's epoll mode does before poll();
+under uacce the kernel never rings a CQ doorbell for the queue, so nothing else would.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ class QmQueue:
         encode = hw.doorbell_v2 if db_version >= 2 else hw.doorbell_v1
         self._sq_db = encode(qn, hw.QM_DB_CMD_SQ, 0)
         self._cq_db = encode(qn, hw.QM_DB_CMD_CQ, 0, 0)
-        self.irq = irq  # completion interrupts: `rearm` before sleeping on them
+        self.irq = irq  # completion interrupts: re-armed before sleeping on them
         self._rearm_db = encode(qn, hw.QM_DB_CMD_CQ, 0, 1)
         self.lock = threading.Lock()
         self.jobs: list[object | None] = [None] * layout.sq_depth

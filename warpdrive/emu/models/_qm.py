@@ -13,9 +13,12 @@ docs/research/hisi-qm-zip.md; the layout is the model's own transcription (`_zip
 - §7 completions: results go into the SQE slot, then the CQE with its phase bit; an EQE (and the
   EQ's MSI vector) for queues with completion interrupts. At most one EQE per queue is pending:
   Linux's EQ handler stores a batch in an array of `qp_num` entries, so more than one per queue
-  could overflow it. The queue is re-armed when the driver consumes that EQE (its EQ doorbell
-  passes it; the handler rings it before queueing the work that polls the CQ); if the queue
-  completed more jobs meanwhile, the next EQE goes out at once, so no completion goes unsignalled.
+  could overflow it. Re-arming (§7.1): with latched doorbells (`cq_rearm`, the model's
+  doorbells=trap) as the function does, on a CQ doorbell with priority 1 (the "c_flag"): an EQE
+  goes out at once if CQEs lie beyond the head it carries, so none goes unsignalled. With a
+  polled doorbell page, which shows only the latest store and so may hide a priority-1 one, on
+  the driver's consuming that EQE instead (its EQ doorbell passes it; Linux rings it before the
+  work that re-arms), the next EQE at once if the queue completed jobs meanwhile.
 - §8 capabilities: whatever the model passes in `caps` (offset -> value), read as registers.
 """
 
@@ -158,6 +161,9 @@ class QmFunction:
         # Views of a queue's rings kept by the executor (`rings`) go when its CQ context is
         # loaded again (its SQ's reload starts the queue: `queue_started`).
         self.cq_loaded: Callable[[QueueState], None] = lambda q: None
+        # Every SQ/CQ doorbell store is seen (trapped): re-arm on the priority-1 CQ doorbell,
+        # as the function does (module docstring), not on the EQ acknowledgement.
+        self.cq_rearm = False
         self.reset()
 
     # -- state -----------------------------------------------------------------------------
@@ -376,6 +382,10 @@ class QmFunction:
                 return True
         elif cmd == L.QM_DB_CMD_CQ and q.cqc_ok and index < q.cq_depth:
             q.cq_head = index
+            if value >> 48 and self.cq_rearm and q.eqe_posted_at is not None:
+                q.eqe_posted_at = None  # priority 1 ("c_flag"): re-armed
+                if q.cq_irq and q.cq_tail != index:  # CQEs it has not read: signal them now
+                    self._interrupt([q])
         return False
 
     def _eq_doorbell(self, value: int) -> None:
@@ -395,6 +405,8 @@ class QmFunction:
         again = []
         for _ in range(min(consumed, len(self.eq.posted))):
             q = self.queues[self.eq.posted.popleft()]
+            if self.cq_rearm:
+                continue  # re-armed by its priority-1 CQ doorbell instead
             if q.eqe_posted_at is not None and q.completed != q.eqe_posted_at:
                 again.append(q)
             q.eqe_posted_at = None

@@ -20,7 +20,7 @@ What it models (section numbers are those of the research document):
   read as 0; a V2 driver never reads them).
 - The QM (`_qm.QmFunction`): mailbox (§4; runs on its last dword, as x86 Linux writes it),
   contexts with read-back into the driver's scratch buffer, doorbells, CQEs, EQEs (at most one
-  pending per queue, §7), AEQ on ring faults, STOP_QP after draining.
+  per queue until it is re-armed, §7, §7.1), AEQ on ring faults, STOP_QP after draining.
 - Jobs: raw deflate / zlib / gzip compression and decompression, stateless and stateful, from
   flat buffers or hardware SGLs (§10). Results go into the SQE slot in place (consumed,
   produced, status, last-block bit, checksum, isize, ctx_dw0); the tag words are left alone.
@@ -797,6 +797,7 @@ class ZipModel(DeviceModel):
         if isinstance(self.jobs, ThreadedJobs):
             self.jobs.messages_fd = self.messages_fd
         self.qm.forget_doorbell = self._forget_doorbell
+        self.qm.cq_rearm = self.doorbells == "trap"  # every store seen: the c_flag re-arm
         self.qm.rings = self._rings
         started, stopped = self.qm.queue_started, self.qm.queue_stopped
 
