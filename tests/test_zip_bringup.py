@@ -288,20 +288,3 @@ def test_after_a_slow_wait_the_next_sleeps_at_once(wait: str,
         s.submit(b"fast " * 10)
         s.drain()
         assert not lane.slow
-
-
-def test_sleeping_waiters_rearm_the_interrupt_on_a_latched_doorbell() -> None:
-    """With trapped doorbells the model re-arms a queue only on the priority-1 CQ doorbell, as
-    the function does (docs/research/hisi-qm-zip.md §7.1), so a driver that never re-armed
-    would get one event-queue entry, the start's, and then sleep out every wait. Ours re-arms
-    before each sleep (wait="block" sleeps at once): jobs after the first raise more."""
-    with warpdrive.open("emu:zip", model_options={"doorbells": "trap"}) as dev:
-        qm = QmDevice(dev, hw.ZIP)
-        eng = wz.ZipEngine(qm, wait="block")
-        data = b"re-armed " * 500
-        for _ in range(10):
-            assert zlib.decompress(eng.compress(data)) == data
-        _, stats = model_view(dev)
-        assert stats["jobs"] == 10 and stats["eqes"] > 1, stats
-        eng.close()
-        qm.close()
