@@ -133,10 +133,16 @@ def eventfd(initval: int = 0, flags: int = EFD_CLOEXEC) -> int:
     return fd
 
 
+_FD_SETSIZE = 1024  # select(2) takes fds below this only
+
+
 def wait_readable(fds: Sequence[int], timeout: float | None) -> list[int]:
     """Those of `fds` readable (or hung up) within `timeout` seconds (None: no limit), [] on
-    timeout. poll(2), not select(2): select refuses an fd numbered 1024 or more, which a
-    program holding many files (or a test suite) reaches."""
+    timeout. select(2) while every fd is below FD_SETSIZE: its timeout is exact, where poll(2)'s
+    is whole milliseconds (a 0.5 ms look would last 1 ms); poll(2) otherwise, as select refuses
+    an fd numbered 1024 or more, which a program holding many files (or a test suite) reaches."""
+    if max(fds, default=0) < _FD_SETSIZE:
+        return select.select(fds, (), (), None if timeout is None else max(0.0, timeout))[0]
     p = select.poll()
     for fd in fds:
         p.register(fd, select.POLLIN)

@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import select
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -81,6 +80,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from typing import Any
 
+from ... import syscalls as sc
 from ...errors import InvalidArgumentError
 from ..dma import DmaFault
 from ..model import VFIO_PCI_MSI_IRQ_INDEX, DeviceModel, RegionSpec
@@ -424,8 +424,6 @@ class NullJobs(ZipJobs):
         _RES.pack_into(sq, off, in_len, 0, 0, L.STATUS_OK | L.STATUS_LAST_BLOCK)
 
 
-_SELECT_FDS = 1024  # select(2) takes fds below FD_SETSIZE only
-
 class ThreadedJobs(ZipJobs):
     """The zlib executor with worker threads (`workers=N`, N > 1). Taken (PENDING) and run on
     one of N threads, so jobs of one queue, or of several, are compressed at once on several
@@ -452,7 +450,7 @@ class ThreadedJobs(ZipJobs):
                                              memoryview, memoryview]]] = {}
         self.qm: QmFunction | None = None
         # Counted up by a worker as it finishes a job (`watch`): what the model's thread sleeps
-        # on while the workers are busy (one select(2), no waiter objects per future). Made with
+        # on while the workers are busy (one wait on fds, no waiter objects per future). Made with
         # the first job handed to a worker, closed by `close`.
         self._done_fd = -1
         # Readable while the server has messages or connections waiting (-1: none known): a
@@ -596,13 +594,8 @@ class ThreadedJobs(ZipJobs):
             fd = self.messages_fd()
             if fd >= 0:
                 fds.append(fd)
-        if max(fds) < _SELECT_FDS:
-            select.select(fds, (), (), wait_s)
-        else:  # (a process with many DMA maps holds an fd per map: select takes none so high)
-            p = select.poll()  # (its timeout is whole milliseconds: select's for the usual case)
-            for fd in fds:
-                p.register(fd, select.POLLIN)
-            p.poll(wait_s * 1e3)
+        # (a process with many DMA maps holds an fd per map: wait_readable takes any number)
+        sc.wait_readable(fds, wait_s)
 
     @staticmethod
     def _result(fut: Future[_Done]) -> _Done:
