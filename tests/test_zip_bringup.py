@@ -8,6 +8,7 @@ No ZIP hardware exists here or in the QEMU lab, so this is where the driver's VF
 from __future__ import annotations
 
 import struct
+import time
 import zlib
 
 import pytest
@@ -288,3 +289,69 @@ def test_after_a_slow_wait_the_next_sleeps_at_once(wait: str,
         s.submit(b"fast " * 10)
         s.drain()
         assert not lane.slow
+
+
+def trapped_engine(dev: warpdrive.Device, **kw: object) -> tuple[QmDevice, wz.ZipEngine]:
+    qm = QmDevice(dev, hw.ZIP, doorbell="message")
+    return qm, wz.ZipEngine(qm, wait="block", **kw)  # type: ignore[arg-type]
+
+
+def test_an_event_queue_overflow_is_reported_and_recovered(caplog) -> None:
+    """docs/research/hisi-qm-zip.md §7.2, end to end on our own QM client: a waiter that
+    re-arms its queue's interrupt and then finds its completion without sleeping leaves the EQE
+    unacknowledged; driven past the EQ's depth (the ack every waiter's tick gives a half-full
+    EQ is bypassed: no tick runs when the job is already done), the model raises an
+    EQ-overflow AEQE. The driver reloads the EQ on the next tick, logs one line, and the engine
+    goes on: later waits sleep on the interrupt and are woken by it."""
+    with warpdrive.open("emu:zip", model_options={"doorbells": "trap"}) as dev:
+        qm, eng = trapped_engine(dev)
+        s = eng.session("compress")
+        q = eng.lanes[COMPRESS].q
+        data = b"event " * 100
+        for _ in range(qm.caps.eq_depth):
+            s.submit(data)
+            while not q.completed():
+                pass
+            q.ring_cq(rearm=True)  # re-armed with a CQE beyond the head: an EQE at once
+            (j,) = s.drain()
+            assert zlib.decompress(j.result()) == data
+        _, stats = model_view(dev)
+        assert stats["aeqes"] == 1 and stats["eqes"] == qm.caps.eq_depth - 1
+        assert qm.eq_overflows == 0  # not looked at yet
+        with caplog.at_level("WARNING", logger="warpdrive.qm"):
+            big = b"overflow recovered " * 50000  # long enough for the waiter to tick
+            assert zlib.decompress(eng.compress(big)) == big
+        assert qm.eq_overflows == 1, model_view(dev)[1]
+        assert any("EQ overflow" in r.getMessage() for r in caplog.records), caplog.text
+        _, before = model_view(dev)
+        for _ in range(3):
+            assert zlib.decompress(eng.compress(big)) == big
+        _, after = model_view(dev)
+        assert after["eqes"] > before["eqes"] and after["msis"] > before["msis"], (before, after)
+        assert after["aeqes"] == 1
+        eng.close()
+
+
+def test_a_completion_queue_overflow_stops_the_queue_with_a_clear_error() -> None:
+    """§7.2: CQ doorbells suppressed (a driver bug, simulated), the function's view of the CQ
+    fills and the next job overflows it: the model stops the queue and posts a CQ-overflow
+    AEQE; the waiter gets QueueStoppedError naming it within a tick, never a hang or a
+    timeout, and closing the engine still works (the function is reset)."""
+    with warpdrive.open("emu:zip", model_options={"doorbells": "trap"}) as dev:
+        qm, eng = trapped_engine(dev, depth=16, timeout=20.0)
+        s = eng.session("compress")
+        q = eng.lanes[COMPRESS].q
+        q.ring_cq = lambda rearm=False: None  # type: ignore[method-assign]
+        data = b"cq " * 100
+        for _ in range(15):  # the CQ takes depth - 1 CQEs the function never sees consumed
+            s.submit(data)
+            s.drain()
+        t0 = time.monotonic()
+        s.submit(data)
+        with pytest.raises(QueueStoppedError, match="stopped by the device: CQ overflow"):
+            s.drain()
+        assert time.monotonic() - t0 < 5
+        assert qm.faults == {q.qn: "CQ overflow"}
+        _, stats = model_view(dev)
+        assert stats["aeqes"] == 1 and stats["jobs"] == 15
+        eng.close()

@@ -245,6 +245,78 @@ def test_completion_interrupt_writes_eq_and_raises_msi() -> None:
     assert c.r32(qm.QM_VF_EQ_INT_SOURCE) == 0
 
 
+def aeqes(c: Client, n: int = 16) -> list[tuple[int, int]]:
+    """(type, queue) of each AEQE the model wrote with phase 1 (a first lap of the AEQ)."""
+    out = []
+    for i in range(n):
+        (w,) = struct.unpack_from("<I", c.mem, AEQ + 4 * i)
+        if not w >> 16 & 1:
+            break
+        out.append((w >> qm.AEQE_TYPE_SHIFT & 0xF, w & 0xFFFF))
+    return out
+
+
+def bring_up_latched(c: Client, eq_depth: int) -> None:
+    """An irq queue, an EQ of `eq_depth` entries and an AEQ, every doorbell latched (trapped,
+    as the lab serves Linux), both interrupts unmasked."""
+    c.bring_up(irq=True)
+    c.qm.cq_rearm = True
+    assert c.ctx(qm.QM_MB_CMD_EQC, 0, qm.EQC.pack(0, 0, IOVA + EQ, 0, 0, 0, 0,
+                                                   (eq_depth - 1) | qm.EQC_DW6_PHASE)) == 0
+    assert c.ctx(qm.QM_MB_CMD_AEQC, 0, qm.EQC.pack(0, 0, IOVA + AEQ, 0, 0, 0, 0,
+                                                    15 | qm.EQC_DW6_PHASE)) == 0
+    c.qm.write(qm.QM_VF_AEQ_INT_MASK, struct.pack("<I", 0))
+
+
+def test_a_full_event_queue_raises_one_eq_overflow_aeqe() -> None:
+    """docs/research/hisi-qm-zip.md §7.2: a driver that re-arms (priority-1 CQ doorbells) but
+    never acknowledges the EQ fills it; the EQE that does not fit is not written, one
+    EQ-overflow AEQE and the AEQ's MSI go out instead, and only once until EQEs are consumed."""
+    c = Client()
+    bring_up_latched(c, eq_depth=4)
+    fmt = Format("deflate", 15)
+    for _ in range(5):
+        c.job(fmt, b"e" * 100)
+        c.w64(qm.QM_DOORBELL_SQ_CQ_BASE_V2, qm.doorbell_v2(0, qm.QM_DB_CMD_CQ, c.cq_head, 1))
+    assert c.qm.eq.tail == 3 and c.qm.stats["eqes"] == 3  # 4 entries, one stays empty
+    assert aeqes(c) == [(qm.AEQE_TYPE_EQ_OVERFLOW, 0)]
+    assert c.irqs == [0, 0, 0, 1] and c.r32(qm.QM_VF_AEQ_INT_SOURCE) == 1
+    # Consuming the EQEs clears the overflow: the next one is reported again.
+    c.w64(qm.QM_DOORBELL_EQ_AEQ_BASE_V2, qm.doorbell_v2(0, qm.QM_DB_CMD_EQ, 3))
+    c.w64(qm.QM_DOORBELL_EQ_AEQ_BASE_V2, qm.doorbell_v2(0, qm.QM_DB_CMD_AEQ, 1))
+    assert c.r32(qm.QM_VF_AEQ_INT_SOURCE) == 0
+    for _ in range(4):
+        c.job(fmt, b"f" * 100)
+        c.w64(qm.QM_DOORBELL_SQ_CQ_BASE_V2, qm.doorbell_v2(0, qm.QM_DB_CMD_CQ, c.cq_head, 1))
+    assert aeqes(c) == [(qm.AEQE_TYPE_EQ_OVERFLOW, 0)] * 2 and c.qm.stats["aeqes"] == 2
+
+
+@pytest.mark.parametrize("latched", [True, False], ids=["latched", "polled"])
+def test_a_full_completion_queue_stops_the_queue(latched: bool) -> None:
+    """§7.2: with latched doorbells the model knows the CQ head, and a job whose CQE would not
+    fit is not run: the queue stops and a CQ-overflow AEQE names it (Linux stops that queue);
+    restarting the queue (its contexts loaded again) recovers it. With a polled doorbell page a
+    CQ doorbell may be hidden by a later SQ doorbell, so there the CQ is not judged."""
+    c = Client()
+    bring_up_latched(c, eq_depth=64)
+    c.qm.cq_rearm = latched
+    fmt = Format("deflate", 15)
+    for _ in range(DEPTH - 1):  # no CQ doorbell: the CQ holds DEPTH - 1 CQEs, its limit
+        c.job(fmt, b"c" * 100)
+    tmpl = SqeTemplate.for_format(fmt, qm.QM_HW_V2)
+    tmpl.fill(c.mem, SQ + c.tail * hw.SQE_SIZE, src=IOVA + SRC, in_len=100, dst=IOVA + DST,
+              avail=4096, tag=7)
+    c.qm.doorbell(qm.doorbell_v2(0, qm.QM_DB_CMD_SQ, (c.tail + 1) % DEPTH))
+    if not latched:
+        assert c.qm.process() == 1 and aeqes(c) == []
+        return
+    assert c.qm.process() == 0 and c.qm.stats["jobs"] == DEPTH - 1
+    assert aeqes(c) == [(qm.AEQE_TYPE_CQ_OVERFLOW, 0)] and c.irqs[-1] == 1
+    assert not c.qm.queues[0].running and "CQ overflow" in c.qm.queues[0].broken
+    c.start_queue(0, hw.ZIP_QC_COMPRESS, irq=True)
+    assert c.job(fmt, b"again" * 20)[2] == hw.STATUS_OK
+
+
 def test_level_triggered_doorbell_and_reset() -> None:
     c = Client()
     c.bring_up()

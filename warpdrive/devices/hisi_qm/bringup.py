@@ -15,6 +15,13 @@ here through `Device`/`DmaSpace`/`Mmio` so it works the same on a real VF bound 
 5. Interrupts: MSI vectors (EQ 0, AEQ 1) to eventfds; EQ/AEQ doorbells with head 0; unmask;
    V3: QM_VF_STATE = ready.
 6. Per queue (`start_queue`): queue memory (SQ, CQ, status page), mailbox SQC then CQC.
+Events (docs/research/hisi-qm-zip.md §7.2): every waiter's refresh tick (the queue's watchdog)
+looks at the AEQ and the EQ in memory (two loads). A CQE-error or CQ-overflow AEQE stops the
+queue it names (its stop flags: its waiters and submitters get QueueStoppedError saying why),
+as Linux's qm_aeq_thread does; an EQ-overflow AEQE reloads the EQ (Linux resets the whole
+function; the queues here keep running, and every waiter looks at its CQ after a wake-up
+anyway). EQEs a waiter left behind (a re-arm followed by a completion it then saw without
+sleeping) are acknowledged there too, so the EQ does not fill.
 Close: set the queues' stop flags, drain, (V3: STOP_QP), mask interrupts, (V3: not ready),
 reset the function so no DMA can be in flight, then release the memory.
 
@@ -23,6 +30,7 @@ A PF needs more (memory init, VFT programming, engine setup) and is refused.
 
 from __future__ import annotations
 
+import logging
 import struct
 import threading
 import time
@@ -42,7 +50,12 @@ from ...errors import (
 from ...mmio import Mmio
 from ...uapi.vfio import VFIO_PCI_MSI_IRQ_INDEX
 from . import regs as hw
-from .queue import QmQueue
+from .queue import QmQueue, QueueStoppedError
+
+log = logging.getLogger("warpdrive.qm")
+# AEQE types (what the function reports; §7.2)
+_AEQE_NAMES = {hw.AEQE_TYPE_CQ_OVERFLOW: "CQ overflow", hw.AEQE_TYPE_EQ_OVERFLOW: "EQ overflow",
+               hw.AEQE_TYPE_CQE_ERROR: "CQE error"}
 
 
 @dataclass(frozen=True)
@@ -100,7 +113,10 @@ class QmDevice:
                 hint="create VFs with the kernel driver (echo N > /sys/bus/pci/devices/<PF>/"
                 "sriov_numvfs) and bind a VF to vfio-pci")
         self._lock = threading.Lock()
+        self._events = threading.Lock()  # EQ/AEQ heads: any waiter's thread may service them
         self._queues: dict[int, tuple[QmQueue, DmaBuffer]] = {}
+        self.faults: dict[int, str] = {}  # queue -> what the device reported (AEQ)
+        self.eq_overflows = 0
         self._block: DmaBuffer | None = None
         self._irqs: list[Interrupt] = []
         self._closed = False
@@ -157,14 +173,11 @@ class QmDevice:
         dev.dma.hold(blk, self, f"QM context tables of {dev.name}")
         iova = self._iova(blk)
 
-        self.mailbox_ctx(hw.QM_MB_CMD_EQC, 0, hw.EQC.pack(
-            0, 0, (iova + self.eq_off) & 0xFFFF_FFFF, (iova + self.eq_off) >> 32,
-            0, 0, 0, (c.eq_depth - 1) | hw.EQC_DW6_PHASE))
+        self._load_eq()
         self.mailbox_ctx(hw.QM_MB_CMD_AEQC, 0, hw.EQC.pack(
             0, 0, (iova + self.aeq_off) & 0xFFFF_FFFF, (iova + self.aeq_off) >> 32,
             0, 0, 0, (c.aeq_depth - 1) | hw.EQC_DW6_PHASE))
-        self.eq_head = self.aeq_head = 0
-        self.eq_phase = self.aeq_phase = 1
+        self.aeq_head, self.aeq_phase = 0, 1
         self.mailbox(hw.QM_MB_CMD_SQC_BT, 0, iova + self.sqc_off)
         self.mailbox(hw.QM_MB_CMD_CQC_BT, 0, iova + self.cqc_off)
 
@@ -172,6 +185,17 @@ class QmDevice:
             self._enable_interrupts()
         if self.caps.version >= hw.QM_HW_V3:
             self.bar.write32(hw.QM_VF_STATE, hw.QM_VF_STATE_READY)  # qm.c: hisi_qm_set_state
+
+    def _load_eq(self) -> None:
+        """(Re)load the EQ context: an empty ring, head 0, phase 1 (as hisi_qm_start does)."""
+        assert self._block is not None
+        c, iova = self.caps, self._iova(self._block)
+        size = c.eq_depth * hw.EQE_SIZE
+        self._block.view[self.eq_off:self.eq_off + size] = bytes(size)
+        self.mailbox_ctx(hw.QM_MB_CMD_EQC, 0, hw.EQC.pack(
+            0, 0, (iova + self.eq_off) & 0xFFFF_FFFF, (iova + self.eq_off) >> 32,
+            0, 0, 0, (c.eq_depth - 1) | hw.EQC_DW6_PHASE))
+        self.eq_head, self.eq_phase = 0, 1
 
     def _read_caps(self, revision: int) -> QmCaps:
         """As hisi_qm does (qm.c: qm_get_hw_caps, hisi_qm_get_hw_info): V2 has no capability
@@ -245,14 +269,19 @@ class QmDevice:
                     f"({what})", hint="the function is wedged; reset it (close and reopen)")
             time.sleep(hw.MB_POLL_INTERVAL_S)
 
-    def mailbox(self, cmd: int, queue: int, base: int, op: int = 0) -> None:
-        """One mailbox command. arm64 Linux issues one 128-bit store; Python has none, so this
-        makes the four ascending 32-bit stores Linux makes everywhere else (the busy dword
-        first; the command runs on the last)."""
+    def mailbox(self, cmd: int, queue: int, base: int, op: int = 0,
+                ctx: bytes | None = None) -> None:
+        """One mailbox command (with `ctx`: written into the scratch buffer first, under the
+        same lock, since any thread may start a queue or reload the EQ). arm64 Linux issues
+        one 128-bit store; Python has none, so this makes the four ascending 32-bit stores
+        Linux makes everywhere else (the busy dword first; the command runs on the last)."""
         name = hw.MB_CMD_NAMES.get(cmd, f"cmd {cmd:#x}")
         what = f"mailbox {name} queue {queue}" + (" (read)" if op else "")
         with self._lock:
             self._mb_wait(what)
+            if ctx is not None:
+                assert self._block is not None
+                self._block.view[self.scratch_off:self.scratch_off + len(ctx)] = ctx
             for i, word in enumerate(hw.mailbox_dwords(cmd, queue, base, op)):
                 self.bar.write32(hw.QM_MB_CMD_SEND_BASE + 4 * i, word)
             w = self._mb_wait(what)
@@ -264,8 +293,7 @@ class QmDevice:
     def mailbox_ctx(self, cmd: int, queue: int, ctx: bytes) -> None:
         """Write a 32-byte context through the scratch buffer."""
         assert self._block is not None
-        self._block.view[self.scratch_off:self.scratch_off + len(ctx)] = ctx
-        self.mailbox(cmd, queue, self._iova(self._block) + self.scratch_off)
+        self.mailbox(cmd, queue, self._iova(self._block) + self.scratch_off, ctx=ctx)
 
     def read_ctx(self, cmd: int, queue: int) -> bytes:
         """Read a context back (op = 1)."""
@@ -310,8 +338,9 @@ class QmDevice:
             db = self.db_bar.doorbell(qn * self.db_interval + hw.QM_DOORBELL_SQ_CQ_BASE_V2)
             irq_q = bool(dw6 & hw.CQC_DW6_IRQ)
             q = QmQueue(name=f"{self.name}/q{qn}", qn=qn, mem=mem.view, layout=layout,
-                        doorbell=db, db_version=2, irq=irq_q,
-                        lazy_cq=not irq_q, watchdog=self.dev.watchdog)
+                        doorbell=db, db_version=2, irq=irq_q, lazy_cq=not irq_q)
+            q.watchdog = lambda: self._watch(q)
+            self.faults.pop(qn, None)
         except BaseException:
             self.dev.dma.release(mem, self)
             self.dev.dma.unmap(mem)
@@ -326,23 +355,89 @@ class QmDevice:
         v = self.caps.eq_vector
         return self._irqs[v] if self._irqs and v is not None else None
 
+    def _watch(self, q: QmQueue) -> None:
+        """A waiter's refresh tick on `q`: the device is alive (`Device.watchdog`), AEQEs are
+        serviced, and so are EQEs once they fill half the EQ (two loads when neither holds:
+        the EQ's usual consumer is a waiter waking from the interrupt, and acknowledging on
+        every tick would let the function post an EQE and an MSI per job to spinning
+        waiters), and a queue the device stopped says why."""
+        self.dev.watchdog()
+        blk = self._block
+        if blk is not None and not self._closed:
+            view, half = blk.view, self.caps.eq_depth // 2
+            i, phase = self.eq_head + half, self.eq_phase  # EQEs are written in ring order
+            if i >= self.caps.eq_depth:
+                i, phase = i - self.caps.eq_depth, phase ^ 1
+            if self._ready(view, self.aeq_off, self.aeq_head, self.aeq_phase) or \
+                    self._ready(view, self.eq_off, i, phase):
+                self.ack_events()
+        if q.stopped:
+            why = self.faults.get(q.qn)
+            if why is not None:
+                raise QueueStoppedError(f"queue {q.name} was stopped by the device: {why}",
+                                        hint="close the engine or session and open a new one")
+
+    @staticmethod
+    def _ready(view: memoryview, off: int, head: int, phase: int) -> bool:
+        """Is the EQE/AEQE at `head` of the ring at `off` valid (its phase bit)?"""
+        return bool((view[off + head * 4 + 2] & 1) == phase)
+
     def ack_events(self) -> int:
-        """Drain EQ entries after an interrupt and ring the EQ doorbell; returns how many."""
-        assert self._block is not None
-        view = self._block.view
-        n = 0
-        depth = self.caps.eq_depth
-        while True:
-            (eqe,) = struct.unpack_from("<I", view, self.eq_off + self.eq_head * hw.EQE_SIZE)
-            if (eqe >> 16 & 1) != self.eq_phase:
-                break
-            n += 1
-            self.eq_head += 1
-            if self.eq_head == depth:
-                self.eq_head, self.eq_phase = 0, self.eq_phase ^ 1
-        if n:
-            self.eq_db.ring(hw.doorbell_v2(0, hw.QM_DB_CMD_EQ, self.eq_head))
-        return n
+        """Service the AEQ (see the module docstring), then drain the EQ and ring its
+        doorbell; returns how many EQEs were consumed."""
+        if self._block is None:
+            return 0
+        with self._events:
+            view = self._block.view
+            if self._ready(view, self.aeq_off, self.aeq_head, self.aeq_phase) and \
+                    self._service_aeq(view):
+                return 0
+            n = 0
+            depth = self.caps.eq_depth
+            while self._ready(view, self.eq_off, self.eq_head, self.eq_phase):
+                n += 1
+                self.eq_head += 1
+                if self.eq_head == depth:
+                    self.eq_head, self.eq_phase = 0, self.eq_phase ^ 1
+            if n:
+                self.eq_db.ring(hw.doorbell_v2(0, hw.QM_DB_CMD_EQ, self.eq_head))
+            return n
+
+    def _service_aeq(self, view: memoryview) -> bool:
+        """Take every AEQE waiting and acknowledge them. A CQE error or CQ overflow stops the
+        queue it names; an EQ overflow reloads the EQ (returns True then: its entries are
+        gone). Holds `_events`."""
+        overflow = False
+        depth = self.caps.aeq_depth
+        while self._ready(view, self.aeq_off, self.aeq_head, self.aeq_phase):
+            (w,) = struct.unpack_from("<I", view, self.aeq_off + self.aeq_head * hw.AEQE_SIZE)
+            kind, qn = w >> hw.AEQE_TYPE_SHIFT & 0xF, w & 0xFFFF
+            what = _AEQE_NAMES.get(kind, f"unknown event type {kind}")
+            self.aeq_head += 1
+            if self.aeq_head == depth:
+                self.aeq_head, self.aeq_phase = 0, self.aeq_phase ^ 1
+            if kind == hw.AEQE_TYPE_EQ_OVERFLOW:
+                overflow = True
+                continue
+            entry = self._queues.get(qn)
+            log.warning("%s: the device reports %s on queue %d%s", self.name, what, qn,
+                        "; the queue is stopped" if entry else " (not a queue in use)")
+            if entry is not None and kind in _AEQE_NAMES:
+                self.faults[qn] = what
+                entry[0].set_stopped()
+        self.eq_db.ring(hw.doorbell_v2(0, hw.QM_DB_CMD_AEQ, self.aeq_head))
+        if overflow:
+            self.eq_overflows += 1
+            log.warning("%s: the device reports an EQ overflow (events were lost); the event "
+                        "queue is reloaded, the queues go on", self.name)
+            masked = not self._irqs
+            if not masked:
+                self.bar.write32(hw.QM_VF_EQ_INT_MASK, 1)
+            self._load_eq()
+            self.eq_db.ring(hw.doorbell_v2(0, hw.QM_DB_CMD_EQ, 0))
+            if not masked:
+                self.bar.write32(hw.QM_VF_EQ_INT_MASK, 0)
+        return overflow
 
     def wait_interrupt(self, timeout: float) -> None:
         """Block until the EQ interrupt fires (or `timeout`), then acknowledge events."""
@@ -371,6 +466,8 @@ class QmDevice:
             return
         _, mem = entry
         err: BaseException | None = None
+        if q.qn in self.faults:
+            q.wedged = True  # the device stopped it: its jobs never complete; reset on close
         if not q.wedged:
             try:
                 q.drain(timeout)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from ...errors import ClosedError, ConnectionLostError, InvalidArgumentError, WarpdriveError
 from ...forkguard import ForkSafe
 from ...pool import BufferPool
+from ..hisi_qm.queue import QueueStoppedError
 from ..hisi_qm.source import QueueSource
 from .errors import ZipDataError
 from .job import COMPRESS, DECOMPRESS, DECOMPRESS_JOB_MAX, DIRECTIONS
@@ -172,9 +173,12 @@ class ZipEngine(ForkSafe):
             errors.append(e)
         if self._on_close is not None:
             self._on_close()
-        # A device that went away (its vfio-user server died) took its queues and jobs with it:
-        # closing has nothing left to release there, and says nothing about it.
-        errors = [e for e in errors if not isinstance(e, ConnectionLostError)]
+        # A device that went away (its vfio-user server died) took its queues and jobs with it,
+        # and a queue the device stopped (a CQ overflow or CQE error on its AEQ, a reset) took
+        # its jobs: closing has nothing left to release there, and says nothing about it (the
+        # waiters were told).
+        errors = [e for e in errors
+                  if not isinstance(e, (ConnectionLostError, QueueStoppedError))]
         if errors:
             raise errors[0]
 

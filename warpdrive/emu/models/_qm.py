@@ -19,6 +19,11 @@ docs/research/hisi-qm-zip.md; the layout is the model's own transcription (`_zip
   polled doorbell page, which shows only the latest store and so may hide a priority-1 one, on
   the driver's consuming that EQE instead (its EQ doorbell passes it; Linux rings it before the
   work that re-arms), the next EQE at once if the queue completed jobs meanwhile.
+- §7.2 overflows: an EQE that finds the EQ full is not written; an EQ-overflow AEQE goes out
+  instead (once, until the driver consumes EQEs or loads the EQC again). With latched doorbells
+  (`cq_rearm`: every CQ head is seen) a job whose CQE would find the CQ full is not run: the
+  queue stops and a CQ-overflow AEQE names it, as after a CQE error. A polled doorbell page may
+  hide CQ heads, so there the CQ is not judged.
 - §8 capabilities: whatever the model passes in `caps` (offset -> value), read as registers.
 """
 
@@ -95,6 +100,10 @@ class EventQueue:
     ctx: bytes = bytes(28)
     ok: bool = False
     posted: deque[int] = field(default_factory=deque)  # queue number of each unconsumed EQE
+    overflowed: bool = False  # an overflow AEQE went out; the next waits for EQEs consumed
+
+    def full(self) -> bool:
+        return (self.tail + 1) % self.depth == self.head
 
 
 # execute(queue, the SQ ring (writable), byte offset of the SQE): run one SQE and write its
@@ -152,7 +161,7 @@ class QmFunction:
         self.mb_count = 0
         self.stats = {} if stats is None else stats  # the accelerator may share its counters
         for key in ("jobs", "trapped_reads", "trapped_writes", "doorbells", "dma_faults", "msis",
-                    "resets", "eqes"):
+                    "resets", "eqes", "aeqes"):
             self.stats.setdefault(key, 0)
         self.forget_doorbell: Callable[[int], None] = lambda qn: None  # see ZipModel
         # An executor that completes jobs later hears when a queue (re)starts and stops.
@@ -162,7 +171,8 @@ class QmFunction:
         # loaded again (its SQ's reload starts the queue: `queue_started`).
         self.cq_loaded: Callable[[QueueState], None] = lambda q: None
         # Every SQ/CQ doorbell store is seen (trapped): re-arm on the priority-1 CQ doorbell,
-        # as the function does (module docstring), not on the EQ acknowledgement.
+        # as the function does (module docstring), not on the EQ acknowledgement; and the CQ
+        # heads are known, so a full CQ is an overflow (§7.2).
         self.cq_rearm = False
         self.reset()
 
@@ -275,6 +285,7 @@ class QmFunction:
             eq.phase = 1 if dw6 & L.EQC_DW6_PHASE else 0
             eq.head, eq.tail, eq.ctx, eq.ok = head, tail, ctx, True
             eq.posted.clear()
+            eq.overflowed = False
             if cmd == L.QM_MB_CMD_EQC:
                 for q in self.queues:
                     q.eqe_posted_at = None
@@ -394,6 +405,8 @@ class QmFunction:
             consumed = (index - self.eq.head) % self.eq.depth
             self.eq.head = index
             self.eq_pending = self.eq.head != self.eq.tail
+            if consumed:
+                self.eq.overflowed = False
             self._rearm(consumed)
         elif cmd == L.QM_DB_CMD_AEQ and self.aeq.ok and index < self.aeq.depth:
             self.aeq.head = index
@@ -414,8 +427,8 @@ class QmFunction:
             self._interrupt(again)
 
     def _post_event(self, eq: EventQueue, word: int) -> bool:
-        """Write one EQE/AEQE; False (dropped) when the queue is full or unconfigured."""
-        if not eq.ok or (eq.tail + 1) % eq.depth == eq.head:
+        """Write one EQE/AEQE; False (not written) when the queue is full or unconfigured."""
+        if not eq.ok or eq.full():
             return False
         try:
             self.dma.write(eq.base + eq.tail * 4, _U32.pack(word | eq.phase << 16))
@@ -470,8 +483,12 @@ class QmFunction:
             return 0
         taken = completed = 0
         execute, size, depth = self.execute, q.sqe_size, q.sq_depth
+        room = self._cq_room(q)
         try:
             for _ in range(todo):
+                if completed == room:  # its CQE would not fit: nothing runs (§7.2)
+                    self._cq_overflow(q)
+                    break
                 head = q.head
                 r = execute(q, sq, head * size)
                 if r == BUSY:
@@ -488,6 +505,18 @@ class QmFunction:
         q.completed += completed
         self.stats["jobs"] += completed
         return taken
+
+    def _cq_room(self, q: QueueState) -> int:
+        """How many more CQEs the CQ takes before its tail would reach the head the driver
+        last rang (one slot stays empty); unbounded when CQ doorbells may go unseen."""
+        if not self.cq_rearm:
+            return 1 << 30
+        return q.cq_depth - 1 - (q.cq_tail - q.cq_head) % q.cq_depth
+
+    def _cq_overflow(self, q: QueueState) -> None:
+        """The driver let the CQ fill (§7.2): the queue stops, a CQ-overflow AEQE names it."""
+        self._queue_fault(q, f"CQ overflow (head {q.cq_head}, tail {q.cq_tail})",
+                          L.AEQE_TYPE_CQ_OVERFLOW)
 
     def _run_queue_runs(self, q: QueueState, todo: int) -> int:
         """`_run_queue` with `execute_run`: the SQEs a run at a time (two runs when they wrap),
@@ -560,33 +589,49 @@ class QmFunction:
         except DmaFault as e:
             self._queue_fault(q, str(e))
             return
+        room = self._cq_room(q)
+        fit = slots if len(slots) <= room else slots[:room]
         try:
-            self._post_cqes(q, cq, slots)
+            self._post_cqes(q, cq, fit)
         finally:
             if self.rings is None:
                 cq.release()
-        q.completed += len(slots)
-        self.stats["jobs"] += len(slots)
-        if q.cq_irq and q.eqe_posted_at is None:
+        q.completed += len(fit)
+        self.stats["jobs"] += len(fit)
+        if len(fit) < len(slots):
+            self._cq_overflow(q)
+        if fit and q.cq_irq and q.eqe_posted_at is None:
             self._interrupt([q])
 
-    def _queue_fault(self, q: QueueState, why: str) -> None:
-        """The rings themselves are out of reach: the queue stops, the driver hears of it on
-        the AEQ (a CQE error, §7)."""
+    def _queue_fault(self, q: QueueState, why: str,
+                     kind: int = L.AEQE_TYPE_CQE_ERROR) -> None:
+        """The rings themselves are out of reach (a CQE error, §7), or the CQ overflowed
+        (§7.2): the queue stops, the driver hears of it on the AEQ."""
         q.broken = why
-        self._post_event(self.aeq, q.qn | L.AEQE_TYPE_CQE_ERROR << L.AEQE_TYPE_SHIFT)
+        self._async_event(q.qn, kind)
+
+    def _async_event(self, qn: int, kind: int) -> None:
+        """One AEQE (§7.2) and the AEQ's MSI when it is unmasked; lost if the AEQ is full."""
+        if self._post_event(self.aeq, qn | kind << L.AEQE_TYPE_SHIFT):
+            self.stats["aeqes"] += 1
         self.aeq_pending = True
-        if self.regs.get(L.QM_VF_AEQ_INT_MASK, 1) == 0:
-            self.notify(self.aeq_vector)
+        if self.regs.get(L.QM_VF_AEQ_INT_MASK, 1) == 0 and self.notify(self.aeq_vector):
+            self.stats["msis"] += 1
 
     def _interrupt(self, queues: list[QueueState]) -> None:
         posted = False
+        eq = self.eq
         for q in queues:
-            if self._post_event(self.eq, q.qn):
-                self.eq.posted.append(q.qn)
+            if self._post_event(eq, q.qn):
+                eq.posted.append(q.qn)
                 q.eqe_posted_at = q.completed
                 self.stats["eqes"] += 1
                 posted = True
+            elif eq.ok and eq.full() and not eq.overflowed:
+                # The EQE is lost and the queue stays armed; the driver hears on the AEQ
+                # (Linux resets the function, §7.2).
+                eq.overflowed = True
+                self._async_event(q.qn, L.AEQE_TYPE_EQ_OVERFLOW)
         if not posted:
             return
         self.eq_pending = True

@@ -143,6 +143,8 @@ def doorbell_decode_v2(value: int) -> tuple[int, int, int, int]:
 # -- §7 CQE, EQE, AEQE (qm_common.h: struct qm_cqe; qm.c: qm_aeq_thread) ------------------------
 CQE_SIZE = 16  # rsvd0 u32, cmd_id u16, rsvd1 u16, sq_head u16 @8, sq_num u16, rsvd2 u16, w7 u16
 AEQE_TYPE_SHIFT = 17  # AEQE bits 20:17 type
+AEQE_TYPE_CQ_OVERFLOW = 0
+AEQE_TYPE_EQ_OVERFLOW = 1
 AEQE_TYPE_CQE_ERROR = 2
 
 # -- §10, §15 the ZIP SQE (zip.h / UADK drv/hisi_comp.c: struct hisi_zip_sqe) -----------------

@@ -112,6 +112,7 @@ DBG_MESSAGES = 0x40  # u64 vfio-user messages the server has received (this read
 DBG_RESETS = 0x48  # u64 device resets (VFIO_USER_DEVICE_RESET)
 DBG_EQES = 0x50  # u64 event-queue entries posted
 DBG_SGL_JOBS = 0x58  # u64 jobs whose buffers were hardware SGLs
+DBG_AEQES = 0x60  # u64 async-event-queue entries posted (queue errors, overflows)
 # u32 per command: cmd | op << 8 | status << 12 | queue << 16. A ring of the last
 # DBG_MB_LOG_LEN commands: command n (counting from 0 up to DBG_MB_COUNT) is in slot
 # n % DBG_MB_LOG_LEN, so a reader that noted the count earlier finds exactly the newer ones.
@@ -120,7 +121,7 @@ DBG_MB_LOG_LEN = (DBG_SIZE - DBG_MB_LOG) // 4
 _DBG_COUNTERS = {"jobs": DBG_JOBS, "trapped_reads": DBG_TRAPPED_READS,
                  "trapped_writes": DBG_TRAPPED_WRITES, "doorbells": DBG_DOORBELLS_POLLED,
                  "dma_faults": DBG_DMA_FAULTS, "msis": DBG_MSIS, "resets": DBG_RESETS,
-                 "eqes": DBG_EQES, "sgl_jobs": DBG_SGL_JOBS}
+                 "eqes": DBG_EQES, "sgl_jobs": DBG_SGL_JOBS, "aeqes": DBG_AEQES}
 
 
 def debug_window(qm: QmFunction, messages: int = 0) -> bytes:
