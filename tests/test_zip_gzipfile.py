@@ -20,6 +20,8 @@ import pytest
 import warpdrive.zip as wz
 import warpdrive.zip.gzip as wgz
 from tests.ziputil import cli_argv, cli_env, run_peak_rss
+from warpdrive.errors import ForkedContextError
+from warpdrive.zip import engines
 
 LINES = [b"%05d: a line of a gzip file, read back line by line\n" % i for i in range(30000)]
 TEXT = b"".join(LINES)
@@ -295,3 +297,34 @@ def test_a_reader_dropped_with_members_in_flight(engine) -> None:
     assert g.read(5) == TEXT[:5]
     g.close()
     assert wgz.decompress(blob, device=engine) == TEXT
+
+
+@pytest.mark.parametrize("sized", [True, False], ids=["sized-members", "stream-members"])
+def test_a_reader_crossing_fork_at_a_member_boundary(engine, sized: bool) -> None:
+    """The fork rule (README, warpdrive.forkguard) for a reader stopped at a member boundary:
+    with `device=None` the child goes on, on the default engine opened anew there, even when
+    the parent had members queued on its engine (sized members decompress ahead); given the
+    parent's engine, the child gets ForkedContextError naming the engine. The parent's reader
+    goes on untouched either way."""
+    from tests.forkchild import run_in_child
+
+    data = bytes(range(256)) * 4096 * 4  # 4 MiB, four members of 1 MiB
+    step = 1 << 20
+    blob = _sized_members(data, step) if sized else \
+        b"".join(gzip.compress(data[i:i + step]) for i in range(0, len(data), step))
+    for device in (None, engine):
+        f = wgz.GzipFile(fileobj=io.BytesIO(blob), device=device)
+        assert f.read(step) == data[:step]
+
+        def child(f: wgz.GzipFile = f) -> int:
+            try:
+                ok = f.read() == data[step:]
+            except ForkedContextError as e:
+                return 3 if "ZIP engine" in str(e) else 4
+            finally:
+                engines._close_default()
+            return 0 if ok else 2
+
+        assert run_in_child(child) == (0 if device is None else 3)
+        assert f.read() == data[step:]
+        f.close()

@@ -17,6 +17,11 @@ reads and discards; seeking backward rewinds to the start (a seekable file) and 
 Writing seeks only forward (zeros are written). Errors: `BadGzipFile` (an OSError) for what is
 not gzip or fails its CRC/length check, `EOFError` for a truncated file, `zlib.error` (a
 `ZipDataError`) for a corrupt deflate body, as the `gzip` module raises them.
+
+Fork: a reader inherited by a forked child goes on from a member boundary on the engine the
+child gets (`device=None`: the default engine, opened anew there), whatever members the parent
+had queued; on an engine the caller gave, or inside a member, the child's read raises
+ForkedContextError (the parent's engine is not usable there).
 """
 
 from __future__ import annotations
@@ -297,6 +302,19 @@ class _Reader(io.RawIOBase):
         while len(self._ahead) < MEMBERS_AHEAD and self._next_sized():
             pass
 
+    def _leave_forked_parent(self) -> None:
+        """In a forked child, the members queued on the parent's engine (jobs that never
+        complete here, on buffers not mapped here) go back to the input unread, and their
+        session with them: the next member is read on the engine `engine_for` gives the child,
+        as any other member would be (the default engine opens anew; an engine the caller gave
+        refuses with ForkedContextError, the fork rule for a parent's engine)."""
+        s = self._session
+        if s is None or not s.engine._forked_dead:
+            return
+        ahead, self._ahead = self._ahead, deque()
+        self._fp.prepend(b"".join(m for _, m, _ in ahead))
+        self._session = None
+
     def _drop_ahead(self) -> None:
         """Give the queued members back to the input, in order (their jobs waited for)."""
         ahead, self._ahead = self._ahead, deque()
@@ -327,6 +345,7 @@ class _Reader(io.RawIOBase):
         # No waiting here (close runs in a finalizer too): a job still in flight keeps its
         # buffers, and its session stays with the engine, which settles both when it closes.
         try:
+            self._leave_forked_parent()
             ahead, self._ahead = self._ahead, deque()
             for job, _, _ in ahead:
                 if job.done:
@@ -349,6 +368,7 @@ class _Reader(io.RawIOBase):
                 self._spill_at = at + len(out)
                 break
             if self._new_member:
+                self._leave_forked_parent()
                 if not self._ahead:
                     self._fill_ahead()
                 if self._ahead and self._sized_output():
@@ -385,6 +405,7 @@ class _Reader(io.RawIOBase):
         return out
 
     def _rewind(self) -> None:
+        self._leave_forked_parent()
         if self._ahead:
             self._drop_ahead()
         self._spill, self._spill_at = b"", 0
