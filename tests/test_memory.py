@@ -199,6 +199,29 @@ def test_memfd_buffer_has_a_cloexec_fd() -> None:
         assert inspect_dma_memory(buf.addr, buf.size).dontfork
 
 
+def _rss(buf: DmaBuffer) -> int:
+    return sum(m.fields.get("Rss", 0) * 1024
+               for m in inspect_dma_memory(buf.addr, buf.size).mappings)
+
+
+def test_memfd_buffer_is_prefaulted_unless_told_otherwise() -> None:
+    """A vfio-user space allocates with prefault=False (the server maps the fd and shares the
+    pages): those appear on first touch, by either side, and are the same pages."""
+    with DmaBuffer.allocate(64 * PAGE, "memfd") as buf:
+        assert _rss(buf) == buf.size
+    with DmaBuffer.allocate(64 * PAGE, "memfd", prefault=False) as buf:
+        assert _rss(buf) == 0
+        other = mmap.mmap(buf.fd, buf.size, flags=mmap.MAP_SHARED)  # as the server maps it
+        try:
+            other[5 * PAGE:5 * PAGE + 5] = b"hello"
+            assert buf.read(5 * PAGE, 5) == b"hello"
+            buf.write(9 * PAGE, b"world")
+            assert other[9 * PAGE:9 * PAGE + 5] == b"world"
+            assert _rss(buf) == 2 * PAGE  # only the pages touched here
+        finally:
+            other.close()
+
+
 def test_buffer_bounds_are_checked() -> None:
     with DmaBuffer.allocate(PAGE) as buf:
         with pytest.raises(InvalidArgumentError, match="overruns"):

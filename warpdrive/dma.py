@@ -57,9 +57,12 @@ class DmaSpace(ForkSafe, ABC):
     - `identity`: IOVA == process virtual address (SVA); no allocator.
     - `needs_fd`: the device reaches memory through a shared fd (vfio-user), so only memfd-backed
       buffers can be mapped.
+    - `prefault`: `alloc` populates the pages of the buffers it makes (a memfd's are left to
+      first touch when the device side maps the fd itself; see DmaBuffer.allocate).
     """
 
     pins: bool = True
+    prefault: bool = True
     identity: bool = False
     needs_fd: bool = False
     default_kind: MemoryKind = MemoryKind.ANONYMOUS
@@ -172,7 +175,8 @@ class DmaSpace(ForkSafe, ABC):
               writable: bool = True) -> DmaBuffer:
         """Allocate a buffer of `kind` (default: what this backend needs) and map it."""
         self._check_open()
-        buf = DmaBuffer.allocate(size, kind or self.default_kind, page_size=page_size)
+        buf = DmaBuffer.allocate(size, kind or self.default_kind, page_size=page_size,
+                                 prefault=self.prefault)
         try:
             self.map(buf, iova=iova, writable=writable)
         except BaseException:

@@ -83,8 +83,12 @@ class DmaBuffer(ForkSafe):
     # -- allocation -------------------------------------------------------------------------
     @classmethod
     def allocate(cls, size: int, kind: str | MemoryKind = MemoryKind.ANONYMOUS, *,
-                 page_size: int | None = None, name: str = "warpdrive-dma") -> DmaBuffer:
-        """Allocate `size` bytes (rounded up to the page size) of pre-faulted DMA memory."""
+                 page_size: int | None = None, name: str = "warpdrive-dma",
+                 prefault: bool = True) -> DmaBuffer:
+        """Allocate `size` bytes (rounded up to the page size) of pre-faulted DMA memory.
+        `prefault=False` leaves a memfd's small pages to be made on first touch, by this
+        process or by whoever maps the fd (huge pages are always reserved up front: a missing
+        one is a SIGBUS later, not an error now)."""
         if size <= 0:
             raise InvalidArgumentError(f"DMA buffer size must be positive, got {size}")
         try:
@@ -114,7 +118,8 @@ class DmaBuffer(ForkSafe):
                 # turn its accesses into SIGBUS, so fix the size for good.
                 fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
                             fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
-                m = mmap.mmap(fd, length, flags=mmap.MAP_SHARED | sc.MAP_POPULATE)
+                populate = sc.MAP_POPULATE if prefault or page != sc.PAGE_SIZE else 0
+                m = mmap.mmap(fd, length, flags=mmap.MAP_SHARED | populate)
                 result_kind = MemoryKind.HUGETLB if page != sc.PAGE_SIZE else MemoryKind.MEMFD
             elif kind in (MemoryKind.ANONYMOUS, MemoryKind.HUGETLB):
                 flags = mmap.MAP_PRIVATE | sc.MAP_POPULATE
