@@ -543,102 +543,35 @@ class Run:
     def decompress_sized_members(self, name: str, src: Any, buf: bytes, out: Output | None,
                                  prog: Progress, res: Result,
                                  before: int) -> tuple[bytes, int]:
-        """gzip members that state their size (the SIZE_SUBFIELD our compression writes): cut
-        apart without inflating them and given to the engine as whole-member jobs,
-        MEMBERS_IN_FLIGHT at once (a device's engines, or the model's workers, decompress them
-        in parallel; gzip(1) and pigz decompress one stream on one core), their output written
-        in order. Returns
-        (what follows them, how many were done): b"" at the end of the input, else a member
-        without a size, anything that is no member, or a member whose job failed or whose size
-        was wrong, which the stream path then decompresses or rejects with its own message (a
-        wrong size costs time, never a wrong byte: each job checks its member's CRC-32 and
-        length, and must consume exactly the stated size)."""
-        from ..devices.zip.errors import ZipDataError
-        from ..devices.zip.header import scan_header
-        from ..devices.zip.sqe import Format
+        """gzip members that state their size (the SIZE_SUBFIELD our compression writes),
+        decompressed as whole-member jobs, MEMBERS_IN_FLIGHT at once, their output written in
+        order (`warpdrive.zip.gzip.SizedMembers`, GzipFile's loop too). Returns (what follows
+        them, how many were done): b"" at the end of the input, else what the stream path
+        decompresses or rejects with its own message."""
         from ..zip import gzip as wgz
 
-        fmt = Format("gzip", 15)
-        data = bytearray(buf)
-        pending: deque[tuple[Any, bytes, int]] = deque()  # (job, member, header mtime)
+        inp = wgz.Input(_CountedInput(src, name, res, prog))
+        inp.prepend(buf)
+        members = wgz.SizedMembers(self.engine(), MEMBERS_IN_FLIGHT)
         done = 0
-        s = None
         try:
-            while True:
-                try:
-                    head = scan_header(data, fmt) if data[:2] == b"\x1f\x8b" else None
-                except ZipDataError:
-                    head = None
-                need = wgz.sized_member_length(head)
-                if need is None:
+            members.fill(inp)
+            while members:
+                got = members.output()
+                if got is None:  # it and the ones after it go to the stream path
+                    members.hand_back(inp)
                     break
-                gz = head.gzip if head is not None else None
-                assert gz is not None  # (it states a size)
-                while len(data) < need:
-                    more = _read(src, max(READ_CHUNK, need - len(data)), name)
-                    if not more:
-                        break
-                    res.n_in += len(more)
-                    prog.update(len(more))
-                    data += more
-                if len(data) < need:
-                    break  # cut short: the stream path says so
-                member = bytes(data[:need])
-                # It waits for the oldest members while too many are in flight or their
-                # claims would pass the memory budget (hostile sizes cannot grow the RSS).
-                failed = False
-                while pending and (len(pending) >= MEMBERS_IN_FLIGHT or
-                                   not wgz.sized_claims_fit((m for _, m, _ in pending), member)):
-                    failed = not self._member_done(s, pending, out, res, before + done)
-                    if failed:
-                        break
-                    done += 1
-                if failed:
-                    break  # (data still holds it: it and the rest go the stream path)
-                del data[:need]
-                if s is None:
-                    s = self.engine().session("decompress", wbits=31)
-                pending.append((s.submit(member), member, gz.mtime))
-                if not data:
-                    more = _read(src, READ_CHUNK, name)
-                    res.n_in += len(more)
-                    prog.update(len(more))
-                    data += more
-                    if not data:
-                        break
-            while pending and s is not None and \
-                    self._member_done(s, pending, out, res, before + done):
+                data, mtime = got
+                if out is not None:
+                    out.write(data)
+                res.n_out += len(data)
+                if before + done == 0:
+                    res.mtime = mtime
                 done += 1
-            # members handed back (a failed job and the ones after it) come first again
-            return b"".join([m for _, m, _ in pending] + [bytes(data)]), done
+                members.fill(inp)
+            return inp.front(), done
         finally:
-            try:
-                if s is not None:
-                    s.close()  # waits for the jobs still in flight (after a failure)
-            finally:
-                for job, _, _ in pending:
-                    if job.done:  # (one still in flight keeps its buffers: the engine may
-                        job.release()  # write them yet)
-
-    def _member_done(self, s: Any, pending: deque[tuple[Any, bytes, int]], out: Output | None,
-                     res: Result, index: int) -> bool:
-        """Wait for the oldest member's job and write its output; False (the member stays
-        pending) when the job failed or did not consume exactly the member."""
-        job, _, mtime = pending[0]
-        while not job.done:
-            s.wait()
-        if job.error is not None or job.consumed != job.src_len:
-            return False
-        pending.popleft()
-        # A copy (not a view of DMA memory): a signal may end the run mid-write.
-        data = bytes(job.output)
-        job.release()
-        if out is not None:
-            out.write(data)
-        res.n_out += len(data)
-        if index == 0:
-            res.mtime = mtime
-        return True
+            members.close()
 
     def pass_through(self, name: str, src: IO[bytes], buf: bytes, out: Output | None,
                      res: Result, prog: Progress) -> Result:
@@ -765,6 +698,19 @@ def _read(src: Any, n: int, name: str) -> bytes:
         return bytes(src.read(n))
     except OSError as e:
         raise io_error("cannot read", e, name) from None
+
+
+class _CountedInput:
+    """`src` read as `_read` does, every byte counted in the result and the progress line."""
+
+    def __init__(self, src: Any, name: str, res: Result, prog: Progress) -> None:
+        self.src, self.name, self.res, self.prog = src, name, res, prog
+
+    def read(self, n: int) -> bytes:
+        data = _read(self.src, n, self.name)
+        self.res.n_in += len(data)
+        self.prog.update(len(data))
+        return data
 
 
 def _looks_compressed(buf: bytes, fmt: str) -> bool:

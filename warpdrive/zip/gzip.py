@@ -127,6 +127,113 @@ def sized_claims_fit(members: Any, member: bytes) -> bool:
     return not held or held + sized_member_claim(member) <= SIZED_BUDGET
 
 
+class SizedMembers:
+    """Members that state their size (SIZE_SUBFIELD), cut from an `Input` without inflating
+    them and decompressed on an engine as whole-member jobs, up to `limit` at once and within
+    SIZED_BUDGET, their outputs taken in order: GzipFile's reader and the CLI's decompression
+    (a device's engines, or the model's workers, decompress them in parallel). Anything odd (a
+    member without a size, cut short, not gzip; a job that failed or did not consume exactly
+    its member) goes back to the input for the stream path, which reads it or says why (a
+    wrong size costs time, never a wrong byte: each job checks its member's CRC-32 and length).
+    """
+
+    def __init__(self, device: Where, limit: int) -> None:
+        self._device = device
+        self.limit = limit
+        self._pending: deque[tuple[Any, bytes, int]] = deque()  # (job, member, header mtime)
+        self._session: Any = None
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def take(self, inp: Input) -> bool:
+        """If the next member of `inp` states its size and its claim fits with the members in
+        flight, read it whole and submit it; else push back what was read and say False (a
+        member that does not fit waits for the ones before it: one always goes)."""
+        got = b""
+        head: Header | None = None
+        try:
+            while head is None:
+                more = inp.read(64)
+                got += more
+                if (len(got) >= 2 and got[:2] != b"\x1f\x8b") or not more:
+                    return False
+                head = scan_header(got, _MEMBER)
+        except ZipDataError:
+            return False
+        finally:
+            if head is None:
+                inp.prepend(got)
+        need = sized_member_length(head)
+        while need is not None and len(got) < need:
+            more = inp.read(need - len(got))
+            if not more:
+                break
+            got += more
+        if need is None or len(got) < need or \
+                not sized_claims_fit((m for _, m, _ in self._pending), got[:need]):
+            inp.prepend(got)
+            return False
+        assert head.gzip is not None  # (it states a size)
+        member = got[:need]
+        inp.prepend(got[need:])
+        if self._session is None:
+            self._session = engine_for(self._device).session("decompress", wbits=31)
+        self._pending.append((self._session.submit(member), member, head.gzip.mtime))
+        return True
+
+    def fill(self, inp: Input) -> None:
+        while len(self._pending) < self.limit and self.take(inp):
+            pass
+
+    def output(self) -> tuple[bytes, int] | None:
+        """The oldest member's output (a copy: no view of DMA memory outlives this) and its
+        header's mtime, once its job is done; None when the job failed or did not consume
+        exactly the member (it stays pending: `hand_back`)."""
+        job, _, mtime = self._pending[0]
+        while not job.done:
+            self._session.wait()
+        if job.error is not None or job.consumed != job.src_len:
+            return None
+        self._pending.popleft()
+        data = bytes(job.output)
+        job.release()
+        return data, mtime
+
+    def hand_back(self, inp: Input) -> None:
+        """Give the pending members back to `inp`, in order (their jobs waited for)."""
+        pending, self._pending = self._pending, deque()
+        inp.prepend(b"".join(m for _, m, _ in pending))
+        for job, _, _ in pending:
+            while not job.done:
+                self._session.wait()
+            job.release()
+
+    def forget_forked(self, inp: Input) -> None:
+        """In a forked child, the members queued on the parent's engine (jobs that never
+        complete here, on buffers not mapped here) go back to `inp` unread, and their session
+        with them: the next member goes to the engine `engine_for` gives the child (the
+        default engine opens anew; an engine the caller gave refuses with
+        ForkedContextError, the fork rule for a parent's engine)."""
+        s = self._session
+        if s is None or not s.engine._forked_dead:
+            return
+        pending, self._pending = self._pending, deque()
+        inp.prepend(b"".join(m for _, m, _ in pending))
+        self._session = None
+
+    def close(self) -> None:
+        """No waiting (a reader closes in a finalizer too): a job still in flight keeps its
+        buffers, and its session stays with the engine, which settles both when it closes."""
+        pending, self._pending = self._pending, deque()
+        for job, _, _ in pending:
+            if job.done:
+                job.release()
+        s, self._session = self._session, None
+        if s is not None and all(job.done for job, _, _ in pending):
+            s.close()
+
+
 class _Member:
     """A gzip compressor (engine or CPU, see zlib_api) whose first 10 bytes of output, the
     default header every gzip stream starts with, are replaced by our own header."""
@@ -162,24 +269,33 @@ def _header_name(filename: str | bytes) -> bytes:
     return fname[:-3] if fname.endswith(b".gz") else fname
 
 
-class _Input:
-    """The compressed input, with bytes pushed back in front (what a member did not use)."""
+class Input:
+    """The compressed input, with bytes pushed back in front (what a member did not use).
+    `file` needs only `read(n)` (and `seek` for `rewind`)."""
 
-    def __init__(self, file: IO[bytes]) -> None:
+    def __init__(self, file: Any) -> None:
         self.file = file
         self._front = b""
+        self._at = 0  # what was read of the front (not sliced off: no copy of the rest)
 
     def read(self, n: int) -> bytes:
-        if self._front:
-            out, self._front = self._front[:n], self._front[n:]
+        at = self._at
+        if at < len(self._front):
+            out = self._front[at:at + n]
+            self._at = at + len(out)
             return out
-        return self.file.read(n)
+        return bytes(self.file.read(n))
 
     def prepend(self, data: bytes = b"") -> None:
-        self._front = bytes(data) + self._front
+        self._front, self._at = bytes(data) + self._front[self._at:], 0
+
+    def front(self) -> bytes:
+        """Take what was pushed back and not read again."""
+        out, self._front, self._at = self._front[self._at:], b"", 0
+        return out
 
     def rewind(self) -> None:
-        self._front = b""
+        self._front, self._at = b"", 0
         self.file.seek(0)
 
     def seekable(self) -> bool:
@@ -190,7 +306,7 @@ class _Reader(io.RawIOBase):
     """The decompressed bytes of every member of a gzip file, in order."""
 
     def __init__(self, file: IO[bytes], device: Where) -> None:
-        self._fp = _Input(file)
+        self._fp = Input(file)
         self._device = device
         self._d: _z.Decompress | None = None
         self._new_member = True
@@ -199,10 +315,7 @@ class _Reader(io.RawIOBase):
         self._size = -1
         self._eof = False
         self.mtime: int | None = None  # of the last member header read
-        # Members that state their size (SIZE_SUBFIELD), read whole and decompressing on the
-        # engine (a job each, MEMBERS_AHEAD at once): (job, the member's bytes, its mtime).
-        self._ahead: deque[tuple[Any, bytes, int]] = deque()
-        self._session: Any = None
+        self._sized = SizedMembers(device, MEMBERS_AHEAD)
         self._spill = b""  # a sized member's output, returned from _spill_at on
         self._spill_at = 0
 
@@ -260,99 +373,23 @@ class _Reader(io.RawIOBase):
         self._d = _z.decompressobj(31, device=self._device)
         return True
 
-    def _next_sized(self) -> bool:
-        """If the next member states its size, read it whole and queue it on the engine; else
-        (or when anything looks odd) push back what was read and say False: the stream path
-        then decompresses it, or rejects it with gzip's words."""
-        got = b""
-        head: Header | None = None
-        try:
-            while head is None:
-                more = self._fp.read(64)
-                got += more
-                if (len(got) >= 2 and got[:2] != b"\x1f\x8b") or not more:
-                    return False
-                head = scan_header(got, _MEMBER)
-        except ZipDataError:
-            return False
-        finally:
-            if head is None:
-                self._fp.prepend(got)
-        need = sized_member_length(head)
-        while need is not None and len(got) < need:
-            more = self._fp.read(need - len(got))
-            if not more:
-                break
-            got += more
-        if need is None or len(got) < need:
-            self._fp.prepend(got)
-            return False
-        assert head.gzip is not None  # (it states a size)
-        member = got[:need]
-        if not sized_claims_fit((m for _, m, _ in self._ahead), member):
-            self._fp.prepend(got)  # it waits for the ones ahead (memory bound)
-            return False
-        self._fp.prepend(got[need:])
-        if self._session is None:
-            self._session = engine_for(self._device).session("decompress", wbits=31)
-        self._ahead.append((self._session.submit(member), member, head.gzip.mtime))
-        return True
-
-    def _fill_ahead(self) -> None:
-        while len(self._ahead) < MEMBERS_AHEAD and self._next_sized():
-            pass
-
-    def _leave_forked_parent(self) -> None:
-        """In a forked child, the members queued on the parent's engine (jobs that never
-        complete here, on buffers not mapped here) go back to the input unread, and their
-        session with them: the next member is read on the engine `engine_for` gives the child,
-        as any other member would be (the default engine opens anew; an engine the caller gave
-        refuses with ForkedContextError, the fork rule for a parent's engine)."""
-        s = self._session
-        if s is None or not s.engine._forked_dead:
-            return
-        ahead, self._ahead = self._ahead, deque()
-        self._fp.prepend(b"".join(m for _, m, _ in ahead))
-        self._session = None
-
-    def _drop_ahead(self) -> None:
-        """Give the queued members back to the input, in order (their jobs waited for)."""
-        ahead, self._ahead = self._ahead, deque()
-        self._fp.prepend(b"".join(m for _, m, _ in ahead))
-        for job, _, _ in ahead:
-            while not job.done:
-                self._session.wait()
-            job.release()
-
     def _sized_output(self) -> bool:
-        """The oldest queued member's output into the spill; False when it failed (its bytes
-        and the later ones are back in the input for the stream path, which says why)."""
-        job, _, mtime = self._ahead[0]
-        while not job.done:
-            self._session.wait()
-        if job.error is not None or job.consumed != job.src_len:
-            self._drop_ahead()
+        """The oldest queued sized member's output into the spill; False when it failed (its
+        bytes and the later ones are back in the input for the stream path, which says why)."""
+        got = self._sized.output()
+        if got is None:
+            self._sized.hand_back(self._fp)
             return False
-        self._ahead.popleft()
-        self._spill, self._spill_at = bytes(job.output), 0
-        job.release()
-        self.mtime = mtime
+        self._spill, self.mtime = got
+        self._spill_at = 0
         self._first = False
-        self._fill_ahead()  # the next ones decompress while this one is read
+        self._sized.fill(self._fp)  # the next ones decompress while this one is read
         return True
 
     def close(self) -> None:
-        # No waiting here (close runs in a finalizer too): a job still in flight keeps its
-        # buffers, and its session stays with the engine, which settles both when it closes.
-        try:
-            self._leave_forked_parent()
-            ahead, self._ahead = self._ahead, deque()
-            for job, _, _ in ahead:
-                if job.done:
-                    job.release()
-            s, self._session = self._session, None
-            if s is not None and all(job.done for job, _, _ in ahead):
-                s.close()
+        try:  # (no waiting: close runs in a finalizer too; see SizedMembers.close)
+            self._sized.forget_forked(self._fp)
+            self._sized.close()
         finally:
             super().close()
 
@@ -368,10 +405,11 @@ class _Reader(io.RawIOBase):
                 self._spill_at = at + len(out)
                 break
             if self._new_member:
-                self._leave_forked_parent()
-                if not self._ahead:
-                    self._fill_ahead()
-                if self._ahead and self._sized_output():
+                sized = self._sized
+                sized.forget_forked(self._fp)
+                if not sized:
+                    sized.fill(self._fp)
+                if sized and self._sized_output():
                     continue
             if self._new_member:
                 if not self._start_member():
@@ -405,9 +443,8 @@ class _Reader(io.RawIOBase):
         return out
 
     def _rewind(self) -> None:
-        self._leave_forked_parent()
-        if self._ahead:
-            self._drop_ahead()
+        self._sized.forget_forked(self._fp)
+        self._sized.hand_back(self._fp)
         self._spill, self._spill_at = b"", 0
         self._fp.rewind()
         self._d = None
