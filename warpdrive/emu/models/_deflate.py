@@ -81,7 +81,7 @@ def _initial_checksum(alg: int) -> int:
     return 1 if alg == L.ALG_ZLIB else 0
 
 
-def _update_checksum(alg: int, data: bytes | memoryview, value: int) -> int:
+def _update_checksum(alg: int, data: bytes | bytearray | memoryview, value: int) -> int:
     if alg == L.ALG_ZLIB:
         return zlib.adler32(data, value)
     if alg == L.ALG_GZIP:
@@ -294,7 +294,9 @@ class DeflateUnit:
         ended stream gave back, reset: nothing allocated), or a `zlib` compressobj (libz not
         usable, level 0)."""
         if not compress:
-            obj: Any = zlib.decompressobj(-15)
+            # the stream's own libz inflater: output straight into the job's destination
+            obj: Any = _libz.take_inflater() if _libz.LIBZ is not None else \
+                zlib.decompressobj(-15)
         elif _libz.LIBZ is not None and self.level:
             obj = _libz.take(self.level, wbits)
         else:
@@ -306,6 +308,9 @@ class DeflateUnit:
         """A stream is over (ended, replaced, evicted): its deflater goes back for another."""
         if st is not None and isinstance(st.obj, _libz.Deflater):
             _libz.give(st.obj)
+            st.obj = None
+        elif st is not None and isinstance(st.obj, _libz.Inflater):
+            _libz.give_inflater(st.obj)
             st.obj = None
 
     def _keep(self, key: int, st: Stream) -> None:
@@ -423,10 +428,26 @@ class DeflateUnit:
             return JobResult(L.STATUS_DECOMP_END, 0, 0, True, st.checksum, st.isize)
         n = len(src)
         avail = len(dst)
-        out = b""
+        out: bytes | bytearray | memoryview = b""
         used = 0
         rest: bytes | memoryview = src
-        if not st.body_done:
+        if not st.body_done and isinstance(st.obj, _libz.Inflater):
+            how, used, made = st.obj.step(src, n, dst, avail)
+            if how == _libz.BAD:
+                st.done = True
+                self._drop(st)
+                return JobResult(L.STATUS_BAD_DATA, 0, 0, False, st.checksum, st.isize)
+            if made:
+                st.checksum = _update_checksum(alg, dst[:made], st.checksum)
+                st.isize = (st.isize + made) & 0xFFFF_FFFF
+            if how != _libz.END:
+                return JobResult(L.STATUS_OK, used, made, False, st.checksum, st.isize,
+                                 L.CTX_ST_DECOMPING_NO_SPACE if made == avail else 0)
+            st.body_done = True
+            self._drop(st)  # (the inflater goes back; the trailer is checked below)
+            rest = src[used:n]
+            out = dst[:made]
+        elif not st.body_done:
             d = st.obj
             try:
                 out = d.decompress(src, avail)

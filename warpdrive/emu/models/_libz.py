@@ -333,6 +333,22 @@ class Inflater(_Stream):
             return FULL, used, made
         return (END if rc == Z_STREAM_END else PARTIAL), used, made
 
+    def step(self, src: Any, n: int, dst: Any, avail: int) -> tuple[int, int, int]:
+        """One job of a stream on this (the stream's own) inflater: `n` bytes of `src` in,
+        output into `dst` (room `avail`), state kept for the next job. As Python's
+        `decompressobj().decompress(src, avail)` does it (one sync-flush call: it stops when
+        the room is full or the input ran out): (outcome, input used, output made); END: the
+        body ended (input after it unused), PARTIAL: it goes on (FULL is not told apart: the
+        caller sees a full room), BAD: invalid data."""
+        io, a = self.io, self.addr
+        scratch = _thread.scratch_addr
+        _pack(io, 0, address(src) if n else scratch, n, 0,
+              address(dst) if avail else scratch, avail, 0)
+        rc = self._calls[n >= LONG >> 2][1](a, Z_SYNC_FLUSH)
+        _next_in, left, _used, _next_out, room, _made = _unpack(io)
+        outcome = END if rc == Z_STREAM_END else PARTIAL if rc in (Z_OK, Z_BUF_ERROR) else BAD
+        return outcome, n - left, avail - room
+
 
 # Streams' own deflaters that ended, by (level, wbits), for the next stream to take: a stream
 # (stateful) job then allocates nothing either. deque append/pop are atomic: the model's thread
@@ -359,6 +375,25 @@ def give(d: Deflater) -> None:
     pool = _free.setdefault(d.key, deque())
     if len(pool) < _FREE_MAX:
         pool.append(d)
+
+
+_free_inflaters: deque[Inflater] = deque()
+
+
+def take_inflater() -> Inflater:
+    """An inflater of its own for a new decompression stream (stateful jobs), fresh or reset."""
+    try:
+        i = _free_inflaters.pop()
+    except IndexError:
+        return Inflater()
+    i._calls[0][0](i.addr)
+    return i
+
+
+def give_inflater(i: Inflater) -> None:
+    """A stream's inflater back for the next stream (its stream is over)."""
+    if len(_free_inflaters) < _FREE_MAX:
+        _free_inflaters.append(i)
 
 
 def deflater(level: int, wbits: int) -> Deflater:
