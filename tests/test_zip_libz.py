@@ -311,3 +311,47 @@ def test_a_stream_job_that_exactly_fills_its_room() -> None:
             assert got[0] == got[1], (case, room)
             fits = got[0][0].status in (L.STATUS_OK, L.STATUS_NEGACOMPRESS)
             assert fits == (room == m), (case, room, got[0][0].status)
+
+
+def test_decompression_streams_are_decompressobj_streams() -> None:
+    """Stream (stateful) decompression on the streams' own libz inflaters: every job's result
+    and output as on the module path (decompressobj with the room as max_length): inputs cut
+    at random places (a byte, inside the trailer, after it), rooms from a byte to plenty (output
+    left pending inside the stream), corrupt bodies and trailers, and streams replaced at the
+    same context."""
+    rnd = random.Random(11)
+    plans = []
+    for s in range(40):
+        alg = rnd.choice(list(CONTAINERS))
+        data = sample(rnd, rnd.choice((0, 1, 300, 5000, 70000)))
+        wbits = {L.ALG_GZIP: 31, L.ALG_ZLIB: 15}.get(alg, -15)
+        blob = bytearray(zlib.compress(data, 6, wbits))
+        body = blob[10:] if alg == L.ALG_GZIP else blob[2:] if alg == L.ALG_ZLIB else blob
+        if s % 7 == 3 and len(body) > 12:
+            body[len(body) // 2] ^= 0x55  # a corrupt body (or a trailer that does not match)
+        if s % 7 == 5 and alg != L.ALG_DEFLATE:
+            body[-2] ^= 1  # a wrong trailer
+        cuts = sorted(rnd.sample(range(len(body) + 1), min(4, len(body) + 1)))
+        pieces = [bytes(body[a:b]) for a, b in zip([0, *cuts], [*cuts, len(body) + 3])]
+        rooms = [rnd.choice((1, 7, 1000, 1 << 20)) for _ in range(len(pieces) + 30)]
+        plans.append((s % 3, alg, pieces, rooms))
+    outs: dict[str, list[tuple[JobResult, bytes]]] = {}
+    for path in ("libz", "module"):
+        unit = DeflateUnit(6)
+        got = outs[path] = []
+        with module_path() if path == "module" else libz_path():
+            for key, alg, pieces, rooms in plans:
+                new, rest, k = True, b"", 0
+                for piece in pieces:
+                    rest += piece
+                    while k < len(rooms):
+                        dst = bytearray(rooms[k])
+                        k += 1
+                        res = unit.decompress_stateful(key, new, alg, rest, dst)
+                        new = False
+                        got.append((res, bytes(dst[:res.produced])))
+                        rest = rest[res.consumed:]
+                        if res.status != L.STATUS_OK or not (res.produced or res.consumed):
+                            break
+    assert outs["libz"] == outs["module"]
+    assert len(outs["libz"]) > 100
