@@ -59,6 +59,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CALLS = ("compress 5", "compress 4096", "decompress 5", "decompress 4096")
+TAIL_CALLS = ("compress 4096", "decompress 65536", "compress 5")
 
 # One measurement, run in a fresh interpreter on checkout sys.argv[1]; prints a JSON line.
 _CHILD = r'''
@@ -149,6 +150,17 @@ from warpdrive.emu.server import VfioUserServer
 ns = time.perf_counter_ns
 S = {k: [] for k in ("seen", "x0", "z0", "z1", "x1", "cqe", "end", "eqe")}
 seen_a, x0_a, z0_a, z1_a, x1_a, cqe_a, end_a, eqe_a = (S[k].append for k in S)
+# --tail: per job, the CPU and the thread's context switches where the doorbell is seen and where
+# the CQE is written, and the gap between the last two polls before the doorbell was seen
+import os, resource, ctypes
+TAIL = os.environ.get("WD_TAIL") == "1"
+getcpu = ctypes.CDLL(None).sched_getcpu
+ru = resource.getrusage
+T = {k: [] for k in ("cpu_seen", "cpu_cqe", "sw_seen", "sw_cqe", "gap")}
+polls = [0, 0]
+def switches():
+    r = ru(resource.RUSAGE_THREAD)
+    return [r.ru_nvcsw, r.ru_nivcsw]
 SQ = 0  # QM_DB_CMD_SQ
 SHIFT = 12  # QM_DB_CMD_SHIFT_V2
 model = Z.ZipModel()
@@ -160,6 +172,10 @@ def stamped_setup():
     def doorbell(v, qn=None):
         if v >> SHIFT & 0xF == SQ:
             seen_a(ns())
+            if TAIL:
+                T["cpu_seen"].append(getcpu())
+                T["sw_seen"].append(switches())
+                T["gap"].append(polls[1] - polls[0])
         return db(v, qn)
     def execute(q, sq, off):
         x0_a(ns())
@@ -175,6 +191,13 @@ def stamped_setup():
         intr(queues)
         eqe_a(ns())
     qm.doorbell, qm.execute, qm.process, qm._interrupt = doorbell, execute, process, interrupt
+    if TAIL:
+        mpoll = model.poll
+        def poll():
+            polls[0] = polls[1]
+            polls[1] = ns()
+            return mpoll()
+        model.poll = poll
     unit = jobs.unit
     for name in ("compress_stateless", "decompress_stateless"):
         def timed(*a, _f=getattr(unit, name)):
@@ -187,11 +210,15 @@ post = Q.QmFunction._post_cqe
 def post_cqe(q, cq, slot):
     post(q, cq, slot)
     cqe_a(ns())
+    if TAIL:
+        T["cpu_cqe"].append(getcpu())
+        T["sw_cqe"].append(switches())
 Q.QmFunction._post_cqe = staticmethod(post_cqe)
 model.setup = stamped_setup
 s = VfioUserServer(model, sock, exit_on_disconnect=True)
 s.serve_forever()
 S["stats"] = dict(model.qm.stats) if model.qm else {}
+S["tail"] = T
 with open(out, "w") as f:
     json.dump(S, f)
 '''
@@ -219,7 +246,27 @@ from warpdrive.devices.hisi_qm.queue import QmQueue
 from warpdrive.devices.zip import lane as L
 C = {"db": [], "see": []}
 slow = {"wait_until": 0, "block": 0}
-sub, take = QmQueue.submit_one, QmQueue.take_one
+# --tail: per call, the client's CPU and context switches before and after, and its wait path
+import resource, ctypes
+from warpdrive.devices.zip import oneshot as O
+TAIL = os.environ.get("WD_TAIL") == "1"
+getcpu = ctypes.CDLL(None).sched_getcpu
+path = {"yields": 0, "yield_ns": 0, "yield_max": 0, "wait_until": 0, "block": 0, "block_ns": 0,
+        "yield1": 0}
+if TAIL:
+    real_yield = O._sched_yield
+    def counted_yield():
+        t = ns()
+        real_yield()
+        d = ns() - t
+        if not path["yields"]:
+            path["yield1"] = t
+        path["yields"] += 1
+        path["yield_ns"] += d
+        if d > path["yield_max"]:
+            path["yield_max"] = d
+    O._sched_yield = counted_yield
+sub, take, harvest = QmQueue.submit_one, QmQueue.take_one, QmQueue.harvest
 db_a, see_a = C["db"].append, C["see"].append
 def submit_one(self, *a, **k):
     r = sub(self, *a, **k)
@@ -228,11 +275,24 @@ def submit_one(self, *a, **k):
 def take_one(self, owner):
     see_a(ns())
     return take(self, owner)
-QmQueue.submit_one, QmQueue.take_one = submit_one, take_one
+def harvested(self, *a, **k):  # (the lane's way: a wait that left the one-shot spin)
+    t = ns()
+    r = harvest(self, *a, **k)
+    if r[2]:
+        see_a(t)
+    return r
+QmQueue.submit_one, QmQueue.take_one, QmQueue.harvest = submit_one, take_one, harvested
 for cls, name in ((L.Lane, "wait_until"), (B.QmDevice, "block")):
     def counted(self, *a, _f=getattr(cls, name), _n=name, **k):
         slow[_n] += 1
-        return _f(self, *a, **k)
+        path[_n] += 1
+        if _n != "block":
+            return _f(self, *a, **k)
+        t = ns()
+        try:
+            return _f(self, *a, **k)
+        finally:
+            path["block_ns"] += ns() - t
     setattr(cls, name, counted)
 eng = wz.open_engine("vfio-user:" + sock)
 res = {}
@@ -250,12 +310,27 @@ for call in todo:
         slow[k] = 0
     t0s, t1s = [], []
     a0, a1 = t0s.append, t1s.append
-    for _ in range(calls):
-        a0(ns())
-        fn()
-        a1(ns())
+    tail = []
+    if TAIL:
+        keys = tuple(path)
+        for _ in range(calls):
+            for k in keys:
+                path[k] = 0
+            c0 = getcpu()
+            r0 = resource.getrusage(resource.RUSAGE_THREAD)
+            a0(ns())
+            fn()
+            a1(ns())
+            r1 = resource.getrusage(resource.RUSAGE_THREAD)
+            tail.append([c0, getcpu(), r1.ru_nvcsw - r0.ru_nvcsw, r1.ru_nivcsw - r0.ru_nivcsw,
+                         *(path[k] for k in keys)])
+    else:
+        for _ in range(calls):
+            a0(ns())
+            fn()
+            a1(ns())
     res[call] = {"t0": t0s, "t1": t1s, "db": list(C["db"]), "see": list(C["see"]),
-                 "slow": dict(slow)}
+                 "slow": dict(slow), "tail": tail}
 eng.close()
 model.wait()
 with open(mpath) as f:
@@ -263,6 +338,10 @@ with open(mpath) as f:
 with open(out_path, "w") as f:
     json.dump({"client": res, "model": m}, f)
 '''
+
+# --tail: what the client records per call, in order (see _BD_CHILD)
+_TAIL_FIELDS = ("cpu0", "cpu1", "nvcsw", "nivcsw", "yields", "yield_ns", "yield_max",
+                "wait_until", "block", "block_ns", "yield1")
 
 # (name, from stamp, to stamp): the segments of a call, in order; the last two are not in it.
 SEGMENTS = (("client: call -> doorbell stored", "t0", "db"),
@@ -278,32 +357,52 @@ SEGMENTS = (("client: call -> doorbell stored", "t0", "db"),
             ("(model: CQE -> its pass ends)", "cqe", "end"))
 
 
-def breakdown(root: Path, calls: int, cpus: str, todo: Sequence[str]) -> dict:
-    """One `--breakdown` run on a checkout: {call: {segment: (p50 us, p90 us)}, ...}."""
+def breakdown(root: Path, calls: int, cpus: str, todo: Sequence[str],
+              tail: bool = False) -> dict:
+    """One `--breakdown` run on a checkout: {call: {segment: (p50 us, p90 us)}, ...}; with
+    `tail`, also {call: {"rows": [per call stamps and tail fields]}}."""
     with tempfile.TemporaryDirectory(prefix="wd-bd-") as tmp:
         out = os.path.join(tmp, "stamps.json")
         src = "_MODEL = " + repr(_BD_MODEL) + "\n" + _BD_CHILD
+        env = dict(os.environ, WD_TAIL="1" if tail else "0")
         r = subprocess.run([sys.executable, "-c", src, str(root), str(calls), out, cpus, *todo],
-                           capture_output=True, text=True, timeout=900)
+                           capture_output=True, text=True, timeout=900, env=env)
         if r.returncode or not os.path.exists(out):
             raise SystemExit(f"{root}: breakdown exit {r.returncode}: {r.stderr[-600:]}")
         with open(out) as f:
             d = json.load(f)
     m = d["model"]
 
-    def inside(arr: list[int], lo: int, hi: int) -> int | None:
+    def index(arr: list[int], lo: int, hi: int) -> int | None:
         i = bisect.bisect_left(arr, lo)
-        return arr[i] if i < len(arr) and arr[i] < hi else None
+        return i if i < len(arr) and arr[i] < hi else None
 
+    def inside(arr: list[int], lo: int, hi: int) -> int | None:
+        i = index(arr, lo, hi)
+        return None if i is None else arr[i]
+
+    mt = m.get("tail", {})
     result: dict = {"model_stats": m.get("stats", {})}
     for call, c in d["client"].items():
         rows = []
-        for t0, t1 in zip(c["t0"], c["t1"]):
+        for j, (t0, t1) in enumerate(zip(c["t0"], c["t1"])):
             st = {"t0": t0, "t1": t1, "db": inside(c["db"], t0, t1),
                   "see": inside(c["see"], t0, t1)}
             for k in ("seen", "x0", "z0", "z1", "x1", "cqe", "end"):
                 st[k] = inside(m[k], t0, t1 if k != "end" else t1 + 10**9)
+            if tail and c["tail"]:
+                st["client"] = dict(zip(_TAIL_FIELDS, c["tail"][j]))
+                i = index(m["seen"], t0, t1)
+                k = index(m["cqe"], t0, t1)
+                st["model"] = {
+                    "cpu_seen": mt["cpu_seen"][i] if i is not None else None,
+                    "gap": mt["gap"][i] if i is not None else None,
+                    "cpu_cqe": mt["cpu_cqe"][k] if k is not None else None,
+                    "switches": [b - a for a, b in zip(mt["sw_seen"][i], mt["sw_cqe"][k])]
+                    if i is not None and k is not None else None}
             rows.append(st)
+        if tail:
+            result.setdefault("rows", {})[call] = rows
         segs = {}
         for name, a, b in SEGMENTS:
             v = sorted((r[b] - r[a]) / 1000 for r in rows if r[a] is not None and
@@ -347,6 +446,133 @@ def breakdown_main(calls: int, cpus: str, baseline: Path | None, repeat: int) ->
     print("zip_oneshot_cpu_breakdown: " + json.dumps({
         "load_before": before, "load_after": after, "cpus": cpus, "calls": calls,
         "table": table}))
+    return 0
+
+
+def _path(c: dict) -> str:
+    """How the client waited in one call (--tail)."""
+    if c["block"]:
+        return "block"
+    if c["wait_until"]:
+        return "wait_until"
+    return "yield" if c["yields"] else "spin"
+
+
+def tail_report(call: str, rows: list[dict], out: dict) -> None:
+    """Print (and add to `out`) where the calls above 2x the median lost their time."""
+    rows = [r for r in rows if all(r[k] is not None for _, a, b in SEGMENTS[:9] for k in (a, b))
+            and r.get("model", {}).get("switches") is not None]
+    if not rows:
+        print(f"{call}: no complete rows")
+        return
+    n = len(rows)
+    tot = sorted((r["t1"] - r["t0"]) / 1000 for r in rows)
+    p50 = tot[n // 2]
+    mean = sum(tot) / n
+    seg_p50, seg_mean = {}, {}
+    for name, a, b in SEGMENTS[:9]:
+        v = sorted((r[b] - r[a]) / 1000 for r in rows)
+        seg_p50[name], seg_mean[name] = v[n // 2], sum(v) / n
+    slow = [r for r in rows if (r["t1"] - r["t0"]) / 1000 > 2 * p50]
+    grew: dict[str, list[float]] = {}
+    for r in slow:
+        ex = {name: (r[b] - r[a]) / 1000 - seg_p50[name] for name, a, b in SEGMENTS[:9]}
+        top = max(ex, key=lambda k: ex[k])
+        g = grew.setdefault(top, [0, 0.0])
+        g[0] += 1
+        g[1] += (r["t1"] - r["t0"]) / 1000 - p50
+    added = sum((r["t1"] - r["t0"]) / 1000 - p50 for r in slow) / n
+
+    def share(sel: list[dict], pred: Callable[[dict], bool]) -> str:
+        return f"{100 * sum(1 for r in sel if pred(r)) / max(1, len(sel)):5.1f}%"
+
+    print(f"{call}: {n} calls, mean {mean:.1f} us, p50 {p50:.1f}, p90 {tot[int(n * .9)]:.1f}, "
+          f"p99 {tot[int(n * .99)]:.1f}, p99.9 {tot[int(n * .999)]:.1f}, max {tot[-1]:.1f}; "
+          f"{len(slow)} calls > 2x p50 add {added:.2f} us/call to the mean "
+          f"(mean - p50 = {mean - p50:.2f})")
+    print("  segments, p50 / mean us: " + "; ".join(
+        f"{k.split(': ')[-1]} {seg_p50[k]:.1f} / {seg_mean[k]:.1f}" for k in seg_p50))
+    print("  slow calls by the segment that grew most: " + "; ".join(
+        f"{k}: {v[0]} calls, {v[1] / n:.2f} us/call" for k, v in
+        sorted(grew.items(), key=lambda kv: -kv[1][1])))
+    preds: tuple[tuple[str, Callable[[dict], bool]], ...] = (
+        ("path spin", lambda r: _path(r["client"]) == "spin"),
+        ("path yield", lambda r: _path(r["client"]) == "yield"),
+        ("path wait_until (no block)", lambda r: _path(r["client"]) == "wait_until"),
+        ("path block", lambda r: _path(r["client"]) == "block"),
+        ("a client yield > 100 us", lambda r: r["client"]["yield_max"] > 100_000),
+        ("client and model on one CPU", lambda r: r["client"]["cpu0"] == r["model"]["cpu_seen"]),
+        ("client moved CPU", lambda r: r["client"]["cpu0"] != r["client"]["cpu1"]),
+        ("client involuntary switch", lambda r: r["client"]["nivcsw"] > 0),
+        ("client voluntary switch", lambda r: r["client"]["nvcsw"] > 0),
+        ("model: poll gap > 20 us before seeing", lambda r: r["model"]["gap"] > 20_000),
+        ("model involuntary switch in the job", lambda r: r["model"]["switches"][1] > 0),
+        ("model voluntary switch in the job", lambda r: r["model"]["switches"][0] > 0),
+        ("model moved CPU in the job", lambda r: r["model"]["cpu_seen"] != r["model"]["cpu_cqe"]))
+    print(f"  {'':40} {'all':>7} {'slow':>7}")
+    for name, pred in preds:
+        print(f"  {name:40} {share(rows, pred):>7} {share(slow, pred):>7}")
+    paths = {}
+    for r in rows:
+        paths.setdefault(_path(r["client"]), []).append((r["t1"] - r["t0"]) / 1000)
+    print("  by path: " + "; ".join(
+        f"{k} {len(v)} calls mean {sum(v) / len(v):.1f} p50 {sorted(v)[len(v) // 2]:.1f}"
+        for k, v in sorted(paths.items())))
+    out[call] = {"n": n, "mean": round(mean, 2), "p50": round(p50, 2), "slow": len(slow),
+                 "slow_adds_us": round(added, 2),
+                 "segments_p50_mean": {k: [round(seg_p50[k], 2), round(seg_mean[k], 2)]
+                                       for k in seg_p50},
+                 "grew": {k: [v[0], round(v[1] / n, 2)] for k, v in grew.items()},
+                 "all": {k: share(rows, f).strip() for k, f in preds},
+                 "slow_calls": {k: share(slow, f).strip() for k, f in preds}}
+
+
+def _summary(rows: list[dict]) -> dict:
+    """Mean, quantiles and wait paths of one run's calls (--tail with --baseline)."""
+    tot = sorted((r["t1"] - r["t0"]) / 1000 for r in rows)
+    n = len(tot)
+    paths = [_path(r["client"]) for r in rows if "client" in r]
+    return {"mean": sum(tot) / n, "p50": tot[n // 2], "p90": tot[int(n * .9)],
+            "p99": tot[int(n * .99)],
+            **{f"{p}_pct": 100 * paths.count(p) / max(1, len(paths))
+               for p in ("yield", "wait_until", "block")}}
+
+
+def tail_main(calls: int, cpus: str, todo: Sequence[str], baseline: Path | None,
+              repeat: int) -> int:
+    """`--tail`: stamped calls with each call's wait path, CPUs and context switches; for the
+    calls above 2x the median, which segment grew and what they had in common. With
+    `--baseline`: both checkouts in alternation, `repeat` runs each, the summary per run and
+    the medians over runs."""
+    roots = {"this": ROOT} | ({"baseline": baseline.resolve()} if baseline else {})
+    before = [round(x, 2) for x in os.getloadavg()]
+    up = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    runs: dict[str, list[dict]] = {k: [] for k in roots}
+    for _ in range(repeat):
+        for checkout, root in roots.items():
+            runs[checkout].append(breakdown(root, calls, cpus, todo, tail=True))
+    after = [round(x, 2) for x in os.getloadavg()]
+    print(f"{up}; load average before {before}, after {after}; cpus={cpus}, {calls} calls per "
+          f"row, {repeat} run(s) per checkout")
+    out: dict = {}
+    for call in todo:
+        tail_report(call, runs["this"][-1]["rows"][call], out)
+    summary: dict = {}
+    if baseline is not None or repeat > 1:
+        cols = ("mean", "p50", "p90", "p99", "yield_pct", "wait_until_pct", "block_pct")
+        print(f"{'call':18} {'checkout':9} " + " ".join(f"{c:>15}" for c in cols)
+              + "   (medians over runs; per run: means)")
+        for call in todo:
+            for checkout in roots:
+                per = [_summary(r["rows"][call]) for r in runs[checkout]]
+                med = {c: round(statistics.median(p[c] for p in per), 2) for c in cols}
+                summary.setdefault(call, {})[checkout] = med | {
+                    "means": [round(p["mean"], 1) for p in per]}
+                print(f"{call:18} {checkout:9} " + " ".join(f"{med[c]:15.1f}" for c in cols)
+                      + f"   {[round(p['mean'], 1) for p in per]}")
+    print("zip_oneshot_cpu_tail: " + json.dumps({"load_before": before, "load_after": after,
+                                                  "cpus": cpus, "calls": calls, "rows": out,
+                                                  "summary": summary}))
     return 0
 
 
@@ -519,11 +745,18 @@ def main() -> int:
     ap.add_argument("--cpus", choices=("free", "split", "same"), default="free",
                     help="--breakdown: where the client and the model run")
     ap.add_argument("--repeat", type=int, default=1, help="--breakdown: runs per checkout")
+    ap.add_argument("--tail", action="store_true",
+                    help="stamp each call and report the slow ones (see the module docstring)")
+    ap.add_argument("--only", nargs="*", help="--tail: the calls to make (default: "
+                    "compress 4096, decompress 65536, compress 5)")
     ap.add_argument("--floor", action="store_true",
                     help="the irreducible parts of a call (see the module docstring)")
     args = ap.parse_args()
     if args.floor:
         return floor_main(max(args.calls * 30, 100_000))
+    if args.tail:
+        return tail_main(args.calls, args.cpus, args.only or TAIL_CALLS, args.baseline,
+                         args.repeat)
     if args.breakdown:
         return breakdown_main(args.calls, args.cpus, args.baseline, args.repeat)
 
