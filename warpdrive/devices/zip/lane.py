@@ -174,15 +174,17 @@ class Lane:
     SLOW_S = 1e-3
 
     def wait_until(self, done: Callable[[], bool], timeout: float | None = None, *,
-                   locked: bool = False) -> None:
+                   locked: bool = False, since: float | None = None) -> None:
         """Reap until `done()` is true: busy-poll the CQ in memory (no syscall) for the engine's
         spin time, then block in the source's way (interrupt, or short sleeps). After a wait
-        longer than SLOW_S the next one blocks at once (unless wait="spin")."""
+        longer than SLOW_S the next one blocks at once (unless wait="spin"). `since`: when
+        the caller started waiting (`time.perf_counter`), having polled in its own way until
+        now (a one-shot call): the spin time and the first refresh count from then."""
         eng = self.engine
         q = self.q
         timeout = eng.timeout if timeout is None else timeout
         clock = time.perf_counter
-        start = clock()
+        start = clock() if since is None else since
         spin_s = eng.spin_s
         if self.slow and spin_s != float("inf"):  # wait="spin" never sleeps
             spin_s = 0.0

@@ -235,9 +235,18 @@ class OneShot:
         return off
 
     def _wait(self, q: QmQueue, job: Job) -> None:
-        """Spin on the CQ (no syscall) for the engine's spin time, then wait the lane's way.
-        While this thread holds the lane lock only it moves the CQ head, so the phase word to
-        watch and the phase it waits for are read once.
+        """Spin on the CQ (no syscall), then wait the lane's way. While this thread holds the
+        lane lock only it moves the CQ head, so the phase word to watch and the phase it waits
+        for are read once.
+
+        The spin (with the yields below) lasts up to `REFRESH_S` whatever the engine's spin
+        time (unless that is 0, wait="block"), and the lane's wait takes over counting from the
+        call's start, so it blocks at once: a one-shot job of up to 64 KiB takes 30-200 us on
+        the bundled model, longer than the engine's 100 us; handed over to the lane at 100 us
+        it was polled without yields for REFRESH_S more (on a CPU the model may share: the
+        model could not finish), then slept on the interrupt, whose wake-up comes 45-300 us
+        after the CQE on an idle machine and milliseconds on a busy one, and a wait over
+        SLOW_S made the next call block at once (docs/driver-bench.md, session 21).
 
         Past `YIELD_S` each round of looks ends with `sched_yield` (not with wait="spin"): a
         device that shares the CPU (the bundled model, another process) may be waiting for
@@ -258,13 +267,14 @@ class OneShot:
         71 -> 22 us (docs/driver-bench.md, session 20)."""
         lane = self.lane
         spin = self.engine.spin_s
+        since = None
         if spin > 0:
             cq16 = q.cq16
             at, phase = q.cq_head * 8 + 7, q.phase
             if (cq16[at] & 1) != phase:
                 clock = time.perf_counter
-                now = clock()
-                until = now + min(spin, q.REFRESH_S)  # past REFRESH_S the lane re-rings
+                since = now = clock()
+                until = now + q.REFRESH_S  # (then the lane re-rings, and blocks: see above)
                 polite = _FOREVER if spin == _FOREVER else now + self.YIELD_S
                 ran = False  # the last yield ran another task
                 if self.eager and polite != _FOREVER:
@@ -299,7 +309,7 @@ class OneShot:
                     return
         # The lock stays held through a blocking wait too (not `locked=True`, which lets it go
         # while asleep): the pieces, SQEs and Job are the lane's, shared by every thread.
-        lane.wait_until(lambda: job.done)
+        lane.wait_until(lambda: job.done, since=since)
 
     # -- the fast ways ------------------------------------------------------------------------
     def _kept_plan(self, key: object, fmt: Format, cap: int, avail: int, *, src_skip: int = 0,
