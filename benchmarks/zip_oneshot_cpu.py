@@ -1,6 +1,7 @@
 """CPU per one-shot call on the embedded model, client and model apart (issue 11).
 
     python benchmarks/zip_oneshot_cpu.py [--calls 3000] [--baseline PATH]
+    python benchmarks/zip_oneshot_cpu.py --tail [--only "decompress 65536"] [--baseline PATH]
 
 Wall time per call on a shared machine is mostly the scheduler's (a call needs the client and the
 model process on a CPU at once); CPU time is not, so this counts thread CPU time: the client's per
@@ -25,6 +26,17 @@ time (each lies inside its call), medians and p90 per segment; each stamp is a w
 posted and the client's waits that fell back to the lane's blocking wait. `--cpus split` pins the
 client to CPU 0 and the model to CPU 1, `same` both to CPU 0 (the shared-CPU mode of a busy
 machine), `free` (default) leaves them to the scheduler.
+
+`--tail [--only CALL ...] [--cpus ...] [--baseline P --repeat N]`: the breakdown's stamps kept per
+call (issue 11 judges the mean, which the slow calls move), with each call's wait path (the
+one-shot spin alone, with yields, the lane's wait, a sleep on the interrupt), the client's CPU
+before and after and its context switches (`getrusage(RUSAGE_THREAD)`, read outside the timed
+part), and in the model, per job, its CPU where the doorbell is seen and the CQE written, its
+context switches between the two and the gap between its last two polls before the doorbell
+(a long gap: it was off the CPU, asleep or yielded to another task). Printed: mean, quantiles,
+what the calls above 2x the median add to the mean, the segment that grew most in each of them,
+and the share of calls (all, slow) with each trait. With `--baseline` (or `--repeat` > 1) the
+checkouts in alternation, a summary row per checkout (medians over runs; each run's mean).
 
 `--floor`: what no process-separated model written in Python can go below, measured here:
 (1) a two-process CPython ping-pong over shared memory (one 64-bit store, spin on one word, each
