@@ -95,6 +95,7 @@ class OneShot:
     YIELD_S = 30e-6  # spun this long (about twice a small job's round trip): yield (`_wait`)
     SHARED_S = 5e-6  # a yield that lasted this long ran another task on our CPU (`_wait`),
     SHARED_MAX_S = 250e-6  # and no longer than this, about a job's time (not a time slice)
+    POLL_S = 2e-3  # a job still running after this (or the engine's longer spin): sleep on it
 
     def __init__(self, engine: EngineParts, lane: Lane, compress_max: int = hw.HZ_MAX_SIZE) -> None:
         self.engine = engine
@@ -239,14 +240,16 @@ class OneShot:
         lane lock only it moves the CQ head, so the phase word to watch and the phase it waits
         for are read once.
 
-        The spin (with the yields below) lasts up to `REFRESH_S` whatever the engine's spin
-        time (unless that is 0, wait="block"), and the lane's wait takes over counting from the
-        call's start, so it blocks at once: a one-shot job of up to 64 KiB takes 30-200 us on
-        the bundled model, longer than the engine's 100 us; handed over to the lane at 100 us
-        it was polled without yields for REFRESH_S more (on a CPU the model may share: the
-        model could not finish), then slept on the interrupt, whose wake-up comes 45-300 us
-        after the CQE on an idle machine and milliseconds on a busy one, and a wait over
-        SLOW_S made the next call block at once (docs/driver-bench.md, session 21).
+        The looks (with the yields below) go on for `POLL_S`, or the engine's spin time if
+        longer (not at all with wait="block"), re-storing the doorbell every `REFRESH_S` as the
+        lane does; the lane's wait then counts from the call's start, so it sleeps on the
+        interrupt at once. Sleeping is what makes a call slow: the wake-up comes 45-300 us
+        after the CQE on an idle machine and milliseconds on a busy one, while a one-shot job
+        of up to 64 KiB takes 30-200 us on the bundled model, up to a millisecond on a busy
+        machine. It used to be handed to the lane after the engine's 100 us, which polled
+        without yields (on a CPU the model may share: it could not finish) until 300 us, then
+        slept; a wait over SLOW_S made the next call sleep at once (docs/driver-bench.md,
+        session 21). Longer jobs (1 MiB: tens of milliseconds) poll 2 ms, then sleep.
 
         Past `YIELD_S` each round of looks ends with `sched_yield` (not with wait="spin"): a
         device that shares the CPU (the bundled model, another process) may be waiting for
@@ -274,7 +277,8 @@ class OneShot:
             if (cq16[at] & 1) != phase:
                 clock = time.perf_counter
                 since = now = clock()
-                until = now + q.REFRESH_S  # (then the lane re-rings, and blocks: see above)
+                refresh_at = now + q.REFRESH_S
+                until = now + (spin if spin > self.POLL_S else self.POLL_S)
                 polite = _FOREVER if spin == _FOREVER else now + self.YIELD_S
                 ran = False  # the last yield ran another task
                 if self.eager and polite != _FOREVER:
@@ -293,7 +297,13 @@ class OneShot:
                             t = clock()
                             ran = self.SHARED_S <= t - now < self.SHARED_MAX_S
                             now = t
-                        if now < until:
+                        if now < refresh_at:
+                            continue
+                        if now < until:  # the lane's refresh (device alive, doorbell again)
+                            refresh_at = now + q.REFRESH_S
+                            q.watchdog()
+                            q.ring()
+                            q.refresh()
                             continue
                     break
                 self.eager = ran
