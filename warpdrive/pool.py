@@ -2,17 +2,30 @@
 
 A map costs syscalls (or vfio-user messages) and a memory check per buffer, so a plugin that
 submits many jobs takes its buffers from a `BufferPool`: small pieces (`Chunk`) are cut from
-4 MiB slabs and large buffers are recycled whole. Everything stays mapped until the pool closes.
+4 MiB slabs and large buffers are recycled whole.
+
+Idle memory is bounded in size and in time. At most `max_idle` bytes of whole buffers wait
+for reuse (96 MiB, and never more than a quarter of RLIMIT_MEMLOCK where it binds: a space that
+pins, no CAP_IPC_LOCK; idle pinned memory must not crowd out what the process may pin). And a
+pool left alone for IDLE_S starts afresh: the next `take`/`get` first unmaps every idle buffer
+and every slab none of whose pieces is in use, so a service that did one big job and then
+serves smaller ones goes back to its small footprint (docs/driver-bench.md: one 50 MB
+compress and decompress left 37 MB of shared memory mapped for good). `trim()` does that at
+once. No background thread: a pool never unmaps behind its owner's back, and a forked child
+has none to inherit; so a process whose later calls never reach the pool (one-shot calls of a
+few KiB use pieces their engine keeps) holds its idle memory until it trims.
 """
 
 from __future__ import annotations
 
+import resource
 import threading
-from collections import deque
+import time
+from collections import Counter, deque
 
 from .dma import DmaSpace
 from .errors import WarpdriveError
-from .memory import DmaBuffer
+from .memory import DmaBuffer, has_cap_ipc_lock, memlock_limit
 
 
 class Chunk:
@@ -47,9 +60,17 @@ class BufferPool:
     SLAB = 4 << 20
     SLAB_MAX = 512 << 10
     CHUNK_MIN = 16 << 10
+    MAX_IDLE = 96 << 20
+    IDLE_S = 2.0  # a pool unused this long drops its idle memory at the next take/get
 
-    def __init__(self, dma: DmaSpace, max_idle: int = 96 << 20) -> None:
+    def __init__(self, dma: DmaSpace, max_idle: int | None = None) -> None:
         self.dma = dma
+        if max_idle is None:
+            max_idle = self.MAX_IDLE
+            soft = memlock_limit()
+            if getattr(dma, "pins", True) and soft != resource.RLIM_INFINITY and \
+                    not has_cap_ipc_lock():  # (the limit binds as check_memlock says)
+                max_idle = min(max_idle, soft // 4)
         self.max_idle = max_idle
         self._free: dict[int, list[DmaBuffer]] = {}
         self._chunks: dict[int, list[Chunk]] = {}
@@ -57,6 +78,7 @@ class BufferPool:
         self._idle = 0
         self._lock = threading.Lock()
         self._returned: deque[Chunk] = deque()
+        self._used_at = time.monotonic()  # the last take/get
 
     def take(self, size: int) -> Chunk:
         """A piece of at least `size` bytes (a slab piece, or a whole pooled buffer)."""
@@ -67,7 +89,7 @@ class BufferPool:
             buf = self.get(size)
             return Chunk(buf, 0, buf.size, whole=True)
         with self._lock:
-            drop = self._reclaim()
+            drop = self._reclaim() + self._aged()
             free = self._chunks.setdefault(c, [])
             if not free:
                 slab = self.dma.alloc(self.SLAB)
@@ -115,13 +137,54 @@ class BufferPool:
         """A whole DMA buffer of at least `size` bytes."""
         c = self.size_class(max(size, 1))
         with self._lock:
-            drop = self._reclaim()
+            drop = self._reclaim() + self._aged()
             free = self._free.get(c)
             buf = free.pop() if free else None
             if buf is not None:
                 self._idle -= c
         self._drop_all(drop)
         return buf if buf is not None else self.dma.alloc(c)
+
+    def _aged(self) -> list[DmaBuffer]:
+        """(lock held) If the pool went unused for IDLE_S, everything idle, to unmap after
+        unlocking (`_trim`); stamps the use (a clock read per take/get)."""
+        now = time.monotonic()
+        last, self._used_at = self._used_at, now
+        return self._trim() if now - last >= self.IDLE_S else []
+
+    def _trim(self) -> list[DmaBuffer]:
+        """(lock held) Take out every idle whole buffer and every slab whose pieces are all
+        free; returns them, to unmap after unlocking."""
+        drop = [b for lst in self._free.values() for b in lst]
+        self._free.clear()
+        self._idle = 0
+        for c, free in self._chunks.items():
+            per_slab = self.SLAB // c
+            whole = {k for k, n in Counter(id(ch.buf) for ch in free).items() if n == per_slab}
+            if whole:
+                free[:] = [ch for ch in free if id(ch.buf) not in whole]
+                slabs = [b for b in self._slabs if id(b) in whole]
+                self._slabs = [b for b in self._slabs if id(b) not in whole]
+                drop += slabs
+        return drop
+
+    def trim(self) -> None:
+        """Unmap every idle buffer and every slab none of whose pieces is in use, now."""
+        with self._lock:
+            drop = self._reclaim()
+            drop += self._trim()
+        self._drop_all(drop)
+
+    def idle_bytes(self) -> int:
+        """Memory mapped and not in use: idle whole buffers and slabs with no piece in use."""
+        with self._lock:
+            drop = self._reclaim()
+            slabs = sum(self.SLAB for c, free in self._chunks.items()
+                        for n in Counter(id(ch.buf) for ch in free).values()
+                        if n == self.SLAB // c)
+            idle = self._idle + slabs
+        self._drop_all(drop)
+        return idle
 
     def _drop_all(self, bufs: list[DmaBuffer]) -> None:
         for buf in bufs:

@@ -86,6 +86,13 @@ class ZipEngine(ForkSafe):
     def backend(self) -> str:
         return self.source.backend
 
+    def trim(self) -> None:
+        """Unmap the DMA memory the engine keeps for reuse and is not using (its pool, see
+        `warpdrive.pool`): what a long-running service calls after a burst of large jobs when
+        it will not wait for the pool's own IDLE_S rule (which runs at the next job)."""
+        self.check_open()
+        self.pool.trim()
+
     def session(self, direction: str = "compress", *, wbits: int = 15, level: int = -1,
                 format: str | None = None, own_queue: bool = False) -> Session:
         """A batch session: many stateless jobs in flight, one doorbell per `flush()`.
