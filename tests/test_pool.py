@@ -17,7 +17,9 @@ from warpdrive.memory import DmaBuffer
 from warpdrive.pool import BufferPool
 
 
-class _Dma:
+class PoolDma:
+    """Just enough of a DMA space for a pool (test_zip_gc.py uses it too)."""
+
     closed = False
     pins = False  # (the RLIMIT_MEMLOCK bound is tested on its own)
 
@@ -39,7 +41,7 @@ def test_an_idle_pool_drops_its_memory_at_its_next_use(monkeypatch) -> None:
     unmaps every idle buffer and every slab with no piece in use, and serves from new memory;
     a piece held across the pause keeps its slab."""
     monkeypatch.setattr(BufferPool, "IDLE_S", 0.05)
-    dma = _Dma()
+    dma = PoolDma()
     pool = BufferPool(dma)  # type: ignore[arg-type]
     wholes = [pool.get(3 << 20) for _ in range(3)]
     kept = pool.take(64 << 10)
@@ -62,7 +64,7 @@ def test_an_idle_pool_drops_its_memory_at_its_next_use(monkeypatch) -> None:
 
 
 def test_trim_keeps_what_is_in_use() -> None:
-    dma = _Dma()
+    dma = PoolDma()
     pool = BufferPool(dma)  # type: ignore[arg-type]
     held, spare = pool.take(64 << 10), pool.take(64 << 10)
     big = pool.get(2 << 20)
@@ -84,11 +86,11 @@ def test_idle_memory_is_bounded_by_rlimit_memlock_where_maps_pin(monkeypatch) ->
     soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     resource.setrlimit(resource.RLIMIT_MEMLOCK, (8 << 20, hard))
     try:
-        pinned = _Dma()
+        pinned = PoolDma()
         pinned.pins = True
         monkeypatch.setattr(pool_mod, "has_cap_ipc_lock", lambda: False)
         assert BufferPool(pinned).max_idle == 2 << 20  # type: ignore[arg-type]
-        assert BufferPool(_Dma()).max_idle == BufferPool.MAX_IDLE  # type: ignore[arg-type]
+        assert BufferPool(PoolDma()).max_idle == BufferPool.MAX_IDLE  # type: ignore[arg-type]
         monkeypatch.setattr(pool_mod, "has_cap_ipc_lock", lambda: True)
         assert BufferPool(pinned).max_idle == BufferPool.MAX_IDLE  # type: ignore[arg-type]
     finally:

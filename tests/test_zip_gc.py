@@ -17,8 +17,8 @@ import zlib
 import pytest
 
 import warpdrive.zip as wz
+from tests.test_pool import PoolDma
 from tests.ziputil import cli_env
-from warpdrive.memory import DmaBuffer
 from warpdrive.pool import BufferPool
 
 
@@ -101,24 +101,10 @@ def test_failed_stream_is_freed_without_the_collector(engine, wbits: int) -> Non
         gc.enable()
 
 
-class _Dma:
-    """Just enough of a DMA space for the pool: real anonymous buffers, IOVA = address."""
-
-    closed = False
-
-    def alloc(self, size: int) -> DmaBuffer:
-        buf = DmaBuffer.allocate(size)
-        buf.iova = buf.addr
-        return buf
-
-    def unmap(self, buf: DmaBuffer) -> None:
-        buf.iova = None
-
-
 def test_pool_gives_back_from_a_collection_inside_take_without_deadlock() -> None:
     """A finalizer that gives back a piece while `take` holds the pool's lock (a collection
     triggered by take's own allocations): it must neither block nor corrupt the pool."""
-    pool = BufferPool(_Dma(), max_idle=1 << 20)  # type: ignore[arg-type]
+    pool = BufferPool(PoolDma(), max_idle=1 << 20)  # type: ignore[arg-type]
     pieces = [pool.take(16 << 10) for _ in range(3)]
     whole = pool.get(2 << 20)  # over max_idle once returned: unmapped later, not in gc
     given: list[int] = []
