@@ -14,6 +14,7 @@ decompressing. With no hardware the bundled device model does the work (a note o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import stat
@@ -492,24 +493,26 @@ class Run:
                 if n and buf[:2] != b"\x1f\x8b":
                     return self.trailing(name, src, buf, res, prog)
             d = wz.decompressobj(wbits, device=self.engine())
-            while True:
-                try:
-                    data = d.decompress(buf, OUT_CHUNK)
-                except ZipDataError as e:
-                    raise WarpdriveError(f"{name}: {_gzip_words(str(e), members, self.fmt)}") \
-                        from None
-                if out is not None:
-                    out.write(data)
-                res.n_out += len(data)
-                buf = d.unconsumed_tail
-                if d.eof:
-                    break
-                if not buf and not data:
-                    buf = _read(src, READ_CHUNK, name)
-                    res.n_in += len(buf)
-                    prog.update(len(buf))
-                    if not buf:
-                        raise WarpdriveError(f"{name}: unexpected end of file")
+
+            def readinto(view: memoryview) -> int:
+                k = _readinto(src, view, name)
+                res.n_in += k
+                prog.update(k)
+                return k
+
+            # The output as views of the engine's DMA memory, written straight from there
+            # while the engine inflates the next piece (see `Decompress.chunks`).
+            try:
+                with contextlib.closing(d.chunks(readinto, buf, OUT_CHUNK)) as pieces:
+                    for data in pieces:
+                        if out is not None:
+                            out.write(data)
+                        res.n_out += len(data)
+            except ZipDataError as e:
+                raise WarpdriveError(f"{name}: {_gzip_words(str(e), members, self.fmt)}") \
+                    from None
+            if not d.eof:
+                raise WarpdriveError(f"{name}: unexpected end of file")
             if not members and d.gzip_header is not None:
                 res.mtime = d.gzip_header.mtime
             members += 1

@@ -34,6 +34,7 @@ import time
 import warnings
 import zlib as _zlib
 from collections import deque
+from collections.abc import Generator
 from typing import IO, Any
 
 from ..devices.zip.errors import ZipDataError
@@ -316,8 +317,11 @@ class _Reader(io.RawIOBase):
         self._eof = False
         self.mtime: int | None = None  # of the last member header read
         self._sized = SizedMembers(device, MEMBERS_AHEAD)
-        self._spill = b""  # a sized member's output, returned from _spill_at on
+        self._spill = b""  # output not yet returned, from _spill_at on
         self._spill_at = 0
+        # The member being read, as pieces of output (`Decompress.chunks`): the engine
+        # decompresses the next piece while this one is read.
+        self._pieces: Generator[memoryview, None, None] | None = None
 
     def readable(self) -> bool:
         return True
@@ -388,6 +392,7 @@ class _Reader(io.RawIOBase):
 
     def close(self) -> None:
         try:  # (no waiting: close runs in a finalizer too; see SizedMembers.close)
+            self._drop_pieces()
             self._sized.forget_forked(self._fp)
             self._sized.close()
         finally:
@@ -419,30 +424,44 @@ class _Reader(io.RawIOBase):
                 self._new_member = False
             d = self._d
             assert d is not None
-            buf = self._fp.read(READ_BUFFER_SIZE)
+            if self._pieces is None:
+                self._pieces = d.chunks(self._read_input, b"", READ_BUFFER_SIZE)
             try:
-                out = d.decompress(buf, size)
+                piece = next(self._pieces, None)
             except ZipDataError as e:
+                self._pieces = None
                 msg = str(e)
                 if "incorrect data check" in msg:
                     raise BadGzipFile("CRC check failed") from None
                 if "incorrect length check" in msg:
                     raise BadGzipFile("Incorrect length of data produced") from None
                 raise
-            if d.unconsumed_tail:
-                self._fp.prepend(d.unconsumed_tail)
-            elif d.unused_data:
-                self._fp.prepend(d.unused_data)
-            if d.eof:
-                self._new_member = True
-            if out:
-                break
-            if not buf and not d.eof:
+            if piece is not None:
+                # (copied out: a view of the engine's memory is valid until the next piece)
+                self._spill, self._spill_at = bytes(piece), 0
+                continue
+            self._pieces = None
+            if not d.eof:
                 raise EOFError(_EOF_MSG)
+            self._fp.prepend(d.unused_data)
+            self._new_member = True
         self._pos += len(out)
         return out
 
+    def _read_input(self, view: memoryview) -> int:
+        """The member's compressed bytes for `Decompress.chunks`."""
+        data = self._fp.read(min(len(view), READ_BUFFER_SIZE))
+        view[:len(data)] = data
+        return len(data)
+
+    def _drop_pieces(self) -> None:
+        """Let the member's decompression go (rewind, close): its buffers go back."""
+        pieces, self._pieces = self._pieces, None
+        if pieces is not None:
+            pieces.close()
+
     def _rewind(self) -> None:
+        self._drop_pieces()
         self._sized.forget_forked(self._fp)
         self._sized.hand_back(self._fp)
         self._spill, self._spill_at = b"", 0

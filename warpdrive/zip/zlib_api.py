@@ -26,6 +26,7 @@ import logging
 import operator
 import sys
 import zlib as _zlib
+from collections.abc import Callable, Generator
 from typing import Any, Protocol
 
 from ..device import Device
@@ -369,6 +370,44 @@ class Decompress(_NoInstances):
         if self._b.eof and hasattr(self._b, "close"):
             self._b.close()  # the engine buffers go back to the pool; attributes stay
         return bytes(out)
+
+    def chunks(self, readinto: Callable[[memoryview], int], first: Buffer = b"",
+               size: int = 1 << 20) -> Generator[memoryview, None, None]:
+        """(warpdrive) The rest of the stream, `first` then what `readinto` reads (it fills a
+        view, says how much, 0 at the end of the input), as views of its output, each valid
+        until the next is asked for: on the engine the next piece inflates while the caller
+        writes this one out, with no copy in this process (`Inflater.pipe`). Ends at the end
+        of the stream (`eof`, `unused_data`) or of the input (`eof` False). Use it in a
+        `with contextlib.closing(...)` block, so that an abandoned walk lets its buffers go."""
+        mv = byte_view(first)
+        if self._b is None and len(self._head) + len(mv) >= 2:
+            self._start(self._head + bytes(mv[:2]))
+            mv = memoryview(self._head + bytes(mv))
+            self._head = b""
+        pipe = getattr(self._b, "pipe", None)
+        if pipe is not None:
+            try:
+                yield from pipe(readinto, mv)
+            finally:
+                if self._b.eof:
+                    self._b.close()  # the engine buffers go back to the pool
+            return
+        # Decompressed on the CPU (or no header yet): call by call, `size` bytes of output
+        # at a time.
+        buf = bytearray(size)
+        data: Buffer = mv
+        while True:
+            out = self.decompress(data, size)
+            if out:
+                yield memoryview(out)
+            if self.eof:
+                return
+            data = self.unconsumed_tail
+            if not data and not out:
+                k = readinto(memoryview(buf))
+                if not k:
+                    return
+                data = bytes(buf[:k])
 
     def flush(self, length: int = DEF_BUF_SIZE, /) -> bytes:
         length = c_ssize(length)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import NoReturn
 
 from ...errors import ClosedError, InvalidArgumentError
@@ -86,21 +86,29 @@ class _StreamBase:
         job.tag = ctx_dw0  # reused to carry ctx_dw0 back (a stream job needs no tag check)
         job.done = True
 
-    def _run(self, fmt: Format, src: Chunk, n: int, dst: Chunk, avail: int,
-             finish: bool) -> Job:
+    def _post(self, fmt: Format, src: Chunk, n: int, dst: Chunk, avail: int, finish: bool,
+              src_at: int = 0) -> Job:
+        """Submit the stream's next job (input: `n` bytes of `src` from `src_at`) without
+        waiting for it."""
         lane = self.lane
         tmpl = lane.template(fmt)
-        job = Job(self, src.buf, src.off, n, dst.buf, dst.off, avail)
+        job = Job(self, src.buf, src.off + src_at, n, dst.buf, dst.off, avail)
         with lane.lock:
             job.sqe = tmpl.build(
-                src=src.iova, in_len=n, dst=dst.iova, avail=avail, tag=lane.next_tag(),
-                finish=finish, stateful=True, new_stream=self._new,
+                src=src.iova + src_at, in_len=n, dst=dst.iova, avail=avail,
+                tag=lane.next_tag(), finish=finish, stateful=True, new_stream=self._new,
                 ctx=self.ctx.iova + hw.HW_CTX_RSV_OFFSET, isize=self.isize,
                 checksum=self.checksum)
             off = lane.post(job)
             lane.q.sq[off:off + hw.SQE_SIZE] = job.sqe
             lane.q.ring()
-            lane.wait_until(lambda: job.done, locked=True)
+        return job
+
+    def _run(self, fmt: Format, src: Chunk, n: int, dst: Chunk, avail: int,
+             finish: bool) -> Job:
+        with self.lane.lock:  # (re-entrant: `_post` takes it too)
+            job = self._post(fmt, src, n, dst, avail, finish)
+            self.lane.wait_until(lambda: job.done, locked=True)
         return job
 
     def _check(self) -> None:
@@ -402,9 +410,27 @@ class Inflater(_StreamBase):
         dst = self._buf("_dst", self._out_size)
         avail = min(dst.size, hw.HZ_MAX_SIZE, room or hw.HZ_MAX_SIZE)
         job = self._run(self.fmt, src, n, dst, avail, finish=False)
+        used = self._settle(job, src.view, 0, n)
+        out += dst.view[:job.produced]
+        del self._in[:used]
+        # More output waits: next time a larger buffer, up to what the caller lets us return
+        # (fewer round trips for big outputs; memory still bounded by max_length).
+        cap = min(room, hw.HZ_MAX_SIZE) if room else hw.HZ_MAX_SIZE
+        if self._pending_out and self._out_size < cap:
+            self._out_size = min(self._out_size * 4, cap)
+        if self._ended:
+            self.unused_data = bytes(self._in)
+            self._in.clear()
+            return False
+        return bool(used or job.produced or self._pending_out)
+
+    def _settle(self, job: Job, src: memoryview, at: int, n: int) -> int:
+        """A completed job's outcome into the stream's state (its input: `n` bytes of `src`
+        from `at`): errors raise, the running checksum and length, output left pending, the
+        end (trailer checked). Returns how many input bytes it used."""
         st = job.status & hw.STATUS_MASK
         used = min(job.consumed, n)
-        self._tail = (self._tail + bytes(src.view[max(0, used - 8):used]))[-8:]
+        self._tail = (self._tail + bytes(src[at + max(0, used - 8):at + used]))[-8:]
         if st == hw.STATUS_CRC_ERR:
             self._fail(trailer_error(self.alg, job.checksum, self._tail))
         if st not in (hw.STATUS_OK, hw.STATUS_NEGACOMPRESS, hw.STATUS_DECOMP_END):
@@ -412,25 +438,124 @@ class Inflater(_StreamBase):
             self._fail(status_error(st, compress=False) or ZipError(f"status {st:#x}"))
         self._new = False
         self.checksum, self.isize = job.checksum, job.isize
-        out += dst.view[:job.produced]
-        del self._in[:used]
         self._pending_out = (job.tag & hw.CTX_ST_MASK) in (hw.CTX_ST_DECOMP_NO_SPACE,
                                                             hw.CTX_ST_DECOMPING_NO_SPACE)
-        # More output waits: next time a larger buffer, up to what the caller lets us return
-        # (fewer round trips for big outputs; memory still bounded by max_length).
-        cap = min(room, hw.HZ_MAX_SIZE) if room else hw.HZ_MAX_SIZE
-        if self._pending_out and self._out_size < cap:
-            self._out_size = min(self._out_size * 4, cap)
         if st == hw.STATUS_DECOMP_END:
             tlen = trailer_size(self.alg)
             # The engine checked the trailer; its report is checked against the bytes too.
             if tlen and self._tail[-tlen:] != trailer(self.alg, job.checksum, job.isize):
                 self._fail(trailer_error(self.alg, job.checksum, self._tail))
             self._ended = True
-            self.unused_data = bytes(self._in)
-            self._in.clear()
-            return False
-        return bool(used or job.produced or self._pending_out)
+        return used
+
+    # Input bytes per job and output room per job of `pipe` (two of each: ~10 MiB of DMA
+    # memory whatever the stream expands to).
+    PIPE_IN = 1 << 20
+    PIPE_OUT = 4 << 20
+
+    def pipe(self, readinto: Callable[[memoryview], int],
+             first: bytes | bytearray | memoryview = b"") -> Generator[memoryview, None, None]:
+        """The rest of the stream, `first` then what `readinto` reads (it fills a view and
+        says how much; 0 at the end of the input), as views of the output in DMA memory, each
+        valid until the next one is asked for (it is released then). Two jobs' buffers: the
+        engine inflates the next piece while the caller writes this one out, and the input is
+        read straight into DMA memory meanwhile, so the caller's work and the engine's overlap
+        and no byte is copied in this process. Ends at the stream's end (`eof`; `unused_data`
+        holds what was read after it) or when the input ends first (`eof` stays False).
+        Errors raise as `decompress` raises them, after the output before the failed job."""
+        self._check()
+        self._in += first
+        while self.header is None:
+            try:
+                head = scan_header(self._in, self.fmt)
+            except ZipDataError as e:
+                self._fail(e)
+            if head is not None:
+                del self._in[:head.length]
+                self._header_read(head)
+                break
+            more = bytearray(64 << 10)
+            k = readinto(memoryview(more))
+            if not k:
+                return
+            self._in += more[:k]
+        if self._ended:
+            return
+        size = max(self.PIPE_IN, len(self._in))
+        pool = self.pool
+        srcs = [pool.take(size), pool.take(size)]
+        dsts = [pool.take(self.PIPE_OUT), pool.take(self.PIPE_OUT)]
+        self._bufs += srcs + dsts
+        avail = min(self.PIPE_OUT, hw.HZ_MAX_SIZE)
+        ended_input = False
+
+        def fill(c: Chunk, have: int) -> int:
+            """Read into `c` after its first `have` bytes, until it is full or the input
+            ends; returns how many it holds."""
+            nonlocal ended_input
+            while have < size and not ended_input:
+                k = readinto(c.view[have:size])
+                if not k:
+                    ended_input = True
+                have += k
+            return have
+
+        n = len(self._in)
+        srcs[0].view[:n] = self._in
+        self._in.clear()
+        n = fill(srcs[0], n)
+        i = at = j = other = 0  # input: srcs[i][at:at + n]; srcs[i ^ 1] holds `other` bytes
+        prev: memoryview | None = None  # the last job's output, handed out after the next job
+        job: Job | None = None          # is on the engine
+        try:
+            while True:
+                job = self._post(self.fmt, srcs[i], n, dsts[j], avail, False, src_at=at)
+                if prev is not None:
+                    yield prev
+                    prev.release()
+                    prev = None
+                if other < size and not ended_input:
+                    other = fill(srcs[i ^ 1], other)
+                done = job
+                self.lane.wait_until(_is_done(done))
+                used = self._settle(done, srcs[i].view, at, n)
+                job = None
+                if done.produced:
+                    prev = dsts[j].view[:done.produced]
+                    j ^= 1
+                at += used
+                n -= used
+                if self._ended:
+                    self.unused_data = bytes(srcs[i].view[at:at + n]) + \
+                        bytes(srcs[i ^ 1].view[:other])
+                    break
+                if self._pending_out or (n and (used or done.produced)):
+                    continue  # (the same piece goes on)
+                if not other:
+                    other = fill(srcs[i ^ 1], 0)
+                if n and other:  # no progress on the piece's last bytes: before the next
+                    rest = bytes(srcs[i].view[at:at + n]) + bytes(srcs[i ^ 1].view[:other])
+                    if len(rest) > size:
+                        raise ZipError("the engine took no input from a stream piece",
+                                       hint="the device is misbehaving; close and reset it")
+                    srcs[i ^ 1].view[:len(rest)] = rest
+                    other = len(rest)
+                if not other:
+                    break  # the input ended before the stream did
+                i, at, n, other = i ^ 1, 0, other, 0
+            if prev is not None:
+                yield prev
+        finally:
+            if prev is not None:
+                try:
+                    prev.release()
+                except BufferError:  # (a view of it still held: it goes with the stream)
+                    pass
+            if job is not None and not job.done:
+                # Abandoned with a job on the engine (no waiting here: this may run in a
+                # finalizer): its buffers stay out of the pool, freed with the engine.
+                for c in srcs + dsts:
+                    self._bufs.remove(c)
 
     def flush(self, length: int = 0) -> bytes:
         """Remaining output (zlib's `Decompress.flush`): pending output is produced; input

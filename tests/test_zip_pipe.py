@@ -1,0 +1,175 @@
+"""`Decompress.chunks` (the engine's `Inflater.pipe`): a stream read in pieces with the next job
+on the engine while the caller handles the last one's output, as the CLI and GzipFile read a
+gzip(1) file. Small pipe buffers here, so that a test stream takes many jobs: pieces cut at
+every kind of place, output left pending in the engine (a job's room full), errors after good
+output, truncation, what follows the stream. Against the bundled model; zlib is the judge."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import random
+import zlib
+from collections.abc import Iterator
+
+import pytest
+
+import warpdrive.zip as wz
+from tests.ziputil import sample
+from warpdrive.devices.zip.stream import Inflater
+from warpdrive.zip import gzip as wgz
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[object]:
+    eng = wz.open_engine("emu", announce=False)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture
+def small_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Inflater, "PIPE_IN", 4 << 10)
+    monkeypatch.setattr(Inflater, "PIPE_OUT", 64 << 10)
+
+
+def reader(data: bytes, rnd: random.Random | None = None):
+    """A readinto over `data` that hands out short reads when given a random source."""
+    f = io.BytesIO(data)
+
+    def readinto(view: memoryview) -> int:
+        n = len(view) if rnd is None else rnd.randint(1, len(view))
+        got = f.read(n)
+        view[:len(got)] = got
+        return len(got)
+    return readinto
+
+
+def walk(d: wz.Decompress, data: bytes, first: int = 0,
+         rnd: random.Random | None = None) -> bytes:
+    out = bytearray()
+    with contextlib.closing(d.chunks(reader(data[first:], rnd), data[:first])) as pieces:
+        for piece in pieces:
+            out += piece
+    return bytes(out)
+
+
+def mixed(n: int, seed: int) -> bytes:
+    rnd = random.Random(seed)
+    parts = []
+    while sum(map(len, parts)) < n:
+        kind = rnd.randrange(3)
+        k = rnd.randint(1, 200_000)
+        parts.append(sample(k, seed + len(parts)) if kind == 0 else rnd.randbytes(k)
+                     if kind == 1 else bytes(k))
+    return b"".join(parts)[:n]
+
+
+@pytest.mark.parametrize("wbits", [31, -15, 15, 47])
+def test_many_jobs_give_zlibs_output(engine, small_pipe, wbits: int) -> None:
+    """Text, noise and long zero runs (jobs whose room fills: output left pending), read in
+    pieces of every size, the header split anywhere: zlib's output, then the end with what
+    followed it in unused_data."""
+    rnd = random.Random(wbits)
+    for case in range(6):
+        data = mixed(rnd.choice((0, 1, 5000, 300_000, 1_500_000)), case)
+        blob = zlib.compress(data, rnd.choice((1, 6, 9)), wbits if wbits != 47 else 31)
+        tail = b"after the stream" * case
+        d = wz.decompressobj(wbits, device=engine)
+        got = walk(d, blob + tail, rnd.randint(0, 12), rnd if case % 2 else None)
+        assert got == data, case
+        assert d.eof and tail.startswith(d.unused_data), case
+
+
+def test_the_output_of_a_bomb_stays_in_bounded_pieces(engine, small_pipe) -> None:
+    """16 MiB of zeros in ~16 KiB: each piece at most the pipe's room (the engine holds the
+    rest of a job's output until the next job asks for it)."""
+    blob = zlib.compress(bytes(16 << 20), 9, 31)
+    d = wz.decompressobj(31, device=engine)
+    total = 0
+    with contextlib.closing(d.chunks(reader(blob))) as pieces:
+        for piece in pieces:
+            assert len(piece) <= Inflater.PIPE_OUT
+            assert not any(piece)
+            total += len(piece)
+    assert total == 16 << 20 and d.eof
+
+
+def test_corrupt_data_raises_after_the_output_before_it(engine, small_pipe) -> None:
+    data = mixed(400_000, 5)
+    blob = bytearray(zlib.compress(data, 6, 31))
+    blob[len(blob) * 3 // 4] ^= 0xFF
+    d = wz.decompressobj(31, device=engine)
+    out = bytearray()
+    with pytest.raises(wz.error), contextlib.closing(d.chunks(reader(bytes(blob)))) as pieces:
+        for piece in pieces:
+            out += piece
+    assert len(out) > 100_000 and data.startswith(out)
+
+
+def test_a_bad_trailer_is_a_zlib_error(engine, small_pipe) -> None:
+    data = mixed(200_000, 6)
+    blob = bytearray(zlib.compress(data, 6, 31))
+    blob[-6] ^= 1  # the CRC-32
+    d = wz.decompressobj(31, device=engine)
+    with pytest.raises(wz.error, match="incorrect data check"):
+        walk(d, bytes(blob))
+
+
+def test_truncated_input_ends_without_eof(engine, small_pipe) -> None:
+    data = mixed(300_000, 7)
+    blob = zlib.compress(data, 6, 31)
+    for cut in (5, 40, len(blob) // 2, len(blob) - 3):
+        d = wz.decompressobj(31, device=engine)
+        got = walk(d, blob[:cut])
+        assert not d.eof and data.startswith(got), cut
+
+
+def test_an_abandoned_walk_keeps_the_buffers_of_its_job_in_flight(engine, small_pipe) -> None:
+    """Closed after its first piece (a job on the engine): nothing waits, the stream's buffers
+    that job uses stay out of the pool (the engine may still write them), and the engine goes
+    on serving."""
+    data = mixed(500_000, 8)
+    blob = zlib.compress(data, 6, 31)
+    for _ in range(3):
+        d = wz.decompressobj(31, device=engine)
+        pieces = d.chunks(reader(blob))
+        first = next(pieces)
+        assert data.startswith(first)
+        pieces.close()
+        del d
+    assert wz.decompress(blob, 31, device=engine) == data
+
+
+def test_gzipfile_reads_a_gzip1_stream_in_small_and_large_reads(engine, small_pipe) -> None:
+    """GzipFile on the pipe: one member of several jobs, then a second member and zero
+    padding, read 1, 8 KiB and 1 MiB at a time; readline and seek across pieces."""
+    data = mixed(600_000, 9)
+    second = sample(70_000, 3)
+    blob = zlib.compress(data, 6, 31) + zlib.compress(second, 6, 31) + bytes(1000)
+    for size in (8192, 1 << 20, 777):
+        with wgz.GzipFile(fileobj=io.BytesIO(blob), device=engine) as f:
+            got = bytearray()
+            while chunk := f.read(size):
+                got += chunk
+        assert got == data + second, size
+    with wgz.GzipFile(fileobj=io.BytesIO(blob), device=engine) as f:
+        f.seek(450_000)
+        assert f.read(10) == data[450_000:450_010]
+        f.seek(5)
+        assert f.read(20) == data[5:25]
+
+
+def test_gzipfile_errors_as_gzip_after_good_output(engine, small_pipe) -> None:
+    data = mixed(300_000, 10)
+    blob = bytearray(zlib.compress(data, 6, 31))
+    blob[-6] ^= 1
+    with wgz.GzipFile(fileobj=io.BytesIO(bytes(blob)), device=engine) as f:
+        got = bytearray()
+        with pytest.raises(wgz.BadGzipFile, match="CRC check failed"):
+            while chunk := f.read(50_000):
+                got += chunk
+    assert len(got) >= 200_000 and data.startswith(got)
+    with wgz.GzipFile(fileobj=io.BytesIO(bytes(blob[:len(blob) // 2])), device=engine) as f, \
+            pytest.raises(EOFError):
+        f.read()
