@@ -355,3 +355,25 @@ def test_a_completion_queue_overflow_stops_the_queue_with_a_clear_error() -> Non
         _, stats = model_view(dev)
         assert stats["aeqes"] == 1 and stats["jobs"] == 15
         eng.close()
+
+
+def test_overflows_injected_through_the_model_window_reach_the_driver() -> None:
+    """The model's DBG_INJECT register (what the lab's Linux witness uses): an injected EQ
+    overflow makes our driver reload its EQ at the next wait; an injected CQ overflow stops
+    the queue it names, whose next wait says so."""
+    from warpdrive.emu.models.zip import DBG_INJECT
+
+    with warpdrive.open("emu:zip") as dev:
+        qm, eng = trapped_engine(dev)
+        data = b"inject " * 20000
+        assert zlib.decompress(eng.compress(data)) == data
+        q = eng.lanes[COMPRESS].q
+        dev.region_write(DBG_BAR, DBG_INJECT, struct.pack("<I", qmr.AEQE_TYPE_EQ_OVERFLOW))
+        assert zlib.decompress(eng.compress(data)) == data
+        assert qm.eq_overflows == 1
+        dev.region_write(DBG_BAR, DBG_INJECT,
+                         struct.pack("<I", qmr.AEQE_TYPE_CQ_OVERFLOW | q.qn << 16))
+        with pytest.raises(QueueStoppedError, match="CQ overflow"):
+            eng.compress(data)
+        assert model_view(dev)[1]["aeqes"] == 2
+        eng.close()

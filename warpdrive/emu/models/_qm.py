@@ -513,6 +513,16 @@ class QmFunction:
             return 1 << 30
         return q.cq_depth - 1 - (q.cq_tail - q.cq_head) % q.cq_depth
 
+    def inject_overflow(self, kind: int, qn: int) -> None:
+        """What the function does on an overflow of `kind` (an AEQE type) now, for a witness of
+        a driver's error path (the model's debug window): EQ: one EQ-overflow AEQE (once, as
+        `_interrupt`); CQ: queue `qn` stops with a CQ-overflow AEQE. Anything else: nothing."""
+        if kind == L.AEQE_TYPE_EQ_OVERFLOW and not self.eq.overflowed:
+            self.eq.overflowed = True
+            self._async_event(qn, kind)
+        elif kind == L.AEQE_TYPE_CQ_OVERFLOW and qn < self.qp_num:
+            self._cq_overflow(self.queues[qn])
+
     def _cq_overflow(self, q: QueueState) -> None:
         """The driver let the CQ fill (§7.2): the queue stops, a CQ-overflow AEQE names it."""
         self._queue_fault(q, f"CQ overflow (head {q.cq_head}, tail {q.cq_tail})",

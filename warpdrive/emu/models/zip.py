@@ -31,8 +31,10 @@ What it models (section numbers are those of the research document):
 - DMA outside the client's maps is reported in the SQE's status (`STATUS_DMA_FAULT`) like an
   IOMMU fault; it never crashes the model. Buffers may span many client maps (QEMU maps a
   vIOMMU's pages one by one).
-- BAR0 (4 KiB, read-only) is a model-only introspection window real hardware does not have
-  (drivers never touch it): counters and the log of mailbox commands, for tests. Layout: `DBG_*`.
+- BAR0 (4 KiB) is a model-only introspection window real hardware does not have (drivers
+  never touch it): counters and the log of mailbox commands, for tests, and one writable
+  register (`DBG_INJECT`) that makes an EQ or CQ overflow happen, for witnesses of a driver's
+  error paths. Layout: `DBG_*`.
 
 What it assumes where the facts are UNCONFIRMED:
 - **A mapped doorbell is polled memory.** Hardware latches every doorbell write; a polled word
@@ -113,6 +115,11 @@ DBG_RESETS = 0x48  # u64 device resets (VFIO_USER_DEVICE_RESET)
 DBG_EQES = 0x50  # u64 event-queue entries posted
 DBG_SGL_JOBS = 0x58  # u64 jobs whose buffers were hardware SGLs
 DBG_AEQES = 0x60  # u64 async-event-queue entries posted (queue errors, overflows)
+# The window's one writable register, for witnesses of a driver's error paths: a 32-bit store of
+# AEQE type | queue << 16 makes the function do what it does when that overflow happens
+# (docs/research/hisi-qm-zip.md §7.2): EQ overflow: one EQ-overflow AEQE; CQ overflow: the
+# queue stops and a CQ-overflow AEQE names it. Other types are ignored.
+DBG_INJECT = 0x80
 # u32 per command: cmd | op << 8 | status << 12 | queue << 16. A ring of the last
 # DBG_MB_LOG_LEN commands: command n (counting from 0 up to DBG_MB_COUNT) is in slot
 # n % DBG_MB_LOG_LEN, so a reader that noted the count earlier finds exactly the newer ones.
@@ -754,7 +761,7 @@ class ZipModel(DeviceModel):
     def regions(self) -> list[RegionSpec]:
         mapped = self.doorbells == "mmap"
         regions = [
-            RegionSpec(DBG_BAR, DBG_SIZE, writable=False),
+            RegionSpec(DBG_BAR, DBG_SIZE, writable=True),  # (DBG_INJECT only)
             RegionSpec(L.QM_BAR, L.QM_VF_BAR_SIZE, mem64=True,
                        mmap_areas=() if self.isolation or not mapped else
                        ((L.QM_DOORBELL_SQ_CQ_BASE_V2, 0x1000),)),
@@ -862,6 +869,9 @@ class ZipModel(DeviceModel):
         self._recheck = True
         if index == L.QM_BAR:
             self._qm().write(offset, data)
+        elif index == DBG_BAR and offset == DBG_INJECT and len(data) == 4:
+            v = _U32.unpack(data)[0]
+            self._qm().inject_overflow(v & 0xFFFF, v >> 16)
         elif index == L.QM_DB_BAR and self.isolation:  # a trapped per-queue doorbell page
             qn, off = divmod(offset, L.QM_QP_DB_INTERVAL)
             if off == L.QM_DOORBELL_SQ_CQ_BASE_V2 and len(data) == 8:
