@@ -12,8 +12,8 @@ and every slab none of whose pieces is in use, so a service that did one big job
 serves smaller ones goes back to its small footprint (docs/driver-bench.md: one 50 MB
 compress and decompress left 37 MB of shared memory mapped for good). `trim()` does that at
 once. No background thread: a pool never unmaps behind its owner's back, and a forked child
-has none to inherit; so a process whose later calls never reach the pool (one-shot calls of a
-few KiB use pieces their engine keeps) holds its idle memory until it trims.
+has none to inherit; so a process whose later calls never reach the pool (small one-shot
+calls reuse pieces their engine keeps, up to 1 MiB) holds its idle memory until it trims.
 """
 
 from __future__ import annotations
