@@ -219,3 +219,55 @@ def test_closing_the_model_ends_its_worker_threads(tmp_path) -> None:
         thread.join(5)
     assert not thread.is_alive()
     assert not workers()
+
+
+def test_workers_are_bound_one_per_cpu_when_they_cover_the_cpus(tmp_path) -> None:
+    """As many workers as CPUs: each binds itself to its own CPU (busy workers never sleep, so
+    the scheduler's wake-up placement never spreads them; its balancing left two on one CPU
+    of a loaded machine about half of the time). The jobs' output is unchanged."""
+    import os
+
+    from tests.test_emu_server_errors import serve
+    from warpdrive.emu.models.zip import ZipModel
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if not 2 <= len(cpus) <= 16:
+        pytest.skip(f"{len(cpus)} CPUs")
+    model = ZipModel(workers=str(len(cpus)))
+    path = str(tmp_path / "zip.sock")
+    server, thread = serve(model, path)
+    try:
+        with wz.open_engine("vfio-user:" + path, announce=False) as eng:
+            s = eng.session("compress", wbits=31)
+            data = [sample(300_000, seed=i) for i in range(2 * len(cpus))]
+            jobs = [s.submit(d) for d in data]
+            s.drain()
+            assert [zlib.decompress(j.result(), 31) for j in jobs] == data
+            pool = [t for t in threading.enumerate() if t.name.startswith("zip-engine")]
+            assert len(pool) == len(cpus)
+            bound = sorted(os.sched_getaffinity(t.native_id) for t in pool)  # type: ignore[arg-type]
+            assert bound == [{c} for c in cpus]
+            assert os.sched_getaffinity(0) == set(cpus)  # the model's own thread: unbound
+            s.close()
+    finally:
+        server.stop()
+        thread.join(5)
+
+
+def test_fewer_workers_than_cpus_stay_unbound() -> None:
+    import itertools
+    import os
+
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) < 2:
+        pytest.skip("one CPU: nothing to choose")
+    seen: list[set[int]] = []
+
+    def worker() -> None:
+        ThreadedJobs(None, workers=len(cpus) - 1)._pin(itertools.count())  # type: ignore[arg-type]
+        seen.append(os.sched_getaffinity(0))
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen == [cpus]

@@ -505,11 +505,27 @@ class ThreadedJobs(ZipJobs):
             self.write_result(sq, off, w, JobResult(L.STATUS_DMA_FAULT))
             return None
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="zip-engine")
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="zip-engine",
+                                            initializer=self._pin, initargs=(itertools.count(),))
         fut = self._pool.submit(self._work, q, w, src, dst, first)
         self.watch(fut)
         self.inflight.setdefault(q.qn, deque()).append((q, off // q.sqe_size, w, fut, src, dst))
         return PENDING
+
+    def _pin(self, seq: itertools.count[int]) -> None:
+        """A new worker thread binds itself to one CPU when the workers are at least as many
+        as the CPUs this process may use (one each, round robin). Busy workers never sleep,
+        so they never pass through the scheduler's wake-up placement, and its periodic load
+        balancing, weighing our whole process group as one, left both on one CPU about half of
+        the time on a loaded 2-core machine (a 200 MB CLI compress: 14.7 s against 11.8 s
+        pinned, pigz 9.9 s, load 5-6). With more CPUs than workers the scheduler keeps the
+        choice (an idle CPU pulls a waiting task)."""
+        try:
+            cpus = sorted(os.sched_getaffinity(0))
+            if self.workers >= len(cpus) > 1:
+                os.sched_setaffinity(0, {cpus[next(seq) % len(cpus)]})
+        except OSError:  # (a CPU taken offline meanwhile, a sandbox): unbound, as before
+            pass
 
     def watch(self, fut: Future[Any]) -> None:
         """Count `fut`'s end on the eventfd the model's thread sleeps on (`_wait_for_change`)."""
