@@ -317,7 +317,9 @@ class _Reader(io.RawIOBase):
         self._eof = False
         self.mtime: int | None = None  # of the last member header read
         self._sized = SizedMembers(device, MEMBERS_AHEAD)
-        self._spill = b""  # output not yet returned, from _spill_at on
+        # Output not yet returned, from _spill_at on: a sized member's, or a view of the
+        # engine's memory holding the piece of a member being read (`_pieces`).
+        self._spill: bytes | memoryview = b""
         self._spill_at = 0
         # The member being read, as pieces of output (`Decompress.chunks`): the engine
         # decompresses the next piece while this one is read.
@@ -333,10 +335,10 @@ class _Reader(io.RawIOBase):
         return self._pos
 
     def readinto(self, b: Any) -> int:
-        with memoryview(b) as view, view.cast("B") as out:
-            data = self.read(len(out))
-            out[:len(data)] = data
-        return len(data)
+        with memoryview(b) as view, view.cast("B") as out, self._take(len(out)) as data:
+            n = len(data)
+            out[:n] = data  # (the one copy: from the engine's memory into the caller's)
+        return n
 
     def readall(self) -> bytes:
         chunks: list[bytes] = []
@@ -401,12 +403,20 @@ class _Reader(io.RawIOBase):
     def read(self, size: int = -1) -> bytes:
         if size < 0:
             return self.readall()
+        with self._take(size) as data:
+            return bytes(data)
+
+    def _take(self, size: int) -> memoryview:
+        """The next at most `size` bytes of output, a view of the piece being read (no copy):
+        the caller copies it and releases it before reading on."""
         if not size or self._eof:
-            return b""
+            return memoryview(b"")
         while True:
             if self._spill_at < len(self._spill):
                 at = self._spill_at
-                out = self._spill[at:at + size]
+                spill = self._spill
+                out = (spill if isinstance(spill, memoryview) else memoryview(spill))[
+                    at:at + size]
                 self._spill_at = at + len(out)
                 break
             if self._new_member:
@@ -420,12 +430,13 @@ class _Reader(io.RawIOBase):
                 if not self._start_member():
                     self._eof = True
                     self._size = self._pos
-                    return b""
+                    return memoryview(b"")
                 self._new_member = False
             d = self._d
             assert d is not None
             if self._pieces is None:
                 self._pieces = d.chunks(self._read_input, b"", READ_BUFFER_SIZE)
+            self._spill, self._spill_at = b"", 0  # (the last piece's view goes now)
             try:
                 piece = next(self._pieces, None)
             except ZipDataError as e:
@@ -437,8 +448,8 @@ class _Reader(io.RawIOBase):
                     raise BadGzipFile("Incorrect length of data produced") from None
                 raise
             if piece is not None:
-                # (copied out: a view of the engine's memory is valid until the next piece)
-                self._spill, self._spill_at = bytes(piece), 0
+                # (read from the engine's memory: the view is valid until the next piece)
+                self._spill, self._spill_at = piece, 0
                 continue
             self._pieces = None
             if not d.eof:
@@ -458,6 +469,8 @@ class _Reader(io.RawIOBase):
         """Let the member's decompression go (rewind, close): its buffers go back."""
         pieces, self._pieces = self._pieces, None
         if pieces is not None:
+            if isinstance(self._spill, memoryview):
+                self._spill, self._spill_at = b"", 0  # (a view of the piece)
             pieces.close()
 
     def _rewind(self) -> None:
