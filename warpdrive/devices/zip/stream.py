@@ -482,10 +482,13 @@ class Inflater(_StreamBase):
         if self._ended:
             return
         size = max(self.PIPE_IN, len(self._in))
-        pool = self.pool
-        srcs = [pool.take(size), pool.take(size)]
-        dsts = [pool.take(self.PIPE_OUT), pool.take(self.PIPE_OUT)]
-        self._bufs += srcs + dsts
+        # One buffer cut in four (a map is a request to the device's IOMMU or model and a
+        # check of this process's memory map: one, not four, before the first job).
+        whole = self.pool.take(2 * size + 2 * self.PIPE_OUT)
+        self._bufs.append(whole)
+        srcs = [Chunk(whole.buf, whole.off + k * size, size) for k in (0, 1)]
+        dsts = [Chunk(whole.buf, whole.off + 2 * size + k * self.PIPE_OUT, self.PIPE_OUT)
+                for k in (0, 1)]
         avail = min(self.PIPE_OUT, hw.HZ_MAX_SIZE)
         ended_input = False
 
@@ -554,8 +557,7 @@ class Inflater(_StreamBase):
             if job is not None and not job.done:
                 # Abandoned with a job on the engine (no waiting here: this may run in a
                 # finalizer): its buffers stay out of the pool, freed with the engine.
-                for c in srcs + dsts:
-                    self._bufs.remove(c)
+                self._bufs.remove(whole)
 
     def flush(self, length: int = 0) -> bytes:
         """Remaining output (zlib's `Decompress.flush`): pending output is produced; input
