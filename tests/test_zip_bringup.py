@@ -8,6 +8,7 @@ No ZIP hardware exists here or in the QEMU lab, so this is where the driver's VF
 from __future__ import annotations
 
 import struct
+import threading
 import time
 import zlib
 
@@ -378,4 +379,25 @@ def test_overflows_injected_through_the_model_window_reach_the_driver() -> None:
         with pytest.raises(QueueStoppedError, match="CQ overflow"):
             eng.compress(data)
         assert model_view(dev)[1]["aeqes"] == 2
+        eng.close()
+
+
+def test_closing_waits_for_a_waiter_servicing_events_and_stops_later_ones() -> None:
+    """Any waiter's thread services the EQ/AEQ (`ack_events`, a refresh tick): the close marks
+    the function closed under the same lock, so it waits for a waiter in there, and no waiter
+    services events (doorbells, an EQ reload's mailbox) on a function being reset or on
+    memory being freed."""
+    with warpdrive.open("emu:zip", model_options={"doorbells": "trap"}) as dev:
+        qm, eng = trapped_engine(dev)
+        qm._events.acquire()  # a waiter inside ack_events
+        closer = threading.Thread(target=qm.close)
+        closer.start()
+        closer.join(0.3)
+        try:
+            assert closer.is_alive()  # the close waits for that waiter
+        finally:
+            qm._events.release()
+        closer.join(10)
+        assert not closer.is_alive()
+        assert qm.ack_events() == 0  # a late waiter: it touches neither function nor memory
         eng.close()

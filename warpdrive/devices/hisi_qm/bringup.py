@@ -362,15 +362,16 @@ class QmDevice:
         every tick would let the function post an EQE and an MSI per job to spinning
         waiters), and a queue the device stopped says why."""
         self.dev.watchdog()
-        blk = self._block
-        if blk is not None and not self._closed:
-            view, half = blk.view, self.caps.eq_depth // 2
-            i, phase = self.eq_head + half, self.eq_phase  # EQEs are written in ring order
-            if i >= self.caps.eq_depth:
-                i, phase = i - self.caps.eq_depth, phase ^ 1
-            if self._ready(view, self.aeq_off, self.aeq_head, self.aeq_phase) or \
-                    self._ready(view, self.eq_off, i, phase):
-                self.ack_events()
+        with self._events:
+            blk = self._block
+            if blk is not None and not self._closed:
+                view, half = blk.view, self.caps.eq_depth // 2
+                i, phase = self.eq_head + half, self.eq_phase  # EQEs are written in ring order
+                if i >= self.caps.eq_depth:
+                    i, phase = i - self.caps.eq_depth, phase ^ 1
+                if self._ready(view, self.aeq_off, self.aeq_head, self.aeq_phase) or \
+                        self._ready(view, self.eq_off, i, phase):
+                    self._service(view)
         if q.stopped:
             why = self.faults.get(q.qn)
             if why is not None:
@@ -384,24 +385,28 @@ class QmDevice:
 
     def ack_events(self) -> int:
         """Service the AEQ (see the module docstring), then drain the EQ and ring its
-        doorbell; returns how many EQEs were consumed."""
-        if self._block is None:
-            return 0
+        doorbell; returns how many EQEs were consumed. Nothing once the function closes: the
+        close holds `_events` while it marks itself closed, so none of this runs on a function
+        being reset or on memory being freed."""
         with self._events:
-            view = self._block.view
-            if self._ready(view, self.aeq_off, self.aeq_head, self.aeq_phase) and \
-                    self._service_aeq(view):
-                return 0
-            n = 0
-            depth = self.caps.eq_depth
-            while self._ready(view, self.eq_off, self.eq_head, self.eq_phase):
-                n += 1
-                self.eq_head += 1
-                if self.eq_head == depth:
-                    self.eq_head, self.eq_phase = 0, self.eq_phase ^ 1
-            if n:
-                self.eq_db.ring(hw.doorbell_v2(0, hw.QM_DB_CMD_EQ, self.eq_head))
-            return n
+            blk = self._block
+            return 0 if blk is None or self._closed else self._service(blk.view)
+
+    def _service(self, view: memoryview) -> int:
+        """`ack_events` (holds `_events`)."""
+        if self._ready(view, self.aeq_off, self.aeq_head, self.aeq_phase) and \
+                self._service_aeq(view):
+            return 0
+        n = 0
+        depth = self.caps.eq_depth
+        while self._ready(view, self.eq_off, self.eq_head, self.eq_phase):
+            n += 1
+            self.eq_head += 1
+            if self.eq_head == depth:
+                self.eq_head, self.eq_phase = 0, self.eq_phase ^ 1
+        if n:
+            self.eq_db.ring(hw.doorbell_v2(0, hw.QM_DB_CMD_EQ, self.eq_head))
+        return n
 
     def _service_aeq(self, view: memoryview) -> bool:
         """Take every AEQE waiting and acknowledge them. A CQE error or CQ overflow stops the
@@ -518,7 +523,8 @@ class QmDevice:
             raise errors[0]
 
     def _teardown(self, reset: bool) -> None:
-        self._closed = True
+        with self._events:  # a waiter servicing the EQ/AEQ finishes; later ones see it closed
+            self._closed = True
         dev = self.dev
         if dev.closed:
             return
