@@ -81,17 +81,17 @@ def test_trim_keeps_what_is_in_use() -> None:
 def test_idle_memory_is_bounded_by_rlimit_memlock_where_maps_pin(monkeypatch) -> None:
     """Where the limit binds (a space that pins, no CAP_IPC_LOCK: check_memlock's rule), idle
     memory is at most a quarter of it."""
-    import warpdrive.pool as pool_mod
+    import warpdrive.memory.memlock as memlock_mod
 
     soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     resource.setrlimit(resource.RLIMIT_MEMLOCK, (8 << 20, hard))
     try:
         pinned = PoolDma()
         pinned.pins = True
-        monkeypatch.setattr(pool_mod, "has_cap_ipc_lock", lambda: False)
+        monkeypatch.setattr(memlock_mod, "has_cap_ipc_lock", lambda: False)
         assert BufferPool(pinned).max_idle == 2 << 20  # type: ignore[arg-type]
         assert BufferPool(PoolDma()).max_idle == BufferPool.MAX_IDLE  # type: ignore[arg-type]
-        monkeypatch.setattr(pool_mod, "has_cap_ipc_lock", lambda: True)
+        monkeypatch.setattr(memlock_mod, "has_cap_ipc_lock", lambda: True)
         assert BufferPool(pinned).max_idle == BufferPool.MAX_IDLE  # type: ignore[arg-type]
     finally:
         resource.setrlimit(resource.RLIMIT_MEMLOCK, (soft, hard))

@@ -18,14 +18,13 @@ calls reuse pieces their engine keeps, up to 1 MiB) holds its idle memory until 
 
 from __future__ import annotations
 
-import resource
 import threading
 import time
 from collections import Counter, deque
 
 from .dma import DmaSpace
 from .errors import WarpdriveError
-from .memory import DmaBuffer, has_cap_ipc_lock, memlock_limit
+from .memory import DmaBuffer, binding_memlock_limit
 
 
 class Chunk:
@@ -66,11 +65,8 @@ class BufferPool:
     def __init__(self, dma: DmaSpace, max_idle: int | None = None) -> None:
         self.dma = dma
         if max_idle is None:
-            max_idle = self.MAX_IDLE
-            soft = memlock_limit()
-            if getattr(dma, "pins", True) and soft != resource.RLIM_INFINITY and \
-                    not has_cap_ipc_lock():  # (the limit binds as check_memlock says)
-                max_idle = min(max_idle, soft // 4)
+            limit = binding_memlock_limit() if dma.pins else None
+            max_idle = self.MAX_IDLE if limit is None else min(self.MAX_IDLE, limit // 4)
         self.max_idle = max_idle
         self._free: dict[int, list[DmaBuffer]] = {}
         self._chunks: dict[int, list[Chunk]] = {}

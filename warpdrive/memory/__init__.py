@@ -2,12 +2,13 @@
 
 from .buffer import DmaBuffer, hugepage_sizes
 from .check import DmaMemoryInfo, MemoryKind, check_dma_memory, inspect_dma_memory
-from .memlock import check_memlock, has_cap_ipc_lock, memlock_limit
+from .memlock import binding_memlock_limit, check_memlock, has_cap_ipc_lock, memlock_limit
 
 __all__ = [
     "DmaBuffer",
     "DmaMemoryInfo",
     "MemoryKind",
+    "binding_memlock_limit",
     "check_dma_memory",
     "check_memlock",
     "has_cap_ipc_lock",

@@ -46,12 +46,19 @@ def memlock_limit() -> int:
     return int(soft)
 
 
+def binding_memlock_limit() -> int | None:
+    """The soft RLIMIT_MEMLOCK in bytes where it bounds this process's pins; None where it
+    does not (unlimited, or CAP_IPC_LOCK)."""
+    limit = memlock_limit()
+    if limit == resource.RLIM_INFINITY or has_cap_ipc_lock():
+        return None
+    return limit
+
+
 def check_memlock(nbytes: int, what: str = "DMA mapping") -> None:
     """Raise `MemlockLimitError` if pinning `nbytes` more would exceed RLIMIT_MEMLOCK."""
-    if has_cap_ipc_lock():
-        return
-    limit = memlock_limit()
-    if limit == resource.RLIM_INFINITY:
+    limit = binding_memlock_limit()
+    if limit is None:
         return
     used = locked_bytes()
     if used + nbytes > limit:
