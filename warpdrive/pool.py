@@ -154,15 +154,19 @@ class BufferPool:
         drop = [b for lst in self._free.values() for b in lst]
         self._free.clear()
         self._idle = 0
-        for c, free in self._chunks.items():
-            per_slab = self.SLAB // c
-            whole = {k for k, n in Counter(id(ch.buf) for ch in free).items() if n == per_slab}
-            if whole:
+        whole = self._free_slabs()
+        if whole:
+            for free in self._chunks.values():
                 free[:] = [ch for ch in free if id(ch.buf) not in whole]
-                slabs = [b for b in self._slabs if id(b) in whole]
-                self._slabs = [b for b in self._slabs if id(b) not in whole]
-                drop += slabs
+            drop += [b for b in self._slabs if id(b) in whole]
+            self._slabs = [b for b in self._slabs if id(b) not in whole]
         return drop
+
+    def _free_slabs(self) -> set[int]:
+        """(lock held) The ids of the slabs none of whose pieces is in use (a slab is cut for
+        one piece size: all SLAB // size of its pieces are in that size's free list)."""
+        return {k for c, free in self._chunks.items()
+                for k, n in Counter(id(ch.buf) for ch in free).items() if n == self.SLAB // c}
 
     def trim(self) -> None:
         """Unmap every idle buffer and every slab none of whose pieces is in use, now."""
@@ -175,10 +179,7 @@ class BufferPool:
         """Memory mapped and not in use: idle whole buffers and slabs with no piece in use."""
         with self._lock:
             drop = self._reclaim()
-            slabs = sum(self.SLAB for c, free in self._chunks.items()
-                        for n in Counter(id(ch.buf) for ch in free).values()
-                        if n == self.SLAB // c)
-            idle = self._idle + slabs
+            idle = self._idle + self.SLAB * len(self._free_slabs())
         self._drop_all(drop)
         return idle
 
