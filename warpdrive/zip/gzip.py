@@ -288,7 +288,8 @@ class Input:
         return bytes(self.file.read(n))
 
     def prepend(self, data: bytes = b"") -> None:
-        self._front, self._at = bytes(data) + self._front[self._at:], 0
+        if data:  # (nothing to push back: the rest stays where it is, uncopied)
+            self._front, self._at = bytes(data) + self._front[self._at:], 0
 
     def front(self) -> bytes:
         """Take what was pushed back and not read again."""
