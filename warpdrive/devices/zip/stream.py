@@ -521,8 +521,17 @@ class Inflater(_StreamBase):
                     other = fill(srcs[i ^ 1], other)
                 done = job
                 self.lane.wait_until(_is_done(done))
-                used = self._settle(done, srcs[i].view, at, n)
                 job = None
+                try:
+                    used = self._settle(done, srcs[i].view, at, n)
+                except ZipDataError:
+                    if done.produced and done.status & hw.STATUS_MASK in (
+                            hw.STATUS_CRC_ERR, hw.STATUS_DECOMP_END):
+                        # The body inflated: its output goes out before the trailer's error,
+                        # as gzip(1) writes it and Python's gzip returns it (a copy: the
+                        # failed stream gave its buffers back).
+                        yield memoryview(bytes(dsts[j].view[:done.produced]))
+                    raise
                 if done.produced:
                     prev = dsts[j].view[:done.produced]
                     j ^= 1
