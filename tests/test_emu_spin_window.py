@@ -86,3 +86,70 @@ def test_server_window_follows_its_client(tmp_path: Path) -> None:
         thread.join(5)
     assert not thread.is_alive()
     assert VfioUserServer(SlowSpin(), str(tmp_path / "u.sock"), spin_s=0.5).window.s == 0.5
+
+
+def test_a_yield_that_lost_a_time_slice_turns_the_spin_to_naps(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """A yield of the spin that came back after CONTENDED_S (another task kept the CPU for a
+    time slice) makes the next CONTENDED_FOR_S of empty passes naps of CONTENDED_NAP_S (a
+    sleeper is woken in microseconds; a yielder waits a slice after every pass), then a yield
+    looks again; jobs are served meanwhile. A given `nap_s` is kept as it was."""
+    import warpdrive.emu.server as S
+
+    real_yield, real_sleep = os.sched_yield, time.sleep
+    calls: list[str] = []  # the server thread's yields and naps, in order
+    steal = threading.Event()
+
+    def on_server() -> bool:
+        return threading.current_thread().name == "server"
+
+    def sched_yield() -> None:
+        if on_server():
+            calls.append("yield")
+            if steal.is_set():  # as if another program's busy loop took the CPU for a slice
+                steal.clear()
+                real_sleep(2 * S.VfioUserServer.CONTENDED_S)
+                return
+        real_yield()
+
+    def sleep(s: float) -> None:
+        if on_server() and s == S.VfioUserServer.CONTENDED_NAP_S:
+            calls.append("nap")
+        real_sleep(s)
+
+    monkeypatch.setattr(S.os, "sched_yield", sched_yield)
+    monkeypatch.setattr(S.time, "sleep", sleep)
+    path = str(tmp_path / "t.sock")
+    server = VfioUserServer(SlowSpin(), path, spin_s=10.0)  # (keeps spinning)
+    thread = threading.Thread(target=server.serve_forever, daemon=True, name="server")
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(path):
+            assert time.monotonic() < deadline
+            real_sleep(0.01)
+        dev = open_vfio_user(path)
+        try:
+            ring = Ring(dev)
+            src, dst = dev.dma.alloc(4096), dev.dma.alloc(4096)
+            assert ring.wait(ring.submit(src.iova, dst.iova, 64)) == T.STATUS_DONE
+            while "yield" not in calls:  # spinning, yielding
+                assert time.monotonic() < deadline
+                real_sleep(0.001)
+            steal.set()
+            while steal.is_set() or "nap" not in calls:
+                assert time.monotonic() < deadline, "no nap after a yield that lost a slice"
+                real_sleep(0.001)
+            first = calls.index("nap")
+            assert calls[first - 1] == "yield"  # the stolen one
+            assert ring.wait(ring.submit(src.iova, dst.iova, 64)) == T.STATUS_DONE
+            while "yield" not in calls[first:]:  # CONTENDED_FOR_S later: a yield again
+                assert time.monotonic() < deadline, "the naps did not end"
+                real_sleep(0.001)
+            assert calls[first:].index("yield") > 1  # naps in between, not one
+        finally:
+            dev.close()
+    finally:
+        server.stop()
+        thread.join(5)
+    assert not thread.is_alive()

@@ -31,7 +31,9 @@ without blocking in between (a burst of `_BURST` polls between two checks, so a 
 within one poll's time; a burst follows a pass that worked too, so a client's next doorbell is
 seen without waiting for the socket check; a pass that worked yields the CPU once, so a client
 that shares it gets its completion at once; a turn where nothing worked gives the CPU away first:
-`sched_yield`, or with `nap_s` a sleep that long, see `_loop`); then it sets need-wakeup in each
+`sched_yield`, or with `nap_s` a sleep that long, see `_loop`; after a yield that lost the CPU
+for a time slice, naps for a while: another program's busy loop shares our CPU, see `_loop`);
+then it sets need-wakeup in each
 function's control page, polls once more (so a doorbell stored just before is not missed) and
 sleeps in epoll for at most `idle_s` between polls, or up to `idle_max_s` when every client
 reads the control page and so kicks the server after a doorbell (see `warpdrive.uapi.vfio_user`,
@@ -535,8 +537,11 @@ class VfioUserServer:
         ep.register(self._listener.fileno(), select.EPOLLIN)
         ep.register(self._wake_r, select.EPOLLIN)
         started = last_activity = checked = time.monotonic()
-        if self.nap_s:
-            sc.set_timer_slack(1000)  # a nap lasts what it says (not 50 us more)
+        # (a nap lasts what it says, not 50 us more: fixed naps and the ones under contention)
+        sc.set_timer_slack(1000)
+        # Until then every yield of the spin is a nap (`CONTENDED_NAP_S`): a yield lost the CPU
+        # to another task for a time slice (see `_loop`'s yields below).
+        contended_until = 0.0
         while not (self._signalled or self._stop.is_set()):
             fns = self._active
             polled = self.on_poll is not None or any(fn.polled for fn in fns)
@@ -561,13 +566,14 @@ class VfioUserServer:
                 # --breakdown --cpus same`). With nobody else runnable here the yield returns
                 # at once (a system call, under a microsecond: less than a client takes to
                 # reap and ring again).
-                if progress == POLL_WORKED and not self.nap_s:
+                nap = self.nap_s or (self.CONTENDED_NAP_S if now < contended_until else 0.0)
+                if progress == POLL_WORKED and not nap:
                     os.sched_yield()
                 burst = self._burst(fns)
                 if burst:
                     last_activity = now = time.monotonic()
                     progress = max(progress, burst)
-                    if burst == POLL_WORKED and not self.nap_s:
+                    if burst == POLL_WORKED and not nap:
                         os.sched_yield()
                 if progress != POLL_WORKED:
                     # Spinning without progress: let the processes we wait for (clients, the
@@ -576,10 +582,20 @@ class VfioUserServer:
                     # a poller that yields is runnable again at once, so it still takes its
                     # fair share of a loaded machine in empty passes; a nap (a timed sleep)
                     # leaves that share to them, for at most `nap_s` of latency.
-                    if self.nap_s:
-                        time.sleep(self.nap_s)
+                    # A yield that comes back after CONTENDED_S handed our CPU to a task that
+                    # keeps it for a time slice (another program's busy loop): yielding again
+                    # would hand it a slice after every pass, one job per slice (4-7 ms per
+                    # call measured with a busy loop on the model's CPU), where a nap keeps
+                    # us a sleeper the scheduler wakes in microseconds (0.2-1.5 ms per call,
+                    # 5 B at 17 us p50; docs/driver-bench.md, session 21). So naps follow for
+                    # CONTENDED_FOR_S, then a yield looks again.
+                    if nap:
+                        time.sleep(nap)
                     else:
                         os.sched_yield()
+                        t = time.monotonic()
+                        if t - now >= self.CONTENDED_S:
+                            contended_until = t + self.CONTENDED_FOR_S
             elif polled:
                 if not self._asleep and self._fall_asleep(fns):
                     last_activity = now
@@ -614,6 +630,10 @@ class VfioUserServer:
             if timeout != 0.0 or now - checked > _DEADLINE_CHECK_S:  # timeouts are seconds
                 checked = now
                 self._check_deadlines(now, started)
+
+    CONTENDED_S = 1e-3  # a yield of the spin that lasted this long: another task's time slice
+    CONTENDED_FOR_S = 0.02  # then naps instead of yields for this long, then a yield again
+    CONTENDED_NAP_S = 20e-6  # each nap (a sleeper's wake-up on this VM: ~35 us with it)
 
     def _burst(self, fns: list[Function]) -> int:
         """Up to `_BURST` polls back to back (no clock, no heartbeat, no syscall): the spin's
