@@ -64,6 +64,7 @@ _BE32 = struct.Struct(">I").unpack_from
 _LE2 = struct.Struct("<2I").unpack_from
 _FOREVER = float("inf")
 _sched_yield = os.sched_yield
+_sleep = time.sleep
 _SPIN_CHECKS = range(64)  # CQ looks between two clock reads while spinning
 _GZIP_PLAIN = b"\x1f\x8b\x08\x00"  # a gzip header with no optional fields: 10 bytes
 # zlib headers (CMF, FLG as one u16) a 32 KiB window decodes: deflate, any window, no
@@ -96,6 +97,9 @@ class OneShot:
     SHARED_S = 5e-6  # a yield that lasted this long ran another task on our CPU (`_wait`),
     SHARED_MAX_S = 250e-6  # and no longer than this, about a job's time (not a time slice)
     POLL_S = 2e-3  # a job still running after this (or the engine's longer spin): sleep on it
+    CONTENDED_S = 1e-3  # a yield this long lost our CPU for another task's time slice: then
+    CONTENDED_FOR_S = 0.02  # the rounds of looks end with a nap instead for this long
+    NAP_S = 20e-6  # (~70 us with the kernel's default timer slack)
 
     def __init__(self, engine: EngineParts, lane: Lane, compress_max: int = hw.HZ_MAX_SIZE) -> None:
         self.engine = engine
@@ -116,6 +120,7 @@ class OneShot:
         self.retry_out = 0  # output room a fast decompression found too small
         self._lost = False  # the pieces in use belong to an abandoned job
         self.eager = False  # the device seems to share our CPU: yield at once (`_wait`)
+        self.contended_until = 0.0  # naps instead of yields until then (`_wait`)
 
     def fmt(self, wbits: int, decompress: bool) -> Format:
         key = (wbits, decompress)
@@ -267,7 +272,13 @@ class OneShot:
         come back at once (nobody else wants this CPU: the device runs elsewhere) or after a
         time slice (a busy machine: yielding at once would hand ours away for that long), or
         that needs none, ends that. Measured at the same CPU (taskset), load 1: a 5-byte call
-        71 -> 22 us (docs/driver-bench.md, session 20)."""
+        71 -> 22 us (docs/driver-bench.md, session 20).
+
+        A yield that lasted CONTENDED_S or more handed our CPU to another program's busy loop
+        for its time slice; yielding after every round would hand it a slice each time. So for
+        CONTENDED_FOR_S the rounds end with a short sleep instead (`NAP_S`): a sleeper is woken
+        and put back on the CPU in microseconds (the model's spin does the same, see
+        `warpdrive.emu.server`; docs/driver-bench.md, session 21)."""
         lane = self.lane
         spin = self.engine.spin_s
         since = None
@@ -293,10 +304,16 @@ class OneShot:
                     else:
                         now = clock()
                         if now >= polite:
-                            _sched_yield()
-                            t = clock()
-                            ran = self.SHARED_S <= t - now < self.SHARED_MAX_S
-                            now = t
+                            if now < self.contended_until:
+                                _sleep(self.NAP_S)  # (not a sign of the device: `ran` stays)
+                                now = clock()
+                            else:
+                                _sched_yield()
+                                t = clock()
+                                ran = self.SHARED_S <= t - now < self.SHARED_MAX_S
+                                if t - now >= self.CONTENDED_S:
+                                    self.contended_until = t + self.CONTENDED_FOR_S
+                                now = t
                         if now < refresh_at:
                             continue
                         if now < until:  # the lane's refresh (device alive, doorbell again)
