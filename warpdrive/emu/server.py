@@ -541,7 +541,7 @@ class VfioUserServer:
         sc.set_timer_slack(1000)
         # Until then every yield of the spin is a nap (`CONTENDED_NAP_S`): a yield lost the CPU
         # to another task for a time slice (see `_loop`'s yields below).
-        contended_until = 0.0
+        contended_until = suspect_until = 0.0
         while not (self._signalled or self._stop.is_set()):
             fns = self._active
             polled = self.on_poll is not None or any(fn.polled for fn in fns)
@@ -587,15 +587,18 @@ class VfioUserServer:
                     # would hand it a slice after every pass, one job per slice (4-7 ms per
                     # call measured with a busy loop on the model's CPU), where a nap keeps
                     # us a sleeper the scheduler wakes in microseconds (0.2-1.5 ms per call,
-                    # 5 B at 17 us p50; docs/driver-bench.md, session 21). So naps follow for
-                    # CONTENDED_FOR_S, then a yield looks again.
+                    # 5 B at 17 us p50; docs/driver-bench.md, session 21). So after two such
+                    # yields within CONTENDED_FOR_S (one may be a task passing by: naps cost a
+                    # call up to one nap), naps follow for CONTENDED_FOR_S, then yields again.
                     if nap:
                         time.sleep(nap)
                     else:
                         os.sched_yield()
                         t = time.monotonic()
-                        if t - now >= self.CONTENDED_S:
-                            contended_until = t + self.CONTENDED_FOR_S
+                        if t - now >= self.CONTENDED_S:  # (twice in a row: not a passing task)
+                            if t < suspect_until:
+                                contended_until = t + self.CONTENDED_FOR_S
+                            suspect_until = t + self.CONTENDED_FOR_S
             elif polled:
                 if not self._asleep and self._fall_asleep(fns):
                     last_activity = now

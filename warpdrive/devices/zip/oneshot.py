@@ -121,6 +121,7 @@ class OneShot:
         self._lost = False  # the pieces in use belong to an abandoned job
         self.eager = False  # the device seems to share our CPU: yield at once (`_wait`)
         self.contended_until = 0.0  # naps instead of yields until then (`_wait`)
+        self.suspect_until = 0.0  # a yield lost a time slice: a second one before this naps
 
     def fmt(self, wbits: int, decompress: bool) -> Format:
         key = (wbits, decompress)
@@ -275,7 +276,8 @@ class OneShot:
         71 -> 22 us (docs/driver-bench.md, session 20).
 
         A yield that lasted CONTENDED_S or more handed our CPU to another program's busy loop
-        for its time slice; yielding after every round would hand it a slice each time. So for
+        for its time slice; yielding after every round would hand it a slice each time. So
+        after two such yields within CONTENDED_FOR_S (one may be a task passing by), for
         CONTENDED_FOR_S the rounds end with a short sleep instead (`NAP_S`): a sleeper is woken
         and put back on the CPU in microseconds (the model's spin does the same, see
         `warpdrive.emu.server`; docs/driver-bench.md, session 21)."""
@@ -311,8 +313,10 @@ class OneShot:
                                 _sched_yield()
                                 t = clock()
                                 ran = self.SHARED_S <= t - now < self.SHARED_MAX_S
-                                if t - now >= self.CONTENDED_S:
-                                    self.contended_until = t + self.CONTENDED_FOR_S
+                                if t - now >= self.CONTENDED_S:  # (twice: not a passer-by)
+                                    if t < self.suspect_until:
+                                        self.contended_until = t + self.CONTENDED_FOR_S
+                                    self.suspect_until = t + self.CONTENDED_FOR_S
                                 now = t
                         if now < refresh_at:
                             continue
