@@ -33,6 +33,7 @@ import struct
 import time
 
 from ...pool import BufferPool, Chunk
+from ...syscalls import short_sleep
 from ..hisi_qm.queue import QmQueue
 from . import hw
 from .errors import ZipDataError, ZipError
@@ -64,7 +65,7 @@ _BE32 = struct.Struct(">I").unpack_from
 _LE2 = struct.Struct("<2I").unpack_from
 _FOREVER = float("inf")
 _sched_yield = os.sched_yield
-_sleep = time.sleep
+_sleep = short_sleep
 _SPIN_CHECKS = range(64)  # CQ looks between two clock reads while spinning
 _GZIP_PLAIN = b"\x1f\x8b\x08\x00"  # a gzip header with no optional fields: 10 bytes
 # zlib headers (CMF, FLG as one u16) a 32 KiB window decodes: deflate, any window, no
@@ -99,7 +100,7 @@ class OneShot:
     POLL_S = 2e-3  # a job still running after this (or the engine's longer spin): sleep on it
     CONTENDED_S = 1e-3  # a yield this long lost our CPU for another task's time slice: then
     CONTENDED_FOR_S = 0.02  # the rounds of looks end with a nap instead for this long
-    NAP_S = 20e-6  # (~70 us with the kernel's default timer slack)
+    NAP_S = 20e-6  # (~35 us: `short_sleep`; ~70 us with the kernel's default timer slack)
 
     def __init__(self, engine: EngineParts, lane: Lane, compress_max: int = hw.HZ_MAX_SIZE) -> None:
         self.engine = engine
