@@ -67,3 +67,22 @@ def test_message_doorbell_is_one_sendmsg(tmp_path: Path) -> None:
     names, _ = _syscalls_in_hot_loop("message", tmp_path)
     assert names["sendmsg"] == JOBS, names
     assert sum(names.values()) - names["sendmsg"] <= JOBS // 50, names  # nothing else per job
+
+
+def test_short_sleep_puts_the_threads_timer_slack_back() -> None:
+    """`short_sleep` (the one-shot wait's contention naps) sleeps with a 1 us slack and leaves
+    the calling thread's own slack as it found it."""
+    import time
+
+    from warpdrive import syscalls as sc
+
+    get = sc.PR_GET_TIMERSLACK
+    old = sc.libc.prctl(get, 0, 0, 0, 0)
+    try:
+        assert sc.set_timer_slack(123_456)
+        t = time.perf_counter()
+        sc.short_sleep(20e-6)
+        assert time.perf_counter() - t >= 20e-6
+        assert sc.libc.prctl(get, 0, 0, 0, 0) == 123_456
+    finally:
+        sc.set_timer_slack(old)
