@@ -86,3 +86,22 @@ def test_short_sleep_puts_the_threads_timer_slack_back() -> None:
         assert sc.libc.prctl(get, 0, 0, 0, 0) == 123_456
     finally:
         sc.set_timer_slack(old)
+
+
+def test_yield_watch_naps_only_while_yields_keep_losing_slices() -> None:
+    """`YieldWatch`: a lost time slice now and then changes nothing; yields that lose half of
+    a window or more turn to naps for NAP_FOR_S, after which yields look again."""
+    from warpdrive.syscalls import YieldWatch as W
+
+    w, t = W(), 100.0
+    for _ in range(200):  # a lost slice (3 ms) every 50 ms, quick yields between
+        w.yielded(t, t + 0.003)
+        t += 0.003
+        for _ in range(50):
+            w.yielded(t, t + 1e-6)
+            t += 0.001
+    assert w.naps_until < t
+    for _ in range(10):  # every yield loses a slice
+        w.yielded(t, t + 0.003)
+        t += 0.003
+    assert t < w.naps_until <= t + W.NAP_FOR_S

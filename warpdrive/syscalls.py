@@ -181,6 +181,37 @@ def set_timer_slack(ns: int) -> bool:
     return bool(libc.prctl(PR_SET_TIMERSLACK, max(1, ns), 0, 0, 0) == 0)
 
 
+class YieldWatch:
+    """Whether a poller's `sched_yield` calls keep handing its CPU to another program's busy
+    loop for whole time slices: then a short sleep (a nap) serves it better than a yield,
+    since the scheduler wakes a sleeper within microseconds while a yielder waits a slice
+    after every yield (docs/driver-bench.md, session 21). A yield that lasted STOLEN_S or
+    more counts as lost; when lost yields took SHARE of a window of WINDOW_S or more, naps
+    replace yields for NAP_FOR_S, then yields look again. An occasional lost slice (another
+    task passing by) changes nothing: naps cost each job up to one nap."""
+
+    STOLEN_S = 1e-3
+    WINDOW_S = 0.02
+    SHARE = 0.5
+    NAP_FOR_S = 0.08
+
+    __slots__ = ("_start", "_stolen", "naps_until")
+
+    def __init__(self) -> None:
+        self.naps_until = 0.0  # (the caller's clock) nap instead of yielding until then
+        self._start = 0.0
+        self._stolen = 0.0
+
+    def yielded(self, t0: float, t1: float) -> None:
+        """A yield from `t0` to `t1` (one clock, seconds)."""
+        if t1 - t0 >= self.STOLEN_S:
+            self._stolen += t1 - t0
+        if t1 - self._start >= self.WINDOW_S:
+            if self._stolen >= self.SHARE * (t1 - self._start):
+                self.naps_until = t1 + self.NAP_FOR_S
+            self._start, self._stolen = t1, 0.0
+
+
 def short_sleep(s: float) -> None:
     """Sleep `s` seconds with a 1 us timer slack for this sleep only (the thread's own slack,
     e.g. the default 50 us, is put back): a 20 us sleep lasts ~35 us on this VM, not ~70."""

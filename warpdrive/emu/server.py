@@ -31,8 +31,8 @@ without blocking in between (a burst of `_BURST` polls between two checks, so a 
 within one poll's time; a burst follows a pass that worked too, so a client's next doorbell is
 seen without waiting for the socket check; a pass that worked yields the CPU once, so a client
 that shares it gets its completion at once; a turn where nothing worked gives the CPU away first:
-`sched_yield`, or with `nap_s` a sleep that long, see `_loop`; after a yield that lost the CPU
-for a time slice, naps for a while: another program's busy loop shares our CPU, see `_loop`);
+`sched_yield`, or with `nap_s` a sleep that long, see `_loop`; naps for a while when the
+yields keep losing the CPU to another program's busy loop, `syscalls.YieldWatch`);
 then it sets need-wakeup in each
 function's control page, polls once more (so a doorbell stored just before is not missed) and
 sleeps in epoll for at most `idle_s` between polls, or up to `idle_max_s` when every client
@@ -539,9 +539,8 @@ class VfioUserServer:
         started = last_activity = checked = time.monotonic()
         # (a nap lasts what it says, not 50 us more: fixed naps and the ones under contention)
         sc.set_timer_slack(1000)
-        # Until then every yield of the spin is a nap (`CONTENDED_NAP_S`): a yield lost the CPU
-        # to another task for a time slice (see `_loop`'s yields below).
-        contended_until = suspect_until = 0.0
+        # Whether the spin's yields keep losing the CPU to another program (see below).
+        watch = sc.YieldWatch()
         while not (self._signalled or self._stop.is_set()):
             fns = self._active
             polled = self.on_poll is not None or any(fn.polled for fn in fns)
@@ -566,7 +565,7 @@ class VfioUserServer:
                 # --breakdown --cpus same`). With nobody else runnable here the yield returns
                 # at once (a system call, under a microsecond: less than a client takes to
                 # reap and ring again).
-                nap = self.nap_s or (self.CONTENDED_NAP_S if now < contended_until else 0.0)
+                nap = self.nap_s or (self.CONTENDED_NAP_S if now < watch.naps_until else 0.0)
                 if progress == POLL_WORKED and not nap:
                     os.sched_yield()
                 burst = self._burst(fns)
@@ -582,23 +581,16 @@ class VfioUserServer:
                     # a poller that yields is runnable again at once, so it still takes its
                     # fair share of a loaded machine in empty passes; a nap (a timed sleep)
                     # leaves that share to them, for at most `nap_s` of latency.
-                    # A yield that comes back after CONTENDED_S handed our CPU to a task that
-                    # keeps it for a time slice (another program's busy loop): yielding again
-                    # would hand it a slice after every pass, one job per slice (4-7 ms per
-                    # call measured with a busy loop on the model's CPU), where a nap keeps
-                    # us a sleeper the scheduler wakes in microseconds (0.2-1.5 ms per call,
-                    # 5 B at 17 us p50; docs/driver-bench.md, session 21). So after two such
-                    # yields within CONTENDED_FOR_S (one may be a task passing by: naps cost a
-                    # call up to one nap), naps follow for CONTENDED_FOR_S, then yields again.
+                    # While the yields keep handing our CPU to another program's busy loop
+                    # for whole time slices, one job per slice (4-7 ms per call measured with
+                    # a busy loop on the model's CPU), naps replace them: a sleeper is woken
+                    # in microseconds (`sc.YieldWatch`; 0.2-1.5 ms per call, 5 B at 17 us
+                    # p50; docs/driver-bench.md, session 21).
                     if nap:
                         time.sleep(nap)
                     else:
                         os.sched_yield()
-                        t = time.monotonic()
-                        if t - now >= self.CONTENDED_S:  # (twice in a row: not a passing task)
-                            if t < suspect_until:
-                                contended_until = t + self.CONTENDED_FOR_S
-                            suspect_until = t + self.CONTENDED_FOR_S
+                        watch.yielded(now, time.monotonic())
             elif polled:
                 if not self._asleep and self._fall_asleep(fns):
                     last_activity = now
@@ -634,9 +626,7 @@ class VfioUserServer:
                 checked = now
                 self._check_deadlines(now, started)
 
-    CONTENDED_S = 1e-3  # a yield of the spin that lasted this long: another task's time slice
-    CONTENDED_FOR_S = 0.02  # then naps instead of yields for this long, then a yield again
-    CONTENDED_NAP_S = 20e-6  # each nap (a sleeper's wake-up on this VM: ~35 us with it)
+    CONTENDED_NAP_S = 20e-6  # a nap while the yields lose the CPU (`sc.YieldWatch`; ~35 us)
 
     def _burst(self, fns: list[Function]) -> int:
         """Up to `_BURST` polls back to back (no clock, no heartbeat, no syscall): the spin's

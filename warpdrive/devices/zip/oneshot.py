@@ -33,7 +33,7 @@ import struct
 import time
 
 from ...pool import BufferPool, Chunk
-from ...syscalls import short_sleep
+from ...syscalls import YieldWatch, short_sleep
 from ..hisi_qm.queue import QmQueue
 from . import hw
 from .errors import ZipDataError, ZipError
@@ -98,9 +98,8 @@ class OneShot:
     SHARED_S = 5e-6  # a yield that lasted this long ran another task on our CPU (`_wait`),
     SHARED_MAX_S = 250e-6  # and no longer than this, about a job's time (not a time slice)
     POLL_S = 2e-3  # a job still running after this (or the engine's longer spin): sleep on it
-    CONTENDED_S = 1e-3  # a yield this long lost our CPU for another task's time slice: then
-    CONTENDED_FOR_S = 0.02  # the rounds of looks end with a nap instead for this long
-    NAP_S = 20e-6  # (~35 us: `short_sleep`; ~70 us with the kernel's default timer slack)
+    NAP_S = 20e-6  # a nap while yields lose the CPU (~35 us: `short_sleep`; ~70 us with the
+    # kernel's default timer slack)
 
     def __init__(self, engine: EngineParts, lane: Lane, compress_max: int = hw.HZ_MAX_SIZE) -> None:
         self.engine = engine
@@ -121,8 +120,7 @@ class OneShot:
         self.retry_out = 0  # output room a fast decompression found too small
         self._lost = False  # the pieces in use belong to an abandoned job
         self.eager = False  # the device seems to share our CPU: yield at once (`_wait`)
-        self.contended_until = 0.0  # naps instead of yields until then (`_wait`)
-        self.suspect_until = 0.0  # a yield lost a time slice: a second one before this naps
+        self.watch = YieldWatch()  # naps instead of yields while they lose the CPU (`_wait`)
 
     def fmt(self, wbits: int, decompress: bool) -> Format:
         key = (wbits, decompress)
@@ -276,12 +274,11 @@ class OneShot:
         that needs none, ends that. Measured at the same CPU (taskset), load 1: a 5-byte call
         71 -> 22 us (docs/driver-bench.md, session 20).
 
-        A yield that lasted CONTENDED_S or more handed our CPU to another program's busy loop
-        for its time slice; yielding after every round would hand it a slice each time. So
-        after two such yields within CONTENDED_FOR_S (one may be a task passing by), for
-        CONTENDED_FOR_S the rounds end with a short sleep instead (`NAP_S`): a sleeper is woken
-        and put back on the CPU in microseconds (the model's spin does the same, see
-        `warpdrive.emu.server`; docs/driver-bench.md, session 21)."""
+        While the yields keep handing our CPU to another program's busy loop for whole time
+        slices (`YieldWatch`), the rounds end with a short sleep instead (`NAP_S`): a sleeper
+        is woken and put back on the CPU in microseconds, a yielder waits a slice each time
+        (the model's spin does the same, see `warpdrive.emu.server`; docs/driver-bench.md,
+        session 21)."""
         lane = self.lane
         spin = self.engine.spin_s
         since = None
@@ -307,17 +304,14 @@ class OneShot:
                     else:
                         now = clock()
                         if now >= polite:
-                            if now < self.contended_until:
+                            if now < self.watch.naps_until:
                                 _sleep(self.NAP_S)  # (not a sign of the device: `ran` stays)
                                 now = clock()
                             else:
                                 _sched_yield()
                                 t = clock()
                                 ran = self.SHARED_S <= t - now < self.SHARED_MAX_S
-                                if t - now >= self.CONTENDED_S:  # (twice: not a passer-by)
-                                    if t < self.suspect_until:
-                                        self.contended_until = t + self.CONTENDED_FOR_S
-                                    self.suspect_until = t + self.CONTENDED_FOR_S
+                                self.watch.yielded(now, t)
                                 now = t
                         if now < refresh_at:
                             continue
