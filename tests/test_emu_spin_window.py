@@ -6,10 +6,13 @@ given when the caller chose one. The server runs in a thread of the test process
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from tests.test_vfiouser_client import Ring
 from warpdrive.backends.vfiouser.client import open_vfio_user
@@ -53,11 +56,10 @@ def _asleep(dev, server: VfioUserServer, timeout: float = 10.0) -> None:
         time.sleep(0.002)
 
 
-def test_server_window_follows_its_client(tmp_path: Path) -> None:
-    path = str(tmp_path / "t.sock")
-    server = VfioUserServer(SlowSpin(), path)
-    assert server.window.s == SpinWindow.LOW_S  # no spin_s given: the adaptive window
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+@contextlib.contextmanager
+def _served(server: VfioUserServer, path: str) -> Iterator[Any]:
+    """`server` in a thread named "server", and a client of it; both ended after."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True, name="server")
     thread.start()
     try:
         deadline = time.monotonic() + 10
@@ -66,25 +68,33 @@ def test_server_window_follows_its_client(tmp_path: Path) -> None:
             time.sleep(0.01)
         dev = open_vfio_user(path)
         try:
-            ring = Ring(dev)
-            src, dst = dev.dma.alloc(4096), dev.dma.alloc(4096)
-            for _ in range(4):  # each job comes soon after the server fell asleep
-                _asleep(dev, server)
-                before = server.window.s  # (read while it sleeps: settled)
-                kicks = dev.kicks
-                assert ring.wait(ring.submit(src.iova, dst.iova, 64)) == T.STATUS_DONE
-                assert dev.kicks == kicks + 1  # the store found it asleep: one wake-up kick
-                deadline = time.monotonic() + 10  # (the job is done before the server notes
-                while server.window.s == before < SlowSpin.poll_spin_s:  # its wake-up)
-                    assert time.monotonic() < deadline, "the window did not grow"
-                    time.sleep(0.0005)
-                assert server.window.s == min(before * 2, SlowSpin.poll_spin_s)
+            yield dev
         finally:
             dev.close()
     finally:
         server.stop()
         thread.join(5)
     assert not thread.is_alive()
+
+
+def test_server_window_follows_its_client(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.sock")
+    server = VfioUserServer(SlowSpin(), path)
+    assert server.window.s == SpinWindow.LOW_S  # no spin_s given: the adaptive window
+    with _served(server, path) as dev:
+        ring = Ring(dev)
+        src, dst = dev.dma.alloc(4096), dev.dma.alloc(4096)
+        for _ in range(4):  # each job comes soon after the server fell asleep
+            _asleep(dev, server)
+            before = server.window.s  # (read while it sleeps: settled)
+            kicks = dev.kicks
+            assert ring.wait(ring.submit(src.iova, dst.iova, 64)) == T.STATUS_DONE
+            assert dev.kicks == kicks + 1  # the store found it asleep: one wake-up kick
+            deadline = time.monotonic() + 10  # (the job is done before the server notes
+            while server.window.s == before < SlowSpin.poll_spin_s:  # its wake-up)
+                assert time.monotonic() < deadline, "the window did not grow"
+                time.sleep(0.0005)
+            assert server.window.s == min(before * 2, SlowSpin.poll_spin_s)
     assert VfioUserServer(SlowSpin(), str(tmp_path / "u.sock"), spin_s=0.5).window.s == 0.5
 
 
@@ -120,36 +130,23 @@ def test_yields_that_keep_losing_time_slices_turn_the_spin_to_naps(tmp_path: Pat
     monkeypatch.setattr(S.time, "sleep", sleep)
     path = str(tmp_path / "t.sock")
     server = VfioUserServer(SlowSpin(), path, spin_s=10.0)  # (keeps spinning)
-    thread = threading.Thread(target=server.serve_forever, daemon=True, name="server")
-    thread.start()
-    try:
+    with _served(server, path) as dev:
         deadline = time.monotonic() + 10
-        while not os.path.exists(path):
+        ring = Ring(dev)
+        src, dst = dev.dma.alloc(4096), dev.dma.alloc(4096)
+        assert ring.wait(ring.submit(src.iova, dst.iova, 64)) == T.STATUS_DONE
+        while "yield" not in calls:  # spinning, yielding
             assert time.monotonic() < deadline
-            real_sleep(0.01)
-        dev = open_vfio_user(path)
-        try:
-            ring = Ring(dev)
-            src, dst = dev.dma.alloc(4096), dev.dma.alloc(4096)
-            assert ring.wait(ring.submit(src.iova, dst.iova, 64)) == T.STATUS_DONE
-            while "yield" not in calls:  # spinning, yielding
-                assert time.monotonic() < deadline
-                real_sleep(0.001)
-            steal.set()
-            while "nap" not in calls:
-                assert time.monotonic() < deadline, "no naps while the yields lost slices"
-                real_sleep(0.001)
-            steal.clear()
-            first = calls.index("nap")
-            assert calls[first - 1] == "yield"
-            assert ring.wait(ring.submit(src.iova, dst.iova, 64)) == T.STATUS_DONE
-            while "yield" not in calls[first:]:  # NAP_FOR_S later: a yield again
-                assert time.monotonic() < deadline, "the naps did not end"
-                real_sleep(0.001)
-            assert calls[first:].index("yield") > 1  # naps in between, not one
-        finally:
-            dev.close()
-    finally:
-        server.stop()
-        thread.join(5)
-    assert not thread.is_alive()
+            real_sleep(0.001)
+        steal.set()
+        while "nap" not in calls:
+            assert time.monotonic() < deadline, "no naps while the yields lost slices"
+            real_sleep(0.001)
+        steal.clear()
+        first = calls.index("nap")
+        assert calls[first - 1] == "yield"
+        assert ring.wait(ring.submit(src.iova, dst.iova, 64)) == T.STATUS_DONE
+        while "yield" not in calls[first:]:  # NAP_FOR_S later: a yield again
+            assert time.monotonic() < deadline, "the naps did not end"
+            real_sleep(0.001)
+        assert calls[first:].index("yield") > 1  # naps in between, not one
