@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import os
 import pty
+import random
 import select
 import shutil
 import stat
@@ -398,3 +399,27 @@ def test_sized_members_decompress_at_once_and_a_wrong_size_costs_no_byte(tmp_pat
         assert not (tmp_path / name[:-3]).exists()
         assert cli("decompress", "-t", "-q", name, cwd=tmp_path).returncode == 1
     assert cli("decompress", "-t", "-q", "good.gz", cwd=tmp_path).returncode == 0
+
+
+def test_a_one_member_file_decompresses_as_a_pipe_of_jobs(tmp_path: Path) -> None:
+    """A file as gzip(1) makes it (one member, no member sizes), of several jobs' worth
+    (`Inflater.pipe`: 1 MiB of input per job): its data on stdout, a second member and
+    trailing garbage as gzip says; a wrong CRC after all of its data, as gzip -dc writes it."""
+    rng = random.Random(3)
+    data = b"".join(rng.randbytes(300_000) if i % 3 == 0 else sample(400_000, seed=i)
+                    if i % 3 == 1 else bytes(500_000) for i in range(18))
+    blob = gzip.compress(data, 6, mtime=0)
+    assert len(blob) > 2 << 20  # (three jobs at least)
+    (tmp_path / "one.gz").write_bytes(blob)
+    r = cli("decompress", "-c", "-q", "one.gz", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout == data
+    (tmp_path / "two.gz").write_bytes(blob + gzip.compress(b"second\n") + b"junk")
+    r = cli("decompress", "-c", "two.gz", cwd=tmp_path)
+    assert r.returncode == 2 and r.stdout == data + b"second\n"
+    assert "trailing garbage ignored" in r.stderr.decode()
+    bad = bytearray(blob)
+    bad[-6] ^= 1
+    (tmp_path / "crc.gz").write_bytes(bad)
+    r = cli("decompress", "-c", "-q", "crc.gz", cwd=tmp_path)
+    assert r.returncode == 1 and r.stdout == data
+    assert "crc.gz: invalid compressed data--crc error" in r.stderr.decode()
