@@ -95,6 +95,36 @@ def test_the_output_of_a_bomb_stays_in_bounded_pieces(engine, small_pipe) -> Non
     assert total == 16 << 20 and d.eof
 
 
+def test_members_one_after_another_stay_in_jobs_of_the_pipes_size(engine, small_pipe,
+                                                                   monkeypatch) -> None:
+    """As the CLI reads a file of many gzip(1) members: each member's pipe starts with what
+    the last one read after its end (`unused_data`), and the first with more than a job's
+    input. Every job takes at most PIPE_IN bytes, and what is read ahead stays bounded (it
+    grew twofold per member: a few members on, jobs the engine rejects)."""
+    sizes: list[int] = []
+    post = Inflater._post
+
+    def counted(self, fmt, src, n, *args, **kw):
+        sizes.append(n)
+        return post(self, fmt, src, n, *args, **kw)
+
+    monkeypatch.setattr(Inflater, "_post", counted)
+    members = [mixed(random.Random(m).randint(1, 30_000), 20 + m) for m in range(40)]
+    blob = b"".join(zlib.compress(m, 1, 31) for m in members)
+    read = reader(blob[6 * Inflater.PIPE_IN:])
+    buf = blob[:6 * Inflater.PIPE_IN]
+    for m, data in enumerate(members):
+        d = wz.decompressobj(31, device=engine)
+        out = bytearray()
+        with contextlib.closing(d.chunks(read, buf)) as pieces:
+            for piece in pieces:
+                out += piece
+        assert out == data and d.eof, m
+        buf = d.unused_data
+        assert len(buf) <= 6 * Inflater.PIPE_IN, m
+    assert not buf and max(sizes) <= Inflater.PIPE_IN
+
+
 def test_corrupt_data_raises_after_the_output_before_it(engine, small_pipe) -> None:
     data = mixed(400_000, 5)
     blob = bytearray(zlib.compress(data, 6, 31))

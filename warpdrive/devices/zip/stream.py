@@ -481,7 +481,11 @@ class Inflater(_StreamBase):
             self._in += more[:k]
         if self._ended:
             return
-        size = max(self.PIPE_IN, len(self._in))
+        # Jobs take at most PIPE_IN bytes: what was given or read before (`first`, the
+        # header's reads: any length) goes into the jobs' buffers ahead of what `readinto`
+        # reads, as they have room.
+        size = self.PIPE_IN
+        pending = self._in
         # One buffer cut in four (a map is a request to the device's IOMMU or model and a
         # check of this process's memory map: one, not four, before the first job).
         whole = self.pool.take(2 * size + 2 * self.PIPE_OUT)
@@ -497,16 +501,18 @@ class Inflater(_StreamBase):
             ends; returns how many it holds."""
             nonlocal ended_input
             while have < size and not ended_input:
-                k = readinto(c.view[have:size])
-                if not k:
-                    ended_input = True
+                if pending:
+                    k = min(len(pending), size - have)
+                    c.view[have:have + k] = pending[:k]
+                    del pending[:k]
+                else:
+                    k = readinto(c.view[have:size])
+                    if not k:
+                        ended_input = True
                 have += k
             return have
 
-        n = len(self._in)
-        srcs[0].view[:n] = self._in
-        self._in.clear()
-        n = fill(srcs[0], n)
+        n = fill(srcs[0], 0)
         i = at = j = other = 0  # input: srcs[i][at:at + n]; srcs[i ^ 1] holds `other` bytes
         prev: memoryview | None = None  # the last job's output, handed out after the next job
         job: Job | None = None          # is on the engine
@@ -539,7 +545,8 @@ class Inflater(_StreamBase):
                 n -= used
                 if self._ended:
                     self.unused_data = bytes(srcs[i].view[at:at + n]) + \
-                        bytes(srcs[i ^ 1].view[:other])
+                        bytes(srcs[i ^ 1].view[:other]) + bytes(pending)
+                    pending.clear()
                     break
                 if self._pending_out or (n and (used or done.produced)):
                     continue  # (the same piece goes on)
