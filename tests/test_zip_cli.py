@@ -125,6 +125,21 @@ def test_list_matches_gzip_l(tmp_path: Path) -> None:
         assert ours.stdout.decode() == theirs.stdout.decode()
 
 
+def test_list_without_a_trailer_to_read_decompresses_and_counts(tmp_path: Path) -> None:
+    """-l where the sizes cannot come from the trailer (standard input, a zlib file): the
+    input is decompressed and counted, its first bytes (read to look at it) included."""
+    data = sample(300_000, seed=12)
+    blob = gzip.compress(data, 6, mtime=0)
+    r = cli("decompress", "-q", "-l", "-", stdin=blob)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.split()[4:6] == [str(len(blob)).encode(), str(len(data)).encode()]
+    (tmp_path / "a.zz").write_bytes(zlib.compress(data))
+    r = cli("decompress", "-q", "-l", "--format", "zlib", "a.zz", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.split()[4:6] == [str(len(zlib.compress(data))).encode(),
+                                     str(len(data)).encode()]
+
+
 def test_test_option_and_errors_name_the_file(tmp_path: Path) -> None:
     blob = gzip.compress(sample(200_000, seed=4))
     (tmp_path / "good.gz").write_bytes(blob)

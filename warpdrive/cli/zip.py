@@ -607,8 +607,7 @@ class Run:
             overhead = _gzip_header_length(data_head) + 8  # gzip's ratio counts the body
         else:  # no trailer with the size: decompress and count
             self.out = None
-            counting = _Counter(data_head, src, name)
-            res = self.decompress_one(name, counting, b"", None,
+            res = self.decompress_one(name, src, data_head, None,
                                       Progress("", None, self.args))
             csize, usize = res.n_in, res.n_out
         self.totals[0] += csize
@@ -665,19 +664,6 @@ def _stored_name(first: bytes) -> str:
     raw = head.gzip.name if head is not None else None
     name = os.path.basename(os.fsdecode(raw)) if raw else ""
     return "" if name in ("", ".", "..") else name
-
-
-class _Counter:
-    """The input again: the bytes already read, then the rest of the file."""
-
-    def __init__(self, first: bytes, src: IO[bytes], name: str) -> None:
-        self.first, self.src, self.name = first, src, name
-
-    def read(self, n: int) -> bytes:
-        if self.first:
-            out, self.first = self.first[:n], self.first[n:]
-            return out
-        return self.src.read(n)
 
 
 def _readinto(src: Any, view: memoryview, name: str) -> int:
