@@ -144,6 +144,54 @@ def test_dead_device_is_a_timeout_not_a_hang() -> None:
     assert eng.lanes[COMPRESS]._q is None
 
 
+@pytest.mark.parametrize("wait", ["spin", "auto"])
+def test_a_wedged_engine_times_a_one_shot_call_out(wait: str) -> None:
+    """A model that is alive but completes nothing (stopped: its heartbeat stands still, its
+    socket stays open) is a DeviceTimeoutError after the engine's timeout for a one-shot call,
+    with wait="spin" too (its call's own loop polls without end unless bounded by it)."""
+    import os
+    import signal
+    import threading
+
+    from warpdrive.backends.vfiouser.launcher import model_spin
+
+    # A model that polls the whole run, so never asks for a kick: a stopped one that did
+    # would fill its socket with the kicks of every doorbell refresh, itself an error (in 5 s).
+    with model_spin(600e6):
+        eng = wz.open_engine("emu", announce=False, timeout=0.3, wait=wait)
+    got: list[BaseException | None] = []
+    took: list[float] = []
+
+    def call() -> None:
+        start = time.monotonic()
+        try:
+            eng.compress(b"x" * 1000)
+            got.append(None)
+        except WarpdriveError as e:
+            got.append(e)
+        took.append(time.monotonic() - start)
+
+    pid = eng.source.dev.emulator.proc.pid
+    try:
+        eng.compress(b"warm up")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            th = threading.Thread(target=call, daemon=True)
+            th.start()
+            th.join(10)
+        finally:
+            os.kill(pid, signal.SIGCONT)  # (a call still waiting then completes)
+        th.join(10)
+        assert got and isinstance(got[0], DeviceTimeoutError), got
+        assert "did not complete within 0.3 s" in str(got[0])
+        assert took[0] < 5
+    finally:
+        try:
+            eng.close()
+        except WarpdriveError:
+            pass
+
+
 def test_forked_child_cannot_use_the_parents_engine(engine) -> None:
     """The child's copy of an engine is dead (its rings are not mapped there): a clear error,
     never a fault; the parent keeps working."""

@@ -246,14 +246,15 @@ class OneShot:
         for are read once.
 
         The looks (with the yields below) go on for `POLL_S`, or the engine's spin time if
-        longer (not at all with wait="block"), re-storing the doorbell every `REFRESH_S` as the
-        lane does; the lane's wait then counts from the call's start, so it sleeps on the
-        interrupt at once. Sleeping is what makes a call slow: the wake-up comes 45-300 us
-        after the CQE on an idle machine and milliseconds on a busy one, while a one-shot job
-        of up to 64 KiB takes 30-200 us on the bundled model, up to a millisecond on a busy
-        machine. It used to be handed to the lane after the engine's 100 us, which polled
-        without yields (on a CPU the model may share: it could not finish) until 300 us, then
-        slept; a wait over SLOW_S made the next call sleep at once (docs/driver-bench.md,
+        longer (not at all with wait="block"), but no longer than the engine's timeout,
+        re-storing the doorbell every `REFRESH_S` as the lane does; the lane's wait then counts
+        from the call's start, so it sleeps on the interrupt at once (or, past the timeout,
+        raises DeviceTimeoutError at once). Sleeping is what makes a call slow: the wake-up
+        comes 45-300 us after the CQE on an idle machine and milliseconds on a busy one, while
+        a one-shot job of up to 64 KiB takes 30-200 us on the bundled model, up to a millisecond
+        on a busy machine. It used to be handed to the lane after the engine's 100 us, which
+        polled without yields (on a CPU the model may share: it could not finish) until 300 us,
+        then slept; a wait over SLOW_S made the next call sleep at once (docs/driver-bench.md,
         session 21). Longer jobs (1 MiB: tens of milliseconds) poll 2 ms, then sleep.
 
         Past `YIELD_S` each round of looks ends with `sched_yield` (not with wait="spin"): a
@@ -289,7 +290,9 @@ class OneShot:
                 clock = time.perf_counter
                 since = now = clock()
                 refresh_at = now + q.REFRESH_S
-                until = now + (spin if spin > self.POLL_S else self.POLL_S)
+                # (never past the timeout, which only the lane's wait reports: wait="spin")
+                until = now + min(spin if spin > self.POLL_S else self.POLL_S,
+                                  self.engine.timeout)
                 polite = _FOREVER if spin == _FOREVER else now + self.YIELD_S
                 ran = False  # the last yield ran another task
                 if self.eager and polite != _FOREVER:
