@@ -150,3 +150,30 @@ def test_yields_that_keep_losing_time_slices_turn_the_spin_to_naps(tmp_path: Pat
             assert time.monotonic() < deadline, "the naps did not end"
             real_sleep(0.001)
         assert calls[first:].index("yield") > 1  # naps in between, not one
+
+
+def test_the_serving_thread_gets_its_timer_slack_back(tmp_path: Path) -> None:
+    """The loop naps with a 1 us timer slack; a thread that called `serve_forever` has its
+    own slack again once it returns (a caller's thread is not left waking 1 us late)."""
+    from warpdrive import syscalls as sc
+
+    path = str(tmp_path / "s.sock")
+    server = VfioUserServer(T.TestDevice(), path)
+    seen: list[int] = []
+
+    def serve() -> None:
+        sc.set_timer_slack(123_456)
+        try:
+            server.serve_forever()
+        finally:
+            seen.append(sc.timer_slack())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    server.stop()
+    thread.join(5)
+    assert seen == [123_456]

@@ -181,6 +181,11 @@ def set_timer_slack(ns: int) -> bool:
     return bool(libc.prctl(PR_SET_TIMERSLACK, max(1, ns), 0, 0, 0) == 0)
 
 
+def timer_slack() -> int:
+    """The calling thread's timer slack (ns), to put back after `set_timer_slack`."""
+    return int(libc.prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0))
+
+
 class YieldWatch:
     """Whether a poller's `sched_yield` calls keep handing its CPU to another program's busy
     loop for whole time slices: then a short sleep (a nap) serves it better than a yield,
