@@ -16,6 +16,7 @@ import pytest
 
 import warpdrive.zip as wz
 from tests.ziputil import sample
+from warpdrive.devices.zip.job import DECOMPRESS
 from warpdrive.devices.zip.stream import Inflater
 from warpdrive.zip import gzip as wgz
 
@@ -178,6 +179,57 @@ def test_an_abandoned_walk_keeps_the_buffers_of_its_job_in_flight(engine, small_
         pieces.close()
         del d
     assert wz.decompress(blob, 31, device=engine) == data
+
+
+def test_a_stream_left_with_a_job_on_the_engine_ends_and_keeps_its_buffers(
+        engine, small_pipe, monkeypatch) -> None:
+    """An interrupt while a job is on the engine (a `decompress` call's job; a pipe's second
+    job): the stream ends (it does not know that job's outcome: it never goes on with the
+    engine's context out of step), and the buffers that job uses, its context included, are
+    not given back while it is not done; a GzipFile read again says why."""
+    data = mixed(500_000, 8)
+    blob = zlib.compress(data, 6, 31)
+    given: list[object] = []
+    pool = engine.pool
+    monkeypatch.setattr(pool, "give", lambda c, give=pool.give: (given.append(c), give(c)))
+    lane = engine.lanes[DECOMPRESS]
+    wait = lane.wait_until
+
+    def interrupt_wait(at: int) -> None:
+        """The lane's `at`-th wait from now raises KeyboardInterrupt (the job not reaped)."""
+        calls = [0]
+
+        def interrupted(*args, **kw) -> None:
+            calls[0] += 1
+            if calls[0] == at:
+                raise KeyboardInterrupt
+            wait(*args, **kw)
+        monkeypatch.setattr(lane, "wait_until", interrupted)
+
+    for at in (1, 2):
+        d = wz.decompressobj(31, device=engine)
+        given.clear()
+        interrupt_wait(at)
+        with pytest.raises(KeyboardInterrupt):
+            if at == 1:
+                d.decompress(blob)
+            else:
+                with contextlib.closing(d.chunks(reader(blob))) as pieces:
+                    for _ in pieces:
+                        pass
+        monkeypatch.setattr(lane, "wait_until", wait)
+        assert not given, at  # (the stream's buffers are the job's and its context)
+        with pytest.raises(wz.error, match="left with a job unfinished"):
+            d.decompress(blob)
+    assert wz.decompress(blob, 31, device=engine) == data  # (the engine goes on)
+    interrupt_wait(2)
+    with wgz.GzipFile(fileobj=io.BytesIO(blob), device=engine) as f:
+        assert data.startswith(f.read(1000))
+        with pytest.raises(KeyboardInterrupt):
+            while f.read(1 << 20):
+                pass
+        with pytest.raises(wz.error, match="left with a job unfinished"):
+            f.read(1000)
 
 
 def test_gzipfile_reads_a_gzip1_stream_in_small_and_large_reads(engine, small_pipe) -> None:

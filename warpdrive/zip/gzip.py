@@ -448,6 +448,9 @@ class _Reader(io.RawIOBase):
                 if "incorrect length check" in msg:
                     raise BadGzipFile("Incorrect length of data produced") from None
                 raise
+            except BaseException:  # (it ended there: a read again hears why from the stream)
+                self._pieces = None
+                raise
             if piece is not None:
                 # (read from the engine's memory: the view is valid until the next piece)
                 self._spill, self._spill_at = piece, 0

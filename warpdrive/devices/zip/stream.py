@@ -108,8 +108,26 @@ class _StreamBase:
              finish: bool) -> Job:
         with self.lane.lock:  # (re-entrant: `_post` takes it too)
             job = self._post(fmt, src, n, dst, avail, finish)
-            self.lane.wait_until(lambda: job.done, locked=True)
+            try:
+                self.lane.wait_until(lambda: job.done, locked=True)
+            except BaseException:  # (a timeout, the device gone, an interrupt)
+                self._abandon(job, (src, dst))
+                raise
         return job
+
+    def _abandon(self, job: Job | None, chunks: tuple[Chunk, ...]) -> None:
+        """Left with `job` not taken into the stream's state (an error, an interrupt, a pipe
+        the caller stopped): the stream cannot go on (later calls raise) and its buffers go
+        back, except, while the job may still be on the engine, the ones it uses (`chunks`,
+        kept in `_bufs`, and the context): those are never reused (freed with the engine).
+        No waiting: this may run in a finalizer."""
+        if job is not None and not job.done and not self._closed:
+            for c in (*chunks, self.ctx):
+                self._bufs.remove(c)
+        if self._failed is None and not self._closed:
+            self._failed = ZipError("the stream was left with a job unfinished",
+                                    hint="start a new stream")
+        self.close()
 
     def _check(self) -> None:
         if self._failed is not None:
@@ -512,11 +530,12 @@ class Inflater(_StreamBase):
                 have += k
             return have
 
-        n = fill(srcs[0], 0)
-        i = at = j = other = 0  # input: srcs[i][at:at + n]; srcs[i ^ 1] holds `other` bytes
+        i = at = j = other = n = 0  # input: srcs[i][at:at + n]; srcs[i ^ 1] holds `other` bytes
         prev: memoryview | None = None  # the last job's output, handed out after the next job
         job: Job | None = None          # is on the engine
+        finished = False
         try:
+            n = fill(srcs[0], 0)
             while True:
                 job = self._post(self.fmt, srcs[i], n, dsts[j], avail, False, src_at=at)
                 if prev is not None:
@@ -555,13 +574,14 @@ class Inflater(_StreamBase):
                 if n and other:  # no progress on the piece's last bytes: before the next
                     rest = bytes(srcs[i].view[at:at + n]) + bytes(srcs[i ^ 1].view[:other])
                     if len(rest) > size:
-                        raise ZipError("the engine took no input from a stream piece",
-                                       hint="the device is misbehaving; close and reset it")
+                        self._fail(ZipError("the engine took no input from a stream piece",
+                                            hint="the device is misbehaving; close and reset it"))
                     srcs[i ^ 1].view[:len(rest)] = rest
                     other = len(rest)
                 if not other:
                     break  # the input ended before the stream did
                 i, at, n, other = i ^ 1, 0, other, 0
+            finished = True
             if prev is not None:
                 yield prev
         finally:
@@ -570,10 +590,8 @@ class Inflater(_StreamBase):
                     prev.release()
                 except BufferError:  # (a view of it still held: it goes with the stream)
                     pass
-            if job is not None and not job.done:
-                # Abandoned with a job on the engine (no waiting here: this may run in a
-                # finalizer): its buffers stay out of the pool, freed with the engine.
-                self._bufs.remove(whole)
+            if not finished:  # (a job unsettled or input held in the pipe's buffers)
+                self._abandon(job, (whole,))
 
     def flush(self, length: int = 0) -> bytes:
         """Remaining output (zlib's `Decompress.flush`): pending output is produced; input
