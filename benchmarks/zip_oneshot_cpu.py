@@ -29,11 +29,12 @@ machine), `free` (default) leaves them to the scheduler.
 
 `--tail [--only CALL ...] [--cpus ...] [--baseline P --repeat N]`: the breakdown's stamps kept per
 call (issue 11 judges the mean, which the slow calls move), with each call's wait path (the
-one-shot spin alone, with yields, the lane's wait, a sleep on the interrupt), the client's CPU
-before and after and its context switches (`getrusage(RUSAGE_THREAD)`, read outside the timed
-part), and in the model, per job, its CPU where the doorbell is seen and the CQE written, its
-context switches between the two and the gap between its last two polls before the doorbell
-(a long gap: it was off the CPU, asleep or yielded to another task). Printed: mean, quantiles,
+one-shot spin alone, with yields, with contention naps, the lane's wait, a sleep on the
+interrupt), the client's CPU before and after and its context switches
+(`getrusage(RUSAGE_THREAD)`, read outside the timed part), and in the model, per job, its CPU
+where the doorbell is seen and the CQE written, its context switches between the two and the gap
+between its last two polls before the doorbell (a long gap: it was off the CPU, asleep or
+yielded to another task). Printed: mean, quantiles,
 what the calls above 2x the median add to the mean, the segment that grew most in each of them,
 and the share of calls (all, slow) with each trait. With `--baseline` (or `--repeat` > 1) the
 checkouts in alternation, a summary row per checkout (medians over runs; each run's mean).
@@ -264,7 +265,7 @@ from warpdrive.devices.zip import oneshot as O
 TAIL = os.environ.get("WD_TAIL") == "1"
 getcpu = ctypes.CDLL(None).sched_getcpu
 path = {"yields": 0, "yield_ns": 0, "yield_max": 0, "wait_until": 0, "block": 0, "block_ns": 0,
-        "yield1": 0}
+        "yield1": 0, "naps": 0}
 if TAIL:
     real_yield = O._sched_yield
     def counted_yield():
@@ -278,6 +279,12 @@ if TAIL:
         if d > path["yield_max"]:
             path["yield_max"] = d
     O._sched_yield = counted_yield
+    if hasattr(O, "_sleep"):  # (the contention naps, where the checkout has them)
+        real_sleep = O._sleep
+        def counted_sleep(s):
+            path["naps"] += 1
+            real_sleep(s)
+        O._sleep = counted_sleep
 sub, take, harvest = QmQueue.submit_one, QmQueue.take_one, QmQueue.harvest
 db_a, see_a = C["db"].append, C["see"].append
 def submit_one(self, *a, **k):
@@ -353,7 +360,7 @@ with open(out_path, "w") as f:
 
 # --tail: what the client records per call, in order (see _BD_CHILD)
 _TAIL_FIELDS = ("cpu0", "cpu1", "nvcsw", "nivcsw", "yields", "yield_ns", "yield_max",
-                "wait_until", "block", "block_ns", "yield1")
+                "wait_until", "block", "block_ns", "yield1", "naps")
 
 # (name, from stamp, to stamp): the segments of a call, in order; the last two are not in it.
 SEGMENTS = (("client: call -> doorbell stored", "t0", "db"),
@@ -467,7 +474,7 @@ def _path(c: dict) -> str:
         return "block"
     if c["wait_until"]:
         return "wait_until"
-    return "yield" if c["yields"] else "spin"
+    return "nap" if c.get("naps") else "yield" if c["yields"] else "spin"
 
 
 def tail_report(call: str, rows: list[dict], out: dict) -> None:
@@ -510,6 +517,7 @@ def tail_report(call: str, rows: list[dict], out: dict) -> None:
     preds: tuple[tuple[str, Callable[[dict], bool]], ...] = (
         ("path spin", lambda r: _path(r["client"]) == "spin"),
         ("path yield", lambda r: _path(r["client"]) == "yield"),
+        ("path nap (contention naps)", lambda r: _path(r["client"]) == "nap"),
         ("path wait_until (no block)", lambda r: _path(r["client"]) == "wait_until"),
         ("path block", lambda r: _path(r["client"]) == "block"),
         ("a client yield > 100 us", lambda r: r["client"]["yield_max"] > 100_000),
