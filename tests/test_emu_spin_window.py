@@ -154,7 +154,7 @@ def test_yields_that_keep_losing_time_slices_turn_the_spin_to_naps(tmp_path: Pat
 
 def test_the_serving_thread_gets_its_timer_slack_back(tmp_path: Path) -> None:
     """The loop naps with a 1 us timer slack; a thread that called `serve_forever` has its
-    own slack again once it returns (a caller's thread is not left waking 1 us late)."""
+    own slack again once it returns (a caller's thread is not left with a 1 us slack)."""
     from warpdrive import syscalls as sc
 
     path = str(tmp_path / "s.sock")
