@@ -476,34 +476,27 @@ class Run:
 
         wbits = {"gzip": 31, "zlib": 15, "deflate": -15}[self.fmt] if self.args.format else 47
         res = Result()
-        buf = first + _read(src, READ_CHUNK, name)
-        res.n_in = len(buf)
-        prog.update(len(buf))
+        inp = _CountedInput(src, name, res, prog)  # (every byte read is counted there)
+        inp.count(len(first))
+        buf = first + inp.read(READ_CHUNK)
         if not buf:
             raise WarpdriveError(f"{name}: unexpected end of file")
         if self.args.force and self.args.stdout and not _looks_compressed(buf, self.fmt):
-            return self.pass_through(name, src, buf, out, res, prog)  # gzip -dcf
+            return self.pass_through(inp, buf, out, res)  # gzip -dcf
         members = 0
         while True:
             if wbits in (31, 47) and buf[:2] == b"\x1f\x8b":
-                buf, n = self.decompress_sized_members(name, src, buf, out, prog, res, members)
+                buf, n = self.decompress_sized_members(inp, buf, out, res, members)
                 members += n
                 if not buf:
                     return res
                 if n and buf[:2] != b"\x1f\x8b":
-                    return self.trailing(name, src, buf, res, prog)
+                    return self.trailing(inp, buf, res)
             d = wz.decompressobj(wbits, device=self.engine())
-
-            def readinto(view: memoryview) -> int:
-                k = _readinto(src, view, name)
-                res.n_in += k
-                prog.update(k)
-                return k
-
             # The output as views of the engine's DMA memory, written straight from there
             # while the engine inflates the next piece (see `Decompress.chunks`).
             try:
-                with contextlib.closing(d.chunks(readinto, buf, OUT_CHUNK)) as pieces:
+                with contextlib.closing(d.chunks(inp.readinto, buf, OUT_CHUNK)) as pieces:
                     for data in pieces:
                         if out is not None:
                             out.write(data)
@@ -516,36 +509,30 @@ class Run:
             if not members and d.gzip_header is not None:
                 res.mtime = d.gzip_header.mtime
             members += 1
-            rest = d.unused_data or _read(src, READ_CHUNK, name)
-            if rest is not d.unused_data:
-                res.n_in += len(rest)
-                prog.update(len(rest))
+            rest = d.unused_data or inp.read(READ_CHUNK)
             if not rest:
                 return res
             if wbits in (31, 47) and rest[:2] == b"\x1f\x8b":
                 buf = rest
                 wbits = 31
                 continue
-            return self.trailing(name, src, rest, res, prog)
+            return self.trailing(inp, rest, res)
 
-    def trailing(self, name: str, src: Any, rest: bytes, res: Result, prog: Progress) -> Result:
+    def trailing(self, inp: _CountedInput, rest: bytes, res: Result) -> Result:
         """What follows the last member: zero padding (tape blocks) is silently fine, anything
         else a warning, as in gzip; the rest is read (and counted) as gzip does."""
         zeros = not rest.strip(b"\x00")
         while True:
-            more = _read(src, READ_CHUNK, name)
+            more = inp.read(READ_CHUNK)
             if not more:
                 break
-            res.n_in += len(more)
-            prog.update(len(more))
             zeros = zeros and not more.strip(b"\x00")
         if not zeros:
             res.warning = "decompression OK, trailing garbage ignored"
         return res
 
-    def decompress_sized_members(self, name: str, src: Any, buf: bytes, out: Output | None,
-                                 prog: Progress, res: Result,
-                                 before: int) -> tuple[bytes, int]:
+    def decompress_sized_members(self, src: _CountedInput, buf: bytes, out: Output | None,
+                                 res: Result, before: int) -> tuple[bytes, int]:
         """gzip members that state their size (the SIZE_SUBFIELD our compression writes),
         decompressed as whole-member jobs, MEMBERS_IN_FLIGHT at once, their output written in
         order (`warpdrive.zip.gzip.SizedMembers`, GzipFile's loop too). Returns (what follows
@@ -553,7 +540,7 @@ class Run:
         decompresses or rejects with its own message."""
         from ..zip import gzip as wgz
 
-        inp = wgz.Input(_CountedInput(src, name, res, prog))
+        inp = wgz.Input(src)
         inp.prepend(buf)
         members = wgz.SizedMembers(self.engine(), MEMBERS_IN_FLIGHT)
         done = 0
@@ -576,15 +563,13 @@ class Run:
         finally:
             members.close()
 
-    def pass_through(self, name: str, src: IO[bytes], buf: bytes, out: Output | None,
-                     res: Result, prog: Progress) -> Result:
+    def pass_through(self, inp: _CountedInput, buf: bytes, out: Output | None,
+                     res: Result) -> Result:
         while buf:
             if out is not None:
                 out.write(buf)
             res.n_out += len(buf)
-            buf = _read(src, READ_CHUNK, name)
-            res.n_in += len(buf)
-            prog.update(len(buf))
+            buf = inp.read(READ_CHUNK)
         return res
 
     # -- listing ---------------------------------------------------------------------------
@@ -690,16 +675,25 @@ def _read(src: Any, n: int, name: str) -> bytes:
 
 
 class _CountedInput:
-    """`src` read as `_read` does, every byte counted in the result and the progress line."""
+    """`src` read as `_read` and `_readinto` do, every byte counted in the result and the
+    progress line (the one reader of a file being decompressed)."""
 
     def __init__(self, src: Any, name: str, res: Result, prog: Progress) -> None:
         self.src, self.name, self.res, self.prog = src, name, res, prog
 
+    def count(self, n: int) -> None:
+        self.res.n_in += n
+        self.prog.update(n)
+
     def read(self, n: int) -> bytes:
         data = _read(self.src, n, self.name)
-        self.res.n_in += len(data)
-        self.prog.update(len(data))
+        self.count(len(data))
         return data
+
+    def readinto(self, view: memoryview) -> int:
+        k = _readinto(self.src, view, self.name)
+        self.count(k)
+        return k
 
 
 def _looks_compressed(buf: bytes, fmt: str) -> bool:
