@@ -299,6 +299,30 @@ def test_a_reader_dropped_with_members_in_flight(engine) -> None:
     assert wgz.decompress(blob, device=engine) == TEXT
 
 
+def test_a_reader_crossing_fork_inside_a_member(engine) -> None:
+    """Inside a gzip(1) member the reader holds a piece of the engine's memory (the pipe's
+    output, read without a copy): a forked child, where that memory is not mapped, gets
+    ForkedContextError from its read (it was a segfault). The parent's reader goes on
+    untouched."""
+    from tests.forkchild import run_in_child
+
+    data = bytes(range(256)) * 4096 * 8  # 8 MiB, a few of the pipe's jobs
+    blob = gzip.compress(data)
+    f = wgz.GzipFile(fileobj=io.BytesIO(blob), device=engine)
+    assert f.read(1000) == data[:1000]
+
+    def child() -> int:
+        try:
+            f.read(2 << 20)
+        except ForkedContextError as e:
+            return 3 if "ZIP engine" in str(e) else 4
+        return 0
+
+    assert run_in_child(child) == 3
+    assert f.read() == data[1000:]
+    f.close()
+
+
 @pytest.mark.parametrize("sized", [True, False], ids=["sized-members", "stream-members"])
 def test_a_reader_crossing_fork_at_a_member_boundary(engine, sized: bool) -> None:
     """The fork rule (README, warpdrive.forkguard) for a reader stopped at a member boundary:

@@ -416,8 +416,11 @@ class _Reader(io.RawIOBase):
             if self._spill_at < len(self._spill):
                 at = self._spill_at
                 spill = self._spill
-                out = (spill if isinstance(spill, memoryview) else memoryview(spill))[
-                    at:at + size]
+                if isinstance(spill, memoryview):
+                    self._piece_check()
+                    out = spill[at:at + size]
+                else:
+                    out = memoryview(spill)[at:at + size]
                 self._spill_at = at + len(out)
                 break
             if self._new_member:
@@ -462,6 +465,16 @@ class _Reader(io.RawIOBase):
             self._new_member = True
         self._pos += len(out)
         return out
+
+    def _piece_check(self) -> None:
+        """The spill is a piece of the engine's memory (the member's decompressor made it):
+        read only while that engine is open in this process. A forked child does not have
+        that memory mapped (MADV_DONTFORK: reading it was a segfault) and gets
+        ForkedContextError, as for the rest of the member; after the engine's close,
+        ClosedError."""
+        engine = getattr(getattr(self._d, "_b", None), "engine", None)
+        if engine is not None:  # (None: a piece the CPU made, in ordinary memory)
+            engine.check_open()
 
     def _read_input(self, view: memoryview) -> int:
         """The member's compressed bytes for `Decompress.chunks`."""
