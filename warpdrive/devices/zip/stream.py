@@ -506,8 +506,10 @@ class Inflater(_StreamBase):
         pending = self._in
         # One buffer cut in four (a map is a request to the device's IOMMU or model and a
         # check of this process's memory map: one, not four, before the first job).
+        # The pipe gives it back itself, when it ends (not with the stream: a failed job's
+        # output is copied from it after the stream closed) and never while a job of it may
+        # still be on the engine.
         whole = self.pool.take(2 * size + 2 * self.PIPE_OUT)
-        self._bufs.append(whole)
         srcs = [Chunk(whole.buf, whole.off + k * size, size) for k in (0, 1)]
         dsts = [Chunk(whole.buf, whole.off + 2 * size + k * self.PIPE_OUT, self.PIPE_OUT)
                 for k in (0, 1)]
@@ -554,7 +556,7 @@ class Inflater(_StreamBase):
                             hw.STATUS_CRC_ERR, hw.STATUS_DECOMP_END):
                         # The body inflated: its output goes out before the trailer's error,
                         # as gzip(1) writes it and Python's gzip returns it (a copy: the
-                        # failed stream gave its buffers back).
+                        # failed stream is closed).
                         yield memoryview(bytes(dsts[j].view[:done.produced]))
                     raise
                 if done.produced:
@@ -588,10 +590,12 @@ class Inflater(_StreamBase):
             if prev is not None:
                 try:
                     prev.release()
-                except BufferError:  # (a view of it still held: it goes with the stream)
+                except BufferError:  # (a view of it still held: against the rule above)
                     pass
             if not finished:  # (a job unsettled or input held in the pipe's buffers)
-                self._abandon(job, (whole,))
+                self._abandon(job, ())
+            if job is None or job.done:
+                self.pool.give(whole)
 
     def flush(self, length: int = 0) -> bytes:
         """Remaining output (zlib's `Decompress.flush`): pending output is produced; input
