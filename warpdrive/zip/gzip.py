@@ -325,6 +325,7 @@ class _Reader(io.RawIOBase):
         # The member being read, as pieces of output (`Decompress.chunks`): the engine
         # decompresses the next piece while this one is read.
         self._pieces: Generator[memoryview, None, None] | None = None
+        self._pieces_engine: Any = None  # the engine whose memory they are in
 
     def readable(self) -> bool:
         return True
@@ -417,7 +418,12 @@ class _Reader(io.RawIOBase):
                 at = self._spill_at
                 spill = self._spill
                 if isinstance(spill, memoryview):
-                    self._piece_check()
+                    # A piece of the engine's memory: not mapped in a forked child
+                    # (MADV_DONTFORK: reading it was a segfault): ForkedContextError there,
+                    # as for the rest of the member.
+                    engine = self._pieces_engine
+                    if engine is not None and engine._forked_dead:
+                        engine.check_open()
                     out = spill[at:at + size]
                 else:
                     out = memoryview(spill)[at:at + size]
@@ -440,6 +446,8 @@ class _Reader(io.RawIOBase):
             assert d is not None
             if self._pieces is None:
                 self._pieces = d.chunks(self._read_input, b"", READ_BUFFER_SIZE)
+                # (None: pieces the CPU makes, in ordinary memory)
+                self._pieces_engine = getattr(d._b, "engine", None)
             self._spill, self._spill_at = b"", 0  # (the last piece's view goes now)
             try:
                 piece = next(self._pieces, None)
@@ -465,16 +473,6 @@ class _Reader(io.RawIOBase):
             self._new_member = True
         self._pos += len(out)
         return out
-
-    def _piece_check(self) -> None:
-        """The spill is a piece of the engine's memory (the member's decompressor made it):
-        read only while that engine is open in this process. A forked child does not have
-        that memory mapped (MADV_DONTFORK: reading it was a segfault) and gets
-        ForkedContextError, as for the rest of the member; after the engine's close,
-        ClosedError."""
-        engine = getattr(getattr(self._d, "_b", None), "engine", None)
-        if engine is not None:  # (None: a piece the CPU made, in ordinary memory)
-            engine.check_open()
 
     def _read_input(self, view: memoryview) -> int:
         """The member's compressed bytes for `Decompress.chunks`."""
