@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import pkgutil
 import re
 
 from ..errors import DeviceNotFoundError, InvalidArgumentError
@@ -15,6 +14,8 @@ _PACKAGE = "warpdrive.emu.models"
 
 def available_models() -> list[str]:
     """Names of the bundled models (module names; importing none of them)."""
+    import pkgutil  # here: serving a model by name (the launcher's case) needs no listing
+
     from . import models
 
     return sorted(m.name for m in pkgutil.iter_modules(models.__path__)
