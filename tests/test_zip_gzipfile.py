@@ -20,7 +20,7 @@ import pytest
 import warpdrive.zip as wz
 import warpdrive.zip.gzip as wgz
 from tests.ziputil import cli_argv, cli_env, run_peak_rss
-from warpdrive.errors import ForkedContextError
+from warpdrive.errors import ClosedError, ForkedContextError
 from warpdrive.zip import engines
 
 LINES = [b"%05d: a line of a gzip file, read back line by line\n" % i for i in range(30000)]
@@ -352,3 +352,42 @@ def test_a_reader_crossing_fork_at_a_member_boundary(engine, sized: bool) -> Non
         assert run_in_child(child) == (0 if device is None else 3)
         assert f.read() == data[step:]
         f.close()
+
+
+def test_closing_the_engine_inside_a_member() -> None:
+    """Inside a gzip(1) member the reader holds a piece of the engine's memory (the pipe's
+    output): the engine's close goes through all the same (it was refused with
+    DeviceBusyError), and the reader's later read, readinto and seek say in one line that the
+    engine is closed, as before the pipe (a seek back to 0 only rewinds: the read after it
+    says so); closing the reader afterwards is quiet."""
+    data = bytes(range(256)) * 4096 * 8  # 8 MiB, a few of the pipe's jobs
+    blob = gzip.compress(data)
+    eng = wz.open_engine("emu", announce=False)
+    f = wgz.GzipFile(fileobj=io.BytesIO(blob), device=eng)
+    assert f.read(1000) == data[:1000]
+    eng.close()
+    assert not eng.source.dma.mappings
+    for call in (lambda: f.read(2 << 20), lambda: f.readinto(bytearray(2 << 20)),
+                 lambda: f.seek(3 << 20), lambda: f.seek(0) + len(f.read(1))):
+        with pytest.raises(ClosedError, match=r"^ZIP engine \S+ is closed[^\n]*$"):
+            call()
+    f.close()
+
+
+def test_an_error_inside_the_engines_with_block_propagates_unchanged() -> None:
+    """`with open_engine() as eng:` around a reader left inside a member: an exception leaving
+    the block is the one the caller sees (the engine's close refused, raising
+    DeviceBusyError in its place); the reader closed later is quiet."""
+    data = bytes(range(256)) * 4096 * 8
+    blob = gzip.compress(data)
+
+    class Mine(Exception):
+        pass
+
+    with pytest.raises(Mine) as e, wz.open_engine("emu", announce=False) as eng:
+        f = wgz.GzipFile(fileobj=io.BytesIO(blob), device=eng)
+        assert f.read(1000) == data[:1000]
+        raise Mine("the caller's own error")
+    assert str(e.value) == "the caller's own error" and e.value.__context__ is None
+    assert eng.closed and not eng.source.dma.mappings
+    f.close()

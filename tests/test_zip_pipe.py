@@ -18,6 +18,7 @@ import warpdrive.zip as wz
 from tests.ziputil import sample
 from warpdrive.devices.zip.job import DECOMPRESS
 from warpdrive.devices.zip.stream import Inflater
+from warpdrive.errors import ClosedError
 from warpdrive.zip import gzip as wgz
 
 
@@ -238,6 +239,33 @@ def test_a_stream_left_with_a_job_on_the_engine_ends_and_keeps_its_buffers(
                 pass
         with pytest.raises(wz.error, match="left with a job unfinished"):
             f.read(1000)
+
+
+def test_closing_the_engine_ends_a_pipe_partway(small_pipe) -> None:
+    """The engine closed while a pipe is partway through its stream (a piece of the engine's
+    memory handed out, the next job on the engine): the close goes through (it was refused
+    with DeviceBusyError: the piece kept the memory exported), the piece is revoked, the
+    pipe's buffer is unmapped with the rest, and the pipe, a new pipe and the stream's other
+    calls say in one line that the engine is closed."""
+    data = mixed(500_000, 8)
+    blob = zlib.compress(data, 6, 31)
+    eng = wz.open_engine("emu", announce=False)
+    try:
+        d = wz.decompressobj(31, device=eng)
+        pieces = d.chunks(reader(blob))
+        first = next(pieces)
+        assert data.startswith(first)
+        whole = pieces.gi_yieldfrom.gi_frame.f_locals["whole"]  # (the pipe's one buffer)
+    finally:
+        eng.close()
+    assert whole.buf.closed and not eng.source.dma.mappings
+    with pytest.raises(ValueError, match="released"):
+        first[0]  # (revoked: the memory behind it is gone)
+    for call in (lambda: next(pieces), lambda: next(d.chunks(reader(blob))),
+                 lambda: d.decompress(blob), lambda: d.flush()):
+        with pytest.raises(ClosedError, match=r"^ZIP engine \S+ is closed[^\n]*$"):
+            call()
+    pieces.close()
 
 
 def test_gzipfile_reads_a_gzip1_stream_in_small_and_large_reads(engine, small_pipe) -> None:

@@ -304,6 +304,20 @@ class Input:
         return bool(self.file.seekable())
 
 
+def _piece_gone(engine: Any, piece: memoryview, at: int) -> None:
+    """A piece of a member's output whose engine is closed or was inherited through fork: with
+    bytes left to read from `at`, the engine's error (ForkedContextError in a child, as for the
+    rest of the member; ClosedError after its close, which released the view: even its length
+    is gone then). A child read up to the piece's end goes on (the member's next piece, or the
+    next member on the engine the child gets)."""
+    try:
+        left = at < len(piece)
+    except ValueError:  # (released)
+        left = True
+    if left:
+        engine.check_open()
+
+
 class _Reader(io.RawIOBase):
     """The decompressed bytes of every member of a gzip file, in order."""
 
@@ -414,19 +428,19 @@ class _Reader(io.RawIOBase):
         if not size or self._eof:
             return memoryview(b"")
         while True:
-            if self._spill_at < len(self._spill):
-                at = self._spill_at
-                spill = self._spill
-                if isinstance(spill, memoryview):
-                    # A piece of the engine's memory: not mapped in a forked child
-                    # (MADV_DONTFORK: reading it was a segfault): ForkedContextError there,
-                    # as for the rest of the member.
-                    engine = self._pieces_engine
-                    if engine is not None and engine._forked_dead:
-                        engine.check_open()
-                    out = spill[at:at + size]
-                else:
-                    out = memoryview(spill)[at:at + size]
+            spill = self._spill
+            if spill.__class__ is memoryview:
+                # A piece of the engine's memory: not mapped in a forked child (MADV_DONTFORK:
+                # reading it was a segfault), taken back by the engine's close (`_closed` is
+                # set in both cases): see `_piece_gone`.
+                engine = self._pieces_engine
+                if engine is not None and engine._closed:
+                    _piece_gone(engine, spill, self._spill_at)
+            else:
+                spill = memoryview(spill)
+            at = self._spill_at
+            if at < len(spill):
+                out = spill[at:at + size]
                 self._spill_at = at + len(out)
                 break
             if self._new_member:

@@ -19,7 +19,7 @@ from ..hisi_qm.queue import QueueStoppedError
 from ..hisi_qm.source import QueueSource
 from .errors import ZipDataError
 from .job import COMPRESS, DECOMPRESS, DECOMPRESS_JOB_MAX, DIRECTIONS
-from .lane import Lane
+from .lane import Lane, Loan
 from .oneshot import OneShot
 from .session import Session
 from .sqe import Format
@@ -62,13 +62,20 @@ class ZipEngine(ForkSafe):
         self._on_close = on_close
         self._closed = False
         self._sessions: list[Session] = []
+        # Views of this engine's memory lent out beyond a call (a pipe's piece that a GzipFile
+        # is reading): the close takes them back (lane.Loan) instead of being refused.
+        self.loans: set[Loan] = set()
         self._fork_register()
 
     def check_open(self) -> None:
         """Raise if the engine is closed or was inherited through fork()."""
         self._check_alive()
         if self._closed:
-            raise ClosedError(f"ZIP engine {self.name} is closed")
+            raise self._closed_error()
+
+    def _closed_error(self) -> ClosedError:
+        return ClosedError(f"ZIP engine {self.name} is closed",
+                           hint="open a new engine (warpdrive.zip.open_engine)")
 
     def _fork_describe(self) -> str:
         return f"ZIP engine {self.name}"
@@ -173,6 +180,10 @@ class ZipEngine(ForkSafe):
                 errors.append(e)
         for one in self.oneshots:
             one.close()
+        # (the queues are stopped: no job of a pipe runs on the memory its loan is in)
+        for loan in list(self.loans):
+            loan.revoke(self._closed_error())
+        self.loans.clear()
         self.pool.close()
         try:
             self.source.close()

@@ -23,6 +23,13 @@ from .sqe import Format, SqeTemplate
 _BULK_MIN = 4  # completions handed over as one run from this many on (fewer: job by job)
 
 
+class Loan(Protocol):
+    """A view of the engine's memory lent out beyond a call (a pipe's piece of output), which
+    the engine's close takes back: a live view would keep that memory from being unmapped."""
+
+    def revoke(self, err: Exception) -> None: ...
+
+
 class EngineParts(Protocol):
     """What lanes, sessions, one-shot jobs and streams use of their engine."""
 
@@ -49,6 +56,9 @@ class EngineParts(Protocol):
 
     @property
     def closed(self) -> bool: ...
+
+    @property
+    def loans(self) -> set[Loan]: ...
 
     def check_open(self) -> None: ...
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import zlib
 from collections import deque
 from collections.abc import Callable, Generator
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
-from ...errors import ClosedError, InvalidArgumentError
+from ...errors import ClosedError, InvalidArgumentError, WarpdriveError
 from ...pool import Chunk
 from . import hw
 from .checksum import adler32_combine, crc32_combine
@@ -42,9 +42,10 @@ Z_NO_FLUSH, Z_SYNC_FLUSH, Z_FULL_FLUSH, Z_FINISH = (zlib.Z_NO_FLUSH, zlib.Z_SYNC
 # Every mode that asks for "everything so far, decodable" without ending the stream.
 SYNC_MODES = frozenset((zlib.Z_PARTIAL_FLUSH, zlib.Z_SYNC_FLUSH, zlib.Z_FULL_FLUSH,
                         zlib.Z_BLOCK, zlib.Z_TREES))
+_E = TypeVar("_E", bound=WarpdriveError)
 
 
-def _again(err: ZipError) -> ZipError:
+def _again(err: _E) -> _E:
     """A fresh exception like `err` (same class and message, no traceback) to raise again."""
     new = type(err).__new__(type(err))
     new.__dict__.update(err.__dict__)
@@ -62,7 +63,9 @@ class _StreamBase:
         self._bufs: list[Chunk] = [self.ctx]
         self._new = True
         self._closed = False
-        self._failed: ZipError | None = None  # the error that ended the stream, re-raised
+        # The error that ended the stream, re-raised: a ZipError, or the engine's ClosedError
+        # (its close ended a pipe of the stream: _PipeLoan).
+        self._failed: WarpdriveError | None = None
         self.checksum = 0
         self.isize = 0
 
@@ -515,6 +518,10 @@ class Inflater(_StreamBase):
                 for k in (0, 1)]
         avail = min(self.PIPE_OUT, hw.HZ_MAX_SIZE)
         ended_input = False
+        # The piece handed out is lent to the caller: the engine's close takes it back.
+        loan = _PipeLoan(self)
+        loans = self.engine.loans
+        loans.add(loan)
 
         def fill(c: Chunk, have: int) -> int:
             """Read into `c` after its first `have` bytes, until it is full or the input
@@ -541,9 +548,13 @@ class Inflater(_StreamBase):
             while True:
                 job = self._post(self.fmt, srcs[i], n, dsts[j], avail, False, src_at=at)
                 if prev is not None:
+                    loan.view = prev
                     yield prev
+                    loan.view = None
                     prev.release()
                     prev = None
+                    if loan.revoked:  # the engine closed meanwhile: ClosedError
+                        self._check()
                 if other < size and not ended_input:
                     other = fill(srcs[i ^ 1], other)
                 done = job
@@ -585,8 +596,11 @@ class Inflater(_StreamBase):
                 i, at, n, other = i ^ 1, 0, other, 0
             finished = True
             if prev is not None:
+                loan.view = prev
                 yield prev
+                loan.view = None
         finally:
+            loans.discard(loan)
             if prev is not None:
                 try:
                     prev.release()
@@ -600,12 +614,41 @@ class Inflater(_StreamBase):
     def flush(self, length: int = 0) -> bytes:
         """Remaining output (zlib's `Decompress.flush`): pending output is produced; input
         that does not finish the stream stays unfinished (check `eof`). After a data error
-        there is nothing more (as zlib)."""
-        if self._failed is not None:
+        there is nothing more (as zlib); after the engine's close, its ClosedError."""
+        if isinstance(self._failed, ZipError):
             return b""
         self._check()
         tail, self.unconsumed_tail = self.unconsumed_tail, b""
         return self.decompress(tail, length)
+
+
+class _PipeLoan:
+    """The piece of output a pipe has handed out (`view`, in the engine's DMA memory), held
+    in the engine's `loans` while the pipe runs. The engine's close revokes it: the view is
+    released (a view keeps the memory exported, and the DMA space then refuses to unmap it:
+    the close failed with DeviceBusyError) and the stream ends with the engine's ClosedError,
+    which the pipe raises when it is resumed. The memory itself goes with the engine's (its
+    queues are stopped first: no job of the pipe is running on it)."""
+
+    __slots__ = ("revoked", "stream", "view")
+
+    def __init__(self, stream: _StreamBase) -> None:
+        self.stream = stream
+        self.view: memoryview | None = None
+        self.revoked = False
+
+    def revoke(self, err: Exception) -> None:
+        self.revoked = True
+        view, self.view = self.view, None
+        if view is not None:
+            try:
+                view.release()
+            except BufferError:  # (exported further, against pipe's rule: it stays mapped)
+                pass
+        stream = self.stream
+        if stream._failed is None and isinstance(err, WarpdriveError):
+            stream._failed = err
+        stream.close()
 
 
 # -- one input as pieces compressed at once -----------------------------------------------------
