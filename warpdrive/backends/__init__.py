@@ -24,14 +24,16 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidArgumentError, UnsupportedError
 
 # Only for annotations: this package is imported by every process that starts or hosts a device
 # model (the CLI before it spawns one, the model's server), and `device`/`pci` cost them ~50 ms
 # of start-up that an emulated run never needs before it opens a device.
+TYPE_CHECKING = False  # (not typing's: importing typing costs ~3 ms of every process's boot)
 if TYPE_CHECKING:
+    from typing import Any
+
     from ..device import Device
     from ..sva import SvaDevice
 

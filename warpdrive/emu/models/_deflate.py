@@ -16,10 +16,13 @@ import struct
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
 
 from . import _libz
 from . import _zip_layout as L
+
+TYPE_CHECKING = False  # (not typing's: importing typing costs ~3 ms of every process's boot)
+if TYPE_CHECKING:
+    from typing import Any
 
 # dw9 window code -> zlib window bits (zlib has no 24 KiB window: 16 KiB stands in)
 WINDOW_WBITS = {L.WINDOW_4K: 12, L.WINDOW_8K: 13, L.WINDOW_16K: 14, L.WINDOW_24K: 14,

@@ -34,7 +34,6 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from ...errors import InvalidArgumentError
 from ..dma import DmaFault
@@ -51,14 +50,19 @@ _ZERO_Q = memoryview(array("Q", bytes(8 * _CQE_RUN)))
 _PHASE_H = (memoryview(array("H", [0]) * _CQE_RUN), memoryview(array("H", [1]) * _CQE_RUN))
 
 
-class Dma(Protocol):
-    """What the QM needs of the host's client-memory table (`ClientMemory`)."""
+TYPE_CHECKING = False  # (not typing's: importing typing costs ~3 ms of every process's boot)
+if TYPE_CHECKING:
+    from typing import Protocol
 
-    def read(self, iova: int, size: int) -> bytes: ...
+    class Dma(Protocol):
+        """What the QM needs of the host's client-memory table (`ClientMemory`); for the
+        type checker only, so that the model's boot does without typing."""
 
-    def write(self, iova: int, data: bytes | bytearray | memoryview) -> None: ...
+        def read(self, iova: int, size: int) -> bytes: ...
 
-    def view(self, iova: int, size: int, write: bool = False) -> memoryview: ...
+        def write(self, iova: int, data: bytes | bytearray | memoryview) -> None: ...
+
+        def view(self, iova: int, size: int, write: bool = False) -> memoryview: ...
 
 
 @dataclass
