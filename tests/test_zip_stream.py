@@ -10,6 +10,7 @@ import zlib
 import pytest
 
 import warpdrive.zip as wz
+from warpdrive.errors import ClosedError
 
 DATA = b"".join(b"%05d the stream keeps its window between jobs\n" % i for i in range(40000))
 
@@ -106,3 +107,21 @@ def test_window_bits_announced(engine) -> None:
             DATA[:50000]
     with pytest.raises(wz.ZipDataError, match="window"):
         wz.decompress(zlib.compress(DATA[:1000], 6, 15), wbits=12, device=engine)
+
+
+def test_streams_after_their_engine_closed_say_so() -> None:
+    """A decompressobj with input left (max_length) and a compressobj with input pending, their
+    engine closed under them: every later call is the engine's one-line ClosedError (it was
+    a bare 'DMA buffer is closed', or a DMA space's error)."""
+    data = bytes(range(256)) * 4096 * 4
+    blob = zlib.compress(data, 6, 31)
+    eng = wz.open_engine("emu", announce=False)
+    d = wz.decompressobj(31, device=eng)
+    assert data.startswith(d.decompress(blob[:200_000], 100_000))
+    c = wz.compressobj(6, wz.DEFLATED, 31, device=eng)
+    c.compress(data[:100])
+    eng.close()
+    for call in (lambda: d.decompress(d.unconsumed_tail + blob[200_000:]), d.flush,
+                 lambda: c.compress(data), c.flush):
+        with pytest.raises(ClosedError, match=r"^ZIP engine \S+ is closed[^\n]*$"):
+            call()

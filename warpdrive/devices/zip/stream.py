@@ -137,6 +137,9 @@ class _StreamBase:
             raise _again(self._failed)
         if self._closed:
             raise ClosedError("the ZIP stream is closed")
+        engine = self.engine
+        if engine.closed:  # (its buffers are unmapped: the engine's error, not theirs)
+            engine.check_open()
 
     def _fail(self, err: ZipError) -> NoReturn:
         """End the stream with `err`: the buffers go back to the pool now, later calls raise
