@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from ...errors import DeviceTimeoutError
+from ...errors import ClosedError, DeviceTimeoutError
 from ...pool import BufferPool
 from ..hisi_qm.queue import QmQueue
 from ..hisi_qm.source import QueueSource
@@ -27,7 +27,7 @@ class Loan(Protocol):
     """A view of the engine's memory lent out beyond a call (a pipe's piece of output), which
     the engine's close takes back: a live view would keep that memory from being unmapped."""
 
-    def revoke(self, err: Exception) -> None: ...
+    def revoke(self, err: ClosedError) -> None: ...
 
 
 class EngineParts(Protocol):

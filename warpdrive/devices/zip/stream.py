@@ -640,7 +640,7 @@ class _PipeLoan:
         self.view: memoryview | None = None
         self.revoked = False
 
-    def revoke(self, err: Exception) -> None:
+    def revoke(self, err: ClosedError) -> None:
         self.revoked = True
         view, self.view = self.view, None
         if view is not None:
@@ -649,7 +649,7 @@ class _PipeLoan:
             except BufferError:  # (exported further, against pipe's rule: it stays mapped)
                 pass
         stream = self.stream
-        if stream._failed is None and isinstance(err, WarpdriveError):
+        if stream._failed is None:
             stream._failed = err
         stream.close()
 
