@@ -21,7 +21,9 @@ not gzip or fails its CRC/length check, `EOFError` for a truncated file, `zlib.e
 Fork: a reader inherited by a forked child goes on from a member boundary on the engine the
 child gets (`device=None`: the default engine, opened anew there), whatever members the parent
 had queued; on an engine the caller gave, or inside a member, the child's read raises
-ForkedContextError (the parent's engine is not usable there).
+ForkedContextError (the parent's engine is not usable there). An engine closed while a reader is
+inside a member (the reader holds a piece of its memory) closes all the same: the reader's later
+reads raise ClosedError.
 """
 
 from __future__ import annotations

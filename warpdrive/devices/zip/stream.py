@@ -486,7 +486,9 @@ class Inflater(_StreamBase):
         read straight into DMA memory meanwhile, so the caller's work and the engine's overlap
         and no byte is copied in this process. Ends at the stream's end (`eof`; `unused_data`
         holds what was read after it) or when the input ends first (`eof` stays False).
-        Errors raise as `decompress` raises them, after the output before the failed job."""
+        Errors raise as `decompress` raises them, after the output before the failed job.
+        The engine's close ends a pipe partway (`_PipeLoan`): the piece handed out is released
+        and the pipe, resumed, raises the engine's ClosedError."""
         self._check()
         self._in += first
         while self.header is None:
