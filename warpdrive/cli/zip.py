@@ -188,16 +188,21 @@ class Run:
         hardware scan, about as long) instead of following it. The engine opener adopts it;
         `close` stops it if nothing did."""
         args = self.args
-        if args.list or args.device or os.environ.get("WARPDRIVE_DEVICE"):
-            return
-        from ..backends import nothing_bound
+        wanted = not (args.list or args.device or os.environ.get("WARPDRIVE_DEVICE"))
+        if wanted:
+            from ..backends import nothing_bound
 
-        if not nothing_bound():
-            return  # the engine opener's scan decides (it looks for real hardware first)
-        from ..backends.vfiouser import launcher
+            # (if something is bound, the engine opener's scan decides: hardware first)
+            wanted = nothing_bound()
+        if wanted:
+            from ..backends.vfiouser import launcher
 
-        launcher.prestart("zip")
-        self._prestarted = True
+            launcher.prestart("zip")  # (keeps the one `main` started ahead, if any)
+            self._prestarted = True
+        elif "warpdrive.backends.vfiouser.launcher" in sys.modules:
+            from ..backends.vfiouser import launcher
+
+            launcher.drop_prestarted()  # `main`'s early guess was wrong: stop it now
 
     def close(self) -> None:
         try:

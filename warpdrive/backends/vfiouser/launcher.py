@@ -305,13 +305,18 @@ _ahead: dict[str, ModelProcess] = {}
 
 def prestart(model_name: str) -> ModelProcess:
     """Start model `model_name` now, with default options, without waiting for it: the next
-    `open_emulated` of that model with the same options in this process adopts it. A program
+    `open_emulated` of that model with the same options in this process adopts it (a second
+    call while that one still waits for adoption returns it). A program
     that knows early that it will need a model (the CLI, before its own ~150 ms of imports and
     device scan) overlaps the model's boot with its own. One never adopted is stopped by
     `drop_prestarted` or at exit (and exits by itself if nobody connects within a minute)."""
     with _live_lock:
         old = _ahead.pop(model_name, None)
     if old is not None:
+        if old._owner_pid == os.getpid() and not old._stopped and old.running:
+            with _live_lock:  # already booting (an earlier, cheaper guess of the same caller)
+                _ahead[model_name] = old
+            return old
         old.stop()
     proc = ModelProcess(model_name, wait=False)
     with _live_lock:
