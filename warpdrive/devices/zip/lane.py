@@ -7,6 +7,7 @@ sessions and streams built on it), never the reverse.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -205,6 +206,48 @@ class Lane:
             self._wait(done, q, timeout, start, refresh_at, spin_s, locked)
         finally:
             self.slow = clock() - start > self.SLOW_S
+
+    POLL_S = 2e-3  # a stream job still running after this: sleep on it (`poll`)
+    YIELD_S = 30e-6  # looked this long: yield between rounds of looks (`poll`)
+
+    def poll(self, done: Callable[[], bool]) -> float | None:
+        """Look for `done()` for up to POLL_S before a blocking wait, yielding the CPU between
+        rounds of looks past YIELD_S; returns when it started (`wait_until(since=)`: a wait
+        still needed sleeps at once), or None when the engine's wait mode says not to poll.
+        A stream job on the bundled model takes 0.1-1 ms: the lane's wait spun 100 us, then
+        slept, and the wake-up cost ~0.5 ms per job (a 64 KiB-per-call decompressobj loop:
+        p50 630 us per job sleeping, 160 us polling; docs/driver-bench.md, session 21). The
+        yields are the one-shot wait's reason (`OneShot._wait`): a device sharing our CPU
+        gets it at once instead of after a time slice. The lock is taken only to reap, so
+        other threads' jobs go on meanwhile."""
+        spin = self.engine.spin_s
+        if not 0 < spin < float("inf"):
+            return None
+        q = self.q
+        lock = self.lock
+        clock = time.perf_counter
+        start = clock()
+        polite = start + self.YIELD_S
+        refresh_at = start + QmQueue.REFRESH_S
+        until = start + max(spin, self.POLL_S)
+        while True:
+            if q.completed():
+                with lock:
+                    self.reap()
+            if done():
+                return start
+            now = clock()
+            if now >= until:
+                return start
+            if now >= refresh_at:  # (as `_wait`: the device alive, the doorbell again)
+                q.watchdog()
+                with lock:
+                    q.ring()
+                    q.refresh()
+                    self.reap()
+                refresh_at = now + QmQueue.REFRESH_S
+            elif now >= polite:
+                os.sched_yield()
 
     def _wait(self, done: Callable[[], bool], q: QmQueue, timeout: float, start: float,
               refresh_at: float, spin_s: float, locked: bool) -> None:

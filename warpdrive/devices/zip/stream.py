@@ -109,13 +109,14 @@ class _StreamBase:
 
     def _run(self, fmt: Format, src: Chunk, n: int, dst: Chunk, avail: int,
              finish: bool) -> Job:
-        with self.lane.lock:  # (re-entrant: `_post` takes it too)
-            job = self._post(fmt, src, n, dst, avail, finish)
-            try:
-                self.lane.wait_until(lambda: job.done, locked=True)
-            except BaseException:  # (a timeout, the device gone, an interrupt)
-                self._abandon(job, (src, dst))
-                raise
+        job = self._post(fmt, src, n, dst, avail, finish)
+        # The wait without the lane lock (taken to reap): other threads' jobs go on meanwhile.
+        try:
+            done = _is_done(job)
+            self.lane.wait_until(done, since=self.lane.poll(done))
+        except BaseException:  # (a timeout, the device gone, an interrupt)
+            self._abandon(job, (src, dst))
+            raise
         return job
 
     def _abandon(self, job: Job | None, chunks: tuple[Chunk, ...]) -> None:
@@ -350,18 +351,24 @@ class Inflater(_StreamBase):
     (errors at the same byte as zlib); the engine does the body and checks the trailer,
     which is rejected as soon as the bad field has arrived, as zlib does."""
 
-    OUT_START = 256 << 10
+    # Output room of a job without max_length: what the input can give, from the stream's
+    # expansion so far (output per input byte; 4 before there is any: text deflates 3-4x) with
+    # a margin, so that one job usually gives a call all its output (a job per call, not
+    # several). A job that fills its room leaves output pending: the next gets 4x the room.
+    OUT_MIN = 64 << 10
+    RATIO_START = 4
 
     def __init__(self, engine: EngineParts, fmt: Format) -> None:
         super().__init__(engine, DECOMPRESS)
         self.fmt = fmt
         self.header: Header | None = None
-        self._in = bytearray()
+        self._in = bytearray()  # input the engine has not taken yet (no max_length reached)
         self._pending_out = False
         self._spill = b""
-        self._out_size = self.OUT_START
         self._ended = False  # the engine reported the end of the stream
         self._tail = b""  # the last 8 bytes the engine consumed: trailer checks
+        self._body_in = 0  # body bytes in and out so far: the expansion that sizes the room
+        self._body_out = 0
         self.unused_data = b""
         self.unconsumed_tail = b""
         if fmt.container == DEFLATE:
@@ -392,61 +399,76 @@ class Inflater(_StreamBase):
             self.unconsumed_tail = b""
             return self._take_spill(max_length)
         self._check()
-        self._in += data
-        out = bytearray(self._take_spill(max_length))
         if self.header is None:
+            self._in += data
             try:
                 head = scan_header(self._in, self.fmt)
             except ZipDataError as e:
                 self._fail(e)
             if head is None:
                 self.unconsumed_tail = b""
-                return bytes(out)
+                return self._take_spill(max_length)
             del self._in[:head.length]
             self._header_read(head)
-        limited = False
+            data = b""
+        # The input: straight from the caller's buffer into the job's (one copy), after what
+        # the engine left untaken last time (rare: the header's remainder, a cut symbol).
+        inp = memoryview(data).cast("B") if data else memoryview(b"")
+        if self._in:
+            inp = memoryview(bytes(self._in) + bytes(inp))
+            self._in.clear()
+        parts = [self._take_spill(max_length)] if self._spill else []
+        got = len(parts[0]) if parts else 0
+        pos, end, room, limited = 0, len(inp), 0, False
         while not self._ended:
-            if max_length and len(out) >= max_length:
+            if max_length and got >= max_length:
                 limited = True
                 break
-            if not self._in and not self._pending_out:
+            if pos == end and not self._pending_out:
                 break
-            room = max(max_length - len(out), 4096) if max_length else 0
-            if not self._step(out, room):
+            n = min(end - pos, DECOMPRESS_JOB_MAX)
+            # Room: what the caller may still be given (zlib's max_length: the engine stops
+            # where zlib stops, at least a 4 KiB job), else what the input can give.
+            room = max(max_length - got, 4096) if max_length else \
+                self._room(n, room if self._pending_out else 0)
+            avail = min(room, hw.HZ_MAX_SIZE)
+            src = self._buf("_src", max(n, 1))
+            src.view[:n] = inp[pos:pos + n]
+            dst = self._buf("_dst", avail)
+            job = self._run(self.fmt, src, n, dst, avail, finish=False)
+            used = self._settle(job, src.view, 0, n)
+            made = job.produced
+            if made:
+                parts.append(bytes(dst.view[:made]))  # (the one copy out)
+                got += made
+            pos += used
+            self._body_in += used
+            self._body_out += made
+            if self._ended:
+                self.unused_data = bytes(inp[pos:])
+                pos = end
                 break
-        if max_length and len(out) > max_length:
-            self._spill += bytes(out[max_length:])
-            del out[max_length:]
+            if not (used or made or self._pending_out):
+                break  # the engine needs more input to go on
+        out = parts[0] if len(parts) == 1 else b"".join(parts)
+        if max_length and got > max_length:
+            self._spill = out[max_length:] + self._spill
+            out = out[:max_length]
             limited = True
-        if limited and self._in and not self._ended:
-            self.unconsumed_tail = bytes(self._in)
-            self._in.clear()
-        else:
-            self.unconsumed_tail = b""
-        return bytes(out)
+        if pos < end:
+            if limited:
+                self.unconsumed_tail = bytes(inp[pos:])
+                return out
+            self._in += inp[pos:]  # (kept, as zlib keeps input it could not use yet)
+        self.unconsumed_tail = b""
+        return out
 
-    def _step(self, out: bytearray, room: int = 0) -> bool:
-        """One job (output capped at `room` if given); False when the engine needs more input
-        to make progress."""
-        n = min(len(self._in), DECOMPRESS_JOB_MAX)
-        src = self._buf("_src", max(n, 1))
-        src.view[:n] = self._in[:n]
-        dst = self._buf("_dst", self._out_size)
-        avail = min(dst.size, hw.HZ_MAX_SIZE, room or hw.HZ_MAX_SIZE)
-        job = self._run(self.fmt, src, n, dst, avail, finish=False)
-        used = self._settle(job, src.view, 0, n)
-        out += dst.view[:job.produced]
-        del self._in[:used]
-        # More output waits: next time a larger buffer, up to what the caller lets us return
-        # (fewer round trips for big outputs; memory still bounded by max_length).
-        cap = min(room, hw.HZ_MAX_SIZE) if room else hw.HZ_MAX_SIZE
-        if self._pending_out and self._out_size < cap:
-            self._out_size = min(self._out_size * 4, cap)
-        if self._ended:
-            self.unused_data = bytes(self._in)
-            self._in.clear()
-            return False
-        return bool(used or job.produced or self._pending_out)
+    def _room(self, n: int, last: int) -> int:
+        """Output room for a job of `n` input bytes without max_length (see OUT_MIN)."""
+        if last:  # the last job's room was full and output is still pending
+            return min(last * 4, hw.HZ_MAX_SIZE)
+        ratio = self._body_out / self._body_in if self._body_in >= 4096 else self.RATIO_START
+        return min(max(int(n * ratio * 1.25), self.OUT_MIN), hw.HZ_MAX_SIZE)
 
     def _settle(self, job: Job, src: memoryview, at: int, n: int) -> int:
         """A completed job's outcome into the stream's state (its input: `n` bytes of `src`
