@@ -108,8 +108,8 @@ class _StreamBase:
         return job
 
     def _run(self, fmt: Format, src: Chunk, n: int, dst: Chunk, avail: int,
-             finish: bool) -> Job:
-        job = self._post(fmt, src, n, dst, avail, finish)
+             finish: bool, src_at: int = 0) -> Job:
+        job = self._post(fmt, src, n, dst, avail, finish, src_at)
         # The wait without the lane lock (taken to reap): other threads' jobs go on meanwhile.
         try:
             done = _is_done(job)
@@ -369,6 +369,9 @@ class Inflater(_StreamBase):
         self._tail = b""  # the last 8 bytes the engine consumed: trailer checks
         self._body_in = 0  # body bytes in and out so far: the expansion that sizes the room
         self._body_out = 0
+        # The unconsumed_tail a limited call returned and where it still is in `_src`: fed
+        # back (as zlib's users do), its next job needs no copy in.
+        self._kept: tuple[bytes, int] | None = None
         self.unused_data = b""
         self.unconsumed_tail = b""
         if fmt.container == DEFLATE:
@@ -414,12 +417,15 @@ class Inflater(_StreamBase):
         # The input: straight from the caller's buffer into the job's (one copy), after what
         # the engine left untaken last time (rare: the header's remainder, a cut symbol).
         inp = memoryview(data).cast("B") if data else memoryview(b"")
+        kept, self._kept = self._kept, None
+        at = kept[1] if kept is not None and not self._in and inp.obj is kept[0] and \
+            len(inp) == len(kept[0]) else -1
         if self._in:
             inp = memoryview(bytes(self._in) + bytes(inp))
             self._in.clear()
         parts = [self._take_spill(max_length)] if self._spill else []
         got = len(parts[0]) if parts else 0
-        pos, end, room, limited = 0, len(inp), 0, False
+        pos, end, room, limited, left_at = 0, len(inp), 0, False, -1
         while not self._ended:
             if max_length and got >= max_length:
                 limited = True
@@ -432,12 +438,17 @@ class Inflater(_StreamBase):
             room = max(max_length - got, 4096) if max_length else \
                 self._room(n, room if self._pending_out else 0)
             avail = min(room, hw.HZ_MAX_SIZE)
-            src = self._buf("_src", max(n, 1))
-            src.view[:n] = inp[pos:pos + n]
+            if at >= 0:  # (the tail fed back: still in `_src`, from `at`)
+                src = self._buf("_src", 1)
+            else:
+                src, at = self._buf("_src", max(n, 1)), 0
+                src.view[:n] = inp[pos:pos + n]
             dst = self._buf("_dst", avail)
-            job = self._run(self.fmt, src, n, dst, avail, finish=False)
-            used = self._settle(job, src.view, 0, n)
+            job = self._run(self.fmt, src, n, dst, avail, False, at)
+            used = self._settle(job, src.view, at, n)
             made = job.produced
+            left_at = at + used if pos + n == end else -1  # (where the rest of the input is)
+            at = -1
             if made:
                 parts.append(bytes(dst.view[:made]))  # (the one copy out)
                 got += made
@@ -458,6 +469,8 @@ class Inflater(_StreamBase):
         if pos < end:
             if limited:
                 self.unconsumed_tail = bytes(inp[pos:])
+                if left_at >= 0:
+                    self._kept = (self.unconsumed_tail, left_at)
                 return out
             self._in += inp[pos:]  # (kept, as zlib keeps input it could not use yet)
         self.unconsumed_tail = b""
