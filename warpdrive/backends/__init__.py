@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 
 from ..errors import InvalidArgumentError, UnsupportedError
+from ..record import record
 
 # Only for annotations: this package is imported by every process that starts or hosts a device
 # model (the CLI before it spawns one, the model's server), and `device`/`pci` cost them ~50 ms
@@ -45,7 +45,7 @@ KINDS = ("pci", "vfio-user", "emu", "uacce", "broker")
 _UACCE = re.compile(r"^[a-z][a-z0-9_]*-[0-9]+$")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DeviceName:
     """A parsed device name: `kind` is one of KINDS; `target` is the normalized PCI address,
     the socket path, the model name ("" = the caller's default model) or the uacce name."""

@@ -38,10 +38,10 @@ import mmap
 import os
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from .. import syscalls as sc
 from ..errors import InvalidArgumentError, WarpdriveError
+from ..record import field, record
 
 _bisect_right = bisect.bisect_right  # (one global load on the per-access path)
 
@@ -75,7 +75,7 @@ def _duplicate(src: int, length: int, dst: int) -> None:
                       f"{os.strerror(err)}")
 
 
-@dataclass
+@record
 class _Window:
     """Several adjacent maps joined into one contiguous view (see the module docstring)."""
 
@@ -84,7 +84,7 @@ class _Window:
     head: int = 0  # offset of the first byte of the range inside the window
 
 
-@dataclass(eq=False)
+@record(eq=False)
 class DmaRegion:
     """One client DMA map. `mm` maps the client's fd from the page below `offset`; `delta` is
     where the region starts inside it."""

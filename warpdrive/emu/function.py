@@ -31,12 +31,12 @@ import os
 import signal
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from .. import syscalls as sc
 from ..backends.vfiouser.wire import Message
 from ..errors import InvalidArgumentError, ProtocolError, WarpdriveError
 from ..forkguard import close_fd_quietly
+from ..record import field, record
 from ..uapi import vfio_user as P
 from ..uapi.vfio import (
     VFIO_DMA_UNMAP_FLAG_ALL,
@@ -138,7 +138,7 @@ def write_event(fd: int) -> None:
 _ONE = (1).to_bytes(8, "little")
 
 
-@dataclass
+@record
 class _Irq:
     count: int
     fds: list[int] = field(default_factory=list)
@@ -158,7 +158,7 @@ class _Irq:
             self.pending[i] = False
 
 
-@dataclass
+@record
 class _Region:
     spec: RegionSpec
     memfd: int = -1

@@ -52,9 +52,9 @@ import ctypes
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from ..errors import InvalidArgumentError, UnsupportedError
+from ..record import record
 from ..uapi.vfio import (
     VFIO_PCI_INTX_IRQ_INDEX,
     VFIO_PCI_MSI_IRQ_INDEX,
@@ -80,7 +80,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RegionSpec:
     """One device region (a BAR, or a device-specific region with index >= 9).
 

@@ -7,9 +7,8 @@ so a model may hand-craft its config space and still get correct emulation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..errors import InvalidArgumentError
+from ..record import record
 from ..uapi import pci_regs as R
 
 _HINT = "fix the model's build_config_space()"
@@ -129,7 +128,7 @@ class ConfigBuilder:
         return bytearray(self.data)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MsixInfo:
     cap: int
     vectors: int

@@ -68,12 +68,12 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from .. import syscalls as sc
 from ..backends.vfiouser.wire import FrameError, Message, PeerClosed, sock_peer_creds
 from ..errors import InvalidArgumentError, ProtocolError
 from ..forkguard import close_fd_quietly
+from ..record import record
 from ..uapi import vfio_user as P
 from .function import BoundedWrites, Function
 from .model import DeviceModel
@@ -100,7 +100,7 @@ _PRIVATE_NAMES = itertools.count()
 _SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13+
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Peer:
     """Who is on the other end of a connection (SO_PEERCRED, SO_PEERGROUPS): as of connect()."""
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import ctypes
 import json
-from dataclasses import dataclass, field
 
 from ..errors import ProtocolError
+from ..record import field, record
 from .vfio import (
     VFIO_DEVICE_FLAGS_PCI,
     VFIO_DEVICE_FLAGS_RESET,
@@ -254,7 +254,7 @@ for _cls, _size in ((vfio_user_header, 16), (vfio_user_version, 4), (vfio_user_d
 
 
 # -- VERSION capabilities (JSON) -------------------------------------------------------------
-@dataclass
+@record
 class Capabilities:
     """What one side states in its VERSION JSON. Unstated values take the spec's defaults."""
 

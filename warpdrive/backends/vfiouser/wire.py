@@ -17,10 +17,10 @@ import os
 import select
 import socket
 import time
-from dataclasses import dataclass, field
 
 from ...errors import InvalidArgumentError
 from ...forkguard import close_fd_quietly
+from ...record import field, record
 from ...uapi.vfio_user import (
     HEADER_SIZE,
     SCM_MAX_FD,
@@ -57,7 +57,7 @@ class FrameError(Exception):
         self.errno = errno_
 
 
-@dataclass
+@record
 class Message:
     msg_id: int
     command: int

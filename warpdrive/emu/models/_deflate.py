@@ -15,8 +15,8 @@ import logging
 import struct
 import zlib
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
+from ...record import field, record
 from . import _libz
 from . import _zip_layout as L
 
@@ -55,7 +55,7 @@ def sized_wbits(n: int, wbits: int) -> int:
     return min(wbits, max(9, (n + _MIN_LOOKAHEAD - 1).bit_length()))
 
 
-@dataclass
+@record
 class JobResult:
     status: int
     consumed: int = 0
@@ -66,7 +66,7 @@ class JobResult:
     ctx_st: int = 0
 
 
-@dataclass
+@record
 class Stream:
     """Stream (stateful) job state kept between SQEs of one stream."""
 

@@ -33,9 +33,9 @@ import struct
 from array import array
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 from ...errors import InvalidArgumentError
+from ...record import field, record
 from ..dma import DmaFault
 from . import _zip_layout as L
 
@@ -65,7 +65,7 @@ if TYPE_CHECKING:
         def view(self, iova: int, size: int, write: bool = False) -> memoryview: ...
 
 
-@dataclass
+@record
 class QueueState:
     qn: int
     sq_base: int = 0
@@ -94,7 +94,7 @@ class QueueState:
         return self.sqc_ok and self.cqc_ok and not self.stopped and not self.broken
 
 
-@dataclass
+@record
 class EventQueue:
     base: int = 0
     depth: int = 0
