@@ -4,8 +4,11 @@ __post_init__, repr, eq, hash and frozen behaviour for the subset the start-up m
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -58,6 +61,23 @@ def test_record_behaves_as_dataclass(params: dict[str, bool]) -> None:
         ours()
 
 
+def test_order_compares_fields_in_turn_as_dataclasses_do() -> None:
+    made = []
+    for deco in (record, dataclasses.dataclass):
+        class Span:
+            start: int
+            end: int
+        made.append(deco(frozen=True, order=True)(Span))
+    ours, theirs = made
+    pairs = [((1, 5), (2, 0)), ((1, 5), (1, 5)), ((3, 1), (3, 0))]
+    for a, b in pairs:
+        for op in ("__lt__", "__le__", "__gt__", "__ge__"):
+            assert getattr(ours(*a), op)(ours(*b)) == getattr(theirs(*a), op)(theirs(*b))
+    assert sorted([ours(3, 1), ours(1, 9), ours(1, 2)]) == [ours(1, 2), ours(1, 9), ours(3, 1)]
+    with pytest.raises(TypeError):
+        ours(1, 2) < theirs(1, 2)  # noqa: B015 - the comparison raising is the point
+
+
 def test_a_field_without_default_after_one_with_is_refused() -> None:
     with pytest.raises(TypeError):
         @record
@@ -73,3 +93,18 @@ def test_the_model_boots_without_dataclasses_inspect_or_typing() -> None:
     out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
                          check=True, env={"PYTHONPATH": ":".join(p for p in sys.path if p)})
     assert out.stdout.strip() == "[]"
+
+
+def test_the_cli_runs_without_dataclasses_or_inspect(tmp_path: Path) -> None:
+    src = tmp_path / "one"
+    src.write_bytes(b"x")
+    code = ("import sys, atexit;"
+            "atexit.register(lambda: print(sorted({'dataclasses', 'inspect'} & set(sys.modules)),"
+            " file=sys.stderr));"
+            "sys.argv = ['warpdrive', 'compress', '-k', '-q', sys.argv[1]];"
+            "from warpdrive.cli import entry; entry()")
+    out = subprocess.run([sys.executable, "-c", code, str(src)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": ":".join(p for p in sys.path if p)})
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "[]"
+    assert gzip.decompress((tmp_path / "one.gz").read_bytes()) == b"x"

@@ -13,7 +13,6 @@ import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import syscalls as sc
@@ -28,6 +27,7 @@ from .errors import (
 )
 from .forkguard import ForkSafe, close_fd_quietly
 from .mmio import Mmio, MmioWindow
+from .record import record
 from .uapi import pci_regs as R
 
 # PCI region and IRQ indexes shared by VFIO and vfio-user (linux/vfio.h).
@@ -45,7 +45,7 @@ IRQ_INDEX_NAMES = {VFIO_PCI_INTX_IRQ_INDEX: "INTx", VFIO_PCI_MSI_IRQ_INDEX: "MSI
                    VFIO_PCI_MSIX_IRQ_INDEX: "MSI-X"}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RegionInfo:
     """A device region as the backend reports it. `offset` is the backend's own access offset
     (for VFIO, the device-fd offset); region-relative offsets are what the accessors take."""
@@ -61,7 +61,7 @@ class RegionInfo:
     type: tuple[int, int] | None = None  # (type, subtype) from the TYPE capability
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class IrqInfo:
     index: int
     count: int

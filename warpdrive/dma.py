@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 
 from . import syscalls as sc
 from .errors import (
@@ -24,9 +23,10 @@ from .errors import (
 from .forkguard import ForkSafe
 from .iova import U64_MAX, IovaAllocator, IovaRange
 from .memory import DmaBuffer, MemoryKind, check_memlock, inspect_dma_memory
+from .record import field, record
 
 
-@dataclass
+@record
 class DmaMapping:
     """A live DMA mapping: `size` bytes at process address `addr`, seen by the device at `iova`."""
 

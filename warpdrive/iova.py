@@ -9,15 +9,15 @@ and at or below the mask, which the tests check on many allocations and on force
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
 
 from .errors import DeviceBusyError, InvalidArgumentError, ResourceExhaustedError
+from .record import record
 from .syscalls import align_up
 
 U64_MAX = (1 << 64) - 1
 
 
-@dataclass(frozen=True, order=True)
+@record(frozen=True, order=True)
 class IovaRange:
     start: int
     last: int  # inclusive

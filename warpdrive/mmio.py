@@ -16,11 +16,11 @@ from __future__ import annotations
 import ctypes
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 from .errors import ClosedError, InvalidArgumentError, UnsupportedError
 from .forkguard import DeadAccessor, ForkSafe
+from .record import record
 from .syscalls import FENCE_ACQUIRE as _FENCE_ACQUIRE
 from .syscalls import FENCE_RELEASE as _FENCE_RELEASE
 
@@ -43,7 +43,7 @@ class RegionAccess(Protocol):
         ...
 
 
-@dataclass
+@record
 class MmioWindow:
     """A mapped piece [offset, offset+size) of the region, at process address `addr`."""
 
@@ -64,7 +64,7 @@ class MmioWindow:
         return arr
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Wake:
     """For a mapped register whose reader polls it (a vfio-user server) and may stop polling:
     after each store, a fence, then one load of the reader's `flag` register; if it is set,

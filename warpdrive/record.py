@@ -1,10 +1,10 @@
 """`record` and `field`: the part of `dataclasses.dataclass` that the modules on a device model's
-start-up path use (init with defaults and default factories, `__post_init__`, repr, eq, frozen
-with hash), built without importing dataclasses, which imports inspect (with ast, dis and
+start-up path use (init with defaults and default factories, `__post_init__`, repr, eq, order,
+frozen with hash), built without importing dataclasses, which imports inspect (with ast, dis and
 tokenize): ~7-10 ms of every model process's boot and of the CLI's, issue 11.
 
 For the type checker they *are* `dataclasses.dataclass` and `field`, so mypy holds the classes
-to the same contract. What is not here (order, slots, kw_only, InitVar, inheritance between
+to the same contract. What is not here (slots, kw_only, InitVar, inheritance between
 records, `dataclasses.fields`/`replace`/`asdict`) raises or is simply absent: use dataclasses.
 """
 
@@ -32,9 +32,10 @@ else:
             raise ValueError("field() takes a default or a default_factory, not both")
         return _Field(default, default_factory)
 
-    def record(cls: type | None = None, /, *, frozen: bool = False, eq: bool = True) -> object:
+    def record(cls: type | None = None, /, *, frozen: bool = False, eq: bool = True,
+               order: bool = False) -> object:
         def wrap(c: type) -> type:
-            return _build(c, frozen=frozen, eq=eq)
+            return _build(c, frozen=frozen, eq=eq, order=order)
 
         return wrap if cls is None else wrap(cls)
 
@@ -44,7 +45,22 @@ else:
     def _frozen_delattr(self: object, name: str) -> None:
         raise FrozenRecordError(f"cannot delete field {name!r}")
 
-    def _build(cls: type, *, frozen: bool, eq: bool) -> type:
+    def _order(cls: type, names: list[str]) -> None:
+        """__lt__ & co. as dataclasses makes them: the fields as tuples, same class only."""
+        import operator
+
+        def make(op: object) -> object:
+            def compare(self: object, other: object) -> bool:
+                if other.__class__ is not self.__class__:
+                    return NotImplemented
+                return op(tuple(getattr(self, n) for n in names),  # type: ignore[operator]
+                          tuple(getattr(other, n) for n in names))
+            return compare
+
+        for name in ("lt", "le", "gt", "ge"):
+            setattr(cls, f"__{name}__", make(getattr(operator, name)))
+
+    def _build(cls: type, *, frozen: bool, eq: bool, order: bool) -> type:
         if any("__dataclass_fields__" in vars(b) or "_record_fields" in vars(b)
                for b in cls.__mro__[1:]):
             raise TypeError(f"{cls.__name__}: records do not inherit fields; use dataclasses")
@@ -106,6 +122,8 @@ else:
                     cls.__hash__ = __hash__  # type: ignore[method-assign]
                 else:
                     cls.__hash__ = None  # type: ignore[assignment]  # mutable and compared
+        if order:
+            _order(cls, names)
         if frozen:
             cls.__setattr__ = _frozen_setattr  # type: ignore[method-assign,assignment]
             cls.__delattr__ = _frozen_delattr  # type: ignore[method-assign,assignment]

@@ -23,10 +23,10 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import IO, Any
 
 from ..errors import WarpdriveError
+from ..record import record
 from . import USAGE_EXIT
 from .output import Interrupted, Output, OutputExistsError, io_error, signals_raise
 
@@ -142,7 +142,7 @@ def _version() -> str:
 
 
 # -- one run ---------------------------------------------------------------------------------
-@dataclass
+@record
 class Result:
     n_in: int = 0
     n_out: int = 0

@@ -13,9 +13,9 @@ Refused, with the reason and what to do instead:
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 
 from ..errors import InvalidArgumentError, UnsafeMemoryError
+from ..record import record
 from .smaps import Mapping, filesystem_types, mappings_in_range, read_smaps_range
 
 _SHMEM_FS = {"tmpfs", "ramfs", "shm", "devshm"}
@@ -30,7 +30,7 @@ class MemoryKind(enum.StrEnum):
     MIXED = "mixed"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DmaMemoryInfo:
     kind: MemoryKind
     page_size: int  # smallest kernel page size across the range

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+
+from ..record import field, record
 
 _HEADER = re.compile(
     r"^([0-9a-f]+)-([0-9a-f]+) ([r-][w-][x-][sp]) ([0-9a-f]+) ([0-9a-f]+):([0-9a-f]+) (\d+)\s*(.*)$"
 )
 
 
-@dataclass
+@record
 class Mapping:
     """One VMA as smaps reports it."""
 

@@ -34,7 +34,6 @@ import logging
 import struct
 import threading
 import time
-from dataclasses import dataclass
 
 from ...device import Device, Interrupt
 from ...dma import DmaBuffer, DmaSpace
@@ -48,6 +47,7 @@ from ...errors import (
     WarpdriveError,
 )
 from ...mmio import Mmio
+from ...record import record
 from ...uapi.vfio import VFIO_PCI_MSI_IRQ_INDEX
 from . import regs as hw
 from .queue import QmQueue, QueueStoppedError
@@ -58,7 +58,7 @@ _AEQE_NAMES = {hw.AEQE_TYPE_CQ_OVERFLOW: "CQ overflow", hw.AEQE_TYPE_EQ_OVERFLOW
                hw.AEQE_TYPE_CQE_ERROR: "CQE error"}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class QmCaps:
     version: int
     sq_depth: int

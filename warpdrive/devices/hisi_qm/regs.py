@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from ...record import record
 
 PCI_VENDOR_ID_HUAWEI = 0x19E5
 PCI_CLASS_PROCESSING_ACCEL = 0x120000  # class 0x12: processing accelerator
@@ -83,7 +84,7 @@ V2_AEQ_IRQ = QM_IRQ_TYPE_PRESENT | 1  # MSI vector 1
 V2_VF_IRQ_NUM = 2
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CapField:
     """One capability as qm.c's tables describe it (`struct hisi_qm_cap_info`): where a V3+
     function reports it, and the value the kernel assumes on V2 and on a V3 function whose
@@ -261,7 +262,7 @@ QM_RESET_STOP_TX_OFFSET = 1  # in u32s from the end: TX-stop flag is the last u3
 QM_RESET_STOP_RX_OFFSET = 2  # RX-stop flag is the one before
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class QueueLayout:
     """Offsets in one queue's memory block: SQ, CQ, then (page aligned) one status page whose
     last two u32s are the TX- and RX-stop flags."""
@@ -298,7 +299,7 @@ class QueueLayout:
         return self.size - 4 * QM_RESET_STOP_RX_OFFSET
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class QmAccelerator:
     """What differs between the accelerators behind a QM: their PCI ids, their SQE size and the
     name their kernel driver registers with uacce."""

@@ -12,15 +12,15 @@ arrived, exactly as the `zlib` module reports it, with the same message.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 
+from ...record import record
 from .errors import ZipDataError
 from .sqe import AUTO, GZIP, ZLIB, Format
 
 FTEXT, FHCRC, FEXTRA, FNAME, FCOMMENT = 1, 2, 4, 8, 16
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GzipHeader:
     """The fields of a gzip member's header (RFC 1952 2.3)."""
 
@@ -33,7 +33,7 @@ class GzipHeader:
     text: bool = False
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Header:
     length: int  # bytes of header before the deflate body
     fmt: Format  # the concrete format (auto resolved; the window the decoder uses)

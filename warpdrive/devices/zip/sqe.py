@@ -10,9 +10,9 @@ never reaches the hardware: software emits the empty final block and the trailer
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Any
 
+from ...record import record
 from ..hisi_qm import regs as qm
 from . import hw
 from .errors import ZipDataError, ZipError
@@ -25,7 +25,7 @@ EMPTY_SYNC_BLOCK = b"\x00\x00\x00\xff\xff"  # empty stored block: a sync-flush m
 GZIP_OS_UNIX = 3
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Format:
     """A container plus the window size it announces/uses."""
 
@@ -138,7 +138,7 @@ _RESULT = hw.SQE_RESULT.unpack_from
 _STREAM_WORDS = struct.Struct("<4I").unpack_from  # dw28..31
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SqeTemplate:
     """The per-queue constants of a ZIP SQE: algorithm, window, SQE type and tag position."""
 
