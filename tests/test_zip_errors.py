@@ -144,11 +144,12 @@ def test_dead_device_is_a_timeout_not_a_hang() -> None:
     assert eng.lanes[COMPRESS]._q is None
 
 
-@pytest.mark.parametrize("wait", ["spin", "auto"])
-def test_a_wedged_engine_times_a_one_shot_call_out(wait: str) -> None:
+@pytest.mark.parametrize("wait,stream", [("spin", False), ("auto", False), ("auto", True)])
+def test_a_wedged_engine_times_a_call_out(wait: str, stream: bool) -> None:
     """A model that is alive but completes nothing (stopped: its heartbeat stands still, its
     socket stays open) is a DeviceTimeoutError after the engine's timeout for a one-shot call,
-    with wait="spin" too (its call's own loop polls without end unless bounded by it)."""
+    with wait="spin" too (its call's own loop polls without end unless bounded by it); and for
+    a stream's job when the engine's spin time is longer than its timeout (`Lane.poll`)."""
     import os
     import signal
     import threading
@@ -162,10 +163,17 @@ def test_a_wedged_engine_times_a_one_shot_call_out(wait: str) -> None:
     got: list[BaseException | None] = []
     took: list[float] = []
 
+    # (the stream's buffers taken before the model stops: a new one is a request to it)
+    z = zlib.compress(os.urandom(4000))
+    d = wz.decompressobj(device=eng)
+
     def call() -> None:
         start = time.monotonic()
         try:
-            eng.compress(b"x" * 1000)
+            if stream:
+                d.decompress(z[2100:])
+            else:
+                eng.compress(b"x" * 1000)
             got.append(None)
         except WarpdriveError as e:
             got.append(e)
@@ -174,6 +182,9 @@ def test_a_wedged_engine_times_a_one_shot_call_out(wait: str) -> None:
     pid = eng.source.dev.emulator.proc.pid
     try:
         eng.compress(b"warm up")
+        d.decompress(z[:2100])
+        if stream:
+            eng.spin_s = 20.0  # (as ZipEngine(spin_us=) sets it)
         os.kill(pid, signal.SIGSTOP)
         try:
             th = threading.Thread(target=call, daemon=True)

@@ -229,7 +229,8 @@ class Lane:
         start = clock()
         polite = start + self.YIELD_S
         refresh_at = start + QmQueue.REFRESH_S
-        until = start + max(spin, self.POLL_S)
+        # (never past the timeout, which only `wait_until` reports: as `OneShot._wait`)
+        until = start + min(max(spin, self.POLL_S), self.engine.timeout)
         while True:
             if q.completed():
                 with lock:
