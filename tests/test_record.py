@@ -3,6 +3,7 @@ __post_init__, repr, eq, hash and frozen behaviour for the subset the start-up m
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import gzip
 import os
@@ -108,3 +109,64 @@ def test_the_cli_runs_without_dataclasses_or_inspect(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stderr.strip().splitlines()[-1] == "[]"
     assert gzip.decompress((tmp_path / "one.gz").read_bytes()) == b"x"
+
+
+# -- what mypy accepts on a record and only dataclasses would do at run time ------------------
+_ROOT = Path(__file__).resolve().parent.parent
+_TREES = ("warpdrive", "tests", "benchmarks", "lab", "examples")
+_HELPERS = {"fields", "replace", "asdict", "astuple", "is_dataclass"}
+
+
+def _sources() -> dict[str, tuple[Path, ast.Module]]:
+    """Every Python file of the tree, by dotted module name (a package by its own name)."""
+    out = {}
+    for tree in _TREES:
+        for path in sorted((_ROOT / tree).rglob("*.py")):
+            parts = list(path.relative_to(_ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            out[".".join(parts)] = (path, ast.parse(path.read_text(), str(path)))
+    return out
+
+
+def _is_record(deco: ast.expr) -> bool:
+    target = deco.func if isinstance(deco, ast.Call) else deco
+    return isinstance(target, ast.Name) and target.id == "record"
+
+
+def test_no_record_meets_dataclasses_helpers_or_a_subclass() -> None:
+    """For mypy a record *is* a dataclass: `dataclasses.fields/replace/asdict/astuple/
+    is_dataclass` on one, or a class (dataclass or not) deriving from one, type-check and then
+    fail or silently differ at run time (no `__dataclass_fields__`; a derived dataclass's
+    `__init__` lacks the record's fields). No module that sees a record does either."""
+    sources = _sources()
+    records = {mod: {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)
+                     and any(_is_record(d) for d in n.decorator_list)}
+               for mod, (_, tree) in sources.items()}
+    assert sum(map(len, records.values())) >= 31  # the scan finds the converted classes
+    bad = []
+    for mod, (path, tree) in sources.items():
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        seen = set(records[mod])  # the record classes this module can name
+        helpers = False
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                src = node.module or ""
+                if node.level:
+                    base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    src = ".".join([*base, *([src] if src else [])])
+                if src == "dataclasses":
+                    helpers |= any(a.name in _HELPERS for a in node.names)
+                seen |= {a.asname or a.name for a in node.names
+                         if a.name in records.get(src, ())}
+            elif (isinstance(node, ast.Attribute) and node.attr in _HELPERS
+                  and isinstance(node.value, ast.Name) and node.value.id == "dataclasses"):
+                helpers = True
+        if helpers and seen:
+            bad.append(f"{path}: dataclasses helpers beside records {sorted(seen)}")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                based = {b.id for b in node.bases if isinstance(b, ast.Name)} & seen
+                if based:
+                    bad.append(f"{path}: class {node.name} derives from record {sorted(based)}")
+    assert not bad, "\n".join(bad)
