@@ -170,3 +170,29 @@ def test_no_record_meets_dataclasses_helpers_or_a_subclass() -> None:
                 if based:
                     bad.append(f"{path}: class {node.name} derives from record {sorted(based)}")
     assert not bad, "\n".join(bad)
+
+
+def test_match_args_and_a_mutable_default_as_dataclasses() -> None:
+    made = []
+    for deco in (record, dataclasses.dataclass):
+        class Pair:
+            a: int
+            b: int = 2
+        made.append(deco(Pair))
+    for cls in made:
+        assert cls.__match_args__ == ("a", "b")
+        match cls(1):
+            case cls(x, y):
+                assert (x, y) == (1, 2)
+            case _:
+                raise AssertionError("no match")
+    for deco, fld in ((record, field), (dataclasses.dataclass, dataclasses.field)):
+        for default in ([], {}, set()):
+            with pytest.raises(ValueError, match="mutable default"):
+                class Shared:
+                    a: list[int] = default
+                deco(Shared)
+            with pytest.raises(ValueError, match="mutable default"):
+                class Shared2:
+                    a: list[int] = fld(default=default)
+                deco(Shared2)

@@ -1,7 +1,7 @@
 """`record` and `field`: the part of `dataclasses.dataclass` that the modules on a device model's
 start-up path use (init with defaults and default factories, `__post_init__`, repr, eq, order,
-frozen with hash), built without importing dataclasses, which imports inspect (with ast, dis and
-tokenize): ~7-10 ms of every model process's boot and of the CLI's, issue 11.
+frozen with hash, `__match_args__`), built without importing dataclasses, which imports inspect
+(with ast, dis and tokenize): ~7-10 ms of every model process's boot and of the CLI's, issue 11.
 
 For the type checker they *are* `dataclasses.dataclass` and `field`, so mypy holds the classes
 to the same contract. What is not here (slots, kw_only, InitVar, inheritance between
@@ -82,6 +82,9 @@ else:
                 params.append(f"{n}=_MISSING")
                 value = f"_f_{n}() if {n} is _MISSING else {n}"
             elif d is not _MISSING:
+                if d.__class__.__hash__ is None:  # as dataclasses: one list shared by all
+                    raise ValueError(f"{cls.__name__}: mutable default {type(d).__name__} "
+                                     f"for field {n!r}; use default_factory")
                 env[f"_d_{n}"] = d
                 params.append(f"{n}=_d_{n}")
                 value = n
@@ -100,6 +103,7 @@ else:
         init.__qualname__ = f"{cls.__qualname__}.__init__"  # type: ignore[attr-defined]
         cls.__init__ = init  # type: ignore[misc]
         cls._record_fields = tuple(names)  # type: ignore[attr-defined]
+        cls.__match_args__ = tuple(names)  # type: ignore[attr-defined]  # `case Cls(a, b)`
 
         def __repr__(self: object) -> str:
             return (f"{type(self).__qualname__}("
