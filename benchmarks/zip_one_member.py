@@ -66,13 +66,19 @@ def run(argv: list[str], inp: Path, env: dict[str, str] | None) -> tuple[float, 
     return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024
 
 
-def cli_rows(mb: int, rounds: int, base: Path | None, tmp: Path) -> list[dict]:
+def one_member(tmp: Path, mb: int) -> Path:
+    """The mixed file of `mb` MB as `gzip -6` compresses it (one member), in `tmp`."""
     src = tmp / f"mixed{mb}.bin"
     mixed_file(src, mb)
     gz = tmp / f"gzip1-{mb}.gz"
     with open(gz, "wb") as f:
         subprocess.run(["gzip", "-6", "-c", str(src)], stdout=f, check=True)
     src.unlink()
+    return gz
+
+
+def cli_rows(mb: int, rounds: int, base: Path | None, tmp: Path) -> list[dict]:
+    gz = one_member(tmp, mb)
     tools: dict[str, tuple[list[str], dict[str, str] | None]] = {}
     for name, tree in (("warpdrive", ROOT), ("base", base)):
         if tree is not None:
@@ -101,12 +107,7 @@ def cli_rows(mb: int, rounds: int, base: Path | None, tmp: Path) -> list[dict]:
 def api_rows(rounds: int, tmp: Path) -> list[dict]:
     import warpdrive.zip as wz
 
-    src = tmp / "mixed100.bin"
-    mixed_file(src, 100)
-    gz = tmp / "gzip1-100.gz"
-    with open(gz, "wb") as f:
-        subprocess.run(["gzip", "-6", "-c", str(src)], stdout=f, check=True)
-    src.unlink()
+    gz = one_member(tmp, 100)
 
     def reads(opener: Callable[..., object], n: int) -> Callable[[], int]:
         def go() -> int:
