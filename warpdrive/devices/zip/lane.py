@@ -276,6 +276,10 @@ class Lane:
                     rearmed = q.cq_lag > 0 or (sleeping and q.irq)
                     if rearmed:
                         q.ring_cq(rearm=sleeping)
+                    # After a re-arm, one more look (a job done before it may raise no
+                    # interrupt), here: once the lock is let go another thread's reap could
+                    # take that CQE (our job with it) and we would sleep with it done.
+                    sleep = sleeping and not (rearmed and q.completed())
                 if done():
                     return
                 if q.outstanding == 0:
@@ -286,8 +290,7 @@ class Lane:
                         f"{q.name}: {q.outstanding} ZIP job(s) did not complete within "
                         f"{timeout} s", hint="the engine may be wedged or its DMA blocked; close "
                         "it (the function is reset) and check the kernel log")
-                # (after a re-arm, one more look: a job done before it may raise no interrupt)
-                if sleeping and not (rearmed and q.completed()):
+                if sleep:
                     if locked:
                         lock.release()
                     try:
