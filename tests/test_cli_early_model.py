@@ -4,6 +4,11 @@ Host-only; the model started is the real one."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from warpdrive import cli
@@ -53,3 +58,39 @@ def test_a_second_prestart_keeps_the_model_booting_and_a_wrong_guess_is_dropped(
     finally:
         launcher.drop_prestarted()
     assert first.proc.returncode is not None
+
+
+# The last exit handler (registered first, so it runs after the launcher's): did `main` guess the
+# model (the launcher imported before any command ran), and what is left in the temp directory.
+_WITNESS = ("import atexit, os, sys, tempfile;"
+            "atexit.register(lambda: print('guessed' if 'warpdrive.backends.vfiouser.launcher'"
+            " in sys.modules else 'no guess', sorted(os.listdir(tempfile.gettempdir())),"
+            " file=sys.stderr));"
+            "sys.argv = ['warpdrive', *sys.argv[1:]];"
+            "from warpdrive.cli import entry; entry()")
+
+
+@pytest.mark.parametrize(("argv", "code"), [(["compress", "--bogus", "f1"], 1),
+                                            (["compress", "-o", "out", "f1", "f2"], 1),
+                                            (["compress", "-V"], 0)])
+def test_a_run_that_never_opens_the_engine_stops_the_early_model_and_its_directory(
+        tmp_path: Path, argv: list[str], code: int) -> None:
+    """A usage error, a failure before the command's run, --version: the model `main` started
+    is stopped as the CLI exits (`exit_now` still runs the exit handlers) and its private
+    directory removed; the inputs stay."""
+    from warpdrive.backends import nothing_bound
+
+    if not nothing_bound():
+        pytest.skip("a device is bound here: `main` guesses no model")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    for name in ("f1", "f2"):
+        (tmp_path / name).write_bytes(b"x")
+    env = {k: v for k, v in os.environ.items() if k != "WARPDRIVE_DEVICE"}
+    out = subprocess.run([sys.executable, "-c", _WITNESS, *argv], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60,
+                         env={**env, "TMPDIR": str(temp),
+                              "PYTHONPATH": ":".join(p for p in sys.path if p)})
+    assert out.returncode == code, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "guessed []"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f1", "f2", "tmp"]
