@@ -288,11 +288,17 @@ def test_the_socket_appears_with_its_mode_and_listening(room: str, tmp_path: Pat
 
 
 # -- the launcher's private directories ----------------------------------------------------------
-@pytest.mark.parametrize("how", ["exit", "kill"])
+@pytest.mark.parametrize("how", ["exit", "kill", "early"])
 def test_emu_directories_are_removed_when_the_launching_process_dies(how: str) -> None:
+    """Also ("early") a launcher gone before its model even booted (the CLI's early model and a
+    usage error or a kill): the model then has another parent from its first look on."""
     tmp = Path(tempfile.mkdtemp(prefix="wd"))  # short: socket paths are limited to 107 bytes
     script = textwrap.dedent(f"""
         import os, signal, sys, warpdrive
+        if {how!r} == "early":
+            from warpdrive.backends.vfiouser import launcher
+            print(launcher.prestart("testdev").proc.pid, flush=True)
+            os._exit(0)
         dev = warpdrive.open("emu:testdev")
         print(dev.emulator.proc.pid, flush=True)
         if {how!r} == "kill":

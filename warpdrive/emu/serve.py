@@ -33,6 +33,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     # The launcher's private directory (socket + log): if the launcher is gone when we exit
     # (killed, or it left without stopping us), nobody else will remove it.
     parser.add_argument("--private-dir", help=argparse.SUPPRESS)
+    # Who that launcher is: a launcher gone before we looked (the CLI starts its model ahead and
+    # may exit or be killed within milliseconds) leaves us another parent from the start.
+    parser.add_argument("--launcher-pid", type=int, help=argparse.SUPPRESS)
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -75,7 +78,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from .server import VfioUserServer
 
     configure_logging()
-    launcher = os.getppid()
+    launcher = args.launcher_pid or os.getppid()
     try:
         server = VfioUserServer(
             model, os.path.abspath(args.socket), exit_on_disconnect=args.exit_on_disconnect,

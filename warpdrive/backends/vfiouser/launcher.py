@@ -57,7 +57,7 @@ class ModelProcess(ForkSafe):
         self.log_path = os.path.join(self.dir, "model.log")
         argv = [python or sys.executable, "-m", "warpdrive.emu", model, "--socket",
                 self.socket_path, "--exit-on-disconnect", "--accept-timeout",
-                str(accept_timeout), "--private-dir", self.dir]
+                str(accept_timeout), "--private-dir", self.dir, "--launcher-pid", str(os.getpid())]
         # What the model was started with, beyond its private paths: `open_emulated` adopts a
         # process started ahead (`prestart`) only when it would have started the same one.
         self.tuning = _tuning(options, spin_us, idle_us)
