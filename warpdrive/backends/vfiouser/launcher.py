@@ -311,12 +311,11 @@ def prestart(model_name: str) -> ModelProcess:
     device scan) overlaps the model's boot with its own. One never adopted is stopped by
     `drop_prestarted` or at exit (and exits by itself if nobody connects within a minute)."""
     with _live_lock:
-        old = _ahead.pop(model_name, None)
+        old = _ahead.get(model_name)
+        if old is not None and old._owner_pid == os.getpid() and not old._stopped and old.running:
+            return old  # already booting (an earlier, cheaper guess of the same caller)
+        _ahead.pop(model_name, None)
     if old is not None:
-        if old._owner_pid == os.getpid() and not old._stopped and old.running:
-            with _live_lock:  # already booting (an earlier, cheaper guess of the same caller)
-                _ahead[model_name] = old
-            return old
         old.stop()
     proc = ModelProcess(model_name, wait=False)
     with _live_lock:
