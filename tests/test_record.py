@@ -9,7 +9,9 @@ import gzip
 import os
 import subprocess
 import sys
+import typing
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -196,3 +198,16 @@ def test_match_args_and_a_mutable_default_as_dataclasses() -> None:
                 class Shared2:
                     a: list[int] = fld(default=default)
                 deco(Shared2)
+
+
+def test_class_variables_are_not_fields_as_in_dataclasses() -> None:
+    made = []
+    for deco in (record, dataclasses.dataclass):
+        class Kind:
+            name: ClassVar[str] = "zip"
+            other: typing.ClassVar[int] = 1
+            a: int = 0
+        made.append(deco(Kind))
+    for cls in made:
+        assert cls.__match_args__ == ("a",) and repr(cls(2)).endswith(".Kind(a=2)")
+        assert cls.name == "zip" and cls.other == 1

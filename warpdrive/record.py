@@ -64,7 +64,8 @@ else:
         if any("__dataclass_fields__" in vars(b) or "_record_fields" in vars(b)
                for b in cls.__mro__[1:]):
             raise TypeError(f"{cls.__name__}: records do not inherit fields; use dataclasses")
-        names = [n for n, a in vars(cls).get("__annotations__", {}).items()
+        # (cls.__annotations__: from 3.14 on, vars() holds them only when stringized)
+        names = [n for n, a in cls.__annotations__.items()
                  if not str(a).startswith(("ClassVar", "typing.ClassVar"))]
         env: dict[str, object] = {"_MISSING": _MISSING, "_set": object.__setattr__}
         params, body = [], []
