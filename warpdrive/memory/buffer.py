@@ -1,4 +1,5 @@
-"""DMA buffers: page-aligned memory the runtime owns, pre-faulted and excluded from fork.
+"""DMA buffers: page-aligned memory the runtime owns, excluded from fork, pre-faulted unless the
+caller says a memfd's pages may be made on first touch (`allocate(prefault=False)`: vfio-user).
 
 Kinds:
 - ``anonymous``: private anonymous pages (the default for kernel backends).
