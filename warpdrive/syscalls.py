@@ -232,6 +232,25 @@ def short_sleep(s: float) -> None:
             libc.prctl(PR_SET_TIMERSLACK, old, 0, 0, 0)
 
 
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+
+
+def keep_heap(trim: int = 8 << 20, mmap_at: int = 4 << 20) -> bool:
+    """Fix glibc malloc's thresholds for a serving process: free memory at the heap's top
+    is given back to the kernel only beyond `trim` bytes, and only blocks of `mmap_at` or
+    more get their own mapping. With the defaults (adjusted as the process happens to free
+    large blocks) zlib's set-up per stateless job (~270 KiB in 64 KiB pieces) could go back
+    to the kernel at every `deflateEnd` and come back as fresh zeroed pages at the next
+    `deflateInit`: two brk(2) and ~20 us per small job, in a model whose imports happened
+    never to raise the thresholds (docs/driver-bench.md, session 21). False where the C
+    library has no mallopt (not glibc): its own defaults stay."""
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, mmap_at) == 1 and mallopt(M_TRIM_THRESHOLD, trim) == 1)
+
+
 def memfd_create(name: str, flags: int = 0) -> int:
     try:
         return os.memfd_create(name, flags | os.MFD_CLOEXEC)

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 
+from .. import syscalls as sc
 from ..errors import InvalidArgumentError, WarpdriveError
 
 
@@ -78,6 +79,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from .server import VfioUserServer
 
     configure_logging()
+    sc.keep_heap()  # a serving process: its jobs' zlib set-up must not go back to the kernel
     launcher = args.launcher_pid or os.getppid()
     try:
         server = VfioUserServer(
