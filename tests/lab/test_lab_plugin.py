@@ -135,3 +135,15 @@ def test_boot_failure_is_retried_once_then_fails_every_lab_item(tmp_path: Path) 
             assert failure is not None, out
             assert "the guest stopped before the command started" in (failure.text or ""), out
     assert len(list(tmp_path.glob("warpdrive-lab-*/console.failed-boot.log"))) == 1
+
+
+@pytest.mark.slow
+@boots_a_guest
+def test_a_boot_that_never_reaches_the_command_is_killed_and_retried_once(
+        tmp_path: Path) -> None:
+    # No TCG boot reaches the command within half a second: the first boot "stalls", is
+    # killed and retried (what the retry then does is not this test's business).
+    _rc, out, _cases = inner_pytest(tmp_path, WARPDRIVE_LAB_BOOT_TIMEOUT="0.5")
+    assert f"the {K} guest failed to boot; retrying once" in out, out
+    assert "first boot failed (the guest did not start the command within 0.5 s" in out, out
+    assert len(list(tmp_path.glob("warpdrive-lab-*/console.failed-boot.log"))) == 1
