@@ -223,13 +223,13 @@ class YieldWatch:
 def short_sleep(s: float) -> None:
     """Sleep `s` seconds with a 1 us timer slack for this sleep only (the thread's own slack,
     e.g. the default 50 us, is put back): a 20 us sleep lasts ~35 us on this VM, not ~70."""
-    old = libc.prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0)
+    old = timer_slack()
     try:  # (set inside: a KeyboardInterrupt just after it still puts the old one back)
-        libc.prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0)
+        set_timer_slack(1000)
         time.sleep(s)
     finally:
         if old > 0:
-            libc.prctl(PR_SET_TIMERSLACK, old, 0, 0, 0)
+            set_timer_slack(old)
 
 
 M_TRIM_THRESHOLD = -1
