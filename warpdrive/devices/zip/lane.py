@@ -207,7 +207,8 @@ class Lane:
         finally:
             self.slow = clock() - start > self.SLOW_S
 
-    POLL_S = 2e-3  # a stream job still running after this: sleep on it (`poll`)
+    # (the one-shot wait, `OneShot._wait`, follows the same two rules)
+    POLL_S = 2e-3  # a job still running after this: sleep on it (`poll`)
     YIELD_S = 30e-6  # looked this long: yield between rounds of looks (`poll`)
 
     def poll(self, done: Callable[[], bool]) -> float | None:

@@ -94,10 +94,10 @@ class OneShot:
     around `compress`/`decompress`; the fast ways take it themselves."""
 
     KEEP_MAX = 1 << 20  # pieces up to this size are kept between calls
-    YIELD_S = 30e-6  # spun this long (about twice a small job's round trip): yield (`_wait`)
+    YIELD_S = Lane.YIELD_S  # spun this long (about twice a small job's round trip): yield
     SHARED_S = 5e-6  # a yield that lasted this long ran another task on our CPU (`_wait`),
     SHARED_MAX_S = 250e-6  # and no longer than this, about a job's time (not a time slice)
-    POLL_S = 2e-3  # a job still running after this (or the engine's longer spin): sleep on it
+    POLL_S = Lane.POLL_S  # a job still running after this (or the engine's longer spin): sleep
     NAP_S = 20e-6  # a nap while yields lose the CPU (~35 us: `short_sleep`; ~70 us with the
     # kernel's default timer slack)
 
