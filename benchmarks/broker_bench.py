@@ -61,6 +61,14 @@ IN_FLIGHT, BATCH = 16, 8
 MODEL_OPTIONS = {"queues": "16", "isolation": "1", "level": "6"}
 
 
+def _steal() -> tuple[int, int]:
+    """(steal, all) ticks of the machine's CPUs so far (/proc/stat's first line): the time the
+    hypervisor ran something else while our vCPUs wanted to run."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return ticks[7], sum(ticks[:8])
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -69,8 +77,12 @@ def _children(pid: int) -> list[int]:
 
 
 # ------------------------------------------------------------------------------- client side
-def client(device: str, size: int, duration: float, count: int, mark: bool) -> None:
+def client(device: str, size: int, duration: float, count: int, mark: bool,
+           cpus: str | None = None) -> None:
     import zlib
+
+    if cpus:  # (before the engine opens: a bundled model started by it inherits the CPUs)
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
 
     import warpdrive.zip as wz
 
@@ -260,12 +272,15 @@ def broker_stats(broker: subprocess.Popen[bytes], log: str) -> dict[str, Any]:
 
 def run_row(device: str, nclients: int, size: int, duration: float, *, count: int = 0,
             trace: str | None = None, broker: subprocess.Popen[bytes] | None = None,
-            log: str = "") -> dict[str, Any]:
-    """Start `nclients` clients on `device`, let them go together, collect their results."""
+            log: str = "", cpus: set[int] | None = None) -> dict[str, Any]:
+    """Start `nclients` clients on `device` (on `cpus`, if given), let them go together,
+    collect their results."""
     procs = []
     for i in range(nclients):
         cmd = [sys.executable, __file__, "--client", device, "--size", str(size),
                "--duration", str(duration), "--count", str(count)]
+        if cpus:
+            cmd += ["--cpus", ",".join(map(str, sorted(cpus)))]
         if trace is not None and i == 0:
             cmd = ["strace", "-qq", "-o", trace, *cmd, "--mark"]
         procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -278,6 +293,7 @@ def run_row(device: str, nclients: int, size: int, duration: float, *, count: in
     watched = [broker_pid, *_children(broker_pid)] if broker_pid else []  # + its model
     stats0 = broker_stats(broker, log) if broker is not None else {}
     cpu0 = {pid: _proc_cpu(pid) for pid in watched}
+    steal0 = _steal()
     for p in procs:
         assert p.stdin is not None
         p.stdin.write("go\n")
@@ -289,6 +305,7 @@ def run_row(device: str, nclients: int, size: int, duration: float, *, count: in
             raise SystemExit(f"a client of {device} failed (status {p.returncode})")
         results.append(json.loads(out.strip().splitlines()[-1]))
     cpu = {pid: _proc_cpu(pid) - c for pid, c in cpu0.items()}
+    steal1 = _steal()
     stats1 = broker_stats(broker, log) if broker is not None else {}
     jobs = sum(r["jobs"] for r in results)
     row = {"jobs": jobs, "wall": max(r["wall"] for r in results),
@@ -301,6 +318,7 @@ def run_row(device: str, nclients: int, size: int, duration: float, *, count: in
                                                                     "holds_ran_out")]
     row["model_cpu"] = sum(v for pid, v in cpu.items() if pid != broker_pid) + \
         sum(r["model_cpu"] for r in results)
+    row["steal"] = (steal1[0] - steal0[0]) / max(1, steal1[1] - steal0[1])
     return row
 
 
@@ -338,9 +356,10 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=1.0, help=argparse.SUPPRESS)
     ap.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--mark", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--cpus", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.client:
-        client(args.client, args.size, args.duration, args.count, args.mark)
+        client(args.client, args.size, args.duration, args.count, args.mark, args.cpus)
         return
     if shutil.which("strace") is None:
         raise SystemExit("strace is not installed (needed for the syscall counts)")
@@ -375,6 +394,11 @@ def main() -> None:
         variants["baseline"] = []
         roots["baseline"] = args.baseline.resolve()
     modes = list(variants)
+    # A broker on CPUs of its own (`serve --cpu`): its clients run on the others, as a
+    # deployment keeping them off the broker's CPUs would, and a direct row on those CPUs
+    # too ("direct@CPUS") besides the one on every CPU.
+    pinned = {m: _others(variants[m]) for m in modes}
+    directs = ["direct", *sorted({_direct_name(c) for c in pinned.values() if c})]
     rows: list[dict[str, Any]] = []
     best: dict[tuple[str, int, int], dict[str, Any]] = {}
     reps = 1 if args.quick else 3
@@ -384,14 +408,15 @@ def main() -> None:
             brokers[mode] = (start_broker(sock, extra=variants[mode], root=roots[mode]), sock)
         for _ in range(reps):  # best of `reps` per row: other work only ever slows a run
             for size in sizes:
-                keys = [("direct", 1, size)] + [(m, n, size) for n in clients for m in modes]
+                keys = [(d, 1, size) for d in directs] + \
+                    [(m, n, size) for n in clients for m in modes]
                 for mode, n, sz in keys:
-                    if mode == "direct":
-                        r = run_row("emu", 1, sz, duration)
+                    if mode.startswith("direct"):
+                        r = run_row("emu", 1, sz, duration, cpus=_direct_cpus(mode))
                     else:
                         proc, sock = brokers[mode]
                         r = run_row("broker:" + sock, n, sz, duration, broker=proc,
-                                    log=sock + ".log")
+                                    log=sock + ".log", cpus=pinned[mode])
                     key = (mode, n, sz)
                     if key not in best or r["jobs"] / r["wall"] > \
                             best[key]["jobs"] / best[key]["wall"]:
@@ -403,12 +428,20 @@ def main() -> None:
             count = 256 if size <= 16 << 10 else 64
             t = run_row("emu", 1, size, duration, trace=trace, count=count)
             rows.append(_row("direct", 1, size, d, base, syscalls_in(trace, size) / t["jobs0"]))
+            for dname in directs[1:]:
+                rows.append(_row(dname, 1, size, best[(dname, 1, size)], base, None))
             for mode in modes:
                 for n in clients:
                     sock = brokers[mode][1]
-                    t = run_row("broker:" + sock, n, size, duration, trace=trace, count=count)
-                    rows.append(_row(mode, n, size, best[(mode, n, size)], base,
-                                     syscalls_in(trace, size) / t["jobs0"]))
+                    t = run_row("broker:" + sock, n, size, duration, trace=trace, count=count,
+                                cpus=pinned[mode])
+                    row = _row(mode, n, size, best[(mode, n, size)], base,
+                               syscalls_in(trace, size) / t["jobs0"])
+                    if pinned[mode]:  # against direct on the clients' CPUs as well
+                        dp = best[(_direct_name(pinned[mode]), 1, size)]
+                        row["vs_direct_same_cpus"] = round(
+                            row["jobs_s"] / (dp["jobs"] / dp["wall"]), 3)
+                    rows.append(row)
     finally:
         for proc, _sock in brokers.values():
             proc.send_signal(signal.SIGTERM)
@@ -429,6 +462,24 @@ def main() -> None:
     print(json.dumps({"rows": rows, "load": [round(load0, 2), round(load1, 2)],
                       "cpus": os.cpu_count(), "variants": variants,
                       "roots": {m: str(r) for m, r in roots.items()}}))
+
+
+def _others(options: list[str]) -> set[int] | None:
+    """The CPUs left for clients when a broker's options give it CPUs of its own (`--cpu`)."""
+    if "--cpu" not in options:
+        return None
+    from warpdrive.serve.run import parse_cpus
+
+    return os.sched_getaffinity(0) - parse_cpus(options[options.index("--cpu") + 1]) or None
+
+
+def _direct_name(cpus: set[int] | None) -> str:
+    return "direct@" + ",".join(map(str, sorted(cpus or ())))
+
+
+def _direct_cpus(name: str) -> set[int] | None:
+    _, _, cpus = name.partition("@")
+    return {int(c) for c in cpus.split(",")} if cpus else None
 
 
 def hooked_row(hook: str, nclients: int, size: int, duration: float,
@@ -503,13 +554,17 @@ def profile_row(nclients: int, size: int, duration: float) -> None:
 
 
 def floor(batches: tuple[int, ...] = (1, 8, 16, 64), jobs: int = 20000,
-          naps: tuple[tuple[int, float], ...] = ((8, 300e-6),)) -> list[dict[str, Any]]:
+          naps: tuple[tuple[int, float], ...] = ((8, 300e-6),),
+          evicts: tuple[tuple[int, int], ...] = ((8, 8 << 20), (8, 64 << 20), (64, 8 << 20))
+          ) -> list[dict[str, Any]]:
     """The mediation path alone (`tests.brokerutil.FunctionRig`), caches warm. A batch of
     SQEs is written and its doorbell stored; the server pass (the function's poll, the broker's
     poll) runs until every CQE is out. Counted: the thread CPU of the passes that did work, per
     job, as `--measure` counts it in the broker. `naps`: (batch, seconds) rows that sleep
     between batches as the broker naps between passes (the other processes run meanwhile, and
-    the passes start with cold caches, as in the benchmark's rows)."""
+    the passes start with cold caches, as in the benchmark's rows). `evicts`: (batch, bytes)
+    rows that write one byte of every cache line of that much memory between batches instead
+    (no sleep, no other process: only the caches go cold)."""
     from tests.brokerutil import FunctionRig
     from warpdrive.emu.server import POLL_WORKED
 
@@ -517,13 +572,18 @@ def floor(batches: tuple[int, ...] = (1, 8, 16, 64), jobs: int = 20000,
     fn, broker = rig.fn, rig.broker
     clock = time.thread_time
     rows = []
+    junk = bytearray(max((b for _, b in evicts), default=0))
     try:
-        for batch, nap in [(b, 0.0) for b in batches] + list(naps):
+        for batch, nap, evict in [(b, 0.0, 0) for b in batches] + \
+                [(b, n, 0) for b, n in naps] + [(b, 0.0, e) for b, e in evicts]:
             done = passes = 0
             work = 0.0
-            while done < (jobs if not nap else jobs // 4):
+            line = memoryview(junk)[:evict:64]  # one byte per 64-byte cache line
+            while done < (jobs if not (nap or evict) else jobs // 4):
                 if nap:
                     time.sleep(nap)
+                if evict:
+                    line[:] = bytes(len(line)) if done & 8 else b"\1" * len(line)
                 rig.write(batch)
                 rig.ring()
                 left = batch
@@ -536,7 +596,8 @@ def floor(batches: tuple[int, ...] = (1, 8, 16, 64), jobs: int = 20000,
                     left -= rig.reap(left)
                 rig.ack()
                 done += batch
-            rows.append({"batch": batch, "nap_us": round(nap * 1e6),
+            line.release()
+            rows.append({"batch": batch, "nap_us": round(nap * 1e6), "evict_mb": evict >> 20,
                          "mediation_us": round(work / done * 1e6, 2),
                          "jobs_per_pass": round(done / passes, 1)})
     finally:
@@ -827,7 +888,8 @@ def print_floor(rows: list[dict[str, Any]]) -> None:
     print(f"mediation alone (one client, warm caches, null device; load "
           f"{os.getloadavg()[0]:.2f}):")
     for r in rows:
-        nap = f", a {r['nap_us']} us nap before each batch" if r.get("nap_us") else ""
+        nap = f", a {r['nap_us']} us nap before each batch" if r.get("nap_us") else \
+            f", {r['evict_mb']} MB written before each batch" if r.get("evict_mb") else ""
         print(f"  batch {r['batch']:3d}: {r['mediation_us']:6.2f} us/job "
               f"({r['jobs_per_pass']:.1f} jobs per pass that worked{nap})")
     print(json.dumps({"floor": rows, "load": round(os.getloadavg()[0], 2)}))
@@ -844,13 +906,14 @@ def _row(mode: str, n: int, size: int, r: dict[str, Any], base: float,
             "broker_cpu_us": round(r["broker_cpu"] / jobs * 1e6, 1),
             "mediation_us": round(r.get("mediation_cpu", 0.0) / jobs * 1e6, 1),
             "jobs_per_pass": round(jobs / r["passes"], 1) if r.get("passes") else None,
-            "model_cpu_us": round(r["model_cpu"] / jobs * 1e6, 1)}
+            "model_cpu_us": round(r["model_cpu"] / jobs * 1e6, 1),
+            "steal_pct": round(100 * r.get("steal", 0.0), 2)}
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     hdr = ["mode", "clients", "size", "jobs/s", "vs direct", "client cpu us/job",
            "client syscalls/job", "broker cpu us/job", "mediation us/job", "jobs/pass",
-           "model cpu us/job"]
+           "model cpu us/job", "steal %", "vs direct same CPUs"]
     lines = [hdr]
     for r in rows:
         lines.append([r["mode"], str(r["clients"]), f"{r['size'] >> 10} KiB",
@@ -859,7 +922,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                       "-" if r["client_syscalls"] is None else f"{r['client_syscalls']:.3f}",
                       f"{r['broker_cpu_us']:.1f}", f"{r['mediation_us']:.1f}",
                       "-" if r["jobs_per_pass"] is None else f"{r['jobs_per_pass']:.1f}",
-                      f"{r['model_cpu_us']:.1f}"])
+                      f"{r['model_cpu_us']:.1f}", f"{r['steal_pct']:.1f}",
+                      f"{r['vs_direct_same_cpus']:.2f}x" if "vs_direct_same_cpus" in r
+                      else "-"])
     widths = [max(len(row[i]) for row in lines) for i in range(len(hdr))]
     for row in lines:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
@@ -867,10 +932,13 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def verdict(rows: list[dict[str, Any]]) -> str:
     notes = []
-    brokers = [r for r in rows if r["mode"] != "direct"]
+    brokers = [r for r in rows if not r["mode"].startswith("direct")]
     for four in (r for r in brokers if r["clients"] == 4):
+        same = f", {four['vs_direct_same_cpus']:.2f}x direct on the clients' CPUs" \
+            if "vs_direct_same_cpus" in four else ""
         notes.append(f"{four['mode']}, {four['size'] >> 10} KiB, 4 clients: "
-                     f"{four['vs_direct']:.2f}x direct (goal >= 0.8x)")
+                     f"{four['vs_direct']:.2f}x direct (goal >= 0.8x){same}, mediation "
+                     f"{four['mediation_us']:.1f} us/job (goal <= 3)")
     sys_max = max(r["client_syscalls"] for r in brokers)
     notes.append(f"client syscalls/job while the broker is busy: max {sys_max:.3f} (goal 0)")
     med = sorted(r["mediation_us"] for r in brokers)

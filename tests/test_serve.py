@@ -428,6 +428,31 @@ def test_nice_sets_the_brokers_priority_not_the_devices(tmp_path: Path) -> None:
             assert eng.decompress(eng.compress(b"nice" * 99)) == b"nice" * 99
 
 
+def test_cpu_places_the_broker_and_moves_its_model_off(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """`--cpu N`: the broker's loop runs on N (and polls there instead of napping); the bundled
+    model it started moves to the other CPUs, so the poller never takes turns with it."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("needs two CPUs")
+    mine, rest = allowed[-1], set(allowed[:-1])
+    sock = str(tmp_path / "c.sock")
+    with serve_process(sock, "--cpu", str(mine)) as broker:
+        assert os.sched_getaffinity(broker.pid) == {mine}
+        children = [int(c) for t in Path(f"/proc/{broker.pid}/task").iterdir()
+                    for c in (t / "children").read_text().split()]
+        assert children
+        for c in children:
+            for task in Path(f"/proc/{c}/task").iterdir():
+                assert os.sched_getaffinity(int(task.name)) == rest
+        with wz.open_engine("broker:" + sock) as eng:
+            assert eng.decompress(eng.compress(b"cpu" * 99)) == b"cpu" * 99
+    for bad, said in (("x", "not a CPU list"), ("3-1", "not a CPU list"),
+                      (str(max(allowed) + 1000), "is not one this process may use")):
+        assert cli_main(["serve", "emu", "--socket", "/nonexistent/x.sock", "--cpu", bad]) == 1
+        assert f"--cpu {bad}" in (err := capsys.readouterr().err) and said in err, err
+
+
 def test_socket_mode_and_group_from_the_command_line(tmp_path: Path) -> None:
     sock = str(tmp_path / "g.sock")
     with serve_process(sock, "--group", "0", "--mode", "0660", text=True) as broker:

@@ -59,6 +59,11 @@ def register(subparsers: Any) -> None:
                         "too, stays at its own); clients busy-poll while they wait, so on a "
                         "busy machine a negative value keeps them from starving the broker "
                         "(needs root or CAP_SYS_NICE)")
+    parser.add_argument("--cpu", metavar="LIST",
+                        help="run the broker on these CPUs (e.g. 3 or 2-3), polling while "
+                        "jobs flow instead of napping (default --nap-us 0); a bundled model "
+                        "moves to the other CPUs. Keep other work off them (systemd "
+                        "CPUAffinity=, isolcpus) and the broker's passes stay warm")
     parser.add_argument("--measure", action="store_true",
                         help="measure the CPU time spent mediating (two clock reads per poll); "
                         "SIGUSR1 logs the counters")

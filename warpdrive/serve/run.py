@@ -22,7 +22,7 @@ from ..errors import (
     WarpdriveError,
 )
 from .access import AllowList, group_id, user_id
-from .broker import GATHER, Broker
+from .broker import GATHER, HOLD_S, Broker
 from .function import VirtualZip
 
 log = logging.getLogger("warpdrive.serve")
@@ -42,6 +42,49 @@ def default_socket() -> str:
         return "/run/warpdrive.sock"
     run = os.environ.get("XDG_RUNTIME_DIR")
     return os.path.join(run, "warpdrive.sock") if run else f"/tmp/warpdrive-{os.getuid()}.sock"
+
+
+def parse_cpus(text: str) -> set[int]:
+    """A CPU list as taskset and sysfs write it ("3", "0,2", "2-3"): the CPUs, each one this
+    process may run on."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            first, last = int(lo), int(hi or lo)
+            if first < 0 or last < first:
+                raise ValueError
+            cpus.update(range(first, last + 1))
+    except ValueError:
+        raise InvalidArgumentError(f"--cpu {text}: not a CPU list such as 3, 0,2 or 2-3") \
+            from None
+    allowed = os.sched_getaffinity(0)
+    if not cpus <= allowed:
+        raise InvalidArgumentError(f"--cpu {text}: CPU {min(cpus - allowed)} is not one this "
+                                   f"process may use ({_cpu_list(allowed)})")
+    return cpus
+
+
+def _cpu_list(cpus: set[int]) -> str:
+    return ",".join(map(str, sorted(cpus)))
+
+
+def place(dev: Device, cpus: set[int]) -> None:
+    """The broker's thread on `cpus`; a bundled model (its own process, started already) on
+    the others where there are any: a broker that polls its CPU would otherwise take turns
+    with the device it waits for."""
+    os.sched_setaffinity(0, cpus)
+    emulator = getattr(dev, "emulator", None)
+    pid = emulator.proc.pid if emulator is not None else 0
+    rest = os.sched_getaffinity(pid) - cpus if pid else set()
+    if rest:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                os.sched_setaffinity(int(task), rest)
+            except OSError:  # (a thread that just ended)
+                pass
+    log.info("broker on CPU %s%s", _cpu_list(cpus),
+             f", its model on CPU {_cpu_list(rest)}" if rest else "")
 
 
 def open_shared_device(name: str, *, backend: str = "auto",
@@ -99,8 +142,11 @@ def serve_from_args(args: argparse.Namespace) -> int:
     except ValueError:
         raise InvalidArgumentError(f"--mode {args.mode!r} is not an octal mode such as 0660") \
             from None
+    cpus = parse_cpus(args.cpu) if getattr(args, "cpu", None) else None
     nap_us = getattr(args, "nap_us", None)
-    nap_us = NAP_US if nap_us is None else nap_us
+    # On CPUs of its own the broker polls while jobs flow (nobody else waits for them), so its
+    # passes start warm (docs/broker.md, session 22); elsewhere it naps between empty passes.
+    nap_us = (0.0 if cpus else NAP_US) if nap_us is None else nap_us
     if not 0 <= nap_us <= 100_000:
         raise InvalidArgumentError(f"--nap-us {nap_us:g}: give 0..100000 (0: yield instead)")
     gather = getattr(args, "gather", None)
@@ -108,7 +154,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
     if not 1 <= gather <= 1024:
         raise InvalidArgumentError(f"--gather {gather}: give 1..1024")
     hold_us = getattr(args, "hold_us", None)
-    hold_us = nap_us if hold_us is None else hold_us
+    hold_us = (HOLD_S * 1e6 if cpus else nap_us) if hold_us is None else hold_us
     if not 0 <= hold_us <= 100_000:
         raise InvalidArgumentError(f"--hold-us {hold_us:g}: give 0..100000")
     group = group_id(args.group) if args.group else None
@@ -121,6 +167,8 @@ def serve_from_args(args: argparse.Namespace) -> int:
     dev = open_shared_device(args.device, backend=args.backend,
                              model_options=parse_options(args.model_options))
     try:
+        if cpus:
+            place(dev, cpus)
         if getattr(args, "nice", None) is not None:
             # After the device opened: a bundled model (a child process) stays at its own.
             try:
