@@ -160,7 +160,7 @@ class Run:
         self._engine: Any = None
         self._prestarted = False
         self.out: Output | None = None
-        self.totals = [0, 0, 0]  # compressed, uncompressed, header+trailer bytes (-l)
+        self.totals = [0, 0, 0]  # compressed, uncompressed, last header+trailer bytes (-l)
 
     # -- messages --------------------------------------------------------------------------
     def error(self, msg: str) -> None:
@@ -602,7 +602,9 @@ class Run:
             csize, usize = res.n_in, res.n_out
         self.totals[0] += csize
         self.totals[1] += usize
-        self.totals[2] += overhead
+        # gzip's totals line subtracts the last file's header+trailer bytes, not their sum
+        # (gzip 1.12, do_list keeps the last file's value, so one file's totals ratio is its own)
+        self.totals[2] = overhead
         out_name = (self.output_name(name, warn=False) if name != "-" else None) or name
         line = f"{csize:>19} {usize:>19} {_ratio(usize - (csize - overhead), usize)} {out_name}"
         if self.args.verbose:
