@@ -60,8 +60,9 @@ case $release in
 esac
 
 # The zip tests: CPython's own test_zlib/test_gzip judge warpdrive.zip (Debian ships them in
-# libpythonX.Y-testsuite for the system Python); the CLI benchmark compares with pigz.
-base_pkgs+=(pigz)
+# libpythonX.Y-testsuite for the system Python); the CLI benchmark compares with pigz; the bundled
+# ZIP model runs whole-buffer jobs on libdeflate (libdeflate0: 1.14 on 12, 1.23 on 13).
+base_pkgs+=(pigz libdeflate0)
 if command -v python3 >/dev/null && ! python3 -c 'import test.test_zlib' 2>/dev/null; then
   base_pkgs+=("libpython$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')-testsuite")
 fi

@@ -12,12 +12,13 @@ module sees byte buffers only.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import zlib
 from collections import OrderedDict
 
 from ...record import field, record
-from . import _libz
+from . import _libdeflate, _libz
 from . import _zip_layout as L
 
 TYPE_CHECKING = False  # (not typing's: importing typing costs ~3 ms of every process's boot)
@@ -40,6 +41,36 @@ _PIECE = 96 << 10
 # +9%, 4 KiB +2%, 64 KiB even, but no fresh pages per call (the module's 270 KiB state).
 LIBZ_COMPRESS_MIN = 8 << 10
 LIBZ_DECOMPRESS_MIN = 4 << 10
+
+# Whole-buffer (stateless) jobs run on libdeflate from these input sizes, when the model's codec
+# is libdeflate (`CODECS`); smaller ones stay where they were (Python's zlib module, libz). Its
+# compressor clears its hash tables on every call above a few dozen bytes, a fixed cost that
+# zlib's module path undercuts up to a few KiB; its decompressor has no such cost. Measured:
+# docs/driver-bench.md, "Session 22: the model on libdeflate".
+LIBDEFLATE_COMPRESS_MIN = 4 << 10
+LIBDEFLATE_DECOMPRESS_MIN = 1 << 10
+# Checksums over at least this many bytes come from libdeflate (when loaded): below it the
+# ctypes call costs more than zlib's own loop saves.
+LIBDEFLATE_SUM_MIN = 4 << 10
+
+# The codec of whole-buffer jobs: libdeflate (faster, its own compressed bytes) or libz (zlib's
+# bytes). Stream jobs and anything libdeflate cannot answer exactly run on libz either way.
+CODECS = ("libdeflate", "libz")
+CODEC_ENV = "WARPDRIVE_MODEL_CODEC"
+
+
+def codec_asked(option: str | None = None) -> str:
+    """The codec asked for: the model's `codec=` option, else $WARPDRIVE_MODEL_CODEC, else
+    libdeflate. ValueError (naming where it came from) for any other name."""
+    name, where = option, "codec="
+    if not name:
+        name, where = os.environ.get(CODEC_ENV, ""), f"${CODEC_ENV}="
+    if not name:
+        return CODECS[0]
+    if name not in CODECS:
+        raise ValueError(f"{where}{name!r} is not a codec (give {' or '.join(CODECS)})")
+    return name
+
 
 # deflate keeps MIN_LOOKAHEAD = 258 + 3 + 1 bytes of look-ahead, so its farthest match is
 # 2**wbits - 262 back (docs/research/deflate-window.md).
@@ -126,16 +157,43 @@ class DeflateUnit:
 
     MAX_STREAMS = 4096
 
-    def __init__(self, level: int = 6) -> None:
+    def __init__(self, level: int = 6, codec: str | None = None) -> None:
         self.level = level
         self.streams: OrderedDict[int, Stream] = OrderedDict()
+        log = logging.getLogger("warpdrive.emu")
         if _libz.LIBZ is None:
-            logging.getLogger("warpdrive.emu").info(
-                "ZIP model: the system's zlib is not usable (%s); jobs run on Python's zlib "
-                "module", _libz.WHY)
+            log.info("ZIP model: the system's zlib is not usable (%s); jobs run on Python's zlib "
+                     "module", _libz.WHY)
+        # libdeflate's levels are zlib's scale (1 fastest, 6 default, 9 slow); -1 is zlib's
+        # default, 6 (docs/research/libdeflate.md)
+        self.ld_level = 6 if level < 0 else level
+        self.libdeflate = codec_asked(codec) == "libdeflate" and _libdeflate.lib() is not None
+        if self.libdeflate:
+            log.debug("ZIP model: whole-buffer jobs on libdeflate")
+        else:
+            log.debug("ZIP model: whole-buffer jobs on libz%s", _libdeflate.why() and
+                      f" ({_libdeflate.why()})")
 
     def reset(self) -> None:
         self.streams.clear()
+
+    def close(self) -> None:
+        """The model is ending: this thread's libdeflate objects go now (workers' go with their
+        threads)."""
+        self.streams.clear()
+        _libdeflate.release()
+
+    def _sum(self, alg: int, data: memoryview | bytes | bytearray, n: int) -> int:
+        """The container's checksum of the first `n` bytes of `data` (0 for raw deflate)."""
+        if alg == L.ALG_ZLIB:
+            if n >= LIBDEFLATE_SUM_MIN and self.libdeflate:
+                return _libdeflate.adler32(data, n)
+            return zlib.adler32(data[:n] if n < len(data) else data) if n else 1
+        if alg == L.ALG_GZIP:
+            if n >= LIBDEFLATE_SUM_MIN and self.libdeflate:
+                return _libdeflate.crc32(data, n)
+            return zlib.crc32(data[:n] if n < len(data) else data) if n else 0
+        return 0
 
     # -- stateless -------------------------------------------------------------------------
     def compress_stateless(self, alg: int, wbits: int, src: memoryview | bytes,
@@ -145,6 +203,13 @@ class DeflateUnit:
         as a complete stream: docs/research/hisi-qm-zip.md, sections 10 and 12)."""
         n = len(src)
         if self.level:  # (stored blocks, level 0, are sized by the window: left as asked)
+            # libdeflate matches up to 32 KiB back whatever the window: a smaller declared
+            # window only when no match can reach beyond it (docs/research/deflate-window.md)
+            if self.libdeflate and n >= LIBDEFLATE_COMPRESS_MIN and (wbits >= 15
+                                                                     or n <= 1 << wbits):
+                res = self._compress_libdeflate(alg, src, n, dst)
+                if res is not None:
+                    return res
             wbits = sized_wbits(n, wbits)
             if n >= LIBZ_COMPRESS_MIN and _libz.LIBZ is not None:
                 return self._compress_libz(alg, wbits, src, n, dst)
@@ -168,6 +233,24 @@ class DeflateUnit:
         status = L.STATUS_NEGACOMPRESS if m > n else L.STATUS_OK
         return JobResult(status, n, m, True, checksum, n)
 
+    def _compress_libdeflate(self, alg: int, src: memoryview | bytes, n: int,
+                             dst: memoryview | bytearray) -> JobResult | None:
+        """`compress_stateless` on libdeflate, straight from the source into the destination,
+        the trailer after the body; None when it did not fit (the libz path then decides:
+        zlib's output may fit where libdeflate's, or its end padding, did not)."""
+        tlen = _TRAILER_LEN.get(alg, 0)
+        m = _libdeflate.compress(self.ld_level, src, n, dst, max(0, len(dst) - tlen))
+        if not m:
+            return None
+        checksum = self._sum(alg, src, n)
+        if alg == L.ALG_ZLIB:
+            _ZLIB_TRAILER.pack_into(dst, m, checksum)
+        elif alg == L.ALG_GZIP:
+            _GZIP_TRAILER.pack_into(dst, m, checksum, n & 0xFFFF_FFFF)
+        m += tlen
+        return JobResult(L.STATUS_NEGACOMPRESS if m > n else L.STATUS_OK, n, m, True,
+                         checksum, n)
+
     def _compress_libz(self, alg: int, wbits: int, src: memoryview | bytes, n: int,
                        dst: memoryview | bytearray) -> JobResult:
         """`compress_stateless` on this thread's kept raw deflate stream, from the source
@@ -180,15 +263,13 @@ class DeflateUnit:
         m = d.whole(src, n, dst, avail)
         if m < 0:
             return JobResult(L.STATUS_DST_TOO_SMALL)
-        checksum = 0
+        checksum = self._sum(alg, src, n)
         if alg == L.ALG_ZLIB:
-            checksum = zlib.adler32(src)
             if m + 4 > avail:
                 return JobResult(L.STATUS_DST_TOO_SMALL)
             _ZLIB_TRAILER.pack_into(dst, m, checksum)
             m += 4
         elif alg == L.ALG_GZIP:
-            checksum = zlib.crc32(src)
             if m + 8 > avail:
                 return JobResult(L.STATUS_DST_TOO_SMALL)
             _GZIP_TRAILER.pack_into(dst, m, checksum, n & 0xFFFF_FFFF)
@@ -197,11 +278,20 @@ class DeflateUnit:
         return JobResult(status, n, m, True, checksum, n)
 
     def decompress_stateless(self, alg: int, src: memoryview | bytes,
-                             dst: memoryview | bytearray) -> JobResult:
+                             dst: memoryview | bytearray, wbits: int = 15) -> JobResult:
         """The end of the stream is status 0 with the last-block bit: the kernel accepts only
         0 and 0x0d (docs/research/hisi-qm-zip.md, section 10). Input that stops before the final
         block is a partial result: status 0, no last-block bit."""
-        if len(src) >= LIBZ_DECOMPRESS_MIN and _libz.LIBZ is not None:
+        n = len(src)
+        # libdeflate for a zlib or gzip body with a 32 KiB window; its every other answer
+        # (bad data, truncated, no room, a trailer that does not check) is taken again on
+        # libz, whose statuses and counts are the device's (docs/research/libdeflate.md)
+        if self.libdeflate and alg != L.ALG_DEFLATE and wbits >= 15 and \
+                n >= LIBDEFLATE_DECOMPRESS_MIN:
+            res = self._decompress_libdeflate(alg, src, n, dst)
+            if res is not None:
+                return res
+        if n >= LIBZ_DECOMPRESS_MIN and _libz.LIBZ is not None:
             return self._decompress_libz(alg, src, dst)
         d = zlib.decompressobj(-15)
         avail = len(dst)
@@ -236,6 +326,27 @@ class DeflateUnit:
         rest = d.unused_data
         return self._ended(alg, src, len(src) - len(rest), m, checksum)
 
+    def _decompress_libdeflate(self, alg: int, src: memoryview | bytes, n: int,
+                               dst: memoryview | bytearray) -> JobResult | None:
+        """`decompress_stateless` of a whole zlib/gzip body and trailer on libdeflate, in one
+        call straight into the destination; None for anything but a stream that ended and a
+        whole trailer that checks. libdeflate accepts a few constructs zlib rejects (symbols
+        286/287 and distance codes 30/31, more code lengths than zlib allows: see
+        docs/research/libdeflate.md); output decoded through one of those does not match the
+        trailer's checksum (and length), so such a job goes to libz too, which says what zlib
+        says. Raw deflate has no trailer to tell: it stays on libz."""
+        rc, used, m = _libdeflate.decompress(src, n, dst, len(dst))
+        if rc != _libdeflate.SUCCESS:
+            return None
+        checksum = self._sum(alg, dst, m)
+        if alg == L.ALG_ZLIB:
+            if n - used >= 4 and _ZLIB_TRAILER.unpack_from(src, used)[0] == checksum:
+                return JobResult(L.STATUS_OK, used + 4, m, True, checksum, m)
+        elif n - used >= 8 and _GZIP_TRAILER.unpack_from(src, used) == (checksum,
+                                                                        m & 0xFFFF_FFFF):
+            return JobResult(L.STATUS_OK, used + 8, m, True, checksum, m)
+        return None
+
     def _decompress_libz(self, alg: int, src: memoryview | bytes,
                          dst: memoryview | bytearray) -> JobResult:
         """`decompress_stateless` on this thread's kept raw inflate stream, from the source
@@ -247,10 +358,8 @@ class DeflateUnit:
         if outcome >= _libz.FULL:
             return JobResult(L.STATUS_DST_TOO_SMALL if outcome == _libz.FULL
                              else L.STATUS_BAD_DATA)
-        if alg == L.ALG_ZLIB:
-            checksum = zlib.adler32(dst[:m]) if m else 1
-        elif alg == L.ALG_GZIP:
-            checksum = zlib.crc32(dst[:m]) if m else 0
+        if alg != L.ALG_DEFLATE:
+            checksum = self._sum(alg, dst, m)
         else:
             return JobResult(L.STATUS_OK, used if outcome == _libz.END else n, m,
                              outcome == _libz.END, 0, m)

@@ -58,8 +58,10 @@ What it assumes where the facts are UNCONFIRMED:
   and leaves stream state untouched, so the job can be resubmitted with more room.
 - **Stream state** lives in the model keyed by the SQE's stream-context address, not inside the
   64 KiB context buffer (Python's zlib cannot serialise its state). The address must be mapped.
-- **Compression level**: the model uses zlib level `level` (option, default 6); the 24 KiB window
-  code maps to zlib's 16 KiB window.
+- **Compression level**: the model uses level `level` (option, default 6) of libdeflate for
+  whole-buffer jobs (`codec=libdeflate`, the default when installed: its own compressed bytes,
+  the same statuses and counts) and of zlib for the rest; the 24 KiB window code maps to zlib's
+  16 KiB window.
 - Not modelled: V1, lz77/lz4 types, PF-only registers, PF<->VF messages, QoS, error injection
   beyond DMA faults.
 
@@ -68,7 +70,9 @@ options (`--set key=value`): `queues` (default 2), `depth` (SQ/CQ depth, default
 `revision` (0x30 default, or 0x21), `level` (zlib level), `doorbells` (mmap | trap),
 `isolation` (0 | 1), `executor` (zlib, or null: jobs complete at once without being done, to
 measure a driver alone), `workers` (zlib threads for stateless jobs over 64 KiB, default one
-per core up to 4; 1 = everything on the model's thread; see `ThreadedJobs`).
+per core up to 4; 1 = everything on the model's thread; see `ThreadedJobs`), `codec`
+(libdeflate | libz: what runs whole-buffer jobs; default $WARPDRIVE_MODEL_CODEC, else libdeflate
+when libdeflate.so.0 loads; see `_deflate`).
 """
 
 from __future__ import annotations
@@ -84,7 +88,7 @@ from ...errors import InvalidArgumentError
 from ..dma import DmaFault
 from ..model import VFIO_PCI_MSI_IRQ_INDEX, DeviceModel, RegionSpec
 from . import _zip_layout as L
-from ._deflate import WINDOW_WBITS, DeflateUnit, JobResult, Stream
+from ._deflate import WINDOW_WBITS, DeflateUnit, JobResult, Stream, codec_asked
 from ._qm import BUSY, PENDING, Execute, QmFunction, QueueState
 
 TYPE_CHECKING = False  # (not typing's: importing typing costs ~3 ms of every process's boot)
@@ -201,9 +205,9 @@ class ZipJobs:
     """Executes ZIP SQEs for a `QmFunction`: decodes the SQE, reaches its buffers (flat or
     hardware SGL, §10), runs the `DeflateUnit`, writes the results into the SQE slot."""
 
-    def __init__(self, dma: Dma, level: int = 6) -> None:
+    def __init__(self, dma: Dma, level: int = 6, codec: str | None = None) -> None:
         self.dma = dma
-        self.unit = DeflateUnit(level)
+        self.unit = DeflateUnit(level, codec)
         self.stats: dict[str, int] = {"dma_faults": 0, "sgl_jobs": 0}  # shared with the QM's
         # (dw7, dw9, the queue's alg) -> (compress?, alg, wbits) of a well-formed flat stateless
         # SQE of that shape, or False for any other (stateful, SGL, malformed): a client sends
@@ -289,7 +293,7 @@ class ZipJobs:
             return self.unit.compress_stateless(alg, wbits, src if in_len else src[:0],
                                                 dst if avail else dst[:0])
         return self.unit.decompress_stateless(alg, src if in_len else src[:0],
-                                              dst if avail else dst[:0])
+                                              dst if avail else dst[:0], wbits)
 
     def _keep(self, *keys: tuple[int, int, bool]) -> list[memoryview]:
         """Views of client memory, each (iova, size, writable), for `_flat`: checked by the DMA
@@ -350,7 +354,7 @@ class ZipJobs:
         if not dw7 & L.SQE_STATEFUL:  # a stateless job is a whole stream (§10)
             if compress:
                 return self.unit.compress_stateless(alg, wbits, src, dst)
-            return self.unit.decompress_stateless(alg, src, dst)
+            return self.unit.decompress_stateless(alg, src, dst, wbits)
         new = bool(dw7 & L.SQE_NEW_STREAM)
         ctx_addr = w[L.DW_CTX_ADDR_H] << 32 | w[L.DW_CTX_ADDR_L]
         self.dma.view(ctx_addr, 64, write=True).release()  # the context must be mapped
@@ -453,8 +457,9 @@ class ThreadedJobs(ZipJobs):
     PIECE_MIN = 16 << 10
     SATURATED_WAIT_S = 0.05
 
-    def __init__(self, dma: Dma, level: int = 6, workers: int = 2) -> None:
-        super().__init__(dma, level)
+    def __init__(self, dma: Dma, level: int = 6, workers: int = 2,
+                 codec: str | None = None) -> None:
+        super().__init__(dma, level, codec)
         self.workers = workers
         self._pool: ThreadPoolExecutor | None = None  # started on the first big job
         # per queue: (queue, slot, SQE words, future, src view, dst view), oldest first
@@ -687,13 +692,15 @@ def zip_function(dma: Dma, *, revision: int = L.QM_HW_V3, qp_base: int = 0, qp_n
                  sq_depth: int = 1024, cq_depth: int = 1024, level: int = 6,
                  isolation: bool = False, executor: str = "zlib", workers: int = 1,
                  notify: Callable[[int], bool] | None = None,
-                 execute: Execute | None = None) -> tuple[QmFunction, ZipJobs]:
+                 execute: Execute | None = None,
+                 codec: str | None = None) -> tuple[QmFunction, ZipJobs]:
     """A ZIP function's device side, without a server (tests drive it directly). `executor`
     names the model's own engine (`EXECUTORS`), `workers` > 1 gives the zlib one worker
     threads (`ThreadedJobs`: then call `jobs.collect()` after `qm.process()`); `execute`
-    replaces it as the executor of SQEs (the broker's virtual functions)."""
-    jobs = (ThreadedJobs(dma, level, workers) if executor == "zlib" and workers > 1
-            else EXECUTORS[executor](dma, level))
+    replaces it as the executor of SQEs (the broker's virtual functions); `codec` is the
+    engine's for whole-buffer jobs (`_deflate.codec_asked`)."""
+    jobs = (ThreadedJobs(dma, level, workers, codec) if executor == "zlib" and workers > 1
+            else EXECUTORS[executor](dma, level, codec))
     qm = QmFunction(dma, execute or jobs, revision=revision,
                     caps=capability_registers(revision, sq_depth, cq_depth, isolation),
                     eq_vector=L.V3_EQ_IRQ & 0xFFFF, aeq_vector=L.V3_AEQ_IRQ & 0xFFFF,
@@ -730,7 +737,7 @@ class ZipModel(DeviceModel):
     poll_idle_s = 0.0005
     polled = True
 
-    OPTIONS = "queues, depth, revision, level, doorbells, isolation, executor, workers"
+    OPTIONS = "queues, depth, revision, level, doorbells, isolation, executor, workers, codec"
 
     def __init__(self, **options: str) -> None:
         super().__init__(**options)
@@ -750,6 +757,12 @@ class ZipModel(DeviceModel):
             raise InvalidArgumentError(f"zip model: executor={self.executor_name!r} is not one",
                                        hint="give executor=zlib (compresses) or executor=null "
                                        "(completes jobs without doing them, for benchmarks)")
+        try:
+            self.codec = codec_asked(opts.pop("codec", None))
+        except ValueError as e:
+            raise InvalidArgumentError(f"zip model: {e}",
+                                       hint="libdeflate (the default when installed) or libz "
+                                       "(zlib's own output)") from None
         self.doorbells = opts.pop("doorbells", "mmap")
         if self.doorbells not in ("mmap", "trap"):
             raise InvalidArgumentError(f"zip model: doorbells={self.doorbells!r} is not a mode",
@@ -820,7 +833,7 @@ class ZipModel(DeviceModel):
             self.dma, revision=self.revision, qp_num=self.qp_num, sq_depth=self.depth,
             cq_depth=self.depth, level=self.level, isolation=self.isolation,
             executor=self.executor_name, workers=self.workers, notify=self.notify,
-            execute=self.executor())
+            execute=self.executor(), codec=self.codec)
         if self.doorbells == "mmap":
             if self.isolation:
                 self._bells = [(self.region_u64(L.QM_DB_BAR, qn * L.QM_QP_DB_INTERVAL
@@ -962,6 +975,8 @@ class ZipModel(DeviceModel):
         self._drop_rings()
         if isinstance(self.jobs, ThreadedJobs):
             self.jobs.close()  # its jobs drained and its worker threads ended
+        if self.jobs is not None:
+            self.jobs.unit.close()
         super().close()
 
 

@@ -1,0 +1,302 @@
+"""The model's whole-buffer jobs on libdeflate (`emu/models/_libdeflate.py`, the default codec)
+against the same jobs on libz (zlib's own path, `codec=libz`).
+
+Decompression: job for job the same status, consumed and produced counts, last-block flag,
+checksum, length and output bytes, over a seeded corpus of raw, zlib and gzip bodies: whole,
+cut short, without room, corrupted, with trailing bytes, junk, every declared window, and
+streams built with constructs libdeflate accepts and zlib refuses. Compression: libdeflate's
+own bytes, so judged by what they must be: zlib decodes them to the input within the window the
+job declares, the same job gives the same bytes, and a job the libz path fits never fails for
+room. Without the library the model runs on libz, never an error."""
+
+from __future__ import annotations
+
+import random
+import zlib
+
+import pytest
+
+from tests import test_zip_libz
+from tests.test_zip_libz import Memory
+from warpdrive.emu.models import _deflate, _libdeflate, _libz
+from warpdrive.emu.models import _zip_layout as L
+from warpdrive.emu.models._deflate import WINDOW_WBITS, DeflateUnit, JobResult
+from warpdrive.errors import InvalidArgumentError
+
+mem = test_zip_libz.mem  # (the fixture: job memory, one mapping for the module)
+
+pytestmark = pytest.mark.skipif(_libdeflate.lib() is None or _libz.LIBZ is None,
+                                reason=f"libdeflate or libz not usable: {_libdeflate.why()}")
+
+ALGS = (L.ALG_DEFLATE, L.ALG_ZLIB, L.ALG_GZIP)
+HEAD = {L.ALG_DEFLATE: 0, L.ALG_ZLIB: 2, L.ALG_GZIP: 10}
+
+
+def wbits_of(alg: int, w: int) -> int:
+    """zlib's wbits for a container and a window."""
+    return -w if alg == L.ALG_DEFLATE else w + 16 if alg == L.ALG_GZIP else w
+
+
+def sample(rnd: random.Random, n: int) -> bytes:
+    """Text-like data with repeats at near and far distances, and some noise."""
+    words = [rnd.randbytes(rnd.randint(1, 3)) + bytes(rnd.choice(b"abcdefgh ij\n")
+                                                      for _ in range(rnd.randint(1, 14)))
+             for _ in range(80)]
+    out = bytearray()
+    while len(out) < n:
+        r = rnd.random()
+        if r < 0.04:
+            out += rnd.randbytes(rnd.randint(1, 60))
+        elif r < 0.06 and len(out) > 1000:
+            k = rnd.randrange(len(out) - 500)
+            out += out[k:k + rnd.randint(3, 400)]
+        else:
+            out += rnd.choice(words)
+    return bytes(out[:n])
+
+
+def run(mem: Memory, unit: DeflateUnit, compress: bool, alg: int, wbits: int, src: bytes,
+        room: int) -> tuple[JobResult, bytes]:
+    """One job over views of job memory as the model sees it (the destination marked first:
+    bytes past `produced` are the engine's own)."""
+    s, d = mem.job(src, room)
+    try:
+        res = (unit.compress_stateless(alg, wbits, s, d) if compress
+               else unit.decompress_stateless(alg, s, d, wbits))
+        return res, bytes(d[:res.produced])
+    finally:
+        s.release()
+        d.release()
+
+
+LD, LZ = DeflateUnit(6, "libdeflate"), DeflateUnit(6, "libz")
+
+
+def same(mem: Memory, alg: int, src: bytes, room: int, wbits: int = 15) -> JobResult:
+    """One decompression job on both codecs: everything the driver sees is the same."""
+    a = run(mem, LD, False, alg, wbits, src, room)
+    b = run(mem, LZ, False, alg, wbits, src, room)
+    assert a == b, (alg, wbits, len(src), room, a[0], b[0])
+    return a[0]
+
+
+def test_codecs() -> None:
+    assert LD.libdeflate and not LZ.libdeflate
+    with pytest.raises(ValueError, match="codec="):
+        DeflateUnit(6, "zstd")
+
+
+def test_decompress_is_the_libz_path_job_for_job(mem: Memory,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    rnd = random.Random(22)
+    answers: dict[int, int] = {}  # libdeflate's results: it ran, and was overruled too
+    real = _libdeflate.decompress
+
+    def counted(*args: object) -> tuple[int, int, int]:
+        r = real(*args)
+        answers[r[0]] = answers.get(r[0], 0) + 1
+        return r
+
+    monkeypatch.setattr(_libdeflate, "decompress", counted)
+    statuses: dict[int, int] = {}
+    for n in (0, 1, 5, 300, 1500, 4096, 9000, 40000, 200000):
+        data = sample(rnd, n)
+        for alg in ALGS:
+            level = rnd.choice((1, 6, 9))
+            stream = zlib.compress(data, level, wbits_of(alg, 15))[HEAD[alg]:]
+            r = same(mem, alg, stream, n + 10)
+            assert (r.status, r.last, r.consumed, r.produced) == \
+                (L.STATUS_OK, True, len(stream), n)
+            for room in {n, max(n - 1, 0), n // 2, 0}:
+                same(mem, alg, stream, room)
+            for w in (12, 13, 14):  # declared smaller windows (libz: the same, as before)
+                same(mem, alg, stream, n + 10, w)
+            same(mem, alg, stream + b"trailing junk", n + 10)
+            same(mem, alg, stream + stream, n + 10)  # a second member is not this job's
+            for cut in {1, len(stream) // 2, len(stream) - 9, len(stream) - 4,
+                        len(stream) - 1} | {rnd.randrange(len(stream) + 1) for _ in range(3)}:
+                if 0 < cut < len(stream):
+                    same(mem, alg, stream[:cut], n + 10)
+            for k in range(25):  # corrupted: a bit anywhere (trailer included), or a run
+                bad = bytearray(stream)
+                if k % 5 == 4 and len(bad) > 8:
+                    i = rnd.randrange(len(bad) - 4)
+                    bad[i:i + 4] = rnd.randbytes(4)
+                else:
+                    bad[rnd.randrange(len(bad))] ^= 1 << rnd.randrange(8)
+                for room in (n + 10, max(n - 1, 0)):
+                    s = same(mem, alg, bytes(bad), room).status
+                    statuses[s] = statuses.get(s, 0) + 1
+    # the corpus reaches bad data, trailer errors, partial results and fitting output
+    assert {L.STATUS_BAD_DATA, L.STATUS_CRC_ERR, L.STATUS_OK} <= set(statuses)
+    assert {_libdeflate.SUCCESS, _libdeflate.BAD_DATA, _libdeflate.INSUFFICIENT_SPACE} <= \
+        set(answers), answers
+
+
+def test_junk_and_empty_input(mem: Memory) -> None:
+    rnd = random.Random(5)
+    for _ in range(600):
+        junk = rnd.randbytes(rnd.choice((0, 1, 7, 100, 1100, 3000)))
+        for alg in ALGS:
+            same(mem, alg, junk, rnd.choice((0, 1, 100, 70000)))
+
+
+class Bits:
+    """An LSB-first bit writer for hand-built deflate streams."""
+
+    def __init__(self) -> None:
+        self.acc = self.n = 0
+        self.out = bytearray()
+
+    def put(self, v: int, k: int) -> None:
+        self.acc |= v << self.n
+        self.n += k
+        while self.n >= 8:
+            self.out.append(self.acc & 0xFF)
+            self.acc >>= 8
+            self.n -= 8
+
+    def code(self, c: int, k: int) -> None:
+        """A Huffman code, most significant bit first (RFC 1951, 3.1.1)."""
+        self.put(int(f"{c:0{k}b}"[::-1], 2), k)
+
+    def done(self) -> bytes:
+        return bytes(self.out) + (bytes([self.acc]) if self.n else b"")
+
+
+def fixed_literal(b: Bits, sym: int) -> None:
+    """A fixed-Huffman literal/length symbol (RFC 1951, 3.2.6)."""
+    if sym < 144:
+        b.code(0x30 + sym, 8)
+    elif sym < 256:
+        b.code(0x190 + sym - 144, 9)
+    elif sym < 280:
+        b.code(sym - 256, 7)
+    else:
+        b.code(0xC0 + sym - 280, 8)
+
+
+def test_what_libdeflate_accepts_and_zlib_refuses(mem: Memory) -> None:
+    """libdeflate decodes literal/length symbols 286-287 (as length 258) and distance symbols
+    30-31 where zlib stops with "invalid ... code" (docs/research/libdeflate.md): for a zlib
+    or gzip job the checksum over what libdeflate made does not match, so the job goes to
+    libz and says what zlib says; raw deflate jobs stay on libz."""
+    for bad_sym, dist in ((286, 0), (287, 0), (257, 30), (257, 31)):
+        b = Bits()
+        b.put(1, 1)  # BFINAL
+        b.put(1, 2)  # fixed Huffman
+        for ch in b"abcd" * 20:
+            fixed_literal(b, ch)
+        fixed_literal(b, bad_sym)
+        b.code(dist, 5)
+        if dist:
+            b.put(0, 13)  # distance 30/31's 13 extra bits
+        fixed_literal(b, 256)
+        body = b.done()
+        with pytest.raises(zlib.error, match="invalid"):
+            zlib.decompress(body, -15)
+        rc = _libdeflate.decompress(body, len(body), bytearray(1000), 1000)[0]
+        plain = b"abcd" * 20
+        for alg, trailer in ((L.ALG_DEFLATE, b""),
+                             (L.ALG_ZLIB, zlib.adler32(plain).to_bytes(4, "big")),
+                             (L.ALG_GZIP, zlib.crc32(plain).to_bytes(4, "little")
+                              + len(plain).to_bytes(4, "little"))):
+            assert same(mem, alg, body + trailer, 1000).status == L.STATUS_BAD_DATA, \
+                (bad_sym, dist, rc)
+
+
+@pytest.mark.parametrize("level", [1, 6, 9])
+def test_compressed_output_decodes_within_the_declared_window(mem: Memory, level: int) -> None:
+    """Every window code (24 KiB is zlib's 16 KiB), every container, sizes around each window's
+    edge: zlib with the declared window decodes the body (a zlib header declaring it, a gzip
+    header) to the input; consumed, checksum and length as the libz codec says; the same job
+    gives the same bytes."""
+    rnd = random.Random(level)
+    ld, lz = DeflateUnit(level, "libdeflate"), DeflateUnit(level, "libz")
+    sizes = [0, 1, 100, 4095, 4096, 4097, 8192, 8193, 16384, 16385, 20000, 32768, 40000,
+             150000]
+    for code, w in WINDOW_WBITS.items():
+        for n in sizes:
+            if n > 40000 and w != 15:
+                continue
+            # far repeats: matches libdeflate would take from beyond a small window
+            data = sample(rnd, n // 2)
+            data = (data + data[:n - len(data)])[:n]
+            for alg in ALGS:
+                room = n + n // 8 + 64
+                res, out = run(mem, ld, True, alg, w, data, room)
+                ref, _ = run(mem, lz, True, alg, w, data, room)
+                assert res.status in (L.STATUS_OK, L.STATUS_NEGACOMPRESS), (code, n, alg)
+                assert (res.consumed, res.last, res.checksum, res.isize) == \
+                    (ref.consumed, ref.last, ref.checksum, ref.isize)
+                if alg == L.ALG_ZLIB:
+                    cmf = 8 | (w - 8) << 4
+                    head = bytes((cmf, 31 - (cmf << 8) % 31))
+                    stream = head + out
+                elif alg == L.ALG_GZIP:
+                    stream = b"\x1f\x8b\x08\0\0\0\0\0\0\xff" + out
+                else:
+                    stream = out
+                d = zlib.decompressobj(wbits_of(alg, w))
+                assert d.decompress(stream) == data and d.eof and not d.unused_data, \
+                    (code, n, alg, level)
+                assert run(mem, ld, True, alg, w, data, room)[1] == out  # deterministic
+
+
+def test_room_the_libz_path_fits_is_enough(mem: Memory) -> None:
+    """Output that does not fit libdeflate's room (or its end padding) is the libz path's job:
+    a room zlib's output fits is never "too small"; smaller rooms are as libz says."""
+    rnd = random.Random(9)
+    for n in (5000, 30000, 100000):
+        data = sample(rnd, n)
+        for alg in ALGS:
+            want = run(mem, LZ, True, alg, 15, data, 2 * n)[1]
+            mine = run(mem, LD, True, alg, 15, data, 2 * n)[1]
+            for room in sorted({len(want) - 1, len(want), len(want) + 1, len(mine) - 1,
+                                len(mine), len(mine) + 8, 0, 10}):
+                a = run(mem, LD, True, alg, 15, data, room)[0]
+                b = run(mem, LZ, True, alg, 15, data, room)[0]
+                if b.status != L.STATUS_DST_TOO_SMALL:
+                    assert a.status in (L.STATUS_OK, L.STATUS_NEGACOMPRESS), (n, alg, room)
+                elif a.status == L.STATUS_DST_TOO_SMALL:
+                    assert a == b
+
+
+def test_incompressible_and_level_0(mem: Memory) -> None:
+    rnd = random.Random(3)
+    data = rnd.randbytes(50000)
+    res, out = run(mem, LD, True, L.ALG_GZIP, 15, data, 60000)
+    assert res.status == L.STATUS_NEGACOMPRESS and zlib.decompress(out, -15) == data
+    zero = DeflateUnit(0, "libdeflate")  # stored blocks stay zlib's
+    assert run(mem, zero, True, L.ALG_DEFLATE, 15, data, 60000)[1] == zlib.compress(data, 0, -15)
+
+
+def test_without_libdeflate_the_model_runs_on_libz(monkeypatch: pytest.MonkeyPatch,
+                                                   mem: Memory) -> None:
+    """A missing library is no error: the codec falls back to libz, output zlib's."""
+    monkeypatch.setattr(_libdeflate, "_tried", False)
+    monkeypatch.setattr(_libdeflate, "_lib", None)
+    monkeypatch.setattr(_libdeflate, "SONAME", "libdeflate-absent.so.0")
+    monkeypatch.setattr(_libdeflate, "_why", "")
+    unit = DeflateUnit(6, "libdeflate")
+    assert not unit.libdeflate and "libdeflate-absent" in _libdeflate.why()
+    data = sample(random.Random(1), 20000)
+    out = run(mem, unit, True, L.ALG_ZLIB, 15, data, 30000)[1]
+    assert out == zlib.compress(data, 6)[2:]
+    assert run(mem, unit, False, L.ALG_ZLIB, 15, out, 30000)[1] == data
+
+
+def test_the_model_option_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from warpdrive.emu.models.zip import ZipModel
+
+    monkeypatch.delenv(_deflate.CODEC_ENV, raising=False)
+    assert ZipModel().codec == "libdeflate"
+    assert ZipModel(codec="libz").codec == "libz"
+    monkeypatch.setenv(_deflate.CODEC_ENV, "libz")
+    assert ZipModel().codec == "libz"
+    assert ZipModel(codec="libdeflate").codec == "libdeflate"  # the option wins
+    with pytest.raises(InvalidArgumentError, match="codec="):
+        ZipModel(codec="lz4")
+    monkeypatch.setenv(_deflate.CODEC_ENV, "fast")
+    with pytest.raises(InvalidArgumentError, match=_deflate.CODEC_ENV):
+        ZipModel()
