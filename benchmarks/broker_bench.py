@@ -339,6 +339,9 @@ def main() -> None:
     ap.add_argument("--floor", action="store_true", help="only the mediation path alone, in "
                     "this process with warm caches, on a null device (no other process to share "
                     "the CPU with): broker CPU per job by batch size")
+    ap.add_argument("--cold", action="store_true", help="what going cold costs the pieces of "
+                    "a pass (functions, objects, the clock reads), warm and after 8/64 MB "
+                    "written")
     ap.add_argument("--breakdown", action="store_true", help="where a working pass's time "
                     "goes, phase by phase (the --floor path, timed and bytecode-counted)")
     ap.add_argument("--passes", metavar="N:SIZE", help="only run N clients on SIZE-byte jobs, "
@@ -368,6 +371,9 @@ def main() -> None:
     clients = [int(x, 0) for x in args.clients.split(",")]
     if args.floor:
         print_floor(floor())
+        return
+    if args.cold:
+        print_cold(cold())
         return
     if args.breakdown:
         print_breakdown(breakdown())
@@ -491,7 +497,8 @@ def hooked_row(hook: str, nclients: int, size: int, duration: float,
     broker = start_broker(sock, extra=extra, profile=out if hook == "profile" else None,
                           passes=out if hook == "passes" else None)
     try:
-        r = run_row("broker:" + sock, nclients, size, duration, broker=broker, log=sock + ".log")
+        r = run_row("broker:" + sock, nclients, size, duration, broker=broker, log=sock + ".log",
+                    cpus=_others(extra or []))
     finally:
         broker.send_signal(signal.SIGTERM)
         broker.wait(60)
@@ -882,6 +889,71 @@ def print_breakdown(rows: list[dict[str, Any]]) -> None:
             print(f"  bytecodes, {p} pass: {sum(mine.values()):.0f}: " + ", ".join(
                 f"{k} {v:g}" for k, v in mine.items()))
     print(json.dumps({"breakdown": rows, "load": round(os.getloadavg()[0], 2)}))
+
+
+def cold(reps: int = 1500) -> list[dict[str, Any]]:
+    """What going cold costs the pieces a pass is made of, apart from the broker: thread CPU
+    (as `--measure` counts a pass: between two `time.thread_time` reads) of a chain of K
+    distinct small functions (10 attribute loads each), of a walk over M distinct objects, and
+    of nothing (the two clock reads alone), warm and after writing 8 MB (beyond L2) or 64 MB
+    (beyond L3) between calls; medians."""
+    import statistics
+
+    clock = time.thread_time
+    junk = bytearray(64 << 20)
+
+    class Obj:
+        __slots__ = ("a", "b")
+
+        def __init__(self) -> None:
+            self.a = self.b = 1
+
+    def chain(k: int) -> Any:
+        g: dict[str, Any] = {}
+        exec("\n".join(  # K distinct code objects
+            f"def f{i}(o):\n" + "".join(f"    a = o.{'ab'[j & 1]}\n" for j in range(10)) +
+            f"    return {f'f{i + 1}(o)' if i + 1 < k else '0'}\n" for i in range(k)), g)
+        first, o = g["f0"], Obj()
+        return lambda: first(o)
+
+    def walk(m: int) -> Any:
+        objs = [Obj() for _ in range(m)]
+
+        def run() -> int:
+            s = 0
+            for o in objs:
+                s += o.a
+            return s
+        return run
+
+    def median_us(fn: Any, evict: int, n: int) -> float:
+        line = memoryview(junk)[:evict:64]  # one byte per 64-byte cache line
+        one, zero = b"\1" * len(line), bytes(len(line))
+        xs = []
+        for r in range(n):
+            if evict:
+                line[:] = one if r & 1 else zero
+            t0 = clock()
+            fn()
+            xs.append(clock() - t0)
+        line.release()
+        return statistics.median(xs) * 1e6
+
+    cases = [("nothing (the clock reads)", lambda: None)] + \
+        [(f"{k} functions", chain(k)) for k in (1, 8, 24)] + \
+        [(f"{m} objects", walk(m)) for m in (16, 64, 256)]
+    return [{"what": name, "warm_us": round(median_us(fn, 0, reps), 2),
+             "evict8_us": round(median_us(fn, 8 << 20, reps // 3), 2),
+             "evict64_us": round(median_us(fn, 64 << 20, reps // 5), 2)} for name, fn in cases]
+
+
+def print_cold(rows: list[dict[str, Any]]) -> None:
+    print(f"cold pieces (thread CPU between two clock reads, medians; load "
+          f"{os.getloadavg()[0]:.2f}): warm / 8 MB written before / 64 MB written before")
+    for r in rows:
+        print(f"  {r['what']:28} {r['warm_us']:6.2f} / {r['evict8_us']:6.2f} / "
+              f"{r['evict64_us']:6.2f} us")
+    print(json.dumps({"cold": rows, "load": round(os.getloadavg()[0], 2)}))
 
 
 def print_floor(rows: list[dict[str, Any]]) -> None:
