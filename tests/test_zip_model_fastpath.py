@@ -28,6 +28,7 @@ from warpdrive.devices.zip.sqe import Format, SqeTemplate
 from warpdrive.emu.function import Function
 from warpdrive.emu.models import _zip_layout as L
 from warpdrive.emu.models._deflate import _PIECE, DeflateUnit
+from warpdrive.emu.models._qm import QueueState
 from warpdrive.emu.models.zip import ZipModel
 from warpdrive.emu.server import VfioUserServer
 from warpdrive.uapi import pci_regs
@@ -129,11 +130,19 @@ def test_polls_that_see_no_doorbell_move_do_not_run_the_queues(served) -> None:
         qm = model.qm
         assert qm is not None
         calls = [0]
-        process = qm.process
+        process, process_queue, process_one = qm.process, qm.process_queue, qm.process_one
 
         def counted(budget: int | None = None) -> int:
             calls[0] += 1
             return process(budget)
+
+        def counted_queue(q: QueueState, budget: int) -> int:  # (the doorbell pass's ways)
+            calls[0] += 1
+            return process_queue(q, budget)
+
+        def counted_one(q: QueueState, sq: memoryview, cq: memoryview) -> int:
+            calls[0] += 1
+            return process_one(q, sq, cq)
 
         polls = [0]
         poll = model.poll
@@ -143,6 +152,8 @@ def test_polls_that_see_no_doorbell_move_do_not_run_the_queues(served) -> None:
             return poll()
 
         qm.process = counted  # type: ignore[method-assign]
+        qm.process_queue = counted_queue  # type: ignore[method-assign]
+        qm.process_one = counted_one  # type: ignore[method-assign]
         model.poll = counted_poll  # type: ignore[method-assign]
         time.sleep(0.02)  # (the client's last CQ doorbell moves the word once more)
         idle_calls, idle_polls = calls[0], polls[0]
@@ -229,7 +240,7 @@ def test_an_oversized_job_does_not_send_its_shape_the_slow_way() -> None:
 
 
 def test_buffer_views_are_kept_between_jobs_and_dropped_before_unmap() -> None:
-    """`ZipJobs._flat` keeps the views of a job's buffers for the next job on the same pieces;
+    """`ZipJobs._execute` keeps the views of a job's buffers for the next job on the same pieces;
     an unmap (or bus mastering off) drops them first, so the unmapped memory is never held and
     the next job there faults as before."""
     c, model, fn = _model_client()

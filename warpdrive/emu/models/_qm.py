@@ -445,7 +445,12 @@ class QmFunction:
 
     # -- the queue engine (§7) -------------------------------------------------------------
     def pending(self) -> bool:
-        return any(q.running and q.head != q.tail for q in self.queues)
+        # (a loop and `running` inline, not any() over a generator: asked after every pass
+        # that worked)
+        for q in self.queues:
+            if q.head != q.tail and q.sqc_ok and q.cqc_ok and not q.stopped and not q.broken:
+                return True
+        return False
 
     def process(self, budget: int | None = None) -> int:
         """Execute up to `budget` submitted SQEs across the queues; returns how many."""
@@ -459,55 +464,104 @@ class QmFunction:
             completed = q.completed
             done += self._run_queue(q, budget - done)
             if q.completed != completed and q.cq_irq and q.eqe_posted_at is None:
-                signal.append(q)
+                signal.append(q)  # (one MSI for every queue of the pass)
             if done >= budget:
                 break
         if signal:
             self._interrupt(signal)
         return done
 
+    def process_queue(self, q: QueueState, budget: int) -> int:
+        """`process` for one running queue with SQEs waiting (the caller checked both): run up
+        to `budget` of them and signal the queue if it completed jobs and is armed. Called
+        alone when only this queue can have work (a device's doorbell pass: `ZipModel.poll`)."""
+        completed = q.completed
+        done = self._run_queue(q, budget)
+        if q.completed != completed and q.cq_irq and q.eqe_posted_at is None:
+            self._interrupt([q])
+        return done
+
+    def process_one(self, q: QueueState, sq: memoryview, cq: memoryview) -> int:
+        """`process_queue` for a running queue with exactly one SQE waiting (a one-shot call's
+        job), on ring views the caller keeps (`rings`), for a function whose CQ room is not
+        bounded (no c_flag re-arm, see `_cq_room`) and whose executor takes SQEs one by one
+        (no `execute_run`): the same steps as `_run` without its loop and set-up."""
+        head = q.head
+        r = self.execute(q, sq, head * q.sqe_size)
+        if r == BUSY:
+            return 0
+        if r != PENDING:
+            self._post_cqe(q, cq, head)
+            q.completed += 1
+            self.stats["jobs"] += 1
+        head += 1
+        q.head = 0 if head == q.sq_depth else head
+        if r != PENDING and q.cq_irq and q.eqe_posted_at is None:
+            self._interrupt([q])
+        return 1
+
     def _run_queue(self, q: QueueState, budget: int) -> int:
-        todo = min((q.tail - q.head) % q.sq_depth, budget)
+        todo = (q.tail - q.head) % q.sq_depth
+        if todo > budget:
+            todo = budget
         if not todo:
             return 0
         if self.execute_run is not None:
             return self._run_queue_runs(q, todo)
         rings = self.rings
+        if rings is None:
+            return self._run_queue_taken(q, todo)
+        try:
+            sq, cq = rings(q)
+        except DmaFault as e:
+            self._queue_fault(q, str(e))
+            return 0
+        return self._run(q, sq, cq, todo)
+
+    def _run_queue_taken(self, q: QueueState, todo: int) -> int:
+        """`_run_queue` without kept ring views: taken for this pass and released after it."""
         sq = cq = None
         try:
-            if rings is not None:
-                sq, cq = rings(q)
-            else:
-                sq = self.dma.view(q.sq_base, q.sq_depth * q.sqe_size, write=True)
-                cq = self.dma.view(q.cq_base, q.cq_depth * L.CQE_SIZE, write=True)
+            sq = self.dma.view(q.sq_base, q.sq_depth * q.sqe_size, write=True)
+            cq = self.dma.view(q.cq_base, q.cq_depth * L.CQE_SIZE, write=True)
         except DmaFault as e:
-            if sq is not None and rings is None:
+            if sq is not None:
                 sq.release()
             self._queue_fault(q, str(e))
             return 0
-        taken = completed = 0
-        execute, size, depth = self.execute, q.sqe_size, q.sq_depth
-        room = self._cq_room(q)
         try:
-            for _ in range(todo):
-                if completed == room:  # its CQE would not fit: nothing runs (§7.2)
-                    self._cq_overflow(q)
-                    break
-                head = q.head
-                r = execute(q, sq, head * size)
-                if r == BUSY:
-                    break
-                if r != PENDING:
-                    self._post_cqe(q, cq, head)
-                    completed += 1
-                taken += 1
-                q.head = head + 1 if head + 1 < depth else 0
+            return self._run(q, sq, cq, todo)
         finally:
-            if rings is None:
-                sq.release()
-                cq.release()
-        q.completed += completed
-        self.stats["jobs"] += completed
+            sq.release()
+            cq.release()
+
+    def _run(self, q: QueueState, sq: memoryview, cq: memoryview, todo: int) -> int:
+        """Execute `todo` SQEs from the head, one by one, posting the CQEs of those done at once
+        (the one-job pass of a one-shot call is most of a small call's model time: kept to few
+        steps)."""
+        execute, size, depth = self.execute, q.sqe_size, q.sq_depth
+        room = self._cq_room(q) if self.cq_rearm else -1  # (-1: unbounded, see `_cq_room`)
+        taken = completed = 0
+        head = q.head
+        post = self._post_cqe
+        while taken < todo:
+            if completed == room:  # its CQE would not fit: nothing runs (§7.2)
+                self._cq_overflow(q)
+                break
+            r = execute(q, sq, head * size)
+            if r == BUSY:
+                break
+            if r != PENDING:
+                post(q, cq, head)
+                completed += 1
+            taken += 1
+            head += 1
+            if head == depth:
+                head = 0
+            q.head = head
+        if completed:
+            q.completed += completed
+            self.stats["jobs"] += completed
         return taken
 
     def _cq_room(self, q: QueueState) -> int:

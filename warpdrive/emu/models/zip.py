@@ -101,6 +101,8 @@ if TYPE_CHECKING:
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _RES = struct.Struct("<4I")  # dw0..3
+_DW_IN, _DW_AVAIL, _DW7, _DW9 = L.DW_INPUT_LENGTH, L.DW_DEST_AVAIL_OUT, L.DW_IN_SGE_FLAGS, L.DW_REQ
+_DW_SRC_L, _DW_SRC_H, _DW_DST_L, _DW_DST_H = L.DW_SRC_L, L.DW_SRC_H, L.DW_DST_L, L.DW_DST_H
 _ISIZE_SUM = struct.Struct("<2I")  # dw30, dw31
 
 IDLE_DOORBELL = 0xF << L.QM_DB_CMD_SHIFT_V2  # reserved command 15: "nothing to do"
@@ -211,11 +213,11 @@ class ZipJobs:
         self.stats: dict[str, int] = {"dma_faults": 0, "sgl_jobs": 0}  # shared with the QM's
         # (dw7, dw9, the queue's alg) -> (compress?, alg, wbits) of a well-formed flat stateless
         # SQE of that shape, or False for any other (stateful, SGL, malformed): a client sends
-        # the same few shapes over and over, so each is decoded once (`_flat`).
+        # the same few shapes over and over, so each is decoded once (`_execute`).
         self._shapes: dict[tuple[int, int, int], tuple[bool, int, int] | bool] = {}
-        self._kept: dict[tuple[int, int, bool], memoryview] = {}  # see `_keep`
+        self._kept: dict[tuple[int, int, int, int], tuple[memoryview, memoryview]] = {}  # `_keep`
 
-    KEPT_MAX = 16  # views `_flat` keeps (a client's pieces in use; more: all dropped)
+    KEPT_MAX = 16  # view pairs `_execute` keeps (a client's pieces in use; more: all dropped)
 
     def reset(self) -> None:
         self.drop_views()
@@ -249,13 +251,29 @@ class ZipJobs:
                 or q.alg not in (L.ZIP_QC_COMPRESS, L.ZIP_QC_DECOMPRESS))
 
     def _execute(self, q: QueueState, w: tuple[int, ...]) -> JobResult:
-        shape = self._shapes.get((w[L.DW_IN_SGE_FLAGS], w[L.DW_REQ], q.alg))
+        shape = self._shapes.get((w[_DW7], w[_DW9], q.alg))
         if shape is None:
             shape = self._shape(q, w)
-        if shape and w[L.DW_INPUT_LENGTH] <= L.HZ_MAX_SIZE and \
-                w[L.DW_DEST_AVAIL_OUT] <= L.HZ_MAX_SIZE:
-            return self._flat(shape, w)  # type: ignore[arg-type]  # (a shape, not True)
-        return self._slow(q, w)
+        in_len, avail = w[_DW_IN], w[_DW_AVAIL]
+        if not shape or in_len > L.HZ_MAX_SIZE or avail > L.HZ_MAX_SIZE:
+            return self._slow(q, w)
+        # The common job (`_flat`, inline: one frame fewer per job): flat buffers, stateless
+        # (a whole stream), well-formed.
+        compress, alg, wbits = shape  # type: ignore[misc]  # (a shape, not True)
+        key = (w[_DW_SRC_H] << 32 | w[_DW_SRC_L], in_len, w[_DW_DST_H] << 32 | w[_DW_DST_L], avail)
+        views = self._kept.get(key)
+        if views is None:
+            try:
+                views = self._keep(key)
+            except DmaFault:
+                self.stats["dma_faults"] += 1
+                return JobResult(L.STATUS_DMA_FAULT)
+        src, dst = views
+        if compress:
+            return self.unit.compress_stateless(alg, wbits, src if in_len else src[:0],
+                                                dst if avail else dst[:0])
+        return self.unit.decompress_stateless(alg, src if in_len else src[:0],
+                                              dst if avail else dst[:0], wbits)
 
     def _shape(self, q: QueueState, w: tuple[int, ...]) -> tuple[bool, int, int] | bool:
         """Decode (and remember) the shape of an SQE for `_execute`."""
@@ -274,48 +292,31 @@ class ZipJobs:
         self._shapes[(dw7, dw9, q.alg)] = shape
         return shape
 
-    def _flat(self, shape: tuple[bool, int, int], w: tuple[int, ...]) -> JobResult:
-        """The common job: flat buffers, stateless (a whole stream), well-formed."""
-        compress, alg, wbits = shape
-        in_len, avail = w[L.DW_INPUT_LENGTH], w[L.DW_DEST_AVAIL_OUT]
+    def _keep(self, key: tuple[int, int, int, int]) -> tuple[memoryview, memoryview]:
+        """Views of a job's buffers in client memory, for `_execute`: key (source address,
+        input length, destination address, output room), checked by the DMA table and kept
+        until `drop_views`. A client sends job after job on the same pieces (a one-shot call's
+        input and output), and taking the views again cost ~1 us per job. The device model
+        drops them whenever a check could now say otherwise (an unmap, bus mastering off, a
+        reset, close: `ZipModel._drop_rings`); more than KEPT_MAX pairs drops them all first.
+        The source address must be valid even for an empty input (as on hardware)."""
         kept = self._kept
-        # The source address must be valid even for an empty input (as on hardware).
-        skey = (w[L.DW_SRC_H] << 32 | w[L.DW_SRC_L], in_len or 1, False)
-        dkey = (w[L.DW_DST_H] << 32 | w[L.DW_DST_L], avail or 1, True)
-        src, dst = kept.get(skey), kept.get(dkey)
-        if src is None or dst is None:
-            try:
-                src, dst = self._keep(skey, dkey)
-            except DmaFault:
-                self.stats["dma_faults"] += 1
-                return JobResult(L.STATUS_DMA_FAULT)
-        if compress:
-            return self.unit.compress_stateless(alg, wbits, src if in_len else src[:0],
-                                                dst if avail else dst[:0])
-        return self.unit.decompress_stateless(alg, src if in_len else src[:0],
-                                              dst if avail else dst[:0], wbits)
-
-    def _keep(self, *keys: tuple[int, int, bool]) -> list[memoryview]:
-        """Views of client memory, each (iova, size, writable), for `_flat`: checked by the DMA
-        table and kept until `drop_views`. A client sends job after job on the same pieces (a
-        one-shot call's input and output), and taking the views again cost ~1 us per job. The
-        device model drops them whenever a check could now say otherwise (an unmap, bus
-        mastering off, a reset, close: `ZipModel._drop_rings`); more than KEPT_MAX drops them
-        all first (never one of those asked for at once)."""
-        kept = self._kept
-        if len(kept) + len(keys) > self.KEPT_MAX:
+        if len(kept) >= self.KEPT_MAX:
             self.drop_views()
-        out = []
-        for key in keys:
-            v = kept.get(key)
-            if v is None:
-                v = kept[key] = self.dma.view(*key)
-            out.append(v)
-        return out
+        saddr, n, daddr, avail = key
+        src = self.dma.view(saddr, n or 1)
+        try:
+            dst = self.dma.view(daddr, avail or 1, write=True)
+        except BaseException:
+            src.release()
+            raise
+        views = kept[key] = (src, dst)
+        return views
 
     def drop_views(self) -> None:
-        for v in self._kept.values():
-            v.release()
+        for src, dst in self._kept.values():
+            src.release()
+            dst.release()
         self._kept.clear()
 
     def _slow(self, q: QueueState, w: tuple[int, ...]) -> JobResult:
@@ -798,6 +799,10 @@ class ZipModel(DeviceModel):
         # and compares only (`poll`); anything else that can make work (a trapped write: a
         # doorbell or a mailbox command; a reset) sets this.
         self._recheck = True
+        # `poll`'s quick pass: the one doorbell word (no isolation; None otherwise) and the
+        # jobs in flight on the workers (`ThreadedJobs.inflight`, or an empty dict for ever)
+        self._cell: Any = None
+        self._inflight: dict[int, Any] = {}
 
     # -- description ------------------------------------------------------------------------
     @property
@@ -841,8 +846,11 @@ class ZipModel(DeviceModel):
                                for qn in range(self.qp_num)]
             else:
                 self._bells = [(self.region_u64(L.QM_BAR, L.QM_DOORBELL_SQ_CQ_BASE_V2), None)]
+        if len(self._bells) == 1 and self._bells[0][1] is None:
+            self._cell = self._bells[0][0]
         if isinstance(self.jobs, ThreadedJobs):
             self.jobs.messages_fd = self.messages_fd
+            self._inflight = self.jobs.inflight  # (the same dict for the model's life)
         self.qm.forget_doorbell = self._forget_doorbell
         self.qm.cq_rearm = self.doorbells == "trap"  # every store seen: the c_flag re-arm
         self.qm.rings = self._rings
@@ -886,7 +894,7 @@ class ZipModel(DeviceModel):
         for qn in list(self._views):
             self._drop_ring(qn)
         if self.jobs is not None:
-            self.jobs.drop_views()  # (the same events end the buffer views `_flat` keeps)
+            self.jobs.drop_views()  # (the same events end the buffer views `_execute` keeps)
 
     def _idle_bells(self) -> None:
         for cell, _ in self._bells:
@@ -924,11 +932,41 @@ class ZipModel(DeviceModel):
                 self._qm().doorbell(_U64.unpack(data)[0], qn)
 
     def poll(self) -> bool:
+        cell = self._cell
+        if cell is not None and not self._recheck and not self._inflight:
+            # The common pass, in few steps (a one-shot call waits on it): one doorbell word
+            # (no isolation), nothing else that can have made work (no trapped write, no reset,
+            # no SQE left waiting: `_recheck` is clear), no jobs on the workers. Unmoved: idle.
+            v = cell.value
+            if v == self._last[0]:
+                return False
+            self._last[0] = v
+            qm = self.qm
+            assert qm is not None, "setup() has not run"
+            qm.stats["doorbells"] += 1
+            if not qm.doorbell(v):  # (a CQ doorbell, rung after each reap, makes no work)
+                return False
+            # Only the queue the value names can have new SQEs (`process` for it alone).
+            q = qm.queues[v & 0x7FF]
+            if q.head == q.tail or not (q.sqc_ok and q.cqc_ok) or q.stopped or q.broken:
+                return False
+            views = self._views.get(q.qn)
+            if views is not None and (q.tail - q.head) % q.sq_depth == 1 and \
+                    qm.execute_run is None:
+                taken = qm.process_one(q, *views)  # (no c_flag re-arm with mapped doorbells)
+            else:
+                taken = qm.process_queue(q, qm.JOB_BUDGET)
+            # SQEs left for later (budget, BUSY), or jobs handed to the workers: the full pass
+            self._recheck = q.head != q.tail or bool(self._inflight)
+            return taken > 0
+        return self._poll()
+
+    def _poll(self) -> bool:
         qm = self.qm
         assert qm is not None, "setup() has not run"
         last = self._last
         moved = self._recheck
-        for i, (cell, qn) in enumerate(self._bells):  # (polled back to back: kept lean)
+        for i, (cell, qn) in enumerate(self._bells):
             v = cell.value
             if v != last[i]:
                 last[i] = v
@@ -940,8 +978,9 @@ class ZipModel(DeviceModel):
         if moved:
             worked = qm.process() > 0
             self._recheck = qm.pending()  # SQEs left for later (budget, BUSY): look again
-        jobs = self.jobs
-        if isinstance(jobs, ThreadedJobs) and jobs.inflight:
+        if self._inflight:
+            jobs = self.jobs
+            assert isinstance(jobs, ThreadedJobs)
             # Jobs on the workers: sleep briefly on the oldest rather than spin (the workers
             # need the cores), and count as busy so the server keeps polling.
             posted = jobs.collect(0 if worked else self.poll_idle_s)
