@@ -165,6 +165,42 @@ def test_polls_that_see_no_doorbell_move_do_not_run_the_queues(served) -> None:
         eng.close()
 
 
+def test_a_lone_job_of_a_doorbell_pass_completes_and_signals_as_process_does(served) -> None:
+    """The doorbell pass's one-SQE way (`QmFunction.process_one`) posts the CQE, counts the job
+    and raises the completion interrupt of an armed queue: a client that only sleeps on the
+    interrupt (wait="block") gets every call back (a missed signal would hang it until the
+    engine's timeout), with zlib's bytes, and a later batch still takes the full pass."""
+    path, model, _server = served
+    qm = model.qm
+    assert qm is not None
+    ones = [0]
+    process_one = qm.process_one
+
+    def counted_one(q: QueueState, sq: memoryview, cq: memoryview) -> int:
+        ones[0] += 1
+        return process_one(q, sq, cq)
+
+    qm.process_one = counted_one  # type: ignore[method-assign]
+    eng = wz.open_engine("vfio-user:" + path, wait="block", timeout=10.0, announce=False)
+    try:
+        jobs0, eqes0 = qm.stats["jobs"], qm.stats["eqes"]
+        for n in range(1, 40):
+            data = bytes(range(n)) * 3
+            assert wz.compress(data, 6, device=eng) == zlib.compress(data, 6)
+            assert wz.decompress(zlib.compress(data), device=eng) == data
+        # (a call acknowledges its interrupt with a trapped EQ doorbell: the next pass is a
+        # full one, so not every call takes the one-SQE way)
+        assert ones[0] >= 10, "one-shot calls take the one-SQE way"
+        assert qm.stats["jobs"] - jobs0 == 78
+        assert qm.stats["eqes"] - eqes0 >= 60, "each sleeping call was woken by its interrupt"
+        # several SQEs at once (a compressobj's pieces) still complete, in order
+        c = wz.compressobj(6, device=eng)
+        big = random.Random(3).randbytes(300_000)
+        assert zlib.decompress(c.compress(big) + c.flush()) == big
+    finally:
+        eng.close()
+
+
 def _model_client() -> tuple[Client, ZipModel, Function]:
     """test_zip_model's driver stand-in, on a ZipModel hosted by a server `Function` in this
     process (so the model's kept ring views are in play), with its memory mapped."""
