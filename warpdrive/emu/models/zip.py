@@ -101,9 +101,14 @@ if TYPE_CHECKING:
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _RES = struct.Struct("<4I")  # dw0..3
+_ISIZE_SUM = struct.Struct("<2I")  # dw30, dw31
+# The SQE words and results as module constants, not `L.` lookups: read on every job.
 _DW_IN, _DW_AVAIL, _DW7, _DW9 = L.DW_INPUT_LENGTH, L.DW_DEST_AVAIL_OUT, L.DW_IN_SGE_FLAGS, L.DW_REQ
 _DW_SRC_L, _DW_SRC_H, _DW_DST_L, _DW_DST_H = L.DW_SRC_L, L.DW_SRC_H, L.DW_DST_L, L.DW_DST_H
-_ISIZE_SUM = struct.Struct("<2I")  # dw30, dw31
+_SQE_UNPACK = L.SQE.unpack_from
+_RES_PACK, _ISIZE_SUM_PACK = _RES.pack_into, _ISIZE_SUM.pack_into
+_ST_MASK, _ST_LAST, _CTX_ST_MASK = L.STATUS_MASK, L.STATUS_LAST_BLOCK, L.CTX_ST_MASK
+_DW_CTX0, _CTX0_OFF, _ISIZE_OFF = L.DW_CTX_DW0, 4 * L.DW_CTX_DW0, 4 * L.DW_ISIZE
 
 IDLE_DOORBELL = 0xF << L.QM_DB_CMD_SHIFT_V2  # reserved command 15: "nothing to do"
 
@@ -224,20 +229,19 @@ class ZipJobs:
         self.unit.reset()
 
     def __call__(self, q: QueueState, sq: memoryview, off: int) -> int | None:
-        w = L.SQE.unpack_from(sq, off)
+        w = _SQE_UNPACK(sq, off)
         self.write_result(sq, off, w, self._execute(q, w))
         return None
 
     @staticmethod
     def write_result(sq: memoryview, off: int, w: tuple[int, ...], res: JobResult) -> None:
         """The results into the SQE slot in place (dw0..3, ctx_dw0's state, dw30/31)."""
-        _RES.pack_into(sq, off, res.consumed, res.produced, 0,
-                       (res.status & L.STATUS_MASK) | (L.STATUS_LAST_BLOCK if res.last else 0))
-        dw = w[L.DW_CTX_DW0]
-        if dw & L.CTX_ST_MASK != res.ctx_st:  # (ctx_dw1/2 are left as they are)
-            _U32.pack_into(sq, off + 4 * L.DW_CTX_DW0, (dw & ~L.CTX_ST_MASK) | res.ctx_st)
-        _ISIZE_SUM.pack_into(sq, off + 4 * L.DW_ISIZE, res.isize & 0xFFFF_FFFF,
-                             res.checksum & 0xFFFF_FFFF)
+        _RES_PACK(sq, off, res.consumed, res.produced, 0,
+                  (res.status & _ST_MASK) | (_ST_LAST if res.last else 0))
+        dw = w[_DW_CTX0]
+        if dw & _CTX_ST_MASK != res.ctx_st:  # (ctx_dw1/2 are left as they are)
+            _U32.pack_into(sq, off + _CTX0_OFF, (dw & ~_CTX_ST_MASK) | res.ctx_st)
+        _ISIZE_SUM_PACK(sq, off + _ISIZE_OFF, res.isize & 0xFFFF_FFFF, res.checksum & 0xFFFF_FFFF)
 
     @staticmethod
     def malformed(q: QueueState, w: tuple[int, ...]) -> bool:
@@ -476,9 +480,9 @@ class ThreadedJobs(ZipJobs):
         self.messages_fd: Callable[[], int] = lambda: -1
 
     def __call__(self, q: QueueState, sq: memoryview, off: int) -> int | None:
-        w = L.SQE.unpack_from(sq, off)
+        w = _SQE_UNPACK(sq, off)
         mine = self.inflight.get(q.qn)
-        in_len = w[L.DW_INPUT_LENGTH]
+        in_len = w[_DW_IN]
         if not mine and in_len < self.PIECE_MIN:
             # A small job with nothing of its queue in flight runs inline whatever its kind
             # (the test below would say so too): decided before the flags and `malformed`,
