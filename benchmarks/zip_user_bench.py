@@ -97,33 +97,70 @@ def per_call(fn: Callable[[], object], budget: float) -> float:
             return dt / n
 
 
-def api_rows(quick: bool) -> list[dict]:
+CODEC_ENV = "WARPDRIVE_MODEL_CODEC"  # the model's codec for whole-buffer jobs (emu/models/_deflate)
+
+
+def codec_env(codec: str | None) -> dict[str, str]:
+    """The environment a model (or a CLI run, which starts its own) gets for `codec`."""
+    env = dict(os.environ)
+    if codec:
+        env[CODEC_ENV] = codec
+    return env
+
+
+def api_rows(quick: bool, codecs: list[str | None]) -> list[dict]:
+    """One engine per codec (its model started with that codec; None: as configured), each
+    timed in turn with zlib in every round."""
     import warpdrive.zip as wz
 
-    wz.default_engine()  # opened once, as a program's first call would
+    engines = {}
+    for codec in codecs:
+        saved = dict(os.environ)
+        os.environ.update(codec_env(codec))
+        try:
+            # opened once, as a program's first call would
+            engines[codec] = wz.default_engine() if codec is None else \
+                wz.open_engine("emu", announce=False)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
     rounds = 3 if quick else 7
     budget = 0.05 if quick else 0.2
     rows = []
     for size in (5, 4096, 65536, 1 << 20):
         data = sample(size)
         blob = zlib.compress(data, 6)
-        for op, ours, theirs in (
-                ("compress", functools.partial(wz.compress, data, 6),
-                 functools.partial(zlib.compress, data, 6)),
-                ("decompress", functools.partial(wz.decompress, blob),
-                 functools.partial(zlib.decompress, blob))):
-            t_ours, t_theirs, ratios = [], [], []
+        for op in ("compress", "decompress"):
+            theirs = functools.partial(zlib.compress, data, 6) if op == "compress" else \
+                functools.partial(zlib.decompress, blob)
+            ours = {c: functools.partial(wz.compress, data, 6, device=e) if op == "compress"
+                    else functools.partial(wz.decompress, blob, device=e)
+                    for c, e in engines.items()}
+            t_ours: dict[str | None, list[float]] = {c: [] for c in ours}
+            ratios: dict[str | None, list[float]] = {c: [] for c in ours}
+            t_theirs = []
             for _ in range(rounds):
-                a = per_call(ours, budget)
+                mine = {}
+                for c, fn in ours.items():
+                    if len(ours) > 1:
+                        # the other codec's model asleep first: a model spins up to 0.2 s
+                        # (poll_spin_s) after its last job, and that core is not ours to time
+                        time.sleep(0.25)
+                    mine[c] = per_call(fn, budget)
                 b = per_call(theirs, budget)
-                t_ours.append(a)
                 t_theirs.append(b)
-                ratios.append(a / b)
-            rows.append({"op": op, "size": size,
-                         "ours_us": round(statistics.median(t_ours) * 1e6, 1),
-                         "zlib_us": round(statistics.median(t_theirs) * 1e6, 1),
-                         "time_ratio": round(statistics.median(ratios), 3),
-                         "speed_ratio": round(1 / statistics.median(ratios), 3)})
+                for c, a in mine.items():
+                    t_ours[c].append(a)
+                    ratios[c].append(a / b)
+            for c in ours:
+                rows.append({"op": op, "size": size, **({"codec": c} if c else {}),
+                             "ours_us": round(statistics.median(t_ours[c]) * 1e6, 1),
+                             "zlib_us": round(statistics.median(t_theirs) * 1e6, 1),
+                             "time_ratio": round(statistics.median(ratios[c]), 3),
+                             "speed_ratio": round(1 / statistics.median(ratios[c]), 3)})
+    for c, e in engines.items():
+        if c is not None:
+            e.close()
     return rows
 
 
@@ -165,9 +202,10 @@ _LAUNCH = ("import os, subprocess, sys\n"
            "sys.exit(os.waitstatus_to_exitcode(status))\n")
 
 
-def timed(argv: list[str], stdin: Path | None, cwd: Path) -> tuple[float, float, int]:
+def timed(argv: list[str], stdin: Path | None, cwd: Path,
+          codec: str | None = None) -> tuple[float, float, int]:
     """(wall seconds, peak RSS MB of the command and the children it waited for, status)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(codec_env(codec), PYTHONPATH=str(ROOT))
     report = cwd / "rss.txt"
     with open(os.devnull, "wb") as null, \
             (open(stdin, "rb") if stdin else open(os.devnull, "rb")) as inp:
@@ -181,7 +219,7 @@ def timed(argv: list[str], stdin: Path | None, cwd: Path) -> tuple[float, float,
     return wall, int(report.read_text() or 0) / 1024, r.returncode
 
 
-def cli_rows(mb: int, quick: bool) -> tuple[list[dict], dict]:
+def cli_rows(mb: int, quick: bool, codecs: list[str | None]) -> tuple[list[dict], dict]:
     wd = [sys.executable, "-m", "warpdrive.cli"]
     ncpu = os.cpu_count() or 1
     pigz, gzip = shutil.which("pigz"), shutil.which("gzip")
@@ -199,7 +237,7 @@ def cli_rows(mb: int, quick: bool) -> tuple[list[dict], dict]:
         mixed_file(src, mb)
         gz = tmp / "mixed.bin.gz"
         subprocess.run([*wd, "compress", "-q", "-f", str(src)], check=True,
-                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                       env=dict(codec_env(codecs[0]), PYTHONPATH=str(ROOT)))
         rounds = 1 if quick else 2
         # Also a file gzip(1) made (one member, no member sizes): decompressed as one stream,
         # for information (the goal is judged on our own compression's output).
@@ -217,26 +255,41 @@ def cli_rows(mb: int, quick: bool) -> tuple[list[dict], dict]:
             if theirs_argv is None:
                 rows.append({"op": f"cli {op}", "skipped": f"{theirs_name} is not installed"})
                 continue
-            walls_o, walls_t, rss_o, rss_t = [], [], [], []
+            walls_o: dict[str | None, list[float]] = {c: [] for c in codecs}
+            rss_o: dict[str | None, list[float]] = {c: [] for c in codecs}
+            walls_t, rss_t = [], []
             for _ in range(rounds):
-                w_o, r_o, c_o = timed(ours_argv, inp, tmp)
+                for codec in codecs:  # (each codec's run, then theirs: interleaved)
+                    w_o, r_o, c_o = timed(ours_argv, inp, tmp, codec)
+                    if c_o:
+                        raise SystemExit(f"cli {op} failed")
+                    walls_o[codec].append(w_o)
+                    rss_o[codec].append(r_o)
                 w_t, r_t, c_t = timed(theirs_argv, inp, tmp)
-                if c_o or c_t:
+                if c_t:
                     raise SystemExit(f"cli {op} failed")
-                walls_o.append(w_o)
                 walls_t.append(w_t)
-                rss_o.append(r_o)
                 rss_t.append(r_t)
-            rows.append({"op": f"cli {op}", "vs": theirs_name, "mb": mb,
-                         "ours_s": round(min(walls_o), 2), "theirs_s": round(min(walls_t), 2),
-                         "ours_MBps": round(mb * 1.048576 / min(walls_o), 1),
-                         "theirs_MBps": round(mb * 1.048576 / min(walls_t), 1),
-                         # each tool's best round against the other's: the best of the
-                         # paired ratios would credit us with a slow round of theirs
-                         "speed_ratio": round(min(walls_t) / min(walls_o), 3),
-                         "ours_max_rss_mb": round(max(rss_o), 1),
-                         "theirs_max_rss_mb": round(max(rss_t), 1)})
+            for codec in codecs:
+                wo = walls_o[codec]
+                rows.append({"op": f"cli {op}", "vs": theirs_name, "mb": mb,
+                             **({"codec": codec} if codec else {}),
+                             "ours_s": round(min(wo), 2), "theirs_s": round(min(walls_t), 2),
+                             "ours_MBps": round(mb * 1.048576 / min(wo), 1),
+                             "theirs_MBps": round(mb * 1.048576 / min(walls_t), 1),
+                             # each tool's best round against the other's: the best of the
+                             # paired ratios would credit us with a slow round of theirs
+                             "speed_ratio": round(min(walls_t) / min(wo), 3),
+                             "ours_max_rss_mb": round(max(rss_o[codec]), 1),
+                             "theirs_max_rss_mb": round(max(rss_t), 1)})
         extra["compressed_size_ours"] = gz.stat().st_size
+        for codec in codecs[1:]:  # the other codecs' compressed sizes
+            with open(tmp / "other.gz", "wb") as f:
+                subprocess.run([*wd, "compress", "-c", "-q", str(src)], stdout=f, check=True,
+                               env=dict(codec_env(codec), PYTHONPATH=str(ROOT)))
+            extra[f"compressed_size_ours_{codec}"] = (tmp / "other.gz").stat().st_size
+        if gzip:
+            extra["compressed_size_gzip6"] = gz1.stat().st_size
         if pigz:
             pz = tmp / "pigz.gz"
             with open(pz, "wb") as f:
@@ -262,36 +315,45 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer rounds, smaller CLI files")
     ap.add_argument("--skip-cli", action="store_true")
     ap.add_argument("--cli-mb", type=int, default=None, help="CLI file size (default 500)")
+    ap.add_argument("--codec", default=None,
+                    help="the model's codec(s) for whole-buffer jobs, comma-separated for an "
+                    "interleaved A/B (e.g. libdeflate,libz; the first is judged); default: "
+                    f"as configured (${CODEC_ENV}, else the model's default)")
     args = ap.parse_args()
+    codecs: list[str | None] = args.codec.split(",") if args.codec else [None]
     before = load()
-    api = api_rows(args.quick)
+    api = api_rows(args.quick, codecs)
     idle = model_idle_cpu()
     cli, extra = ([], {}) if args.skip_cli else cli_rows(
-        args.cli_mb or (64 if args.quick else 500), args.quick)
+        args.cli_mb or (64 if args.quick else 500), args.quick, codecs)
     after = load()
     print(f"load average before {before}, after {after}; {os.cpu_count()} CPUs")
     extra["model_idle_cpu_pct"] = idle
     print(f"model process idle: {idle} % of one core")
-    print(f"{'op':12} {'size':>8} {'ours us':>10} {'zlib us':>10} {'time x':>7} {'speed x':>7}")
+    print(f"{'op':12} {'size':>8} {'codec':>10} {'ours us':>10} {'zlib us':>10} {'time x':>7} "
+          f"{'speed x':>7}")
     for r in api:
-        print(f"{r['op']:12} {r['size']:>8} {r['ours_us']:>10} {r['zlib_us']:>10} "
-              f"{r['time_ratio']:>7} {r['speed_ratio']:>7}")
+        print(f"{r['op']:12} {r['size']:>8} {r.get('codec') or '-':>10} {r['ours_us']:>10} "
+              f"{r['zlib_us']:>10} {r['time_ratio']:>7} {r['speed_ratio']:>7}")
     for r in cli:
         print("  ".join(f"{k}={v}" for k, v in r.items()))
     verdict = {}
+    judged = codecs[0]  # (an A/B run judges its first codec)
+    japi = [r for r in api if r.get("codec", judged) == judged]
+    jcli = [r for r in cli if r.get("codec", judged) == judged]
     # One-shot goals hold for both calls: the worse of compress and decompress is judged.
-    verdict["oneshot_5B_us"] = max(r["ours_us"] for r in api if r["size"] == 5)
-    verdict["oneshot_4KiB_time_ratio"] = max(r["time_ratio"] for r in api if r["size"] == 4096)
-    verdict["decompress_speed_ratio"] = min(r["speed_ratio"] for r in api
+    verdict["oneshot_5B_us"] = max(r["ours_us"] for r in japi if r["size"] == 5)
+    verdict["oneshot_4KiB_time_ratio"] = max(r["time_ratio"] for r in japi if r["size"] == 4096)
+    verdict["decompress_speed_ratio"] = min(r["speed_ratio"] for r in japi
                                             if r["op"] == "decompress" and r["size"] >= 65536)
-    verdict["compress_speed_ratio"] = min(r["speed_ratio"] for r in api
+    verdict["compress_speed_ratio"] = min(r["speed_ratio"] for r in japi
                                           if r["op"] == "compress" and r["size"] >= 65536)
-    for r in cli:
+    for r in jcli:
         if r.get("vs") == "pigz":
             verdict["cli_compress_vs_pigz"] = r["speed_ratio"]
         if r.get("vs") == "gzip -d":
             verdict["cli_decompress_vs_gzip"] = r["speed_ratio"]
-    rss = [r[k] for r in cli for k in ("ours_max_rss_mb",) if k in r]
+    rss = [r[k] for r in jcli for k in ("ours_max_rss_mb",) if k in r]
     if rss:
         verdict["max_rss_mb"] = max(rss)
     met = {k: (v <= GOALS[k] if k in ("oneshot_5B_us", "oneshot_4KiB_time_ratio", "max_rss_mb")

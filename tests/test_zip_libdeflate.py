@@ -206,13 +206,18 @@ def test_what_libdeflate_accepts_and_zlib_refuses(mem: Memory) -> None:
 
 
 @pytest.mark.parametrize("level", [1, 6, 9])
-def test_compressed_output_decodes_within_the_declared_window(mem: Memory, level: int) -> None:
+def test_compressed_output_decodes_within_the_declared_window(mem: Memory, level: int,
+                                                               monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
     """Every window code (24 KiB is zlib's 16 KiB), every container, sizes around each window's
     edge: zlib with the declared window decodes the body (a zlib header declaring it, a gzip
     header) to the input; consumed, checksum and length as the libz codec says; the same job
     gives the same bytes."""
     rnd = random.Random(level)
     ld, lz = DeflateUnit(level, "libdeflate"), DeflateUnit(level, "libz")
+    ran: list[int] = []  # windows libdeflate compressed for
+    real = _libdeflate.compress
+    monkeypatch.setattr(_libdeflate, "compress", lambda *a: ran.append(w) or real(*a))
     sizes = [0, 1, 100, 4095, 4096, 4097, 8192, 8193, 16384, 16385, 20000, 32768, 40000,
              150000]
     for code, w in WINDOW_WBITS.items():
@@ -241,6 +246,7 @@ def test_compressed_output_decodes_within_the_declared_window(mem: Memory, level
                 assert d.decompress(stream) == data and d.eof and not d.unused_data, \
                     (code, n, alg, level)
                 assert run(mem, ld, True, alg, w, data, room)[1] == out  # deterministic
+    assert set(ran) == {13, 14, 15}  # (8 KiB and more: a 4 KiB window never fits one)
 
 
 def test_room_the_libz_path_fits_is_enough(mem: Memory) -> None:

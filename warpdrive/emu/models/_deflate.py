@@ -43,11 +43,13 @@ LIBZ_COMPRESS_MIN = 8 << 10
 LIBZ_DECOMPRESS_MIN = 4 << 10
 
 # Whole-buffer (stateless) jobs run on libdeflate from these input sizes, when the model's codec
-# is libdeflate (`CODECS`); smaller ones stay where they were (Python's zlib module, libz). Its
-# compressor clears its hash tables on every call above a few dozen bytes, a fixed cost that
-# zlib's module path undercuts up to a few KiB; its decompressor has no such cost. Measured:
-# docs/driver-bench.md, "Session 22: the model on libdeflate".
-LIBDEFLATE_COMPRESS_MIN = 4 << 10
+# is libdeflate (`CODECS`); smaller ones stay where they were (Python's zlib module, libz).
+# libdeflate runs fewer instructions at every size (cachegrind), but its compressor clears its
+# match finder's tables (hundreds of KiB) on every call, and in thread CPU that made it dearer
+# than zlib's module path up to 2-12 KiB depending on the data (Python sources: cheaper from
+# 2 KiB; the benchmarks' 27-word sample: from ~12 KiB); its decompressor has no such cost and
+# is cheaper from ~1 KiB of input. Measured: docs/driver-bench.md, "Session 22".
+LIBDEFLATE_COMPRESS_MIN = 8 << 10
 LIBDEFLATE_DECOMPRESS_MIN = 1 << 10
 # Checksums over at least this many bytes come from libdeflate (when loaded): below it the
 # ctypes call costs more than zlib's own loop saves.
