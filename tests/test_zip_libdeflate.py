@@ -306,3 +306,80 @@ def test_the_model_option_and_the_environment(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv(_deflate.CODEC_ENV, "fast")
     with pytest.raises(InvalidArgumentError, match=_deflate.CODEC_ENV):
         ZipModel()
+
+
+def test_pieces_and_streams_that_go_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first job of a stream on libdeflate (the CLI's pieces, large one-shots): a piece
+    that goes on ends open on a byte boundary, so pieces concatenate into one stream zlib
+    decodes; a stream continued after such a first job (on libz, from its last window) decodes
+    to all its input; results as the libz codec's but for the bytes."""
+    rnd = random.Random(12)
+    ran: list[bool] = []
+    real = _libdeflate.compress
+    monkeypatch.setattr(_libdeflate, "compress", lambda *a: ran.append(True) or real(*a))
+    for level in (1, 6, 9):
+        ld, lz = DeflateUnit(level, "libdeflate"), DeflateUnit(level, "libz")
+        for alg in ALGS:
+            for w in (13, 15):
+                sizes = [rnd.choice((8192, 9000, 40000, 70000, 300000)) for _ in range(3)]
+                if w == 13:
+                    sizes = [8192, 8000, 8192]
+                pieces = [sample(rnd, k) if k % 2 else rnd.randbytes(k) if k == 9000
+                          else bytes(k) if k == 8000 else sample(rnd, k) for k in sizes]
+                # pigz-style: each piece the first job of its own stream, the last finishing
+                body = b""
+                for i, piece in enumerate(pieces):
+                    last = i == len(pieces) - 1
+                    dst = bytearray(len(piece) + len(piece) // 8 + 64)
+                    res, st = ld.compress_first(alg, w, piece, dst, last)
+                    ref, _ = lz.compress_first(alg, w, piece, bytearray(len(dst)), last)
+                    assert (res.status in (L.STATUS_OK, L.STATUS_NEGACOMPRESS), res.consumed,
+                            res.last, res.checksum, res.isize) == \
+                        (True, ref.consumed, ref.last, ref.checksum, ref.isize)
+                    assert (st is None) == last
+                    out = bytes(dst[:res.produced])
+                    if not last:
+                        assert out.endswith(b"\x00\x00\xff\xff")
+                    tlen = {L.ALG_ZLIB: 4, L.ALG_GZIP: 8}.get(alg, 0) if last else 0
+                    body += out[:len(out) - tlen]
+                d = zlib.decompressobj(-w)
+                assert d.decompress(body) == b"".join(pieces) and d.eof, (level, alg, w)
+                # one stream of three jobs: the first on libdeflate, the rest continue on libz
+                key = 7
+                body = b""
+                checksum, isize = (1 if alg == L.ALG_ZLIB else 0), 0
+                for i, piece in enumerate(pieces):
+                    last = i == len(pieces) - 1
+                    dst = bytearray(len(piece) + len(piece) // 8 + 64)
+                    res = ld.compress_stateful(key, i == 0, alg, w, piece, dst, last,
+                                               checksum, isize)
+                    assert res.status in (L.STATUS_OK, L.STATUS_NEGACOMPRESS)
+                    checksum, isize = res.checksum, res.isize
+                    body += dst[:res.produced]
+                whole = b"".join(pieces)
+                if alg == L.ALG_ZLIB:
+                    want = zlib.adler32(whole).to_bytes(4, "big")
+                    assert body.endswith(want)
+                    body = body[:-4]
+                elif alg == L.ALG_GZIP:
+                    assert body.endswith(zlib.crc32(whole).to_bytes(4, "little")
+                                         + len(whole).to_bytes(4, "little"))
+                    body = body[:-8]
+                d = zlib.decompressobj(-w)
+                assert d.decompress(body) == whole and d.eof, (level, alg, w)
+                assert key not in ld.streams
+    assert ran
+
+
+def test_a_first_job_without_room_is_the_libz_paths() -> None:
+    """Room libdeflate's output does not fit: the libz path answers (too small, or zlib's
+    output), and a stream left fresh behind a refused job starts over."""
+    rnd = random.Random(4)
+    data = sample(rnd, 50000)
+    for room in (0, 10, 1000, 14000, 16000, 20000):
+        a, st_a = LD.compress_first(L.ALG_GZIP, 15, data, bytearray(room), False)
+        b, st_b = LZ.compress_first(L.ALG_GZIP, 15, data, bytearray(room), False)
+        if b.status != L.STATUS_DST_TOO_SMALL:
+            assert a.status in (L.STATUS_OK, L.STATUS_NEGACOMPRESS)
+        elif a.status == L.STATUS_DST_TOO_SMALL:
+            assert a == b and st_a is not None and st_b is not None

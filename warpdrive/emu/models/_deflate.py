@@ -1,7 +1,9 @@
 """The ZIP model's compression unit: what one SQE asks of the engine, in software.
 
-Raw deflate, zlib and gzip bodies from Python's `zlib`; stateless jobs (a whole stream per SQE)
-and stateful ones (a stream over many SQEs, its state kept here by stream-context address). The
+Raw deflate, zlib and gzip bodies from Python's `zlib`, the system's libz (`_libz`) and, for
+whole-buffer work, libdeflate (`_libdeflate`, the default codec: its own compressed bytes, every
+status and count as on libz); stateless jobs (a whole stream per SQE) and stateful ones (a
+stream over many SQEs, its state kept here by stream-context address). The
 semantics are the hardware's as the drivers read them (docs/research/hisi-qm-zip.md, sections 10
 and 15): software owns the zlib/gzip header; the engine makes the deflate body and, for the
 zlib/gzip request types, the trailer on the finishing job, and checks it on decompression; the
@@ -86,6 +88,34 @@ def sized_wbits(n: int, wbits: int) -> int:
     and chain tables it allocates and clears) shrink with the window, and for small inputs that
     is most of the call (docs/research/deflate-window.md)."""
     return min(wbits, max(9, (n + _MIN_LOOKAHEAD - 1).bit_length()))
+
+
+# An empty stored block, not final, after a final block whose BFINAL bit was cleared: its 3
+# header bits in the end padding (at least 3 bits of it), or in one more byte, then LEN/NLEN.
+_SYNC_FLUSH_IN_PAD = b"\x00\x00\xff\xff"
+_SYNC_FLUSH = b"\x00\x00\x00\xff\xff"
+# First jobs of streams that go on run on libdeflate up to this input (its scratch output for
+# finding the final block is kept per thread: the CLI's pieces are at most 1 MiB).
+LIBDEFLATE_FIRST_MAX = 4 << 20
+
+
+class _Tail:
+    """What a stream whose first job ran on libdeflate keeps for its next job: the last
+    window of that job's input, the history a libz deflater continues from (a raw stream
+    may take a dictionary: docs/research/libz.md). Pieces are never continued: nothing else
+    is made for them."""
+
+    __slots__ = ("data", "level", "wbits")
+
+    def __init__(self, level: int, wbits: int, data: bytes) -> None:
+        self.level, self.wbits, self.data = level, wbits, data
+
+    def deflater(self) -> Any:
+        if _libz.LIBZ is not None:
+            d = _libz.take(self.level, self.wbits)
+            d.set_dictionary(self.data)
+            return d
+        return zlib.compressobj(self.level, zlib.DEFLATED, -self.wbits, zdict=self.data)
 
 
 @record
@@ -466,15 +496,61 @@ class DeflateUnit:
                        finish: bool) -> tuple[JobResult, Stream | None]:
         """The first job of a stream, touching no state of the unit (so a worker thread may run
         it): its result, and the stream to keep for the next job (None once finished). Output
-        without room leaves a fresh stream, as the job never ran."""
+        without room leaves a fresh stream, as the job never ran.
+
+        On the libdeflate codec a first job is whole buffers too (pigz-style pieces, the
+        CLI's and large one-shots', are each the first job of a stream of their own): a
+        finishing one is a whole stream; one that goes on is libdeflate's stream made to go
+        on (`_first_libdeflate`), and a later job of its stream continues on libz from its
+        last window of input (`_Tail`)."""
+        n = len(src)
+        if self.libdeflate and self.level and n >= LIBDEFLATE_COMPRESS_MIN and \
+                (wbits >= 15 or n <= 1 << wbits):
+            if finish:
+                res = self._compress_libdeflate(alg, src, n, dst)
+                if res is not None:
+                    return res, None
+            elif _libz.LIBZ is not None and n <= LIBDEFLATE_FIRST_MAX:
+                res = self._first_libdeflate(alg, src, n, dst)
+                if res is not None:
+                    tail = _Tail(self.level, wbits, bytes(src[max(0, n - (1 << wbits)):]))
+                    return res, Stream(True, alg, tail, res.checksum, res.isize)
         st = self._fresh(True, alg, wbits)
         res = self._compress_step(st, src, dst, finish)
         return res, None if st.done else st
+
+    def _first_libdeflate(self, alg: int, src: memoryview | bytes, n: int,
+                          dst: memoryview | bytearray) -> JobResult | None:
+        """The first job of a stream that goes on, on libdeflate: its whole-stream output with
+        the final block's BFINAL bit cleared and an empty stored block after it (a sync
+        flush: 3 header bits, in the end padding when it has room, then LEN 0 / NLEN 0xffff
+        from the next byte boundary), so the output ends on a byte boundary with the stream
+        open, as zlib's sync flush leaves it (RFC 1951, 3.2.3 and 3.2.4). Where the final
+        block starts is found by inflating the output block by block on libz
+        (`Inflater.last_block`); None (the libz path) when it does not fit."""
+        m = _libdeflate.compress(self.ld_level, src, n, dst, len(dst) - 5)
+        if not m:
+            return None
+        where = (_libz._thread.inflater or _libz.inflater()).last_block(dst, m, n)
+        if where is None:  # (libdeflate's output is one whole stream: not expected)
+            return None
+        start, end = where
+        pad = 8 * m - end  # (the zero bits after the stream's end in its last byte)
+        if not 0 <= pad < 8:
+            return None
+        dst[start >> 3] &= ~(1 << (start & 7))
+        flush = _SYNC_FLUSH_IN_PAD if pad >= 3 else _SYNC_FLUSH
+        dst[m:m + len(flush)] = flush
+        m += len(flush)
+        return JobResult(L.STATUS_NEGACOMPRESS if m > n else L.STATUS_OK, n, m, False,
+                         self._sum(alg, src, n), n)
 
     def _compress_step(self, st: Stream, src: memoryview | bytes,
                        dst: memoryview | bytearray, finish: bool) -> JobResult:
         alg = st.alg
         n = len(src)
+        if isinstance(st.obj, _Tail):  # (the stream's first job ran on libdeflate)
+            st.obj = st.obj.deflater()
         # Work on a copy unless the output surely fits, so "too small" leaves the stream intact.
         sure = len(dst) >= n + (n >> 12) + (n >> 14) + 64
         if isinstance(st.obj, _libz.Deflater):

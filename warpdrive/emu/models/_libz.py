@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 Z_OK, Z_STREAM_END, Z_BUF_ERROR = 0, 1, -5
-Z_NO_FLUSH, Z_SYNC_FLUSH, Z_FINISH = 0, 2, 4
+Z_NO_FLUSH, Z_SYNC_FLUSH, Z_FINISH, Z_BLOCK = 0, 2, 4, 5
 Z_DEFLATED = 8
 DEF_MEM_LEVEL = 8  # what Python's zlib module passes (docs/research/libz.md)
 Z_DEFAULT_STRATEGY = 0
@@ -88,6 +88,8 @@ class _Lib:
         self.inflate_init = fn(free, "inflateInit2_", [vp, ci, ccp, ci])
         self.deflate_end = fn(free, "deflateEnd", [vp])
         self.deflate_copy = fn(free, "deflateCopy", [vp, vp])
+        self.deflate_set_dictionary = fn(free, "deflateSetDictionary",
+                                         [vp, vp, ctypes.c_uint])
         self.inflate_end = fn(free, "inflateEnd", [vp])
         # (reset, run) for short jobs, then for long ones
         self.deflate = ((fn(held, "deflateReset", [vp]), fn(held, "deflate", [vp, ci])),
@@ -145,6 +147,7 @@ class _Thread(threading.local):
         self.pybuf_addr = ctypes.addressof(self.pybuf)
         self.scratch = ctypes.create_string_buffer(1)
         self.scratch_addr = ctypes.addressof(self.scratch)
+        self.out = bytearray()  # output room for `Inflater.last_block` (grown as needed)
 
 
 _thread = _Thread()
@@ -225,6 +228,13 @@ class Deflater(_Stream):
     def copy(self) -> Deflater:
         """An independent stream in the same state (zlib's deflateCopy)."""
         return Deflater(*self.key, copy_of=self)
+
+    def set_dictionary(self, data: bytes) -> None:
+        """Continue a raw stream whose earlier output another compressor made: its last
+        window of input becomes this (fresh or reset) stream's history, so matches may reach
+        into it (deflateSetDictionary: docs/research/libz.md)."""
+        self._check(self._lib.deflate_set_dictionary(self.addr, data, len(data)),
+                    "deflateSetDictionary")
 
     def step(self, src: Any, n: int, dst: Any, avail: int, finish: bool) -> int:
         """One job of a stream: all `n` bytes of `src` in, then a sync flush (or the end with
@@ -335,6 +345,33 @@ class Inflater(_Stream):
         if more > made:
             return FULL, used, made
         return (END if rc == Z_STREAM_END else PARTIAL), used, made
+
+    def last_block(self, src: Any, n: int, size: int) -> tuple[int, int] | None:
+        """Where, in bits from its start, the final block of the whole raw deflate stream in
+        `src` (`n` bytes, `size` bytes once inflated) starts and where the stream ends:
+        inflated block by block (Z_BLOCK returns after each block's end; data_type then holds
+        the input bits not yet used: docs/research/libz.md) into this thread's scratch
+        output; None when it is not one whole stream of that size."""
+        t = _thread
+        if len(t.out) < size + 1:  # (output room: grown, then kept)
+            t.out = bytearray(max(size + 1, 2 * len(t.out)))
+        io, a, zs = self.io, self.addr, self.zs
+        _pack(io, 0, address(src), n, 0, address(t.out), len(t.out), 0)
+        reset, inflate = self._calls[n >= LONG >> 2]
+        reset(a)
+        start, end = 0, -1
+        while True:
+            rc = inflate(a, Z_BLOCK)
+            _next_in, _left, used, _next_out, _room, made = _unpack(io)
+            if rc == Z_STREAM_END:  # (the call after the last block's end: padding dropped)
+                return (start, end) if made == size and end >= 0 else None
+            flags = zs.data_type  # (64: the last block; 128: returned at a block's end)
+            if rc != Z_OK or not flags & 128:
+                return None
+            if flags & 64:  # the last block ended here (its padding not yet dropped)
+                end = used * 8 - (flags & 63)
+            else:  # a block that is not the last ended: the next starts here
+                start = used * 8 - (flags & 63)
 
     def step(self, src: Any, n: int, dst: Any, avail: int) -> tuple[int, int, int]:
         """One job of a stream on this (the stream's own) inflater: `n` bytes of `src` in,
