@@ -11,12 +11,18 @@ on any machine and at any load) and thread CPU (best of 10 rounds; moves with th
 checkouts are measured in alternation), with zlib's own call on the same data beside it.
 `--baseline PATH`: another checkout (e.g. a `git worktree` of an older main). Prints a table and
 one JSON line (`zip_model_pass: {...}`) with the load average.
+
+`--served`: the pass as the served model makes it instead: a `ZipModel` (the embedded default's
+two workers) hosted by a server `Function` in this process, its doorbell stored into the mapped
+doorbell word and seen by one `ZipModel.poll` (the doorbell pass, through to the CQE); the CQ
+doorbell every 64 jobs keeps room in the CQ. The driver's side is the same stand-in.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +68,46 @@ def rig(op, data):
         return c.qm.process()
     return job
 
+def served(op, data):
+    import logging, mmap, struct
+    from tests.test_zip_model import DEPTH, SIZE
+    from warpdrive.emu.function import Function
+    from warpdrive.emu.models.zip import ZipModel
+    from warpdrive.uapi import pci_regs
+    c = Client.__new__(Client)  # (as tests/test_zip_model_fastpath._model_client)
+    fd = os.memfd_create("zip-model-pass")
+    os.ftruncate(fd, SIZE)
+    c.mem = mmap.mmap(fd, SIZE)
+    model = ZipModel(workers="2")
+    fn = Function(model, max_dma_maps=64, max_data_xfer_size=1 << 20,
+                  logger=logging.getLogger("zip_model_pass"), label="zip_model_pass")
+    fn.dma.add(IOVA, SIZE, fd, 0, True, True)
+    os.close(fd)
+    fn.config.write(pci_regs.PCI_COMMAND, struct.pack(
+        "<H", pci_regs.PCI_COMMAND_MEMORY | pci_regs.PCI_COMMAND_MASTER))
+    c.cm, c.qm, c.jobs, c.irqs = fn.dma, model.qm, model.jobs, []
+    c.bring_up(hw.ZIP_QC_COMPRESS if op == "compress" else hw.ZIP_QC_DECOMPRESS)
+    c.mem[SRC:SRC + len(data)] = data
+    tmpl = SqeTemplate.for_format(Format("zlib", 15), qm.QM_HW_V2)
+    for slot in range(DEPTH):
+        tmpl.fill(c.mem, SQ + slot * hw.SQE_SIZE, in_len=len(data), dst=IOVA + DST,
+                  avail=1 << 20, src=IOVA + SRC, tag=slot)
+    bells = [qm.doorbell_v2(0, qm.QM_DB_CMD_SQ, t) for t in range(DEPTH)]
+    cq_bells = [qm.doorbell_v2(0, qm.QM_DB_CMD_CQ, t) for t in range(DEPTH)]
+    cell, poll = model._bells[0][0], model.poll
+    state = {"tail": 0}
+    def job():
+        state["tail"] = t = (state["tail"] + 1) % DEPTH
+        cell.value = bells[t]
+        worked = poll()
+        if not t % 64:  # (outside the pass: room in the CQ, as a driver's lazy CQ doorbell)
+            cell.value = cq_bells[t]
+            poll()
+        return int(worked)
+    return job
+
+if os.environ.get("ZIP_MODEL_PASS_SERVED"):
+    rig = served
 out = {}
 for call in sys.argv[3:]:
     op, size = call.split()
@@ -92,9 +138,10 @@ print(json.dumps(out))
 '''
 
 
-def measure(root: Path, jobs: int, calls: tuple[str, ...]) -> dict:
+def measure(root: Path, jobs: int, calls: tuple[str, ...], served: bool = False) -> dict:
+    env = dict(os.environ, ZIP_MODEL_PASS_SERVED="1" if served else "")
     r = subprocess.run([sys.executable, "-c", _CHILD, str(root), str(jobs), *calls],
-                       capture_output=True, text=True, timeout=900, cwd=root)
+                       capture_output=True, text=True, timeout=900, cwd=root, env=env)
     lines = [x for x in r.stdout.splitlines() if x.startswith("{")]
     if r.returncode or not lines:
         raise SystemExit(f"{root}: exit {r.returncode}: {r.stderr[-600:]}")
@@ -105,9 +152,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=2000)
     ap.add_argument("--baseline", type=Path, help="another checkout, measured alongside")
+    ap.add_argument("--served", action="store_true",
+                    help="through ZipModel.poll as served (see the module docstring)")
     args = ap.parse_args()
     return compare("zip_model_pass", CALLS, args.baseline,
-                   lambda root, call: measure(root, args.jobs, (call,))[call],
+                   lambda root, call: measure(root, args.jobs, (call,), args.served)[call],
                    (("bytecodes", "bytecodes"), ("model_us", "model us"), ("zlib_us", "zlib us")))
 
 

@@ -253,9 +253,11 @@ def test_the_model_pass_benchmark_runs() -> None:
         import zip_model_pass
     finally:
         sys.path.pop(0)
-    out = zip_model_pass.measure(zip_model_pass.ROOT, 100, ("compress 5", "decompress 4096"))
-    for row in out.values():
-        assert row["bytecodes"] > 0 and row["model_us"] > 0 and row["zlib_us"] > 0
+    for served in (False, True):  # (--served: through ZipModel.poll on a server Function)
+        out = zip_model_pass.measure(zip_model_pass.ROOT, 100, ("compress 5", "decompress 4096"),
+                                     served)
+        for row in out.values():
+            assert row["bytecodes"] > 0 and row["model_us"] > 0 and row["zlib_us"] > 0
 
 
 def test_an_oversized_job_does_not_send_its_shape_the_slow_way() -> None:
