@@ -43,6 +43,7 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _CQE_BODY = struct.Struct("<IHHHHH")  # the CQE without w7: written before the phase word
 _U16 = struct.Struct("<H")
+_CQE_BODY_PACK, _U16_PACK, _CQE_SIZE = _CQE_BODY.pack_into, _U16.pack_into, L.CQE_SIZE  # per job
 # Runs of CQEs are written a field at a time for the whole run (`_post_cqes`): zero and phase
 # words to copy from, for up to _CQE_RUN CQEs per copy.
 _CQE_RUN = 1024
@@ -637,9 +638,9 @@ class QmFunction:
     def _post_cqe(q: QueueState, cq: memoryview, slot: int) -> None:
         """One CQE: its body, then its phase word (see `_post_cqes`)."""
         tail = q.cq_tail
-        coff = tail * L.CQE_SIZE
-        _CQE_BODY.pack_into(cq, coff, 0, 0, 0, slot, q.qn, 0)
-        _U16.pack_into(cq, coff + 14, q.cq_phase)
+        coff = tail * _CQE_SIZE
+        _CQE_BODY_PACK(cq, coff, 0, 0, 0, slot, q.qn, 0)
+        _U16_PACK(cq, coff + 14, q.cq_phase)
         tail += 1
         if tail == q.cq_depth:
             q.cq_tail, q.cq_phase = 0, q.cq_phase ^ 1

@@ -942,11 +942,11 @@ class ZipModel(DeviceModel):
             # (no isolation), nothing else that can have made work (no trapped write, no reset,
             # no SQE left waiting: `_recheck` is clear), no jobs on the workers. Unmoved: idle.
             v = cell.value
-            if v == self._last[0]:
+            last = self._last
+            if v == last[0]:
                 return False
-            self._last[0] = v
-            qm = self.qm
-            assert qm is not None, "setup() has not run"
+            last[0] = v
+            qm: QmFunction = self.qm  # type: ignore[assignment]  # (set with `_cell`)
             qm.stats["doorbells"] += 1
             if not qm.doorbell(v):  # (a CQ doorbell, rung after each reap, makes no work)
                 return False
@@ -960,8 +960,10 @@ class ZipModel(DeviceModel):
                 taken = qm.process_one(q, *views)  # (no c_flag re-arm with mapped doorbells)
             else:
                 taken = qm.process_queue(q, qm.JOB_BUDGET)
-            # SQEs left for later (budget, BUSY), or jobs handed to the workers: the full pass
-            self._recheck = q.head != q.tail or bool(self._inflight)
+            if q.head != q.tail or self._inflight:
+                # SQEs left for later (budget, BUSY), or jobs handed to the workers: the full
+                # pass next
+                self._recheck = True
             return taken > 0
         return self._poll()
 
