@@ -69,23 +69,12 @@ def rig(op, data):
     return job
 
 def served(op, data):
-    import logging, mmap, struct
-    from tests.test_zip_model import DEPTH, SIZE
-    from warpdrive.emu.function import Function
+    import tests.test_zip_model_fastpath as fastpath
+    from tests.test_zip_model import DEPTH
     from warpdrive.emu.models.zip import ZipModel
-    from warpdrive.uapi import pci_regs
-    c = Client.__new__(Client)  # (as tests/test_zip_model_fastpath._model_client)
-    fd = os.memfd_create("zip-model-pass")
-    os.ftruncate(fd, SIZE)
-    c.mem = mmap.mmap(fd, SIZE)
-    model = ZipModel(workers="2")
-    fn = Function(model, max_dma_maps=64, max_data_xfer_size=1 << 20,
-                  logger=logging.getLogger("zip_model_pass"), label="zip_model_pass")
-    fn.dma.add(IOVA, SIZE, fd, 0, True, True)
-    os.close(fd)
-    fn.config.write(pci_regs.PCI_COMMAND, struct.pack(
-        "<H", pci_regs.PCI_COMMAND_MEMORY | pci_regs.PCI_COMMAND_MASTER))
-    c.cm, c.qm, c.jobs, c.irqs = fn.dma, model.qm, model.jobs, []
+    # The test suite's ZipModel on a server Function, with the embedded default's workers.
+    fastpath.ZipModel = lambda **_: ZipModel(workers="2")
+    c, model, _fn = fastpath._model_client()
     c.bring_up(hw.ZIP_QC_COMPRESS if op == "compress" else hw.ZIP_QC_DECOMPRESS)
     c.mem[SRC:SRC + len(data)] = data
     tmpl = SqeTemplate.for_format(Format("zlib", 15), qm.QM_HW_V2)
