@@ -796,7 +796,6 @@ def breakdown(batches: tuple[int, ...] = (1, 8, 32), cycles: int = 5000,
         ph.wrap(q, "_ring", "Doorbell.ring (store + wake check)")
         ph.wrap(q, "harvest", "QmQueue.harvest")
         ph.wrap(q, "ring_cq", "QmQueue.ring_cq")
-        ph.wrap(broker, "_done", "Broker._done")
         ph.wrap(client, "on_complete", "VirtualZip._complete")
         ph.wrap(fmod, "copy_results", "sqe.copy_results")
         ph.wrap(client, "after_completions", "VirtualZip._flush")

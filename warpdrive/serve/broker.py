@@ -382,27 +382,37 @@ class Broker:
             if jobs:
                 worked = True
                 hq.progress_at = time.perf_counter()
+                depth = q.sq_depth
                 while True:
+                    # Handed back a run at a time, each stretch of one run's jobs at once
+                    # (written out here, not called: most passes hand back one stretch).
+                    # With consecutive slots (`s0` >= 0) a run's next jobs are in the next
+                    # ones, unless its slots were harvested out of order before (the count).
                     k = len(jobs)
                     self.jobs += k
-                    run: Run = jobs[0]  # type: ignore[assignment]
-                    if s0 >= 0 and jobs[-1] is run:
-                        # Consecutive slots that begin and end in one run hold only its jobs
-                        # (a run's slots are consecutive): the common stretch, `_done`
-                        # written out for it, one frame fewer per pass.
-                        run.left -= k
+                    i = 0
+                    while i < k:
+                        run: Run = jobs[i]  # type: ignore[assignment]
+                        h = slots[i]
+                        pos = (h - run.h0) % depth  # the job's place in its run
+                        cnt = 1
+                        if s0 >= 0:
+                            cnt = min(run.n - pos, k - i)
+                            if cnt > 1 and jobs[i:i + cnt].count(run) != cnt:
+                                cnt = 1
+                        i += cnt
+                        run.left -= cnt
                         if not run.left:
                             for m in run.maps:
                                 m.inflight -= 1
                         cq = run.cq
-                        cq.inflight -= k
-                        if not cq.dead:
-                            c = cq.client
-                            c.completed += k
-                            c.on_complete(cq.qn, hq, s0, run.c0 + (s0 - run.h0) % q.sq_depth, k)
-                            touched.add(c)
-                    else:
-                        self._done(hq, s0, slots, jobs, touched)  # type: ignore[arg-type]
+                        cq.inflight -= cnt
+                        if cq.dead:
+                            continue  # stopped or reset meanwhile: an earlier life's results
+                        c = cq.client
+                        c.completed += cnt
+                        c.on_complete(cq.qn, hq, h, run.c0 + pos, cnt)
+                        touched.add(c)
                     # the rest, after a wrap (its head CQE's phase first, as above)
                     if not q.outstanding or q.cq16[q.cq_head * 8 + _W7] & 1 != q.phase:
                         break
@@ -430,37 +440,6 @@ class Broker:
                 if not c.maps.parked:
                     self._parked.discard(c)
         return POLL_WORKED if worked else POLL_BUSY if busy else POLL_IDLE
-
-    @staticmethod
-    def _done(hq: HwQueue, s0: int, slots: list[int], jobs: list[Run],
-              touched: set[BrokerClient]) -> None:
-        """Jobs completed in hardware slots `slots` (consecutive from `s0` unless it is -1):
-        handed back a run at a time, each stretch of one run's jobs in one call."""
-        depth = hq.q.sq_depth
-        k = len(jobs)
-        i = 0
-        while i < k:
-            run = jobs[i]
-            h = slots[i]
-            pos = (h - run.h0) % depth  # the job's place in its run
-            cnt = 1
-            if s0 >= 0:  # consecutive slots: the run's next jobs are in the next ones
-                cnt = min(run.n - pos, k - i)
-                if cnt > 1 and jobs[i:i + cnt].count(run) != cnt:
-                    cnt = 1  # (its slots were harvested out of order before)
-            i += cnt
-            run.left -= cnt
-            if not run.left:
-                for m in run.maps:
-                    m.inflight -= 1
-            cq = run.cq
-            cq.inflight -= cnt
-            if cq.dead:
-                continue  # stopped or reset meanwhile: the results belong to an earlier life
-            c = cq.client
-            c.completed += cnt
-            c.on_complete(cq.qn, hq, h, run.c0 + pos, cnt)
-            touched.add(c)
 
     def stats(self) -> dict[str, Any]:
         return {"jobs": self.jobs, "refused": self.refused, "clients": len(self._clients),
