@@ -44,6 +44,8 @@ _U64 = struct.Struct("<Q")
 _CQE_BODY = struct.Struct("<IHHHHH")  # the CQE without w7: written before the phase word
 _U16 = struct.Struct("<H")
 _CQE_BODY_PACK, _U16_PACK, _CQE_SIZE = _CQE_BODY.pack_into, _U16.pack_into, L.CQE_SIZE  # per job
+_DB_CMD_BITS = 0xF << L.QM_DB_CMD_SHIFT_V2  # a doorbell's command field, and an SQ doorbell's
+_DB_SQ_CMD = L.QM_DB_CMD_SQ << L.QM_DB_CMD_SHIFT_V2
 # Runs of CQEs are written a field at a time for the whole run (`_post_cqes`): zero and phase
 # words to copy from, for up to _CQE_RUN CQEs per copy.
 _CQE_RUN = 1024
@@ -403,6 +405,24 @@ class QmFunction:
                 if q.cq_irq and q.cq_tail != index:  # CQEs it has not read: signal them now
                     self._interrupt([q])
         return False
+
+    def rung(self, value: int) -> QueueState | None:
+        """`doorbell` for a value found in the mapped doorbell word (the queue from the value),
+        returning the queue when it was an SQ doorbell that left a running queue with SQEs
+        waiting (what the device's doorbell pass runs next), else None. The SQ case decoded
+        here (a one-shot call's every doorbell); anything else goes to `doorbell`."""
+        qn = value & 0x7FF
+        if value & _DB_CMD_BITS != _DB_SQ_CMD or qn >= self.qp_num:
+            self.doorbell(value)  # (a CQ doorbell, rung after each reap; or ignored)
+            return None
+        q = self.queues[qn]
+        index = value >> 32 & 0xFFFF
+        if not q.sqc_ok or index >= q.sq_depth:
+            return None
+        q.tail = index
+        if index == q.head or not q.cqc_ok or q.stopped or q.broken:
+            return None  # (QueueState.running, inline)
+        return q
 
     def _eq_doorbell(self, value: int) -> None:
         _qn, cmd, index, _prio = L.doorbell_decode_v2(value)

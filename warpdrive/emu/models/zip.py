@@ -948,11 +948,9 @@ class ZipModel(DeviceModel):
             last[0] = v
             qm: QmFunction = self.qm  # type: ignore[assignment]  # (set with `_cell`)
             qm.stats["doorbells"] += 1
-            if not qm.doorbell(v):  # (a CQ doorbell, rung after each reap, makes no work)
-                return False
             # Only the queue the value names can have new SQEs (`process` for it alone).
-            q = qm.queues[v & 0x7FF]
-            if q.head == q.tail or not (q.sqc_ok and q.cqc_ok) or q.stopped or q.broken:
+            q = qm.rung(v)
+            if q is None:
                 return False
             views = self._views.get(q.qn)
             if views is not None and (q.tail - q.head) % q.sq_depth == 1 and \
