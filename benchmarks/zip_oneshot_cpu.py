@@ -18,11 +18,11 @@ load average.
 `--breakdown`: where the wall time of one call goes, stamped (`time.perf_counter_ns`, the
 CLOCK_MONOTONIC both processes share) in the client and in a zip model served as the embedded
 default serves it, over `--calls` calls per row: call start, doorbell stored (`submit_one`
-returned), the model sees the SQ doorbell (`QmFunction.doorbell`), its executor starts, zlib
-starts and returns (`DeflateUnit.*_stateless`), the executor returns, the CQE is written
-(`_post_cqe`), the client sees it (`take_one`), the call returns. Stamps are matched to calls by
-time (each lies inside its call), medians and p90 per segment; each stamp is a wrapper (about
-0.1-0.2 us, so segments are a little longer than unstamped). Also counted: EQEs/MSIs the model
+returned), the model sees the SQ doorbell (`QmFunction.doorbell` or `.rung`), its executor
+starts, zlib starts and returns (`DeflateUnit.*_stateless`), the executor returns, the CQE is
+written (`_post_cqe`), the client sees it (`take_one`), the call returns. Stamps are matched to
+calls by time (each lies inside its call), medians and p90 per segment; each stamp is a wrapper
+(about 0.1-0.2 us, so segments are a little longer than unstamped). Also counted: EQEs/MSIs the model
 posted and the client's waits that fell back to the lane's blocking wait. `--cpus split` pins the
 client to CPU 0 and the model to CPU 1, `same` both to CPU 0 (the shared-CPU mode of a busy
 machine), `free` (default) leaves them to the scheduler.
@@ -182,14 +182,33 @@ def stamped_setup():
     setup()
     qm, jobs = model.qm, model.jobs
     db, ex, proc, intr = qm.doorbell, qm.execute, qm.process, qm._interrupt
+    def seen():
+        seen_a(ns())
+        if TAIL:
+            T["cpu_seen"].append(getcpu())
+            T["sw_seen"].append(switches())
+            T["gap"].append(polls[1] - polls[0])
     def doorbell(v, qn=None):
         if v >> SHIFT & 0xF == SQ:
-            seen_a(ns())
-            if TAIL:
-                T["cpu_seen"].append(getcpu())
-                T["sw_seen"].append(switches())
-                T["gap"].append(polls[1] - polls[0])
+            seen()
         return db(v, qn)
+    # A tree whose doorbell pass decodes SQ doorbells itself (`rung`) and runs one queue
+    # (`process_queue`, `process_one`) instead of `process`: the same stamps there.
+    rung = getattr(qm, "rung", None)
+    if rung is not None:
+        def rung_stamped(v):
+            if v >> SHIFT & 0xF == SQ:
+                seen()
+            return rung(v)
+        qm.rung = rung_stamped
+    for name in ("process_queue", "process_one"):
+        if hasattr(qm, name):
+            def ran(*a, _f=getattr(qm, name)):
+                r = _f(*a)
+                if r:
+                    end_a(ns())
+                return r
+            setattr(qm, name, ran)
     def execute(q, sq, off):
         x0_a(ns())
         r = ex(q, sq, off)
