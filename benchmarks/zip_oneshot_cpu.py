@@ -22,10 +22,10 @@ returned), the model sees the SQ doorbell (`QmFunction.doorbell` or `.rung`), it
 starts, zlib starts and returns (`DeflateUnit.*_stateless`), the executor returns, the CQE is
 written (`_post_cqe`), the client sees it (`take_one`), the call returns. Stamps are matched to
 calls by time (each lies inside its call), medians and p90 per segment; each stamp is a wrapper
-(about 0.1-0.2 us, so segments are a little longer than unstamped). Also counted: EQEs/MSIs the model
-posted and the client's waits that fell back to the lane's blocking wait. `--cpus split` pins the
-client to CPU 0 and the model to CPU 1, `same` both to CPU 0 (the shared-CPU mode of a busy
-machine), `free` (default) leaves them to the scheduler.
+(about 0.1-0.2 us, so segments are a little longer than unstamped). Also counted: EQEs/MSIs the
+model posted and the client's waits that fell back to the lane's blocking wait. `--cpus split`
+pins the client to CPU 0 and the model to CPU 1, `same` both to CPU 0 (the shared-CPU mode of a
+busy machine), `free` (default) leaves them to the scheduler.
 
 `--tail [--only CALL ...] [--cpus ...] [--baseline P --repeat N]`: the breakdown's stamps kept per
 call (issue 11 judges the mean, which the slow calls move), with each call's wait path (the
