@@ -154,16 +154,17 @@ def mediate_run(src: memoryview, off: int, n: int, ring: memoryview, h32: memory
     if lmax > _MAX or amax > _MAX or not min(lens) or not min(avails):
         return None
     srcs, dsts = h64[qb + _Q_SRC:qe:_Q].tolist(), h64[qb + _Q_DST:qe:_Q].tolist()
-    # The last maps hit, with the bound `_run_map` tries first, before any call: a client
-    # submitting from the same buffers pass after pass needs no more.
+    # The last maps hit, with a bound (the highest address plus the longest length: two C
+    # calls, no per-SQE sum) before any call: a client submitting from the same buffers pass
+    # after pass needs no more. Anything else: `_run_map`.
     ms, md = maps.last_read, maps.last_write
     if not (ms.iova <= min(srcs) and max(srcs) + lmax <= ms.end):
-        found = _run_map(maps, ms, srcs, lens, lmax, False)
+        found = _run_map(maps, ms, srcs, lens, False)
         if found is None:
             return None
         ms = found
     if not (md.iova <= min(dsts) and max(dsts) + amax <= md.end):
-        found = _run_map(maps, md, dsts, avails, amax, True)
+        found = _run_map(maps, md, dsts, avails, True)
         if found is None:
             return None
         md = found
@@ -187,16 +188,13 @@ _RESULT_I = hw.DW_CTX_DW0  # u32 index
 _Q_PER_SQE, _I_PER_SQE = hw.SQE_SIZE // 8, hw.SQE_SIZE // 4
 
 
-def _run_map(maps: ClientMaps, last: DeviceMap, addrs: list[int], lens: list[int], lmax: int,
+def _run_map(maps: ClientMaps, last: DeviceMap, addrs: list[int], lens: list[int],
              write: bool) -> DeviceMap | None:
     """The one map of this client holding every buffer [addr, addr+len) of a run (the last map
-    hit, else one bisection), or None: the run then goes SQE by SQE for the exact reason. The
-    last map is tried with a bound first (the highest address plus the longest length: two C
-    calls, no per-SQE sum), and with the exact ends only if that bound does not fit."""
-    lo, hi = min(addrs), max(addrs) + lmax
-    if last.iova <= lo and hi <= last.end:
-        return last
-    hi = max(map(add, addrs, lens))
+    hit, else one bisection), or None: the run then goes SQE by SQE for the exact reason.
+    `mediate_run` has tried the last map with its bound already: here it is tried with the
+    exact ends."""
+    lo, hi = min(addrs), max(map(add, addrs, lens))
     if last.iova <= lo and hi <= last.end:
         return last
     try:
