@@ -276,3 +276,46 @@ def test_a_run_refuses_what_its_sqes_would(device, maps: ClientMaps) -> None:
     run[1][hw.DW_INPUT_LENGTH] = 0  # an empty job passes `mediate`; a run leaves it to it
     assert _run_vs_sqes(maps, [run]) == (0, 0)
     other.clear()
+
+
+def test_a_run_sees_the_clients_maps_as_they_are_now(maps: ClientMaps) -> None:
+    """The last maps hit, tried before the table (by `mediate_run` inline and by `mediate`),
+    never outlive an unmap: once the client unmaps the buffers a run used, the same run is not
+    taken and every SQE of it is refused; mapped again (read-only, other pages) at the same
+    IOVA, a run writing there is not taken and one reading there goes through the new map."""
+    good = list(SQE.unpack(sqe()))
+    n = RUN_MAX // 8
+
+    def run(src: int, dst: int) -> bytes:
+        ring = b""
+        for j in range(n):
+            w = list(good)
+            w[hw.DW_SRC_L], w[hw.DW_DST_L] = src + 0x100 * j, dst + 0x100 * j
+            ring += SQE.pack(*w)
+        return ring
+
+    def through(ring: bytes) -> tuple[object, bytearray]:
+        fast = bytearray(n * 128)
+        fv = memoryview(fast)
+        return mediate_run(memoryview(ring), 0, n, fv, fv.cast("I"), fv.cast("Q"), 0, maps), fast
+
+    first = run(0x100000, 0x102000)
+    old = maps.translate(0x100000, 1, write=True)
+    assert through(first)[0] == (old, old)
+    assert maps.last_read is old and maps.last_write is old
+    maps.remove(0x100000, 0x10000)
+    assert through(first)[0] is None
+    assert _run_vs_sqes(maps, [[list(SQE.unpack_from(first, j * 128)) for j in range(n)]]) \
+        == (0, 1)
+    fd = memfd(0x10000)
+    maps.add(0x100000, 0x10000, fd, 0, True, False)  # the same IOVA, read-only, new pages
+    os.close(fd)
+    new = maps.translate(0x100000, 1, write=False)
+    assert new is not old and not new.writable
+    assert through(first)[0] is None  # a destination there is read-only now
+    used, ring = through(run(0x100000, 0x200000))
+    ctx = maps.translate(0x200000, 1, write=True)
+    assert used == (new, ctx)
+    srcs = [SQE.unpack_from(ring, j * 128) for j in range(n)]
+    assert [w[hw.DW_SRC_H] << 32 | w[hw.DW_SRC_L] for w in srcs] == \
+        [new.dev_iova + 0x100 * j for j in range(n)]
