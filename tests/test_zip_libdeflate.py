@@ -404,3 +404,16 @@ def test_a_first_job_without_room_is_the_libz_paths() -> None:
             assert a.status in (L.STATUS_OK, L.STATUS_NEGACOMPRESS)
         elif a.status == L.STATUS_DST_TOO_SMALL:
             assert a == b and st_a is not None and st_b is not None
+
+
+def test_a_first_job_with_less_room_than_the_sync_flush_writes_nothing_past_it() -> None:
+    """A first job that goes on keeps 5 bytes of its room for the sync flush: a room under
+    that must reach libdeflate as no room (a negative size_t is ~2**64: it wrote past the
+    destination), so the job is the libz path's and memory after the room is untouched."""
+    data = sample(random.Random(6), 20000)
+    for room in range(7):  # (room 0 first: it corrupted quietly, smaller rooms crashed)
+        guard = bytearray(b"\xaa" * 65536)
+        a, _ = LD.compress_first(L.ALG_GZIP, 15, data, memoryview(guard)[:room], False)
+        assert guard[room:] == b"\xaa" * (len(guard) - room), room
+        b, _ = LZ.compress_first(L.ALG_GZIP, 15, data, bytearray(room), False)
+        assert a == b == JobResult(L.STATUS_DST_TOO_SMALL), room

@@ -148,7 +148,7 @@ def compress(level: int, src: Any, n: int, dst: Any, avail: int) -> int:
         lb = lib()
         assert lb is not None
         c = _thread.compressors[level] = _Compressor(lb, level)
-    if not avail:
+    if avail <= 0:  # (a negative room would reach libdeflate as a size_t near 2**64)
         return 0
     return int(c.lib.compress[n >= LONG](c.ptr, address(src), n, address(dst), avail))
 
