@@ -410,7 +410,7 @@ def main() -> None:
     # deployment keeping them off the broker's CPUs would, and a direct row on those CPUs
     # too ("direct@CPUS") besides the one on every CPU.
     pinned = {m: _others(variants[m]) for m in modes}
-    directs = ["direct", *sorted({_direct_name(c) for c in pinned.values() if c})]
+    directs = {"direct": None} | dict(sorted((_direct_name(c), c) for c in pinned.values() if c))
     rows: list[dict[str, Any]] = []
     best: dict[tuple[str, int, int], dict[str, Any]] = {}
     reps = 1 if args.quick else 3
@@ -423,8 +423,8 @@ def main() -> None:
                 keys = [(d, 1, size) for d in directs] + \
                     [(m, n, size) for n in clients for m in modes]
                 for mode, n, sz in keys:
-                    if mode.startswith("direct"):
-                        r = run_row("emu", 1, sz, duration, cpus=_direct_cpus(mode))
+                    if mode in directs:
+                        r = run_row("emu", 1, sz, duration, cpus=directs[mode])
                     else:
                         proc, sock = brokers[mode]
                         r = run_row("broker:" + sock, n, sz, duration, broker=proc,
@@ -440,7 +440,7 @@ def main() -> None:
             count = 256 if size <= 16 << 10 else 64
             t = run_row("emu", 1, size, duration, trace=trace, count=count)
             rows.append(_row("direct", 1, size, d, base, syscalls_in(trace, size) / t["jobs0"]))
-            for dname in directs[1:]:
+            for dname in list(directs)[1:]:
                 rows.append(_row(dname, 1, size, best[(dname, 1, size)], base, None))
             for mode in modes:
                 for n in clients:
@@ -487,11 +487,6 @@ def _others(options: list[str]) -> set[int] | None:
 
 def _direct_name(cpus: set[int] | None) -> str:
     return "direct@" + ",".join(map(str, sorted(cpus or ())))
-
-
-def _direct_cpus(name: str) -> set[int] | None:
-    _, _, cpus = name.partition("@")
-    return {int(c) for c in cpus.split(",")} if cpus else None
 
 
 def hooked_row(hook: str, nclients: int, size: int, duration: float,
