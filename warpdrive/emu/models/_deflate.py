@@ -366,7 +366,9 @@ class DeflateUnit:
         286/287 and distance codes 30/31, more code lengths than zlib allows: see
         docs/research/libdeflate.md); output decoded through one of those does not match the
         trailer's checksum (and length), so such a job goes to libz too, which says what zlib
-        says. Raw deflate has no trailer to tell: it stays on libz."""
+        says (not so a header declaring more codes than zlib takes, unused: that decodes to the
+        data the trailer is over, and is accepted here). Raw deflate has no trailer to tell: it
+        stays on libz."""
         rc, used, m = _libdeflate.decompress(src, n, dst, len(dst))
         if rc != _libdeflate.SUCCESS:
             return None
