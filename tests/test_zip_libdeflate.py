@@ -504,3 +504,32 @@ def test_a_first_job_with_less_room_than_the_sync_flush_writes_nothing_past_it()
         assert guard[room:] == b"\xaa" * (len(guard) - room), room
         b, _ = LZ.compress_first(L.ALG_GZIP, 15, data, bytearray(room), False)
         assert a == b == JobResult(L.STATUS_DST_TOO_SMALL), room
+
+
+def test_finding_the_final_block_takes_a_fixed_scratch() -> None:
+    """`Inflater.last_block` over outputs smaller and many times larger than its scratch
+    (text, incompressible, zeros): the first job ends open where zlib's sync flush would, so
+    a finishing piece after it decodes with it as one stream; the scratch stays its size;
+    a stream cut short, or of another size than said, is no answer."""
+    rnd = random.Random(13)
+    room = _libz.LAST_BLOCK_ROOM
+    tail = sample(rnd, 9000)
+    for n in (room - 1, room + 1, 5 * room + 3, 1 << 20):
+        for data in (sample(rnd, n), rnd.randbytes(n), bytes(n)):
+            dst = bytearray(n + n // 8 + 64)
+            res, st = LD.compress_first(L.ALG_DEFLATE, 15, data, dst, False)
+            assert st is not None and isinstance(st.obj, _deflate._Tail), n  # (libdeflate's)
+            body = bytes(dst[:res.produced])
+            assert body.endswith(b"\x00\x00\xff\xff")
+            out = bytearray(len(tail) + 64)
+            last = LD.compress_first(L.ALG_DEFLATE, 15, tail, out, True)[0]
+            d = zlib.decompressobj(-15)
+            assert d.decompress(body + out[:last.produced]) == data + tail and d.eof, n
+    assert len(_libz._thread.out) == room
+    data = sample(rnd, 300000)
+    whole = zlib.compress(data, 6, -15)
+    inf = _libz.inflater()
+    assert inf.last_block(whole, len(whole), len(data)) is not None
+    assert inf.last_block(whole, len(whole) - 1, len(data)) is None
+    assert inf.last_block(whole, len(whole), len(data) - 1) is None
+    assert inf.last_block(whole, len(whole), len(data) + 1) is None

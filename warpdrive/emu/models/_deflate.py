@@ -94,8 +94,8 @@ def sized_wbits(n: int, wbits: int) -> int:
 # header bits in the end padding (at least 3 bits of it), or in one more byte, then LEN/NLEN.
 _SYNC_FLUSH_IN_PAD = b"\x00\x00\xff\xff"
 _SYNC_FLUSH = b"\x00\x00\x00\xff\xff"
-# First jobs of streams that go on run on libdeflate up to this input (its scratch output for
-# finding the final block is kept per thread: the CLI's pieces are at most 1 MiB).
+# First jobs of streams that go on run on libdeflate up to this input (the CLI's pieces are at
+# most 1 MiB; finding the final block takes a fixed scratch: `_libz.LAST_BLOCK_ROOM`).
 LIBDEFLATE_FIRST_MAX = 4 << 20
 
 

@@ -100,6 +100,9 @@ class _Lib:
 
 # Jobs of at least this many input bytes run with the GIL released.
 LONG = 16 << 10
+# `Inflater.last_block`'s output room per thread: the output is thrown away, so the room is
+# reused from its start when full (as fast as room for all of it: docs/research/libz.md, 12).
+LAST_BLOCK_ROOM = 128 << 10
 
 
 def _load(name: str | None = None) -> tuple[_Lib | None, str]:
@@ -147,7 +150,7 @@ class _Thread(threading.local):
         self.pybuf_addr = ctypes.addressof(self.pybuf)
         self.scratch = ctypes.create_string_buffer(1)
         self.scratch_addr = ctypes.addressof(self.scratch)
-        self.out = bytearray()  # output room for `Inflater.last_block` (grown as needed)
+        self.out: bytearray | None = None  # `Inflater.last_block`'s output room (made once)
 
 
 _thread = _Thread()
@@ -350,28 +353,36 @@ class Inflater(_Stream):
         """Where, in bits from its start, the final block of the whole raw deflate stream in
         `src` (`n` bytes, `size` bytes once inflated) starts and where the stream ends:
         inflated block by block (Z_BLOCK returns after each block's end; data_type then holds
-        the input bits not yet used: docs/research/libz.md) into this thread's scratch
-        output; None when it is not one whole stream of that size."""
+        the input bits not yet used: docs/research/libz.md) into this thread's scratch output,
+        given again from its start whenever inflate fills it (inflate keeps its own window of
+        what it wrote), so the scratch stays LAST_BLOCK_ROOM whatever the size; None when it
+        is not one whole stream of that size."""
         t = _thread
-        if len(t.out) < size + 1:  # (output room: grown, then kept)
-            t.out = bytearray(max(size + 1, 2 * len(t.out)))
+        if t.out is None:
+            t.out = bytearray(LAST_BLOCK_ROOM)
+        out, whole = address(t.out), LAST_BLOCK_ROOM
         io, a, zs = self.io, self.addr, self.zs
-        _pack(io, 0, address(src), n, 0, address(t.out), len(t.out), 0)
+        _pack(io, 0, address(src), n, 0, out, whole, 0)
         reset, inflate = self._calls[n >= LONG >> 2]
         reset(a)
         start, end = 0, -1
         while True:
             rc = inflate(a, Z_BLOCK)
-            _next_in, _left, used, _next_out, _room, made = _unpack(io)
+            next_in, left, used, _next_out, room, made = _unpack(io)
             if rc == Z_STREAM_END:  # (the call after the last block's end: padding dropped)
                 return (start, end) if made == size and end >= 0 else None
-            flags = zs.data_type  # (64: the last block; 128: returned at a block's end)
-            if rc != Z_OK or not flags & 128:
+            if rc != Z_OK or made > size:
                 return None
-            if flags & 64:  # the last block ended here (its padding not yet dropped)
-                end = used * 8 - (flags & 63)
-            else:  # a block that is not the last ended: the next starts here
-                start = used * 8 - (flags & 63)
+            flags = zs.data_type  # (64: the last block; 128: returned at a block's end)
+            if flags & 128:
+                if flags & 64:  # the last block ended here (its padding not yet dropped)
+                    end = used * 8 - (flags & 63)
+                else:  # a block that is not the last ended: the next starts here
+                    start = used * 8 - (flags & 63)
+            elif room:  # stopped inside a block with room left: the input ended
+                return None
+            if not room:
+                _pack(io, 0, next_in, left, used, out, whole, made)
 
     def step(self, src: Any, n: int, dst: Any, avail: int) -> tuple[int, int, int]:
         """One job of a stream on this (the stream's own) inflater: `n` bytes of `src` in,
