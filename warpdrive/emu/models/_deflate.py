@@ -103,19 +103,17 @@ class _Tail:
     """What a stream whose first job ran on libdeflate keeps for its next job: the last
     window of that job's input, the history a libz deflater continues from (a raw stream
     may take a dictionary: docs/research/libz.md). Pieces are never continued: nothing else
-    is made for them."""
+    is made for them. Made only when libz loads (`compress_first`)."""
 
     __slots__ = ("data", "level", "wbits")
 
     def __init__(self, level: int, wbits: int, data: bytes) -> None:
         self.level, self.wbits, self.data = level, wbits, data
 
-    def deflater(self) -> Any:
-        if _libz.LIBZ is not None:
-            d = _libz.take(self.level, self.wbits)
-            d.set_dictionary(self.data)
-            return d
-        return zlib.compressobj(self.level, zlib.DEFLATED, -self.wbits, zdict=self.data)
+    def deflater(self) -> _libz.Deflater:
+        d = _libz.take(self.level, self.wbits)
+        d.set_dictionary(self.data)
+        return d
 
 
 @record
