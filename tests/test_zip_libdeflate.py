@@ -133,6 +133,33 @@ def test_decompress_is_the_libz_path_job_for_job(mem: Memory,
         set(answers), answers
 
 
+def test_staged_decompression_is_the_direct_one(mem: Memory,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Output room up to STAGE_MAX is inflated into the thread's staging buffer and copied
+    into the destination: the same results and output bytes, on both codecs, as inflating
+    straight into it (STAGE_MAX below every room), for whole, cut, roomless and corrupted
+    jobs."""
+    rnd = random.Random(64)
+    jobs = []
+    for n in (5000, 65536, 200000):
+        data = sample(rnd, n)
+        for alg in ALGS:
+            stream = zlib.compress(data, 6, wbits_of(alg, 15))[HEAD[alg]:]
+            bad = bytearray(stream)
+            bad[rnd.randrange(len(bad))] ^= 1 << rnd.randrange(8)
+            jobs += [(alg, stream, n), (alg, stream, n - 1), (alg, stream[:len(stream) // 2], n),
+                     (alg, stream[:-2], n), (alg, bytes(bad), n + 10)]
+    staged = [[run(mem, u, False, alg, 15, src, room) for u in (LD, LZ)]
+              for alg, src, room in jobs]
+    assert len(_libz._thread.stage) >= 200000  # (they were staged)
+    monkeypatch.setattr(_deflate, "STAGE_MAX", -1)
+    direct = [[run(mem, u, False, alg, 15, src, room) for u in (LD, LZ)]
+              for alg, src, room in jobs]
+    assert staged == direct
+    assert {r[0].status for pair in staged for r in pair} >= {
+        L.STATUS_OK, L.STATUS_DST_TOO_SMALL}
+
+
 def test_junk_and_empty_input(mem: Memory) -> None:
     rnd = random.Random(5)
     for _ in range(600):

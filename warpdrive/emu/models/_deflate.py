@@ -13,6 +13,7 @@ module sees byte buffers only.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import struct
@@ -53,6 +54,15 @@ LIBZ_DECOMPRESS_MIN = 4 << 10
 # is cheaper from ~1 KiB of input. Measured: docs/driver-bench.md, "Session 22".
 LIBDEFLATE_COMPRESS_MIN = 8 << 10
 LIBDEFLATE_DECOMPRESS_MIN = 1 << 10
+# Whole-buffer decompressions with up to this much output room (one core's L2 here) inflate into
+# a per-thread staging buffer and are copied into the destination in one `memmove`
+# (`decompress_stateless`). The client read the previous job's output out of the destination on
+# its CPU; on another CPU each line an inflate writes there must first be taken back from that
+# CPU's cache, and inside the inflate loop (which reads back its own output for every match)
+# those stalls come one at a time, while a `memmove`'s stores overlap. Measured on the 2 vCPUs
+# here, model and client on different CPUs, a 64 KiB inflate: 42-170 us straight into the piece,
+# 29 + 4-39 us staged (docs/driver-bench.md, "Session 22: 64 KiB decompress").
+STAGE_MAX = 1 << 20
 # Checksums over at least this many bytes come from libdeflate (when loaded): below it the
 # ctypes call costs more than zlib's own loop saves.
 LIBDEFLATE_SUM_MIN = 4 << 10
@@ -154,6 +164,7 @@ def _update_checksum(alg: int, data: bytes | bytearray | memoryview, value: int)
 
 
 _ZLIB_TRAILER = struct.Struct(">I")
+_memmove = ctypes.memmove
 _GZIP_TRAILER = struct.Struct("<II")
 _TRAILER_LEN = {L.ALG_ZLIB: 4, L.ALG_GZIP: 8}
 
@@ -359,7 +370,7 @@ class DeflateUnit:
     def _decompress_libdeflate(self, alg: int, src: memoryview | bytes, n: int,
                                dst: memoryview | bytearray) -> JobResult | None:
         """`decompress_stateless` of a whole zlib/gzip body and trailer on libdeflate, in one
-        call straight into the destination; None for anything but a stream that ended and a
+        call into the destination (staged up to STAGE_MAX); None for anything but a stream that ended and a
         whole trailer that checks. libdeflate accepts a few constructs zlib rejects (symbols
         286/287 and distance codes 30/31, more code lengths than zlib allows: see
         docs/research/libdeflate.md); output decoded through one of those does not match the
@@ -367,10 +378,19 @@ class DeflateUnit:
         says (not so a header declaring more codes than zlib takes, unused: that decodes to the
         data the trailer is over, and is accepted here). Raw deflate has no trailer to tell: it
         stays on libz."""
-        rc, used, m = _libdeflate.decompress(src, n, dst, len(dst))
-        if rc != _libdeflate.SUCCESS:
-            return None
-        checksum = self._sum(alg, dst, m)
+        avail = len(dst)
+        if 0 < avail <= STAGE_MAX:  # (staged: STAGE_MAX)
+            out, at = _libz.stage(avail)
+            rc, used, m = _libdeflate.decompress(src, n, out, avail)
+            if rc != _libdeflate.SUCCESS:
+                return None
+            checksum = self._sum(alg, out, m)
+            _memmove(_libz.address(dst), at, m)
+        else:
+            rc, used, m = _libdeflate.decompress(src, n, dst, avail)
+            if rc != _libdeflate.SUCCESS:
+                return None
+            checksum = self._sum(alg, dst, m)
         if alg == L.ALG_ZLIB:
             if n - used >= 4 and _ZLIB_TRAILER.unpack_from(src, used)[0] == checksum:
                 return JobResult(L.STATUS_OK, used + 4, m, True, checksum, m)
@@ -382,11 +402,17 @@ class DeflateUnit:
     def _decompress_libz(self, alg: int, src: memoryview | bytes,
                          dst: memoryview | bytearray) -> JobResult:
         """`decompress_stateless` on this thread's kept raw inflate stream, from the source
-        straight into the destination in one call; the checksum over the output it just
-        wrote, still in the cache (docs/research/libz.md, "checksums")."""
-        n = len(src)
+        into the destination (staged up to STAGE_MAX) in one call; the checksum over the
+        output it just wrote, still in the cache (docs/research/libz.md, "checksums")."""
+        n, avail = len(src), len(dst)
         inflater = _libz._thread.inflater or _libz.inflater()
-        outcome, used, m = inflater.whole(src, n, dst, len(dst))
+        if 0 < avail <= STAGE_MAX:  # (staged: STAGE_MAX)
+            out, at = _libz.stage(avail)
+            outcome, used, m = inflater.whole(src, n, out, avail)
+            if outcome < _libz.FULL:  # (the output a result reports)
+                _memmove(_libz.address(dst), at, m)
+        else:
+            outcome, used, m = inflater.whole(src, n, dst, avail)
         if outcome >= _libz.FULL:
             return JobResult(L.STATUS_DST_TOO_SMALL if outcome == _libz.FULL
                              else L.STATUS_BAD_DATA)

@@ -151,6 +151,8 @@ class _Thread(threading.local):
         self.scratch = ctypes.create_string_buffer(1)
         self.scratch_addr = ctypes.addressof(self.scratch)
         self.out: bytearray | None = None  # `Inflater.last_block`'s output room (made once)
+        self.stage = memoryview(b"")  # (`stage`)
+        self.stage_addr = 0
 
 
 _thread = _Thread()
@@ -454,6 +456,18 @@ def deflater(level: int, wbits: int) -> Deflater:
     if d is None:
         d = kept[level, wbits] = Deflater(level, wbits)
     return d
+
+
+def stage(avail: int) -> tuple[memoryview, int]:
+    """This thread's staging output of at least `avail` bytes and its address (grown in steps
+    of 64 KiB and kept, so its lines stay in this CPU's cache between jobs)."""
+    t = _thread
+    s = t.stage
+    if len(s) < avail:
+        buf = ctypes.create_string_buffer((avail + 0xFFFF) & ~0xFFFF)
+        s = t.stage = memoryview(buf).cast("B")  # (the view keeps `buf`)
+        t.stage_addr = ctypes.addressof(buf)
+    return s, t.stage_addr
 
 
 def inflater() -> Inflater:
