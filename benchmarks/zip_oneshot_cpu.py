@@ -238,6 +238,19 @@ def stamped_setup():
             z1_a(ns())
             return r
         setattr(unit, name, timed)
+# Which inflate answered (both codecs): libdeflate's results by code (0 = kept, else the job went
+# on to libz) and the libz path's jobs; a job that runs twice shows in both.
+from warpdrive.emu.models import _deflate as DF, _libdeflate as LDF
+CODEC = {"libdeflate": {}, "libz": 0}
+ld_dec, lz_dec = LDF.decompress, DF.DeflateUnit._decompress_libz
+def ld_counted(*a):
+    r = ld_dec(*a)
+    CODEC["libdeflate"][r[0]] = CODEC["libdeflate"].get(r[0], 0) + 1
+    return r
+def lz_counted(self, *a):
+    CODEC["libz"] += 1
+    return lz_dec(self, *a)
+LDF.decompress, DF.DeflateUnit._decompress_libz = ld_counted, lz_counted
 post = Q.QmFunction._post_cqe
 def post_cqe(q, cq, slot):
     post(q, cq, slot)
@@ -251,6 +264,7 @@ s = VfioUserServer(model, sock, exit_on_disconnect=True)
 s.serve_forever()
 S["stats"] = dict(model.qm.stats) if model.qm else {}
 S["tail"] = T
+S["codec"] = CODEC
 with open(out, "w") as f:
     json.dump(S, f)
 '''
@@ -349,6 +363,7 @@ for call in todo:
     t0s, t1s = [], []
     a0, a1 = t0s.append, t1s.append
     tail = []
+    jobs0 = [(o.calls, o.fast_calls) for o in eng.oneshots]
     if TAIL:
         keys = tuple(path)
         for _ in range(calls):
@@ -367,8 +382,11 @@ for call in todo:
             a0(ns())
             fn()
             a1(ns())
+    jobs = [(o.calls - a, o.fast_calls - b) for o, (a, b) in zip(eng.oneshots, jobs0)]
     res[call] = {"t0": t0s, "t1": t1s, "db": list(C["db"]), "see": list(C["see"]),
-                 "slow": dict(slow), "tail": tail}
+                 "slow": dict(slow), "tail": tail,
+                 "jobs_per_call": round(sum(j for j, _ in jobs) / calls, 3),
+                 "fast_per_call": round(sum(f for _, f in jobs) / calls, 3)}
 eng.close()
 model.wait()
 with open(mpath) as f:
@@ -420,7 +438,7 @@ def breakdown(root: Path, calls: int, cpus: str, todo: Sequence[str],
         return None if i is None else arr[i]
 
     mt = m.get("tail", {})
-    result: dict = {"model_stats": m.get("stats", {})}
+    result: dict = {"model_stats": m.get("stats", {}), "model_codec": m.get("codec", {})}
     for call, c in d["client"].items():
         rows = []
         for j, (t0, t1) in enumerate(zip(c["t0"], c["t1"])):
@@ -447,7 +465,9 @@ def breakdown(root: Path, calls: int, cpus: str, todo: Sequence[str],
                        r[b] is not None)
             segs[name] = (round(v[len(v) // 2], 2), round(v[int(len(v) * 0.9)], 2)) if v \
                 else (None, None)
-        result[call] = {"segments": segs, "slow_waits": c["slow"]}
+        result[call] = {"segments": segs, "slow_waits": c["slow"],
+                        "jobs_per_call": c.get("jobs_per_call"),
+                        "fast_per_call": c.get("fast_per_call")}
     return result
 
 
@@ -478,6 +498,7 @@ def breakdown_main(calls: int, cpus: str, baseline: Path | None, repeat: int) ->
             waits = [r[call]["slow_waits"] for r in runs[checkout]]
             print(f"  ({checkout}: blocking waits per run {waits})")
     stats = {k: [r["model_stats"] for r in v] for k, v in runs.items()}
+    jobs_report(runs, CALLS)
     print("model counters per run (eqes, msis, jobs): " + "; ".join(
         f"{k}: " + ", ".join(f"{s.get('eqes')}/{s.get('msis')}/{s.get('jobs')}" for s in v)
         for k, v in stats.items()))
@@ -596,6 +617,7 @@ def tail_main(calls: int, cpus: str, todo: Sequence[str], baseline: Path | None,
     out: dict = {}
     for call in todo:
         tail_report(call, runs["this"][-1]["rows"][call], out)
+    jobs_report(runs, todo)
     summary: dict = {}
     if baseline is not None or repeat > 1:
         cols = ("mean", "p50", "p90", "p99", "yield_pct", "wait_until_pct", "block_pct")
@@ -613,6 +635,18 @@ def tail_main(calls: int, cpus: str, todo: Sequence[str], baseline: Path | None,
                                                   "cpus": cpus, "calls": calls, "rows": out,
                                                   "summary": summary}))
     return 0
+
+
+def jobs_report(runs: dict[str, list[dict]], todo: Sequence[str]) -> None:
+    """Per run: one-shot jobs per call (and of them through a fast way), and which inflate
+    answered in the model (libdeflate's results by code, 0 = kept; the libz path's jobs)."""
+    for checkout, rs in runs.items():
+        for call in todo:
+            print(f"  {checkout} {call}: jobs per call " + ", ".join(
+                f"{r[call]['jobs_per_call']} (fast {r[call]['fast_per_call']})" for r in rs))
+        print(f"  {checkout} model inflates per run: " + "; ".join(
+            f"libdeflate {r['model_codec'].get('libdeflate')}, libz {r['model_codec'].get('libz')}"
+            for r in rs))
 
 
 def _pingpong(rounds: int) -> float:
