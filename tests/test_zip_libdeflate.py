@@ -133,6 +133,42 @@ def test_decompress_is_the_libz_path_job_for_job(mem: Memory,
         set(answers), answers
 
 
+def test_short_input_long_output_goes_to_libdeflate_job_for_job(
+        mem: Memory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under LIBDEFLATE_DECOMPRESS_MIN of input the module path starts, and output past
+    LIBDEFLATE_PROBE sends the job to libdeflate: still the libz path's job for job (output
+    ending at, just past and far past the probe; rooms around the output and the probe; cut
+    and corrupted), and libdeflate did answer."""
+    rnd = random.Random(11)
+    answers: dict[int, int] = {}
+    real = _libdeflate.decompress
+
+    def counted(*args: object) -> tuple[int, int, int]:
+        r = real(*args)
+        answers[r[0]] = answers.get(r[0], 0) + 1
+        return r
+
+    monkeypatch.setattr(_libdeflate, "decompress", counted)
+    probe = _deflate.LIBDEFLATE_PROBE
+    line = b"2026-12-02 18:00:00 INFO request ok id=12345 path=/api/v1/items status=200\n"
+    for data in (bytes(probe), bytes(probe + 1), bytes(65536), (line * 1400)[:100000]):
+        n = len(data)
+        for alg in (L.ALG_ZLIB, L.ALG_GZIP):
+            stream = zlib.compress(data, 6, wbits_of(alg, 15))[HEAD[alg]:]
+            assert len(stream) < _deflate.LIBDEFLATE_DECOMPRESS_MIN
+            r = same(mem, alg, stream, n + 10)
+            assert (r.status, r.last, r.produced) == (L.STATUS_OK, True, n)
+            for room in {n, n - 1, probe, probe - 1, n // 2}:
+                same(mem, alg, stream, room)
+            for cut in (len(stream) // 2, len(stream) - 3):
+                same(mem, alg, stream[:cut], n + 10)
+            for _ in range(6):
+                bad = bytearray(stream)
+                bad[rnd.randrange(len(bad))] ^= 1 << rnd.randrange(8)
+                same(mem, alg, bytes(bad), n + 10)
+    assert answers.get(_libdeflate.SUCCESS, 0) >= 6, answers
+
+
 def test_staged_decompression_is_the_direct_one(mem: Memory,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Output room up to STAGE_MAX is inflated into the thread's staging buffer and copied

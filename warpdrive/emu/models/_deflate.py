@@ -54,6 +54,12 @@ LIBZ_DECOMPRESS_MIN = 4 << 10
 # is cheaper from ~1 KiB of input. Measured: docs/driver-bench.md, "Session 22".
 LIBDEFLATE_COMPRESS_MIN = 8 << 10
 LIBDEFLATE_DECOMPRESS_MIN = 1 << 10
+# A zlib/gzip decompression with less input than LIBDEFLATE_DECOMPRESS_MIN starts on the module
+# path, whose first piece stops at this much output; when there is more (highly compressible
+# data: 64 KiB of zeros or logs from 80-320 bytes), libdeflate takes the whole job: 64 KiB
+# module / libdeflate 138 / 61 us (zeros), 33 / 14 (logs), from 8 KiB on libdeflate is the
+# cheaper (the thresholds' table, docs/driver-bench.md "Session 22: 64 KiB decompress").
+LIBDEFLATE_PROBE = 8 << 10
 # Whole-buffer decompressions with up to this much output room (one core's L2 here) inflate into
 # a per-thread staging buffer and are copied into the destination in one `memmove`
 # (`decompress_stateless`). The client read the previous job's output out of the destination on
@@ -327,11 +333,12 @@ class DeflateUnit:
         # libdeflate for a zlib or gzip body with a 32 KiB window; its every other answer
         # (bad data, truncated, no room, a trailer that does not check) is taken again on
         # libz, whose statuses and counts are the device's (docs/research/libdeflate.md)
-        if self.libdeflate and alg != L.ALG_DEFLATE and wbits >= 15 and \
-                n >= LIBDEFLATE_DECOMPRESS_MIN:
+        ld = self.libdeflate and alg != L.ALG_DEFLATE and wbits >= 15
+        if ld and n >= LIBDEFLATE_DECOMPRESS_MIN:
             res = self._decompress_libdeflate(alg, src, n, dst)
             if res is not None:
                 return res
+            ld = False
         if n >= LIBZ_DECOMPRESS_MIN and _libz.LIBZ is not None:
             return self._decompress_libz(alg, src, dst)
         d = zlib.decompressobj(-15)
@@ -339,15 +346,22 @@ class DeflateUnit:
         checksum = _initial_checksum(alg)
         m = 0
         rest: bytes | memoryview = src
+        probe = ld and avail >= LIBDEFLATE_PROBE  # (LIBDEFLATE_PROBE)
         try:
             while True:
                 # Pieces of at most _PIECE: each is a buffer zlib fills once and the heap
                 # reuses (one the size of the whole output would be fresh pages each call, and
                 # grown by copies). One byte more than the room left: output that fits exactly
                 # is told apart from output that does not (a full buffer alone does not say).
-                want = min(_PIECE, avail + 1 - m)
+                want = LIBDEFLATE_PROBE if probe else min(_PIECE, avail + 1 - m)
                 out = d.decompress(rest, want)
                 k = len(out)
+                if probe:
+                    probe = False
+                    if k == want and not d.eof:  # (more to come: libdeflate for all of it)
+                        res = self._decompress_libdeflate(alg, src, n, dst)
+                        if res is not None:
+                            return res
                 if m + k > avail:
                     return JobResult(L.STATUS_DST_TOO_SMALL)
                 dst[m:m + k] = out
