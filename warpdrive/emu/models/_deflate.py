@@ -384,9 +384,9 @@ class DeflateUnit:
     def _decompress_libdeflate(self, alg: int, src: memoryview | bytes, n: int,
                                dst: memoryview | bytearray) -> JobResult | None:
         """`decompress_stateless` of a whole zlib/gzip body and trailer on libdeflate, in one
-        call into the destination (staged up to STAGE_MAX); None for anything but a stream that ended and a
-        whole trailer that checks. libdeflate accepts a few constructs zlib rejects (symbols
-        286/287 and distance codes 30/31, more code lengths than zlib allows: see
+        call into the destination (staged up to STAGE_MAX); None for anything but a stream that
+        ended and a whole trailer that checks. libdeflate accepts a few constructs zlib rejects
+        (symbols 286/287 and distance codes 30/31, more code lengths than zlib allows: see
         docs/research/libdeflate.md); output decoded through one of those does not match the
         trailer's checksum (and length), so such a job goes to libz too, which says what zlib
         says (not so a header declaring more codes than zlib takes, unused: that decodes to the
