@@ -11,8 +11,6 @@ CQEs, the EQE and MSI if the queue asked).
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..emu.dma import DmaFault
 from ..emu.models._qm import BUSY as QM_BUSY
 from ..emu.models._qm import PENDING as QM_PENDING
@@ -49,7 +47,6 @@ class VirtualZip(ZipModel):
         self._signal: dict[int, QueueState] = {}
         # client queue -> its SQ ring as u64 and u32 words (result copies), kept with _views
         self._words: dict[int, tuple[memoryview, memoryview]] = {}
-        self._cell: Any = None  # the doorbell word the client stores into (`setup`)
 
     # -- the executor -----------------------------------------------------------------------
     def executor(self) -> Execute:
@@ -61,7 +58,8 @@ class VirtualZip(ZipModel):
         qm.queue_started = self._queue_started
         qm.queue_stopped = self._queue_stopped
         qm.execute_run = self._submit_run
-        self._cell = self._bells[0][0]  # one doorbell word (no isolation: see __init__)
+        # (`_cell`, the one doorbell word the client stores into, is ZipModel.setup's: no
+        # isolation, see __init__)
 
     def poll(self) -> bool:
         v = self._cell.value
