@@ -21,7 +21,7 @@ import pytest
 
 import warpdrive.zip as wz
 from tests.test_emu_server_errors import serve
-from tests.test_zip_model import CQ, DEPTH, DST, IOVA, SIZE, SQ, SRC, Client
+from tests.test_zip_model import AEQ, CQ, DEPTH, DST, EQ, IOVA, SIZE, SQ, SRC, Client
 from warpdrive.devices.hisi_qm import regs as qm
 from warpdrive.devices.zip import hw
 from warpdrive.devices.zip.sqe import Format, SqeTemplate
@@ -29,7 +29,7 @@ from warpdrive.emu.function import Function
 from warpdrive.emu.models import _zip_layout as L
 from warpdrive.emu.models._deflate import _PIECE, DeflateUnit
 from warpdrive.emu.models._qm import QueueState
-from warpdrive.emu.models.zip import ZipModel
+from warpdrive.emu.models.zip import DBG_BAR, DBG_INJECT, ZipModel
 from warpdrive.emu.server import VfioUserServer
 from warpdrive.uapi import pci_regs
 
@@ -327,3 +327,137 @@ def test_buffer_views_kept_by_flat_end_with_a_reset_or_the_client(event: str) ->
         assert not jobs._kept
     finally:
         fn.close()
+
+
+class _Bar:
+    """The model's trapped BAR2 as the driver stand-in's `qm`: its register writes reach
+    `ZipModel.region_write` (which makes the model's next pass a full one), as a client's do."""
+
+    def __init__(self, model: ZipModel) -> None:
+        self.model = model
+
+    def write(self, off: int, data: bytes) -> None:
+        self.model.region_write(L.QM_BAR, off, data)
+
+    def read(self, off: int, size: int) -> bytes:
+        return self.model.region_read(L.QM_BAR, off, size)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_doorbell_pass_leaves_the_device_as_the_full_pass_does(seed: int) -> None:
+    """`ZipModel.poll`'s quick pass (only the queue the doorbell word names: `QmFunction.rung`,
+    `process_one`, `process_queue`) against the full pass (`_poll`: every doorbell, then
+    `process` over every queue) on two models driven alike by random driver steps: jobs on
+    two queues (16-deep rings: wrap-around; 1-3 SQEs a doorbell; two queues' doorbells stored
+    between passes, the word showing the last; some through the trapped page), CQ doorbells, EQ
+    doorbells and the EQ mask (trapped), STOP_QP, a restart, DBG_INJECT overflows. After every
+    step both have written the same rings, EQEs, AEQEs and results, raised the same vectors and
+    counted the same."""
+    rng = random.Random(seed)
+
+    def start(c: Client, qn: int) -> None:  # (queue qn's own rings, empty; interrupts on)
+        c.mem[CQ + qn * 0x100:CQ + qn * 0x100 + DEPTH * 16] = bytes(DEPTH * 16)
+        sqc = qm.SQC.pack(0, 0, IOVA + SQ + qn * 0x800, 0, (DEPTH - 1) | 7 << 12, 0, 0, 0, 0, qn,
+                          1 << 4, 0)
+        cqc = qm.CQC.pack(0, 0, IOVA + CQ + qn * 0x100, 0, (DEPTH - 1) | 4 << 12, 0, 0, 0, 0,
+                          1 | 2, 0)
+        assert c.ctx(qm.QM_MB_CMD_SQC, qn, sqc) == c.ctx(qm.QM_MB_CMD_CQC, qn, cqc) == 0
+
+    sides = []
+    for fast in (True, False):
+        c, model, fn = _model_client()
+        c.qm = _Bar(model)  # type: ignore[assignment]
+        irqs: list[int] = []
+        model.qm.notify = lambda v, irqs=irqs: irqs.append(v) is None  # type: ignore[union-attr]
+        if not fast:
+            model._cell = None  # (ZipModel.poll then always takes the full pass)
+        c.bring_up(irq=True)
+        assert c.ctx(qm.QM_MB_CMD_AEQC, 0, qm.EQC.pack(0, 0, IOVA + AEQ, 0, 0, 0, 0,
+                                                       255 | qm.EQC_DW6_PHASE)) == 0
+        c.qm.write(qm.QM_VF_AEQ_INT_MASK, struct.pack("<I", 0))
+        start(c, 1)
+        sides.append((c, model, fn, irqs))
+    ones = [0]  # the fast side's one-SQE passes
+    qm_fast = sides[0][1].qm
+    assert qm_fast is not None
+    process_one = qm_fast.process_one
+
+    def counted_one(q: QueueState, sq: memoryview, cq: memoryview) -> int:
+        ones[0] += 1
+        return process_one(q, sq, cq)
+
+    qm_fast.process_one = counted_one  # type: ignore[method-assign]
+    tmpl = SqeTemplate.for_format(Format("deflate", 15), qm.QM_HW_V2)
+    tail, reaped, phase = [0, 0], [0, 0], [1, 1]  # (the driver's view: alike on both)
+    eq_head = [0, 1]  # (index, phase)
+    for c, _, _, _ in sides:
+        c.mem[SRC:SRC + 40] = b"the quick brown fox jumps over the dog. "
+    try:
+        for step in range(250):
+            op, qn = rng.random(), rng.randrange(2)
+            stores: list[tuple[int, int, int]] = []  # (region, offset, value): trapped writes
+            bell = None  # the value stored into the mapped doorbell word
+            if op < 0.45:
+                k = min(rng.choice((1, 1, 2, 3)), DEPTH - 2 - (tail[qn] - reaped[qn]) % DEPTH)
+                for c, _, _, _ in sides:
+                    for i in range(k):
+                        t = (tail[qn] + i) % DEPTH
+                        tmpl.fill(c.mem, SQ + qn * 0x800 + t * hw.SQE_SIZE, in_len=40,
+                                  src=IOVA + SRC, dst=IOVA + DST + (qn * DEPTH + t) * 0x1000,
+                                  avail=0x1000, tag=t)
+                tail[qn] = (tail[qn] + k) % DEPTH
+                ring = rng.random()
+                if ring < 0.8:
+                    bell = qm.doorbell_v2(qn, qm.QM_DB_CMD_SQ, tail[qn])
+                elif ring < 0.9:  # (stored through the trapped page, as a client that did
+                    # not map it does)
+                    stores.append((L.QM_BAR, qm.QM_DOORBELL_SQ_CQ_BASE_V2,
+                                   qm.doorbell_v2(qn, qm.QM_DB_CMD_SQ, tail[qn])))
+            elif op < 0.6:  # reap the CQEs the device wrote (alike on both, checked below)
+                mem = sides[0][0].mem
+                while qm.CQE.unpack_from(mem, CQ + qn * 0x100 + reaped[qn] * 16)[6] & 1 == \
+                        phase[qn]:
+                    reaped[qn] = (reaped[qn] + 1) % DEPTH
+                    phase[qn] ^= reaped[qn] == 0
+                if rng.random() < 0.8:
+                    bell = qm.doorbell_v2(qn, qm.QM_DB_CMD_CQ, reaped[qn])
+            elif op < 0.7:  # consume the EQEs
+                mem = sides[0][0].mem
+                while struct.unpack_from("<I", mem, EQ + 4 * eq_head[0])[0] >> 16 & 1 == \
+                        eq_head[1]:
+                    eq_head[0] = (eq_head[0] + 1) % 256
+                    eq_head[1] ^= eq_head[0] == 0
+                stores.append((L.QM_BAR, qm.QM_DOORBELL_EQ_AEQ_BASE_V2,
+                               qm.doorbell_v2(0, qm.QM_DB_CMD_EQ, eq_head[0])))
+            elif op < 0.75:
+                stores.append((L.QM_BAR, qm.QM_VF_EQ_INT_MASK, rng.randrange(2)))
+            elif op < 0.76:  # stop the queue (draining it): later jobs wait for a restart
+                for c, _, _, _ in sides:
+                    assert c.mailbox(qm.QM_MB_CMD_STOP_QP, qn) == 0
+            elif op < 0.78:  # start the queue again, its rings empty
+                for c, _, _, _ in sides:
+                    start(c, qn)
+                tail[qn], reaped[qn], phase[qn] = 0, 0, 1
+            elif op < 0.785:
+                kind = rng.choice((L.AEQE_TYPE_CQ_OVERFLOW, L.AEQE_TYPE_EQ_OVERFLOW))
+                stores.append((DBG_BAR, DBG_INJECT, kind | qn << 16))
+            polls = rng.choice((0, 1, 1, 2))
+            for _, model, _, _ in sides:
+                for region, off, v in stores:
+                    model.region_write(region, off, struct.pack("<Q" if off in (
+                        qm.QM_DOORBELL_SQ_CQ_BASE_V2, qm.QM_DOORBELL_EQ_AEQ_BASE_V2) else "<I", v))
+                if bell is not None:
+                    model._bells[0][0].value = bell
+                for _ in range(polls):
+                    model.poll()
+            (a, ma, _, ia), (b, mb, _, ib) = sides
+            assert ma.qm is not None and mb.qm is not None
+            assert bytes(a.mem[:0x30000]) == bytes(b.mem[:0x30000]), f"step {step}: rings"
+            assert a.mem[DST:DST + 0x30000] == b.mem[DST:DST + 0x30000], f"step {step}: output"
+            assert ia == ib, f"step {step}: vectors"
+            assert ma.qm.stats == mb.qm.stats, f"step {step}"
+            assert ma.qm.queues == mb.qm.queues, f"step {step}: queues"
+        assert ma.qm.stats["jobs"] > 20 and ones[0] > 2, "the quick pass ran"
+    finally:
+        for _, _, fn, _ in sides:
+            fn.close()
