@@ -16,6 +16,7 @@ load time against the library's version and the struct size it expects.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import struct
 import threading
 from collections import deque
@@ -460,13 +461,15 @@ def deflater(level: int, wbits: int) -> Deflater:
 
 def stage(avail: int) -> tuple[memoryview, int]:
     """This thread's staging output of at least `avail` bytes and its address (grown in steps
-    of 64 KiB and kept, so its lines stay in this CPU's cache between jobs)."""
+    of 64 KiB and kept, so its lines stay in this CPU's cache between jobs). Page-aligned, as
+    the DMA pieces are: a heap block starts 16 bytes into a page, and copying stored blocks
+    from a page-aligned source to there ran 10x slower (4 KiB aliasing: 31 against 3 us for
+    64 KiB, docs/driver-bench.md "Session 22: 64 KiB decompress")."""
     t = _thread
     s = t.stage
     if len(s) < avail:
-        buf = ctypes.create_string_buffer((avail + 0xFFFF) & ~0xFFFF)
-        s = t.stage = memoryview(buf).cast("B")  # (the view keeps `buf`)
-        t.stage_addr = ctypes.addressof(buf)
+        s = t.stage = memoryview(mmap.mmap(-1, (avail + 0xFFFF) & ~0xFFFF))  # (keeps the map)
+        t.stage_addr = address(s)
     return s, t.stage_addr
 
 
