@@ -5,6 +5,8 @@ inputs larger than it keeps. Speed is measured by benchmarks/zip_user_bench.py, 
 
 from __future__ import annotations
 
+import gzip
+import random
 import zlib
 
 import pytest
@@ -305,6 +307,34 @@ def test_output_too_big_for_the_room_goes_on_from_it() -> None:
         assert wz.decompress(zlib.compress(zeros), device=eng) == zeros
         assert (d.calls - calls, d.fast_calls - fast) == (3, 1)  # 64 KiB, 4x, 16x: fits
         assert d.retry_out == 0
+
+
+def test_repeated_highly_compressible_calls_take_one_job_each() -> None:
+    """zlib and raw streams state no size: after a call that needed more room than 8x its
+    input, the next calls start from the ratio it needed (one job each, not one too small
+    and another), up to outputs over the kept pieces (2 MiB); text drops it back to 8x;
+    gzip (its trailer states the size) neither uses nor moves it."""
+    with wz.open_engine("emu", announce=False) as eng:
+        d = eng.oneshots[DECOMPRESS]
+        for data in (bytes(300_000), bytes(2 << 20), b"0123456789abcdef" * 70_000):
+            for wbits in (15, -15):
+                c = zlib.compressobj(6, zlib.DEFLATED, wbits)
+                blob = c.compress(data) + c.flush()
+                assert wz.decompress(blob, wbits, device=eng) == data
+                assert d.ratio > 8
+                calls = d.calls
+                for _ in range(3):
+                    assert wz.decompress(blob, wbits, device=eng) == data
+                assert d.calls - calls == 3, (len(data), wbits)
+        text = bytes(range(256)) * 40
+        assert wz.decompress(zlib.compress(text), device=eng) == text
+        ratio = d.ratio
+        gz = gzip.compress(bytes(3 << 20))
+        assert wz.decompress(gz, 31, device=eng) == bytes(3 << 20)
+        assert d.ratio == ratio
+        hexed = random.Random(8).randbytes(600_000).hex().encode()  # (deflates ~2x)
+        assert wz.decompress(zlib.compress(hexed), device=eng) == hexed
+        assert d.ratio == 8  # (a general call of ordinary data: back to 8x)
 
 
 def test_a_closed_default_engine_is_replaced(monkeypatch) -> None:

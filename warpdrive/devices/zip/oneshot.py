@@ -118,6 +118,11 @@ class OneShot:
         self.fast_calls = 0  # of them, through a fast way
         self.slot_off = 0  # SQ slot of the last job (its results are read there)
         self.retry_out = 0  # output room a fast decompression found too small
+        # Output room per input byte for zlib and raw streams (no size in them): 8, or what the
+        # last decompression that went the general way needed, so that a caller repeating
+        # highly compressible calls (zeros, logs: 20-1000x) gets one job per call, not one too
+        # small and another (`decompress`).
+        self.ratio = 8
         self._lost = False  # the pieces in use belong to an abandoned job
         self.eager = False  # the device seems to share our CPU: yield at once (`_wait`)
         self.watch = YieldWatch()  # naps instead of yields while they lose the CPU (`_wait`)
@@ -421,7 +426,7 @@ class OneShot:
             else:
                 if n <= hlen or (hlen and (data[0] << 8 | data[1]) not in _ZLIB_HEADS):
                     return None
-                room = n << 3  # as decompress_guess: 8x the input, at least 64 KiB
+                room = n * self.ratio  # (as decompress_guess: 8x the input, at least 64 KiB)
                 if room < 65536:
                     room = 65536
             if room < bufsize:
@@ -521,6 +526,9 @@ class OneShot:
         q = lane.current or lane.q  # refuses a closed engine or a forked child: before any DMA
         out = max(bufsize, decompress_guess(mv, fmt), self.retry_out)
         self.retry_out = 0
+        sized = fmt.container == GZIP  # (its trailer states the size: the ratio is not used)
+        if not sized:
+            out = max(out, min(n * self.ratio, hw.HZ_MAX_SIZE))
         while True:
             src, dst = self._pieces(n, min(out, hw.HZ_MAX_SIZE))
             try:
@@ -538,6 +546,8 @@ class OneShot:
                     out = avail * 4
                     continue
                 self._check_inflated(q, dw3, consumed, fmt.alg, body)
+                if not sized:
+                    self.ratio = max(8, produced // n + 1)
                 return bytes(dv[:produced])
             finally:
                 self._done_with(src, dst)
