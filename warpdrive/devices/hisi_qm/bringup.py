@@ -113,6 +113,10 @@ class QmDevice:
                 hint="create VFs with the kernel driver (echo N > /sys/bus/pci/devices/<PF>/"
                 "sriov_numvfs) and bind a VF to vfio-pci")
         self._lock = threading.Lock()
+        # Starting queues, one at a time: a queue number is taken when the queue is registered,
+        # after its mailboxes, so two lanes starting at once (a compress and a decompress
+        # thread) would otherwise both take the first free one.
+        self._starting = threading.Lock()
         self._events = threading.Lock()  # EQ/AEQ heads: any waiter's thread may service them
         self._queues: dict[int, tuple[QmQueue, DmaBuffer]] = {}
         self.faults: dict[int, str] = {}  # queue -> what the device reported (AEQ)
@@ -305,6 +309,11 @@ class QmDevice:
     def start_queue(self, qc_type: int, *, depth: int | None = None, irq: bool = False,
                     qn: int | None = None, priority: int = 0) -> QmQueue:
         """Allocate and start a queue of alg type `qc_type` (ZIP: 0 compress, 1 decompress)."""
+        with self._starting:
+            return self._start_queue(qc_type, depth, irq, qn, priority)
+
+    def _start_queue(self, qc_type: int, depth: int | None, irq: bool, qn: int | None,
+                     priority: int) -> QmQueue:
         if self._closed:
             raise DeviceError(f"QM of {self.name} is closed")
         if qn is None:
