@@ -201,14 +201,14 @@ def test_a_lone_job_of_a_doorbell_pass_completes_and_signals_as_process_does(ser
         eng.close()
 
 
-def _model_client() -> tuple[Client, ZipModel, Function]:
+def _model_client(workers: str = "1") -> tuple[Client, ZipModel, Function]:
     """test_zip_model's driver stand-in, on a ZipModel hosted by a server `Function` in this
     process (so the model's kept ring views are in play), with its memory mapped."""
     c = Client.__new__(Client)
     fd = os.memfd_create("zip-model-fastpath")
     os.ftruncate(fd, SIZE)
     c.mem = mmap.mmap(fd, SIZE)
-    model = ZipModel(workers="1")
+    model = ZipModel(workers=workers)
     fn = Function(model, max_dma_maps=64, max_data_xfer_size=1 << 20,
                   logger=logging.getLogger("fastpath"), label="fastpath")
     fn.dma.add(IOVA, SIZE, fd, 0, True, True)
@@ -325,6 +325,30 @@ def test_buffer_views_kept_by_flat_end_with_a_reset_or_the_client(event: str) ->
             fn.detach_client()
             assert fn.dma.held_after_unmap == 0
         assert not jobs._kept
+    finally:
+        fn.close()
+
+
+def test_a_job_in_flight_at_an_unmap_leaves_no_ring_view_behind() -> None:
+    """The client unmaps its memory (one map: rings and buffers) while a big job is on a
+    worker: the job is finished and its CQE posted first (`ThreadedJobs.settle`, through the
+    ring views), and the views go only after that, so none outlives the unmap (a ring view
+    taken again meanwhile would be held past it: revoked to zero pages, which the next pass
+    would read as SQEs instead of faulting)."""
+    c, model, fn = _model_client(workers="2")
+    try:
+        c.bring_up()
+        data = random.Random(11).randbytes(512 << 10)  # (over INLINE_MAX: onto a worker)
+        c.mem[SRC:SRC + len(data)] = data
+        SqeTemplate.for_format(Format("deflate", 15), qm.QM_HW_V2).fill(
+            c.mem, SQ, in_len=len(data), src=IOVA + SRC, dst=IOVA + DST, avail=1 << 20, tag=0)
+        model._bells[0][0].value = qm.doorbell_v2(0, qm.QM_DB_CMD_SQ, 1)
+        assert model.poll() and model._inflight
+        model.on_dma_unmap(IOVA, SIZE)  # as the server does before it removes the map
+        assert qm.CQE.unpack_from(c.mem, CQ)[6] & 1 == 1, "the job was posted before the unmap"
+        assert not model._views
+        fn.dma.remove(fn.dma.covered(IOVA, SIZE))
+        assert fn.dma.held_after_unmap == 0
     finally:
         fn.close()
 

@@ -1005,9 +1005,11 @@ class ZipModel(DeviceModel):
         self._idle_bells()
 
     def on_dma_unmap(self, iova: int, size: int) -> None:
-        self._drop_rings()  # taken again on the next pass, if still mapped
         assert self.jobs is not None
+        # Jobs on the workers are finished and posted first (through the ring views, which that
+        # may take again), then every view goes: taken again on the next pass, if still mapped.
         self.jobs.abandon(iova, size)
+        self._drop_rings()
 
     def config_write(self, offset: int, data: bytes) -> None:
         super().config_write(offset, data)
