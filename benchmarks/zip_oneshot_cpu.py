@@ -277,6 +277,9 @@ root, calls, out_path, cpus = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.ar
 todo = sys.argv[5:]
 sys.path[:0] = [root, os.path.join(root, "benchmarks")]
 from zip_bench import sample
+_LINE = b"2026-12-02 18:00:00 INFO request ok id=12345 path=/api/v1/items status=200\n"
+DATA = {"text": sample, "zeros": bytes, "random": os.urandom,
+        "logs": lambda n: (_LINE * (n // len(_LINE) + 1))[:n]}
 tmp = tempfile.mkdtemp(prefix="wd-bd-")
 sock, mpath = os.path.join(tmp, "m.sock"), os.path.join(tmp, "model.json")
 model = subprocess.Popen([sys.executable, "-c", _MODEL, root, sock, mpath])
@@ -349,8 +352,8 @@ for cls, name in ((L.Lane, "wait_until"), (B.QmDevice, "block")):
 eng = wz.open_engine("vfio-user:" + sock)
 res = {}
 for call in todo:
-    op, size = call.split()
-    data = sample(int(size))
+    op, size, *kind = call.split()  # (a third word: the data, as DATA in the module)
+    data = DATA[kind[0] if kind else "text"](int(size))
     blob = zlib.compress(data)
     fn = (lambda: wz.decompress(blob, device=eng)) if op == "decompress" else \
         (lambda: wz.compress(data, 6, device=eng))
@@ -821,7 +824,8 @@ def main() -> int:
     ap.add_argument("--tail", action="store_true",
                     help="stamp each call and report the slow ones (see the module docstring)")
     ap.add_argument("--only", nargs="*", help="--tail: the calls to make (default: "
-                    "compress 4096, decompress 65536, compress 5)")
+                    "compress 4096, decompress 65536, compress 5); a third word picks the "
+                    "data: text (zip_bench.sample, the default), zeros, logs or random")
     ap.add_argument("--floor", action="store_true",
                     help="the irreducible parts of a call (see the module docstring)")
     args = ap.parse_args()
