@@ -80,6 +80,20 @@ def same(mem: Memory, alg: int, src: bytes, room: int, wbits: int = 15) -> JobRe
     return a[0]
 
 
+def libdeflate_answers(monkeypatch: pytest.MonkeyPatch) -> dict[int, int]:
+    """libdeflate's results from now on (result code -> count), as the model gets them."""
+    answers: dict[int, int] = {}
+    real = _libdeflate.decompress
+
+    def counted(*args: object) -> tuple[int, int, int]:
+        r = real(*args)
+        answers[r[0]] = answers.get(r[0], 0) + 1
+        return r
+
+    monkeypatch.setattr(_libdeflate, "decompress", counted)
+    return answers
+
+
 def test_codecs() -> None:
     assert LD.libdeflate and not LZ.libdeflate
     with pytest.raises(ValueError, match="codec="):
@@ -89,15 +103,7 @@ def test_codecs() -> None:
 def test_decompress_is_the_libz_path_job_for_job(mem: Memory,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     rnd = random.Random(22)
-    answers: dict[int, int] = {}  # libdeflate's results: it ran, and was overruled too
-    real = _libdeflate.decompress
-
-    def counted(*args: object) -> tuple[int, int, int]:
-        r = real(*args)
-        answers[r[0]] = answers.get(r[0], 0) + 1
-        return r
-
-    monkeypatch.setattr(_libdeflate, "decompress", counted)
+    answers = libdeflate_answers(monkeypatch)  # it ran, and was overruled too
     statuses: dict[int, int] = {}
     for n in (0, 1, 5, 300, 1500, 4096, 9000, 40000, 200000):
         data = sample(rnd, n)
@@ -140,15 +146,7 @@ def test_short_input_long_output_goes_to_libdeflate_job_for_job(
     ending at, just past and far past the probe; rooms around the output and the probe; cut
     and corrupted), and libdeflate did answer."""
     rnd = random.Random(11)
-    answers: dict[int, int] = {}
-    real = _libdeflate.decompress
-
-    def counted(*args: object) -> tuple[int, int, int]:
-        r = real(*args)
-        answers[r[0]] = answers.get(r[0], 0) + 1
-        return r
-
-    monkeypatch.setattr(_libdeflate, "decompress", counted)
+    answers = libdeflate_answers(monkeypatch)
     probe = _deflate.LIBDEFLATE_PROBE
     line = b"2026-12-02 18:00:00 INFO request ok id=12345 path=/api/v1/items status=200\n"
     for data in (bytes(probe), bytes(probe + 1), bytes(65536), (line * 1400)[:100000]):
