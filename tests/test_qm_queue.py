@@ -291,8 +291,10 @@ def _wait_in_lane(q: QmQueue, done: Callable[[], bool],
 
     from warpdrive.devices.zip.lane import Lane
 
-    lane = Lane(SimpleNamespace(source=SimpleNamespace(block=block), spin_s=0.0,
-                                timeout=5.0), 0)  # type: ignore[arg-type]
+    source = SimpleNamespace(block=lambda q_, remaining, _seen: block(q_, remaining),
+                             wakeups=lambda _q: 0)
+    lane = Lane(SimpleNamespace(source=source, spin_s=0.0, timeout=5.0),
+                0)  # type: ignore[arg-type]
     lane.current = q
     lane.wait_until(done)
 

@@ -19,7 +19,7 @@ import warpdrive.zip as wz
 from warpdrive.backends.vfiouser.launcher import model_spin
 from warpdrive.devices.hisi_qm import regs as qmr
 from warpdrive.devices.hisi_qm.bringup import QmDevice
-from warpdrive.devices.hisi_qm.queue import QueueStoppedError
+from warpdrive.devices.hisi_qm.queue import QmQueue, QueueStoppedError
 from warpdrive.devices.zip import hw
 from warpdrive.devices.zip.job import COMPRESS, DECOMPRESS
 from warpdrive.emu.models.zip import DBG_BAR, DBG_SIZE, decode_mailbox_log, decode_stats
@@ -263,9 +263,9 @@ def test_after_a_slow_wait_the_next_sleeps_at_once(wait: str,
         blocks: list[int] = []
         real_block = eng.source.block
 
-        def block(q: object, timeout: float) -> None:
+        def block(q: QmQueue, timeout: float, seen: int | None = None) -> None:
             blocks.append(calls[0])
-            real_block(q, min(timeout, 0.05))
+            real_block(q, min(timeout, 0.05), seen)
 
         monkeypatch.setattr(eng.source, "block", block)
         job = s.submit(b"next " * 1000)

@@ -369,10 +369,10 @@ def test_threads_share_the_one_shot_state(engine, wait: str) -> None:
         held = []
         block = engine.source.block
 
-        def watched(q, remaining):
+        def watched(q, remaining, seen=None):
             held.append(all(lane.lock._is_owned() for lane in engine.lanes
                             if lane.current is q))
-            block(q, remaining)
+            block(q, remaining, seen)
 
         engine.source.block = watched
     errors: list[BaseException] = []
@@ -530,9 +530,9 @@ def test_a_job_outlasting_the_spin_is_polled_to_poll_s_then_slept_on_at_once(
         assert wz.decompress(blob, device=eng, bufsize=len(big)) == big  # (pieces taken)
         real_block = eng.source.block
 
-        def block(q, remaining):  # type: ignore[no-untyped-def]
+        def block(q, remaining, seen=None):  # type: ignore[no-untyped-def]
             counting[0] = False
-            return real_block(q, remaining)
+            return real_block(q, remaining, seen)
 
         monkeypatch.setattr(Lane, "wait_until", wait_until)
         monkeypatch.setattr(QmQueue, "completed", completed)

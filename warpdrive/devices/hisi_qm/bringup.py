@@ -51,6 +51,7 @@ from ...record import record
 from ...uapi.vfio import VFIO_PCI_MSI_IRQ_INDEX
 from . import regs as hw
 from .queue import QmQueue, QueueStoppedError
+from .wake import WakeGate
 
 log = logging.getLogger("warpdrive.qm")
 # AEQE types (what the function reports; §7.2)
@@ -118,6 +119,7 @@ class QmDevice:
         # thread) would otherwise both take the first free one.
         self._starting = threading.Lock()
         self._events = threading.Lock()  # EQ/AEQ heads: any waiter's thread may service them
+        self._sleepers = WakeGate()  # every queue's waiters sleep on the one EQ interrupt
         self._queues: dict[int, tuple[QmQueue, DmaBuffer]] = {}
         self.faults: dict[int, str] = {}  # queue -> what the device reported (AEQ)
         self.eq_overflows = 0
@@ -453,23 +455,36 @@ class QmDevice:
                 self.bar.write32(hw.QM_VF_EQ_INT_MASK, 0)
         return overflow
 
-    def wait_interrupt(self, timeout: float) -> None:
-        """Block until the EQ interrupt fires (or `timeout`), then acknowledge events."""
+    def wakeups(self, q: QmQueue) -> int:
+        """EQ interrupts taken so far (by any queue's waiter): read before the last look at
+        `q`'s CQ, for `block` (`WakeGate`)."""
+        return self._sleepers.wakeups
+
+    def wait_interrupt(self, timeout: float, seen: int | None = None) -> None:
+        """Block until the EQ interrupt fires (or `timeout`), or return at once if one was
+        taken since `seen` (`wakeups`); whoever read the interrupt acknowledges events. One
+        thread at a time reads it, and a read wakes every other sleeper (`WakeGate`): they
+        share the vector, and a read empties its eventfd."""
         irq = self.interrupt
         if irq is None:
             time.sleep(min(timeout, 1e-3))
             return
-        try:
-            irq.wait(min(timeout, 0.05))
-        except DeviceTimeoutError:
-            pass
-        self.ack_events()
 
-    def block(self, q: QmQueue, remaining: float) -> None:
+        def take(left: float) -> bool:
+            try:
+                irq.wait(left)
+            except DeviceTimeoutError:
+                return False
+            return True
+
+        if self._sleepers.block(take, min(timeout, 0.05), seen):
+            self.ack_events()
+
+    def block(self, q: QmQueue, remaining: float, seen: int | None = None) -> None:
         """How a waiter sleeps once it stops spinning: on the EQ interrupt when the queue has
-        completion interrupts, else a short sleep."""
+        completion interrupts (`seen`: see `wait_interrupt`), else a short sleep."""
         if self._irqs:
-            self.wait_interrupt(min(remaining, 0.05))
+            self.wait_interrupt(min(remaining, 0.05), seen)
         else:
             time.sleep(50e-6)
 

@@ -27,6 +27,12 @@ class QueueSource(Protocol):
 
     def stop_queue(self, q: QmQueue) -> None: ...
 
-    def block(self, q: QmQueue, remaining: float) -> None: ...
+    def wakeups(self, q: QmQueue) -> int:
+        """Wake-ups taken so far on what `q`'s waiters sleep on: read it before the last look
+        at the CQ and hand it to `block` (no wake-up is lost between the two: `wake`)."""
+
+    def block(self, q: QmQueue, remaining: float, seen: int | None = None) -> None:
+        """Sleep until a completion may have come to `q` (at once if a wake-up was taken since
+        `seen`), for at most `remaining` (implementations bound it further)."""
 
     def close(self) -> None: ...

@@ -28,6 +28,7 @@ from ...uapi.hisi_qm import (
 )
 from . import regs as hw
 from .queue import QmQueue
+from .wake import WakeGate
 
 _FALLBACK_DEPTH = 1024  # UADK's default when SET_QP_INFO is missing
 
@@ -58,6 +59,9 @@ class UacceQueues:
         self.version = api_version(sva.api)
         self._sva = sva
         self._queues: dict[int, SvaQueue] = {}
+        # Per queue: each has its own fd, but the kernel's poll of it moves the kernel's own CQ
+        # head past what it sees, so of two threads sleeping on one queue only one would wake.
+        self._sleepers: dict[int, WakeGate] = {}
 
     @property
     def dma(self) -> DmaSpace:
@@ -101,11 +105,13 @@ class UacceQueues:
             uq.close()
             raise
         self._queues[id(q)] = uq
+        self._sleepers[id(q)] = WakeGate()
         q.uacce = uq  # type: ignore[attr-defined]
         return q
 
     def stop_queue(self, q: QmQueue) -> None:
         uq = self._queues.pop(id(q), None)
+        self._sleepers.pop(id(q), None)
         if uq is None:
             return
         try:
@@ -115,15 +121,26 @@ class UacceQueues:
         q.release()
         uq.close()  # UACCE_CMD_PUT_Q stops the hardware queue before the memory goes away
 
-    def block(self, q: QmQueue, remaining: float) -> None:
-        """Sleep in poll() on the queue fd; the kernel wakes it from the EQ interrupt."""
+    def wakeups(self, q: QmQueue) -> int:
+        gate = self._sleepers.get(id(q))
+        return 0 if gate is None else gate.wakeups
+
+    def block(self, q: QmQueue, remaining: float, seen: int | None = None) -> None:
+        """Sleep in poll() on the queue fd (the kernel wakes it from the EQ interrupt), one
+        thread at a time per queue (`WakeGate`; `seen`: `wakeups`)."""
         uq = self._queues.get(id(q))
-        if uq is None:
+        gate = self._sleepers.get(id(q))
+        if uq is None or gate is None:
             return
-        try:
-            uq.wait(min(remaining, 0.05))
-        except WarpdriveError:
-            pass
+
+        def take(left: float) -> bool:
+            try:
+                uq.wait(left)
+            except WarpdriveError:
+                return False
+            return True
+
+        gate.block(take, min(remaining, 0.05), seen)
 
     def close(self) -> None:
         errors = []
@@ -133,6 +150,7 @@ class UacceQueues:
             except WarpdriveError as e:
                 errors.append(e)
         self._queues.clear()
+        self._sleepers.clear()
         self._sva.close()
         if errors:
             raise errors[0]

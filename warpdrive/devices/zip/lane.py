@@ -253,7 +253,7 @@ class Lane:
 
     def _wait(self, done: Callable[[], bool], q: QmQueue, timeout: float, start: float,
               refresh_at: float, spin_s: float, locked: bool) -> None:
-        eng = self.engine
+        source = self.engine.source
         clock = time.perf_counter
         lock = self.lock
         while True:
@@ -268,6 +268,10 @@ class Lane:
                 waited = now - start
                 sleeping = waited > spin_s
                 with lock:
+                    # Before the last look at the CQ (the reap, and the one after a re-arm): a
+                    # wake-up another sleeper takes from now on returns our block at once
+                    # (`hisi_qm.wake`: the sleepers of a function share its one interrupt).
+                    seen = source.wakeups(q)
                     q.ring()
                     q.refresh()
                     self.reap()
@@ -295,7 +299,7 @@ class Lane:
                     if locked:
                         lock.release()
                     try:
-                        eng.source.block(q, timeout - waited)
+                        source.block(q, timeout - waited, seen)
                     finally:
                         if locked:
                             lock.acquire()
