@@ -23,6 +23,7 @@ from warpdrive.devices.hisi_qm.wake import WakeGate
 from warpdrive.devices.zip.engine import COMPRESS, DECOMPRESS
 from warpdrive.emu.models.zip import ZipModel
 from warpdrive.emu.server import VfioUserServer
+from warpdrive.errors import DeviceTimeoutError
 
 
 @pytest.fixture
@@ -155,11 +156,10 @@ def test_a_sleeper_returns_at_once_for_a_wake_up_taken_since_it_looked() -> None
     gate = WakeGate()
     fd = os.eventfd(0, os.EFD_NONBLOCK)
     try:
-        def take(left: float) -> bool:
+        def take(left: float) -> None:
             if not sc.wait_readable([fd], left):
-                return False
+                raise DeviceTimeoutError("no event")
             os.eventfd_read(fd)
-            return True
 
         seen = gate.wakeups  # the caller's look at its CQ follows; then another takes an event
         os.eventfd_write(fd, 1)

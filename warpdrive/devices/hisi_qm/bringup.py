@@ -469,15 +469,7 @@ class QmDevice:
         if irq is None:
             time.sleep(min(timeout, 1e-3))
             return
-
-        def take(left: float) -> bool:
-            try:
-                irq.wait(left)
-            except DeviceTimeoutError:
-                return False
-            return True
-
-        if self._sleepers.block(take, min(timeout, 0.05), seen):
+        if self._sleepers.block(irq.wait, min(timeout, 0.05), seen):
             self.ack_events()
 
     def block(self, q: QmQueue, remaining: float, seen: int | None = None) -> None:

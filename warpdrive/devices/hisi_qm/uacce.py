@@ -132,15 +132,7 @@ class UacceQueues:
         gate = self._sleepers.get(id(q))
         if uq is None or gate is None:
             return
-
-        def take(left: float) -> bool:
-            try:
-                uq.wait(left)
-            except WarpdriveError:
-                return False
-            return True
-
-        gate.block(take, min(remaining, 0.05), seen)
+        gate.block(uq.wait, min(remaining, 0.05), seen, quiet=WarpdriveError)
 
     def close(self) -> None:
         errors = []

@@ -30,6 +30,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from ...errors import DeviceTimeoutError
+
 
 class WakeGate:
     """The sleepers of one wake-up source (see the module docstring)."""
@@ -39,12 +41,13 @@ class WakeGate:
         self._leading = False
         self.wakeups = 0  # events the leaders read; read it before the last look at the CQ
 
-    def block(self, sleep: Callable[[float], bool], timeout: float,
-              seen: int | None = None) -> bool:
+    def block(self, wait: Callable[[float], object], timeout: float, seen: int | None = None,
+              quiet: type[Exception] = DeviceTimeoutError) -> bool:
         """Sleep until a wake-up is taken after `seen` (`wakeups` as the caller read it before
         its last look at its completions; None: as it is now), or for `timeout` seconds.
-        `sleep(left)` waits on the source and says whether it read an event; one thread runs
-        it at a time. True when this thread was the leader (it ran `sleep`)."""
+        `wait(left)` waits on the source and reads its event, raising `quiet` when none came
+        (the sleep ends then too); one thread runs it at a time. True when this thread was the
+        leader (it ran `wait`)."""
         cond = self._cond
         left = timeout
         deadline = None
@@ -66,7 +69,10 @@ class WakeGate:
                 cond.wait(left)
         took = False
         try:
-            took = sleep(left)
+            wait(left)
+            took = True
+        except quiet:
+            pass
         finally:
             with cond:
                 self._leading = False
