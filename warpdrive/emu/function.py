@@ -29,6 +29,7 @@ import logging
 import mmap
 import os
 import signal
+import threading
 import traceback
 from collections.abc import Callable
 
@@ -101,7 +102,11 @@ class _WriteStuck(Exception):
 
 
 _WRITE_BOUND_S = 0.2
-_bounded = False  # set while the server's loop runs in the main thread with the alarm handler
+_WRITE_TRIES = 3  # writes of one interrupt whose bound passed on a file that cannot block
+# The thread whose interrupt writes are bounded: the server's loop in the main thread, while
+# the alarm handler is installed (None otherwise). Another thread's write is not bounded: the
+# handler would raise in the main thread, wherever it happens to be.
+_bounded: int | None = None
 
 
 def _on_alarm(signum: int, frame: object) -> None:
@@ -114,18 +119,18 @@ class BoundedWrites:
     def __enter__(self) -> None:
         global _bounded
         self._old = signal.signal(signal.SIGALRM, _on_alarm)
-        _bounded = True
+        _bounded = threading.get_ident()
 
     def __exit__(self, *exc: object) -> None:
         global _bounded
-        _bounded = False
+        _bounded = None
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, self._old)
 
 
 def write_event(fd: int) -> None:
     """Add 1 to an eventfd; BlockingIOError if its counter is full, _WriteStuck if it blocked."""
-    if not _bounded:
+    if _bounded != threading.get_ident():
         os.write(fd, _ONE)
         return
     signal.setitimer(signal.ITIMER_REAL, _WRITE_BOUND_S)
@@ -345,19 +350,29 @@ class Function:
         if irq.masked[vector]:
             irq.pending[vector] = True
             return False
-        try:
-            write_event(irq.fds[vector])
-        except BlockingIOError:
-            pass  # the counter is full: the client has an unread interrupt already
-        except _WriteStuck:
-            self._log(f"IRQ {index} vector {vector}: the client's eventfd would block (it made "
-                      "it blocking again and filled it); dropping that eventfd")
-            close_fd_quietly(irq.fds[vector])
-            irq.fds[vector] = -1
-            return False
-        except OSError as e:
-            self._log(f"signalling IRQ {index} vector {vector} failed: {e}")
-            return False
+        fd = irq.fds[vector]
+        for _ in range(_WRITE_TRIES):
+            try:
+                write_event(fd)
+            except BlockingIOError:
+                pass  # the counter is full: the client has an unread interrupt already
+            except _WriteStuck:
+                # The alarm only says the bound passed, not that the write waited: on a loaded
+                # host the server can lose its CPU (or the GIL) for longer than the bound around
+                # a write that never blocked. Only a file the client made blocking again can
+                # wait; otherwise write again (a second interrupt is harmless, a lost one
+                # stalls the client's driver for good).
+                if not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK:
+                    self._log(f"IRQ {index} vector {vector}: the client's eventfd would block "
+                              "(it made it blocking again and filled it); dropping that eventfd")
+                    close_fd_quietly(fd)
+                    irq.fds[vector] = -1
+                    return False
+                continue
+            except OSError as e:
+                self._log(f"signalling IRQ {index} vector {vector} failed: {e}")
+                return False
+            break
         if index == VFIO_PCI_INTX_IRQ_INDEX:
             irq.masked[vector] = True  # INTx is automasked until the client unmasks it
         return True
