@@ -337,6 +337,32 @@ def test_repeated_highly_compressible_calls_take_one_job_each() -> None:
         assert d.ratio == 8  # (a general call of ordinary data: back to 8x)
 
 
+def test_a_learnt_ratio_asks_no_more_room_than_the_call_that_taught_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bomb (1 MiB of zeros from 1 KiB) teaches a ratio of ~1000; an ordinary call after it
+    (8 KiB of input, 16 KiB out) must not ask for 1000x its input (8 MiB of DMA memory, over
+    RLIMIT_MEMLOCK where the space pins), only up to the room the bomb itself had."""
+    with wz.open_engine("emu", announce=False) as eng:
+        d = eng.oneshots[DECOMPRESS]
+        bomb = zlib.compress(bytes(1 << 20))
+        assert wz.decompress(bomb, device=eng) == bytes(1 << 20)
+        assert d.ratio > 500
+        asked: list[int] = []
+        pieces = d._pieces
+
+        def watched(n_in: int, n_out: int):  # type: ignore[no-untyped-def]
+            asked.append(n_out)
+            return pieces(n_in, n_out)
+
+        monkeypatch.setattr(d, "_pieces", watched)
+        hexed = random.Random(9).randbytes(8000).hex().encode()  # (deflates ~2x)
+        blob = zlib.compress(hexed)
+        assert len(blob) > 8000
+        assert wz.decompress(blob, device=eng) == hexed
+        assert asked and max(asked) <= len(bomb) * 1100 < 2 << 20, asked
+        assert d.ratio == 8  # (and that call taught 8x again)
+
+
 def test_a_closed_default_engine_is_replaced(monkeypatch) -> None:
     """The fast way reads the default engine without a lock; a closed one has no queue, so
     the general way opens the next default engine."""

@@ -121,8 +121,13 @@ class OneShot:
         # Output room per input byte for zlib and raw streams (no size in them): 8, or what the
         # last decompression that went the general way needed, so that a caller repeating
         # highly compressible calls (zeros, logs: 20-1000x) gets one job per call, not one too
-        # small and another (`decompress`).
+        # small and another (`decompress`). Up to `ratio_room`, the room of the call that taught
+        # it: a bomb's ~1000x would ask the next, ordinary call for up to HZ_MAX_SIZE of DMA
+        # memory (over RLIMIT_MEMLOCK where the space pins). A thread racing another may read
+        # a ratio and a room of two calls: either bounds the room by some call's own. (The fast
+        # way needs no bound: it takes only the kept pieces.)
         self.ratio = 8
+        self.ratio_room = 0  # (none learnt yet)
         self._lost = False  # the pieces in use belong to an abandoned job
         self.eager = False  # the device seems to share our CPU: yield at once (`_wait`)
         self.watch = YieldWatch()  # naps instead of yields while they lose the CPU (`_wait`)
@@ -528,7 +533,7 @@ class OneShot:
         self.retry_out = 0
         sized = fmt.container == GZIP  # (its trailer states the size: the ratio is not used)
         if not sized:
-            out = max(out, min(n * self.ratio, hw.HZ_MAX_SIZE))
+            out = max(out, min(n * self.ratio, self.ratio_room))  # (8x: decompress_guess)
         while True:
             src, dst = self._pieces(n, min(out, hw.HZ_MAX_SIZE))
             try:
@@ -547,7 +552,8 @@ class OneShot:
                     continue
                 self._check_inflated(q, dw3, consumed, fmt.alg, body)
                 if not sized:
-                    self.ratio = max(8, produced // n + 1)
+                    self.ratio = ratio = max(8, produced // n + 1)
+                    self.ratio_room = n * ratio
                 return bytes(dv[:produced])
             finally:
                 self._done_with(src, dst)
