@@ -5,6 +5,7 @@ models are purpose-built to misbehave."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -92,6 +93,18 @@ def serve(model: DeviceModel, path: str) -> tuple[VfioUserServer, threading.Thre
         assert time.monotonic() < deadline
         time.sleep(0.01)
     return server, thread
+
+
+@contextlib.contextmanager
+def served_in_process(model: DeviceModel, path: str) -> Iterator[VfioUserServer]:
+    """`serve`, then the server stopped and its thread ended when the block leaves."""
+    server, thread = serve(model, path)
+    try:
+        yield server
+    finally:
+        server.stop()
+        thread.join(5)
+    assert not thread.is_alive()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import warpdrive.zip as wz
-from tests.test_emu_server_errors import serve
+from tests.test_emu_server_errors import served_in_process
 from warpdrive import syscalls as sc
 from warpdrive.devices.hisi_qm.bringup import QmDevice
 from warpdrive.devices.hisi_qm.wake import WakeGate
@@ -31,11 +31,8 @@ def served(tmp_path: Path) -> Iterator[tuple[str, ZipModel, VfioUserServer]]:
     # zlib (not libdeflate) runs the jobs: slower, so they outlast the poll into the sleep
     model = ZipModel(workers="1", codec="libz")
     path = str(tmp_path / "zip.sock")
-    server, thread = serve(model, path)
-    yield path, model, server
-    server.stop()
-    thread.join(5)
-    assert not thread.is_alive()
+    with served_in_process(model, path) as server:
+        yield path, model, server
 
 
 def test_queues_started_at_once_by_two_threads_get_their_own_numbers(served, monkeypatch) -> None:

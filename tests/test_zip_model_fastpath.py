@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import warpdrive.zip as wz
-from tests.test_emu_server_errors import serve
+from tests.test_emu_server_errors import served_in_process
 from tests.test_zip_model import AEQ, CQ, DEPTH, DST, EQ, IOVA, SIZE, SQ, SRC, Client
 from warpdrive.devices.hisi_qm import regs as qm
 from warpdrive.devices.zip import hw
@@ -38,11 +38,8 @@ from warpdrive.uapi import pci_regs
 def served(tmp_path: Path) -> Iterator[tuple[str, ZipModel, VfioUserServer]]:
     model = ZipModel(workers="1")
     path = str(tmp_path / "zip.sock")
-    server, thread = serve(model, path)
-    yield path, model, server
-    server.stop()
-    thread.join(5)
-    assert not thread.is_alive()
+    with served_in_process(model, path) as server:
+        yield path, model, server
 
 
 def test_ring_views_are_kept_while_jobs_flow_and_dropped_before_unmap(served, caplog) -> None:
