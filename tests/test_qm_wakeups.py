@@ -186,6 +186,44 @@ def test_a_sleeper_returns_at_once_for_a_wake_up_taken_since_it_looked() -> None
 
 
 
+def test_a_leader_interrupted_as_it_lets_the_gate_go_hands_the_lead_back() -> None:
+    """KeyboardInterrupt is raised at the next call boundary, e.g. as the leader lets the
+    gate's lock go (the `with`'s exit) just after taking the lead. Before, the lead was handed
+    back only from inside the wait's try, so the flag stayed set: every later sleeper waited
+    on the gate, nobody read the source again, and nobody acknowledged the function's events.
+    (The gate's lock raises it once, after its first release by a leader.)"""
+    gate = WakeGate()
+
+    class Interrupting:
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+            self.armed = True
+
+        def acquire(self, *args: object) -> bool:
+            return self.lock.acquire(*args)  # type: ignore[arg-type]
+
+        def release(self) -> None:
+            self.lock.release()
+            if self.armed and gate._leading:
+                self.armed = False
+                raise KeyboardInterrupt
+
+        def __enter__(self) -> bool:
+            return self.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self.release()
+
+    lock = Interrupting()
+    gate._cond = threading.Condition(lock)  # type: ignore[arg-type]
+    with pytest.raises(KeyboardInterrupt):
+        gate.block(lambda _left: pytest.fail("reached the wait"), 1.0)
+    assert not lock.armed and not gate._leading
+    read: list[float] = []
+    assert gate.block(read.append, 0.01)  # the next sleeper leads: it reads the source
+    assert read == [0.01] and gate.wakeups == 1
+
+
 def test_a_sleep_is_short_while_another_queue_shares_a_mapped_doorbell_word(monkeypatch) -> None:
     """Without doorbell isolation every queue's doorbell is one mapped register; a device that
     samples it (the bundled model's polled word) sees only the latest store, so another queue's

@@ -51,32 +51,38 @@ class WakeGate:
         cond = self._cond
         left = timeout
         deadline = None
-        with cond:
-            if seen is None:
-                seen = self.wakeups
-            while True:
-                if self.wakeups != seen:
-                    return False
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return False
-                if not self._leading:
-                    self._leading = True
-                    break
-                if deadline is None:
-                    deadline = time.monotonic() + timeout
-                cond.wait(left)
-        took = False
+        leading = took = False
+        # From the election on, the finally hands the lead back: an exception raised as the
+        # lock is let go (KeyboardInterrupt lands at such a call) would otherwise leave
+        # `_leading` set, and every later sleeper would wait on the gate with nobody reading
+        # the source or acknowledging its events.
         try:
-            wait(left)
-            took = True
-        except quiet:
-            pass
-        finally:
             with cond:
-                self._leading = False
-                if took:
-                    self.wakeups += 1
-                cond.notify_all()  # look again, or (no event) one of you leads now
+                if seen is None:
+                    seen = self.wakeups
+                while True:
+                    if self.wakeups != seen:
+                        return False
+                    if deadline is not None:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            return False
+                    if not self._leading:
+                        self._leading = leading = True
+                        break
+                    if deadline is None:
+                        deadline = time.monotonic() + timeout
+                    cond.wait(left)
+            try:
+                wait(left)
+                took = True
+            except quiet:
+                pass
+        finally:
+            if leading:
+                with cond:
+                    self._leading = False
+                    if took:
+                        self.wakeups += 1
+                    cond.notify_all()  # look again, or (no event) one of you leads now
         return True
