@@ -175,6 +175,23 @@ _GZIP_TRAILER = struct.Struct("<II")
 _TRAILER_LEN = {L.ALG_ZLIB: 4, L.ALG_GZIP: 8}
 
 
+def _trailer_checks(alg: int, src: memoryview | bytes, used: int, m: int,
+                    checksum: int) -> bool:
+    """A whole zlib/gzip trailer follows the deflate stream's `used` bytes of `src` and checks
+    against its output (`checksum`, and `m` bytes for gzip's length)."""
+    return len(src) - used >= _TRAILER_LEN[alg] and (
+        _ZLIB_TRAILER.unpack_from(src, used)[0] == checksum if alg == L.ALG_ZLIB
+        else _GZIP_TRAILER.unpack_from(src, used) == (checksum, m & 0xFFFF_FFFF))
+
+
+def _output(dst: memoryview | bytearray, avail: int) -> tuple[Any, int]:
+    """Where a whole-buffer inflate writes: this thread's staging buffer and its address when
+    the room is at most STAGE_MAX (copied into `dst` afterwards), else `dst` itself and 0."""
+    if 0 < avail <= STAGE_MAX:
+        return _libz.stage(avail)
+    return dst, 0
+
+
 def _trailer(alg: int, checksum: int, isize: int) -> bytes:
     if alg == L.ALG_ZLIB:
         return _ZLIB_TRAILER.pack(checksum)
@@ -250,10 +267,7 @@ class DeflateUnit:
         as a complete stream: docs/research/hisi-qm-zip.md, sections 10 and 12)."""
         n = len(src)
         if self.level:  # (stored blocks, level 0, are sized by the window: left as asked)
-            # libdeflate matches up to 32 KiB back whatever the window: a smaller declared
-            # window only when no match can reach beyond it (docs/research/deflate-window.md)
-            if self.libdeflate and n >= LIBDEFLATE_COMPRESS_MIN and (wbits >= 15
-                                                                     or n <= 1 << wbits):
+            if self._libdeflate_compresses(n, wbits):
                 res = self._compress_libdeflate(alg, src, n, dst)
                 if res is not None:
                     return res
@@ -279,6 +293,13 @@ class DeflateUnit:
         dst[:m] = body
         status = L.STATUS_NEGACOMPRESS if m > n else L.STATUS_OK
         return JobResult(status, n, m, True, checksum, n)
+
+    def _libdeflate_compresses(self, n: int, wbits: int) -> bool:
+        """Whether a whole buffer of `n` bytes with window `wbits` goes to libdeflate: its
+        matches reach up to 32 KiB back whatever the window, so a smaller declared window only
+        when no match can reach beyond it (docs/research/deflate-window.md)."""
+        return self.libdeflate and n >= LIBDEFLATE_COMPRESS_MIN and (wbits >= 15
+                                                                    or n <= 1 << wbits)
 
     def _compress_libdeflate(self, alg: int, src: memoryview | bytes, n: int,
                              dst: memoryview | bytearray) -> JobResult | None:
@@ -393,25 +414,16 @@ class DeflateUnit:
         data the trailer is over, and is accepted here). Raw deflate has no trailer to tell: it
         stays on libz."""
         avail = len(dst)
-        if 0 < avail <= STAGE_MAX:  # (staged: STAGE_MAX)
-            out, at = _libz.stage(avail)
-            rc, used, m = _libdeflate.decompress(src, n, out, avail)
-            if rc != _libdeflate.SUCCESS:
-                return None
-            checksum = self._sum(alg, out, m)
+        out, at = _output(dst, avail)
+        rc, used, m = _libdeflate.decompress(src, n, out, avail)
+        if rc != _libdeflate.SUCCESS:
+            return None
+        checksum = self._sum(alg, out, m)
+        if not _trailer_checks(alg, src, used, m, checksum):
+            return None
+        if at:  # (staged: into the destination only once the answer is kept)
             _memmove(_libz.address(dst), at, m)
-        else:
-            rc, used, m = _libdeflate.decompress(src, n, dst, avail)
-            if rc != _libdeflate.SUCCESS:
-                return None
-            checksum = self._sum(alg, dst, m)
-        if alg == L.ALG_ZLIB:
-            if n - used >= 4 and _ZLIB_TRAILER.unpack_from(src, used)[0] == checksum:
-                return JobResult(L.STATUS_OK, used + 4, m, True, checksum, m)
-        elif n - used >= 8 and _GZIP_TRAILER.unpack_from(src, used) == (checksum,
-                                                                        m & 0xFFFF_FFFF):
-            return JobResult(L.STATUS_OK, used + 8, m, True, checksum, m)
-        return None
+        return JobResult(L.STATUS_OK, used + _TRAILER_LEN[alg], m, True, checksum, m)
 
     def _decompress_libz(self, alg: int, src: memoryview | bytes,
                          dst: memoryview | bytearray) -> JobResult:
@@ -420,13 +432,10 @@ class DeflateUnit:
         output it just wrote, still in the cache (docs/research/libz.md, "checksums")."""
         n, avail = len(src), len(dst)
         inflater = _libz._thread.inflater or _libz.inflater()
-        if 0 < avail <= STAGE_MAX:  # (staged: STAGE_MAX)
-            out, at = _libz.stage(avail)
-            outcome, used, m = inflater.whole(src, n, out, avail)
-            if outcome < _libz.FULL:  # (the output a result reports)
-                _memmove(_libz.address(dst), at, m)
-        else:
-            outcome, used, m = inflater.whole(src, n, dst, avail)
+        out, at = _output(dst, avail)
+        outcome, used, m = inflater.whole(src, n, out, avail)
+        if at and outcome < _libz.FULL:  # (staged: the output a result reports)
+            _memmove(_libz.address(dst), at, m)
         if outcome >= _libz.FULL:
             return JobResult(L.STATUS_DST_TOO_SMALL if outcome == _libz.FULL
                              else L.STATUS_BAD_DATA)
@@ -448,9 +457,7 @@ class DeflateUnit:
         if alg == L.ALG_DEFLATE:
             return JobResult(L.STATUS_OK, used, m, True, checksum, m)
         tlen = _TRAILER_LEN[alg]
-        if len(src) - used >= tlen and (  # (the usual case: a whole trailer, checked at once)
-                _ZLIB_TRAILER.unpack_from(src, used)[0] == checksum if alg == L.ALG_ZLIB
-                else _GZIP_TRAILER.unpack_from(src, used) == (checksum, m & 0xFFFF_FFFF)):
+        if _trailer_checks(alg, src, used, m, checksum):  # (the usual case)
             return JobResult(L.STATUS_OK, used + tlen, m, True, checksum, m)
         trailer = bytes(src[used:used + tlen])
         bad = _bad_trailer_field(alg, trailer, checksum, m)
@@ -544,8 +551,7 @@ class DeflateUnit:
         on (`_first_libdeflate`), and a later job of its stream continues on libz from its
         last window of input (`_Tail`)."""
         n = len(src)
-        if self.libdeflate and self.level and n >= LIBDEFLATE_COMPRESS_MIN and \
-                (wbits >= 15 or n <= 1 << wbits):
+        if self.level and self._libdeflate_compresses(n, wbits):
             if finish:
                 res = self._compress_libdeflate(alg, src, n, dst)
                 if res is not None:
