@@ -52,7 +52,6 @@ class _Lib:
         self.free_compressor = fn(free, "libdeflate_free_compressor", [vp], None)
         self.alloc_decompressor = fn(free, "libdeflate_alloc_decompressor", [], vp)
         self.free_decompressor = fn(free, "libdeflate_free_decompressor", [vp], None)
-        self.compress_bound = fn(free, "libdeflate_deflate_compress_bound", [vp, sz], sz)
         # (short jobs, long jobs)
         self.compress = tuple(fn(lib, "libdeflate_deflate_compress", [vp, vp, sz, vp, sz], sz)
                               for lib in (held, free))
