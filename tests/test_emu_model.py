@@ -306,6 +306,48 @@ def test_unmap_revokes_every_view_whatever_the_model_hook_did(memfd: int) -> Non
     assert mem.reap() == 0 and not mem._retired
 
 
+def test_cut_off_points_held_views_at_zero_pages_and_keeps_the_memory(memfd: int) -> None:
+    """`cut_off` (bus mastering off under a job the model cannot stop): the views held of the
+    spans' maps (a slice of one map, a joined view, a read-only one) stop reaching the
+    client's memory, the maps stay in the table and later access reaches the client's memory
+    again; a map outside the spans is untouched."""
+    os.ftruncate(memfd, 8 * PAGE)
+    mem = ClientMemory()
+    mem.add(0x10000, 2 * PAGE, memfd, 0, True, True)  # one map of two pages
+    mem.add(0x20000, PAGE, memfd, 2 * PAGE, True, False)  # read-only
+    mem.add(0x30000, PAGE, memfd, 3 * PAGE, True, True)  # outside the spans
+    mem.add(0x40000, PAGE, memfd, 5 * PAGE, True, True)  # two maps joined by one view
+    mem.add(0x41000, PAGE, memfd, 4 * PAGE, True, True)
+    flat = mem.view(0x10000 + 100, PAGE, write=True)
+    ro = mem.view(0x20000, 16)
+    other = mem.view(0x30000, 16, write=True)
+    joined = mem.view(0x40000 + 8, PAGE, write=True)
+    os.pwrite(memfd, b"ro!!", 2 * PAGE)
+    assert mem.cut_off([(0x10000 + 100, PAGE), (0x20000, 16), (0x40000 + 8, PAGE)]) == 4
+    assert mem.mappings()[0] == (0x10000, 2 * PAGE, True, True)
+    for v in (flat, joined, other):
+        v[:4] = b"late"
+    assert os.pread(memfd, 4, 100) == bytes(4)  # the held views write into zero pages
+    assert os.pread(memfd, 4, 5 * PAGE + 8) == bytes(4)
+    assert os.pread(memfd, 4, 3 * PAGE) == b"late"  # (not cut: still the client's)
+    assert bytes(ro[:4]) == bytes(4)
+    # later access: the client's memory, as before the cut, with each map's permission
+    os.pwrite(memfd, b"back", 100)
+    assert mem.read(0x10000 + 100, 4) == b"back"
+    mem.write(0x10000 + PAGE, b"mine")
+    assert os.pread(memfd, 4, PAGE) == b"mine"
+    assert mem.read(0x20000, 4) == b"ro!!"
+    with pytest.raises(DmaFault, match="read-only"):
+        mem.view(0x20000, 4, write=True)
+    with mem.view(0x40000 + 8, PAGE, write=True) as again:
+        again[PAGE - 8:PAGE - 4] = b"join"
+    assert os.pread(memfd, 4, 4 * PAGE) == b"join"
+    assert mem.held_after_unmap == 3  # the cut mappings, until their views go
+    for v in (flat, ro, other, joined):
+        v.release()
+    assert mem.reap() == 0 and not mem._retired
+
+
 def test_a_view_refuses_maps_that_do_not_meet_on_a_page(memfd: int) -> None:
     os.ftruncate(memfd, 4 * PAGE)
     mem = ClientMemory()

@@ -5,7 +5,10 @@ back in submission order per queue. Checked through the real driver over vfio-us
 
 from __future__ import annotations
 
+import mmap
+import os
 import socket
+import struct
 import threading
 import time
 import zlib
@@ -16,9 +19,19 @@ import psutil
 import pytest
 
 import warpdrive.zip as wz
+from tests.test_zip_model import CQ, SQ
+from tests.test_zip_model_fastpath import _model_client
 from tests.ziputil import sample
+from warpdrive.backends.vfiouser.wire import Message
+from warpdrive.devices.hisi_qm import regs as qm
+from warpdrive.devices.zip import hw
+from warpdrive.devices.zip.sqe import Format, SqeTemplate
+from warpdrive.emu.function import Function
 from warpdrive.emu.models.zip import ThreadedJobs
 from warpdrive.errors import DeviceError
+from warpdrive.uapi import pci_regs
+from warpdrive.uapi import vfio_user as P
+from warpdrive.uapi.vfio import VFIO_PCI_CONFIG_REGION_INDEX
 
 
 def _model(eng: wz.ZipEngine) -> psutil.Process:
@@ -271,3 +284,66 @@ def test_fewer_workers_than_cpus_stay_unbound() -> None:
     t.start()
     t.join()
     assert seen == [cpus]
+
+
+def _config_write(fn: Function, offset: int, data: bytes) -> None:
+    """A config-space write as the server hands it to the function (REGION_WRITE of region 7)."""
+    req = P.vfio_user_region_access(offset, VFIO_PCI_CONFIG_REGION_INDEX, len(data))
+    fn.handle_region_write(Message(0, P.VFIO_USER_REGION_WRITE, 0, 0, bytes(req) + data))
+
+
+@pytest.mark.parametrize("codec", ["libz", "libdeflate"])
+def test_bus_mastering_off_stops_a_job_running_on_a_worker(codec: str) -> None:
+    """A driver clears PCI_COMMAND's bus master bit, then frees or reuses its buffers (Linux's
+    pci_disable_device, vfio-pci's release): once that config write is answered the device
+    may not write them (docs/research/pci-bus-master.md). A big compress job running on a
+    worker when the write arrives cannot be stopped mid-call; not one byte of the client's
+    memory may change after the write returns (a canary over the output buffer, the CQ and
+    everything else), no CQE comes for the job even when bus mastering is back, and the
+    device works again after (its buffers are the client's memory, not zero pages)."""
+    c, model, fn = _model_client(workers="2")
+    try:
+        model.jobs.unit.codec = codec  # type: ignore[union-attr]
+        c.bring_up()
+        big = 8 << 20  # the largest job (HZ_MAX_SIZE): ~0.1-1 s of compression here
+        iova2 = 1 << 32
+        fd = os.memfd_create("bus-master-canary")
+        os.ftruncate(fd, 2 * big)
+        client = mmap.mmap(fd, 2 * big)
+        fn.dma.add(iova2, 2 * big, fd, 0, True, True)
+        os.close(fd)
+        data = sample(big, seed=11)
+        client[:big] = data
+        client[big:] = b"\xa5" * big  # the canary
+        fmt = Format("deflate", 15)
+        tmpl = SqeTemplate.for_format(fmt, qm.QM_HW_V2)
+        tmpl.fill(c.mem, SQ, in_len=big, dst=iova2 + big, avail=big, tag=0x77,  # type: ignore
+                  src=iova2)
+        c.qm.doorbell(qm.doorbell_v2(0, qm.QM_DB_CMD_SQ, 1))
+        c.qm.process()
+        jobs = model.jobs
+        flight = jobs.inflight[0]  # type: ignore[union-attr]
+        fut = flight[0][3]
+        _config_write(fn, pci_regs.PCI_COMMAND, struct.pack("<H", pci_regs.PCI_COMMAND_MEMORY))
+        assert not fut.done(), "the job ended before the write: make it bigger"
+        after = bytes(client), bytes(c.mem)
+        fut.result(timeout=60)
+        for _ in range(3):
+            model.poll()
+            fn.after_message()
+        assert bytes(client) == after[0], "the job wrote into the client's memory after the write"
+        assert bytes(c.mem) == after[1], "the device wrote (a CQE?) after the write"
+        assert not jobs.inflight  # type: ignore[union-attr]
+        assert fn.dma.held_after_unmap == 0
+        # bus mastering back: no late CQE; the device reads and writes the client's memory again
+        _config_write(fn, pci_regs.PCI_COMMAND, struct.pack(
+            "<H", pci_regs.PCI_COMMAND_MEMORY | pci_regs.PCI_COMMAND_MASTER))
+        model.poll()
+        assert bytes(c.mem) == after[1]
+        c.tail = 1  # the next SQE; its CQE is the queue's first
+        consumed, _produced, st, _last, out, _w = c.job(fmt, data[:10_000])
+        assert st == hw.STATUS_OK and consumed == 10_000
+        assert zlib.decompress(out, -15) == data[:10_000]
+        assert qm.CQE.unpack_from(c.mem, CQ)[3] == 1  # (no CQE of slot 0 came before it)
+    finally:
+        fn.close()

@@ -27,6 +27,12 @@ working but no longer reaches the client, and the memfd is closed. The mmap obje
 its views are gone, then closed. This is the rule for every view the table gave out, whatever
 the model's `on_dma_unmap` hook did (it may raise and keep them): the hook lets a model drop its
 views early, revocation never depends on it.
+
+`cut_off` revokes the same way while the maps stay: each map touched is mapped again at a new
+address for later access, and the views held of the old mapping reach zero pages. It serves work
+the model cannot stop when bus mastering goes off (a worker thread inside zlib): from the config
+write's reply on, that work no longer reaches the client's memory
+(docs/research/pci-bus-master.md).
 """
 
 from __future__ import annotations
@@ -182,6 +188,10 @@ class ClientMemory:
             self._starts.pop(i)
             self._revoke(region)
             gone.add(id(region))
+        self._revoke_windows(gone)
+
+    def _revoke_windows(self, gone: set[int]) -> None:
+        """Revoke the joined views (cached or retired) over any map whose id is in `gone`."""
         if gone and self._windows:
             for key, win in list(self._windows.items()):
                 if any(id(r) in gone for r in win.regions):
@@ -195,6 +205,39 @@ class ClientMemory:
                 else:
                     kept.append(win)
             self._retired = kept
+
+    def cut_off(self, spans: list[tuple[int, int]]) -> int:
+        """Every view the model holds of the maps touching these (iova, size) spans reaches
+        private zero pages from now on, while the table keeps the client's memory: each such map
+        is mapped afresh for later access and its old mapping revoked as an unmap revokes it,
+        with the windows joined over it. For work the model cannot stop (a job a worker thread
+        is running when bus mastering goes off): it writes on, but no longer into the client's
+        memory. Returns how many maps were cut."""
+        cut: dict[int, DmaRegion] = {}
+        for iova, size in spans:
+            i = max(0, bisect.bisect_right(self._starts, iova) - 1)
+            while i < len(self._regions) and self._regions[i].iova < iova + max(size, 1):
+                r = self._regions[i]
+                if r.end > iova and r.mm is not None:
+                    cut[id(r)] = r
+                i += 1
+        for r in cut.values():
+            assert r.mm is not None
+            # The same pages again elsewhere (`_duplicate`, as windows are made; Python's mmap
+            # does not give out the fd it keeps), over a reservation of the map's own access.
+            length = len(r.mm)
+            fresh = mmap.mmap(-1, length, prot=mmap.PROT_READ | (
+                mmap.PROT_WRITE if r.writable else 0))
+            try:
+                _duplicate(r.addr, sc.page_align_up(length), sc.buffer_address(fresh))
+            except BaseException:
+                fresh.close()
+                raise
+            old = DmaRegion(r.iova, r.size, r.readable, r.writable, r.mm, r.delta, r.addr, r.mv)
+            r.mm, r.addr, r.mv = fresh, sc.buffer_address(fresh), None
+            self._revoke(old)
+        self._revoke_windows(set(cut))
+        return len(cut)
 
     def clear(self) -> None:
         """Drop every map (client disconnected)."""

@@ -67,6 +67,8 @@ if TYPE_CHECKING:
 
         def view(self, iova: int, size: int, write: bool = False) -> memoryview: ...
 
+        def cut_off(self, spans: list[tuple[int, int]]) -> int: ...
+
 
 @record
 class QueueState:

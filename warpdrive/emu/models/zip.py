@@ -590,11 +590,13 @@ class ThreadedJobs(ZipJobs):
             try:
                 while jobs and jobs[0][3].done():
                     q, slot, w, fut, src, dst = jobs.popleft()
+                    src.release()
+                    dst.release()
+                    if slot < 0:
+                        continue  # cut off (`cut_off`): its work is dropped unposted
                     res, stream = self._result(fut)
                     if stream is not None:
                         self.unit.keep_first(*stream)
-                    src.release()
-                    dst.release()
                     if sq is not None:
                         self.write_result(sq, slot * q.sqe_size, w, res)
                         slots.append(slot)
@@ -671,6 +673,28 @@ class ThreadedJobs(ZipJobs):
         while self.inflight:
             futures_wait([d[0][3] for d in self.inflight.values()], return_when=FIRST_COMPLETED)
             self.collect()
+
+    def cut_off(self) -> None:
+        """Bus mastering went off: the device may not touch the client's memory any more, but a
+        job on a worker cannot be stopped (zlib and libdeflate run to the end of the call). Its
+        buffers are cut from the client's memory (`ClientMemory.cut_off`: its views now reach
+        zero pages, later accesses the client's memory as before), and it is kept in flight
+        marked to be dropped unposted (slot -1): no byte of its output and no CQE reaches the
+        client, even if bus mastering comes back before it ends; the queue's later jobs still
+        wait behind it, in order. A job already finished is dropped the same way (posting it
+        would be a write after the fact)."""
+        spans: list[tuple[int, int]] = []
+        for qn, jobs in self.inflight.items():
+            cut: deque[tuple[QueueState, int, tuple[int, ...], Future[_Done], memoryview,
+                             memoryview]] = deque()
+            for q, slot, w, fut, src, dst in jobs:
+                if slot >= 0:
+                    spans.append((w[L.DW_SRC_H] << 32 | w[L.DW_SRC_L], len(src)))
+                    spans.append((w[L.DW_DST_H] << 32 | w[L.DW_DST_L], len(dst)))
+                cut.append((q, -1, w, fut, src, dst))
+            self.inflight[qn] = cut
+        if spans:
+            self.dma.cut_off(spans)
 
     def reset(self) -> None:
         self.drain()
@@ -1015,6 +1039,9 @@ class ZipModel(DeviceModel):
         super().config_write(offset, data)
         if not self.bus_master_enabled():
             self._drop_rings()  # taking them again faults, as the device would
+            if isinstance(self.jobs, ThreadedJobs):
+                # Before the write is answered: a driver frees or reuses the buffers next.
+                self.jobs.cut_off()
 
     def close(self) -> None:
         self._drop_rings()
