@@ -466,3 +466,33 @@ def test_socket_mode_and_group_from_the_command_line(tmp_path: Path) -> None:
         assert broker.stderr is not None
         log = broker.stderr.read()
         assert "accepted client" in log and "listening on" in log
+
+
+def test_a_client_gets_no_fault_injection(tmp_path: Path) -> None:
+    """The model's DBG_INJECT register (EQ/CQ overflows on request, for witnesses of a driver's
+    error paths) is not handed to a broker's clients: their function's BAR0 is read-only, a
+    store there is refused and changes nothing, its counters still read; the bundled model
+    keeps the register for the witnesses (test_zip_bringup's injection test)."""
+    import struct
+
+    from warpdrive.devices.hisi_qm import regs as qmr
+    from warpdrive.emu.models.zip import DBG_BAR, DBG_INJECT, DBG_SIZE, decode_stats
+
+    with broker_thread(str(tmp_path / "b.sock")) as rb:
+        a = RawZip(rb.name)
+        try:
+            assert a.run(a.words())[0] == hw.STATUS_OK
+            info = a.dev.region_info(DBG_BAR)
+            assert info.readable and not info.writable
+            for kind in (qmr.AEQE_TYPE_EQ_OVERFLOW, qmr.AEQE_TYPE_CQ_OVERFLOW | a.q.qn << 16):
+                store = struct.pack("<I", kind)
+                with pytest.raises(WarpdriveError, match="not writable"):
+                    a.dev.region_write(DBG_BAR, DBG_INJECT, store)
+                # a client that sends the store anyway: the broker refuses it
+                with pytest.raises(WarpdriveError, match=r"REGION_WRITE .*EINVAL"):
+                    a.dev._region_write(info, DBG_INJECT, store)  # type: ignore[attr-defined]
+            stats = decode_stats(a.dev.region_read(DBG_BAR, 0, DBG_SIZE))
+            assert stats["aeqes"] == 0 and stats["jobs"] == 1
+            assert a.run(a.words())[0] == hw.STATUS_OK  # the queue was not stopped
+        finally:
+            a.close()

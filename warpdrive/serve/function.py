@@ -34,6 +34,8 @@ class VirtualZip(ZipModel):
     # The broker's loop keeps polling while any client has jobs on the device; this only
     # decides how soon it goes idle afterwards.
     poll_spin_s = 0.02
+    # A production broker hands its clients no fault injection (the model's DBG_INJECT).
+    fault_injection = False
 
     def __init__(self, client: BrokerClient, *, revision: int, queues: int = 2,
                  depth: int = 1024) -> None:

@@ -34,7 +34,8 @@ What it models (section numbers are those of the research document):
 - BAR0 (4 KiB) is a model-only introspection window real hardware does not have (drivers
   never touch it): counters and the log of mailbox commands, for tests, and one writable
   register (`DBG_INJECT`) that makes an EQ or CQ overflow happen, for witnesses of a driver's
-  error paths. Layout: `DBG_*`.
+  error paths. Layout: `DBG_*`. A function handed to someone who is not testing it (the
+  broker's clients: `ZipModel.fault_injection`) has the window read-only, without the register.
 
 What it assumes where the facts are UNCONFIRMED:
 - **A mapped doorbell is polled memory.** Hardware latches every doorbell write; a polled word
@@ -94,7 +95,7 @@ from ._qm import BUSY, PENDING, Execute, QmFunction, QueueState
 TYPE_CHECKING = False  # (not typing's: importing typing costs ~3 ms of every process's boot)
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
-    from typing import Any
+    from typing import Any, ClassVar
 
     from ._qm import Dma
 
@@ -765,6 +766,10 @@ class ZipModel(DeviceModel):
     poll_spin_s = 0.2
     poll_idle_s = 0.0005
     polled = True
+    # DBG_INJECT makes the function's EQ or CQ overflow on request: for the witnesses of a
+    # driver's error paths, never for a function served to others (a broker's clients): False
+    # makes BAR0 read-only (counters only), so a store there is refused as for any read-only BAR.
+    fault_injection: ClassVar[bool] = True
 
     OPTIONS = "queues, depth, revision, level, doorbells, isolation, executor, workers, codec"
 
@@ -840,7 +845,7 @@ class ZipModel(DeviceModel):
     def regions(self) -> list[RegionSpec]:
         mapped = self.doorbells == "mmap"
         regions = [
-            RegionSpec(DBG_BAR, DBG_SIZE, writable=True),  # (DBG_INJECT only)
+            RegionSpec(DBG_BAR, DBG_SIZE, writable=self.fault_injection),  # (DBG_INJECT only)
             RegionSpec(L.QM_BAR, L.QM_VF_BAR_SIZE, mem64=True,
                        mmap_areas=() if self.isolation or not mapped else
                        ((L.QM_DOORBELL_SQ_CQ_BASE_V2, 0x1000),)),
@@ -951,7 +956,8 @@ class ZipModel(DeviceModel):
         self._recheck = True
         if index == L.QM_BAR:
             self._qm().write(offset, data)
-        elif index == DBG_BAR and offset == DBG_INJECT and len(data) == 4:
+        elif index == DBG_BAR and offset == DBG_INJECT and len(data) == 4 and \
+                self.fault_injection:
             v = _U32.unpack(data)[0]
             self._qm().inject_overflow(v & 0xFFFF, v >> 16)
         elif index == L.QM_DB_BAR and self.isolation:  # a trapped per-queue doorbell page
