@@ -15,10 +15,12 @@ from collections.abc import Iterator
 import pytest
 
 import warpdrive.zip as wz
+from tests.test_memory import _mapped as mapped
 from tests.ziputil import sample
 from warpdrive.devices.zip.job import DECOMPRESS
 from warpdrive.devices.zip.stream import Inflater
 from warpdrive.errors import ClosedError
+from warpdrive.syscalls import buffer_address
 from warpdrive.zip import gzip as wgz
 
 
@@ -268,6 +270,35 @@ def test_closing_the_engine_ends_a_pipe_partway(small_pipe) -> None:
         with pytest.raises(ClosedError, match=r"^ZIP engine \S+ is closed[^\n]*$"):
             call()
     pieces.close()
+
+
+def test_closing_the_engine_with_a_callers_slice_of_a_piece(small_pipe) -> None:
+    """A caller keeps its own slice of each piece past the next one (its right, as with any
+    bytes-like object it was handed) and closes the engine: the close goes through (it raised
+    DeviceBusyError: the slices kept the pipe's buffer exported), every DMA mapping is gone (the
+    device can never write that memory again), the slices still read their memory (never
+    unmapped under them) and the memory goes with the last of them."""
+    data = mixed(500_000, 8)
+    blob = zlib.compress(data, 6, 31)
+    eng = wz.open_engine("emu", announce=False)
+    kept = []
+    try:
+        d = wz.decompressobj(31, device=eng)
+        with contextlib.closing(d.chunks(reader(blob))) as pieces:
+            for piece in pieces:
+                kept.append(piece[:8])
+        assert len(kept) > 1
+        whole = kept[0]
+    finally:
+        eng.close()
+    assert eng.closed and not eng.source.dma.mappings
+    # what the pipe last wrote there is still there to read
+    assert bytes(kept[-1]) in data
+    addr = buffer_address(kept[-1])
+    assert mapped(addr)
+    del whole
+    kept.clear()
+    assert not mapped(addr)
 
 
 def test_gzipfile_reads_a_gzip1_stream_in_small_and_large_reads(engine, small_pipe) -> None:

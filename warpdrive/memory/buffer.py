@@ -15,6 +15,7 @@ import errno
 import fcntl
 import mmap
 import os
+import weakref
 from pathlib import Path
 
 from .. import syscalls as sc
@@ -66,9 +67,9 @@ class DmaBuffer(ForkSafe):
 
     def __init__(self, memory: mmap.mmap, kind: MemoryKind, *, page_size: int,
                  fd: int = -1, fd_offset: int = 0) -> None:
-        # A Python mmap object owns the mapping because it counts exports: close() is refused
-        # while any memoryview of it is alive, so no view can outlive the pages.
-        self._mmap = memory
+        # A Python mmap object owns the mapping because it counts exports and unmaps only when
+        # none is left: no view can outlive the pages (see `close`).
+        self._mmap: mmap.mmap | None = memory
         self.addr = sc.buffer_address(memory)
         self.size = len(memory)
         self.kind = kind
@@ -174,7 +175,10 @@ class DmaBuffer(ForkSafe):
 
     # -- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:
-        """Unmap the memory. Refused while a DmaSpace still maps it (unmap it there first)."""
+        """Close the buffer and unmap its memory. Refused while a DmaSpace still maps it (unmap
+        it there first: the device could still write it). Views made from `view` that are still
+        alive (a caller's slice of a piece of output) keep the memory: it is unmapped when the
+        last of them dies, never under one; the buffer itself is closed at once."""
         if self._closed:
             return
         if self._forked_dead:
@@ -187,18 +191,24 @@ class DmaBuffer(ForkSafe):
         if self._view is not None:
             self._view.release()
             self._view = None
+        mm, self._mmap = self._mmap, None
+        assert mm is not None
+        lingering = False
         try:
-            self._mmap.close()
+            mm.close()
         except BufferError:
-            self._view = memoryview(self._mmap)
-            raise DeviceBusyError(
-                f"DMA buffer at {self.addr:#x} still has exported views",
-                hint="release memoryviews/arrays made from buffer.view before closing it",
-            ) from None
+            # Python unmaps it when the last view goes (with the mmap object). Until then the
+            # buffer stays registered for fork: a child must still get the placeholder over
+            # the address (`_fork_invalidate`), or its copy of a view would unmap whatever it
+            # found there when it dies.
+            weakref.finalize(mm, self._fork_unregister)
+            lingering = True
+        del mm
         close_fd_quietly(self.fd)
         self.fd = -1
         self._closed = True
-        self._fork_unregister()
+        if not lingering:
+            self._fork_unregister()
 
     @property
     def closed(self) -> bool:
