@@ -447,10 +447,15 @@ def test_cpu_places_the_broker_and_moves_its_model_off(tmp_path: Path,
                 assert os.sched_getaffinity(int(task.name)) == rest
         with wz.open_engine("broker:" + sock) as eng:
             assert eng.decompress(eng.compress(b"cpu" * 99)) == b"cpu" * 99
+    every = ",".join(map(str, allowed))
     for bad, said in (("x", "not a CPU list"), ("3-1", "not a CPU list"),
-                      (str(max(allowed) + 1000), "is not one this process may use")):
+                      (str(max(allowed) + 1000), "is not one this process may use"),
+                      # the bundled model would be left on the broker's CPUs: said, not done
+                      (every, f"covers every CPU the bundled model may use ({every})")):
         assert cli_main(["serve", "emu", "--socket", "/nonexistent/x.sock", "--cpu", bad]) == 1
         assert f"--cpu {bad}" in (err := capsys.readouterr().err) and said in err, err
+    assert "leave a CPU out for the model (e.g. --cpu" in err and len(err.splitlines()) == 1
+    assert os.sched_getaffinity(0) == set(allowed)  # (this process was not moved)
 
 
 def test_socket_mode_and_group_from_the_command_line(tmp_path: Path) -> None:

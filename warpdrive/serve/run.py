@@ -73,10 +73,17 @@ def place(dev: Device, cpus: set[int]) -> None:
     """The broker's thread on `cpus`; a bundled model (its own process, started already) on
     the others where there are any: a broker that polls its CPU would otherwise take turns
     with the device it waits for."""
-    os.sched_setaffinity(0, cpus)
     emulator = getattr(dev, "emulator", None)
     pid = emulator.proc.pid if emulator is not None else 0
     rest = os.sched_getaffinity(pid) - cpus if pid else set()
+    if pid and not rest:
+        model = _cpu_list(os.sched_getaffinity(pid))
+        raise InvalidArgumentError(
+            f"--cpu {_cpu_list(cpus)} covers every CPU the bundled model may use ({model}): "
+            "the broker's polling loop would take turns with the device it waits for",
+            hint=f"leave a CPU out for the model (e.g. --cpu {max(cpus)})" if len(cpus) > 1
+            else "drop --cpu (one CPU cannot hold both the broker's loop and the model)")
+    os.sched_setaffinity(0, cpus)
     if rest:
         for task in os.listdir(f"/proc/{pid}/task"):
             try:
