@@ -3,19 +3,21 @@
     python benchmarks/zip_model_pass.py [--baseline PATH] [--jobs 2000]
 
 What one stateless job costs the model from its doorbell to its CQE (`QmFunction.doorbell` +
-`process`: the SQE, the buffers, zlib, the results, the CQE), driven by the test suite's driver
-stand-in (`tests/test_zip_model.Client`) over real client memory, the ring views kept as
+`process`: the SQE, the buffers, zlib, the results, the CQE), driven by the driver stand-in the
+tests use too (`rigs/zip_model.py` `Client`) over real client memory, the ring views kept as
 `ZipModel` keeps them (a checkout whose QM ignores kept views makes its own per pass, as its
 model did). Two figures per job: Python bytecodes executed (`sys.settrace` opcode events: the same
 on any machine and at any load) and thread CPU (best of 10 rounds; moves with the load, so the
 checkouts are measured in alternation), with zlib's own call on the same data beside it.
-`--baseline PATH`: another checkout (e.g. a `git worktree` of an older main). Prints a table and
-one JSON line (`zip_model_pass: {...}`) with the load average.
+`--baseline PATH`: another checkout (e.g. a `git worktree` of an older main; one from before
+`rigs/` is driven by the same stand-in from its own tests). Prints a table and one JSON line
+(`zip_model_pass: {...}`) with the load average.
 
 `--served`: the pass as the served model makes it instead: a `ZipModel` (the embedded default's
-two workers) hosted by a server `Function` in this process, its doorbell stored into the mapped
-doorbell word and seen by one `ZipModel.poll` (the doorbell pass, through to the CQE); the CQ
-doorbell every 64 jobs keeps room in the CQ. The driver's side is the same stand-in.
+two workers) hosted by a server `Function` in this process (`rigs.zip_model.model_client`), its
+doorbell stored into the mapped doorbell word and seen by one `ZipModel.poll` (the doorbell pass,
+through to the CQE); the CQ doorbell every 64 jobs keeps room in the CQ. The driver's side is the
+same stand-in.
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ _CHILD = r'''
 import json, os, sys, time, timeit, zlib
 root, jobs = sys.argv[1], int(sys.argv[2])
 sys.path[:0] = [root, os.path.join(root, "benchmarks")]
-from tests.test_zip_model import DST, IOVA, SQ, SRC, Client
+try:
+    from rigs.zip_model import DEPTH, DST, IOVA, SQ, SRC, Client, model_client
+except ImportError:  # a --baseline checkout from before rigs/ (session 23): its tests had them
+    from tests.test_zip_model import DEPTH, DST, IOVA, SQ, SRC, Client
+    model_client = None
 from warpdrive.devices.hisi_qm import regs as qm
 from warpdrive.devices.zip import hw
 from warpdrive.devices.zip.sqe import Format, SqeTemplate
@@ -69,12 +75,14 @@ def rig(op, data):
     return job
 
 def served(op, data):
-    import tests.test_zip_model_fastpath as fastpath
-    from tests.test_zip_model import DEPTH
-    from warpdrive.emu.models.zip import ZipModel
-    # The test suite's ZipModel on a server Function, with the embedded default's workers.
-    fastpath.ZipModel = lambda **_: ZipModel(workers="2")
-    c, model, _fn = fastpath._model_client()
+    # The stand-in's ZipModel on a server Function, with the embedded default's workers.
+    if model_client is not None:
+        c, model, _fn = model_client(workers="2")
+    else:  # (an older checkout: the same set-up, then in its tests)
+        import tests.test_zip_model_fastpath as fastpath
+        from warpdrive.emu.models.zip import ZipModel
+        fastpath.ZipModel = lambda **_: ZipModel(workers="2")
+        c, model, _fn = fastpath._model_client()
     c.bring_up(hw.ZIP_QC_COMPRESS if op == "compress" else hw.ZIP_QC_DECOMPRESS)
     c.mem[SRC:SRC + len(data)] = data
     tmpl = SqeTemplate.for_format(Format("zlib", 15), qm.QM_HW_V2)

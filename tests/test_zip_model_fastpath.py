@@ -6,7 +6,6 @@ stack (the driver over vfio-user, the model served in a thread) and against `zli
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import random
 import struct
@@ -20,12 +19,11 @@ from pathlib import Path
 import pytest
 
 import warpdrive.zip as wz
+from rigs.zip_model import AEQ, CQ, DEPTH, DST, EQ, IOVA, SIZE, SQ, SRC, Client, model_client
 from tests.test_emu_server_errors import served_in_process
-from tests.test_zip_model import AEQ, CQ, DEPTH, DST, EQ, IOVA, SIZE, SQ, SRC, Client
 from warpdrive.devices.hisi_qm import regs as qm
 from warpdrive.devices.zip import hw
 from warpdrive.devices.zip.sqe import Format, SqeTemplate
-from warpdrive.emu.function import Function
 from warpdrive.emu.models import _zip_layout as L
 from warpdrive.emu.models._deflate import _PIECE, DeflateUnit
 from warpdrive.emu.models._qm import QueueState
@@ -198,29 +196,10 @@ def test_a_lone_job_of_a_doorbell_pass_completes_and_signals_as_process_does(ser
         eng.close()
 
 
-def _model_client(workers: str = "1") -> tuple[Client, ZipModel, Function]:
-    """test_zip_model's driver stand-in, on a ZipModel hosted by a server `Function` in this
-    process (so the model's kept ring views are in play), with its memory mapped."""
-    c = Client.__new__(Client)
-    fd = os.memfd_create("zip-model-fastpath")
-    os.ftruncate(fd, SIZE)
-    c.mem = mmap.mmap(fd, SIZE)
-    model = ZipModel(workers=workers)
-    fn = Function(model, max_dma_maps=64, max_data_xfer_size=1 << 20,
-                  logger=logging.getLogger("fastpath"), label="fastpath")
-    fn.dma.add(IOVA, SIZE, fd, 0, True, True)
-    os.close(fd)
-    fn.config.write(pci_regs.PCI_COMMAND, struct.pack(
-        "<H", pci_regs.PCI_COMMAND_MEMORY | pci_regs.PCI_COMMAND_MASTER))
-    assert model.qm is not None
-    c.cm, c.qm, c.jobs, c.irqs = fn.dma, model.qm, model.jobs, []
-    return c, model, fn
-
-
 def test_a_reloaded_cq_context_moves_the_kept_cq_view() -> None:
     """The driver gives queue 0 a new CQ (CQC only, the SQC stays): the next CQE goes into the
     new ring, not into a view of the old one."""
-    c, model, fn = _model_client()
+    c, model, fn = model_client()
     try:
         c.bring_up()
         assert c.job(Format("deflate", 15), b"hello " * 10)[2] == hw.STATUS_OK
@@ -260,7 +239,7 @@ def test_the_model_pass_benchmark_runs() -> None:
 def test_an_oversized_job_does_not_send_its_shape_the_slow_way() -> None:
     """A job refused for its lengths leaves nothing in the shape cache: the next job of the same
     shape and a proper size still takes the flat path (shapes are cached without lengths)."""
-    c, model, fn = _model_client()
+    c, model, fn = model_client()
     try:
         c.bring_up()
         jobs = model.jobs
@@ -278,7 +257,7 @@ def test_buffer_views_are_kept_between_jobs_and_dropped_before_unmap() -> None:
     """`ZipJobs._execute` keeps the views of a job's buffers for the next job on the same pieces;
     an unmap (or bus mastering off) drops them first, so the unmapped memory is never held and
     the next job there faults as before."""
-    c, model, fn = _model_client()
+    c, model, fn = model_client()
     try:
         c.bring_up()
         iova2, size2 = IOVA + SIZE, 1 << 16  # a second map: the job's input lives there
@@ -310,7 +289,7 @@ def test_buffer_views_kept_by_flat_end_with_a_reset_or_the_client(event: str) ->
     """The other events that end what a kept view was checked against: a device reset (bus
     mastering off, the function's state gone) and the client leaving (its memory unmapped
     wholesale): no view is kept past them, and none holds the client's memory."""
-    c, model, fn = _model_client()
+    c, model, fn = model_client()
     try:
         c.bring_up()
         assert c.job(Format("deflate", 15), b"hello " * 10)[2] == hw.STATUS_OK
@@ -332,7 +311,7 @@ def test_a_job_in_flight_at_an_unmap_leaves_no_ring_view_behind() -> None:
     ring views), and the views go only after that, so none outlives the unmap (a ring view
     taken again meanwhile would be held past it: revoked to zero pages, which the next pass
     would read as SQEs instead of faulting)."""
-    c, model, fn = _model_client(workers="2")
+    c, model, fn = model_client(workers="2")
     try:
         c.bring_up()
         data = random.Random(11).randbytes(512 << 10)  # (over INLINE_MAX: onto a worker)
@@ -386,7 +365,7 @@ def test_the_doorbell_pass_leaves_the_device_as_the_full_pass_does(seed: int) ->
 
     sides = []
     for fast in (True, False):
-        c, model, fn = _model_client()
+        c, model, fn = model_client()
         c.qm = _Bar(model)  # type: ignore[assignment]
         irqs: list[int] = []
         model.qm.notify = lambda v, irqs=irqs: irqs.append(v) is None  # type: ignore[union-attr]

@@ -19,8 +19,7 @@ import psutil
 import pytest
 
 import warpdrive.zip as wz
-from tests.test_zip_model import CQ, SQ
-from tests.test_zip_model_fastpath import _model_client
+from rigs.zip_model import CQ, SQ, model_client
 from tests.ziputil import sample
 from warpdrive.backends.vfiouser.wire import Message
 from warpdrive.devices.hisi_qm import regs as qm
@@ -301,7 +300,7 @@ def test_bus_mastering_off_stops_a_job_running_on_a_worker(codec: str) -> None:
     memory may change after the write returns (a canary over the output buffer, the CQ and
     everything else), no CQE comes for the job even when bus mastering is back, and the
     device works again after (its buffers are the client's memory, not zero pages)."""
-    c, model, fn = _model_client(workers="2")
+    c, model, fn = model_client(workers="2")
     try:
         model.jobs.unit.codec = codec  # type: ignore[union-attr]
         c.bring_up()
