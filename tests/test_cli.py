@@ -279,3 +279,43 @@ def test_import_warpdrive_and_version_stay_light() -> None:
     assert {m for m in bind if m.startswith("warpdrive.cli.")} == {
         "warpdrive.cli.bind", "warpdrive.cli._common"}
     assert not heavy(bind), sorted(bind)
+
+
+def test_log_lines_go_to_the_stderr_of_their_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commands' log handler (`warpdrive.logs`: `warpdrive serve`, a model's process, the
+    zip CLI) writes to `sys.stderr` as it is at each record. Before, it kept the stream of the
+    moment it was installed: after an in-process run under pytest's capture that stream was
+    closed, and every later record printed "--- Logging error ---" and a traceback (seen in a
+    make test, from an in-process server's "closing the connection" line); with standard error
+    itself closed the log call raised."""
+    import argparse
+    import io
+    import logging
+
+    from warpdrive.cli import zip as cli_zip
+    from warpdrive.emu.serve import configure_logging
+
+    root = logging.getLogger("warpdrive")
+    saved = root.handlers[:], root.level, root.propagate
+    log = logging.getLogger("warpdrive.test")
+    try:
+        root.handlers = []
+        first = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", first)
+        configure_logging()  # (as `warpdrive serve` and a model's process do)
+        cli_zip._logging(argparse.Namespace(quiet=False, verbose=False))  # (the zip CLI)
+        log.warning("one")
+        assert first.getvalue().count("one") == 2  # (both handlers)
+        first.close()  # the capture of that run ends
+        second = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", second)
+        log.warning("two")
+        assert second.getvalue().count("two") == 2
+        assert "Logging error" not in second.getvalue()
+        second.close()  # standard error closed under the process: the call must not raise
+        log.warning("three")
+        monkeypatch.setattr(sys, "stderr", None)  # (interpreter shutdown)
+        log.warning("four")
+    finally:
+        root.handlers, level, root.propagate = saved
+        root.setLevel(level)

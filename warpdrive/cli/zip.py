@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from ..errors import WarpdriveError
+from ..logs import stderr_handler
 from ..record import record
 from . import USAGE_EXIT
 from .output import Interrupted, Output, OutputExistsError, io_error, signals_raise
@@ -778,8 +779,7 @@ def _logging(args: argparse.Namespace) -> None:
     unless -q, details with -v."""
     root = logging.getLogger("warpdrive")
     if not any(getattr(h, "_warpdrive_cli", False) for h in root.handlers):
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(message)s"))
+        h = stderr_handler("%(message)s")  # (the stderr of each record's time)
         h._warpdrive_cli = True  # type: ignore[attr-defined]
         root.addHandler(h)
     root.setLevel(logging.ERROR if args.quiet else logging.INFO if args.verbose

@@ -10,6 +10,7 @@ import sys
 
 from .. import syscalls as sc
 from ..errors import InvalidArgumentError, WarpdriveError
+from ..logs import stderr_handler
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,9 +44,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     """Server logs (connections, refusals, model messages) as lines on stderr."""
     root = logging.getLogger("warpdrive")
     if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        root.addHandler(handler)
+        root.addHandler(stderr_handler("%(asctime)s %(message)s", "%H:%M:%S"))
     root.setLevel(level)
 
 
