@@ -378,7 +378,9 @@ class Decompress(_NoInstances):
         until the next is asked for: on the engine the next piece inflates while the caller
         writes this one out, with no copy in this process (`Inflater.pipe`). Ends at the end
         of the stream (`eof`, `unused_data`) or of the input (`eof` False). Use it in a
-        `with contextlib.closing(...)` block, so that an abandoned walk lets its buffers go."""
+        `with contextlib.closing(...)` block, so that an abandoned walk lets its buffers go. A
+        slice of a piece kept past the next shows whatever the engine wrote there since, and
+        never stops the engine's close (its memory goes with the last such slice)."""
         mv = byte_view(first)
         if self._b is None and len(self._head) + len(mv) >= 2:
             self._start(self._head + bytes(mv[:2]))
