@@ -69,6 +69,8 @@ if TYPE_CHECKING:
 
         def cut_off(self, spans: list[tuple[int, int]]) -> int: ...
 
+        def reap(self) -> int: ...
+
 
 @record
 class QueueState:

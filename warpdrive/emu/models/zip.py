@@ -578,6 +578,7 @@ class ThreadedJobs(ZipJobs):
         if wait_s:
             self._wait_for_change(wait_s)
         posted = 0
+        dropped = False
         for qn in list(self.inflight):
             jobs = self.inflight[qn]
             if not jobs[0][3].done():
@@ -594,6 +595,7 @@ class ThreadedJobs(ZipJobs):
                     src.release()
                     dst.release()
                     if slot < 0:
+                        dropped = True
                         continue  # cut off (`cut_off`): its work is dropped unposted
                     res, stream = self._result(fut)
                     if stream is not None:
@@ -609,6 +611,8 @@ class ThreadedJobs(ZipJobs):
             if slots and self.qm is not None:
                 self.qm.complete(q, slots)
                 posted += len(slots)
+        if dropped:
+            self.dma.reap()  # the cut-off mappings its views held go now, not at a next message
         return posted
 
     def _wait_for_change(self, idle_s: float) -> None:
