@@ -67,12 +67,42 @@ IN_FLIGHT, BATCH = 16, 8
 MODEL_OPTIONS = {"queues": "16", "isolation": "1", "level": "6"}
 
 
-def _steal() -> tuple[int, int]:
-    """(steal, all) ticks of the machine's CPUs so far (/proc/stat's first line): the time the
-    hypervisor ran something else while our vCPUs wanted to run."""
+def _steal() -> tuple[int, int, int]:
+    """(steal, idle, all) ticks of the machine's CPUs so far (/proc/stat's first line): the
+    time the hypervisor ran something else while our vCPUs wanted to run, and the time no task
+    wanted them (idle + iowait)."""
     with open("/proc/stat") as f:
         ticks = [int(x) for x in f.readline().split()[1:]]
-    return ticks[7], sum(ticks[:8])
+    return ticks[7], ticks[3] + ticks[4], sum(ticks[:8])
+
+
+def _sched(pid: int | str = "self") -> list[float]:
+    """[CPU s, run-queue wait s, voluntary, involuntary context switches] of every thread of
+    `pid` so far (/proc/PID/task/*/schedstat and status): the wait is the time a thread was
+    runnable but another task had its CPU, what tells which process waited for which."""
+    out = [0.0, 0.0, 0.0, 0.0]
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for t in tasks:
+        try:
+            run, wait, _ = (t / "schedstat").read_text().split()
+            status = (t / "status").read_text()
+        except (OSError, ValueError):  # (a thread that just ended)
+            continue
+        out[0] += int(run) / 1e9
+        out[1] += int(wait) / 1e9
+        for line in status.splitlines():
+            if line.startswith("voluntary_ctxt_switches"):
+                out[2] += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches"):
+                out[3] += int(line.split()[1])
+    return out
+
+
+def _delta(a: list[float], b: list[float]) -> list[float]:
+    return [y - x for x, y in zip(a, b)]
 
 
 def _children(pid: int) -> list[int]:
@@ -110,6 +140,8 @@ def client(device: str, size: int, duration: float, count: int, mark: bool,
     submit_many, poll, completed = s.submit_many, s.poll, s.lane.q.completed
     clock = time.perf_counter  # vDSO: no syscall
     m0 = _proc_cpu(model_pid) if model_pid and not mark else 0.0
+    ms0 = _sched(model_pid) if model_pid and not mark else []
+    s0 = _sched()
     c0, t0 = _cpu(), clock()
     until = t0 + duration
     if mark:
@@ -130,12 +162,15 @@ def client(device: str, size: int, duration: float, count: int, mark: bool,
     if mark:
         _mark(f"end-broker-{size}-{IN_FLIGHT}")
     wall, cpu = clock() - t0, _cpu() - c0
+    sched = _delta(s0, _sched())
     model_cpu = _proc_cpu(model_pid) - m0 if model_pid and not mark else 0.0
+    model_sched = _delta(ms0, _sched(model_pid)) if ms0 else [0.0] * 4
     for j in jobs:
         if j.error is not None:
             raise j.error
     assert zlib.decompress(bytes(jobs[0].output)) == data
-    print(json.dumps({"jobs": n, "wall": wall, "cpu": cpu, "model_cpu": model_cpu}), flush=True)
+    print(json.dumps({"jobs": n, "wall": wall, "cpu": cpu, "model_cpu": model_cpu,
+                      "sched": sched, "model_sched": model_sched}), flush=True)
     s.close()
     eng.close()
 
@@ -299,23 +334,34 @@ def run_row(device: str, nclients: int, size: int, duration: float, *, count: in
     watched = [broker_pid, *_children(broker_pid)] if broker_pid else []  # + its model
     stats0 = broker_stats(broker, log) if broker is not None else {}
     cpu0 = {pid: _proc_cpu(pid) for pid in watched}
+    sched0 = {pid: _sched(pid) for pid in watched}
     steal0 = _steal()
+    started = time.monotonic()
     for p in procs:
         assert p.stdin is not None
         p.stdin.write("go\n")
         p.stdin.flush()
     results = []
+    for p in procs:  # (each client's result line, before it closes its engine)
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        if not line:
+            p.wait(600)
+            raise SystemExit(f"a client of {device} failed (status {p.returncode})")
+        results.append(json.loads(line))
+    cpu = {pid: _proc_cpu(pid) - c for pid, c in cpu0.items()}
+    sched = {pid: _delta(v, _sched(pid)) for pid, v in sched0.items()}
+    steal1 = _steal()
+    ended = time.monotonic()
+    stats1 = broker_stats(broker, log) if broker is not None else {}
     for p in procs:
-        out, _ = p.communicate(timeout=600)
+        p.communicate(timeout=600)
         if p.returncode != 0:
             raise SystemExit(f"a client of {device} failed (status {p.returncode})")
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    cpu = {pid: _proc_cpu(pid) - c for pid, c in cpu0.items()}
-    steal1 = _steal()
-    stats1 = broker_stats(broker, log) if broker is not None else {}
     jobs = sum(r["jobs"] for r in results)
     row = {"jobs": jobs, "wall": max(r["wall"] for r in results),
-           "client_cpu": sum(r["cpu"] for r in results), "jobs0": results[0]["jobs"]}
+           "client_cpu": sum(r["cpu"] for r in results), "jobs0": results[0]["jobs"],
+           "t": (started + ended) / 2}
     row["broker_cpu"] = cpu.get(broker_pid, 0.0) if broker_pid else 0.0
     row["mediation_cpu"] = stats1.get("mediation_cpu_s", 0.0) - stats0.get("mediation_cpu_s", 0.0)
     row["passes"] = stats1.get("mediation_passes", 0) - stats0.get("mediation_passes", 0)
@@ -324,7 +370,20 @@ def run_row(device: str, nclients: int, size: int, duration: float, *, count: in
                                                                     "holds_ran_out")]
     row["model_cpu"] = sum(v for pid, v in cpu.items() if pid != broker_pid) + \
         sum(r["model_cpu"] for r in results)
-    row["steal"] = (steal1[0] - steal0[0]) / max(1, steal1[1] - steal0[1])
+    # Who ran and who waited (run-queue time), per process kind, and what the rest of the
+    # machine did meanwhile: the CPU our processes did not use (other work) and idle time.
+    zero = [0.0] * 4
+    row["sched"] = {
+        "client": [sum(x) for x in zip(*(r.get("sched", zero) for r in results))],
+        "broker": sched.get(broker_pid, zero) if broker_pid else zero,
+        "model": [sum(x) for x in zip(*([v for pid, v in sched.items() if pid != broker_pid]
+                                        + [r.get("model_sched", zero) for r in results]))]}
+    ticks = max(1, steal1[2] - steal0[2])
+    row["steal"] = (steal1[0] - steal0[0]) / ticks
+    row["idle"] = (steal1[1] - steal0[1]) / ticks
+    ours = sum(v[0] for v in row["sched"].values())
+    row["other"] = max(0.0, 1 - row["idle"] - row["steal"]
+                       - ours / ((ended - started) * (os.cpu_count() or 1)))
     return row
 
 
@@ -412,16 +471,28 @@ def main() -> None:
     pinned = {m: _others(variants[m]) for m in modes}
     directs = {"direct": None} | dict(sorted((_direct_name(c), c) for c in pinned.values() if c))
     rows: list[dict[str, Any]] = []
-    best: dict[tuple[str, int, int], dict[str, Any]] = {}
-    reps = 1 if args.quick else 3
+    # Rounds instead of one sample (or the best of three) per row: the host drifts (other work
+    # starts and stops, its caches and frequency move) within the ~1 minute a run takes, so a
+    # ratio between a direct row measured at one moment and a broker row measured 20 s later
+    # measured the drift as much as the broker (session 22's 0.64x and 0.91x a minute apart).
+    # Each round runs, per size, a direct row and then every broker row (client counts in
+    # the reverse order every other round); a last round of direct rows closes the brackets.
+    # A broker row's ratio is taken against direct at the same moment (interpolated in time
+    # between the direct rows around it), and a row reports the median of its rounds' ratios
+    # and their spread. The jobs, clients, jobs in flight and broker are the same as before.
+    rounds = 3 if args.quick else 5
+    samples: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
     try:
         for mode in modes:
             sock = os.path.join(tmp, f"{mode}.sock")
             brokers[mode] = (start_broker(sock, extra=variants[mode], root=roots[mode]), sock)
-        for _ in range(reps):  # best of `reps` per row: other work only ever slows a run
+        for rnd in range(rounds + 1):
             for size in sizes:
-                keys = [(d, 1, size) for d in directs] + \
-                    [(m, n, size) for n in clients for m in modes]
+                keys = [(d, 1, size) for d in directs]
+                if rnd < rounds:
+                    ns = clients if rnd % 2 == 0 else clients[::-1]
+                    ms = modes if rnd % 2 == 0 else modes[::-1]
+                    keys += [(m, n, size) for n in ns for m in ms]
                 for mode, n, sz in keys:
                     if mode in directs:
                         r = run_row("emu", 1, sz, duration, cpus=directs[mode])
@@ -429,30 +500,28 @@ def main() -> None:
                         proc, sock = brokers[mode]
                         r = run_row("broker:" + sock, n, sz, duration, broker=proc,
                                     log=sock + ".log", cpus=pinned[mode])
-                    key = (mode, n, sz)
-                    if key not in best or r["jobs"] / r["wall"] > \
-                            best[key]["jobs"] / best[key]["wall"]:
-                        best[key] = r
+                    r["round"] = rnd
+                    samples.setdefault((mode, n, sz), []).append(r)
         trace = os.path.join(tmp, "trace.txt")
         for size in sizes:
-            d = best[("direct", 1, size)]
-            base = d["jobs"] / d["wall"]
+            ds = samples[("direct", 1, size)]
             count = 256 if size <= 16 << 10 else 64
             t = run_row("emu", 1, size, duration, trace=trace, count=count)
-            rows.append(_row("direct", 1, size, d, base, syscalls_in(trace, size) / t["jobs0"]))
+            rows.append(_row("direct", 1, size, ds, ds, syscalls_in(trace, size) / t["jobs0"]))
             for dname in list(directs)[1:]:
-                rows.append(_row(dname, 1, size, best[(dname, 1, size)], base, None))
+                rows.append(_row(dname, 1, size, samples[(dname, 1, size)],
+                                 samples[(dname, 1, size)], None))
             for mode in modes:
                 for n in clients:
                     sock = brokers[mode][1]
                     t = run_row("broker:" + sock, n, size, duration, trace=trace, count=count,
                                 cpus=pinned[mode])
-                    row = _row(mode, n, size, best[(mode, n, size)], base,
+                    row = _row(mode, n, size, samples[(mode, n, size)], ds,
                                syscalls_in(trace, size) / t["jobs0"])
                     if pinned[mode]:  # against direct on the clients' CPUs as well
-                        dp = best[(_direct_name(pinned[mode]), 1, size)]
-                        row["vs_direct_same_cpus"] = round(
-                            row["jobs_s"] / (dp["jobs"] / dp["wall"]), 3)
+                        same = _ratios(samples[(mode, n, size)],
+                                       samples[(_direct_name(pinned[mode]), 1, size)])
+                        row["vs_direct_same_cpus"] = round(_median(same), 3)
                     rows.append(row)
     finally:
         for proc, _sock in brokers.values():
@@ -465,7 +534,8 @@ def main() -> None:
     load1 = os.getloadavg()[0]
     print_table(rows)
     print(f"load average {load0:.2f} at start, {load1:.2f} at end ({os.cpu_count()} CPUs); "
-          f"{duration:.0f} s per row, best of {reps}"
+          f"{duration:.0f} s per row, {rounds} rounds (ratios: median of the rounds' ratios to "
+          f"direct at the same moment, and their range)"
           + "".join(f"; rows {m}: a broker with {' '.join(variants[m])}" for m in modes[1:]
                     if m != "baseline")
           + (f"; rows baseline: the broker of {roots['baseline']}" if "baseline" in roots else "")
@@ -967,31 +1037,74 @@ def print_floor(rows: list[dict[str, Any]]) -> None:
     print(json.dumps({"floor": rows, "load": round(os.getloadavg()[0], 2)}))
 
 
-def _row(mode: str, n: int, size: int, r: dict[str, Any], base: float,
+def _ratios(rows: list[dict[str, Any]], direct: list[dict[str, Any]]) -> list[float]:
+    """Each row's jobs/s over direct's at the same moment: linear in time between the direct
+    rows measured before and after it (the nearest one outside their span)."""
+    ds = sorted((d["t"], d["jobs"] / d["wall"]) for d in direct)
+    out = []
+    for r in rows:
+        t = r["t"]
+        after = next((i for i, (td, _) in enumerate(ds) if td >= t), len(ds) - 1)
+        (t0, j0), (t1, j1) = ds[max(0, after - 1)], ds[after]
+        base = j0 if t1 <= t0 else j0 + (j1 - j0) * min(1.0, max(0.0, (t - t0) / (t1 - t0)))
+        out.append(r["jobs"] / r["wall"] / base)
+    return out
+
+
+def _row(mode: str, n: int, size: int, rs: list[dict[str, Any]], direct: list[dict[str, Any]],
          syscalls: float | None) -> dict[str, Any]:
-    jobs = r["jobs"]
-    jobs_s = jobs / r["wall"]
-    return {"mode": mode, "clients": n, "size": size, "jobs_s": round(jobs_s, 1),
-            "vs_direct": round(jobs_s / base, 3),
-            "client_cpu_us": round(r["client_cpu"] / jobs * 1e6, 1),
+    """A table row from a row's rounds: jobs/s and the ratio to direct as medians over the
+    rounds (with the ratios' range), the per-job figures over all its rounds' jobs."""
+    import statistics
+
+    jobs = sum(r["jobs"] for r in rs)
+    wall = sum(r["wall"] for r in rs)
+    ratios = _ratios(rs, direct)
+    cpus = os.cpu_count() or 1
+
+    def total(key: str) -> float:
+        return sum(r.get(key, 0.0) for r in rs)
+
+    sched = {k: [sum(r["sched"][k][i] for r in rs) for i in range(4)]
+             for k in ("client", "broker", "model")}
+    passes = total("passes")
+    return {"mode": mode, "clients": n, "size": size,
+            "jobs_s": round(statistics.median(r["jobs"] / r["wall"] for r in rs), 1),
+            "jobs_s_range": [round(min(r["jobs"] / r["wall"] for r in rs)),
+                             round(max(r["jobs"] / r["wall"] for r in rs))],
+            "vs_direct": round(statistics.median(ratios), 3),
+            "vs_direct_rounds": [round(x, 3) for x in ratios],
+            "client_cpu_us": round(total("client_cpu") / jobs * 1e6, 1),
             "client_syscalls": None if syscalls is None else round(syscalls, 3),
-            "broker_cpu_us": round(r["broker_cpu"] / jobs * 1e6, 1),
-            "mediation_us": round(r.get("mediation_cpu", 0.0) / jobs * 1e6, 1),
-            "jobs_per_pass": round(jobs / r["passes"], 1) if r.get("passes") else None,
-            "model_cpu_us": round(r["model_cpu"] / jobs * 1e6, 1),
-            "steal_pct": round(100 * r.get("steal", 0.0), 2)}
+            "broker_cpu_us": round(total("broker_cpu") / jobs * 1e6, 1),
+            "mediation_us": round(total("mediation_cpu") / jobs * 1e6, 1),
+            "jobs_per_pass": round(jobs / passes, 1) if passes else None,
+            "passes_s": round(passes / wall),
+            "model_cpu_us": round(total("model_cpu") / jobs * 1e6, 1),
+            # the machine's CPU time during the rows, in %: ours by kind, other work, idle
+            "machine_pct": {**{k: round(100 * v[0] / (wall * cpus), 1) for k, v in sched.items()},
+                            "other": round(100 * total("other") / len(rs), 1),
+                            "idle": round(100 * total("idle") / len(rs), 1)},
+            # run-queue wait (runnable, another task on the CPU) and context switches per job
+            "wait_us": {k: round(v[1] / jobs * 1e6, 1) for k, v in sched.items()},
+            "switches": {k: [round(v[2] / jobs, 2), round(v[3] / jobs, 2)]
+                         for k, v in sched.items()},
+            "steal_pct": round(100 * total("steal") / len(rs), 2),
+            "order": [r["round"] for r in rs]}
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     # The headline is against direct on every CPU (the goal); a `--cpu` variant's ratio to
     # direct on its clients' CPUs only beside it.
-    hdr = ["mode", "clients", "size", "jobs/s", "vs direct (all CPUs)",
+    hdr = ["mode", "clients", "size", "jobs/s", "vs direct (all CPUs)", "range",
            "vs direct@clients' CPUs", "client cpu us/job", "client syscalls/job",
            "broker cpu us/job", "mediation us/job", "jobs/pass", "model cpu us/job", "steal %"]
     lines = [hdr]
     for r in rows:
+        lo, hi = min(r["vs_direct_rounds"]), max(r["vs_direct_rounds"])
         lines.append([r["mode"], str(r["clients"]), f"{r['size'] >> 10} KiB",
                       f"{r['jobs_s']:.0f}", f"{r['vs_direct']:.2f}x",
+                      "-" if r["mode"] == "direct" else f"{lo:.2f}-{hi:.2f}",
                       f"{r['vs_direct_same_cpus']:.2f}x" if "vs_direct_same_cpus" in r
                       else "-",
                       f"{r['client_cpu_us']:.1f}",
@@ -999,7 +1112,29 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                       f"{r['broker_cpu_us']:.1f}", f"{r['mediation_us']:.1f}",
                       "-" if r["jobs_per_pass"] is None else f"{r['jobs_per_pass']:.1f}",
                       f"{r['model_cpu_us']:.1f}", f"{r['steal_pct']:.1f}"])
-    widths = [max(len(row[i]) for row in lines) for i in range(len(hdr))]
+    _print_aligned(lines)
+    # Who had the CPUs, who waited for them, who was switched out: the machine's time in %
+    # (clients / broker / model / other work / idle), run-queue wait in us per job and
+    # context switches per job (voluntary + involuntary) for clients / broker / model.
+    print()
+    hdr = ["mode", "clients", "size", "jobs/s range", "machine % c/b/m/other/idle",
+           "run-queue wait us/job c/b/m", "switches/job c/b/m (vol+invol)", "passes/s"]
+    lines = [hdr]
+    for r in rows:
+        m, w, sw = r["machine_pct"], r["wait_us"], r["switches"]
+        lines.append([r["mode"], str(r["clients"]), f"{r['size'] >> 10} KiB",
+                      "{}-{}".format(*r["jobs_s_range"]),
+                      "/".join(f"{m[k]:.0f}" for k in ("client", "broker", "model", "other",
+                                                         "idle")),
+                      "/".join(f"{w[k]:.0f}" for k in ("client", "broker", "model")),
+                      " ".join(f"{a:.1f}+{b:.1f}" for a, b in (sw[k] for k in
+                                                               ("client", "broker", "model"))),
+                      f"{r['passes_s']}" if r["passes_s"] else "-"])
+    _print_aligned(lines)
+
+
+def _print_aligned(lines: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
     for row in lines:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
 
@@ -1010,8 +1145,10 @@ def verdict(rows: list[dict[str, Any]]) -> str:
     for four in (r for r in brokers if r["clients"] == 4):
         same = f", {four['vs_direct_same_cpus']:.2f}x direct on the clients' CPUs" \
             if "vs_direct_same_cpus" in four else ""
+        rounds = ", ".join(f"{x:.2f}" for x in four["vs_direct_rounds"])
         notes.append(f"{four['mode']}, {four['size'] >> 10} KiB, 4 clients: "
-                     f"{four['vs_direct']:.2f}x direct (goal >= 0.8x){same}, mediation "
+                     f"{four['vs_direct']:.2f}x direct (goal >= 0.8x; rounds {rounds}){same}, "
+                     "mediation "
                      f"{four['mediation_us']:.1f} us/job (goal <= 3)")
     sys_max = max(r["client_syscalls"] for r in brokers)
     notes.append(f"client syscalls/job while the broker is busy: max {sys_max:.3f} (goal 0)")
