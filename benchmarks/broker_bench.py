@@ -62,6 +62,9 @@ for _p in (ROOT, ROOT / "benchmarks"):
 from zip_bench import _cpu, _mark, _proc_cpu, count_syscalls, sample  # noqa: E402
 
 SIZES = (4 << 10, 64 << 10)
+# Between two rows' segments: longer than the broker's and the model's spin windows (20 ms
+# after their last work), so the row that just ran is asleep when the next one goes.
+_PAUSE_S = 0.1
 CLIENTS = (1, 2, 4, 8)
 IN_FLIGHT, BATCH = 16, 8
 MODEL_OPTIONS = {"queues": "16", "isolation": "1", "level": "6"}
@@ -136,7 +139,22 @@ def client(device: str, size: int, duration: float, count: int, mark: bool,
     s.drain()
     model_pid = eng.source.dev.emulator.proc.pid if device == "emu" else 0  # type: ignore
     print(json.dumps({"ready": True}), flush=True)
-    sys.stdin.readline()  # "go"
+    # One timed segment per "go" line, until stdin closes: the driver alternates these
+    # clients' segments with other rows' (direct, another broker) while all stay connected.
+    while sys.stdin.readline().strip() == "go":
+        print(json.dumps(_segment(s, jobs, duration, count, mark, size, model_pid)), flush=True)
+    for j in jobs:
+        if j.error is not None:
+            raise j.error
+    assert zlib.decompress(bytes(jobs[0].output)) == data
+    s.close()
+    eng.close()
+
+
+def _segment(s: Any, jobs: list[Any], duration: float, count: int, mark: bool, size: int,
+             model_pid: int) -> dict[str, Any]:
+    """One timed loop: all jobs in flight, each batch of BATCH completions submitted again,
+    until `duration` seconds passed (or `count` jobs were submitted); then every job done."""
     submit_many, poll, completed = s.submit_many, s.poll, s.lane.q.completed
     clock = time.perf_counter  # vDSO: no syscall
     m0 = _proc_cpu(model_pid) if model_pid and not mark else 0.0
@@ -165,14 +183,8 @@ def client(device: str, size: int, duration: float, count: int, mark: bool,
     sched = _delta(s0, _sched())
     model_cpu = _proc_cpu(model_pid) - m0 if model_pid and not mark else 0.0
     model_sched = _delta(ms0, _sched(model_pid)) if ms0 else [0.0] * 4
-    for j in jobs:
-        if j.error is not None:
-            raise j.error
-    assert zlib.decompress(bytes(jobs[0].output)) == data
-    print(json.dumps({"jobs": n, "wall": wall, "cpu": cpu, "model_cpu": model_cpu,
-                      "sched": sched, "model_sched": model_sched}), flush=True)
-    s.close()
-    eng.close()
+    return {"jobs": n, "wall": wall, "cpu": cpu, "model_cpu": model_cpu, "sched": sched,
+            "model_sched": model_sched}
 
 
 # ------------------------------------------------------------------------------- driver side
@@ -311,80 +323,120 @@ def broker_stats(broker: subprocess.Popen[bytes], log: str) -> dict[str, Any]:
         time.sleep(0.05)
 
 
+class Group:
+    """The `nclients` client processes of one row on `device` (on `cpus`, if given), started
+    once and ready: each `segment()` lets them go together for one timed loop."""
+
+    def __init__(self, device: str, nclients: int, size: int, duration: float, *,
+                 count: int = 0, trace: str | None = None,
+                 broker: subprocess.Popen[bytes] | None = None, log: str = "",
+                 cpus: set[int] | None = None) -> None:
+        self.device, self.broker, self.log = device, broker, log
+        self.procs: list[subprocess.Popen[str]] = []
+        try:
+            for i in range(nclients):
+                cmd = [sys.executable, __file__, "--client", device, "--size", str(size),
+                       "--duration", str(duration), "--count", str(count)]
+                if cpus:
+                    cmd += ["--cpus", ",".join(map(str, sorted(cpus)))]
+                if trace is not None and i == 0:
+                    cmd = ["strace", "-qq", "-o", trace, *cmd, "--mark"]
+                self.procs.append(subprocess.Popen(
+                    cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                    env=dict(os.environ, PYTHONPATH=str(ROOT))))
+            for p in self.procs:
+                assert p.stdout is not None
+                if not p.stdout.readline():
+                    raise SystemExit(f"a client of {device} failed to start")
+        except BaseException:
+            self.close(check=False)
+            raise
+
+    def close(self, check: bool = True) -> None:
+        for p in self.procs:
+            if p.stdin is not None and not p.stdin.closed:
+                try:
+                    p.stdin.close()  # (its loop ends: no more "go")
+                except OSError:
+                    pass
+        for p in self.procs:
+            try:
+                if p.stdout is not None:
+                    p.stdout.read()
+                    p.stdout.close()
+                p.wait(600)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            if check and p.returncode != 0:
+                raise SystemExit(f"a client of {self.device} failed (status {p.returncode})")
+
+    def segment(self) -> dict[str, Any]:
+        device, broker, log, procs = self.device, self.broker, self.log, self.procs
+        broker_pid = broker.pid if broker is not None else None
+        watched = [broker_pid, *_children(broker_pid)] if broker_pid else []  # + its model
+        stats0 = broker_stats(broker, log) if broker is not None else {}
+        cpu0 = {pid: _proc_cpu(pid) for pid in watched}
+        sched0 = {pid: _sched(pid) for pid in watched}
+        steal0 = _steal()
+        started = time.monotonic()
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        results = []
+        for p in procs:  # (each client's result line, before it closes its engine)
+            assert p.stdout is not None
+            line = p.stdout.readline()
+            if not line:
+                p.wait(600)
+                raise SystemExit(f"a client of {device} failed (status {p.returncode})")
+            results.append(json.loads(line))
+        cpu = {pid: _proc_cpu(pid) - c for pid, c in cpu0.items()}
+        sched = {pid: _delta(v, _sched(pid)) for pid, v in sched0.items()}
+        steal1 = _steal()
+        ended = time.monotonic()
+        stats1 = broker_stats(broker, log) if broker is not None else {}
+        jobs = sum(r["jobs"] for r in results)
+        row = {"jobs": jobs, "wall": max(r["wall"] for r in results),
+               "client_cpu": sum(r["cpu"] for r in results), "jobs0": results[0]["jobs"],
+               "t": (started + ended) / 2}
+        row["broker_cpu"] = cpu.get(broker_pid, 0.0) if broker_pid else 0.0
+        row["mediation_cpu"] = stats1.get("mediation_cpu_s", 0.0) - \
+            stats0.get("mediation_cpu_s", 0.0)
+        row["passes"] = stats1.get("mediation_passes", 0) - stats0.get("mediation_passes", 0)
+        row["kicks"] = stats1.get("device_kicks", 0) - stats0.get("device_kicks", 0)
+        row["holds"] = [stats1.get(k, 0) - stats0.get(k, 0) for k in ("holds_gathered",
+                                                                        "holds_ran_out")]
+        row["model_cpu"] = sum(v for pid, v in cpu.items() if pid != broker_pid) + \
+            sum(r["model_cpu"] for r in results)
+        # Who ran and who waited (run-queue time), per process kind, and what the rest of the
+        # machine did meanwhile: the CPU our processes did not use (other work) and idle time.
+        zero = [0.0] * 4
+        row["sched"] = {
+            "client": [sum(x) for x in zip(*(r.get("sched", zero) for r in results))],
+            "broker": sched.get(broker_pid, zero) if broker_pid else zero,
+            "model": [sum(x) for x in zip(*([v for pid, v in sched.items() if pid != broker_pid]
+                                            + [r.get("model_sched", zero) for r in results]))]}
+        ticks = max(1, steal1[2] - steal0[2])
+        row["steal"] = (steal1[0] - steal0[0]) / ticks
+        row["idle"] = (steal1[1] - steal0[1]) / ticks
+        ours = sum(v[0] for v in row["sched"].values())
+        row["other"] = max(0.0, 1 - row["idle"] - row["steal"]
+                           - ours / ((ended - started) * (os.cpu_count() or 1)))
+        return row
+
+
 def run_row(device: str, nclients: int, size: int, duration: float, *, count: int = 0,
             trace: str | None = None, broker: subprocess.Popen[bytes] | None = None,
             log: str = "", cpus: set[int] | None = None) -> dict[str, Any]:
-    """Start `nclients` clients on `device` (on `cpus`, if given), let them go together,
-    collect their results."""
-    procs = []
-    for i in range(nclients):
-        cmd = [sys.executable, __file__, "--client", device, "--size", str(size),
-               "--duration", str(duration), "--count", str(count)]
-        if cpus:
-            cmd += ["--cpus", ",".join(map(str, sorted(cpus)))]
-        if trace is not None and i == 0:
-            cmd = ["strace", "-qq", "-o", trace, *cmd, "--mark"]
-        procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      text=True, env=dict(os.environ, PYTHONPATH=str(ROOT))))
-    for p in procs:
-        assert p.stdout is not None
-        if not p.stdout.readline():
-            raise SystemExit(f"a client of {device} failed to start")
-    broker_pid = broker.pid if broker is not None else None
-    watched = [broker_pid, *_children(broker_pid)] if broker_pid else []  # + its model
-    stats0 = broker_stats(broker, log) if broker is not None else {}
-    cpu0 = {pid: _proc_cpu(pid) for pid in watched}
-    sched0 = {pid: _sched(pid) for pid in watched}
-    steal0 = _steal()
-    started = time.monotonic()
-    for p in procs:
-        assert p.stdin is not None
-        p.stdin.write("go\n")
-        p.stdin.flush()
-    results = []
-    for p in procs:  # (each client's result line, before it closes its engine)
-        assert p.stdout is not None
-        line = p.stdout.readline()
-        if not line:
-            p.wait(600)
-            raise SystemExit(f"a client of {device} failed (status {p.returncode})")
-        results.append(json.loads(line))
-    cpu = {pid: _proc_cpu(pid) - c for pid, c in cpu0.items()}
-    sched = {pid: _delta(v, _sched(pid)) for pid, v in sched0.items()}
-    steal1 = _steal()
-    ended = time.monotonic()
-    stats1 = broker_stats(broker, log) if broker is not None else {}
-    for p in procs:
-        p.communicate(timeout=600)
-        if p.returncode != 0:
-            raise SystemExit(f"a client of {device} failed (status {p.returncode})")
-    jobs = sum(r["jobs"] for r in results)
-    row = {"jobs": jobs, "wall": max(r["wall"] for r in results),
-           "client_cpu": sum(r["cpu"] for r in results), "jobs0": results[0]["jobs"],
-           "t": (started + ended) / 2}
-    row["broker_cpu"] = cpu.get(broker_pid, 0.0) if broker_pid else 0.0
-    row["mediation_cpu"] = stats1.get("mediation_cpu_s", 0.0) - stats0.get("mediation_cpu_s", 0.0)
-    row["passes"] = stats1.get("mediation_passes", 0) - stats0.get("mediation_passes", 0)
-    row["kicks"] = stats1.get("device_kicks", 0) - stats0.get("device_kicks", 0)
-    row["holds"] = [stats1.get(k, 0) - stats0.get(k, 0) for k in ("holds_gathered",
-                                                                    "holds_ran_out")]
-    row["model_cpu"] = sum(v for pid, v in cpu.items() if pid != broker_pid) + \
-        sum(r["model_cpu"] for r in results)
-    # Who ran and who waited (run-queue time), per process kind, and what the rest of the
-    # machine did meanwhile: the CPU our processes did not use (other work) and idle time.
-    zero = [0.0] * 4
-    row["sched"] = {
-        "client": [sum(x) for x in zip(*(r.get("sched", zero) for r in results))],
-        "broker": sched.get(broker_pid, zero) if broker_pid else zero,
-        "model": [sum(x) for x in zip(*([v for pid, v in sched.items() if pid != broker_pid]
-                                        + [r.get("model_sched", zero) for r in results]))]}
-    ticks = max(1, steal1[2] - steal0[2])
-    row["steal"] = (steal1[0] - steal0[0]) / ticks
-    row["idle"] = (steal1[1] - steal0[1]) / ticks
-    ours = sum(v[0] for v in row["sched"].values())
-    row["other"] = max(0.0, 1 - row["idle"] - row["steal"]
-                       - ours / ((ended - started) * (os.cpu_count() or 1)))
-    return row
+    """One row on its own: its clients started, one segment, its clients closed."""
+    g = Group(device, nclients, size, duration, count=count, trace=trace, broker=broker,
+              log=log, cpus=cpus)
+    try:
+        return g.segment()
+    finally:
+        g.close()
 
 
 def syscalls_in(trace: str, size: int) -> int:
@@ -472,36 +524,46 @@ def main() -> None:
     directs = {"direct": None} | dict(sorted((_direct_name(c), c) for c in pinned.values() if c))
     rows: list[dict[str, Any]] = []
     # Rounds instead of one sample (or the best of three) per row: the host drifts (other work
-    # starts and stops, its caches and frequency move) within the ~1 minute a run takes, so a
-    # ratio between a direct row measured at one moment and a broker row measured 20 s later
-    # measured the drift as much as the broker (session 22's 0.64x and 0.91x a minute apart).
-    # Each round runs, per size, a direct row and then every broker row (client counts in
-    # the reverse order every other round); a last round of direct rows closes the brackets.
-    # A broker row's ratio is taken against direct at the same moment (interpolated in time
-    # between the direct rows around it), and a row reports the median of its rounds' ratios
-    # and their spread. The jobs, clients, jobs in flight and broker are the same as before.
-    rounds = 3 if args.quick else 5
+    # starts and stops) within seconds, and a direct row measured at one moment against a
+    # broker row measured 20 s later compared the drift as much as the broker (session 22's
+    # 0.64x and 0.91x a minute apart; session 23 saw direct alone move 5x between two rows of
+    # one run). So for each size and client count, the direct client and the broker's clients
+    # are started once, stay connected, and take turns: direct, broker (and any variant), direct,
+    # ..., direct, short segments each, with a pause between them longer than the servers'
+    # spin windows (so the idle ones are asleep). A broker segment's ratio is against direct at
+    # the same moment (interpolated between the direct segments around it); a row reports the
+    # median of its rounds' ratios and their range. The jobs, clients, jobs in flight and broker
+    # are the same as before; only when and how often each is measured changed.
+    rounds = 4 if args.quick else 6
+    seg_s = 0.5 if args.quick else 1.5
     samples: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
     try:
         for mode in modes:
             sock = os.path.join(tmp, f"{mode}.sock")
             brokers[mode] = (start_broker(sock, extra=variants[mode], root=roots[mode]), sock)
-        for rnd in range(rounds + 1):
-            for size in sizes:
-                keys = [(d, 1, size) for d in directs]
-                if rnd < rounds:
-                    ns = clients if rnd % 2 == 0 else clients[::-1]
-                    ms = modes if rnd % 2 == 0 else modes[::-1]
-                    keys += [(m, n, size) for n in ns for m in ms]
-                for mode, n, sz in keys:
-                    if mode in directs:
-                        r = run_row("emu", 1, sz, duration, cpus=directs[mode])
-                    else:
+        for size in sizes:
+            for n in clients:
+                groups: dict[str, Group] = {}
+                try:
+                    for d, cpus in directs.items():
+                        groups[d] = Group("emu", 1, size, seg_s, cpus=cpus)
+                    for mode in modes:
                         proc, sock = brokers[mode]
-                        r = run_row("broker:" + sock, n, sz, duration, broker=proc,
-                                    log=sock + ".log", cpus=pinned[mode])
-                    r["round"] = rnd
-                    samples.setdefault((mode, n, sz), []).append(r)
+                        groups[mode] = Group("broker:" + sock, n, size, seg_s, broker=proc,
+                                             log=sock + ".log", cpus=pinned[mode])
+                    for rnd in range(rounds + 1):  # (the last: direct only, closing brackets)
+                        turn = list(directs)
+                        if rnd < rounds:
+                            turn += modes if rnd % 2 == 0 else modes[::-1]
+                        for name in turn:
+                            time.sleep(_PAUSE_S)
+                            r = groups[name].segment()
+                            r["round"] = rnd
+                            samples.setdefault((name, 1 if name in directs else n, size),
+                                               []).append(r)
+                finally:
+                    for g in groups.values():
+                        g.close()
         trace = os.path.join(tmp, "trace.txt")
         for size in sizes:
             ds = samples[("direct", 1, size)]
@@ -534,8 +596,9 @@ def main() -> None:
     load1 = os.getloadavg()[0]
     print_table(rows)
     print(f"load average {load0:.2f} at start, {load1:.2f} at end ({os.cpu_count()} CPUs); "
-          f"{duration:.0f} s per row, {rounds} rounds (ratios: median of the rounds' ratios to "
-          f"direct at the same moment, and their range)"
+          f"{rounds} rounds of {seg_s:g} s segments per row, direct and broker rows taking "
+          "turns (ratios: median of the rounds' ratios to direct at the same moment, and their "
+          "range)"
           + "".join(f"; rows {m}: a broker with {' '.join(variants[m])}" for m in modes[1:]
                     if m != "baseline")
           + (f"; rows baseline: the broker of {roots['baseline']}" if "baseline" in roots else "")
