@@ -116,8 +116,17 @@ def _children(pid: int) -> list[int]:
 
 
 # ------------------------------------------------------------------------------- client side
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` on `cpus` (threads it starts later inherit it)."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(task), cpus)
+        except OSError:  # (a thread that just ended)
+            pass
+
+
 def client(device: str, size: int, duration: float, count: int, mark: bool,
-           cpus: str | None = None) -> None:
+           cpus: str | None = None, model_cpus: str | None = None) -> None:
     import zlib
 
     if cpus:  # (before the engine opens: a bundled model started by it inherits the CPUs)
@@ -138,6 +147,8 @@ def client(device: str, size: int, duration: float, count: int, mark: bool,
     s.submit_many(jobs[:2])  # warm up: queue started, the path hot
     s.drain()
     model_pid = eng.source.dev.emulator.proc.pid if device == "emu" else 0  # type: ignore
+    if model_pid and model_cpus:
+        _pin(model_pid, {int(c) for c in model_cpus.split(",")})
     print(json.dumps({"ready": True}), flush=True)
     # One timed segment per "go" line, until stdin closes: the driver alternates these
     # clients' segments with other rows' (direct, another broker) while all stay connected.
@@ -330,7 +341,7 @@ class Group:
     def __init__(self, device: str, nclients: int, size: int, duration: float, *,
                  count: int = 0, trace: str | None = None,
                  broker: subprocess.Popen[bytes] | None = None, log: str = "",
-                 cpus: set[int] | None = None) -> None:
+                 cpus: set[int] | None = None, model_cpus: set[int] | None = None) -> None:
         self.device, self.broker, self.log = device, broker, log
         self.procs: list[subprocess.Popen[str]] = []
         try:
@@ -339,6 +350,8 @@ class Group:
                        "--duration", str(duration), "--count", str(count)]
                 if cpus:
                     cmd += ["--cpus", ",".join(map(str, sorted(cpus)))]
+                if model_cpus:
+                    cmd += ["--model-cpus", ",".join(map(str, sorted(model_cpus)))]
                 if trace is not None and i == 0:
                     cmd = ["strace", "-qq", "-o", trace, *cmd, "--mark"]
                 self.procs.append(subprocess.Popen(
@@ -477,9 +490,13 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--mark", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cpus", help=argparse.SUPPRESS)
+    ap.add_argument("--model-cpus", help=argparse.SUPPRESS)
+    ap.add_argument("--model-cpu", metavar="LIST", help="the device model of every row on "
+                    "these CPUs, everything else (clients, broker) on the others")
     args = ap.parse_args()
     if args.client:
-        client(args.client, args.size, args.duration, args.count, args.mark, args.cpus)
+        client(args.client, args.size, args.duration, args.count, args.mark, args.cpus,
+               args.model_cpus)
         return
     if shutil.which("strace") is None:
         raise SystemExit("strace is not installed (needed for the syscall counts)")
@@ -522,6 +539,14 @@ def main() -> None:
     # too ("direct@CPUS") besides the one on every CPU.
     pinned = {m: _others(variants[m]) for m in modes}
     directs = {"direct": None} | dict(sorted((_direct_name(c), c) for c in pinned.values() if c))
+    model_cpus: set[int] | None = None
+    if args.model_cpu:
+        from warpdrive.serve.run import parse_cpus
+
+        model_cpus = parse_cpus(args.model_cpu)
+        rest = os.sched_getaffinity(0) - model_cpus
+        directs["direct"] = rest
+    ccpus = {m: pinned[m] or directs["direct"] for m in modes}  # where each broker's clients run
     rows: list[dict[str, Any]] = []
     # Rounds instead of one sample (or the best of three) per row: the host drifts (other work
     # starts and stops) within seconds, and a direct row measured at one moment against a
@@ -541,16 +566,22 @@ def main() -> None:
         for mode in modes:
             sock = os.path.join(tmp, f"{mode}.sock")
             brokers[mode] = (start_broker(sock, extra=variants[mode], root=roots[mode]), sock)
+            if model_cpus:
+                b = brokers[mode][0].pid
+                _pin(b, ccpus[mode] or set())
+                for child in _children(b):
+                    _pin(child, model_cpus)
         for size in sizes:
             for n in clients:
                 groups: dict[str, Group] = {}
                 try:
                     for d, cpus in directs.items():
-                        groups[d] = Group("emu", 1, size, seg_s, cpus=cpus)
+                        groups[d] = Group("emu", 1, size, seg_s, cpus=cpus,
+                                          model_cpus=model_cpus)
                     for mode in modes:
                         proc, sock = brokers[mode]
                         groups[mode] = Group("broker:" + sock, n, size, seg_s, broker=proc,
-                                             log=sock + ".log", cpus=pinned[mode])
+                                             log=sock + ".log", cpus=ccpus[mode])
                     for rnd in range(rounds + 1):  # (the last: direct only, closing brackets)
                         turn = list(directs)
                         if rnd < rounds:
@@ -577,7 +608,7 @@ def main() -> None:
                 for n in clients:
                     sock = brokers[mode][1]
                     t = run_row("broker:" + sock, n, size, duration, trace=trace, count=count,
-                                cpus=pinned[mode])
+                                cpus=ccpus[mode])
                     row = _row(mode, n, size, samples[(mode, n, size)], ds,
                                syscalls_in(trace, size) / t["jobs0"])
                     if pinned[mode]:  # against direct on the clients' CPUs as well
