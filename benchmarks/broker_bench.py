@@ -15,14 +15,37 @@ broker gives it (16 queues, doorbell isolation). Rows, for 4 KiB and 64 KiB comp
                 the other CPUs, and this row is one process (and its model) on those CPUs.
 Every client keeps 16 prepared zero-copy jobs in flight (two batches of 8, one doorbell per batch)
 and busy-polls completions in memory (`wait="spin"`), as `benchmarks/zip_bench.py` does.
+
+How rows are measured (changed in session 23; the jobs, the clients, the 16 in flight and the
+broker are what they were):
+* Rounds, side by side. For each size and client count the direct client and the broker's
+  clients are started once and take turns, ABA: direct, broker (and any variant), direct, ...,
+  direct: 6 rounds of 0.4 s segments with `--quick` (8 of 1 s otherwise), 0.1 s apart (longer
+  than the servers' spin windows, so the idle side is asleep). A broker segment's ratio is
+  against direct at the same moment (interpolated between the direct segments around it); a
+  row shows the median of its rounds' ratios and their range. Before, one direct row (or the
+  best of three) was set against broker rows measured up to a minute later, while other work
+  on this shared host started and stopped: direct alone moved 5x between two rows of one run.
+* The device model on a CPU of its own (`--model-cpu`, default the last CPU; `none`: as
+  before), in every row, direct and broker alike; the clients and the broker on the others.
+  The model stands in for hardware, which takes no CPU from the clients. Left to the
+  scheduler, its share behind the broker depended on where the kernel put the four busy-polling
+  clients: with autogroups (`kernel.sched_autogroup_enabled`) the clients, the broker and the
+  model are three groups of equal weight, and with two clients on the model's CPU the model got
+  2/3 of it (33-36% of the machine against 44-49% in the direct row, session 23's runs): the
+  0.5-0.64x against 0.78-0.94x on the same code a minute apart.
+* Each row also says who had the CPUs (the machine's time: clients, broker, model, other work,
+  idle), who waited for them (run-queue time per job, /proc/PID/task/*/schedstat), context
+  switches per job and the broker's working passes per second.
 `--passes N:SIZE` runs one row instead (per broker: `--variant` adds more, alternating) and sorts
 the broker's working passes by what they carried: their CPU per pass and per job, by kind.
 
 Metrics per row (the timed loop only: connection, bring-up and warm-up excluded):
 * `jobs_s`: jobs completed by all clients together per second of wall time (clients start on
   one signal; the row's wall time is the longest client's).
-* `vs_direct`: `jobs_s` over the `direct` row's (every CPU) of the same size, measured in the
-  same run: the issue's goal, for every row, a `--cpu` variant's too.
+* `vs_direct`: the median over the rounds of `jobs_s` over the `direct` row's of the same
+  size at the same moment (its range beside it): the issue's goal, for every row, a `--cpu`
+  variant's too. `jobs_s` itself: the median of the rounds'.
 * `vs_direct_same_cpus`: for a `--cpu` variant, beside `vs_direct`: `jobs_s` over its
   `direct@CPUS` row's (the CPUs its clients were left).
 * `client_cpu_us`: client CPU (getrusage) per job; with busy polling it includes the spinning.
@@ -33,6 +56,7 @@ Metrics per row (the timed loop only: connection, bring-up and warm-up excluded)
   clients' rings, checking and translating every SQE, copying results back), plus its spinning.
 * `model_cpu_us`: the device model's CPU per job (the "hardware" here).
 * `steal_pct`: the share of the machine's CPU time the hypervisor ran something else meanwhile.
+* `machine_pct`, `wait_us`, `switches`, `passes_s`: the scheduling figures above.
 
 The machine is shared and has 2 cores: the load average is printed with the figures; the
 ratios are what survive load. Output: a table, a verdict against the issue's goals, then one
@@ -331,7 +355,7 @@ def broker_stats(broker: subprocess.Popen[bytes], log: str) -> dict[str, Any]:
             return dict(json.loads(lines[-1].split(" stats ", 1)[1]))
         if time.monotonic() > deadline:
             raise SystemExit("the broker did not report its stats")
-        time.sleep(0.05)
+        time.sleep(0.005)
 
 
 class Group:
@@ -491,8 +515,10 @@ def main() -> None:
     ap.add_argument("--mark", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cpus", help=argparse.SUPPRESS)
     ap.add_argument("--model-cpus", help=argparse.SUPPRESS)
-    ap.add_argument("--model-cpu", metavar="LIST", help="the device model of every row on "
-                    "these CPUs, everything else (clients, broker) on the others")
+    ap.add_argument("--model-cpu", metavar="LIST", default="auto", help="the device model "
+                    "of every row on these CPUs, the clients and the broker on the others "
+                    "(default: the last CPU, on a machine with 2 or more; 'none': wherever the "
+                    "scheduler puts them, as before session 23)")
     args = ap.parse_args()
     if args.client:
         client(args.client, args.size, args.duration, args.count, args.mark, args.cpus,
@@ -539,13 +565,21 @@ def main() -> None:
     # too ("direct@CPUS") besides the one on every CPU.
     pinned = {m: _others(variants[m]) for m in modes}
     directs = {"direct": None} | dict(sorted((_direct_name(c), c) for c in pinned.values() if c))
+    # The device model is the hardware's stand-in: a CPU of its own in every row (see the
+    # module docstring), unless its CPUs are given, or "none".
     model_cpus: set[int] | None = None
-    if args.model_cpu:
+    mine = os.sched_getaffinity(0)
+    if args.model_cpu == "auto":  # (a `--cpu` variant places its model itself)
+        model_cpus = {max(mine)} if len(mine) > 1 and not any(pinned.values()) else None
+    elif args.model_cpu != "none":
         from warpdrive.serve.run import parse_cpus
 
         model_cpus = parse_cpus(args.model_cpu)
-        rest = os.sched_getaffinity(0) - model_cpus
-        directs["direct"] = rest
+    if model_cpus:
+        if any(pinned.values()) or not mine - model_cpus:
+            raise SystemExit("--model-cpu: leave CPUs for the clients, and give 'none' with a "
+                             "--cpu variant (it places the model itself)")
+        directs["direct"] = mine - model_cpus
     ccpus = {m: pinned[m] or directs["direct"] for m in modes}  # where each broker's clients run
     rows: list[dict[str, Any]] = []
     # Rounds instead of one sample (or the best of three) per row: the host drifts (other work
@@ -559,8 +593,8 @@ def main() -> None:
     # the same moment (interpolated between the direct segments around it); a row reports the
     # median of its rounds' ratios and their range. The jobs, clients, jobs in flight and broker
     # are the same as before; only when and how often each is measured changed.
-    rounds = 4 if args.quick else 6
-    seg_s = 0.5 if args.quick else 1.5
+    rounds = 6 if args.quick else 8
+    seg_s = 0.4 if args.quick else 1.0
     samples: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
     try:
         for mode in modes:
@@ -633,10 +667,14 @@ def main() -> None:
           + "".join(f"; rows {m}: a broker with {' '.join(variants[m])}" for m in modes[1:]
                     if m != "baseline")
           + (f"; rows baseline: the broker of {roots['baseline']}" if "baseline" in roots else "")
-          + ("" if len(modes) == 1 else " (the device model at nice 0 in every row)"))
+          + ("" if len(modes) == 1 else " (the device model at nice 0 in every row)")
+          + (f"; the device model on CPU {','.join(map(str, sorted(model_cpus)))}, clients and "
+             f"brokers on the others" if model_cpus else "; the device model placed by the "
+             "scheduler"))
     print(verdict(rows))
     print(json.dumps({"rows": rows, "load": [round(load0, 2), round(load1, 2)],
                       "cpus": os.cpu_count(), "variants": variants,
+                      "model_cpus": sorted(model_cpus or ()),
                       "roots": {m: str(r) for m, r in roots.items()}}))
 
 
