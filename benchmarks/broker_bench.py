@@ -765,7 +765,8 @@ def profile_row(nclients: int, size: int, duration: float) -> None:
 
 def floor(batches: tuple[int, ...] = (1, 8, 16, 64), jobs: int = 20000,
           naps: tuple[tuple[int, float], ...] = ((8, 300e-6),),
-          evicts: tuple[tuple[int, int], ...] = ((8, 8 << 20), (8, 64 << 20), (64, 8 << 20))
+          evicts: tuple[tuple[int, int], ...] = tuple((b, mb << 20) for b in (8, 16, 64)
+                                                      for mb in (8, 64))
           ) -> list[dict[str, Any]]:
     """The mediation path alone (`tests.brokerutil.FunctionRig`), caches warm. A batch of
     SQEs is written and its doorbell stored; the server pass (the function's poll, the broker's
