@@ -11,7 +11,7 @@ import zlib
 import pytest
 
 from warpdrive.emu.models import _zip_layout as L
-from warpdrive.emu.models._deflate import DeflateUnit, sized_wbits
+from warpdrive.emu.models._deflate import TINY_MAX, DeflateUnit, sized_wbits
 
 
 def _inputs(seed: int) -> list[bytes]:
@@ -72,6 +72,58 @@ def test_stateless_jobs_match_zlib_with_the_asked_window(alg: int, wbits: int) -
                 want = zlib.compress(data, level, -wbits)
             assert bytes(dst[:res.produced]) == want, (alg, wbits, level, len(data))
             assert res.consumed == len(data) and res.last
+
+
+def _tiny_inputs(rng: random.Random, most: int, count: int) -> list[bytes]:
+    """Inputs of up to `most` bytes made to fill hash chains: few symbols, short repeats,
+    repeats with a few bytes changed (near matches), random bytes."""
+    out = []
+    for i in range(count):
+        n = rng.randrange(0, most + 1)
+        kind = i % 4
+        if kind == 0:
+            alphabet = rng.choice([b"a", b"ab", b"abc", b"\x00\x01", b"the quick brown fox, "])
+            out.append(bytes(rng.choices(alphabet, k=n)))
+        elif kind == 1:
+            unit = rng.randbytes(rng.randrange(1, 8))
+            out.append((unit * (n // len(unit) + 1))[:n])
+        elif kind == 2:
+            unit = bytes(rng.choices(b"abcd", k=rng.randrange(1, 12)))
+            d = bytearray((unit * (n // len(unit) + 1))[:n])
+            for _ in range(rng.randrange(4) if n else 0):
+                d[rng.randrange(n)] = rng.choice(b"abxyz")
+            out.append(bytes(d))
+        else:
+            out.append(rng.randbytes(n))
+    return out
+
+
+@pytest.mark.parametrize("level", sorted(TINY_MAX))
+def test_tiny_inputs_on_the_smallest_state_match_zlib(level: int) -> None:
+    """Inputs of up to TINY_MAX[level] bytes are compressed with memLevel 1
+    (`DeflateUnit._compress_tiny`): the bytes must still be zlib.compress's with the asked
+    window and memLevel 8, every container (docs/research/deflate-window.md). Seeded. Past
+    the bound memLevel 1 can differ (below: 49 bytes at level 4, bound 7), which is what the
+    bound is for; the unit keeps memLevel 8 there."""
+    unit = DeflateUnit(level, "libz")
+    rng = random.Random(1000 + level)
+    for i, data in enumerate(_tiny_inputs(rng, TINY_MAX[level], 2000)):
+        alg = (L.ALG_DEFLATE, L.ALG_ZLIB, L.ALG_GZIP)[i % 3]
+        dst = bytearray(256)
+        res = unit.compress_stateless(alg, 15, data, dst)
+        want = zlib.compress(data, level, (-15, 15, 31)[i % 3])[(0, 2, 10)[i % 3]:]
+        assert bytes(dst[:res.produced]) == want, (level, alg, data)
+        assert res.consumed == len(data) and res.last and res.isize == len(data)
+    if level == 4:
+        past = b"b" * 23 + b"xbbbbbbybz" + b"b" * 16
+        small = zlib.compressobj(4, zlib.DEFLATED, -15, 1)
+        assert small.compress(past) + small.flush() != zlib.compress(past, 4, -15)
+        dst = bytearray(256)
+        res = unit.compress_stateless(L.ALG_DEFLATE, 15, past, dst)
+        assert bytes(dst[:res.produced]) == zlib.compress(past, 4, -15)
+    # no room for the trailer: refused, as on the other paths
+    res = unit.compress_stateless(L.ALG_GZIP, 15, b"abc", bytearray(12))
+    assert res.status == L.STATUS_DST_TOO_SMALL
 
 
 def test_the_window_a_zlib_header_declares_is_the_clients() -> None:

@@ -97,6 +97,18 @@ def codec_asked(option: str | None = None) -> str:
 _MIN_LOOKAHEAD = 262
 
 
+# The largest input each level compresses with zlib's smallest state (memLevel 1: a 256-entry
+# hash head, 128-symbol blocks) for the bytes memLevel 8 would make: the hash chains then hold
+# every earlier position (n - 3 at most) within the shortest chain walk the level allows
+# (max_chain / 4, after a good match), so the same candidates are tried in the same order, and
+# every symbol fits the one block (126 < 128 - 1). Levels 1-3 (deflate_fast, walks of 1-8) are
+# left out. The state is ~4 KiB against ~150 KiB at memLevel 8, whose 64 KiB hash head is cleared
+# on every call: writes that push the model's own working set out of the core's 32 KiB L1
+# (docs/research/deflate-window.md, "memLevel for tiny inputs").
+TINY_MAX = {4: 7, 5: 11, 6: 35, 7: 67, 8: 126, 9: 126}
+TINY_MEM_LEVEL = 1
+
+
 def sized_wbits(n: int, wbits: int) -> int:
     """The window bits to compress a whole input of `n` bytes with, for output byte-identical to
     a `wbits` window: the smallest window whose farthest match (2**w - 262) reaches back over
@@ -231,6 +243,7 @@ class DeflateUnit:
         # libdeflate's levels are zlib's scale (1 fastest, 6 default, 9 slow); -1 is zlib's
         # default, 6 (docs/research/libdeflate.md)
         self.ld_level = 6 if level < 0 else level
+        self.tiny_max = TINY_MAX.get(self.ld_level, -1)  # (`_compress_tiny`)
         self.libdeflate = codec_asked(codec) == "libdeflate" and _libdeflate.lib() is not None
         if self.libdeflate:
             log.debug("ZIP model: whole-buffer jobs on libdeflate")
@@ -274,6 +287,8 @@ class DeflateUnit:
             wbits = sized_wbits(n, wbits)
             if n >= LIBZ_COMPRESS_MIN and _libz.LIBZ is not None:
                 return self._compress_libz(alg, wbits, src, n, dst)
+            if n <= self.tiny_max:
+                return self._compress_tiny(alg, wbits, src, n, dst)
         # zlib writes the whole container; software owns the header, so skip it.
         if alg == L.ALG_ZLIB:
             full = zlib.compress(src, self.level, wbits)
@@ -293,6 +308,27 @@ class DeflateUnit:
         dst[:m] = body
         status = L.STATUS_NEGACOMPRESS if m > n else L.STATUS_OK
         return JobResult(status, n, m, True, checksum, n)
+
+    def _compress_tiny(self, alg: int, wbits: int, src: memoryview | bytes, n: int,
+                       dst: memoryview | bytearray) -> JobResult:
+        """`compress_stateless` of an input of at most TINY_MAX[level] bytes: raw deflate with
+        memLevel 1 (the same bytes as zlib.compress: TINY_MAX), the container's checksum and
+        trailer here."""
+        c = zlib.compressobj(self.level, zlib.DEFLATED, -wbits, TINY_MEM_LEVEL)
+        body = c.compress(src) + c.flush()
+        checksum = self._sum(alg, src, n)
+        m = len(body)
+        tlen = _TRAILER_LEN.get(alg, 0)
+        if m + tlen > len(dst):
+            return JobResult(L.STATUS_DST_TOO_SMALL)
+        dst[:m] = body
+        if alg == L.ALG_ZLIB:
+            _ZLIB_TRAILER.pack_into(dst, m, checksum)
+        elif alg == L.ALG_GZIP:
+            _GZIP_TRAILER.pack_into(dst, m, checksum, n)
+        m += tlen
+        return JobResult(L.STATUS_NEGACOMPRESS if m > n else L.STATUS_OK, n, m, True,
+                         checksum, n)
 
     def _libdeflate_compresses(self, n: int, wbits: int) -> bool:
         """Whether a whole buffer of `n` bytes with window `wbits` goes to libdeflate: its
