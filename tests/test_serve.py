@@ -12,13 +12,21 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import zlib
 from pathlib import Path
 
 import pytest
 
 import warpdrive.zip as wz
-from tests.brokerutil import RawZip, addr_words, broker_thread, eventually, serve_process
+from tests.brokerutil import (
+    SQE,
+    RawZip,
+    addr_words,
+    broker_thread,
+    eventually,
+    serve_process,
+)
 from tests.vfuraw import RawClient
 from tests.ziputil import cli, sample
 from warpdrive.backends.vfiouser.wire import PeerClosed
@@ -499,5 +507,44 @@ def test_a_client_gets_no_fault_injection(tmp_path: Path) -> None:
             stats = decode_stats(a.dev.region_read(DBG_BAR, 0, DBG_SIZE))
             assert stats["aeqes"] == 0 and stats["jobs"] == 1
             assert a.run(a.words())[0] == hw.STATUS_OK  # the queue was not stopped
+        finally:
+            a.close()
+
+
+def test_bus_mastering_off_waits_for_the_clients_jobs_on_the_device(tmp_path: Path) -> None:
+    """A client clears bus mastering with a big job on the device (the broker cannot call it
+    back: the device writes the client's memory itself): the config write is answered only once
+    that job has ended, so not one byte of the client's memory changes after it, no completion
+    comes for it, and the client's queue works again once bus mastering is back
+    (docs/research/pci-bus-master.md)."""
+    size = 4 << 20
+    with broker_thread(str(tmp_path / "b.sock")) as rb:
+        a = RawZip(rb.name, size=size)
+        try:
+            assert a.run(a.words())[0] == hw.STATUS_OK
+            data = sample(size, seed=23)
+            a.src.write(0, data)
+            a.dst.write(0, b"\xa5" * size)  # the canary
+            q = a.q
+            off = q.post(object())
+            q.sq[off:off + hw.SQE_SIZE] = SQE.pack(*a.words(dw4=size, dw5=size))
+            jobs_before = rb.broker.jobs
+            q.ring()
+            eventually(lambda: sum(h.q.outstanding for h in rb.broker.hw) == 1,
+                       what="the job on the device")
+            a.dev.enable_bus_master(False)
+            assert sum(h.q.outstanding for h in rb.broker.hw) == 0, "answered before the job ended"
+            after = a.dst.read(0, size), bytes(q.sq), bytes(q.cq16)
+            deadline = time.monotonic() + 30  # (without the wait: until the job has ended)
+            while (rb.broker.jobs == jobs_before and time.monotonic() < deadline):
+                time.sleep(0.05)
+            time.sleep(0.1)
+            assert a.dst.read(0, size) == after[0], "the device wrote after the config write"
+            assert (bytes(q.sq), bytes(q.cq16)) == after[1:], "a completion came after it"
+            a.dev.enable_bus_master(True)
+            b = RawZip(rb.name)  # (the device and the broker work on)
+            assert b.run(b.words())[0] == hw.STATUS_OK
+            b.close()
+            q.wedged = True  # (its job will never complete: the close resets the function)
         finally:
             a.close()

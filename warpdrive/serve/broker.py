@@ -19,7 +19,8 @@ order, so every client gets its share of every hardware queue whatever the other
 
 Jobs in flight when a client unmaps memory, resets its function, stops a queue or dies cannot be
 called back (the hardware has them): their completions are dropped, and the maps they use are
-unmapped from the device only once they complete (`ClientMaps` parks them).
+unmapped from the device only once they complete (`ClientMaps` parks them). A client that turns
+bus mastering off is answered once its jobs have ended (`BrokerClient.quiesce`, bounded).
 """
 
 from __future__ import annotations
@@ -142,6 +143,22 @@ class BrokerClient:
         """Function reset: every queue stops; the maps stay (they belong to the client)."""
         for qn in list(self.queues):
             self.stop_queue(qn)
+
+    def quiesce(self, timeout_s: float) -> int:
+        """Bus mastering off (the client's config write): the device writes the client's
+        memory itself and the broker cannot call its jobs back, so the write is answered once
+        they have ended, within `timeout_s` (Linux's bounded wait for Transactions Pending:
+        docs/research/pci-bus-master.md), the broker polling meanwhile. Their results are
+        dropped (each queue starts a new life; it works on once bus mastering is back).
+        Returns the client's jobs still on the device after the wait."""
+        old = list(self.queues.values())
+        for cq in old:
+            self.start_queue(cq.qn, cq.alg)  # (the old life's completions are dropped)
+        deadline = time.monotonic() + timeout_s
+        while any(cq.inflight for cq in old) and time.monotonic() < deadline:
+            if self.broker.poll() != POLL_WORKED:
+                time.sleep(50e-6)  # (a model behind the broker needs the CPU)
+        return sum(cq.inflight for cq in old)
 
     # -- memory -----------------------------------------------------------------------------
     def mapped(self, iova: int, size: int, fd: int, offset: int, readable: bool,

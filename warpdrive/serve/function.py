@@ -11,6 +11,8 @@ CQEs, the EQE and MSI if the queue asked).
 
 from __future__ import annotations
 
+import logging
+
 from ..emu.dma import DmaFault
 from ..emu.models._qm import BUSY as QM_BUSY
 from ..emu.models._qm import PENDING as QM_PENDING
@@ -24,8 +26,15 @@ from ..emu.models.zip import ZipModel
 from .broker import BrokerClient, HwQueue
 from .sqe import copy_results
 
+log = logging.getLogger("warpdrive.serve")
+
 # The doorbell value's fields (`_zip_layout.doorbell_decode_v2`), decoded inline on the hot path.
 _DB_QN, _DB_CMD_SHIFT, _DB_SQ, _DB_CQ = 0x7FF, QM_DB_CMD_SHIFT_V2, QM_DB_CMD_SQ, QM_DB_CMD_CQ
+
+
+# How long a client's config write that turns bus mastering off waits for its jobs on the
+# device (Linux waits 0.7 s for Transactions Pending before a reset: pci_wait_for_pending).
+BUS_MASTER_DRAIN_S = 0.7
 
 
 class VirtualZip(ZipModel):
@@ -191,6 +200,16 @@ class VirtualZip(ZipModel):
     def on_dma_unmap(self, iova: int, size: int) -> None:
         self._drop_rings()  # taken again on the next pass, if still mapped
         self.client.unmapped(iova, size)
+
+    def config_write(self, offset: int, data: bytes) -> None:
+        master = self.bus_master_enabled()
+        super().config_write(offset, data)
+        if master and not self.bus_master_enabled():
+            left = self.client.quiesce(BUS_MASTER_DRAIN_S)
+            if left:
+                log.warning("%s: bus mastering off with %d job(s) still on the device after "
+                            "%.1f s: they may still write its memory", self.client.name, left,
+                            BUS_MASTER_DRAIN_S)
 
     def reset(self) -> None:
         self.client.reset()
