@@ -348,6 +348,30 @@ def test_cut_off_points_held_views_at_zero_pages_and_keeps_the_memory(memfd: int
     assert mem.reap() == 0 and not mem._retired
 
 
+def test_cut_off_that_cannot_map_the_memory_again_still_cuts(memfd: int,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             ) -> None:
+    """Out of memory (or of mappings) while mapping a cut map again: the cut happens all the
+    same (the held view reaches zero pages), and the map stays out of the model's reach (a
+    DmaFault, as a map without an fd) instead of the model writing on."""
+    import warpdrive.emu.dma as dma_mod
+
+    def no_room(src: int, length: int, dst: int) -> None:
+        raise OSError(errno.ENOMEM, "mremap: no room")
+
+    mem = ClientMemory()
+    mem.add(0x10000, PAGE, memfd, 0, True, True)
+    held = mem.view(0x10000, 16, write=True)
+    monkeypatch.setattr(dma_mod, "_duplicate", no_room)
+    assert mem.cut_off([(0x10000, 16)]) == 1
+    held[:4] = b"late"
+    assert os.pread(memfd, 4, 0) == bytes(4)
+    with pytest.raises(DmaFault, match="without shared memory"):
+        mem.read(0x10000, 4)
+    held.release()
+    assert mem.reap() == 0
+
+
 def test_a_view_refuses_maps_that_do_not_meet_on_a_page(memfd: int) -> None:
     os.ftruncate(memfd, 4 * PAGE)
     mem = ClientMemory()

@@ -222,22 +222,33 @@ class ClientMemory:
                     cut[id(r)] = r
                 i += 1
         for r in cut.values():
-            assert r.mm is not None
-            # The same pages again elsewhere (`_duplicate`, as windows are made; Python's mmap
-            # does not give out the fd it keeps), over a reservation of the map's own access.
-            length = len(r.mm)
-            fresh = mmap.mmap(-1, length, prot=mmap.PROT_READ | (
-                mmap.PROT_WRITE if r.writable else 0))
-            try:
-                _duplicate(r.addr, sc.page_align_up(length), sc.buffer_address(fresh))
-            except BaseException:
-                fresh.close()
-                raise
             old = DmaRegion(r.iova, r.size, r.readable, r.writable, r.mm, r.delta, r.addr, r.mv)
-            r.mm, r.addr, r.mv = fresh, sc.buffer_address(fresh), None
+            r.mm, r.mv = self._again(old), None
+            # (None: the pages could not be mapped again; the map stays, out of the model's
+            # reach like one without an fd, rather than the cut not happening)
+            r.addr = sc.buffer_address(r.mm) if r.mm is not None else 0
             self._revoke(old)
         self._revoke_windows(set(cut))
         return len(cut)
+
+    @staticmethod
+    def _again(r: DmaRegion) -> mmap.mmap | None:
+        """The pages of `r`'s mapping mapped again elsewhere (`_duplicate`, as windows are made:
+        Python's mmap does not give out the fd it keeps), with the map's access; None if that
+        fails (out of memory or of mappings)."""
+        assert r.mm is not None
+        length = len(r.mm)
+        try:
+            fresh = mmap.mmap(-1, length, prot=mmap.PROT_READ | (
+                mmap.PROT_WRITE if r.writable else 0))
+        except OSError:
+            return None
+        try:
+            _duplicate(r.addr, sc.page_align_up(length), sc.buffer_address(fresh))
+        except OSError:
+            fresh.close()
+            return None
+        return fresh
 
     def clear(self) -> None:
         """Drop every map (client disconnected)."""
