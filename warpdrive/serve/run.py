@@ -77,11 +77,13 @@ def place(dev: Device, cpus: set[int]) -> None:
     pid = emulator.proc.pid if emulator is not None else 0
     rest = os.sched_getaffinity(pid) - cpus if pid else set()
     if pid and not rest:
-        model = _cpu_list(os.sched_getaffinity(pid))
+        model = os.sched_getaffinity(pid)
+        keep = cpus - {max(model)}
         raise InvalidArgumentError(
-            f"--cpu {_cpu_list(cpus)} covers every CPU the bundled model may use ({model}): "
-            "the broker's polling loop would take turns with the device it waits for",
-            hint=f"leave a CPU out for the model (e.g. --cpu {max(cpus)})" if len(cpus) > 1
+            f"--cpu {_cpu_list(cpus)} covers every CPU the bundled model may use "
+            f"({_cpu_list(model)}): the broker's polling loop would take turns with the device "
+            "it waits for",
+            hint=f"leave a CPU out for the model (e.g. --cpu {_cpu_list(keep)})" if keep
             else "drop --cpu (one CPU cannot hold both the broker's loop and the model)")
     os.sched_setaffinity(0, cpus)
     if rest:
