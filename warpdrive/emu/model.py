@@ -43,7 +43,10 @@ DMA: `self.dma.read(iova, n)`, `self.dma.write(iova, data)`, `self.dma.view(iova
 without the needed permission, or while bus mastering is disabled; turn it into an error status
 the way a device reports an IOMMU fault. A view is revoked when the client unmaps its IOVA range
 (`on_dma_unmap` is called first so the model can drop it; a view kept anyway is re-pointed at
-zero pages, so the model can never reach the client's memory after the unmap reply).
+zero pages, so the model can never reach the client's memory after the unmap reply). A model
+whose work runs on other threads must not write after bus mastering goes off either: in
+`config_write`, once the bit is clear, it cuts that work's views off (`self.dma.cut_off`) and
+drops its results (docs/research/pci-bus-master.md; the ZIP model's workers do so).
 """
 
 from __future__ import annotations
