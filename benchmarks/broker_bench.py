@@ -768,7 +768,7 @@ def floor(batches: tuple[int, ...] = (1, 8, 16, 64), jobs: int = 20000,
           evicts: tuple[tuple[int, int], ...] = tuple((b, mb << 20) for b in (8, 16, 64)
                                                       for mb in (8, 64))
           ) -> list[dict[str, Any]]:
-    """The mediation path alone (`tests.brokerutil.FunctionRig`), caches warm. A batch of
+    """The mediation path alone (`rigs.broker.FunctionRig`), caches warm. A batch of
     SQEs is written and its doorbell stored; the server pass (the function's poll, the broker's
     poll) runs until every CQE is out. Counted: the thread CPU of the passes that did work, per
     job, as `--measure` counts it in the broker. `naps`: (batch, seconds) rows that sleep
@@ -776,7 +776,7 @@ def floor(batches: tuple[int, ...] = (1, 8, 16, 64), jobs: int = 20000,
     the passes start with cold caches, as in the benchmark's rows). `evicts`: (batch, bytes)
     rows that write one byte of every cache line of that much memory between batches instead
     (no sleep, no other process: only the caches go cold)."""
-    from tests.brokerutil import FunctionRig
+    from rigs.broker import FunctionRig
     from warpdrive.emu.server import POLL_WORKED
 
     rig = FunctionRig(MODEL_OPTIONS)
@@ -922,7 +922,7 @@ def _opcode_tracer(ops: Any, cur: dict[str, str]) -> Any:
 
 def breakdown(batches: tuple[int, ...] = (1, 8, 32), cycles: int = 5000,
               opcodes: int = 200) -> list[dict[str, Any]]:
-    """Where a working pass's time goes (`tests.brokerutil.FunctionRig`, caches warm). Each
+    """Where a working pass's time goes (`rigs.broker.FunctionRig`, caches warm). Each
     cycle is a submit pass (the client's batch taken, checked, posted, the hardware doorbell
     rung), then, once the device has completed the batch, a complete pass (harvest, results
     and CQEs back to the client), then the pass that sees the client's CQ doorbell. Measured
@@ -934,7 +934,7 @@ def breakdown(batches: tuple[int, ...] = (1, 8, 32), cycles: int = 5000,
 
     import warpdrive.serve.broker as bmod
     import warpdrive.serve.function as fmod
-    from tests.brokerutil import FunctionRig
+    from rigs.broker import FunctionRig
     from warpdrive.emu.models.zip import ZipModel
     from warpdrive.emu.server import VfioUserServer
 

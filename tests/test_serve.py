@@ -19,14 +19,8 @@ from pathlib import Path
 import pytest
 
 import warpdrive.zip as wz
-from tests.brokerutil import (
-    SQE,
-    RawZip,
-    addr_words,
-    broker_thread,
-    eventually,
-    serve_process,
-)
+from rigs.broker import SQE, addr_words
+from tests.brokerutil import RawZip, broker_thread, eventually, serve_process
 from tests.vfuraw import RawClient
 from tests.ziputil import cli, sample
 from warpdrive.backends.vfiouser.wire import PeerClosed

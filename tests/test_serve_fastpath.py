@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.brokerutil import SQE, FunctionRig, sqe_words
+from rigs.broker import SQE, FunctionRig, sqe_words
 from warpdrive.devices.hisi_qm import regs as qm
 from warpdrive.devices.zip import hw
 

@@ -12,7 +12,7 @@ import struct
 import time
 from collections.abc import Iterator
 
-from tests.brokerutil import SQE, FunctionRig, sqe_words
+from rigs.broker import SQE, FunctionRig, sqe_words
 
 BIG = 512 << 10  # incompressible input: milliseconds of zlib per job in the model
 

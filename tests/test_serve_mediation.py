@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.brokerutil import sqe_words
+from rigs.broker import sqe_words
 from warpdrive.backends.vfiouser.launcher import open_emulated
 from warpdrive.devices.zip import hw
 from warpdrive.serve.maps import ClientMaps, TranslationFault
