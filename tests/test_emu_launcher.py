@@ -94,7 +94,7 @@ def test_unknown_model_is_reported_with_its_output() -> None:
     with pytest.raises(DeviceError) as ei:
         open_emulated("nosuchmodel")
     msg = str(ei.value)
-    assert "exited with status 1 before serving" in msg
+    assert "device model 'nosuchmodel' refused to start: " in msg and "\n" not in msg
     assert "no device model named 'nosuchmodel'" in msg and "testdev" in msg
 
 
@@ -161,7 +161,7 @@ def test_cli_lists_models_and_rejects_bad_usage() -> None:
     with redirect_stdout(out):
         assert cli_main(["emu", "--list"]) == 0
     assert "testdev" in out.getvalue().split()
-    assert cli_main(["emu", "testdev"]) == 1  # no --socket: a clear error, not a traceback
+    assert cli_main(["emu", "testdev"]) == 2  # no --socket: a usage error, not a traceback
     res = subprocess.run([sys.executable, "-m", "warpdrive.emu", "testdev", "--socket",
                           "/nonexistent-dir/x.sock"], env=dict(os.environ, PYTHONPATH=str(ROOT)),
                          capture_output=True, text=True, timeout=30)

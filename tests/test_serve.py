@@ -345,11 +345,11 @@ def test_serve_refuses_a_uacce_device(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_serve_refuses_a_nap_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli_main(["serve", "emu", "--socket", "/nonexistent/x.sock", "--nap-us", "-1"]) == 1
+    assert cli_main(["serve", "emu", "--socket", "/nonexistent/x.sock", "--nap-us", "-1"]) == 2
     assert "--nap-us -1: give 0..100000" in capsys.readouterr().err
     for opt, value, said in (("--gather", "0", "give 1..1024"),
                              ("--hold-us", "-1", "give 0..100000")):
-        assert cli_main(["serve", "emu", "--socket", "/nonexistent/x.sock", opt, value]) == 1
+        assert cli_main(["serve", "emu", "--socket", "/nonexistent/x.sock", opt, value]) == 2
         assert f"{opt} {value}: {said}" in capsys.readouterr().err
 
 
@@ -454,7 +454,7 @@ def test_cpu_places_the_broker_and_moves_its_model_off(tmp_path: Path,
                       (str(max(allowed) + 1000), "is not one this process may use"),
                       # the bundled model would be left on the broker's CPUs: said, not done
                       (every, f"covers every CPU the bundled model may use ({every})")):
-        assert cli_main(["serve", "emu", "--socket", "/nonexistent/x.sock", "--cpu", bad]) == 1
+        assert cli_main(["serve", "emu", "--socket", "/nonexistent/x.sock", "--cpu", bad]) == 2
         assert f"--cpu {bad}" in (err := capsys.readouterr().err) and said in err, err
     assert "leave a CPU out for the model (e.g. --cpu" in err and len(err.splitlines()) == 1
     assert os.sched_getaffinity(0) == set(allowed)  # (this process was not moved)

@@ -96,6 +96,22 @@ class InvalidArgumentError(WarpdriveError, ValueError):
     """The caller passed something invalid; nothing reached the device."""
 
 
+class ArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument of the wrong type: also a TypeError, as Python's own functions raise, so
+    `except TypeError` and `except WarpdriveError` both catch it."""
+
+
+def require_int(what: str, value: object) -> None:
+    """ArgumentTypeError unless `value` is an int (not a bool): said in the caller's words,
+    before a comparison deep inside fails in its own."""
+    if value.__class__ is not int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ArgumentTypeError(f"{what} must be an int, not {type(value).__name__}")
+
+
+class UsageError(InvalidArgumentError):
+    """A command-line argument is wrong: the CLI exits 2 (usage), as for argparse's own errors."""
+
+
 class ClosedError(WarpdriveError):
     """The object was closed."""
 

@@ -69,10 +69,12 @@ def parse_name(name: str) -> DeviceName:
             return DeviceName(kind, target)
     if name == "emu":
         return DeviceName("emu", "")
-    from ..pci.names import is_bdf, normalize_bdf
+    from ..pci.names import normalize_bdf
 
-    if is_bdf(name):
+    try:  # as `warpdrive bind` takes it: 00:03.0 too, any case
         return DeviceName("pci", normalize_bdf(name))
+    except InvalidArgumentError:
+        pass
     if _UACCE.match(name):
         return DeviceName("uacce", name)
     raise InvalidArgumentError(

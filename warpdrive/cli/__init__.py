@@ -19,7 +19,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import __version__
-from ..errors import BindingRefusedError, GroupNotViableError, PermissionDeniedError, WarpdriveError
+from ..errors import (
+    BindingRefusedError,
+    GroupNotViableError,
+    PermissionDeniedError,
+    UsageError,
+    WarpdriveError,
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -103,6 +109,8 @@ class Interrupted(BaseException):
 
 
 def exit_code_for(err: WarpdriveError) -> int:
+    if isinstance(err, UsageError):
+        return EXIT_USAGE
     if isinstance(err, BindingRefusedError | GroupNotViableError):
         return EXIT_REFUSED
     if isinstance(err, PermissionDeniedError):
@@ -155,6 +163,17 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _command_parser(parser: argparse.ArgumentParser,
+                    args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The subcommand's parser of this run, else the top-level one."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            sub = action.choices.get(getattr(args, "command", None) or "")
+            if isinstance(sub, argparse.ArgumentParser):
+                return sub
+    return parser
+
+
 _fatal_signal = 0  # set when a run ends because of a signal: `entry` then dies by it
 
 
@@ -180,7 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _early_model(sys.argv[1:])
     parser = build_parser(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            # argparse reports these with the top-level usage; the command's own is the one
+            # that lists the options the user could have meant.
+            _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:  # argparse exits on --help (0) and on usage errors (2)
         code = int(e.code) if isinstance(e.code, int) else EXIT_USAGE
         words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]

@@ -14,6 +14,28 @@ def add_root_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dev-root", default="/dev", help=argparse.SUPPRESS)
 
 
+def bdf_arg(text: str) -> str:
+    """argparse type of a PCI address: normalised; a malformed one is a usage error (exit 2)."""
+    from ..errors import InvalidArgumentError
+    from ..pci.names import normalize_bdf
+
+    try:
+        return normalize_bdf(text)
+    except InvalidArgumentError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def nonnegative_seconds(text: str) -> float:
+    """argparse type of a timeout: a number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from . import EXIT_PERMISSION, EXIT_REFUSED
-from ._common import add_root_options, print_json
+from ._common import add_root_options, bdf_arg, nonnegative_seconds, print_json
 
 FORCE_HELP = (
     "override ONE check: the refusal to unbind a network interface that is up, has addresses or "
@@ -23,7 +23,7 @@ def register(subparsers: Any) -> None:
         "routes, its disk is mounted, a process holds it open or maps its BARs, or its IOMMU "
         "group would not be viable. Rolls back to the previous driver if the new one does not "
         "attach. `--dry-run` prints every check and the exact writes without writing.")
-    b.add_argument("bdf", help="PCI address, e.g. 0000:00:04.0 or 00:04.0")
+    b.add_argument("bdf", type=bdf_arg, help="PCI address, e.g. 0000:00:04.0 or 00:04.0")
     b.add_argument("--driver", default="vfio-pci", help="target driver (default vfio-pci)")
     b.add_argument("--dry-run", action="store_true",
                    help="run the checks and print the writes it would make; write nothing")
@@ -31,7 +31,7 @@ def register(subparsers: Any) -> None:
     b.add_argument("--group", action="store_true",
                    help="also move the other members of the IOMMU group that keep it from being "
                    "viable (each is checked the same way)")
-    b.add_argument("--timeout", type=float, default=10.0,
+    b.add_argument("--timeout", type=nonnegative_seconds, default=10.0,
                    help="seconds to wait for the driver to attach (default 10)")
     b.add_argument("--json", action="store_true", help="print the plan/result as JSON")
     add_root_options(b)
@@ -43,11 +43,11 @@ def register(subparsers: Any) -> None:
         "restore the one recorded by `bind`), unbind, and let the kernel re-probe, binding the "
         "driver recorded by `bind` if the kernel does not pick it. A function on its native "
         "driver is left alone. Refuses while a process holds the device open.")
-    u.add_argument("bdf", help="PCI address")
+    u.add_argument("bdf", type=bdf_arg, help="PCI address")
     u.add_argument("--dry-run", action="store_true", help="print checks and writes; write nothing")
     u.add_argument("--group", action="store_true",
                    help="also release the other group members on vfio-pci/pci-stub")
-    u.add_argument("--timeout", type=float, default=10.0,
+    u.add_argument("--timeout", type=nonnegative_seconds, default=10.0,
                    help="seconds to wait for the driver to attach (default 10)")
     u.add_argument("--json", action="store_true", help="print the plan/result as JSON")
     add_root_options(u)

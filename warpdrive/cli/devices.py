@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import add_root_options, print_json, table
+from ._common import add_root_options, bdf_arg, print_json, table
 
 
 def register(subparsers: Any) -> None:
@@ -15,7 +15,7 @@ def register(subparsers: Any) -> None:
         "group's other members), VFIO nodes, NUMA node, network/block/uacce children and the "
         "warpdrive plugin that drives it; then the uacce devices. Reads sysfs only, unless "
         "--iommu is given.")
-    p.add_argument("bdf", nargs="*", help="only these functions (e.g. 00:03.0)")
+    p.add_argument("bdf", nargs="*", type=bdf_arg, help="only these functions (e.g. 00:03.0)")
     p.add_argument("--json", action="store_true", help="machine-readable output, same facts")
     p.add_argument("--iommu", action="store_true",
                    help="also ask the IOMMU behind each vfio-pci function (IOMMU_GET_HW_INFO: "

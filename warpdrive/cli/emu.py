@@ -12,6 +12,7 @@ def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "emu", help="serve a device model (testdev, zip, ...) over vfio-user",
         description="Serve a bundled device model on a UNIX socket; open it with "
-        "warpdrive.open('vfio-user:PATH'). Stops on SIGTERM/Ctrl-C.")
+        "warpdrive.open('vfio-user:PATH'). Stops on SIGTERM, SIGHUP or Ctrl-C, "
+        "removing its socket.")
     add_serve_arguments(parser)
     parser.set_defaults(func=run_serve)

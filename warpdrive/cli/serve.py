@@ -13,7 +13,8 @@ def register(subparsers: Any) -> None:
         "vfio-user:PATH) and serve every client process its own virtual ZIP function over "
         "vfio-user. Clients open it as device broker:SOCKET (or set "
         "WARPDRIVE_DEVICE=broker:SOCKET); every request is checked and translated before it "
-        "reaches the device. Stops on SIGTERM/Ctrl-C.",
+        "reaches the device. Stops on SIGTERM, SIGHUP or Ctrl-C, "
+        "removing its socket.",
         epilog="a uacce device (hisi_zip-N) is refused: with SVA the kernel already gives every "
         "process its own queue")
     parser.add_argument("device", help="the ZIP function to share")

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
 
 from .. import syscalls as sc
-from ..errors import InvalidArgumentError, WarpdriveError
+from ..errors import InvalidArgumentError, PermissionDeniedError, UsageError, WarpdriveError
 from ..logs import stderr_handler
 
 
@@ -53,7 +54,7 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise InvalidArgumentError(f"model option {pair!r} is not KEY=VALUE")
+            raise UsageError(f"model option {pair!r} is not KEY=VALUE", hint="e.g. --set queues=4")
         out[key] = value
     return out
 
@@ -66,8 +67,19 @@ def run_serve(args: argparse.Namespace) -> int:
             print(name)
         return 0
     if not args.model or not args.socket:
-        raise InvalidArgumentError("give a model name and --socket PATH",
-                                   hint=f"models: {', '.join(available_models())}")
+        raise UsageError("give a model name and --socket PATH",
+                         hint=f"models: {', '.join(available_models())}")
+    for flag, value in (("--accept-timeout", args.accept_timeout), ("--spin-us", args.spin_us),
+                        ("--idle-us", args.idle_us),
+                        ("--handshake-timeout", args.handshake_timeout)):
+        positive(flag, value, zero_ok=flag == "--spin-us")
+    from .server import VfioUserServer, check_socket_path
+
+    path = os.path.abspath(args.socket)
+    try:
+        check_socket_path(path)
+    except OSError as e:
+        raise listen_error(e, f"serving model {args.model}") from None
     cls = load_model(args.model)
     try:
         model = cls(**parse_options(args.options))
@@ -75,26 +87,56 @@ def run_serve(args: argparse.Namespace) -> int:
         raise  # the model's own refusal, with its hint
     except (TypeError, ValueError) as e:
         raise InvalidArgumentError(f"model {args.model}: {e}") from None
-    from .server import VfioUserServer
 
     configure_logging()
     sc.keep_heap()  # a serving process: its jobs' zlib set-up must not go back to the kernel
     launcher = args.launcher_pid or os.getppid()
     try:
         server = VfioUserServer(
-            model, os.path.abspath(args.socket), exit_on_disconnect=args.exit_on_disconnect,
+            model, path, exit_on_disconnect=args.exit_on_disconnect,
             accept_timeout=args.accept_timeout,
             spin_s=None if args.spin_us is None else args.spin_us / 1e6,
             idle_s=None if args.idle_us is None else args.idle_us / 1e6,
             handshake_timeout=args.handshake_timeout, ready_fd=args.ready_fd)
         server.serve_forever()
     except OSError as e:
-        raise WarpdriveError(f"serving model {args.model} on {args.socket}", errno=e.errno,
-                             hint=str(e.strerror or e)) from None
+        raise listen_error(e, f"serving model {args.model} on {path}") from None
     finally:
         if args.private_dir and _gone(launcher):
             remove_private_dir(args.private_dir)
     return 0
+
+
+def positive(flag: str, value: float | None, *, zero_ok: bool = False) -> None:
+    """A command-line number that must be > 0 (>= 0 with `zero_ok`); None: not given."""
+    if value is not None and not (value >= 0 if zero_ok else value > 0):
+        raise UsageError(f"{flag} {value:g}: give a number {'>= 0' if zero_ok else '> 0'}")
+
+
+# What to do about each way listening on a socket path fails.
+_LISTEN_HINTS = {
+    errno.ENOENT: "create the directory first (mkdir -p), or choose another --socket",
+    errno.ENOTDIR: "choose a --socket inside a directory",
+    errno.EEXIST: "remove it yourself if it is not needed, or choose another --socket",
+    errno.EADDRINUSE: "stop that server first, or choose another --socket",
+    errno.EACCES: "run as root, or choose a --socket in a directory this user may write "
+    "(e.g. $XDG_RUNTIME_DIR)",
+}
+_LISTEN_HINTS[errno.EPERM] = _LISTEN_HINTS[errno.EACCES]
+
+
+def listen_error(e: OSError, what: str) -> WarpdriveError:
+    """One line for a server's OSError: the server's own account of a socket path that cannot
+    be used (without its strerror twice), and what to do; EACCES/EPERM as permission errors
+    (the CLI's exit 4)."""
+    text = str(e.strerror or e)
+    if e.errno is not None:
+        text = text.removesuffix(f": {os.strerror(e.errno)}")
+    listening = text.startswith("cannot listen on ")
+    msg = text if listening else f"{what}: {text}"
+    hint = _LISTEN_HINTS.get(e.errno or 0) if listening else None
+    cls = PermissionDeniedError if e.errno in (errno.EACCES, errno.EPERM) else WarpdriveError
+    return cls(msg, errno=e.errno, hint=hint)
 
 
 _PF_EXITING = 0x4  # include/linux/sched.h: the task is in do_exit()

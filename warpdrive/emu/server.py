@@ -289,10 +289,13 @@ class _Session:
         self.sock.close()
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # each stops serve_forever cleanly
+
+
 class VfioUserServer:
     """Serve `model` (or one model per client from `factory`) on `socket_path`. `serve_forever()`
-    runs until SIGTERM/SIGINT (in the main thread; later ones are then ignored, as the process is
-    exiting), `stop()`, or (with `exit_on_disconnect`) the first client that had a device
+    runs until SIGTERM/SIGINT/SIGHUP (in the main thread; later ones are then ignored, as the
+    process is exiting), `stop()`, or (with `exit_on_disconnect`) the first client that had a device
     leaving. See the module docstring for the rest."""
 
     def __init__(self, model: DeviceModel | None, socket_path: str, *,
@@ -340,7 +343,7 @@ class VfioUserServer:
         self.messages = 0
         self.stats: collections.Counter[int] = collections.Counter()
         self._stop = threading.Event()
-        self._signalled = False  # a SIGTERM/SIGINT stopped serve_forever (a plain flag)
+        self._signalled = False  # a STOP_SIGNALS signal stopped serve_forever (a plain flag)
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)  # stop() from a thread
         self._listener: socket.socket | None = None
         self._sessions: dict[int, _Session] = {}
@@ -393,7 +396,11 @@ class VfioUserServer:
         handlers_installed = threading.current_thread() is threading.main_thread()
         old: dict[signal.Signals, Any] = {}
         if handlers_installed:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in STOP_SIGNALS:
+                # SIGHUP (the terminal or ssh session went away) stops us cleanly too, with the
+                # socket removed; unless it was ignored when we started (nohup): then it stays so.
+                if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
+                    continue
                 old[signum] = signal.signal(signum, self._on_signal)
         # The loop's naps last what they say, not 50 us more (fixed naps and the ones under
         # contention); the calling thread's own slack comes back after.
@@ -922,12 +929,36 @@ class VfioUserServer:
             raise OSError(err, f"no device for {s.name}: {e}") from None
 
 
-def _clear_stale_socket(path: str) -> None:
-    """Remove a socket nothing listens on any more (a crashed server's); refuse anything else."""
+def check_socket_path(path: str) -> None:
+    """Raise the OSError listening on `path` would meet, creating and removing nothing: a
+    command checks before it starts its device (a broker's model takes a second to boot), so a
+    wrong --socket fails at once. A stale socket passes (listening replaces it)."""
+    parent = os.path.dirname(path) or "."
+    try:
+        is_dir = stat.S_ISDIR(os.stat(parent).st_mode)
+    except FileNotFoundError:
+        raise OSError(errno.ENOENT, f"cannot listen on {path}: the directory {parent} does "
+                      "not exist") from None
+    except PermissionError:  # a directory on the way this user may not search
+        raise OSError(errno.EACCES, f"cannot listen on {path}: this user may not reach "
+                      f"{parent}") from None
+    except NotADirectoryError:
+        is_dir = False
+    if not is_dir:
+        raise OSError(errno.ENOTDIR, f"cannot listen on {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OSError(errno.EACCES, f"cannot listen on {path}: this user may not create "
+                      f"files in {parent}")
+    _stale_socket(path)
+
+
+def _stale_socket(path: str) -> bool:
+    """True when `path` is a socket nothing listens on any more (a crashed server's); False when
+    nothing is there; OSError for anything else, which is never touched."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return
+        return False
     if not stat.S_ISSOCK(st.st_mode):
         raise OSError(errno.EEXIST, f"cannot listen on {path}: it exists and is not a socket "
                       "(left untouched)")
@@ -936,7 +967,7 @@ def _clear_stale_socket(path: str) -> None:
     try:
         probe.connect(path)
     except ConnectionRefusedError:
-        pass  # nobody accepts: stale
+        return True  # nobody accepts: stale
     except OSError as e:
         raise OSError(errno.EADDRINUSE, f"cannot listen on {path}: a server may be listening "
                       f"there ({e.strerror or e}); left untouched") from None
@@ -945,6 +976,12 @@ def _clear_stale_socket(path: str) -> None:
                       "listening there")
     finally:
         probe.close()
+
+
+def _clear_stale_socket(path: str) -> None:
+    """Remove a socket nothing listens on any more (a crashed server's); refuse anything else."""
+    if not _stale_socket(path):
+        return
     log.warning("replacing the stale socket %s (nothing listens on it: a crashed server's)", path)
     try:
         os.unlink(path)

@@ -10,16 +10,16 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from ..backends import open_device, parse_name
+from ..backends import DeviceName, open_device, parse_name
 from ..device import Device
 from ..emu.model import DeviceModel
-from ..emu.serve import configure_logging, parse_options
-from ..emu.server import Peer, VfioUserServer
+from ..emu.serve import configure_logging, listen_error, parse_options, positive
+from ..emu.server import Peer, VfioUserServer, check_socket_path
 from ..errors import (
     InvalidArgumentError,
     PermissionDeniedError,
     UnsupportedError,
-    WarpdriveError,
+    UsageError,
 )
 from .access import AllowList, group_id, user_id
 from .broker import GATHER, HOLD_S, Broker
@@ -56,12 +56,11 @@ def parse_cpus(text: str) -> set[int]:
                 raise ValueError
             cpus.update(range(first, last + 1))
     except ValueError:
-        raise InvalidArgumentError(f"--cpu {text}: not a CPU list such as 3, 0,2 or 2-3") \
-            from None
+        raise UsageError(f"--cpu {text}: not a CPU list such as 3, 0,2 or 2-3") from None
     allowed = os.sched_getaffinity(0)
     if not cpus <= allowed:
-        raise InvalidArgumentError(f"--cpu {text}: CPU {min(cpus - allowed)} is not one this "
-                                   f"process may use ({_cpu_list(allowed)})")
+        raise UsageError(f"--cpu {text}: CPU {min(cpus - allowed)} is not one this "
+                         f"process may use ({_cpu_list(allowed)})")
     return cpus
 
 
@@ -79,7 +78,7 @@ def place(dev: Device, cpus: set[int]) -> None:
     if pid and not rest:
         model = os.sched_getaffinity(pid)
         keep = cpus - {max(model)}
-        raise InvalidArgumentError(
+        raise UsageError(
             f"--cpu {_cpu_list(cpus)} covers every CPU the bundled model may use "
             f"({_cpu_list(model)}): the broker's polling loop would take turns with the device "
             "it waits for",
@@ -100,6 +99,18 @@ def open_shared_device(name: str, *, backend: str = "auto",
                        model_options: dict[str, str] | None = None, **emu_opts: Any) -> Device:
     """The device the broker will own: a ZIP VF on vfio-pci, the bundled model, or vfio-user.
     `emu_opts` go to the bundled model's process (`spin_us`, `idle_us`: its poll loop)."""
+    dn = shareable(name, model_options or emu_opts)
+    if dn.kind == "emu":
+        return open_device("emu:zip", model_options={**EMU_DEFAULTS, **(model_options or {})},
+                           **emu_opts)
+    if dn.kind == "vfio-user":
+        return open_device(name)
+    return open_device(name, backend=backend)
+
+
+def shareable(name: str, model_options: object = None) -> DeviceName:
+    """`name` parsed, if the broker can share it (a command checks before anything opens);
+    `model_options`: given any, the device must be the bundled model."""
     dn = parse_name(name)
     if dn.kind == "uacce":
         raise UnsupportedError(
@@ -112,13 +123,9 @@ def open_shared_device(name: str, *, backend: str = "auto",
     if dn.kind == "emu":
         if dn.target not in ("", "zip"):
             raise InvalidArgumentError(f"{name}: the broker serves ZIP functions (emu or emu:zip)")
-        return open_device("emu:zip", model_options={**EMU_DEFAULTS, **(model_options or {})},
-                           **emu_opts)
-    if model_options or emu_opts:
+    elif model_options:
         raise InvalidArgumentError("--set applies to the bundled model (DEVICE emu) only")
-    if dn.kind == "vfio-user":
-        return open_device(name)
-    return open_device(name, backend=backend)
+    return dn
 
 
 def client_factory(broker: Broker, *, queues: int = 2,
@@ -144,46 +151,66 @@ def make_server(broker: Broker, path: str, *, queues: int = 2, depth: int = 1024
 
 def serve_from_args(args: argparse.Namespace) -> int:
     configure_logging(logging.DEBUG if args.verbose else logging.INFO)
-    if not 1 <= args.queues <= 64:
-        raise InvalidArgumentError(f"--queues {args.queues}: give 1..64")
+    # Every argument is checked before the device opens (a bundled model takes a second to
+    # boot, a PCI function is reset): a typo fails at once, with exit 2.
+    for flag, value, lo, hi in (
+            ("--queues", args.queues, 1, 64),
+            # a QM queue context holds depth - 1 in 12 bits: the hardware's and the model's range
+            ("--depth", args.depth, 2, 4096),
+            ("--inflight", args.inflight, 1, 1 << 16),
+            ("--max-clients", args.max_clients, 1, 1 << 16)):
+        if not lo <= value <= hi:
+            raise UsageError(f"{flag} {value}: give {lo}..{hi}")
+    positive("--spin-us", args.spin_us, zero_ok=True)
     try:
         mode = int(args.mode, 8)
     except ValueError:
-        raise InvalidArgumentError(f"--mode {args.mode!r} is not an octal mode such as 0660") \
-            from None
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise UsageError(f"--mode {args.mode!r} is not a socket mode such as 0600 or 0660",
+                         hint="permission bits only (0..0777)")
     cpus = parse_cpus(args.cpu) if getattr(args, "cpu", None) else None
     nap_us = getattr(args, "nap_us", None)
     # On CPUs of its own the broker polls while jobs flow (nobody else waits for them), so its
     # passes start warm (docs/broker.md, session 22); elsewhere it naps between empty passes.
     nap_us = (0.0 if cpus else NAP_US) if nap_us is None else nap_us
     if not 0 <= nap_us <= 100_000:
-        raise InvalidArgumentError(f"--nap-us {nap_us:g}: give 0..100000 (0: yield instead)")
+        raise UsageError(f"--nap-us {nap_us:g}: give 0..100000 (0: yield instead)")
     gather = getattr(args, "gather", None)
     gather = GATHER if gather is None else gather
     if not 1 <= gather <= 1024:
-        raise InvalidArgumentError(f"--gather {gather}: give 1..1024")
+        raise UsageError(f"--gather {gather}: give 1..1024")
     hold_us = getattr(args, "hold_us", None)
     hold_us = (HOLD_S * 1e6 if cpus else nap_us) if hold_us is None else hold_us
     if not 0 <= hold_us <= 100_000:
-        raise InvalidArgumentError(f"--hold-us {hold_us:g}: give 0..100000")
+        raise UsageError(f"--hold-us {hold_us:g}: give 0..100000")
+    nice = getattr(args, "nice", None)
+    if nice is not None and not -20 <= nice <= 19:
+        raise UsageError(f"--nice {nice}: give -20..19")
     group = group_id(args.group) if args.group else None
     if group is not None and args.mode == "0600":
         mode = 0o660  # a group on the socket is there to let its members in
     allow = AllowList([user_id(u) for u in args.allow_uid],
                       [group_id(g) for g in args.allow_gid] + ([group] if group is not None
                                                                else []))
+    model_options = parse_options(args.model_options)
+    shareable(args.device, model_options)
     path = os.path.abspath(args.socket or default_socket())
-    dev = open_shared_device(args.device, backend=args.backend,
-                             model_options=parse_options(args.model_options))
+    try:
+        check_socket_path(path)
+    except OSError as e:
+        raise listen_error(e, f"serving {args.device}") from None
+    path = os.path.abspath(args.socket or default_socket())
+    dev = open_shared_device(args.device, backend=args.backend, model_options=model_options)
     try:
         if cpus:
             place(dev, cpus)
-        if getattr(args, "nice", None) is not None:
+        if nice is not None:
             # After the device opened: a bundled model (a child process) stays at its own.
             try:
-                os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+                os.setpriority(os.PRIO_PROCESS, 0, nice)
             except OSError as e:
-                raise PermissionDeniedError(f"--nice {args.nice}: setpriority failed",
+                raise PermissionDeniedError(f"--nice {nice}: setpriority failed",
                                             errno=e.errno, hint="a negative value needs root or "
                                             "CAP_SYS_NICE (or a high enough RLIMIT_NICE)") from None
         broker = Broker(dev, max_inflight=args.inflight, gather=gather, hold_s=hold_us / 1e6)
@@ -208,8 +235,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
                  allow.describe(), path)
         server.serve_forever()
     except OSError as e:
-        raise WarpdriveError(f"serving {args.device} on {path}", errno=e.errno,
-                             hint=str(e.strerror or e)) from None
+        raise listen_error(e, f"serving {args.device} on {path}") from None
     finally:
         broker.close()
     return 0

@@ -127,6 +127,9 @@ class ModelProcess(ForkSafe):
             chunk = os.read(r, 64)
             if not chunk:  # the child closed the pipe without saying ready: it exited
                 status = self._wait_exit(2.0)
+                refusal = self._refusal()
+                if refusal:  # it refused its arguments: that line says what and what to do
+                    raise DeviceError(f"device model {self.model!r} refused to start: {refusal}")
                 raise DeviceError(
                     f"device model {self.model!r} exited with status {status} before serving"
                     + self._tail_note(),
@@ -163,6 +166,13 @@ class ModelProcess(ForkSafe):
         except OSError:
             return ""
         return "\n".join(text.strip().splitlines()[-lines:])
+
+    def _refusal(self) -> str:
+        """The one-line error a model's command line ends with when it refuses to start (its
+        `main`: "warpdrive emu: ..."), else "" (a crash: its whole tail is the news)."""
+        tail = self.log_tail().splitlines()
+        prefix = "warpdrive emu: "
+        return tail[-1][len(prefix):] if tail and tail[-1].startswith(prefix) else ""
 
     def _tail_note(self) -> str:
         tail = self.log_tail()
