@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import warpdrive.zip as wz
 from warpdrive.devices.zip.job import COMPRESS_JOB_MAX
+from warpdrive.errors import WarpdriveError
 
 WBITS = {"gzip": 31, "zlib": 15, "deflate": -15}
 SUFFIX = {"gzip": ".gz", "zlib": ".zz", "deflate": ".deflate"}
@@ -45,6 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", help="ZIP VF address, uacce name or 'emu' (default: auto)")
     ap.add_argument("--batch", type=int, default=32, help="jobs per doorbell")
     args = ap.parse_args(argv)
+    if args.batch < 1:
+        ap.error(f"--batch {args.batch}: give 1 or more jobs per doorbell")
+    try:
+        return run(args)
+    except (WarpdriveError, OSError) as e:  # one line, as the `warpdrive` command says it
+        print(f"compress_files: {e}", file=sys.stderr)
+        return 1
+
+
+def run(args: argparse.Namespace) -> int:
     wbits = WBITS[args.format]
     paths = files_under(args.dir)
     if not paths:
@@ -95,8 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             dst = os.path.join(args.out, os.path.relpath(path, args.dir)) + SUFFIX[args.format]
             os.makedirs(os.path.dirname(dst), exist_ok=True)
-            with open(dst, "wb") as f:
+            # complete or absent: written under a name of its own (O_EXCL: never someone
+            # else's file), then renamed into place
+            tmp = f"{dst}.{os.getpid()}.tmp"
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
                 f.write(blob)
+            os.replace(tmp, dst)
     print(f"{len(paths)} files, {total_in} -> {total_out} bytes "
           f"({total_in / max(total_out, 1):.2f}x) in {secs:.2f} s, "
           f"{total_in / max(secs, 1e-9) / 1e6:.1f} MB/s; {bad} failed verification")

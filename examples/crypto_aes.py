@@ -63,10 +63,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="wait on the MSI-X interrupt instead of busy-polling")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    data = Path(args.file).read_bytes() if args.file else os.urandom(1 << 20)
+    try:
+        data = Path(args.file).read_bytes() if args.file else os.urandom(1 << 20)
+    except OSError as e:
+        print(f"crypto_aes: cannot read {args.file}: {e.strerror or e}", file=sys.stderr)
+        return 1
     data = data[:len(data) - len(data) % 16]  # the device takes whole AES blocks only
     if not data:
-        raise SystemExit("need at least 16 bytes of data")
+        raise SystemExit(f"crypto_aes: {args.file} has less than 16 bytes: give a longer file")
     key = os.urandom(KEYS[args.mode])
     iv = None if args.mode == "ecb" else os.urandom(16)
     with ExitStack() as stack:

@@ -23,7 +23,7 @@ from cryptoproc import Forker, die_holding_sessions
 import warpdrive
 from warpdrive import crypto
 from warpdrive.crypto import Cipher, VirtioCrypto, engine
-from warpdrive.errors import DeviceError, InvalidArgumentError
+from warpdrive.errors import ArgumentTypeError, ClosedError, DeviceError, InvalidArgumentError
 
 MODES = [("aes-ecb", 16), ("aes-cbc", 24), ("aes-ctr", 32), ("aes-xts", 64)]
 
@@ -315,6 +315,47 @@ def test_the_example_runs_on_the_model(tmp_path: Path, mode: str) -> None:
     assert "using the bundled device model (emu:crypto)" in r.stderr
     assert "round trip ok, ciphertext matches cryptography" in r.stdout
     assert "request(s) of <= 65536 bytes" in r.stdout
+
+
+def test_the_example_says_what_is_wrong_with_its_input(tmp_path: Path) -> None:
+    example = str(Path(__file__).resolve().parent.parent / "examples" / "crypto_aes.py")
+    short = tmp_path / "short"
+    short.write_bytes(b"15 bytes, no more"[:15])
+    for arg, said in ((str(tmp_path / "missing"), "cannot read"),
+                      (str(tmp_path), "cannot read"), (str(short), "less than 16 bytes")):
+        r = subprocess.run([sys.executable, example, arg], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        (line,) = r.stderr.strip().splitlines()[-1:]
+        assert line.startswith("crypto_aes: ") and said in line and arg in line, r.stderr
+
+
+def test_misuse_gets_the_libraries_errors_not_python_internals(small: warpdrive.Device) -> None:
+    """Wrong types and sizes on a working Cipher: WarpdriveErrors naming the argument (a wrong
+    type is also a TypeError), never struct/memoryview/attribute errors from inside."""
+    c = Cipher("aes-cbc", K128, device=small)
+    with pytest.raises(ArgumentTypeError, match="aes-cbc IV must be bytes, not str"):
+        c.encrypt("x" * 16, PT)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):  # (an ArgumentTypeError is one)
+        c.encrypt("x" * 16, PT)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="contiguous"):
+        c.encrypt(IV, memoryview(bytes(128))[::2])
+    buf = c.buffer(8192)
+    with pytest.raises(InvalidArgumentError, match="length -16 is negative"):
+        c.prepare(buf, -16, iv=IV)
+    ok = c.prepare(buf, 4096, iv=IV)
+    with pytest.raises(InvalidArgumentError, match="prepared by this Cipher, not int"):
+        c.submit_prepared([ok, 1])  # type: ignore[list-item]
+    c.submit_prepared([ok])  # the refused batch staged nothing: `ok` is still free
+    done: list[object] = []
+    while not done:
+        c.poll_many(done)
+    assert done == [ok] and ok.ok
+    with pytest.raises(ArgumentTypeError, match="DMA buffer size must be an int, not str"):
+        c.buffer("4096")  # type: ignore[arg-type]
+    c.close()
+    with pytest.raises(ClosedError), c:  # as a closed file: `with` says so at once
+        pass
 
 
 @pytest.mark.parametrize("poll", [True, False])

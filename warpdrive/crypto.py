@@ -410,6 +410,10 @@ class Cipher:
             if cls is bytes or cls is bytearray:
                 mv = data
             elif isinstance(data, memoryview):
+                if not data.c_contiguous:  # (cast() would refuse it in its own words)
+                    raise InvalidArgumentError(
+                        "data must be one contiguous buffer; this memoryview has strides",
+                        hint="pass bytes(view) or a contiguous view")
                 mv = memoryview(data).cast("B")
             elif isinstance(data, (bytes, bytearray)):
                 mv = data
@@ -610,18 +614,26 @@ class Cipher:
         Cipher's and not in flight), a slot, a header store and two descriptor addresses."""
         if self._closed:
             raise ClosedError(f"{self.name} cipher is closed", hint="create a new Cipher")
-        for i, r in enumerate(reqs):  # ownership and "not in flight" in one identity test
-            if r.ready is not self:
-                for back in reqs[:i]:
-                    back.ready = self
-                if not isinstance(r, Request) or r.owner is not self:
+        i = 0
+        try:
+            for i, r in enumerate(reqs):  # ownership and "not in flight" in one identity test
+                if r.ready is not self:
+                    for back in reqs[:i]:
+                        back.ready = self
+                    if not isinstance(r, Request) or r.owner is not self:
+                        raise InvalidArgumentError(
+                            "submit_prepared() takes requests prepared by this Cipher",
+                            hint="build them with cipher.prepare()")
                     raise InvalidArgumentError(
-                        "submit_prepared() takes requests prepared by this Cipher",
-                        hint="build them with cipher.prepare()")
-                raise InvalidArgumentError(
-                    "a prepared request is in flight (or appears twice in the batch), or was "
-                    "released", hint="wait for it to complete (poll_many/wait) first")
-            r.ready = None
+                        "a prepared request is in flight (or appears twice in the batch), or "
+                        "was released", hint="wait for it to complete (poll_many/wait) first")
+                r.ready = None
+        except AttributeError:  # not a Request at all (no `ready`): costs nothing when all are
+            for back in reqs[:i]:
+                back.ready = self
+            raise InvalidArgumentError(
+                "submit_prepared() takes requests prepared by this Cipher, not "
+                f"{type(reqs[i]).__name__}", hint="build them with cipher.prepare()") from None
         self._zc_flight += len(reqs)
         try:
             self._engine.submit_prepared(reqs)
@@ -756,6 +768,8 @@ class Cipher:
             self._sessions.clear()
 
     def __enter__(self) -> Cipher:
+        if self._closed:  # as a closed file: `with` on it is a mistake, said at once
+            raise ClosedError(f"{self.name} cipher is closed", hint="create a new Cipher")
         return self
 
     def __exit__(self, *exc: object) -> None:

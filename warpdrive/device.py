@@ -24,6 +24,7 @@ from .errors import (
     InvalidArgumentError,
     UnsupportedError,
     WarpdriveError,
+    require_int,
 )
 from .forkguard import ForkSafe, close_fd_quietly
 from .mmio import Mmio, MmioWindow
@@ -282,6 +283,8 @@ class Device(ForkSafe, ABC):
             raise errors[0]
 
     def __enter__(self) -> Self:
+        if self._closed:  # as a closed file: `with` on it is a mistake, said at once
+            raise ClosedError(f"device {self.name} is closed", hint="open it again")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -398,6 +401,7 @@ class Device(ForkSafe, ABC):
         rest is reached through the backend (pread/pwrite or messages). `trap_only=True` maps
         nothing: every access is a syscall or message (for comparisons)."""
         self._check_open()
+        require_int("BAR index", index)
         if index in self._bars and not self._bars[index]._closed:
             return self._bars[index]
         info = self.region_info(index)

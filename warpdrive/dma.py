@@ -19,6 +19,7 @@ from .errors import (
     KernelError,
     UnsafeMemoryError,
     WarpdriveError,
+    require_int,
 )
 from .forkguard import ForkSafe
 from .iova import U64_MAX, IovaAllocator, IovaRange
@@ -71,6 +72,7 @@ class DmaSpace(ForkSafe, ABC):
                  page_size: int = sc.PAGE_SIZE) -> None:
         self.name = name
         self.dma_mask = U64_MAX if dma_mask is None else dma_mask
+        require_int("DMA mask", self.dma_mask)
         if self.dma_mask <= 0:
             raise InvalidArgumentError(f"DMA mask must be positive, got {dma_mask}")
         self.page_size = page_size
@@ -209,6 +211,10 @@ class DmaSpace(ForkSafe, ABC):
             if size is None:
                 raise InvalidArgumentError("map() of a raw address needs size=")
             addr, length = target, size
+        require_int("DMA address", addr)
+        require_int("DMA length", length)
+        if length <= 0:
+            raise InvalidArgumentError(f"DMA length must be positive, got {length}")
         if addr % self.page_size or length % self.page_size:
             raise InvalidArgumentError(
                 f"DMA range {addr:#x}+{length:#x} is not aligned to the IOMMU page size "

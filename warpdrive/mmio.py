@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import Protocol
 
-from .errors import ClosedError, InvalidArgumentError, UnsupportedError
+from .errors import ArgumentTypeError, ClosedError, InvalidArgumentError, UnsupportedError
 from .forkguard import DeadAccessor, ForkSafe
 from .record import record
 from .syscalls import FENCE_ACQUIRE as _FENCE_ACQUIRE
@@ -30,6 +30,12 @@ if sys.byteorder != "little":  # pragma: no cover - every supported host is litt
 _CTYPES = {1: ctypes.c_uint8, 2: ctypes.c_uint16, 4: ctypes.c_uint32, 8: ctypes.c_uint64}
 _MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
 
+
+
+def _not_ints(*args: object) -> ArgumentTypeError:
+    """An MMIO offset or value of the wrong type (the checks' comparisons raised TypeError)."""
+    kinds = ", ".join(type(a).__name__ for a in args)
+    return ArgumentTypeError(f"MMIO offsets and values are ints; got {kinds}")
 
 class RegionAccess(Protocol):
     """The slow path for registers that are not mapped: one access per syscall or message."""
@@ -188,7 +194,10 @@ class Mmio(ForkSafe):
                 f"{width}-byte aligned")
 
     def read(self, offset: int, width: int) -> int:
-        self._check(offset, width)
+        try:
+            self._check(offset, width)
+        except TypeError:
+            raise _not_ints(offset) from None
         w = self._find(offset, width)
         if w is not None:
             return int(w.array(width)[(offset - w.offset) // width])
@@ -197,8 +206,12 @@ class Mmio(ForkSafe):
         return self._trap.read(offset, width)
 
     def write(self, offset: int, width: int, value: int) -> None:
-        self._check(offset, width)
-        if not 0 <= value <= _MASK[width]:
+        try:
+            self._check(offset, width)
+            fits = 0 <= value <= _MASK[width]
+        except TypeError:
+            raise _not_ints(offset, value) from None
+        if not fits:
             raise InvalidArgumentError(
                 f"value {value:#x} does not fit a {width * 8}-bit register at "
                 f"{self.name}+{offset:#x}")

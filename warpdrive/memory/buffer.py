@@ -19,7 +19,13 @@ import weakref
 from pathlib import Path
 
 from .. import syscalls as sc
-from ..errors import DeviceBusyError, InvalidArgumentError, MemlockLimitError, WarpdriveError
+from ..errors import (
+    DeviceBusyError,
+    InvalidArgumentError,
+    MemlockLimitError,
+    WarpdriveError,
+    require_int,
+)
 from ..forkguard import ForkSafe, close_fd_quietly
 from .check import MemoryKind
 
@@ -91,6 +97,7 @@ class DmaBuffer(ForkSafe):
         `prefault=False` leaves a memfd's small pages to be made on first touch, by this
         process or by whoever maps the fd (huge pages are always reserved up front: a missing
         one is a SIGBUS later, not an error now)."""
+        require_int("DMA buffer size", size)
         if size <= 0:
             raise InvalidArgumentError(f"DMA buffer size must be positive, got {size}")
         try:

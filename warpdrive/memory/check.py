@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 
-from ..errors import InvalidArgumentError, UnsafeMemoryError
+from ..errors import InvalidArgumentError, UnsafeMemoryError, require_int
 from ..record import record
 from .smaps import Mapping, filesystem_types, mappings_in_range, read_smaps_range
 
@@ -85,6 +85,8 @@ def _classify(m: Mapping, fstypes: dict[tuple[int, int], str] | None, writable: 
 def inspect_dma_memory(addr: int, length: int, writable: bool = True,
                        maps: list[Mapping] | None = None) -> DmaMemoryInfo:
     """Like `check_dma_memory` but return everything learned about the range."""
+    require_int("DMA address", addr)
+    require_int("DMA length", length)
     if length <= 0:
         raise InvalidArgumentError(f"DMA length must be positive, got {length}")
     if addr <= 0:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...errors import InvalidArgumentError
+from ...errors import ArgumentTypeError, InvalidArgumentError
 from ...uapi import virtio as U
 
 AES_BLOCK = 16
@@ -48,6 +48,8 @@ class CipherAlgorithm:
         """The IV bytes to send (b"" for ECB, whatever was passed)."""
         if self.iv_size == 0:
             return b""
+        if iv is not None and not isinstance(iv, bytes | bytearray | memoryview):
+            raise ArgumentTypeError(f"{self.name} IV must be bytes, not {type(iv).__name__}")
         if iv is None or len(iv) != self.iv_size:
             got = "none" if iv is None else f"{len(iv)} bytes"
             raise InvalidArgumentError(
@@ -55,8 +57,9 @@ class CipherAlgorithm:
         return bytes(iv)
 
     def check_data(self, n: int) -> None:
-        if n == 0:
-            raise InvalidArgumentError(f"{self.name}: nothing to do for empty data")
+        if n <= 0:
+            raise InvalidArgumentError(f"{self.name}: nothing to do for empty data" if n == 0
+                                       else f"{self.name}: length {n} is negative")
         if n % self.block:
             raise InvalidArgumentError(
                 f"{self.name} data must be a multiple of the {self.block}-byte block, "
