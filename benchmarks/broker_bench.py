@@ -1237,7 +1237,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         lo, hi = min(r["vs_direct_rounds"]), max(r["vs_direct_rounds"])
         lines.append([r["mode"], str(r["clients"]), f"{r['size'] >> 10} KiB",
                       f"{r['jobs_s']:.0f}", f"{r['vs_direct']:.2f}x",
-                      "-" if r["mode"] == "direct" else f"{lo:.2f}-{hi:.2f}",
+                      "-" if r["mode"].startswith("direct") else f"{lo:.2f}-{hi:.2f}",
                       f"{r['vs_direct_same_cpus']:.2f}x" if "vs_direct_same_cpus" in r
                       else "-",
                       f"{r['client_cpu_us']:.1f}",
