@@ -56,7 +56,8 @@ Metrics per row (the timed loop only: connection, bring-up and warm-up excluded)
   clients' rings, checking and translating every SQE, copying results back), plus its spinning.
 * `model_cpu_us`: the device model's CPU per job (the "hardware" here).
 * `steal_pct`: the share of the machine's CPU time the hypervisor ran something else meanwhile.
-* `machine_pct`, `wait_us`, `switches`, `passes_s`: the scheduling figures above.
+* `machine_pct`, `wait_us`, `switches`, `passes_s`: the scheduling figures above;
+  `client_min_max`: the fewest jobs one client did over the most, in the row's worst segment.
 
 The machine is shared and has 2 cores: the load average is printed with the figures; the
 ratios are what survive load. Output: a table, a verdict against the issue's goals, then one
@@ -437,6 +438,7 @@ class Group:
         jobs = sum(r["jobs"] for r in results)
         row = {"jobs": jobs, "wall": max(r["wall"] for r in results),
                "client_cpu": sum(r["cpu"] for r in results), "jobs0": results[0]["jobs"],
+               "spread": min(r["jobs"] for r in results) / max(1, max(r["jobs"] for r in results)),
                "t": (started + ended) / 2}
         row["broker_cpu"] = cpu.get(broker_pid, 0.0) if broker_pid else 0.0
         row["mediation_cpu"] = stats1.get("mediation_cpu_s", 0.0) - \
@@ -1223,6 +1225,8 @@ def _row(mode: str, n: int, size: int, rs: list[dict[str, Any]], direct: list[di
             "switches": {k: [round(v[2] / jobs, 2), round(v[3] / jobs, 2)]
                          for k, v in sched.items()},
             "steal_pct": round(100 * total("steal") / len(rs), 2),
+            # fairness: the fewest jobs one client did over the most, worst segment
+            "client_min_max": round(min(r.get("spread", 1.0) for r in rs), 2),
             "order": [r["round"] for r in rs]}
 
 
@@ -1251,7 +1255,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     # context switches per job (voluntary + involuntary) for clients / broker / model.
     print()
     hdr = ["mode", "clients", "size", "jobs/s range", "machine % c/b/m/other/idle",
-           "run-queue wait us/job c/b/m", "switches/job c/b/m (vol+invol)", "passes/s"]
+           "run-queue wait us/job c/b/m", "switches/job c/b/m (vol+invol)", "passes/s",
+           "client jobs min/max"]
     lines = [hdr]
     for r in rows:
         m, w, sw = r["machine_pct"], r["wait_us"], r["switches"]
@@ -1262,7 +1267,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                       "/".join(f"{w[k]:.0f}" for k in ("client", "broker", "model")),
                       " ".join(f"{a:.1f}+{b:.1f}" for a, b in (sw[k] for k in
                                                                ("client", "broker", "model"))),
-                      f"{r['passes_s']}" if r["passes_s"] else "-"])
+                      f"{r['passes_s']}" if r["passes_s"] else "-",
+                      f"{r['client_min_max']:.2f}" if r["clients"] > 1 else "-"])
     _print_aligned(lines)
 
 
