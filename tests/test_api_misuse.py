@@ -50,6 +50,22 @@ def test_a_negative_length_is_called_that(dev: warpdrive.Device) -> None:
         dev.dma.map(addr, -1)  # (it used to say "is not aligned to the IOMMU page size")
 
 
+def test_config_space_and_irq_misuse_is_said_before_the_backend(dev: warpdrive.Device) -> None:
+    with pytest.raises(InvalidArgumentError, match="does not fit a 32-bit config field at 0x40"):
+        dev.config_write32(0x40, 1 << 40)  # (was int.to_bytes' OverflowError)
+    with pytest.raises(ArgumentTypeError, match="config space value must be an int, not str"):
+        dev.config_write16(0x40, "1")
+    with pytest.raises(InvalidArgumentError, match="has no IRQ index 99"):
+        dev.disable_irqs(99)  # (was the vfio-user server's EINVAL as a KernelError)
+
+
+def test_a_closed_buffer_is_a_closed_error() -> None:
+    with warpdrive.open("emu:testdev") as d:
+        buf = d.dma.alloc(4096)
+    with pytest.raises(ClosedError, match="DMA buffer is closed"):
+        buf.read(0, 4)
+
+
 def test_with_on_a_closed_device_is_refused_at_once() -> None:
     d = warpdrive.open("emu:testdev")
     d.close()

@@ -200,6 +200,27 @@ def test_already_bound_nothing_to_do(tmp_path: Path, capsys) -> None:
     assert "already bound to vfio-pci" in capsys.readouterr().out
 
 
+def test_dry_run_warns_of_a_driver_no_module_provides(tmp_path: Path, capsys) -> None:
+    """`--driver` with a typo: the dry run says modprobe will fail (a FAKE modules directory for
+    the running kernel: modules.dep and modules.builtin, as depmod writes them)."""
+    f = fake_tree(tmp_path)
+    mods = tmp_path / "modules"
+    (mods / os.uname().release).mkdir(parents=True)
+    (mods / os.uname().release / "modules.dep").write_text(
+        "kernel/drivers/pci/pci-stub.ko.xz:\nkernel/drivers/vfio/pci/vfio-pci.ko.xz: x.ko\n")
+    (mods / os.uname().release / "modules.builtin").write_text(
+        "kernel/drivers/virtio/virtio_pci.ko\n")
+    base = ["bind", "00:04.0", "--dry-run", *roots(f), "--modules-root", str(mods)]
+    main([*base, "--driver", "pci_stub"])  # '-' and '_' are one to modprobe
+    assert "will likely fail" not in capsys.readouterr().out
+    main([*base, "--driver", "pci-stubb"])
+    out = capsys.readouterr().out
+    assert "WARN    driver       no module named pci-stubb for this kernel" in out, out
+    assert "`modprobe pci-stubb` will likely fail" in out and "modinfo NAME" in out
+    main([*base, "--driver", "pci-stubb", "--modules-root", str(tmp_path / "none")])
+    assert "will likely fail" not in capsys.readouterr().out  # cannot tell: says nothing
+
+
 # -------------------------------------------------------------------------------- usage, errors
 
 

@@ -184,7 +184,9 @@ class Device(ForkSafe, ABC):
     def reset_supported(self) -> bool: ...
 
     @abstractmethod
-    def region_info(self, index: int) -> RegionInfo: ...
+    def region_info(self, index: int) -> RegionInfo:
+        """Region `index` (BARs 0-5, ROM 6, config 7, ...): size, flags, file offset and its
+        capabilities (sparse mmap areas, MSI-X mappable, type)."""
 
     @abstractmethod
     def _region_read(self, info: RegionInfo, offset: int, size: int) -> bytes: ...
@@ -203,7 +205,9 @@ class Device(ForkSafe, ABC):
         """Map [offset, offset+size) of the region at exactly `fixed_addr` (MAP_FIXED)."""
 
     @abstractmethod
-    def irq_info(self, index: int) -> IrqInfo: ...
+    def irq_info(self, index: int) -> IrqInfo:
+        """IRQ index `index` (VFIO_PCI_INTX/MSI/MSIX_IRQ_INDEX, ...): its vector count and
+        flags; InvalidArgumentError for an index the device does not have."""
 
     @abstractmethod
     def _set_irq_eventfds(self, index: int, start: int, fds: list[int]) -> None: ...
@@ -295,6 +299,8 @@ class Device(ForkSafe, ABC):
 
     # -- regions ----------------------------------------------------------------------------
     def region_read(self, index: int, offset: int, size: int) -> bytes:
+        """`size` bytes of region `index` at `offset` through the backend (pread or a message),
+        not through a mapping: for config space and registers outside mapped areas."""
         self._check_open()
         info = self.region_info(index)
         if offset < 0 or size < 0 or offset + size > info.size:
@@ -306,6 +312,7 @@ class Device(ForkSafe, ABC):
         return self._region_read(info, offset, size)
 
     def region_write(self, index: int, offset: int, data: bytes) -> None:
+        """Write `data` into region `index` at `offset` through the backend (see region_read)."""
         self._check_open()
         info = self.region_info(index)
         if offset < 0 or offset + len(data) > info.size:
@@ -318,32 +325,45 @@ class Device(ForkSafe, ABC):
 
     # -- config space -----------------------------------------------------------------------
     def config_read(self, offset: int, width: int) -> int:
+        """Read a `width`-byte (1, 2, 4) field of config space at `offset`, aligned."""
         if width not in (1, 2, 4) or offset % width:
             raise InvalidArgumentError(f"config read of width {width} at {offset:#x} is invalid")
         data = self.region_read(VFIO_PCI_CONFIG_REGION_INDEX, offset, width)
         return int.from_bytes(data, "little")
 
     def config_write(self, offset: int, width: int, value: int) -> None:
+        """Write a `width`-byte (1, 2, 4) field of config space at `offset`, aligned; the
+        backend (the kernel's vfio-pci, a vfio-user server) filters what it must."""
         if width not in (1, 2, 4) or offset % width:
             raise InvalidArgumentError(f"config write of width {width} at {offset:#x} is invalid")
+        require_int("config space value", value)
+        if not 0 <= value < 1 << (8 * width):
+            raise InvalidArgumentError(f"value {value:#x} does not fit a {width * 8}-bit config "
+                                       f"field at {offset:#x}")
         self.region_write(VFIO_PCI_CONFIG_REGION_INDEX, offset, value.to_bytes(width, "little"))
 
     def config_read8(self, offset: int) -> int:
+        """config_read(offset, 1)"""
         return self.config_read(offset, 1)
 
     def config_read16(self, offset: int) -> int:
+        """config_read(offset, 2)"""
         return self.config_read(offset, 2)
 
     def config_read32(self, offset: int) -> int:
+        """config_read(offset, 4)"""
         return self.config_read(offset, 4)
 
     def config_write8(self, offset: int, value: int) -> None:
+        """config_write(offset, 1, value)"""
         self.config_write(offset, 1, value)
 
     def config_write16(self, offset: int, value: int) -> None:
+        """config_write(offset, 2, value)"""
         self.config_write(offset, 2, value)
 
     def config_write32(self, offset: int, value: int) -> None:
+        """config_write(offset, 4, value)"""
         self.config_write(offset, 4, value)
 
     @property
@@ -370,6 +390,8 @@ class Device(ForkSafe, ABC):
         return self.region_read(VFIO_PCI_CONFIG_REGION_INDEX, 0, size)
 
     def find_capability(self, cap_id: int) -> int | None:
+        """Config-space offset of the first standard capability `cap_id` (PCI_CAP_ID_*), or
+        None."""
         for cid, pos in self.capabilities():
             if cid == cap_id:
                 return pos
@@ -468,6 +490,9 @@ class Device(ForkSafe, ABC):
         return irqs
 
     def disable_irqs(self, index: int) -> None:
+        """Turn off every vector of IRQ `index` (VFIO_PCI_*_IRQ_INDEX) and close its eventfds."""
+        if index not in self._irqs and not self._closed:
+            self.irq_info(index)  # a bad index said as enable_irqs says it, not by the backend
         irqs = self._irqs.pop(index, [])
         try:
             if not self._closed:

@@ -157,6 +157,7 @@ class DmaSpace(ForkSafe, ABC):
         return m if m is not None and m.buffer is buf else None
 
     def find(self, addr: int, size: int = 1) -> DmaMapping | None:
+        """The live mapping holding [addr, addr + size), or None."""
         for m in self._mappings.values():
             if m.contains(addr, size):
                 return m
@@ -334,6 +335,7 @@ class DmaSpace(ForkSafe, ABC):
             return m
 
     def release(self, target: DmaBuffer | DmaMapping | int, owner: object) -> None:
+        """Undo `hold` by `owner` (a mapping already gone is not an error)."""
         with self._lock:
             try:
                 m = self._resolve(target)

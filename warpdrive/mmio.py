@@ -105,6 +105,9 @@ class Doorbell(ForkSafe):
         self._fork_register()
 
     def ring(self, value: int) -> None:
+        """Store `value` in the register: one store of the doorbell's width where it is
+        mapped (no syscall; with a wake-up flag, a kick only when the device sleeps), else
+        the backend's write (or post)."""
         assert self._trap is not None
         if self.posted:
             self._trap.post(self.offset, self.width, value)
@@ -131,6 +134,7 @@ class Doorbell(ForkSafe):
         return self._cell, self._flag, self._kick
 
     def read(self) -> int:
+        """Load the register (mapped or through the backend)."""
         cell = self._cell
         if cell is not None:
             return cell.value
@@ -194,6 +198,8 @@ class Mmio(ForkSafe):
                 f"{width}-byte aligned")
 
     def read(self, offset: int, width: int) -> int:
+        """One `width`-byte load at `offset` (aligned): from the mapping where the offset is
+        mapped, else through the backend (pread or a message)."""
         try:
             self._check(offset, width)
         except TypeError:
@@ -206,6 +212,7 @@ class Mmio(ForkSafe):
         return self._trap.read(offset, width)
 
     def write(self, offset: int, width: int, value: int) -> None:
+        """One `width`-byte store of `value` at `offset` (aligned), as `read` reaches it."""
         try:
             self._check(offset, width)
             fits = 0 <= value <= _MASK[width]
@@ -224,27 +231,35 @@ class Mmio(ForkSafe):
         self._trap.write(offset, width, value)
 
     def read8(self, offset: int) -> int:
+        """read(offset, 1): one 8-bit load"""
         return self.read(offset, 1)
 
     def read16(self, offset: int) -> int:
+        """read(offset, 2): one 16-bit load"""
         return self.read(offset, 2)
 
     def read32(self, offset: int) -> int:
+        """read(offset, 4): one 32-bit load"""
         return self.read(offset, 4)
 
     def read64(self, offset: int) -> int:
+        """read(offset, 8): one 64-bit load"""
         return self.read(offset, 8)
 
     def write8(self, offset: int, value: int) -> None:
+        """write(offset, 1, value): one 8-bit store"""
         self.write(offset, 1, value)
 
     def write16(self, offset: int, value: int) -> None:
+        """write(offset, 2, value): one 16-bit store"""
         self.write(offset, 2, value)
 
     def write32(self, offset: int, value: int) -> None:
+        """write(offset, 4, value): one 32-bit store"""
         self.write(offset, 4, value)
 
     def write64(self, offset: int, value: int) -> None:
+        """write(offset, 8, value): one 64-bit store"""
         self.write(offset, 8, value)
 
     def doorbell(self, offset: int, width: int = 64, *, posted: bool = False) -> Doorbell:

@@ -145,7 +145,8 @@ def _move_steps(plan: Plan, fn: PciFunction, driver: str) -> list[Step]:
 
 def plan_bind(bdf: str, driver: str = VFIO_PCI, *, group: bool = False, force: bool = False,
               timeout: float = DEFAULT_TIMEOUT, sysfs_root: str = "/sys",
-              dev_root: str = "/dev", claim: pci.Claim | None = None) -> Plan:
+              dev_root: str = "/dev", claim: pci.Claim | None = None,
+              modules_root: str = "/lib/modules") -> Plan:
     """Every check and write for moving `bdf` (and with `group`, its blocking group members)
     to `driver`. Reads sysfs, netlink and /proc; writes nothing. `claim` names the plugin in the
     plan's description (`warpdrive.devices.registry.claim`)."""
@@ -167,6 +168,13 @@ def plan_bind(bdf: str, driver: str = VFIO_PCI, *, group: bool = False, force: b
         plan.checks.append(Check("driver", "info", f"{driver} is not loaded: will run "
                                  f"`modprobe {driver}` first", fn.bdf))
         plan.pre_steps.append(Step("modprobe", None, value=driver))
+        if _module_known(driver, modules_root) is False:
+            # A warning, not a refusal: a PCI driver's name is not always its module's, and
+            # modprobe fails before anything is written anyway. The dry run says it now.
+            plan.checks.append(Check(
+                "driver", "warn", f"no module named {driver} for this kernel "
+                f"({os.uname().release}): `modprobe {driver}` will likely fail", fn.bdf,
+                hint="check the name: `ls /sys/bus/pci/drivers`, `modinfo NAME`"))
 
     if driver == VFIO_PCI:
         if fn.is_bridge:
@@ -218,6 +226,27 @@ def plan_bind(bdf: str, driver: str = VFIO_PCI, *, group: bool = False, force: b
         plan.targets.append(Target(mv.bdf, mv.driver, mv.driver_override, driver,
                                    steps=_move_steps(plan, mv, driver)))
     return plan
+
+
+def _module_known(name: str, modules_root: str) -> bool | None:
+    """Whether modprobe could find module `name` for the running kernel (modules.dep and
+    modules.builtin list every module by file name; '-' and '_' are the same to modprobe);
+    None when this kernel's module directory is not there to ask."""
+    base = os.path.join(modules_root, os.uname().release)
+    want = name.replace("-", "_")
+    found = False
+    for index in ("modules.dep", "modules.builtin"):
+        try:
+            with open(os.path.join(base, index), encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    path = line.split(":", 1)[0].strip()
+                    stem = os.path.basename(path).split(".ko", 1)[0]
+                    if stem.replace("-", "_") == want:
+                        return True
+            found = True
+        except OSError:
+            continue
+    return False if found else None
 
 
 def plan_unbind(bdf: str, *, group: bool = False, timeout: float = DEFAULT_TIMEOUT,

@@ -35,6 +35,7 @@ def register(subparsers: Any) -> None:
                    help="seconds to wait for the driver to attach (default 10)")
     b.add_argument("--json", action="store_true", help="print the plan/result as JSON")
     add_root_options(b)
+    b.add_argument("--modules-root", default="/lib/modules", help=argparse.SUPPRESS)  # tests
     b.set_defaults(func=run_bind)
 
     u = subparsers.add_parser(
@@ -118,7 +119,7 @@ def run_bind(args: argparse.Namespace) -> int:
 
     plan = plan_bind(args.bdf, args.driver, group=args.group, force=args.force,
                      timeout=args.timeout, sysfs_root=args.sysfs_root, dev_root=args.dev_root,
-                     claim=claim)
+                     claim=claim, modules_root=args.modules_root)
     return _finish(plan, args)
 
 

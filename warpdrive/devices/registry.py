@@ -54,7 +54,8 @@ class Driver(Protocol):
 
     def __init__(self, dev: Device, **options: Any) -> None: ...
 
-    def remove(self) -> None: ...
+    def remove(self) -> None:
+        """Stop the device: afterwards no DMA is in flight and no interrupt is armed."""
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .. import syscalls as sc
 from ..errors import (
+    ClosedError,
     DeviceBusyError,
     InvalidArgumentError,
     MemlockLimitError,
@@ -162,10 +163,11 @@ class DmaBuffer(ForkSafe):
     def view(self) -> memoryview:
         self._check_alive()
         if self._view is None:
-            raise WarpdriveError("DMA buffer is closed")
+            raise ClosedError("DMA buffer is closed", hint="allocate a new one")
         return self._view
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Copy `data` into the buffer at `offset` (bounds checked)."""
         n = len(data)
         if offset < 0 or offset + n > self.size:
             raise InvalidArgumentError(
@@ -173,6 +175,7 @@ class DmaBuffer(ForkSafe):
         self.view[offset:offset + n] = data
 
     def read(self, offset: int = 0, n: int | None = None) -> bytes:
+        """A copy of `n` bytes at `offset` (default: to the end)."""
         if n is None:
             n = self.size - offset
         if offset < 0 or n < 0 or offset + n > self.size:
