@@ -128,6 +128,10 @@ def test_socket_path_problems_fail_before_the_device_and_touch_nothing(
         line = one_line(capsys.readouterr().err)
         assert "a server is already listening there" in line and "stop that server" in line
         assert live.is_socket()
+    long = tmp_path / ("x" * (120 - len(str(tmp_path))) + ".sock")  # no client could reach it
+    assert main([*command, "--socket", str(long)]) == EXIT_FAILED
+    line = one_line(capsys.readouterr().err)
+    assert "a socket path has at most 107 bytes" in line and "choose a shorter" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["live.sock", "notes.txt"]
 
 

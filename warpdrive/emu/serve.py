@@ -119,6 +119,7 @@ _LISTEN_HINTS = {
     errno.ENOTDIR: "choose a --socket inside a directory",
     errno.EEXIST: "remove it yourself if it is not needed, or choose another --socket",
     errno.EADDRINUSE: "stop that server first, or choose another --socket",
+    errno.ENAMETOOLONG: "choose a shorter --socket path",
     errno.EACCES: "run as root, or choose a --socket in a directory this user may write "
     "(e.g. $XDG_RUNTIME_DIR)",
 }

@@ -434,6 +434,7 @@ class VfioUserServer:
 
     def _listen(self) -> None:
         path = self.socket_path
+        _check_length(path)
         _clear_stale_socket(path)
         # Bound, restricted and listening under a private name, then published with link(2),
         # which fails if the path exists again (another server won a race): a client that sees
@@ -933,6 +934,7 @@ def check_socket_path(path: str) -> None:
     """Raise the OSError listening on `path` would meet, creating and removing nothing: a
     command checks before it starts its device (a broker's model takes a second to boot), so a
     wrong --socket fails at once. A stale socket passes (listening replaces it)."""
+    _check_length(path)
     parent = os.path.dirname(path) or "."
     try:
         is_dir = stat.S_ISDIR(os.stat(parent).st_mode)
@@ -950,6 +952,15 @@ def check_socket_path(path: str) -> None:
         raise OSError(errno.EACCES, f"cannot listen on {path}: this user may not create "
                       f"files in {parent}")
     _stale_socket(path)
+
+
+def _check_length(path: str) -> None:
+    """A path no client could connect to (connect(2) takes sun_path, 108 bytes) is refused,
+    though a link to our private name could publish it."""
+    n = len(os.fsencode(path))
+    if n > _SUN_PATH_MAX:
+        raise OSError(errno.ENAMETOOLONG, f"cannot listen on {path}: a socket path has at most "
+                      f"{_SUN_PATH_MAX} bytes (clients connect through sun_path); this one {n}")
 
 
 def _stale_socket(path: str) -> bool:

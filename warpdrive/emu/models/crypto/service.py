@@ -18,7 +18,7 @@ from typing import Any
 from ....errors import UnsupportedError
 from . import layout as L
 
-EXTRA_HINT = "pip install 'warpdrive[emu-crypto]' (the crypto device model needs `cryptography`)"
+EXTRA_HINT = "install the extra: pip install 'warpdrive[emu-crypto]'"
 
 
 def load_cryptography() -> Any:
