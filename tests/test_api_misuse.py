@@ -59,11 +59,18 @@ def test_config_space_and_irq_misuse_is_said_before_the_backend(dev: warpdrive.D
         dev.disable_irqs(99)  # (was the vfio-user server's EINVAL as a KernelError)
 
 
-def test_a_closed_buffer_is_a_closed_error() -> None:
+def test_a_closed_buffer_or_interrupt_is_a_closed_error() -> None:
+    from warpdrive.uapi.vfio import VFIO_PCI_MSI_IRQ_INDEX
+
     with warpdrive.open("emu:testdev") as d:
         buf = d.dma.alloc(4096)
+        (irq,) = d.enable_irqs(VFIO_PCI_MSI_IRQ_INDEX, 1)
     with pytest.raises(ClosedError, match="DMA buffer is closed"):
         buf.read(0, 4)
+    with pytest.raises(ClosedError, match="MSI vector 0 of emu:testdev is closed"):
+        irq.wait(0.1)  # (was os.read's EBADF)
+    with pytest.raises(InvalidArgumentError, match="5 is not a device name"):
+        warpdrive.open(5, backend="vfio-user")  # type: ignore[arg-type]
 
 
 def test_with_on_a_closed_device_is_refused_at_once() -> None:

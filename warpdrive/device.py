@@ -91,11 +91,16 @@ class Interrupt(ForkSafe):
         self._fork_register()
 
     def fileno(self) -> int:
+        """The eventfd, for select/poll/epoll (-1 once closed)."""
         return self.fd
 
     def poll(self) -> int:
         """Consume and return the number of interrupts since the last call (0 if none)."""
         self._check_alive()
+        if self.fd < 0:
+            raise ClosedError(f"{IRQ_INDEX_NAMES.get(self.index, 'interrupt')} vector "
+                              f"{self.vector} of {self.device.name} is closed (disabled, or its "
+                              "device closed)", hint="enable_irqs() again on an open device")
         try:
             return int.from_bytes(os.read(self.fd, 8), "little")
         except BlockingIOError:
@@ -122,6 +127,7 @@ class Interrupt(ForkSafe):
         self.device._unmask_irq(self.index, self.vector)
 
     def close(self) -> None:
+        """Close the eventfd (the device's disable_irqs/close do it for every vector)."""
         close_fd_quietly(self.fd)
         self.fd = -1
         self._fork_unregister()

@@ -119,7 +119,7 @@ def open_device(name: str, backend: str = "auto", dma_mask: int | None = None,
     """Open `name` (see the module docstring) and return a `Device`."""
     if backend not in BACKENDS:
         raise InvalidArgumentError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    if backend == "vfio-user" and not name.startswith("vfio-user:"):
+    if backend == "vfio-user" and isinstance(name, str) and not name.startswith("vfio-user:"):
         name = "vfio-user:" + name  # a bare socket path with the backend named explicitly
     dn = parse_name(name)
     if dn.kind == "emu":
