@@ -219,3 +219,21 @@ def test_a_short_pci_address_names_a_device_everywhere() -> None:
     assert parse_name("0000:00:0A.0").target == "0000:00:0a.0"
     with pytest.raises(InvalidArgumentError, match="is not a device name"):
         parse_name("00:04")
+
+
+@pytest.mark.parametrize("value, said", [
+    ("garbage", "WARPDRIVE_DEVICE=garbage: 'garbage' is not a device name"),
+    ("broker:/nonexistent-dir/b.sock", "WARPDRIVE_DEVICE=broker:/nonexistent-dir/b.sock: no "
+     "vfio-user server listening on /nonexistent-dir/b.sock"),
+])
+def test_a_bad_warpdrive_device_says_it_came_from_the_environment(
+        tmp_path: Path, value: str, said: str) -> None:
+    """A program that names no device takes $WARPDRIVE_DEVICE (set in a profile or a unit, far
+    from the command): an error about it names the variable."""
+    src = tmp_path / "f"
+    src.write_bytes(b"data " * 100)
+    r = subprocess.run([sys.executable, "-m", "warpdrive", "compress", "-c", str(src)],
+                       env={**os.environ, "WARPDRIVE_DEVICE": value}, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1 and r.stdout == ""
+    assert said in one_line(r.stderr)

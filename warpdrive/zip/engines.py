@@ -51,8 +51,6 @@ def open_engine(device: Device | ZipEngine | str | None = None, *, doorbell: str
     trapped write: a syscall on VFIO, a message on vfio-user; for comparisons). `wait`: "auto"
     (spin briefly, then sleep on the completion interrupt), "spin" (busy-poll only: no
     syscalls, one busy core) or "block"."""
-    from ..backends import open_device, open_uacce, parse_name
-    from ..devices.hisi_qm.uacce import UacceQueues
     from ..devices.zip.driver import ZipDriver
 
     if isinstance(device, ZipEngine):
@@ -62,9 +60,30 @@ def open_engine(device: Device | ZipEngine | str | None = None, *, doorbell: str
         return ZipDriver(device, doorbell=doorbell, **opts).engine
     if device is None:
         # A broker (`warpdrive serve`) or a device chosen for every program of a session.
-        device = os.environ.get("WARPDRIVE_DEVICE") or find_hardware() or "emu"
+        chosen = os.environ.get("WARPDRIVE_DEVICE")
+        if chosen:
+            if chosen == "emu" and announce:
+                _announce_emu()
+            try:
+                return _open_named(chosen, doorbell, backend, model_options, opts)
+            except (InvalidArgumentError, DeviceNotFoundError) as e:
+                # The program named no device: say where the name came from (a shell's
+                # profile, a unit file), or the user looks for it in the wrong place.
+                raise type(e)(f"WARPDRIVE_DEVICE={chosen}: {e.what}", errno=e.errno,
+                              hint=e.hint) from None
+        device = find_hardware() or "emu"
         if device == "emu" and announce:
             _announce_emu()
+    return _open_named(device, doorbell, backend, model_options, opts)
+
+
+def _open_named(device: object, doorbell: str, backend: str,
+                model_options: dict[str, Any] | None, opts: dict[str, Any]) -> ZipEngine:
+    """open_engine's part for a name: uacce queues, the bundled model or a Device's driver."""
+    from ..backends import open_device, open_uacce, parse_name
+    from ..devices.hisi_qm.uacce import UacceQueues
+    from ..devices.zip.driver import ZipDriver
+
     if not isinstance(device, str):
         raise InvalidArgumentError(
             f"device must be a Device, a PCI address, a uacce name or 'emu', not "
