@@ -158,7 +158,9 @@ class VirtioPciTransport:
         self.device = device
         if device.vendor_id != VIRTIO_PCI_VENDOR_ID:
             raise DeviceNotFoundError(
-                f"{device.name} is not a virtio device (vendor {device.vendor_id:#06x})")
+                f"{device.name} is not a virtio device (vendor {device.vendor_id:#06x})",
+                hint="give a virtio function (vendor 0x1af4); `warpdrive devices` names the "
+                "plugin of each function")
         did = device.device_id
         if did < VIRTIO_PCI_MODERN_DEVICE_BASE:
             raise UnsupportedError(
