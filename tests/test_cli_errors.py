@@ -208,9 +208,13 @@ def test_a_model_that_refuses_to_start_says_why_in_one_line(tmp_path: Path,
     msg = str(e.value)
     assert "\n" not in msg and "no device model named 'nosuch'" in msg, msg
     assert "bundled models: crypto, testdev, zip" in msg
-    assert main(["serve", "emu", "--socket", str(tmp_path / "b.sock"), "--set", "foo=1"]) == 1
+    assert main(["serve", "emu", "--socket", str(tmp_path / "b.sock"), "--set", "foo=1"]) == 2
     line = one_line(capsys.readouterr().err)
     assert "refused to start: zip model: unknown option(s) foo. known:" in line
+    for command in (["emu", "zip"], ["serve", "emu"]):  # a value the model refuses: usage too
+        assert main([*command, "--socket", str(tmp_path / "b.sock"), "--set", "depth=-1"]) == 2
+        assert "queue depth -1 is out of range" in one_line(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_short_pci_address_names_a_device_everywhere() -> None:

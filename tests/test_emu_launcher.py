@@ -99,7 +99,8 @@ def test_unknown_model_is_reported_with_its_output() -> None:
 
 
 def test_model_that_fails_to_start_shows_its_stderr_tail() -> None:
-    with pytest.raises(DeviceError, match="testdev takes no options, got bogus"):
+    # the model refused its options (its exit status 2): the caller's InvalidArgumentError
+    with pytest.raises(InvalidArgumentError, match="testdev takes no options, got bogus"):
         open_emulated("testdev", model_options={"bogus": 1})
 
 

@@ -83,21 +83,26 @@ def run_serve(args: argparse.Namespace) -> int:
     cls = load_model(args.model)
     try:
         model = cls(**parse_options(args.options))
+    except InvalidArgumentError as e:  # a --set the model refuses: usage, with its hint
+        raise UsageError(e.what, errno=e.errno, hint=e.hint) from None
     except WarpdriveError:
         raise  # the model's own refusal, with its hint
     except (TypeError, ValueError) as e:
-        raise InvalidArgumentError(f"model {args.model}: {e}") from None
+        raise UsageError(f"model {args.model}: {e}") from None
 
     configure_logging()
     sc.keep_heap()  # a serving process: its jobs' zlib set-up must not go back to the kernel
     launcher = args.launcher_pid or os.getppid()
     try:
-        server = VfioUserServer(
-            model, path, exit_on_disconnect=args.exit_on_disconnect,
-            accept_timeout=args.accept_timeout,
-            spin_s=None if args.spin_us is None else args.spin_us / 1e6,
-            idle_s=None if args.idle_us is None else args.idle_us / 1e6,
-            handshake_timeout=args.handshake_timeout, ready_fd=args.ready_fd)
+        try:
+            server = VfioUserServer(
+                model, path, exit_on_disconnect=args.exit_on_disconnect,
+                accept_timeout=args.accept_timeout,
+                spin_s=None if args.spin_us is None else args.spin_us / 1e6,
+                idle_s=None if args.idle_us is None else args.idle_us / 1e6,
+                handshake_timeout=args.handshake_timeout, ready_fd=args.ready_fd)
+        except InvalidArgumentError as e:  # the model checks some --set values at its reset
+            raise UsageError(e.what, errno=e.errno, hint=e.hint) from None
         server.serve_forever()
     except OSError as e:
         raise listen_error(e, f"serving model {args.model} on {path}") from None

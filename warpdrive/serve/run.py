@@ -194,14 +194,20 @@ def serve_from_args(args: argparse.Namespace) -> int:
                       [group_id(g) for g in args.allow_gid] + ([group] if group is not None
                                                                else []))
     model_options = parse_options(args.model_options)
-    shareable(args.device, model_options)
+    try:
+        shareable(args.device, model_options)
+    except InvalidArgumentError as e:
+        raise UsageError(e.what, errno=e.errno, hint=e.hint) from None
     path = os.path.abspath(args.socket or default_socket())
     try:
         check_socket_path(path)
     except OSError as e:
         raise listen_error(e, f"serving {args.device}") from None
     path = os.path.abspath(args.socket or default_socket())
-    dev = open_shared_device(args.device, backend=args.backend, model_options=model_options)
+    try:
+        dev = open_shared_device(args.device, backend=args.backend, model_options=model_options)
+    except InvalidArgumentError as e:  # DEVICE or a --set the model refused: usage (exit 2)
+        raise UsageError(e.what, errno=e.errno, hint=e.hint) from None
     try:
         if cpus:
             place(dev, cpus)

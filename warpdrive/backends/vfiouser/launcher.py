@@ -128,8 +128,10 @@ class ModelProcess(ForkSafe):
             if not chunk:  # the child closed the pipe without saying ready: it exited
                 status = self._wait_exit(2.0)
                 refusal = self._refusal()
-                if refusal:  # it refused its arguments: that line says what and what to do
-                    raise DeviceError(f"device model {self.model!r} refused to start: {refusal}")
+                if refusal:  # it refused to start: that line says what and what to do
+                    # (status 2: its options, InvalidArgumentError; else the model itself)
+                    cls = InvalidArgumentError if status == 2 else DeviceError
+                    raise cls(f"device model {self.model!r} refused to start: {refusal}")
                 raise DeviceError(
                     f"device model {self.model!r} exited with status {status} before serving"
                     + self._tail_note(),
