@@ -14,7 +14,7 @@ import pytest
 import warpdrive.zip as wz
 from warpdrive.devices.zip import hw
 from warpdrive.devices.zip.job import COMPRESS
-from warpdrive.errors import DeviceBusyError, DeviceError, ForkedContextError, InvalidArgumentError
+from warpdrive.errors import DeviceBusyError, ForkedContextError, InvalidArgumentError
 
 DEPTH = 16  # capacity 15: a few batches are many laps
 
@@ -212,7 +212,7 @@ def test_the_null_executor_completes_jobs_without_doing_them() -> None:
             assert (job.status, job.consumed, job.produced) == (0, len(text(i)), 0)
             assert len(bytes(job.output)) == 2  # the zlib header, and nothing else
         s.close()
-    with pytest.raises(DeviceError, match="executor"):
+    with pytest.raises(InvalidArgumentError, match="executor"):
         wz.open_engine("emu", announce=False, model_options={"executor": "fast"})
 
 

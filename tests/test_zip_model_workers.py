@@ -27,7 +27,7 @@ from warpdrive.devices.zip import hw
 from warpdrive.devices.zip.sqe import Format, SqeTemplate
 from warpdrive.emu.function import Function
 from warpdrive.emu.models.zip import ThreadedJobs
-from warpdrive.errors import DeviceError
+from warpdrive.errors import InvalidArgumentError
 from warpdrive.uapi import pci_regs
 from warpdrive.uapi import vfio_user as P
 from warpdrive.uapi.vfio import VFIO_PCI_CONFIG_REGION_INDEX
@@ -71,7 +71,7 @@ def test_big_small_and_stream_jobs_mixed_on_one_queue(workers: str) -> None:
 
 
 def test_workers_option_is_checked() -> None:
-    with pytest.raises(DeviceError, match="workers"):
+    with pytest.raises(InvalidArgumentError, match="workers"):
         wz.open_engine("emu", announce=False, model_options={"workers": "0"})
 
 
